@@ -1,0 +1,220 @@
+//! `#[agent]`: keeps the user's `async fn` as written and adds a registration: a type-namespace
+//! item of the same name whose `agent()` builds the `rill::AgentSpec`, submitted to the
+//! runtime's registry with `inventory`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::attr::{TopicArg, expected, once, path_name};
+use crate::ctxt::{Ctxt, with_errors};
+
+const KEYS: &[&str] = &["topic", "concurrency", "sink", "group"];
+
+#[derive(Default)]
+struct Args {
+    topic: Option<TopicArg>,
+    concurrency: Option<usize>,
+    sink: Option<TopicArg>,
+    group: Option<syn::LitStr>,
+}
+
+enum Param {
+    Stream(syn::Type),
+    Sink(syn::Type),
+}
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let func: syn::ItemFn = match syn::parse2(input.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let err = syn::Error::new_spanned(&input, "`#[agent]` goes on an `async fn`");
+            return with_errors(input, err);
+        }
+    };
+    let mut cx = Ctxt::default();
+    let args = parse_args(&mut cx, args);
+    if func.sig.asyncness.is_none() {
+        cx.error(func.sig.fn_token, "`#[agent]` functions must be `async fn`");
+    }
+    if !func.sig.generics.params.is_empty() {
+        cx.error(&func.sig.generics, "`#[agent]` functions cannot be generic");
+    }
+    let mut params = Vec::new();
+    for input in &func.sig.inputs {
+        match input {
+            syn::FnArg::Receiver(r) => cx.error(r, "`#[agent]` functions are free functions, not methods"),
+            syn::FnArg::Typed(pat) => match classify(&pat.ty) {
+                Some(p) => params.push(p),
+                None => cx.error(
+                    &pat.ty,
+                    "unsupported agent parameter; an agent takes a `Stream<T>` and optionally a `Sink<U>`",
+                ),
+            },
+        }
+    }
+    let streams = params.iter().filter(|p| matches!(p, Param::Stream(_))).count();
+    let sinks = params.iter().filter(|p| matches!(p, Param::Sink(_))).count();
+    if streams == 0 {
+        cx.error(&func.sig.ident, "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`");
+    } else if streams > 1 {
+        cx.error(&func.sig.inputs, "an agent takes one `Stream<T>`");
+    }
+    if sinks > 1 {
+        cx.error(&func.sig.inputs, "an agent takes at most one `Sink<U>`");
+    }
+    if args.topic.is_none() {
+        cx.error_at(proc_macro2::Span::call_site(), "missing `topic`: `#[agent(topic = \"pageviews\")]`");
+    }
+    match (&args.sink, sinks) {
+        (Some(_), 0) => cx.error(&func.sig.ident, "`sink` is set but the function has no `Sink<U>` parameter to write to it"),
+        (None, 1) => cx.error(&func.sig.ident, "the `Sink<U>` parameter needs a `sink` topic: `#[agent(topic = ..., sink = \"out\")]`"),
+        _ => {}
+    }
+    if let Err(e) = cx.check() {
+        return with_errors(quote!(#func), e);
+    }
+    generate(&func, &args, &params)
+}
+
+fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
+    let mut out = Args::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("topic") {
+            let t = TopicArg::parse(&meta)?;
+            once(cx, &mut out.topic, &meta, t, "agent");
+        } else if meta.path.is_ident("sink") {
+            let t = TopicArg::parse(&meta)?;
+            once(cx, &mut out.sink, &meta, t, "agent");
+        } else if meta.path.is_ident("concurrency") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            match lit.base10_parse::<usize>() {
+                Ok(n) if n >= 1 => once(cx, &mut out.concurrency, &meta, n, "agent"),
+                _ => cx.error(&lit, "`concurrency` is a whole number of instances, at least 1"),
+            }
+        } else if meta.path.is_ident("group") {
+            let lit: syn::LitStr = meta.value()?.parse()?;
+            once(cx, &mut out.group, &meta, lit, "agent");
+        } else {
+            cx.error(&meta.path, format!("unknown `agent` argument `{}`; {}", path_name(&meta.path), expected(KEYS)));
+            // Skip the value so the remaining arguments are still checked.
+            if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        cx.push(e);
+    }
+    out
+}
+
+/// `Stream<T>` / `Sink<T>` by the last path segment (also `rill::Stream<T>`).
+fn classify(ty: &syn::Type) -> Option<Param> {
+    let syn::Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let inner = match args.args.first()? {
+        syn::GenericArgument::Type(t) if args.args.len() == 1 => t.clone(),
+        _ => return None,
+    };
+    match last.ident.to_string().as_str() {
+        "Stream" => Some(Param::Stream(inner)),
+        "Sink" => Some(Param::Sink(inner)),
+        _ => None,
+    }
+}
+
+fn topic_spec(arg: &TopicArg, ty: &syn::Type) -> TokenStream {
+    match arg {
+        TopicArg::Name(lit) => quote! {
+            ::rill::TopicSpec::of::<#ty>(#lit, ::core::concat!(::core::file!(), ":", ::core::line!()))
+        },
+        TopicArg::Const(path) => {
+            // Spanned on the constant, so a `Topic<_, Other>` is reported against the user's type.
+            let check = quote_spanned! {path.span()=>
+                let __rill_topic: &::rill::Topic<_, #ty> = &#path;
+            };
+            quote! {{
+                #check
+                let mut __rill_spec = __rill_topic.spec();
+                __rill_spec.declared_at = ::std::string::String::from(::core::concat!(::core::file!(), ":", ::core::line!()));
+                __rill_spec
+            }}
+        }
+    }
+}
+
+fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
+    let name = &func.sig.ident;
+    let vis = &func.vis;
+    let name_str = name.to_string();
+    let stream_ty = params.iter().find_map(|p| match p {
+        Param::Stream(t) => Some(t),
+        Param::Sink(_) => None,
+    });
+    let sink_ty = params.iter().find_map(|p| match p {
+        Param::Sink(t) => Some(t),
+        Param::Stream(_) => None,
+    });
+    let (Some(stream_ty), Some(topic)) = (stream_ty, &args.topic) else {
+        return quote!(#func);
+    };
+    let source = topic_spec(topic, stream_ty);
+    let sink = match (&args.sink, sink_ty) {
+        (Some(arg), Some(ty)) => {
+            let spec = topic_spec(arg, ty);
+            quote!(.sink(#spec))
+        }
+        _ => quote!(),
+    };
+    let concurrency = args.concurrency.unwrap_or(1);
+    let group = args.group.as_ref().map(|g| quote!(.group(#g)));
+    let stream_var = format_ident!("__rill_stream");
+    let sink_var = format_ident!("__rill_sink");
+    let call_args = params.iter().map(|p| match p {
+        Param::Stream(_) => quote!(#stream_var),
+        Param::Sink(_) => quote!(#sink_var),
+    });
+    let take_sink = sink_ty.map(|ty| {
+        quote! {
+            let #sink_var = match __rill_ctx.sink::<#ty>() {
+                ::core::result::Result::Ok(s) => s,
+                ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+            };
+        }
+    });
+    let doc = format!("Registration of the `{name_str}` agent; `{name_str}::agent()` describes it.");
+    quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        #[automatically_derived]
+        impl #name {
+            /// The agent's description, for `App::agents` and the worker.
+            pub fn agent() -> ::rill::AgentSpec {
+                ::rill::AgentSpec::new(#name_str, ::core::concat!(::core::file!(), ":", ::core::line!()))
+                    .source(#source)
+                    #sink
+                    .concurrency(#concurrency)
+                    #group
+                    .run(|mut __rill_ctx: ::rill::AgentContext| async move {
+                        let #stream_var = match __rill_ctx.stream::<#stream_ty>() {
+                            ::core::result::Result::Ok(s) => s,
+                            ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+                        };
+                        #take_sink
+                        ::rill::AgentResult::into_result(#name(#(#call_args),*).await)
+                    })
+            }
+        }
+
+        ::rill::__private::inventory::submit! {
+            ::rill::Registration { build: #name::agent }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Procedural macros of rill: `#[record]` and `#[agent]`.
+//!
+//! Both are thin: they generate implementations of public runtime items (`rill::Record`,
+//! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
+//! spans on the culprit. Generated code names runtime items through `::rill::...`.
+#![forbid(unsafe_code)]
+
+extern crate proc_macro;
+
+mod agent;
+mod attr;
+mod ctxt;
+mod record;
+
+use proc_macro::TokenStream;
+
+/// Makes a struct a rill record: serde derives, a `rill::Record` impl (codec, optional key
+/// field, optional event-time field) and typed field accessors (`PageView::url`).
+///
+/// ```ignore
+/// #[record]                       // or #[record(codec = "postcard")]
+/// pub struct PageView {
+///     #[record(key)]              // the Kafka message key
+///     pub user_id: String,
+///     pub url: String,
+///     #[record(timestamp)]        // event time: f64 seconds, i64/u64 milliseconds, SystemTime
+///     pub view_time: f64,
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
+    record::expand(args.into(), input.into()).into()
+}
+
+/// Turns an `async fn` taking a `Stream<T>` (and optionally a `Sink<U>`) into an agent,
+/// registered with the app automatically.
+///
+/// Arguments: `topic` (a string, or a `Topic<K, T>` constant), `concurrency` (instances, each
+/// owning a share of the partitions), `sink` (a string or `Topic` constant the `Sink` parameter
+/// writes to), `group` (consumer group, default `<app>-<agent>`).
+///
+/// ```ignore
+/// #[agent(topic = "pageviews", concurrency = 4)]
+/// async fn log_views(mut views: Stream<PageView>) -> rill::Result<()> {
+///     while let Some(view) = views.next().await { /* ... */ }
+///     Ok(())
+/// }
+/// ```
+///
+/// The function stays callable as written; `log_views::agent()` returns its `rill::AgentSpec`
+/// (e.g. to run a chosen subset with `App::agents`).
+#[proc_macro_attribute]
+pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
+    agent::expand(args.into(), input.into()).into()
+}

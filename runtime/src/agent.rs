@@ -1,0 +1,205 @@
+//! Agents: what `#[agent]` registers. An [`AgentSpec`] names the agent, its source topics, its
+//! sink, its concurrency and consumer group, and holds the function the worker calls once per
+//! instance with an [`AgentContext`]. Everything the macro generates can be written by hand:
+//!
+//! ```
+//! use rill_runtime::{AgentSpec, TopicSpec};
+//!
+//! let spec = AgentSpec::new("echo", concat!(file!(), ":", line!()))
+//!     .source(TopicSpec::of::<String>("lines", "here"))
+//!     .concurrency(2)
+//!     .run(|mut ctx| async move {
+//!         let mut lines = ctx.stream::<String>()?;
+//!         while let Some(line) = lines.next().await {
+//!             tracing::info!(%line, "got a line");
+//!         }
+//!         Ok(())
+//!     });
+//! assert_eq!(spec.name(), "echo");
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::stream::{Sink, Stream, StreamCore, agent_error};
+use crate::topic::TopicSpec;
+
+type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+/// The description of an agent.
+#[derive(Clone)]
+pub struct AgentSpec {
+    name: String,
+    declared_at: String,
+    pub(crate) sources: Vec<TopicSpec>,
+    pub(crate) sink: Option<TopicSpec>,
+    pub(crate) concurrency: usize,
+    pub(crate) group: Option<String>,
+    pub(crate) run: Option<RunFn>,
+}
+
+impl AgentSpec {
+    /// Starts describing an agent.
+    pub fn new(name: &str, declared_at: &str) -> Self {
+        AgentSpec {
+            name: name.to_owned(),
+            declared_at: declared_at.to_owned(),
+            sources: Vec::new(),
+            sink: None,
+            concurrency: 1,
+            group: None,
+            run: None,
+        }
+    }
+
+    /// Adds a source topic.
+    pub fn source(mut self, topic: TopicSpec) -> Self {
+        self.sources.push(topic);
+        self
+    }
+
+    /// Sets the sink topic.
+    pub fn sink(mut self, topic: TopicSpec) -> Self {
+        self.sink = Some(topic);
+        self
+    }
+
+    /// Runs `n` instances, each owning a share of the partitions (order kept per partition).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Overrides the consumer group (default `<app>-<agent>`).
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
+    }
+
+    /// Sets the function each instance runs.
+    pub fn run<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AgentContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.run = Some(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the agent was declared (`file:line`).
+    pub fn declared_at(&self) -> &str {
+        &self.declared_at
+    }
+
+    /// Source topics.
+    pub fn sources(&self) -> &[TopicSpec] {
+        &self.sources
+    }
+
+    /// Sink topic.
+    pub fn sink_topic(&self) -> Option<&TopicSpec> {
+        self.sink.as_ref()
+    }
+
+    /// Number of instances.
+    pub fn instances(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The consumer group under an app id.
+    pub fn group_id(&self, app_id: &str) -> String {
+        self.group.clone().unwrap_or_else(|| format!("{app_id}-{}", self.name))
+    }
+}
+
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSpec")
+            .field("name", &self.name)
+            .field("sources", &self.sources)
+            .field("sink", &self.sink)
+            .field("concurrency", &self.concurrency)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an agent function may return: `()` or `Result<(), E>`.
+#[diagnostic::on_unimplemented(
+    message = "an agent must return `rill::Result<()>` or `()`, not `{Self}`"
+)]
+pub trait AgentResult {
+    /// Normalizes to rill's `Result`.
+    fn into_result(self) -> Result<()>;
+}
+
+impl AgentResult for () {
+    fn into_result(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<E: Into<Error>> AgentResult for std::result::Result<(), E> {
+    fn into_result(self) -> Result<()> {
+        self.map_err(Into::into)
+    }
+}
+
+/// What one agent instance is given: its stream and its sink.
+pub struct AgentContext {
+    pub(crate) agent: String,
+    pub(crate) instance: usize,
+    pub(crate) core: Option<StreamCore>,
+    pub(crate) sources: Vec<TopicSpec>,
+    pub(crate) sink: Option<TopicSpec>,
+}
+
+impl AgentContext {
+    /// The instance's typed stream; can be taken once.
+    pub fn stream<T: Record>(&mut self) -> Result<Stream<T>> {
+        let core = self
+            .core
+            .take()
+            .ok_or_else(|| agent_error(&self.agent, "the stream was already taken"))?;
+        let codec = self.sources.first().map_or(T::CODEC, |s| s.codec);
+        Ok(Stream::new(core, codec))
+    }
+
+    /// The agent's sink.
+    pub fn sink<T: Record>(&self) -> Result<Sink<T>> {
+        let spec = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| agent_error(&self.agent, "the agent has no `sink` topic"))?;
+        Ok(Sink::new(&spec.name, spec.codec))
+    }
+
+    /// Which instance this is (0-based, below the agent's concurrency).
+    pub fn instance(&self) -> usize {
+        self.instance
+    }
+}
+
+/// An agent registered by `#[agent]` (collected with `inventory`, so users list agents once).
+pub struct Registration {
+    /// Builds the agent's description.
+    pub build: fn() -> AgentSpec,
+}
+
+inventory::collect!(Registration);
+
+/// Every agent registered in this binary, sorted by name.
+pub fn registered_agents() -> Vec<AgentSpec> {
+    let mut specs: Vec<AgentSpec> = inventory::iter::<Registration>.into_iter().map(|r| (r.build)()).collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    specs
+}

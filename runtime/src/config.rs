@@ -1,0 +1,254 @@
+//! Worker configuration: where the log lives (Kafka, the embedded LMDB log, or memory), where
+//! state lives, how often to commit, and librdkafka properties passed through untouched.
+//!
+//! Precedence, lowest first: `App` builder calls, `RILL_*` environment variables, CLI flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Which transport carries the topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// The embedded log, persisted in LMDB under the data dir (the default).
+    Embedded,
+    /// The embedded log kept in a temporary directory that is deleted on exit (`memory://`).
+    Memory,
+    /// Apache Kafka (`kafka://host:port[,host:port]`).
+    Kafka {
+        /// librdkafka's `bootstrap.servers`.
+        bootstrap: String,
+    },
+}
+
+impl Broker {
+    /// Parses `kafka://h1:9092,h2:9092`, `memory://` or `embedded://`.
+    ///
+    /// ```
+    /// use rill_runtime::Broker;
+    /// assert_eq!(
+    ///     Broker::parse("kafka://a:9092,b:9092").unwrap(),
+    ///     Broker::Kafka { bootstrap: "a:9092,b:9092".into() }
+    /// );
+    /// assert!(Broker::parse("redis://x").is_err());
+    /// ```
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let fix = "expected `kafka://host:port[,host:port...]`, `memory://`, or `embedded://` (the default: the log in --data-dir)";
+        if url.is_empty() || url == "embedded://" || url == "embedded" {
+            return Ok(Broker::Embedded);
+        }
+        if url == "memory://" || url == "memory" {
+            return Ok(Broker::Memory);
+        }
+        if let Some(rest) = url.strip_prefix("kafka://") {
+            let hosts: Vec<&str> =
+                rest.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+            if hosts.is_empty() {
+                return Err(Error::config("broker", format!("`{url}` names no host; {fix}")));
+            }
+            for host in &hosts {
+                let port_ok = host
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(Error::config(
+                        "broker",
+                        format!("`{host}` in `{url}` is not host:port; {fix}"),
+                    ));
+                }
+            }
+            return Ok(Broker::Kafka { bootstrap: hosts.join(",") });
+        }
+        Err(Error::config("broker", format!("unsupported broker URL `{url}`; {fix}")))
+    }
+}
+
+/// Settings of one worker.
+#[derive(Clone)]
+pub struct Config {
+    /// The app's id: consumer groups, internal topics and the default data dir derive from it.
+    pub app_id: String,
+    /// The transport.
+    pub broker: Broker,
+    /// Directory for the embedded log and local state (default `./<app>-data`).
+    pub data_dir: PathBuf,
+    /// How often each agent instance commits (offsets, outputs; later table state).
+    pub commit_interval: Duration,
+    /// Partitions of topics rill creates (default 8).
+    pub partitions: i32,
+    /// Replication factor of topics rill creates on Kafka (default 1).
+    pub replication: i32,
+    /// librdkafka properties passed to every client (`security.protocol`, `sasl.*`, `ssl.*`...).
+    pub kafka: BTreeMap<String, String>,
+    /// Embedded log retention per partition in bytes (`None`: unbounded).
+    pub retention_bytes: Option<u64>,
+    /// Embedded log retention by record age (`None`: unbounded).
+    pub retention: Option<Duration>,
+    /// LMDB map size of the embedded log.
+    pub embedded_map_size: usize,
+    /// How long shutdown waits for agents to finish their current record.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for an app id.
+    pub fn new(app_id: &str) -> Self {
+        Config {
+            app_id: app_id.to_owned(),
+            broker: Broker::Embedded,
+            data_dir: PathBuf::from(format!("{app_id}-data")),
+            commit_interval: Duration::from_millis(100),
+            partitions: 8,
+            replication: 1,
+            kafka: BTreeMap::new(),
+            retention_bytes: None,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            embedded_map_size: 8 << 30,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Applies `RILL_*` environment variables (the CLI applies its flags afterwards).
+    pub fn apply_env(&mut self) -> Result<()> {
+        self.apply_vars(std::env::vars())
+    }
+
+    pub(crate) fn apply_vars(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+        for (name, value) in vars {
+            match name.as_str() {
+                "RILL_BROKER" => self.broker = Broker::parse(&value).map_err(|e| rename(e, &name))?,
+                "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "RILL_COMMIT_INTERVAL_MS" => {
+                    self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
+                "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
+                "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
+                "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
+                "RILL_RETENTION_MS" => {
+                    self.retention = Some(Duration::from_millis(parse_num(&name, &value, 1)?));
+                }
+                _ => {
+                    if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
+                        self.kafka.insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a librdkafka property from `key=value` (the CLI's `-X`).
+    pub fn set_kafka_property(&mut self, kv: &str) -> Result<()> {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Error::config("-X", format!("`{kv}` is not `property=value`, e.g. `-X security.protocol=SASL_SSL`"))
+        })?;
+        self.kafka.insert(k.trim().to_owned(), v.trim().to_owned());
+        Ok(())
+    }
+
+    /// Checks cross-field rules, naming the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.partitions < 1 {
+            return Err(Error::config("partitions (RILL_PARTITIONS)", "must be at least 1"));
+        }
+        if self.commit_interval.is_zero() {
+            return Err(Error::config(
+                "commit_interval (RILL_COMMIT_INTERVAL_MS)",
+                "must be above zero; 100 ms is a good start",
+            ));
+        }
+        for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
+            if self.kafka.contains_key(reserved) {
+                return Err(Error::config(
+                    format!("kafka property `{reserved}`"),
+                    "rill manages it (groups per agent, offsets committed after processing); remove it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties with secret values masked, for logs and status output.
+    pub fn kafka_redacted(&self) -> BTreeMap<String, String> {
+        self.kafka
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "token", "key.pem", "jaas"]
+                    .iter()
+                    .any(|s| k.contains(s));
+                (k.clone(), if secret { "[redacted]".to_owned() } else { v.clone() })
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("app_id", &self.app_id)
+            .field("broker", &self.broker)
+            .field("data_dir", &self.data_dir)
+            .field("commit_interval", &self.commit_interval)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("kafka", &self.kafka_redacted())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rename(err: Error, setting: &str) -> Error {
+    match err {
+        Error::Config { message, .. } => Error::config(setting, message),
+        other => other,
+    }
+}
+
+fn parse_num<T: std::str::FromStr + PartialOrd>(name: &str, value: &str, min: T) -> Result<T>
+where
+    T: std::fmt::Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(Error::config(name, format!("`{value}` is not a whole number of at least {min}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn env_vars_apply_and_pass_kafka_properties_through() {
+        let mut c = Config::new("app");
+        c.apply_vars(vars(&[
+            ("RILL_BROKER", "kafka://k:9092"),
+            ("RILL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("RILL_KAFKA_SASL_PASSWORD", "hunter2"),
+            ("RILL_PARTITIONS", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(c.broker, Broker::Kafka { bootstrap: "k:9092".into() });
+        assert_eq!(c.kafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.partitions, 4);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut c = Config::new("app");
+        let err = c.apply_vars(vars(&[("RILL_PARTITIONS", "zero")])).unwrap_err().to_string();
+        assert!(err.contains("RILL_PARTITIONS"), "{err}");
+        let err = c.apply_vars(vars(&[("RILL_BROKER", "kafka://nohost")])).unwrap_err().to_string();
+        assert!(err.contains("RILL_BROKER") && err.contains("host:port"), "{err}");
+        c.kafka.insert("group.id".into(), "x".into());
+        assert!(c.validate().unwrap_err().to_string().contains("group.id"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The one error type of the runtime. Each variant says what failed, where (topic, partition,
+//! offset, setting) and, where there is one, what the user can do about it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in rill.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid; the message names the setting and the fix.
+    #[error("invalid setting `{setting}`: {message}")]
+    Config {
+        /// The setting, as the user spells it (CLI flag, env var or builder method).
+        setting: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("codec error on topic `{topic}`: {source}")]
+    Codec {
+        /// Topic the record belongs to.
+        topic: String,
+        /// The underlying codec failure.
+        #[source]
+        source: CodecError,
+    },
+    /// Two declarations of one topic disagree on its record type.
+    #[error(
+        "topic `{topic}` is declared with two record types: `{first_type}` at {first_at} and `{second_type}` at {second_at}; a topic carries one type, so rename one topic or use the same type"
+    )]
+    TopicTypeConflict {
+        /// Topic name.
+        topic: String,
+        /// First type and where it was declared.
+        first_type: &'static str,
+        /// Location of the first declaration.
+        first_at: String,
+        /// Second type.
+        second_type: &'static str,
+        /// Location of the second declaration.
+        second_at: String,
+    },
+    /// An agent was wired wrongly (for example asked for a stream twice).
+    #[error("agent `{agent}`: {message}")]
+    Agent {
+        /// Agent name.
+        agent: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A send was attempted where no producer is available.
+    #[error(
+        "`{0}` was called outside an agent; inside an agent it joins the agent's commit, elsewhere use `App::producer()` or a `Producer` handed to an `App::task`"
+    )]
+    NoContext(&'static str),
+    /// A topic does not exist and could not be created.
+    #[error("unknown topic `{0}`: declare it in an agent or with `App::topic`, or create it on the broker")]
+    UnknownTopic(String),
+    /// Kafka (librdkafka) reported an error.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What rill was doing.
+        context: String,
+        /// The librdkafka error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// LMDB reported an error.
+    #[error("lmdb at {path}: {context}: {source}", path = path.display())]
+    Storage {
+        /// The environment's directory.
+        path: PathBuf,
+        /// What rill was doing.
+        context: String,
+        /// The heed error.
+        #[source]
+        source: heed::Error,
+    },
+    /// An I/O error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What rill was doing.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker is shutting down or a component it needs has stopped.
+    #[error("shutting down: {0}")]
+    Shutdown(String),
+    /// An error returned by user code.
+    #[error(transparent)]
+    User(#[from] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub(crate) fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { setting: setting.into(), message: message.into() }
+    }
+
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka { context: context.into(), source }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// Wraps any error from user code.
+    pub fn user<E: Into<Box<dyn std::error::Error + Send + Sync>>>(err: E) -> Self {
+        Error::User(err.into())
+    }
+}
+
+/// Why a record could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// JSON failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// postcard (compact binary) failed.
+    #[error("postcard: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// Raw bytes were not valid UTF-8 for a `String` record.
+    #[error("invalid utf-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
+    /// The record had no value (a Kafka tombstone).
+    #[error("the record has no value (null payload)")]
+    NullValue,
+    /// The codec cannot represent this type.
+    #[error("codec `{codec}` cannot carry `{ty}`: {hint}")]
+    Unsupported {
+        /// Codec name.
+        codec: &'static str,
+        /// Rust type.
+        ty: &'static str,
+        /// What to use instead.
+        hint: &'static str,
+    },
+}
+
+/// `Result` with rill's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

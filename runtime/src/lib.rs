@@ -1,0 +1,41 @@
+//! The rill runtime: agents over typed streams, run on Kafka (rdkafka) or on an embedded LMDB
+//! log. Most users depend on the `rill` facade, which re-exports this crate with the macros.
+//!
+//! Start with [`App`]; see `ARCHITECTURE.md` in the repository for the data path.
+
+pub mod agent;
+pub mod app;
+mod cli;
+pub mod codec;
+pub mod config;
+mod context;
+pub mod error;
+pub mod message;
+pub mod partitioner;
+pub mod producer;
+pub mod record;
+pub mod stream;
+pub mod testing;
+pub mod topic;
+mod transport;
+pub mod worker;
+
+pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
+pub use app::App;
+pub use codec::{Codec, EventTime, KeyBytes};
+pub use config::{Broker, Config};
+pub use context::AgentStats;
+pub use error::{CodecError, Error, Result};
+pub use message::{Event, Headers, Metadata, OutRecord, RawRecord};
+pub use producer::Producer;
+pub use record::{Field, Record};
+pub use stream::{Sink, Stream};
+pub use testing::TestApp;
+pub use topic::{Topic, TopicSpec};
+pub use worker::Worker;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use serde;
+}

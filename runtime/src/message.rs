@@ -1,0 +1,114 @@
+//! The untyped record as the transports carry it, and the typed `Event` agents can ask for.
+
+use std::sync::Arc;
+
+/// Message headers, in order, as Kafka carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, Option<Vec<u8>>)>);
+
+impl Headers {
+    /// The first header with this name.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Appends a header.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.0.push((name.into(), Some(value.into())));
+    }
+
+    /// True when there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A record read from a topic partition: what the transports hand to the runtime.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value (`None` for a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Message timestamp, milliseconds since the epoch.
+    pub timestamp: Option<i64>,
+    /// Message headers.
+    pub headers: Headers,
+}
+
+/// A record to be written: the transports assign partition (when `None`) and offset.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Fixed partition, or `None` to partition by key (murmur2) or spread keyless records.
+    pub partition: Option<i32>,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value.
+    pub value: Option<Vec<u8>>,
+    /// Message timestamp (event time when the record has one), milliseconds since the epoch.
+    pub timestamp: i64,
+    /// Message headers.
+    pub headers: Headers,
+}
+
+/// Metadata of the record an event came from.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Message key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Message timestamp, milliseconds since the epoch.
+    pub timestamp: Option<i64>,
+    /// Message headers.
+    pub headers: Headers,
+}
+
+impl Metadata {
+    pub(crate) fn of(raw: &RawRecord) -> Self {
+        Metadata {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset: raw.offset,
+            key: raw.key.clone(),
+            timestamp: raw.timestamp,
+            headers: raw.headers.clone(),
+        }
+    }
+}
+
+/// A decoded record with its metadata, yielded by `Stream::events()` (Faust's `stream.events()`).
+#[derive(Debug, Clone)]
+pub struct Event<T> {
+    /// The decoded value.
+    pub value: T,
+    /// Where it came from.
+    pub meta: Metadata,
+}
+
+impl<T> std::ops::Deref for Event<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

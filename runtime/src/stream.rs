@@ -1,0 +1,346 @@
+//! `Stream<T>`: what an agent iterates. It also owns the agent instance's commit step:
+//!
+//! - asking for the next record marks the previous one finished (Faust's ack-on-next);
+//! - every commit interval (or when many sends are pending) the instance makes its pending sends
+//!   durable and then commits the offsets of finished records, in one step;
+//! - a revocation or shutdown commits what is finished before the partitions are given up.
+//!
+//! All of it runs inside `poll_next`, on the agent's own task: no locks or channel hops per
+//! record beyond the batch channel from the fetcher.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::codec::{Codec, KeyBytes};
+use crate::context::{self, Shared};
+use crate::error::{Error, Result};
+use crate::message::{Event, Metadata, RawRecord};
+use crate::record::Record;
+use crate::topic::encode_out;
+use crate::transport::{Batch, Committer, Control, Tp};
+
+/// Pending sends that trigger a commit before the interval ends, bounding memory.
+const MAX_PENDING: usize = 20_000;
+
+/// Shutdown request, sent by the worker alongside the fetcher's control messages.
+pub(crate) enum Stop {
+    Now,
+}
+
+pub(crate) struct StreamCore {
+    data: mpsc::Receiver<Batch>,
+    ctrl: mpsc::UnboundedReceiver<Control>,
+    stop: mpsc::UnboundedReceiver<Stop>,
+    generation: u64,
+    batch: std::vec::IntoIter<RawRecord>,
+    batch_generation: u64,
+    in_flight: Option<(Tp, i64)>,
+    done: HashMap<Tp, i64>,
+    shared: Arc<Shared>,
+    group: Arc<str>,
+    committer: Committer,
+    interval: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    committing: Option<Commit>,
+    closed: bool,
+}
+
+struct Commit {
+    future: BoxFuture<'static, Result<()>>,
+    acks: Vec<std_mpsc::SyncSender<()>>,
+    last: bool,
+}
+
+pub(crate) struct CoreParts {
+    pub(crate) data: mpsc::Receiver<Batch>,
+    pub(crate) ctrl: mpsc::UnboundedReceiver<Control>,
+    pub(crate) stop: mpsc::UnboundedReceiver<Stop>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) group: Arc<str>,
+    pub(crate) committer: Committer,
+    pub(crate) interval: Duration,
+}
+
+impl StreamCore {
+    pub(crate) fn new(p: CoreParts) -> Self {
+        StreamCore {
+            data: p.data,
+            ctrl: p.ctrl,
+            stop: p.stop,
+            generation: 0,
+            batch: Vec::new().into_iter(),
+            batch_generation: 0,
+            in_flight: None,
+            done: HashMap::new(),
+            shared: p.shared,
+            group: p.group,
+            committer: p.committer,
+            interval: p.interval,
+            deadline: Box::pin(tokio::time::sleep(p.interval)),
+            committing: None,
+            closed: false,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.done.is_empty() || self.shared.pending_len() > 0
+    }
+
+    fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
+        let pending = self.shared.take_pending();
+        let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
+        let producer = self.shared.producer.clone();
+        let committer = self.committer.clone();
+        let group = self.group.clone();
+        let stats = self.shared.stats.clone();
+        let future = Box::pin(async move {
+            if pending.is_empty() && offsets.is_empty() {
+                return Ok(());
+            }
+            producer.complete(pending, &group, offsets, &committer).await?;
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        self.committing = Some(Commit { future, acks, last });
+        let next = tokio::time::Instant::now() + self.interval;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// The next raw record for the agent, committing on the way when due.
+    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<RawRecord>> {
+        loop {
+            if let Some(commit) = &mut self.committing {
+                let result = ready!(commit.future.as_mut().poll(cx));
+                let Some(commit) = self.committing.take() else { continue };
+                for ack in commit.acks {
+                    let _ = ack.send(());
+                }
+                if let Err(e) = result {
+                    tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
+                    self.shared.fail(e);
+                    self.closed = true;
+                }
+                if commit.last {
+                    self.closed = true;
+                }
+                continue;
+            }
+            if self.closed {
+                return Poll::Ready(None);
+            }
+            if let Some((tp, offset)) = self.in_flight.take() {
+                self.done.insert(tp, offset + 1);
+            }
+            if let Poll::Ready(Some(Stop::Now)) = self.stop.poll_recv(cx) {
+                self.start_commit(Vec::new(), true);
+                continue;
+            }
+            while let Poll::Ready(Some(msg)) = self.ctrl.poll_recv(cx) {
+                match msg {
+                    Control::Assigned { generation, .. } => self.generation = generation,
+                    Control::Revoked { generation, ack } => {
+                        self.generation = generation;
+                        self.batch = Vec::new().into_iter();
+                        self.start_commit(vec![ack], false);
+                        break;
+                    }
+                }
+            }
+            if self.committing.is_some() {
+                continue;
+            }
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                if self.has_work() {
+                    self.start_commit(Vec::new(), false);
+                    continue;
+                }
+                let next = tokio::time::Instant::now() + self.interval;
+                self.deadline.as_mut().reset(next);
+                let _ = self.deadline.as_mut().poll(cx);
+            }
+            if self.batch_generation < self.generation {
+                // Fetched before a revocation: another owner (or a later fetch) redoes them.
+                self.batch = Vec::new().into_iter();
+            }
+            if self.batch_generation <= self.generation {
+                if let Some(record) = self.batch.next() {
+                    self.in_flight = Some(((record.topic.clone(), record.partition), record.offset));
+                    self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Some(record));
+                }
+            } else {
+                // A batch from an assignment whose announcement is already queued: read it first.
+                continue;
+            }
+            if self.shared.pending_len() >= MAX_PENDING {
+                self.start_commit(Vec::new(), false);
+                continue;
+            }
+            match self.data.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => {
+                    self.batch_generation = batch.generation;
+                    self.batch = batch.records.into_iter();
+                }
+                Poll::Ready(None) => self.start_commit(Vec::new(), true),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+type Step<T> = Box<dyn FnMut(RawRecord) -> Option<T> + Send>;
+
+/// The typed stream an agent reads: a `futures::Stream` of `T` with Kafka's per-partition order.
+///
+/// Asking for the next item marks the previous one finished; its offset is committed at the next
+/// commit step, after everything the agent sent for it is durable (at-least-once).
+pub struct Stream<T> {
+    core: StreamCore,
+    step: Step<T>,
+}
+
+impl<T: Record> Stream<T> {
+    pub(crate) fn new(core: StreamCore, codec: Codec) -> Self {
+        let shared = core.shared.clone();
+        Stream { core, step: Box::new(move |raw| decode::<T>(&shared, &raw, codec)) }
+    }
+}
+
+fn decode<T: Record>(shared: &Shared, raw: &RawRecord, codec: Codec) -> Option<T> {
+    let result = match &raw.value {
+        Some(bytes) => T::decode(bytes, codec),
+        None => Err(crate::error::CodecError::NullValue),
+    };
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                agent = %shared.agent,
+                topic = %raw.topic,
+                partition = raw.partition,
+                offset = raw.offset,
+                %error,
+                "skipping a record that cannot be decoded as `{}`",
+                std::any::type_name::<T>()
+            );
+            None
+        }
+    }
+}
+
+impl<T: Send + 'static> Stream<T> {
+    /// The next record, or `None` when the worker shuts down.
+    pub async fn next(&mut self) -> Option<T> {
+        futures::StreamExt::next(self).await
+    }
+
+    /// Keeps the records for which `keep` is true; the others count as finished.
+    pub fn filter(mut self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
+        let mut step = self.step;
+        self.step = Box::new(move |raw| step(raw).filter(|v| keep(v)));
+        self
+    }
+
+    /// Transforms each record.
+    pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
+        let mut step = self.step;
+        Stream { core: self.core, step: Box::new(move |raw| step(raw).map(&mut f)) }
+    }
+
+    /// Pairs each record with its position in this stream (from 0).
+    pub fn enumerate(self) -> Stream<(usize, T)> {
+        let mut n = 0usize;
+        self.map(move |v| {
+            let i = n;
+            n += 1;
+            (i, v)
+        })
+    }
+
+    /// Yields each record with its metadata (topic, partition, offset, key, timestamp, headers).
+    pub fn events(self) -> Stream<Event<T>> {
+        let mut step = self.step;
+        Stream {
+            core: self.core,
+            step: Box::new(move |raw| {
+                let meta = Metadata::of(&raw);
+                step(raw).map(|value| Event { value, meta })
+            }),
+        }
+    }
+}
+
+impl<T> Unpin for Stream<T> {}
+
+impl<T> futures::Stream for Stream<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        loop {
+            match ready!(this.core.poll_raw(cx)) {
+                None => return Poll::Ready(None),
+                Some(raw) => {
+                    if let Some(value) = (this.step)(raw) {
+                        return Poll::Ready(Some(value));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The agent's sink topic (`#[agent(sink = "...")]`): values sent here are delivered before the
+/// offsets of the records that produced them are committed.
+pub struct Sink<T> {
+    topic: Arc<str>,
+    codec: Codec,
+    _type: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Record> Sink<T> {
+    pub(crate) fn new(topic: &str, codec: Codec) -> Self {
+        Sink { topic: Arc::from(topic), codec, _type: std::marker::PhantomData }
+    }
+
+    /// The sink topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends a value, keyed by its `#[record(key)]` field.
+    pub async fn send(&self, value: &T) -> Result<()> {
+        let key = value.key();
+        context::send("Sink::send", encode_out(&self.topic, self.codec, key, value)?).await
+    }
+
+    /// Sends a value with an explicit key.
+    pub async fn send_keyed<K: KeyBytes + ?Sized>(&self, key: &K, value: &T) -> Result<()> {
+        context::send("Sink::send", encode_out(&self.topic, self.codec, Some(key.key_bytes()), value)?).await
+    }
+}
+
+impl<T> std::fmt::Debug for Sink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({})", self.topic)
+    }
+}
+
+impl<T> std::fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stream({})", self.core.shared.agent)
+    }
+}
+
+pub(crate) fn agent_error(agent: &str, message: impl Into<String>) -> Error {
+    Error::Agent { agent: agent.to_owned(), message: message.into() }
+}

@@ -1,0 +1,155 @@
+//! The test harness: an app on the in-memory embedded log, in a plain `#[tokio::test]`, with no
+//! broker. Send records in, read what the agents produced, check counters.
+//!
+//! ```
+//! use rill_runtime::{AgentSpec, App, TopicSpec};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> rill_runtime::Result<()> {
+//! // A hand-written agent that upper-cases lines into `shouted`.
+//! let shout = AgentSpec::new("shout", "doc")
+//!     .source(TopicSpec::of::<String>("lines", "doc"))
+//!     .sink(TopicSpec::of::<String>("shouted", "doc"))
+//!     .run(|mut ctx| async move {
+//!         let mut lines = ctx.stream::<String>()?;
+//!         let out = ctx.sink::<String>()?;
+//!         while let Some(line) = lines.next().await {
+//!             out.send(&line.to_uppercase()).await?;
+//!         }
+//!         Ok(())
+//!     });
+//!
+//! let app = App::new("doc").agents([shout]).test().await?;
+//! app.send_to("lines", &"hello".to_string()).await?;
+//! let got: Vec<String> = app.expect("shouted", 1).await?;
+//! assert_eq!(got, vec!["HELLO".to_string()]);
+//! app.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::config::Broker;
+use crate::context::AgentStats;
+use crate::error::{Error, Result};
+use crate::message::{Headers, OutRecord, RawRecord, now_millis};
+use crate::producer::Producer;
+use crate::record::Record;
+use crate::transport::Transport;
+use crate::transport::embedded::EmbeddedLog;
+use crate::worker::Worker;
+
+/// How long `expect` waits by default.
+const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running app on the in-memory log, for tests.
+pub struct TestApp {
+    worker: Worker,
+    log: Arc<EmbeddedLog>,
+    producer: Producer,
+}
+
+impl App {
+    /// Starts this app on a fresh in-memory log (ignoring any configured broker and the
+    /// environment), with a short commit interval, for tests.
+    pub async fn test(mut self) -> Result<TestApp> {
+        self.config.broker = Broker::Memory;
+        if self.config.commit_interval > Duration::from_millis(20) {
+            self.config.commit_interval = Duration::from_millis(20);
+        }
+        let config = self.resolve(false)?;
+        let worker = self.start_with(config).await?;
+        let Transport::Embedded(log) = &worker.transport else {
+            return Err(Error::config("broker", "the test harness runs on memory://"));
+        };
+        let log = log.clone();
+        let producer = worker.producer();
+        Ok(TestApp { worker, log, producer })
+    }
+}
+
+impl TestApp {
+    /// Sends a value to a topic (keyed by its `#[record(key)]` field) and makes it visible.
+    pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
+        self.producer.send_to(topic, value).await?;
+        self.producer.flush().await
+    }
+
+    /// Sends raw bytes (for example a malformed record) and makes them visible.
+    pub async fn send_bytes(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        self.producer
+            .send_raw(OutRecord {
+                topic: Arc::from(topic),
+                partition: None,
+                key: key.map(<[u8]>::to_vec),
+                value: Some(value.to_vec()),
+                timestamp: now_millis(),
+                headers: Headers::default(),
+            })
+            .await?;
+        self.producer.flush().await
+    }
+
+    /// The producer, for sending many records before one `flush`.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// Every record now in a topic, partition by partition, in offset order.
+    pub fn records(&self, topic: &str) -> Result<Vec<RawRecord>> {
+        let Some(partitions) = self.log.partitions(topic) else { return Ok(Vec::new()) };
+        let name: Arc<str> = Arc::from(topic);
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            out.extend(self.log.read(&name, p, 0, usize::MAX)?);
+        }
+        Ok(out)
+    }
+
+    /// Every record now in a topic, decoded.
+    pub fn read<V: Record>(&self, topic: &str) -> Result<Vec<V>> {
+        self.records(topic)?
+            .into_iter()
+            .map(|r| {
+                V::decode(r.value.as_deref().unwrap_or_default(), V::CODEC)
+                    .map_err(|source| Error::Codec { topic: topic.to_owned(), source })
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until a topic holds at least `n` records and returns them decoded.
+    pub async fn expect<V: Record>(&self, topic: &str, n: usize) -> Result<Vec<V>> {
+        let deadline = tokio::time::Instant::now() + EXPECT_TIMEOUT;
+        loop {
+            let got = self.records(topic)?;
+            if got.len() >= n {
+                return self.read(topic);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Shutdown(format!(
+                    "expected {n} records in `{topic}` within {EXPECT_TIMEOUT:?}, found {}",
+                    got.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Counters of an agent.
+    pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
+        self.worker.stats(agent)
+    }
+
+    /// The committed offset of an agent's group on a partition.
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.log.committed(group, topic, partition)
+    }
+
+    /// Stops the app gracefully.
+    pub async fn stop(self) -> Result<()> {
+        self.worker.shutdown().await
+    }
+}

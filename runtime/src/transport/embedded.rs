@@ -1,0 +1,789 @@
+//! The embedded transport: Kafka's log model (topics, partitions, offsets, group commits) in one
+//! LMDB environment under the data dir, so a single machine runs rill for real with nothing
+//! installed, and tests run without a broker.
+//!
+//! Layout: one database per topic-partition keyed by big-endian offset (appended with
+//! `PutFlags::APPEND`), a `topics` database of topic metadata, a `partitions` database of each
+//! partition's next offset and size, and an `offsets` database of group commits. Produced records
+//! and the offsets of the records that produced them are written in one LMDB transaction, so an
+//! agent's outputs and its progress become durable together.
+//!
+//! Consumer groups are coordinated in-process (several workers of one app may share a process);
+//! across processes, use Kafka. Another process (the `send` command) may append at any time:
+//! fetchers poll for such writes as well as waiting on in-process notifications.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, Str, U64};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RwTxn, WithoutTls};
+
+use super::{Router, Tp};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::message::{Headers, OutRecord, RawRecord, now_millis};
+use crate::partitioner::partition_for_key;
+
+type PartDb = Database<U64<BigEndian>, Bytes>;
+
+/// Records fetched per partition per round.
+const FETCH_MAX: usize = 2000;
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct TopicMeta {
+    partitions: i32,
+}
+
+/// The embedded log.
+pub(crate) struct EmbeddedLog {
+    env: Env<WithoutTls>,
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    topics_db: Database<Str, Bytes>,
+    parts_db: Database<Bytes, Bytes>,
+    offsets_db: Database<Bytes, U64<BigEndian>>,
+    topics: RwLock<HashMap<String, TopicMeta>>,
+    dbs: RwLock<HashMap<(String, i32), PartDb>>,
+    default_partitions: i32,
+    retention_bytes: Option<u64>,
+    retention_ms: Option<i64>,
+    changes: Mutex<u64>,
+    changed: Condvar,
+    groups: Mutex<HashMap<String, Group>>,
+    spread: AtomicU32,
+}
+
+#[derive(Default)]
+struct Group {
+    generation: u64,
+    members: BTreeMap<String, Vec<String>>,
+    acked: HashSet<String>,
+}
+
+enum Barrier {
+    Ready(Vec<Tp>),
+    Waiting,
+    Stale,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log under `<data_dir>/log`, or in a temporary directory.
+    pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
+        let (path, temp) = if in_memory {
+            let temp = tempfile::Builder::new()
+                .prefix("rill-memory-")
+                .tempdir()
+                .map_err(|e| Error::io("creating a temporary directory for memory://", e))?;
+            (temp.path().to_path_buf(), Some(temp))
+        } else {
+            let path = config.data_dir.join("log");
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::io(format!("creating the data dir {} (set --data-dir or RILL_DATA_DIR)", path.display()), e)
+            })?;
+            (path, None)
+        };
+        let storage = |context: &str| {
+            let path = path.clone();
+            let context = context.to_owned();
+            move |source| Error::Storage { path, context, source }
+        };
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(config.embedded_map_size).max_dbs(4096).max_readers(256);
+        let env = open_env(&mut options, &path, in_memory).map_err(storage("opening the embedded log"))?;
+        // A killed process leaves reader slots behind; they would pin old pages forever.
+        let stale = env.clear_stale_readers().map_err(storage("clearing stale readers"))?;
+        if stale > 0 {
+            tracing::info!(stale, path = %path.display(), "cleared stale LMDB readers left by a killed process");
+        }
+        let mut wtxn = env.write_txn().map_err(storage("starting a write transaction"))?;
+        let topics_db = env.create_database(&mut wtxn, Some("topics")).map_err(storage("creating `topics`"))?;
+        let parts_db = env.create_database(&mut wtxn, Some("partitions")).map_err(storage("creating `partitions`"))?;
+        let offsets_db = env.create_database(&mut wtxn, Some("offsets")).map_err(storage("creating `offsets`"))?;
+        wtxn.commit().map_err(storage("committing"))?;
+        let log = EmbeddedLog {
+            env,
+            path,
+            _temp: temp,
+            topics_db,
+            parts_db,
+            offsets_db,
+            topics: RwLock::new(HashMap::new()),
+            dbs: RwLock::new(HashMap::new()),
+            default_partitions: config.partitions,
+            retention_bytes: config.retention_bytes,
+            retention_ms: config.retention.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            changes: Mutex::new(0),
+            changed: Condvar::new(),
+            groups: Mutex::new(HashMap::new()),
+            spread: AtomicU32::new(0),
+        };
+        log.reload_topics()?;
+        Ok(Arc::new(log))
+    }
+
+    fn err(&self, context: impl Into<String>) -> impl FnOnce(heed::Error) -> Error + '_ {
+        let context = context.into();
+        move |source| {
+            let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
+                format!("{context}: the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)")
+            } else {
+                context
+            };
+            Error::Storage { path: self.path.clone(), context, source }
+        }
+    }
+
+    fn reload_topics(&self) -> Result<()> {
+        let rtxn = self.env.read_txn().map_err(self.err("reading topics"))?;
+        let mut map = HashMap::new();
+        for item in self.topics_db.iter(&rtxn).map_err(self.err("reading topics"))? {
+            let (name, meta) = item.map_err(self.err("reading topics"))?;
+            if let Ok(meta) = serde_json::from_slice::<TopicMeta>(meta) {
+                map.insert(name.to_owned(), meta);
+            }
+        }
+        drop(rtxn);
+        *self.topics.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+
+    fn meta(&self, topic: &str) -> Option<TopicMeta> {
+        if let Some(m) = self.topics.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
+            return Some(*m);
+        }
+        // Another process may have created it.
+        self.reload_topics().ok()?;
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(topic).copied()
+    }
+
+    /// Partition count of a topic, if it exists.
+    pub(crate) fn partitions(&self, topic: &str) -> Option<i32> {
+        self.meta(topic).map(|m| m.partitions)
+    }
+
+    /// Names of all topics.
+    pub(crate) fn topic_names(&self) -> Vec<String> {
+        let _ = self.reload_topics();
+        let mut names: Vec<String> =
+            self.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Creates a topic if missing; returns its partition count.
+    pub(crate) fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32> {
+        if let Some(m) = self.meta(topic) {
+            return Ok(m.partitions);
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err("creating a topic"))?;
+        let mut created = HashMap::new();
+        let meta = self.create_in(&mut wtxn, topic, partitions, &mut created)?;
+        wtxn.commit().map_err(self.err(format!("creating topic `{topic}`")))?;
+        self.publish(created);
+        Ok(meta.partitions)
+    }
+
+    fn create_in(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        topic: &str,
+        partitions: i32,
+        created: &mut HashMap<String, TopicMeta>,
+    ) -> Result<TopicMeta> {
+        if let Some(m) = created.get(topic) {
+            return Ok(*m);
+        }
+        if let Some(bytes) = self.topics_db.get(wtxn, topic).map_err(self.err("reading topics"))? {
+            if let Ok(m) = serde_json::from_slice::<TopicMeta>(bytes) {
+                return Ok(m);
+            }
+        }
+        let meta = TopicMeta { partitions: partitions.max(1) };
+        let bytes = serde_json::to_vec(&meta).map_err(|e| Error::user(e))?;
+        self.topics_db.put(wtxn, topic, &bytes).map_err(self.err(format!("creating topic `{topic}`")))?;
+        created.insert(topic.to_owned(), meta);
+        tracing::debug!(topic, partitions = meta.partitions, "created embedded topic");
+        Ok(meta)
+    }
+
+    fn publish(&self, created: HashMap<String, TopicMeta>) {
+        if !created.is_empty() {
+            self.topics.write().unwrap_or_else(|p| p.into_inner()).extend(created);
+        }
+    }
+
+    fn part_db_rw(&self, wtxn: &mut RwTxn<'_>, topic: &str, partition: i32, new: &mut Vec<((String, i32), PartDb)>) -> Result<PartDb> {
+        let key = (topic.to_owned(), partition);
+        if let Some(db) = self.dbs.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*db);
+        }
+        if let Some((_, db)) = new.iter().find(|(k, _)| *k == key) {
+            return Ok(*db);
+        }
+        let db: PartDb = self
+            .env
+            .create_database(wtxn, Some(&part_name(topic, partition)))
+            .map_err(self.err(format!("opening {topic}[{partition}]")))?;
+        new.push((key, db));
+        Ok(db)
+    }
+
+    fn part_db_ro(&self, topic: &str, partition: i32) -> Result<Option<PartDb>> {
+        let key = (topic.to_owned(), partition);
+        if let Some(db) = self.dbs.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(Some(*db));
+        }
+        // Open through a write transaction so the handle is valid for all later transactions.
+        let mut wtxn = self.env.write_txn().map_err(self.err("opening a partition"))?;
+        let name = part_name(topic, partition);
+        let db: Option<PartDb> =
+            self.env.open_database(&wtxn, Some(&name)).map_err(self.err(format!("opening {name}")))?;
+        let _ = &mut wtxn;
+        wtxn.commit().map_err(self.err(format!("opening {name}")))?;
+        if let Some(db) = db {
+            self.dbs.write().unwrap_or_else(|p| p.into_inner()).insert(key, db);
+        }
+        Ok(db)
+    }
+
+    /// Appends records and stores `offsets` for a group, in one LMDB transaction.
+    pub(crate) fn append(
+        &self,
+        records: Vec<OutRecord>,
+        offsets: Option<(String, Vec<(Tp, i64)>)>,
+    ) -> Result<()> {
+        if records.is_empty() && offsets.as_ref().is_none_or(|(_, o)| o.is_empty()) {
+            return Ok(());
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err("starting an append"))?;
+        let mut created = HashMap::new();
+        let mut new_dbs = Vec::new();
+        let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState)> = HashMap::new();
+        let mut buf = Vec::with_capacity(256);
+        for record in records {
+            let meta = match self.meta(&record.topic) {
+                Some(m) => m,
+                None => self.create_in(&mut wtxn, &record.topic, self.default_partitions, &mut created)?,
+            };
+            let partition = match record.partition {
+                Some(p) if (0..meta.partitions).contains(&p) => p,
+                Some(p) => {
+                    return Err(Error::UnknownTopic(format!(
+                        "{}[{p}] (the topic has {} partitions)",
+                        record.topic, meta.partitions
+                    )));
+                }
+                None => match &record.key {
+                    Some(k) => partition_for_key(k, meta.partitions),
+                    None => (self.spread.fetch_add(1, Ordering::Relaxed) % meta.partitions as u32) as i32,
+                },
+            };
+            let slot = (record.topic.clone(), partition);
+            if !states.contains_key(&slot) {
+                let db = self.part_db_rw(&mut wtxn, &record.topic, partition, &mut new_dbs)?;
+                let state = self.part_state(&wtxn, &record.topic, partition)?;
+                states.insert(slot.clone(), (db, state));
+            }
+            let Some((db, state)) = states.get_mut(&slot) else { continue };
+            buf.clear();
+            encode_record(&record, &mut buf);
+            db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
+                .map_err(self.err(format!("appending to {}[{partition}]", record.topic)))?;
+            state.next += 1;
+            state.bytes += buf.len() as u64;
+        }
+        for ((topic, partition), (db, mut state)) in states {
+            self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
+            self.parts_db
+                .put(&mut wtxn, part_name(&topic, partition).as_bytes(), &state.to_bytes())
+                .map_err(self.err("storing partition state"))?;
+        }
+        if let Some((group, offsets)) = offsets {
+            for ((topic, partition), offset) in offsets {
+                let key = offset_key(&group, &topic, partition);
+                self.offsets_db
+                    .put(&mut wtxn, &key, &(offset.max(0) as u64))
+                    .map_err(self.err("committing offsets"))?;
+            }
+        }
+        wtxn.commit().map_err(self.err("committing an append"))?;
+        self.publish(created);
+        if !new_dbs.is_empty() {
+            self.dbs.write().unwrap_or_else(|p| p.into_inner()).extend(new_dbs);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    fn apply_retention(&self, wtxn: &mut RwTxn<'_>, db: PartDb, state: &mut PartState, topic: &str, partition: i32) -> Result<()> {
+        let over_bytes = self.retention_bytes.is_some_and(|limit| state.bytes > limit);
+        let cutoff = self.retention_ms.map(|ms| now_millis().saturating_sub(ms));
+        let Some((first, first_val)) = db.first(wtxn).map_err(self.err("reading retention"))? else {
+            return Ok(());
+        };
+        if !over_bytes && cutoff.is_none_or(|c| decode_ts(first_val) >= c) {
+            return Ok(());
+        }
+        let mut bytes = state.bytes;
+        let mut last_deleted = None;
+        for item in db.range(wtxn, &(first..state.next.saturating_sub(1))).map_err(self.err("retention scan"))? {
+            let (offset, value) = item.map_err(self.err("retention scan"))?;
+            let too_big = self.retention_bytes.is_some_and(|limit| bytes > limit);
+            let too_old = cutoff.is_some_and(|c| decode_ts(value) < c);
+            if !too_big && !too_old {
+                break;
+            }
+            bytes -= value.len() as u64;
+            last_deleted = Some(offset);
+        }
+        if let Some(last) = last_deleted {
+            let removed = db
+                .delete_range(wtxn, &(first..=last))
+                .map_err(self.err(format!("applying retention to {topic}[{partition}]")))?;
+            tracing::debug!(topic, partition, removed, "retention removed the oldest records");
+            state.bytes = bytes;
+        }
+        Ok(())
+    }
+
+    fn part_state(&self, txn: &heed::RoTxn<'_, WithoutTls>, topic: &str, partition: i32) -> Result<PartState> {
+        Ok(self
+            .parts_db
+            .get(txn, part_name(topic, partition).as_bytes())
+            .map_err(self.err("reading partition state"))?
+            .map(PartState::from_bytes)
+            .unwrap_or_default())
+    }
+
+    /// Reads up to `max` records of a partition from `from`.
+    pub(crate) fn read(&self, topic: &Arc<str>, partition: i32, from: i64, max: usize) -> Result<Vec<RawRecord>> {
+        let Some(db) = self.part_db_ro(topic, partition)? else { return Ok(Vec::new()) };
+        let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
+        let mut out = Vec::new();
+        for item in db.range(&rtxn, &(from.max(0) as u64..)).map_err(self.err("reading"))?.take(max) {
+            let (offset, bytes) = item.map_err(self.err("reading"))?;
+            out.push(decode_record(topic, partition, offset as i64, bytes));
+        }
+        Ok(out)
+    }
+
+    /// First available offset and next offset of a partition.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let db = self.part_db_ro(topic, partition)?;
+        let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
+        let state = self.part_state(&rtxn, topic, partition)?;
+        let low = match db {
+            Some(db) => db.first(&rtxn).map_err(self.err("reading"))?.map_or(state.next, |(o, _)| o),
+            None => state.next,
+        };
+        Ok((low as i64, state.next as i64))
+    }
+
+    /// The committed offset of a group on a partition.
+    pub(crate) fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
+        Ok(self
+            .offsets_db
+            .get(&rtxn, &offset_key(group, topic, partition))
+            .map_err(self.err("reading offsets"))?
+            .map(|o| o as i64))
+    }
+
+    fn notify(&self) {
+        let mut n = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        self.changed.notify_all();
+    }
+
+    fn change_count(&self) -> u64 {
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until something changed after `seen`, or the timeout.
+    fn wait_change(&self, seen: u64, timeout: Duration) {
+        let guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if *guard == seen {
+            let _ = self.changed.wait_timeout(guard, timeout);
+        }
+    }
+
+    fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        f(groups.entry(group.to_owned()).or_default())
+    }
+
+    fn join(&self, group: &str, member: &str, topics: &[String]) {
+        self.with_group(group, |g| {
+            g.members.insert(member.to_owned(), topics.to_vec());
+            g.generation += 1;
+            g.acked.clear();
+        });
+        self.notify();
+    }
+
+    fn leave(&self, group: &str, member: &str) {
+        self.with_group(group, |g| {
+            g.members.remove(member);
+            g.generation += 1;
+            g.acked.clear();
+        });
+        self.notify();
+    }
+
+    fn generation(&self, group: &str) -> u64 {
+        self.with_group(group, |g| g.generation)
+    }
+
+    /// Acknowledges `generation` (the member has given up its partitions) and, once every member
+    /// has, returns this member's share: Kafka's range assignment, topic by topic, so equal
+    /// partition numbers of co-partitioned topics go to the same member.
+    fn assignment(&self, group: &str, member: &str, generation: u64) -> Barrier {
+        let (members, mine) = {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let g = groups.entry(group.to_owned()).or_default();
+            if g.generation != generation {
+                return Barrier::Stale;
+            }
+            g.acked.insert(member.to_owned());
+            if !g.members.keys().all(|m| g.acked.contains(m)) {
+                drop(groups);
+                self.notify();
+                return Barrier::Waiting;
+            }
+            (g.members.clone(), g.members.get(member).cloned().unwrap_or_default())
+        };
+        let mut out = Vec::new();
+        for topic in mine {
+            let Some(n) = self.partitions(&topic) else { continue };
+            let subscribers: Vec<&String> =
+                members.iter().filter(|(_, ts)| ts.contains(&topic)).map(|(m, _)| m).collect();
+            let Some(index) = subscribers.iter().position(|m| *m == member) else { continue };
+            let count = subscribers.len() as i32;
+            let (per, extra) = (n / count, n % count);
+            let index = index as i32;
+            let start = per * index + index.min(extra);
+            let len = per + i32::from(index < extra);
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            out.extend((start..start + len).map(|p| (topic.clone(), p)));
+        }
+        Barrier::Ready(out)
+    }
+}
+
+#[allow(unsafe_code, reason = "opening an LMDB environment is unsafe in heed")]
+fn open_env(options: &mut EnvOpenOptions<WithoutTls>, path: &Path, in_memory: bool) -> heed::Result<Env<WithoutTls>> {
+    if in_memory {
+        // SAFETY: NO_SYNC only drops durability across OS crashes, which memory:// never has.
+        unsafe {
+            options.flags(EnvFlags::NO_SYNC);
+        }
+    }
+    // SAFETY: rill opens each environment once per process (the App owns it) and never maps
+    // the same file twice; other processes use LMDB's own locking.
+    unsafe { options.open(path) }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PartState {
+    next: u64,
+    bytes: u64,
+}
+
+impl PartState {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.next.to_be_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, u64::from_be_bytes)
+        };
+        PartState { next: word(0..8), bytes: word(8..16) }
+    }
+}
+
+fn part_name(topic: &str, partition: i32) -> String {
+    format!("p/{topic}/{partition}")
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.len() + 6);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+const NONE_LEN: u32 = u32::MAX;
+
+fn put_opt(buf: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        Some(b) => {
+            buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            buf.extend_from_slice(b);
+        }
+        None => buf.extend_from_slice(&NONE_LEN.to_be_bytes()),
+    }
+}
+
+/// `[ts i64][key][headers][value]`, each optional part length-prefixed (`u32::MAX` = none).
+fn encode_record(r: &OutRecord, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&r.timestamp.to_be_bytes());
+    put_opt(buf, r.key.as_deref());
+    buf.extend_from_slice(&(r.headers.0.len() as u16).to_be_bytes());
+    for (name, value) in &r.headers.0 {
+        put_opt(buf, Some(name.as_bytes()));
+        put_opt(buf, value.as_deref());
+    }
+    put_opt(buf, r.value.as_deref());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.0.len());
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        head
+    }
+    fn u32(&mut self) -> u32 {
+        <[u8; 4]>::try_from(self.take(4)).map_or(0, u32::from_be_bytes)
+    }
+    fn opt(&mut self) -> Option<&'a [u8]> {
+        match self.u32() {
+            NONE_LEN => None,
+            n => Some(self.take(n as usize)),
+        }
+    }
+}
+
+fn decode_ts(bytes: &[u8]) -> i64 {
+    bytes.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, i64::from_be_bytes)
+}
+
+fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &[u8]) -> RawRecord {
+    let timestamp = decode_ts(bytes);
+    let mut r = Reader(bytes.get(8..).unwrap_or_default());
+    let key = r.opt().map(<[u8]>::to_vec);
+    let n = <[u8; 2]>::try_from(r.take(2)).map_or(0, u16::from_be_bytes);
+    let mut headers = Headers::default();
+    for _ in 0..n {
+        let name = String::from_utf8_lossy(r.opt().unwrap_or_default()).into_owned();
+        headers.0.push((name, r.opt().map(<[u8]>::to_vec)));
+    }
+    let value = r.opt().map(<[u8]>::to_vec);
+    RawRecord { topic: topic.clone(), partition, offset, key, value, timestamp: Some(timestamp), headers }
+}
+
+static MEMBER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Starts the fetcher thread of one agent's group on the embedded log.
+pub(crate) fn spawn_fetcher(
+    log: Arc<EmbeddedLog>,
+    group: &str,
+    topics: Vec<String>,
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let member = format!("{}-{}", std::process::id(), MEMBER_SEQ.fetch_add(1, Ordering::Relaxed));
+    let group = group.to_owned();
+    log.join(&group, &member, &topics);
+    std::thread::Builder::new()
+        .name(format!("rill-fetch-{}", router.agent))
+        .spawn(move || {
+            Fetcher { log: &log, group: &group, member: &member, router: &router, stop: &stop }.run();
+            log.leave(&group, &member);
+        })
+        .map_err(|e| Error::io("spawning a fetcher thread", e))
+}
+
+struct Fetcher<'a> {
+    log: &'a EmbeddedLog,
+    group: &'a str,
+    member: &'a str,
+    router: &'a Router,
+    stop: &'a AtomicBool,
+}
+
+impl Fetcher<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.router.all_closed()
+    }
+
+    fn run(&self) {
+        let mut generation = 0;
+        let mut positions: Vec<(Tp, i64)> = Vec::new();
+        while !self.stopped() {
+            let current = self.log.generation(self.group);
+            if current != generation {
+                if !positions.is_empty() {
+                    self.router.revoke();
+                    positions.clear();
+                }
+                generation = current;
+                match self.await_assignment(generation) {
+                    Some(tps) => match self.starting_positions(&tps) {
+                        Ok(p) => {
+                            positions = p;
+                            self.router.assigned(tps);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, group = self.group, "reading committed offsets");
+                            generation = 0;
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    },
+                    None => continue,
+                }
+                continue;
+            }
+            let seen = self.log.change_count();
+            let mut fetched = false;
+            for ((topic, partition), position) in &mut positions {
+                match self.log.read(topic, *partition, *position, FETCH_MAX) {
+                    Ok(records) if !records.is_empty() => {
+                        if let Some(last) = records.last() {
+                            *position = last.offset + 1;
+                        }
+                        fetched = true;
+                        if !self.router.route(records) {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, topic = %topic, partition, "embedded fetch failed; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+            if !fetched {
+                // Also wakes up periodically to see appends made by other processes.
+                self.log.wait_change(seen, Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn await_assignment(&self, generation: u64) -> Option<Vec<Tp>> {
+        while !self.stopped() {
+            let seen = self.log.change_count();
+            match self.log.assignment(self.group, self.member, generation) {
+                Barrier::Ready(tps) => return Some(tps),
+                Barrier::Stale => return None,
+                Barrier::Waiting => self.log.wait_change(seen, Duration::from_millis(50)),
+            }
+        }
+        None
+    }
+
+    fn starting_positions(&self, tps: &[Tp]) -> Result<Vec<(Tp, i64)>> {
+        let mut out = Vec::with_capacity(tps.len());
+        for (topic, partition) in tps {
+            let (low, _) = self.log.watermarks(topic, *partition)?;
+            let position = match self.log.committed(self.group, topic, *partition)? {
+                Some(c) if c >= low => c,
+                Some(c) => {
+                    tracing::warn!(
+                        topic = %topic, partition, committed = c, log_start = low,
+                        "committed offset was removed by retention; resuming at the log start"
+                    );
+                    low
+                }
+                None => low,
+            };
+            out.push(((topic.clone(), *partition), position));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(topic: &str, key: Option<&str>, value: &str) -> OutRecord {
+        OutRecord {
+            topic: Arc::from(topic),
+            partition: None,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp: now_millis(),
+            headers: Headers(vec![("h".into(), Some(b"v".to_vec()))]),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_metadata_and_offsets_are_dense() {
+        let config = Config::new("t");
+        let log = EmbeddedLog::open(&config, true).unwrap();
+        log.ensure_topic("a", 4).unwrap();
+        let recs: Vec<_> = (0..10).map(|i| out("a", Some("k"), &format!("v{i}"))).collect();
+        log.append(recs, None).unwrap();
+        let p = partition_for_key(b"k", 4);
+        let got = log.read(&Arc::from("a"), p, 0, 100).unwrap();
+        assert_eq!(got.len(), 10);
+        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert_eq!(got[3].value.as_deref(), Some(&b"v3"[..]));
+        assert_eq!(got[3].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(got[3].headers.get("h"), Some(&b"v"[..]));
+        assert_eq!(log.watermarks("a", p).unwrap(), (0, 10));
+    }
+
+    #[test]
+    fn offsets_commit_with_the_append() {
+        let log = EmbeddedLog::open(&Config::new("t"), true).unwrap();
+        log.ensure_topic("a", 1).unwrap();
+        log.append(vec![out("b", None, "x")], Some(("g".into(), vec![((Arc::from("a"), 0), 42)])))
+            .unwrap();
+        assert_eq!(log.committed("g", "a", 0).unwrap(), Some(42));
+        assert_eq!(log.committed("other", "a", 0).unwrap(), None);
+        // `b` was auto-created with the default partition count.
+        assert_eq!(log.partitions("b"), Some(8));
+    }
+
+    #[test]
+    fn byte_retention_removes_the_oldest_offsets() {
+        let mut config = Config::new("t");
+        config.retention_bytes = Some(2000);
+        let log = EmbeddedLog::open(&config, true).unwrap();
+        log.ensure_topic("a", 1).unwrap();
+        for _ in 0..10 {
+            let recs = (0..20).map(|_| out("a", None, &"x".repeat(50))).collect();
+            log.append(recs, None).unwrap();
+        }
+        let (low, high) = log.watermarks("a", 0).unwrap();
+        assert_eq!(high, 200);
+        assert!(low > 150, "oldest offsets should be gone, log start is {low}");
+        let first = log.read(&Arc::from("a"), 0, 0, 1).unwrap();
+        assert_eq!(first[0].offset, low);
+    }
+
+    #[test]
+    fn range_assignment_keeps_copartitioned_topics_together() {
+        let log = EmbeddedLog::open(&Config::new("t"), true).unwrap();
+        log.ensure_topic("x", 4).unwrap();
+        log.ensure_topic("y", 4).unwrap();
+        let topics = vec!["x".to_owned(), "y".to_owned()];
+        log.join("g", "m1", &topics);
+        log.join("g", "m2", &topics);
+        let generation = log.generation("g");
+        assert!(matches!(log.assignment("g", "m1", generation), Barrier::Waiting));
+        let Barrier::Ready(b) = log.assignment("g", "m2", generation) else { panic!("not ready") };
+        let Barrier::Ready(a) = log.assignment("g", "m1", generation) else { panic!("not ready") };
+        let parts = |v: &[Tp], t: &str| v.iter().filter(|(x, _)| &**x == t).map(|(_, p)| *p).collect::<Vec<_>>();
+        assert_eq!(parts(&a, "x"), vec![0, 1]);
+        assert_eq!(parts(&a, "y"), vec![0, 1]);
+        assert_eq!(parts(&b, "x"), vec![2, 3]);
+        assert!(matches!(log.assignment("g", "m1", generation - 1), Barrier::Stale));
+    }
+}

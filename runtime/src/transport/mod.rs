@@ -1,0 +1,271 @@
+//! Transports carry topics: Kafka through rdkafka, or the embedded LMDB log. Both present the
+//! same shape to the runtime:
+//!
+//! - a *fetcher* per agent (a plain thread) that owns the group membership, reads the assigned
+//!   partitions and hands batches to the agent's instances through a [`Router`];
+//! - a [`Committer`] the instances use at each commit step;
+//! - a [`ProducerBackend`] agents send through.
+//!
+//! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
+//! work on revoked partitions before the fetcher gives them up.
+
+pub(crate) mod embedded;
+pub(crate) mod kafka;
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::message::{OutRecord, RawRecord};
+use crate::topic::TopicSpec;
+
+/// A topic partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+/// Records for one instance, tagged with the assignment generation they were fetched under.
+pub(crate) struct Batch {
+    pub(crate) generation: u64,
+    pub(crate) records: Vec<RawRecord>,
+}
+
+/// Assignment changes, sent to every instance of an agent.
+pub(crate) enum Control {
+    /// These partitions are now owned; batches of `generation` follow.
+    Assigned { generation: u64, partitions: Vec<Tp> },
+    /// Everything is being taken away: commit what is done, then acknowledge.
+    Revoked { generation: u64, ack: std_mpsc::SyncSender<()> },
+}
+
+/// The channels to one agent instance.
+pub(crate) struct InstanceTx {
+    pub(crate) data: mpsc::Sender<Batch>,
+    pub(crate) ctrl: mpsc::UnboundedSender<Control>,
+}
+
+/// Routes fetched records to instances: partition `p` goes to instance `p % n`, so order holds
+/// per partition and co-partitioned topics meet in one instance.
+pub(crate) struct Router {
+    pub(crate) agent: String,
+    instances: Vec<InstanceTx>,
+    generation: std::sync::atomic::AtomicU64,
+    revoke_timeout: Duration,
+}
+
+impl Router {
+    pub(crate) fn new(agent: &str, instances: Vec<InstanceTx>, revoke_timeout: Duration) -> Self {
+        Router {
+            agent: agent.to_owned(),
+            instances,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            revoke_timeout,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Hands records to their instances; blocks while an instance's queue is full (backpressure).
+    /// Returns false once every instance is gone.
+    pub(crate) fn route(&self, records: Vec<RawRecord>) -> bool {
+        let generation = self.generation();
+        let n = self.instances.len();
+        if n == 1 {
+            return self.instances[0].data.blocking_send(Batch { generation, records }).is_ok();
+        }
+        let mut split: Vec<Vec<RawRecord>> = (0..n).map(|_| Vec::new()).collect();
+        for r in records {
+            split[(r.partition.unsigned_abs() as usize) % n].push(r);
+        }
+        let mut alive = false;
+        for (tx, records) in self.instances.iter().zip(split) {
+            if records.is_empty() {
+                alive |= !tx.data.is_closed();
+                continue;
+            }
+            alive |= tx.data.blocking_send(Batch { generation, records }).is_ok();
+        }
+        alive
+    }
+
+    /// Announces a new assignment.
+    pub(crate) fn assigned(&self, partitions: Vec<Tp>) {
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        tracing::info!(agent = %self.agent, partitions = ?fmt_tps(&partitions), "partitions assigned");
+        for tx in &self.instances {
+            let _ = tx.ctrl.send(Control::Assigned { generation, partitions: partitions.clone() });
+        }
+    }
+
+    /// Revokes everything and waits until each live instance has committed its finished work.
+    pub(crate) fn revoke(&self) {
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let mut acks = Vec::new();
+        for tx in &self.instances {
+            let (ack, rx) = std_mpsc::sync_channel(1);
+            if tx.ctrl.send(Control::Revoked { generation, ack }).is_ok() {
+                acks.push(rx);
+            }
+        }
+        for rx in acks {
+            // A dropped sender (instance gone) also ends the wait.
+            if let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(self.revoke_timeout) {
+                tracing::warn!(
+                    agent = %self.agent,
+                    timeout = ?self.revoke_timeout,
+                    "an agent instance did not finish its record in time during a rebalance; its uncommitted records will be redelivered"
+                );
+            }
+        }
+        tracing::info!(agent = %self.agent, "partitions revoked");
+    }
+
+    pub(crate) fn all_closed(&self) -> bool {
+        self.instances.iter().all(|tx| tx.data.is_closed())
+    }
+}
+
+pub(crate) fn fmt_tps(tps: &[Tp]) -> Vec<String> {
+    tps.iter().map(|(t, p)| format!("{t}[{p}]")).collect()
+}
+
+/// A send that is not yet durable: the commit step waits for it before committing offsets.
+pub(crate) enum Pending {
+    /// Enqueued in librdkafka; resolves on broker acknowledgement.
+    Kafka(rdkafka::producer::DeliveryFuture),
+    /// Held until the commit appends it to the embedded log in the same LMDB transaction.
+    Embedded(OutRecord),
+}
+
+/// Where agents' sends go.
+#[derive(Clone)]
+pub(crate) enum ProducerBackend {
+    Embedded(Arc<embedded::EmbeddedLog>),
+    Kafka(Arc<kafka::KafkaTransport>),
+}
+
+impl ProducerBackend {
+    /// Enqueues a record; the returned `Pending` becomes durable at the next commit.
+    pub(crate) async fn enqueue(&self, record: OutRecord) -> Result<Pending> {
+        match self {
+            ProducerBackend::Embedded(_) => Ok(Pending::Embedded(record)),
+            ProducerBackend::Kafka(k) => k.enqueue(record).await.map(Pending::Kafka),
+        }
+    }
+
+    /// Makes pending sends durable and then, in the same step, commits `offsets` for `group`:
+    /// on the embedded log in one LMDB transaction; on Kafka after every delivery is acknowledged.
+    pub(crate) async fn complete(
+        &self,
+        pending: Vec<Pending>,
+        group: &str,
+        offsets: Vec<(Tp, i64)>,
+        committer: &Committer,
+    ) -> Result<()> {
+        match self {
+            ProducerBackend::Embedded(log) => {
+                let records = pending
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Pending::Embedded(r) => Some(r),
+                        Pending::Kafka(_) => None,
+                    })
+                    .collect::<Vec<_>>();
+                let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets));
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.append(records, offsets))
+                    .await
+                    .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?
+            }
+            ProducerBackend::Kafka(_) => {
+                for p in pending {
+                    if let Pending::Kafka(fut) = p {
+                        match fut.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((err, _msg))) => {
+                                return Err(Error::kafka("delivering a produced record", err));
+                            }
+                            Err(_) => return Err(Error::Shutdown("producer dropped".into())),
+                        }
+                    }
+                }
+                if let Committer::Kafka(c) = committer {
+                    if !offsets.is_empty() {
+                        let c = c.clone();
+                        tokio::task::spawn_blocking(move || c.commit(&offsets))
+                            .await
+                            .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Commits consumer offsets for one agent's group.
+#[derive(Clone)]
+pub(crate) enum Committer {
+    /// Offsets are stored by the embedded log in the append transaction.
+    Embedded,
+    /// Offsets are committed through the agent's Kafka consumer.
+    Kafka(Arc<kafka::KafkaCommitter>),
+}
+
+/// The chosen transport.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Embedded(Arc<embedded::EmbeddedLog>),
+    Kafka(Arc<kafka::KafkaTransport>),
+}
+
+impl Transport {
+    pub(crate) fn producer(&self) -> ProducerBackend {
+        match self {
+            Transport::Embedded(l) => ProducerBackend::Embedded(l.clone()),
+            Transport::Kafka(k) => ProducerBackend::Kafka(k.clone()),
+        }
+    }
+
+    /// Creates missing topics and returns every topic's partition count.
+    pub(crate) async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+        default_partitions: i32,
+    ) -> Result<std::collections::HashMap<String, i32>> {
+        match self {
+            Transport::Embedded(log) => {
+                let mut out = std::collections::HashMap::new();
+                for spec in specs {
+                    let n = log.ensure_topic(&spec.name, spec.partitions.unwrap_or(default_partitions))?;
+                    out.insert(spec.name.clone(), n);
+                }
+                Ok(out)
+            }
+            Transport::Kafka(k) => k.ensure_topics(specs, default_partitions).await,
+        }
+    }
+
+    /// Starts the fetcher of one agent's consumer group.
+    pub(crate) fn start_fetcher(
+        &self,
+        group: &str,
+        topics: Vec<String>,
+        router: Arc<Router>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(Committer, std::thread::JoinHandle<()>)> {
+        match self {
+            Transport::Embedded(log) => {
+                let handle = embedded::spawn_fetcher(log.clone(), group, topics, router, stop)?;
+                Ok((Committer::Embedded, handle))
+            }
+            Transport::Kafka(k) => {
+                let (committer, handle) = k.spawn_fetcher(group, topics, router, stop)?;
+                Ok((Committer::Kafka(committer), handle))
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The worker: starts a fetcher per agent and the agent instances, watches them, and shuts them
+//! down in order (stop taking records, finish the current one, commit, stop fetchers, flush).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::agent::{AgentContext, AgentSpec};
+use crate::config::{Broker, Config};
+use crate::context::{AgentStats, CURRENT, Shared};
+use crate::error::{Error, Result};
+use crate::producer::Producer;
+use crate::stream::{CoreParts, Stop, StreamCore};
+use crate::topic::{TopicSpec, check_types};
+use crate::transport::embedded::EmbeddedLog;
+use crate::transport::kafka::KafkaTransport;
+use crate::transport::{InstanceTx, Router, Transport};
+
+/// Batches buffered per instance between fetcher and agent.
+const QUEUE_BATCHES: usize = 4;
+
+pub(crate) type TaskFn = Box<dyn FnOnce(Producer) -> BoxFuture<'static, Result<()>> + Send>;
+
+/// Opens the configured transport.
+pub(crate) fn open_transport(config: &Config) -> Result<Transport> {
+    Ok(match &config.broker {
+        Broker::Embedded => Transport::Embedded(EmbeddedLog::open(config, false)?),
+        Broker::Memory => Transport::Embedded(EmbeddedLog::open(config, true)?),
+        Broker::Kafka { bootstrap } => Transport::Kafka(KafkaTransport::connect(config, bootstrap)?),
+    })
+}
+
+/// A running worker.
+pub struct Worker {
+    pub(crate) transport: Transport,
+    stop: Arc<AtomicBool>,
+    stops: Vec<mpsc::UnboundedSender<Stop>>,
+    agents: JoinSet<(String, Result<()>)>,
+    tasks: JoinSet<Result<()>>,
+    fetchers: Vec<std::thread::JoinHandle<()>>,
+    producer: Producer,
+    stats: HashMap<String, Arc<AgentStats>>,
+    shutdown_timeout: Duration,
+}
+
+impl Worker {
+    pub(crate) async fn start(
+        config: &Config,
+        transport: Transport,
+        agents: Vec<AgentSpec>,
+        topics: Vec<TopicSpec>,
+        tasks: Vec<TaskFn>,
+    ) -> Result<Worker> {
+        let all_topics: Vec<TopicSpec> = agents
+            .iter()
+            .flat_map(|a| a.sources.iter().chain(a.sink.iter()))
+            .chain(topics.iter())
+            .cloned()
+            .collect();
+        check_types(&all_topics)?;
+        let mut names = std::collections::HashSet::new();
+        for a in &agents {
+            if !names.insert(a.name().to_owned()) {
+                return Err(Error::config(
+                    format!("agent `{}`", a.name()),
+                    format!("two agents have this name (one at {}); rename one", a.declared_at()),
+                ));
+            }
+            if a.sources.is_empty() {
+                return Err(Error::config(format!("agent `{}`", a.name()), "has no source topic"));
+            }
+        }
+        transport.ensure_topics(&all_topics, config.partitions).await?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer_backend = transport.producer();
+        let mut worker = Worker {
+            transport: transport.clone(),
+            stop: stop.clone(),
+            stops: Vec::new(),
+            agents: JoinSet::new(),
+            tasks: JoinSet::new(),
+            fetchers: Vec::new(),
+            producer: Producer::new(producer_backend.clone()),
+            stats: HashMap::new(),
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        for spec in agents {
+            let Some(run) = spec.run.clone() else {
+                return Err(Error::config(format!("agent `{}`", spec.name()), "has no function; call `AgentSpec::run`"));
+            };
+            let group: Arc<str> = Arc::from(spec.group_id(&config.app_id));
+            let agent: Arc<str> = Arc::from(spec.name());
+            let stats = Arc::new(AgentStats::default());
+            worker.stats.insert(spec.name().to_owned(), stats.clone());
+            let mut txs = Vec::new();
+            let mut rxs = Vec::new();
+            for _ in 0..spec.concurrency {
+                let (data_tx, data_rx) = mpsc::channel(QUEUE_BATCHES);
+                let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+                txs.push(InstanceTx { data: data_tx, ctrl: ctrl_tx });
+                rxs.push((data_rx, ctrl_rx));
+            }
+            let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
+            let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
+            let (committer, fetcher) = transport.start_fetcher(&group, topics, router, stop.clone())?;
+            worker.fetchers.push(fetcher);
+            for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
+                let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+                worker.stops.push(stop_tx);
+                let shared = Shared::new(agent.clone(), producer_backend.clone(), stats.clone());
+                let core = StreamCore::new(CoreParts {
+                    data,
+                    ctrl,
+                    stop: stop_rx,
+                    shared: shared.clone(),
+                    group: group.clone(),
+                    committer: committer.clone(),
+                    interval: config.commit_interval,
+                });
+                let ctx = AgentContext {
+                    agent: spec.name().to_owned(),
+                    instance,
+                    core: Some(core),
+                    sources: spec.sources.clone(),
+                    sink: spec.sink.clone(),
+                };
+                let name = spec.name().to_owned();
+                let run = run.clone();
+                worker.agents.spawn(async move {
+                    let outcome = CURRENT.scope(shared.clone(), std::panic::AssertUnwindSafe(run(ctx)).catch_unwind()).await;
+                    let result = match outcome {
+                        Ok(r) => r,
+                        Err(panic) => Err(Error::Agent { agent: name.clone(), message: format!("panicked: {}", panic_message(&panic)) }),
+                    };
+                    (name, shared.take_fatal().map_or(result, Err))
+                });
+            }
+            tracing::info!(agent = %spec.name(), group = %group, instances = spec.concurrency, sources = ?spec.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent started");
+        }
+        for task in tasks {
+            let producer = worker.producer.clone();
+            worker.tasks.spawn(task(producer));
+        }
+        Ok(worker)
+    }
+
+    /// A producer for sending from outside agents.
+    pub fn producer(&self) -> Producer {
+        self.producer.clone()
+    }
+
+    /// Counters of an agent (all instances).
+    pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
+        self.stats.get(agent).cloned()
+    }
+
+    /// Waits until an agent fails (its error) or every agent has returned.
+    pub async fn wait(&mut self) -> Result<()> {
+        loop {
+            tokio::select! {
+                Some(joined) = self.agents.join_next() => match joined {
+                    Ok((name, Ok(()))) => {
+                        if !self.stop.load(Ordering::Acquire) {
+                            tracing::info!(agent = %name, "agent returned");
+                        }
+                    }
+                    Ok((name, Err(e))) => {
+                        tracing::error!(agent = %name, error = %e, "agent failed; stopping the worker");
+                        return Err(e);
+                    }
+                    Err(e) => return Err(Error::Shutdown(format!("agent task: {e}"))),
+                },
+                Some(joined) = self.tasks.join_next() => match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "app task failed; stopping the worker");
+                        return Err(e);
+                    }
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => return Err(Error::Shutdown(format!("app task: {e}"))),
+                },
+                else => return Ok(()),
+            }
+        }
+    }
+
+    /// Stops gracefully: agents finish their current record and commit, fetchers stop, the
+    /// producer is flushed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        tracing::info!("shutting down: finishing in-flight records and committing");
+        self.tasks.abort_all();
+        for stop in &self.stops {
+            let _ = stop.send(Stop::Now);
+        }
+        let mut first_error = None;
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.agents.join_next()).await {
+                Ok(Some(Ok((_, Ok(()))))) => {}
+                Ok(Some(Ok((name, Err(e))))) => {
+                    tracing::error!(agent = %name, error = %e, "agent failed while stopping");
+                    first_error.get_or_insert(e);
+                }
+                Ok(Some(Err(e))) if e.is_cancelled() => {}
+                Ok(Some(Err(e))) => {
+                    first_error.get_or_insert(Error::Shutdown(format!("agent task: {e}")));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.shutdown_timeout, "agents did not finish in time; their uncommitted records will be redelivered");
+                    self.agents.abort_all();
+                    break;
+                }
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        let fetchers = std::mem::take(&mut self.fetchers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for f in fetchers {
+                let _ = f.join();
+            }
+        })
+        .await;
+        self.producer.flush().await?;
+        if let Transport::Kafka(k) = &self.transport {
+            let k = k.clone();
+            tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(30)))
+                .await
+                .map_err(|e| Error::Shutdown(format!("producer flush: {e}")))??;
+        }
+        tracing::info!("worker stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
