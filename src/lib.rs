@@ -30,15 +30,19 @@
 #![forbid(unsafe_code)]
 
 pub use rill_macros::{agent, record};
+pub use rill_runtime::partitioner;
 pub use rill_runtime::{
-    AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Codec, CodecError, Config, Error,
-    Event, EventTime, Field, Headers, KeyBytes, Metadata, OutRecord, Producer, RawRecord, Record,
-    Registration, Result, Sink, Stream, TestApp, Topic, TopicSpec, Worker, registered_agents,
+    AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Codec, CodecError, Config,
+    Error, Event, EventTime, Field, Headers, KeyBytes, Metadata, OutRecord, Producer, RawRecord,
+    Record, Registration, Result, Sink, Stream, TestApp, Topic, TopicSpec, Worker,
+    registered_agents,
 };
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
-    pub use crate::{App, Codec, Event, Producer, Record, Result, Sink, Stream, Topic, agent, record};
+    pub use crate::{
+        App, Codec, Event, Producer, Record, Result, Sink, Stream, TestApp, Topic, agent, record,
+    };
 }
 
 #[doc(hidden)]

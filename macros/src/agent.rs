@@ -53,10 +53,19 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             },
         }
     }
-    let streams = params.iter().filter(|p| matches!(p, Param::Stream(_))).count();
-    let sinks = params.iter().filter(|p| matches!(p, Param::Sink(_))).count();
+    let streams = params
+        .iter()
+        .filter(|p| matches!(p, Param::Stream(_)))
+        .count();
+    let sinks = params
+        .iter()
+        .filter(|p| matches!(p, Param::Sink(_)))
+        .count();
     if streams == 0 {
-        cx.error(&func.sig.ident, "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`");
+        cx.error(
+            &func.sig.ident,
+            "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`",
+        );
     } else if streams > 1 {
         cx.error(&func.sig.inputs, "an agent takes one `Stream<T>`");
     }
@@ -64,11 +73,20 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         cx.error(&func.sig.inputs, "an agent takes at most one `Sink<U>`");
     }
     if args.topic.is_none() {
-        cx.error_at(proc_macro2::Span::call_site(), "missing `topic`: `#[agent(topic = \"pageviews\")]`");
+        cx.error_at(
+            proc_macro2::Span::call_site(),
+            "missing `topic`: `#[agent(topic = \"pageviews\")]`",
+        );
     }
     match (&args.sink, sinks) {
-        (Some(_), 0) => cx.error(&func.sig.ident, "`sink` is set but the function has no `Sink<U>` parameter to write to it"),
-        (None, 1) => cx.error(&func.sig.ident, "the `Sink<U>` parameter needs a `sink` topic: `#[agent(topic = ..., sink = \"out\")]`"),
+        (Some(_), 0) => cx.error(
+            &func.sig.ident,
+            "`sink` is set but the function has no `Sink<U>` parameter to write to it",
+        ),
+        (None, 1) => cx.error(
+            &func.sig.ident,
+            "the `Sink<U>` parameter needs a `sink` topic: `#[agent(topic = ..., sink = \"out\")]`",
+        ),
         _ => {}
     }
     if let Err(e) = cx.check() {
@@ -90,13 +108,23 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
             let lit: syn::LitInt = meta.value()?.parse()?;
             match lit.base10_parse::<usize>() {
                 Ok(n) if n >= 1 => once(cx, &mut out.concurrency, &meta, n, "agent"),
-                _ => cx.error(&lit, "`concurrency` is a whole number of instances, at least 1"),
+                _ => cx.error(
+                    &lit,
+                    "`concurrency` is a whole number of instances, at least 1",
+                ),
             }
         } else if meta.path.is_ident("group") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             once(cx, &mut out.group, &meta, lit, "agent");
         } else {
-            cx.error(&meta.path, format!("unknown `agent` argument `{}`; {}", path_name(&meta.path), expected(KEYS)));
+            cx.error(
+                &meta.path,
+                format!(
+                    "unknown `agent` argument `{}`; {}",
+                    path_name(&meta.path),
+                    expected(KEYS)
+                ),
+            );
             // Skip the value so the remaining arguments are still checked.
             if meta.input.peek(syn::Token![=]) {
                 let _: syn::Expr = meta.value()?.parse()?;
@@ -114,7 +142,9 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
 fn classify(ty: &syn::Type) -> Option<Param> {
     let syn::Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
     let inner = match args.args.first()? {
         syn::GenericArgument::Type(t) if args.args.len() == 1 => t.clone(),
         _ => return None,
@@ -185,7 +215,16 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             };
         }
     });
-    let doc = format!("Registration of the `{name_str}` agent; `{name_str}::agent()` describes it.");
+    // Spanned on the return type, so a wrong one is reported there.
+    let ret_span = match &func.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.span(),
+        syn::ReturnType::Default => func.sig.ident.span(),
+    };
+    let call = quote_spanned! {ret_span=>
+        ::rill::AgentResult::into_result(#name(#(#call_args),*).await)
+    };
+    let doc =
+        format!("Registration of the `{name_str}` agent; `{name_str}::agent()` describes it.");
     quote! {
         #func
 
@@ -208,7 +247,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                             ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
                         };
                         #take_sink
-                        ::rill::AgentResult::into_result(#name(#(#call_args),*).await)
+                        #call
                     })
             }
         }

@@ -12,16 +12,29 @@ pub(crate) fn expected(keys: &[&str]) -> String {
 }
 
 /// Records a key, reporting a repeat.
-pub(crate) fn once<T>(cx: &mut Ctxt, slot: &mut Option<T>, meta: &ParseNestedMeta<'_>, value: T, what: &str) {
+pub(crate) fn once<T>(
+    cx: &mut Ctxt,
+    slot: &mut Option<T>,
+    meta: &ParseNestedMeta<'_>,
+    value: T,
+    what: &str,
+) {
     if slot.is_some() {
-        cx.error(&meta.path, format!("duplicate `{what}` argument `{}`", path_name(&meta.path)));
+        cx.error(
+            &meta.path,
+            format!("duplicate `{what}` argument `{}`", path_name(&meta.path)),
+        );
     } else {
         *slot = Some(value);
     }
 }
 
 pub(crate) fn path_name(path: &syn::Path) -> String {
-    path.segments.iter().map(|s| s.ident.to_string()).collect::<Vec<_>>().join("::")
+    path.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
 }
 
 /// A topic given by name (`"pageviews"`) or by a `Topic` constant (`PAGEVIEWS`).
@@ -34,7 +47,10 @@ impl TopicArg {
     pub(crate) fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
         let expr: syn::Expr = meta.value()?.parse()?;
         match expr {
-            syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => {
                 if s.value().trim().is_empty() {
                     return Err(syn::Error::new_spanned(s, "topic names cannot be empty"));
                 }

@@ -27,14 +27,18 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return with_errors(input, err);
         }
         other => {
-            let err = syn::Error::new_spanned(&other, "`#[record]` goes on a struct with named fields");
+            let err =
+                syn::Error::new_spanned(&other, "`#[record]` goes on a struct with named fields");
             return with_errors(input, err);
         }
     };
     let mut cx = Ctxt::default();
     let codec = parse_args(&mut cx, args);
     if !strukt.generics.params.is_empty() {
-        cx.error(&strukt.generics, "`#[record]` structs cannot be generic; records travel as one concrete type");
+        cx.error(
+            &strukt.generics,
+            "`#[record]` structs cannot be generic; records travel as one concrete type",
+        );
     }
     let mut key: Option<(syn::Ident, syn::Type)> = None;
     let mut timestamp: Option<(syn::Ident, syn::Type)> = None;
@@ -81,9 +85,15 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             }
         }
         syn::Fields::Unnamed(fields) => {
-            cx.error(&*fields, "`#[record]` needs named fields (`struct S { a: T }`), not a tuple struct");
+            cx.error(
+                &*fields,
+                "`#[record]` needs named fields (`struct S { a: T }`), not a tuple struct",
+            );
         }
-        syn::Fields::Unit => cx.error(&strukt.ident, "`#[record]` needs a struct with named fields, not a unit struct"),
+        syn::Fields::Unit => cx.error(
+            &strukt.ident,
+            "`#[record]` needs a struct with named fields, not a unit struct",
+        ),
     }
     if let Err(e) = cx.check() {
         return with_errors(quote!(#strukt), e);
@@ -104,10 +114,24 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
                 };
                 once(cx, &mut codec, &meta, variant, "record");
             } else {
-                cx.error(&lit, format!("unknown codec `{name}`; {}", expected(CODECS)));
+                cx.error(
+                    &lit,
+                    format!("unknown codec `{name}`; {}", expected(CODECS)),
+                );
             }
         } else {
-            cx.error(&meta.path, format!("unknown `record` argument `{}`; {}", path_name(&meta.path), expected(STRUCT_KEYS)));
+            cx.error(
+                &meta.path,
+                format!(
+                    "unknown `record` argument `{}`; {}",
+                    path_name(&meta.path),
+                    expected(STRUCT_KEYS)
+                ),
+            );
+            // Skip the value so the remaining arguments are still checked.
+            if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            }
         }
         Ok(())
     });

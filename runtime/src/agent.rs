@@ -117,7 +117,9 @@ impl AgentSpec {
 
     /// The consumer group under an app id.
     pub fn group_id(&self, app_id: &str) -> String {
-        self.group.clone().unwrap_or_else(|| format!("{app_id}-{}", self.name))
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("{app_id}-{}", self.name))
     }
 }
 
@@ -199,7 +201,10 @@ inventory::collect!(Registration);
 
 /// Every agent registered in this binary, sorted by name.
 pub fn registered_agents() -> Vec<AgentSpec> {
-    let mut specs: Vec<AgentSpec> = inventory::iter::<Registration>.into_iter().map(|r| (r.build)()).collect();
+    let mut specs: Vec<AgentSpec> = inventory::iter::<Registration>
+        .into_iter()
+        .map(|r| (r.build)())
+        .collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     specs
 }

@@ -32,7 +32,13 @@ pub struct App {
 impl App {
     /// An app running every agent registered in this binary.
     pub fn new(id: &str) -> Self {
-        App { config: Config::new(id), broker: None, agents: None, topics: Vec::new(), tasks: Vec::new() }
+        App {
+            config: Config::new(id),
+            broker: None,
+            agents: None,
+            topics: Vec::new(),
+            tasks: Vec::new(),
+        }
     }
 
     /// Runs exactly these agents instead of every registered one (e.g. in tests).
@@ -135,7 +141,14 @@ impl App {
         let transport = open_transport(&config)?;
         let agents = self.agents.take().unwrap_or_else(registered_agents);
         let tasks = std::mem::take(&mut self.tasks);
-        Worker::start(&config, transport, agents, std::mem::take(&mut self.topics), tasks).await
+        Worker::start(
+            &config,
+            transport,
+            agents,
+            std::mem::take(&mut self.topics),
+            tasks,
+        )
+        .await
     }
 
     /// Runs the worker until Ctrl-C/SIGTERM (then shuts down gracefully) or an agent fails.
@@ -156,6 +169,8 @@ pub(crate) async fn run_until_signal(mut worker: Worker) -> Result<()> {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }

@@ -25,7 +25,12 @@ struct Cli {
     #[arg(long, global = true, env = "RILL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; env RILL_KAFKA_*).
-    #[arg(short = 'X', long = "kafka-property", global = true, value_name = "PROP=VALUE")]
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        global = true,
+        value_name = "PROP=VALUE"
+    )]
     kafka: Vec<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, global = true, env = "RILL_LOG", default_value = "info")]
@@ -65,7 +70,10 @@ pub(crate) fn main(mut app: App) -> Result<()> {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn run(app: &mut App, cli: Cli) -> Result<()> {
@@ -100,11 +108,23 @@ fn run(app: &mut App, cli: Cli) -> Result<()> {
     }
 }
 
-async fn send(app: &App, config: &crate::config::Config, topic: &str, value: &str, key: Option<String>) -> Result<()> {
+async fn send(
+    app: &App,
+    config: &crate::config::Config,
+    topic: &str,
+    value: &str,
+    key: Option<String>,
+) -> Result<()> {
     let spec = app
         .agent_specs()
         .iter()
-        .flat_map(|a| a.sources.iter().chain(a.sink.iter()).cloned().collect::<Vec<_>>())
+        .flat_map(|a| {
+            a.sources
+                .iter()
+                .chain(a.sink.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .chain(app.topics.iter().cloned())
         .find(|s| s.name == topic);
     let bytes = match &spec {
@@ -119,7 +139,9 @@ async fn send(app: &App, config: &crate::config::Config, topic: &str, value: &st
     };
     let transport = open_transport(config)?;
     if let Some(spec) = &spec {
-        transport.ensure_topics(std::slice::from_ref(spec), config.partitions).await?;
+        transport
+            .ensure_topics(std::slice::from_ref(spec), config.partitions)
+            .await?;
     }
     let producer = transport.producer();
     let record = OutRecord {
@@ -131,7 +153,9 @@ async fn send(app: &App, config: &crate::config::Config, topic: &str, value: &st
         headers: Headers::default(),
     };
     let pending = producer.enqueue(record).await?;
-    producer.complete(vec![pending], "", Vec::new(), &Committer::Embedded).await?;
+    producer
+        .complete(vec![pending], "", Vec::new(), &Committer::Embedded)
+        .await?;
     tracing::info!(topic, "sent");
     Ok(())
 }
@@ -139,12 +163,25 @@ async fn send(app: &App, config: &crate::config::Config, topic: &str, value: &st
 fn agents(app: &App, config: &crate::config::Config) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let io = |e| Error::io("writing to stdout", e);
-    writeln!(out, "{:<28} {:<28} {:<24} {:>11}  GROUP", "AGENT", "TOPICS", "SINK", "CONCURRENCY").map_err(io)?;
+    writeln!(
+        out,
+        "{:<28} {:<28} {:<24} {:>11}  GROUP",
+        "AGENT", "TOPICS", "SINK", "CONCURRENCY"
+    )
+    .map_err(io)?;
     for a in app.agent_specs() {
         let topics: Vec<&str> = a.sources().iter().map(|s| s.name.as_str()).collect();
         let sink = a.sink_topic().map_or("-", |s| s.name.as_str());
-        writeln!(out, "{:<28} {:<28} {:<24} {:>11}  {}", a.name(), topics.join(","), sink, a.instances(), a.group_id(&config.app_id))
-            .map_err(io)?;
+        writeln!(
+            out,
+            "{:<28} {:<28} {:<24} {:>11}  {}",
+            a.name(),
+            topics.join(","),
+            sink,
+            a.instances(),
+            a.group_id(&config.app_id)
+        )
+        .map_err(io)?;
     }
     Ok(())
 }

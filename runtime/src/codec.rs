@@ -172,7 +172,10 @@ mod tests {
 
     #[test]
     fn json_and_postcard_round_trip() {
-        let v = View { url: "/a".into(), n: 7 };
+        let v = View {
+            url: "/a".into(),
+            n: 7,
+        };
         for codec in [Codec::Json, Codec::Postcard] {
             let bytes = codec.encode(&v).unwrap();
             assert_eq!(codec.decode::<View>(&bytes).unwrap(), v);
@@ -182,7 +185,12 @@ mod tests {
 
     #[test]
     fn raw_refuses_structs() {
-        let err = Codec::Raw.encode(&View { url: "x".into(), n: 1 }).unwrap_err();
+        let err = Codec::Raw
+            .encode(&View {
+                url: "x".into(),
+                n: 1,
+            })
+            .unwrap_err();
         assert!(err.to_string().contains("raw"), "{err}");
     }
 

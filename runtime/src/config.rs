@@ -44,10 +44,16 @@ impl Broker {
             return Ok(Broker::Memory);
         }
         if let Some(rest) = url.strip_prefix("kafka://") {
-            let hosts: Vec<&str> =
-                rest.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+            let hosts: Vec<&str> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect();
             if hosts.is_empty() {
-                return Err(Error::config("broker", format!("`{url}` names no host; {fix}")));
+                return Err(Error::config(
+                    "broker",
+                    format!("`{url}` names no host; {fix}"),
+                ));
             }
             for host in &hosts {
                 let port_ok = host
@@ -60,9 +66,14 @@ impl Broker {
                     ));
                 }
             }
-            return Ok(Broker::Kafka { bootstrap: hosts.join(",") });
+            return Ok(Broker::Kafka {
+                bootstrap: hosts.join(","),
+            });
         }
-        Err(Error::config("broker", format!("unsupported broker URL `{url}`; {fix}")))
+        Err(Error::config(
+            "broker",
+            format!("unsupported broker URL `{url}`; {fix}"),
+        ))
     }
 }
 
@@ -116,10 +127,15 @@ impl Config {
         self.apply_vars(std::env::vars())
     }
 
-    pub(crate) fn apply_vars(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+    pub(crate) fn apply_vars(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<()> {
         for (name, value) in vars {
             match name.as_str() {
-                "RILL_BROKER" => self.broker = Broker::parse(&value).map_err(|e| rename(e, &name))?,
+                "RILL_BROKER" => {
+                    self.broker = Broker::parse(&value).map_err(|e| rename(e, &name))?
+                }
                 "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
                 "RILL_COMMIT_INTERVAL_MS" => {
                     self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
@@ -132,7 +148,8 @@ impl Config {
                 }
                 _ => {
                     if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
-                        self.kafka.insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                        self.kafka
+                            .insert(prop.to_ascii_lowercase().replace('_', "."), value);
                     }
                 }
             }
@@ -143,7 +160,10 @@ impl Config {
     /// Adds a librdkafka property from `key=value` (the CLI's `-X`).
     pub fn set_kafka_property(&mut self, kv: &str) -> Result<()> {
         let (k, v) = kv.split_once('=').ok_or_else(|| {
-            Error::config("-X", format!("`{kv}` is not `property=value`, e.g. `-X security.protocol=SASL_SSL`"))
+            Error::config(
+                "-X",
+                format!("`{kv}` is not `property=value`, e.g. `-X security.protocol=SASL_SSL`"),
+            )
         })?;
         self.kafka.insert(k.trim().to_owned(), v.trim().to_owned());
         Ok(())
@@ -152,7 +172,10 @@ impl Config {
     /// Checks cross-field rules, naming the setting and the fix.
     pub fn validate(&self) -> Result<()> {
         if self.partitions < 1 {
-            return Err(Error::config("partitions (RILL_PARTITIONS)", "must be at least 1"));
+            return Err(Error::config(
+                "partitions (RILL_PARTITIONS)",
+                "must be at least 1",
+            ));
         }
         if self.commit_interval.is_zero() {
             return Err(Error::config(
@@ -179,7 +202,14 @@ impl Config {
                 let secret = ["password", "secret", "token", "key.pem", "jaas"]
                     .iter()
                     .any(|s| k.contains(s));
-                (k.clone(), if secret { "[redacted]".to_owned() } else { v.clone() })
+                (
+                    k.clone(),
+                    if secret {
+                        "[redacted]".to_owned()
+                    } else {
+                        v.clone()
+                    },
+                )
             })
             .collect()
     }
@@ -212,7 +242,10 @@ where
 {
     match value.trim().parse::<T>() {
         Ok(n) if n >= min => Ok(n),
-        _ => Err(Error::config(name, format!("`{value}` is not a whole number of at least {min}"))),
+        _ => Err(Error::config(
+            name,
+            format!("`{value}` is not a whole number of at least {min}"),
+        )),
     }
 }
 
@@ -221,7 +254,10 @@ mod tests {
     use super::*;
 
     fn vars(v: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>().into_iter()
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]
@@ -234,7 +270,12 @@ mod tests {
             ("RILL_PARTITIONS", "4"),
         ]))
         .unwrap();
-        assert_eq!(c.broker, Broker::Kafka { bootstrap: "k:9092".into() });
+        assert_eq!(
+            c.broker,
+            Broker::Kafka {
+                bootstrap: "k:9092".into()
+            }
+        );
         assert_eq!(c.kafka["security.protocol"], "SASL_SSL");
         assert_eq!(c.partitions, 4);
         let shown = format!("{c:?}");
@@ -244,10 +285,19 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let mut c = Config::new("app");
-        let err = c.apply_vars(vars(&[("RILL_PARTITIONS", "zero")])).unwrap_err().to_string();
+        let err = c
+            .apply_vars(vars(&[("RILL_PARTITIONS", "zero")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RILL_PARTITIONS"), "{err}");
-        let err = c.apply_vars(vars(&[("RILL_BROKER", "kafka://nohost")])).unwrap_err().to_string();
-        assert!(err.contains("RILL_BROKER") && err.contains("host:port"), "{err}");
+        let err = c
+            .apply_vars(vars(&[("RILL_BROKER", "kafka://nohost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RILL_BROKER") && err.contains("host:port"),
+            "{err}"
+        );
         c.kafka.insert("group.id".into(), "x".into());
         assert!(c.validate().unwrap_err().to_string().contains("group.id"));
     }

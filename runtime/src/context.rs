@@ -43,13 +43,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(agent: Arc<str>, producer: ProducerBackend, stats: Arc<AgentStats>) -> Arc<Self> {
-        Arc::new(Shared { agent, producer, pending: Mutex::new(Vec::new()), stats, fatal: Mutex::new(None) })
+    pub(crate) fn new(
+        agent: Arc<str>,
+        producer: ProducerBackend,
+        stats: Arc<AgentStats>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            agent,
+            producer,
+            pending: Mutex::new(Vec::new()),
+            stats,
+            fatal: Mutex::new(None),
+        })
     }
 
     pub(crate) async fn send(&self, record: OutRecord) -> Result<()> {
         let pending = self.producer.enqueue(record).await?;
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(pending);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pending);
         self.stats.records_out.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -74,6 +87,8 @@ impl Shared {
 
 /// Sends through the current agent's commit buffer.
 pub(crate) async fn send(what: &'static str, record: OutRecord) -> Result<()> {
-    let shared = CURRENT.try_with(Arc::clone).map_err(|_| Error::NoContext(what))?;
+    let shared = CURRENT
+        .try_with(Arc::clone)
+        .map_err(|_| Error::NoContext(what))?;
     shared.send(record).await
 }

@@ -54,7 +54,9 @@ pub enum Error {
     )]
     NoContext(&'static str),
     /// A topic does not exist and could not be created.
-    #[error("unknown topic `{0}`: declare it in an agent or with `App::topic`, or create it on the broker")]
+    #[error(
+        "unknown topic `{0}`: declare it in an agent or with `App::topic`, or create it on the broker"
+    )]
     UnknownTopic(String),
     /// Kafka (librdkafka) reported an error.
     #[error("kafka: {context}: {source}")]
@@ -95,15 +97,24 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config { setting: setting.into(), message: message.into() }
+        Error::Config {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        Error::Kafka { context: context.into(), source }
+        Error::Kafka {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Wraps any error from user code.

@@ -9,7 +9,10 @@ pub struct Headers(pub Vec<(String, Option<Vec<u8>>)>);
 impl Headers {
     /// The first header with this name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// Appends a header.

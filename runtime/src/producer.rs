@@ -22,7 +22,10 @@ pub struct Producer {
 
 impl Producer {
     pub(crate) fn new(backend: ProducerBackend) -> Self {
-        Producer { backend, pending: Arc::new(Mutex::new(Vec::new())) }
+        Producer {
+            backend,
+            pending: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// True when the worker runs on Kafka (examples generate input only when it does not).
@@ -32,17 +35,30 @@ impl Producer {
 
     /// Sends a value keyed by its `#[record(key)]` field.
     pub async fn send<K, V: Record>(&self, topic: &Topic<K, V>, value: &V) -> Result<()> {
-        self.send_raw(encode_out(topic.name(), topic.codec(), value.key(), value)?).await
+        self.send_raw(encode_out(topic.name(), topic.codec(), value.key(), value)?)
+            .await
     }
 
     /// Sends a value with an explicit key.
-    pub async fn send_keyed<K: KeyBytes, V: Record>(&self, topic: &Topic<K, V>, key: &K, value: &V) -> Result<()> {
-        self.send_raw(encode_out(topic.name(), topic.codec(), Some(key.key_bytes()), value)?).await
+    pub async fn send_keyed<K: KeyBytes, V: Record>(
+        &self,
+        topic: &Topic<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<()> {
+        self.send_raw(encode_out(
+            topic.name(),
+            topic.codec(),
+            Some(key.key_bytes()),
+            value,
+        )?)
+        .await
     }
 
     /// Sends a value to a topic named by string, with the value type's codec.
     pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
-        self.send_raw(encode_out(topic, V::CODEC, value.key(), value)?).await
+        self.send_raw(encode_out(topic, V::CODEC, value.key(), value)?)
+            .await
     }
 
     /// Sends an already encoded record.
@@ -65,12 +81,18 @@ impl Producer {
         if pending.is_empty() {
             return Ok(());
         }
-        self.backend.complete(pending, "", Vec::new(), &Committer::Embedded).await
+        self.backend
+            .complete(pending, "", Vec::new(), &Committer::Embedded)
+            .await
     }
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_kafka() { "Producer(kafka)" } else { "Producer(embedded)" })
+        f.write_str(if self.is_kafka() {
+            "Producer(kafka)"
+        } else {
+            "Producer(embedded)"
+        })
     }
 }

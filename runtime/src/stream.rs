@@ -105,7 +105,9 @@ impl StreamCore {
             if pending.is_empty() && offsets.is_empty() {
                 return Ok(());
             }
-            producer.complete(pending, &group, offsets, &committer).await?;
+            producer
+                .complete(pending, &group, offsets, &committer)
+                .await?;
             stats.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
@@ -119,7 +121,9 @@ impl StreamCore {
         loop {
             if let Some(commit) = &mut self.committing {
                 let result = ready!(commit.future.as_mut().poll(cx));
-                let Some(commit) = self.committing.take() else { continue };
+                let Some(commit) = self.committing.take() else {
+                    continue;
+                };
                 for ack in commit.acks {
                     let _ = ack.send(());
                 }
@@ -145,7 +149,7 @@ impl StreamCore {
             }
             while let Poll::Ready(Some(msg)) = self.ctrl.poll_recv(cx) {
                 match msg {
-                    Control::Assigned { generation, .. } => self.generation = generation,
+                    Control::Assigned { generation } => self.generation = generation,
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
                         self.batch = Vec::new().into_iter();
@@ -172,7 +176,8 @@ impl StreamCore {
             }
             if self.batch_generation <= self.generation {
                 if let Some(record) = self.batch.next() {
-                    self.in_flight = Some(((record.topic.clone(), record.partition), record.offset));
+                    self.in_flight =
+                        Some(((record.topic.clone(), record.partition), record.offset));
                     self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(record));
                 }
@@ -210,7 +215,10 @@ pub struct Stream<T> {
 impl<T: Record> Stream<T> {
     pub(crate) fn new(core: StreamCore, codec: Codec) -> Self {
         let shared = core.shared.clone();
-        Stream { core, step: Box::new(move |raw| decode::<T>(&shared, &raw, codec)) }
+        Stream {
+            core,
+            step: Box::new(move |raw| decode::<T>(&shared, &raw, codec)),
+        }
     }
 }
 
@@ -253,7 +261,10 @@ impl<T: Send + 'static> Stream<T> {
     /// Transforms each record.
     pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
         let mut step = self.step;
-        Stream { core: self.core, step: Box::new(move |raw| step(raw).map(&mut f)) }
+        Stream {
+            core: self.core,
+            step: Box::new(move |raw| step(raw).map(&mut f)),
+        }
     }
 
     /// Pairs each record with its position in this stream (from 0).
@@ -309,7 +320,11 @@ pub struct Sink<T> {
 
 impl<T: Record> Sink<T> {
     pub(crate) fn new(topic: &str, codec: Codec) -> Self {
-        Sink { topic: Arc::from(topic), codec, _type: std::marker::PhantomData }
+        Sink {
+            topic: Arc::from(topic),
+            codec,
+            _type: std::marker::PhantomData,
+        }
     }
 
     /// The sink topic's name.
@@ -320,12 +335,20 @@ impl<T: Record> Sink<T> {
     /// Sends a value, keyed by its `#[record(key)]` field.
     pub async fn send(&self, value: &T) -> Result<()> {
         let key = value.key();
-        context::send("Sink::send", encode_out(&self.topic, self.codec, key, value)?).await
+        context::send(
+            "Sink::send",
+            encode_out(&self.topic, self.codec, key, value)?,
+        )
+        .await
     }
 
     /// Sends a value with an explicit key.
     pub async fn send_keyed<K: KeyBytes + ?Sized>(&self, key: &K, value: &T) -> Result<()> {
-        context::send("Sink::send", encode_out(&self.topic, self.codec, Some(key.key_bytes()), value)?).await
+        context::send(
+            "Sink::send",
+            encode_out(&self.topic, self.codec, Some(key.key_bytes()), value)?,
+        )
+        .await
     }
 }
 
@@ -342,5 +365,8 @@ impl<T> std::fmt::Debug for Stream<T> {
 }
 
 pub(crate) fn agent_error(agent: &str, message: impl Into<String>) -> Error {
-    Error::Agent { agent: agent.to_owned(), message: message.into() }
+    Error::Agent {
+        agent: agent.to_owned(),
+        message: message.into(),
+    }
 }

@@ -57,17 +57,36 @@ impl App {
     /// environment), with a short commit interval, for tests.
     pub async fn test(mut self) -> Result<TestApp> {
         self.config.broker = Broker::Memory;
+        self.test_with_config().await
+    }
+
+    /// Like [`App::test`], but on the embedded log persisted under `data_dir`, so a test can
+    /// stop and restart an app (or share the log with a worker process).
+    pub async fn test_in(mut self, data_dir: impl Into<std::path::PathBuf>) -> Result<TestApp> {
+        self.config.broker = Broker::Embedded;
+        self.config.data_dir = data_dir.into();
+        self.test_with_config().await
+    }
+
+    async fn test_with_config(mut self) -> Result<TestApp> {
         if self.config.commit_interval > Duration::from_millis(20) {
             self.config.commit_interval = Duration::from_millis(20);
         }
         let config = self.resolve(false)?;
         let worker = self.start_with(config).await?;
         let Transport::Embedded(log) = &worker.transport else {
-            return Err(Error::config("broker", "the test harness runs on memory://"));
+            return Err(Error::config(
+                "broker",
+                "the test harness runs on memory://",
+            ));
         };
         let log = log.clone();
         let producer = worker.producer();
-        Ok(TestApp { worker, log, producer })
+        Ok(TestApp {
+            worker,
+            log,
+            producer,
+        })
     }
 }
 
@@ -100,7 +119,9 @@ impl TestApp {
 
     /// Every record now in a topic, partition by partition, in offset order.
     pub fn records(&self, topic: &str) -> Result<Vec<RawRecord>> {
-        let Some(partitions) = self.log.partitions(topic) else { return Ok(Vec::new()) };
+        let Some(partitions) = self.log.partitions(topic) else {
+            return Ok(Vec::new());
+        };
         let name: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
         for p in 0..partitions {
@@ -114,8 +135,12 @@ impl TestApp {
         self.records(topic)?
             .into_iter()
             .map(|r| {
-                V::decode(r.value.as_deref().unwrap_or_default(), V::CODEC)
-                    .map_err(|source| Error::Codec { topic: topic.to_owned(), source })
+                V::decode(r.value.as_deref().unwrap_or_default(), V::CODEC).map_err(|source| {
+                    Error::Codec {
+                        topic: topic.to_owned(),
+                        source,
+                    }
+                })
             })
             .collect()
     }

@@ -29,7 +29,12 @@ pub struct Topic<K, V> {
 impl<K, V> Topic<K, V> {
     /// Declares a topic.
     pub const fn new(name: &'static str) -> Self {
-        Topic { name, partitions: None, codec: None, _types: PhantomData }
+        Topic {
+            name,
+            partitions: None,
+            codec: None,
+            _types: PhantomData,
+        }
     }
 
     /// Sets the partition count used when rill creates the topic.
@@ -98,9 +103,10 @@ pub(crate) fn encode_out<V: Record>(
     key: Option<Vec<u8>>,
     value: &V,
 ) -> Result<OutRecord> {
-    let bytes = value
-        .encode(codec)
-        .map_err(|source| Error::Codec { topic: topic.to_owned(), source })?;
+    let bytes = value.encode(codec).map_err(|source| Error::Codec {
+        topic: topic.to_owned(),
+        source,
+    })?;
     Ok(OutRecord {
         topic: Arc::from(topic),
         partition: None,
@@ -146,8 +152,10 @@ impl TopicSpec {
     /// Converts a JSON document into this topic's wire format, checking it against the type
     /// (used by the `send` command).
     pub fn json_to_wire(&self, json: &[u8]) -> Result<Vec<u8>> {
-        (self.json_to_wire)(json, self.codec)
-            .map_err(|source| Error::Codec { topic: self.name.clone(), source })
+        (self.json_to_wire)(json, self.codec).map_err(|source| Error::Codec {
+            topic: self.name.clone(),
+            source,
+        })
     }
 }
 
@@ -195,14 +203,20 @@ mod tests {
         let a = TopicSpec::of::<String>("t", "src/a.rs:1");
         let b = TopicSpec::of::<Vec<u8>>("t", "src/b.rs:2");
         let err = check_types([&a, &b]).unwrap_err().to_string();
-        assert!(err.contains("src/a.rs:1") && err.contains("src/b.rs:2"), "{err}");
+        assert!(
+            err.contains("src/a.rs:1") && err.contains("src/b.rs:2"),
+            "{err}"
+        );
         assert!(check_types([&a, &a.clone()]).is_ok());
     }
 
     #[test]
     fn json_to_wire_validates_against_the_type() {
         let spec = TopicSpec::of::<serde_json::Value>("t", "here");
-        assert_eq!(spec.json_to_wire(br#"{"a":1}"#).unwrap(), br#"{"a":1}"#.to_vec());
+        assert_eq!(
+            spec.json_to_wire(br#"{"a":1}"#).unwrap(),
+            br#"{"a":1}"#.to_vec()
+        );
         assert!(spec.json_to_wire(b"{nope").is_err());
     }
 }

@@ -32,7 +32,9 @@ pub(crate) fn open_transport(config: &Config) -> Result<Transport> {
     Ok(match &config.broker {
         Broker::Embedded => Transport::Embedded(EmbeddedLog::open(config, false)?),
         Broker::Memory => Transport::Embedded(EmbeddedLog::open(config, true)?),
-        Broker::Kafka { bootstrap } => Transport::Kafka(KafkaTransport::connect(config, bootstrap)?),
+        Broker::Kafka { bootstrap } => {
+            Transport::Kafka(KafkaTransport::connect(config, bootstrap)?)
+        }
     })
 }
 
@@ -69,14 +71,22 @@ impl Worker {
             if !names.insert(a.name().to_owned()) {
                 return Err(Error::config(
                     format!("agent `{}`", a.name()),
-                    format!("two agents have this name (one at {}); rename one", a.declared_at()),
+                    format!(
+                        "two agents have this name (one at {}); rename one",
+                        a.declared_at()
+                    ),
                 ));
             }
             if a.sources.is_empty() {
-                return Err(Error::config(format!("agent `{}`", a.name()), "has no source topic"));
+                return Err(Error::config(
+                    format!("agent `{}`", a.name()),
+                    "has no source topic",
+                ));
             }
         }
-        transport.ensure_topics(&all_topics, config.partitions).await?;
+        transport
+            .ensure_topics(&all_topics, config.partitions)
+            .await?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let producer_backend = transport.producer();
@@ -93,7 +103,10 @@ impl Worker {
         };
         for spec in agents {
             let Some(run) = spec.run.clone() else {
-                return Err(Error::config(format!("agent `{}`", spec.name()), "has no function; call `AgentSpec::run`"));
+                return Err(Error::config(
+                    format!("agent `{}`", spec.name()),
+                    "has no function; call `AgentSpec::run`",
+                ));
             };
             let group: Arc<str> = Arc::from(spec.group_id(&config.app_id));
             let agent: Arc<str> = Arc::from(spec.name());
@@ -104,12 +117,16 @@ impl Worker {
             for _ in 0..spec.concurrency {
                 let (data_tx, data_rx) = mpsc::channel(QUEUE_BATCHES);
                 let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
-                txs.push(InstanceTx { data: data_tx, ctrl: ctrl_tx });
+                txs.push(InstanceTx {
+                    data: data_tx,
+                    ctrl: ctrl_tx,
+                });
                 rxs.push((data_rx, ctrl_rx));
             }
             let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
             let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
-            let (committer, fetcher) = transport.start_fetcher(&group, topics, router, stop.clone())?;
+            let (committer, fetcher) =
+                transport.start_fetcher(&group, topics, router, stop.clone())?;
             worker.fetchers.push(fetcher);
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
                 let (stop_tx, stop_rx) = mpsc::unbounded_channel();
@@ -134,10 +151,18 @@ impl Worker {
                 let name = spec.name().to_owned();
                 let run = run.clone();
                 worker.agents.spawn(async move {
-                    let outcome = CURRENT.scope(shared.clone(), std::panic::AssertUnwindSafe(run(ctx)).catch_unwind()).await;
+                    let outcome = CURRENT
+                        .scope(
+                            shared.clone(),
+                            std::panic::AssertUnwindSafe(run(ctx)).catch_unwind(),
+                        )
+                        .await;
                     let result = match outcome {
                         Ok(r) => r,
-                        Err(panic) => Err(Error::Agent { agent: name.clone(), message: format!("panicked: {}", panic_message(&panic)) }),
+                        Err(panic) => Err(Error::Agent {
+                            agent: name.clone(),
+                            message: format!("panicked: {}", panic_message(&panic)),
+                        }),
                     };
                     (name, shared.take_fatal().map_or(result, Err))
                 });
@@ -252,7 +277,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");

@@ -82,27 +82,51 @@ impl EmbeddedLog {
         } else {
             let path = config.data_dir.join("log");
             std::fs::create_dir_all(&path).map_err(|e| {
-                Error::io(format!("creating the data dir {} (set --data-dir or RILL_DATA_DIR)", path.display()), e)
+                Error::io(
+                    format!(
+                        "creating the data dir {} (set --data-dir or RILL_DATA_DIR)",
+                        path.display()
+                    ),
+                    e,
+                )
             })?;
             (path, None)
         };
         let storage = |context: &str| {
             let path = path.clone();
             let context = context.to_owned();
-            move |source| Error::Storage { path, context, source }
+            move |source| Error::Storage {
+                path,
+                context,
+                source,
+            }
         };
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(config.embedded_map_size).max_dbs(4096).max_readers(256);
-        let env = open_env(&mut options, &path, in_memory).map_err(storage("opening the embedded log"))?;
+        options
+            .map_size(config.embedded_map_size)
+            .max_dbs(4096)
+            .max_readers(256);
+        let env = open_env(&mut options, &path, in_memory)
+            .map_err(storage("opening the embedded log"))?;
         // A killed process leaves reader slots behind; they would pin old pages forever.
-        let stale = env.clear_stale_readers().map_err(storage("clearing stale readers"))?;
+        let stale = env
+            .clear_stale_readers()
+            .map_err(storage("clearing stale readers"))?;
         if stale > 0 {
             tracing::info!(stale, path = %path.display(), "cleared stale LMDB readers left by a killed process");
         }
-        let mut wtxn = env.write_txn().map_err(storage("starting a write transaction"))?;
-        let topics_db = env.create_database(&mut wtxn, Some("topics")).map_err(storage("creating `topics`"))?;
-        let parts_db = env.create_database(&mut wtxn, Some("partitions")).map_err(storage("creating `partitions`"))?;
-        let offsets_db = env.create_database(&mut wtxn, Some("offsets")).map_err(storage("creating `offsets`"))?;
+        let mut wtxn = env
+            .write_txn()
+            .map_err(storage("starting a write transaction"))?;
+        let topics_db = env
+            .create_database(&mut wtxn, Some("topics"))
+            .map_err(storage("creating `topics`"))?;
+        let parts_db = env
+            .create_database(&mut wtxn, Some("partitions"))
+            .map_err(storage("creating `partitions`"))?;
+        let offsets_db = env
+            .create_database(&mut wtxn, Some("offsets"))
+            .map_err(storage("creating `offsets`"))?;
         wtxn.commit().map_err(storage("committing"))?;
         let log = EmbeddedLog {
             env,
@@ -115,7 +139,9 @@ impl EmbeddedLog {
             dbs: RwLock::new(HashMap::new()),
             default_partitions: config.partitions,
             retention_bytes: config.retention_bytes,
-            retention_ms: config.retention.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            retention_ms: config
+                .retention
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             changes: Mutex::new(0),
             changed: Condvar::new(),
             groups: Mutex::new(HashMap::new()),
@@ -129,18 +155,28 @@ impl EmbeddedLog {
         let context = context.into();
         move |source| {
             let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
-                format!("{context}: the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)")
+                format!(
+                    "{context}: the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)"
+                )
             } else {
                 context
             };
-            Error::Storage { path: self.path.clone(), context, source }
+            Error::Storage {
+                path: self.path.clone(),
+                context,
+                source,
+            }
         }
     }
 
     fn reload_topics(&self) -> Result<()> {
         let rtxn = self.env.read_txn().map_err(self.err("reading topics"))?;
         let mut map = HashMap::new();
-        for item in self.topics_db.iter(&rtxn).map_err(self.err("reading topics"))? {
+        for item in self
+            .topics_db
+            .iter(&rtxn)
+            .map_err(self.err("reading topics"))?
+        {
             let (name, meta) = item.map_err(self.err("reading topics"))?;
             if let Ok(meta) = serde_json::from_slice::<TopicMeta>(meta) {
                 map.insert(name.to_owned(), meta);
@@ -152,26 +188,26 @@ impl EmbeddedLog {
     }
 
     fn meta(&self, topic: &str) -> Option<TopicMeta> {
-        if let Some(m) = self.topics.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
+        if let Some(m) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
             return Some(*m);
         }
         // Another process may have created it.
         self.reload_topics().ok()?;
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(topic).copied()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .copied()
     }
 
     /// Partition count of a topic, if it exists.
     pub(crate) fn partitions(&self, topic: &str) -> Option<i32> {
         self.meta(topic).map(|m| m.partitions)
-    }
-
-    /// Names of all topics.
-    pub(crate) fn topic_names(&self) -> Vec<String> {
-        let _ = self.reload_topics();
-        let mut names: Vec<String> =
-            self.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        names.sort();
-        names
     }
 
     /// Creates a topic if missing; returns its partition count.
@@ -182,7 +218,8 @@ impl EmbeddedLog {
         let mut wtxn = self.env.write_txn().map_err(self.err("creating a topic"))?;
         let mut created = HashMap::new();
         let meta = self.create_in(&mut wtxn, topic, partitions, &mut created)?;
-        wtxn.commit().map_err(self.err(format!("creating topic `{topic}`")))?;
+        wtxn.commit()
+            .map_err(self.err(format!("creating topic `{topic}`")))?;
         self.publish(created);
         Ok(meta.partitions)
     }
@@ -197,26 +234,47 @@ impl EmbeddedLog {
         if let Some(m) = created.get(topic) {
             return Ok(*m);
         }
-        if let Some(bytes) = self.topics_db.get(wtxn, topic).map_err(self.err("reading topics"))? {
+        if let Some(bytes) = self
+            .topics_db
+            .get(wtxn, topic)
+            .map_err(self.err("reading topics"))?
+        {
             if let Ok(m) = serde_json::from_slice::<TopicMeta>(bytes) {
                 return Ok(m);
             }
         }
-        let meta = TopicMeta { partitions: partitions.max(1) };
+        let meta = TopicMeta {
+            partitions: partitions.max(1),
+        };
         let bytes = serde_json::to_vec(&meta).map_err(|e| Error::user(e))?;
-        self.topics_db.put(wtxn, topic, &bytes).map_err(self.err(format!("creating topic `{topic}`")))?;
+        self.topics_db
+            .put(wtxn, topic, &bytes)
+            .map_err(self.err(format!("creating topic `{topic}`")))?;
         created.insert(topic.to_owned(), meta);
-        tracing::debug!(topic, partitions = meta.partitions, "created embedded topic");
+        tracing::debug!(
+            topic,
+            partitions = meta.partitions,
+            "created embedded topic"
+        );
         Ok(meta)
     }
 
     fn publish(&self, created: HashMap<String, TopicMeta>) {
         if !created.is_empty() {
-            self.topics.write().unwrap_or_else(|p| p.into_inner()).extend(created);
+            self.topics
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(created);
         }
     }
 
-    fn part_db_rw(&self, wtxn: &mut RwTxn<'_>, topic: &str, partition: i32, new: &mut Vec<((String, i32), PartDb)>) -> Result<PartDb> {
+    fn part_db_rw(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        topic: &str,
+        partition: i32,
+        new: &mut Vec<((String, i32), PartDb)>,
+    ) -> Result<PartDb> {
         let key = (topic.to_owned(), partition);
         if let Some(db) = self.dbs.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(*db);
@@ -238,14 +296,22 @@ impl EmbeddedLog {
             return Ok(Some(*db));
         }
         // Open through a write transaction so the handle is valid for all later transactions.
-        let mut wtxn = self.env.write_txn().map_err(self.err("opening a partition"))?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err("opening a partition"))?;
         let name = part_name(topic, partition);
-        let db: Option<PartDb> =
-            self.env.open_database(&wtxn, Some(&name)).map_err(self.err(format!("opening {name}")))?;
+        let db: Option<PartDb> = self
+            .env
+            .open_database(&wtxn, Some(&name))
+            .map_err(self.err(format!("opening {name}")))?;
         let _ = &mut wtxn;
         wtxn.commit().map_err(self.err(format!("opening {name}")))?;
         if let Some(db) = db {
-            self.dbs.write().unwrap_or_else(|p| p.into_inner()).insert(key, db);
+            self.dbs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, db);
         }
         Ok(db)
     }
@@ -259,7 +325,10 @@ impl EmbeddedLog {
         if records.is_empty() && offsets.as_ref().is_none_or(|(_, o)| o.is_empty()) {
             return Ok(());
         }
-        let mut wtxn = self.env.write_txn().map_err(self.err("starting an append"))?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err("starting an append"))?;
         let mut created = HashMap::new();
         let mut new_dbs = Vec::new();
         let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState)> = HashMap::new();
@@ -267,7 +336,12 @@ impl EmbeddedLog {
         for record in records {
             let meta = match self.meta(&record.topic) {
                 Some(m) => m,
-                None => self.create_in(&mut wtxn, &record.topic, self.default_partitions, &mut created)?,
+                None => self.create_in(
+                    &mut wtxn,
+                    &record.topic,
+                    self.default_partitions,
+                    &mut created,
+                )?,
             };
             let partition = match record.partition {
                 Some(p) if (0..meta.partitions).contains(&p) => p,
@@ -279,7 +353,10 @@ impl EmbeddedLog {
                 }
                 None => match &record.key {
                     Some(k) => partition_for_key(k, meta.partitions),
-                    None => (self.spread.fetch_add(1, Ordering::Relaxed) % meta.partitions as u32) as i32,
+                    None => {
+                        (self.spread.fetch_add(1, Ordering::Relaxed) % meta.partitions as u32)
+                            as i32
+                    }
                 },
             };
             let slot = (record.topic.clone(), partition);
@@ -288,7 +365,9 @@ impl EmbeddedLog {
                 let state = self.part_state(&wtxn, &record.topic, partition)?;
                 states.insert(slot.clone(), (db, state));
             }
-            let Some((db, state)) = states.get_mut(&slot) else { continue };
+            let Some((db, state)) = states.get_mut(&slot) else {
+                continue;
+            };
             buf.clear();
             encode_record(&record, &mut buf);
             db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
@@ -299,7 +378,11 @@ impl EmbeddedLog {
         for ((topic, partition), (db, mut state)) in states {
             self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
             self.parts_db
-                .put(&mut wtxn, part_name(&topic, partition).as_bytes(), &state.to_bytes())
+                .put(
+                    &mut wtxn,
+                    part_name(&topic, partition).as_bytes(),
+                    &state.to_bytes(),
+                )
                 .map_err(self.err("storing partition state"))?;
         }
         if let Some((group, offsets)) = offsets {
@@ -313,16 +396,29 @@ impl EmbeddedLog {
         wtxn.commit().map_err(self.err("committing an append"))?;
         self.publish(created);
         if !new_dbs.is_empty() {
-            self.dbs.write().unwrap_or_else(|p| p.into_inner()).extend(new_dbs);
+            self.dbs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(new_dbs);
         }
         self.notify();
         Ok(())
     }
 
-    fn apply_retention(&self, wtxn: &mut RwTxn<'_>, db: PartDb, state: &mut PartState, topic: &str, partition: i32) -> Result<()> {
-        let over_bytes = self.retention_bytes.is_some_and(|limit| state.bytes > limit);
+    fn apply_retention(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        db: PartDb,
+        state: &mut PartState,
+        topic: &str,
+        partition: i32,
+    ) -> Result<()> {
+        let over_bytes = self
+            .retention_bytes
+            .is_some_and(|limit| state.bytes > limit);
         let cutoff = self.retention_ms.map(|ms| now_millis().saturating_sub(ms));
-        let Some((first, first_val)) = db.first(wtxn).map_err(self.err("reading retention"))? else {
+        let Some((first, first_val)) = db.first(wtxn).map_err(self.err("reading retention"))?
+        else {
             return Ok(());
         };
         if !over_bytes && cutoff.is_none_or(|c| decode_ts(first_val) >= c) {
@@ -330,7 +426,10 @@ impl EmbeddedLog {
         }
         let mut bytes = state.bytes;
         let mut last_deleted = None;
-        for item in db.range(wtxn, &(first..state.next.saturating_sub(1))).map_err(self.err("retention scan"))? {
+        for item in db
+            .range(wtxn, &(first..state.next.saturating_sub(1)))
+            .map_err(self.err("retention scan"))?
+        {
             let (offset, value) = item.map_err(self.err("retention scan"))?;
             let too_big = self.retention_bytes.is_some_and(|limit| bytes > limit);
             let too_old = cutoff.is_some_and(|c| decode_ts(value) < c);
@@ -344,13 +443,23 @@ impl EmbeddedLog {
             let removed = db
                 .delete_range(wtxn, &(first..=last))
                 .map_err(self.err(format!("applying retention to {topic}[{partition}]")))?;
-            tracing::debug!(topic, partition, removed, "retention removed the oldest records");
+            tracing::debug!(
+                topic,
+                partition,
+                removed,
+                "retention removed the oldest records"
+            );
             state.bytes = bytes;
         }
         Ok(())
     }
 
-    fn part_state(&self, txn: &heed::RoTxn<'_, WithoutTls>, topic: &str, partition: i32) -> Result<PartState> {
+    fn part_state(
+        &self,
+        txn: &heed::RoTxn<'_, WithoutTls>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartState> {
         Ok(self
             .parts_db
             .get(txn, part_name(topic, partition).as_bytes())
@@ -360,11 +469,23 @@ impl EmbeddedLog {
     }
 
     /// Reads up to `max` records of a partition from `from`.
-    pub(crate) fn read(&self, topic: &Arc<str>, partition: i32, from: i64, max: usize) -> Result<Vec<RawRecord>> {
-        let Some(db) = self.part_db_ro(topic, partition)? else { return Ok(Vec::new()) };
+    pub(crate) fn read(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<RawRecord>> {
+        let Some(db) = self.part_db_ro(topic, partition)? else {
+            return Ok(Vec::new());
+        };
         let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
         let mut out = Vec::new();
-        for item in db.range(&rtxn, &(from.max(0) as u64..)).map_err(self.err("reading"))?.take(max) {
+        for item in db
+            .range(&rtxn, &(from.max(0) as u64..))
+            .map_err(self.err("reading"))?
+            .take(max)
+        {
             let (offset, bytes) = item.map_err(self.err("reading"))?;
             out.push(decode_record(topic, partition, offset as i64, bytes));
         }
@@ -377,14 +498,22 @@ impl EmbeddedLog {
         let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
         let state = self.part_state(&rtxn, topic, partition)?;
         let low = match db {
-            Some(db) => db.first(&rtxn).map_err(self.err("reading"))?.map_or(state.next, |(o, _)| o),
+            Some(db) => db
+                .first(&rtxn)
+                .map_err(self.err("reading"))?
+                .map_or(state.next, |(o, _)| o),
             None => state.next,
         };
         Ok((low as i64, state.next as i64))
     }
 
     /// The committed offset of a group on a partition.
-    pub(crate) fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+    pub(crate) fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>> {
         let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
         Ok(self
             .offsets_db
@@ -454,14 +583,24 @@ impl EmbeddedLog {
                 self.notify();
                 return Barrier::Waiting;
             }
-            (g.members.clone(), g.members.get(member).cloned().unwrap_or_default())
+            (
+                g.members.clone(),
+                g.members.get(member).cloned().unwrap_or_default(),
+            )
         };
         let mut out = Vec::new();
         for topic in mine {
-            let Some(n) = self.partitions(&topic) else { continue };
-            let subscribers: Vec<&String> =
-                members.iter().filter(|(_, ts)| ts.contains(&topic)).map(|(m, _)| m).collect();
-            let Some(index) = subscribers.iter().position(|m| *m == member) else { continue };
+            let Some(n) = self.partitions(&topic) else {
+                continue;
+            };
+            let subscribers: Vec<&String> = members
+                .iter()
+                .filter(|(_, ts)| ts.contains(&topic))
+                .map(|(m, _)| m)
+                .collect();
+            let Some(index) = subscribers.iter().position(|m| *m == member) else {
+                continue;
+            };
             let count = subscribers.len() as i32;
             let (per, extra) = (n / count, n % count);
             let index = index as i32;
@@ -475,7 +614,11 @@ impl EmbeddedLog {
 }
 
 #[allow(unsafe_code, reason = "opening an LMDB environment is unsafe in heed")]
-fn open_env(options: &mut EnvOpenOptions<WithoutTls>, path: &Path, in_memory: bool) -> heed::Result<Env<WithoutTls>> {
+fn open_env(
+    options: &mut EnvOpenOptions<WithoutTls>,
+    path: &Path,
+    in_memory: bool,
+) -> heed::Result<Env<WithoutTls>> {
     if in_memory {
         // SAFETY: NO_SYNC only drops durability across OS crashes, which memory:// never has.
         unsafe {
@@ -503,9 +646,14 @@ impl PartState {
 
     fn from_bytes(b: &[u8]) -> Self {
         let word = |r: std::ops::Range<usize>| {
-            b.get(r).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, u64::from_be_bytes)
+            b.get(r)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map_or(0, u64::from_be_bytes)
         };
-        PartState { next: word(0..8), bytes: word(8..16) }
+        PartState {
+            next: word(0..8),
+            bytes: word(8..16),
+        }
     }
 }
 
@@ -568,7 +716,10 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_ts(bytes: &[u8]) -> i64 {
-    bytes.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, i64::from_be_bytes)
+    bytes
+        .get(..8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, i64::from_be_bytes)
 }
 
 fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &[u8]) -> RawRecord {
@@ -582,7 +733,15 @@ fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &[u8]) ->
         headers.0.push((name, r.opt().map(<[u8]>::to_vec)));
     }
     let value = r.opt().map(<[u8]>::to_vec);
-    RawRecord { topic: topic.clone(), partition, offset, key, value, timestamp: Some(timestamp), headers }
+    RawRecord {
+        topic: topic.clone(),
+        partition,
+        offset,
+        key,
+        value,
+        timestamp: Some(timestamp),
+        headers,
+    }
 }
 
 static MEMBER_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -595,13 +754,24 @@ pub(crate) fn spawn_fetcher(
     router: Arc<Router>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let member = format!("{}-{}", std::process::id(), MEMBER_SEQ.fetch_add(1, Ordering::Relaxed));
+    let member = format!(
+        "{}-{}",
+        std::process::id(),
+        MEMBER_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let group = group.to_owned();
     log.join(&group, &member, &topics);
     std::thread::Builder::new()
         .name(format!("rill-fetch-{}", router.agent))
         .spawn(move || {
-            Fetcher { log: &log, group: &group, member: &member, router: &router, stop: &stop }.run();
+            Fetcher {
+                log: &log,
+                group: &group,
+                member: &member,
+                router: &router,
+                stop: &stop,
+            }
+            .run();
             log.leave(&group, &member);
         })
         .map_err(|e| Error::io("spawning a fetcher thread", e))
@@ -727,12 +897,17 @@ mod tests {
         let config = Config::new("t");
         let log = EmbeddedLog::open(&config, true).unwrap();
         log.ensure_topic("a", 4).unwrap();
-        let recs: Vec<_> = (0..10).map(|i| out("a", Some("k"), &format!("v{i}"))).collect();
+        let recs: Vec<_> = (0..10)
+            .map(|i| out("a", Some("k"), &format!("v{i}")))
+            .collect();
         log.append(recs, None).unwrap();
         let p = partition_for_key(b"k", 4);
         let got = log.read(&Arc::from("a"), p, 0, 100).unwrap();
         assert_eq!(got.len(), 10);
-        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
         assert_eq!(got[3].value.as_deref(), Some(&b"v3"[..]));
         assert_eq!(got[3].key.as_deref(), Some(&b"k"[..]));
         assert_eq!(got[3].headers.get("h"), Some(&b"v"[..]));
@@ -743,8 +918,11 @@ mod tests {
     fn offsets_commit_with_the_append() {
         let log = EmbeddedLog::open(&Config::new("t"), true).unwrap();
         log.ensure_topic("a", 1).unwrap();
-        log.append(vec![out("b", None, "x")], Some(("g".into(), vec![((Arc::from("a"), 0), 42)])))
-            .unwrap();
+        log.append(
+            vec![out("b", None, "x")],
+            Some(("g".into(), vec![((Arc::from("a"), 0), 42)])),
+        )
+        .unwrap();
         assert_eq!(log.committed("g", "a", 0).unwrap(), Some(42));
         assert_eq!(log.committed("other", "a", 0).unwrap(), None);
         // `b` was auto-created with the default partition count.
@@ -763,7 +941,10 @@ mod tests {
         }
         let (low, high) = log.watermarks("a", 0).unwrap();
         assert_eq!(high, 200);
-        assert!(low > 150, "oldest offsets should be gone, log start is {low}");
+        assert!(
+            low > 150,
+            "oldest offsets should be gone, log start is {low}"
+        );
         let first = log.read(&Arc::from("a"), 0, 0, 1).unwrap();
         assert_eq!(first[0].offset, low);
     }
@@ -777,13 +958,28 @@ mod tests {
         log.join("g", "m1", &topics);
         log.join("g", "m2", &topics);
         let generation = log.generation("g");
-        assert!(matches!(log.assignment("g", "m1", generation), Barrier::Waiting));
-        let Barrier::Ready(b) = log.assignment("g", "m2", generation) else { panic!("not ready") };
-        let Barrier::Ready(a) = log.assignment("g", "m1", generation) else { panic!("not ready") };
-        let parts = |v: &[Tp], t: &str| v.iter().filter(|(x, _)| &**x == t).map(|(_, p)| *p).collect::<Vec<_>>();
+        assert!(matches!(
+            log.assignment("g", "m1", generation),
+            Barrier::Waiting
+        ));
+        let Barrier::Ready(b) = log.assignment("g", "m2", generation) else {
+            panic!("not ready")
+        };
+        let Barrier::Ready(a) = log.assignment("g", "m1", generation) else {
+            panic!("not ready")
+        };
+        let parts = |v: &[Tp], t: &str| {
+            v.iter()
+                .filter(|(x, _)| &**x == t)
+                .map(|(_, p)| *p)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(parts(&a, "x"), vec![0, 1]);
         assert_eq!(parts(&a, "y"), vec![0, 1]);
         assert_eq!(parts(&b, "x"), vec![2, 3]);
-        assert!(matches!(log.assignment("g", "m1", generation - 1), Barrier::Stale));
+        assert!(matches!(
+            log.assignment("g", "m1", generation - 1),
+            Barrier::Stale
+        ));
     }
 }

@@ -42,11 +42,16 @@ pub(crate) struct LogContext;
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", fac, "{message}");
             }
             RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{message}")
+            }
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
         }
     }
@@ -88,8 +93,9 @@ impl KafkaTransport {
         let producer: FutureProducer<LogContext> = producer_config
             .create_with_context(LogContext)
             .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
-        let admin: AdminClient<DefaultClientContext> =
-            base.create().map_err(|e| Error::kafka("creating an admin client", e))?;
+        let admin: AdminClient<DefaultClientContext> = base
+            .create()
+            .map_err(|e| Error::kafka("creating an admin client", e))?;
         Ok(Arc::new(KafkaTransport {
             base,
             producer,
@@ -102,12 +108,19 @@ impl KafkaTransport {
     /// Enqueues a record in librdkafka, waiting while its queue is full.
     pub(crate) async fn enqueue(&self, r: OutRecord) -> Result<DeliveryFuture> {
         let headers = (!r.headers.is_empty()).then(|| {
-            r.headers.0.iter().fold(OwnedHeaders::new_with_capacity(r.headers.0.len()), |h, (k, v)| {
-                h.insert(Header { key: k, value: v.as_deref() })
-            })
+            r.headers.0.iter().fold(
+                OwnedHeaders::new_with_capacity(r.headers.0.len()),
+                |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: v.as_deref(),
+                    })
+                },
+            )
         });
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).timestamp(r.timestamp);
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&r.topic).timestamp(r.timestamp);
             if let Some(k) = r.key.as_deref() {
                 record = record.key(k);
             }
@@ -132,18 +145,28 @@ impl KafkaTransport {
 
     /// Waits until everything enqueued was delivered (shutdown).
     pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
-        self.producer.flush(timeout).map_err(|e| Error::kafka("flushing the producer", e))
+        self.producer
+            .flush(timeout)
+            .map_err(|e| Error::kafka("flushing the producer", e))
     }
 
     /// Partition count of each topic, or `None` when it does not exist.
-    pub(crate) fn partition_counts(&self, topics: &[String]) -> Result<HashMap<String, Option<i32>>> {
+    pub(crate) fn partition_counts(
+        &self,
+        topics: &[String],
+    ) -> Result<HashMap<String, Option<i32>>> {
         let mut out = HashMap::new();
         for topic in topics {
             let md = self
                 .producer
                 .client()
                 .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| Error::kafka(format!("fetching metadata of `{topic}` (is the broker reachable?)"), e))?;
+                .map_err(|e| {
+                    Error::kafka(
+                        format!("fetching metadata of `{topic}` (is the broker reachable?)"),
+                        e,
+                    )
+                })?;
             let count = md
                 .topics()
                 .iter()
@@ -155,34 +178,56 @@ impl KafkaTransport {
     }
 
     /// Creates the topics that do not exist yet; returns every topic's partition count.
-    pub(crate) async fn ensure_topics(&self, specs: &[TopicSpec], default_partitions: i32) -> Result<HashMap<String, i32>> {
+    pub(crate) async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+        default_partitions: i32,
+    ) -> Result<HashMap<String, i32>> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let existing = {
             let this = self.partition_counts(&names)?;
             this
         };
-        let missing: Vec<&TopicSpec> = specs.iter().filter(|s| existing.get(&s.name).is_some_and(Option::is_none)).collect();
-        let mut out: HashMap<String, i32> =
-            existing.iter().filter_map(|(k, v)| v.map(|n| (k.clone(), n))).collect();
+        let missing: Vec<&TopicSpec> = specs
+            .iter()
+            .filter(|s| existing.get(&s.name).is_some_and(Option::is_none))
+            .collect();
+        let mut out: HashMap<String, i32> = existing
+            .iter()
+            .filter_map(|(k, v)| v.map(|n| (k.clone(), n)))
+            .collect();
         if !missing.is_empty() {
             let mut seen = std::collections::HashSet::new();
             let new_topics: Vec<NewTopic<'_>> = missing
                 .iter()
                 .filter(|s| seen.insert(s.name.as_str()))
-                .map(|s| NewTopic::new(&s.name, s.partitions.unwrap_or(default_partitions), TopicReplication::Fixed(self.replication)))
+                .map(|s| {
+                    NewTopic::new(
+                        &s.name,
+                        s.partitions.unwrap_or(default_partitions),
+                        TopicReplication::Fixed(self.replication),
+                    )
+                })
                 .collect();
             let results = self
                 .admin
-                .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+                .create_topics(
+                    &new_topics,
+                    &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+                )
                 .await
                 .map_err(|e| Error::kafka("creating topics", e))?;
             for result in results {
                 match result {
                     Ok(name) => tracing::info!(topic = %name, "created topic"),
-                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "topic exists"),
+                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                        tracing::debug!(topic = %name, "topic exists")
+                    }
                     Err((name, code)) => {
                         return Err(Error::kafka(
-                            format!("creating topic `{name}` (create it by hand, or grant rill CreateTopics)"),
+                            format!(
+                                "creating topic `{name}` (create it by hand, or grant rill CreateTopics)"
+                            ),
                             KafkaError::AdminOp(code),
                         ));
                     }
@@ -190,13 +235,21 @@ impl KafkaTransport {
             }
             // Metadata can lag creation briefly.
             for attempt in 0..50 {
-                let counts = self.partition_counts(&missing.iter().map(|s| s.name.clone()).collect::<Vec<_>>())?;
+                let counts = self.partition_counts(
+                    &missing.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                )?;
                 if counts.values().all(Option::is_some) {
                     out.extend(counts.into_iter().filter_map(|(k, v)| v.map(|n| (k, n))));
                     break;
                 }
                 if attempt == 49 {
-                    return Err(Error::UnknownTopic(missing.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")));
+                    return Err(Error::UnknownTopic(
+                        missing
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -220,14 +273,19 @@ impl KafkaTransport {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range");
         let consumer: BaseConsumer<FetchContext> = config
-            .create_with_context(FetchContext { router: router.clone() })
+            .create_with_context(FetchContext {
+                router: router.clone(),
+            })
             .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topic_refs)
             .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
         let consumer = Arc::new(consumer);
-        let committer = Arc::new(KafkaCommitter { consumer: consumer.clone(), group: group.to_owned() });
+        let committer = Arc::new(KafkaCommitter {
+            consumer: consumer.clone(),
+            group: group.to_owned(),
+        });
         let _ = self.revoke_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("rill-fetch-{}", router.agent))
@@ -257,7 +315,13 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
                     };
                     let headers = m
                         .headers()
-                        .map(|h| Headers(h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect()))
+                        .map(|h| {
+                            Headers(
+                                h.iter()
+                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                    .collect(),
+                            )
+                        })
                         .unwrap_or_default();
                     batch.push(RawRecord {
                         topic,
@@ -280,7 +344,9 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
                 }
             }
         }
-        if !batch.is_empty() && !router.route(std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX))) {
+        if !batch.is_empty()
+            && !router.route(std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX)))
+        {
             break;
         }
     }
@@ -312,11 +378,17 @@ impl ConsumerContext for FetchContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let tps: Vec<Tp> = tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
+                    .collect();
                 self.router.assigned(tps);
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::warn!(agent = %self.router.agent, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::warn!(agent = %self.router.agent, error = %e, "rebalance error")
+            }
         }
     }
 }
@@ -342,12 +414,20 @@ impl KafkaCommitter {
             Ok(()) => Ok(()),
             // Partitions already given away in a rebalance: the new owner will redo the records.
             Err(KafkaError::ConsumerCommit(code))
-                if matches!(code, RDKafkaErrorCode::RebalanceInProgress | RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::UnknownMemberId) =>
+                if matches!(
+                    code,
+                    RDKafkaErrorCode::RebalanceInProgress
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::UnknownMemberId
+                ) =>
             {
                 tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
                 Ok(())
             }
-            Err(e) => Err(Error::kafka(format!("committing offsets of group `{}`", self.group), e)),
+            Err(e) => Err(Error::kafka(
+                format!("committing offsets of group `{}`", self.group),
+                e,
+            )),
         }
     }
 }

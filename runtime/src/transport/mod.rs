@@ -33,10 +33,13 @@ pub(crate) struct Batch {
 
 /// Assignment changes, sent to every instance of an agent.
 pub(crate) enum Control {
-    /// These partitions are now owned; batches of `generation` follow.
-    Assigned { generation: u64, partitions: Vec<Tp> },
+    /// Partitions were assigned; batches of `generation` follow.
+    Assigned { generation: u64 },
     /// Everything is being taken away: commit what is done, then acknowledge.
-    Revoked { generation: u64, ack: std_mpsc::SyncSender<()> },
+    Revoked {
+        generation: u64,
+        ack: std_mpsc::SyncSender<()>,
+    },
 }
 
 /// The channels to one agent instance.
@@ -74,7 +77,13 @@ impl Router {
         let generation = self.generation();
         let n = self.instances.len();
         if n == 1 {
-            return self.instances[0].data.blocking_send(Batch { generation, records }).is_ok();
+            return self.instances[0]
+                .data
+                .blocking_send(Batch {
+                    generation,
+                    records,
+                })
+                .is_ok();
         }
         let mut split: Vec<Vec<RawRecord>> = (0..n).map(|_| Vec::new()).collect();
         for r in records {
@@ -86,23 +95,35 @@ impl Router {
                 alive |= !tx.data.is_closed();
                 continue;
             }
-            alive |= tx.data.blocking_send(Batch { generation, records }).is_ok();
+            alive |= tx
+                .data
+                .blocking_send(Batch {
+                    generation,
+                    records,
+                })
+                .is_ok();
         }
         alive
     }
 
     /// Announces a new assignment.
     pub(crate) fn assigned(&self, partitions: Vec<Tp>) {
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         tracing::info!(agent = %self.agent, partitions = ?fmt_tps(&partitions), "partitions assigned");
         for tx in &self.instances {
-            let _ = tx.ctrl.send(Control::Assigned { generation, partitions: partitions.clone() });
+            let _ = tx.ctrl.send(Control::Assigned { generation });
         }
     }
 
     /// Revokes everything and waits until each live instance has committed its finished work.
     pub(crate) fn revoke(&self) {
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         let mut acks = Vec::new();
         for tx in &self.instances {
             let (ack, rx) = std_mpsc::sync_channel(1);
@@ -240,7 +261,8 @@ impl Transport {
             Transport::Embedded(log) => {
                 let mut out = std::collections::HashMap::new();
                 for spec in specs {
-                    let n = log.ensure_topic(&spec.name, spec.partitions.unwrap_or(default_partitions))?;
+                    let n = log
+                        .ensure_topic(&spec.name, spec.partitions.unwrap_or(default_partitions))?;
                     out.insert(spec.name.clone(), n);
                 }
                 Ok(out)

@@ -1,0 +1,276 @@
+//! Agents on the embedded transport, through the public test harness: ordering, partitioning,
+//! commits, decode failures, restarts and startup checks.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use rill::prelude::*;
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    #[record(key)]
+    pub user: String,
+    pub seq: u64,
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    #[record(key)]
+    pub user: String,
+    pub seq: u64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[agent(topic = "ticks", sink = "seen", concurrency = 3)]
+async fn relay(ticks: Stream<Tick>, seen: Sink<Seen>) -> rill::Result<()> {
+    let mut ticks = ticks.events();
+    while let Some(t) = ticks.next().await {
+        let out = Seen {
+            user: t.user.clone(),
+            seq: t.seq,
+            partition: t.meta.partition,
+            offset: t.meta.offset,
+        };
+        seen.send(&out).await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "bad_ticks")]
+async fn failing(mut ticks: Stream<Tick>) -> rill::Result<()> {
+    if let Some(t) = ticks.next().await {
+        return Err(rill::Error::user(format!("cannot handle seq {}", t.seq)));
+    }
+    Ok(())
+}
+
+async fn send_ticks(app: &TestApp, users: usize, per_user: u64) -> rill::Result<()> {
+    for seq in 0..per_user {
+        for u in 0..users {
+            app.producer()
+                .send_to(
+                    "ticks",
+                    &Tick {
+                        user: format!("user-{u}"),
+                        seq,
+                    },
+                )
+                .await?;
+        }
+    }
+    app.producer().flush().await
+}
+
+#[tokio::test]
+async fn every_record_once_in_partition_order_across_instances() -> rill::Result<()> {
+    let app = App::new("order").agents([relay::agent()]).test().await?;
+    send_ticks(&app, 40, 50).await?;
+    let seen: Vec<Seen> = app.expect("seen", 2000).await?;
+    assert_eq!(seen.len(), 2000, "no record twice");
+    let mut by_user: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut partitions = HashSet::new();
+    for s in &seen {
+        by_user.entry(s.user.clone()).or_default().push(s.seq);
+        // Same key, same partition: the embedded log partitions like Kafka's Java client.
+        assert_eq!(s.partition, rill_partition(&s.user, 8), "{s:?}");
+        partitions.insert(s.partition);
+    }
+    assert!(
+        partitions.len() >= 4,
+        "keys should spread over partitions: {partitions:?}"
+    );
+    for (user, seqs) in by_user {
+        assert_eq!(seqs, (0..50).collect::<Vec<_>>(), "order of {user}");
+    }
+    app.stop().await
+}
+
+fn rill_partition(key: &str, n: i32) -> i32 {
+    rill::partitioner::partition_for_key(key.as_bytes(), n)
+}
+
+#[tokio::test]
+async fn offsets_are_committed_for_finished_records() -> rill::Result<()> {
+    let app = App::new("commits").agents([relay::agent()]).test().await?;
+    send_ticks(&app, 10, 30).await?;
+    app.expect::<Seen>("seen", 300).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut total = 0;
+        for p in 0..8 {
+            total += app.committed("commits-relay", "ticks", p)?.unwrap_or(0);
+        }
+        if total == 300 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {total} of 300"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await
+}
+
+#[tokio::test]
+async fn undecodable_records_are_skipped_counted_and_do_not_stop_the_agent() -> rill::Result<()> {
+    let app = App::new("decode").agents([relay::agent()]).test().await?;
+    app.send_bytes("ticks", Some(b"user-1"), b"{not json")
+        .await?;
+    app.send_bytes("ticks", Some(b"user-1"), br#"{"user":"user-1"}"#)
+        .await?;
+    app.send_bytes("ticks", Some(b"user-1"), b"").await?;
+    app.send_to(
+        "ticks",
+        &Tick {
+            user: "user-1".into(),
+            seq: 7,
+        },
+    )
+    .await?;
+    let seen: Vec<Seen> = app.expect("seen", 1).await?;
+    assert_eq!(seen[0].seq, 7);
+    let stats = app.stats("relay").expect("relay runs");
+    assert_eq!(rill::AgentStats::get(&stats.decode_errors), 3);
+    assert_eq!(rill::AgentStats::get(&stats.records_out), 1);
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_failing_agent_stops_the_worker_with_its_error() -> rill::Result<()> {
+    let mut worker = App::new("fails")
+        .memory()
+        .agents([failing::agent()])
+        .start()
+        .await?;
+    worker
+        .producer()
+        .send_to(
+            "bad_ticks",
+            &Tick {
+                user: "u".into(),
+                seq: 41,
+            },
+        )
+        .await?;
+    worker.producer().flush().await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .expect("worker stops")
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot handle seq 41"), "{err}");
+    worker.shutdown().await
+}
+
+#[tokio::test]
+async fn one_topic_with_two_types_is_rejected_at_startup_naming_both_places() {
+    #[agent(topic = "ticks")]
+    async fn as_strings(s: Stream<String>) -> rill::Result<()> {
+        drop(s);
+        Ok(())
+    }
+    let err = App::new("conflict")
+        .agents([relay::agent(), as_strings::agent()])
+        .test()
+        .await
+        .err()
+        .expect("rejected");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`ticks`") && msg.contains("Tick") && msg.contains("String"),
+        "{msg}"
+    );
+    assert!(
+        msg.matches("tests/embedded.rs:").count() == 2,
+        "both places named: {msg}"
+    );
+}
+
+#[tokio::test]
+async fn sending_outside_an_agent_is_a_clear_error() {
+    const T: Topic<String, Tick> = Topic::new("ticks");
+    let err = T
+        .send(&Tick {
+            user: "u".into(),
+            seq: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("outside an agent"), "{err}");
+}
+
+#[tokio::test]
+async fn a_clean_restart_continues_where_it_stopped() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("restart")
+        .agents([relay::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_ticks(&app, 10, 20).await?;
+    app.expect::<Seen>("seen", 200).await?;
+    app.stop().await?;
+
+    let app = App::new("restart")
+        .agents([relay::agent()])
+        .test_in(dir.path())
+        .await?;
+    for u in 0..10 {
+        app.producer()
+            .send_to(
+                "ticks",
+                &Tick {
+                    user: format!("user-{u}"),
+                    seq: 20,
+                },
+            )
+            .await?;
+    }
+    app.producer().flush().await?;
+    app.expect::<Seen>("seen", 210).await?;
+    // Give a wrongly restarted agent time to reprocess old records before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen: Vec<Seen> = app.read("seen")?;
+    assert_eq!(
+        seen.len(),
+        210,
+        "nothing reprocessed after a clean shutdown"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn typed_topics_and_filters_compose() -> rill::Result<()> {
+    const TICKS: Topic<String, Tick> = Topic::new("typed_ticks");
+    const EVEN: Topic<String, Tick> = Topic::new("even_ticks");
+
+    #[agent(topic = TICKS, sink = EVEN)]
+    async fn evens(ticks: Stream<Tick>, even: Sink<Tick>) -> rill::Result<()> {
+        let mut ticks = ticks.filter(|t| t.seq % 2 == 0).enumerate();
+        while let Some((i, t)) = ticks.next().await {
+            even.send(&Tick {
+                user: t.user,
+                seq: i as u64 * 1000 + t.seq,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+    let app = App::new("typed").agents([evens::agent()]).test().await?;
+    for seq in 0..6 {
+        app.send_to(
+            "typed_ticks",
+            &Tick {
+                user: "one-key".into(),
+                seq,
+            },
+        )
+        .await?;
+    }
+    let got: Vec<Tick> = app.expect("even_ticks", 3).await?;
+    let seqs: Vec<u64> = got.iter().map(|t| t.seq).collect();
+    assert_eq!(seqs, vec![0, 1002, 2004]);
+    app.stop().await
+}

@@ -1,0 +1,11 @@
+//! Compile-time behaviour of `#[record]` and `#[agent]`: every supported form compiles, every
+//! misuse is an error pointing at the culprit (the `.stderr` files are the expected messages).
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/record/pass/*.rs");
+    t.compile_fail("tests/ui/record/fail/*.rs");
+    t.pass("tests/ui/agent/pass/*.rs");
+    t.compile_fail("tests/ui/agent/fail/*.rs");
+}

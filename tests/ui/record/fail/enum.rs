@@ -1,0 +1,8 @@
+use rill::prelude::*;
+
+#[record]
+enum Event {
+    Click,
+}
+
+fn main() {}

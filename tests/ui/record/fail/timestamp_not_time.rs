@@ -1,0 +1,9 @@
+use rill::prelude::*;
+
+#[record]
+struct View {
+    #[record(timestamp)]
+    when: String,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use rill::prelude::*;
+
+#[record]
+struct Pair(String, u32);
+
+fn main() {}
