@@ -77,7 +77,7 @@ async fn synthetic_views(producer: Producer) -> rill::Result<()> {
         let view = PageView {
             user_id: format!("user-{}", i % 5),
             url: urls[i % urls.len()].to_owned(),
-            view_time: i as f64,
+            view_time: 1.7e9 + i as f64,
         };
         producer.send_to("pageviews", &view).await?;
         producer.flush().await?;

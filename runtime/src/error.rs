@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in rill.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is invalid; the message names the setting and the fix.
@@ -93,6 +93,23 @@ pub enum Error {
     /// An error returned by user code.
     #[error(transparent)]
     User(#[from] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Shows the message and its causes, so `fn main() -> rill::Result<()>` prints something
+/// readable when it fails.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !self.to_string().contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {

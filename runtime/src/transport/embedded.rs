@@ -333,6 +333,7 @@ impl EmbeddedLog {
         let mut new_dbs = Vec::new();
         let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState)> = HashMap::new();
         let mut buf = Vec::with_capacity(256);
+        let appended_at = now_millis();
         for record in records {
             let meta = match self.meta(&record.topic) {
                 Some(m) => m,
@@ -369,7 +370,7 @@ impl EmbeddedLog {
                 continue;
             };
             buf.clear();
-            encode_record(&record, &mut buf);
+            encode_record(&record, appended_at, &mut buf);
             db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
                 .map_err(self.err(format!("appending to {}[{partition}]", record.topic)))?;
             state.next += 1;
@@ -421,7 +422,7 @@ impl EmbeddedLog {
         else {
             return Ok(());
         };
-        if !over_bytes && cutoff.is_none_or(|c| decode_ts(first_val) >= c) {
+        if !over_bytes && cutoff.is_none_or(|c| decode_appended_at(first_val) >= c) {
             return Ok(());
         }
         let mut bytes = state.bytes;
@@ -432,7 +433,7 @@ impl EmbeddedLog {
         {
             let (offset, value) = item.map_err(self.err("retention scan"))?;
             let too_big = self.retention_bytes.is_some_and(|limit| bytes > limit);
-            let too_old = cutoff.is_some_and(|c| decode_ts(value) < c);
+            let too_old = cutoff.is_some_and(|c| decode_appended_at(value) < c);
             if !too_big && !too_old {
                 break;
             }
@@ -683,8 +684,11 @@ fn put_opt(buf: &mut Vec<u8>, v: Option<&[u8]>) {
     }
 }
 
-/// `[ts i64][key][headers][value]`, each optional part length-prefixed (`u32::MAX` = none).
-fn encode_record(r: &OutRecord, buf: &mut Vec<u8>) {
+/// `[append time i64][timestamp i64][key][headers][value]`, each optional part
+/// length-prefixed (`u32::MAX` = none). Retention by age uses the append time, so records with
+/// old event times (replays, backfills) are not deleted as soon as they are written.
+fn encode_record(r: &OutRecord, appended_at: i64, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&appended_at.to_be_bytes());
     buf.extend_from_slice(&r.timestamp.to_be_bytes());
     put_opt(buf, r.key.as_deref());
     buf.extend_from_slice(&(r.headers.0.len() as u16).to_be_bytes());
@@ -715,16 +719,21 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_ts(bytes: &[u8]) -> i64 {
+fn decode_i64(bytes: &[u8], at: usize) -> i64 {
     bytes
-        .get(..8)
+        .get(at..at + 8)
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
         .map_or(0, i64::from_be_bytes)
 }
 
+/// When the record was appended.
+fn decode_appended_at(bytes: &[u8]) -> i64 {
+    decode_i64(bytes, 0)
+}
+
 fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &[u8]) -> RawRecord {
-    let timestamp = decode_ts(bytes);
-    let mut r = Reader(bytes.get(8..).unwrap_or_default());
+    let timestamp = decode_i64(bytes, 8);
+    let mut r = Reader(bytes.get(16..).unwrap_or_default());
     let key = r.opt().map(<[u8]>::to_vec);
     let n = <[u8; 2]>::try_from(r.take(2)).map_or(0, u16::from_be_bytes);
     let mut headers = Headers::default();
@@ -947,6 +956,29 @@ mod tests {
         );
         let first = log.read(&Arc::from("a"), 0, 0, 1).unwrap();
         assert_eq!(first[0].offset, low);
+    }
+
+    #[test]
+    fn age_retention_uses_append_time_not_event_time() {
+        let mut config = Config::new("t");
+        config.retention = Some(Duration::from_secs(3600));
+        let log = EmbeddedLog::open(&config, true).unwrap();
+        log.ensure_topic("a", 1).unwrap();
+        let mut old_event = out("a", None, "from 1970");
+        old_event.timestamp = 1000;
+        log.append(vec![old_event.clone(), old_event], None)
+            .unwrap();
+        assert_eq!(
+            log.watermarks("a", 0).unwrap(),
+            (0, 2),
+            "fresh appends stay"
+        );
+        let got = log.read(&Arc::from("a"), 0, 0, 10).unwrap();
+        assert_eq!(
+            got[0].timestamp,
+            Some(1000),
+            "the record keeps its own timestamp"
+        );
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! The app CLI, through the example binaries: the README quick start, `agents`, `send` with
+//! type checking, config errors, and graceful shutdown on signals.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+fn run(example: &str, args: &[&str]) -> std::process::Output {
+    Command::new(common::example(example))
+        .args(args)
+        .env("RILL_LOG", "warn")
+        .output()
+        .expect("run example")
+}
+
+#[test]
+fn quick_start_prints_views_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let mut child = common::spawn_example(
+        "pageviews",
+        &["--data-dir", data],
+        &[("SYNTHETIC_VIEWS", "3")],
+    );
+    let lines = common::lines(&mut child);
+    common::wait_lines(&lines, Duration::from_secs(60), |l| {
+        l.iter().filter(|s| s.contains(" visited ")).count() >= 3
+    });
+    common::signal(&child, "INT");
+    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status:?}"
+    );
+}
+
+#[test]
+fn agents_lists_agents_topics_sinks_and_groups() {
+    let out = run("sink", &["agents"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let to_hits = text
+        .lines()
+        .find(|l| l.starts_with("to_hits"))
+        .unwrap_or_else(|| panic!("{text}"));
+    for part in ["pageviews", "url_hits", " 2 ", "url_hits-to_hits"] {
+        assert!(to_hits.contains(part), "`{part}` missing in: {to_hits}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("print_hits")), "{text}");
+}
+
+#[test]
+fn send_checks_the_record_type_and_the_worker_picks_it_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let bad = run(
+        "sink",
+        &["--data-dir", data, "send", "pageviews", r#"{"user_id": 1}"#],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("pageviews") && err.contains("json"), "{err}");
+
+    let good = run(
+        "sink",
+        &[
+            "--data-dir",
+            data,
+            "send",
+            "pageviews",
+            r#"{"user_id":"u9","url":"/sent","view_time":5.0}"#,
+            "--key",
+            "u9",
+        ],
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let mut child =
+        common::spawn_example("sink", &["--data-dir", data], &[("SYNTHETIC_VIEWS", "0")]);
+    let lines = common::lines(&mut child);
+    common::wait_lines(&lines, Duration::from_secs(60), |l| {
+        l.iter().any(|s| s.contains("hit on /sent by u9"))
+    });
+    common::signal(&child, "TERM");
+    assert!(common::wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn config_errors_name_the_setting_and_the_fix() {
+    let out = run("sink", &["--broker", "redis://localhost", "agents"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--broker") && err.contains("kafka://"),
+        "{err}"
+    );
+
+    let out = Command::new(common::example("sink"))
+        .args(["agents"])
+        .env("RILL_PARTITIONS", "none")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RILL_PARTITIONS"), "{err}");
+}

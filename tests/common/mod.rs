@@ -1,0 +1,210 @@
+//! Helpers shared by integration tests: example binaries, Kafka clients that are not rill, and
+//! the broker started by `scripts/test.sh`.
+#![allow(dead_code, reason = "each test binary uses a subset")]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// Path of an up-to-date example binary (`cargo test --test x` does not rebuild examples).
+pub(crate) fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join("examples").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        built.push(name.to_owned());
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building example {name}");
+    }
+    path
+}
+
+/// Runs an example binary with piped stdout (read it with [`lines`], or it fills up and blocks
+/// the child) and stderr passed through.
+pub(crate) fn spawn_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
+    spawn(name, args, envs, Stdio::piped())
+}
+
+/// Runs an example binary discarding its stdout.
+pub(crate) fn spawn_example_quiet(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
+    spawn(name, args, envs, Stdio::null())
+}
+
+fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Child {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .env("RILL_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn example")
+}
+
+/// Sends a signal to a child process.
+pub(crate) fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The broker of `scripts/test.sh`, or `None` (the test then says it was skipped) unless
+/// `RILL_REQUIRE_KAFKA=1`, where a missing broker fails the test.
+pub(crate) fn kafka_bootstrap() -> Option<String> {
+    match std::env::var("RILL_TEST_KAFKA") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            assert!(
+                std::env::var("RILL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+                "RILL_REQUIRE_KAFKA=1 but RILL_TEST_KAFKA is not set; run scripts/test.sh"
+            );
+            eprintln!("skipped: no Kafka broker (RILL_TEST_KAFKA); scripts/test.sh starts one");
+            None
+        }
+    }
+}
+
+/// A plain rdkafka producer (not rill) with the Java client's partitioner.
+pub(crate) fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces JSON values with keys and waits for delivery.
+pub(crate) fn produce(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    items: &[(Option<String>, String)],
+) {
+    for (key, value) in items {
+        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(topic).payload(value);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A consumed record: (partition, key, value).
+pub(crate) type Consumed = (i32, Option<String>, String);
+
+/// Reads a topic from the beginning with a plain rdkafka consumer until `n` records or timeout.
+pub(crate) fn consume(bootstrap: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Consumed> {
+    consume_until(bootstrap, topic, timeout, |got| got.len() >= n)
+}
+
+/// Reads a topic from the beginning until `done` says so or timeout.
+pub(crate) fn consume_until(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("checker-{topic}-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push((
+                m.partition(),
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// Collects a child's stdout lines on a thread.
+pub(crate) fn lines(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    out
+}
+
+/// Waits until `check` holds for the collected lines.
+pub(crate) fn wait_lines(
+    lines: &std::sync::Mutex<Vec<String>>,
+    timeout: Duration,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = lines.lock().expect("lines").clone();
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; output so far: {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
