@@ -15,13 +15,13 @@
 #                                   --bootstrap-server 127.0.0.1:19092
 #
 # Environment (all optional):
-#   RILL_KAFKA_PORT           broker port (default 19092); controller = port+1
-#   RILL_KAFKA_DIR            run dir (default /tmp/rill-kafka-$PORT)
-#   RILL_KAFKA_CACHE          jar cache (default ~/.cache/rill/kafka-<version>)
-#   RILL_KAFKA_KEEP=1         `stop` keeps the run dir
-#   RILL_KAFKA_HEAP           broker max heap (default 1g)
-#   RILL_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 60)
-#   RILL_KAFKA_EXTRA_PROPS    extra server.properties lines (newline separated)
+#   RILL_TEST_BROKER_PORT           broker port (default 19092); controller = port+1
+#   RILL_TEST_BROKER_DIR            run dir (default /tmp/rill-kafka-$PORT)
+#   RILL_TEST_BROKER_CACHE          jar cache (default ~/.cache/rill/kafka-<version>)
+#   RILL_TEST_BROKER_KEEP=1         `stop` keeps the run dir
+#   RILL_TEST_BROKER_HEAP           broker max heap (default 1g)
+#   RILL_TEST_BROKER_START_TIMEOUT  seconds to wait for the broker (default 60)
+#   RILL_TEST_BROKER_EXTRA_PROPS    extra server.properties lines (newline separated)
 #   JAVA_HOME                 use $JAVA_HOME/bin/java instead of `java`
 #
 # Only `start`/`status` print on stdout (the KAFKA_BOOTSTRAP line); all
@@ -38,17 +38,17 @@ die() { log "error: $*"; exit 1; }
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
 [[ -n "$KAFKA_VERSION" ]] || die "cannot read <kafka.version> from $POM"
 
-PORT="${RILL_KAFKA_PORT:-19092}"
-[[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT > 0 && PORT < 65535 )) || die "bad RILL_KAFKA_PORT=$PORT"
+PORT="${RILL_TEST_BROKER_PORT:-19092}"
+[[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT > 0 && PORT < 65535 )) || die "bad RILL_TEST_BROKER_PORT=$PORT"
 CPORT=$((PORT + 1))
 HOST=127.0.0.1
 BOOTSTRAP="$HOST:$PORT"
-RUN_DIR="${RILL_KAFKA_DIR:-/tmp/rill-kafka-$PORT}"
-CACHE="${RILL_KAFKA_CACHE:-${HOME:-/tmp}/.cache/rill/kafka-$KAFKA_VERSION}"
+RUN_DIR="${RILL_TEST_BROKER_DIR:-/tmp/rill-kafka-$PORT}"
+CACHE="${RILL_TEST_BROKER_CACHE:-${HOME:-/tmp}/.cache/rill/kafka-$KAFKA_VERSION}"
 LIBS="$CACHE/libs"
 MARKER="$CACHE/.complete"
-HEAP="${RILL_KAFKA_HEAP:-1g}"
-START_TIMEOUT="${RILL_KAFKA_START_TIMEOUT:-60}"
+HEAP="${RILL_TEST_BROKER_HEAP:-1g}"
+START_TIMEOUT="${RILL_TEST_BROKER_START_TIMEOUT:-60}"
 PID_FILE="$RUN_DIR/kafka.pid"
 SERVER_LOG="$RUN_DIR/server.log"
 DATA_DIR="$RUN_DIR/data"
@@ -249,8 +249,8 @@ delete.topic.enable=true
 broker.heartbeat.interval.ms=500
 broker.session.timeout.ms=3000
 EOF
-  if [[ -n "${RILL_KAFKA_EXTRA_PROPS:-}" ]]; then
-    printf '# RILL_KAFKA_EXTRA_PROPS\n%s\n' "$RILL_KAFKA_EXTRA_PROPS" >> "$RUN_DIR/server.properties.tmp"
+  if [[ -n "${RILL_TEST_BROKER_EXTRA_PROPS:-}" ]]; then
+    printf '# RILL_TEST_BROKER_EXTRA_PROPS\n%s\n' "$RILL_TEST_BROKER_EXTRA_PROPS" >> "$RUN_DIR/server.properties.tmp"
   fi
   mv -f "$RUN_DIR/server.properties.tmp" "$RUN_DIR/server.properties"
 }
@@ -378,8 +378,8 @@ do_stop_locked() {
     log "not running"
   fi
   rm -f "$PID_FILE"
-  if [[ "${RILL_KAFKA_KEEP:-0}" == 1 ]]; then
-    log "keeping $RUN_DIR (RILL_KAFKA_KEEP=1)"
+  if [[ "${RILL_TEST_BROKER_KEEP:-0}" == 1 ]]; then
+    log "keeping $RUN_DIR (RILL_TEST_BROKER_KEEP=1)"
   elif [[ -d "$RUN_DIR" ]]; then
     rm -rf "$RUN_DIR"
   fi

@@ -27,6 +27,51 @@
 //!     App::new("traffic_monitor").main()
 //! }
 //! ```
+//!
+//! ## Testing agents
+//!
+//! [`App::test`] runs an app on an in-memory log inside a plain `#[tokio::test]`: send records
+//! in, read what the agents produced. No broker, no mocks of Kafka: the embedded log has
+//! Kafka's semantics (partitions, offsets, group commits).
+//!
+//! ```
+//! use rill::prelude::*;
+//!
+//! #[record]
+//! pub struct PageView {
+//!     #[record(key)]
+//!     pub user_id: String,
+//!     pub url: String,
+//! }
+//!
+//! #[record]
+//! pub struct Alert {
+//!     pub user_id: String,
+//!     pub reason: String,
+//! }
+//!
+//! #[agent(topic = "pageviews", sink = "alerts")]
+//! async fn watch_admin(mut views: Stream<PageView>, alerts: Sink<Alert>) -> rill::Result<()> {
+//!     while let Some(view) = views.next().await {
+//!         if view.url.starts_with("/admin") {
+//!             alerts.send(&Alert { user_id: view.user_id, reason: format!("opened {}", view.url) }).await?;
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> rill::Result<()> {
+//! let app = App::new("guard").agents([watch_admin::agent()]).test().await?;
+//! app.send_to("pageviews", &PageView { user_id: "u1".into(), url: "/home".into() }).await?;
+//! app.send_to("pageviews", &PageView { user_id: "u2".into(), url: "/admin/users".into() }).await?;
+//! let alerts: Vec<Alert> = app.expect("alerts", 1).await?;
+//! assert_eq!(alerts[0].user_id, "u2");
+//! assert_eq!(alerts[0].reason, "opened /admin/users");
+//! app.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub use rill_macros::{agent, record};

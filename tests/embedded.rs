@@ -8,20 +8,20 @@ use rill::prelude::*;
 
 #[record]
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tick {
+struct Tick {
     #[record(key)]
-    pub user: String,
-    pub seq: u64,
+    user: String,
+    seq: u64,
 }
 
 #[record]
 #[derive(Debug, Clone, PartialEq)]
-pub struct Seen {
+struct Seen {
     #[record(key)]
-    pub user: String,
-    pub seq: u64,
-    pub partition: i32,
-    pub offset: i64,
+    user: String,
+    seq: u64,
+    partition: i32,
+    offset: i64,
 }
 
 #[agent(topic = "ticks", sink = "seen", concurrency = 3)]

@@ -15,10 +15,10 @@ use rill::prelude::*;
 
 #[record]
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tick {
+struct Tick {
     #[record(key)]
-    pub user: String,
-    pub seq: u64,
+    user: String,
+    seq: u64,
 }
 
 #[agent(topic = "ticks", sink = "seen", concurrency = 2)]

@@ -236,9 +236,9 @@ fn rename(err: Error, setting: &str) -> Error {
     }
 }
 
-fn parse_num<T: std::str::FromStr + PartialOrd>(name: &str, value: &str, min: T) -> Result<T>
+fn parse_num<T>(name: &str, value: &str, min: T) -> Result<T>
 where
-    T: std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     match value.trim().parse::<T>() {
         Ok(n) if n >= min => Ok(n),

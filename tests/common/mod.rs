@@ -36,16 +36,41 @@ pub(crate) fn example(name: &str) -> PathBuf {
 
 /// Runs an example binary with piped stdout (read it with [`lines`], or it fills up and blocks
 /// the child) and stderr passed through.
-pub(crate) fn spawn_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     spawn(name, args, envs, Stdio::piped())
 }
 
 /// Runs an example binary discarding its stdout.
-pub(crate) fn spawn_example_quiet(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_example_quiet(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     spawn(name, args, envs, Stdio::null())
 }
 
-fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Child {
+/// A child process that is killed when the test ends, passing or not.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Proc {
     let mut cmd = Command::new(example(name));
     cmd.args(args)
         .stdout(stdout)
@@ -54,7 +79,7 @@ fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Chi
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn example")
+    Proc(cmd.spawn().expect("spawn example"))
 }
 
 /// Sends a signal to a child process.

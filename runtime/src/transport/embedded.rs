@@ -234,19 +234,17 @@ impl EmbeddedLog {
         if let Some(m) = created.get(topic) {
             return Ok(*m);
         }
-        if let Some(bytes) = self
+        let stored = self
             .topics_db
             .get(wtxn, topic)
-            .map_err(self.err("reading topics"))?
-        {
-            if let Ok(m) = serde_json::from_slice::<TopicMeta>(bytes) {
-                return Ok(m);
-            }
+            .map_err(self.err("reading topics"))?;
+        if let Some(m) = stored.and_then(|b| serde_json::from_slice::<TopicMeta>(b).ok()) {
+            return Ok(m);
         }
         let meta = TopicMeta {
             partitions: partitions.max(1),
         };
-        let bytes = serde_json::to_vec(&meta).map_err(|e| Error::user(e))?;
+        let bytes = serde_json::to_vec(&meta).map_err(Error::user)?;
         self.topics_db
             .put(wtxn, topic, &bytes)
             .map_err(self.err(format!("creating topic `{topic}`")))?;

@@ -184,10 +184,7 @@ impl KafkaTransport {
         default_partitions: i32,
     ) -> Result<HashMap<String, i32>> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        let existing = {
-            let this = self.partition_counts(&names)?;
-            this
-        };
+        let existing = self.partition_counts(&names)?;
         let missing: Vec<&TopicSpec> = specs
             .iter()
             .filter(|s| existing.get(&s.name).is_some_and(Option::is_none))

@@ -213,13 +213,11 @@ impl ProducerBackend {
                         }
                     }
                 }
-                if let Committer::Kafka(c) = committer {
-                    if !offsets.is_empty() {
-                        let c = c.clone();
-                        tokio::task::spawn_blocking(move || c.commit(&offsets))
-                            .await
-                            .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
-                    }
+                if let (Committer::Kafka(c), false) = (committer, offsets.is_empty()) {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || c.commit(&offsets))
+                        .await
+                        .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
                 }
                 Ok(())
             }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite: starts a real Apache Kafka broker (fetched from Maven Central on first
+# use and cached), runs every test of the workspace against it, and stops the broker.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh --test cli      # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml picks the version"
+command -v cc >/dev/null || die "no C compiler: librdkafka is built from source; install build-essential (Debian/Ubuntu) or your platform's C toolchain"
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export RILL_TEST_BROKER_PORT="${RILL_TEST_BROKER_PORT:-19092}"
+
+line="$(bash kafka/broker.sh start)"
+trap 'bash kafka/broker.sh stop' EXIT
+export RILL_TEST_KAFKA="${line#KAFKA_BOOTSTRAP=}"
+export RILL_REQUIRE_KAFKA=1
+echo "test.sh: Kafka broker at $RILL_TEST_KAFKA" >&2
+
+cargo test --workspace "$@"

@@ -1,0 +1,125 @@
+//! End to end against a real Apache Kafka broker (started by `scripts/test.sh`): the `sink`
+//! example runs as a separate process; its input is produced and its output consumed with
+//! plain rdkafka clients, not rill.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+fn wait_for_topic(bootstrap: &str, topic: &str, partitions: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.partitions().len() == partitions)
+            });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not create `{topic}`"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            if let Offset::Offset(o) = e.offset() {
+                o
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return;
+    };
+    let broker = format!("kafka://{bootstrap}");
+    let env = [
+        ("SYNTHETIC_VIEWS", "0"),
+        ("RILL_PARTITIONS", "4"),
+        ("RILL_LOG", "warn"),
+    ];
+    let mut child = common::spawn_example("sink", &["--broker", &broker], &env);
+    let printed = common::lines(&mut child);
+    wait_for_topic(&bootstrap, "pageviews", 4);
+    wait_for_topic(&bootstrap, "url_hits", 4);
+
+    let mut input = Vec::new();
+    for i in 0..1000 {
+        let url = if i % 5 == 0 {
+            "/internal/health".to_owned()
+        } else {
+            format!("/page/{}", i % 37)
+        };
+        let value = serde_json::json!({"user_id": format!("user-{i}"), "url": url, "view_time": 1.7e9 + f64::from(i)});
+        input.push((Some(format!("user-{i}")), value.to_string()));
+    }
+    common::produce(&common::producer(&bootstrap), "pageviews", &input);
+
+    let hits = common::consume(&bootstrap, "url_hits", 800, Duration::from_secs(90));
+    assert_eq!(hits.len(), 800, "every non-internal view becomes one hit");
+    let mut per_url: BTreeMap<String, usize> = BTreeMap::new();
+    for (partition, key, value) in &hits {
+        let hit: serde_json::Value = serde_json::from_str(value).expect("json hit");
+        let url = hit["url"].as_str().expect("url").to_owned();
+        assert!(!url.starts_with("/internal"), "filtered: {hit}");
+        assert_eq!(key.as_deref(), Some(url.as_str()), "hits are keyed by url");
+        // Placed where the Java client's partitioner puts the key.
+        assert_eq!(
+            *partition,
+            rill::partitioner::partition_for_key(url.as_bytes(), 4),
+            "{url}"
+        );
+        *per_url.entry(url).or_default() += 1;
+    }
+    assert_eq!(per_url.len(), 37);
+
+    common::wait_lines(&printed, Duration::from_secs(60), |l| {
+        l.iter().filter(|s| s.starts_with("hit on ")).count() >= 800
+    });
+    common::signal(&child, "TERM");
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "SIGTERM shuts down with exit 0, got {status:?}"
+    );
+    assert_eq!(
+        committed_total(&bootstrap, "url_hits-to_hits", "pageviews", 4),
+        1000,
+        "everything done was committed"
+    );
+}
