@@ -493,6 +493,9 @@ impl EmbeddedLog {
 
     /// First available offset and next offset of a partition.
     pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        // The partition's database must be opened before the snapshot that reads it: a handle
+        // looked up first and found missing, then a snapshot taken after an append, would report
+        // the log start past the first record.
         let db = self.part_db_ro(topic, partition)?;
         let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
         let state = self.part_state(&rtxn, topic, partition)?;
@@ -501,7 +504,9 @@ impl EmbeddedLog {
                 .first(&rtxn)
                 .map_err(self.err("reading"))?
                 .map_or(state.next, |(o, _)| o),
-            None => state.next,
+            // Created after we looked: its records are all still there (retention has not run
+            // on them yet), so the log starts at 0; the next call opens it.
+            None => 0,
         };
         Ok((low as i64, state.next as i64))
     }

@@ -297,11 +297,18 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
     let mut batch = Vec::with_capacity(FETCH_MAX);
     let mut last_error: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
+        // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
+        let mut generation = router.generation();
         let mut timeout = Duration::from_millis(100);
         while batch.len() < FETCH_MAX {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
+                    if router.generation() != generation {
+                        // This poll ran a rebalance: what came before belongs to the old assignment.
+                        batch.clear();
+                        generation = router.generation();
+                    }
                     let topic = match topics.get(m.topic()) {
                         Some(t) => t.clone(),
                         None => {
@@ -342,7 +349,10 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
             }
         }
         if !batch.is_empty()
-            && !router.route(std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX)))
+            && !router.route_fetched_in(
+                generation,
+                std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX)),
+            )
         {
             break;
         }

@@ -67,14 +67,25 @@ impl Router {
         }
     }
 
-    fn generation(&self) -> u64 {
+    /// The current assignment generation.
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Hands records to their instances; blocks while an instance's queue is full (backpressure).
     /// Returns false once every instance is gone.
     pub(crate) fn route(&self, records: Vec<RawRecord>) -> bool {
-        let generation = self.generation();
+        self.route_fetched_in(self.generation(), records)
+    }
+
+    /// Like `route`, for records fetched while `generation` was current: if the assignment
+    /// changed since (a rebalance ran inside the fetch), they are dropped, because this worker
+    /// may no longer own their partitions; the owner refetches them from the committed offset.
+    pub(crate) fn route_fetched_in(&self, generation: u64, records: Vec<RawRecord>) -> bool {
+        if generation != self.generation() {
+            tracing::debug!(agent = %self.agent, dropped = records.len(), "dropping records fetched before a rebalance");
+            return !self.all_closed();
+        }
         let n = self.instances.len();
         if n == 1 {
             return self.instances[0]
@@ -286,6 +297,57 @@ impl Transport {
                 let (committer, handle) = k.spawn_fetcher(group, topics, router, stop)?;
                 Ok((Committer::Kafka(committer), handle))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: i32, offset: i64) -> RawRecord {
+        RawRecord {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            key: None,
+            value: None,
+            timestamp: None,
+            headers: crate::message::Headers::default(),
+        }
+    }
+
+    #[test]
+    fn records_fetched_before_a_rebalance_are_not_delivered() {
+        let (data, mut data_rx) = mpsc::channel(8);
+        let (ctrl, _ctrl_rx) = mpsc::unbounded_channel();
+        let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1));
+        let before = router.generation();
+        router.assigned(vec![(Arc::from("t"), 0)]);
+        assert!(router.route_fetched_in(before, vec![record(0, 1)]));
+        assert!(data_rx.try_recv().is_err(), "stale batch dropped");
+        assert!(router.route_fetched_in(router.generation(), vec![record(0, 2)]));
+        let batch = data_rx.try_recv().expect("current batch delivered");
+        assert_eq!(batch.generation, router.generation());
+        assert_eq!(batch.records[0].offset, 2);
+    }
+
+    #[test]
+    fn partitions_spread_over_instances_by_number() {
+        let mut rxs = Vec::new();
+        let mut txs = Vec::new();
+        for _ in 0..3 {
+            let (data, rx) = mpsc::channel(8);
+            let (ctrl, _) = mpsc::unbounded_channel();
+            txs.push(InstanceTx { data, ctrl });
+            rxs.push(rx);
+        }
+        let router = Router::new("a", txs, Duration::from_secs(1));
+        assert!(router.route((0..6).map(|p| record(p, 0)).collect()));
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let batch = rx.try_recv().expect("batch");
+            let parts: Vec<i32> = batch.records.iter().map(|r| r.partition).collect();
+            assert_eq!(parts, vec![i as i32, i as i32 + 3]);
         }
     }
 }
