@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use crate::attr::{TopicArg, expected, once, path_name};
 use crate::ctxt::{Ctxt, with_errors};
 
-const KEYS: &[&str] = &["topic", "concurrency", "sink", "group"];
+const KEYS: &[&str] = &["topic", "concurrency", "sink", "group", "tables"];
 
 #[derive(Default)]
 struct Args {
@@ -17,11 +17,15 @@ struct Args {
     concurrency: Option<usize>,
     sink: Option<TopicArg>,
     group: Option<syn::LitStr>,
+    /// `tables(binding = "table_name", ...)`
+    tables: Vec<(syn::Ident, syn::LitStr)>,
 }
 
 enum Param {
     Stream(syn::Type),
     Sink(syn::Type),
+    /// A `Table<K, V>` parameter, by its binding name.
+    Table(syn::Ident, syn::Type),
 }
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -45,10 +49,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         match input {
             syn::FnArg::Receiver(r) => cx.error(r, "`#[agent]` functions are free functions, not methods"),
             syn::FnArg::Typed(pat) => match classify(&pat.ty) {
+                Some(Param::Table(_, ty)) => match &*pat.pat {
+                    syn::Pat::Ident(binding) => params.push(Param::Table(binding.ident.clone(), ty)),
+                    other => cx.error(other, "a `Table` parameter needs a plain name, e.g. `totals: Table<String, u64>`"),
+                },
                 Some(p) => params.push(p),
                 None => cx.error(
                     &pat.ty,
-                    "unsupported agent parameter; an agent takes a `Stream<T>` and optionally a `Sink<U>`",
+                    "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s",
                 ),
             },
         }
@@ -71,6 +79,24 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
     if sinks > 1 {
         cx.error(&func.sig.inputs, "an agent takes at most one `Sink<U>`");
+    }
+    for p in &params {
+        if let Param::Table(ident, _) = p {
+            if !args.tables.iter().any(|(b, _)| b == ident) {
+                cx.error(ident, format!("the table parameter `{ident}` needs a table name: `tables({ident} = \"...\")`"));
+            }
+        }
+    }
+    for (binding, _) in &args.tables {
+        if !params
+            .iter()
+            .any(|p| matches!(p, Param::Table(i, _) if i == binding))
+        {
+            cx.error(
+                binding,
+                format!("`tables({binding} = ...)` has no `{binding}: Table<K, V>` parameter"),
+            );
+        }
     }
     if args.topic.is_none() {
         cx.error_at(
@@ -113,6 +139,20 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
                     "`concurrency` is a whole number of instances, at least 1",
                 ),
             }
+        } else if meta.path.is_ident("tables") {
+            meta.parse_nested_meta(|table| {
+                let Some(binding) = table.path.get_ident().cloned() else {
+                    cx.error(&table.path, "expected `binding = \"table_name\"`");
+                    return Ok(());
+                };
+                let name: syn::LitStr = table.value()?.parse()?;
+                if out.tables.iter().any(|(b, _)| *b == binding) {
+                    cx.error(&binding, format!("duplicate table `{binding}`"));
+                } else {
+                    out.tables.push((binding, name));
+                }
+                Ok(())
+            })?;
         } else if meta.path.is_ident("group") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             once(cx, &mut out.group, &meta, lit, "agent");
@@ -146,12 +186,16 @@ fn classify(ty: &syn::Type) -> Option<Param> {
         return None;
     };
     let inner = match args.args.first()? {
-        syn::GenericArgument::Type(t) if args.args.len() == 1 => t.clone(),
+        syn::GenericArgument::Type(t) => t.clone(),
         _ => return None,
     };
+    if args.args.len() != 1 && last.ident != "Table" {
+        return None;
+    }
     match last.ident.to_string().as_str() {
         "Stream" => Some(Param::Stream(inner)),
         "Sink" => Some(Param::Sink(inner)),
+        "Table" if args.args.len() == 2 => Some(Param::Table(last.ident.clone(), ty.clone())),
         _ => None,
     }
 }
@@ -182,11 +226,11 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let name_str = name.to_string();
     let stream_ty = params.iter().find_map(|p| match p {
         Param::Stream(t) => Some(t),
-        Param::Sink(_) => None,
+        _ => None,
     });
     let sink_ty = params.iter().find_map(|p| match p {
         Param::Sink(t) => Some(t),
-        Param::Stream(_) => None,
+        _ => None,
     });
     let (Some(stream_ty), Some(topic)) = (stream_ty, &args.topic) else {
         return quote!(#func);
@@ -206,6 +250,24 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let call_args = params.iter().map(|p| match p {
         Param::Stream(_) => quote!(#stream_var),
         Param::Sink(_) => quote!(#sink_var),
+        Param::Table(ident, _) => {
+            let var = format_ident!("__rill_table_{}", ident);
+            quote!(#var)
+        }
+    });
+    let table_specs = args.tables.iter().map(|(_, name)| quote!(.table(#name)));
+    let take_tables = params.iter().filter_map(|p| match p {
+        Param::Table(ident, ty) => {
+            let var = format_ident!("__rill_table_{}", ident);
+            let name = &args.tables.iter().find(|(b, _)| b == ident)?.1;
+            Some(quote! {
+                let #var: #ty = match __rill_ctx.table(#name) {
+                    ::core::result::Result::Ok(t) => t,
+                    ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+                };
+            })
+        }
+        _ => None,
     });
     let take_sink = sink_ty.map(|ty| {
         quote! {
@@ -241,12 +303,14 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     #sink
                     .concurrency(#concurrency)
                     #group
+                    #(#table_specs)*
                     .run(|mut __rill_ctx: ::rill::AgentContext| async move {
                         let #stream_var = match __rill_ctx.stream::<#stream_ty>() {
                             ::core::result::Result::Ok(s) => s,
                             ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
                         };
                         #take_sink
+                        #(#take_tables)*
                         #call
                     })
             }

@@ -26,6 +26,7 @@ use futures::future::BoxFuture;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::stream::{Sink, Stream, StreamCore, agent_error};
+use crate::table::{Table, TableSpec};
 use crate::topic::TopicSpec;
 
 type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
@@ -39,6 +40,7 @@ pub struct AgentSpec {
     pub(crate) sink: Option<TopicSpec>,
     pub(crate) concurrency: usize,
     pub(crate) group: Option<String>,
+    pub(crate) tables: Vec<TableSpec>,
     pub(crate) run: Option<RunFn>,
 }
 
@@ -52,6 +54,7 @@ impl AgentSpec {
             sink: None,
             concurrency: 1,
             group: None,
+            tables: Vec::new(),
             run: None,
         }
     }
@@ -78,6 +81,19 @@ impl AgentSpec {
     pub fn group(mut self, group: &str) -> Self {
         self.group = Some(group.to_owned());
         self
+    }
+
+    /// Declares a table the agent keeps (`AgentContext::table` hands it out).
+    pub fn table(mut self, name: &str) -> Self {
+        self.tables.push(TableSpec {
+            name: name.to_owned(),
+        });
+        self
+    }
+
+    /// Tables the agent keeps.
+    pub fn tables(&self) -> &[TableSpec] {
+        &self.tables
     }
 
     /// Sets the function each instance runs.
@@ -163,6 +179,7 @@ pub struct AgentContext {
     pub(crate) core: Option<StreamCore>,
     pub(crate) sources: Vec<TopicSpec>,
     pub(crate) sink: Option<TopicSpec>,
+    pub(crate) shared: Arc<crate::context::Shared>,
 }
 
 impl AgentContext {
@@ -183,6 +200,21 @@ impl AgentContext {
             .as_ref()
             .ok_or_else(|| agent_error(&self.agent, "the agent has no `sink` topic"))?;
         Ok(Sink::new(&spec.name, spec.codec))
+    }
+
+    /// A table the agent declared (`tables(totals = "url_view_totals")`).
+    pub fn table<K, V>(&self, name: &str) -> Result<Table<K, V>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned + crate::codec::KeyBytes,
+        V: serde::Serialize + serde::de::DeserializeOwned + Default + 'static,
+    {
+        let core = self
+            .shared
+            .tables
+            .iter()
+            .find(|t| &*t.def.name == name)
+            .ok_or_else(|| agent_error(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
+        Ok(Table::new(core.clone(), self.shared.clone()))
     }
 
     /// Which instance this is (0-based, below the agent's concurrency).

@@ -12,7 +12,6 @@ use crate::app::{App, run_until_signal};
 use crate::config::Broker;
 use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, now_millis};
-use crate::transport::Committer;
 use crate::worker::open_transport;
 
 #[derive(Parser, Debug)]
@@ -154,9 +153,7 @@ async fn send(
         headers: Headers::default(),
     };
     let pending = producer.enqueue(record).await?;
-    producer
-        .complete(vec![pending], "", Vec::new(), &Committer::Embedded)
-        .await?;
+    producer.deliver(vec![pending], "", &[]).await?;
     tracing::info!(topic, "sent");
     Ok(())
 }

@@ -100,6 +100,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// LMDB map size of the embedded log.
     pub embedded_map_size: usize,
+    /// LMDB map size of the table store (`RILL_TABLE_MAP_SIZE`, bytes).
+    pub table_map_size: usize,
     /// How long shutdown waits for agents to finish their current record.
     pub shutdown_timeout: Duration,
 }
@@ -118,6 +120,7 @@ impl Config {
             retention_bytes: None,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             embedded_map_size: 8 << 30,
+            table_map_size: 32 << 30,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -141,6 +144,7 @@ impl Config {
                     self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
                 }
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
+                "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
                 "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
                 "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
                 "RILL_RETENTION_MS" => {

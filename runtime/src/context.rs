@@ -2,11 +2,12 @@
 //! `Topic::send` and `Sink::send` find it here, so a send inside an agent becomes part of the
 //! record's effects and is made durable before the record's offset is committed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::message::OutRecord;
+use crate::table::TableCore;
 use crate::transport::{Pending, ProducerBackend};
 
 tokio::task_local! {
@@ -38,6 +39,12 @@ pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
     pub(crate) producer: ProducerBackend,
     pub(crate) pending: Mutex<Vec<Pending>>,
+    /// The instance's tables (their overlays are committed with its offsets).
+    pub(crate) tables: Vec<Arc<TableCore>>,
+    /// Partition of the record being processed (-1: none), for tables' key checks.
+    pub(crate) current_partition: AtomicI32,
+    /// Partition numbers this instance owns.
+    pub(crate) owned: Mutex<Vec<i32>>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) fatal: Mutex<Option<Error>>,
 }
@@ -47,14 +54,22 @@ impl Shared {
         agent: Arc<str>,
         producer: ProducerBackend,
         stats: Arc<AgentStats>,
+        tables: Vec<Arc<TableCore>>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             agent,
             producer,
             pending: Mutex::new(Vec::new()),
+            tables,
+            current_partition: AtomicI32::new(-1),
+            owned: Mutex::new(Vec::new()),
             stats,
             fatal: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn owned_partitions(&self) -> Vec<i32> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) async fn send(&self, record: OutRecord) -> Result<()> {

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::message::OutRecord;
 use crate::record::Record;
 use crate::topic::{Topic, encode_out};
-use crate::transport::{Committer, Pending, ProducerBackend};
+use crate::transport::{Pending, ProducerBackend};
 
 const AUTO_FLUSH: usize = 10_000;
 
@@ -81,9 +81,7 @@ impl Producer {
         if pending.is_empty() {
             return Ok(());
         }
-        self.backend
-            .complete(pending, "", Vec::new(), &Committer::Embedded)
-            .await
+        self.backend.deliver(pending, "", &[]).await.map(|_| ())
     }
 }
 

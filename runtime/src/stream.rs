@@ -51,6 +51,7 @@ pub(crate) struct StreamCore {
     deadline: Pin<Box<tokio::time::Sleep>>,
     committing: Option<Commit>,
     closed: bool,
+    resume: HashMap<Tp, i64>,
 }
 
 struct Commit {
@@ -87,27 +88,54 @@ impl StreamCore {
             deadline: Box::pin(tokio::time::sleep(p.interval)),
             committing: None,
             closed: false,
+            resume: HashMap::new(),
         }
     }
 
     fn has_work(&self) -> bool {
-        !self.done.is_empty() || self.shared.pending_len() > 0
+        !self.done.is_empty()
+            || self.shared.pending_len() > 0
+            || self.shared.tables.iter().any(|t| t.is_dirty())
     }
 
+    /// The commit step: (1) the agent's sends and its tables' changelog records become durable
+    /// (on the embedded log with the group offsets, in one LMDB transaction); (2) table data,
+    /// source offsets and changelog offsets are written in one table-store transaction; (3) on
+    /// Kafka, the consumer offsets are committed. A crash between steps leaves the changelog
+    /// ahead of local state, which recovery replays.
     fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
         let pending = self.shared.take_pending();
         let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
+        let mut changelog = Vec::new();
+        let mut tables = Vec::new();
+        for core in &self.shared.tables {
+            let (records, puts) = core.take_writes(&self.shared.agent);
+            changelog.extend(records);
+            if !puts.is_empty() || !offsets.is_empty() {
+                tables.push((core.def.clone(), puts));
+            }
+        }
         let producer = self.shared.producer.clone();
         let committer = self.committer.clone();
         let group = self.group.clone();
         let stats = self.shared.stats.clone();
         let future = Box::pin(async move {
-            if pending.is_empty() && offsets.is_empty() {
+            if pending.is_empty() && offsets.is_empty() && changelog.is_empty() {
                 return Ok(());
             }
-            producer
-                .complete(pending, &group, offsets, &committer)
-                .await?;
+            let mut pending = pending;
+            for record in changelog {
+                pending.push(producer.enqueue(record).await?);
+            }
+            let produced = producer.deliver(pending, &group, &offsets).await?;
+            if let Some((def, _)) = tables.first() {
+                let store = def.store.clone();
+                let writes = crate::table::commit_writes(&tables, &offsets, &produced);
+                tokio::task::spawn_blocking(move || store.commit(writes))
+                    .await
+                    .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
+            }
+            producer.commit_offsets(&committer, offsets).await?;
             stats.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
@@ -131,6 +159,9 @@ impl StreamCore {
                     tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
                     self.shared.fail(e);
                     self.closed = true;
+                    for table in &self.shared.tables {
+                        table.discard();
+                    }
                 }
                 if commit.last {
                     self.closed = true;
@@ -149,11 +180,32 @@ impl StreamCore {
             }
             while let Poll::Ready(Some(msg)) = self.ctrl.poll_recv(cx) {
                 match msg {
-                    Control::Assigned { generation } => self.generation = generation,
+                    Control::Assigned {
+                        generation,
+                        partitions,
+                        resume,
+                    } => {
+                        self.generation = generation;
+                        self.resume = resume;
+                        let mut owned: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+                        owned.sort_unstable();
+                        owned.dedup();
+                        *self.shared.owned.lock().unwrap_or_else(|p| p.into_inner()) = owned;
+                    }
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
                         self.batch = Vec::new().into_iter();
+                        self.shared
+                            .owned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clear();
                         self.start_commit(vec![ack], false);
+                        break;
+                    }
+                    Control::Failed(message) => {
+                        self.shared.fail(agent_error(&self.shared.agent, message));
+                        self.closed = true;
                         break;
                     }
                 }
@@ -176,8 +228,17 @@ impl StreamCore {
             }
             if self.batch_generation <= self.generation {
                 if let Some(record) = self.batch.next() {
-                    self.in_flight =
-                        Some(((record.topic.clone(), record.partition), record.offset));
+                    let tp = (record.topic.clone(), record.partition);
+                    if self.resume.get(&tp).is_some_and(|r| record.offset < *r) {
+                        // Already reflected in local table state (committed there, not yet in
+                        // the group): finished without running the agent again.
+                        self.done.insert(tp, record.offset + 1);
+                        continue;
+                    }
+                    self.in_flight = Some((tp, record.offset));
+                    self.shared
+                        .current_partition
+                        .store(record.partition, Ordering::Relaxed);
                     self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(record));
                 }

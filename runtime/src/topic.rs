@@ -130,6 +130,9 @@ pub struct TopicSpec {
     pub partitions: Option<i32>,
     /// Where it was declared (agent source location).
     pub declared_at: String,
+    /// A compacted topic (table changelogs): Kafka keeps the last record per key; the embedded
+    /// log exempts it from retention.
+    pub compacted: bool,
     json_to_wire: fn(&[u8], Codec) -> Result<Vec<u8>, CodecError>,
 }
 
@@ -142,6 +145,7 @@ impl TopicSpec {
             codec: V::CODEC,
             partitions: None,
             declared_at: declared_at.to_owned(),
+            compacted: false,
             json_to_wire: |json, codec| {
                 let value: V = serde_json::from_slice(json)?;
                 value.encode(codec)

@@ -17,6 +17,9 @@ use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::stream::{CoreParts, Stop, StreamCore};
+use crate::table::recovery::{ChangelogReader, Recovery};
+use crate::table::store::TableStore;
+use crate::table::{TableCore, TableDef, changelog_topic};
 use crate::topic::{TopicSpec, check_types};
 use crate::transport::embedded::EmbeddedLog;
 use crate::transport::kafka::KafkaTransport;
@@ -84,9 +87,10 @@ impl Worker {
                 ));
             }
         }
-        transport
+        let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
+        let tables = TableSetup::prepare(config, &transport, &agents, &partitions).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let producer_backend = transport.producer();
@@ -123,7 +127,17 @@ impl Worker {
                 });
                 rxs.push((data_rx, ctrl_rx));
             }
-            let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
+            let defs = tables.defs_of(spec.name());
+            let recovery = (!defs.is_empty()).then(|| Recovery {
+                tables: defs.clone(),
+                reader: tables.reader.clone(),
+            });
+            let router = Arc::new(Router::new(
+                spec.name(),
+                txs,
+                config.shutdown_timeout,
+                recovery,
+            ));
             let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
             let (committer, fetcher) =
                 transport.start_fetcher(&group, topics, router, stop.clone())?;
@@ -131,7 +145,13 @@ impl Worker {
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
                 let (stop_tx, stop_rx) = mpsc::unbounded_channel();
                 worker.stops.push(stop_tx);
-                let shared = Shared::new(agent.clone(), producer_backend.clone(), stats.clone());
+                let cores = defs.iter().map(|d| TableCore::new(d.clone())).collect();
+                let shared = Shared::new(
+                    agent.clone(),
+                    producer_backend.clone(),
+                    stats.clone(),
+                    cores,
+                );
                 let core = StreamCore::new(CoreParts {
                     data,
                     ctrl,
@@ -147,6 +167,7 @@ impl Worker {
                     core: Some(core),
                     sources: spec.sources.clone(),
                     sink: spec.sink.clone(),
+                    shared: shared.clone(),
                 };
                 let name = spec.name().to_owned();
                 let run = run.clone();
@@ -262,6 +283,106 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The tables of all agents: their store, definitions and changelog topics.
+struct TableSetup {
+    defs: Vec<(String, Arc<TableDef>)>,
+    reader: ChangelogReader,
+}
+
+impl TableSetup {
+    async fn prepare(
+        config: &Config,
+        transport: &Transport,
+        agents: &[AgentSpec],
+        partitions: &HashMap<String, i32>,
+    ) -> Result<Self> {
+        let reader = match transport {
+            Transport::Embedded(log) => ChangelogReader::Embedded(log.clone()),
+            Transport::Kafka(k) => ChangelogReader::Kafka(k.clone()),
+        };
+        let mut defs = Vec::new();
+        if agents.iter().all(|a| a.tables.is_empty()) {
+            return Ok(TableSetup { defs, reader });
+        }
+        let store = TableStore::open(config, config.broker == Broker::Memory)?;
+        let mut owners: HashMap<String, String> = HashMap::new();
+        for agent in agents.iter().filter(|a| !a.tables.is_empty()) {
+            // Topics read together with a table must be co-partitioned.
+            let counts: Vec<(&str, i32)> = agent
+                .sources
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.as_str(),
+                        partitions
+                            .get(&s.name)
+                            .copied()
+                            .unwrap_or(config.partitions),
+                    )
+                })
+                .collect();
+            let source_partitions = counts[0].1;
+            if let Some((topic, n)) = counts.iter().find(|(_, n)| *n != source_partitions) {
+                return Err(Error::config(
+                    format!("agent `{}`", agent.name()),
+                    format!(
+                        "its tables need co-partitioned sources, but `{}` has {source_partitions} partitions and `{topic}` has {n}; give them the same partition count",
+                        counts[0].0
+                    ),
+                ));
+            }
+            for table in &agent.tables {
+                if let Some(other) = owners.insert(table.name.clone(), agent.name().to_owned()) {
+                    return Err(Error::config(
+                        format!("table `{}`", table.name),
+                        format!(
+                            "declared by agents `{other}` and `{}`; a table has one writer",
+                            agent.name()
+                        ),
+                    ));
+                }
+                let changelog = changelog_topic(&config.app_id, &table.name);
+                let mut spec = TopicSpec::of::<Vec<u8>>(
+                    &changelog,
+                    &format!("changelog of table `{}`", table.name),
+                );
+                spec.partitions = Some(source_partitions);
+                spec.compacted = true;
+                let counts = transport
+                    .ensure_topics(std::slice::from_ref(&spec), source_partitions)
+                    .await?;
+                if let Some(n) = counts.get(&changelog).filter(|n| **n != source_partitions) {
+                    return Err(Error::config(
+                        format!("table `{}`", table.name),
+                        format!(
+                            "its changelog `{changelog}` has {n} partitions but its source has {source_partitions}; delete the changelog or restore the partition count"
+                        ),
+                    ));
+                }
+                defs.push((
+                    agent.name().to_owned(),
+                    Arc::new(TableDef {
+                        name: Arc::from(table.name.as_str()),
+                        changelog: Arc::from(changelog.as_str()),
+                        source_partitions,
+                        store: store.clone(),
+                        metas: std::sync::Mutex::new(HashMap::new()),
+                    }),
+                ));
+            }
+        }
+        Ok(TableSetup { defs, reader })
+    }
+
+    fn defs_of(&self, agent: &str) -> Vec<Arc<TableDef>> {
+        self.defs
+            .iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, d)| d.clone())
+            .collect()
     }
 }
 

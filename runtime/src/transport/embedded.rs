@@ -36,6 +36,9 @@ const FETCH_MAX: usize = 2000;
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct TopicMeta {
     partitions: i32,
+    /// Changelogs: exempt from retention (the embedded log does not compact).
+    #[serde(default)]
+    compacted: bool,
 }
 
 /// The embedded log.
@@ -211,13 +214,24 @@ impl EmbeddedLog {
     }
 
     /// Creates a topic if missing; returns its partition count.
+    #[cfg(test)]
     pub(crate) fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32> {
+        self.ensure_topic_with(topic, partitions, false)
+    }
+
+    /// Creates a topic if missing, optionally exempt from retention; returns its partitions.
+    pub(crate) fn ensure_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        compacted: bool,
+    ) -> Result<i32> {
         if let Some(m) = self.meta(topic) {
             return Ok(m.partitions);
         }
         let mut wtxn = self.env.write_txn().map_err(self.err("creating a topic"))?;
         let mut created = HashMap::new();
-        let meta = self.create_in(&mut wtxn, topic, partitions, &mut created)?;
+        let meta = self.create_in(&mut wtxn, topic, partitions, compacted, &mut created)?;
         wtxn.commit()
             .map_err(self.err(format!("creating topic `{topic}`")))?;
         self.publish(created);
@@ -229,6 +243,7 @@ impl EmbeddedLog {
         wtxn: &mut RwTxn<'_>,
         topic: &str,
         partitions: i32,
+        compacted: bool,
         created: &mut HashMap<String, TopicMeta>,
     ) -> Result<TopicMeta> {
         if let Some(m) = created.get(topic) {
@@ -243,6 +258,7 @@ impl EmbeddedLog {
         }
         let meta = TopicMeta {
             partitions: partitions.max(1),
+            compacted,
         };
         let bytes = serde_json::to_vec(&meta).map_err(Error::user)?;
         self.topics_db
@@ -319,9 +335,9 @@ impl EmbeddedLog {
         &self,
         records: Vec<OutRecord>,
         offsets: Option<(String, Vec<(Tp, i64)>)>,
-    ) -> Result<()> {
+    ) -> Result<HashMap<Tp, i64>> {
         if records.is_empty() && offsets.as_ref().is_none_or(|(_, o)| o.is_empty()) {
-            return Ok(());
+            return Ok(HashMap::new());
         }
         let mut wtxn = self
             .env
@@ -339,6 +355,7 @@ impl EmbeddedLog {
                     &mut wtxn,
                     &record.topic,
                     self.default_partitions,
+                    false,
                     &mut created,
                 )?,
             };
@@ -374,8 +391,16 @@ impl EmbeddedLog {
             state.next += 1;
             state.bytes += buf.len() as u64;
         }
+        let mut produced = HashMap::with_capacity(states.len());
         for ((topic, partition), (db, mut state)) in states {
-            self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
+            let compacted = created
+                .get(&*topic)
+                .copied()
+                .or_else(|| self.meta(&topic))
+                .is_some_and(|m| m.compacted);
+            if !compacted {
+                self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
+            }
             self.parts_db
                 .put(
                     &mut wtxn,
@@ -383,6 +408,7 @@ impl EmbeddedLog {
                     &state.to_bytes(),
                 )
                 .map_err(self.err("storing partition state"))?;
+            produced.insert((topic, partition), state.next as i64);
         }
         if let Some((group, offsets)) = offsets {
             for ((topic, partition), offset) in offsets {
@@ -401,7 +427,7 @@ impl EmbeddedLog {
                 .extend(new_dbs);
         }
         self.notify();
-        Ok(())
+        Ok(produced)
     }
 
     fn apply_retention(
@@ -618,7 +644,7 @@ impl EmbeddedLog {
 }
 
 #[allow(unsafe_code, reason = "opening an LMDB environment is unsafe in heed")]
-fn open_env(
+pub(crate) fn open_env(
     options: &mut EnvOpenOptions<WithoutTls>,
     path: &Path,
     in_memory: bool,
@@ -817,7 +843,10 @@ impl Fetcher<'_> {
                     Some(tps) => match self.starting_positions(&tps) {
                         Ok(p) => {
                             positions = p;
-                            self.router.assigned(tps);
+                            if let Err(e) = self.router.assigned(tps) {
+                                tracing::error!(error = %e, group = self.group, "assignment failed; stopping the agent");
+                                return;
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, group = self.group, "reading committed offsets");

@@ -39,6 +39,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Default)]
 pub(crate) struct LogContext;
 
+impl ConsumerContext for LogContext {}
+
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
@@ -199,11 +201,16 @@ impl KafkaTransport {
                 .iter()
                 .filter(|s| seen.insert(s.name.as_str()))
                 .map(|s| {
-                    NewTopic::new(
+                    let topic = NewTopic::new(
                         &s.name,
                         s.partitions.unwrap_or(default_partitions),
                         TopicReplication::Fixed(self.replication),
-                    )
+                    );
+                    if s.compacted {
+                        topic.set("cleanup.policy", "compact")
+                    } else {
+                        topic
+                    }
                 })
                 .collect();
             let results = self
@@ -252,6 +259,96 @@ impl KafkaTransport {
             }
         }
         Ok(out)
+    }
+
+    /// Log start and end offsets of a partition.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.producer
+            .client()
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| Error::kafka(format!("reading the offsets of {topic}[{partition}]"), e))
+    }
+
+    /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
+    pub(crate) fn read_range(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        batch_size: usize,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()> {
+        if from >= until {
+            return Ok(());
+        }
+        let mut config = self.base.clone();
+        config
+            .set("group.id", "rill-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer<LogContext> = config
+            .create_with_context(LogContext)
+            .map_err(|e| Error::kafka("creating a restore consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| Error::kafka("building a restore assignment", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assigning {topic}[{partition}]"), e))?;
+        let mut batch = Vec::with_capacity(batch_size.min(100_000));
+        let mut last_progress = std::time::Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = std::time::Instant::now();
+                    let offset = m.offset();
+                    batch.push(RawRecord {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        timestamp: m.timestamp().to_millis(),
+                        headers: Headers::default(),
+                    });
+                    let finished = offset + 1 >= until;
+                    if batch.len() >= batch_size || finished {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Error::kafka(format!("reading {topic}[{partition}]"), e));
+                }
+                None => {
+                    if !batch.is_empty() {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    // Compaction or aborted transactions can leave the end offset unreachable.
+                    let (_, high) = self.watermarks(topic, partition)?;
+                    let position = consumer
+                        .position()
+                        .ok()
+                        .and_then(|tpl| {
+                            tpl.find_partition(topic, partition)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .unwrap_or(from);
+                    if position >= until.min(high) {
+                        return Ok(());
+                    }
+                    if last_progress.elapsed() > Duration::from_secs(60) {
+                        return Err(Error::Shutdown(format!(
+                            "reading {topic}[{partition}] made no progress for 60 s at offset {position} (end {until})"
+                        )));
+                    }
+                }
+            }
+        }
     }
 
     /// Subscribes a consumer for one agent's group and polls it on a thread.
@@ -390,7 +487,9 @@ impl ConsumerContext for FetchContext {
                     .iter()
                     .map(|e| (Arc::from(e.topic()), e.partition()))
                     .collect();
-                self.router.assigned(tps);
+                if let Err(e) = self.router.assigned(tps) {
+                    tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
+                }
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => {

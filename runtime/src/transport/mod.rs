@@ -12,6 +12,7 @@
 pub(crate) mod embedded;
 pub(crate) mod kafka;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -33,8 +34,15 @@ pub(crate) struct Batch {
 
 /// Assignment changes, sent to every instance of an agent.
 pub(crate) enum Control {
-    /// Partitions were assigned; batches of `generation` follow.
-    Assigned { generation: u64 },
+    /// Partitions were assigned (tables recovered); batches of `generation` follow. Records
+    /// below `resume` are already reflected in local table state and are skipped.
+    Assigned {
+        generation: u64,
+        partitions: Vec<Tp>,
+        resume: HashMap<Tp, i64>,
+    },
+    /// The fetcher cannot go on (for example table recovery failed): stop the agent.
+    Failed(String),
     /// Everything is being taken away: commit what is done, then acknowledge.
     Revoked {
         generation: u64,
@@ -53,15 +61,22 @@ pub(crate) struct InstanceTx {
 pub(crate) struct Router {
     pub(crate) agent: String,
     instances: Vec<InstanceTx>,
+    recovery: Option<crate::table::recovery::Recovery>,
     generation: std::sync::atomic::AtomicU64,
     revoke_timeout: Duration,
 }
 
 impl Router {
-    pub(crate) fn new(agent: &str, instances: Vec<InstanceTx>, revoke_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        agent: &str,
+        instances: Vec<InstanceTx>,
+        revoke_timeout: Duration,
+        recovery: Option<crate::table::recovery::Recovery>,
+    ) -> Self {
         Router {
             agent: agent.to_owned(),
             instances,
+            recovery,
             generation: std::sync::atomic::AtomicU64::new(0),
             revoke_timeout,
         }
@@ -118,15 +133,37 @@ impl Router {
     }
 
     /// Announces a new assignment.
-    pub(crate) fn assigned(&self, partitions: Vec<Tp>) {
+    pub(crate) fn assigned(&self, partitions: Vec<Tp>) -> Result<()> {
+        // Tables first: no record of a partition reaches the agent before its state is back.
+        let resume = match self
+            .recovery
+            .as_ref()
+            .map(|r| r.recover(&self.agent, &partitions))
+        {
+            Some(Ok(resume)) => resume,
+            Some(Err(e)) => {
+                for tx in &self.instances {
+                    let _ = tx
+                        .ctrl
+                        .send(Control::Failed(format!("recovering tables: {e}")));
+                }
+                return Err(e);
+            }
+            None => HashMap::new(),
+        };
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
         tracing::info!(agent = %self.agent, partitions = ?fmt_tps(&partitions), "partitions assigned");
         for tx in &self.instances {
-            let _ = tx.ctrl.send(Control::Assigned { generation });
+            let _ = tx.ctrl.send(Control::Assigned {
+                generation,
+                partitions: partitions.clone(),
+                resume: resume.clone(),
+            });
         }
+        Ok(())
     }
 
     /// Revokes everything and waits until each live instance has committed its finished work.
@@ -167,7 +204,7 @@ pub(crate) fn fmt_tps(tps: &[Tp]) -> Vec<String> {
 /// A send that is not yet durable: the commit step waits for it before committing offsets.
 pub(crate) enum Pending {
     /// Enqueued in librdkafka; resolves on broker acknowledgement.
-    Kafka(rdkafka::producer::DeliveryFuture),
+    Kafka(Arc<str>, rdkafka::producer::DeliveryFuture),
     /// Held until the commit appends it to the embedded log in the same LMDB transaction.
     Embedded(OutRecord),
 }
@@ -184,39 +221,46 @@ impl ProducerBackend {
     pub(crate) async fn enqueue(&self, record: OutRecord) -> Result<Pending> {
         match self {
             ProducerBackend::Embedded(_) => Ok(Pending::Embedded(record)),
-            ProducerBackend::Kafka(k) => k.enqueue(record).await.map(Pending::Kafka),
+            ProducerBackend::Kafka(k) => {
+                let topic = record.topic.clone();
+                k.enqueue(record).await.map(|f| Pending::Kafka(topic, f))
+            }
         }
     }
 
-    /// Makes pending sends durable and then, in the same step, commits `offsets` for `group`:
-    /// on the embedded log in one LMDB transaction; on Kafka after every delivery is acknowledged.
-    pub(crate) async fn complete(
+    /// Makes pending sends durable and returns the next offset of every partition written.
+    /// On the embedded log `offsets` of `group` are stored in the same LMDB transaction; on
+    /// Kafka they are left to [`ProducerBackend::commit_offsets`], after local state is stored.
+    pub(crate) async fn deliver(
         &self,
         pending: Vec<Pending>,
         group: &str,
-        offsets: Vec<(Tp, i64)>,
-        committer: &Committer,
-    ) -> Result<()> {
+        offsets: &[(Tp, i64)],
+    ) -> Result<HashMap<Tp, i64>> {
         match self {
             ProducerBackend::Embedded(log) => {
                 let records = pending
                     .into_iter()
                     .filter_map(|p| match p {
                         Pending::Embedded(r) => Some(r),
-                        Pending::Kafka(_) => None,
+                        Pending::Kafka(..) => None,
                     })
                     .collect::<Vec<_>>();
-                let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets));
+                let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets.to_vec()));
                 let log = log.clone();
                 tokio::task::spawn_blocking(move || log.append(records, offsets))
                     .await
                     .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?
             }
             ProducerBackend::Kafka(_) => {
+                let mut produced: HashMap<Tp, i64> = HashMap::new();
                 for p in pending {
-                    if let Pending::Kafka(fut) = p {
+                    if let Pending::Kafka(topic, fut) = p {
                         match fut.await {
-                            Ok(Ok(_)) => {}
+                            Ok(Ok(d)) => {
+                                let next = produced.entry((topic, d.partition)).or_insert(0);
+                                *next = (*next).max(d.offset + 1);
+                            }
                             Ok(Err((err, _msg))) => {
                                 return Err(Error::kafka("delivering a produced record", err));
                             }
@@ -224,15 +268,24 @@ impl ProducerBackend {
                         }
                     }
                 }
-                if let (Committer::Kafka(c), false) = (committer, offsets.is_empty()) {
-                    let c = c.clone();
-                    tokio::task::spawn_blocking(move || c.commit(&offsets))
-                        .await
-                        .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
-                }
-                Ok(())
+                Ok(produced)
             }
         }
+    }
+
+    /// Commits consumer offsets where `deliver` did not already (Kafka).
+    pub(crate) async fn commit_offsets(
+        &self,
+        committer: &Committer,
+        offsets: Vec<(Tp, i64)>,
+    ) -> Result<()> {
+        if let (Committer::Kafka(c), false) = (committer, offsets.is_empty()) {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.commit(&offsets))
+                .await
+                .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+        }
+        Ok(())
     }
 }
 
@@ -270,8 +323,11 @@ impl Transport {
             Transport::Embedded(log) => {
                 let mut out = std::collections::HashMap::new();
                 for spec in specs {
-                    let n = log
-                        .ensure_topic(&spec.name, spec.partitions.unwrap_or(default_partitions))?;
+                    let n = log.ensure_topic_with(
+                        &spec.name,
+                        spec.partitions.unwrap_or(default_partitions),
+                        spec.compacted,
+                    )?;
                     out.insert(spec.name.clone(), n);
                 }
                 Ok(out)
@@ -321,9 +377,14 @@ mod tests {
     fn records_fetched_before_a_rebalance_are_not_delivered() {
         let (data, mut data_rx) = mpsc::channel(8);
         let (ctrl, _ctrl_rx) = mpsc::unbounded_channel();
-        let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1));
+        let router = Router::new(
+            "a",
+            vec![InstanceTx { data, ctrl }],
+            Duration::from_secs(1),
+            None,
+        );
         let before = router.generation();
-        router.assigned(vec![(Arc::from("t"), 0)]);
+        router.assigned(vec![(Arc::from("t"), 0)]).unwrap();
         assert!(router.route_fetched_in(before, vec![record(0, 1)]));
         assert!(data_rx.try_recv().is_err(), "stale batch dropped");
         assert!(router.route_fetched_in(router.generation(), vec![record(0, 2)]));
@@ -342,7 +403,7 @@ mod tests {
             txs.push(InstanceTx { data, ctrl });
             rxs.push(rx);
         }
-        let router = Router::new("a", txs, Duration::from_secs(1));
+        let router = Router::new("a", txs, Duration::from_secs(1), None);
         assert!(router.route((0..6).map(|p| record(p, 0)).collect()));
         for (i, rx) in rxs.iter_mut().enumerate() {
             let batch = rx.try_recv().expect("batch");

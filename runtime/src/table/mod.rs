@@ -1,0 +1,342 @@
+//! Tables: per-key state an agent keeps across records, stored in LMDB (see `store`) and backed
+//! by a changelog topic (`<app>-<table>-changelog`) from which a lost or stale local copy is
+//! rebuilt.
+//!
+//! A table is partitioned like its source topic: a key lives in the partition its bytes hash to
+//! (the Java client's murmur2), and an agent may only write keys of the partition of the record
+//! it is processing, so a key is never counted in two places. Writes go to an in-memory overlay
+//! that reads see at once; the commit step turns the overlay into changelog records, waits for
+//! them with the agent's other outputs, then writes the overlay, the source offsets and the
+//! changelog offsets in one LMDB transaction.
+
+pub(crate) mod recovery;
+pub(crate) mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::KeyBytes;
+use crate::context::Shared;
+use crate::error::{Error, Result};
+use crate::message::{Headers, OutRecord, now_millis};
+use crate::partitioner::partition_for_key;
+use store::{PartitionMeta, PartitionWrites, TableStore};
+
+/// A table an agent declared (`#[agent(tables(totals = "url_view_totals"))]`).
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Table name.
+    pub name: String,
+}
+
+/// One table of one agent, shared by the agent's fetcher (recovery) and instances.
+pub(crate) struct TableDef {
+    pub(crate) name: Arc<str>,
+    pub(crate) changelog: Arc<str>,
+    pub(crate) source_partitions: i32,
+    pub(crate) store: Arc<TableStore>,
+    /// Where each local partition stands, kept current by recovery and commits.
+    pub(crate) metas: Mutex<HashMap<i32, PartitionMeta>>,
+}
+
+pub(crate) fn changelog_topic(app_id: &str, table: &str) -> String {
+    format!("{app_id}-{table}-changelog")
+}
+
+impl TableDef {
+    pub(crate) fn meta(&self, partition: i32) -> PartitionMeta {
+        self.metas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_meta(&self, partition: i32, meta: PartitionMeta) {
+        self.metas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition, meta);
+    }
+}
+
+type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>>;
+
+/// An instance's view of a table: the overlay of writes since the last commit.
+pub(crate) struct TableCore {
+    pub(crate) def: Arc<TableDef>,
+    overlay: Mutex<Overlay>,
+}
+
+impl TableCore {
+    pub(crate) fn new(def: Arc<TableDef>) -> Arc<Self> {
+        Arc::new(TableCore {
+            def,
+            overlay: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.overlay().is_empty()
+    }
+
+    /// Takes the writes since the last commit, as changelog records and per-partition puts.
+    pub(crate) fn take_writes(
+        &self,
+        agent: &str,
+    ) -> (
+        Vec<OutRecord>,
+        HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    ) {
+        let writes = std::mem::take(&mut *self.overlay());
+        let mut records = Vec::with_capacity(writes.len());
+        let mut puts: HashMap<i32, Vec<_>> = HashMap::new();
+        let now = now_millis();
+        for ((partition, key), value) in writes {
+            let mut headers = Headers::default();
+            headers.insert("rill-agent", agent.as_bytes());
+            records.push(OutRecord {
+                topic: self.def.changelog.clone(),
+                partition: Some(partition),
+                key: Some(key.clone()),
+                value: value.clone(),
+                timestamp: now,
+                headers,
+            });
+            puts.entry(partition).or_default().push((key, value));
+        }
+        (records, puts)
+    }
+
+    /// Drops writes that were not committed (the commit failed or partitions were revoked).
+    pub(crate) fn discard(&self) {
+        self.overlay().clear();
+    }
+}
+
+/// A keyed table with serde keys and values, partitioned like the agent's source topic.
+///
+/// Reads see the agent's own writes at once; writes become durable (LMDB and the changelog) at
+/// the next commit step, together with the offsets of the records that made them.
+pub struct Table<K, V> {
+    core: Arc<TableCore>,
+    shared: Arc<Shared>,
+    default: Arc<dyn Fn() -> V + Send + Sync>,
+    _key: PhantomData<fn(K)>,
+}
+
+impl<K, V> Table<K, V>
+where
+    K: Serialize + DeserializeOwned + KeyBytes,
+    V: Serialize + DeserializeOwned + Default + 'static,
+{
+    pub(crate) fn new(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+        Table {
+            core,
+            shared,
+            default: Arc::new(V::default),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, V> Table<K, V>
+where
+    K: Serialize + DeserializeOwned + KeyBytes,
+    V: Serialize + DeserializeOwned + 'static,
+{
+    /// Uses `f` for missing keys in `update` (instead of `V::default()`).
+    pub fn with_default(mut self, f: impl Fn() -> V + Send + Sync + 'static) -> Self {
+        self.default = Arc::new(f);
+        self
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.core.def.name
+    }
+
+    fn encode_key(&self, key: &K) -> Result<Vec<u8>> {
+        serde_json::to_vec(key).map_err(|e| self.error(format!("cannot encode a key: {e}")))
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Agent {
+            agent: self.shared.agent.to_string(),
+            message: format!("table `{}`: {message}", self.name()),
+        }
+    }
+
+    fn partition_of(&self, key: &K) -> i32 {
+        partition_for_key(&key.key_bytes(), self.core.def.source_partitions)
+    }
+
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.error(format!(
+                "the stored value of key {} does not decode as `{}` ({e}); did the value type change between deployments?",
+                String::from_utf8_lossy(key),
+                std::any::type_name::<V>()
+            ))
+        })
+    }
+
+    /// Writes must stay in the partition of the record being processed.
+    fn check_write(&self, key: &K, partition: i32) -> Result<()> {
+        let current = self.shared.current_partition.load(Ordering::Relaxed);
+        if current >= 0 && current != partition {
+            return Err(self.error(format!(
+                "key {} belongs to partition {partition}, but the record being processed came from partition {current}; \
+                 key the source topic by the table key, or re-key the stream with `group_by`",
+                serde_json::to_string(key).unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
+        if let Some(entry) = self.core.overlay().get(&(partition, key.to_vec())) {
+            return entry.as_deref().map(|b| self.decode(key, b)).transpose();
+        }
+        match self
+            .core
+            .def
+            .store
+            .get(&self.core.def.name, partition, key)?
+        {
+            Some(bytes) => self.decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn write(&self, partition: i32, key: Vec<u8>, value: Option<&V>) -> Result<()> {
+        let bytes = value
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| self.error(format!("cannot encode a value: {e}")))?;
+        self.core.overlay().insert((partition, key), bytes);
+        Ok(())
+    }
+
+    /// The value of a key.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let k = self.encode_key(key)?;
+        self.read(self.partition_of(key), &k)
+    }
+
+    /// Sets a key.
+    pub fn insert(&self, key: K, value: V) -> Result<()> {
+        let partition = self.partition_of(&key);
+        self.check_write(&key, partition)?;
+        let k = self.encode_key(&key)?;
+        self.write(partition, k, Some(&value))
+    }
+
+    /// Applies `f` to the key's value (the default when missing), stores and returns the result.
+    pub fn update(&self, key: K, f: impl FnOnce(V) -> V) -> Result<V>
+    where
+        V: Clone,
+    {
+        let partition = self.partition_of(&key);
+        self.check_write(&key, partition)?;
+        let k = self.encode_key(&key)?;
+        let current = self
+            .read(partition, &k)?
+            .unwrap_or_else(|| (self.default)());
+        let next = f(current);
+        self.write(partition, k, Some(&next))?;
+        Ok(next)
+    }
+
+    /// Removes a key, returning its value.
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        let partition = self.partition_of(key);
+        self.check_write(key, partition)?;
+        let k = self.encode_key(key)?;
+        let old = self.read(partition, &k)?;
+        if old.is_some() {
+            self.write(partition, k, None)?;
+        }
+        Ok(old)
+    }
+
+    /// The entries of the partitions this agent instance owns, in key-byte order.
+    pub fn iter(&self) -> Result<Vec<(K, V)>> {
+        let mut merged: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        for partition in self.shared.owned_partitions() {
+            for (k, v) in self.core.def.store.scan(&self.core.def.name, partition)? {
+                merged.insert((partition, k), Some(v));
+            }
+        }
+        let owned = self.shared.owned_partitions();
+        for ((p, k), v) in self.core.overlay().iter() {
+            if owned.contains(p) {
+                merged.insert((*p, k.clone()), v.clone());
+            }
+        }
+        let mut out = Vec::with_capacity(merged.len());
+        for ((_, k), v) in merged {
+            if let Some(v) = v {
+                let key = serde_json::from_slice(&k).map_err(|e| {
+                    self.error(format!(
+                        "a stored key does not decode as `{}`: {e}",
+                        std::any::type_name::<K>()
+                    ))
+                })?;
+                out.push((key, self.decode(&k, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in the partitions this instance owns.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.iter()?.len())
+    }
+
+    /// True when those partitions hold no entry.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Builds the LMDB writes of a commit step: the overlay's puts, plus meta (source offsets of
+/// finished records, changelog offsets of what was just delivered) for every touched partition.
+pub(crate) fn commit_writes(
+    tables: &[(Arc<TableDef>, HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>)],
+    done: &[((Arc<str>, i32), i64)],
+    produced: &HashMap<(Arc<str>, i32), i64>,
+) -> Vec<(Arc<str>, i32, PartitionWrites)> {
+    let mut out = Vec::new();
+    for (def, puts) in tables {
+        let mut partitions: Vec<i32> = puts.keys().copied().collect();
+        partitions.extend(done.iter().map(|((_, p), _)| *p));
+        partitions.sort_unstable();
+        partitions.dedup();
+        for partition in partitions {
+            let mut meta = def.meta(partition);
+            for ((topic, p), next) in done {
+                if *p == partition {
+                    meta.source.insert(topic.to_string(), *next);
+                }
+            }
+            if let Some(next) = produced.get(&(def.changelog.clone(), partition)) {
+                meta.changelog = *next;
+            }
+            def.set_meta(partition, meta.clone());
+            let puts = puts.get(&partition).cloned().unwrap_or_default();
+            out.push((def.name.clone(), partition, PartitionWrites { puts, meta }));
+        }
+    }
+    out
+}

@@ -1,0 +1,303 @@
+//! The table store: one LMDB environment per worker under `<data-dir>/tables`, one database per
+//! table keyed by `[partition u32 BE][key]`, and a `meta` database recording, per table
+//! partition, the changelog offset and the source offsets its data reflects. Both are written in
+//! one LMDB transaction per commit step, so local state and the offsets it reflects never
+//! disagree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, WithoutTls};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+type Db = Database<Bytes, Bytes>;
+
+/// Where a table partition's local copy stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PartitionMeta {
+    /// Next changelog offset to apply.
+    pub(crate) changelog: i64,
+    /// Next source offset per source topic (records below it are reflected in the data).
+    pub(crate) source: BTreeMap<String, i64>,
+}
+
+/// Writes of one commit step for one table partition.
+#[derive(Default)]
+pub(crate) struct PartitionWrites {
+    pub(crate) puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) meta: PartitionMeta,
+}
+
+/// The LMDB environment of all tables of a worker.
+pub(crate) struct TableStore {
+    env: Env<WithoutTls>,
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    meta: Database<Bytes, Bytes>,
+    dbs: RwLock<HashMap<String, Db>>,
+}
+
+pub(crate) fn data_key(partition: i32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn meta_key(table: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(table.len() + 5);
+    k.extend_from_slice(table.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+impl TableStore {
+    pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
+        let (path, temp) = if in_memory {
+            let temp = tempfile::Builder::new()
+                .prefix("rill-tables-")
+                .tempdir()
+                .map_err(|e| Error::io("creating a temporary table store", e))?;
+            (temp.path().to_path_buf(), Some(temp))
+        } else {
+            let path = config.data_dir.join("tables");
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::io(
+                    format!(
+                        "creating {} (set --data-dir or RILL_DATA_DIR)",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+            (path, None)
+        };
+        let storage = |context: &'static str| {
+            let path = path.clone();
+            move |source| Error::Storage {
+                path,
+                context: context.to_owned(),
+                source,
+            }
+        };
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options
+            .map_size(config.table_map_size)
+            .max_dbs(1024)
+            .max_readers(256);
+        let env = crate::transport::embedded::open_env(&mut options, &path, in_memory)
+            .map_err(storage("opening the table store"))?;
+        let stale = env
+            .clear_stale_readers()
+            .map_err(storage("clearing stale readers"))?;
+        if stale > 0 {
+            tracing::info!(stale, path = %path.display(), "cleared stale LMDB readers of the table store");
+        }
+        let mut wtxn = env
+            .write_txn()
+            .map_err(storage("starting a write transaction"))?;
+        let meta = env
+            .create_database(&mut wtxn, Some("meta"))
+            .map_err(storage("creating `meta`"))?;
+        wtxn.commit().map_err(storage("committing"))?;
+        Ok(Arc::new(TableStore {
+            env,
+            path,
+            _temp: temp,
+            meta,
+            dbs: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    fn err(&self, table: &str, context: &str) -> impl FnOnce(heed::Error) -> Error + '_ {
+        let context = if table.is_empty() {
+            context.to_owned()
+        } else {
+            format!("table `{table}`: {context}")
+        };
+        move |source| {
+            let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
+                format!(
+                    "{context}: the table store is full; raise its map size (RILL_TABLE_MAP_SIZE)"
+                )
+            } else {
+                context
+            };
+            Error::Storage {
+                path: self.path.clone(),
+                context,
+                source,
+            }
+        }
+    }
+
+    fn db(&self, table: &str) -> Result<Db> {
+        if let Some(db) = self
+            .dbs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+        {
+            return Ok(*db);
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err(table, "opening"))?;
+        let db: Db = self
+            .env
+            .create_database(&mut wtxn, Some(&format!("t/{table}")))
+            .map_err(self.err(table, "creating its database"))?;
+        wtxn.commit()
+            .map_err(self.err(table, "creating its database"))?;
+        self.dbs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.to_owned(), db);
+        Ok(db)
+    }
+
+    /// Reads one key of one partition.
+    pub(crate) fn get(&self, table: &str, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        Ok(db
+            .get(&rtxn, &data_key(partition, key))
+            .map_err(self.err(table, "reading"))?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// All entries of one partition, in key order.
+    pub(crate) fn scan(&self, table: &str, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let prefix = (partition as u32).to_be_bytes();
+        let mut out = Vec::new();
+        for item in db
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "scanning"))?
+        {
+            let (k, v) = item.map_err(self.err(table, "scanning"))?;
+            out.push((k[4..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Entries and bytes of one partition.
+    pub(crate) fn stats(&self, table: &str, partition: i32) -> Result<(u64, u64)> {
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let prefix = (partition as u32).to_be_bytes();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in db
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "scanning"))?
+        {
+            let (k, v) = item.map_err(self.err(table, "scanning"))?;
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Where a table partition stands (`None`: no local copy).
+    pub(crate) fn meta(&self, table: &str, partition: i32) -> Result<Option<PartitionMeta>> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let raw = self
+            .meta
+            .get(&rtxn, &meta_key(table, partition))
+            .map_err(self.err(table, "reading meta"))?;
+        Ok(raw.and_then(|b| serde_json::from_slice(b).ok()))
+    }
+
+    /// Partitions with a local copy of a table.
+    pub(crate) fn partitions(&self, table: &str) -> Result<Vec<i32>> {
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let mut prefix = table.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self
+            .meta
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "reading meta"))?
+        {
+            let (k, _) = item.map_err(self.err(table, "reading meta"))?;
+            if let Some(p) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            {
+                out.push(u32::from_be_bytes(p) as i32);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a commit step: data and meta of several table partitions in one transaction.
+    pub(crate) fn commit(&self, writes: Vec<(Arc<str>, i32, PartitionWrites)>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let dbs: Vec<Db> = writes
+            .iter()
+            .map(|(t, _, _)| self.db(t))
+            .collect::<Result<_>>()?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err("", "starting a table commit"))?;
+        for ((table, partition, w), db) in writes.iter().zip(dbs) {
+            for (key, value) in &w.puts {
+                let k = data_key(*partition, key);
+                match value {
+                    Some(v) => db
+                        .put(&mut wtxn, &k, v)
+                        .map_err(self.err(table, "writing"))?,
+                    None => {
+                        db.delete(&mut wtxn, &k)
+                            .map_err(self.err(table, "deleting"))?;
+                    }
+                }
+            }
+            let meta = serde_json::to_vec(&w.meta).map_err(Error::user)?;
+            self.meta
+                .put(&mut wtxn, &meta_key(table, *partition), &meta)
+                .map_err(self.err(table, "writing meta"))?;
+        }
+        wtxn.commit().map_err(self.err("", "committing tables"))
+    }
+
+    /// Drops the local copy of a table partition (before a rebuild from the changelog).
+    pub(crate) fn clear(&self, table: &str, partition: i32) -> Result<()> {
+        let db = self.db(table)?;
+        let mut wtxn = self.env.write_txn().map_err(self.err(table, "clearing"))?;
+        let start = data_key(partition, &[]);
+        let end = data_key(partition + 1, &[]);
+        let range = (
+            std::ops::Bound::Included(start.as_slice()),
+            std::ops::Bound::Excluded(end.as_slice()),
+        );
+        db.delete_range(&mut wtxn, &range)
+            .map_err(self.err(table, "clearing"))?;
+        self.meta
+            .delete(&mut wtxn, &meta_key(table, partition))
+            .map_err(self.err(table, "clearing"))?;
+        wtxn.commit().map_err(self.err(table, "clearing"))
+    }
+}
