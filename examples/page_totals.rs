@@ -28,7 +28,10 @@ struct PageView {
 const PAGEVIEWS: Topic<String, PageView> = Topic::new("pageviews");
 
 #[agent(topic = PAGEVIEWS, tables(totals = "url_view_totals"))]
-async fn update_total_views(mut views: Stream<PageView>, totals: Table<String, u64>) -> rill::Result<()> {
+async fn update_total_views(
+    mut views: Stream<PageView>,
+    totals: Table<String, u64>,
+) -> rill::Result<()> {
     while let Some(view) = views.next().await {
         let total = totals.update(view.url.clone(), |n| n + 1)?;
         println!("Running total for {}: {total}", view.url);
@@ -41,15 +44,24 @@ fn main() -> rill::Result<()> {
 }
 
 async fn synthetic_views(producer: Producer) -> rill::Result<()> {
-    let count: usize = std::env::var("SYNTHETIC_VIEWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let count: usize = std::env::var("SYNTHETIC_VIEWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     if producer.is_kafka() || count == 0 {
         return Ok(());
     }
     println!("no broker configured: sending {count} synthetic page views (Ctrl-C to stop)");
     let urls = ["/", "/pricing", "/docs"];
     for i in 0..count {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let view = PageView { user_id: format!("user-{i}"), url: urls[i % urls.len()].to_owned(), view_time: now.as_secs_f64() };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let view = PageView {
+            user_id: format!("user-{i}"),
+            url: urls[i % urls.len()].to_owned(),
+            view_time: now.as_secs_f64(),
+        };
         producer.send(&PAGEVIEWS, &view).await?;
         producer.flush().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;

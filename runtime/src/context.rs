@@ -25,6 +25,8 @@ pub struct AgentStats {
     pub decode_errors: AtomicU64,
     /// Commit steps completed.
     pub commits: AtomicU64,
+    /// Changelog records applied while recovering this agent's tables.
+    pub restored: AtomicU64,
 }
 
 impl AgentStats {

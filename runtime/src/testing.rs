@@ -175,6 +175,31 @@ impl TestApp {
         }
     }
 
+    /// The committed entries of a table (all local partitions), decoded. Writes still in an
+    /// agent's overlay appear after its next commit.
+    pub fn table<K: serde::de::DeserializeOwned, V: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(K, V)>> {
+        let Some(store) = &self.worker.tables else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for partition in store.partitions(name)? {
+            for (k, v) in store.scan(name, partition)? {
+                let decode = |what: &str, e: serde_json::Error| Error::Agent {
+                    agent: String::new(),
+                    message: format!("table `{name}`: a stored {what} does not decode: {e}"),
+                };
+                out.push((
+                    serde_json::from_slice(&k).map_err(|e| decode("key", e))?,
+                    serde_json::from_slice(&v).map_err(|e| decode("value", e))?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Counters of an agent.
     pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
         self.worker.stats(agent)

@@ -52,6 +52,7 @@ pub struct Worker {
     producer: Producer,
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
+    pub(crate) tables: Option<Arc<TableStore>>,
 }
 
 impl Worker {
@@ -104,6 +105,7 @@ impl Worker {
             producer: Producer::new(producer_backend.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
+            tables: tables.store.clone(),
         };
         for spec in agents {
             let Some(run) = spec.run.clone() else {
@@ -131,6 +133,7 @@ impl Worker {
             let recovery = (!defs.is_empty()).then(|| Recovery {
                 tables: defs.clone(),
                 reader: tables.reader.clone(),
+                stats: stats.clone(),
             });
             let router = Arc::new(Router::new(
                 spec.name(),
@@ -290,6 +293,7 @@ impl Worker {
 struct TableSetup {
     defs: Vec<(String, Arc<TableDef>)>,
     reader: ChangelogReader,
+    store: Option<Arc<TableStore>>,
 }
 
 impl TableSetup {
@@ -305,7 +309,11 @@ impl TableSetup {
         };
         let mut defs = Vec::new();
         if agents.iter().all(|a| a.tables.is_empty()) {
-            return Ok(TableSetup { defs, reader });
+            return Ok(TableSetup {
+                defs,
+                reader,
+                store: None,
+            });
         }
         let store = TableStore::open(config, config.broker == Broker::Memory)?;
         let mut owners: HashMap<String, String> = HashMap::new();
@@ -374,7 +382,11 @@ impl TableSetup {
                 ));
             }
         }
-        Ok(TableSetup { defs, reader })
+        Ok(TableSetup {
+            defs,
+            reader,
+            store: Some(store),
+        })
     }
 
     fn defs_of(&self, agent: &str) -> Vec<Arc<TableDef>> {

@@ -62,6 +62,7 @@ impl ChangelogReader {
 pub(crate) struct Recovery {
     pub(crate) tables: Vec<Arc<TableDef>>,
     pub(crate) reader: ChangelogReader,
+    pub(crate) stats: Arc<crate::context::AgentStats>,
 }
 
 impl Recovery {
@@ -132,6 +133,9 @@ impl Recovery {
                 };
                 meta.changelog = last.offset + 1;
                 done += batch.len() as i64;
+                self.stats
+                    .restored
+                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let puts = batch
                     .into_iter()
                     .filter_map(|r| r.key.map(|k| (k, r.value)))

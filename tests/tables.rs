@@ -1,0 +1,220 @@
+//! Tables on the embedded transport through the test harness: running totals, restarts that
+//! replay nothing, state rebuilt from the changelog, and the errors a user can run into.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rill::prelude::*;
+
+#[record]
+#[derive(Debug, Clone)]
+struct View {
+    #[record(key)]
+    url: String,
+    user: String,
+}
+
+#[agent(topic = "views", tables(totals = "url_totals"), concurrency = 2)]
+async fn count(mut views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        totals.update(view.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "views", tables(totals = "by_user"))]
+async fn count_by_user(mut views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        // Wrong: the views topic is keyed by url, not by user.
+        totals.update(view.user, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "views", tables(totals = "url_totals"))]
+async fn read_as_text(
+    mut views: Stream<View>,
+    totals: Table<String, Vec<String>>,
+) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        totals.get(&view.url)?;
+    }
+    Ok(())
+}
+
+async fn send_views(app: &TestApp, urls: usize, per_url: usize) -> rill::Result<()> {
+    for i in 0..per_url {
+        for u in 0..urls {
+            app.producer()
+                .send_to(
+                    "views",
+                    &View {
+                        url: format!("/page/{u}"),
+                        user: format!("user-{i}"),
+                    },
+                )
+                .await?;
+        }
+    }
+    app.producer().flush().await
+}
+
+/// Waits until the committed table holds `expected`.
+async fn totals_reach(app: &TestApp, expected: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: BTreeMap<String, u64> = app
+            .table("url_totals")
+            .expect("table")
+            .into_iter()
+            .collect();
+        if &got == expected || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn expected(urls: usize, each: u64) -> BTreeMap<String, u64> {
+    (0..urls).map(|u| (format!("/page/{u}"), each)).collect()
+}
+
+#[tokio::test]
+async fn running_totals_per_key_across_instances() -> rill::Result<()> {
+    let app = App::new("totals").agents([count::agent()]).test().await?;
+    send_views(&app, 12, 25).await?;
+    assert_eq!(
+        totals_reach(&app, &expected(12, 25)).await,
+        expected(12, 25)
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_clean_restart_continues_and_replays_no_changelog() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("restart")
+        .agents([count::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_views(&app, 5, 10).await?;
+    assert_eq!(totals_reach(&app, &expected(5, 10)).await, expected(5, 10));
+    app.stop().await?;
+
+    let app = App::new("restart")
+        .agents([count::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_views(&app, 5, 7).await?;
+    assert_eq!(totals_reach(&app, &expected(5, 17)).await, expected(5, 17));
+    let stats = app.stats("count").expect("stats");
+    assert_eq!(
+        rill::AgentStats::get(&stats.restored),
+        0,
+        "nothing replayed after a clean shutdown"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn lost_local_state_is_rebuilt_from_the_changelog() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("rebuild")
+        .agents([count::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_views(&app, 4, 20).await?;
+    assert_eq!(totals_reach(&app, &expected(4, 20)).await, expected(4, 20));
+    app.stop().await?;
+
+    std::fs::remove_dir_all(dir.path().join("tables")).expect("delete the table store");
+    let app = App::new("rebuild")
+        .agents([count::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_views(&app, 4, 1).await?;
+    assert_eq!(totals_reach(&app, &expected(4, 21)).await, expected(4, 21));
+    let stats = app.stats("count").expect("stats");
+    // Updates of a key within one commit interval coalesce into one changelog record.
+    let restored = rill::AgentStats::get(&stats.restored);
+    assert!(
+        (4..=80).contains(&restored),
+        "restored {restored} changelog records"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn writing_a_key_of_another_partition_is_an_error() -> rill::Result<()> {
+    let mut worker = App::new("split")
+        .memory()
+        .agents([count_by_user::agent()])
+        .start()
+        .await?;
+    let producer = worker.producer();
+    for i in 0..20 {
+        producer
+            .send_to(
+                "views",
+                &View {
+                    url: "/one-url".into(),
+                    user: format!("user-{i}"),
+                },
+            )
+            .await?;
+    }
+    producer.flush().await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .expect("stops")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("by_user") && msg.contains("belongs to partition") && msg.contains("group_by"),
+        "{msg}"
+    );
+    worker.shutdown().await
+}
+
+#[tokio::test]
+async fn a_value_that_no_longer_decodes_names_table_key_and_type() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("schema")
+        .agents([count::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_views(&app, 1, 3).await?;
+    assert_eq!(totals_reach(&app, &expected(1, 3)).await, expected(1, 3));
+    app.stop().await?;
+
+    // Same app and table, redeployed with another value type.
+    let mut worker = App::new("schema")
+        .agents([read_as_text::agent()])
+        .data_dir(dir.path())
+        .configure(|c| c.broker = rill::Broker::Embedded)
+        .start()
+        .await?;
+    worker
+        .producer()
+        .send_to(
+            "views",
+            &View {
+                url: "/page/0".into(),
+                user: "u".into(),
+            },
+        )
+        .await?;
+    worker.producer().flush().await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .expect("stops")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("url_totals")
+            && msg.contains("/page/0")
+            && msg.contains("Vec<alloc::string::String>"),
+        "{msg}"
+    );
+    worker.shutdown().await
+}
