@@ -109,3 +109,71 @@ fn config_errors_name_the_setting_and_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RILL_PARTITIONS"), "{err}");
 }
+
+#[test]
+fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    for (run, expect) in [(1, 2), (2, 4)] {
+        let mut child = common::spawn_example(
+            "page_totals",
+            &["--data-dir", data],
+            &[("SYNTHETIC_VIEWS", "6")],
+        );
+        let lines = common::lines(&mut child);
+        let want = format!("Running total for /docs: {expect}");
+        common::wait_lines(&lines, Duration::from_secs(60), |l| l.contains(&want));
+        common::signal(&child, "TERM");
+        assert!(
+            common::wait_exit(&mut child, Duration::from_secs(30)).success(),
+            "run {run}"
+        );
+    }
+    let out = run(
+        "page_totals",
+        &["--data-dir", data, "tables", "url_view_totals", "--json"],
+    );
+    assert!(out.status.success());
+    let mut entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    entries.sort_by_key(|e| e["key"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            serde_json::json!({"key": "/", "value": 4}),
+            serde_json::json!({"key": "/docs", "value": 4}),
+            serde_json::json!({"key": "/pricing", "value": 4}),
+        ]
+    );
+    let one = run(
+        "page_totals",
+        &[
+            "--data-dir",
+            data,
+            "tables",
+            "url_view_totals",
+            "--key",
+            "/docs",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout).trim(),
+        r#"{"key":"/docs","value":4}"#
+    );
+    let list = run("page_totals", &["--data-dir", data, "tables"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("url_view_totals"))
+        .expect("listed")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "update_total_views");
+    assert_eq!(
+        &row[3..],
+        ["3", row[4], "0"],
+        "3 keys, no changelog lag: {text}"
+    );
+}

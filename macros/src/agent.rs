@@ -81,10 +81,15 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         cx.error(&func.sig.inputs, "an agent takes at most one `Sink<U>`");
     }
     for p in &params {
-        if let Param::Table(ident, _) = p {
-            if !args.tables.iter().any(|(b, _)| b == ident) {
-                cx.error(ident, format!("the table parameter `{ident}` needs a table name: `tables({ident} = \"...\")`"));
-            }
+        if let Param::Table(ident, _) = p
+            && !args.tables.iter().any(|(b, _)| b == ident)
+        {
+            cx.error(
+                ident,
+                format!(
+                    "the table parameter `{ident}` needs a table name: `tables({ident} = \"...\")`"
+                ),
+            );
         }
     }
     for (binding, _) in &args.tables {

@@ -12,6 +12,7 @@ use crate::app::{App, run_until_signal};
 use crate::config::Broker;
 use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, now_millis};
+use crate::table::store::TableStore;
 use crate::worker::open_transport;
 
 #[derive(Parser, Debug)]
@@ -54,6 +55,18 @@ enum Command {
     },
     /// List agents with their topics, sinks, concurrency and consumer groups.
     Agents,
+    /// List tables (partitions, keys, bytes, changelog lag), or print one table's entries as
+    /// JSON lines read from the local LMDB copy (no broker needed; the worker may be running).
+    Tables {
+        /// Table to print.
+        name: Option<String>,
+        /// Only this key (JSON, or a plain string).
+        #[arg(long)]
+        key: Option<String>,
+        /// Print entries as JSON lines `{"key": ..., "value": ...}` (the default for one table).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn main(mut app: App) -> Result<()> {
@@ -73,6 +86,7 @@ fn init_logging(filter: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -105,6 +119,8 @@ fn run(app: &mut App, cli: Cli) -> Result<()> {
         }),
         Command::Send { topic, value, key } => runtime.block_on(send(app, &config, &topic, &value, key)),
         Command::Agents => agents(app, &config),
+        Command::Tables { name: None, .. } => runtime.block_on(list_tables(app, &config)),
+        Command::Tables { name: Some(name), key, json: _ } => print_table(&config, &name, key.as_deref()),
     }
 }
 
@@ -180,6 +196,82 @@ fn agents(app: &App, config: &crate::config::Config) -> Result<()> {
             a.group_id(&config.app_id)
         )
         .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn list_tables_names(app: &App) -> Vec<(String, String)> {
+    app.agent_specs()
+        .iter()
+        .flat_map(|a| {
+            a.tables()
+                .iter()
+                .map(|t| (t.name.clone(), a.name().to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn list_tables(app: &App, config: &crate::config::Config) -> Result<()> {
+    let store = TableStore::open(config, false)?;
+    // The changelog lag needs the broker; without one it is shown as `?`.
+    let transport = open_transport(config).ok();
+    let mut out = std::io::stdout().lock();
+    let io = |e| Error::io("writing to stdout", e);
+    writeln!(
+        out,
+        "{:<28} {:<24} {:>10} {:>10} {:>12} {:>14}",
+        "TABLE", "AGENT", "PARTITIONS", "KEYS", "BYTES", "CHANGELOG LAG"
+    )
+    .map_err(io)?;
+    for (table, agent) in list_tables_names(app) {
+        let partitions = store.partitions(&table)?;
+        let (mut keys, mut bytes, mut lag, mut lag_known) = (0u64, 0u64, 0i64, true);
+        let changelog = crate::table::changelog_topic(&config.app_id, &table);
+        for &p in &partitions {
+            let (k, b) = store.stats(&table, p)?;
+            keys += k;
+            bytes += b;
+            let local = store.meta(&table, p)?.map_or(0, |m| m.changelog);
+            match transport.as_ref().map(|t| t.watermarks(&changelog, p)) {
+                Some(Ok((_, high))) => lag += (high - local).max(0),
+                _ => lag_known = false,
+            }
+        }
+        let lag = if lag_known {
+            lag.to_string()
+        } else {
+            "?".to_owned()
+        };
+        writeln!(
+            out,
+            "{table:<28} {agent:<24} {:>10} {keys:>10} {bytes:>12} {lag:>14}",
+            partitions.len()
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn print_table(config: &crate::config::Config, name: &str, key: Option<&str>) -> Result<()> {
+    let store = TableStore::open(config, false)?;
+    let wanted: Option<Vec<u8>> = key.map(|k| match serde_json::from_str::<serde_json::Value>(k) {
+        Ok(v) => serde_json::to_vec(&v).unwrap_or_default(),
+        Err(_) => serde_json::to_vec(k).unwrap_or_default(),
+    });
+    let mut out = std::io::stdout().lock();
+    for p in store.partitions(name)? {
+        for (k, v) in store.scan(name, p)? {
+            if wanted.as_ref().is_some_and(|w| *w != k) {
+                continue;
+            }
+            let key: serde_json::Value =
+                serde_json::from_slice(&k).unwrap_or_else(|_| String::from_utf8_lossy(&k).into());
+            let value: serde_json::Value =
+                serde_json::from_slice(&v).unwrap_or_else(|_| String::from_utf8_lossy(&v).into());
+            let line = serde_json::json!({ "key": key, "value": value });
+            writeln!(out, "{line}").map_err(|e| Error::io("writing to stdout", e))?;
+        }
     }
     Ok(())
 }

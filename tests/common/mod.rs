@@ -75,7 +75,7 @@ fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Pro
     cmd.args(args)
         .stdout(stdout)
         .stderr(Stdio::inherit())
-        .env("RILL_LOG", "info");
+        .env("RILL_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -68,6 +68,9 @@ impl TableDef {
 
 type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>>;
 
+/// Puts per partition: key bytes and value bytes (`None` deletes).
+pub(crate) type Puts = HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+
 /// An instance's view of a table: the overlay of writes since the last commit.
 pub(crate) struct TableCore {
     pub(crate) def: Arc<TableDef>,
@@ -91,13 +94,7 @@ impl TableCore {
     }
 
     /// Takes the writes since the last commit, as changelog records and per-partition puts.
-    pub(crate) fn take_writes(
-        &self,
-        agent: &str,
-    ) -> (
-        Vec<OutRecord>,
-        HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>,
-    ) {
+    pub(crate) fn take_writes(&self, agent: &str) -> (Vec<OutRecord>, Puts) {
         let writes = std::mem::take(&mut *self.overlay());
         let mut records = Vec::with_capacity(writes.len());
         let mut puts: HashMap<i32, Vec<_>> = HashMap::new();
@@ -313,7 +310,7 @@ where
 /// Builds the LMDB writes of a commit step: the overlay's puts, plus meta (source offsets of
 /// finished records, changelog offsets of what was just delivered) for every touched partition.
 pub(crate) fn commit_writes(
-    tables: &[(Arc<TableDef>, HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>)],
+    tables: &[(Arc<TableDef>, Puts)],
     done: &[((Arc<str>, i32), i64)],
     produced: &HashMap<(Arc<str>, i32), i64>,
 ) -> Vec<(Arc<str>, i32, PartitionWrites)> {

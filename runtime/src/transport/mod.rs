@@ -336,6 +336,14 @@ impl Transport {
         }
     }
 
+    /// First and next offset of a partition.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        match self {
+            Transport::Embedded(log) => log.watermarks(topic, partition),
+            Transport::Kafka(k) => k.watermarks(topic, partition),
+        }
+    }
+
     /// Starts the fetcher of one agent's consumer group.
     pub(crate) fn start_fetcher(
         &self,
