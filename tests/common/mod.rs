@@ -233,3 +233,98 @@ pub(crate) fn wait_lines(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A Kafka broker of this test alone (kafka/broker.sh on its own port), stopped on drop.
+pub(crate) struct OwnBroker {
+    port: u16,
+    pub(crate) bootstrap: String,
+}
+
+impl OwnBroker {
+    fn script(port: u16, command: &str) -> std::process::Output {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/broker.sh"))
+            .arg(command)
+            .env("RILL_TEST_BROKER_PORT", port.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("kafka/broker.sh")
+    }
+
+    /// Starts a fresh broker on `port` (and `port + 1` for its controller).
+    pub(crate) fn start(port: u16) -> OwnBroker {
+        let _ = Self::script(port, "stop");
+        let out = Self::script(port, "start");
+        assert!(out.status.success(), "starting a broker on port {port}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let bootstrap = line
+            .trim()
+            .trim_start_matches("KAFKA_BOOTSTRAP=")
+            .to_owned();
+        OwnBroker { port, bootstrap }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Self::script(self.port, "stop");
+    }
+}
+
+/// Waits until the worker has created `topic` with `partitions` partitions.
+pub(crate) fn wait_for_topic(bootstrap: &str, topic: &str, partitions: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.partitions().len() == partitions)
+            });
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{topic}` was not created");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sum of the end offsets of a topic's partitions.
+pub(crate) fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+/// Runs an example binary with stdout piped and stderr written to `log`.
+pub(crate) fn spawn_example_logged(
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Proc {
+    let mut cmd = Command::new(example(name));
+    let file = std::fs::File::create(log).expect("log file");
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .env("RILL_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn example"))
+}

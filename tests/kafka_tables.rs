@@ -1,0 +1,230 @@
+//! Tables against real Apache Kafka brokers, each test with a broker of its own: a worker
+//! killed with SIGKILL mid-stream and restarted, and two worker processes sharing a group
+//! through rebalances. The `page_totals` example is the worker; input is produced with plain
+//! rdkafka.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+const URLS: usize = 20;
+
+fn views(range: std::ops::Range<usize>) -> Vec<(Option<String>, String)> {
+    range
+        .map(|i| {
+            let url = format!("/page/{}", i % URLS);
+            let value = serde_json::json!({"user_id": format!("u{i}"), "url": url, "view_time": 1.7e9 + i as f64});
+            (Some(url), value.to_string())
+        })
+        .collect()
+}
+
+/// Highest running total printed per URL.
+fn printed_totals(lines: &[String]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for line in lines {
+        if let Some((url, n)) = line
+            .strip_prefix("Running total for ")
+            .and_then(|r| r.rsplit_once(": "))
+        {
+            if let Ok(n) = n.parse::<u64>() {
+                let e = out.entry(url.to_owned()).or_default();
+                *e = (*e).max(n);
+            }
+        }
+    }
+    out
+}
+
+fn all_reach(totals: &BTreeMap<String, u64>, n: u64) -> bool {
+    totals.len() == URLS && totals.values().all(|v| *v >= n)
+}
+
+fn table(data: &str) -> BTreeMap<String, u64> {
+    let out = Command::new(common::example("page_totals"))
+        .args(["--data-dir", data, "tables", "url_view_totals", "--json"])
+        .output()
+        .expect("tables");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (
+                v["key"].as_str().expect("key").to_owned(),
+                v["value"].as_u64().expect("value"),
+            )
+        })
+        .collect()
+}
+
+fn replayed(log: &std::path::Path) -> i64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("recovering table partition from its changelog"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("records="))
+                .and_then(|n| n.parse::<i64>().ok())
+        })
+        .sum()
+}
+
+#[test]
+fn sigkill_then_restart_keeps_at_least_once_totals_and_replays_only_the_tail() {
+    if common::kafka_bootstrap().is_none() {
+        return;
+    }
+    let broker = common::OwnBroker::start(19192);
+    let kafka = format!("kafka://{}", broker.bootstrap);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let env = [
+        ("SYNTHETIC_VIEWS", "0"),
+        ("RILL_PARTITIONS", "4"),
+        ("RILL_COMMIT_INTERVAL_MS", "100"),
+    ];
+    let args = ["--broker", kafka.as_str(), "--data-dir", data];
+    const N: usize = 20_000;
+
+    let mut first =
+        common::spawn_example_logged("page_totals", &args, &env, &dir.path().join("first.log"));
+    let first_lines = common::lines(&mut first);
+    common::wait_for_topic(&broker.bootstrap, "pageviews", 4);
+    common::produce(
+        &common::producer(&broker.bootstrap),
+        "pageviews",
+        &views(0..N),
+    );
+    common::wait_lines(&first_lines, Duration::from_secs(120), |l| l.len() >= 3_000);
+    common::signal(&first, "KILL");
+    common::wait_exit(&mut first, Duration::from_secs(10));
+    let before = first_lines.lock().expect("lines").len();
+    assert!(before < N, "the worker finished before the kill");
+
+    let log = dir.path().join("second.log");
+    let mut second = common::spawn_example_logged("page_totals", &args, &env, &log);
+    let second_lines = common::lines(&mut second);
+    let expected = (N / URLS) as u64;
+    common::wait_lines(&second_lines, Duration::from_secs(180), |l| {
+        all_reach(&printed_totals(l), expected)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    common::signal(&second, "TERM");
+    assert!(common::wait_exit(&mut second, Duration::from_secs(60)).success());
+
+    let totals = table(data);
+    assert_eq!(totals.len(), URLS);
+    for (url, n) in &totals {
+        assert!(*n >= expected, "{url}: {n} < {expected}: a view was lost");
+    }
+    // At-least-once: views processed after the last commit before the kill count twice, at most
+    // one commit interval's worth (100 ms at debug-build speed is far below N / 10).
+    let excess = totals.values().sum::<u64>() - N as u64;
+    assert!(excess < (N / 10) as u64, "{excess} views counted twice");
+    let changelog = common::end_offsets(
+        &broker.bootstrap,
+        "page_totals-url_view_totals-changelog",
+        4,
+    );
+    let tail = replayed(&log);
+    assert!(
+        tail < changelog,
+        "the restart replayed {tail} of {changelog} changelog records: only the tail"
+    );
+}
+
+#[test]
+fn two_workers_share_partitions_and_tables_move_with_them() {
+    if common::kafka_bootstrap().is_none() {
+        return;
+    }
+    let broker = common::OwnBroker::start(19292);
+    let kafka = format!("kafka://{}", broker.bootstrap);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (data_a, data_b) = (
+        data_a.to_str().expect("utf-8"),
+        data_b.to_str().expect("utf-8"),
+    );
+    let env = [
+        ("SYNTHETIC_VIEWS", "0"),
+        ("RILL_PARTITIONS", "4"),
+        ("RILL_COMMIT_INTERVAL_MS", "100"),
+    ];
+    let producer = common::producer(&broker.bootstrap);
+
+    let mut a = common::spawn_example_logged(
+        "page_totals",
+        &["--broker", &kafka, "--data-dir", data_a],
+        &env,
+        &dir.path().join("a.log"),
+    );
+    let a_lines = common::lines(&mut a);
+    common::wait_for_topic(&broker.bootstrap, "pageviews", 4);
+    common::produce(&producer, "pageviews", &views(0..4_000));
+    common::wait_lines(&a_lines, Duration::from_secs(120), |l| {
+        all_reach(&printed_totals(l), 200)
+    });
+
+    // B joins: the group rebalances; B recovers the tables of the partitions it takes.
+    let b_log = dir.path().join("b.log");
+    let mut b = common::spawn_example_logged(
+        "page_totals",
+        &["--broker", &kafka, "--data-dir", data_b],
+        &env,
+        &b_log,
+    );
+    let b_lines = common::lines(&mut b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&b_log)
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never got partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::produce(&producer, "pageviews", &views(4_000..8_000));
+    let both = || {
+        let mut all = a_lines.lock().expect("lines").clone();
+        all.extend(b_lines.lock().expect("lines").clone());
+        all
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !all_reach(&printed_totals(&both()), 400) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "totals stalled: {:?}",
+            printed_totals(&both())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !printed_totals(&b_lines.lock().expect("lines")).is_empty(),
+        "B processed partitions after joining"
+    );
+
+    // B leaves: A takes every partition back and recovers what B wrote.
+    common::signal(&b, "TERM");
+    assert!(common::wait_exit(&mut b, Duration::from_secs(60)).success());
+    common::produce(&producer, "pageviews", &views(8_000..10_000));
+    common::wait_lines(&a_lines, Duration::from_secs(180), |l| {
+        all_reach(&printed_totals(l), 500)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    common::signal(&a, "TERM");
+    assert!(common::wait_exit(&mut a, Duration::from_secs(60)).success());
+
+    let totals = table(data_a);
+    assert_eq!(totals.len(), URLS, "A holds every partition's table again");
+    for (url, n) in &totals {
+        assert!(*n >= 500, "{url}: {n} < 500: a view was lost");
+        assert!(*n <= 500 + 500 / 2, "{url}: {n} is far above 500");
+    }
+}

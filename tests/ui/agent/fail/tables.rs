@@ -1,0 +1,15 @@
+use rill::prelude::*;
+
+#[agent(topic = "views")]
+async fn table_without_name(s: Stream<String>, totals: Table<String, u64>) -> rill::Result<()> {
+    drop((s, totals));
+    Ok(())
+}
+
+#[agent(topic = "views", tables(totals = "url_totals"))]
+async fn name_without_table(s: Stream<String>) -> rill::Result<()> {
+    drop(s);
+    Ok(())
+}
+
+fn main() {}
