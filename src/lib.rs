@@ -78,16 +78,16 @@ pub use rill_macros::{agent, record};
 pub use rill_runtime::partitioner;
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Codec, CodecError, Config,
-    Error, Event, EventTime, Field, Headers, KeyBytes, Metadata, OutRecord, Producer, RawRecord,
-    Record, Registration, Result, Sink, Stream, Table, TableSpec, TestApp, Topic, TopicSpec,
-    Worker, registered_agents,
+    Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OutRecord, Producer,
+    RawRecord, Record, Registration, Result, Sink, Stream, Table, TableSpec, TestApp, Topic,
+    TopicSpec, Worker, registered_agents,
 };
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        App, Codec, Event, Producer, Record, Result, Sink, Stream, Table, TestApp, Topic, agent,
-        record,
+        App, Codec, Event, GlobalTable, Producer, Record, Result, Sink, Stream, Table, TestApp,
+        Topic, agent, record,
     };
 }
 

@@ -218,3 +218,164 @@ async fn a_value_that_no_longer_decodes_names_table_key_and_type() -> rill::Resu
     );
     worker.shutdown().await
 }
+
+#[agent(topic = "views", tables(big = "big_values"))]
+async fn hoard(mut views: Stream<View>, big: Table<String, String>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        big.insert(view.url, "x".repeat(20_000))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_table_store_stops_the_agent_with_a_clear_error() -> rill::Result<()> {
+    let mut worker = App::new("full")
+        .memory()
+        .agents([hoard::agent()])
+        .configure(|c| c.table_map_size = 1 << 20)
+        .start()
+        .await?;
+    for i in 0..200 {
+        worker
+            .producer()
+            .send_to(
+                "views",
+                &View {
+                    url: format!("/{i}"),
+                    user: "u".into(),
+                },
+            )
+            .await?;
+    }
+    worker.producer().flush().await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .expect("stops")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("table store is full") && msg.contains("RILL_TABLE_MAP_SIZE"),
+        "{msg}"
+    );
+    worker.shutdown().await.ok();
+    Ok(())
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Profile {
+    #[record(key)]
+    user: String,
+    country: String,
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Enriched {
+    url: String,
+    user: String,
+    country: Option<String>,
+}
+
+#[agent(
+    topic = "views",
+    sink = "enriched",
+    global_tables(profiles = "profiles")
+)]
+async fn enrich(
+    mut views: Stream<View>,
+    out: Sink<Enriched>,
+    profiles: GlobalTable<String, Profile>,
+) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        let country = profiles.get(&view.user)?.map(|p| p.country);
+        out.send(&Enriched {
+            url: view.url,
+            user: view.user,
+            country,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn global_tables_hold_a_whole_topic_before_agents_start_and_follow_updates()
+-> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = App::new("global").agents([]).test_in(dir.path()).await?;
+    for (i, country) in ["fr", "jp", "br", "ke", "nz", "ca"].iter().enumerate() {
+        setup
+            .producer()
+            .send_to(
+                "profiles",
+                &Profile {
+                    user: format!("u{i}"),
+                    country: (*country).into(),
+                },
+            )
+            .await?;
+    }
+    setup.producer().flush().await?;
+    setup.stop().await?;
+
+    let app = App::new("global")
+        .agents([enrich::agent()])
+        .test_in(dir.path())
+        .await?;
+    for i in 0..7 {
+        app.send_to(
+            "views",
+            &View {
+                url: "/".into(),
+                user: format!("u{i}"),
+            },
+        )
+        .await?;
+    }
+    let got: Vec<Enriched> = app.expect("enriched", 7).await?;
+    let mut countries: Vec<(String, Option<String>)> =
+        got.into_iter().map(|e| (e.user, e.country)).collect();
+    countries.sort();
+    assert_eq!(countries[0], ("u0".into(), Some("fr".into())));
+    assert_eq!(countries[5], ("u5".into(), Some("ca".into())));
+    assert_eq!(
+        countries[6],
+        ("u6".into(), None),
+        "unknown users have no profile"
+    );
+
+    // Updates reach the table while the worker runs.
+    app.send_to(
+        "profiles",
+        &Profile {
+            user: "u6".into(),
+            country: "is".into(),
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        app.send_to(
+            "views",
+            &View {
+                url: "/again".into(),
+                user: "u6".into(),
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again: Vec<Enriched> = app.read("enriched")?;
+        if again
+            .iter()
+            .any(|e| e.url == "/again" && e.country.as_deref() == Some("is"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the update never reached the global table"
+        );
+    }
+    app.stop().await
+}

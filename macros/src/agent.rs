@@ -9,7 +9,14 @@ use syn::spanned::Spanned;
 use crate::attr::{TopicArg, expected, once, path_name};
 use crate::ctxt::{Ctxt, with_errors};
 
-const KEYS: &[&str] = &["topic", "concurrency", "sink", "group", "tables"];
+const KEYS: &[&str] = &[
+    "topic",
+    "concurrency",
+    "sink",
+    "group",
+    "tables",
+    "global_tables",
+];
 
 #[derive(Default)]
 struct Args {
@@ -19,6 +26,8 @@ struct Args {
     group: Option<syn::LitStr>,
     /// `tables(binding = "table_name", ...)`
     tables: Vec<(syn::Ident, syn::LitStr)>,
+    /// `global_tables(binding = "topic", ...)`
+    global_tables: Vec<(syn::Ident, syn::LitStr)>,
 }
 
 enum Param {
@@ -26,6 +35,8 @@ enum Param {
     Sink(syn::Type),
     /// A `Table<K, V>` parameter, by its binding name.
     Table(syn::Ident, syn::Type),
+    /// A `GlobalTable<K, V>` parameter, by its binding name.
+    Global(syn::Ident, syn::Type),
 }
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -53,10 +64,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     syn::Pat::Ident(binding) => params.push(Param::Table(binding.ident.clone(), ty)),
                     other => cx.error(other, "a `Table` parameter needs a plain name, e.g. `totals: Table<String, u64>`"),
                 },
+                Some(Param::Global(_, ty)) => match &*pat.pat {
+                    syn::Pat::Ident(binding) => params.push(Param::Global(binding.ident.clone(), ty)),
+                    other => cx.error(other, "a `GlobalTable` parameter needs a plain name, e.g. `users: GlobalTable<String, User>`"),
+                },
                 Some(p) => params.push(p),
                 None => cx.error(
                     &pat.ty,
-                    "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s",
+                    "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s or `GlobalTable<K, V>`s",
                 ),
             },
         }
@@ -90,6 +105,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     "the table parameter `{ident}` needs a table name: `tables({ident} = \"...\")`"
                 ),
             );
+        }
+    }
+    for p in &params {
+        if let Param::Global(ident, _) = p
+            && !args.global_tables.iter().any(|(b, _)| b == ident)
+        {
+            cx.error(ident, format!("the global table parameter `{ident}` needs its topic: `global_tables({ident} = \"...\")`"));
+        }
+    }
+    for (binding, _) in &args.global_tables {
+        if !params
+            .iter()
+            .any(|p| matches!(p, Param::Global(i, _) if i == binding))
+        {
+            cx.error(binding, format!("`global_tables({binding} = ...)` has no `{binding}: GlobalTable<K, V>` parameter"));
         }
     }
     for (binding, _) in &args.tables {
@@ -158,6 +188,20 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
                 }
                 Ok(())
             })?;
+        } else if meta.path.is_ident("global_tables") {
+            meta.parse_nested_meta(|table| {
+                let Some(binding) = table.path.get_ident().cloned() else {
+                    cx.error(&table.path, "expected `binding = \"topic\"`");
+                    return Ok(());
+                };
+                let name: syn::LitStr = table.value()?.parse()?;
+                if out.global_tables.iter().any(|(b, _)| *b == binding) {
+                    cx.error(&binding, format!("duplicate global table `{binding}`"));
+                } else {
+                    out.global_tables.push((binding, name));
+                }
+                Ok(())
+            })?;
         } else if meta.path.is_ident("group") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             once(cx, &mut out.group, &meta, lit, "agent");
@@ -194,13 +238,16 @@ fn classify(ty: &syn::Type) -> Option<Param> {
         syn::GenericArgument::Type(t) => t.clone(),
         _ => return None,
     };
-    if args.args.len() != 1 && last.ident != "Table" {
+    if args.args.len() != 1 && last.ident != "Table" && last.ident != "GlobalTable" {
         return None;
     }
     match last.ident.to_string().as_str() {
         "Stream" => Some(Param::Stream(inner)),
         "Sink" => Some(Param::Sink(inner)),
         "Table" if args.args.len() == 2 => Some(Param::Table(last.ident.clone(), ty.clone())),
+        "GlobalTable" if args.args.len() == 2 => {
+            Some(Param::Global(last.ident.clone(), ty.clone()))
+        }
         _ => None,
     }
 }
@@ -255,10 +302,27 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let call_args = params.iter().map(|p| match p {
         Param::Stream(_) => quote!(#stream_var),
         Param::Sink(_) => quote!(#sink_var),
-        Param::Table(ident, _) => {
+        Param::Table(ident, _) | Param::Global(ident, _) => {
             let var = format_ident!("__rill_table_{}", ident);
             quote!(#var)
         }
+    });
+    let global_specs = args
+        .global_tables
+        .iter()
+        .map(|(_, topic)| quote!(.global_table(#topic)));
+    let take_globals = params.iter().filter_map(|p| match p {
+        Param::Global(ident, ty) => {
+            let var = format_ident!("__rill_table_{}", ident);
+            let topic = &args.global_tables.iter().find(|(b, _)| b == ident)?.1;
+            Some(quote! {
+                let #var: #ty = match __rill_ctx.global_table(#topic) {
+                    ::core::result::Result::Ok(t) => t,
+                    ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+                };
+            })
+        }
+        _ => None,
     });
     let table_specs = args.tables.iter().map(|(_, name)| quote!(.table(#name)));
     let take_tables = params.iter().filter_map(|p| match p {
@@ -309,6 +373,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     .concurrency(#concurrency)
                     #group
                     #(#table_specs)*
+                    #(#global_specs)*
                     .run(|mut __rill_ctx: ::rill::AgentContext| async move {
                         let #stream_var = match __rill_ctx.stream::<#stream_ty>() {
                             ::core::result::Result::Ok(s) => s,
@@ -316,6 +381,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                         };
                         #take_sink
                         #(#take_tables)*
+                        #(#take_globals)*
                         #call
                     })
             }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::stream::{Sink, Stream, StreamCore, agent_error};
-use crate::table::{Table, TableSpec};
+use crate::table::{GlobalTable, Table, TableSpec};
 use crate::topic::TopicSpec;
 
 type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
@@ -41,6 +41,7 @@ pub struct AgentSpec {
     pub(crate) concurrency: usize,
     pub(crate) group: Option<String>,
     pub(crate) tables: Vec<TableSpec>,
+    pub(crate) global_tables: Vec<String>,
     pub(crate) run: Option<RunFn>,
 }
 
@@ -55,6 +56,7 @@ impl AgentSpec {
             concurrency: 1,
             group: None,
             tables: Vec::new(),
+            global_tables: Vec::new(),
             run: None,
         }
     }
@@ -88,6 +90,12 @@ impl AgentSpec {
         self.tables.push(TableSpec {
             name: name.to_owned(),
         });
+        self
+    }
+
+    /// Declares a global table over `topic` the agent reads (`AgentContext::global_table`).
+    pub fn global_table(mut self, topic: &str) -> Self {
+        self.global_tables.push(topic.to_owned());
         self
     }
 
@@ -180,6 +188,7 @@ pub struct AgentContext {
     pub(crate) sources: Vec<TopicSpec>,
     pub(crate) sink: Option<TopicSpec>,
     pub(crate) shared: Arc<crate::context::Shared>,
+    pub(crate) globals: Vec<Arc<crate::table::global::GlobalDef>>,
 }
 
 impl AgentContext {
@@ -215,6 +224,19 @@ impl AgentContext {
             .find(|t| &*t.def.name == name)
             .ok_or_else(|| agent_error(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
         Ok(Table::new(core.clone(), self.shared.clone()))
+    }
+
+    /// A global table the agent declared (`global_tables(users = "user_profiles")`).
+    pub fn global_table<K: crate::codec::KeyBytes, V: Record>(
+        &self,
+        topic: &str,
+    ) -> Result<GlobalTable<K, V>> {
+        let def = self
+            .globals
+            .iter()
+            .find(|g| &*g.topic == topic)
+            .ok_or_else(|| agent_error(&self.agent, format!("no global table over `{topic}`; declare it with `global_tables(name = \"{topic}\")`")))?;
+        Ok(GlobalTable::new(def.clone()))
     }
 
     /// Which instance this is (0-based, below the agent's concurrency).

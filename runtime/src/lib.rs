@@ -31,7 +31,7 @@ pub use message::{Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;
 pub use record::{Field, Record};
 pub use stream::{Sink, Stream};
-pub use table::{Table, TableSpec};
+pub use table::{GlobalTable, Table, TableSpec};
 pub use testing::TestApp;
 pub use topic::{Topic, TopicSpec};
 pub use worker::Worker;

@@ -17,6 +17,7 @@ use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::stream::{CoreParts, Stop, StreamCore};
+use crate::table::global::{self, GlobalDef};
 use crate::table::recovery::{ChangelogReader, Recovery};
 use crate::table::store::TableStore;
 use crate::table::{TableCore, TableDef, changelog_topic};
@@ -94,6 +95,13 @@ impl Worker {
         let tables = TableSetup::prepare(config, &transport, &agents, &partitions).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
+        // Global tables catch up to their topics' ends before any agent sees a record.
+        let (globals, reader, global_stop) =
+            (tables.globals.clone(), tables.reader.clone(), stop.clone());
+        let global_thread =
+            tokio::task::spawn_blocking(move || global::start(globals, reader, global_stop))
+                .await
+                .map_err(|e| Error::Shutdown(format!("global tables: {e}")))??;
         let producer_backend = transport.producer();
         let mut worker = Worker {
             transport: transport.clone(),
@@ -107,6 +115,7 @@ impl Worker {
             shutdown_timeout: config.shutdown_timeout,
             tables: tables.store.clone(),
         };
+        worker.fetchers.extend(global_thread);
         for spec in agents {
             let Some(run) = spec.run.clone() else {
                 return Err(Error::config(
@@ -171,6 +180,7 @@ impl Worker {
                     sources: spec.sources.clone(),
                     sink: spec.sink.clone(),
                     shared: shared.clone(),
+                    globals: tables.globals_of(&spec),
                 };
                 let name = spec.name().to_owned();
                 let run = run.clone();
@@ -292,6 +302,7 @@ impl Worker {
 /// The tables of all agents: their store, definitions and changelog topics.
 struct TableSetup {
     defs: Vec<(String, Arc<TableDef>)>,
+    globals: Vec<Arc<GlobalDef>>,
     reader: ChangelogReader,
     store: Option<Arc<TableStore>>,
 }
@@ -308,14 +319,30 @@ impl TableSetup {
             Transport::Kafka(k) => ChangelogReader::Kafka(k.clone()),
         };
         let mut defs = Vec::new();
-        if agents.iter().all(|a| a.tables.is_empty()) {
+        if agents
+            .iter()
+            .all(|a| a.tables.is_empty() && a.global_tables.is_empty())
+        {
             return Ok(TableSetup {
                 defs,
+                globals: Vec::new(),
                 reader,
                 store: None,
             });
         }
         let store = TableStore::open(config, config.broker == Broker::Memory)?;
+        let mut globals: Vec<Arc<GlobalDef>> = Vec::new();
+        for topic in agents.iter().flat_map(|a| a.global_tables.iter()) {
+            if globals.iter().any(|g| &*g.topic == topic.as_str()) {
+                continue;
+            }
+            let spec = TopicSpec::of::<Vec<u8>>(topic, "a global table");
+            let counts = transport
+                .ensure_topics(std::slice::from_ref(&spec), config.partitions)
+                .await?;
+            let n = counts.get(topic).copied().unwrap_or(config.partitions);
+            globals.push(GlobalDef::new(topic, n, store.clone()));
+        }
         let mut owners: HashMap<String, String> = HashMap::new();
         for agent in agents.iter().filter(|a| !a.tables.is_empty()) {
             // Topics read together with a table must be co-partitioned.
@@ -384,9 +411,18 @@ impl TableSetup {
         }
         Ok(TableSetup {
             defs,
+            globals,
             reader,
             store: Some(store),
         })
+    }
+
+    fn globals_of(&self, spec: &AgentSpec) -> Vec<Arc<GlobalDef>> {
+        self.globals
+            .iter()
+            .filter(|g| spec.global_tables.iter().any(|t| **t == *g.topic))
+            .cloned()
+            .collect()
     }
 
     fn defs_of(&self, agent: &str) -> Vec<Arc<TableDef>> {

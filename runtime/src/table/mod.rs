@@ -9,6 +9,7 @@
 //! them with the agent's other outputs, then writes the overlay, the source offsets and the
 //! changelog offsets in one LMDB transaction.
 
+pub(crate) mod global;
 pub(crate) mod recovery;
 pub(crate) mod store;
 
@@ -25,6 +26,7 @@ use crate::context::Shared;
 use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, now_millis};
 use crate::partitioner::partition_for_key;
+pub use global::GlobalTable;
 use store::{PartitionMeta, PartitionWrites, TableStore};
 
 /// A table an agent declared (`#[agent(tables(totals = "url_view_totals"))]`).

@@ -27,14 +27,14 @@ pub(crate) enum ChangelogReader {
 }
 
 impl ChangelogReader {
-    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
         match self {
             ChangelogReader::Embedded(log) => log.watermarks(topic, partition),
             ChangelogReader::Kafka(k) => k.watermarks(topic, partition),
         }
     }
 
-    fn read(
+    pub(crate) fn read(
         &self,
         topic: &Arc<str>,
         partition: i32,

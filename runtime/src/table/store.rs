@@ -283,6 +283,40 @@ impl TableStore {
         wtxn.commit().map_err(self.err("", "committing tables"))
     }
 
+    /// Writes entries under one store partition and a read position under another, in one
+    /// transaction (global tables keep all entries together but read each topic partition).
+    pub(crate) fn apply_split(
+        &self,
+        table: &str,
+        data_partition: i32,
+        puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        meta_partition: i32,
+        meta: &PartitionMeta,
+    ) -> Result<()> {
+        let db = self.db(table)?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err(table, "starting a write"))?;
+        for (key, value) in puts {
+            let k = data_key(data_partition, &key);
+            match value {
+                Some(v) => db
+                    .put(&mut wtxn, &k, &v)
+                    .map_err(self.err(table, "writing"))?,
+                None => {
+                    db.delete(&mut wtxn, &k)
+                        .map_err(self.err(table, "deleting"))?;
+                }
+            }
+        }
+        let meta = serde_json::to_vec(meta).map_err(Error::user)?;
+        self.meta
+            .put(&mut wtxn, &meta_key(table, meta_partition), &meta)
+            .map_err(self.err(table, "writing meta"))?;
+        wtxn.commit().map_err(self.err(table, "committing"))
+    }
+
     /// Drops the local copy of a table partition (before a rebuild from the changelog).
     pub(crate) fn clear(&self, table: &str, partition: i32) -> Result<()> {
         let db = self.db(table)?;
