@@ -25,14 +25,13 @@ fn views(range: std::ops::Range<usize>) -> Vec<(Option<String>, String)> {
 fn printed_totals(lines: &[String]) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for line in lines {
-        if let Some((url, n)) = line
+        let parsed = line
             .strip_prefix("Running total for ")
             .and_then(|r| r.rsplit_once(": "))
-        {
-            if let Ok(n) = n.parse::<u64>() {
-                let e = out.entry(url.to_owned()).or_default();
-                *e = (*e).max(n);
-            }
+            .and_then(|(url, n)| Some((url, n.parse::<u64>().ok()?)));
+        if let Some((url, n)) = parsed {
+            let e = out.entry(url.to_owned()).or_default();
+            *e = (*e).max(n);
         }
     }
     out
