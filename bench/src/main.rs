@@ -9,7 +9,11 @@
 //! and `--keys` keys. Reports the processing rate, the time a clean restart takes to process
 //! its first record (no changelog replay), and the time to rebuild the table from its changelog
 //! after the local copy is deleted. Progress goes to stderr; a JSON line of results to stdout.
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark reports on the terminal")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark reports on the terminal"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +62,10 @@ fn counter() -> AgentSpec {
 }
 
 fn app(args: &Args, dir: &std::path::Path, agents: Vec<AgentSpec>) -> App {
-    let mut app = App::new("bench").agents(agents).data_dir(dir).partitions(args.partitions);
+    let mut app = App::new("bench")
+        .agents(agents)
+        .data_dir(dir)
+        .partitions(args.partitions);
     if let Some(b) = &args.broker {
         app = app.broker(b);
     }
@@ -66,7 +73,12 @@ fn app(args: &Args, dir: &std::path::Path, agents: Vec<AgentSpec>) -> App {
 }
 
 /// Waits until `counter` reaches `target`, printing progress every second.
-async fn progress(what: &str, stats: &AgentStats, target: u64, read: fn(&AgentStats) -> u64) -> Duration {
+async fn progress(
+    what: &str,
+    stats: &AgentStats,
+    target: u64,
+    read: fn(&AgentStats) -> u64,
+) -> Duration {
     let started = Instant::now();
     let mut last = Instant::now();
     loop {
@@ -86,9 +98,15 @@ async fn progress(what: &str, stats: &AgentStats, target: u64, read: fn(&AgentSt
 #[tokio::main]
 async fn main() -> rill::Result<()> {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .try_init();
     if args.scenario != "keyed-count" {
-        return Err(rill::Error::user(format!("unknown scenario `{}`; expected `keyed-count`", args.scenario)));
+        return Err(rill::Error::user(format!(
+            "unknown scenario `{}`; expected `keyed-count`",
+            args.scenario
+        )));
     }
     let dir = tempfile::tempdir().map_err(rill::Error::user)?;
 
@@ -97,29 +115,52 @@ async fn main() -> rill::Result<()> {
     let producer = loader.producer();
     let topic: Topic<String, Event> = Topic::new("bench_events").with_partitions(args.partitions);
     for i in 0..args.events {
-        producer.send(&topic, &Event { key: format!("key-{}", i % args.keys), n: i }).await?;
+        producer
+            .send(
+                &topic,
+                &Event {
+                    key: format!("key-{}", i % args.keys),
+                    n: i,
+                },
+            )
+            .await?;
     }
     producer.flush().await?;
     loader.shutdown().await?;
 
     eprintln!("processing");
     let worker = app(&args, dir.path(), vec![counter()]).start().await?;
-    let stats: Arc<AgentStats> = worker.stats("count").ok_or_else(|| rill::Error::user("no stats"))?;
-    let process = progress("processed", &stats, args.events, |s| AgentStats::get(&s.records_in)).await;
+    let stats: Arc<AgentStats> = worker
+        .stats("count")
+        .ok_or_else(|| rill::Error::user("no stats"))?;
+    let process = progress("processed", &stats, args.events, |s| {
+        AgentStats::get(&s.records_in)
+    })
+    .await;
     let commits_before = AgentStats::get(&stats.commits);
-    progress("committing", &stats, commits_before + 1, |s| AgentStats::get(&s.commits)).await;
+    progress("committing", &stats, commits_before + 1, |s| {
+        AgentStats::get(&s.commits)
+    })
+    .await;
     worker.shutdown().await?;
     let rate = args.events as f64 / process.as_secs_f64();
     eprintln!("keyed count: {rate:.0} events/s");
 
     // A clean restart: time until a new record is processed (no changelog replay expected).
     let restart = measure_first_record(&args, dir.path(), &producer_topic(), args.events).await?;
-    eprintln!("clean restart to first record: {:?} ({} changelog records replayed)", restart.0, restart.1);
+    eprintln!(
+        "clean restart to first record: {:?} ({} changelog records replayed)",
+        restart.0, restart.1
+    );
 
     // Lost local state: rebuild from the changelog.
     std::fs::remove_dir_all(dir.path().join("tables")).map_err(rill::Error::user)?;
-    let rebuild = measure_first_record(&args, dir.path(), &producer_topic(), args.events + 1).await?;
-    eprintln!("rebuild from changelog to first record: {:?} ({} changelog records)", rebuild.0, rebuild.1);
+    let rebuild =
+        measure_first_record(&args, dir.path(), &producer_topic(), args.events + 1).await?;
+    eprintln!(
+        "rebuild from changelog to first record: {:?} ({} changelog records)",
+        rebuild.0, rebuild.1
+    );
 
     let result = serde_json::json!({
         "scenario": "keyed-count",
@@ -142,13 +183,28 @@ fn producer_topic() -> Topic<String, Event> {
 
 /// Starts the worker, sends one record and returns the time until it was processed, with the
 /// number of changelog records recovery applied.
-async fn measure_first_record(args: &Args, dir: &std::path::Path, topic: &Topic<String, Event>, n: u64) -> rill::Result<(Duration, u64)> {
+async fn measure_first_record(
+    args: &Args,
+    dir: &std::path::Path,
+    topic: &Topic<String, Event>,
+    n: u64,
+) -> rill::Result<(Duration, u64)> {
     let started = Instant::now();
     let worker = app(args, dir, vec![counter()]).start().await?;
     let producer = worker.producer();
-    producer.send(topic, &Event { key: "key-0".into(), n }).await?;
+    producer
+        .send(
+            topic,
+            &Event {
+                key: "key-0".into(),
+                n,
+            },
+        )
+        .await?;
     producer.flush().await?;
-    let stats = worker.stats("count").ok_or_else(|| rill::Error::user("no stats"))?;
+    let stats = worker
+        .stats("count")
+        .ok_or_else(|| rill::Error::user("no stats"))?;
     progress("restarting", &stats, 1, |s| AgentStats::get(&s.records_in)).await;
     let elapsed = started.elapsed();
     let replayed = AgentStats::get(&stats.restored);
