@@ -272,12 +272,12 @@ where
     /// The entries of the partitions this agent instance owns, in key-byte order.
     pub fn iter(&self) -> Result<Vec<(K, V)>> {
         let mut merged: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-        for partition in self.shared.owned_partitions() {
+        let owned = self.shared.owned_partitions();
+        for &partition in &owned {
             for (k, v) in self.core.def.store.scan(&self.core.def.name, partition)? {
                 merged.insert((partition, k), Some(v));
             }
         }
-        let owned = self.shared.owned_partitions();
         for ((p, k), v) in self.core.overlay().iter() {
             if owned.contains(p) {
                 merged.insert((*p, k.clone()), v.clone());

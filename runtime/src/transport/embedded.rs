@@ -310,7 +310,7 @@ impl EmbeddedLog {
             return Ok(Some(*db));
         }
         // Open through a write transaction so the handle is valid for all later transactions.
-        let mut wtxn = self
+        let wtxn = self
             .env
             .write_txn()
             .map_err(self.err("opening a partition"))?;
@@ -319,7 +319,6 @@ impl EmbeddedLog {
             .env
             .open_database(&wtxn, Some(&name))
             .map_err(self.err(format!("opening {name}")))?;
-        let _ = &mut wtxn;
         wtxn.commit().map_err(self.err(format!("opening {name}")))?;
         if let Some(db) = db {
             self.dbs

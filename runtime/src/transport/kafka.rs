@@ -69,7 +69,6 @@ pub(crate) struct KafkaTransport {
     producer: FutureProducer<LogContext>,
     admin: AdminClient<DefaultClientContext>,
     replication: i32,
-    revoke_timeout: Duration,
 }
 
 impl KafkaTransport {
@@ -103,7 +102,6 @@ impl KafkaTransport {
             producer,
             admin,
             replication: config.replication,
-            revoke_timeout: config.shutdown_timeout,
         }))
     }
 
@@ -380,7 +378,6 @@ impl KafkaTransport {
             consumer: consumer.clone(),
             group: group.to_owned(),
         });
-        let _ = self.revoke_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("rill-fetch-{}", router.agent))
             .spawn(move || poll_loop(&consumer, &router, &stop))
