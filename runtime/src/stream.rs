@@ -24,6 +24,7 @@ use crate::context::{self, Shared};
 use crate::error::{Error, Result};
 use crate::message::{Event, Metadata, RawRecord};
 use crate::record::Record;
+use crate::table::recovery::Recovery;
 use crate::topic::encode_out;
 use crate::transport::{Batch, Committer, Control, Tp};
 
@@ -52,6 +53,10 @@ pub(crate) struct StreamCore {
     committing: Option<Commit>,
     closed: bool,
     resume: HashMap<Tp, i64>,
+    recovery: Option<Arc<Recovery>>,
+    recovering: Option<BoxFuture<'static, Result<HashMap<Tp, i64>>>>,
+    instance: usize,
+    instances: usize,
 }
 
 struct Commit {
@@ -68,6 +73,9 @@ pub(crate) struct CoreParts {
     pub(crate) group: Arc<str>,
     pub(crate) committer: Committer,
     pub(crate) interval: Duration,
+    pub(crate) recovery: Option<Arc<Recovery>>,
+    pub(crate) instance: usize,
+    pub(crate) instances: usize,
 }
 
 impl StreamCore {
@@ -89,6 +97,10 @@ impl StreamCore {
             committing: None,
             closed: false,
             resume: HashMap::new(),
+            recovery: p.recovery,
+            recovering: None,
+            instance: p.instance,
+            instances: p.instances.max(1),
         }
     }
 
@@ -168,6 +180,19 @@ impl StreamCore {
                 }
                 continue;
             }
+            if let Some(recovering) = &mut self.recovering {
+                let result = ready!(recovering.as_mut().poll(cx));
+                self.recovering = None;
+                match result {
+                    Ok(resume) => self.resume = resume,
+                    Err(e) => {
+                        tracing::error!(agent = %self.shared.agent, error = %e, "table recovery failed; stopping the agent");
+                        self.shared.fail(e);
+                        self.closed = true;
+                    }
+                }
+                continue;
+            }
             if self.closed {
                 return Poll::Ready(None);
             }
@@ -183,14 +208,30 @@ impl StreamCore {
                     Control::Assigned {
                         generation,
                         partitions,
-                        resume,
                     } => {
                         self.generation = generation;
-                        self.resume = resume;
-                        let mut owned: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+                        let mine: Vec<Tp> = partitions
+                            .into_iter()
+                            .filter(|(_, p)| {
+                                p.unsigned_abs() as usize % self.instances == self.instance
+                            })
+                            .collect();
+                        let mut owned: Vec<i32> = mine.iter().map(|(_, p)| *p).collect();
                         owned.sort_unstable();
                         owned.dedup();
                         *self.shared.owned.lock().unwrap_or_else(|p| p.into_inner()) = owned;
+                        self.resume.clear();
+                        if let Some(recovery) = self.recovery.clone() {
+                            // Tables first: no record of a partition reaches the agent before its
+                            // state is back.
+                            let agent = self.shared.agent.clone();
+                            self.recovering = Some(Box::pin(async move {
+                                tokio::task::spawn_blocking(move || recovery.recover(&agent, &mine))
+                                    .await
+                                    .map_err(|e| Error::Shutdown(format!("table recovery: {e}")))?
+                            }));
+                            break;
+                        }
                     }
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
@@ -203,14 +244,9 @@ impl StreamCore {
                         self.start_commit(vec![ack], false);
                         break;
                     }
-                    Control::Failed(message) => {
-                        self.shared.fail(agent_error(&self.shared.agent, message));
-                        self.closed = true;
-                        break;
-                    }
                 }
             }
-            if self.committing.is_some() {
+            if self.committing.is_some() || self.recovering.is_some() {
                 continue;
             }
             if self.deadline.as_mut().poll(cx).is_ready() {

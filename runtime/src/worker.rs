@@ -139,17 +139,14 @@ impl Worker {
                 rxs.push((data_rx, ctrl_rx));
             }
             let defs = tables.defs_of(spec.name());
-            let recovery = (!defs.is_empty()).then(|| Recovery {
-                tables: defs.clone(),
-                reader: tables.reader.clone(),
-                stats: stats.clone(),
+            let recovery = (!defs.is_empty()).then(|| {
+                Arc::new(Recovery {
+                    tables: defs.clone(),
+                    reader: tables.reader.clone(),
+                    stats: stats.clone(),
+                })
             });
-            let router = Arc::new(Router::new(
-                spec.name(),
-                txs,
-                config.shutdown_timeout,
-                recovery,
-            ));
+            let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
             let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
             let (committer, fetcher) =
                 transport.start_fetcher(&group, topics, router, stop.clone())?;
@@ -172,6 +169,9 @@ impl Worker {
                     group: group.clone(),
                     committer: committer.clone(),
                     interval: config.commit_interval,
+                    recovery: recovery.clone(),
+                    instance,
+                    instances: spec.concurrency,
                 });
                 let ctx = AgentContext {
                     agent: spec.name().to_owned(),

@@ -34,15 +34,11 @@ pub(crate) struct Batch {
 
 /// Assignment changes, sent to every instance of an agent.
 pub(crate) enum Control {
-    /// Partitions were assigned (tables recovered); batches of `generation` follow. Records
-    /// below `resume` are already reflected in local table state and are skipped.
+    /// Partitions were assigned; batches of `generation` follow.
     Assigned {
         generation: u64,
         partitions: Vec<Tp>,
-        resume: HashMap<Tp, i64>,
     },
-    /// The fetcher cannot go on (for example table recovery failed): stop the agent.
-    Failed(String),
     /// Everything is being taken away: commit what is done, then acknowledge.
     Revoked {
         generation: u64,
@@ -61,22 +57,15 @@ pub(crate) struct InstanceTx {
 pub(crate) struct Router {
     pub(crate) agent: String,
     instances: Vec<InstanceTx>,
-    recovery: Option<crate::table::recovery::Recovery>,
     generation: std::sync::atomic::AtomicU64,
     revoke_timeout: Duration,
 }
 
 impl Router {
-    pub(crate) fn new(
-        agent: &str,
-        instances: Vec<InstanceTx>,
-        revoke_timeout: Duration,
-        recovery: Option<crate::table::recovery::Recovery>,
-    ) -> Self {
+    pub(crate) fn new(agent: &str, instances: Vec<InstanceTx>, revoke_timeout: Duration) -> Self {
         Router {
             agent: agent.to_owned(),
             instances,
-            recovery,
             generation: std::sync::atomic::AtomicU64::new(0),
             revoke_timeout,
         }
@@ -132,25 +121,9 @@ impl Router {
         alive
     }
 
-    /// Announces a new assignment.
+    /// Announces a new assignment. Instances recover their tables' partitions before they
+    /// take records of it.
     pub(crate) fn assigned(&self, partitions: Vec<Tp>) -> Result<()> {
-        // Tables first: no record of a partition reaches the agent before its state is back.
-        let resume = match self
-            .recovery
-            .as_ref()
-            .map(|r| r.recover(&self.agent, &partitions))
-        {
-            Some(Ok(resume)) => resume,
-            Some(Err(e)) => {
-                for tx in &self.instances {
-                    let _ = tx
-                        .ctrl
-                        .send(Control::Failed(format!("recovering tables: {e}")));
-                }
-                return Err(e);
-            }
-            None => HashMap::new(),
-        };
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -160,7 +133,6 @@ impl Router {
             let _ = tx.ctrl.send(Control::Assigned {
                 generation,
                 partitions: partitions.clone(),
-                resume: resume.clone(),
             });
         }
         Ok(())
@@ -385,12 +357,7 @@ mod tests {
     fn records_fetched_before_a_rebalance_are_not_delivered() {
         let (data, mut data_rx) = mpsc::channel(8);
         let (ctrl, _ctrl_rx) = mpsc::unbounded_channel();
-        let router = Router::new(
-            "a",
-            vec![InstanceTx { data, ctrl }],
-            Duration::from_secs(1),
-            None,
-        );
+        let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1));
         let before = router.generation();
         router.assigned(vec![(Arc::from("t"), 0)]).unwrap();
         assert!(router.route_fetched_in(before, vec![record(0, 1)]));
@@ -411,7 +378,7 @@ mod tests {
             txs.push(InstanceTx { data, ctrl });
             rxs.push(rx);
         }
-        let router = Router::new("a", txs, Duration::from_secs(1), None);
+        let router = Router::new("a", txs, Duration::from_secs(1));
         assert!(router.route((0..6).map(|p| record(p, 0)).collect()));
         for (i, rx) in rxs.iter_mut().enumerate() {
             let batch = rx.try_recv().expect("batch");
