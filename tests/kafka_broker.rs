@@ -5,62 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
-
-fn wait_for_topic(bootstrap: &str, topic: &str, partitions: usize) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .is_ok_and(|md| {
-                md.topics()
-                    .iter()
-                    .any(|t| t.name() == topic && t.partitions().len() == partitions)
-            });
-        if found {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not create `{topic}`"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            if let Offset::Offset(o) = e.offset() {
-                o
-            } else {
-                0
-            }
-        })
-        .sum()
-}
+use std::time::Duration;
 
 #[test]
 fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
@@ -75,8 +20,8 @@ fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
     ];
     let mut child = common::spawn_example("sink", &["--broker", &broker], &env);
     let printed = common::lines(&mut child);
-    wait_for_topic(&bootstrap, "pageviews", 4);
-    wait_for_topic(&bootstrap, "url_hits", 4);
+    common::wait_for_topic(&bootstrap, "pageviews", 4);
+    common::wait_for_topic(&bootstrap, "url_hits", 4);
 
     let mut input = Vec::new();
     for i in 0..1000 {
@@ -118,7 +63,7 @@ fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
         "SIGTERM shuts down with exit 0, got {status:?}"
     );
     assert_eq!(
-        committed_total(&bootstrap, "url_hits-to_hits", "pageviews", 4),
+        common::committed_total(&bootstrap, "url_hits-to_hits", "pageviews", 4),
         1000,
         "everything done was committed"
     );

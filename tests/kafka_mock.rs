@@ -7,10 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::{Offset, TopicPartitionList};
 use rill::prelude::*;
 
 #[record]
@@ -59,29 +56,6 @@ fn decode(seen: &[common::Consumed]) -> Vec<(i32, Tick)> {
         .collect()
 }
 
-fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .expect("committed");
-    committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_flow_through_an_agent_in_partition_order_and_offsets_commit() -> rill::Result<()> {
     let cluster = MockCluster::new(1).expect("mock cluster");
@@ -111,8 +85,9 @@ async fn records_flow_through_an_agent_in_partition_order_and_offsets_commit() -
         assert_eq!(seqs, &(0..25).collect::<Vec<_>>(), "order of {user}");
     }
     worker.shutdown().await?;
-    let total =
-        tokio::task::block_in_place(|| committed_total(&bootstrap, "mock-relay", "ticks", 4));
+    let total = tokio::task::block_in_place(|| {
+        common::committed_total(&bootstrap, "mock-relay", "ticks", 4)
+    });
     assert_eq!(
         total, 500,
         "graceful shutdown commits every finished record"

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 mod context;
 pub mod error;
+mod lmdb;
 pub mod message;
 pub mod partitioner;
 pub mod producer;

@@ -10,6 +10,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 /// Path of an up-to-date example binary (`cargo test --test x` does not rebuild examples).
 pub(crate) fn example(name: &str) -> PathBuf {
@@ -327,4 +328,31 @@ pub(crate) fn spawn_example_logged(
         cmd.env(k, v);
     }
     Proc(cmd.spawn().expect("spawn example"))
+}
+
+/// Sum of a group's committed offsets over a topic's partitions.
+pub(crate) fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            if let Offset::Offset(o) = e.offset() {
+                o
+            } else {
+                0
+            }
+        })
+        .sum()
 }

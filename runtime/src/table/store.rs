@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{Database, Env, WithoutTls};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -58,25 +58,8 @@ fn meta_key(table: &str, partition: i32) -> Vec<u8> {
 
 impl TableStore {
     pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
-        let (path, temp) = if in_memory {
-            let temp = tempfile::Builder::new()
-                .prefix("rill-tables-")
-                .tempdir()
-                .map_err(|e| Error::io("creating a temporary table store", e))?;
-            (temp.path().to_path_buf(), Some(temp))
-        } else {
-            let path = config.data_dir.join("tables");
-            std::fs::create_dir_all(&path).map_err(|e| {
-                Error::io(
-                    format!(
-                        "creating {} (set --data-dir or RILL_DATA_DIR)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
-            (path, None)
-        };
+        let crate::lmdb::Opened { env, path, temp } =
+            crate::lmdb::open(config, "tables", in_memory, config.table_map_size, 1024)?;
         let storage = |context: &'static str| {
             let path = path.clone();
             move |source| Error::Storage {
@@ -85,19 +68,6 @@ impl TableStore {
                 source,
             }
         };
-        let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options
-            .map_size(config.table_map_size)
-            .max_dbs(1024)
-            .max_readers(256);
-        let env = crate::transport::embedded::open_env(&mut options, &path, in_memory)
-            .map_err(storage("opening the table store"))?;
-        let stale = env
-            .clear_stale_readers()
-            .map_err(storage("clearing stale readers"))?;
-        if stale > 0 {
-            tracing::info!(stale, path = %path.display(), "cleared stale LMDB readers of the table store");
-        }
         let mut wtxn = env
             .write_txn()
             .map_err(storage("starting a write transaction"))?;

@@ -13,14 +13,14 @@
 //! fetchers poll for such writes as well as waiting on in-process notifications.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RwTxn, WithoutTls};
+use heed::{Database, Env, PutFlags, RwTxn, WithoutTls};
 
 use super::{Router, Tp};
 use crate::config::Config;
@@ -76,25 +76,8 @@ enum Barrier {
 impl EmbeddedLog {
     /// Opens (or creates) the log under `<data_dir>/log`, or in a temporary directory.
     pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
-        let (path, temp) = if in_memory {
-            let temp = tempfile::Builder::new()
-                .prefix("rill-memory-")
-                .tempdir()
-                .map_err(|e| Error::io("creating a temporary directory for memory://", e))?;
-            (temp.path().to_path_buf(), Some(temp))
-        } else {
-            let path = config.data_dir.join("log");
-            std::fs::create_dir_all(&path).map_err(|e| {
-                Error::io(
-                    format!(
-                        "creating the data dir {} (set --data-dir or RILL_DATA_DIR)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
-            (path, None)
-        };
+        let crate::lmdb::Opened { env, path, temp } =
+            crate::lmdb::open(config, "log", in_memory, config.embedded_map_size, 4096)?;
         let storage = |context: &str| {
             let path = path.clone();
             let context = context.to_owned();
@@ -104,20 +87,6 @@ impl EmbeddedLog {
                 source,
             }
         };
-        let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options
-            .map_size(config.embedded_map_size)
-            .max_dbs(4096)
-            .max_readers(256);
-        let env = open_env(&mut options, &path, in_memory)
-            .map_err(storage("opening the embedded log"))?;
-        // A killed process leaves reader slots behind; they would pin old pages forever.
-        let stale = env
-            .clear_stale_readers()
-            .map_err(storage("clearing stale readers"))?;
-        if stale > 0 {
-            tracing::info!(stale, path = %path.display(), "cleared stale LMDB readers left by a killed process");
-        }
         let mut wtxn = env
             .write_txn()
             .map_err(storage("starting a write transaction"))?;
@@ -640,23 +609,6 @@ impl EmbeddedLog {
         }
         Barrier::Ready(out)
     }
-}
-
-#[allow(unsafe_code, reason = "opening an LMDB environment is unsafe in heed")]
-pub(crate) fn open_env(
-    options: &mut EnvOpenOptions<WithoutTls>,
-    path: &Path,
-    in_memory: bool,
-) -> heed::Result<Env<WithoutTls>> {
-    if in_memory {
-        // SAFETY: NO_SYNC only drops durability across OS crashes, which memory:// never has.
-        unsafe {
-            options.flags(EnvFlags::NO_SYNC);
-        }
-    }
-    // SAFETY: rill opens each environment once per process (the App owns it) and never maps
-    // the same file twice; other processes use LMDB's own locking.
-    unsafe { options.open(path) }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
