@@ -111,9 +111,9 @@ async fn main() -> rill::Result<()> {
     let dir = tempfile::tempdir().map_err(rill::Error::user)?;
 
     eprintln!("writing {} events over {} keys", args.events, args.keys);
-    let loader = app(&args, dir.path(), vec![]).start().await?;
-    let producer = loader.producer();
     let topic: Topic<String, Event> = Topic::new("bench_events").with_partitions(args.partitions);
+    let loader = app(&args, dir.path(), vec![]).topic(&topic).start().await?;
+    let producer = loader.producer();
     for i in 0..args.events {
         producer
             .send(
@@ -126,6 +126,7 @@ async fn main() -> rill::Result<()> {
             .await?;
     }
     producer.flush().await?;
+    drop(producer);
     loader.shutdown().await?;
 
     eprintln!("processing");
@@ -202,6 +203,7 @@ async fn measure_first_record(
         )
         .await?;
     producer.flush().await?;
+    drop(producer);
     let stats = worker
         .stats("count")
         .ok_or_else(|| rill::Error::user("no stats"))?;
