@@ -243,3 +243,95 @@ fn two_workers_share_partitions_and_tables_move_with_them() {
         assert!(*n <= 500 + 500 / 2, "{url}: {n} is far above 500");
     }
 }
+
+#[rill::record]
+struct View {
+    #[record(key)]
+    url: String,
+    user: String,
+}
+
+#[rill::record]
+struct Total {
+    #[record(key)]
+    user: String,
+    n: u64,
+}
+
+#[rill::agent(
+    topic = "grpk_views",
+    sink = "grpk_totals",
+    tables(totals = "grpk_user_totals"),
+    concurrency = 2
+)]
+async fn count_users(
+    views: rill::Stream<View>,
+    out: rill::Sink<Total>,
+    totals: rill::Table<String, u64>,
+) -> rill::Result<()> {
+    let mut views = views.group_by(View::user)?;
+    while let Some(view) = views.next().await {
+        let n = totals.update(view.user.clone(), |n| n + 1)?;
+        out.send(&Total { user: view.user, n }).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_by_repartitions_through_a_kafka_topic() -> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = rill::App::new("grpk")
+        .agents([count_users::agent()])
+        .broker(&format!("kafka://{bootstrap}"))
+        .data_dir(dir.path())
+        .partitions(4)
+        .start()
+        .await?;
+    let input: Vec<(Option<String>, String)> = (0..400)
+        .map(|i| {
+            let url = format!("/page/{}", i % 7);
+            (
+                Some(url.clone()),
+                serde_json::json!({"url": url, "user": format!("user-{}", i % 8)}).to_string(),
+            )
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        common::produce(&common::producer(&bootstrap), "grpk_views", &input)
+    });
+    let totals = tokio::task::block_in_place(|| {
+        common::consume_until(&bootstrap, "grpk_totals", Duration::from_secs(90), |got| {
+            got.iter()
+                .filter(|(_, _, v)| v.contains("\"n\":50"))
+                .count()
+                >= 8
+        })
+    });
+    let mut best: BTreeMap<String, u64> = BTreeMap::new();
+    for (partition, key, value) in &totals {
+        let t: serde_json::Value = serde_json::from_str(value).expect("json");
+        let user = t["user"].as_str().expect("user").to_owned();
+        assert_eq!(key.as_deref(), Some(user.as_str()));
+        assert_eq!(
+            *partition,
+            rill::partitioner::partition_for_key(user.as_bytes(), 4)
+        );
+        let n = t["n"].as_u64().expect("n");
+        let e = best.entry(user).or_default();
+        *e = (*e).max(n);
+    }
+    assert_eq!(best.len(), 8);
+    assert!(
+        best.values().all(|n| *n == 50),
+        "each user counted 50 times: {best:?}"
+    );
+    let repartitioned = common::end_offsets(&bootstrap, "grpk-count_users-user-repartition", 4);
+    assert_eq!(
+        repartitioned, 400,
+        "every view went through the repartition topic once"
+    );
+    worker.shutdown().await
+}

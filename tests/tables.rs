@@ -379,3 +379,127 @@ async fn global_tables_hold_a_whole_topic_before_agents_start_and_follow_updates
     }
     app.stop().await
 }
+
+#[agent(topic = "views", tables(totals = "user_totals"), concurrency = 2)]
+async fn count_users(views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
+    // The topic is keyed by url; re-key by user so each user's count lives in one partition.
+    let mut views = views.group_by(View::user)?;
+    while let Some(view) = views.next().await {
+        totals.update(view.user, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn group_by_repartitions_through_an_internal_topic_so_tables_can_key_by_any_field()
+-> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("grp")
+        .agents([count_users::agent()])
+        .test_in(dir.path())
+        .await?;
+    for i in 0..300 {
+        app.producer()
+            .send_to(
+                "views",
+                &View {
+                    url: format!("/page/{}", i % 7),
+                    user: format!("user-{}", i % 10),
+                },
+            )
+            .await?;
+    }
+    app.producer().flush().await?;
+    let expected: BTreeMap<String, u64> = (0..10).map(|u| (format!("user-{u}"), 30)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: BTreeMap<String, u64> = app.table("user_totals")?.into_iter().collect();
+        if got == expected {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "totals {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let repartitioned = app.records("grp-count_users-user-repartition")?;
+    assert_eq!(
+        repartitioned.len(),
+        300,
+        "every view went through the repartition topic once"
+    );
+    for r in &repartitioned {
+        let key = String::from_utf8(r.key.clone().expect("keyed")).expect("utf-8");
+        assert_eq!(
+            r.partition,
+            rill::partitioner::partition_for_key(key.as_bytes(), 8),
+            "keyed by user"
+        );
+    }
+    app.stop().await?;
+
+    // A restart continues from the committed positions of both topics.
+    let app = App::new("grp")
+        .agents([count_users::agent()])
+        .test_in(dir.path())
+        .await?;
+    app.send_to(
+        "views",
+        &View {
+            url: "/x".into(),
+            user: "user-3".into(),
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: BTreeMap<String, u64> = app.table("user_totals")?.into_iter().collect();
+        if got.get("user-3") == Some(&31) {
+            assert_eq!(
+                got.values().sum::<u64>(),
+                301,
+                "nothing counted twice: {got:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "totals {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await
+}
+
+#[agent(topic = "views", tables(totals = "first_letters"))]
+async fn count_initials(views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
+    let mut views = views.group_by_key("initial", |v: &View| v.user[..1].to_owned())?;
+    while let Some(view) = views.next().await {
+        totals.update(view.user[..1].to_owned(), |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn group_by_key_takes_a_closure_and_names_its_topic() -> rill::Result<()> {
+    let app = App::new("initials")
+        .agents([count_initials::agent()])
+        .test()
+        .await?;
+    for name in ["ada", "alan", "barbara", "bjarne", "brian"] {
+        app.send_to(
+            "views",
+            &View {
+                url: "/".into(),
+                user: name.into(),
+            },
+        )
+        .await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: BTreeMap<String, u64> = app.table("first_letters")?.into_iter().collect();
+        if got == BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 3)]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "totals {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.count("initials-count_initials-initial-repartition")?, 5);
+    app.stop().await
+}

@@ -15,6 +15,7 @@ pub mod message;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
+mod repartition;
 pub mod stream;
 pub mod table;
 pub mod testing;

@@ -24,6 +24,7 @@ use crate::context::{self, Shared};
 use crate::error::{Error, Result};
 use crate::message::{Event, Metadata, RawRecord};
 use crate::record::Record;
+use crate::repartition::AgentPipeline;
 use crate::table::recovery::Recovery;
 use crate::topic::encode_out;
 use crate::transport::{Batch, Committer, Control, Tp};
@@ -57,6 +58,7 @@ pub(crate) struct StreamCore {
     recovering: Option<BoxFuture<'static, Result<HashMap<Tp, i64>>>>,
     instance: usize,
     instances: usize,
+    pipeline: Option<Arc<AgentPipeline>>,
 }
 
 struct Commit {
@@ -76,6 +78,7 @@ pub(crate) struct CoreParts {
     pub(crate) recovery: Option<Arc<Recovery>>,
     pub(crate) instance: usize,
     pub(crate) instances: usize,
+    pub(crate) pipeline: Option<Arc<AgentPipeline>>,
 }
 
 impl StreamCore {
@@ -101,7 +104,23 @@ impl StreamCore {
             recovering: None,
             instance: p.instance,
             instances: p.instances.max(1),
+            pipeline: p.pipeline,
         }
+    }
+
+    pub(crate) fn instance(&self) -> usize {
+        self.instance
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Gives this stream's tables to another one (`group_by`): this stream continues as a pump
+    /// with `pump` as its shared state, and returns its table recovery.
+    pub(crate) fn hand_over(&mut self, pump: Arc<Shared>) -> Option<Arc<Recovery>> {
+        self.shared = pump;
+        self.recovery.take()
     }
 
     fn has_work(&self) -> bool {
@@ -307,6 +326,8 @@ type Step<T> = Box<dyn FnMut(RawRecord) -> Option<T> + Send>;
 pub struct Stream<T> {
     core: StreamCore,
     step: Step<T>,
+    /// The source's codec (what `group_by` decodes with).
+    codec: Codec,
 }
 
 impl<T: Record> Stream<T> {
@@ -315,7 +336,59 @@ impl<T: Record> Stream<T> {
         Stream {
             core,
             step: Box::new(move |raw| decode::<T>(&shared, &raw, codec)),
+            codec,
         }
+    }
+
+    /// Re-keys the stream by a field (`group_by(PageView::url)`): records travel through the
+    /// internal topic `<app>-<agent>-<field>-repartition`, keyed by the field, so every record
+    /// of a key reaches one partition, where the agent's tables keep that key. Call it before
+    /// reading the stream; an agent re-keys once.
+    pub fn group_by<K: KeyBytes + 'static>(
+        self,
+        field: crate::record::Field<T, K>,
+    ) -> Result<Stream<T>> {
+        let Some(pipeline) = self.core.pipeline.clone() else {
+            return Err(agent_error(
+                &self.core.shared.agent,
+                "`group_by` applies to an agent's own stream",
+            ));
+        };
+        let codec = self.codec;
+        let key_of = Box::new(move |bytes: &[u8]| -> Result<Vec<u8>> {
+            let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
+                topic: "group_by".into(),
+                source,
+            })?;
+            Ok(field.get(&value).key_bytes())
+        });
+        let core = pipeline.group_by(field.name(), self.core, key_of)?;
+        Ok(Stream::new(core, codec))
+    }
+
+    /// Re-keys the stream by a computed key; `name` names the repartition topic
+    /// (`<app>-<agent>-<name>-repartition`), as a field's name does for [`Stream::group_by`].
+    pub fn group_by_key<K: KeyBytes>(
+        self,
+        name: &str,
+        key: impl Fn(&T) -> K + Send + 'static,
+    ) -> Result<Stream<T>> {
+        let Some(pipeline) = self.core.pipeline.clone() else {
+            return Err(agent_error(
+                &self.core.shared.agent,
+                "`group_by_key` applies to an agent's own stream",
+            ));
+        };
+        let codec = self.codec;
+        let key_of = Box::new(move |bytes: &[u8]| -> Result<Vec<u8>> {
+            let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
+                topic: "group_by".into(),
+                source,
+            })?;
+            Ok(key(&value).key_bytes())
+        });
+        let core = pipeline.group_by(name, self.core, key_of)?;
+        Ok(Stream::new(core, codec))
     }
 }
 
@@ -361,6 +434,7 @@ impl<T: Send + 'static> Stream<T> {
         Stream {
             core: self.core,
             step: Box::new(move |raw| step(raw).map(&mut f)),
+            codec: self.codec,
         }
     }
 
@@ -379,6 +453,7 @@ impl<T: Send + 'static> Stream<T> {
         let mut step = self.step;
         Stream {
             core: self.core,
+            codec: self.codec,
             step: Box::new(move |raw| {
                 let meta = Metadata::of(&raw);
                 step(raw).map(|value| Event { value, meta })

@@ -16,6 +16,7 @@ use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
+use crate::repartition::{AgentPipeline, PUMP_GRACE, Registry};
 use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::global::{self, GlobalDef};
 use crate::table::recovery::{ChangelogReader, Recovery};
@@ -46,10 +47,9 @@ pub(crate) fn open_transport(config: &Config) -> Result<Transport> {
 pub struct Worker {
     pub(crate) transport: Transport,
     stop: Arc<AtomicBool>,
-    stops: Vec<mpsc::UnboundedSender<Stop>>,
+    registry: Arc<Registry>,
     agents: JoinSet<(String, Result<()>)>,
     tasks: JoinSet<Result<()>>,
-    fetchers: Vec<std::thread::JoinHandle<()>>,
     producer: Producer,
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
@@ -106,16 +106,20 @@ impl Worker {
         let mut worker = Worker {
             transport: transport.clone(),
             stop: stop.clone(),
-            stops: Vec::new(),
+            registry: Arc::new(Registry::default()),
             agents: JoinSet::new(),
             tasks: JoinSet::new(),
-            fetchers: Vec::new(),
             producer: Producer::new(producer_backend.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
             tables: tables.store.clone(),
         };
-        worker.fetchers.extend(global_thread);
+        worker
+            .registry
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(global_thread);
         for spec in agents {
             let Some(run) = spec.run.clone() else {
                 return Err(Error::config(
@@ -150,10 +154,29 @@ impl Worker {
             let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
             let (committer, fetcher) =
                 transport.start_fetcher(&group, topics, router, stop.clone())?;
-            worker.fetchers.push(fetcher);
+            worker
+                .registry
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(fetcher);
+            let source_partitions = spec
+                .sources
+                .first()
+                .and_then(|s| partitions.get(&s.name).copied())
+                .unwrap_or(config.partitions);
+            let pipeline = AgentPipeline::new(
+                &config.app_id,
+                agent.clone(),
+                transport.clone(),
+                config.clone(),
+                spec.concurrency,
+                source_partitions,
+                stop.clone(),
+                worker.registry.clone(),
+            );
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
-                let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-                worker.stops.push(stop_tx);
+                let stop_rx = worker.registry.stop_channel();
                 let cores = defs.iter().map(|d| TableCore::new(d.clone())).collect();
                 let shared = Shared::new(
                     agent.clone(),
@@ -172,6 +195,7 @@ impl Worker {
                     recovery: recovery.clone(),
                     instance,
                     instances: spec.concurrency,
+                    pipeline: Some(pipeline.clone()),
                 });
                 let ctx = AgentContext {
                     agent: spec.name().to_owned(),
@@ -255,7 +279,13 @@ impl Worker {
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight records and committing");
         self.tasks.abort_all();
-        for stop in &self.stops {
+        for stop in self
+            .registry
+            .stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = stop.send(Stop::Now);
         }
         let mut first_error = None;
@@ -279,8 +309,29 @@ impl Worker {
                 }
             }
         }
+        // Pumps of `group_by` end when their source streams have committed.
+        let pumps = std::mem::take(
+            &mut *self
+                .registry
+                .pumps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for pump in pumps {
+            if tokio::time::timeout(PUMP_GRACE, pump).await.is_err() {
+                tracing::warn!(
+                    "a group_by pump did not stop in time; its uncommitted records will be redelivered"
+                );
+            }
+        }
         self.stop.store(true, Ordering::Release);
-        let fetchers = std::mem::take(&mut self.fetchers);
+        let fetchers = std::mem::take(
+            &mut *self
+                .registry
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let _ = tokio::task::spawn_blocking(move || {
             for f in fetchers {
                 let _ = f.join();

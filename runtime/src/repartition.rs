@@ -1,0 +1,240 @@
+//! `group_by`: re-keying an agent's stream through a repartition topic
+//! (`<app>-<agent>-<field>-repartition`), so a table or window keyed by the new key sees every
+//! record of a key in one partition.
+//!
+//! The first instance that calls `group_by` creates the topic (as many partitions as the
+//! source) and a second fetcher, of group `<app>-<agent>-repartition`, for all instances. Each
+//! instance's source stream becomes a pump task: decode, key by the field, produce the original
+//! bytes to the repartition topic; its source offsets commit after those sends are durable,
+//! through the same commit step as any agent. The agent reads the repartition stream, which
+//! carries the agent's tables: they recover when that stream takes its first assignment, and
+//! the source stream never saw one with tables, because `group_by` runs before the agent reads.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::context::{AgentStats, CURRENT, Shared};
+use crate::error::{Error, Result};
+use crate::message::{OutRecord, now_millis};
+use crate::stream::{CoreParts, Stop, StreamCore};
+use crate::topic::TopicSpec;
+use crate::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
+
+/// Threads, tasks and stop channels a worker must wind down, including those created after
+/// start (repartition fetchers and pumps).
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) stops: Mutex<Vec<mpsc::UnboundedSender<Stop>>>,
+    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub(crate) pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Registry {
+    pub(crate) fn stop_channel(&self) -> mpsc::UnboundedReceiver<Stop> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+}
+
+/// Computes a record's new key from its value bytes.
+pub(crate) type KeyOf = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send>;
+
+type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
+
+struct Repartition {
+    topic: Arc<str>,
+    group: Arc<str>,
+    committer: Committer,
+    receivers: Mutex<Vec<Option<Receivers>>>,
+}
+
+/// What an agent's instances share to build a repartition pipeline.
+pub(crate) struct AgentPipeline {
+    pub(crate) app_id: String,
+    pub(crate) agent: Arc<str>,
+    pub(crate) transport: Transport,
+    pub(crate) config: Config,
+    pub(crate) instances: usize,
+    pub(crate) source_partitions: i32,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) registry: Arc<Registry>,
+    repartition: OnceLock<std::result::Result<Repartition, String>>,
+}
+
+impl AgentPipeline {
+    #[allow(clippy::too_many_arguments, reason = "plain wiring from the worker")]
+    pub(crate) fn new(
+        app_id: &str,
+        agent: Arc<str>,
+        transport: Transport,
+        config: Config,
+        instances: usize,
+        source_partitions: i32,
+        stop: Arc<AtomicBool>,
+        registry: Arc<Registry>,
+    ) -> Arc<Self> {
+        Arc::new(AgentPipeline {
+            app_id: app_id.to_owned(),
+            agent,
+            transport,
+            config,
+            instances,
+            source_partitions,
+            stop,
+            registry,
+            repartition: OnceLock::new(),
+        })
+    }
+
+    fn repartition(&self, field: &str) -> Result<&Repartition> {
+        let built = self
+            .repartition
+            .get_or_init(|| self.build(field).map_err(|e| e.to_string()));
+        match built {
+            Ok(r) if r.topic.ends_with(&format!("-{field}-repartition")) => Ok(r),
+            Ok(r) => Err(Error::Agent {
+                agent: self.agent.to_string(),
+                message: format!(
+                    "`group_by({field})` after `group_by` into `{}`: an agent re-keys its stream once",
+                    r.topic
+                ),
+            }),
+            Err(e) => Err(Error::Agent {
+                agent: self.agent.to_string(),
+                message: format!("setting up `group_by`: {e}"),
+            }),
+        }
+    }
+
+    fn build(&self, field: &str) -> Result<Repartition> {
+        let topic = format!("{}-{}-{field}-repartition", self.app_id, self.agent);
+        let mut spec = TopicSpec::of::<Vec<u8>>(&topic, "group_by");
+        spec.partitions = Some(self.source_partitions);
+        // Created once per agent, before any record flows; the admin call completes on
+        // librdkafka's own thread, so blocking on it here is safe.
+        futures::executor::block_on(
+            self.transport
+                .ensure_topics(std::slice::from_ref(&spec), self.source_partitions),
+        )?;
+        let mut txs = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..self.instances {
+            let (data_tx, data_rx) = mpsc::channel(4);
+            let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+            txs.push(InstanceTx {
+                data: data_tx,
+                ctrl: ctrl_tx,
+            });
+            receivers.push(Some((data_rx, ctrl_rx)));
+        }
+        let group = format!("{}-{}-repartition", self.app_id, self.agent);
+        let router = Arc::new(Router::new(
+            &format!("{}/repartition", self.agent),
+            txs,
+            self.config.shutdown_timeout,
+        ));
+        let (committer, thread) =
+            self.transport
+                .start_fetcher(&group, vec![topic.clone()], router, self.stop.clone())?;
+        self.registry
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
+        tracing::info!(agent = %self.agent, topic, "group_by: repartitioning through an internal topic");
+        Ok(Repartition {
+            topic: Arc::from(topic.as_str()),
+            group: Arc::from(group.as_str()),
+            committer,
+            receivers: Mutex::new(receivers),
+        })
+    }
+
+    /// Turns `source` into a pump into the repartition topic and returns the core of this
+    /// instance's repartitioned stream.
+    pub(crate) fn group_by(
+        &self,
+        field: &str,
+        mut source: StreamCore,
+        key_of: KeyOf,
+    ) -> Result<StreamCore> {
+        let r = self.repartition(field)?;
+        let instance = source.instance();
+        let (data, ctrl) = r
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(instance)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Agent {
+                agent: self.agent.to_string(),
+                message: "`group_by` called twice on one instance".into(),
+            })?;
+        let shared = source.shared().clone();
+        let pump_shared = Shared::new(
+            self.agent.clone(),
+            shared.producer.clone(),
+            Arc::new(AgentStats::default()),
+            Vec::new(),
+        );
+        let recovery = source.hand_over(pump_shared.clone());
+        let topic = r.topic.clone();
+        let main_shared = shared.clone();
+        let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
+            while let Some(raw) = futures::future::poll_fn(|cx| source.poll_raw(cx)).await {
+                let Some(value) = raw.value else { continue };
+                match key_of(&value) {
+                    Ok(key) => {
+                        let record = OutRecord {
+                            topic: topic.clone(),
+                            partition: None,
+                            key: Some(key),
+                            value: Some(value),
+                            timestamp: raw.timestamp.unwrap_or_else(now_millis),
+                            headers: raw.headers,
+                        };
+                        if let Err(e) = pump_shared.send(record).await {
+                            main_shared.fail(e);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "group_by: skipping a record that cannot be decoded");
+                    }
+                }
+            }
+            if let Some(e) = pump_shared.take_fatal() {
+                main_shared.fail(e);
+            }
+        }));
+        self.registry
+            .pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pump);
+        Ok(StreamCore::new(CoreParts {
+            data,
+            ctrl,
+            stop: self.registry.stop_channel(),
+            shared,
+            group: r.group.clone(),
+            committer: r.committer.clone(),
+            interval: self.config.commit_interval,
+            recovery,
+            instance,
+            instances: self.instances,
+            pipeline: None,
+        }))
+    }
+}
+
+/// How long shutdown waits for pumps after the agents stopped.
+pub(crate) const PUMP_GRACE: Duration = Duration::from_secs(10);
