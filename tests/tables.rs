@@ -232,7 +232,10 @@ async fn a_full_table_store_stops_the_agent_with_a_clear_error() -> rill::Result
     let mut worker = App::new("full")
         .memory()
         .agents([hoard::agent()])
-        .configure(|c| c.table_map_size = 1 << 20)
+        .configure(|c| {
+            c.table_map_size = 1 << 20;
+            c.table_map_max = 1 << 20;
+        })
         .start()
         .await?;
     for i in 0..200 {
@@ -254,11 +257,41 @@ async fn a_full_table_store_stops_the_agent_with_a_clear_error() -> rill::Result
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("table store is full") && msg.contains("RILL_TABLE_MAP_SIZE"),
+        msg.contains("table store is full") && msg.contains("RILL_TABLE_MAP_MAX"),
         "{msg}"
     );
     worker.shutdown().await.ok();
     Ok(())
+}
+
+#[tokio::test]
+async fn the_table_store_grows_its_map_when_needed() -> rill::Result<()> {
+    let app = App::new("grow")
+        .agents([hoard::agent()])
+        .configure(|c| c.table_map_size = 1 << 20)
+        .test()
+        .await?;
+    for i in 0..200 {
+        app.producer()
+            .send_to(
+                "views",
+                &View {
+                    url: format!("/{i}"),
+                    user: "u".into(),
+                },
+            )
+            .await?;
+    }
+    app.producer().flush().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.table::<String, String>("big_values")?.len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "4 MB of values did not fit in a growing 1 MiB map"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await
 }
 
 #[record]

@@ -100,8 +100,11 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// LMDB map size of the embedded log.
     pub embedded_map_size: usize,
-    /// LMDB map size of the table store (`RILL_TABLE_MAP_SIZE`, bytes).
+    /// Initial LMDB map size of the table store (`RILL_TABLE_MAP_SIZE`, bytes); it doubles
+    /// when full, up to `table_map_max`.
     pub table_map_size: usize,
+    /// Largest map size the table store grows to (`RILL_TABLE_MAP_MAX`, bytes).
+    pub table_map_max: usize,
     /// How long shutdown waits for agents to finish their current record.
     pub shutdown_timeout: Duration,
 }
@@ -120,7 +123,8 @@ impl Config {
             retention_bytes: None,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             embedded_map_size: 8 << 30,
-            table_map_size: 32 << 30,
+            table_map_size: 1 << 30,
+            table_map_max: 1 << 40,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -145,6 +149,7 @@ impl Config {
                 }
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
+                "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
                 "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
                 "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
                 "RILL_RETENTION_MS" => {

@@ -27,6 +27,8 @@ pub struct AgentStats {
     pub commits: AtomicU64,
     /// Changelog records applied while recovering this agent's tables.
     pub restored: AtomicU64,
+    /// Changelog records recovery set out to apply (with `restored`: its progress).
+    pub restore_total: AtomicU64,
 }
 
 impl AgentStats {

@@ -88,3 +88,11 @@ fn open_env(
     // LMDB's own locking.
     unsafe { options.open(path) }
 }
+
+/// Resizes an environment's map.
+#[allow(unsafe_code, reason = "resizing an LMDB map is unsafe in heed")]
+pub(crate) fn resize(env: &Env<WithoutTls>, size: usize) -> heed::Result<()> {
+    // SAFETY: callers hold their store's gate exclusively, so no transaction of this process is
+    // open on the environment, which is what `mdb_env_set_mapsize` requires.
+    unsafe { env.resize(size) }
+}

@@ -115,6 +115,9 @@ impl Recovery {
             }
         };
         let total = high - meta.changelog;
+        self.stats
+            .restore_total
+            .fetch_add(total.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
         if total > 0 {
             tracing::info!(agent, table = %def.name, partition, records = total, from = meta.changelog, "recovering table partition from its changelog");
         }

@@ -39,6 +39,10 @@ pub(crate) struct TableStore {
     _temp: Option<tempfile::TempDir>,
     meta: Database<Bytes, Bytes>,
     dbs: RwLock<HashMap<String, Db>>,
+    /// Held shared by every transaction of this process, exclusively to resize the map.
+    gate: RwLock<()>,
+    map_size: std::sync::atomic::AtomicUsize,
+    map_max: usize,
 }
 
 pub(crate) fn data_key(partition: i32, key: &[u8]) -> Vec<u8> {
@@ -81,6 +85,9 @@ impl TableStore {
             _temp: temp,
             meta,
             dbs: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+            map_size: std::sync::atomic::AtomicUsize::new(config.table_map_size),
+            map_max: config.table_map_max.max(config.table_map_size),
         }))
     }
 
@@ -93,7 +100,7 @@ impl TableStore {
         move |source| {
             let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
                 format!(
-                    "{context}: the table store is full; raise its map size (RILL_TABLE_MAP_SIZE)"
+                    "{context}: the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)"
                 )
             } else {
                 context
@@ -131,6 +138,7 @@ impl TableStore {
 
     /// Reads one key of one partition.
     pub(crate) fn get(&self, table: &str, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let rtxn = self
             .env
@@ -144,6 +152,7 @@ impl TableStore {
 
     /// All entries of one partition, in key order.
     pub(crate) fn scan(&self, table: &str, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let rtxn = self
             .env
@@ -163,6 +172,7 @@ impl TableStore {
 
     /// Entries and bytes of one partition.
     pub(crate) fn stats(&self, table: &str, partition: i32) -> Result<(u64, u64)> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let rtxn = self
             .env
@@ -183,6 +193,7 @@ impl TableStore {
 
     /// Where a table partition stands (`None`: no local copy).
     pub(crate) fn meta(&self, table: &str, partition: i32) -> Result<Option<PartitionMeta>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let rtxn = self
             .env
             .read_txn()
@@ -196,6 +207,7 @@ impl TableStore {
 
     /// Partitions with a local copy of a table.
     pub(crate) fn partitions(&self, table: &str) -> Result<Vec<i32>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let rtxn = self
             .env
             .read_txn()
@@ -224,6 +236,35 @@ impl TableStore {
         if writes.is_empty() {
             return Ok(());
         }
+        loop {
+            let result = {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                self.commit_once(&writes)
+            };
+            match result {
+                Err(e) if is_map_full(&e) => self.grow(e)?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Doubles the map (up to its maximum) after a transaction found it full.
+    fn grow(&self, full: Error) -> Result<()> {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let current = self.map_size.load(std::sync::atomic::Ordering::Acquire);
+        if current >= self.map_max {
+            return Err(full);
+        }
+        let next = current.saturating_mul(2).min(self.map_max);
+        // No transaction of this store is open in this process: the gate is held exclusively.
+        crate::lmdb::resize(&self.env, next).map_err(self.err("", "growing the table store"))?;
+        self.map_size
+            .store(next, std::sync::atomic::Ordering::Release);
+        tracing::info!(from = current, to = next, path = %self.path.display(), "table store map grown");
+        Ok(())
+    }
+
+    fn commit_once(&self, writes: &[(Arc<str>, i32, PartitionWrites)]) -> Result<()> {
         let dbs: Vec<Db> = writes
             .iter()
             .map(|(t, _, _)| self.db(t))
@@ -263,16 +304,36 @@ impl TableStore {
         meta_partition: i32,
         meta: &PartitionMeta,
     ) -> Result<()> {
+        loop {
+            let result = {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                self.apply_split_once(table, data_partition, &puts, meta_partition, meta)
+            };
+            match result {
+                Err(e) if is_map_full(&e) => self.grow(e)?,
+                other => return other,
+            }
+        }
+    }
+
+    fn apply_split_once(
+        &self,
+        table: &str,
+        data_partition: i32,
+        puts: &[(Vec<u8>, Option<Vec<u8>>)],
+        meta_partition: i32,
+        meta: &PartitionMeta,
+    ) -> Result<()> {
         let db = self.db(table)?;
         let mut wtxn = self
             .env
             .write_txn()
             .map_err(self.err(table, "starting a write"))?;
         for (key, value) in puts {
-            let k = data_key(data_partition, &key);
+            let k = data_key(data_partition, key);
             match value {
                 Some(v) => db
-                    .put(&mut wtxn, &k, &v)
+                    .put(&mut wtxn, &k, v)
                     .map_err(self.err(table, "writing"))?,
                 None => {
                     db.delete(&mut wtxn, &k)
@@ -289,6 +350,7 @@ impl TableStore {
 
     /// Drops the local copy of a table partition (before a rebuild from the changelog).
     pub(crate) fn clear(&self, table: &str, partition: i32) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let mut wtxn = self.env.write_txn().map_err(self.err(table, "clearing"))?;
         let start = data_key(partition, &[]);
@@ -304,4 +366,14 @@ impl TableStore {
             .map_err(self.err(table, "clearing"))?;
         wtxn.commit().map_err(self.err(table, "clearing"))
     }
+}
+
+fn is_map_full(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Storage {
+            source: heed::Error::Mdb(heed::MdbError::MapFull),
+            ..
+        }
+    )
 }
