@@ -59,20 +59,24 @@ async fn send_views(app: &TestApp, urls: usize, per_url: usize) -> rill::Result<
     app.producer().flush().await
 }
 
-/// Waits until the committed table holds `expected`.
-async fn totals_reach(app: &TestApp, expected: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+/// Waits until the committed `table` holds `expected` (or 10 s) and returns what it holds.
+async fn table_reaches(
+    app: &TestApp,
+    table: &str,
+    expected: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let got: BTreeMap<String, u64> = app
-            .table("url_totals")
-            .expect("table")
-            .into_iter()
-            .collect();
+        let got: BTreeMap<String, u64> = app.table(table).expect("table").into_iter().collect();
         if &got == expected || tokio::time::Instant::now() > deadline {
             return got;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn totals_reach(app: &TestApp, expected: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    table_reaches(app, "url_totals", expected).await
 }
 
 fn expected(urls: usize, each: u64) -> BTreeMap<String, u64> {
@@ -444,15 +448,10 @@ async fn group_by_repartitions_through_an_internal_topic_so_tables_can_key_by_an
     }
     app.producer().flush().await?;
     let expected: BTreeMap<String, u64> = (0..10).map(|u| (format!("user-{u}"), 30)).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: BTreeMap<String, u64> = app.table("user_totals")?.into_iter().collect();
-        if got == expected {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "totals {got:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(
+        table_reaches(&app, "user_totals", &expected).await,
+        expected
+    );
     let repartitioned = app.records("grp-count_users-user-repartition")?;
     assert_eq!(
         repartitioned.len(),
@@ -524,15 +523,11 @@ async fn group_by_key_takes_a_closure_and_names_its_topic() -> rill::Result<()> 
         )
         .await?;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: BTreeMap<String, u64> = app.table("first_letters")?.into_iter().collect();
-        if got == BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 3)]) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "totals {got:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let expected = BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 3)]);
+    assert_eq!(
+        table_reaches(&app, "first_letters", &expected).await,
+        expected
+    );
     assert_eq!(app.count("initials-count_initials-initial-repartition")?, 5);
     app.stop().await
 }

@@ -348,22 +348,7 @@ impl<T: Record> Stream<T> {
         self,
         field: crate::record::Field<T, K>,
     ) -> Result<Stream<T>> {
-        let Some(pipeline) = self.core.pipeline.clone() else {
-            return Err(agent_error(
-                &self.core.shared.agent,
-                "`group_by` applies to an agent's own stream",
-            ));
-        };
-        let codec = self.codec;
-        let key_of = Box::new(move |bytes: &[u8]| -> Result<Vec<u8>> {
-            let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
-                topic: "group_by".into(),
-                source,
-            })?;
-            Ok(field.get(&value).key_bytes())
-        });
-        let core = pipeline.group_by(field.name(), self.core, key_of)?;
-        Ok(Stream::new(core, codec))
+        self.group_by_key(field.name(), move |value: &T| field.get(value).key_bytes())
     }
 
     /// Re-keys the stream by a computed key; `name` names the repartition topic
