@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) owned: Mutex<Vec<i32>>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) fatal: Mutex<Option<Error>>,
+    /// Set with `fatal`, cheap to check on every record.
+    pub(crate) failed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             owned: Mutex::new(Vec::new()),
             stats,
             fatal: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -97,6 +100,7 @@ impl Shared {
     pub(crate) fn fail(&self, error: Error) {
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert(error);
+        self.failed.store(true, Ordering::Release);
     }
 
     pub(crate) fn take_fatal(&self) -> Option<Error> {

@@ -212,7 +212,10 @@ impl StreamCore {
                 }
                 continue;
             }
-            if self.closed {
+            if self.closed || self.shared.failed.load(Ordering::Acquire) {
+                // Failed elsewhere too (a `group_by` pump): end the stream so the agent returns
+                // and the worker reports the error; nothing past it is committed.
+                self.closed = true;
                 return Poll::Ready(None);
             }
             if let Some((tp, offset)) = self.in_flight.take() {
