@@ -17,6 +17,29 @@ pub(crate) struct Opened {
     pub(crate) temp: Option<tempfile::TempDir>,
 }
 
+/// Maps a heed error to [`Error::Storage`] for `path`, adding `full_hint` when the map is full.
+pub(crate) fn storage_error(
+    path: &Path,
+    context: String,
+    full_hint: &'static str,
+) -> impl FnOnce(heed::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| {
+        let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull))
+            && !full_hint.is_empty()
+        {
+            format!("{context}: {full_hint}")
+        } else {
+            context
+        };
+        Error::Storage {
+            path,
+            context,
+            source,
+        }
+    }
+}
+
 /// Opens `<data_dir>/<dir>`, or a temporary directory when `in_memory`.
 pub(crate) fn open(
     config: &Config,
@@ -49,15 +72,7 @@ pub(crate) fn open(
         })?;
         (path, None)
     };
-    let storage = |context: &str| {
-        let path = path.clone();
-        let context = context.to_owned();
-        move |source| Error::Storage {
-            path,
-            context,
-            source,
-        }
-    };
+    let storage = |context: &str| storage_error(&path, context.to_owned(), "");
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(max_dbs).max_readers(256);
     let env = open_env(&mut options, &path, in_memory)

@@ -140,7 +140,7 @@ impl StreamCore {
         let mut changelog = Vec::new();
         let mut tables = Vec::new();
         for core in &self.shared.tables {
-            let (records, puts) = core.take_writes(&self.shared.agent);
+            let (records, puts) = core.take_writes();
             changelog.extend(records);
             if !puts.is_empty() || !offsets.is_empty() {
                 tables.push((core.def.clone(), puts));

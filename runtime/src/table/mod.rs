@@ -96,21 +96,19 @@ impl TableCore {
     }
 
     /// Takes the writes since the last commit, as changelog records and per-partition puts.
-    pub(crate) fn take_writes(&self, agent: &str) -> (Vec<OutRecord>, Puts) {
+    pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Puts) {
         let writes = std::mem::take(&mut *self.overlay());
         let mut records = Vec::with_capacity(writes.len());
         let mut puts: HashMap<i32, Vec<_>> = HashMap::new();
         let now = now_millis();
         for ((partition, key), value) in writes {
-            let mut headers = Headers::default();
-            headers.insert("rill-agent", agent.as_bytes());
             records.push(OutRecord {
                 topic: self.def.changelog.clone(),
                 partition: Some(partition),
                 key: Some(key.clone()),
                 value: value.clone(),
                 timestamp: now,
-                headers,
+                headers: Headers::default(),
             });
             puts.entry(partition).or_default().push((key, value));
         }

@@ -64,14 +64,7 @@ impl TableStore {
     pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
         let crate::lmdb::Opened { env, path, temp } =
             crate::lmdb::open(config, "tables", in_memory, config.table_map_size, 1024)?;
-        let storage = |context: &'static str| {
-            let path = path.clone();
-            move |source| Error::Storage {
-                path,
-                context: context.to_owned(),
-                source,
-            }
-        };
+        let storage = |context: &str| crate::lmdb::storage_error(&path, context.to_owned(), "");
         let mut wtxn = env
             .write_txn()
             .map_err(storage("starting a write transaction"))?;
@@ -97,20 +90,11 @@ impl TableStore {
         } else {
             format!("table `{table}`: {context}")
         };
-        move |source| {
-            let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
-                format!(
-                    "{context}: the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)"
-                )
-            } else {
-                context
-            };
-            Error::Storage {
-                path: self.path.clone(),
-                context,
-                source,
-            }
-        }
+        crate::lmdb::storage_error(
+            &self.path,
+            context,
+            "the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)",
+        )
     }
 
     fn db(&self, table: &str) -> Result<Db> {

@@ -78,15 +78,7 @@ impl EmbeddedLog {
     pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
         let crate::lmdb::Opened { env, path, temp } =
             crate::lmdb::open(config, "log", in_memory, config.embedded_map_size, 4096)?;
-        let storage = |context: &str| {
-            let path = path.clone();
-            let context = context.to_owned();
-            move |source| Error::Storage {
-                path,
-                context,
-                source,
-            }
-        };
+        let storage = |context: &str| crate::lmdb::storage_error(&path, context.to_owned(), "");
         let mut wtxn = env
             .write_txn()
             .map_err(storage("starting a write transaction"))?;
@@ -124,21 +116,11 @@ impl EmbeddedLog {
     }
 
     fn err(&self, context: impl Into<String>) -> impl FnOnce(heed::Error) -> Error + '_ {
-        let context = context.into();
-        move |source| {
-            let context = if matches!(source, heed::Error::Mdb(heed::MdbError::MapFull)) {
-                format!(
-                    "{context}: the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)"
-                )
-            } else {
-                context
-            };
-            Error::Storage {
-                path: self.path.clone(),
-                context,
-                source,
-            }
-        }
+        crate::lmdb::storage_error(
+            &self.path,
+            context.into(),
+            "the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)",
+        )
     }
 
     fn reload_topics(&self) -> Result<()> {
