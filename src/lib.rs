@@ -74,20 +74,24 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub use rill_macros::{agent, record};
-pub use rill_runtime::partitioner;
+pub use rill_macros::{agent, record, window_state};
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Codec, CodecError, Config,
     Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OutRecord, Producer,
     RawRecord, Record, Registration, Result, Sink, Stream, Table, TableSpec, TestApp, Topic,
     TopicSpec, Worker, registered_agents,
 };
+pub use rill_runtime::{
+    Clock, Emit, KeyedStream, MergeState, WindowResult, WindowState, WindowStream, WindowedTable,
+};
+pub use rill_runtime::{partitioner, time, window};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        App, Codec, Event, GlobalTable, Producer, Record, Result, Sink, Stream, Table, TestApp,
-        Topic, agent, record,
+        App, Codec, Emit, Event, GlobalTable, KeyedStream, MergeState, Producer, Record, Result,
+        Sink, Stream, Table, TestApp, Topic, WindowResult, WindowState, WindowStream,
+        WindowedTable, agent, record, window_state,
     };
 }
 

@@ -269,7 +269,7 @@ async fn count_users(
     out: rill::Sink<Total>,
     totals: rill::Table<String, u64>,
 ) -> rill::Result<()> {
-    let mut views = views.group_by(View::user)?;
+    let mut views = views.group_by(View::user);
     while let Some(view) = views.next().await {
         let n = totals.update(view.user.clone(), |n| n + 1)?;
         out.send(&Total { user: view.user, n }).await?;

@@ -420,7 +420,7 @@ async fn global_tables_hold_a_whole_topic_before_agents_start_and_follow_updates
 #[agent(topic = "views", tables(totals = "user_totals"), concurrency = 2)]
 async fn count_users(views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
     // The topic is keyed by url; re-key by user so each user's count lives in one partition.
-    let mut views = views.group_by(View::user)?;
+    let mut views = views.group_by(View::user);
     while let Some(view) = views.next().await {
         totals.update(view.user, |n| n + 1)?;
     }
@@ -500,7 +500,7 @@ async fn group_by_repartitions_through_an_internal_topic_so_tables_can_key_by_an
 
 #[agent(topic = "views", tables(totals = "first_letters"))]
 async fn count_initials(views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
-    let mut views = views.group_by_key("initial", |v: &View| v.user[..1].to_owned())?;
+    let mut views = views.group_by_key("initial", |v: &View| v.user[..1].to_owned());
     while let Some(view) = views.next().await {
         totals.update(view.user[..1].to_owned(), |n| n + 1)?;
     }

@@ -1,4 +1,4 @@
-//! Procedural macros of rill: `#[record]` and `#[agent]`.
+//! Procedural macros of rill: `#[record]`, `#[agent]` and `#[window_state]`.
 //!
 //! Both are thin: they generate implementations of public runtime items (`rill::Record`,
 //! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
@@ -11,6 +11,7 @@ mod agent;
 mod attr;
 mod ctxt;
 mod record;
+mod window_state;
 
 use proc_macro::TokenStream;
 
@@ -52,4 +53,29 @@ pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
     agent::expand(args.into(), input.into()).into()
+}
+
+/// Makes a struct a window's accumulator: derives its serde plumbing (window state is stored
+/// in the table store and its changelog) and checks that it is `Default` (the empty window) and
+/// `Clone`. Implement `rill::WindowState<T>` (`add`) for it, and `rill::MergeState` (`merge`)
+/// to use it in session windows; then `windows.aggregate::<Visits>()`.
+///
+/// ```ignore
+/// #[window_state]
+/// #[derive(Default, Clone, Debug)]
+/// pub struct Visits {
+///     pub views: u64,
+///     pub users: BTreeSet<String>,
+/// }
+///
+/// impl WindowState<PageView> for Visits {
+///     fn add(&mut self, view: &PageView) {
+///         self.views += 1;
+///         self.users.insert(view.user_id.clone());
+///     }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn window_state(args: TokenStream, input: TokenStream) -> TokenStream {
+    window_state::expand(args.into(), input.into()).into()
 }

@@ -219,11 +219,11 @@ impl AgentContext {
     {
         let core = self
             .shared
-            .tables
-            .iter()
+            .tables()
+            .into_iter()
             .find(|t| &*t.def.name == name)
             .ok_or_else(|| agent_error(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
-        Ok(Table::new(core.clone(), self.shared.clone()))
+        Ok(Table::new(core, self.shared.clone()))
     }
 
     /// A global table the agent declared (`global_tables(users = "user_profiles")`).

@@ -107,6 +107,11 @@ pub struct Config {
     pub table_map_max: usize,
     /// How long shutdown waits for agents to finish their current record.
     pub shutdown_timeout: Duration,
+    /// How long a partition may go without records before it stops holding back its agent's
+    /// watermark (`RILL_IDLE_TIMEOUT_MS`; default 10 s). See `window` for the semantics.
+    pub idle_timeout: Duration,
+    /// The clock idle timeouts and windowed tables' `now()` read (virtual in tests).
+    pub clock: crate::time::Clock,
 }
 
 impl Config {
@@ -126,6 +131,8 @@ impl Config {
             table_map_size: 1 << 30,
             table_map_max: 1 << 40,
             shutdown_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
+            clock: crate::time::Clock::System,
         }
     }
 
@@ -146,6 +153,9 @@ impl Config {
                 "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
                 "RILL_COMMIT_INTERVAL_MS" => {
                     self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
+                "RILL_IDLE_TIMEOUT_MS" => {
+                    self.idle_timeout = Duration::from_millis(parse_num(&name, &value, 1)?);
                 }
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,

@@ -2,7 +2,7 @@
 //! `Topic::send` and `Sink::send` find it here, so a send inside an agent becomes part of the
 //! record's effects and is made durable before the record's offset is committed.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -29,6 +29,12 @@ pub struct AgentStats {
     pub restored: AtomicU64,
     /// Changelog records recovery set out to apply (with `restored`: its progress).
     pub restore_total: AtomicU64,
+    /// Records that arrived after their window had closed (dropped, or sent to a late topic).
+    pub late_records: AtomicU64,
+    /// Records skipped by windows because they carried no event time.
+    pub no_event_time: AtomicU64,
+    /// Windows closed (final results computed).
+    pub windows_closed: AtomicU64,
 }
 
 impl AgentStats {
@@ -43,8 +49,17 @@ pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
     pub(crate) producer: ProducerBackend,
     pub(crate) pending: Mutex<Vec<Pending>>,
-    /// The instance's tables (their overlays are committed with its offsets).
-    pub(crate) tables: Vec<Arc<TableCore>>,
+    /// The instance's tables (their overlays are committed with its offsets); windows add
+    /// theirs when they are built.
+    pub(crate) tables: Mutex<Vec<Arc<TableCore>>>,
+    /// State kept outside table overlays (windows), written into them at each commit step.
+    pub(crate) flushers: Mutex<Vec<Arc<dyn Flush>>>,
+    /// Event time of the record being processed, ms since the epoch (`i64::MIN`: none).
+    pub(crate) event_time: AtomicI64,
+    /// Bumped on every assignment and revocation, so windows know to reload their partitions.
+    pub(crate) assignment: AtomicU64,
+    /// The worker's clock.
+    pub(crate) clock: crate::time::Clock,
     /// Partition of the record being processed (-1: none), for tables' key checks.
     pub(crate) current_partition: AtomicI32,
     /// Partition numbers this instance owns.
@@ -61,18 +76,42 @@ impl Shared {
         producer: ProducerBackend,
         stats: Arc<AgentStats>,
         tables: Vec<Arc<TableCore>>,
+        clock: crate::time::Clock,
     ) -> Arc<Self> {
         Arc::new(Shared {
             agent,
             producer,
             pending: Mutex::new(Vec::new()),
-            tables,
+            tables: Mutex::new(tables),
+            flushers: Mutex::new(Vec::new()),
+            event_time: AtomicI64::new(i64::MIN),
+            assignment: AtomicU64::new(0),
+            clock,
             current_partition: AtomicI32::new(-1),
             owned: Mutex::new(Vec::new()),
             stats,
             fatal: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub(crate) fn tables(&self) -> Vec<Arc<TableCore>> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn flushers(&self) -> Vec<Arc<dyn Flush>> {
+        self.flushers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Event time of the record being processed.
+    pub(crate) fn event_time(&self) -> Option<i64> {
+        Some(self.event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
     }
 
     pub(crate) fn owned_partitions(&self) -> Vec<i32> {
@@ -106,6 +145,20 @@ impl Shared {
     pub(crate) fn take_fatal(&self) -> Option<Error> {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+/// State that lives outside table overlays between commits (windows keep theirs typed in
+/// memory) and is written into its table's overlay at the start of every commit step.
+pub(crate) trait Flush: Send + Sync {
+    /// True when there is something to write.
+    fn dirty(&self) -> bool;
+    /// Writes the changes since the last flush into the table overlay.
+    fn flush(&self) -> Result<()>;
+}
+
+/// Event time of the record the current agent is processing.
+pub(crate) fn current_event_time() -> Option<i64> {
+    CURRENT.try_with(|s| s.event_time()).ok().flatten()
 }
 
 /// Sends through the current agent's commit buffer.

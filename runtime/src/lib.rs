@@ -19,8 +19,10 @@ mod repartition;
 pub mod stream;
 pub mod table;
 pub mod testing;
+pub mod time;
 pub mod topic;
 mod transport;
+pub mod window;
 pub mod worker;
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
@@ -32,10 +34,12 @@ pub use error::{CodecError, Error, Result};
 pub use message::{Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;
 pub use record::{Field, Record};
-pub use stream::{Sink, Stream};
+pub use stream::{KeyedStream, Sink, Stream};
 pub use table::{GlobalTable, Table, TableSpec};
 pub use testing::TestApp;
+pub use time::Clock;
 pub use topic::{Topic, TopicSpec};
+pub use window::{Emit, MergeState, WindowResult, WindowState, WindowStream, WindowedTable};
 pub use worker::Worker;
 
 #[doc(hidden)]

@@ -16,11 +16,16 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use std::collections::HashMap;
+
+use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::message::{OutRecord, now_millis};
 use crate::stream::{CoreParts, Stop, StreamCore};
+use crate::table::TableDef;
+use crate::table::recovery::ChangelogReader;
+use crate::table::store::TableStore;
 use crate::topic::TopicSpec;
 use crate::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
 
@@ -44,8 +49,9 @@ impl Registry {
     }
 }
 
-/// Computes a record's new key from its value bytes.
-pub(crate) type KeyOf = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send>;
+/// Computes a record's new key and its event time (when the record has one) from its value
+/// bytes.
+pub(crate) type KeyOf = Box<dyn Fn(&[u8]) -> Result<(Vec<u8>, Option<i64>)> + Send>;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -66,7 +72,43 @@ pub(crate) struct AgentPipeline {
     pub(crate) source_partitions: i32,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) registry: Arc<Registry>,
+    /// The worker's table store (opened on first use) and where changelogs are read from:
+    /// windows built inside the agent create their tables here.
+    pub(crate) store: Arc<StoreCell>,
+    pub(crate) reader: ChangelogReader,
     repartition: OnceLock<std::result::Result<Repartition, String>>,
+    windows: Mutex<HashMap<String, Arc<TableDef>>>,
+}
+
+/// The worker's table store, opened when the first table or window needs it.
+pub(crate) struct StoreCell {
+    config: Config,
+    store: OnceLock<Arc<TableStore>>,
+    opening: Mutex<()>,
+}
+
+impl StoreCell {
+    pub(crate) fn new(config: &Config) -> Arc<Self> {
+        Arc::new(StoreCell {
+            config: config.clone(),
+            store: OnceLock::new(),
+            opening: Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn get(&self) -> Option<Arc<TableStore>> {
+        self.store.get().cloned()
+    }
+
+    pub(crate) fn open(&self) -> Result<Arc<TableStore>> {
+        let _guard = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        let store = TableStore::open(&self.config, self.config.broker == Broker::Memory)?;
+        let _ = self.store.set(store.clone());
+        Ok(store)
+    }
 }
 
 impl AgentPipeline {
@@ -80,6 +122,8 @@ impl AgentPipeline {
         source_partitions: i32,
         stop: Arc<AtomicBool>,
         registry: Arc<Registry>,
+        store: Arc<StoreCell>,
+        reader: ChangelogReader,
     ) -> Arc<Self> {
         Arc::new(AgentPipeline {
             app_id: app_id.to_owned(),
@@ -90,8 +134,53 @@ impl AgentPipeline {
             source_partitions,
             stop,
             registry,
+            store,
+            reader,
             repartition: OnceLock::new(),
+            windows: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The table of a window named `name` in this agent (`<app>-<agent>-<name>-changelog`),
+    /// created with its changelog topic on first use and shared by the agent's instances.
+    pub(crate) async fn window_table(&self, name: &str) -> Result<Arc<TableDef>> {
+        let table = format!("{}-{name}", self.agent);
+        if let Some(def) = self
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&table)
+        {
+            return Ok(def.clone());
+        }
+        let changelog = crate::table::changelog_topic(&self.app_id, &table);
+        let mut spec = TopicSpec::of::<Vec<u8>>(&changelog, &format!("window `{name}`"));
+        spec.partitions = Some(self.source_partitions);
+        // Expired windows leave tombstones, so compaction keeps the changelog to open windows.
+        spec.compacted = true;
+        self.transport
+            .ensure_topics(std::slice::from_ref(&spec), self.source_partitions)
+            .await?;
+        let store = self.store.open()?;
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let def = windows.entry(table.clone()).or_insert_with(|| {
+            Arc::new(TableDef {
+                name: Arc::from(table.as_str()),
+                changelog: Arc::from(changelog.as_str()),
+                source_partitions: self.source_partitions,
+                store,
+                metas: Mutex::new(HashMap::new()),
+            })
+        });
+        Ok(def.clone())
+    }
+
+    /// Creates a topic an agent writes to after start (a late-events topic).
+    pub(crate) async fn ensure_topic(&self, spec: TopicSpec) -> Result<()> {
+        self.transport
+            .ensure_topics(std::slice::from_ref(&spec), self.config.partitions)
+            .await
+            .map(|_| ())
     }
 
     fn repartition(&self, field: &str) -> Result<&Repartition> {
@@ -160,30 +249,39 @@ impl AgentPipeline {
 
     /// Turns `source` into a pump into the repartition topic and returns the core of this
     /// instance's repartitioned stream.
+    ///
+    /// On error, `source` comes back untouched.
     pub(crate) fn group_by(
-        &self,
+        self: &Arc<Self>,
         field: &str,
         mut source: StreamCore,
         key_of: KeyOf,
-    ) -> Result<StreamCore> {
-        let r = self.repartition(field)?;
+    ) -> std::result::Result<StreamCore, Box<(Error, StreamCore)>> {
+        let r = match self.repartition(field) {
+            Ok(r) => r,
+            Err(e) => return Err(Box::new((e, source))),
+        };
         let instance = source.instance();
-        let (data, ctrl) = r
+        let taken = r
             .receivers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(instance)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Agent {
+            .and_then(Option::take);
+        let Some((data, ctrl)) = taken else {
+            let error = Error::Agent {
                 agent: self.agent.to_string(),
                 message: "`group_by` called twice on one instance".into(),
-            })?;
+            };
+            return Err(Box::new((error, source)));
+        };
         let shared = source.shared().clone();
         let pump_shared = Shared::new(
             self.agent.clone(),
             shared.producer.clone(),
             Arc::new(AgentStats::default()),
             Vec::new(),
+            self.config.clock.clone(),
         );
         let recovery = source.hand_over(pump_shared.clone());
         let topic = r.topic.clone();
@@ -192,13 +290,14 @@ impl AgentPipeline {
             while let Some(raw) = futures::future::poll_fn(|cx| source.poll_raw(cx)).await {
                 let Some(value) = raw.value else { continue };
                 match key_of(&value) {
-                    Ok(key) => {
+                    Ok((key, at)) => {
+                        // The record's event time travels as the message timestamp.
                         let record = OutRecord {
                             topic: topic.clone(),
                             partition: None,
                             key: Some(key),
                             value: Some(value),
-                            timestamp: raw.timestamp.unwrap_or_else(now_millis),
+                            timestamp: at.or(raw.timestamp).unwrap_or_else(now_millis),
                             headers: raw.headers,
                         };
                         if let Err(e) = pump_shared.send(record).await {
@@ -231,7 +330,7 @@ impl AgentPipeline {
             recovery,
             instance,
             instances: self.instances,
-            pipeline: None,
+            pipeline: Some(self.clone()),
         }))
     }
 }

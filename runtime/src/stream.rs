@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::message::{Event, Metadata, RawRecord};
 use crate::record::Record;
 use crate::repartition::AgentPipeline;
-use crate::table::recovery::Recovery;
+use crate::table::recovery::{ChangelogReader, Recovery};
+use crate::table::{TableCore, TableDef};
 use crate::topic::encode_out;
 use crate::transport::{Batch, Committer, Control, Tp};
 
@@ -126,7 +127,52 @@ impl StreamCore {
     fn has_work(&self) -> bool {
         !self.done.is_empty()
             || self.shared.pending_len() > 0
-            || self.shared.tables.iter().any(|t| t.is_dirty())
+            || self.shared.tables().iter().any(|t| t.is_dirty())
+            || self.shared.flushers().iter().any(|f| f.dirty())
+    }
+
+    /// Adds a table built after start (a window's state) to this instance. Its partitions
+    /// recover with the others when the stream takes its first assignment, so it must be
+    /// added before the stream is first polled.
+    pub(crate) fn add_table(
+        &mut self,
+        def: Arc<TableDef>,
+        reader: ChangelogReader,
+    ) -> Arc<TableCore> {
+        let core = TableCore::new(def.clone());
+        self.shared
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(core.clone());
+        let mut tables = self
+            .recovery
+            .as_ref()
+            .map(|r| r.tables.clone())
+            .unwrap_or_default();
+        tables.push(def);
+        self.recovery = Some(Arc::new(Recovery {
+            tables,
+            reader,
+            stats: self.shared.stats.clone(),
+        }));
+        core
+    }
+
+    /// True while table recovery runs (local state is not yet current).
+    pub(crate) fn is_recovering(&self) -> bool {
+        self.recovering.is_some()
+    }
+
+    pub(crate) fn pipeline(&self) -> Option<&Arc<AgentPipeline>> {
+        self.pipeline.as_ref()
+    }
+
+    /// Marks the agent failed: its stream ends and the worker reports `error`.
+    pub(crate) fn fail(&mut self, error: Error) {
+        tracing::error!(agent = %self.shared.agent, error = %error, "stopping the agent");
+        self.shared.fail(error);
+        self.closed = true;
     }
 
     /// The commit step: (1) the agent's sends and its tables' changelog records become durable
@@ -135,11 +181,17 @@ impl StreamCore {
     /// Kafka, the consumer offsets are committed. A crash between steps leaves the changelog
     /// ahead of local state, which recovery replays.
     fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
+        let mut flushed = Ok(());
+        for flusher in self.shared.flushers() {
+            if flushed.is_ok() {
+                flushed = flusher.flush();
+            }
+        }
         let pending = self.shared.take_pending();
         let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
         let mut changelog = Vec::new();
         let mut tables = Vec::new();
-        for core in &self.shared.tables {
+        for core in &self.shared.tables() {
             let (records, puts) = core.take_writes();
             changelog.extend(records);
             if !puts.is_empty() || !offsets.is_empty() {
@@ -151,6 +203,7 @@ impl StreamCore {
         let group = self.group.clone();
         let stats = self.shared.stats.clone();
         let future = Box::pin(async move {
+            flushed?;
             if pending.is_empty() && offsets.is_empty() && changelog.is_empty() {
                 return Ok(());
             }
@@ -190,7 +243,7 @@ impl StreamCore {
                     tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
                     self.shared.fail(e);
                     self.closed = true;
-                    for table in &self.shared.tables {
+                    for table in &self.shared.tables() {
                         table.discard();
                     }
                 }
@@ -232,6 +285,7 @@ impl StreamCore {
                         partitions,
                     } => {
                         self.generation = generation;
+                        self.shared.assignment.fetch_add(1, Ordering::AcqRel);
                         let mine: Vec<Tp> = partitions
                             .into_iter()
                             .filter(|(_, p)| {
@@ -257,6 +311,7 @@ impl StreamCore {
                     }
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
+                        self.shared.assignment.fetch_add(1, Ordering::AcqRel);
                         self.batch = Vec::new().into_iter();
                         self.shared
                             .owned
@@ -322,15 +377,20 @@ impl StreamCore {
 
 type Step<T> = Box<dyn FnMut(RawRecord) -> Option<T> + Send>;
 
+/// Reads a record's event time (ms since the epoch).
+pub(crate) type TimeOf<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
+
 /// The typed stream an agent reads: a `futures::Stream` of `T` with Kafka's per-partition order.
 ///
 /// Asking for the next item marks the previous one finished; its offset is committed at the next
 /// commit step, after everything the agent sent for it is durable (at-least-once).
 pub struct Stream<T> {
-    core: StreamCore,
+    pub(crate) core: StreamCore,
     step: Step<T>,
     /// The source's codec (what `group_by` decodes with).
-    codec: Codec,
+    pub(crate) codec: Codec,
+    /// A custom event-time extractor (`Stream::event_time`), carried through `group_by`.
+    time: Option<TimeOf<T>>,
 }
 
 impl<T: Record> Stream<T> {
@@ -338,45 +398,97 @@ impl<T: Record> Stream<T> {
         let shared = core.shared.clone();
         Stream {
             core,
-            step: Box::new(move |raw| decode::<T>(&shared, &raw, codec)),
+            step: Box::new(move |raw| {
+                let value = decode::<T>(&shared, &raw, codec)?;
+                // Event time: the record's `#[record(timestamp)]` field, else the message's.
+                let time = value.event_time().or(raw.timestamp).unwrap_or(i64::MIN);
+                shared.event_time.store(time, Ordering::Relaxed);
+                Some(value)
+            }),
             codec,
+            time: None,
         }
+    }
+
+    /// Reads event time with `f` (milliseconds since the epoch) instead of the record's
+    /// `#[record(timestamp)]` field or the message timestamp. Windows, sends and `group_by`
+    /// use it from here on.
+    pub fn event_time(mut self, f: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        let f: TimeOf<T> = Arc::new(f);
+        let shared = self.core.shared.clone();
+        let mut step = self.step;
+        let extract = f.clone();
+        self.step = Box::new(move |raw| {
+            let value = step(raw)?;
+            shared.event_time.store(extract(&value), Ordering::Relaxed);
+            Some(value)
+        });
+        self.time = Some(f);
+        self
     }
 
     /// Re-keys the stream by a field (`group_by(PageView::url)`): records travel through the
     /// internal topic `<app>-<agent>-<field>-repartition`, keyed by the field, so every record
     /// of a key reaches one partition, where the agent's tables keep that key. Call it before
     /// reading the stream; an agent re-keys once.
-    pub fn group_by<K: KeyBytes + 'static>(
-        self,
-        field: crate::record::Field<T, K>,
-    ) -> Result<Stream<T>> {
-        self.group_by_key(field.name(), move |value: &T| field.get(value).key_bytes())
+    pub fn group_by<K>(self, field: crate::record::Field<T, K>) -> KeyedStream<T, K>
+    where
+        K: KeyBytes + Clone + Send + Sync + 'static,
+    {
+        self.group_by_key(field.name(), move |value: &T| field.get(value).clone())
     }
 
     /// Re-keys the stream by a computed key; `name` names the repartition topic
     /// (`<app>-<agent>-<name>-repartition`), as a field's name does for [`Stream::group_by`].
-    pub fn group_by_key<K: KeyBytes>(
+    ///
+    /// Setup errors (a second `group_by` in one agent, a topic that cannot be created) end the
+    /// stream at once and the worker reports them.
+    pub fn group_by_key<K>(
         self,
         name: &str,
-        key: impl Fn(&T) -> K + Send + 'static,
-    ) -> Result<Stream<T>> {
-        let Some(pipeline) = self.core.pipeline.clone() else {
-            return Err(agent_error(
-                &self.core.shared.agent,
-                "`group_by_key` applies to an agent's own stream",
-            ));
-        };
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<T, K>
+    where
+        K: KeyBytes + Send + 'static,
+    {
+        let key: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key);
         let codec = self.codec;
-        let key_of = Box::new(move |bytes: &[u8]| -> Result<Vec<u8>> {
+        let time = self.time.clone();
+        let Some(pipeline) = self.core.pipeline.clone() else {
+            let mut core = self.core;
+            let error = agent_error(
+                &core.shared.agent,
+                "`group_by` applies to an agent's own stream",
+            );
+            core.fail(error);
+            return KeyedStream::new(Stream::new(core, codec), key, name);
+        };
+        let key_fn = key.clone();
+        let time_fn = time.clone();
+        let key_of = Box::new(move |bytes: &[u8]| -> Result<(Vec<u8>, Option<i64>)> {
             let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
                 topic: "group_by".into(),
                 source,
             })?;
-            Ok(key(&value).key_bytes())
+            let at = match &time_fn {
+                Some(f) => Some(f(&value)),
+                None => value.event_time(),
+            };
+            Ok((key_fn(&value).key_bytes(), at))
         });
-        let core = pipeline.group_by(name, self.core, key_of)?;
-        Ok(Stream::new(core, codec))
+        let core = match pipeline.group_by(name, self.core, key_of) {
+            Ok(core) => core,
+            Err(failed) => {
+                let (error, mut core) = *failed;
+                core.fail(error);
+                core
+            }
+        };
+        let mut stream = Stream::new(core, codec);
+        if let Some(f) = time {
+            stream = stream.event_time(move |v: &T| f(v));
+        }
+        KeyedStream::new(stream, key, name)
     }
 }
 
@@ -423,6 +535,7 @@ impl<T: Send + 'static> Stream<T> {
             core: self.core,
             step: Box::new(move |raw| step(raw).map(&mut f)),
             codec: self.codec,
+            time: None,
         }
     }
 
@@ -442,6 +555,7 @@ impl<T: Send + 'static> Stream<T> {
         Stream {
             core: self.core,
             codec: self.codec,
+            time: None,
             step: Box::new(move |raw| {
                 let meta = Metadata::of(&raw);
                 step(raw).map(|value| Event { value, meta })
@@ -451,6 +565,65 @@ impl<T: Send + 'static> Stream<T> {
 }
 
 impl<T> Unpin for Stream<T> {}
+
+/// A stream re-keyed by `group_by`: iterate it like a [`Stream`], or window it
+/// (`tumbling`, `hopping`, `sliding`, `session`; see [`crate::window`]).
+pub struct KeyedStream<T, K> {
+    pub(crate) stream: Stream<T>,
+    pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    pub(crate) name: String,
+}
+
+impl<T: Record, K> KeyedStream<T, K> {
+    fn new(stream: Stream<T>, key: Arc<dyn Fn(&T) -> K + Send + Sync>, name: &str) -> Self {
+        KeyedStream {
+            stream,
+            key,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The next record, or `None` when the worker shuts down.
+    pub async fn next(&mut self) -> Option<T> {
+        self.stream.next().await
+    }
+
+    /// Reads event time with `f`; see [`Stream::event_time`].
+    pub fn event_time(mut self, f: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        self.stream = self.stream.event_time(f);
+        self
+    }
+
+    /// The key of a record.
+    pub fn key_of(&self, value: &T) -> K {
+        (self.key)(value)
+    }
+
+    /// The plain stream (the key function is dropped).
+    pub fn into_stream(self) -> Stream<T> {
+        self.stream
+    }
+}
+
+impl<T, K> Unpin for KeyedStream<T, K> {}
+
+impl<T: Send + 'static, K> futures::Stream for KeyedStream<T, K> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        Pin::new(&mut self.get_mut().stream).poll_next(cx)
+    }
+}
+
+impl<T, K> std::fmt::Debug for KeyedStream<T, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyedStream({}, by {})",
+            self.stream.core.shared.agent, self.name
+        )
+    }
+}
 
 impl<T> futures::Stream for Stream<T> {
     type Item = T;

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::producer::Producer;
 use crate::record::Record;
+use crate::time::{Clock, VirtualClock};
 use crate::transport::Transport;
 use crate::transport::embedded::EmbeddedLog;
 use crate::worker::Worker;
@@ -50,6 +51,7 @@ pub struct TestApp {
     worker: Worker,
     log: Arc<EmbeddedLog>,
     producer: Producer,
+    clock: Arc<VirtualClock>,
 }
 
 impl App {
@@ -72,7 +74,11 @@ impl App {
         if self.config.commit_interval > Duration::from_millis(20) {
             self.config.commit_interval = Duration::from_millis(20);
         }
+        // Virtual time: idle timeouts and windowed tables' `now()` move only when the test
+        // says so; event time comes from the records, as in production.
+        self.config.clock = Clock::virtual_now();
         let config = self.resolve(false)?;
+        let clock = config.clock.clone();
         let worker = self.start_with(config).await?;
         let Transport::Embedded(log) = &worker.transport else {
             return Err(Error::config(
@@ -82,15 +88,35 @@ impl App {
         };
         let log = log.clone();
         let producer = worker.producer();
+        let Clock::Virtual(clock) = clock else {
+            return Err(Error::config(
+                "clock",
+                "the test harness runs on a virtual clock",
+            ));
+        };
         Ok(TestApp {
             worker,
             log,
             producer,
+            clock,
         })
     }
 }
 
 impl TestApp {
+    /// Moves the app's virtual clock forward: partitions without records for the idle timeout
+    /// (`Config::idle_timeout`) stop holding windows open, and the watermark of an agent whose
+    /// partitions are all idle advances with this clock. Records' event times are untouched.
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Raises every window's watermark to at least `event_time_ms`, closing the windows that
+    /// end (plus grace) at or before it, without sending a record.
+    pub fn advance_watermark(&self, event_time_ms: i64) {
+        self.clock.advance_watermark(event_time_ms);
+    }
+
     /// Sends a value to a topic (keyed by its `#[record(key)]` field) and makes it visible.
     pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
         self.producer.send_to(topic, value).await?;
@@ -181,7 +207,7 @@ impl TestApp {
         &self,
         name: &str,
     ) -> Result<Vec<(K, V)>> {
-        let Some(store) = &self.worker.tables else {
+        let Some(store) = self.worker.tables.get() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();

@@ -112,7 +112,10 @@ pub(crate) fn encode_out<V: Record>(
         partition: None,
         key,
         value: Some(bytes),
-        timestamp: value.event_time().unwrap_or_else(now_millis),
+        timestamp: value
+            .event_time()
+            .or_else(crate::context::current_event_time)
+            .unwrap_or_else(now_millis),
         headers: Headers::default(),
     })
 }

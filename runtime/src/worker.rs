@@ -16,11 +16,10 @@ use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::repartition::{AgentPipeline, PUMP_GRACE, Registry};
+use crate::repartition::{AgentPipeline, PUMP_GRACE, Registry, StoreCell};
 use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::global::{self, GlobalDef};
 use crate::table::recovery::{ChangelogReader, Recovery};
-use crate::table::store::TableStore;
 use crate::table::{TableCore, TableDef, changelog_topic};
 use crate::topic::{TopicSpec, check_types};
 use crate::transport::embedded::EmbeddedLog;
@@ -53,7 +52,7 @@ pub struct Worker {
     producer: Producer,
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
-    pub(crate) tables: Option<Arc<TableStore>>,
+    pub(crate) tables: Arc<StoreCell>,
 }
 
 impl Worker {
@@ -92,7 +91,8 @@ impl Worker {
         let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
-        let tables = TableSetup::prepare(config, &transport, &agents, &partitions).await?;
+        let store = StoreCell::new(config);
+        let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
         // Global tables catch up to their topics' ends before any agent sees a record.
@@ -112,7 +112,7 @@ impl Worker {
             producer: Producer::new(producer_backend.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
-            tables: tables.store.clone(),
+            tables: store.clone(),
         };
         worker
             .registry
@@ -174,6 +174,8 @@ impl Worker {
                 source_partitions,
                 stop.clone(),
                 worker.registry.clone(),
+                store.clone(),
+                tables.reader.clone(),
             );
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
                 let stop_rx = worker.registry.stop_channel();
@@ -183,6 +185,7 @@ impl Worker {
                     producer_backend.clone(),
                     stats.clone(),
                     cores,
+                    config.clock.clone(),
                 );
                 let core = StreamCore::new(CoreParts {
                     data,
@@ -355,7 +358,6 @@ struct TableSetup {
     defs: Vec<(String, Arc<TableDef>)>,
     globals: Vec<Arc<GlobalDef>>,
     reader: ChangelogReader,
-    store: Option<Arc<TableStore>>,
 }
 
 impl TableSetup {
@@ -364,6 +366,7 @@ impl TableSetup {
         transport: &Transport,
         agents: &[AgentSpec],
         partitions: &HashMap<String, i32>,
+        store: &StoreCell,
     ) -> Result<Self> {
         let reader = match transport {
             Transport::Embedded(log) => ChangelogReader::Embedded(log.clone()),
@@ -378,10 +381,9 @@ impl TableSetup {
                 defs,
                 globals: Vec::new(),
                 reader,
-                store: None,
             });
         }
-        let store = TableStore::open(config, config.broker == Broker::Memory)?;
+        let store = store.open()?;
         let mut globals: Vec<Arc<GlobalDef>> = Vec::new();
         for topic in agents.iter().flat_map(|a| a.global_tables.iter()) {
             if globals.iter().any(|g| &*g.topic == topic.as_str()) {
@@ -464,7 +466,6 @@ impl TableSetup {
             defs,
             globals,
             reader,
-            store: Some(store),
         })
     }
 

@@ -119,6 +119,11 @@ impl TableCore {
     pub(crate) fn discard(&self) {
         self.overlay().clear();
     }
+
+    /// Writes raw key and value bytes (`None` deletes) into the overlay.
+    pub(crate) fn put(&self, partition: i32, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay().insert((partition, key), value);
+    }
 }
 
 /// A keyed table with serde keys and values, partitioned like the agent's source topic.
@@ -126,9 +131,9 @@ impl TableCore {
 /// Reads see the agent's own writes at once; writes become durable (LMDB and the changelog) at
 /// the next commit step, together with the offsets of the records that made them.
 pub struct Table<K, V> {
-    core: Arc<TableCore>,
-    shared: Arc<Shared>,
-    default: Arc<dyn Fn() -> V + Send + Sync>,
+    pub(crate) core: Arc<TableCore>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) default: Arc<dyn Fn() -> V + Send + Sync>,
     _key: PhantomData<fn(K)>,
 }
 
@@ -167,18 +172,18 @@ where
         serde_json::to_vec(key).map_err(|e| self.error(format!("cannot encode a key: {e}")))
     }
 
-    fn error(&self, message: String) -> Error {
+    pub(crate) fn error(&self, message: String) -> Error {
         Error::Agent {
             agent: self.shared.agent.to_string(),
             message: format!("table `{}`: {message}", self.name()),
         }
     }
 
-    fn partition_of(&self, key: &K) -> i32 {
+    pub(crate) fn partition_of(&self, key: &K) -> i32 {
         partition_for_key(&key.key_bytes(), self.core.def.source_partitions)
     }
 
-    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
+    pub(crate) fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
         serde_json::from_slice(bytes).map_err(|e| {
             self.error(format!(
                 "the stored value of key {} does not decode as `{}` ({e}); did the value type change between deployments?",
@@ -189,7 +194,7 @@ where
     }
 
     /// Writes must stay in the partition of the record being processed.
-    fn check_write(&self, key: &K, partition: i32) -> Result<()> {
+    pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
         let current = self.shared.current_partition.load(Ordering::Relaxed);
         if current >= 0 && current != partition {
             return Err(self.error(format!(
@@ -201,7 +206,7 @@ where
         Ok(())
     }
 
-    fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
+    pub(crate) fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
         if let Some(entry) = self.core.overlay().get(&(partition, key.to_vec())) {
             return entry.as_deref().map(|b| self.decode(key, b)).transpose();
         }
@@ -216,7 +221,7 @@ where
         }
     }
 
-    fn write(&self, partition: i32, key: Vec<u8>, value: Option<&V>) -> Result<()> {
+    pub(crate) fn write(&self, partition: i32, key: Vec<u8>, value: Option<&V>) -> Result<()> {
         let bytes = value
             .map(serde_json::to_vec)
             .transpose()

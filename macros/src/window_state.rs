@@ -1,0 +1,47 @@
+//! `#[window_state]`: makes a struct a window accumulator's stored form. It derives the serde
+//! plumbing (the state is kept in the table store and its changelog) and checks, with errors on
+//! the struct, that it is `Default` (the empty window) and `Clone` (what a result carries).
+//! The user implements `rill::WindowState<T>` (`add`) and, for session windows,
+//! `rill::MergeState` (`merge`).
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use crate::ctxt::with_errors;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    if !args.is_empty() {
+        let err = syn::Error::new_spanned(&args, "`#[window_state]` takes no arguments");
+        return with_errors(input, err);
+    }
+    let item: syn::Item = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(e) => return with_errors(input, e),
+    };
+    let strukt = match item {
+        syn::Item::Struct(s) => s,
+        other => {
+            let err = syn::Error::new_spanned(
+                &other,
+                "`#[window_state]` goes on a struct: the accumulator a window keeps per key",
+            );
+            return with_errors(input, err);
+        }
+    };
+    let name = &strukt.ident;
+    // Generic states are checked where they are used (`WindowState` requires both traits).
+    let check = strukt.generics.params.is_empty().then(|| {
+        quote_spanned! {name.span()=>
+            const _: fn() = || {
+                fn window_state_is_default_and_clone<S: ::core::default::Default + ::core::clone::Clone>() {}
+                window_state_is_default_and_clone::<#name>();
+            };
+        }
+    });
+    quote! {
+        #[derive(::rill::__private::serde::Serialize, ::rill::__private::serde::Deserialize)]
+        #[serde(crate = "::rill::__private::serde")]
+        #strukt
+        #check
+    }
+}

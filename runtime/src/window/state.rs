@@ -1,0 +1,863 @@
+//! The window operator: open windows per partition and key, the watermark, closing and
+//! expiry, and the state's stored form. It holds no I/O: the driver feeds it records and clock
+//! ticks and hands its writes to the table overlay at each commit step.
+//!
+//! Stored form, per partition of the window's table (keys are bytes, values JSON):
+//! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window;
+//! - `B | len(key) u32 | key | time | seq` → `[key, record]`: a sliding window's record buffer;
+//! - `C` → `[max event time seen, watermark]`: the partition's clock.
+//!
+//! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Agg, Emit, Kind, WindowResult};
+use crate::error::{Error, Result};
+
+const WINDOW: u8 = b'W';
+const BUFFER: u8 = b'B';
+const CLOCK: &[u8] = b"C";
+
+fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from(bytes: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = bytes.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+fn prefixed(tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + key.len() + 16);
+    out.push(tag);
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn window_key(key: &[u8], start: i64) -> Vec<u8> {
+    let mut out = prefixed(WINDOW, key);
+    out.extend_from_slice(&time_bytes(start));
+    out
+}
+
+fn buffer_key(key: &[u8], time: i64, seq: u64) -> Vec<u8> {
+    let mut out = prefixed(BUFFER, key);
+    out.extend_from_slice(&time_bytes(time));
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// Splits a stored key into (tag, group key, rest).
+fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = stored.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let key = rest.get(4..4 + len)?;
+    Some((tag, key, rest.get(4 + len..)?))
+}
+
+pub(crate) struct Win<S> {
+    pub(crate) end: i64,
+    pub(crate) state: S,
+}
+
+struct KeyState<K, S, T> {
+    key: K,
+    windows: BTreeMap<i64, Win<S>>,
+    /// Sliding windows only: the records a window created later may need, by (time, seq).
+    buffer: BTreeMap<(i64, u64), T>,
+}
+
+struct Part<K, S, T> {
+    keys: HashMap<Vec<u8>, KeyState<K, S, T>>,
+    /// Open windows by (close time, key, start).
+    closing: BTreeSet<(i64, Vec<u8>, i64)>,
+    /// Sliding buffer entries by (time, key, seq), for trimming.
+    buffered: BTreeSet<(i64, Vec<u8>, u64)>,
+    max_seen: i64,
+    /// The watermark this partition's windows were closed at (never goes back).
+    floor: i64,
+    /// Clock time of the last record (or of loading), for idleness.
+    last_arrival: i64,
+    dirty: HashSet<(Vec<u8>, i64)>,
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    clock_dirty: bool,
+    seq: u64,
+}
+
+impl<K, S, T> Part<K, S, T> {
+    fn new(now: i64) -> Self {
+        Part {
+            keys: HashMap::new(),
+            closing: BTreeSet::new(),
+            buffered: BTreeSet::new(),
+            max_seen: i64::MIN,
+            floor: i64::MIN,
+            last_arrival: now,
+            dirty: HashSet::new(),
+            writes: HashMap::new(),
+            clock_dirty: false,
+            seq: 0,
+        }
+    }
+}
+
+/// Counters the driver turns into agent stats.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) closed: u64,
+}
+
+/// One stored change: partition, stored key, value (`None` deletes).
+pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
+
+pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
+
+pub(crate) struct Operator<T, K, S, O> {
+    kind: Kind,
+    grace: i64,
+    idle_timeout: i64,
+    emit: Emit,
+    agg: Arc<Agg<T, S, O>>,
+    parts: HashMap<i32, Part<K, S, T>>,
+    watermark: i64,
+    pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
+    pub(crate) on_close: Option<OnClose<K, O>>,
+    pub(crate) counts: Counts,
+}
+
+impl<T, K, S, O> Operator<T, K, S, O>
+where
+    T: Serialize + DeserializeOwned,
+    K: Serialize + DeserializeOwned + Clone,
+    S: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(
+        kind: Kind,
+        grace: i64,
+        idle_timeout: i64,
+        emit: Emit,
+        agg: Arc<Agg<T, S, O>>,
+    ) -> Self {
+        Operator {
+            kind,
+            grace,
+            idle_timeout,
+            emit,
+            agg,
+            parts: HashMap::new(),
+            watermark: i64::MIN,
+            out: Default::default(),
+            on_close: None,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The instance's current watermark.
+    #[cfg(test)]
+    pub(crate) fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Forgets every partition (after a rebalance; they are reloaded from the store).
+    pub(crate) fn clear(&mut self) {
+        self.parts.clear();
+        self.watermark = i64::MIN;
+    }
+
+    pub(crate) fn has_partition(&self, partition: i32) -> bool {
+        self.parts.contains_key(&partition)
+    }
+
+    /// Loads a partition from its stored entries.
+    pub(crate) fn load(
+        &mut self,
+        partition: i32,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        now: i64,
+    ) -> Result<()> {
+        let mut part = Part::new(now);
+        let bad = |what: &str, e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!(
+                "window state: a stored {what} of partition {partition} does not decode ({e}); did the window's key, record or state type change? name the window differently to start afresh"
+            ),
+        };
+        for (stored, value) in entries {
+            if stored == CLOCK {
+                let (max_seen, floor): (i64, i64) =
+                    serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
+                part.max_seen = max_seen;
+                part.floor = floor;
+                continue;
+            }
+            let Some((tag, key, rest)) = split(&stored) else {
+                continue;
+            };
+            match tag {
+                WINDOW => {
+                    let Some(start) = time_from(rest) else {
+                        continue;
+                    };
+                    let (k, end, state): (K, i64, S) =
+                        serde_json::from_slice(&value).map_err(|e| bad("window", e))?;
+                    part.closing
+                        .insert((self.close_time(end), key.to_vec(), start));
+                    part.keys
+                        .entry(key.to_vec())
+                        .or_insert_with(|| KeyState {
+                            key: k,
+                            windows: BTreeMap::new(),
+                            buffer: BTreeMap::new(),
+                        })
+                        .windows
+                        .insert(start, Win { end, state });
+                }
+                BUFFER => {
+                    let (Some(time), Some(seq)) = (
+                        rest.get(..8).and_then(time_from),
+                        rest.get(8..16)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_be_bytes),
+                    ) else {
+                        continue;
+                    };
+                    let (k, item): (K, T) =
+                        serde_json::from_slice(&value).map_err(|e| bad("buffered record", e))?;
+                    part.seq = part.seq.max(seq + 1);
+                    part.buffered.insert((time, key.to_vec(), seq));
+                    part.keys
+                        .entry(key.to_vec())
+                        .or_insert_with(|| KeyState {
+                            key: k,
+                            windows: BTreeMap::new(),
+                            buffer: BTreeMap::new(),
+                        })
+                        .buffer
+                        .insert((time, seq), item);
+                }
+                _ => {}
+            }
+        }
+        self.parts.insert(partition, part);
+        Ok(())
+    }
+
+    fn close_time(&self, end: i64) -> i64 {
+        let extra = match self.kind {
+            Kind::Session { gap } => gap,
+            _ => 0,
+        };
+        end.saturating_add(extra).saturating_add(self.grace)
+    }
+
+    /// True when some partition has changes to write.
+    pub(crate) fn dirty(&self) -> bool {
+        self.parts
+            .values()
+            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.writes.is_empty())
+    }
+
+    /// The changes since the last call, as (partition, stored key, value or delete).
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+        let mut out = Vec::new();
+        let encode = |e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!("cannot encode window state: {e}"),
+        };
+        for (&partition, part) in &mut self.parts {
+            for (key, start) in part.dirty.drain() {
+                let stored = window_key(&key, start);
+                let value = match part
+                    .keys
+                    .get(&key)
+                    .and_then(|ks| ks.windows.get(&start).map(|w| (&ks.key, w)))
+                {
+                    Some((k, w)) => {
+                        Some(serde_json::to_vec(&(k, w.end, &w.state)).map_err(encode)?)
+                    }
+                    None => None,
+                };
+                out.push((partition, stored, value));
+            }
+            out.extend(part.writes.drain().map(|(k, v)| (partition, k, v)));
+            if part.clock_dirty {
+                part.clock_dirty = false;
+                let value = serde_json::to_vec(&(part.max_seen, part.floor)).map_err(encode)?;
+                out.push((partition, CLOCK.to_vec(), Some(value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one record of `partition` at event time `time`; results go to `out`. Returns
+    /// the record when it is late (every window it belongs to has closed).
+    pub(crate) fn on_record(
+        &mut self,
+        partition: i32,
+        key_bytes: Vec<u8>,
+        key: K,
+        time: i64,
+        item: T,
+        now: i64,
+    ) -> Option<T> {
+        let watermark = self.watermark;
+        let (kind, grace, emit) = (self.kind, self.grace, self.emit);
+        let agg = self.agg.clone();
+        let part = self
+            .parts
+            .entry(partition)
+            .or_insert_with(|| Part::new(now));
+        let wm = watermark.max(part.floor);
+        let mut updated: Vec<i64> = Vec::new();
+        let ks = part
+            .keys
+            .entry(key_bytes.clone())
+            .or_insert_with(|| KeyState {
+                key,
+                windows: BTreeMap::new(),
+                buffer: BTreeMap::new(),
+            });
+        let accepted = match kind {
+            Kind::Tumbling { size } => {
+                let start = time.div_euclid(size) * size;
+                add_fixed(
+                    &agg,
+                    ks,
+                    &mut part.closing,
+                    &key_bytes,
+                    start,
+                    size,
+                    grace,
+                    wm,
+                    &item,
+                    &mut updated,
+                )
+            }
+            Kind::Hopping { size, step } => {
+                let last = time.div_euclid(step) * step;
+                let mut start = last;
+                let mut any = false;
+                while start > time - size {
+                    any |= add_fixed(
+                        &agg,
+                        ks,
+                        &mut part.closing,
+                        &key_bytes,
+                        start,
+                        size,
+                        grace,
+                        wm,
+                        &item,
+                        &mut updated,
+                    );
+                    start -= step;
+                }
+                any
+            }
+            Kind::Sliding { size } => sliding(
+                &agg,
+                ks,
+                &mut part.closing,
+                &key_bytes,
+                time,
+                size,
+                grace,
+                wm,
+                &item,
+                &mut updated,
+            ),
+            Kind::Session { gap } => session(
+                &agg,
+                ks,
+                &mut part.closing,
+                &mut part.dirty,
+                &key_bytes,
+                time,
+                gap,
+                grace,
+                wm,
+                &item,
+                &mut updated,
+            ),
+        };
+        let mut late = None;
+        if accepted {
+            if let Kind::Sliding { .. } = kind {
+                let seq = part.seq;
+                part.seq += 1;
+                if let Ok(value) = serde_json::to_vec(&(&ks.key, &item)) {
+                    part.writes
+                        .insert(buffer_key(&key_bytes, time, seq), Some(value));
+                }
+                ks.buffer.insert((time, seq), item);
+                part.buffered.insert((time, key_bytes.clone(), seq));
+            }
+            for &start in &updated {
+                part.dirty.insert((key_bytes.clone(), start));
+            }
+            if emit == Emit::Update {
+                for &start in &updated {
+                    if let Some(w) = ks.windows.get(&start) {
+                        self.out.push_back(WindowResult {
+                            key: ks.key.clone(),
+                            start,
+                            end: w.end,
+                            value: (agg.output)(&w.state),
+                        });
+                    }
+                }
+            }
+        } else {
+            late = Some(item);
+            if ks.windows.is_empty() && ks.buffer.is_empty() {
+                part.keys.remove(&key_bytes);
+            }
+        }
+        if time > part.max_seen {
+            part.max_seen = time;
+            part.clock_dirty = true;
+        }
+        part.last_arrival = now;
+        late
+    }
+
+    /// Recomputes the watermark at clock time `now` and closes the windows it passed.
+    pub(crate) fn advance(&mut self, now: i64, floor: i64) {
+        let mut min_active: Option<i64> = None;
+        let mut max_seen = i64::MIN;
+        let mut last_arrival = i64::MIN;
+        for part in self.parts.values() {
+            max_seen = max_seen.max(part.max_seen);
+            last_arrival = last_arrival.max(part.last_arrival);
+            if now.saturating_sub(part.last_arrival) < self.idle_timeout {
+                min_active = Some(min_active.map_or(part.max_seen, |m: i64| m.min(part.max_seen)));
+            }
+        }
+        let computed = match min_active {
+            Some(m) => m,
+            // Every partition is idle: advance with the wall clock from the newest event.
+            None if max_seen == i64::MIN => i64::MIN,
+            None => max_seen.saturating_add(
+                now.saturating_sub(last_arrival)
+                    .saturating_sub(self.idle_timeout)
+                    .max(0),
+            ),
+        };
+        self.watermark = self.watermark.max(computed).max(floor);
+        let watermark = self.watermark;
+        let agg = self.agg.clone();
+        let kind = self.kind;
+        let grace = self.grace;
+        for part in self.parts.values_mut() {
+            let wm = watermark.max(part.floor);
+            if wm > part.floor {
+                part.floor = wm;
+                part.clock_dirty = true;
+            }
+            while let Some(first) = part.closing.first() {
+                if first.0 > wm {
+                    break;
+                }
+                let Some((_, key, start)) = part.closing.pop_first() else {
+                    break;
+                };
+                let Some(ks) = part.keys.get_mut(&key) else {
+                    continue;
+                };
+                let Some(win) = ks.windows.remove(&start) else {
+                    continue;
+                };
+                part.dirty.insert((key.clone(), start));
+                self.counts.closed += 1;
+                let result = WindowResult {
+                    key: ks.key.clone(),
+                    start,
+                    end: win.end,
+                    value: (agg.output)(&win.state),
+                };
+                if let Some(on_close) = &mut self.on_close {
+                    on_close(&result);
+                }
+                if self.emit == Emit::Final {
+                    self.out.push_back(result);
+                }
+                if ks.windows.is_empty() && ks.buffer.is_empty() {
+                    part.keys.remove(&key);
+                }
+            }
+            if let Kind::Sliding { size } = kind {
+                // A record at or before this can no longer be in a window that is open or
+                // may still be created.
+                let cutoff = wm.saturating_sub(grace).saturating_sub(size);
+                while let Some(first) = part.buffered.first() {
+                    if first.0 > cutoff {
+                        break;
+                    }
+                    let Some((time, key, seq)) = part.buffered.pop_first() else {
+                        break;
+                    };
+                    part.writes.insert(buffer_key(&key, time, seq), None);
+                    if let Some(ks) = part.keys.get_mut(&key) {
+                        ks.buffer.remove(&(time, seq));
+                        if ks.windows.is_empty() && ks.buffer.is_empty() {
+                            part.keys.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn close_at(end: i64, grace: i64) -> i64 {
+    end.saturating_add(grace)
+}
+
+/// Adds a record to the fixed-size window at `start`, unless it has closed.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn add_fixed<T, K, S, O>(
+    agg: &Agg<T, S, O>,
+    ks: &mut KeyState<K, S, T>,
+    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
+    key: &[u8],
+    start: i64,
+    size: i64,
+    grace: i64,
+    wm: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let end = start + size;
+    if close_at(end, grace) <= wm {
+        return false;
+    }
+    let win = ks.windows.entry(start).or_insert_with(|| {
+        closing.insert((close_at(end, grace), key.to_vec(), start));
+        Win {
+            end,
+            state: (agg.init)(),
+        }
+    });
+    (agg.add)(&mut win.state, item);
+    updated.push(start);
+    true
+}
+
+/// Sliding windows (half-open `[s, s + size)`): the window ending at the record, the windows
+/// starting right after earlier records it falls into, existing windows containing it, and the
+/// window starting right after it when a later record exists.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn sliding<T, K, S, O>(
+    agg: &Agg<T, S, O>,
+    ks: &mut KeyState<K, S, T>,
+    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
+    key: &[u8],
+    time: i64,
+    size: i64,
+    grace: i64,
+    wm: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let mut starts = BTreeSet::new();
+    starts.insert(time - size + 1);
+    for &(q, _) in ks.buffer.range((time - size, 0)..(time, 0)).map(|(k, _)| k) {
+        starts.insert(q + 1);
+    }
+    starts.extend(ks.windows.range(time - size + 1..=time).map(|(s, _)| *s));
+    if ks
+        .buffer
+        .range((time + 1, 0)..=(time + size, u64::MAX))
+        .next()
+        .is_some()
+    {
+        starts.insert(time + 1);
+    }
+    let mut accepted = false;
+    for start in starts {
+        let end = start + size;
+        if close_at(end, grace) <= wm {
+            continue;
+        }
+        let contains = start <= time && time < end;
+        match ks.windows.get_mut(&start) {
+            Some(win) => {
+                if contains {
+                    (agg.add)(&mut win.state, item);
+                    updated.push(start);
+                    accepted = true;
+                }
+            }
+            None => {
+                let mut state = (agg.init)();
+                for (_, earlier) in ks.buffer.range((start, 0)..(end, 0)) {
+                    (agg.add)(&mut state, earlier);
+                }
+                if contains {
+                    (agg.add)(&mut state, item);
+                    accepted = true;
+                }
+                closing.insert((close_at(end, grace), key.to_vec(), start));
+                ks.windows.insert(start, Win { end, state });
+                updated.push(start);
+            }
+        }
+    }
+    accepted
+}
+
+/// Session windows: the record joins (and merges) every open session of its key within `gap`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn session<T, K, S, O>(
+    agg: &Agg<T, S, O>,
+    ks: &mut KeyState<K, S, T>,
+    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
+    dirty: &mut HashSet<(Vec<u8>, i64)>,
+    key: &[u8],
+    time: i64,
+    gap: i64,
+    grace: i64,
+    wm: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let joined: Vec<i64> = ks
+        .windows
+        .range(..=time.saturating_add(gap))
+        .filter(|(_, w)| w.end >= time.saturating_sub(gap))
+        .map(|(s, _)| *s)
+        .collect();
+    let mut start = time;
+    let mut end = time;
+    for s in &joined {
+        if let Some(w) = ks.windows.get(s) {
+            start = start.min(*s);
+            end = end.max(w.end);
+        }
+    }
+    if close_at(end.saturating_add(gap), grace) <= wm {
+        return false;
+    }
+    let mut state = (agg.init)();
+    for s in joined {
+        if let Some(w) = ks.windows.remove(&s) {
+            closing.remove(&(close_at(w.end.saturating_add(gap), grace), key.to_vec(), s));
+            dirty.insert((key.to_vec(), s));
+            match &agg.merge {
+                Some(merge) => merge(&mut state, w.state),
+                None => state = w.state,
+            }
+        }
+    }
+    (agg.add)(&mut state, item);
+    closing.insert((
+        close_at(end.saturating_add(gap), grace),
+        key.to_vec(),
+        start,
+    ));
+    ks.windows.insert(start, Win { end, state });
+    updated.push(start);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    type Op = Operator<i64, String, u64, u64>;
+
+    fn count() -> Arc<Agg<i64, u64, u64>> {
+        Arc::new(Agg {
+            name: "count",
+            init: Box::new(|| 0),
+            add: Box::new(|n, _| *n += 1),
+            merge: Some(Box::new(|n, m| *n += m)),
+            output: Box::new(|n| *n),
+        })
+    }
+
+    fn op(kind: Kind, grace: i64) -> Op {
+        Operator::new(kind, grace, 1_000, Emit::Final, count())
+    }
+
+    /// Sends (key, time) records to partition 0 at clock 0, advancing after each.
+    fn feed(op: &mut Op, records: &[(&str, i64)]) -> Vec<Option<i64>> {
+        records
+            .iter()
+            .map(|&(key, time)| {
+                let late = op.on_record(0, key.as_bytes().to_vec(), key.to_owned(), time, time, 0);
+                op.advance(0, i64::MIN);
+                late
+            })
+            .collect()
+    }
+
+    fn results(op: &mut Op) -> Vec<(String, i64, i64, u64)> {
+        let mut out: Vec<_> = op
+            .out
+            .drain(..)
+            .map(|r| (r.key, r.start, r.end, r.value))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn w(key: &str, start: i64, end: i64, n: u64) -> (String, i64, i64, u64) {
+        (key.to_owned(), start, end, n)
+    }
+
+    #[test]
+    fn tumbling_closes_on_the_watermark_and_drops_late_records() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        // 3 arrives after 12: the watermark (12) has passed 10 + grace (0), so [0, 10) has
+        // closed and 3 is late.
+        let late = feed(
+            &mut op,
+            &[("a", 1), ("a", 5), ("b", 9), ("a", 12), ("a", 3)],
+        );
+        assert_eq!(late, vec![None, None, None, None, Some(3)]);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2), w("b", 0, 10, 1)]);
+        feed(&mut op, &[("a", 15), ("a", 30)]);
+        assert_eq!(results(&mut op), vec![w("a", 10, 20, 2)]);
+    }
+
+    #[test]
+    fn grace_keeps_a_window_open_for_out_of_order_records() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 5);
+        let late = feed(
+            &mut op,
+            &[("a", 1), ("a", 12), ("a", 3), ("a", 15), ("a", 4)],
+        );
+        // [0, 10) closes when the watermark reaches 15: the record at 4 comes after that.
+        assert_eq!(late, vec![None, None, None, None, Some(4)]);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2)]);
+    }
+
+    #[test]
+    fn hopping_windows_count_a_record_in_each_window_containing_it() {
+        let mut op = op(Kind::Hopping { size: 10, step: 5 }, 0);
+        feed(&mut op, &[("a", 1), ("a", 7), ("a", 12), ("a", 100)]);
+        assert_eq!(
+            results(&mut op),
+            vec![
+                w("a", -5, 5, 1),
+                w("a", 0, 10, 2),
+                w("a", 5, 15, 2),
+                w("a", 10, 20, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn sliding_windows_follow_kafka_streams_in_and_out_of_order() {
+        // One window per distinct set of records less than 10 apart: {5}, {5, 8}, {8}, {20}.
+        let expected = vec![
+            w("a", -4, 6, 1),
+            w("a", -1, 9, 2),
+            w("a", 6, 16, 1),
+            w("a", 11, 21, 1),
+        ];
+        let mut in_order = op(Kind::Sliding { size: 10 }, 100);
+        feed(&mut in_order, &[("a", 5), ("a", 8), ("a", 20)]);
+        in_order.advance(0, 1_000);
+        assert_eq!(results(&mut in_order), expected);
+
+        let mut reversed = op(Kind::Sliding { size: 10 }, 100);
+        feed(&mut reversed, &[("a", 20), ("a", 8), ("a", 5)]);
+        reversed.advance(0, 1_000);
+        assert_eq!(results(&mut reversed), expected);
+    }
+
+    #[test]
+    fn sessions_merge_when_a_record_bridges_them() {
+        let mut op = op(Kind::Session { gap: 10 }, 100);
+        feed(
+            &mut op,
+            &[("a", 0), ("a", 5), ("a", 30), ("a", 20), ("b", 3)],
+        );
+        op.advance(0, 60);
+        // Closed at end + gap + grace: b's [3, 3] at 113, nothing yet.
+        assert!(results(&mut op).is_empty());
+        feed(&mut op, &[("a", 12)]);
+        op.advance(0, 1_000);
+        assert_eq!(results(&mut op), vec![w("a", 0, 30, 5), w("b", 3, 3, 1)]);
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        op.load(1, Vec::new(), 0).unwrap();
+        feed(&mut op, &[("a", 1), ("a", 50)]);
+        assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
+        assert_eq!(op.watermark(), i64::MIN);
+        // Partition 1 catches up to 20: the watermark is min(50, 20).
+        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0);
+        op.advance(0, i64::MIN);
+        assert_eq!(op.watermark(), 20);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
+        // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
+        // clock): it stops holding the watermark back.
+        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500);
+        op.advance(1_500, i64::MIN);
+        assert_eq!(op.watermark(), 60);
+        assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
+        // Everything idle: the watermark moves with the clock past the idle timeout.
+        op.advance(2_500 + 5, i64::MIN);
+        assert_eq!(op.watermark(), 65);
+        assert_eq!(results(&mut op), Vec::new());
+        op.advance(2_500 + 10, i64::MIN);
+        assert_eq!(results(&mut op), vec![w("a", 60, 70, 1)]);
+    }
+
+    #[test]
+    fn state_round_trips_through_the_store_and_closed_windows_are_deleted() {
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut apply = |op: &mut Op| {
+            for (_, k, v) in op.take_writes().unwrap() {
+                match v {
+                    Some(v) => store.insert(k, v),
+                    None => store.remove(&k),
+                };
+            }
+            store.clone()
+        };
+        let mut first = op(Kind::Sliding { size: 10 }, 0);
+        feed(&mut first, &[("a", 5), ("a", 8)]);
+        // The watermark (8) passed the end of [-4, 6) already.
+        assert_eq!(results(&mut first), vec![w("a", -4, 6, 1)]);
+        let stored = apply(&mut first);
+        assert!(stored.keys().any(|k| k[0] == BUFFER));
+        let mut second = op(Kind::Sliding { size: 10 }, 0);
+        second.load(0, stored.into_iter().collect(), 0).unwrap();
+        feed(&mut second, &[("a", 20)]);
+        second.advance(0, 1_000);
+        assert_eq!(
+            results(&mut second),
+            vec![w("a", -1, 9, 2), w("a", 6, 16, 1), w("a", 11, 21, 1)]
+        );
+        let left = apply(&mut second);
+        assert_eq!(
+            left.keys().collect::<Vec<_>>(),
+            vec![&CLOCK.to_vec()],
+            "only the clock remains"
+        );
+        let (max_seen, floor): (i64, i64) = serde_json::from_slice(&left[CLOCK]).unwrap();
+        assert_eq!((max_seen, floor), (20, 1_000));
+    }
+}

@@ -1,0 +1,618 @@
+//! Windows through the test harness, on the embedded log: every window kind against results
+//! worked out by hand here, out-of-order and late records, idle partitions on a virtual clock,
+//! a clean restart in the middle of an open window, windowed tables, and bounded state.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rill::prelude::*;
+use rill::{AgentSpec, AgentStats, TopicSpec};
+
+const SEC: i64 = 1_000;
+
+#[record]
+#[derive(Debug, Clone)]
+struct View {
+    user: String,
+    url: String,
+    /// Event time, ms since the epoch.
+    #[record(timestamp)]
+    at: i64,
+}
+
+fn view(user: &str, url: &str, at_secs: i64) -> View {
+    View {
+        user: user.into(),
+        url: url.into(),
+        at: at_secs * SEC,
+    }
+}
+
+/// A window result as a record (no timestamp field: it carries the event time of the record
+/// being processed when it was sent).
+#[record]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Count {
+    key: String,
+    start: i64,
+    end: i64,
+    value: u64,
+}
+
+impl From<WindowResult<String, u64>> for Count {
+    fn from(w: WindowResult<String, u64>) -> Self {
+        Count {
+            key: w.key,
+            start: w.start,
+            end: w.end,
+            value: w.value,
+        }
+    }
+}
+
+fn count(key: &str, start: i64, end: i64, value: u64) -> Count {
+    Count {
+        key: key.into(),
+        start,
+        end,
+        value,
+    }
+}
+
+#[agent(topic = "views", sink = "minute_counts")]
+async fn per_minute(views: Stream<View>, out: Sink<Count>) -> rill::Result<()> {
+    let mut windows = views
+        .group_by(View::url)
+        .tumbling(Duration::from_secs(60))
+        .grace(Duration::from_secs(10))
+        .late_events_to("late_views")
+        .count();
+    while let Some(w) = windows.next().await {
+        out.send(&w.into()).await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "views", sink = "hopping_counts")]
+async fn hopping(views: Stream<View>, out: Sink<Count>) -> rill::Result<()> {
+    let mut windows = views
+        .group_by(View::url)
+        .hopping(Duration::from_secs(60), Duration::from_secs(30))
+        .count();
+    while let Some(w) = windows.next().await {
+        out.send(&w.into()).await?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "views", sink = "sliding_counts")]
+async fn sliding(views: Stream<View>, out: Sink<Count>) -> rill::Result<()> {
+    let mut windows = views
+        .group_by(View::url)
+        .sliding(Duration::from_secs(10))
+        .grace(Duration::from_secs(100))
+        .count();
+    while let Some(w) = windows.next().await {
+        out.send(&w.into()).await?;
+    }
+    Ok(())
+}
+
+#[window_state]
+#[derive(Default, Clone, Debug, PartialEq)]
+struct Visits {
+    views: u64,
+    urls: BTreeSet<String>,
+}
+
+impl WindowState<View> for Visits {
+    fn add(&mut self, view: &View) {
+        self.views += 1;
+        self.urls.insert(view.url.clone());
+    }
+}
+
+impl MergeState for Visits {
+    fn merge(&mut self, other: Self) {
+        self.views += other.views;
+        self.urls.extend(other.urls);
+    }
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Session {
+    user: String,
+    start: i64,
+    end: i64,
+    views: u64,
+    urls: Vec<String>,
+}
+
+#[agent(topic = "views", sink = "sessions")]
+async fn sessions(views: Stream<View>, out: Sink<Session>) -> rill::Result<()> {
+    let mut windows = views
+        .group_by(View::user)
+        .session(Duration::from_secs(30))
+        .grace(Duration::from_secs(1000))
+        .aggregate::<Visits>();
+    while let Some(w) = windows.next().await {
+        let session = Session {
+            user: w.key,
+            start: w.start,
+            end: w.end,
+            views: w.value.views,
+            urls: w.value.urls.into_iter().collect(),
+        };
+        out.send(&session).await?;
+    }
+    Ok(())
+}
+
+fn app(agent: rill::AgentSpec, partitions: i32) -> App {
+    App::new("windows_test")
+        .partitions(partitions)
+        .agents([agent])
+}
+
+async fn send(app: &TestApp, views: &[View]) -> rill::Result<()> {
+    for v in views {
+        app.producer().send_to("views", v).await?;
+    }
+    app.producer().flush().await
+}
+
+async fn sorted(app: &TestApp, topic: &str, n: usize) -> rill::Result<Vec<Count>> {
+    let mut got: Vec<Count> = app.expect(topic, n).await?;
+    got.sort();
+    Ok(got)
+}
+
+/// Gives the agent time to produce anything more than expected.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn stat(
+    app: &TestApp,
+    agent: &str,
+    counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    let stats = app.stats(agent).expect("agent stats");
+    AgentStats::get(counter(&stats))
+}
+
+#[tokio::test]
+async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_ones()
+-> rill::Result<()> {
+    let app = app(per_minute::agent(), 1).test().await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 1),
+            view("u", "/a", 30),
+            view("u", "/b", 59),
+            view("u", "/a", 61),
+            // Out of order but within grace: [0, 60) closes when the watermark reaches 70.
+            view("u", "/a", 20),
+            // Watermark 75: [0, 60) closes.
+            view("u", "/b", 75),
+            // Late: its window closed.
+            view("u", "/a", 5),
+            // Watermark 130: [60, 120) closes.
+            view("u", "/a", 130),
+        ],
+    )
+    .await?;
+    let got = sorted(&app, "minute_counts", 4).await?;
+    assert_eq!(
+        got,
+        vec![
+            count("/a", 0, 60 * SEC, 3),
+            count("/a", 60 * SEC, 120 * SEC, 1),
+            count("/b", 0, 60 * SEC, 1),
+            count("/b", 60 * SEC, 120 * SEC, 1),
+        ]
+    );
+    let late: Vec<View> = app.expect("late_views", 1).await?;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].at, 5 * SEC);
+    assert_eq!(stat(&app, "per_minute", |s| &s.late_records), 1);
+
+    // Time survives every hop: the repartition topic and the late topic carry event times as
+    // message timestamps, results the event time of the record that closed them.
+    let repartitioned = app.records("windows_test-per_minute-url-repartition")?;
+    let times: Vec<i64> = repartitioned.iter().filter_map(|r| r.timestamp).collect();
+    assert_eq!(
+        times,
+        vec![1, 30, 59, 61, 20, 75, 5, 130]
+            .into_iter()
+            .map(|s| s * SEC)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(app.records("late_views")?[0].timestamp, Some(5 * SEC));
+    let result_times: BTreeSet<i64> = app
+        .records("minute_counts")?
+        .iter()
+        .filter_map(|r| r.timestamp)
+        .collect();
+    assert_eq!(result_times, BTreeSet::from([75 * SEC, 130 * SEC]));
+
+    settle().await;
+    assert_eq!(
+        app.count("minute_counts")?,
+        4,
+        "each window is emitted once"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn hopping_windows_count_each_record_in_every_window_containing_it() -> rill::Result<()> {
+    let app = app(hopping::agent(), 1).test().await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 10),
+            view("u", "/a", 40),
+            view("u", "/a", 70),
+        ],
+    )
+    .await?;
+    // Watermark 70: [-30, 30) and [0, 60) have closed.
+    assert_eq!(
+        sorted(&app, "hopping_counts", 2).await?,
+        vec![
+            count("/a", -30 * SEC, 30 * SEC, 1),
+            count("/a", 0, 60 * SEC, 2)
+        ]
+    );
+    settle().await;
+    assert_eq!(app.count("hopping_counts")?, 2);
+    // The test moves the watermark without a record: the rest close.
+    app.advance_watermark(1_000 * SEC);
+    let got = sorted(&app, "hopping_counts", 4).await?;
+    assert_eq!(
+        got,
+        vec![
+            count("/a", -30 * SEC, 30 * SEC, 1),
+            count("/a", 0, 60 * SEC, 2),
+            count("/a", 30 * SEC, 90 * SEC, 2),
+            count("/a", 60 * SEC, 120 * SEC, 1),
+        ]
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn sliding_windows_give_one_window_per_distinct_set_of_records() -> rill::Result<()> {
+    let app = app(sliding::agent(), 1).test().await?;
+    // Out of order: 20 s, then 8 s, then 5 s. Records less than 10 s apart share a window.
+    send(
+        &app,
+        &[view("u", "/a", 20), view("u", "/a", 8), view("u", "/a", 5)],
+    )
+    .await?;
+    wait_until(|| stat(&app, "sliding", |s| &s.records_in) >= 3).await;
+    app.advance_watermark(1_000 * SEC);
+    let got = sorted(&app, "sliding_counts", 4).await?;
+    let size = 10 * SEC;
+    // Left windows end right after a record: [t - size + 1, t + 1); the right window of 5 s
+    // starts right after it and holds 8 s.
+    let left = |t: i64| (t * SEC - size + 1, t * SEC + 1);
+    let expected = vec![
+        count("/a", left(5).0, left(5).1, 1),
+        count("/a", left(8).0, left(8).1, 2),
+        count("/a", 5 * SEC + 1, 5 * SEC + 1 + size, 1),
+        count("/a", left(20).0, left(20).1, 1),
+    ];
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(got, expected);
+    settle().await;
+    assert_eq!(app.count("sliding_counts")?, 4);
+    app.stop().await
+}
+
+#[tokio::test]
+async fn sessions_merge_when_a_record_bridges_them_into_a_user_struct() -> rill::Result<()> {
+    let app = app(sessions::agent(), 1).test().await?;
+    send(
+        &app,
+        &[
+            view("u1", "/a", 0),
+            view("u1", "/b", 20),
+            view("u1", "/a", 80),
+            view("u2", "/c", 10),
+            // 30 s after 20 and 30 s before 80: joins both sessions into one.
+            view("u1", "/d", 50),
+        ],
+    )
+    .await?;
+    wait_until(|| stat(&app, "sessions", |s| &s.records_in) >= 5).await;
+    app.advance_watermark(10_000 * SEC);
+    let mut got: Vec<Session> = app.expect("sessions", 2).await?;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            Session {
+                user: "u1".into(),
+                start: 0,
+                end: 80 * SEC,
+                views: 4,
+                urls: vec!["/a".into(), "/b".into(), "/d".into()],
+            },
+            Session {
+                user: "u2".into(),
+                start: 10 * SEC,
+                end: 10 * SEC,
+                views: 1,
+                urls: vec!["/c".into()],
+            },
+        ]
+    );
+    app.stop().await
+}
+
+#[tokio::test]
+async fn idle_partitions_hold_windows_until_the_idle_timeout_passes() -> rill::Result<()> {
+    // Four partitions, one key: three partitions never see a record.
+    let app = App::new("windows_test")
+        .partitions(4)
+        .agents([per_minute::agent()])
+        .configure(|c| c.idle_timeout = Duration::from_secs(30))
+        .test()
+        .await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 1),
+            view("u", "/a", 61),
+            view("u", "/a", 200),
+        ],
+    )
+    .await?;
+    settle().await;
+    assert_eq!(
+        app.count("minute_counts")?,
+        0,
+        "the empty partitions hold the watermark back"
+    );
+    app.advance_clock(Duration::from_secs(29));
+    settle().await;
+    assert_eq!(app.count("minute_counts")?, 0, "not idle yet");
+    // Every partition idle for 31 s: the watermark is 200 s + 1 s; [0, 60) and [60, 120)
+    // have closed (end + 10 s grace), [180, 240) has not.
+    app.advance_clock(Duration::from_secs(2));
+    let got = sorted(&app, "minute_counts", 2).await?;
+    assert_eq!(
+        got,
+        vec![
+            count("/a", 0, 60 * SEC, 1),
+            count("/a", 60 * SEC, 120 * SEC, 1)
+        ]
+    );
+    // It keeps moving with the clock: 49 s more reaches 240 s + grace.
+    app.advance_clock(Duration::from_secs(48));
+    settle().await;
+    assert_eq!(app.count("minute_counts")?, 2);
+    app.advance_clock(Duration::from_secs(1));
+    let got = sorted(&app, "minute_counts", 3).await?;
+    assert_eq!(got[2], count("/a", 180 * SEC, 240 * SEC, 1));
+    app.stop().await
+}
+
+#[tokio::test]
+async fn a_window_open_across_a_clean_restart_is_emitted_once_with_every_record() -> rill::Result<()>
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = app(per_minute::agent(), 2).test_in(dir.path()).await?;
+    send(
+        &first,
+        &[view("u", "/a", 1), view("u", "/a", 2), view("u", "/b", 3)],
+    )
+    .await?;
+    wait_until(|| stat(&first, "per_minute", |s| &s.records_in) >= 3).await;
+    first.stop().await?;
+
+    let app = app(per_minute::agent(), 2).test_in(dir.path()).await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 4),
+            view("u", "/a", 100),
+            view("u", "/b", 100),
+        ],
+    )
+    .await?;
+    let got = sorted(&app, "minute_counts", 2).await?;
+    assert_eq!(
+        got,
+        vec![count("/a", 0, 60 * SEC, 3), count("/b", 0, 60 * SEC, 1)]
+    );
+    settle().await;
+    assert_eq!(app.count("minute_counts")?, 2);
+    app.stop().await
+}
+
+async fn wait_until(f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(f(), "condition not reached in 10 s");
+}
+
+#[tokio::test]
+async fn update_mode_emits_every_change_and_on_window_close_sees_the_final_value()
+-> rill::Result<()> {
+    let closed: Arc<Mutex<Vec<(String, i64, u64)>>> = Arc::default();
+    let seen = closed.clone();
+    let agent = AgentSpec::new("updates", "tests/windows.rs")
+        .source(TopicSpec::of::<View>("views", "tests/windows.rs"))
+        .sink(TopicSpec::of::<Count>("updates", "tests/windows.rs"))
+        .run(move |mut ctx| {
+            let seen = seen.clone();
+            async move {
+                let views = ctx.stream::<View>()?;
+                let out = ctx.sink::<Count>()?;
+                let mut windows = views
+                    .group_by(View::url)
+                    .tumbling(Duration::from_secs(60))
+                    .emit(Emit::Update)
+                    .count()
+                    .on_window_close(move |w| {
+                        seen.lock().unwrap().push((w.key.clone(), w.start, w.value));
+                    });
+                while let Some(w) = windows.next().await {
+                    out.send(&w.into()).await?;
+                }
+                Ok(())
+            }
+        });
+    let app = app(agent, 1).test().await?;
+    send(
+        &app,
+        &[view("u", "/a", 1), view("u", "/a", 2), view("u", "/a", 70)],
+    )
+    .await?;
+    let got: Vec<Count> = app.expect("updates", 3).await?;
+    assert_eq!(
+        got,
+        vec![
+            count("/a", 0, 60 * SEC, 1),
+            count("/a", 0, 60 * SEC, 2),
+            count("/a", 60 * SEC, 120 * SEC, 1)
+        ]
+    );
+    wait_until(|| closed.lock().unwrap().len() == 1).await;
+    assert_eq!(closed.lock().unwrap()[0], ("/a".to_string(), 0, 2));
+    app.stop().await
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    url: String,
+    current: u64,
+    previous: u64,
+}
+
+#[record]
+#[derive(Debug, Clone)]
+struct KeyedView {
+    #[record(key)]
+    url: String,
+    #[record(timestamp)]
+    at: i64,
+}
+
+#[agent(
+    topic = "keyed_views",
+    sink = "readings",
+    tables(counts = "views_per_minute")
+)]
+async fn windowed_table(
+    mut views: Stream<KeyedView>,
+    readings: Sink<Reading>,
+    counts: Table<String, u64>,
+) -> rill::Result<()> {
+    let counts = counts
+        .tumbling(Duration::from_secs(60))
+        .expires(Duration::from_secs(60));
+    while let Some(view) = views.next().await {
+        counts.update(view.url.clone(), |n| n + 1)?;
+        let reading = Reading {
+            current: counts.current(&view.url)?,
+            previous: counts.delta(&view.url, Duration::from_secs(60))?,
+            url: view.url,
+        };
+        readings.send(&reading).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn windowed_tables_read_the_current_and_earlier_windows_and_expire_old_ones()
+-> rill::Result<()> {
+    let app = app(windowed_table::agent(), 1).test().await?;
+    for (url, at) in [("/a", 1), ("/a", 30), ("/b", 40), ("/a", 70), ("/a", 200)] {
+        app.producer()
+            .send_to(
+                "keyed_views",
+                &KeyedView {
+                    url: url.into(),
+                    at: at * SEC,
+                },
+            )
+            .await?;
+    }
+    app.producer().flush().await?;
+    let got: Vec<Reading> = app.expect("readings", 5).await?;
+    let reading = |url: &str, current, previous| Reading {
+        url: url.into(),
+        current,
+        previous,
+    };
+    assert_eq!(
+        got,
+        vec![
+            reading("/a", 1, 0),
+            reading("/a", 2, 0),
+            reading("/b", 1, 0),
+            reading("/a", 1, 2),
+            reading("/a", 1, 0),
+        ]
+    );
+    // At 200 s, windows that ended 60 s (expires) before are deleted: [0, 60) of both keys
+    // and [60, 120) of /a.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stored: Vec<((String, i64), u64)> = app.table("views_per_minute")?;
+        stored.sort();
+        let want = vec![(("/a".to_string(), 180 * SEC), 1)];
+        if stored == want || tokio::time::Instant::now() > deadline {
+            assert_eq!(stored, want);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await
+}
+
+#[tokio::test]
+async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(per_minute::agent(), 2).test_in(dir.path()).await?;
+    let store = dir.path().join("tables").join("data.mdb");
+    let mut sizes = Vec::new();
+    let mut minute = 0i64;
+    for round in 0..8 {
+        // Each round: 100 keys over 20 minutes of event time, every window closing behind.
+        for _ in 0..20 {
+            for k in 0..100 {
+                let v = view("u", &format!("/page/{k}"), minute * 60 + k % 60);
+                app.producer().send_to("views", &v).await?;
+            }
+            minute += 1;
+        }
+        app.producer().flush().await?;
+        let want = 2_000 * (round + 1);
+        wait_until(|| stat(&app, "per_minute", |s| &s.records_in) >= want).await;
+        settle().await;
+        sizes.push(std::fs::metadata(&store).expect("table store file").len());
+    }
+    // Closed windows are deleted and LMDB reuses their pages: the file stops growing once the
+    // open windows' pages exist (round 1), instead of growing by a round's worth each time.
+    assert!(
+        sizes[7] <= sizes[3],
+        "the table store grew from {} to {} bytes: {sizes:?}",
+        sizes[3],
+        sizes[7]
+    );
+    let closed = stat(&app, "per_minute", |s| &s.windows_closed);
+    assert!(closed >= 7_000, "windows closed: {closed}");
+    app.stop().await
+}
