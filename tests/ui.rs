@@ -1,4 +1,4 @@
-//! Compile-time behaviour of `#[record]` and `#[agent]`: every supported form compiles, every
+//! Compile-time behaviour of `#[record]`, `#[agent]` and `#[window_state]`: every supported form compiles, every
 //! misuse is an error pointing at the culprit (the `.stderr` files are the expected messages).
 
 #[test]
@@ -8,4 +8,6 @@ fn ui() {
     t.compile_fail("tests/ui/record/fail/*.rs");
     t.pass("tests/ui/agent/pass/*.rs");
     t.compile_fail("tests/ui/agent/fail/*.rs");
+    t.pass("tests/ui/window_state/pass/*.rs");
+    t.compile_fail("tests/ui/window_state/fail/*.rs");
 }

@@ -437,6 +437,43 @@ async fn a_window_open_across_a_clean_restart_is_emitted_once_with_every_record(
     app.stop().await
 }
 
+#[tokio::test]
+async fn open_windows_are_rebuilt_from_their_changelog_when_the_local_store_is_lost()
+-> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = app(per_minute::agent(), 2).test_in(dir.path()).await?;
+    send(
+        &first,
+        &[view("u", "/a", 1), view("u", "/a", 2), view("u", "/b", 3)],
+    )
+    .await?;
+    wait_until(|| stat(&first, "per_minute", |s| &s.records_in) >= 3).await;
+    first.stop().await?;
+    // A new machine: the log is there, the table store is not.
+    std::fs::remove_dir_all(dir.path().join("tables")).expect("remove the table store");
+
+    let app = app(per_minute::agent(), 2).test_in(dir.path()).await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 4),
+            view("u", "/a", 100),
+            view("u", "/b", 100),
+        ],
+    )
+    .await?;
+    let got = sorted(&app, "minute_counts", 2).await?;
+    assert_eq!(
+        got,
+        vec![count("/a", 0, 60 * SEC, 3), count("/b", 0, 60 * SEC, 1)]
+    );
+    assert!(
+        stat(&app, "per_minute", |s| &s.restored) > 0,
+        "state came from the changelog"
+    );
+    app.stop().await
+}
+
 async fn wait_until(f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() && tokio::time::Instant::now() < deadline {
@@ -614,5 +651,138 @@ async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
     );
     let closed = stat(&app, "per_minute", |s| &s.windows_closed);
     assert!(closed >= 7_000, "windows closed: {closed}");
+    app.stop().await
+}
+
+/// No timestamp field: event time comes from a custom extractor.
+#[record]
+#[derive(Debug, Clone)]
+struct Purchase {
+    user: String,
+    amount: u64,
+    ts_secs: i64,
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Summary {
+    aggregation: String,
+    user: String,
+    start: i64,
+    value: serde_json::Value,
+}
+
+async fn summarize<V: serde::Serialize>(
+    aggregation: &str,
+    mut windows: WindowStream<String, V>,
+    out: Sink<Summary>,
+) -> rill::Result<()> {
+    while let Some(w) = windows.next().await {
+        let summary = Summary {
+            aggregation: aggregation.into(),
+            user: w.key,
+            start: w.start,
+            value: serde_json::to_value(&w.value).expect("json"),
+        };
+        out.send(&summary).await?;
+    }
+    Ok(())
+}
+
+fn purchases(views: Stream<Purchase>) -> rill::window::Windows<Purchase, String> {
+    views
+        .event_time(|p| p.ts_secs * SEC)
+        .group_by(Purchase::user)
+        .tumbling(Duration::from_secs(60))
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn sum_of(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    summarize("sum", purchases(p).sum(|p| p.amount), out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn min_of(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    summarize("min", purchases(p).min(|p| p.amount), out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn max_of(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    summarize("max", purchases(p).max(|p| p.amount), out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn mean_of(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    summarize("mean", purchases(p).mean(|p| p.amount as f64), out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn biggest(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    let windows = purchases(p).reduce(|a, b| {
+        if b.amount > a.amount {
+            b.clone()
+        } else {
+            a.clone()
+        }
+    });
+    summarize("reduce", windows, out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn collected(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    let windows = purchases(p).collect_limit(2).collect();
+    summarize("collect", windows, out).await
+}
+
+#[agent(topic = "purchases", sink = "summaries")]
+async fn folded(p: Stream<Purchase>, out: Sink<Summary>) -> rill::Result<()> {
+    let windows = purchases(p).fold(Vec::new, |seen: &mut Vec<i64>, p| seen.push(p.ts_secs));
+    summarize("fold", windows, out).await
+}
+
+#[tokio::test]
+async fn every_aggregation_over_a_custom_event_time() -> rill::Result<()> {
+    let app = App::new("windows_aggs")
+        .partitions(1)
+        .agents([
+            sum_of::agent(),
+            min_of::agent(),
+            max_of::agent(),
+            mean_of::agent(),
+            biggest::agent(),
+            collected::agent(),
+            folded::agent(),
+        ])
+        .test()
+        .await?;
+    for (amount, ts_secs) in [(10, 5), (3, 20), (7, 50), (100, 70)] {
+        let p = Purchase {
+            user: "u".into(),
+            amount,
+            ts_secs,
+        };
+        app.producer().send_to("purchases", &p).await?;
+    }
+    app.producer().flush().await?;
+    let got: Vec<Summary> = app.expect("summaries", 7).await?;
+    let value = |name: &str| {
+        let found: Vec<&Summary> = got.iter().filter(|s| s.aggregation == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {got:?}");
+        assert_eq!((found[0].user.as_str(), found[0].start), ("u", 0));
+        found[0].value.clone()
+    };
+    assert_eq!(value("sum"), serde_json::json!(20));
+    assert_eq!(value("min"), serde_json::json!(3));
+    assert_eq!(value("max"), serde_json::json!(10));
+    assert_eq!(value("mean"), serde_json::json!(20.0 / 3.0));
+    assert_eq!(value("reduce")["amount"], serde_json::json!(10));
+    let collected: Vec<u64> = value("collect")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["amount"].as_u64().expect("amount"))
+        .collect();
+    assert_eq!(collected, vec![10, 3], "bounded to the first two");
+    assert_eq!(value("fold"), serde_json::json!([5, 20, 50]));
     app.stop().await
 }

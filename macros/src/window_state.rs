@@ -1,4 +1,4 @@
-//! `#[window_state]`: makes a struct a window accumulator's stored form. It derives the serde
+//! `#[window_state]`: makes a struct (or enum) a window accumulator's stored form. It derives the serde
 //! plumbing (the state is kept in the table store and its changelog) and checks, with errors on
 //! the struct, that it is `Default` (the empty window) and `Clone` (what a result carries).
 //! The user implements `rill::WindowState<T>` (`add`) and, for session windows,
@@ -14,20 +14,23 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         let err = syn::Error::new_spanned(&args, "`#[window_state]` takes no arguments");
         return with_errors(input, err);
     }
-    let item: syn::Item = match syn::parse2(input.clone()) {
+    let strukt: syn::DeriveInput = match syn::parse2(input.clone()) {
         Ok(item) => item,
-        Err(e) => return with_errors(input, e),
-    };
-    let strukt = match item {
-        syn::Item::Struct(s) => s,
-        other => {
+        Err(_) => {
             let err = syn::Error::new_spanned(
-                &other,
-                "`#[window_state]` goes on a struct: the accumulator a window keeps per key",
+                &input,
+                "`#[window_state]` goes on a struct or enum: the accumulator a window keeps per key",
             );
             return with_errors(input, err);
         }
     };
+    if let syn::Data::Union(u) = &strukt.data {
+        let err = syn::Error::new_spanned(
+            u.union_token,
+            "`#[window_state]` goes on a struct or enum, not a union",
+        );
+        return with_errors(input, err);
+    }
     let name = &strukt.ident;
     // Generic states are checked where they are used (`WindowState` requires both traits).
     let check = strukt.generics.params.is_empty().then(|| {

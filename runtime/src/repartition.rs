@@ -207,12 +207,24 @@ impl AgentPipeline {
         let topic = format!("{}-{}-{field}-repartition", self.app_id, self.agent);
         let mut spec = TopicSpec::of::<Vec<u8>>(&topic, "group_by");
         spec.partitions = Some(self.source_partitions);
-        // Created once per agent, before any record flows; the admin call completes on
-        // librdkafka's own thread, so blocking on it here is safe.
-        futures::executor::block_on(
-            self.transport
-                .ensure_topics(std::slice::from_ref(&spec), self.source_partitions),
-        )?;
+        // Created once per agent, before any record flows. `group_by` is synchronous, so the
+        // creation runs to completion on a thread of its own with its own small runtime (its
+        // retries sleep on a tokio timer): blocking on it in place could hang a current-thread
+        // runtime, whose timer would be the blocked thread.
+        let transport = self.transport.clone();
+        let partitions = self.source_partitions;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| Error::Shutdown(format!("group_by setup runtime: {e}")))?
+                        .block_on(transport.ensure_topics(std::slice::from_ref(&spec), partitions))
+                })
+                .join()
+                .map_err(|_| Error::Shutdown("group_by setup panicked".into()))?
+        })?;
         let mut txs = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..self.instances {

@@ -106,7 +106,9 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             }),
         }
     }
+}
 
+impl<K, V> WindowStream<K, V> {
     /// Calls `f` for every window as it closes (in either emit mode), with its key, bounds and
     /// final value.
     pub fn on_window_close(mut self, f: impl FnMut(&WindowResult<K, V>) + Send + 'static) -> Self {
