@@ -98,6 +98,14 @@ pub struct Config {
     pub retention_bytes: Option<u64>,
     /// Embedded log retention by record age (`None`: unbounded).
     pub retention: Option<Duration>,
+    /// The embedded log compacts a partition of a compacted topic (table and window
+    /// changelogs) when it has grown to twice its size after the last compaction and past this
+    /// many bytes (`RILL_COMPACTION_BYTES`; default 16 MiB).
+    pub compaction_bytes: u64,
+    /// How long the embedded log keeps a tombstone (a deleted key) in a compacted topic, so a
+    /// lagging reader still sees the delete (`RILL_TOMBSTONE_RETENTION_MS`; default 24 h, as
+    /// Kafka's `delete.retention.ms`).
+    pub tombstone_retention: Duration,
     /// LMDB map size of the embedded log.
     pub embedded_map_size: usize,
     /// Initial LMDB map size of the table store (`RILL_TABLE_MAP_SIZE`, bytes); it doubles
@@ -127,6 +135,8 @@ impl Config {
             kafka: BTreeMap::new(),
             retention_bytes: None,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            compaction_bytes: 16 << 20,
+            tombstone_retention: Duration::from_secs(24 * 3600),
             embedded_map_size: 8 << 30,
             table_map_size: 1 << 30,
             table_map_max: 1 << 40,
@@ -161,6 +171,10 @@ impl Config {
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
                 "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
                 "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
+                "RILL_COMPACTION_BYTES" => self.compaction_bytes = parse_num(&name, &value, 1)?,
+                "RILL_TOMBSTONE_RETENTION_MS" => {
+                    self.tombstone_retention = Duration::from_millis(parse_num(&name, &value, 0)?);
+                }
                 "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
                 "RILL_RETENTION_MS" => {
                     self.retention = Some(Duration::from_millis(parse_num(&name, &value, 1)?));

@@ -36,7 +36,7 @@ const FETCH_MAX: usize = 2000;
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct TopicMeta {
     partitions: i32,
-    /// Changelogs: exempt from retention (the embedded log does not compact).
+    /// Changelogs: compacted (the last record per key stays) instead of retention.
     #[serde(default)]
     compacted: bool,
 }
@@ -54,6 +54,8 @@ pub(crate) struct EmbeddedLog {
     default_partitions: i32,
     retention_bytes: Option<u64>,
     retention_ms: Option<i64>,
+    compaction_bytes: u64,
+    tombstone_retention_ms: i64,
     changes: Mutex<u64>,
     changed: Condvar,
     groups: Mutex<HashMap<String, Group>>,
@@ -106,6 +108,9 @@ impl EmbeddedLog {
             retention_ms: config
                 .retention
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            compaction_bytes: config.compaction_bytes,
+            tombstone_retention_ms: i64::try_from(config.tombstone_retention.as_millis())
+                .unwrap_or(i64::MAX),
             changes: Mutex::new(0),
             changed: Condvar::new(),
             groups: Mutex::new(HashMap::new()),
@@ -170,7 +175,8 @@ impl EmbeddedLog {
         self.ensure_topic_with(topic, partitions, false)
     }
 
-    /// Creates a topic if missing, optionally exempt from retention; returns its partitions.
+    /// Creates a topic if missing, optionally compacted instead of retained by size and age;
+    /// returns its partitions.
     pub(crate) fn ensure_topic_with(
         &self,
         topic: &str,
@@ -350,6 +356,10 @@ impl EmbeddedLog {
                 .is_some_and(|m| m.compacted);
             if !compacted {
                 self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
+            } else if state.bytes > self.compaction_bytes
+                && state.bytes > state.compacted_bytes.saturating_mul(2)
+            {
+                self.compact(&mut wtxn, db, &mut state, &topic, partition)?;
             }
             self.parts_db
                 .put(
@@ -378,6 +388,71 @@ impl EmbeddedLog {
         }
         self.notify();
         Ok(produced)
+    }
+
+    /// Kafka's log compaction, for one partition at once: every record whose key has a later
+    /// record is removed, and so are tombstones older than the tombstone retention. Offsets
+    /// keep their numbers (reads skip the gaps); the last record of the partition always stays.
+    fn compact(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        db: PartDb,
+        state: &mut PartState,
+        topic: &str,
+        partition: i32,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let tombstones_before = now_millis().saturating_sub(self.tombstone_retention_ms);
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for item in db.iter(wtxn).map_err(self.err("compaction scan"))? {
+            let (offset, bytes) = item.map_err(self.err("compaction scan"))?;
+            if let (Some(key), _) = decode_key_and_tombstone(bytes) {
+                latest.insert(key, offset);
+            }
+        }
+        let last = state.next.saturating_sub(1);
+        let mut kept = 0u64;
+        let mut doomed = Vec::new();
+        for item in db.iter(wtxn).map_err(self.err("compaction scan"))? {
+            let (offset, bytes) = item.map_err(self.err("compaction scan"))?;
+            let (key, tombstone) = decode_key_and_tombstone(bytes);
+            let superseded = key
+                .as_ref()
+                .is_some_and(|k| latest.get(k).is_some_and(|l| *l != offset));
+            let expired_tombstone = tombstone && decode_appended_at(bytes) < tombstones_before;
+            if offset != last && (superseded || expired_tombstone) {
+                doomed.push(offset);
+            } else {
+                kept += bytes.len() as u64;
+            }
+        }
+        let removed = doomed.len();
+        for offset in doomed {
+            db.delete(wtxn, &offset)
+                .map_err(self.err(format!("compacting {topic}[{partition}]")))?;
+        }
+        tracing::debug!(
+            topic,
+            partition,
+            removed,
+            before = state.bytes,
+            after = kept,
+            elapsed = ?started.elapsed(),
+            "compacted"
+        );
+        state.bytes = kept;
+        state.compacted_bytes = kept;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn compact_partition(&self, topic: &str, partition: i32) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.err("compacting"))?;
+        let mut new_dbs = Vec::new();
+        let db = self.part_db_rw(&mut wtxn, topic, partition, &mut new_dbs)?;
+        let mut state = self.part_state(&wtxn, topic, partition)?;
+        self.compact(&mut wtxn, db, &mut state, topic, partition)?;
+        wtxn.commit().map_err(self.err("compacting"))
     }
 
     fn apply_retention(
@@ -597,13 +672,16 @@ impl EmbeddedLog {
 struct PartState {
     next: u64,
     bytes: u64,
+    /// Size right after the last compaction (compacted topics).
+    compacted_bytes: u64,
 }
 
 impl PartState {
-    fn to_bytes(self) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.next.to_be_bytes());
-        out[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        out[8..16].copy_from_slice(&self.bytes.to_be_bytes());
+        out[16..].copy_from_slice(&self.compacted_bytes.to_be_bytes());
         out
     }
 
@@ -616,6 +694,7 @@ impl PartState {
         PartState {
             next: word(0..8),
             bytes: word(8..16),
+            compacted_bytes: word(16..24),
         }
     }
 }
@@ -689,6 +768,18 @@ fn decode_i64(bytes: &[u8], at: usize) -> i64 {
 }
 
 /// When the record was appended.
+/// A stored record's key, and whether it is a tombstone (no value).
+fn decode_key_and_tombstone(bytes: &[u8]) -> (Option<Vec<u8>>, bool) {
+    let mut r = Reader(bytes.get(16..).unwrap_or_default());
+    let key = r.opt().map(<[u8]>::to_vec);
+    let n = <[u8; 2]>::try_from(r.take(2)).map_or(0, u16::from_be_bytes);
+    for _ in 0..n {
+        r.opt();
+        r.opt();
+    }
+    (key, r.opt().is_none())
+}
+
 fn decode_appended_at(bytes: &[u8]) -> i64 {
     decode_i64(bytes, 0)
 }
@@ -921,6 +1012,59 @@ mod tests {
         );
         let first = log.read(&Arc::from("a"), 0, 0, 1).unwrap();
         assert_eq!(first[0].offset, low);
+    }
+
+    #[test]
+    fn compacted_topics_keep_the_last_record_per_key_and_drop_old_tombstones() {
+        let mut config = Config::new("t");
+        config.compaction_bytes = 4096;
+        config.tombstone_retention = Duration::ZERO;
+        config.retention_bytes = Some(1);
+        let log = EmbeddedLog::open(&config, true).unwrap();
+        log.ensure_topic_with("c", 1, true).unwrap();
+        let keyed = |key: &str, value: Option<&str>| {
+            let mut r = out("c", Some(key), "");
+            r.value = value.map(|v| v.as_bytes().to_vec());
+            r.partition = Some(0);
+            r
+        };
+        // 3 keys written 100 times each, then key `z` deleted: a tombstone.
+        for round in 0..100 {
+            let value = format!("{round:0>40}");
+            let batch = ["x", "y", "z"]
+                .iter()
+                .map(|k| keyed(k, Some(value.as_str())))
+                .collect();
+            log.append(batch, None).unwrap();
+        }
+        log.append(vec![keyed("z", None)], None).unwrap();
+        // Compaction runs on appends once the partition is past 4 KiB and twice its compacted
+        // size; one more append of `x` triggers it if the last did not.
+        log.append(vec![keyed("x", Some("last"))], None).unwrap();
+        let (_, high) = log.watermarks("c", 0).unwrap();
+        assert_eq!(high, 302, "offsets keep their numbers");
+        let left = log.read(&Arc::from("c"), 0, 0, usize::MAX).unwrap();
+        // Compaction runs whenever the partition passes 4 KiB (about 50 of these records).
+        assert!(left.len() < 60, "compaction left {} records", left.len());
+        std::thread::sleep(Duration::from_millis(5));
+        log.compact_partition("c", 0).unwrap();
+        let left = log.read(&Arc::from("c"), 0, 0, usize::MAX).unwrap();
+        assert_eq!(left.len(), 2, "{left:?}");
+        let latest: HashMap<Vec<u8>, Option<Vec<u8>>> = left
+            .iter()
+            .map(|r| (r.key.clone().unwrap(), r.value.clone()))
+            .collect();
+        assert_eq!(latest.get(b"x".as_slice()), Some(&Some(b"last".to_vec())));
+        assert_eq!(
+            latest.get(b"y".as_slice()),
+            Some(&Some(format!("{:0>40}", 99).into_bytes()))
+        );
+        assert!(
+            !latest.contains_key(b"z".as_slice()),
+            "the expired tombstone and the values it deleted are gone"
+        );
+        // Retention by size (1 byte) does not apply to compacted topics.
+        assert_eq!(left.last().unwrap().offset, 301);
     }
 
     #[test]
