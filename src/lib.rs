@@ -82,15 +82,16 @@ pub use rill_runtime::{
     TopicSpec, Worker, registered_agents,
 };
 pub use rill_runtime::{
-    Clock, Emit, KeyedStream, MergeState, WindowResult, WindowState, WindowStream, WindowedTable,
+    Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState, WindowStream,
+    WindowedTable,
 };
 pub use rill_runtime::{partitioner, time, window};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        App, Codec, Emit, Event, GlobalTable, KeyedStream, MergeState, Producer, Record, Result,
-        Sink, Stream, Table, TestApp, Topic, WindowResult, WindowState, WindowStream,
+        App, Codec, Emit, Event, GlobalTable, KeyedStream, MergeState, OnError, Producer, Record,
+        Result, Sink, Stream, Table, TestApp, Topic, WindowResult, WindowState, WindowStream,
         WindowedTable, agent, record, window_state,
     };
 }

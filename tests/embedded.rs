@@ -39,7 +39,8 @@ async fn relay(ticks: Stream<Tick>, seen: Sink<Seen>) -> rill::Result<()> {
     Ok(())
 }
 
-#[agent(topic = "bad_ticks")]
+/// `stop`: the worker stops on the first failure (the default policy dead-letters instead).
+#[agent(topic = "bad_ticks", on_error = "stop")]
 async fn failing(mut ticks: Stream<Tick>) -> rill::Result<()> {
     if let Some(t) = ticks.next().await {
         return Err(rill::Error::user(format!("cannot handle seq {}", t.seq)));

@@ -16,7 +16,13 @@ const KEYS: &[&str] = &[
     "group",
     "tables",
     "global_tables",
+    "on_error",
+    "dead_letter",
+    "retries",
+    "retry_backoff_ms",
 ];
+
+const POLICIES: &[&str] = &["dead_letter", "retry", "retry_topics", "skip", "stop"];
 
 #[derive(Default)]
 struct Args {
@@ -28,6 +34,11 @@ struct Args {
     tables: Vec<(syn::Ident, syn::LitStr)>,
     /// `global_tables(binding = "topic", ...)`
     global_tables: Vec<(syn::Ident, syn::LitStr)>,
+    /// `on_error = "retry"`: checked against the policy names.
+    on_error: Option<syn::LitStr>,
+    dead_letter: Option<TopicArg>,
+    retries: Option<syn::LitInt>,
+    retry_backoff_ms: Option<syn::LitInt>,
 }
 
 enum Param {
@@ -202,6 +213,32 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
                 }
                 Ok(())
             })?;
+        } else if meta.path.is_ident("on_error") {
+            let lit: syn::LitStr = meta.value()?.parse()?;
+            if POLICIES.contains(&lit.value().as_str()) {
+                once(cx, &mut out.on_error, &meta, lit, "agent");
+            } else {
+                cx.error(
+                    &lit,
+                    format!(
+                        "unknown `on_error` policy `{}`; {}",
+                        lit.value(),
+                        expected(POLICIES)
+                    ),
+                );
+            }
+        } else if meta.path.is_ident("dead_letter") {
+            let t = TopicArg::parse(&meta)?;
+            once(cx, &mut out.dead_letter, &meta, t, "agent");
+        } else if meta.path.is_ident("retries") || meta.path.is_ident("retry_backoff_ms") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            if lit.base10_parse::<u32>().is_err() {
+                cx.error(&lit, "expected a whole number");
+            } else if meta.path.is_ident("retries") {
+                once(cx, &mut out.retries, &meta, lit, "agent");
+            } else {
+                once(cx, &mut out.retry_backoff_ms, &meta, lit, "agent");
+            }
         } else if meta.path.is_ident("group") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             once(cx, &mut out.group, &meta, lit, "agent");
@@ -223,6 +260,18 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
     });
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         cx.push(e);
+    }
+    let retrying = out
+        .on_error
+        .as_ref()
+        .is_some_and(|p| p.value().starts_with("retry"));
+    for lit in [&out.retries, &out.retry_backoff_ms].into_iter().flatten() {
+        if !retrying {
+            cx.error(
+                lit,
+                "`retries` and `retry_backoff_ms` go with `on_error = \"retry\"` or `\"retry_topics\"`",
+            );
+        }
     }
     out
 }
@@ -297,6 +346,11 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     };
     let concurrency = args.concurrency.unwrap_or(1);
     let group = args.group.as_ref().map(|g| quote!(.group(#g)));
+    let on_error = policy(args.on_error.as_ref().map(syn::LitStr::value), args);
+    let dead_letter = args.dead_letter.as_ref().map(|t| match t {
+        TopicArg::Name(name) => quote!(.dead_letter(#name)),
+        TopicArg::Const(path) => quote!(.dead_letter(#path.name())),
+    });
     let stream_var = format_ident!("__rill_stream");
     let sink_var = format_ident!("__rill_sink");
     let call_args = params.iter().map(|p| match p {
@@ -372,6 +426,8 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     #sink
                     .concurrency(#concurrency)
                     #group
+                    #on_error
+                    #dead_letter
                     #(#table_specs)*
                     #(#global_specs)*
                     .run(|mut __rill_ctx: ::rill::AgentContext| async move {
@@ -390,5 +446,27 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         ::rill::__private::inventory::submit! {
             ::rill::Registration { build: #name::agent }
         }
+    }
+}
+
+/// `.on_error(...)` from `on_error`, `retries` and `retry_backoff_ms`.
+fn policy(name: Option<String>, args: &Args) -> TokenStream {
+    let Some(name) = name else {
+        return quote!();
+    };
+    let retries = args.retries.as_ref().map(|n| quote!(.with_attempts(#n)));
+    let backoff = args
+        .retry_backoff_ms
+        .as_ref()
+        .map(|ms| quote!(.with_backoff(::core::time::Duration::from_millis(#ms))));
+    quote! {
+        .on_error(
+            match ::rill::OnError::from_name(#name) {
+                ::core::option::Option::Some(p) => p,
+                ::core::option::Option::None => ::rill::OnError::DeadLetter,
+            }
+            #retries
+            #backoff
+        )
     }
 }

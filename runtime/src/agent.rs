@@ -29,7 +29,7 @@ use crate::stream::{Sink, Stream, StreamCore, agent_error};
 use crate::table::{GlobalTable, Table, TableSpec};
 use crate::topic::TopicSpec;
 
-type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+pub(crate) type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// The description of an agent.
 #[derive(Clone)]
@@ -42,6 +42,8 @@ pub struct AgentSpec {
     pub(crate) group: Option<String>,
     pub(crate) tables: Vec<TableSpec>,
     pub(crate) global_tables: Vec<String>,
+    pub(crate) on_error: Option<crate::failure::OnError>,
+    pub(crate) dead_letter: Option<String>,
     pub(crate) run: Option<RunFn>,
 }
 
@@ -57,8 +59,24 @@ impl AgentSpec {
             group: None,
             tables: Vec::new(),
             global_tables: Vec::new(),
+            on_error: None,
+            dead_letter: None,
             run: None,
         }
+    }
+
+    /// What happens to a record that fails (`#[agent(on_error = "...")]`); the App-wide
+    /// default (`Config::on_error`) applies otherwise. See [`crate::failure`].
+    pub fn on_error(mut self, policy: crate::failure::OnError) -> Self {
+        self.on_error = Some(policy);
+        self
+    }
+
+    /// Names the dead-letter topic (`#[agent(dead_letter = "...")]`; default
+    /// `<app>-<agent>-dlq`).
+    pub fn dead_letter(mut self, topic: &str) -> Self {
+        self.dead_letter = Some(topic.to_owned());
+        self
     }
 
     /// Adds a source topic.
@@ -192,7 +210,20 @@ pub struct AgentContext {
 }
 
 impl AgentContext {
-    /// The instance's typed stream; can be taken once.
+    /// The same context without its stream (for calling the agent function again).
+    pub(crate) fn clone_parts(&self) -> AgentContext {
+        AgentContext {
+            agent: self.agent.clone(),
+            instance: self.instance,
+            core: None,
+            sources: self.sources.clone(),
+            sink: self.sink.clone(),
+            shared: self.shared.clone(),
+            globals: self.globals.clone(),
+        }
+    }
+
+    /// The instance's typed stream; can be taken once per call of the agent function.
     pub fn stream<T: Record>(&mut self) -> Result<Stream<T>> {
         let core = self
             .core
@@ -261,4 +292,13 @@ pub fn registered_agents() -> Vec<AgentSpec> {
         .collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     specs
+}
+
+impl Drop for AgentContext {
+    /// A stream never taken stays with the instance (see `Stream`'s `Drop`).
+    fn drop(&mut self) {
+        if let Some(core) = self.core.take() {
+            self.shared.clone().park(core);
+        }
+    }
 }

@@ -120,6 +120,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// The clock idle timeouts and windowed tables' `now()` read (virtual in tests).
     pub clock: crate::time::Clock,
+    /// Failure policy of agents that do not choose one (`RILL_ON_ERROR`; default
+    /// `dead_letter`). See `failure`.
+    pub on_error: crate::failure::OnError,
+    /// Record values larger than this are failures before decoding (`RILL_MAX_RECORD_BYTES`;
+    /// default 1 MiB, Kafka's default message size limit).
+    pub max_record_bytes: usize,
 }
 
 impl Config {
@@ -143,6 +149,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(10),
             clock: crate::time::Clock::System,
+            on_error: crate::failure::OnError::DeadLetter,
+            max_record_bytes: 1 << 20,
         }
     }
 
@@ -167,6 +175,15 @@ impl Config {
                 "RILL_IDLE_TIMEOUT_MS" => {
                     self.idle_timeout = Duration::from_millis(parse_num(&name, &value, 1)?);
                 }
+                "RILL_ON_ERROR" => {
+                    self.on_error = crate::failure::OnError::from_name(&value).ok_or_else(|| {
+                        Error::config(
+                            &name,
+                            format!("`{value}` is not a policy; use dead_letter, retry, retry_topics, skip or stop"),
+                        )
+                    })?;
+                }
+                "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(&name, &value, 1)?,
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
                 "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,

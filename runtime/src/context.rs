@@ -35,6 +35,14 @@ pub struct AgentStats {
     pub no_event_time: AtomicU64,
     /// Windows closed (final results computed).
     pub windows_closed: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Retries: in place, or through a retry topic.
+    pub retried: AtomicU64,
+    /// Failed records skipped (`on_error = "skip"`).
+    pub skipped: AtomicU64,
+    /// Times the agent function returned `Err` or panicked on a record.
+    pub failures: AtomicU64,
 }
 
 impl AgentStats {
@@ -60,6 +68,13 @@ pub(crate) struct Shared {
     pub(crate) assignment: AtomicU64,
     /// The worker's clock.
     pub(crate) clock: crate::time::Clock,
+    /// Records that failed to decode, with why; the stream applies the failure policy.
+    pub(crate) failed_records: Mutex<Vec<(crate::message::RawRecord, crate::failure::Failure)>>,
+    /// Dead-letter and retry records, sent in the next commit step before its offsets.
+    pub(crate) dead: Mutex<Vec<OutRecord>>,
+    /// The stream core, parked here when the agent's stream is dropped (the agent function
+    /// returned or panicked), so the worker can call the function again on it.
+    pub(crate) parked: Mutex<Option<crate::stream::StreamCore>>,
     /// Partition of the record being processed (-1: none), for tables' key checks.
     pub(crate) current_partition: AtomicI32,
     /// Partition numbers this instance owns.
@@ -87,6 +102,9 @@ impl Shared {
             event_time: AtomicI64::new(i64::MIN),
             assignment: AtomicU64::new(0),
             clock,
+            failed_records: Mutex::new(Vec::new()),
+            dead: Mutex::new(Vec::new()),
+            parked: Mutex::new(None),
             current_partition: AtomicI32::new(-1),
             owned: Mutex::new(Vec::new()),
             stats,
@@ -112,6 +130,55 @@ impl Shared {
     /// Event time of the record being processed.
     pub(crate) fn event_time(&self) -> Option<i64> {
         Some(self.event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+    }
+
+    pub(crate) fn park(&self, core: crate::stream::StreamCore) {
+        *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(core);
+    }
+
+    pub(crate) fn take_parked(&self) -> Option<crate::stream::StreamCore> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn record_failed(
+        &self,
+        raw: &crate::message::RawRecord,
+        failure: crate::failure::Failure,
+    ) {
+        self.failed_records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((raw.clone(), failure));
+    }
+
+    pub(crate) fn take_failed_records(
+        &self,
+    ) -> Vec<(crate::message::RawRecord, crate::failure::Failure)> {
+        std::mem::take(
+            &mut *self
+                .failed_records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    pub(crate) fn push_dead(&self, record: OutRecord) {
+        self.dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+    }
+
+    pub(crate) fn take_dead(&self) -> Vec<OutRecord> {
+        std::mem::take(&mut *self.dead.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn has_dead(&self) -> bool {
+        !self
+            .dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     pub(crate) fn owned_partitions(&self) -> Vec<i32> {

@@ -156,6 +156,14 @@ pub enum CodecError {
     /// The record had no value (a Kafka tombstone).
     #[error("the record has no value (null payload)")]
     NullValue,
+    /// The value is larger than `Config::max_record_bytes`.
+    #[error("the value is {size} bytes, more than the {max} allowed (RILL_MAX_RECORD_BYTES)")]
+    Oversized {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The codec cannot represent this type.
     #[error("codec `{codec}` cannot carry `{ty}`: {hint}")]
     Unsupported {

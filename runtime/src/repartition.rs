@@ -288,6 +288,7 @@ impl AgentPipeline {
             return Err(Box::new((error, source)));
         };
         let shared = source.shared().clone();
+        let policy = source.policy().clone();
         let pump_shared = Shared::new(
             self.agent.clone(),
             shared.producer.clone(),
@@ -299,7 +300,10 @@ impl AgentPipeline {
         let topic = r.topic.clone();
         let main_shared = shared.clone();
         let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
-            while let Some(raw) = futures::future::poll_fn(|cx| source.poll_raw(cx)).await {
+            while futures::future::poll_fn(|cx| source.poll_raw(cx).map(|r| r.is_some())).await {
+                let Some(raw) = source.take_current() else {
+                    continue;
+                };
                 let Some(value) = raw.value else { continue };
                 match key_of(&value) {
                     Ok((key, at)) => {
@@ -343,6 +347,7 @@ impl AgentPipeline {
             instance,
             instances: self.instances,
             pipeline: Some(self.clone()),
+            policy,
         }))
     }
 }

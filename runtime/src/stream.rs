@@ -8,7 +8,7 @@
 //! All of it runs inside `poll_next`, on the agent's own task: no locks or channel hops per
 //! record beyond the batch channel from the fetcher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::codec::{Codec, KeyBytes};
 use crate::context::{self, Shared};
 use crate::error::{Error, Result};
+use crate::failure::{self, Action, Failure, FailureKind, Policy};
 use crate::message::{Event, Metadata, RawRecord};
 use crate::record::Record;
 use crate::repartition::AgentPipeline;
@@ -32,6 +33,16 @@ use crate::transport::{Batch, Committer, Control, Tp};
 
 /// Pending sends that trigger a commit before the interval ends, bounding memory.
 const MAX_PENDING: usize = 20_000;
+
+/// Records parked behind held partitions before the instance stops reading new batches.
+const MAX_PARKED: usize = 50_000;
+
+/// A partition held back: its first record is due again at `until` (an in-place retry, or a
+/// retry-topic record not yet due); the records behind it wait their turn.
+struct Held {
+    until: tokio::time::Instant,
+    records: VecDeque<RawRecord>,
+}
 
 /// Shutdown request, sent by the worker alongside the fetcher's control messages.
 pub(crate) enum Stop {
@@ -51,7 +62,7 @@ pub(crate) struct StreamCore {
     group: Arc<str>,
     committer: Committer,
     interval: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     committing: Option<Commit>,
     closed: bool,
     resume: HashMap<Tp, i64>,
@@ -60,6 +71,19 @@ pub(crate) struct StreamCore {
     instance: usize,
     instances: usize,
     pipeline: Option<Arc<AgentPipeline>>,
+    /// The record last handed out (until the next one): what a failure is about.
+    current: Option<RawRecord>,
+    policy: Arc<Policy>,
+    held: HashMap<Tp, Held>,
+    hold_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Attempts so far of records retried in place.
+    attempts: HashMap<(Tp, i64), u32>,
+    /// The `group_by` name this core reads the repartition topic of (after a restart of the
+    /// agent function, `group_by` with that name reuses it).
+    pub(crate) rekeyed: Option<String>,
+    /// A placeholder left in a `Stream` whose core was moved on: never parked or polled.
+    husk: bool,
+    commit_failed: bool,
 }
 
 struct Commit {
@@ -80,6 +104,7 @@ pub(crate) struct CoreParts {
     pub(crate) instance: usize,
     pub(crate) instances: usize,
     pub(crate) pipeline: Option<Arc<AgentPipeline>>,
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl StreamCore {
@@ -97,7 +122,7 @@ impl StreamCore {
             group: p.group,
             committer: p.committer,
             interval: p.interval,
-            deadline: Box::pin(tokio::time::sleep(p.interval)),
+            deadline: None,
             committing: None,
             closed: false,
             resume: HashMap::new(),
@@ -106,7 +131,40 @@ impl StreamCore {
             instance: p.instance,
             instances: p.instances.max(1),
             pipeline: p.pipeline,
+            current: None,
+            policy: p.policy,
+            held: HashMap::new(),
+            hold_timer: None,
+            attempts: HashMap::new(),
+            rekeyed: None,
+            husk: false,
+            commit_failed: false,
         }
+    }
+
+    /// An empty core left behind when a `Stream`'s core moves to another stream.
+    fn husk(shared: Arc<Shared>, policy: Arc<Policy>) -> Self {
+        let mut core = StreamCore::new(CoreParts {
+            data: mpsc::channel(1).1,
+            ctrl: mpsc::unbounded_channel().1,
+            stop: mpsc::unbounded_channel().1,
+            shared,
+            group: Arc::from(""),
+            committer: Committer::Embedded,
+            interval: Duration::from_secs(3600),
+            recovery: None,
+            instance: 0,
+            instances: 1,
+            pipeline: None,
+            policy,
+        });
+        core.husk = true;
+        core.closed = true;
+        core
+    }
+
+    pub(crate) fn policy(&self) -> &Arc<Policy> {
+        &self.policy
     }
 
     pub(crate) fn instance(&self) -> usize {
@@ -129,6 +187,7 @@ impl StreamCore {
             || self.shared.pending_len() > 0
             || self.shared.tables().iter().any(|t| t.is_dirty())
             || self.shared.flushers().iter().any(|f| f.dirty())
+            || self.shared.has_dead()
     }
 
     /// Adds a table built after start (a window's state) to this instance. Its partitions
@@ -139,6 +198,15 @@ impl StreamCore {
         def: Arc<TableDef>,
         reader: ChangelogReader,
     ) -> Arc<TableCore> {
+        if let Some(existing) = self
+            .shared
+            .tables()
+            .into_iter()
+            .find(|t| t.def.name == def.name)
+        {
+            // The agent function runs again and rebuilds its window: same table.
+            return existing;
+        }
         let core = TableCore::new(def.clone());
         self.shared
             .tables
@@ -189,7 +257,8 @@ impl StreamCore {
         }
         let pending = self.shared.take_pending();
         let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
-        let mut changelog = Vec::new();
+        // Dead letters and retry records first: they go out with the offsets they stand for.
+        let mut changelog = self.shared.take_dead();
         let mut tables = Vec::new();
         for core in &self.shared.tables() {
             let (records, puts) = core.take_writes();
@@ -225,11 +294,175 @@ impl StreamCore {
         });
         self.committing = Some(Commit { future, acks, last });
         let next = tokio::time::Instant::now() + self.interval;
-        self.deadline.as_mut().reset(next);
+        if let Some(deadline) = &mut self.deadline {
+            deadline.as_mut().reset(next);
+        }
+    }
+
+    /// Makes `record` the one being processed.
+    fn hand_out(&mut self, record: RawRecord) -> &RawRecord {
+        let tp = (record.topic.clone(), record.partition);
+        self.in_flight = Some((tp, record.offset));
+        self.shared
+            .current_partition
+            .store(record.partition, Ordering::Relaxed);
+        self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
+        self.current.insert(record)
+    }
+
+    /// Takes the record just handed out (for a pump that forwards it).
+    pub(crate) fn take_current(&mut self) -> Option<RawRecord> {
+        self.current.take()
+    }
+
+    /// Holds `tp` back for `wait`, with `record` first in line.
+    fn hold(&mut self, tp: Tp, record: RawRecord, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let held = self.held.entry(tp).or_insert_with(|| Held {
+            until,
+            records: VecDeque::new(),
+        });
+        held.until = until;
+        held.records.push_front(record);
+        self.arm_hold_timer();
+    }
+
+    fn arm_hold_timer(&mut self) {
+        if let Some(first) = self.held.values().map(|h| h.until).min() {
+            match &mut self.hold_timer {
+                Some(timer) if timer.deadline() <= first => {}
+                _ => self.hold_timer = Some(Box::pin(tokio::time::sleep_until(first))),
+            }
+        }
+    }
+
+    /// The first record of a held partition whose time has come.
+    fn release_held(&mut self) -> Option<RawRecord> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let tp = self
+            .held
+            .iter()
+            .find(|(_, h)| h.until <= now)
+            .map(|(tp, _)| tp.clone())?;
+        let held = self.held.get_mut(&tp)?;
+        let record = held.records.pop_front();
+        // A retry record behind it that is not due yet holds the partition again.
+        if let Some(next_due) = held.records.front().and_then(failure::due_of) {
+            let wait = next_due.saturating_sub(crate::message::now_millis());
+            if wait > 0 {
+                held.until = now + Duration::from_millis(wait.unsigned_abs());
+            }
+        }
+        if held.records.is_empty() {
+            self.held.remove(&tp);
+        }
+        self.arm_hold_timer();
+        record
+    }
+
+    /// Applies the failure policy to `raw` (the record in flight), which failed `attempts`
+    /// times so far; false when the policy stops the agent.
+    fn apply(&mut self, raw: RawRecord, failure: Failure, attempts: u32) -> bool {
+        let stats = &self.shared.stats;
+        let agent = &self.shared.agent;
+        let action = self.policy.decide(failure.kind, attempts);
+        tracing::warn!(
+            %agent, topic = %raw.topic, partition = raw.partition, offset = raw.offset,
+            kind = failure.kind.name(), error = %failure.message, attempts,
+            action = ?action, "a record failed"
+        );
+        match action {
+            Action::Skip => {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Action::DeadLetter => {
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let topic = self.policy.dead_letter.clone();
+                self.shared.push_dead(failure::failed_record(
+                    &raw, &topic, None, agent, &failure, attempts, None,
+                ));
+            }
+            Action::RetryTopic(topic, due) => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                let (_, partition, _) = failure::origin(&raw);
+                self.shared.push_dead(failure::failed_record(
+                    &raw,
+                    &topic,
+                    Some(partition),
+                    agent,
+                    &failure,
+                    attempts,
+                    Some(due),
+                ));
+            }
+            Action::Hold(wait) => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                if let Some((tp, offset)) = self.in_flight.take() {
+                    self.attempts.insert((tp.clone(), offset), attempts);
+                    self.hold(tp, raw, wait);
+                }
+            }
+            Action::Stop => {
+                // Not finished: its offset is not committed.
+                self.in_flight = None;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A record that could not be decoded (reported by the stream's decode step).
+    fn apply_failure(&mut self, raw: RawRecord, failure: Failure) {
+        let message = failure.message.clone();
+        if !self.apply(raw, failure, 1) {
+            self.fail(agent_error(
+                &self.shared.agent,
+                format!(
+                    "stopping on a record that cannot be decoded (on_error = \"stop\"): {message}"
+                ),
+            ));
+        }
+    }
+
+    /// The agent function returned `Err` or panicked: applies the policy to the record it was
+    /// processing. `Err` gives the failure back when the worker must stop: the policy says
+    /// so, or there is no record to blame.
+    pub(crate) fn agent_failed(&mut self, failure: Failure) -> std::result::Result<(), Failure> {
+        self.shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let (Some(raw), Some((tp, offset))) = (self.current.take(), self.in_flight.clone()) else {
+            return Err(failure);
+        };
+        if self.closed {
+            return Err(failure);
+        }
+        let earlier = self
+            .attempts
+            .get(&(tp, offset))
+            .copied()
+            .unwrap_or_else(|| failure::attempts_of(&raw));
+        if self.apply(raw, failure.clone(), earlier + 1) {
+            Ok(())
+        } else {
+            Err(failure)
+        }
+    }
+
+    /// Commits what is finished (not the record in flight) and ends the stream.
+    pub(crate) async fn finish(mut self) {
+        if self.husk || self.commit_failed {
+            return;
+        }
+        self.in_flight = None;
+        self.closed = false;
+        self.start_commit(Vec::new(), true);
+        while futures::future::poll_fn(|cx| self.poll_raw(cx).map(|r| r.is_some())).await {}
     }
 
     /// The next raw record for the agent, committing on the way when due.
-    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<RawRecord>> {
+    pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<&RawRecord>> {
         loop {
             if let Some(commit) = &mut self.committing {
                 let result = ready!(commit.future.as_mut().poll(cx));
@@ -243,6 +476,7 @@ impl StreamCore {
                     tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
                     self.shared.fail(e);
                     self.closed = true;
+                    self.commit_failed = true;
                     for table in &self.shared.tables() {
                         table.discard();
                     }
@@ -271,7 +505,16 @@ impl StreamCore {
                 self.closed = true;
                 return Poll::Ready(None);
             }
+            for (raw, failure) in self.shared.take_failed_records() {
+                self.apply_failure(raw, failure);
+            }
+            if self.closed {
+                continue;
+            }
             if let Some((tp, offset)) = self.in_flight.take() {
+                if !self.attempts.is_empty() {
+                    self.attempts.remove(&(tp.clone(), offset));
+                }
                 self.done.insert(tp, offset + 1);
             }
             if let Poll::Ready(Some(Stop::Now)) = self.stop.poll_recv(cx) {
@@ -312,6 +555,9 @@ impl StreamCore {
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
                         self.shared.assignment.fetch_add(1, Ordering::AcqRel);
+                        // Held records are refetched by the partitions' next owner.
+                        self.held.clear();
+                        self.attempts.clear();
                         self.batch = Vec::new().into_iter();
                         self.shared
                             .owned
@@ -326,18 +572,31 @@ impl StreamCore {
             if self.committing.is_some() || self.recovering.is_some() {
                 continue;
             }
-            if self.deadline.as_mut().poll(cx).is_ready() {
+            let interval = self.interval;
+            let due = self
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)))
+                .as_mut()
+                .poll(cx)
+                .is_ready();
+            if due {
                 if self.has_work() {
                     self.start_commit(Vec::new(), false);
                     continue;
                 }
-                let next = tokio::time::Instant::now() + self.interval;
-                self.deadline.as_mut().reset(next);
-                let _ = self.deadline.as_mut().poll(cx);
+                if let Some(deadline) = &mut self.deadline {
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + interval);
+                    let _ = deadline.as_mut().poll(cx);
+                }
             }
             if self.batch_generation < self.generation {
                 // Fetched before a revocation: another owner (or a later fetch) redoes them.
                 self.batch = Vec::new().into_iter();
+            }
+            if let Some(record) = self.release_held() {
+                return Poll::Ready(Some(self.hand_out(record)));
             }
             if self.batch_generation <= self.generation {
                 if let Some(record) = self.batch.next() {
@@ -348,12 +607,20 @@ impl StreamCore {
                         self.done.insert(tp, record.offset + 1);
                         continue;
                     }
-                    self.in_flight = Some((tp, record.offset));
-                    self.shared
-                        .current_partition
-                        .store(record.partition, Ordering::Relaxed);
-                    self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(Some(record));
+                    if let Some(held) = self.held.get_mut(&tp) {
+                        held.records.push_back(record);
+                        continue;
+                    }
+                    if let Some(due) = failure::due_of(&record) {
+                        let wait = due.saturating_sub(crate::message::now_millis());
+                        if wait > 0 {
+                            // A retry record not due yet: its retry topic partition waits.
+                            let wait = Duration::from_millis(wait.unsigned_abs());
+                            self.hold(tp, record, wait);
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(Some(self.hand_out(record)));
                 }
             } else {
                 // A batch from an assignment whose announcement is already queued: read it first.
@@ -362,6 +629,17 @@ impl StreamCore {
             if self.shared.pending_len() >= MAX_PENDING {
                 self.start_commit(Vec::new(), false);
                 continue;
+            }
+            if let Some(timer) = &mut self.hold_timer
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                self.hold_timer = None;
+                continue;
+            }
+            let parked: usize = self.held.values().map(|h| h.records.len()).sum();
+            if parked >= MAX_PARKED {
+                // Backpressure: wait for the held partitions before reading more.
+                return Poll::Pending;
             }
             match self.data.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
@@ -375,7 +653,7 @@ impl StreamCore {
     }
 }
 
-type Step<T> = Box<dyn FnMut(RawRecord) -> Option<T> + Send>;
+type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
 
 /// Reads a record's event time (ms since the epoch).
 pub(crate) type TimeOf<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
@@ -396,10 +674,11 @@ pub struct Stream<T> {
 impl<T: Record> Stream<T> {
     pub(crate) fn new(core: StreamCore, codec: Codec) -> Self {
         let shared = core.shared.clone();
+        let max = core.policy.max_record_bytes;
         Stream {
             core,
             step: Box::new(move |raw| {
-                let value = decode::<T>(&shared, &raw, codec)?;
+                let value = decode::<T>(&shared, raw, codec, max)?;
                 // Event time: the record's `#[record(timestamp)]` field, else the message's.
                 let time = value.event_time().or(raw.timestamp).unwrap_or(i64::MIN);
                 shared.event_time.store(time, Ordering::Relaxed);
@@ -416,7 +695,7 @@ impl<T: Record> Stream<T> {
     pub fn event_time(mut self, f: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
         let f: TimeOf<T> = Arc::new(f);
         let shared = self.core.shared.clone();
-        let mut step = self.step;
+        let mut step = self.take_step();
         let extract = f.clone();
         self.step = Box::new(move |raw| {
             let value = step(raw)?;
@@ -454,8 +733,18 @@ impl<T: Record> Stream<T> {
         let key: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key);
         let codec = self.codec;
         let time = self.time.clone();
-        let Some(pipeline) = self.core.pipeline.clone() else {
-            let mut core = self.core;
+        let mut this = self;
+        if this.core.rekeyed.as_deref() == Some(name) {
+            // The agent function runs again (after a failure) on its re-keyed stream.
+            let core = this.take_core();
+            let mut stream = Stream::new(core, codec);
+            if let Some(f) = time {
+                stream = stream.event_time(move |v: &T| f(v));
+            }
+            return KeyedStream::new(stream, key, name);
+        }
+        let Some(pipeline) = this.core.pipeline.clone() else {
+            let mut core = this.take_core();
             let error = agent_error(
                 &core.shared.agent,
                 "`group_by` applies to an agent's own stream",
@@ -476,8 +765,11 @@ impl<T: Record> Stream<T> {
             };
             Ok((key_fn(&value).key_bytes(), at))
         });
-        let core = match pipeline.group_by(name, self.core, key_of) {
-            Ok(core) => core,
+        let core = match pipeline.group_by(name, this.take_core(), key_of) {
+            Ok(mut core) => {
+                core.rekeyed = Some(name.to_owned());
+                core
+            }
             Err(failed) => {
                 let (error, mut core) = *failed;
                 core.fail(error);
@@ -492,23 +784,26 @@ impl<T: Record> Stream<T> {
     }
 }
 
-fn decode<T: Record>(shared: &Shared, raw: &RawRecord, codec: Codec) -> Option<T> {
+fn decode<T: Record>(shared: &Shared, raw: &RawRecord, codec: Codec, max: usize) -> Option<T> {
     let result = match &raw.value {
+        Some(bytes) if bytes.len() > max => Err(crate::error::CodecError::Oversized {
+            size: bytes.len(),
+            max,
+        }),
         Some(bytes) => T::decode(bytes, codec),
         None => Err(crate::error::CodecError::NullValue),
     };
     match result {
         Ok(value) => Some(value),
         Err(error) => {
+            // The stream applies the agent's failure policy before the next record.
             shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                agent = %shared.agent,
-                topic = %raw.topic,
-                partition = raw.partition,
-                offset = raw.offset,
-                %error,
-                "skipping a record that cannot be decoded as `{}`",
-                std::any::type_name::<T>()
+            shared.record_failed(
+                raw,
+                Failure {
+                    kind: FailureKind::Decode,
+                    message: format!("cannot decode as `{}`: {error}", std::any::type_name::<T>()),
+                },
             );
             None
         }
@@ -523,16 +818,19 @@ impl<T: Send + 'static> Stream<T> {
 
     /// Keeps the records for which `keep` is true; the others count as finished.
     pub fn filter(mut self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
-        let mut step = self.step;
+        let mut step = self.take_step();
         self.step = Box::new(move |raw| step(raw).filter(|v| keep(v)));
         self
     }
 
     /// Transforms each record.
-    pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
-        let mut step = self.step;
+    pub fn map<U: Send + 'static>(
+        mut self,
+        mut f: impl FnMut(T) -> U + Send + 'static,
+    ) -> Stream<U> {
+        let mut step = self.take_step();
         Stream {
-            core: self.core,
+            core: self.take_core(),
             step: Box::new(move |raw| step(raw).map(&mut f)),
             codec: self.codec,
             time: None,
@@ -550,14 +848,14 @@ impl<T: Send + 'static> Stream<T> {
     }
 
     /// Yields each record with its metadata (topic, partition, offset, key, timestamp, headers).
-    pub fn events(self) -> Stream<Event<T>> {
-        let mut step = self.step;
+    pub fn events(mut self) -> Stream<Event<T>> {
+        let mut step = self.take_step();
         Stream {
-            core: self.core,
+            core: self.take_core(),
             codec: self.codec,
             time: None,
             step: Box::new(move |raw| {
-                let meta = Metadata::of(&raw);
+                let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
             }),
         }
@@ -565,6 +863,30 @@ impl<T: Send + 'static> Stream<T> {
 }
 
 impl<T> Unpin for Stream<T> {}
+
+impl<T> Stream<T> {
+    /// Moves the core out (to a new stream), leaving a husk that is not parked on drop.
+    pub(crate) fn take_core(&mut self) -> StreamCore {
+        let husk = StreamCore::husk(self.core.shared.clone(), self.core.policy.clone());
+        std::mem::replace(&mut self.core, husk)
+    }
+
+    fn take_step(&mut self) -> Step<T> {
+        std::mem::replace(&mut self.step, Box::new(|_| None))
+    }
+}
+
+impl<T> Drop for Stream<T> {
+    /// The agent function is done with its stream (it returned, failed or panicked): the core
+    /// waits in the instance's shared state, for the worker to call the function again on it
+    /// or to finish it.
+    fn drop(&mut self) {
+        if !self.core.husk {
+            let core = self.take_core();
+            core.shared.clone().park(core);
+        }
+    }
+}
 
 /// A stream re-keyed by `group_by`: iterate it like a [`Stream`], or window it
 /// (`tumbling`, `hopping`, `sliding`, `session`; see [`crate::window`]).

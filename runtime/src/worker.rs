@@ -11,10 +11,11 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::agent::{AgentContext, AgentSpec};
+use crate::agent::{AgentContext, AgentSpec, RunFn};
 use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
+use crate::failure::{Failure, FailureKind, Policy};
 use crate::producer::Producer;
 use crate::repartition::{AgentPipeline, PUMP_GRACE, Registry, StoreCell};
 use crate::stream::{CoreParts, Stop, StreamCore};
@@ -150,8 +151,40 @@ impl Worker {
                     stats: stats.clone(),
                 })
             });
+            let source_partitions = spec
+                .sources
+                .first()
+                .and_then(|s| partitions.get(&s.name).copied())
+                .unwrap_or(config.partitions);
+            let policy = Arc::new(Policy::new(
+                spec.on_error.unwrap_or(config.on_error),
+                &config.app_id,
+                spec.name(),
+                spec.dead_letter.as_deref(),
+                config.max_record_bytes,
+            ));
+            // The dead-letter topic, and the retry topics, which the agent reads too
+            // (co-partitioned with its source, so a retried record comes back to its instance).
+            let mut failure_topics = vec![TopicSpec::of::<Vec<u8>>(
+                &policy.dead_letter,
+                &format!("dead letters of agent `{}`", spec.name()),
+            )];
+            for topic in &policy.retry_topics {
+                let mut retry =
+                    TopicSpec::of::<Vec<u8>>(topic, &format!("retries of agent `{}`", spec.name()));
+                retry.partitions = Some(source_partitions);
+                failure_topics.push(retry);
+            }
+            transport
+                .ensure_topics(&failure_topics, config.partitions)
+                .await?;
             let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
-            let topics = spec.sources.iter().map(|s| s.name.clone()).collect();
+            let topics = spec
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .chain(policy.retry_topics.iter().map(|t| t.to_string()))
+                .collect();
             let (committer, fetcher) =
                 transport.start_fetcher(&group, topics, router, stop.clone())?;
             worker
@@ -160,11 +193,6 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(fetcher);
-            let source_partitions = spec
-                .sources
-                .first()
-                .and_then(|s| partitions.get(&s.name).copied())
-                .unwrap_or(config.partitions);
             let pipeline = AgentPipeline::new(
                 &config.app_id,
                 agent.clone(),
@@ -199,34 +227,20 @@ impl Worker {
                     instance,
                     instances: spec.concurrency,
                     pipeline: Some(pipeline.clone()),
+                    policy: policy.clone(),
                 });
                 let ctx = AgentContext {
                     agent: spec.name().to_owned(),
                     instance,
-                    core: Some(core),
+                    core: None,
                     sources: spec.sources.clone(),
                     sink: spec.sink.clone(),
                     shared: shared.clone(),
                     globals: tables.globals_of(&spec),
                 };
                 let name = spec.name().to_owned();
-                let run = run.clone();
-                worker.agents.spawn(async move {
-                    let outcome = CURRENT
-                        .scope(
-                            shared.clone(),
-                            std::panic::AssertUnwindSafe(run(ctx)).catch_unwind(),
-                        )
-                        .await;
-                    let result = match outcome {
-                        Ok(r) => r,
-                        Err(panic) => Err(Error::Agent {
-                            agent: name.clone(),
-                            message: format!("panicked: {}", panic_message(&panic)),
-                        }),
-                    };
-                    (name, shared.take_fatal().map_or(result, Err))
-                });
+                let result = run_instance(run.clone(), ctx, core);
+                worker.agents.spawn(async move { (name, result.await) });
             }
             tracing::info!(agent = %spec.name(), group = %group, instances = spec.concurrency, sources = ?spec.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent started");
         }
@@ -483,6 +497,79 @@ impl TableSetup {
             .filter(|(a, _)| a == agent)
             .map(|(_, d)| d.clone())
             .collect()
+    }
+}
+
+/// Runs one agent instance: calls the agent function, and again after a failure the policy
+/// gets past (on the same stream, continuing after the failing record, or with it again for an
+/// in-place retry); stops with the error when the policy says so.
+async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> Result<()> {
+    let shared = template.shared.clone();
+    let mut core = Some(core);
+    loop {
+        let mut ctx = template.clone_parts();
+        ctx.core = core.take();
+        let outcome = CURRENT
+            .scope(
+                shared.clone(),
+                std::panic::AssertUnwindSafe(run(ctx)).catch_unwind(),
+            )
+            .await;
+        let parked = shared.take_parked();
+        // Window state kept by the finished function goes into its table overlays now.
+        let flushers =
+            std::mem::take(&mut *shared.flushers.lock().unwrap_or_else(|p| p.into_inner()));
+        for flusher in flushers {
+            if let Err(e) = flusher.flush() {
+                shared.fail(e);
+            }
+        }
+        if let Some(fatal) = shared.take_fatal() {
+            if let Some(parked) = parked {
+                parked.finish().await;
+            }
+            return Err(fatal);
+        }
+        let (error, failure) = match outcome {
+            Ok(Ok(())) => {
+                if let Some(parked) = parked {
+                    parked.finish().await;
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                let failure = Failure {
+                    kind: FailureKind::Error,
+                    message: e.to_string(),
+                };
+                (e, failure)
+            }
+            Err(panic) => {
+                let message = format!("panicked: {}", panic_message(&panic));
+                let failure = Failure {
+                    kind: FailureKind::Panic,
+                    message: message.clone(),
+                };
+                let e = Error::Agent {
+                    agent: shared.agent.to_string(),
+                    message,
+                };
+                (e, failure)
+            }
+        };
+        let Some(mut parked) = parked else {
+            return Err(error);
+        };
+        match parked.agent_failed(failure) {
+            Ok(()) => {
+                tracing::info!(agent = %shared.agent, "calling the agent function again after the failed record");
+                core = Some(parked);
+            }
+            Err(_) => {
+                parked.finish().await;
+                return Err(error);
+            }
+        }
     }
 }
 

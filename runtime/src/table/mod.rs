@@ -120,6 +120,26 @@ impl TableCore {
         self.overlay().clear();
     }
 
+    /// The partition's committed entries with the overlay's uncommitted writes applied.
+    pub(crate) fn entries(&self, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .def
+            .store
+            .scan(&self.def.name, partition)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for ((p, k), v) in self.overlay().iter() {
+            if *p == partition {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
     /// Writes raw key and value bytes (`None` deletes) into the overlay.
     pub(crate) fn put(&self, partition: i32, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.overlay().insert((partition, key), value);

@@ -275,7 +275,7 @@ where
         if generation == self.seen_assignment || self.stream.core.is_recovering() {
             return Ok(());
         }
-        let Some((cell, def)) = &self.cell else {
+        let Some((cell, _)) = &self.cell else {
             return Ok(());
         };
         self.seen_assignment = generation;
@@ -283,7 +283,9 @@ where
         op.clear();
         for partition in self.shared.owned_partitions() {
             if !op.has_partition(partition) {
-                let entries = def.store.scan(&def.name, partition)?;
+                // Committed state plus what an earlier call of the agent function left in the
+                // overlay (the function runs again after a failed record).
+                let entries = cell.table.entries(partition)?;
                 op.load(partition, entries, now)?;
             }
         }
