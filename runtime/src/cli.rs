@@ -1,5 +1,5 @@
 //! The command line every rill app gets from `App::main()` (clap): `worker` (the default),
-//! `send`, `agents`, and global `--broker`, `--data-dir`, `-X prop=value`, `--log`, each also
+//! `send`, `agents`, `tables`, `dlq list|replay`, and global `--broker`, `--data-dir`, `-X prop=value`, `--log`, each also
 //! settable through a `RILL_*` environment variable.
 
 use std::io::Write;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::agent::AgentSpec;
 use crate::app::{App, run_until_signal};
 use crate::config::Broker;
 use crate::error::{Error, Result};
@@ -67,6 +68,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: list them, or replay them to their source topics after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Per agent: how many records its dead-letter topic holds, and the newest errors.
+    List,
+    /// Send an agent's dead letters back to the topics they were read from.
+    Replay {
+        /// The agent whose dead letters to replay.
+        agent: String,
+        /// Only those that failed since: ms since the epoch, or an age (`30m`, `2h`, `1d`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only those whose error message or value contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
 }
 
 pub(crate) fn main(mut app: App) -> Result<()> {
@@ -121,6 +144,7 @@ fn run(app: &mut App, cli: Cli) -> Result<()> {
         Command::Agents => agents(app, &config),
         Command::Tables { name: None, .. } => runtime.block_on(list_tables(app, &config)),
         Command::Tables { name: Some(name), key, json: _ } => print_table(&config, &name, key.as_deref()),
+        Command::Dlq { command } => runtime.block_on(dlq(app, &config, command)),
     }
 }
 
@@ -172,6 +196,35 @@ async fn send(
     producer.deliver(vec![pending], "", &[]).await?;
     tracing::info!(topic, "sent");
     Ok(())
+}
+
+async fn dlq(app: &App, config: &crate::config::Config, command: DlqCommand) -> Result<()> {
+    let transport = open_transport(config)?;
+    let specs = app.agent_specs();
+    match command {
+        DlqCommand::List => crate::dlq::list(&specs, config, &transport).await,
+        DlqCommand::Replay {
+            agent,
+            from,
+            filter,
+        } => {
+            let spec = specs.iter().find(|s| s.name() == agent).ok_or_else(|| {
+                let names: Vec<&str> = specs.iter().map(AgentSpec::name).collect();
+                Error::config(
+                    "dlq replay <agent>",
+                    format!("no agent `{agent}`; this app has: {}", names.join(", ")),
+                )
+            })?;
+            let selection = crate::dlq::Selection {
+                from: from.as_deref().map(crate::dlq::parse_from).transpose()?,
+                filter,
+            };
+            let n = crate::dlq::replay(spec, config, &transport, &selection).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "replayed {n} dead letters of `{agent}`")
+                .map_err(|e| Error::io("writing to stdout", e))
+        }
+    }
 }
 
 fn agents(app: &App, config: &crate::config::Config) -> Result<()> {

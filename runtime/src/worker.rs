@@ -251,6 +251,14 @@ impl Worker {
         Ok(worker)
     }
 
+    /// Whether the worker reaches its broker (always, on the embedded log).
+    pub fn health(&self) -> Arc<crate::health::Health> {
+        match &self.transport {
+            Transport::Kafka(k) => k.health.clone(),
+            Transport::Embedded(_) => Arc::new(crate::health::Health::default()),
+        }
+    }
+
     /// A producer for sending from outside agents.
     pub fn producer(&self) -> Producer {
         self.producer.clone()

@@ -29,6 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{Router, Tp};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::message::{Headers, OutRecord, RawRecord};
 use crate::topic::TopicSpec;
 
@@ -69,6 +70,7 @@ pub(crate) struct KafkaTransport {
     producer: FutureProducer<LogContext>,
     admin: AdminClient<DefaultClientContext>,
     replication: i32,
+    pub(crate) health: Arc<Health>,
 }
 
 impl KafkaTransport {
@@ -84,7 +86,10 @@ impl KafkaTransport {
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            // Deliveries wait out broker outages (librdkafka retries with backoff) instead of
+            // failing after 5 minutes: a commit step waits, nothing is dropped.
+            .set("message.timeout.ms", "0");
         for (k, v) in &config.kafka {
             // The user's properties win, except idempotence-critical ones set above on purpose.
             if k != "enable.idempotence" {
@@ -102,6 +107,7 @@ impl KafkaTransport {
             producer,
             admin,
             replication: config.replication,
+            health: Arc::new(Health::default()),
         }))
     }
 
@@ -367,6 +373,7 @@ impl KafkaTransport {
         let consumer: BaseConsumer<FetchContext> = config
             .create_with_context(FetchContext {
                 router: router.clone(),
+                health: self.health.clone(),
             })
             .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -377,6 +384,8 @@ impl KafkaTransport {
         let committer = Arc::new(KafkaCommitter {
             consumer: consumer.clone(),
             group: group.to_owned(),
+            health: self.health.clone(),
+            stop: stop.clone(),
         });
         let handle = std::thread::Builder::new()
             .name(format!("rill-fetch-{}", router.agent))
@@ -398,6 +407,7 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
             match consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
+                    consumer.context().health.back();
                     if router.generation() != generation {
                         // This poll ran a rebalance: what came before belongs to the old assignment.
                         batch.clear();
@@ -456,6 +466,7 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
 /// Rebalance hooks of an agent's consumer.
 pub(crate) struct FetchContext {
     router: Arc<Router>,
+    health: Arc<Health>,
 }
 
 impl ClientContext for FetchContext {
@@ -464,6 +475,12 @@ impl ClientContext for FetchContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.lost(reason);
+        }
         LogContext.error(error, reason);
     }
 }
@@ -500,6 +517,8 @@ impl ConsumerContext for FetchContext {
 pub(crate) struct KafkaCommitter {
     consumer: Arc<BaseConsumer<FetchContext>>,
     group: String,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
 }
 
 impl KafkaCommitter {
@@ -513,7 +532,37 @@ impl KafkaCommitter {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| Error::kafka("building an offset list", e))?;
         }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.commit_once(&tpl) {
+                Err(Retry(e)) if !self.stop.load(Ordering::Acquire) => {
+                    // The broker is away: keep the offsets and try again, backing off.
+                    self.health.lost(&e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(Retry(e)) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "committing offsets of group `{}` while stopping",
+                            self.group
+                        ),
+                        e,
+                    ));
+                }
+                Ok(result) => {
+                    if result.is_ok() {
+                        self.health.back();
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// One commit attempt: `Err` when it is worth retrying.
+    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
+        Ok(match self.consumer.commit(tpl, CommitMode::Sync) {
             Ok(()) => Ok(()),
             // Partitions already given away in a rebalance: the new owner will redo the records.
             Err(KafkaError::ConsumerCommit(code))
@@ -527,10 +576,33 @@ impl KafkaCommitter {
                 tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
                 Ok(())
             }
+            Err(KafkaError::ConsumerCommit(code)) if retriable(code) => {
+                return Err(Retry(KafkaError::ConsumerCommit(code)));
+            }
             Err(e) => Err(Error::kafka(
                 format!("committing offsets of group `{}`", self.group),
                 e,
             )),
-        }
+        })
     }
+}
+
+/// A commit failure worth retrying.
+struct Retry(KafkaError);
+
+/// Errors of an unreachable or moving coordinator, as opposed to refusals (authorization,
+/// invalid offsets) that retrying cannot fix.
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::WaitingForCoordinator
+    )
 }
