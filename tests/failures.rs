@@ -489,3 +489,61 @@ async fn stop_does_not_commit_past_the_failing_record() -> rill::Result<()> {
     assert!(err.to_string().contains("cannot handle order 3"), "{err}");
     Ok(())
 }
+
+static HOLD_CALLS: AtomicU32 = AtomicU32::new(0);
+
+static HOLD_ORDER: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+#[agent(
+    topic = "held_orders",
+    sink = "held_done",
+    on_error = "retry",
+    retries = 2,
+    retry_backoff_ms = 300
+)]
+async fn hold_one_partition(mut orders: Stream<Order>, out: Sink<Done>) -> rill::Result<()> {
+    while let Some(order) = orders.next().await {
+        flaky(&order, &out, &HOLD_CALLS).await?;
+        HOLD_ORDER
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(order.id);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_in_place_retry_holds_back_only_its_partition() -> rill::Result<()> {
+    let app = App::new("hold_test")
+        .partitions(2)
+        .agents([hold_one_partition::agent()])
+        .test()
+        .await?;
+    let to = |partition: i32, id: u64, url: &str| {
+        let mut r = raw(
+            "held_orders",
+            serde_json::to_vec(&serde_json::json!({ "id": id, "url": url })).expect("json"),
+        );
+        r.partition = Some(partition);
+        r
+    };
+    // Partition 0: an order that fails twice (about 0.3 s + 0.6 s of backoff), then one
+    // behind it. Partition 1: three orders that succeed.
+    app.producer().send_raw(to(0, 300, "/xx")).await?;
+    app.producer().send_raw(to(0, 301, "/")).await?;
+    app.producer().flush().await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in [310, 311, 312] {
+        app.producer().send_raw(to(1, id, "/")).await?;
+    }
+    app.producer().flush().await?;
+    app.expect::<Done>("held_done", 5).await?;
+    // The order the agent finished them in (the output topic spreads them over partitions).
+    let done = HOLD_ORDER.lock().unwrap().clone();
+    assert_eq!(
+        done,
+        vec![310, 311, 312, 300, 301],
+        "partition 1 ran while partition 0 waited; partition 0 kept its order"
+    );
+    app.stop().await
+}
