@@ -641,13 +641,13 @@ async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
         settle().await;
         sizes.push(std::fs::metadata(&store).expect("table store file").len());
     }
-    // Closed windows are deleted and LMDB reuses their pages: the file stops growing once the
-    // open windows' pages exist (round 1), instead of growing by a round's worth each time.
+    // Closed windows are deleted and LMDB reuses their pages: once the open windows' pages
+    // exist the file stays within a few pages, although every round writes and closes 2,000
+    // windows (over 100 KiB if they were kept).
+    let late_growth = sizes[7] - sizes[3];
     assert!(
-        sizes[7] <= sizes[3],
-        "the table store grew from {} to {} bytes: {sizes:?}",
-        sizes[3],
-        sizes[7]
+        late_growth <= 4 * 4096,
+        "the table store grew by {late_growth} bytes over the last four rounds: {sizes:?}"
     );
     let closed = stat(&app, "per_minute", |s| &s.windows_closed);
     assert!(closed >= 7_000, "windows closed: {closed}");

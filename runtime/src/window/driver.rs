@@ -19,7 +19,6 @@ use super::{Agg, Kind, Options, WindowResult, millis};
 use crate::codec::KeyBytes;
 use crate::context::{Flush, Shared};
 use crate::error::{Error, Result};
-use crate::message::OutRecord;
 use crate::record::Record;
 use crate::stream::{KeyedStream, Stream};
 use crate::table::{TableCore, TableDef};
@@ -95,8 +94,6 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
                 setup,
                 cell: None,
                 on_close: None,
-                late: VecDeque::new(),
-                sending: None,
                 ended: false,
                 seen_assignment: u64::MAX,
                 ticker,
@@ -220,8 +217,6 @@ struct Driver<T, K, S, V> {
     /// The operator and its table, once set up.
     cell: Option<Ready<T, K, S, V>>,
     on_close: Option<OnClose<K, V>>,
-    late: VecDeque<OutRecord>,
-    sending: Option<BoxFuture<'static, Result<()>>>,
     ended: bool,
     seen_assignment: u64,
     ticker: Ticker,
@@ -322,8 +317,9 @@ where
                 .fetch_add(1, Ordering::Relaxed);
             match &self.options.late_topic {
                 Some(topic) => {
+                    // Sent in the next commit step, before the offsets it stands for.
                     let record = encode_out(topic, self.stream.codec, item.key(), &item)?;
-                    self.late.push_back(record);
+                    self.shared.push_dead(record);
                 }
                 None => {
                     tracing::debug!(agent = %self.shared.agent, window = %self.name, time, "dropping a late record");
@@ -394,21 +390,8 @@ where
                 };
                 self.fail(error);
             }
-            if let Some(sending) = &mut self.sending {
-                let result = ready!(sending.as_mut().poll(cx));
-                self.sending = None;
-                if let Err(e) = result {
-                    self.fail(e);
-                }
-                continue;
-            }
             if let Some(result) = self.out.pop_front() {
                 return Poll::Ready(Some(result));
-            }
-            if let Some(record) = self.late.pop_front() {
-                let shared = self.shared.clone();
-                self.sending = Some(Box::pin(async move { shared.send(record).await }));
-                continue;
             }
             if self.ended {
                 return Poll::Ready(None);
