@@ -44,7 +44,7 @@ async fn sigkill_mid_stream_then_restart_loses_and_repeats_nothing() -> rill::Re
     let env = [
         ("SYNTHETIC_VIEWS", "0"),
         ("RILL_COMMIT_INTERVAL_MS", "20"),
-        ("RILL_LOG", "warn"),
+        ("RILL_LOG", "info,rill_runtime=debug"),
     ];
     let args = ["--data-dir", data.as_str()];
     let mut kills = 0;
@@ -95,5 +95,131 @@ async fn sigkill_mid_stream_then_restart_loses_and_repeats_nothing() -> rill::Re
         })
         .sum();
     assert_eq!(committed, N as i64);
+    log.stop().await
+}
+
+/// What `views_per_minute` sends for each closed window.
+#[record]
+struct UrlViews {
+    url: String,
+    start: i64,
+    end: i64,
+    views: u64,
+}
+
+#[record]
+struct KeyedView {
+    user_id: String,
+    #[record(key)]
+    url: String,
+    #[record(timestamp)]
+    view_time: f64,
+}
+
+const VIEWS: usize = 200_000;
+
+/// Two URLs per partition of `pageviews` (8): every partition moves the watermark, so windows
+/// close as the records are processed, not when idle partitions time out.
+fn urls() -> Vec<String> {
+    let mut per_partition = [0; 8];
+    let mut urls = Vec::new();
+    for k in 0.. {
+        let url = format!("/p{k}");
+        let p = rill::partitioner::partition_for_key(url.as_bytes(), 8) as usize;
+        if per_partition[p] < 2 {
+            per_partition[p] += 1;
+            urls.push(url);
+        }
+        if urls.len() == 16 {
+            break;
+        }
+    }
+    urls
+}
+
+/// Windows on the embedded log: their state, the results they emit and the source offsets
+/// commit together, so SIGKILLs at any point give every window once, with its exact count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_windows_then_restart_emits_every_window_once_and_exactly()
+-> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path").to_owned();
+    let log = App::new("views_per_minute")
+        .agents([])
+        .test_in(dir.path())
+        .await?;
+    // Views 40 ms of event time apart, cycling through the URLs: 1,500 views a minute.
+    let base = 1_700_000_000.0;
+    let urls = urls();
+    let mut expected: std::collections::BTreeMap<(String, i64), u64> = Default::default();
+    for i in 0..VIEWS {
+        let view = KeyedView {
+            user_id: format!("u{i}"),
+            url: urls[i % urls.len()].clone(),
+            view_time: base + i as f64 * 0.04,
+        };
+        let ms = (view.view_time * 1000.0).round() as i64;
+        *expected
+            .entry((view.url.clone(), ms.div_euclid(60_000) * 60_000))
+            .or_default() += 1;
+        log.producer().send_to("pageviews", &view).await?;
+    }
+    // A view of every URL an hour later closes every window above.
+    for url in &urls {
+        let view = KeyedView {
+            user_id: "closer".into(),
+            url: url.clone(),
+            view_time: base + VIEWS as f64 * 0.04 + 3600.0,
+        };
+        log.producer().send_to("pageviews", &view).await?;
+    }
+    log.producer().flush().await?;
+    let windows = expected.len();
+
+    let env = [
+        ("SYNTHETIC_VIEWS", "0"),
+        ("RILL_COMMIT_INTERVAL_MS", "20"),
+        ("RILL_LOG", "warn"),
+    ];
+    let args = ["--data-dir", data.as_str()];
+    let mut last = 0;
+    for fraction in [0.1, 0.3, 0.5] {
+        let mut child = common::spawn_example_quiet("views_per_minute", &args, &env);
+        let target = (windows as f64 * fraction) as usize;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = log.count("views_per_minute")?;
+            if done >= target.max(last + 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker stalled at {done} windows"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        common::signal(&child, "KILL");
+        common::wait_exit(&mut child, Duration::from_secs(10));
+        last = log.count("views_per_minute")?;
+        assert!(last < windows, "the worker finished before the kill");
+    }
+
+    let mut child = common::spawn_example_quiet("views_per_minute", &args, &env);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while log.count("views_per_minute")? < windows {
+        assert!(Instant::now() < deadline, "restarted worker did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::signal(&child, "TERM");
+    assert!(common::wait_exit(&mut child, Duration::from_secs(30)).success());
+
+    let emitted: Vec<UrlViews> = log.read("views_per_minute")?;
+    assert_eq!(emitted.len(), windows, "no window emitted twice");
+    let got: std::collections::BTreeMap<(String, i64), u64> = emitted
+        .into_iter()
+        .map(|w| ((w.url, w.start), w.views))
+        .collect();
+    assert_eq!(got, expected, "every window with its exact count");
     log.stop().await
 }

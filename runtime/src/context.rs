@@ -66,6 +66,10 @@ pub(crate) struct Shared {
     pub(crate) event_time: AtomicI64,
     /// Bumped on every assignment and revocation, so windows know to reload their partitions.
     pub(crate) assignment: AtomicU64,
+    /// Owned partitions read to their end (every topic of the partition number), and a
+    /// version bumped when the set changes.
+    pub(crate) caught_up: Mutex<std::collections::HashSet<i32>>,
+    pub(crate) caught_up_version: AtomicU64,
     /// The worker's clock.
     pub(crate) clock: crate::time::Clock,
     /// Records that failed to decode, with why; the stream applies the failure policy.
@@ -101,6 +105,8 @@ impl Shared {
             flushers: Mutex::new(Vec::new()),
             event_time: AtomicI64::new(i64::MIN),
             assignment: AtomicU64::new(0),
+            caught_up: Mutex::new(std::collections::HashSet::new()),
+            caught_up_version: AtomicU64::new(0),
             clock,
             failed_records: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
@@ -130,6 +136,18 @@ impl Shared {
     /// Event time of the record being processed.
     pub(crate) fn event_time(&self) -> Option<i64> {
         Some(self.event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+    }
+
+    pub(crate) fn set_caught_up(&self, partitions: std::collections::HashSet<i32>) {
+        *self.caught_up.lock().unwrap_or_else(|p| p.into_inner()) = partitions;
+        self.caught_up_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn caught_up(&self) -> std::collections::HashSet<i32> {
+        self.caught_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn park(&self, core: crate::stream::StreamCore) {

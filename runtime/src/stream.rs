@@ -8,7 +8,7 @@
 //! All of it runs inside `poll_next`, on the agent's own task: no locks or channel hops per
 //! record beyond the batch channel from the fetcher.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -83,6 +83,11 @@ pub(crate) struct StreamCore {
     pub(crate) rekeyed: Option<String>,
     /// A placeholder left in a `Stream` whose core was moved on: never parked or polled.
     husk: bool,
+    /// Caught-up markers of the batch being read, applied once its records are handed out.
+    batch_caught_up: Vec<Tp>,
+    /// Owned topic-partitions read to their end with every record handed out.
+    at_end: HashSet<Tp>,
+    owned_tps: Vec<Tp>,
     commit_failed: bool,
 }
 
@@ -138,6 +143,9 @@ impl StreamCore {
             attempts: HashMap::new(),
             rekeyed: None,
             husk: false,
+            batch_caught_up: Vec::new(),
+            at_end: HashSet::new(),
+            owned_tps: Vec::new(),
             commit_failed: false,
         }
     }
@@ -299,9 +307,28 @@ impl StreamCore {
         }
     }
 
+    /// Publishes the partition numbers whose every owned topic is read to its end.
+    fn publish_caught_up(&self) {
+        let caught_up: HashSet<i32> = self
+            .owned_tps
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| {
+                self.owned_tps
+                    .iter()
+                    .filter(|(_, q)| q == p)
+                    .all(|tp| self.at_end.contains(tp))
+            })
+            .collect();
+        self.shared.set_caught_up(caught_up);
+    }
+
     /// Makes `record` the one being processed.
     fn hand_out(&mut self, record: RawRecord) -> &RawRecord {
         let tp = (record.topic.clone(), record.partition);
+        if !self.at_end.is_empty() && self.at_end.remove(&tp) {
+            self.publish_caught_up();
+        }
         self.in_flight = Some((tp, record.offset));
         self.shared
             .current_partition
@@ -535,6 +562,10 @@ impl StreamCore {
                                 p.unsigned_abs() as usize % self.instances == self.instance
                             })
                             .collect();
+                        self.owned_tps = mine.clone();
+                        self.at_end.clear();
+                        self.batch_caught_up.clear();
+                        self.publish_caught_up();
                         let mut owned: Vec<i32> = mine.iter().map(|(_, p)| *p).collect();
                         owned.sort_unstable();
                         owned.dedup();
@@ -558,6 +589,10 @@ impl StreamCore {
                         // Held records are refetched by the partitions' next owner.
                         self.held.clear();
                         self.attempts.clear();
+                        self.owned_tps.clear();
+                        self.at_end.clear();
+                        self.batch_caught_up.clear();
+                        self.publish_caught_up();
                         self.batch = Vec::new().into_iter();
                         self.shared
                             .owned
@@ -594,6 +629,7 @@ impl StreamCore {
             if self.batch_generation < self.generation {
                 // Fetched before a revocation: another owner (or a later fetch) redoes them.
                 self.batch = Vec::new().into_iter();
+                self.batch_caught_up.clear();
             }
             if let Some(record) = self.release_held() {
                 return Poll::Ready(Some(self.hand_out(record)));
@@ -626,6 +662,12 @@ impl StreamCore {
                 // A batch from an assignment whose announcement is already queued: read it first.
                 continue;
             }
+            if !self.batch_caught_up.is_empty() {
+                // The batch's records are all handed out: its partitions' ends are reached.
+                let reached = std::mem::take(&mut self.batch_caught_up);
+                self.at_end.extend(reached);
+                self.publish_caught_up();
+            }
             if self.shared.pending_len() >= MAX_PENDING {
                 self.start_commit(Vec::new(), false);
                 continue;
@@ -645,6 +687,7 @@ impl StreamCore {
                 Poll::Ready(Some(batch)) => {
                     self.batch_generation = batch.generation;
                     self.batch = batch.records.into_iter();
+                    self.batch_caught_up = batch.caught_up;
                 }
                 Poll::Ready(None) => self.start_commit(Vec::new(), true),
                 Poll::Pending => return Poll::Pending,

@@ -855,6 +855,8 @@ impl Fetcher<'_> {
     fn run(&self) {
         let mut generation = 0;
         let mut positions: Vec<(Tp, i64)> = Vec::new();
+        // Partitions read to their end (reported once each time they get there).
+        let mut at_end: HashSet<Tp> = HashSet::new();
         while !self.stopped() {
             let current = self.log.generation(self.group);
             if current != generation {
@@ -862,6 +864,7 @@ impl Fetcher<'_> {
                     self.router.revoke();
                     positions.clear();
                 }
+                at_end.clear();
                 generation = current;
                 match self.await_assignment(generation) {
                     Some(tps) => match self.starting_positions(&tps) {
@@ -885,17 +888,30 @@ impl Fetcher<'_> {
             let seen = self.log.change_count();
             let mut fetched = false;
             for ((topic, partition), position) in &mut positions {
+                let tp = (topic.clone(), *partition);
                 match self.log.read(topic, *partition, *position, FETCH_MAX) {
                     Ok(records) if !records.is_empty() => {
                         if let Some(last) = records.last() {
                             *position = last.offset + 1;
                         }
                         fetched = true;
-                        if !self.router.route(records) {
+                        // Fewer than asked for: this read reached the partition's end.
+                        let mut caught_up = Vec::new();
+                        if records.len() < FETCH_MAX {
+                            at_end.insert(tp.clone());
+                            caught_up.push(tp);
+                        } else {
+                            at_end.remove(&tp);
+                        }
+                        if !self.router.route(records, caught_up) {
                             return;
                         }
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if at_end.insert(tp.clone()) && !self.router.route(Vec::new(), vec![tp]) {
+                            return;
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, topic = %topic, partition, "embedded fetch failed; retrying");
                         std::thread::sleep(Duration::from_millis(200));

@@ -370,10 +370,19 @@ impl KafkaTransport {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range");
+        if self
+            .base
+            .get("statistics.interval.ms")
+            .is_none_or(|v| v == "0")
+        {
+            // Consumer lag per partition, for windows' idle partitions (and later metrics).
+            config.set("statistics.interval.ms", "1000");
+        }
         let consumer: BaseConsumer<FetchContext> = config
             .create_with_context(FetchContext {
                 router: router.clone(),
                 health: self.health.clone(),
+                lags: std::sync::Mutex::new(HashMap::new()),
             })
             .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -399,6 +408,7 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut batch = Vec::with_capacity(FETCH_MAX);
     let mut last_error: Option<std::time::Instant> = None;
+    let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
         // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
         let mut generation = router.generation();
@@ -452,10 +462,35 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
                 }
             }
         }
-        if !batch.is_empty()
+        // Drained what was fetched: partitions librdkafka's statistics (once a second) last
+        // showed with no consumer lag are caught up; the marker travels after their records.
+        let mut caught_up = Vec::new();
+        if batch.len() < FETCH_MAX {
+            let lags = consumer
+                .context()
+                .lags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for (tp, lag) in lags {
+                if lag == 0 {
+                    if at_end.insert(tp.clone()) {
+                        caught_up.push(tp);
+                    }
+                } else if lag > 0 {
+                    at_end.remove(&tp);
+                }
+            }
+        }
+        if router.generation() != generation {
+            at_end.clear();
+            caught_up.clear();
+        }
+        if (!batch.is_empty() || !caught_up.is_empty())
             && !router.route_fetched_in(
                 generation,
                 std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX)),
+                caught_up,
             )
         {
             break;
@@ -467,6 +502,8 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
 pub(crate) struct FetchContext {
     router: Arc<Router>,
     health: Arc<Health>,
+    /// Consumer lag per assigned partition, from librdkafka's statistics.
+    lags: std::sync::Mutex<HashMap<Tp, i64>>,
 }
 
 impl ClientContext for FetchContext {
@@ -482,6 +519,19 @@ impl ClientContext for FetchContext {
             self.health.lost(reason);
         }
         LogContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = HashMap::new();
+        for (name, topic) in statistics.topics {
+            let name: Arc<str> = Arc::from(name.as_str());
+            for (partition, p) in topic.partitions {
+                if partition >= 0 && p.fetch_state == "active" && p.consumer_lag >= 0 {
+                    lags.insert((name.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
     }
 }
 

@@ -30,6 +30,9 @@ pub(crate) type Tp = (Arc<str>, i32);
 pub(crate) struct Batch {
     pub(crate) generation: u64,
     pub(crate) records: Vec<RawRecord>,
+    /// Partitions whose end this fetch reached, after the records above: nothing more was
+    /// there to read (windows let such partitions go idle; see `window`).
+    pub(crate) caught_up: Vec<Tp>,
 }
 
 /// Assignment changes, sent to every instance of an agent.
@@ -78,14 +81,19 @@ impl Router {
 
     /// Hands records to their instances; blocks while an instance's queue is full (backpressure).
     /// Returns false once every instance is gone.
-    pub(crate) fn route(&self, records: Vec<RawRecord>) -> bool {
-        self.route_fetched_in(self.generation(), records)
+    pub(crate) fn route(&self, records: Vec<RawRecord>, caught_up: Vec<Tp>) -> bool {
+        self.route_fetched_in(self.generation(), records, caught_up)
     }
 
     /// Like `route`, for records fetched while `generation` was current: if the assignment
     /// changed since (a rebalance ran inside the fetch), they are dropped, because this worker
     /// may no longer own their partitions; the owner refetches them from the committed offset.
-    pub(crate) fn route_fetched_in(&self, generation: u64, records: Vec<RawRecord>) -> bool {
+    pub(crate) fn route_fetched_in(
+        &self,
+        generation: u64,
+        records: Vec<RawRecord>,
+        caught_up: Vec<Tp>,
+    ) -> bool {
         if generation != self.generation() {
             tracing::debug!(agent = %self.agent, dropped = records.len(), "dropping records fetched before a rebalance");
             return !self.all_closed();
@@ -97,16 +105,21 @@ impl Router {
                 .blocking_send(Batch {
                     generation,
                     records,
+                    caught_up,
                 })
                 .is_ok();
         }
-        let mut split: Vec<Vec<RawRecord>> = (0..n).map(|_| Vec::new()).collect();
+        let mut split: Vec<(Vec<RawRecord>, Vec<Tp>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         for r in records {
-            split[(r.partition.unsigned_abs() as usize) % n].push(r);
+            split[(r.partition.unsigned_abs() as usize) % n].0.push(r);
+        }
+        for tp in caught_up {
+            split[(tp.1.unsigned_abs() as usize) % n].1.push(tp);
         }
         let mut alive = false;
-        for (tx, records) in self.instances.iter().zip(split) {
-            if records.is_empty() {
+        for (tx, (records, caught_up)) in self.instances.iter().zip(split) {
+            if records.is_empty() && caught_up.is_empty() {
                 alive |= !tx.data.is_closed();
                 continue;
             }
@@ -115,6 +128,7 @@ impl Router {
                 .blocking_send(Batch {
                     generation,
                     records,
+                    caught_up,
                 })
                 .is_ok();
         }
@@ -360,9 +374,9 @@ mod tests {
         let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1));
         let before = router.generation();
         router.assigned(vec![(Arc::from("t"), 0)]).unwrap();
-        assert!(router.route_fetched_in(before, vec![record(0, 1)]));
+        assert!(router.route_fetched_in(before, vec![record(0, 1)], Vec::new()));
         assert!(data_rx.try_recv().is_err(), "stale batch dropped");
-        assert!(router.route_fetched_in(router.generation(), vec![record(0, 2)]));
+        assert!(router.route_fetched_in(router.generation(), vec![record(0, 2)], Vec::new()));
         let batch = data_rx.try_recv().expect("current batch delivered");
         assert_eq!(batch.generation, router.generation());
         assert_eq!(batch.records[0].offset, 2);
@@ -379,7 +393,7 @@ mod tests {
             rxs.push(rx);
         }
         let router = Router::new("a", txs, Duration::from_secs(1));
-        assert!(router.route((0..6).map(|p| record(p, 0)).collect()));
+        assert!(router.route((0..6).map(|p| record(p, 0)).collect(), Vec::new()));
         for (i, rx) in rxs.iter_mut().enumerate() {
             let batch = rx.try_recv().expect("batch");
             let parts: Vec<i32> = batch.records.iter().map(|r| r.partition).collect();

@@ -3,7 +3,7 @@
 //! recovers with the instance's other tables; then each record goes through the operator, and
 //! a clock tick lets idle partitions close windows while no record arrives.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
                 clock,
                 shared,
                 out: VecDeque::new(),
+                caught_up: (u64::MAX, HashSet::new()),
             }),
         }
     }
@@ -223,6 +224,8 @@ struct Driver<T, K, S, V> {
     clock: Clock,
     shared: Arc<Shared>,
     out: VecDeque<WindowResult<K, V>>,
+    /// Version and contents of the instance's caught-up partitions.
+    caught_up: (u64, HashSet<i32>),
 }
 
 impl<T, K, S, V> Driver<T, K, S, V>
@@ -301,13 +304,15 @@ where
         let partition = self.shared.current_partition.load(Ordering::Relaxed);
         let key = (self.key)(&item);
         let key_bytes = key.key_bytes();
+        let floor = self.clock.watermark_floor();
+        self.caught_up();
         let Some((cell, _)) = &self.cell else {
             return Ok(());
         };
         let late = {
             let mut op = cell.op();
             let late = op.on_record(partition, key_bytes, key, time, item, now);
-            op.advance(now, self.clock.watermark_floor());
+            op.advance(now, floor, &self.caught_up.1);
             late
         };
         if let Some(item) = late {
@@ -330,14 +335,25 @@ where
         Ok(())
     }
 
+    /// The owned partitions read to their end (cached until the stream's set changes).
+    fn caught_up(&mut self) -> &HashSet<i32> {
+        let version = self.shared.caught_up_version.load(Ordering::Acquire);
+        if version != self.caught_up.0 {
+            self.caught_up = (version, self.shared.caught_up());
+        }
+        &self.caught_up.1
+    }
+
     fn tick(&mut self) -> Result<()> {
         if self.stream.core.is_recovering() {
             return Ok(());
         }
         let now = self.clock.now_ms();
         self.sync_assignment(now)?;
+        let floor = self.clock.watermark_floor();
+        let caught_up = self.caught_up().clone();
         if let Some((cell, _)) = &self.cell {
-            cell.op().advance(now, self.clock.watermark_floor());
+            cell.op().advance(now, floor, &caught_up);
         }
         self.drain();
         Ok(())

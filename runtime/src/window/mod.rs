@@ -56,7 +56,12 @@
 //!   stops holding the watermark back. When every partition is idle, the watermark advances
 //!   with the wall clock from the largest event time seen: it is `max_seen + (now -
 //!   last_record_arrival - idle_timeout)`. So the last windows of a stream that stops close
-//!   `idle_timeout + grace` after they would have closed had records kept flowing.
+//!   `idle_timeout + grace` after they would have closed had records kept flowing. A partition
+//!   counts as idle only when it has been read to its end: records waiting to be read, however
+//!   long they wait, keep it active. Records that were only delayed upstream for longer than
+//!   the idle timeout (a lagging producer) may arrive behind the watermark and be late: set
+//!   the idle timeout above the longest such delay. Partitions that never get a record hold
+//!   the first windows back for the idle timeout after each start or rebalance.
 //! - **State**: open windows, the sliding windows' record buffer and each partition's
 //!   watermark live in a table `<agent>-<window name>` (LMDB, changelog
 //!   `<app>-<agent>-<window name>-changelog`), committed with the offsets of the records that

@@ -426,15 +426,20 @@ where
         late
     }
 
-    /// Recomputes the watermark at clock time `now` and closes the windows it passed.
-    pub(crate) fn advance(&mut self, now: i64, floor: i64) {
+    /// Recomputes the watermark at clock time `now` and closes the windows it passed. A
+    /// partition is idle when it is `caught_up` (read to its end, nothing waiting) and had no
+    /// record for the idle timeout; a partition with records still to read never is, however
+    /// long they take to reach the window.
+    pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let mut min_active: Option<i64> = None;
         let mut max_seen = i64::MIN;
         let mut last_arrival = i64::MIN;
-        for part in self.parts.values() {
+        for (partition, part) in &self.parts {
             max_seen = max_seen.max(part.max_seen);
             last_arrival = last_arrival.max(part.last_arrival);
-            if now.saturating_sub(part.last_arrival) < self.idle_timeout {
+            let idle = caught_up.contains(partition)
+                && now.saturating_sub(part.last_arrival) >= self.idle_timeout;
+            if !idle {
                 min_active = Some(min_active.map_or(part.max_seen, |m: i64| m.min(part.max_seen)));
             }
         }
@@ -682,6 +687,11 @@ mod tests {
 
     type Op = Operator<i64, String, u64, u64>;
 
+    /// Every partition read to its end.
+    fn all() -> HashSet<i32> {
+        (0..8).collect()
+    }
+
     fn count() -> Arc<Agg<i64, u64, u64>> {
         Arc::new(Agg {
             name: "count",
@@ -702,7 +712,7 @@ mod tests {
             .iter()
             .map(|&(key, time)| {
                 let late = op.on_record(0, key.as_bytes().to_vec(), key.to_owned(), time, time, 0);
-                op.advance(0, i64::MIN);
+                op.advance(0, i64::MIN, &all());
                 late
             })
             .collect()
@@ -775,12 +785,12 @@ mod tests {
         ];
         let mut in_order = op(Kind::Sliding { size: 10 }, 100);
         feed(&mut in_order, &[("a", 5), ("a", 8), ("a", 20)]);
-        in_order.advance(0, 1_000);
+        in_order.advance(0, 1_000, &all());
         assert_eq!(results(&mut in_order), expected);
 
         let mut reversed = op(Kind::Sliding { size: 10 }, 100);
         feed(&mut reversed, &[("a", 20), ("a", 8), ("a", 5)]);
-        reversed.advance(0, 1_000);
+        reversed.advance(0, 1_000, &all());
         assert_eq!(results(&mut reversed), expected);
     }
 
@@ -791,11 +801,11 @@ mod tests {
             &mut op,
             &[("a", 0), ("a", 5), ("a", 30), ("a", 20), ("b", 3)],
         );
-        op.advance(0, 60);
+        op.advance(0, 60, &all());
         // Closed at end + gap + grace: b's [3, 3] at 113, nothing yet.
         assert!(results(&mut op).is_empty());
         feed(&mut op, &[("a", 12)]);
-        op.advance(0, 1_000);
+        op.advance(0, 1_000, &all());
         assert_eq!(results(&mut op), vec![w("a", 0, 30, 5), w("b", 3, 3, 1)]);
     }
 
@@ -808,21 +818,35 @@ mod tests {
         assert_eq!(op.watermark(), i64::MIN);
         // Partition 1 catches up to 20: the watermark is min(50, 20).
         op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0);
-        op.advance(0, i64::MIN);
+        op.advance(0, i64::MIN, &all());
         assert_eq!(op.watermark(), 20);
         assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
         // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
         // clock): it stops holding the watermark back.
         op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500);
-        op.advance(1_500, i64::MIN);
+        op.advance(1_500, i64::MIN, &all());
         assert_eq!(op.watermark(), 60);
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
         // Everything idle: the watermark moves with the clock past the idle timeout.
-        op.advance(2_500 + 5, i64::MIN);
+        op.advance(2_500 + 5, i64::MIN, &all());
         assert_eq!(op.watermark(), 65);
         assert_eq!(results(&mut op), Vec::new());
-        op.advance(2_500 + 10, i64::MIN);
+        op.advance(2_500 + 10, i64::MIN, &all());
         assert_eq!(results(&mut op), vec![w("a", 60, 70, 1)]);
+    }
+
+    #[test]
+    fn a_partition_with_records_still_to_read_is_never_idle() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        op.load(1, Vec::new(), 0).unwrap();
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0);
+        // Partition 1 is behind (its records wait in the queue): it holds the watermark
+        // however long the clock runs.
+        op.advance(1_000_000, i64::MIN, &HashSet::from([0]));
+        assert_eq!(op.watermark(), i64::MIN);
+        // Read to its end and quiet for the idle timeout: it stops holding.
+        op.advance(1_000_000, i64::MIN, &all());
+        assert!(op.watermark() >= 50);
     }
 
     #[test]
@@ -846,7 +870,7 @@ mod tests {
         let mut second = op(Kind::Sliding { size: 10 }, 0);
         second.load(0, stored.into_iter().collect(), 0).unwrap();
         feed(&mut second, &[("a", 20)]);
-        second.advance(0, 1_000);
+        second.advance(0, 1_000, &all());
         assert_eq!(
             results(&mut second),
             vec![w("a", -1, 9, 2), w("a", 6, 16, 1), w("a", 11, 21, 1)]
