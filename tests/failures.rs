@@ -547,3 +547,28 @@ async fn an_in_place_retry_holds_back_only_its_partition() -> rill::Result<()> {
     );
     app.stop().await
 }
+
+#[tokio::test]
+async fn the_app_wide_policy_applies_to_agents_that_do_not_choose_one() -> rill::Result<()> {
+    let app = App::new("default_policy")
+        .on_error(rill::OnError::Skip)
+        .agents([process::agent()])
+        .test()
+        .await?;
+    for (id, url) in [(1, "/fail"), (2, "/")] {
+        app.producer()
+            .send_to(
+                "orders",
+                &Order {
+                    id,
+                    url: url.into(),
+                },
+            )
+            .await?;
+    }
+    app.producer().flush().await?;
+    app.expect::<Done>("done", 1).await?;
+    wait_until("skipped", || stat(&app, "process", |s| &s.skipped) == 1).await;
+    assert_eq!(app.count("default_policy-process-dlq")?, 0);
+    app.stop().await
+}

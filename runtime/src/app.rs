@@ -64,6 +64,13 @@ impl App {
         self
     }
 
+    /// The failure policy of agents that do not choose one with `#[agent(on_error = ...)]`
+    /// (default: dead-letter and continue); `RILL_ON_ERROR` overrides it.
+    pub fn on_error(mut self, policy: crate::failure::OnError) -> Self {
+        self.config.on_error = policy;
+        self
+    }
+
     /// How often agents commit (default 100 ms).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.config.commit_interval = interval;

@@ -138,6 +138,15 @@ impl Error {
     pub fn user<E: Into<Box<dyn std::error::Error + Send + Sync>>>(err: E) -> Self {
         Error::User(err.into())
     }
+
+    /// True for the agent's own errors (`Error::user`, `?` on its error types), which the
+    /// agent's failure policy handles per record. The others are rill reporting a broken
+    /// deployment (a table written from the wrong partition, stored state that no longer
+    /// decodes, storage or broker failures): dead-lettering every record would bury them, so
+    /// they stop the worker whatever the policy.
+    pub fn is_record_failure(&self) -> bool {
+        matches!(self, Error::User(_))
+    }
 }
 
 /// Why a record could not be encoded or decoded.

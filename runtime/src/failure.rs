@@ -11,6 +11,12 @@
 //! | `skip` | is counted and logged | continue after it |
 //! | `stop` | is not committed | the worker stops |
 //!
+//! The policy covers the agent's own errors (`rill::Error::user`, `?` on its error types) and
+//! panics. Errors rill raises about the deployment (a table written from the wrong partition,
+//! stored state that no longer decodes, storage or broker failures; see
+//! `Error::is_record_failure`) stop the worker whatever the policy: dead-lettering every record
+//! would bury them.
+//!
 //! After an `Err` or a panic the agent function is called again, with a stream that continues
 //! after the failing record (or with the record again, for `retry`); records before it are not
 //! processed twice. Records that cannot be decoded never reach the agent: they follow the same

@@ -545,6 +545,12 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
                 }
                 return Ok(());
             }
+            Ok(Err(e)) if !e.is_record_failure() => {
+                if let Some(parked) = parked {
+                    parked.finish().await;
+                }
+                return Err(e);
+            }
             Ok(Err(e)) => {
                 let failure = Failure {
                     kind: FailureKind::Error,
