@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
+use crate::failure::{Failure, FailureKind};
 use crate::message::{OutRecord, now_millis};
 use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::TableDef;
@@ -28,6 +30,7 @@ use crate::table::recovery::ChangelogReader;
 use crate::table::store::TableStore;
 use crate::topic::TopicSpec;
 use crate::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
+use crate::window::propagate::{self, SourceClock};
 
 /// Threads, tasks and stop channels a worker must wind down, including those created after
 /// start (repartition fetchers and pumps).
@@ -299,22 +302,57 @@ impl AgentPipeline {
         let recovery = source.hand_over(pump_shared.clone());
         let topic = r.topic.clone();
         let main_shared = shared.clone();
+        let clock = self.config.clock.clone();
+        let mut watermarks = SourceClock::new(
+            i64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+        );
         let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
+            let mut seen = (u64::MAX, Vec::new(), HashSet::new());
             while futures::future::poll_fn(|cx| source.poll_raw(cx).map(|r| r.is_some())).await {
-                let Some(raw) = source.take_current() else {
+                let Some(mut raw) = source.take_current() else {
                     continue;
                 };
-                let Some(value) = raw.value else { continue };
-                match key_of(&value) {
+                let keyed = match &raw.value {
+                    Some(value) => key_of(value),
+                    None => Err(Error::Codec {
+                        topic: raw.topic.to_string(),
+                        source: crate::error::CodecError::NullValue,
+                    }),
+                };
+                match keyed {
                     Ok((key, at)) => {
-                        // The record's event time travels as the message timestamp.
+                        let time = at.or(raw.timestamp).unwrap_or_else(now_millis);
+                        let version = pump_shared.caught_up_version.load(Ordering::Acquire)
+                            ^ pump_shared
+                                .assignment
+                                .load(Ordering::Acquire)
+                                .rotate_left(32);
+                        if version != seen.0 {
+                            seen = (
+                                version,
+                                pump_shared.owned_partitions(),
+                                pump_shared.caught_up(),
+                            );
+                        }
+                        let stamp = watermarks.observe(
+                            raw.partition,
+                            time,
+                            clock.now_ms(),
+                            &seen.1,
+                            &seen.2,
+                        );
+                        let mut headers = std::mem::take(&mut raw.headers);
+                        headers.0.retain(|(name, _)| name != propagate::HEADER);
+                        headers.insert(propagate::HEADER, stamp);
+                        // The record's event time travels as the message timestamp, the pump's
+                        // watermark in a header.
                         let record = OutRecord {
                             topic: topic.clone(),
                             partition: None,
                             key: Some(key),
-                            value: Some(value),
-                            timestamp: at.or(raw.timestamp).unwrap_or_else(now_millis),
-                            headers: raw.headers,
+                            value: raw.value.take(),
+                            timestamp: time,
+                            headers,
                         };
                         if let Err(e) = pump_shared.send(record).await {
                             main_shared.fail(e);
@@ -322,7 +360,14 @@ impl AgentPipeline {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "group_by: skipping a record that cannot be decoded");
+                        // The agent's failure policy applies (at the pump's next record).
+                        pump_shared.record_failed(
+                            &raw,
+                            Failure {
+                                kind: FailureKind::Decode,
+                                message: format!("group_by: {e}"),
+                            },
+                        );
                     }
                 }
             }

@@ -337,6 +337,11 @@ impl StreamCore {
         self.current.insert(record)
     }
 
+    /// A header of the record being processed.
+    pub(crate) fn current_header(&self, name: &str) -> Option<&[u8]> {
+        self.current.as_ref()?.headers.get(name)
+    }
+
     /// Takes the record just handed out (for a pump that forwards it).
     pub(crate) fn take_current(&mut self) -> Option<RawRecord> {
         self.current.take()

@@ -304,6 +304,11 @@ where
         let partition = self.shared.current_partition.load(Ordering::Relaxed);
         let key = (self.key)(&item);
         let key_bytes = key.key_bytes();
+        let upstream = self
+            .stream
+            .core
+            .current_header(super::propagate::HEADER)
+            .and_then(super::propagate::parse);
         let floor = self.clock.watermark_floor();
         self.caught_up();
         let Some((cell, _)) = &self.cell else {
@@ -311,7 +316,7 @@ where
         };
         let late = {
             let mut op = cell.op();
-            let late = op.on_record(partition, key_bytes, key, time, item, now);
+            let late = op.on_record(partition, key_bytes, key, time, item, now, upstream);
             op.advance(now, floor, &self.caught_up.1);
             late
         };

@@ -93,6 +93,7 @@
 //! [`WindowStream::on_window_close`] runs for every window as it closes.
 
 mod driver;
+pub(crate) mod propagate;
 mod state;
 pub mod table;
 

@@ -83,6 +83,8 @@ struct Part<K, S, T> {
     floor: i64,
     /// Clock time of the last record (or of loading), for idleness.
     last_arrival: i64,
+    /// A repartition partition: the watermarks of the `group_by` pumps writing to it.
+    upstream: super::propagate::Upstream,
     dirty: HashSet<(Vec<u8>, i64)>,
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     clock_dirty: bool,
@@ -98,6 +100,7 @@ impl<K, S, T> Part<K, S, T> {
             max_seen: i64::MIN,
             floor: i64::MIN,
             last_arrival: now,
+            upstream: Default::default(),
             dirty: HashSet::new(),
             writes: HashMap::new(),
             clock_dirty: false,
@@ -304,6 +307,7 @@ where
         time: i64,
         item: T,
         now: i64,
+        upstream: Option<(u64, i64)>,
     ) -> Option<T> {
         let watermark = self.watermark;
         let (kind, grace, emit) = (self.kind, self.grace, self.emit);
@@ -422,6 +426,9 @@ where
             part.max_seen = time;
             part.clock_dirty = true;
         }
+        if let Some((pump, watermark)) = upstream {
+            part.upstream.heard(pump, watermark, now);
+        }
         part.last_arrival = now;
         late
     }
@@ -434,13 +441,19 @@ where
         let mut min_active: Option<i64> = None;
         let mut max_seen = i64::MIN;
         let mut last_arrival = i64::MIN;
-        for (partition, part) in &self.parts {
+        let idle_timeout = self.idle_timeout;
+        for (partition, part) in &mut self.parts {
             max_seen = max_seen.max(part.max_seen);
             last_arrival = last_arrival.max(part.last_arrival);
             let idle = caught_up.contains(partition)
-                && now.saturating_sub(part.last_arrival) >= self.idle_timeout;
+                && now.saturating_sub(part.last_arrival) >= idle_timeout;
             if !idle {
-                min_active = Some(min_active.map_or(part.max_seen, |m: i64| m.min(part.max_seen)));
+                // Fed by `group_by` pumps: their watermark, not the interleaved event times.
+                let reached = part
+                    .upstream
+                    .watermark(now, idle_timeout)
+                    .unwrap_or(part.max_seen);
+                min_active = Some(min_active.map_or(reached, |m: i64| m.min(reached)));
             }
         }
         let computed = match min_active {
@@ -711,7 +724,15 @@ mod tests {
         records
             .iter()
             .map(|&(key, time)| {
-                let late = op.on_record(0, key.as_bytes().to_vec(), key.to_owned(), time, time, 0);
+                let late = op.on_record(
+                    0,
+                    key.as_bytes().to_vec(),
+                    key.to_owned(),
+                    time,
+                    time,
+                    0,
+                    None,
+                );
                 op.advance(0, i64::MIN, &all());
                 late
             })
@@ -817,13 +838,13 @@ mod tests {
         assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
         assert_eq!(op.watermark(), i64::MIN);
         // Partition 1 catches up to 20: the watermark is min(50, 20).
-        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0);
+        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0, None);
         op.advance(0, i64::MIN, &all());
         assert_eq!(op.watermark(), 20);
         assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
         // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
         // clock): it stops holding the watermark back.
-        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500);
+        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500, None);
         op.advance(1_500, i64::MIN, &all());
         assert_eq!(op.watermark(), 60);
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
@@ -839,7 +860,7 @@ mod tests {
     fn a_partition_with_records_still_to_read_is_never_idle() {
         let mut op = op(Kind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
-        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0);
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None);
         // Partition 1 is behind (its records wait in the queue): it holds the watermark
         // however long the clock runs.
         op.advance(1_000_000, i64::MIN, &HashSet::from([0]));

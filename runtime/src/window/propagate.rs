@@ -1,0 +1,136 @@
+//! Watermarks across `group_by`. A repartition partition receives records from every source
+//! partition a pump reads, interleaved in the order the pump happened to read them: during a
+//! backlog, chunks minutes apart in event time. Taking the largest event time seen on the
+//! repartition partition as its watermark would then drop most of a backlog as late. So each
+//! pump stamps the records it forwards with its own watermark (the smallest of its source
+//! partitions' largest event times, skipping idle ones), and a window reading a repartition
+//! topic takes, per partition, the smallest watermark of the pumps writing to it.
+
+use std::collections::HashMap;
+
+/// Header carrying `<pump id>:<watermark ms>` on repartitioned records.
+pub(crate) const HEADER: &str = "rill.watermark";
+
+/// A pump's view of its source partitions.
+pub(crate) struct SourceClock {
+    id: u64,
+    /// Per source partition: largest event time, clock time of its last record.
+    partitions: HashMap<i32, (i64, i64)>,
+    watermark: i64,
+    idle_timeout: i64,
+}
+
+impl SourceClock {
+    pub(crate) fn new(idle_timeout: i64) -> Self {
+        SourceClock {
+            id: rand::random(),
+            partitions: HashMap::new(),
+            watermark: i64::MIN,
+            idle_timeout,
+        }
+    }
+
+    /// Records an event of `partition` and returns the header value to stamp it with.
+    /// `owned` are the pump's source partitions, `caught_up` those read to their end.
+    pub(crate) fn observe(
+        &mut self,
+        partition: i32,
+        time: i64,
+        now: i64,
+        owned: &[i32],
+        caught_up: &std::collections::HashSet<i32>,
+    ) -> String {
+        let entry = self.partitions.entry(partition).or_insert((i64::MIN, now));
+        entry.0 = entry.0.max(time);
+        entry.1 = now;
+        let mut low: Option<i64> = None;
+        for p in owned {
+            let (max, last) = self
+                .partitions
+                .get(p)
+                .copied()
+                .unwrap_or((i64::MIN, i64::MIN));
+            let idle = caught_up.contains(p) && now.saturating_sub(last) >= self.idle_timeout;
+            if !idle {
+                low = Some(low.map_or(max, |l: i64| l.min(max)));
+            }
+        }
+        let computed = low.unwrap_or_else(|| {
+            self.partitions
+                .values()
+                .map(|(max, _)| *max)
+                .max()
+                .unwrap_or(i64::MIN)
+        });
+        self.watermark = self.watermark.max(computed);
+        format!("{:x}:{}", self.id, self.watermark)
+    }
+}
+
+/// Parses a [`HEADER`] value.
+pub(crate) fn parse(value: &[u8]) -> Option<(u64, i64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (id, wm) = text.split_once(':')?;
+    Some((u64::from_str_radix(id, 16).ok()?, wm.parse().ok()?))
+}
+
+/// The pumps writing to one repartition partition: their latest watermarks, and when each
+/// was last heard from.
+#[derive(Debug, Default)]
+pub(crate) struct Upstream {
+    pumps: HashMap<u64, (i64, i64)>,
+}
+
+impl Upstream {
+    pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) {
+        let entry = self.pumps.entry(pump).or_insert((watermark, now));
+        entry.0 = entry.0.max(watermark);
+        entry.1 = now;
+    }
+
+    /// The smallest watermark of the pumps heard from within `idle_timeout`; `None` when there
+    /// are none (the partition is not fed by a pump, or they all went quiet).
+    pub(crate) fn watermark(&mut self, now: i64, idle_timeout: i64) -> Option<i64> {
+        self.pumps
+            .retain(|_, (_, last)| now.saturating_sub(*last) < idle_timeout);
+        self.pumps.values().map(|(wm, _)| *wm).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pump_stamps_the_slowest_of_its_partitions() {
+        let mut clock = SourceClock::new(1_000);
+        let none = std::collections::HashSet::new();
+        let stamp = |c: &mut SourceClock, p, t| {
+            parse(c.observe(p, t, 0, &[0, 1], &none).as_bytes())
+                .unwrap()
+                .1
+        };
+        assert_eq!(
+            stamp(&mut clock, 0, 100),
+            i64::MIN,
+            "partition 1 not heard from"
+        );
+        assert_eq!(stamp(&mut clock, 1, 40), 40);
+        assert_eq!(stamp(&mut clock, 0, 300), 40);
+        assert_eq!(stamp(&mut clock, 1, 250), 250);
+        // Never goes back.
+        assert_eq!(stamp(&mut clock, 1, 10), 250);
+    }
+
+    #[test]
+    fn a_partition_takes_the_slowest_pump_that_is_still_writing() {
+        let mut up = Upstream::default();
+        up.heard(1, 500, 0);
+        up.heard(2, 200, 0);
+        assert_eq!(up.watermark(10, 1_000), Some(200));
+        up.heard(1, 900, 1_500);
+        // Pump 2 quiet for the idle timeout: pump 1 alone.
+        assert_eq!(up.watermark(1_500, 1_000), Some(900));
+        assert_eq!(up.watermark(5_000, 1_000), None);
+    }
+}
