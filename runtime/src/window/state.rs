@@ -299,6 +299,10 @@ where
 
     /// Handles one record of `partition` at event time `time`; results go to `out`. Returns
     /// the record when it is late (every window it belongs to has closed).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one record's parts, as the driver has them"
+    )]
     pub(crate) fn on_record(
         &mut self,
         partition: i32,
