@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) clock: crate::time::Clock,
     /// Records that failed to decode, with why; the stream applies the failure policy.
     pub(crate) failed_records: Mutex<Vec<(crate::message::RawRecord, crate::failure::Failure)>>,
+    /// Watermark markers read from repartition partitions: (partition, pump, watermark).
+    pub(crate) marks: Mutex<Vec<(i32, u64, i64)>>,
     /// Dead-letter and retry records, sent in the next commit step before its offsets.
     pub(crate) dead: Mutex<Vec<OutRecord>>,
     /// The stream core, parked here when the agent's stream is dropped (the agent function
@@ -110,6 +112,7 @@ impl Shared {
             clock,
             failed_records: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
+            marks: Mutex::new(Vec::new()),
             parked: Mutex::new(None),
             current_partition: AtomicI32::new(-1),
             owned: Mutex::new(Vec::new()),

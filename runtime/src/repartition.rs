@@ -19,10 +19,13 @@ use tokio::sync::mpsc;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
+use std::task::Poll;
+
 use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, FailureKind};
+use crate::message::Headers;
 use crate::message::{OutRecord, now_millis};
 use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::TableDef;
@@ -81,6 +84,8 @@ pub(crate) struct AgentPipeline {
     pub(crate) reader: ChangelogReader,
     repartition: OnceLock<std::result::Result<Repartition, String>>,
     windows: Mutex<HashMap<String, Arc<TableDef>>>,
+    /// Set when a window is built on the repartitioned stream: pumps then carry watermarks.
+    windowed: Arc<AtomicBool>,
 }
 
 /// The worker's table store, opened when the first table or window needs it.
@@ -141,12 +146,14 @@ impl AgentPipeline {
             reader,
             repartition: OnceLock::new(),
             windows: Mutex::new(HashMap::new()),
+            windowed: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The table of a window named `name` in this agent (`<app>-<agent>-<name>-changelog`),
     /// created with its changelog topic on first use and shared by the agent's instances.
     pub(crate) async fn window_table(&self, name: &str) -> Result<Arc<TableDef>> {
+        self.windowed.store(true, Ordering::Release);
         let table = format!("{}-{name}", self.agent);
         if let Some(def) = self
             .windows
@@ -303,12 +310,49 @@ impl AgentPipeline {
         let topic = r.topic.clone();
         let main_shared = shared.clone();
         let clock = self.config.clock.clone();
+        let partitions = self.source_partitions;
+        let windowed = self.windowed.clone();
         let mut watermarks = SourceClock::new(
             i64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(i64::MAX),
         );
         let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
             let mut seen = (u64::MAX, Vec::new(), HashSet::new());
-            while futures::future::poll_fn(|cx| source.poll_raw(cx).map(|r| r.is_some())).await {
+            loop {
+                let step = futures::future::poll_fn(|cx| match source.poll_raw(cx) {
+                    Poll::Ready(Some(_)) => Poll::Ready(Some(true)),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    // Nothing to read for now: tell every partition where the pump is.
+                    Poll::Pending if watermarks.unsent() && windowed.load(Ordering::Acquire) => {
+                        Poll::Ready(Some(false))
+                    }
+                    Poll::Pending => Poll::Pending,
+                })
+                .await;
+                match step {
+                    None => break,
+                    Some(false) => {
+                        if let Some(stamp) = watermarks.take_broadcast() {
+                            for partition in 0..partitions {
+                                let marker = OutRecord {
+                                    topic: topic.clone(),
+                                    partition: Some(partition),
+                                    key: None,
+                                    value: None,
+                                    timestamp: now_millis(),
+                                    headers: Headers(vec![(
+                                        propagate::HEADER.to_owned(),
+                                        Some(stamp.clone().into_bytes()),
+                                    )]),
+                                };
+                                if let Err(e) = pump_shared.send(marker).await {
+                                    main_shared.fail(e);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(true) => {}
+                }
                 let Some(mut raw) = source.take_current() else {
                     continue;
                 };
@@ -343,7 +387,9 @@ impl AgentPipeline {
                         );
                         let mut headers = std::mem::take(&mut raw.headers);
                         headers.0.retain(|(name, _)| name != propagate::HEADER);
-                        headers.insert(propagate::HEADER, stamp);
+                        if windowed.load(Ordering::Relaxed) {
+                            headers.insert(propagate::HEADER, stamp);
+                        }
                         // The record's event time travels as the message timestamp, the pump's
                         // watermark in a header.
                         let record = OutRecord {

@@ -652,6 +652,22 @@ impl StreamCore {
                         held.records.push_back(record);
                         continue;
                     }
+                    if crate::window::propagate::is_marker(&record) {
+                        // A `group_by` pump's watermark: for the windows, not the agent.
+                        if let Some((pump, wm)) = record
+                            .headers
+                            .get(crate::window::propagate::HEADER)
+                            .and_then(crate::window::propagate::parse)
+                        {
+                            self.shared
+                                .marks
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((record.partition, pump, wm));
+                        }
+                        self.done.insert(tp, record.offset + 1);
+                        continue;
+                    }
                     if let Some(due) = failure::due_of(&record) {
                         let wait = due.saturating_sub(crate::message::now_millis());
                         if wait > 0 {

@@ -369,6 +369,15 @@ where
             return;
         };
         let mut op = cell.op();
+        let marks =
+            std::mem::take(&mut *self.shared.marks.lock().unwrap_or_else(|p| p.into_inner()));
+        if !marks.is_empty() {
+            let now = self.clock.now_ms();
+            for (partition, pump, watermark) in marks {
+                op.heard(partition, pump, watermark, now);
+            }
+            op.advance(now, self.clock.watermark_floor(), &self.caught_up.1);
+        }
         let closed = std::mem::take(&mut op.counts.closed);
         self.shared
             .stats
@@ -425,7 +434,14 @@ where
                 }
                 Poll::Ready(None) => self.ended = true,
                 Poll::Pending => {
-                    if !self.ticker.due(cx) {
+                    let marked = !self.stream.core.is_recovering()
+                        && !self
+                            .shared
+                            .marks
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_empty();
+                    if !self.ticker.due(cx) && !marked {
                         return Poll::Pending;
                     }
                     if let Err(e) = self.tick() {

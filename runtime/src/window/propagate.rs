@@ -4,7 +4,11 @@
 //! repartition partition as its watermark would then drop most of a backlog as late. So each
 //! pump stamps the records it forwards with its own watermark (the smallest of its source
 //! partitions' largest event times, skipping idle ones), and a window reading a repartition
-//! topic takes, per partition, the smallest watermark of the pumps writing to it.
+//! topic takes, per partition, the smallest watermark of the pumps writing to it. When its
+//! source has nothing more to read for the moment, a pump whose watermark moved also sends a
+//! marker (no key, no value, the header) to every repartition partition, so a partition its
+//! recent records did not go to learns the watermark too, in order with what came before.
+//! Streams consume markers themselves; agents never see them.
 
 use std::collections::HashMap;
 
@@ -18,6 +22,8 @@ pub(crate) struct SourceClock {
     partitions: HashMap<i32, (i64, i64)>,
     watermark: i64,
     idle_timeout: i64,
+    /// The watermark last sent to every partition.
+    broadcast: i64,
 }
 
 impl SourceClock {
@@ -27,7 +33,21 @@ impl SourceClock {
             partitions: HashMap::new(),
             watermark: i64::MIN,
             idle_timeout,
+            broadcast: i64::MIN,
         }
+    }
+
+    /// The header value to send to every partition, when the watermark moved since the last.
+    pub(crate) fn take_broadcast(&mut self) -> Option<String> {
+        (self.watermark > self.broadcast).then(|| {
+            self.broadcast = self.watermark;
+            format!("{:x}:{}", self.id, self.watermark)
+        })
+    }
+
+    /// True when the watermark moved since the last broadcast.
+    pub(crate) fn unsent(&self) -> bool {
+        self.watermark > self.broadcast
     }
 
     /// Records an event of `partition` and returns the header value to stamp it with.
@@ -65,6 +85,11 @@ impl SourceClock {
         self.watermark = self.watermark.max(computed);
         format!("{:x}:{}", self.id, self.watermark)
     }
+}
+
+/// True for a watermark marker (not a record).
+pub(crate) fn is_marker(record: &crate::message::RawRecord) -> bool {
+    record.value.is_none() && record.headers.get(HEADER).is_some()
 }
 
 /// Parses a [`HEADER`] value.

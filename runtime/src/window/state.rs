@@ -63,6 +63,9 @@ fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 pub(crate) struct Win<S> {
     pub(crate) end: i64,
     pub(crate) state: S,
+    /// In the table store (and its changelog): closing it must delete it there. A window
+    /// opened and closed between two commits never is, and costs no write at all.
+    stored: bool,
 }
 
 struct KeyState<K, S, T> {
@@ -218,7 +221,14 @@ where
                             buffer: BTreeMap::new(),
                         })
                         .windows
-                        .insert(start, Win { end, state });
+                        .insert(
+                            start,
+                            Win {
+                                end,
+                                state,
+                                stored: true,
+                            },
+                        );
                 }
                 BUFFER => {
                     let (Some(time), Some(seq)) = (
@@ -275,12 +285,12 @@ where
         for (&partition, part) in &mut self.parts {
             for (key, start) in part.dirty.drain() {
                 let stored = window_key(&key, start);
-                let value = match part
-                    .keys
-                    .get(&key)
-                    .and_then(|ks| ks.windows.get(&start).map(|w| (&ks.key, w)))
-                {
+                let value = match part.keys.get_mut(&key).and_then(|ks| {
+                    let KeyState { key, windows, .. } = ks;
+                    windows.get_mut(&start).map(|w| (&*key, w))
+                }) {
                     Some((k, w)) => {
+                        w.stored = true;
                         Some(serde_json::to_vec(&(k, w.end, &w.state)).map_err(encode)?)
                     }
                     None => None,
@@ -437,6 +447,13 @@ where
         late
     }
 
+    /// A pump's watermark marker read from `partition`.
+    pub(crate) fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.upstream.heard(pump, watermark, now);
+        }
+    }
+
     /// Recomputes the watermark at clock time `now` and closes the windows it passed. A
     /// partition is idle when it is `caught_up` (read to its end, nothing waiting) and had no
     /// record for the idle timeout; a partition with records still to read never is, however
@@ -494,7 +511,11 @@ where
                 let Some(win) = ks.windows.remove(&start) else {
                     continue;
                 };
-                part.dirty.insert((key.clone(), start));
+                if win.stored {
+                    part.dirty.insert((key.clone(), start));
+                } else {
+                    part.dirty.remove(&(key.clone(), start));
+                }
                 self.counts.closed += 1;
                 let result = WindowResult {
                     key: ks.key.clone(),
@@ -523,7 +544,13 @@ where
                     let Some((time, key, seq)) = part.buffered.pop_first() else {
                         break;
                     };
-                    part.writes.insert(buffer_key(&key, time, seq), None);
+                    let stored_key = buffer_key(&key, time, seq);
+                    if let Some(Some(_)) = part.writes.get(&stored_key) {
+                        // Buffered and trimmed between two commits: never written.
+                        part.writes.remove(&stored_key);
+                    } else {
+                        part.writes.insert(stored_key, None);
+                    }
                     if let Some(ks) = part.keys.get_mut(&key) {
                         ks.buffer.remove(&(time, seq));
                         if ks.windows.is_empty() && ks.buffer.is_empty() {
@@ -566,6 +593,7 @@ fn add_fixed<T, K, S, O>(
         Win {
             end,
             state: (agg.init)(),
+            stored: false,
         }
     });
     (agg.add)(&mut win.state, item);
@@ -631,7 +659,14 @@ fn sliding<T, K, S, O>(
                     accepted = true;
                 }
                 closing.insert((close_at(end, grace), key.to_vec(), start));
-                ks.windows.insert(start, Win { end, state });
+                ks.windows.insert(
+                    start,
+                    Win {
+                        end,
+                        state,
+                        stored: false,
+                    },
+                );
                 updated.push(start);
             }
         }
@@ -678,7 +713,11 @@ fn session<T, K, S, O>(
     for s in joined {
         if let Some(w) = ks.windows.remove(&s) {
             closing.remove(&(close_at(w.end.saturating_add(gap), grace), key.to_vec(), s));
-            dirty.insert((key.to_vec(), s));
+            if w.stored {
+                dirty.insert((key.to_vec(), s));
+            } else {
+                dirty.remove(&(key.to_vec(), s));
+            }
             match &agg.merge {
                 Some(merge) => merge(&mut state, w.state),
                 None => state = w.state,
@@ -691,7 +730,14 @@ fn session<T, K, S, O>(
         key.to_vec(),
         start,
     ));
-    ks.windows.insert(start, Win { end, state });
+    ks.windows.insert(
+        start,
+        Win {
+            end,
+            state,
+            stored: false,
+        },
+    );
     updated.push(start);
     true
 }
