@@ -51,6 +51,11 @@
 //!   closes when the watermark reaches `end + grace`; a record is *late* when every window it
 //!   belongs to has closed: it is counted (`AgentStats::late_records`) and dropped, or sent to
 //!   the topic given to [`Windows::late_events_to`]. It is never merged into a closed window.
+//! - **Across `group_by`**: a repartition partition gets the source partitions' records
+//!   interleaved as the pump read them, so its watermark is the pump's (the smallest of the
+//!   source partitions' watermarks), carried in a header and in markers the pump sends to every
+//!   repartition partition, not the largest event time it received. A backlog is not lost to
+//!   the interleaving.
 //! - **Idle partitions**: a partition without records for the idle timeout (wall clock;
 //!   `Config::idle_timeout`, `RILL_IDLE_TIMEOUT_MS`, default 10 s, or [`Windows::idle_timeout`])
 //!   stops holding the watermark back. When every partition is idle, the watermark advances
