@@ -323,6 +323,28 @@ impl StreamCore {
         self.shared.set_caught_up(caught_up);
     }
 
+    /// A `group_by` pump's watermark marker is for the windows, not the agent: recorded in
+    /// `Shared::marks` and finished at once. False for any other record.
+    fn consume_marker(&mut self, record: &RawRecord) -> bool {
+        if !crate::window::propagate::is_marker(record) {
+            return false;
+        }
+        if let Some((pump, wm)) = record
+            .headers
+            .get(crate::window::propagate::HEADER)
+            .and_then(crate::window::propagate::parse)
+        {
+            self.shared
+                .marks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((record.partition, pump, wm));
+        }
+        self.done
+            .insert((record.topic.clone(), record.partition), record.offset + 1);
+        true
+    }
+
     /// Makes `record` the one being processed.
     fn hand_out(&mut self, record: RawRecord) -> &RawRecord {
         let tp = (record.topic.clone(), record.partition);
@@ -335,6 +357,11 @@ impl StreamCore {
             .store(record.partition, Ordering::Relaxed);
         self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
         self.current.insert(record)
+    }
+
+    /// Offset of the record being processed.
+    pub(crate) fn current_offset(&self) -> Option<i64> {
+        self.current.as_ref().map(|r| r.offset)
     }
 
     /// A header of the record being processed.
@@ -593,6 +620,7 @@ impl StreamCore {
                         self.shared.assignment.fetch_add(1, Ordering::AcqRel);
                         // Held records are refetched by the partitions' next owner.
                         self.held.clear();
+                        self.hold_timer = None;
                         self.attempts.clear();
                         self.owned_tps.clear();
                         self.at_end.clear();
@@ -637,6 +665,9 @@ impl StreamCore {
                 self.batch_caught_up.clear();
             }
             if let Some(record) = self.release_held() {
+                if self.consume_marker(&record) {
+                    continue;
+                }
                 return Poll::Ready(Some(self.hand_out(record)));
             }
             if self.batch_generation <= self.generation {
@@ -652,20 +683,7 @@ impl StreamCore {
                         held.records.push_back(record);
                         continue;
                     }
-                    if crate::window::propagate::is_marker(&record) {
-                        // A `group_by` pump's watermark: for the windows, not the agent.
-                        if let Some((pump, wm)) = record
-                            .headers
-                            .get(crate::window::propagate::HEADER)
-                            .and_then(crate::window::propagate::parse)
-                        {
-                            self.shared
-                                .marks
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((record.partition, pump, wm));
-                        }
-                        self.done.insert(tp, record.offset + 1);
+                    if self.consume_marker(&record) {
                         continue;
                     }
                     if let Some(due) = failure::due_of(&record) {
@@ -697,6 +715,7 @@ impl StreamCore {
                 && timer.as_mut().poll(cx).is_ready()
             {
                 self.hold_timer = None;
+                self.arm_hold_timer();
                 continue;
             }
             let parked: usize = self.held.values().map(|h| h.records.len()).sum();

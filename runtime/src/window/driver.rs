@@ -309,6 +309,7 @@ where
             .core
             .current_header(super::propagate::HEADER)
             .and_then(super::propagate::parse);
+        let offset = self.stream.core.current_offset();
         let floor = self.clock.watermark_floor();
         self.caught_up();
         let Some((cell, _)) = &self.cell else {
@@ -316,7 +317,7 @@ where
         };
         let late = {
             let mut op = cell.op();
-            let late = op.on_record(partition, key_bytes, key, time, item, now, upstream);
+            let late = op.on_record(partition, key_bytes, key, time, item, now, upstream, offset);
             op.advance(now, floor, &self.caught_up.1);
             late
         };

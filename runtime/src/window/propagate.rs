@@ -104,18 +104,38 @@ pub(crate) fn parse(value: &[u8]) -> Option<(u64, i64)> {
 #[derive(Debug, Default)]
 pub(crate) struct Upstream {
     pumps: HashMap<u64, (i64, i64)>,
+    /// After a restart: the slowest stored pump watermark, followed until a pump is heard
+    /// (the pumps that wrote it are gone; new ones start from the committed offsets).
+    restored: Option<i64>,
 }
 
 impl Upstream {
     pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) {
+        self.restored = None;
         let entry = self.pumps.entry(pump).or_insert((watermark, now));
         entry.0 = entry.0.max(watermark);
         entry.1 = now;
     }
 
+    /// The pumps' watermarks, to store with the partition's clock.
+    pub(crate) fn snapshot(&self) -> Vec<(u64, i64)> {
+        if self.pumps.is_empty() {
+            return self.restored.map(|wm| vec![(0, wm)]).unwrap_or_default();
+        }
+        self.pumps.iter().map(|(id, (wm, _))| (*id, *wm)).collect()
+    }
+
+    /// Restores stored watermarks (see `restored`).
+    pub(crate) fn restore(&mut self, pumps: Vec<(u64, i64)>) {
+        self.restored = pumps.iter().map(|(_, wm)| *wm).min();
+    }
+
     /// The smallest watermark of the pumps heard from within `idle_timeout`; `None` when there
     /// are none (the partition is not fed by a pump, or they all went quiet).
     pub(crate) fn watermark(&mut self, now: i64, idle_timeout: i64) -> Option<i64> {
+        if self.pumps.is_empty() {
+            return self.restored;
+        }
         self.pumps
             .retain(|_, (_, last)| now.saturating_sub(*last) < idle_timeout);
         self.pumps.values().map(|(wm, _)| *wm).min()

@@ -5,7 +5,8 @@
 //! Stored form, per partition of the window's table (keys are bytes, values JSON):
 //! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window;
 //! - `B | len(key) u32 | key | time | seq` → `[key, record]`: a sliding window's record buffer;
-//! - `C` → `[max event time seen, watermark]`: the partition's clock.
+//! - `C` → the partition's clock: largest event time seen, the watermark its windows were
+//!   closed at, the `group_by` pumps' watermarks, and the offset of the last record applied.
 //!
 //! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
 
@@ -21,6 +22,19 @@ use crate::error::{Error, Result};
 const WINDOW: u8 = b'W';
 const BUFFER: u8 = b'B';
 const CLOCK: &[u8] = b"C";
+
+/// A partition's clock as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredClock {
+    max_seen: i64,
+    floor: i64,
+    /// Watermarks of the pumps feeding a repartition partition: after a restart its windows
+    /// follow them, not the interleaved largest event time.
+    pumps: Vec<(u64, i64)>,
+    /// Offset of the last record applied: one handed out again (an in-place retry, a
+    /// redelivery after a crash) is not counted twice.
+    applied: i64,
+}
 
 fn time_bytes(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
@@ -88,6 +102,8 @@ struct Part<K, S, T> {
     last_arrival: i64,
     /// A repartition partition: the watermarks of the `group_by` pumps writing to it.
     upstream: super::propagate::Upstream,
+    /// Offset of the last record applied (`i64::MIN`: none).
+    applied: i64,
     dirty: HashSet<(Vec<u8>, i64)>,
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     clock_dirty: bool,
@@ -104,6 +120,7 @@ impl<K, S, T> Part<K, S, T> {
             floor: i64::MIN,
             last_arrival: now,
             upstream: Default::default(),
+            applied: i64::MIN,
             dirty: HashSet::new(),
             writes: HashMap::new(),
             clock_dirty: false,
@@ -195,10 +212,12 @@ where
         };
         for (stored, value) in entries {
             if stored == CLOCK {
-                let (max_seen, floor): (i64, i64) =
+                let clock: StoredClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
-                part.max_seen = max_seen;
-                part.floor = floor;
+                part.max_seen = clock.max_seen;
+                part.floor = clock.floor;
+                part.applied = clock.applied;
+                part.upstream.restore(clock.pumps);
                 continue;
             }
             let Some((tag, key, rest)) = split(&stored) else {
@@ -300,7 +319,13 @@ where
             out.extend(part.writes.drain().map(|(k, v)| (partition, k, v)));
             if part.clock_dirty {
                 part.clock_dirty = false;
-                let value = serde_json::to_vec(&(part.max_seen, part.floor)).map_err(encode)?;
+                let clock = StoredClock {
+                    max_seen: part.max_seen,
+                    floor: part.floor,
+                    pumps: part.upstream.snapshot(),
+                    applied: part.applied,
+                };
+                let value = serde_json::to_vec(&clock).map_err(encode)?;
                 out.push((partition, CLOCK.to_vec(), Some(value)));
             }
         }
@@ -322,6 +347,7 @@ where
         item: T,
         now: i64,
         upstream: Option<(u64, i64)>,
+        offset: Option<i64>,
     ) -> Option<T> {
         let watermark = self.watermark;
         let (kind, grace, emit) = (self.kind, self.grace, self.emit);
@@ -330,6 +356,14 @@ where
             .parts
             .entry(partition)
             .or_insert_with(|| Part::new(now));
+        if let Some(offset) = offset {
+            if offset <= part.applied {
+                // Already in the windows (handed out again after a failure or a crash).
+                return None;
+            }
+            part.applied = offset;
+            part.clock_dirty = true;
+        }
         let wm = watermark.max(part.floor);
         let mut updated: Vec<i64> = Vec::new();
         let ks = part
@@ -442,6 +476,7 @@ where
         }
         if let Some((pump, watermark)) = upstream {
             part.upstream.heard(pump, watermark, now);
+            part.clock_dirty = true;
         }
         part.last_arrival = now;
         late
@@ -451,6 +486,7 @@ where
     pub(crate) fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
         if let Some(part) = self.parts.get_mut(&partition) {
             part.upstream.heard(pump, watermark, now);
+            part.clock_dirty = true;
         }
     }
 
@@ -782,6 +818,7 @@ mod tests {
                     time,
                     0,
                     None,
+                    None,
                 );
                 op.advance(0, i64::MIN, &all());
                 late
@@ -888,13 +925,13 @@ mod tests {
         assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
         assert_eq!(op.watermark(), i64::MIN);
         // Partition 1 catches up to 20: the watermark is min(50, 20).
-        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0, None);
+        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0, None, None);
         op.advance(0, i64::MIN, &all());
         assert_eq!(op.watermark(), 20);
         assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
         // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
         // clock): it stops holding the watermark back.
-        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500, None);
+        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500, None, None);
         op.advance(1_500, i64::MIN, &all());
         assert_eq!(op.watermark(), 60);
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
@@ -907,10 +944,23 @@ mod tests {
     }
 
     #[test]
+    fn a_record_handed_out_again_is_not_counted_twice() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let at = |op: &mut Op, offset| {
+            op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
+        };
+        at(&mut op, 5);
+        at(&mut op, 5); // a retry, or a redelivery after a crash
+        at(&mut op, 6);
+        op.advance(0, 1_000, &all());
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2)]);
+    }
+
+    #[test]
     fn a_partition_with_records_still_to_read_is_never_idle() {
         let mut op = op(Kind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
-        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None);
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
         // Partition 1 is behind (its records wait in the queue): it holds the watermark
         // however long the clock runs.
         op.advance(1_000_000, i64::MIN, &HashSet::from([0]));
@@ -952,7 +1002,7 @@ mod tests {
             vec![&CLOCK.to_vec()],
             "only the clock remains"
         );
-        let (max_seen, floor): (i64, i64) = serde_json::from_slice(&left[CLOCK]).unwrap();
-        assert_eq!((max_seen, floor), (20, 1_000));
+        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        assert_eq!((clock.max_seen, clock.floor), (20, 1_000));
     }
 }
