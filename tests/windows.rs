@@ -868,3 +868,61 @@ fn covering_urls() -> Vec<String> {
     }
     urls
 }
+
+static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[agent(
+    topic = "views",
+    sink = "retried_counts",
+    on_error = "retry",
+    retries = 2,
+    retry_backoff_ms = 10
+)]
+async fn fails_on_first_result(views: Stream<View>, out: Sink<Count>) -> rill::Result<()> {
+    let mut windows = views
+        .group_by(View::url)
+        .tumbling(Duration::from_secs(60))
+        .count();
+    while let Some(w) = windows.next().await {
+        if !FAILED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(rill::Error::user("the first result fails once"));
+        }
+        out.send(&w.into()).await?;
+    }
+    Ok(())
+}
+
+/// The agent fails while handling a window result: the in-flight record is retried, which
+/// must not count it twice, and the results not yet handed out are still delivered. (The result
+/// being handled when it failed is not emitted again.)
+#[tokio::test]
+async fn a_failure_while_handling_results_neither_double_counts_nor_drops_the_others()
+-> rill::Result<()> {
+    let app = app(fails_on_first_result::agent(), 1).test().await?;
+    send(
+        &app,
+        &[
+            view("u", "/a", 1),
+            view("u", "/a", 2),
+            view("u", "/b", 3),
+            // Closes [0, 60) of /a and /b; the agent fails on /a's result.
+            view("u", "/c", 70),
+        ],
+    )
+    .await?;
+    let got = sorted(&app, "retried_counts", 1).await?;
+    assert_eq!(got, vec![count("/b", 0, 60 * SEC, 1)]);
+    send(&app, &[view("u", "/a", 71), view("u", "/c", 130)]).await?;
+    let got = sorted(&app, "retried_counts", 3).await?;
+    assert_eq!(
+        got,
+        vec![
+            count("/a", 60 * SEC, 120 * SEC, 1),
+            count("/b", 0, 60 * SEC, 1),
+            // /c at 70 s was handed out again by the retry: counted once.
+            count("/c", 60 * SEC, 120 * SEC, 1),
+        ]
+    );
+    assert!(FAILED_ONCE.load(std::sync::atomic::Ordering::SeqCst));
+    app.stop().await
+}

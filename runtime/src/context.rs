@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     pub(crate) clock: crate::time::Clock,
     /// Records that failed to decode, with why; the stream applies the failure policy.
     pub(crate) failed_records: Mutex<Vec<(crate::message::RawRecord, crate::failure::Failure)>>,
+    /// Window operators by table name, kept across calls of the agent function so results not
+    /// yet handed out survive a failure (`window::driver`).
+    pub(crate) windows:
+        Mutex<std::collections::HashMap<Arc<str>, Arc<dyn std::any::Any + Send + Sync>>>,
     /// Watermark markers read from repartition partitions: (partition, pump, watermark).
     pub(crate) marks: Mutex<Vec<(i32, u64, i64)>>,
     /// Dead-letter and retry records, sent in the next commit step before its offsets.
@@ -113,6 +117,7 @@ impl Shared {
             failed_records: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
             marks: Mutex::new(Vec::new()),
+            windows: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
             current_partition: AtomicI32::new(-1),
             owned: Mutex::new(Vec::new()),

@@ -524,10 +524,9 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
             )
             .await;
         let parked = shared.take_parked();
-        // Window state kept by the finished function goes into its table overlays now.
-        let flushers =
-            std::mem::take(&mut *shared.flushers.lock().unwrap_or_else(|p| p.into_inner()));
-        for flusher in flushers {
+        // Window state kept by the finished function goes into its table overlays now (the
+        // operators stay registered: a window built again by the next call takes its over).
+        for flusher in shared.flushers() {
             if let Err(e) = flusher.flush() {
                 shared.fail(e);
             }

@@ -3,7 +3,7 @@
 //! recovers with the instance's other tables; then each record goes through the operator, and
 //! a clock tick lets idle partitions close windows while no record arrives.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -99,7 +99,6 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
                 ticker,
                 clock,
                 shared,
-                out: VecDeque::new(),
                 caught_up: (u64::MAX, HashSet::new()),
             }),
         }
@@ -223,7 +222,6 @@ struct Driver<T, K, S, V> {
     ticker: Ticker,
     clock: Clock,
     shared: Arc<Shared>,
-    out: VecDeque<WindowResult<K, V>>,
     /// Version and contents of the instance's caught-up partitions.
     caught_up: (u64, HashSet<i32>),
 }
@@ -246,6 +244,23 @@ where
             None => return,
         };
         let table = self.stream.core.add_table(def.clone(), reader);
+        let existing = self
+            .shared
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&def.name)
+            .cloned()
+            .and_then(|any| any.downcast::<Cell<T, K, S, V>>().ok());
+        if let Some(cell) = existing {
+            // The agent function runs again after a failure: same operator, with the results
+            // it had not handed out yet (reloaded from the overlay at the next record).
+            if let Some(on_close) = self.on_close.take() {
+                cell.op().on_close = Some(on_close);
+            }
+            self.cell = Some((cell, def));
+            return;
+        }
         let mut op = Operator::new(
             self.kind,
             self.options.grace,
@@ -263,6 +278,11 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(cell.clone());
+        self.shared
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(def.name.clone(), cell.clone());
         tracing::debug!(agent = %self.shared.agent, window = %self.name, kind = ?self.kind, "window ready");
         self.cell = Some((cell, def));
     }
@@ -384,7 +404,6 @@ where
             .stats
             .windows_closed
             .fetch_add(closed, Ordering::Relaxed);
-        self.out.extend(op.out.drain(..));
     }
 }
 
@@ -421,7 +440,12 @@ where
                 };
                 self.fail(error);
             }
-            if let Some(result) = self.out.pop_front() {
+            // Results stay in the operator until handed out, so a failure loses none.
+            let next = self
+                .cell
+                .as_ref()
+                .and_then(|(cell, _)| cell.op().out.pop_front());
+            if let Some(result) = next {
                 return Poll::Ready(Some(result));
             }
             if self.ended {
