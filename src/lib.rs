@@ -85,7 +85,7 @@ pub use rill_runtime::{
     Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState, WindowStream,
     WindowedTable,
 };
-pub use rill_runtime::{partitioner, time, window};
+pub use rill_runtime::{metrics, partitioner, telemetry, time, topology, window};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 fn run(example: &str, args: &[&str]) -> std::process::Output {
-    Command::new(common::example(example))
+    common::command(example)
         .args(args)
         .env("RILL_LOG", "warn")
         .output()
@@ -100,7 +99,7 @@ fn config_errors_name_the_setting_and_the_fix() {
         "{err}"
     );
 
-    let out = Command::new(common::example("sink"))
+    let out = common::command("sink")
         .args(["agents"])
         .env("RILL_PARTITIONS", "none")
         .output()
@@ -176,4 +175,23 @@ fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
         ["3", row[4], "0"],
         "3 keys, no changelog lag: {text}"
     );
+}
+
+#[test]
+fn graph_prints_the_topology_as_dot() {
+    let out = run("page_totals", &["graph"]);
+    assert!(out.status.success(), "{out:?}");
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(dot.trim_start().starts_with("digraph"), "{dot}");
+    let agents = run("page_totals", &["agents"]);
+    let listed = String::from_utf8_lossy(&agents.stdout);
+    let first_agent = listed
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no agent listed: {listed}"));
+    for part in [first_agent, "pageviews", "-changelog", "->"] {
+        assert!(dot.contains(part), "`{part}` missing in:\n{dot}");
+    }
 }

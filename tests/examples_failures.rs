@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(common::example("dead_letters"))
+    let out = common::command("dead_letters")
         .args(args)
         .env("RILL_LOG", "warn")
         .output()
@@ -103,7 +102,7 @@ fn failing_records_are_dead_lettered_listed_and_replayed() {
         "the worker stays up through failures: {status:?}"
     );
 
-    let unknown = Command::new(common::example("dead_letters"))
+    let unknown = common::command("dead_letters")
         .args(["--data-dir", data, "dlq", "replay", "nobody"])
         .output()
         .expect("run");

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -88,7 +87,7 @@ fn views_per_minute_counts_each_url_per_minute_and_keeps_a_windowed_table() {
     .collect();
     let deadline = Instant::now() + WAIT;
     loop {
-        let table = Command::new(common::example("views_per_minute"))
+        let table = common::command("views_per_minute")
             .args(["--data-dir", data, "tables", "views_this_minute", "--json"])
             .env("RILL_LOG", "warn")
             .output()

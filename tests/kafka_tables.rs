@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 const URLS: usize = 20;
@@ -42,7 +41,7 @@ fn all_reach(totals: &BTreeMap<String, u64>, n: u64) -> bool {
 }
 
 fn table(data: &str) -> BTreeMap<String, u64> {
-    let out = Command::new(common::example("page_totals"))
+    let out = common::command("page_totals")
         .args(["--data-dir", data, "tables", "url_view_totals", "--json"])
         .output()
         .expect("tables");

@@ -27,6 +27,7 @@ pub struct App {
     pub(crate) agents: Option<Vec<AgentSpec>>,
     pub(crate) topics: Vec<TopicSpec>,
     tasks: Vec<TaskFn>,
+    registry: crate::metrics::Registry,
 }
 
 impl App {
@@ -38,6 +39,7 @@ impl App {
             agents: None,
             topics: Vec::new(),
             tasks: Vec::new(),
+            registry: crate::metrics::Registry::default(),
         }
     }
 
@@ -111,6 +113,13 @@ impl App {
         self
     }
 
+    /// Registers the app's own metrics, served at `/metrics` with rill's (see
+    /// [`crate::metrics`]).
+    pub fn metrics(mut self, f: impl FnOnce(&mut crate::metrics::Registry)) -> Self {
+        f(&mut self.registry);
+        self
+    }
+
     /// The app id.
     pub fn id(&self) -> &str {
         &self.config.app_id
@@ -154,6 +163,7 @@ impl App {
             agents,
             std::mem::take(&mut self.topics),
             tasks,
+            std::mem::take(&mut self.registry),
         )
         .await
     }

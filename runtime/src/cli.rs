@@ -1,5 +1,5 @@
 //! The command line every rill app gets from `App::main()` (clap): `worker` (the default),
-//! `send`, `agents`, `tables`, `dlq list|replay`, and global `--broker`, `--data-dir`, `-X prop=value`, `--log`, each also
+//! `send`, `agents`, `graph`, `tables`, `dlq list|replay`, and global `--broker`, `--data-dir`, `-X prop=value`, `--web-port`, `--no-web`, `--log`, each also
 //! settable through a `RILL_*` environment variable.
 
 use std::io::Write;
@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, now_millis};
 use crate::table::store::TableStore;
 use crate::worker::open_transport;
+
+/// The web server's port when neither `--web-port` nor `RILL_WEB_PORT` says (Faust's).
+const DEFAULT_WEB_PORT: u16 = 6066;
 
 #[derive(Parser, Debug)]
 #[command(about = "A rill stream-processing app", version)]
@@ -33,6 +36,13 @@ struct Cli {
         value_name = "PROP=VALUE"
     )]
     kafka: Vec<String>,
+    /// Port of the web server (/health, /ready, /metrics, /tables, /topology, status page);
+    /// 0 picks a free port [env RILL_WEB_PORT; default 6066 for `worker`].
+    #[arg(long, global = true, value_name = "PORT")]
+    web_port: Option<u16>,
+    /// Run the worker without the web server.
+    #[arg(long, global = true)]
+    no_web: bool,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, global = true, env = "RILL_LOG", default_value = "info")]
     log: String,
@@ -56,6 +66,10 @@ enum Command {
     },
     /// List agents with their topics, sinks, concurrency and consumer groups.
     Agents,
+    /// Print the topology (agents, topics, tables, internal topics) as a Graphviz DOT graph,
+    /// e.g. `graph | dot -Tsvg > topology.svg`. Repartition topics and window tables appear
+    /// once a worker has created them (see `/topology` of a running worker).
+    Graph,
     /// List tables (partitions, keys, bytes, changelog lag), or print one table's entries as
     /// JSON lines read from the local LMDB copy (no broker needed; the worker may be running).
     Tables {
@@ -94,26 +108,32 @@ enum DlqCommand {
 
 pub(crate) fn main(mut app: App) -> Result<()> {
     let cli = Cli::parse_from(std::env::args_os());
-    init_logging(&cli.log);
-    let result = run(&mut app, cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rill")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return Err(Error::io("starting the tokio runtime", e)),
+    };
+    // Logs, and span export when an OTLP endpoint is configured (its client lives in the
+    // runtime).
+    let telemetry = {
+        let _enter = runtime.enter();
+        crate::telemetry::init(&app.config.telemetry, &app.config.app_id, &cli.log)
+    };
+    let result = telemetry.and_then(|guard| {
+        let result = run(&mut app, cli, &runtime);
+        drop(guard);
+        result
+    });
     if let Err(e) = &result {
         tracing::error!("{e}");
     }
     result
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-fn run(app: &mut App, cli: Cli) -> Result<()> {
+fn run(app: &mut App, cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let mut config = app.resolve(true)?;
     if let Some(url) = &cli.broker {
         config.broker = Broker::parse(url).map_err(|e| match e {
@@ -127,12 +147,15 @@ fn run(app: &mut App, cli: Cli) -> Result<()> {
     for kv in &cli.kafka {
         config.set_kafka_property(kv)?;
     }
+    if let Some(port) = cli.web_port {
+        config.web_port = Some(port);
+    }
+    if cli.no_web {
+        config.web_port = None;
+    } else if config.web_port.is_none() {
+        config.web_port = Some(DEFAULT_WEB_PORT);
+    }
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("rill")
-        .build()
-        .map_err(|e| Error::io("starting the tokio runtime", e))?;
     match cli.command.unwrap_or(Command::Worker) {
         Command::Worker => runtime.block_on(async {
             tracing::info!(app = %config.app_id, broker = ?config.broker, data_dir = %config.data_dir.display(), "starting worker");
@@ -142,6 +165,16 @@ fn run(app: &mut App, cli: Cli) -> Result<()> {
         }),
         Command::Send { topic, value, key } => runtime.block_on(send(app, &config, &topic, &value, key)),
         Command::Agents => agents(app, &config),
+        Command::Graph => {
+            let topology = crate::topology::Topology::from_specs(
+                &config.app_id,
+                &app.agent_specs(),
+                config.on_error,
+            );
+            let mut out = std::io::stdout().lock();
+            out.write_all(crate::web::to_dot(&topology).as_bytes())
+                .map_err(|e| Error::io("writing to stdout", e))
+        }
         Command::Tables { name: None, .. } => runtime.block_on(list_tables(app, &config)),
         Command::Tables { name: Some(name), key, json: _ } => print_table(&config, &name, key.as_deref()),
         Command::Dlq { command } => runtime.block_on(dlq(app, &config, command)),

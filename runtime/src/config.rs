@@ -126,6 +126,23 @@ pub struct Config {
     /// Record values larger than this are failures before decoding (`RILL_MAX_RECORD_BYTES`;
     /// default 1 MiB, Kafka's default message size limit).
     pub max_record_bytes: usize,
+    /// Address the web server binds (`RILL_WEB_BIND`; default 127.0.0.1, this host only).
+    pub web_bind: std::net::IpAddr,
+    /// Port of the web server (`--web-port`, `RILL_WEB_PORT`; 0 picks a free one and logs
+    /// it). `None` runs no web server: the default of `App::start` and tests; the `worker`
+    /// command defaults to 6066, Faust's port.
+    pub web_port: Option<u16>,
+    /// Bearer token the web server requires (`RILL_WEB_TOKEN`); never logged or served.
+    pub web_token: Option<String>,
+    /// The web address other workers and clients use to reach this one
+    /// (`RILL_WEB_ADVERTISE`, e.g. `http://worker-3:6066`; default: the bound address).
+    pub web_advertise: Option<String>,
+    /// Per-record metrics: records per topic and the processing-time histogram (`RILL_METRICS`
+    /// = `on`/`off`; default on). Off leaves the plain counters of `AgentStats`.
+    pub metrics: bool,
+    /// Tracing: where and how spans are exported (default: from the standard `OTEL_*`
+    /// variables; no exporter runs when no endpoint is set).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Config {
@@ -151,6 +168,12 @@ impl Config {
             clock: crate::time::Clock::System,
             on_error: crate::failure::OnError::DeadLetter,
             max_record_bytes: 1 << 20,
+            metrics: true,
+            web_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            web_port: None,
+            web_token: None,
+            web_advertise: None,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 
@@ -184,6 +207,31 @@ impl Config {
                     })?;
                 }
                 "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(&name, &value, 1)?,
+                "RILL_METRICS" => {
+                    self.metrics = match value.trim() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        other => {
+                            return Err(Error::config(
+                                &name,
+                                format!("`{other}` is neither `on` nor `off`"),
+                            ));
+                        }
+                    }
+                }
+                "RILL_WEB_PORT" => self.web_port = Some(parse_num(&name, &value, 0)?),
+                "RILL_WEB_BIND" => {
+                    self.web_bind = value.trim().parse().map_err(|_| {
+                        Error::config(
+                            &name,
+                            format!(
+                                "`{value}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0"
+                            ),
+                        )
+                    })?;
+                }
+                "RILL_WEB_TOKEN" if !value.is_empty() => self.web_token = Some(value),
+                "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
                 "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
@@ -275,6 +323,9 @@ impl std::fmt::Debug for Config {
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("kafka", &self.kafka_redacted())
+            .field("web_bind", &self.web_bind)
+            .field("web_port", &self.web_port)
+            .field("web_token", &self.web_token.as_ref().map(|_| "[redacted]"))
             .finish_non_exhaustive()
     }
 }

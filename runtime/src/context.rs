@@ -43,6 +43,18 @@ pub struct AgentStats {
     pub skipped: AtomicU64,
     /// Times the agent function returned `Err` or panicked on a record.
     pub failures: AtomicU64,
+    /// Records handed to the agent, per topic.
+    pub(crate) topics_in: crate::metrics::TopicCounters,
+    /// Records sent by the agent, per topic.
+    pub(crate) topics_out: crate::metrics::TopicCounters,
+    /// From handing a record to the agent to the agent asking for the next one.
+    pub(crate) processing: crate::metrics::Histogram,
+    /// Duration of commit steps.
+    pub(crate) commit_latency: crate::metrics::Histogram,
+    /// Wall clock minus the event time of the last record processed, at the last commit step
+    /// (ms), once `event_time_lag_set`.
+    pub(crate) event_time_lag_ms: AtomicI64,
+    pub(crate) event_time_lag_set: std::sync::atomic::AtomicBool,
 }
 
 impl AgentStats {
@@ -93,6 +105,14 @@ pub(crate) struct Shared {
     pub(crate) fatal: Mutex<Option<Error>>,
     /// Set with `fatal`, cheap to check on every record.
     pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// Per-record metrics on (`Config::metrics`).
+    pub(crate) metrics: bool,
+    /// The per-topic counter of sends this instance last used.
+    pub(crate) out_topic: Mutex<crate::metrics::TopicCache>,
+    /// The span of the record being processed (tracing export only; see `telemetry`), and
+    /// whether it is entered on this poll of the agent's future (`RecordScope`).
+    record_span: Mutex<Option<tracing::Span>>,
+    span_entered: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -101,7 +121,7 @@ impl Shared {
         producer: ProducerBackend,
         stats: Arc<AgentStats>,
         tables: Vec<Arc<TableCore>>,
-        clock: crate::time::Clock,
+        config: &crate::config::Config,
     ) -> Arc<Self> {
         Arc::new(Shared {
             agent,
@@ -113,7 +133,8 @@ impl Shared {
             assignment: AtomicU64::new(0),
             caught_up: Mutex::new(std::collections::HashSet::new()),
             caught_up_version: AtomicU64::new(0),
-            clock,
+            clock: config.clock.clone(),
+            metrics: config.metrics,
             failed_records: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
             marks: Mutex::new(Vec::new()),
@@ -124,6 +145,9 @@ impl Shared {
             stats,
             fatal: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
+            out_topic: Mutex::new(crate::metrics::TopicCache::default()),
+            record_span: Mutex::new(None),
+            span_entered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -211,13 +235,85 @@ impl Shared {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) async fn send(&self, record: OutRecord) -> Result<()> {
+    /// `messaging.system` of this worker's transport.
+    pub(crate) fn messaging_system(&self) -> &'static str {
+        match self.producer {
+            ProducerBackend::Kafka(_) => "kafka",
+            ProducerBackend::Embedded(_) => "rill",
+        }
+    }
+
+    /// Makes `span` the current record's span (entered if the agent is being polled).
+    pub(crate) fn begin_record_span(&self, span: tracing::Span) {
+        let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        if self.span_entered.load(Ordering::Relaxed) {
+            if let Some(old) = slot.as_ref() {
+                old.with_subscriber(|(id, d)| d.exit(id));
+            }
+            span.with_subscriber(|(id, d)| d.enter(id));
+        }
+        *slot = Some(span);
+    }
+
+    /// Ends the current record's span.
+    pub(crate) fn end_record_span(&self) {
+        let old = self
+            .record_span
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(old) = old
+            && self.span_entered.swap(false, Ordering::Relaxed)
+        {
+            old.with_subscriber(|(id, d)| d.exit(id));
+        }
+    }
+
+    /// Enters the current record's span for one poll of the agent's future.
+    pub(crate) fn enter_record_span(&self) {
+        let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        self.span_entered.store(true, Ordering::Relaxed);
+        if let Some(span) = slot.as_ref() {
+            span.with_subscriber(|(id, d)| d.enter(id));
+        }
+    }
+
+    /// Leaves it at the end of that poll.
+    pub(crate) fn exit_record_span(&self) {
+        let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        if self.span_entered.swap(false, Ordering::Relaxed)
+            && let Some(span) = slot.as_ref()
+        {
+            span.with_subscriber(|(id, d)| d.exit(id));
+        }
+    }
+
+    pub(crate) async fn send(&self, mut record: OutRecord) -> Result<()> {
+        if crate::telemetry::active() {
+            let parent = self
+                .record_span
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(parent) = parent {
+                let system = self.messaging_system();
+                crate::telemetry::publish(&parent, &record.topic, system, &mut record.headers);
+            }
+        }
+        let topic = record.topic.clone();
         let pending = self.producer.enqueue(record).await?;
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(pending);
         self.stats.records_out.fetch_add(1, Ordering::Relaxed);
+        if !self.metrics {
+            return Ok(());
+        }
+        self.out_topic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inc(&self.stats.topics_out, &topic);
         Ok(())
     }
 

@@ -120,6 +120,23 @@ impl StoreCell {
 }
 
 impl AgentPipeline {
+    /// What the agent set up at run time: its repartition topic and its window tables with
+    /// their definitions (for the topology, metrics and table sizes).
+    pub(crate) fn runtime_parts(&self) -> (Option<String>, Vec<Arc<TableDef>>) {
+        let topic = match self.repartition.get() {
+            Some(Ok(r)) => Some(r.topic.to_string()),
+            _ => None,
+        };
+        let windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        (topic, windows)
+    }
+
     #[allow(clippy::too_many_arguments, reason = "plain wiring from the worker")]
     pub(crate) fn new(
         app_id: &str,
@@ -180,6 +197,7 @@ impl AgentPipeline {
                 source_partitions: self.source_partitions,
                 store,
                 metas: Mutex::new(HashMap::new()),
+                key_parser: std::sync::OnceLock::new(),
             })
         });
         Ok(def.clone())
@@ -304,7 +322,7 @@ impl AgentPipeline {
             shared.producer.clone(),
             Arc::new(AgentStats::default()),
             Vec::new(),
-            self.config.clock.clone(),
+            &self.config,
         );
         let recovery = source.hand_over(pump_shared.clone());
         let topic = r.topic.clone();

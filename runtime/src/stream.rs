@@ -89,6 +89,9 @@ pub(crate) struct StreamCore {
     at_end: HashSet<Tp>,
     owned_tps: Vec<Tp>,
     commit_failed: bool,
+    /// When the record being processed was handed out (for `rill_processing_seconds`).
+    handed_at: Option<std::time::Instant>,
+    in_topic: crate::metrics::TopicCache,
 }
 
 struct Commit {
@@ -147,6 +150,8 @@ impl StreamCore {
             at_end: HashSet::new(),
             owned_tps: Vec::new(),
             commit_failed: false,
+            handed_at: None,
+            in_topic: crate::metrics::TopicCache::default(),
         }
     }
 
@@ -279,27 +284,43 @@ impl StreamCore {
         let committer = self.committer.clone();
         let group = self.group.clone();
         let stats = self.shared.stats.clone();
-        let future = Box::pin(async move {
-            flushed?;
-            if pending.is_empty() && offsets.is_empty() && changelog.is_empty() {
-                return Ok(());
-            }
-            let mut pending = pending;
-            for record in changelog {
-                pending.push(producer.enqueue(record).await?);
-            }
-            let produced = producer.deliver(pending, &group, &offsets).await?;
-            if let Some((def, _)) = tables.first() {
-                let store = def.store.clone();
-                let writes = crate::table::commit_writes(&tables, &offsets, &produced);
-                tokio::task::spawn_blocking(move || store.commit(writes))
-                    .await
-                    .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
-            }
-            producer.commit_offsets(&committer, offsets).await?;
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        });
+        if let Some(t) = self.shared.event_time() {
+            let lag = crate::message::now_millis().saturating_sub(t);
+            stats.event_time_lag_ms.store(lag, Ordering::Relaxed);
+            stats.event_time_lag_set.store(true, Ordering::Relaxed);
+        }
+        let span = tracing::info_span!(
+            "rill.commit",
+            agent = %self.shared.agent,
+            offsets = offsets.len(),
+            records = pending.len() + changelog.len()
+        );
+        let future = Box::pin(tracing::Instrument::instrument(
+            async move {
+                flushed?;
+                if pending.is_empty() && offsets.is_empty() && changelog.is_empty() {
+                    return Ok(());
+                }
+                let started = std::time::Instant::now();
+                let mut pending = pending;
+                for record in changelog {
+                    pending.push(producer.enqueue(record).await?);
+                }
+                let produced = producer.deliver(pending, &group, &offsets).await?;
+                if let Some((def, _)) = tables.first() {
+                    let store = def.store.clone();
+                    let writes = crate::table::commit_writes(&tables, &offsets, &produced);
+                    tokio::task::spawn_blocking(move || store.commit(writes))
+                        .await
+                        .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
+                }
+                producer.commit_offsets(&committer, offsets).await?;
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.commit_latency.observe(started.elapsed());
+                Ok(())
+            },
+            span,
+        ));
         self.committing = Some(Commit { future, acks, last });
         let next = tokio::time::Instant::now() + self.interval;
         if let Some(deadline) = &mut self.deadline {
@@ -356,6 +377,17 @@ impl StreamCore {
             .current_partition
             .store(record.partition, Ordering::Relaxed);
         self.shared.stats.records_in.fetch_add(1, Ordering::Relaxed);
+        if self.shared.metrics {
+            self.in_topic
+                .inc(&self.shared.stats.topics_in, &record.topic);
+            self.handed_at = Some(std::time::Instant::now());
+        }
+        if crate::telemetry::active() {
+            let system = self.shared.messaging_system();
+            let span =
+                crate::telemetry::record_span(&record, &self.shared.agent, &self.group, system);
+            self.shared.begin_record_span(span);
+        }
         self.current.insert(record)
     }
 
@@ -571,6 +603,12 @@ impl StreamCore {
                 continue;
             }
             if let Some((tp, offset)) = self.in_flight.take() {
+                if let Some(at) = self.handed_at.take() {
+                    self.shared.stats.processing.observe(at.elapsed());
+                }
+                if crate::telemetry::active() {
+                    self.shared.end_record_span();
+                }
                 if !self.attempts.is_empty() {
                     self.attempts.remove(&(tp.clone(), offset));
                 }

@@ -16,6 +16,7 @@ use crate::config::{Broker, Config};
 use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, FailureKind, Policy};
+use crate::observe::{AgentView, Collector, Observer};
 use crate::producer::Producer;
 use crate::repartition::{AgentPipeline, PUMP_GRACE, Registry, StoreCell};
 use crate::stream::{CoreParts, Stop, StreamCore};
@@ -23,6 +24,7 @@ use crate::table::global::{self, GlobalDef};
 use crate::table::recovery::{ChangelogReader, Recovery};
 use crate::table::{TableCore, TableDef, changelog_topic};
 use crate::topic::{TopicSpec, check_types};
+use crate::topology::Topology;
 use crate::transport::embedded::EmbeddedLog;
 use crate::transport::kafka::KafkaTransport;
 use crate::transport::{InstanceTx, Router, Transport};
@@ -54,6 +56,9 @@ pub struct Worker {
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
     pub(crate) tables: Arc<StoreCell>,
+    observer: Arc<Observer>,
+    web: Option<crate::web::WebServer>,
+    metrics_export: Option<crate::otlp_metrics::MetricsExporter>,
 }
 
 impl Worker {
@@ -63,6 +68,7 @@ impl Worker {
         agents: Vec<AgentSpec>,
         topics: Vec<TopicSpec>,
         tasks: Vec<TaskFn>,
+        mut registry: prometheus_client::registry::Registry,
     ) -> Result<Worker> {
         let all_topics: Vec<TopicSpec> = agents
             .iter()
@@ -89,10 +95,41 @@ impl Worker {
                 ));
             }
         }
+        let store = StoreCell::new(config);
+        let health = match &transport {
+            Transport::Kafka(k) => k.health.clone(),
+            Transport::Embedded(_) => Arc::new(crate::health::Health::default()),
+        };
+        let topology = Topology::from_specs(&config.app_id, &agents, config.on_error);
+        let observer = Observer::new(
+            &config.app_id,
+            health,
+            transport.clone(),
+            store.clone(),
+            topology,
+        );
+        registry.register_collector(Box::new(Collector(Arc::downgrade(&observer))));
+        *observer.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        // The web server is up before the consumers join their groups: they advertise its
+        // address to the other workers, and `/health` answers during recovery.
+        let web = match config.web_port {
+            Some(_) => {
+                let server = crate::web::serve(config, observer.clone()).await?;
+                let url = config
+                    .web_advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", server.addr));
+                if let Transport::Kafka(k) = &transport {
+                    let _ = k.web_url.set(url.clone());
+                }
+                let _ = observer.url.set(url);
+                Some(server)
+            }
+            None => None,
+        };
         let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
-        let store = StoreCell::new(config);
         let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -114,6 +151,9 @@ impl Worker {
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
             tables: store.clone(),
+            observer: observer.clone(),
+            web,
+            metrics_export: crate::otlp_metrics::MetricsExporter::start(config, observer.clone()),
         };
         worker
             .registry
@@ -179,6 +219,7 @@ impl Worker {
                 .ensure_topics(&failure_topics, config.partitions)
                 .await?;
             let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
+            let source_topics: Vec<String> = spec.sources.iter().map(|s| s.name.clone()).collect();
             let topics = spec
                 .sources
                 .iter()
@@ -186,7 +227,7 @@ impl Worker {
                 .chain(policy.retry_topics.iter().map(|t| t.to_string()))
                 .collect();
             let (committer, fetcher) =
-                transport.start_fetcher(&group, topics, router, stop.clone())?;
+                transport.start_fetcher(&group, topics, router.clone(), stop.clone())?;
             worker
                 .registry
                 .threads
@@ -205,6 +246,19 @@ impl Worker {
                 store.clone(),
                 tables.reader.clone(),
             );
+            observer
+                .agents
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(AgentView {
+                    name: agent.clone(),
+                    group: group.clone(),
+                    stats: stats.clone(),
+                    router: router.clone(),
+                    pipeline: pipeline.clone(),
+                    tables: defs.clone(),
+                    sources: source_topics,
+                });
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
                 let stop_rx = worker.registry.stop_channel();
                 let cores = defs.iter().map(|d| TableCore::new(d.clone())).collect();
@@ -213,7 +267,7 @@ impl Worker {
                     producer_backend.clone(),
                     stats.clone(),
                     cores,
-                    config.clock.clone(),
+                    config,
                 );
                 let core = StreamCore::new(CoreParts {
                     data,
@@ -248,6 +302,7 @@ impl Worker {
             let producer = worker.producer.clone();
             worker.tasks.spawn(task(producer));
         }
+        worker.observer.started.store(true, Ordering::Release);
         Ok(worker)
     }
 
@@ -257,6 +312,21 @@ impl Worker {
             Transport::Kafka(k) => k.health.clone(),
             Transport::Embedded(_) => Arc::new(crate::health::Health::default()),
         }
+    }
+
+    /// The address the web server listens on (`None`: no web server, see `Config::web_port`).
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(|w| w.addr)
+    }
+
+    /// The app's topology: agents, topics and tables, with what the agents set up so far.
+    pub fn topology(&self) -> crate::topology::Topology {
+        crate::web::api::WebBackend::topology(&*self.observer)
+    }
+
+    /// Metrics in the Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        crate::web::api::WebBackend::metrics(&*self.observer)
     }
 
     /// A producer for sending from outside agents.
@@ -364,6 +434,12 @@ impl Worker {
         })
         .await;
         self.producer.flush().await?;
+        if let Some(export) = self.metrics_export.take() {
+            export.shutdown().await;
+        }
+        if let Some(web) = self.web.take() {
+            web.shutdown().await;
+        }
         if let Transport::Kafka(k) = &self.transport {
             let k = k.clone();
             tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(30)))
@@ -480,6 +556,7 @@ impl TableSetup {
                         source_partitions,
                         store: store.clone(),
                         metas: std::sync::Mutex::new(HashMap::new()),
+                        key_parser: std::sync::OnceLock::new(),
                     }),
                 ));
             }
@@ -517,10 +594,19 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
     loop {
         let mut ctx = template.clone_parts();
         ctx.core = core.take();
+        let call = run(ctx);
+        let call: BoxFuture<'static, Result<()>> = if crate::telemetry::active() {
+            Box::pin(RecordScope {
+                inner: call,
+                shared: shared.clone(),
+            })
+        } else {
+            call
+        };
         let outcome = CURRENT
             .scope(
                 shared.clone(),
-                std::panic::AssertUnwindSafe(run(ctx)).catch_unwind(),
+                std::panic::AssertUnwindSafe(call).catch_unwind(),
             )
             .await;
         let parked = shared.take_parked();
@@ -583,6 +669,34 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
                 return Err(error);
             }
         }
+    }
+}
+
+/// Polls an agent's future inside the span of the record it is processing, so `tracing` spans
+/// the agent creates nest under the record's (tracing export only).
+struct RecordScope {
+    inner: BoxFuture<'static, Result<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::future::Future for RecordScope {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        struct Leave<'a>(&'a Shared);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                // Also when the agent panics: the span must not stay entered on this thread.
+                self.0.exit_record_span();
+            }
+        }
+        let shared = self.shared.clone();
+        shared.enter_record_span();
+        let _leave = Leave(&shared);
+        self.inner.as_mut().poll(cx)
     }
 }
 

@@ -37,6 +37,14 @@ pub(crate) fn example(name: &str) -> PathBuf {
 
 /// Runs an example binary with piped stdout (read it with [`lines`], or it fills up and blocks
 /// the child) and stderr passed through.
+/// A command running an example, its web server on a free port (tests run several at once;
+/// the default port is 6066).
+pub(crate) fn command(name: &str) -> Command {
+    let mut cmd = Command::new(example(name));
+    cmd.env("RILL_WEB_PORT", "0");
+    cmd
+}
+
 pub(crate) fn spawn_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     spawn(name, args, envs, Stdio::piped())
 }
@@ -72,7 +80,7 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], stdout: Stdio) -> Proc {
-    let mut cmd = Command::new(example(name));
+    let mut cmd = command(name);
     cmd.args(args)
         .stdout(stdout)
         .stderr(Stdio::inherit())
@@ -318,7 +326,7 @@ pub(crate) fn spawn_example_logged(
     envs: &[(&str, &str)],
     log: &std::path::Path,
 ) -> Proc {
-    let mut cmd = Command::new(example(name));
+    let mut cmd = command(name);
     let file = std::fs::File::create(log).expect("log file");
     cmd.args(args)
         .stdout(Stdio::piped())

@@ -44,7 +44,15 @@ pub(crate) struct TableDef {
     pub(crate) store: Arc<TableStore>,
     /// Where each local partition stands, kept current by recovery and commits.
     pub(crate) metas: Mutex<HashMap<i32, PartitionMeta>>,
+    /// Turns a key typed by a user (JSON, or a plain string) into its partition and stored
+    /// bytes; set when an agent first opens the table (it knows the key type), for the web
+    /// server's table queries.
+    pub(crate) key_parser: std::sync::OnceLock<KeyParser>,
 }
+
+/// See [`TableDef::key_parser`].
+pub(crate) type KeyParser =
+    Arc<dyn Fn(&str) -> std::result::Result<(i32, Vec<u8>), String> + Send + Sync>;
 
 pub(crate) fn changelog_topic(app_id: &str, table: &str) -> String {
     format!("{app_id}-{table}-changelog")
@@ -163,6 +171,22 @@ where
     V: Serialize + DeserializeOwned + Default + 'static,
 {
     pub(crate) fn new(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+        let partitions = core.def.source_partitions;
+        let _ = core.def.key_parser.get_or_init(|| {
+            Arc::new(move |text: &str| {
+                let key: K = serde_json::from_str(text)
+                    .or_else(|_| serde_json::from_value(serde_json::Value::String(text.to_owned())))
+                    .map_err(|e| {
+                        format!("`{text}` is not a `{}` ({e})", std::any::type_name::<K>())
+                    })?;
+                let stored = serde_json::to_vec(&key).map_err(|e| e.to_string())?;
+                Ok((partition_for_key(&key.key_bytes(), partitions), stored))
+            })
+        });
+        Self::wrap(core, shared)
+    }
+
+    fn wrap(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
         Table {
             core,
             shared,

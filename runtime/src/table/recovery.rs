@@ -70,6 +70,13 @@ impl Recovery {
     /// resumes according to local state (records below are already reflected in it).
     pub(crate) fn recover(&self, agent: &str, partitions: &[Tp]) -> Result<HashMap<Tp, i64>> {
         let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let _span = tracing::info_span!(
+            "rill.recovery",
+            agent,
+            tables = self.tables.len(),
+            partitions = numbers.len()
+        )
+        .entered();
         let mut resume = HashMap::new();
         for def in &self.tables {
             for &p in &numbers {

@@ -175,6 +175,25 @@ impl TableStore {
         Ok((n, bytes))
     }
 
+    /// Entries and bytes (pages in use) of a whole table, from LMDB's statistics (cheap: no
+    /// scan).
+    pub(crate) fn size(&self, table: &str) -> Result<(u64, u64)> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let stat = db
+            .stat(&rtxn)
+            .map_err(self.err(table, "reading statistics"))?;
+        let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+        Ok((
+            stat.entries as u64,
+            pages as u64 * u64::from(stat.page_size),
+        ))
+    }
+
     /// Where a table partition stands (`None`: no local copy).
     pub(crate) fn meta(&self, table: &str, partition: i32) -> Result<Option<PartitionMeta>> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());

@@ -71,6 +71,10 @@ pub(crate) struct KafkaTransport {
     admin: AdminClient<DefaultClientContext>,
     replication: i32,
     pub(crate) health: Arc<Health>,
+    /// This worker's web address, advertised to the other workers of each consumer group in
+    /// the consumers' `client.id` (`...;web=<url>`), so a table query reaching the wrong
+    /// worker can name the right one.
+    pub(crate) web_url: std::sync::OnceLock<String>,
 }
 
 impl KafkaTransport {
@@ -108,7 +112,38 @@ impl KafkaTransport {
             admin,
             replication: config.replication,
             health: Arc::new(Health::default()),
+            web_url: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The web address of the group member that owns `topic`/`partition` (from the group's
+    /// membership: each member's assignment and the address in its `client.id`). Blocking.
+    pub(crate) fn owner_of(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>> {
+        let groups = self
+            .producer
+            .client()
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
+        for g in groups.groups() {
+            for member in g.members() {
+                let owns = member
+                    .assignment()
+                    .and_then(parse_assignment)
+                    .is_some_and(|tps| tps.iter().any(|(t, p)| t == topic && *p == partition));
+                if owns {
+                    return Ok(member
+                        .client_id()
+                        .split_once(";web=")
+                        .map(|(_, url)| url.to_owned()));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Enqueues a record in librdkafka, waiting while its queue is full.
@@ -370,6 +405,10 @@ impl KafkaTransport {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range");
+        if let Some(url) = self.web_url.get() {
+            let id = self.base.get("client.id").unwrap_or("rill").to_owned();
+            config.set("client.id", format!("{id};web={url}"));
+        }
         if self
             .base
             .get("statistics.interval.ms")
@@ -531,6 +570,7 @@ impl ClientContext for FetchContext {
                 }
             }
         }
+        *self.router.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags.clone();
         *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
     }
 }
@@ -655,4 +695,44 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::NetworkException
             | RDKafkaErrorCode::WaitingForCoordinator
     )
+}
+
+/// Topic-partitions of a classic consumer-protocol assignment (version, then per topic its
+/// name and partitions; user data ignored).
+fn parse_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    let mut b = bytes;
+    let int16 = |b: &mut &[u8]| take(b, 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
+    let int32 = |b: &mut &[u8]| take(b, 4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+    let _version = int16(&mut b)?;
+    let topics = int32(&mut b)?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(int16(&mut b)?).ok()?;
+        let name = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+        let n = int32(&mut b)?;
+        for _ in 0..n.max(0) {
+            out.push((name.clone(), int32(&mut b)?));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    #[test]
+    fn parses_a_consumer_protocol_assignment() {
+        let mut b = vec![0, 1, 0, 0, 0, 1, 0, 5];
+        b.extend_from_slice(b"views");
+        b.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 0]);
+        assert_eq!(
+            super::parse_assignment(&b),
+            Some(vec![("views".to_owned(), 3), ("views".to_owned(), 7)])
+        );
+        assert_eq!(super::parse_assignment(&b[..9]), None);
+    }
 }

@@ -62,6 +62,13 @@ pub(crate) struct Router {
     instances: Vec<InstanceTx>,
     generation: std::sync::atomic::AtomicU64,
     revoke_timeout: Duration,
+    /// What the consumer owns now (for metrics and table queries).
+    pub(crate) assignment: std::sync::Mutex<Vec<Tp>>,
+    /// Consumer lag per owned partition, as the broker client last reported it (Kafka).
+    pub(crate) lags: std::sync::Mutex<HashMap<Tp, i64>>,
+    /// Assignments and revocations so far.
+    pub(crate) assigned_count: std::sync::atomic::AtomicU64,
+    pub(crate) revoked_count: std::sync::atomic::AtomicU64,
 }
 
 impl Router {
@@ -71,6 +78,10 @@ impl Router {
             instances,
             generation: std::sync::atomic::AtomicU64::new(0),
             revoke_timeout,
+            assignment: std::sync::Mutex::new(Vec::new()),
+            lags: std::sync::Mutex::new(HashMap::new()),
+            assigned_count: std::sync::atomic::AtomicU64::new(0),
+            revoked_count: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -142,7 +153,12 @@ impl Router {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
+        let _span =
+            tracing::info_span!("rill.rebalance", agent = %self.agent, kind = "assigned").entered();
         tracing::info!(agent = %self.agent, partitions = ?fmt_tps(&partitions), "partitions assigned");
+        self.assigned_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.assignment.lock().unwrap_or_else(|p| p.into_inner()) = partitions.clone();
         for tx in &self.instances {
             let _ = tx.ctrl.send(Control::Assigned {
                 generation,
@@ -154,6 +170,15 @@ impl Router {
 
     /// Revokes everything and waits until each live instance has committed its finished work.
     pub(crate) fn revoke(&self) {
+        let _span =
+            tracing::info_span!("rill.rebalance", agent = %self.agent, kind = "revoked").entered();
+        self.revoked_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.lags.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)

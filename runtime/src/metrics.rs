@@ -1,0 +1,178 @@
+//! Metrics: what rill counts about every agent, exposed at the web server's `/metrics` in the
+//! Prometheus text format, next to the user's own metrics.
+//!
+//! rill's own metrics cost one or two relaxed atomic adds per record: agents count into
+//! [`AgentStats`](crate::AgentStats) and a lock-free [`Histogram`], and a collector turns those
+//! into Prometheus families when `/metrics` is scraped (so table sizes, consumer lag and
+//! recovery progress are read then, not maintained per record).
+//!
+//! User metrics are `prometheus-client` metrics registered on the app's registry, which rill
+//! re-exports so the versions match:
+//!
+//! ```
+//! use rill_runtime::metrics::prometheus_client::metrics::counter::Counter;
+//!
+//! let orders: Counter = Counter::default();
+//! let app = rill_runtime::App::new("shop")
+//!     .metrics(|registry| registry.register("shop_orders", "Orders seen", orders.clone()));
+//! # let _ = app;
+//! ```
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `rill_records_in_total` | counter | agent, topic |
+//! | `rill_records_out_total` | counter | agent, topic |
+//! | `rill_processing_seconds` | histogram | agent |
+//! | `rill_event_time_lag_seconds` | gauge | agent |
+//! | `rill_consumer_lag` | gauge | agent, topic, partition |
+//! | `rill_commits_total` | counter | agent |
+//! | `rill_commit_seconds` | histogram | agent |
+//! | `rill_dead_lettered_total`, `rill_retried_total`, `rill_skipped_total`, `rill_failures_total`, `rill_decode_errors_total` | counter | agent |
+//! | `rill_late_records_total`, `rill_windows_closed_total` | counter | agent |
+//! | `rill_table_keys`, `rill_table_bytes` | gauge | table |
+//! | `rill_recovery_records_total`, `rill_recovery_target_records` | counter, gauge | agent |
+//! | `rill_rebalances_total` | counter | agent, kind (`assigned`, `revoked`) |
+//! | `rill_ready` | gauge | |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use prometheus_client;
+/// The registry user metrics are registered on (`App::metrics`).
+pub use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of rill's latency histograms: 10 µs to 10 s.
+pub(crate) const LATENCY_BOUNDS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets, updated with relaxed atomics only (no lock: agents
+/// observe into it on every record, scrapes read it concurrently).
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    /// Per bucket (not cumulative); the last counts values above every bound.
+    counts: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = LATENCY_BOUNDS.partition_point(|b| *b < secs);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sum (seconds), count, and `(upper bound, count)` per bucket, `+Inf` last.
+    pub(crate) fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        let mut count = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            count += n;
+            buckets.push((LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+}
+
+/// Counters kept per topic (records in or out of an agent by topic): a short list, since an
+/// agent touches few topics; the hot path caches the counter of the topic it last used.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCounters {
+    counters: std::sync::Mutex<Vec<(std::sync::Arc<str>, std::sync::Arc<AtomicU64>)>>,
+}
+
+impl TopicCounters {
+    /// The counter of `topic`, created at zero.
+    pub(crate) fn counter(&self, topic: &std::sync::Arc<str>) -> std::sync::Arc<AtomicU64> {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = counters.iter().find(|(t, _)| **t == **topic) {
+            return c.clone();
+        }
+        let c = std::sync::Arc::new(AtomicU64::new(0));
+        counters.push((topic.clone(), c.clone()));
+        c
+    }
+
+    /// Every topic with its count.
+    pub(crate) fn snapshot(&self) -> Vec<(std::sync::Arc<str>, u64)> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, c)| (t.clone(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A cached per-topic counter for a hot path: the counter of the topic last seen.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache {
+    last: Option<(std::sync::Arc<str>, std::sync::Arc<AtomicU64>)>,
+}
+
+impl TopicCache {
+    /// Adds one to `topic`'s counter in `counters`.
+    pub(crate) fn inc(&mut self, counters: &TopicCounters, topic: &std::sync::Arc<str>) {
+        match &self.last {
+            Some((t, c)) if std::sync::Arc::ptr_eq(t, topic) || **t == **topic => {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let c = counters.counter(topic);
+                c.fetch_add(1, Ordering::Relaxed);
+                self.last = Some((topic.clone(), c));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(5));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 20.003_005).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[0], (0.000_01, 1));
+        let at_5ms = buckets.iter().find(|(b, _)| *b == 0.005).map(|(_, n)| *n);
+        assert_eq!(at_5ms, Some(1));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn topic_cache_counts_per_topic() {
+        let counters = TopicCounters::default();
+        let mut cache = TopicCache::default();
+        let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
+        cache.inc(&counters, &a);
+        cache.inc(&counters, &a);
+        cache.inc(&counters, &b);
+        cache.inc(&counters, &"a".into());
+        let mut snap = counters.snapshot();
+        snap.sort();
+        assert_eq!(snap, vec![("a".into(), 3), ("b".into(), 1)]);
+    }
+}

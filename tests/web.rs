@@ -1,0 +1,531 @@
+//! The worker's web server, over real HTTP: health, readiness, topology, table queries, the
+//! bearer token, a taken port, `/metrics` checked by Prometheus's own `promtool`, and the status
+//! page rendered by headless Chromium.
+//!
+//! `promtool` (Debian package `prometheus`) and `chromium` are skipped with a notice when
+//! missing, unless `RILL_REQUIRE_TOOLS=1` (set by `scripts/test.sh` in CI).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rill::Worker;
+use rill::prelude::*;
+
+#[record]
+#[derive(Debug, Clone)]
+struct View {
+    #[record(key)]
+    url: String,
+    user: String,
+}
+
+#[agent(topic = "views", tables(totals = "web_totals"))]
+async fn count_views(mut views: Stream<View>, totals: Table<String, u64>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        totals.update(view.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[agent(topic = "views", sink = "visits")]
+async fn visitors(mut views: Stream<View>, visits: Sink<View>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        visits.send(&view).await?;
+    }
+    Ok(())
+}
+
+async fn start(configure: impl FnOnce(&mut rill::Config)) -> rill::Result<(Worker, SocketAddr)> {
+    let worker = App::new("web_test")
+        .memory()
+        .agents([count_views::agent(), visitors::agent()])
+        .configure(|c| {
+            c.web_port = Some(0);
+            configure(c);
+        })
+        .start()
+        .await?;
+    let addr = worker
+        .web_addr()
+        .expect("the web server runs when web_port is set");
+    Ok((worker, addr))
+}
+
+async fn send_views(worker: &Worker, urls: &[&str]) -> rill::Result<()> {
+    for (i, url) in urls.iter().enumerate() {
+        let view = View {
+            url: (*url).to_owned(),
+            user: format!("user-{i}"),
+        };
+        worker.producer().send_to("views", &view).await?;
+    }
+    worker.producer().flush().await
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection (on a blocking thread: the server runs on
+/// this test's runtime).
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
+    let (path, token) = (path.to_owned(), token.map(str::to_owned));
+    tokio::task::spawn_blocking(move || get_blocking(addr, &path, token.as_deref()))
+        .await
+        .expect("http client thread")
+}
+
+fn get_blocking(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect to the web server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let raw = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// Polls `path` until `done` accepts the reply (or 15 s), and returns the last reply.
+async fn get_until(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    done: impl Fn(&Reply) -> bool,
+) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = get(addr, path, token).await;
+        if done(&reply) || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum of `rill_records_in_total` over the agent's topics.
+fn records_in(metrics: &str, agent: &str) -> Option<f64> {
+    let label = format!("agent=\"{agent}\"");
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rill_records_in_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// An external program, or `None` (with a notice) when it is not installed and not required.
+fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("RILL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "`{name}` is not on PATH and RILL_REQUIRE_TOOLS=1: apt-get install {package}"
+        );
+        eprintln!("SKIPPED: `{name}` is not installed (Debian package `{package}`)");
+    }
+    found
+}
+
+/// Runs a program to its end (killed after `limit`), feeding it `stdin`.
+fn run(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_health_readiness_and_topology_on_loopback() -> rill::Result<()> {
+    assert_eq!(
+        rill::Config::new("x").web_bind,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "this host only unless asked"
+    );
+    let (worker, addr) = start(|_| {}).await?;
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_ne!(addr.port(), 0, "port 0 picks a free port");
+
+    let health = get(addr, "/health", None).await;
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("alive"))
+    );
+    let ready = get_until(addr, "/ready", None, |r| r.status == 200).await;
+    assert_eq!(ready.json()["status"], "ready", "{ready:?}");
+
+    let topology = get(addr, "/topology", None).await;
+    assert_eq!(topology.status, 200);
+    let t = topology.json();
+    let agents: Vec<&str> = t["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(agents, ["count_views", "visitors"]);
+    let topics: Vec<&str> = t["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for topic in ["views", "visits"] {
+        assert!(topics.contains(&topic), "{topic} in {topics:?}");
+    }
+    assert!(t["tables"].to_string().contains("web_totals"), "{t}");
+
+    let svg = get(addr, "/topology.svg", None).await;
+    assert_eq!(
+        svg.header("content-type"),
+        Some("image/svg+xml; charset=utf-8")
+    );
+    assert!(svg.body.starts_with("<svg"), "{}", svg.body);
+    for agent in ["count_views", "visitors"] {
+        assert!(
+            svg.body.contains(&format!("data-agent=\"{agent}\"")),
+            "{agent}"
+        );
+    }
+    let dot = get(addr, "/topology.dot", None).await;
+    assert!(dot.body.starts_with("digraph"), "{}", dot.body);
+    assert!(
+        dot.body
+            .contains("\"topic:views\" -> \"agent:count_views\"")
+    );
+
+    let status = get(addr, "/status", None).await.json();
+    assert_eq!(status["app"], "web_test");
+    assert_eq!(status["url"], format!("http://{addr}"));
+    assert_eq!(status["agents"][0]["name"], "count_views");
+
+    let unknown = get(addr, "/nope", None).await;
+    assert_eq!(unknown.status, 404);
+    worker.shutdown().await?;
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the port is closed after shutdown"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_counters_move() -> rill::Result<()> {
+    let (worker, addr) = start(|_| {}).await?;
+    send_views(&worker, &["/a", "/b", "/c", "/d", "/e"]).await?;
+    let first = get_until(addr, "/metrics", None, |r| {
+        records_in(&r.body, "count_views").is_some_and(|n| n >= 5.0)
+    })
+    .await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let before = records_in(&first.body, "count_views").expect("rill_records_in_total");
+    assert_eq!(before, 5.0, "{}", first.body);
+    for name in [
+        "rill_records_out_total",
+        "rill_processing_seconds",
+        "rill_commits_total",
+    ] {
+        assert!(first.body.contains(name), "{name} in\n{}", first.body);
+    }
+
+    if let Some(promtool) = tool("promtool", "prometheus") {
+        let body = first.body.clone().into_bytes();
+        let out = tokio::task::spawn_blocking(move || {
+            run(
+                Command::new(promtool).args(["check", "metrics"]),
+                &body,
+                Duration::from_secs(60),
+            )
+        })
+        .await
+        .expect("promtool thread");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            first.body
+        );
+    }
+
+    send_views(&worker, &["/a", "/b", "/c", "/d", "/e", "/f", "/g"]).await?;
+    let second = get_until(addr, "/metrics", None, |r| {
+        records_in(&r.body, "count_views").is_some_and(|n| n >= 12.0)
+    })
+    .await;
+    assert_eq!(
+        records_in(&second.body, "count_views"),
+        Some(12.0),
+        "{}",
+        second.body
+    );
+    worker.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_guards_everything_but_health_and_the_page() -> rill::Result<()> {
+    let (worker, addr) = start(|c| c.web_token = Some("s3cret".into())).await?;
+    let mut bodies = Vec::new();
+    for path in [
+        "/metrics",
+        "/ready",
+        "/status",
+        "/topology",
+        "/topology.svg",
+        "/tables/web_totals/a",
+    ] {
+        let none = get(addr, path, None).await;
+        assert_eq!(none.status, 401, "{path} without a token");
+        assert_eq!(
+            none.header("www-authenticate"),
+            Some("Bearer realm=\"rill\"")
+        );
+        let wrong = get(addr, path, Some("s3cres")).await;
+        assert_eq!(wrong.status, 401, "{path} with a wrong token");
+        let right = get(addr, path, Some("s3cret")).await;
+        assert_ne!(right.status, 401, "{path} with the token");
+        bodies.extend([none.body, wrong.body, right.body]);
+    }
+    let metrics = get(addr, "/metrics", Some("s3cret")).await;
+    assert_eq!(metrics.status, 200);
+    for path in ["/health", "/", "/assets/status.js", "/assets/status.css"] {
+        let open = get(addr, path, None).await;
+        assert_eq!(open.status, 200, "{path} needs no token");
+        bodies.push(open.body);
+    }
+    for body in &bodies {
+        assert!(!body.contains("s3cret"), "the token leaked: {body}");
+    }
+    worker.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let err = App::new("web_taken")
+        .memory()
+        .agents([visitors::agent()])
+        .configure(|c| c.web_port = Some(port))
+        .start()
+        .await
+        .err()
+        .expect("the worker does not start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--web-port") && msg.contains(&format!("127.0.0.1:{port} is in use")),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_answer_a_key_with_its_value_or_404() -> rill::Result<()> {
+    let (worker, addr) = start(|_| {}).await?;
+    send_views(&worker, &["/a", "/b", "/a", "/a"]).await?;
+    // Keys holding `/` travel percent-encoded in one path segment.
+    let found = get_until(addr, "/tables/web_totals/%2Fa", None, |r| {
+        r.status == 200 && r.json()["value"] == 3
+    })
+    .await;
+    assert_eq!(found.status, 200, "{found:?}");
+    let json = found.json();
+    assert_eq!(
+        (&json["table"], &json["key"], &json["value"]),
+        (&"web_totals".into(), &"/a".into(), &3.into())
+    );
+    let b = get(addr, "/tables/web_totals/%2Fb", None).await.json();
+    assert_eq!(b["value"], 1);
+
+    let missing = get(addr, "/tables/web_totals/%2Fnever", None).await;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert!(
+        missing.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no value"))
+    );
+    let no_table = get(addr, "/tables/nothing/a", None).await;
+    assert_eq!(no_table.status, 404);
+    assert!(
+        no_table.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no table"))
+    );
+    worker.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_in_headless_chromium() -> rill::Result<()> {
+    let Some(chromium) = tool("chromium", "chromium") else {
+        return Ok(());
+    };
+    let (worker, addr) = start(|_| {}).await?;
+    send_views(&worker, &["/a", "/b", "/c"]).await?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let browse = |extra: Vec<String>| {
+        let mut cmd = Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .args(extra)
+        .arg(format!("http://{addr}/"));
+        async move {
+            tokio::task::spawn_blocking(move || run(&mut cmd, b"", Duration::from_secs(120)))
+                .await
+                .expect("chromium thread")
+        }
+    };
+
+    let dump = browse(vec!["--dump-dom".into()]).await;
+    let dom = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    for agent in ["count_views", "visitors"] {
+        assert!(
+            dom.contains(&format!("<td class=\"agent-name\">{agent}</td>")),
+            "agents table lists {agent}:\n{dom}"
+        );
+        assert!(
+            dom.contains(&format!("<g class=\"agent\" data-agent=\"{agent}\">")),
+            "graph draws {agent}:\n{dom}"
+        );
+    }
+    assert!(dom.contains("<svg"), "{dom}");
+    assert!(dom.contains(">ready</span>"), "readiness shown:\n{dom}");
+
+    let png = dir.path().join("status.png");
+    let shot = browse(vec![
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,900".into(),
+    ])
+    .await;
+    assert!(
+        shot.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG"),
+        "{} bytes",
+        bytes.len()
+    );
+    worker.shutdown().await
+}
