@@ -1,0 +1,150 @@
+//! Table queries across workers on the Apache Kafka broker: two workers of one app share a
+//! consumer group; asking either for any key answers with the value (the owner) or a 307 to
+//! the owner's web address, which it learned from the group's membership.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use rill::prelude::*;
+
+#[record]
+#[derive(Debug, Clone)]
+struct Hit {
+    #[record(key)]
+    url: String,
+}
+
+#[agent(topic = "web-hits", tables(totals = "web_hit_totals"))]
+async fn count_hits(mut hits: Stream<Hit>, totals: Table<String, u64>) -> rill::Result<()> {
+    while let Some(hit) = hits.next().await {
+        totals.update(hit.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+/// (status, Location header, body) of a GET.
+fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let location = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("location").then(|| v.trim().to_owned())
+    });
+    (status, location, body.to_owned())
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    let hostport = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    hostport.parse().expect("socket address in the redirect")
+}
+
+fn owned(addr: SocketAddr) -> Vec<i64> {
+    let (_, _, body) = get(addr, "/status");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status["agents"][0]["partitions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_i64()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_owned_by_the_other_worker_redirects_to_it() -> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let app_id = format!("kafka-web-{}", rand::random::<u32>());
+    let start = |dir: std::path::PathBuf| {
+        App::new(&app_id)
+            .broker(&format!("kafka://{bootstrap}"))
+            .data_dir(dir)
+            .partitions(4)
+            .agents([count_hits::agent()])
+            .configure(|c| c.web_port = Some(0))
+            .start()
+    };
+    let (da, db) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let a = start(da.path().to_path_buf()).await?;
+    let b = start(db.path().to_path_buf()).await?;
+    let (wa, wb) = (
+        a.web_addr().expect("web server a"),
+        b.web_addr().expect("web server b"),
+    );
+    // Keys of this run only (the topic outlives runs against one broker).
+    let run = rand::random::<u32>();
+    let urls: Vec<String> = (0..16).map(|i| format!("/{run}/page/{i}")).collect();
+    for (i, url) in urls.iter().enumerate() {
+        for _ in 0..=i {
+            a.producer()
+                .send_to("web-hits", &Hit { url: url.clone() })
+                .await?;
+        }
+    }
+    a.producer().flush().await?;
+    let expected: BTreeMap<String, u64> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.clone(), i as u64 + 1))
+        .collect();
+
+    // Both workers own partitions once the group has settled, and every key is counted.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut redirects = 0;
+    loop {
+        let (pa, pb) = (owned(wa), owned(wb));
+        let mut got = BTreeMap::new();
+        redirects = 0;
+        if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4 {
+            for url in &urls {
+                let key = url.replace('/', "%2F");
+                let path = format!("/tables/web_hit_totals/{key}");
+                let (mut status, location, mut body) = get(wa, &path);
+                if status == 307 {
+                    let to = location.expect("a redirect names the owner");
+                    assert_eq!(addr_of(&to), wb, "redirected to the other worker: {to}");
+                    redirects += 1;
+                    (status, _, body) = get(wb, &path);
+                }
+                if status == 200 {
+                    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                    if let Some(n) = v["value"].as_u64() {
+                        got.insert(url.clone(), n);
+                    }
+                }
+            }
+        }
+        if got == expected && redirects > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions a={pa:?} b={pb:?}, redirects {redirects}, counts {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(redirects < urls.len(), "worker a owns some keys itself");
+    b.shutdown().await?;
+    a.shutdown().await?;
+    Ok(())
+}
