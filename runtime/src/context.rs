@@ -110,9 +110,9 @@ pub(crate) struct Shared {
     /// The per-topic counter of sends this instance last used.
     pub(crate) out_topic: Mutex<crate::metrics::TopicCache>,
     /// The span of the record being processed (tracing export only; see `telemetry`), and
-    /// whether it is entered on this poll of the agent's future (`RecordScope`).
+    /// whether the agent's future is being polled (`RecordScope`), when that span is entered.
     record_span: Mutex<Option<tracing::Span>>,
-    span_entered: std::sync::atomic::AtomicBool,
+    in_poll: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -147,7 +147,7 @@ impl Shared {
             failed: std::sync::atomic::AtomicBool::new(false),
             out_topic: Mutex::new(crate::metrics::TopicCache::default()),
             record_span: Mutex::new(None),
-            span_entered: std::sync::atomic::AtomicBool::new(false),
+            in_poll: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -243,10 +243,10 @@ impl Shared {
         }
     }
 
-    /// Makes `span` the current record's span (entered if the agent is being polled).
+    /// Makes `span` the current record's span (entered at once if the agent is being polled).
     pub(crate) fn begin_record_span(&self, span: tracing::Span) {
         let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        if self.span_entered.load(Ordering::Relaxed) {
+        if self.in_poll.load(Ordering::Relaxed) {
             if let Some(old) = slot.as_ref() {
                 old.with_subscriber(|(id, d)| d.exit(id));
             }
@@ -263,25 +263,26 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(old) = old
-            && self.span_entered.swap(false, Ordering::Relaxed)
+            && self.in_poll.load(Ordering::Relaxed)
         {
             old.with_subscriber(|(id, d)| d.exit(id));
         }
     }
 
-    /// Enters the current record's span for one poll of the agent's future.
+    /// A poll of the agent's future starts: the current record's span is entered until it
+    /// ends (`RecordScope`). A span is entered exactly while `in_poll` and in the slot.
     pub(crate) fn enter_record_span(&self) {
         let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        self.span_entered.store(true, Ordering::Relaxed);
+        self.in_poll.store(true, Ordering::Relaxed);
         if let Some(span) = slot.as_ref() {
             span.with_subscriber(|(id, d)| d.enter(id));
         }
     }
 
-    /// Leaves it at the end of that poll.
+    /// The poll ends: the span is left.
     pub(crate) fn exit_record_span(&self) {
         let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        if self.span_entered.swap(false, Ordering::Relaxed)
+        if self.in_poll.swap(false, Ordering::Relaxed)
             && let Some(span) = slot.as_ref()
         {
             span.with_subscriber(|(id, d)| d.exit(id));
