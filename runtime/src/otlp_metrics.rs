@@ -281,7 +281,8 @@ impl MetricsExporter {
             .clone()
             .or_else(|| env("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| config.app_id.clone());
-        tracing::info!(?protocol, %url, ?interval, "exporting metrics over OTLP");
+        let shown = crate::telemetry::redact_url(&url);
+        tracing::info!(?protocol, url = %shown, ?interval, "exporting metrics over OTLP");
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let start_ns = now_ns();
@@ -296,7 +297,7 @@ impl MetricsExporter {
                 let text = source.metrics();
                 let request = request(&service, to_otlp(&text, start_ns, now_ns()));
                 if let Err(e) = push(protocol, &url, &mut client, request).await {
-                    tracing::warn!(%url, error = %e, "pushing metrics over OTLP");
+                    tracing::warn!(url = %shown, error = %e, "pushing metrics over OTLP");
                 }
                 if last {
                     break;
@@ -363,7 +364,10 @@ async fn push(
             let Some(c) = client.as_mut() else {
                 return Ok(());
             };
-            c.export(request).await.map(|_| ()).map_err(|e| e.to_string())
+            c.export(request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
         OtlpProtocol::HttpProtobuf => {
             let body = prost::Message::encode_to_vec(&request);
@@ -377,7 +381,8 @@ async fn push(
                     .header("content-type", "application/x-protobuf")
                     .body(body)
                     .send()
-                    .map_err(|e| e.to_string())?;
+                    // Without the URL: it may hold credentials.
+                    .map_err(|e| e.without_url().to_string())?;
                 if response.status().is_success() {
                     Ok(())
                 } else {

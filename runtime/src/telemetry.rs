@@ -199,7 +199,7 @@ where
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("rill");
     ACTIVE.store(true, Ordering::Relaxed);
-    tracing::info!(protocol = ?resolved.protocol, endpoint = resolved.endpoint.as_deref().unwrap_or("from OTEL_* variables"), service = %resolved.service_name, "exporting traces over OTLP");
+    tracing::info!(protocol = ?resolved.protocol, endpoint = resolved.endpoint.as_deref().map_or_else(|| "from OTEL_* variables".to_owned(), redact_url), service = %resolved.service_name, "exporting traces over OTLP");
     Ok(Some((
         tracing_opentelemetry::layer().with_tracer(tracer),
         Telemetry { provider },
@@ -231,6 +231,20 @@ pub fn init(config: &TelemetryConfig, app_id: &str, filter: &str) -> Result<Opti
 }
 
 use tracing_subscriber::Layer as _;
+
+/// A URL for logs: credentials in it (`scheme://user:password@host`) are masked.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split('/').next().and_then(|h| h.rsplit_once('@')) {
+            Some((_, host)) => {
+                let path = &rest[rest.find('/').unwrap_or(rest.len())..];
+                format!("{scheme}://[redacted]@{host}{path}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
 
 struct HeaderExtractor<'a>(&'a Headers);
 
@@ -305,6 +319,15 @@ pub(crate) fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked_for_logs() {
+        assert_eq!(
+            redact_url("https://key:s3cret@otel.example:4318/v1/traces"),
+            "https://[redacted]@otel.example:4318/v1/traces"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:4317"), "http://127.0.0.1:4317");
+    }
 
     #[test]
     fn no_endpoint_no_exporter() {
