@@ -110,7 +110,7 @@ async fn a_key_owned_by_the_other_worker_redirects_to_it() -> rill::Result<()> {
 
     // Both workers own partitions once the group has settled, and every key is counted.
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut redirects = 0;
+    let mut redirects;
     loop {
         let (pa, pb) = (owned(wa), owned(wb));
         let mut got = BTreeMap::new();

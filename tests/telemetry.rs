@@ -1,0 +1,632 @@
+//! OpenTelemetry trace export against a real OTLP/gRPC receiver (a tonic server speaking the
+//! collector protocol of `opentelemetry-proto`): per-record `process` spans with the messaging
+//! attributes, `publish` spans whose context travels in the sent record's `traceparent`, a
+//! trace started by a producer outside rill continuing through two agents connected by a topic,
+//! `tracing` spans of an agent nested under the record's span, and `rill.commit` /
+//! `rill.rebalance` spans. On the memory transport always, on Kafka when `RILL_TEST_KAFKA` is
+//! set.
+//!
+//! One test in this binary: `telemetry::init` installs the process-wide subscriber.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use rill::prelude::*;
+use rill::telemetry::{OtlpProtocol, TelemetryConfig};
+use rill::{AgentSpec, Headers, OutRecord, TopicSpec};
+
+const SERVICE: &str = "rill-telemetry-test";
+
+// ---------------------------------------------------------------------------------------------
+// The OTLP receiver
+
+/// A span as received, with the `service.name` of its resource.
+#[derive(Debug, Clone)]
+struct Got {
+    service: Option<String>,
+    span: Span,
+}
+
+/// Stores every span exported to it.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    fn spans(&self) -> Vec<Got> {
+        self.spans.lock().expect("received spans").clone()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("received spans");
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| string_attr(&r.attributes, "service.name"));
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push(Got {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts the receiver on a free port of 127.0.0.1 and returns its address.
+async fn start_receiver(receiver: Receiver) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the OTLP receiver");
+    let addr = listener.local_addr().expect("receiver address");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver))
+            .serve_with_incoming(incoming)
+            .await
+        {
+            eprintln!("OTLP receiver stopped: {e}");
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading spans
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    match attr(attrs, key) {
+        Some(Value::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attrs, key) {
+        Some(Value::IntValue(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn describe(s: &Span) -> String {
+    let attrs: Vec<String> = s
+        .attributes
+        .iter()
+        .map(|kv| {
+            format!(
+                "{}={:?}",
+                kv.key,
+                kv.value.as_ref().and_then(|v| v.value.as_ref())
+            )
+        })
+        .collect();
+    format!(
+        "{:?} kind={:?} trace={} span={} parent={} [{}]",
+        s.name,
+        SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified),
+        hex(&s.trace_id),
+        hex(&s.span_id),
+        hex(&s.parent_span_id),
+        attrs.join(", ")
+    )
+}
+
+fn dump(spans: &[Got]) -> String {
+    spans
+        .iter()
+        .map(|g| describe(&g.span))
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+fn kind(s: &Span) -> SpanKind {
+    SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified)
+}
+
+fn named<'a>(spans: &'a [Got], name: &str) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .filter(|g| g.span.name == name)
+        .map(|g| &g.span)
+        .collect()
+}
+
+/// The single span named `name` in trace `trace` whose parent is `parent`.
+fn child<'a>(spans: &'a [Got], name: &str, trace: &[u8], parent: &[u8]) -> &'a Span {
+    let found: Vec<&Span> = named(spans, name)
+        .into_iter()
+        .filter(|s| s.trace_id == trace && s.parent_span_id == parent)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one `{name}` span in trace {} with parent {}; received:\n  {}",
+        hex(trace),
+        hex(parent),
+        dump(spans)
+    );
+    found[0]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app: `ship` reads orders, checks stock inside a `tracing` span and sends each order on to
+// the shipments topic; `deliver` reads shipments.
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Order {
+    #[record(key)]
+    id: String,
+    item: String,
+    qty: u32,
+}
+
+/// What an agent saw of a record: order id, partition, offset, headers.
+type Seen = Arc<Mutex<Vec<(String, i32, i64, Headers)>>>;
+
+fn stock_level(item: &str) -> u32 {
+    // Some synchronous work for the `check_stock` span to cover.
+    item.bytes().map(u32::from).sum::<u32>() % 100 + 10
+}
+
+struct Names {
+    app: String,
+    orders: String,
+    shipments: String,
+    ship: String,
+    deliver: String,
+}
+
+fn agents(n: &Names, shipped: Seen, delivered: Seen) -> [AgentSpec; 2] {
+    let ship = AgentSpec::new(&n.ship, concat!(file!(), ":", line!()))
+        .source(TopicSpec::of::<Order>(&n.orders, file!()))
+        .sink(TopicSpec::of::<Order>(&n.shipments, file!()))
+        .run(move |mut ctx| {
+            let shipped = shipped.clone();
+            async move {
+                let mut orders = ctx.stream::<Order>()?.events();
+                let out = ctx.sink::<Order>()?;
+                while let Some(order) = orders.next().await {
+                    let in_stock = {
+                        let _span = tracing::info_span!("check_stock", order = %order.id).entered();
+                        stock_level(&order.item) >= order.qty
+                    };
+                    if in_stock {
+                        out.send(&order.value).await?;
+                    }
+                    shipped.lock().expect("shipped").push((
+                        order.id.clone(),
+                        order.meta.partition,
+                        order.meta.offset,
+                        order.meta.headers.clone(),
+                    ));
+                }
+                Ok(())
+            }
+        });
+    let deliver = AgentSpec::new(&n.deliver, concat!(file!(), ":", line!()))
+        .source(TopicSpec::of::<Order>(&n.shipments, file!()))
+        .run(move |mut ctx| {
+            let delivered = delivered.clone();
+            async move {
+                let mut shipments = ctx.stream::<Order>()?.events();
+                while let Some(s) = shipments.next().await {
+                    delivered.lock().expect("delivered").push((
+                        s.id.clone(),
+                        s.meta.partition,
+                        s.meta.offset,
+                        s.meta.headers.clone(),
+                    ));
+                }
+                Ok(())
+            }
+        });
+    [ship, deliver]
+}
+
+/// An order for partition 0: both orders of a run go there, so they reach `ship` in one batch
+/// and the second is handed out in the same poll that finishes the first (its spans must still
+/// nest under its own record's span).
+fn record(topic: &str, order: &Order, traceparent: Option<&str>) -> OutRecord {
+    let mut headers = Headers::default();
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent", tp.as_bytes().to_vec());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    OutRecord {
+        topic: Arc::from(topic),
+        partition: Some(0),
+        key: Some(order.id.as_bytes().to_vec()),
+        value: Some(serde_json::to_vec(order).expect("encode order")),
+        timestamp: i64::try_from(now).expect("timestamp"),
+        headers,
+    }
+}
+
+/// One run of the two agents: the names, the external trace, and what the agents saw.
+struct Run {
+    names: Names,
+    system: &'static str,
+    trace_id: &'static str,
+    parent_id: &'static str,
+    shipped: Seen,
+    delivered: Seen,
+}
+
+/// Starts the app on `broker`, sends one order carrying a `traceparent` and one without, waits
+/// until `deliver` got both, and stops the worker.
+async fn run(names: Names, broker: &str, trace_id: &'static str, parent_id: &'static str) -> Run {
+    let shipped = Seen::default();
+    let delivered = Seen::default();
+    let system = if broker.starts_with("kafka://") {
+        "kafka"
+    } else {
+        "rill"
+    };
+    let worker = App::new(&names.app)
+        .agents(agents(&names, shipped.clone(), delivered.clone()))
+        .broker(broker)
+        .partitions(2)
+        // Long enough that no commit falls between the two orders of one batch.
+        .commit_interval(Duration::from_secs(1))
+        .kafka_property("log_level", "3")
+        .start()
+        .await
+        .expect("start the worker");
+    let producer = worker.producer();
+    let traced = Order {
+        id: "traced".into(),
+        item: "books".into(),
+        qty: 1,
+    };
+    let untraced = Order {
+        id: "untraced".into(),
+        item: "lamps".into(),
+        qty: 2,
+    };
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    producer
+        .send_raw(record(&names.orders, &traced, Some(&traceparent)))
+        .await
+        .expect("send the traced order");
+    producer
+        .send_raw(record(&names.orders, &untraced, None))
+        .await
+        .expect("send the untraced order");
+    producer.flush().await.expect("flush");
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while delivered.lock().expect("delivered").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "`{}` did not receive both orders within 90 s (shipped: {:?})",
+            names.deliver,
+            shipped.lock().expect("shipped")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.shutdown().await.expect("stop the worker");
+    Run {
+        names,
+        system,
+        trace_id,
+        parent_id,
+        shipped,
+        delivered,
+    }
+}
+
+/// Whether every span the checks of `run` look for has arrived.
+fn complete(spans: &[Got], run: &Run) -> bool {
+    let n = &run.names;
+    let count = |name: &str| named(spans, name).len();
+    count(&format!("{} process", n.orders)) >= 2
+        && count(&format!("{} publish", n.shipments)) >= 2
+        && count(&format!("{} process", n.shipments)) >= 2
+        && named(spans, "check_stock")
+            .iter()
+            .filter(|s| {
+                let ours = |name: &str| named(spans, name).iter().any(|p| p.trace_id == s.trace_id);
+                ours(&format!("{} process", n.orders))
+            })
+            .count()
+            >= 2
+        && [&n.ship, &n.deliver]
+            .iter()
+            .all(|agent| agent_spans(spans, "rill.commit", agent) > 0)
+}
+
+fn agent_spans(spans: &[Got], name: &str, agent: &str) -> usize {
+    named(spans, name)
+        .iter()
+        .filter(|s| string_attr(&s.attributes, "agent").as_deref() == Some(agent))
+        .count()
+}
+
+fn seen_of(seen: &Seen, id: &str) -> (i32, i64, Headers) {
+    let seen = seen.lock().expect("seen");
+    let found: Vec<_> = seen.iter().filter(|(i, ..)| i == id).collect();
+    assert_eq!(found.len(), 1, "`{id}` seen once: {seen:?}");
+    let (_, p, o, h) = found[0];
+    (*p, *o, h.clone())
+}
+
+/// Checks the consumer span of a record an agent processed.
+fn check_process(span: &Span, run: &Run, topic: &str, agent: &str, seen: (i32, i64)) {
+    let a = &span.attributes;
+    let what = describe(span);
+    assert_eq!(kind(span), SpanKind::Consumer, "{what}");
+    assert_eq!(
+        string_attr(a, "messaging.system").as_deref(),
+        Some(run.system),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "messaging.operation.type").as_deref(),
+        Some("process"),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "messaging.destination.name").as_deref(),
+        Some(topic),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "messaging.destination.partition.id"),
+        Some(seen.0.to_string()),
+        "{what}"
+    );
+    assert_eq!(
+        int_attr(a, "messaging.kafka.offset"),
+        Some(seen.1),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "messaging.consumer.group.name"),
+        Some(format!("{}-{agent}", run.names.app)),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "rill.agent").as_deref(),
+        Some(agent),
+        "{what}"
+    );
+}
+
+/// Checks the producer span of a send to the shipments topic, and that its context is what the
+/// sent record carried.
+fn check_publish(span: &Span, run: &Run, delivered_headers: &Headers) {
+    let what = describe(span);
+    assert_eq!(kind(span), SpanKind::Producer, "{what}");
+    let a = &span.attributes;
+    assert_eq!(
+        string_attr(a, "messaging.system").as_deref(),
+        Some(run.system),
+        "{what}"
+    );
+    assert_eq!(
+        string_attr(a, "messaging.destination.name").as_deref(),
+        Some(run.names.shipments.as_str()),
+        "{what}"
+    );
+    let traceparent = delivered_headers
+        .get("traceparent")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(
+        traceparent,
+        Some(format!(
+            "00-{}-{}-01",
+            hex(&span.trace_id),
+            hex(&span.span_id)
+        )),
+        "the shipment carries the publish span's context ({what})"
+    );
+}
+
+/// The chain of one order through both agents; returns A's process span.
+fn check_chain<'a>(
+    spans: &'a [Got],
+    run: &Run,
+    order: &str,
+    trace: &[u8],
+    parent: &[u8],
+) -> &'a Span {
+    let n = &run.names;
+    let (a_part, a_off, _) = seen_of(&run.shipped, order);
+    let (b_part, b_off, b_headers) = seen_of(&run.delivered, order);
+    let a_process = child(spans, &format!("{} process", n.orders), trace, parent);
+    check_process(a_process, run, &n.orders, &n.ship, (a_part, a_off));
+
+    let publish = child(
+        spans,
+        &format!("{} publish", n.shipments),
+        trace,
+        &a_process.span_id,
+    );
+    check_publish(publish, run, &b_headers);
+
+    let b_process = child(
+        spans,
+        &format!("{} process", n.shipments),
+        trace,
+        &publish.span_id,
+    );
+    check_process(b_process, run, &n.shipments, &n.deliver, (b_part, b_off));
+
+    let stock = child(spans, "check_stock", trace, &a_process.span_id);
+    assert_eq!(kind(stock), SpanKind::Internal, "{}", describe(stock));
+    assert_eq!(
+        string_attr(&stock.attributes, "order").as_deref(),
+        Some(order),
+        "{}",
+        describe(stock)
+    );
+    a_process
+}
+
+fn check(spans: &[Got], run: &Run) {
+    let n = &run.names;
+    let trace = decode_hex(run.trace_id);
+    let parent = decode_hex(run.parent_id);
+
+    // The trace started outside rill continues through both agents.
+    check_chain(spans, run, "traced", &trace, &parent);
+
+    // The order without `traceparent` starts a trace of its own, rooted at A's process span.
+    let roots: Vec<&Span> = named(spans, &format!("{} process", n.orders))
+        .into_iter()
+        .filter(|s| s.trace_id != trace)
+        .collect();
+    assert_eq!(
+        roots.len(),
+        1,
+        "one `{} process` span outside the external trace; received:\n  {}",
+        n.orders,
+        dump(spans)
+    );
+    let own = roots[0].trace_id.clone();
+    assert!(
+        roots[0].parent_span_id.is_empty(),
+        "the untraced order's span is a root: {}",
+        describe(roots[0])
+    );
+    check_chain(spans, run, "untraced", &own, &[]);
+
+    for agent in [&n.ship, &n.deliver] {
+        assert!(
+            agent_spans(spans, "rill.commit", agent) > 0,
+            "`rill.commit` spans of `{agent}`; received:\n  {}",
+            dump(spans)
+        );
+        assert!(
+            agent_spans(spans, "rill.rebalance", agent) > 0,
+            "`rill.rebalance` spans of `{agent}`; received:\n  {}",
+            dump(spans)
+        );
+    }
+}
+
+fn decode_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_reach_an_otlp_grpc_receiver_and_a_trace_continues_through_two_agents() {
+    // First, so that RILL_REQUIRE_KAFKA=1 without a broker fails at once.
+    let kafka = common::kafka_bootstrap();
+    let receiver = Receiver::default();
+    let addr = start_receiver(receiver.clone()).await;
+    let telemetry = rill::telemetry::init(
+        &TelemetryConfig {
+            endpoint: Some(format!("http://{addr}")),
+            protocol: Some(OtlpProtocol::Grpc),
+            service_name: Some(SERVICE.into()),
+        },
+        "tel",
+        "warn",
+    )
+    .expect("telemetry init")
+    .expect("an exporter for the explicit endpoint");
+
+    let mut runs = vec![
+        run(
+            Names {
+                app: "tel".into(),
+                orders: "orders".into(),
+                shipments: "shipments".into(),
+                ship: "ship".into(),
+                deliver: "deliver".into(),
+            },
+            "memory://",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+        )
+        .await,
+    ];
+    if let Some(bootstrap) = kafka {
+        let suffix = format!("{:08x}", rand::random::<u32>());
+        runs.push(
+            run(
+                Names {
+                    app: format!("telk-{suffix}"),
+                    orders: format!("tel_orders_{suffix}"),
+                    shipments: format!("tel_shipments_{suffix}"),
+                    ship: "ship_kafka".into(),
+                    deliver: "deliver_kafka".into(),
+                },
+                &format!("kafka://{bootstrap}"),
+                "0af7651916cd43dd8448eb211c80319c",
+                "b7ad6b7169203331",
+            )
+            .await,
+        );
+    }
+
+    // Dropping the handle flushes the batch exporter (a blocking call).
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("flush the exporter");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = receiver.spans();
+        if runs.iter().all(|r| complete(&spans, r)) || Instant::now() >= deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!spans.is_empty(), "no span reached the OTLP receiver");
+    for g in &spans {
+        assert_eq!(
+            g.service.as_deref(),
+            Some(SERVICE),
+            "service.name of {}",
+            describe(&g.span)
+        );
+    }
+    for r in &runs {
+        check(&spans, r);
+    }
+}
