@@ -68,7 +68,9 @@ impl AgentStats {
 pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
     pub(crate) producer: ProducerBackend,
-    pub(crate) pending: Mutex<Vec<Pending>>,
+    /// Sends not yet durable, and the per-topic counter of sends this instance last used
+    /// (under one lock: a send takes it once).
+    pub(crate) pending: Mutex<(Vec<Pending>, crate::metrics::TopicCache)>,
     /// The instance's tables (their overlays are committed with its offsets); windows add
     /// theirs when they are built.
     pub(crate) tables: Mutex<Vec<Arc<TableCore>>>,
@@ -107,8 +109,6 @@ pub(crate) struct Shared {
     pub(crate) failed: std::sync::atomic::AtomicBool,
     /// Per-record metrics on (`Config::metrics`).
     pub(crate) metrics: bool,
-    /// The per-topic counter of sends this instance last used.
-    pub(crate) out_topic: Mutex<crate::metrics::TopicCache>,
     /// The span of the record being processed (tracing export only; see `telemetry`), and
     /// whether the agent's future is being polled (`RecordScope`), when that span is entered.
     record_span: Mutex<Option<tracing::Span>>,
@@ -126,7 +126,7 @@ impl Shared {
         Arc::new(Shared {
             agent,
             producer,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new((Vec::new(), crate::metrics::TopicCache::default())),
             tables: Mutex::new(tables),
             flushers: Mutex::new(Vec::new()),
             event_time: AtomicI64::new(i64::MIN),
@@ -145,7 +145,6 @@ impl Shared {
             stats,
             fatal: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
-            out_topic: Mutex::new(crate::metrics::TopicCache::default()),
             record_span: Mutex::new(None),
             in_poll: std::sync::atomic::AtomicBool::new(false),
         })
@@ -301,29 +300,28 @@ impl Shared {
                 crate::telemetry::publish(&parent, &record.topic, system, &mut record.headers);
             }
         }
-        let topic = record.topic.clone();
+        let topic = self.metrics.then(|| record.topic.clone());
         let pending = self.producer.enqueue(record).await?;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pending);
-        self.stats.records_out.fetch_add(1, Ordering::Relaxed);
-        if !self.metrics {
-            return Ok(());
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.push(pending);
+        if let Some(topic) = topic {
+            guard.1.inc(&self.stats.topics_out, &topic);
         }
-        self.out_topic
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .inc(&self.stats.topics_out, &topic);
+        drop(guard);
+        self.stats.records_out.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     pub(crate) fn take_pending(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()).0)
     }
 
     pub(crate) fn pending_len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .len()
     }
 
     pub(crate) fn fail(&self, error: Error) {

@@ -91,6 +91,9 @@ pub(crate) struct StreamCore {
     commit_failed: bool,
     /// When the record being processed was handed out (for `rill_processing_seconds`).
     handed_at: Option<std::time::Instant>,
+    /// The time the previous record finished, read in this call of `poll_raw`: the next
+    /// record handed out in the same call starts then (one clock read per record).
+    finished_at: Option<std::time::Instant>,
     in_topic: crate::metrics::TopicCache,
 }
 
@@ -151,6 +154,7 @@ impl StreamCore {
             owned_tps: Vec::new(),
             commit_failed: false,
             handed_at: None,
+            finished_at: None,
             in_topic: crate::metrics::TopicCache::default(),
         }
     }
@@ -380,7 +384,11 @@ impl StreamCore {
         if self.shared.metrics {
             self.in_topic
                 .inc(&self.shared.stats.topics_in, &record.topic);
-            self.handed_at = Some(std::time::Instant::now());
+            let now = self
+                .finished_at
+                .take()
+                .unwrap_or_else(std::time::Instant::now);
+            self.handed_at = Some(now);
         }
         if crate::telemetry::active() {
             let system = self.shared.messaging_system();
@@ -554,6 +562,7 @@ impl StreamCore {
 
     /// The next raw record for the agent, committing on the way when due.
     pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<&RawRecord>> {
+        self.finished_at = None;
         loop {
             if let Some(commit) = &mut self.committing {
                 let result = ready!(commit.future.as_mut().poll(cx));
@@ -604,7 +613,9 @@ impl StreamCore {
             }
             if let Some((tp, offset)) = self.in_flight.take() {
                 if let Some(at) = self.handed_at.take() {
-                    self.shared.stats.processing.observe(at.elapsed());
+                    let now = std::time::Instant::now();
+                    self.shared.stats.processing.observe(now - at);
+                    self.finished_at = Some(now);
                 }
                 if crate::telemetry::active() {
                     self.shared.end_record_span();

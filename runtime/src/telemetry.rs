@@ -35,6 +35,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::error::{Error, Result};
 use crate::message::Headers;
 
+/// Which `tracing` spans are exported (`RILL_TRACE_FILTER` overrides it, `EnvFilter`
+/// syntax): rill's and the app's at INFO, none of the HTTP/gRPC stack's or the exporter's own
+/// (which would also feed back into the exporter).
+const DEFAULT_TRACE_FILTER: &str = "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+
 /// Set once a rill OpenTelemetry layer exists: per-record spans are created only then.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -200,8 +205,17 @@ where
     let tracer = provider.tracer("rill");
     ACTIVE.store(true, Ordering::Relaxed);
     tracing::info!(protocol = ?resolved.protocol, endpoint = resolved.endpoint.as_deref().map_or_else(|| "from OTEL_* variables".to_owned(), redact_url), service = %resolved.service_name, "exporting traces over OTLP");
+    let filter = env("RILL_TRACE_FILTER").unwrap_or_else(|| DEFAULT_TRACE_FILTER.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        Error::config(
+            "RILL_TRACE_FILTER",
+            format!("`{filter}` is not a tracing filter ({e}); e.g. `info,my_crate=debug`"),
+        )
+    })?;
     Ok(Some((
-        tracing_opentelemetry::layer().with_tracer(tracer),
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter),
         Telemetry { provider },
     )))
 }
