@@ -46,7 +46,8 @@ fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
         .unwrap_or(0);
     let location = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location").then(|| v.trim().to_owned())
+        k.eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_owned())
     });
     (status, location, body.to_owned())
 }
@@ -84,7 +85,10 @@ async fn a_key_owned_by_the_other_worker_redirects_to_it() -> rill::Result<()> {
             .configure(|c| c.web_port = Some(0))
             .start()
     };
-    let (da, db) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
     let a = start(da.path().to_path_buf()).await?;
     let b = start(db.path().to_path_buf()).await?;
     let (wa, wb) = (

@@ -16,8 +16,11 @@ use rill::metrics::prometheus_client::metrics::counter::Counter;
 use rill::prelude::*;
 use rill::telemetry::{OtlpProtocol, TelemetryConfig};
 
+/// Requests received, with their `x-api-key` metadata.
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+struct Receiver(Arc<Mutex<Vec<Received>>>);
+
+type Received = (ExportMetricsServiceRequest, Option<String>);
 
 #[tonic::async_trait]
 impl MetricsService for Receiver {
@@ -25,10 +28,15 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let key = request
+            .metadata()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         self.0
             .lock()
             .expect("lock")
-            .push(request.into_inner());
+            .push((request.into_inner(), key));
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -85,6 +93,7 @@ async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
                 endpoint: Some(format!("http://{addr}")),
                 protocol: Some(OtlpProtocol::Grpc),
                 service_name: Some("otlp-metrics-test".into()),
+                headers: vec![("x-api-key".into(), "k1".into())],
             }
         })
         .test()
@@ -93,19 +102,22 @@ async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
         app.send_to("ticks", &Tick { n }).await?;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app
-        .stats("tick_counter")
-        .map_or(0, |s| s.records_in.load(std::sync::atomic::Ordering::Relaxed))
-        < 25
+    while app.stats("tick_counter").map_or(0, |s| {
+        s.records_in.load(std::sync::atomic::Ordering::Relaxed)
+    }) < 25
     {
-        assert!(tokio::time::Instant::now() < deadline, "records not processed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records not processed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Shutdown pushes once more.
     app.stop().await?;
 
     let requests = receiver.0.lock().expect("lock").clone();
-    let last = requests.last().expect("at least the shutdown push arrived");
+    let (last, key) = requests.last().expect("at least the shutdown push arrived");
+    assert_eq!(key.as_deref(), Some("k1"), "the configured header is sent");
     let resource = last.resource_metrics[0].resource.clone().expect("resource");
     assert!(
         resource.attributes.iter().any(|kv| kv.key == "service.name"
@@ -119,10 +131,12 @@ async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
         .flat_map(|s| s.metrics.iter().cloned())
         .collect();
     let find = |name: &str| {
-        metrics
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or_else(|| panic!("no `{name}` in {:?}", metrics.iter().map(|m| &m.name).collect::<Vec<_>>()))
+        metrics.iter().find(|m| m.name == name).unwrap_or_else(|| {
+            panic!(
+                "no `{name}` in {:?}",
+                metrics.iter().map(|m| &m.name).collect::<Vec<_>>()
+            )
+        })
     };
     assert_eq!(sum_value(find("rill_records_in")), Some(25.0));
     assert_eq!(sum_value(find("shop_orders")), Some(42.0));

@@ -563,6 +563,7 @@ async fn spans_reach_an_otlp_grpc_receiver_and_a_trace_continues_through_two_age
             endpoint: Some(format!("http://{addr}")),
             protocol: Some(OtlpProtocol::Grpc),
             service_name: Some(SERVICE.into()),
+            headers: Vec::new(),
         },
         "tel",
         "warn",

@@ -225,6 +225,7 @@ async fn process_spans_reach_an_otlp_http_protobuf_receiver() {
             endpoint: Some(format!("http://{addr}")),
             protocol: Some(OtlpProtocol::HttpProtobuf),
             service_name: Some(SERVICE.into()),
+            headers: Vec::new(),
         },
         APP,
         "warn",

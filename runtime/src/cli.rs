@@ -116,12 +116,19 @@ pub(crate) fn main(mut app: App) -> Result<()> {
         Ok(r) => r,
         Err(e) => return Err(Error::io("starting the tokio runtime", e)),
     };
-    // Logs, and span export when an OTLP endpoint is configured (its client lives in the
-    // runtime).
-    let telemetry = {
+    // Logs, and for the worker span export when an OTLP endpoint is configured (its client
+    // lives in the runtime). When the exporter cannot be set up, logs still go to stderr so
+    // its error is seen.
+    let telemetry = if matches!(cli.command, None | Some(Command::Worker)) {
         let _enter = runtime.enter();
         crate::telemetry::init(&app.config.telemetry, &app.config.app_id, &cli.log)
+    } else {
+        crate::telemetry::init_logs(&cli.log);
+        Ok(None)
     };
+    if telemetry.is_err() {
+        crate::telemetry::init_logs(&cli.log);
+    }
     let result = telemetry.and_then(|guard| {
         let result = run(&mut app, cli, &runtime);
         drop(guard);

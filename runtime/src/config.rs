@@ -230,7 +230,10 @@ impl Config {
                         )
                     })?;
                 }
-                "RILL_WEB_TOKEN" if !value.is_empty() => self.web_token = Some(value),
+                // A token read from a secret file often ends with a newline.
+                "RILL_WEB_TOKEN" if !value.trim().is_empty() => {
+                    self.web_token = Some(value.trim().to_owned());
+                }
                 "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
                 "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
                 "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
@@ -279,6 +282,14 @@ impl Config {
             return Err(Error::config(
                 "commit_interval (RILL_COMMIT_INTERVAL_MS)",
                 "must be above zero; 100 ms is a good start",
+            ));
+        }
+        if let Some(token) = &self.web_token
+            && (token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::config(
+                "web_token (RILL_WEB_TOKEN)",
+                "must be non-empty, without spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
             ));
         }
         for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {

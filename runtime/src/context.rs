@@ -25,9 +25,10 @@ pub struct AgentStats {
     pub decode_errors: AtomicU64,
     /// Commit steps completed.
     pub commits: AtomicU64,
-    /// Changelog records applied while recovering this agent's tables.
+    /// Changelog offsets covered while recovering this agent's tables (the records applied,
+    /// plus offsets compaction removed).
     pub restored: AtomicU64,
-    /// Changelog records recovery set out to apply (with `restored`: its progress).
+    /// Changelog offsets recovery set out to cover (with `restored`: its progress).
     pub restore_total: AtomicU64,
     /// Records that arrived after their window had closed (dropped, or sent to a late topic).
     pub late_records: AtomicU64,
@@ -109,10 +110,9 @@ pub(crate) struct Shared {
     pub(crate) failed: std::sync::atomic::AtomicBool,
     /// Per-record metrics on (`Config::metrics`).
     pub(crate) metrics: bool,
-    /// The span of the record being processed (tracing export only; see `telemetry`), and
-    /// whether the agent's future is being polled (`RecordScope`), when that span is entered.
-    record_span: Mutex<Option<tracing::Span>>,
-    in_poll: std::sync::atomic::AtomicBool,
+    /// The span of the record being processed (tracing export only; see `telemetry`), and the
+    /// thread polling the agent's future (`RecordScope`), on which that span is entered.
+    record_span: Mutex<SpanSlot>,
 }
 
 impl Shared {
@@ -145,8 +145,7 @@ impl Shared {
             stats,
             fatal: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
-            record_span: Mutex::new(None),
-            in_poll: std::sync::atomic::AtomicBool::new(false),
+            record_span: Mutex::new(SpanSlot::default()),
         })
     }
 
@@ -242,50 +241,59 @@ impl Shared {
         }
     }
 
-    /// Makes `span` the current record's span (entered at once if the agent is being polled).
+    /// Makes `span` the current record's span (entered at once if the agent is being polled
+    /// on this thread).
     pub(crate) fn begin_record_span(&self, span: tracing::Span) {
         let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        if self.in_poll.load(Ordering::Relaxed) {
-            if let Some(old) = slot.as_ref() {
+        if slot.entered_here() {
+            if let Some(old) = slot.span.as_ref() {
                 old.with_subscriber(|(id, d)| d.exit(id));
             }
             span.with_subscriber(|(id, d)| d.enter(id));
         }
-        *slot = Some(span);
+        slot.span = Some(span);
+    }
+
+    /// Marks the current record's span failed.
+    pub(crate) fn fail_record_span(&self, kind: &str, message: &str) {
+        let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(span) = slot.span.as_ref() {
+            crate::telemetry::record_failed(span, kind, message);
+        }
     }
 
     /// Ends the current record's span.
     pub(crate) fn end_record_span(&self) {
-        let old = self
-            .record_span
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(old) = old
-            && self.in_poll.load(Ordering::Relaxed)
+        let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        let entered = slot.entered_here();
+        if let Some(old) = slot.span.take()
+            && entered
         {
             old.with_subscriber(|(id, d)| d.exit(id));
         }
     }
 
-    /// A poll of the agent's future starts: the current record's span is entered until it
-    /// ends (`RecordScope`). A span is entered exactly while `in_poll` and in the slot.
+    /// A poll of the agent's future starts on this thread: the current record's span is
+    /// entered until the poll ends (`RecordScope`). A span is entered exactly while it is in
+    /// the slot and the slot names the polling thread; spans are entered and left on that
+    /// thread only (a stream polled from another task does not move them).
     pub(crate) fn enter_record_span(&self) {
-        let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        self.in_poll.store(true, Ordering::Relaxed);
-        if let Some(span) = slot.as_ref() {
+        let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        slot.poller = Some(std::thread::current().id());
+        if let Some(span) = slot.span.as_ref() {
             span.with_subscriber(|(id, d)| d.enter(id));
         }
     }
 
     /// The poll ends: the span is left.
     pub(crate) fn exit_record_span(&self) {
-        let slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
-        if self.in_poll.swap(false, Ordering::Relaxed)
-            && let Some(span) = slot.as_ref()
+        let mut slot = self.record_span.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.entered_here()
+            && let Some(span) = slot.span.as_ref()
         {
             span.with_subscriber(|(id, d)| d.exit(id));
         }
+        slot.poller = None;
     }
 
     pub(crate) async fn send(&self, mut record: OutRecord) -> Result<()> {
@@ -294,6 +302,7 @@ impl Shared {
                 .record_span
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .span
                 .clone();
             if let Some(parent) = parent {
                 let system = self.messaging_system();
@@ -332,6 +341,20 @@ impl Shared {
 
     pub(crate) fn take_fatal(&self) -> Option<Error> {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The span of the record being processed, and the thread polling the agent's future.
+#[derive(Default)]
+pub(crate) struct SpanSlot {
+    span: Option<tracing::Span>,
+    poller: Option<std::thread::ThreadId>,
+}
+
+impl SpanSlot {
+    /// Whether the agent's future is being polled on this thread (its span is entered here).
+    fn entered_here(&self) -> bool {
+        self.poller == Some(std::thread::current().id())
     }
 }
 

@@ -30,7 +30,7 @@
 //! | `rill_dead_lettered_total`, `rill_retried_total`, `rill_skipped_total`, `rill_failures_total`, `rill_decode_errors_total` | counter | agent |
 //! | `rill_late_records_total`, `rill_windows_closed_total` | counter | agent |
 //! | `rill_table_keys`, `rill_table_bytes` | gauge | table |
-//! | `rill_recovery_records_total`, `rill_recovery_target_records` | counter, gauge | agent |
+//! | `rill_recovery_records_total`, `rill_recovery_target_records_total` (changelog offsets) | counter | agent |
 //! | `rill_rebalances_total` | counter | agent, kind (`assigned`, `revoked`) |
 //! | `rill_ready` | gauge | |
 

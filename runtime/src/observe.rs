@@ -47,6 +47,35 @@ pub(crate) struct Observer {
     pub(crate) started: std::sync::atomic::AtomicBool,
     /// User metrics (`App::metrics`) and rill's collector.
     pub(crate) registry: Mutex<Registry>,
+    /// Consumer-group members (web address, assignment) by group, with when they were read.
+    members: Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Member>)>>,
+}
+
+use crate::transport::kafka::GroupMember as Member;
+
+impl AgentView {
+    /// The routers of the agent's consumers: its source's, and its repartition topic's once
+    /// `group_by` made one.
+    fn routers(&self) -> Vec<Arc<Router>> {
+        let mut routers = vec![self.router.clone()];
+        if let (Some(r), _) = self.pipeline.runtime_parts() {
+            routers.push(r.router);
+        }
+        routers
+    }
+
+    /// Where the agent's table partitions live: the consumer of the repartition topic once
+    /// the agent re-keys (tables then follow it), else of the source. (router, group, topic)
+    fn table_owner(&self) -> (Arc<Router>, Arc<str>, String) {
+        match self.pipeline.runtime_parts().0 {
+            Some(r) => (r.router, r.group, r.topic),
+            None => (
+                self.router.clone(),
+                self.group.clone(),
+                self.sources.first().cloned().unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 impl Observer {
@@ -67,6 +96,7 @@ impl Observer {
             agents: RwLock::new(Vec::new()),
             started: std::sync::atomic::AtomicBool::new(false),
             registry: Mutex::new(Registry::default()),
+            members: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -77,36 +107,68 @@ impl Observer {
     /// Consumer lag per owned partition of an agent: librdkafka's figures on Kafka; on the
     /// embedded log, the partition's end minus the group's committed offset.
     fn lags(&self, agent: &AgentView) -> Vec<(Tp, i64)> {
-        match &self.transport {
-            Transport::Kafka(_) => {
-                let mut lags: Vec<(Tp, i64)> = agent
-                    .router
-                    .lags
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(tp, l)| (tp.clone(), *l))
-                    .collect();
-                lags.sort();
-                lags
-            }
-            Transport::Embedded(log) => {
-                let owned = agent
-                    .router
-                    .assignment
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                owned
-                    .into_iter()
-                    .filter_map(|(t, p)| {
-                        let end = log.watermarks(&t, p).ok()?.1;
-                        let committed = log.committed(&agent.group, &t, p).ok()?.unwrap_or(0);
-                        Some(((t, p), (end - committed).max(0)))
-                    })
-                    .collect()
+        let mut lags = Vec::new();
+        for (i, router) in agent.routers().iter().enumerate() {
+            match &self.transport {
+                Transport::Kafka(_) => lags.extend(
+                    router
+                        .lags
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(tp, l)| (tp.clone(), *l)),
+                ),
+                Transport::Embedded(log) => {
+                    let group = match (i, agent.pipeline.runtime_parts().0) {
+                        (0, _) | (_, None) => agent.group.clone(),
+                        (_, Some(r)) => r.group,
+                    };
+                    let owned = router
+                        .assignment
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    lags.extend(owned.into_iter().filter_map(|(t, p)| {
+                        let (low, end) = log.watermarks(&t, p).ok()?;
+                        // Offsets retention removed are not lag.
+                        let next = log.committed(&group, &t, p).ok()?.unwrap_or(0).max(low);
+                        Some(((t, p), (end - next).max(0)))
+                    }));
+                }
             }
         }
+        lags.sort();
+        lags
+    }
+
+    /// The web address of the group member owning `topic`/`partition`, from the group's
+    /// membership (asked of the coordinator at most every 2 s per group; a blocking call).
+    fn owner_of(
+        &self,
+        kafka: &crate::transport::kafka::KafkaTransport,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> crate::error::Result<Option<String>> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let members = match cache.get(group) {
+            Some((at, members)) if at.elapsed() < FRESH => members.clone(),
+            _ => {
+                let members = kafka.group_members(group)?;
+                cache.insert(
+                    group.to_owned(),
+                    (std::time::Instant::now(), members.clone()),
+                );
+                members
+            }
+        };
+        Ok(members.into_iter().find_map(|(url, tps)| {
+            tps.iter()
+                .any(|(t, p)| t == topic && *p == partition)
+                .then_some(url)
+                .flatten()
+        }))
     }
 
     /// Tables of an agent: declared ones and window tables built so far.
@@ -225,20 +287,21 @@ impl Observer {
         counter(
             &mut e,
             "rill_recovery_records",
-            "Changelog records applied while recovering tables",
+            "Changelog offsets covered while recovering tables",
             &|s| load(&s.restored),
         )?;
         {
             let mut family = e.encode_descriptor(
                 "rill_recovery_target_records",
-                "Changelog records the current or last table recovery set out to apply",
+                "Changelog offsets table recoveries set out to cover (with rill_recovery_records_total: their progress)",
                 None,
-                MetricType::Gauge,
+                MetricType::Counter,
             )?;
             for a in agents.iter() {
                 let labels = [("agent", &*a.name)];
-                let v = i64::try_from(load(&a.stats.restore_total)).unwrap_or(i64::MAX);
-                family.encode_family(&labels)?.encode_gauge(&v)?;
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(&a.stats.restore_total), None)?;
             }
         }
         {
@@ -283,14 +346,19 @@ impl Observer {
                 MetricType::Counter,
             )?;
             for a in agents.iter() {
-                for (kind, c) in [
-                    ("assigned", &a.router.assigned_count),
-                    ("revoked", &a.router.revoked_count),
-                ] {
+                let routers = a.routers();
+                for kind in ["assigned", "revoked"] {
+                    let n: u64 = routers
+                        .iter()
+                        .map(|r| match kind {
+                            "assigned" => load(&r.assigned_count),
+                            _ => load(&r.revoked_count),
+                        })
+                        .sum();
                     let labels = [("agent", &*a.name), ("kind", kind)];
                     family
                         .encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&load(c), None)?;
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
                 }
             }
         }
@@ -401,8 +469,8 @@ impl WebBackend for Observer {
         let mut t = self.topology.clone();
         for a in self.agents().iter() {
             let (repartition, windows) = a.pipeline.runtime_parts();
-            if let Some(topic) = repartition {
-                t.agent_repartitions(&a.name, &topic);
+            if let Some(r) = repartition {
+                t.agent_repartitions(&a.name, &r.topic);
             }
             for w in windows {
                 t.agent_window(&a.name, &w.name, &w.changelog);
@@ -477,8 +545,8 @@ impl WebBackend for Observer {
             Ok(k) => k,
             Err(e) => return TableAnswer::BadKey(e),
         };
-        let owned = agent
-            .router
+        let (router, group, topic) = agent.table_owner();
+        let owned = router
             .assignment
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -502,8 +570,7 @@ impl WebBackend for Observer {
                 "partition {partition} of table `{table}` is not assigned to this worker yet"
             ));
         };
-        let topic = agent.sources.first().cloned().unwrap_or_default();
-        match kafka.owner_of(&agent.group, &topic, partition) {
+        match self.owner_of(kafka, &group, &topic, partition) {
             Ok(Some(url)) if Some(&url) != self.url.get() => TableAnswer::Elsewhere(url),
             Ok(_) => TableAnswer::Unavailable(format!(
                 "no worker with a web server owns partition {partition} of `{topic}` right now (rebalancing?)"

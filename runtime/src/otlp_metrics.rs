@@ -226,22 +226,78 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// Where and how metrics go.
+#[derive(Debug, Clone)]
+struct Target {
+    protocol: OtlpProtocol,
+    url: String,
+    /// `OTEL_EXPORTER_OTLP_METRICS_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS` (e.g. an API key).
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+/// The first of these variables that is set.
+fn first_env(names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|n| env(n).map(|v| (*n, v)))
+}
+
+/// `key1=value1,key2=value2`, values percent-decoded (the OTLP exporter specification).
+fn parse_headers(var: &str, text: &str) -> crate::error::Result<Vec<(String, String)>> {
+    text.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                crate::error::Error::config(var, "expected `key=value` pairs separated by commas")
+            })?;
+            Ok((k.trim().to_ascii_lowercase(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Where metrics go: `None` when no endpoint is configured or metrics export is off.
-fn target(config: &TelemetryConfig) -> Option<(OtlpProtocol, String)> {
+fn target(config: &TelemetryConfig) -> crate::error::Result<Option<Target>> {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
         || env("OTEL_METRICS_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
     {
-        return None;
+        return Ok(None);
     }
-    let protocol = config.protocol.unwrap_or_else(|| {
-        match env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .as_deref()
-        {
-            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-            _ => OtlpProtocol::Grpc,
-        }
-    });
+    let protocol = match config.protocol {
+        Some(p) => p,
+        None => match first_env(&[
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]) {
+            None => OtlpProtocol::Grpc,
+            Some((_, p)) if p == "grpc" => OtlpProtocol::Grpc,
+            Some((_, p)) if p == "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            Some((var, other)) => {
+                return Err(crate::error::Error::config(
+                    var,
+                    format!("`{other}` is not supported; use `grpc` or `http/protobuf`"),
+                ));
+            }
+        },
+    };
     let http = protocol == OtlpProtocol::HttpProtobuf;
     let with_path = |base: &str| {
         if http {
@@ -253,9 +309,35 @@ fn target(config: &TelemetryConfig) -> Option<(OtlpProtocol, String)> {
     let url = match (&config.endpoint, env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) {
         (Some(base), _) => with_path(base),
         (None, Some(exact)) => exact,
-        (None, None) => with_path(&env("OTEL_EXPORTER_OTLP_ENDPOINT")?),
+        (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(base) => with_path(&base),
+            None => return Ok(None),
+        },
     };
-    Some((protocol, url))
+    let headers = match first_env(&[
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ]) {
+        _ if !config.headers.is_empty() => config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        Some((var, text)) => parse_headers(var, &text)?,
+        None => Vec::new(),
+    };
+    let timeout = first_env(&[
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ])
+    .and_then(|(_, ms)| ms.trim().parse::<u64>().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis);
+    Ok(Some(Target {
+        protocol,
+        url,
+        headers,
+        timeout,
+    }))
 }
 
 /// Pushes metrics until stopped.
@@ -269,8 +351,10 @@ impl MetricsExporter {
     pub(crate) fn start(
         config: &crate::config::Config,
         source: Arc<dyn WebBackend>,
-    ) -> Option<MetricsExporter> {
-        let (protocol, url) = target(&config.telemetry)?;
+    ) -> crate::error::Result<Option<MetricsExporter>> {
+        let Some(target) = target(&config.telemetry)? else {
+            return Ok(None);
+        };
         let interval = env("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|ms| *ms > 0)
@@ -281,8 +365,8 @@ impl MetricsExporter {
             .clone()
             .or_else(|| env("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| config.app_id.clone());
-        let shown = crate::telemetry::redact_url(&url);
-        tracing::info!(?protocol, url = %shown, ?interval, "exporting metrics over OTLP");
+        let shown = crate::telemetry::redact_url(&target.url);
+        tracing::info!(protocol = ?target.protocol, url = %shown, ?interval, "exporting metrics over OTLP");
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let start_ns = now_ns();
@@ -294,9 +378,13 @@ impl MetricsExporter {
                     _ = ticker.tick() => false,
                     _ = &mut stopped => true,
                 };
-                let text = source.metrics();
+                // Reading the metrics reads LMDB and the log: off the async threads.
+                let source = source.clone();
+                let text = tokio::task::spawn_blocking(move || source.metrics())
+                    .await
+                    .unwrap_or_default();
                 let request = request(&service, to_otlp(&text, start_ns, now_ns()));
-                if let Err(e) = push(protocol, &url, &mut client, request).await {
+                if let Err(e) = push(&target, &mut client, request).await {
                     tracing::warn!(url = %shown, error = %e, "pushing metrics over OTLP");
                 }
                 if last {
@@ -304,7 +392,7 @@ impl MetricsExporter {
                 }
             }
         });
-        Some(MetricsExporter { stop, task })
+        Ok(Some(MetricsExporter { stop, task }))
     }
 
     /// Pushes once more and stops.
@@ -347,38 +435,50 @@ fn request(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
 }
 
 async fn push(
-    protocol: OtlpProtocol,
-    url: &str,
+    target: &Target,
     client: &mut Option<MetricsServiceClient<tonic::transport::Channel>>,
     request: ExportMetricsServiceRequest,
 ) -> Result<(), String> {
-    match protocol {
+    match target.protocol {
         OtlpProtocol::Grpc => {
             if client.is_none() {
-                let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-                    .map_err(|e| e.to_string())?
-                    .timeout(Duration::from_secs(10))
+                let channel = tonic::transport::Endpoint::from_shared(target.url.clone())
+                    .map_err(|_| "the endpoint is not a valid URI".to_owned())?
+                    .timeout(target.timeout)
                     .connect_lazy();
                 *client = Some(MetricsServiceClient::new(channel));
             }
             let Some(c) = client.as_mut() else {
                 return Ok(());
             };
+            let mut request = tonic::Request::new(request);
+            for (k, v) in &target.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("header `{k}` is not a valid gRPC metadata key"))?;
+                let value = v
+                    .parse()
+                    .map_err(|_| format!("the value of header `{k}` is not valid metadata"))?;
+                request.metadata_mut().insert(key, value);
+            }
             c.export(request)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("{}: {}", e.code(), e.message()))
         }
         OtlpProtocol::HttpProtobuf => {
             let body = prost::Message::encode_to_vec(&request);
-            let url = url.to_owned();
+            let target = target.clone();
             tokio::task::spawn_blocking(move || {
-                let response = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(10))
+                let mut post = reqwest::blocking::Client::builder()
+                    .timeout(target.timeout)
                     .build()
                     .map_err(|e| e.to_string())?
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
+                    .post(&target.url)
+                    .header("content-type", "application/x-protobuf");
+                for (k, v) in &target.headers {
+                    post = post.header(k, v);
+                }
+                let response = post
                     .body(body)
                     .send()
                     // Without the URL: it may hold credentials.
@@ -412,6 +512,18 @@ rill_processing_seconds_bucket{agent=\"a\",le=\"1.0\"} 3\n\
 rill_processing_seconds_bucket{agent=\"a\",le=\"+Inf\"} 4\n\
 rill_processing_seconds_sum{agent=\"a\"} 5.5\n\
 rill_processing_seconds_count{agent=\"a\"} 4\n";
+
+    #[test]
+    fn headers_parse_with_percent_decoding() {
+        assert_eq!(
+            parse_headers("V", "api-key=a%20b%3D, X-Tenant = t1").ok(),
+            Some(vec![
+                ("api-key".to_owned(), "a b=".to_owned()),
+                ("x-tenant".to_owned(), "t1".to_owned())
+            ])
+        );
+        assert!(parse_headers("V", "novalue").is_err());
+    }
 
     #[test]
     fn prometheus_text_becomes_otlp() {

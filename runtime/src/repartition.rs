@@ -64,8 +64,17 @@ type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 struct Repartition {
     topic: Arc<str>,
     group: Arc<str>,
+    /// The repartition fetcher's router (its assignment decides where the agent's tables live).
+    router: Arc<Router>,
     committer: Committer,
     receivers: Mutex<Vec<Option<Receivers>>>,
+}
+
+/// An agent's repartition topic, as the observer sees it.
+pub(crate) struct Repartitioned {
+    pub(crate) topic: String,
+    pub(crate) group: Arc<str>,
+    pub(crate) router: Arc<Router>,
 }
 
 /// What an agent's instances share to build a repartition pipeline.
@@ -120,11 +129,15 @@ impl StoreCell {
 }
 
 impl AgentPipeline {
-    /// What the agent set up at run time: its repartition topic and its window tables with
-    /// their definitions (for the topology, metrics and table sizes).
-    pub(crate) fn runtime_parts(&self) -> (Option<String>, Vec<Arc<TableDef>>) {
-        let topic = match self.repartition.get() {
-            Some(Ok(r)) => Some(r.topic.to_string()),
+    /// What the agent set up at run time: its repartition topic (with the group and router
+    /// reading it) and its window tables (for the topology, metrics, table sizes and lookups).
+    pub(crate) fn runtime_parts(&self) -> (Option<Repartitioned>, Vec<Arc<TableDef>>) {
+        let repartitioned = match self.repartition.get() {
+            Some(Ok(r)) => Some(Repartitioned {
+                topic: r.topic.to_string(),
+                group: r.group.clone(),
+                router: r.router.clone(),
+            }),
             _ => None,
         };
         let windows = self
@@ -134,7 +147,7 @@ impl AgentPipeline {
             .values()
             .cloned()
             .collect();
-        (topic, windows)
+        (repartitioned, windows)
     }
 
     #[allow(clippy::too_many_arguments, reason = "plain wiring from the worker")]
@@ -270,9 +283,12 @@ impl AgentPipeline {
             txs,
             self.config.shutdown_timeout,
         ));
-        let (committer, thread) =
-            self.transport
-                .start_fetcher(&group, vec![topic.clone()], router, self.stop.clone())?;
+        let (committer, thread) = self.transport.start_fetcher(
+            &group,
+            vec![topic.clone()],
+            router.clone(),
+            self.stop.clone(),
+        )?;
         self.registry
             .threads
             .lock()
@@ -282,6 +298,7 @@ impl AgentPipeline {
         Ok(Repartition {
             topic: Arc::from(topic.as_str()),
             group: Arc::from(group.as_str()),
+            router,
             committer,
             receivers: Mutex::new(receivers),
         })

@@ -289,11 +289,12 @@ impl StreamCore {
         let group = self.group.clone();
         let stats = self.shared.stats.clone();
         if let Some(t) = self.shared.event_time() {
-            let lag = crate::message::now_millis().saturating_sub(t);
+            let lag = self.shared.clock.now_ms().saturating_sub(t);
             stats.event_time_lag_ms.store(lag, Ordering::Relaxed);
             stats.event_time_lag_set.store(true, Ordering::Relaxed);
         }
         let span = tracing::info_span!(
+            parent: None,
             "rill.commit",
             agent = %self.shared.agent,
             offsets = offsets.len(),
@@ -465,6 +466,10 @@ impl StreamCore {
     /// Applies the failure policy to `raw` (the record in flight), which failed `attempts`
     /// times so far; false when the policy stops the agent.
     fn apply(&mut self, raw: RawRecord, failure: Failure, attempts: u32) -> bool {
+        if crate::telemetry::active() {
+            self.shared
+                .fail_record_span(failure.kind.name(), &failure.message);
+        }
         let stats = &self.shared.stats;
         let agent = &self.shared.agent;
         let action = self.policy.decide(failure.kind, attempts);

@@ -69,6 +69,9 @@ pub struct TelemetryConfig {
     pub protocol: Option<OtlpProtocol>,
     /// `service.name` (else `OTEL_SERVICE_NAME`; default the app id).
     pub service_name: Option<String>,
+    /// Headers (gRPC metadata) sent with every export, e.g. an API key (else
+    /// `OTEL_EXPORTER_OTLP_HEADERS`; `key=value` pairs, comma-separated). Never logged.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What [`TelemetryConfig`] and the environment resolve to.
@@ -144,6 +147,7 @@ impl Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
+        ACTIVE.store(false, Ordering::Relaxed);
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "flushing spans to the OTLP endpoint");
         }
@@ -169,6 +173,27 @@ where
             if let Some(e) = &resolved.endpoint {
                 b = b.with_endpoint(e.clone());
             }
+            if !config.headers.is_empty() {
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (k, v) in &config.headers {
+                    let key =
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| {
+                                Error::config(
+                                    "TelemetryConfig::headers",
+                                    format!("`{k}` is not a valid header name"),
+                                )
+                            })?;
+                    let value = v.parse().map_err(|_| {
+                        Error::config(
+                            "TelemetryConfig::headers",
+                            format!("the value of `{k}` is not a valid header value"),
+                        )
+                    })?;
+                    metadata.insert(key, value);
+                }
+                b = opentelemetry_otlp::WithTonicConfig::with_metadata(b, metadata);
+            }
             b.build()
         }
         OtlpProtocol::HttpProtobuf => {
@@ -184,13 +209,24 @@ where
                 };
                 b = b.with_endpoint(url);
             }
+            if !config.headers.is_empty() {
+                b = opentelemetry_otlp::WithHttpConfig::with_headers(
+                    b,
+                    config.headers.iter().cloned().collect(),
+                );
+            }
             b.build()
         }
     }
     .map_err(|e| {
+        // The builder's message may quote the endpoint, credentials included.
+        let mut message = e.to_string();
+        if let Some(url) = &resolved.endpoint {
+            message = message.replace(url.as_str(), &redact_url(url));
+        }
         Error::config(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("cannot set up the OTLP exporter: {e}"),
+            format!("cannot set up the OTLP exporter: {message}"),
         )
     })?;
     let provider = SdkTracerProvider::builder()
@@ -203,7 +239,6 @@ where
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("rill");
-    ACTIVE.store(true, Ordering::Relaxed);
     tracing::info!(protocol = ?resolved.protocol, endpoint = resolved.endpoint.as_deref().map_or_else(|| "from OTEL_* variables".to_owned(), redact_url), service = %resolved.service_name, "exporting traces over OTLP");
     let filter = env("RILL_TRACE_FILTER").unwrap_or_else(|| DEFAULT_TRACE_FILTER.to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
@@ -212,6 +247,8 @@ where
             format!("`{filter}` is not a tracing filter ({e}); e.g. `info,my_crate=debug`"),
         )
     })?;
+    // From here on agents create record spans: the layer must be installed (`init` does).
+    ACTIVE.store(true, Ordering::Relaxed);
     Ok(Some((
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -222,26 +259,51 @@ where
 
 /// Installs the global `tracing` subscriber: logs to stderr filtered by `filter` (`EnvFilter`
 /// syntax), plus span export when an endpoint is configured. Returns the exporter's handle
-/// (keep it alive until the program ends). Call it once, inside a tokio runtime.
+/// (keep it alive until the program ends). Call it once, inside a tokio runtime; a program
+/// that already installed a subscriber adds [`layer`] to it instead (this is then an error).
 pub fn init(config: &TelemetryConfig, app_id: &str, filter: &str) -> Result<Option<Telemetry>> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let (otel, guard) = match layer(config, app_id)? {
         Some((l, g)) => (Some(l), Some(g)),
         None => (None, None),
     };
     // Spans of agents' records pass whatever the log filter says; the filter applies to logs.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(otel)
-        .with(fmt.with_filter(filter))
+        .with(log_layer(filter))
         .try_init();
+    if installed.is_err() && guard.is_some() {
+        drop(guard);
+        return Err(Error::config(
+            "tracing subscriber",
+            "a global tracing subscriber is already installed; add `rill::telemetry::layer` to it instead of calling `init`",
+        ));
+    }
     Ok(guard)
+}
+
+/// Installs logging to stderr only (commands other than `worker`, and the fallback when the
+/// exporter cannot be set up, so its error is seen).
+pub(crate) fn init_logs(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(filter))
+        .try_init();
+}
+
+fn log_layer<S>(filter: &str) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter)
 }
 
 use tracing_subscriber::Layer as _;
@@ -298,15 +360,31 @@ pub(crate) fn record_span(
         messaging.operation.name = "process",
         messaging.destination.name = %record.topic,
         messaging.destination.partition.id = %record.partition,
-        messaging.kafka.offset = record.offset,
+        messaging.kafka.offset = tracing::field::Empty,
+        rill.offset = tracing::field::Empty,
         messaging.consumer.group.name = group,
         rill.agent = agent,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        error.type = tracing::field::Empty,
     );
+    if system == "kafka" {
+        span.record("messaging.kafka.offset", record.offset);
+    } else {
+        span.record("rill.offset", record.offset);
+    }
     if record.headers.get("traceparent").is_some() {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(&record.headers));
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Marks a record's span failed (the agent's error or panic, or a decode failure).
+pub(crate) fn record_failed(span: &tracing::Span, kind: &str, message: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", message);
+    span.record("error.type", kind);
 }
 
 /// A producer span for a send from within `parent`, its context injected into `headers`.
@@ -355,6 +433,7 @@ mod tests {
             endpoint: Some("http://127.0.0.1:4317".into()),
             protocol: Some(OtlpProtocol::HttpProtobuf),
             service_name: None,
+            headers: Vec::new(),
         };
         let r = explicit.resolve("app").ok().flatten();
         assert_eq!(

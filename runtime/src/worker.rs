@@ -120,6 +120,11 @@ impl Worker {
                     .clone()
                     .unwrap_or_else(|| format!("http://{}", server.addr));
                 if let Transport::Kafka(k) = &transport {
+                    if config.web_advertise.is_none()
+                        && (server.addr.ip().is_loopback() || server.addr.ip().is_unspecified())
+                    {
+                        tracing::warn!(%url, "workers on other hosts cannot reach this address to answer table queries; set RILL_WEB_ADVERTISE (e.g. http://<this-host>:<port>) and RILL_WEB_BIND");
+                    }
                     let _ = k.web_url.set(url.clone());
                 }
                 let _ = observer.url.set(url);
@@ -153,7 +158,7 @@ impl Worker {
             tables: store.clone(),
             observer: observer.clone(),
             web,
-            metrics_export: crate::otlp_metrics::MetricsExporter::start(config, observer.clone()),
+            metrics_export: crate::otlp_metrics::MetricsExporter::start(config, observer.clone())?,
         };
         worker
             .registry

@@ -35,8 +35,6 @@ pub(crate) fn example(name: &str) -> PathBuf {
     path
 }
 
-/// Runs an example binary with piped stdout (read it with [`lines`], or it fills up and blocks
-/// the child) and stderr passed through.
 /// A command running an example, its web server on a free port (tests run several at once;
 /// the default port is 6066).
 pub(crate) fn command(name: &str) -> Command {
@@ -45,6 +43,8 @@ pub(crate) fn command(name: &str) -> Command {
     cmd
 }
 
+/// Runs an example binary with piped stdout (read it with [`lines`], or it fills up and blocks
+/// the child) and stderr passed through.
 pub(crate) fn spawn_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     spawn(name, args, envs, Stdio::piped())
 }

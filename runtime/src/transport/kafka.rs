@@ -116,34 +116,32 @@ impl KafkaTransport {
         }))
     }
 
-    /// The web address of the group member that owns `topic`/`partition` (from the group's
-    /// membership: each member's assignment and the address in its `client.id`). Blocking.
-    pub(crate) fn owner_of(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<String>> {
+    /// The members of a consumer group: each one's advertised web address (from its
+    /// `client.id`; only `http://` and `https://` addresses are taken) and its assignment.
+    /// Blocking.
+    pub(crate) fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
         let groups = self
             .producer
             .client()
             .fetch_group_list(Some(group), Duration::from_secs(5))
             .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
-        for g in groups.groups() {
-            for member in g.members() {
-                let owns = member
+        Ok(groups
+            .groups()
+            .iter()
+            .flat_map(|g| g.members())
+            .map(|m| {
+                let url = m
+                    .client_id()
+                    .split_once(";web=")
+                    .map(|(_, url)| url.to_owned())
+                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+                let tps = m
                     .assignment()
                     .and_then(parse_assignment)
-                    .is_some_and(|tps| tps.iter().any(|(t, p)| t == topic && *p == partition));
-                if owns {
-                    return Ok(member
-                        .client_id()
-                        .split_once(";web=")
-                        .map(|(_, url)| url.to_owned()));
-                }
-            }
-        }
-        Ok(None)
+                    .unwrap_or_default();
+                (url, tps)
+            })
+            .collect())
     }
 
     /// Enqueues a record in librdkafka, waiting while its queue is full.
@@ -696,6 +694,9 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::WaitingForCoordinator
     )
 }
+
+/// A consumer group member: its advertised web address and its topic-partitions.
+pub(crate) type GroupMember = (Option<String>, Vec<(String, i32)>);
 
 /// Topic-partitions of a classic consumer-protocol assignment (version, then per topic its
 /// name and partitions; user data ignored).
