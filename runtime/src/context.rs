@@ -296,7 +296,13 @@ impl Shared {
         slot.poller = None;
     }
 
-    pub(crate) async fn send(&self, mut record: OutRecord) -> Result<()> {
+    /// Buffers a send; `counter` caches the per-topic send counter of a `Sink` (without it,
+    /// the topic's counter is found under the send buffer's lock).
+    pub(crate) async fn send(
+        &self,
+        mut record: OutRecord,
+        counter: Option<&std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
+    ) -> Result<()> {
         if crate::telemetry::active() {
             let parent = self
                 .record_span
@@ -309,7 +315,15 @@ impl Shared {
                 crate::telemetry::publish(&parent, &record.topic, system, &mut record.headers);
             }
         }
-        let topic = self.metrics.then(|| record.topic.clone());
+        let topic = match counter {
+            Some(cached) if self.metrics => {
+                cached
+                    .get_or_init(|| self.stats.topics_out.counter(&record.topic))
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => self.metrics.then(|| record.topic.clone()),
+        };
         let pending = self.producer.enqueue(record).await?;
         let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.push(pending);
@@ -373,9 +387,13 @@ pub(crate) fn current_event_time() -> Option<i64> {
 }
 
 /// Sends through the current agent's commit buffer.
-pub(crate) async fn send(what: &'static str, record: OutRecord) -> Result<()> {
+pub(crate) async fn send(
+    what: &'static str,
+    record: OutRecord,
+    counter: Option<&std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
+) -> Result<()> {
     let shared = CURRENT
         .try_with(Arc::clone)
         .map_err(|_| Error::NoContext(what))?;
-    shared.send(record).await
+    shared.send(record, counter).await
 }

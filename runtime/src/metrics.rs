@@ -47,6 +47,26 @@ pub(crate) const LATENCY_BOUNDS: [f64; 16] = [
     0.05, 0.1, 0.25, 1.0, 10.0,
 ];
 
+/// `LATENCY_BOUNDS` in nanoseconds (integer comparisons on the hot path).
+const BOUNDS_NANOS: [u64; LATENCY_BOUNDS.len()] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
 /// A latency histogram with fixed buckets, updated with relaxed atomics only (no lock: agents
 /// observe into it on every record, scrapes read it concurrently).
 #[derive(Debug)]
@@ -68,13 +88,10 @@ impl Default for Histogram {
 impl Histogram {
     /// Records one duration.
     pub(crate) fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let bucket = LATENCY_BOUNDS.partition_point(|b| *b < secs);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_NANOS.partition_point(|b| *b < nanos);
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Sum (seconds), count, and `(upper bound, count)` per bucket, `+Inf` last.
@@ -146,6 +163,13 @@ impl TopicCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nanosecond_bounds_match_the_published_ones() {
+        for (s, n) in LATENCY_BOUNDS.iter().zip(BOUNDS_NANOS) {
+            assert_eq!((s * 1e9).round() as u64, n);
+        }
+    }
 
     #[test]
     fn histogram_buckets_and_sum() {

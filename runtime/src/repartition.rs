@@ -379,7 +379,7 @@ impl AgentPipeline {
                                         Some(stamp.clone().into_bytes()),
                                     )]),
                                 };
-                                if let Err(e) = pump_shared.send(marker).await {
+                                if let Err(e) = pump_shared.send(marker, None).await {
                                     main_shared.fail(e);
                                 }
                             }
@@ -435,7 +435,7 @@ impl AgentPipeline {
                             timestamp: time,
                             headers,
                         };
-                        if let Err(e) = pump_shared.send(record).await {
+                        if let Err(e) = pump_shared.send(record, None).await {
                             main_shared.fail(e);
                             break;
                         }

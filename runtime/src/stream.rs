@@ -1107,6 +1107,8 @@ impl<T> futures::Stream for Stream<T> {
 pub struct Sink<T> {
     topic: Arc<str>,
     codec: Codec,
+    /// This topic's send counter of the agent (`rill_records_out_total`), found on first send.
+    counter: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     _type: std::marker::PhantomData<fn(T)>,
 }
 
@@ -1115,6 +1117,7 @@ impl<T: Record> Sink<T> {
         Sink {
             topic: Arc::from(topic),
             codec,
+            counter: std::sync::OnceLock::new(),
             _type: std::marker::PhantomData,
         }
     }
@@ -1130,6 +1133,7 @@ impl<T: Record> Sink<T> {
         context::send(
             "Sink::send",
             encode_out(&self.topic, self.codec, key, value)?,
+            Some(&self.counter),
         )
         .await
     }
@@ -1139,6 +1143,7 @@ impl<T: Record> Sink<T> {
         context::send(
             "Sink::send",
             encode_out(&self.topic, self.codec, Some(key.key_bytes()), value)?,
+            Some(&self.counter),
         )
         .await
     }

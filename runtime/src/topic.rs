@@ -86,7 +86,7 @@ impl<K, V: Record> Topic<K, V> {
 
     async fn send_with(&self, key: Option<Vec<u8>>, value: &V) -> Result<()> {
         let record = encode_out(self.name, self.codec(), key, value)?;
-        context::send("Topic::send", record).await
+        context::send("Topic::send", record, None).await
     }
 }
 

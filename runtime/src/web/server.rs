@@ -245,7 +245,15 @@ async fn topology_dot(State(s): State<Shared>) -> Response {
 async fn topology_svg(State(s): State<Shared>) -> Response {
     match call(&s, |b| to_svg(&b.topology())).await {
         Ok(svg) => (
-            [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+            [
+                (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
+                // Opened on its own, an SVG is a document: no scripts in it, whatever the names.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
             svg,
         )
             .into_response(),
