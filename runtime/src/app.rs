@@ -73,6 +73,12 @@ impl App {
         self
     }
 
+    /// At-least-once (default) or exactly-once processing (`RILL_PROCESSING_GUARANTEE`).
+    pub fn processing_guarantee(mut self, guarantee: crate::config::ProcessingGuarantee) -> Self {
+        self.config.processing_guarantee = guarantee;
+        self
+    }
+
     /// How often agents commit (default 100 ms).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.config.commit_interval = interval;

@@ -77,6 +77,21 @@ impl Broker {
     }
 }
 
+/// What a record's effects are guaranteed to be, after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Every record's effects (outputs, table writes, dead letters) happen at least once: a
+    /// crash may repeat those of the last commit interval. The default.
+    #[default]
+    AtLeastOnce,
+    /// Every record's effects happen exactly once as seen by `read_committed` readers and by
+    /// tables: on Kafka each commit step is one transaction holding the outputs, changelog
+    /// records, dead letters and consumed offsets; local table state follows the committed
+    /// transactions. On the embedded log outputs and offsets already commit in one LMDB
+    /// transaction.
+    ExactlyOnce,
+}
+
 /// Settings of one worker.
 #[derive(Clone)]
 pub struct Config {
@@ -137,6 +152,9 @@ pub struct Config {
     /// The web address other workers and clients use to reach this one
     /// (`RILL_WEB_ADVERTISE`, e.g. `http://worker-3:6066`; default: the bound address).
     pub web_advertise: Option<String>,
+    /// At-least-once (the default) or exactly-once (`RILL_PROCESSING_GUARANTEE`). See
+    /// [`ProcessingGuarantee`].
+    pub processing_guarantee: ProcessingGuarantee,
     /// Per-record metrics: records per topic and the processing-time histogram (`RILL_METRICS`
     /// = `on`/`off`; default on). Off leaves the plain counters of `AgentStats`.
     pub metrics: bool,
@@ -168,6 +186,7 @@ impl Config {
             clock: crate::time::Clock::System,
             on_error: crate::failure::OnError::DeadLetter,
             max_record_bytes: 1 << 20,
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             metrics: true,
             web_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             web_port: None,
@@ -207,6 +226,18 @@ impl Config {
                     })?;
                 }
                 "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(&name, &value, 1)?,
+                "RILL_PROCESSING_GUARANTEE" => {
+                    self.processing_guarantee = match value.trim() {
+                        "at_least_once" => ProcessingGuarantee::AtLeastOnce,
+                        "exactly_once" => ProcessingGuarantee::ExactlyOnce,
+                        other => {
+                            return Err(Error::config(
+                                &name,
+                                format!("`{other}` is neither `at_least_once` nor `exactly_once`"),
+                            ));
+                        }
+                    }
+                }
                 "RILL_METRICS" => {
                     self.metrics = match value.trim() {
                         "on" | "true" | "1" => true,

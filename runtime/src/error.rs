@@ -58,6 +58,9 @@ pub enum Error {
         "unknown topic `{0}`: declare it in an agent or with `App::topic`, or create it on the broker"
     )]
     UnknownTopic(String),
+    /// An exactly-once transaction failed and was aborted: nothing of it is visible.
+    #[error("exactly-once transaction failed and was aborted: {0}")]
+    Transaction(String),
     /// Kafka (librdkafka) reported an error.
     #[error("kafka: {context}: {source}")]
     Kafka {

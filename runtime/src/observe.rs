@@ -392,6 +392,22 @@ impl Observer {
                 family.encode_family(&labels)?.encode_gauge(&v)?;
             }
         }
+        if let Transport::Kafka(k) = &self.transport
+            && let Some(txn) = &k.txn
+        {
+            let mut family = e.encode_descriptor(
+                "rill_transactions",
+                "Exactly-once transactions of this worker, by outcome (aborted: nothing of it is visible)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in [("committed", &txn.committed), ("aborted", &txn.aborted)] {
+                let labels = [("outcome", outcome)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(c), None)?;
+            }
+        }
         let mut family = e.encode_descriptor(
             "rill_ready",
             "1 when connected to the broker with every table recovered",

@@ -89,6 +89,14 @@ pub(crate) struct StreamCore {
     at_end: HashSet<Tp>,
     owned_tps: Vec<Tp>,
     commit_failed: bool,
+    /// After an aborted transaction: nothing is handed out until the fetcher has gone back to
+    /// the committed offsets and announced the assignment again.
+    rewinding: bool,
+    /// While a batch is being assembled (`Stream::take`), records handed out are finished only
+    /// when the whole batch is (the agent asks for the next batch or commits): their offsets
+    /// wait here.
+    holding: bool,
+    held_done: Vec<(Tp, i64)>,
     /// When the record being processed was handed out (for `rill_processing_seconds`).
     handed_at: Option<std::time::Instant>,
     /// The time the previous record finished, read in this call of `poll_raw`: the next
@@ -153,6 +161,9 @@ impl StreamCore {
             at_end: HashSet::new(),
             owned_tps: Vec::new(),
             commit_failed: false,
+            rewinding: false,
+            holding: false,
+            held_done: Vec::new(),
             handed_at: None,
             finished_at: None,
             in_topic: crate::metrics::TopicCache::default(),
@@ -274,6 +285,7 @@ impl StreamCore {
         }
         let pending = self.shared.take_pending();
         let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
+        tracing::trace!(agent = %self.shared.agent, sends = pending.len(), offsets = offsets.len(), last, "commit step");
         // Dead letters and retry records first: they go out with the offsets they stand for.
         let mut changelog = self.shared.take_dead();
         let mut tables = Vec::new();
@@ -311,7 +323,9 @@ impl StreamCore {
                 for record in changelog {
                     pending.push(producer.enqueue(record).await?);
                 }
-                let produced = producer.deliver(pending, &group, &offsets).await?;
+                let produced = producer
+                    .deliver_in(pending, &group, &offsets, Some(&committer))
+                    .await?;
                 if let Some((def, _)) = tables.first() {
                     let store = def.store.clone();
                     let writes = crate::table::commit_writes(&tables, &offsets, &produced);
@@ -565,30 +579,97 @@ impl StreamCore {
         while futures::future::poll_fn(|cx| self.poll_raw(cx).map(|r| r.is_some())).await {}
     }
 
+    /// Waits for the commit step in progress (if any) and handles its outcome: a failed commit
+    /// stops the agent without committing past it.
+    fn poll_committing(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(commit) = &mut self.committing else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = ready!(commit.future.as_mut().poll(cx));
+        let Some(commit) = self.committing.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        for ack in commit.acks {
+            let _ = ack.send(());
+        }
+        if commit.last {
+            self.closed = true;
+        }
+        Poll::Ready(match result {
+            Ok(()) => Ok(()),
+            Err(Error::Transaction(why)) if !commit.last => {
+                self.roll_back(&why);
+                Err(Error::Transaction(why))
+            }
+            Err(e) => {
+                tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
+                let reported = Error::Shutdown(format!("commit failed: {e}"));
+                self.shared.fail(e);
+                self.closed = true;
+                self.commit_failed = true;
+                for table in &self.shared.tables() {
+                    table.discard();
+                }
+                Err(reported)
+            }
+        })
+    }
+
+    /// An exactly-once transaction was aborted: forget every effect since the last commit
+    /// (table overlays, buffered sends and dead letters, finished offsets) and read again from
+    /// the committed offsets. Local tables reload from the store, which holds the last commit.
+    fn roll_back(&mut self, why: &str) {
+        tracing::warn!(agent = %self.shared.agent, error = %why, "transaction aborted; rolling back to the last commit");
+        for table in &self.shared.tables() {
+            table.discard();
+        }
+        drop(self.shared.take_pending());
+        drop(self.shared.take_dead());
+        self.done.clear();
+        self.in_flight = None;
+        self.held_done.clear();
+        self.held.clear();
+        self.hold_timer = None;
+        self.attempts.clear();
+        self.batch = Vec::new().into_iter();
+        self.batch_caught_up.clear();
+        self.rewinding = true;
+        if let Committer::Kafka(c) = &self.committer {
+            c.request_rewind();
+        }
+    }
+
+    /// Records handed out so far count as finished (the agent is done with them).
+    fn finish_handed(&mut self) {
+        if let Some((tp, offset)) = self.in_flight.take() {
+            self.attempts.remove(&(tp.clone(), offset));
+            self.done.insert(tp, offset + 1);
+        }
+        for (tp, offset) in std::mem::take(&mut self.held_done) {
+            self.done.insert(tp, offset + 1);
+        }
+    }
+
+    /// Finishes what was handed out and commits now (`Stream::commit`).
+    pub(crate) async fn commit_now(&mut self) -> Result<()> {
+        // A commit already under way does not hold the records finished here: wait for it.
+        futures::future::poll_fn(|cx| self.poll_committing(cx)).await?;
+        if self.closed || self.shared.failed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown(
+                "the stream has stopped; nothing more is committed".into(),
+            ));
+        }
+        self.finish_handed();
+        self.start_commit(Vec::new(), false);
+        futures::future::poll_fn(|cx| self.poll_committing(cx)).await
+    }
+
     /// The next raw record for the agent, committing on the way when due.
     pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<&RawRecord>> {
         self.finished_at = None;
         loop {
-            if let Some(commit) = &mut self.committing {
-                let result = ready!(commit.future.as_mut().poll(cx));
-                let Some(commit) = self.committing.take() else {
-                    continue;
-                };
-                for ack in commit.acks {
-                    let _ = ack.send(());
-                }
-                if let Err(e) = result {
-                    tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
-                    self.shared.fail(e);
-                    self.closed = true;
-                    self.commit_failed = true;
-                    for table in &self.shared.tables() {
-                        table.discard();
-                    }
-                }
-                if commit.last {
-                    self.closed = true;
-                }
+            if self.committing.is_some() {
+                let _ = ready!(self.poll_committing(cx));
                 continue;
             }
             if let Some(recovering) = &mut self.recovering {
@@ -628,7 +709,11 @@ impl StreamCore {
                 if !self.attempts.is_empty() {
                     self.attempts.remove(&(tp.clone(), offset));
                 }
-                self.done.insert(tp, offset + 1);
+                if self.holding {
+                    self.held_done.push((tp, offset));
+                } else {
+                    self.done.insert(tp, offset + 1);
+                }
             }
             if let Poll::Ready(Some(Stop::Now)) = self.stop.poll_recv(cx) {
                 self.start_commit(Vec::new(), true);
@@ -641,6 +726,13 @@ impl StreamCore {
                         partitions,
                     } => {
                         self.generation = generation;
+                        if std::mem::take(&mut self.rewinding) {
+                            // Window state flushed since the rollback (when the agent function
+                            // returned) is not committed either: windows reload from the store.
+                            for table in &self.shared.tables() {
+                                table.discard();
+                            }
+                        }
                         self.shared.assignment.fetch_add(1, Ordering::AcqRel);
                         let mine: Vec<Tp> = partitions
                             .into_iter()
@@ -672,8 +764,10 @@ impl StreamCore {
                     Control::Revoked { generation, ack } => {
                         self.generation = generation;
                         self.shared.assignment.fetch_add(1, Ordering::AcqRel);
-                        // Held records are refetched by the partitions' next owner.
+                        // Held records are refetched by the partitions' next owner, and so are
+                        // those of a batch being assembled.
                         self.held.clear();
+                        self.held_done.clear();
                         self.hold_timer = None;
                         self.attempts.clear();
                         self.owned_tps.clear();
@@ -693,6 +787,10 @@ impl StreamCore {
             }
             if self.committing.is_some() || self.recovering.is_some() {
                 continue;
+            }
+            if self.rewinding {
+                // Woken by the control channel when the assignment is announced again.
+                return Poll::Pending;
             }
             let interval = self.interval;
             let due = self
@@ -953,6 +1051,26 @@ impl<T: Send + 'static> Stream<T> {
         futures::StreamExt::next(self).await
     }
 
+    /// Commits now: the records handed out so far are finished, and their effects (sends,
+    /// table writes, dead letters) are made durable with their offsets, as at the end of a
+    /// commit interval. Under exactly-once this commits the worker's transaction. For agents
+    /// that commit at batch boundaries (see [`Stream::take`]).
+    pub async fn commit(&mut self) -> Result<()> {
+        self.core.commit_now().await
+    }
+
+    /// Batches: up to `n` records at a time, or fewer when `within` has passed since the
+    /// batch's first record (Faust's `stream.take(50, within=2)`). A batch's records are
+    /// finished together, when the agent asks for the next batch or calls
+    /// [`Batches::commit`]; a commit step that runs meanwhile does not commit them.
+    pub fn take(self, n: usize, within: std::time::Duration) -> Batches<T> {
+        Batches {
+            stream: self,
+            n: n.max(1),
+            within,
+        }
+    }
+
     /// Keeps the records for which `keep` is true; the others count as finished.
     pub fn filter(mut self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
         let mut step = self.take_step();
@@ -1099,6 +1217,50 @@ impl<T> futures::Stream for Stream<T> {
                 }
             }
         }
+    }
+}
+
+/// Batches of a [`Stream`] (`Stream::take`).
+pub struct Batches<T> {
+    stream: Stream<T>,
+    n: usize,
+    within: std::time::Duration,
+}
+
+impl<T: Send + 'static> Batches<T> {
+    /// The next batch (never empty), or `None` when the worker shuts down. The previous batch
+    /// counts as finished.
+    pub async fn next(&mut self) -> Option<Vec<T>> {
+        self.stream.core.finish_handed();
+        self.stream.core.holding = true;
+        let batch = self.fill().await;
+        self.stream.core.holding = false;
+        batch
+    }
+
+    async fn fill(&mut self) -> Option<Vec<T>> {
+        let first = self.stream.next().await?;
+        let mut batch = Vec::with_capacity(self.n);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + self.within;
+        while batch.len() < self.n {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(value)) => batch.push(value),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Commits now, the batch handed out included (see [`Stream::commit`]).
+    pub async fn commit(&mut self) -> Result<()> {
+        self.stream.commit().await
+    }
+}
+
+impl<T> std::fmt::Debug for Batches<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batches(up to {} within {:?})", self.n, self.within)
     }
 }
 

@@ -635,6 +635,13 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
                 }
                 return Ok(());
             }
+            Ok(Err(Error::Transaction(why))) if parked.is_some() => {
+                // `Stream::commit` saw its transaction aborted: the stream has rolled back and
+                // reads again from the committed offsets; call the function again on it.
+                tracing::warn!(agent = %shared.agent, error = %why, "commit aborted; calling the agent function again from the last commit");
+                core = parked;
+                continue;
+            }
             Ok(Err(e)) if !e.is_record_failure() => {
                 if let Some(parked) = parked {
                     parked.finish().await;

@@ -75,6 +75,8 @@ pub(crate) struct KafkaTransport {
     /// the consumers' `client.id` (`...;web=<url>`), so a table query reaching the wrong
     /// worker can name the right one.
     pub(crate) web_url: std::sync::OnceLock<String>,
+    /// Exactly-once: the worker's transactional producer (agents' sends go through it).
+    pub(crate) txn: Option<Arc<super::txn::Transactions>>,
 }
 
 impl KafkaTransport {
@@ -106,6 +108,13 @@ impl KafkaTransport {
         let admin: AdminClient<DefaultClientContext> = base
             .create()
             .map_err(|e| Error::kafka("creating an admin client", e))?;
+        let txn = match config.processing_guarantee {
+            crate::config::ProcessingGuarantee::ExactlyOnce => Some(super::txn::Transactions::new(
+                producer_config.clone(),
+                &transactional_id(config),
+            )?),
+            crate::config::ProcessingGuarantee::AtLeastOnce => None,
+        };
         Ok(Arc::new(KafkaTransport {
             base,
             producer,
@@ -113,6 +122,7 @@ impl KafkaTransport {
             replication: config.replication,
             health: Arc::new(Health::default()),
             web_url: std::sync::OnceLock::new(),
+            txn,
         }))
     }
 
@@ -146,40 +156,9 @@ impl KafkaTransport {
 
     /// Enqueues a record in librdkafka, waiting while its queue is full.
     pub(crate) async fn enqueue(&self, r: OutRecord) -> Result<DeliveryFuture> {
-        let headers = (!r.headers.is_empty()).then(|| {
-            r.headers.0.iter().fold(
-                OwnedHeaders::new_with_capacity(r.headers.0.len()),
-                |h, (k, v)| {
-                    h.insert(Header {
-                        key: k,
-                        value: v.as_deref(),
-                    })
-                },
-            )
-        });
-        loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&r.topic).timestamp(r.timestamp);
-            if let Some(k) = r.key.as_deref() {
-                record = record.key(k);
-            }
-            if let Some(v) = r.value.as_deref() {
-                record = record.payload(v);
-            }
-            if let Some(p) = r.partition {
-                record = record.partition(p);
-            }
-            if let Some(h) = &headers {
-                record = record.headers(h.clone());
-            }
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(Error::kafka(format!("producing to `{}`", r.topic), e)),
-            }
-        }
+        send_record(&self.producer, &r)
+            .await
+            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
     }
 
     /// Waits until everything enqueued was delivered (shutdown).
@@ -324,7 +303,10 @@ impl KafkaTransport {
             .set("group.id", "rill-restore")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed");
+            .set("isolation.level", "read_committed")
+            // A changelog tail of transaction markers only returns nothing: do not let the
+            // broker hold each empty fetch for its default 500 ms.
+            .set("fetch.wait.max.ms", "20");
         let consumer: BaseConsumer<LogContext> = config
             .create_with_context(LogContext)
             .map_err(|e| Error::kafka("creating a restore consumer", e))?;
@@ -403,6 +385,10 @@ impl KafkaTransport {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range");
+        if self.txn.is_some() {
+            // Only committed transactions' records reach agents.
+            config.set("isolation.level", "read_committed");
+        }
         if let Some(url) = self.web_url.get() {
             let id = self.base.get("client.id").unwrap_or("rill").to_owned();
             config.set("client.id", format!("{id};web={url}"));
@@ -428,6 +414,8 @@ impl KafkaTransport {
             .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
         let consumer = Arc::new(consumer);
         let committer = Arc::new(KafkaCommitter {
+            router: router.clone(),
+            transactional: self.txn.is_some(),
             consumer: consumer.clone(),
             group: group.to_owned(),
             health: self.health.clone(),
@@ -447,6 +435,11 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
     let mut last_error: Option<std::time::Instant> = None;
     let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
+        if router.rewind.swap(false, Ordering::AcqRel) {
+            batch.clear();
+            at_end.clear();
+            rewind(consumer, router);
+        }
         // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
         let mut generation = router.generation();
         let mut timeout = Duration::from_millis(100);
@@ -535,6 +528,39 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
     }
 }
 
+/// After an aborted transaction: every owned partition goes back to its committed offset, and
+/// the assignment is announced again (a new generation: instances drop what they hold, reload
+/// their tables from the last commit and read from there).
+fn rewind(consumer: &BaseConsumer<FetchContext>, router: &Router) {
+    let committed = match consumer.committed(Duration::from_secs(30)) {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            tracing::warn!(agent = %router.agent, error = %e, "reading committed offsets to roll back; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            router.rewind.store(true, Ordering::Release);
+            return;
+        }
+    };
+    let mut tps = Vec::new();
+    for e in committed.elements() {
+        let to = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        if let Err(err) = consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(30)) {
+            tracing::warn!(agent = %router.agent, topic = e.topic(), partition = e.partition(), error = %err, "seeking back to the committed offset; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            router.rewind.store(true, Ordering::Release);
+            return;
+        }
+        tps.push((Arc::from(e.topic()), e.partition()));
+    }
+    tracing::warn!(agent = %router.agent, partitions = tps.len(), "transaction aborted: reading again from the committed offsets");
+    if let Err(e) = router.assigned(tps) {
+        tracing::error!(agent = %router.agent, error = %e, "announcing the rewind");
+    }
+}
+
 /// Rebalance hooks of an agent's consumer.
 pub(crate) struct FetchContext {
     router: Arc<Router>,
@@ -603,6 +629,9 @@ impl ConsumerContext for FetchContext {
 
 /// Commits an agent group's offsets.
 pub(crate) struct KafkaCommitter {
+    /// Exactly-once: offsets go in the commit step's transaction instead.
+    pub(crate) transactional: bool,
+    router: Arc<Router>,
     consumer: Arc<BaseConsumer<FetchContext>>,
     group: String,
     health: Arc<Health>,
@@ -610,6 +639,21 @@ pub(crate) struct KafkaCommitter {
 }
 
 impl KafkaCommitter {
+    /// After an aborted transaction: the fetcher goes back to the committed offsets.
+    pub(crate) fn request_rewind(&self) {
+        self.router.rewind.store(true, Ordering::Release);
+    }
+
+    /// The consumer's group metadata, which fences a zombie's transactional offset commits.
+    pub(crate) fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata().ok_or_else(|| {
+            Error::Transaction(format!(
+                "no consumer group metadata for group `{}` yet",
+                self.group
+            ))
+        })
+    }
+
     /// Commits the next offsets to read (synchronously; callers run it off the async threads).
     pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<()> {
         if offsets.is_empty() {
@@ -697,6 +741,67 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
 
 /// A consumer group member: its advertised web address and its topic-partitions.
 pub(crate) type GroupMember = (Option<String>, Vec<(String, i32)>);
+
+/// The worker's `transactional.id`: stable across restarts of one worker (so a restart
+/// fences its previous incarnation and aborts its open transaction), distinct between workers:
+/// `RILL_WORKER_ID`, else derived from the data directory.
+fn transactional_id(config: &Config) -> String {
+    if let Ok(id) = std::env::var("RILL_WORKER_ID")
+        && !id.trim().is_empty()
+    {
+        return format!("rill-{}-{}", config.app_id, id.trim());
+    }
+    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    // FNV-1a: stable across builds (std's hasher is not promised to be).
+    let hash = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("rill-{}-{hash:016x}", config.app_id)
+}
+
+/// Enqueues a record in a producer, waiting while its queue is full.
+pub(crate) async fn send_record(
+    producer: &FutureProducer<LogContext>,
+    r: &OutRecord,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    let headers = (!r.headers.is_empty()).then(|| {
+        r.headers.0.iter().fold(
+            OwnedHeaders::new_with_capacity(r.headers.0.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            },
+        )
+    });
+    loop {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&r.topic).timestamp(r.timestamp);
+        if let Some(k) = r.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = r.value.as_deref() {
+            record = record.payload(v);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
 
 /// Topic-partitions of a classic consumer-protocol assignment (version, then per topic its
 /// name and partitions; user data ignored).

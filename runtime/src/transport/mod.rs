@@ -11,6 +11,7 @@
 
 pub(crate) mod embedded;
 pub(crate) mod kafka;
+pub(crate) mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub(crate) struct Router {
     /// Assignments and revocations so far.
     pub(crate) assigned_count: std::sync::atomic::AtomicU64,
     pub(crate) revoked_count: std::sync::atomic::AtomicU64,
+    /// Set when an exactly-once transaction was aborted: the fetcher goes back to the
+    /// committed offsets and announces the assignment again.
+    pub(crate) rewind: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -82,6 +86,7 @@ impl Router {
             lags: std::sync::Mutex::new(HashMap::new()),
             assigned_count: std::sync::atomic::AtomicU64::new(0),
             revoked_count: std::sync::atomic::AtomicU64::new(0),
+            rewind: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -216,8 +221,9 @@ pub(crate) fn fmt_tps(tps: &[Tp]) -> Vec<String> {
 pub(crate) enum Pending {
     /// Enqueued in librdkafka; resolves on broker acknowledgement.
     Kafka(Arc<str>, rdkafka::producer::DeliveryFuture),
-    /// Held until the commit appends it to the embedded log in the same LMDB transaction.
-    Embedded(OutRecord),
+    /// Held until the commit step: appended to the embedded log in the same LMDB transaction
+    /// as the offsets, or (exactly-once on Kafka) produced in the commit's transaction.
+    Buffered(OutRecord),
 }
 
 /// Where agents' sends go.
@@ -231,7 +237,8 @@ impl ProducerBackend {
     /// Enqueues a record; the returned `Pending` becomes durable at the next commit.
     pub(crate) async fn enqueue(&self, record: OutRecord) -> Result<Pending> {
         match self {
-            ProducerBackend::Embedded(_) => Ok(Pending::Embedded(record)),
+            ProducerBackend::Embedded(_) => Ok(Pending::Buffered(record)),
+            ProducerBackend::Kafka(k) if k.txn.is_some() => Ok(Pending::Buffered(record)),
             ProducerBackend::Kafka(k) => {
                 let topic = record.topic.clone();
                 k.enqueue(record).await.map(|f| Pending::Kafka(topic, f))
@@ -248,12 +255,45 @@ impl ProducerBackend {
         group: &str,
         offsets: &[(Tp, i64)],
     ) -> Result<HashMap<Tp, i64>> {
+        self.deliver_in(pending, group, offsets, None).await
+    }
+
+    /// [`ProducerBackend::deliver`] for a commit step of an agent's consumer (`committer`):
+    /// under exactly-once on Kafka the records and `offsets` go in one transaction.
+    pub(crate) async fn deliver_in(
+        &self,
+        pending: Vec<Pending>,
+        group: &str,
+        offsets: &[(Tp, i64)],
+        committer: Option<&Committer>,
+    ) -> Result<HashMap<Tp, i64>> {
+        if let ProducerBackend::Kafka(k) = self
+            && let Some(txn) = &k.txn
+        {
+            let records: Vec<OutRecord> = pending
+                .into_iter()
+                .filter_map(|p| match p {
+                    Pending::Buffered(r) => Some(r),
+                    Pending::Kafka(..) => None,
+                })
+                .collect();
+            let offsets = match committer {
+                Some(Committer::Kafka(c)) if !offsets.is_empty() => {
+                    Some((c.group_metadata()?, offsets.to_vec()))
+                }
+                _ => None,
+            };
+            if records.is_empty() && offsets.is_none() {
+                return Ok(HashMap::new());
+            }
+            return txn.commit(txn::TxnPart { records, offsets }).await;
+        }
         match self {
             ProducerBackend::Embedded(log) => {
                 let records = pending
                     .into_iter()
                     .filter_map(|p| match p {
-                        Pending::Embedded(r) => Some(r),
+                        Pending::Buffered(r) => Some(r),
                         Pending::Kafka(..) => None,
                     })
                     .collect::<Vec<_>>();
@@ -291,6 +331,10 @@ impl ProducerBackend {
         offsets: Vec<(Tp, i64)>,
     ) -> Result<()> {
         if let (Committer::Kafka(c), false) = (committer, offsets.is_empty()) {
+            if c.transactional {
+                // Committed in the commit step's transaction.
+                return Ok(());
+            }
             let c = c.clone();
             tokio::task::spawn_blocking(move || c.commit(&offsets))
                 .await

@@ -1,0 +1,239 @@
+//! Exactly-once on Kafka: one transactional producer per worker and group commit.
+//!
+//! Under `ProcessingGuarantee::ExactlyOnce` agents' sends are buffered, not produced; each
+//! commit step hands its records (outputs, changelog records, dead letters) and its consumed
+//! offsets, with its consumer group's metadata, to [`Transactions::commit`]. Commit steps that
+//! arrive while a transaction is running wait and share the next one, so a worker runs one
+//! transaction at a time covering every instance that is committing (EOS v2: the group
+//! metadata fences a zombie that lost its partitions, and the stable `transactional.id`
+//! fences the previous incarnation of this worker when it restarts, aborting its open
+//! transaction).
+//!
+//! On an abortable error the transaction is aborted; on a fatal one (fenced) the producer is
+//! replaced by a new one (`init_transactions`). Either way every commit step of that
+//! transaction gets the error: nothing of it is visible to `read_committed` readers, and the
+//! instances stop without committing past it (their records are read again by the next
+//! owner or incarnation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use super::Tp;
+use super::kafka::{LogContext, send_record};
+use crate::error::{Error, Result};
+use crate::message::OutRecord;
+
+/// How long transactional calls may take before they count as failed.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One commit step's part of a transaction.
+pub(crate) struct TxnPart {
+    pub(crate) records: Vec<OutRecord>,
+    /// Consumed offsets (next to read) of one consumer group, with its metadata.
+    pub(crate) offsets: Option<(ConsumerGroupMetadata, Vec<(Tp, i64)>)>,
+}
+
+type Reply = oneshot::Sender<std::result::Result<HashMap<Tp, i64>, String>>;
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(TxnPart, Reply)>,
+    running: bool,
+}
+
+/// The worker's transactional producer.
+pub(crate) struct Transactions {
+    config: ClientConfig,
+    id: String,
+    producer: Mutex<FutureProducer<LogContext>>,
+    queue: Mutex<Queue>,
+    /// Transactions committed and aborted (metrics).
+    pub(crate) committed: std::sync::atomic::AtomicU64,
+    pub(crate) aborted: std::sync::atomic::AtomicU64,
+}
+
+impl Transactions {
+    /// Creates the producer and fences any previous incarnation (blocking).
+    pub(crate) fn new(mut config: ClientConfig, id: &str) -> Result<Arc<Self>> {
+        config
+            .set("transactional.id", id)
+            .set("enable.idempotence", "true")
+            .set("transaction.timeout.ms", "60000");
+        let producer = create(&config, id)?;
+        tracing::info!(transactional_id = id, "exactly-once: transactional producer ready");
+        Ok(Arc::new(Transactions {
+            config,
+            id: id.to_owned(),
+            producer: Mutex::new(producer),
+            queue: Mutex::new(Queue::default()),
+            committed: std::sync::atomic::AtomicU64::new(0),
+            aborted: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// Commits `part` in a transaction (shared with the commit steps waiting meanwhile) and
+    /// returns the next offset of every partition the transaction wrote.
+    pub(crate) async fn commit(self: &Arc<Self>, part: TxnPart) -> Result<HashMap<Tp, i64>> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push((part, reply));
+            !std::mem::replace(&mut q.running, true)
+        };
+        tracing::debug!(lead, "commit step queued for a transaction");
+        if lead {
+            let this = self.clone();
+            tokio::spawn(async move { this.run().await });
+        }
+        answer
+            .await
+            .map_err(|_| Error::Shutdown("the transaction runner stopped".into()))?
+            .map_err(Error::Transaction)
+    }
+
+    /// Runs transactions while commit steps wait.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let (parts, replies): (Vec<TxnPart>, Vec<Reply>) = batch.into_iter().unzip();
+            let result = self.transact(parts).await.map_err(|e| e.to_string());
+            for reply in replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    fn producer(&self) -> FutureProducer<LogContext> {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn transact(&self, parts: Vec<TxnPart>) -> Result<HashMap<Tp, i64>> {
+        let producer = self.producer();
+        match attempt(&producer, parts).await {
+            Ok(produced) => {
+                self.committed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(produced)
+            }
+            Err(e) => {
+                self.aborted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.recover(&producer, &e).await;
+                Err(Error::kafka("an exactly-once transaction (aborted)", e))
+            }
+        }
+    }
+
+    /// After a failed transaction: abort it, or replace a fenced/fatally failed producer.
+    async fn recover(&self, producer: &FutureProducer<LogContext>, e: &KafkaError) {
+        let fatal = match e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            _ => false,
+        };
+        if !fatal {
+            let p = producer.clone();
+            let aborted = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match aborted {
+                Ok(()) => {
+                    tracing::warn!(error = %e, "exactly-once: transaction aborted");
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(error = %e, abort_error = %why, "exactly-once: abort failed; replacing the producer");
+                }
+            }
+        } else {
+            tracing::warn!(error = %e, "exactly-once: producer fenced or failed; replacing it");
+        }
+        let (config, id) = (self.config.clone(), self.id.clone());
+        match tokio::task::spawn_blocking(move || create(&config, &id)).await {
+            Ok(Ok(fresh)) => {
+                *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "exactly-once: cannot create a new transactional producer"),
+            Err(e) => tracing::error!(error = %e, "exactly-once: creating a new transactional producer panicked"),
+        }
+    }
+}
+
+fn create(config: &ClientConfig, id: &str) -> Result<FutureProducer<LogContext>> {
+    let producer: FutureProducer<LogContext> = config
+        .create_with_context(LogContext)
+        .map_err(|e| Error::kafka(format!("creating the transactional producer `{id}`"), e))?;
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .map_err(|e| Error::kafka(format!("initializing transactions of `{id}`"), e))?;
+    Ok(producer)
+}
+
+/// One transaction: begin, produce every record, add every group's offsets, commit.
+async fn attempt(
+    producer: &FutureProducer<LogContext>,
+    parts: Vec<TxnPart>,
+) -> std::result::Result<HashMap<Tp, i64>, KafkaError> {
+    producer.begin_transaction()?;
+    tracing::debug!(parts = parts.len(), "transaction begun");
+    let mut deliveries = Vec::new();
+    let mut offsets = Vec::new();
+    for part in parts {
+        for record in &part.records {
+            let delivery = send_record(producer, record).await?;
+            deliveries.push((record.topic.clone(), delivery));
+        }
+        if let Some(o) = part.offsets {
+            offsets.push(o);
+        }
+    }
+    for (cgm, list) in offsets {
+        if list.is_empty() {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(list.len());
+        for ((topic, partition), next) in &list {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+    }
+    let mut produced: HashMap<Tp, i64> = HashMap::new();
+    for (topic, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(d)) => {
+                let next = produced.entry((topic, d.partition)).or_insert(0);
+                *next = (*next).max(d.offset + 1);
+            }
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    tracing::debug!(records = produced.len(), "transaction delivered; committing");
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+    tracing::debug!("transaction committed");
+    Ok(produced)
+}
