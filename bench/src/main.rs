@@ -3,7 +3,10 @@
 //! ```text
 //! cargo run --release -p rill-bench -- keyed-count                       # embedded log
 //! cargo run --release -p rill-bench -- keyed-count --broker kafka://127.0.0.1:19092
+//! cargo run --release -p rill-bench -- keyed-count --broker kafka://127.0.0.1:19092 --exactly-once
 //! ```
+//!
+//! Topics and groups are fixed (`bench_events`, app `bench`): give each run a fresh broker.
 //!
 //! `keyed-count`: a running count per key in a table (LMDB + changelog) over `--events` events
 //! and `--keys` keys. Reports the processing rate, the time a clean restart takes to process
@@ -38,6 +41,9 @@ struct Args {
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// Process with exactly-once (Kafka transactions) instead of at-least-once.
+    #[arg(long)]
+    exactly_once: bool,
 }
 
 #[record]
@@ -66,6 +72,9 @@ fn app(args: &Args, dir: &std::path::Path, agents: Vec<AgentSpec>) -> App {
         .agents(agents)
         .data_dir(dir)
         .partitions(args.partitions);
+    if args.exactly_once {
+        app = app.processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce);
+    }
     if let Some(b) = &args.broker {
         app = app.broker(b);
     }
@@ -165,6 +174,7 @@ async fn main() -> rill::Result<()> {
 
     let result = serde_json::json!({
         "scenario": "keyed-count",
+        "guarantee": if args.exactly_once { "exactly_once" } else { "at_least_once" },
         "transport": args.broker.clone().unwrap_or_else(|| "embedded".into()),
         "events": args.events,
         "keys": args.keys,
