@@ -2,8 +2,8 @@
 //! batch sizes, the flush when `within` passes, and that a commit step running while a batch
 //! is assembled does not commit its records before the agent has them all.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rill::prelude::*;
@@ -98,7 +98,11 @@ async fn a_batch_being_assembled_is_not_committed() -> rill::Result<()> {
     }
     // Several 100 ms commit intervals pass while the batch waits for more records.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(SLOW_SEEN.load(Ordering::SeqCst), 0, "the batch is still open");
+    assert_eq!(
+        SLOW_SEEN.load(Ordering::SeqCst),
+        0,
+        "the batch is still open"
+    );
     assert_eq!(committed(&app), 0, "nothing of an open batch is committed");
     // `within` passes: the batch of 10 goes to the agent; asking for the next batch finishes
     // it, and the next commit step commits it.
@@ -108,5 +112,56 @@ async fn a_batch_being_assembled_is_not_committed() -> rill::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(SLOW_SEEN.load(Ordering::SeqCst), 10);
+    app.stop().await
+}
+
+#[record]
+#[derive(Debug, Clone)]
+struct Entry {
+    #[record(key)]
+    account: String,
+    amount: i64,
+}
+
+#[agent(topic = "entries", tables(balances = "batch_balances"))]
+async fn apply_batches(entries: Stream<Entry>, balances: Table<String, i64>) -> rill::Result<()> {
+    let mut batches = entries.take(40, Duration::from_millis(200));
+    while let Some(batch) = batches.next().await {
+        // A batch mixes partitions; each entry's account lives in its own entry's partition.
+        for e in &batch {
+            balances.update(e.account.clone(), |b| b + e.amount)?;
+        }
+        batches.commit().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_across_partitions_writes_each_key_in_its_own_partition() -> rill::Result<()> {
+    let app = App::new("mixed")
+        .partitions(4)
+        .agents([apply_batches::agent()])
+        .test()
+        .await?;
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..300i64 {
+        let account = format!("acct-{}", i % 13);
+        *expected.entry(account.clone()).or_insert(0) += i;
+        app.send_to("entries", &Entry { account, amount: i })
+            .await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: std::collections::BTreeMap<String, i64> =
+            app.table("batch_balances")?.into_iter().collect();
+        if got == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "balances {got:?} != {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.stop().await
 }

@@ -39,14 +39,20 @@ static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Records of this run handed to the agent, repeats included.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
-#[agent(topic = "eos-orders", sink = "eos-counted", tables(counts = "eos_counts"))]
+#[agent(
+    topic = "eos-orders",
+    sink = "eos-counted",
+    tables(counts = "eos_counts")
+)]
 async fn count_orders(
     mut orders: Stream<Order>,
     counted: Sink<Counted>,
     counts: Table<String, u64>,
 ) -> rill::Result<()> {
     while let Some(order) = orders.next().await {
-        let ours = RUN.get().is_some_and(|r| order.customer.starts_with(r.as_str()));
+        let ours = RUN
+            .get()
+            .is_some_and(|r| order.customer.starts_with(r.as_str()));
         if ours {
             HANDLED.fetch_add(1, Ordering::SeqCst);
         }
@@ -112,7 +118,9 @@ async fn an_aborted_transaction_rolls_back_and_the_worker_goes_on() -> rill::Res
         .agents([count_orders::agent()])
         .start()
         .await?;
-    let run = RUN.get_or_init(|| format!("{}-", rand::random::<u32>())).clone();
+    let run = RUN
+        .get_or_init(|| format!("{}-", rand::random::<u32>()))
+        .clone();
     let customers: Vec<String> = (0..10).map(|c| format!("{run}c{c}")).collect();
     let n = 500u64;
     for id in 0..n {
@@ -139,7 +147,10 @@ async fn an_aborted_transaction_rolls_back_and_the_worker_goes_on() -> rill::Res
             got.len()
         );
     };
-    assert!(POISONED.load(Ordering::SeqCst), "the poisoned order was handled");
+    assert!(
+        POISONED.load(Ordering::SeqCst),
+        "the poisoned order was handled"
+    );
     assert!(
         HANDLED.load(Ordering::SeqCst) > n,
         "records were handed out again after the rollback"
@@ -154,7 +165,10 @@ async fn an_aborted_transaction_rolls_back_and_the_worker_goes_on() -> rill::Res
     // The table kept no write of the aborted transaction: counts run 1..=50 per customer.
     let mut per_customer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for c in &out {
-        per_customer.entry(c.customer.clone()).or_default().push(c.count);
+        per_customer
+            .entry(c.customer.clone())
+            .or_default()
+            .push(c.count);
     }
     for (customer, mut counts) in per_customer {
         counts.sort_unstable();

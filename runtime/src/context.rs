@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     pub(crate) parked: Mutex<Option<crate::stream::StreamCore>>,
     /// Partition of the record being processed (-1: none), for tables' key checks.
     pub(crate) current_partition: AtomicI32,
+    /// Partitions of the records of the batch being assembled or processed (`Stream::take`):
+    /// a batch's table writes may go to any of them.
+    pub(crate) batch_partitions: Mutex<Vec<i32>>,
     /// Partition numbers this instance owns.
     pub(crate) owned: Mutex<Vec<i32>>,
     pub(crate) stats: Arc<AgentStats>,
@@ -141,6 +144,7 @@ impl Shared {
             windows: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
             current_partition: AtomicI32::new(-1),
+            batch_partitions: Mutex::new(Vec::new()),
             owned: Mutex::new(Vec::new()),
             stats,
             fatal: Mutex::new(None),
@@ -227,6 +231,31 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
+    }
+
+    pub(crate) fn add_batch_partition(&self, partition: i32) {
+        let mut parts = self
+            .batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !parts.contains(&partition) {
+            parts.push(partition);
+        }
+    }
+
+    pub(crate) fn clear_batch_partitions(&self) {
+        self.batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether the batch being processed holds a record of `partition`.
+    pub(crate) fn in_batch(&self, partition: i32) -> bool {
+        self.batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&partition)
     }
 
     pub(crate) fn owned_partitions(&self) -> Vec<i32> {

@@ -391,6 +391,9 @@ impl StreamCore {
         if !self.at_end.is_empty() && self.at_end.remove(&tp) {
             self.publish_caught_up();
         }
+        if self.holding {
+            self.shared.add_batch_partition(record.partition);
+        }
         self.in_flight = Some((tp, record.offset));
         self.shared
             .current_partition
@@ -633,6 +636,7 @@ impl StreamCore {
         self.attempts.clear();
         self.batch = Vec::new().into_iter();
         self.batch_caught_up.clear();
+        self.shared.clear_batch_partitions();
         self.rewinding = true;
         if let Committer::Kafka(c) = &self.committer {
             c.request_rewind();
@@ -641,12 +645,14 @@ impl StreamCore {
 
     /// Records handed out so far count as finished (the agent is done with them).
     fn finish_handed(&mut self) {
+        let mut finished = std::mem::take(&mut self.held_done);
         if let Some((tp, offset)) = self.in_flight.take() {
             self.attempts.remove(&(tp.clone(), offset));
-            self.done.insert(tp, offset + 1);
+            finished.push((tp, offset));
         }
-        for (tp, offset) in std::mem::take(&mut self.held_done) {
-            self.done.insert(tp, offset + 1);
+        for (tp, offset) in finished {
+            let next = self.done.entry(tp).or_insert(offset + 1);
+            *next = (*next).max(offset + 1);
         }
     }
 
@@ -768,6 +774,7 @@ impl StreamCore {
                         // those of a batch being assembled.
                         self.held.clear();
                         self.held_done.clear();
+                        self.shared.clear_batch_partitions();
                         self.hold_timer = None;
                         self.attempts.clear();
                         self.owned_tps.clear();
@@ -1238,18 +1245,39 @@ impl<T: Send + 'static> Batches<T> {
         batch
     }
 
+    /// Fills a batch. Records read before a rebalance or a rollback (the assignment was
+    /// announced again) belong to no one any more: they are dropped (their offsets were
+    /// forgotten with them), and the batch starts over from the first record read after it.
     async fn fill(&mut self) -> Option<Vec<T>> {
-        let first = self.stream.next().await?;
-        let mut batch = Vec::with_capacity(self.n);
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + self.within;
-        while batch.len() < self.n {
-            match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Ok(Some(value)) => batch.push(value),
-                Ok(None) | Err(_) => break,
+        let shared = self.stream.core.shared.clone();
+        let assignment = || shared.assignment.load(Ordering::Acquire);
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(value) => value,
+                None => {
+                    shared.clear_batch_partitions();
+                    self.stream.next().await?
+                }
+            };
+            let seen = assignment();
+            let mut batch = Vec::with_capacity(self.n);
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.within;
+            while batch.len() < self.n {
+                match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                    Ok(Some(value)) if assignment() == seen => batch.push(value),
+                    Ok(Some(value)) => {
+                        carried = Some(value);
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if carried.is_none() && assignment() == seen {
+                return Some(batch);
             }
         }
-        Some(batch)
     }
 
     /// Commits now, the batch handed out included (see [`Stream::commit`]).

@@ -240,7 +240,7 @@ where
     /// Writes must stay in the partition of the record being processed.
     pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
         let current = self.shared.current_partition.load(Ordering::Relaxed);
-        if current >= 0 && current != partition {
+        if current >= 0 && current != partition && !self.shared.in_batch(partition) {
             return Err(self.error(format!(
                 "key {} belongs to partition {partition}, but the record being processed came from partition {current}; \
                  key the source topic by the table key, or re-key the stream with `group_by`",

@@ -31,6 +31,9 @@ use super::kafka::{LogContext, send_record};
 use crate::error::{Error, Result};
 use crate::message::OutRecord;
 
+/// A producer fenced twice within this is racing another live worker with its id.
+const FENCED_AGAIN: Duration = Duration::from_secs(30);
+
 /// How long transactional calls may take before they count as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,6 +58,11 @@ pub(crate) struct Transactions {
     id: String,
     producer: Mutex<FutureProducer<LogContext>>,
     queue: Mutex<Queue>,
+    /// When this producer was last fenced: fenced again soon after, another live worker uses
+    /// the same `transactional.id`, and this one stops instead of fencing it back.
+    fenced_at: Mutex<Option<std::time::Instant>>,
+    /// Set when this worker must stop (see `fenced_at`).
+    stopped: std::sync::atomic::AtomicBool,
     /// Transactions committed and aborted (metrics).
     pub(crate) committed: std::sync::atomic::AtomicU64,
     pub(crate) aborted: std::sync::atomic::AtomicU64,
@@ -68,12 +76,17 @@ impl Transactions {
             .set("enable.idempotence", "true")
             .set("transaction.timeout.ms", "60000");
         let producer = create(&config, id)?;
-        tracing::info!(transactional_id = id, "exactly-once: transactional producer ready");
+        tracing::info!(
+            transactional_id = id,
+            "exactly-once: transactional producer ready"
+        );
         Ok(Arc::new(Transactions {
             config,
             id: id.to_owned(),
             producer: Mutex::new(producer),
             queue: Mutex::new(Queue::default()),
+            fenced_at: Mutex::new(None),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             committed: std::sync::atomic::AtomicU64::new(0),
             aborted: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -93,10 +106,16 @@ impl Transactions {
             let this = self.clone();
             tokio::spawn(async move { this.run().await });
         }
-        answer
+        let result = answer
             .await
-            .map_err(|_| Error::Shutdown("the transaction runner stopped".into()))?
-            .map_err(Error::Transaction)
+            .map_err(|_| Error::Shutdown("the transaction runner stopped".into()))?;
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Shutdown(format!(
+                "exactly-once: the transactional producer `{}` was fenced twice within {FENCED_AGAIN:?}: another live worker uses the same transactional.id (the same data directory or RILL_WORKER_ID); this one stops",
+                self.id
+            )));
+        }
+        result.map_err(Error::Transaction)
     }
 
     /// Runs transactions while commit steps wait.
@@ -164,6 +183,19 @@ impl Transactions {
                 }
             }
         } else {
+            let now = std::time::Instant::now();
+            let again = self
+                .fenced_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(now)
+                .is_some_and(|t| now.duration_since(t) < FENCED_AGAIN);
+            if again {
+                tracing::error!(error = %e, transactional_id = %self.id, "exactly-once: fenced again; another worker uses this transactional.id, stopping");
+                self.stopped
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return;
+            }
             tracing::warn!(error = %e, "exactly-once: producer fenced or failed; replacing it");
         }
         let (config, id) = (self.config.clone(), self.id.clone());
@@ -171,8 +203,12 @@ impl Transactions {
             Ok(Ok(fresh)) => {
                 *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "exactly-once: cannot create a new transactional producer"),
-            Err(e) => tracing::error!(error = %e, "exactly-once: creating a new transactional producer panicked"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "exactly-once: cannot create a new transactional producer")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "exactly-once: creating a new transactional producer panicked")
+            }
         }
     }
 }
@@ -229,7 +265,10 @@ async fn attempt(
             Err(_) => return Err(KafkaError::Canceled),
         }
     }
-    tracing::debug!(records = produced.len(), "transaction delivered; committing");
+    tracing::debug!(
+        records = produced.len(),
+        "transaction delivered; committing"
+    );
     let p = producer.clone();
     tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
         .await
