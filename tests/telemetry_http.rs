@@ -349,8 +349,7 @@ async fn process_spans_reach_an_otlp_http_protobuf_receiver() {
         );
         let partition = string_attr(a, "messaging.destination.partition.id")
             .unwrap_or_else(|| panic!("partition id: {what}"));
-        let offset =
-            int_attr(a, "messaging.kafka.offset").unwrap_or_else(|| panic!("offset: {what}"));
+        let offset = int_attr(a, "rill.offset").unwrap_or_else(|| panic!("offset: {what}"));
         got.insert((partition, offset));
     }
     assert_eq!(
