@@ -411,7 +411,14 @@ mod tests {
             }
         }
         fn status(&self) -> crate::web::api::Status {
-            unimplemented!("not asked")
+            crate::web::api::Status {
+                app: "fake".into(),
+                url: String::new(),
+                ready: false,
+                reason: Some("agent `a` is recovering its tables".into()),
+                now_ms: 0,
+                agents: Vec::new(),
+            }
         }
         fn table(&self, table: &str, key: &str) -> TableAnswer {
             match (table, key) {
