@@ -75,13 +75,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
                 Some(setup)
             }
         };
-        let ticker = match clock.subscribe() {
-            Some(rx) => Ticker::Virtual(rx.clone(), changed(rx)),
-            None => {
-                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                Ticker::System(Box::pin(tokio::time::sleep(every)), every)
-            }
-        };
+        let ticker = Ticker::new(&clock, idle);
         WindowStream {
             inner: Box::new(Driver {
                 stream,
@@ -141,14 +135,27 @@ fn changed(mut rx: tokio::sync::watch::Receiver<u64>) -> BoxFuture<'static, ()> 
     })
 }
 
-enum Ticker {
+/// Wakes a window or join to look at the clock while no record arrives (idle partitions).
+pub(crate) enum Ticker {
     System(Pin<Box<tokio::time::Sleep>>, Duration),
     Virtual(tokio::sync::watch::Receiver<u64>, BoxFuture<'static, ()>),
 }
 
 impl Ticker {
+    /// Ticks a few times per idle timeout on the system clock, or on every change of the
+    /// virtual clock in tests.
+    pub(crate) fn new(clock: &Clock, idle: Duration) -> Self {
+        match clock.subscribe() {
+            Some(rx) => Ticker::Virtual(rx.clone(), changed(rx)),
+            None => {
+                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                Ticker::System(Box::pin(tokio::time::sleep(every)), every)
+            }
+        }
+    }
+
     /// True when it is time to look at the clock again.
-    fn due(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn due(&mut self, cx: &mut Context<'_>) -> bool {
         match self {
             Ticker::System(sleep, every) => {
                 let mut fired = false;

@@ -97,9 +97,9 @@
 //! yields the window's new value after every record that changed it. Either way
 //! [`WindowStream::on_window_close`] runs for every window as it closes.
 
-mod driver;
+pub(crate) mod driver;
 pub(crate) mod propagate;
-mod state;
+pub(crate) mod state;
 pub mod table;
 
 use std::marker::PhantomData;

@@ -36,11 +36,11 @@ struct StoredClock {
     applied: i64,
 }
 
-fn time_bytes(t: i64) -> [u8; 8] {
+pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn time_from(bytes: &[u8]) -> Option<i64> {
+pub(crate) fn time_from(bytes: &[u8]) -> Option<i64> {
     let b: [u8; 8] = bytes.try_into().ok()?;
     Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
@@ -495,34 +495,17 @@ where
     /// record for the idle timeout; a partition with records still to read never is, however
     /// long they take to reach the window.
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
-        let mut min_active: Option<i64> = None;
-        let mut max_seen = i64::MIN;
-        let mut last_arrival = i64::MIN;
-        let idle_timeout = self.idle_timeout;
-        for (partition, part) in &mut self.parts {
-            max_seen = max_seen.max(part.max_seen);
-            last_arrival = last_arrival.max(part.last_arrival);
-            let idle = caught_up.contains(partition)
-                && now.saturating_sub(part.last_arrival) >= idle_timeout;
-            if !idle {
-                // Fed by `group_by` pumps: their watermark, not the interleaved event times.
-                let reached = part
-                    .upstream
-                    .watermark(now, idle_timeout)
-                    .unwrap_or(part.max_seen);
-                min_active = Some(min_active.map_or(reached, |m: i64| m.min(reached)));
-            }
-        }
-        let computed = match min_active {
-            Some(m) => m,
-            // Every partition is idle: advance with the wall clock from the newest event.
-            None if max_seen == i64::MIN => i64::MIN,
-            None => max_seen.saturating_add(
-                now.saturating_sub(last_arrival)
-                    .saturating_sub(self.idle_timeout)
-                    .max(0),
-            ),
-        };
+        let computed = watermark_of(
+            self.parts.iter_mut().map(|(&partition, part)| PartTime {
+                partition,
+                max_seen: part.max_seen,
+                last_arrival: part.last_arrival,
+                upstream: &mut part.upstream,
+            }),
+            now,
+            self.idle_timeout,
+            caught_up,
+        );
         self.watermark = self.watermark.max(computed).max(floor);
         let watermark = self.watermark;
         let agg = self.agg.clone();
@@ -596,6 +579,54 @@ where
                 }
             }
         }
+    }
+}
+
+/// A partition's clock, as the instance watermark reads it.
+pub(crate) struct PartTime<'a> {
+    pub(crate) partition: i32,
+    pub(crate) max_seen: i64,
+    pub(crate) last_arrival: i64,
+    pub(crate) upstream: &'a mut super::propagate::Upstream,
+}
+
+/// The watermark of an instance's partitions at clock time `now` (windows and joins share it):
+/// the smallest over the partitions that are not idle of their largest event time (or, for a
+/// repartition partition, of its `group_by` pumps' watermark). A partition is idle when it is
+/// `caught_up` (read to its end, nothing waiting) and had no record for `idle_timeout`; a
+/// partition with records still to read never is, however long they take to arrive. When
+/// every partition is idle, the watermark advances with the wall clock from the newest event.
+pub(crate) fn watermark_of<'a>(
+    parts: impl Iterator<Item = PartTime<'a>>,
+    now: i64,
+    idle_timeout: i64,
+    caught_up: &HashSet<i32>,
+) -> i64 {
+    let mut min_active: Option<i64> = None;
+    let mut max_seen = i64::MIN;
+    let mut last_arrival = i64::MIN;
+    for part in parts {
+        max_seen = max_seen.max(part.max_seen);
+        last_arrival = last_arrival.max(part.last_arrival);
+        let idle = caught_up.contains(&part.partition)
+            && now.saturating_sub(part.last_arrival) >= idle_timeout;
+        if !idle {
+            // Fed by `group_by` pumps: their watermark, not the interleaved event times.
+            let reached = part
+                .upstream
+                .watermark(now, idle_timeout)
+                .unwrap_or(part.max_seen);
+            min_active = Some(min_active.map_or(reached, |m: i64| m.min(reached)));
+        }
+    }
+    match min_active {
+        Some(m) => m,
+        None if max_seen == i64::MIN => i64::MIN,
+        None => max_seen.saturating_add(
+            now.saturating_sub(last_arrival)
+                .saturating_sub(idle_timeout)
+                .max(0),
+        ),
     }
 }
 
