@@ -85,14 +85,15 @@ pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState,
     WindowStream, WindowedTable,
 };
-pub use rill_runtime::{metrics, partitioner, telemetry, time, topology, window};
+pub use rill_runtime::{Either, JoinStream, JoinWindow, Lookup};
+pub use rill_runtime::{join, metrics, partitioner, telemetry, time, topology, window};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        App, Codec, Emit, Event, GlobalTable, KeyedStream, MergeState, OnError, Producer, Record,
-        Result, Sink, Stream, Table, TestApp, Topic, WindowResult, WindowState, WindowStream,
-        WindowedTable, agent, record, window_state,
+        App, Codec, Either, Emit, Event, GlobalTable, JoinStream, JoinWindow, KeyedStream,
+        MergeState, OnError, Producer, Record, Result, Sink, Stream, Table, TestApp, Topic,
+        WindowResult, WindowState, WindowStream, WindowedTable, agent, record, window_state,
     };
 }
 

@@ -11,6 +11,7 @@ use crate::ctxt::{Ctxt, with_errors};
 
 const KEYS: &[&str] = &[
     "topic",
+    "topics",
     "concurrency",
     "sink",
     "group",
@@ -27,6 +28,8 @@ const POLICIES: &[&str] = &["dead_letter", "retry", "retry_topics", "skip", "sto
 #[derive(Default)]
 struct Args {
     topic: Option<TopicArg>,
+    /// `topics(binding = "topic", ...)`: one typed stream per parameter.
+    topics: Vec<(syn::Ident, TopicArg)>,
     concurrency: Option<usize>,
     sink: Option<TopicArg>,
     group: Option<syn::LitStr>,
@@ -42,7 +45,8 @@ struct Args {
 }
 
 enum Param {
-    Stream(syn::Type),
+    /// A `Stream<T>` parameter, with its binding name when it is a plain one.
+    Stream(Option<syn::Ident>, syn::Type),
     Sink(syn::Type),
     /// A `Table<K, V>` parameter, by its binding name.
     Table(syn::Ident, syn::Type),
@@ -79,6 +83,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     syn::Pat::Ident(binding) => params.push(Param::Global(binding.ident.clone(), ty)),
                     other => cx.error(other, "a `GlobalTable` parameter needs a plain name, e.g. `users: GlobalTable<String, User>`"),
                 },
+                Some(Param::Stream(_, ty)) => {
+                    let binding = match &*pat.pat {
+                        syn::Pat::Ident(binding) => Some(binding.ident.clone()),
+                        _ => None,
+                    };
+                    params.push(Param::Stream(binding, ty));
+                }
                 Some(p) => params.push(p),
                 None => cx.error(
                     &pat.ty,
@@ -89,7 +100,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
     let streams = params
         .iter()
-        .filter(|p| matches!(p, Param::Stream(_)))
+        .filter(|p| matches!(p, Param::Stream(..)))
         .count();
     let sinks = params
         .iter()
@@ -100,8 +111,46 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             &func.sig.ident,
             "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`",
         );
-    } else if streams > 1 {
-        cx.error(&func.sig.inputs, "an agent takes one `Stream<T>`");
+    } else if streams > 1 && args.topics.is_empty() {
+        cx.error(
+            &func.sig.inputs,
+            "an agent takes one `Stream<T>` per topic; for several, name them: `topics(views = \"pageviews\", clicks = \"clicks\")`",
+        );
+    }
+    if !args.topics.is_empty() {
+        if let Some(topic) = &args.topic {
+            let span = match topic {
+                TopicArg::Name(lit) => lit.span(),
+                TopicArg::Const(path) => path.span(),
+            };
+            cx.error_at(span, "give either `topic` or `topics`, not both");
+        }
+        for p in &params {
+            match p {
+                Param::Stream(Some(ident), _) if !args.topics.iter().any(|(b, _)| b == ident) => {
+                    cx.error(
+                        ident,
+                        format!("the stream parameter `{ident}` needs its topic: `topics({ident} = \"...\")`"),
+                    );
+                }
+                Param::Stream(None, ty) => cx.error(
+                    ty,
+                    "with `topics(...)`, stream parameters need plain names, matched to the topics",
+                ),
+                _ => {}
+            }
+        }
+        for (binding, _) in &args.topics {
+            if !params
+                .iter()
+                .any(|p| matches!(p, Param::Stream(Some(i), _) if i == binding))
+            {
+                cx.error(
+                    binding,
+                    format!("`topics({binding} = ...)` has no `{binding}: Stream<T>` parameter"),
+                );
+            }
+        }
     }
     if sinks > 1 {
         cx.error(&func.sig.inputs, "an agent takes at most one `Sink<U>`");
@@ -144,7 +193,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             );
         }
     }
-    if args.topic.is_none() {
+    if args.topic.is_none() && args.topics.is_empty() {
         cx.error_at(
             proc_macro2::Span::call_site(),
             "missing `topic`: `#[agent(topic = \"pageviews\")]`",
@@ -173,6 +222,20 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
         if meta.path.is_ident("topic") {
             let t = TopicArg::parse(&meta)?;
             once(cx, &mut out.topic, &meta, t, "agent");
+        } else if meta.path.is_ident("topics") {
+            meta.parse_nested_meta(|topic| {
+                let Some(binding) = topic.path.get_ident().cloned() else {
+                    cx.error(&topic.path, "expected `binding = \"topic\"`");
+                    return Ok(());
+                };
+                let t = TopicArg::parse(&topic)?;
+                if out.topics.iter().any(|(b, _)| *b == binding) {
+                    cx.error(&binding, format!("duplicate stream `{binding}`"));
+                } else {
+                    out.topics.push((binding, t));
+                }
+                Ok(())
+            })?;
         } else if meta.path.is_ident("sink") {
             let t = TopicArg::parse(&meta)?;
             once(cx, &mut out.sink, &meta, t, "agent");
@@ -291,7 +354,7 @@ fn classify(ty: &syn::Type) -> Option<Param> {
         return None;
     }
     match last.ident.to_string().as_str() {
-        "Stream" => Some(Param::Stream(inner)),
+        "Stream" => Some(Param::Stream(None, inner)),
         "Sink" => Some(Param::Sink(inner)),
         "Table" if args.args.len() == 2 => Some(Param::Table(last.ident.clone(), ty.clone())),
         "GlobalTable" if args.args.len() == 2 => {
@@ -326,17 +389,57 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let vis = &func.vis;
     let name_str = name.to_string();
     let stream_ty = params.iter().find_map(|p| match p {
-        Param::Stream(t) => Some(t),
+        Param::Stream(_, t) => Some(t),
         _ => None,
     });
     let sink_ty = params.iter().find_map(|p| match p {
         Param::Sink(t) => Some(t),
         _ => None,
     });
-    let (Some(stream_ty), Some(topic)) = (stream_ty, &args.topic) else {
+    let Some(stream_ty) = stream_ty else {
         return quote!(#func);
     };
-    let source = topic_spec(topic, stream_ty);
+    let stream_var = format_ident!("__rill_stream");
+    // One source per topic; each stream parameter takes its own topic's stream.
+    let (sources, take_streams) = match &args.topic {
+        Some(topic) => {
+            let source = topic_spec(topic, stream_ty);
+            let take = quote! {
+                let #stream_var = match __rill_ctx.stream::<#stream_ty>() {
+                    ::core::result::Result::Ok(s) => s,
+                    ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+                };
+            };
+            (vec![quote!(.source(#source))], vec![take])
+        }
+        None => {
+            let typed = |binding: &syn::Ident| {
+                params.iter().find_map(|p| match p {
+                    Param::Stream(Some(i), ty) if i == binding => Some(ty),
+                    _ => None,
+                })
+            };
+            let mut sources = Vec::new();
+            let mut takes = Vec::new();
+            for (binding, topic) in &args.topics {
+                let Some(ty) = typed(binding) else { continue };
+                let spec = topic_spec(topic, ty);
+                sources.push(quote!(.source(#spec)));
+                let name = match topic {
+                    TopicArg::Name(lit) => quote!(#lit),
+                    TopicArg::Const(path) => quote!(#path.name()),
+                };
+                let var = format_ident!("__rill_stream_{}", binding);
+                takes.push(quote! {
+                    let #var = match __rill_ctx.stream_of::<#ty>(#name) {
+                        ::core::result::Result::Ok(s) => s,
+                        ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
+                    };
+                });
+            }
+            (sources, takes)
+        }
+    };
     let sink = match (&args.sink, sink_ty) {
         (Some(arg), Some(ty)) => {
             let spec = topic_spec(arg, ty);
@@ -351,10 +454,14 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         TopicArg::Name(name) => quote!(.dead_letter(#name)),
         TopicArg::Const(path) => quote!(.dead_letter(#path.name())),
     });
-    let stream_var = format_ident!("__rill_stream");
     let sink_var = format_ident!("__rill_sink");
+    let multi = args.topic.is_none();
     let call_args = params.iter().map(|p| match p {
-        Param::Stream(_) => quote!(#stream_var),
+        Param::Stream(Some(ident), _) if multi => {
+            let var = format_ident!("__rill_stream_{}", ident);
+            quote!(#var)
+        }
+        Param::Stream(..) => quote!(#stream_var),
         Param::Sink(_) => quote!(#sink_var),
         Param::Table(ident, _) | Param::Global(ident, _) => {
             let var = format_ident!("__rill_table_{}", ident);
@@ -422,7 +529,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             /// The agent's description, for `App::agents` and the worker.
             pub fn agent() -> ::rill::AgentSpec {
                 ::rill::AgentSpec::new(#name_str, ::core::concat!(::core::file!(), ":", ::core::line!()))
-                    .source(#source)
+                    #(#sources)*
                     #sink
                     .concurrency(#concurrency)
                     #group
@@ -431,10 +538,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     #(#table_specs)*
                     #(#global_specs)*
                     .run(|mut __rill_ctx: ::rill::AgentContext| async move {
-                        let #stream_var = match __rill_ctx.stream::<#stream_ty>() {
-                            ::core::result::Result::Ok(s) => s,
-                            ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
-                        };
+                        #(#take_streams)*
                         #take_sink
                         #(#take_tables)*
                         #(#take_globals)*

@@ -207,6 +207,7 @@ pub struct AgentContext {
     pub(crate) sink: Option<TopicSpec>,
     pub(crate) shared: Arc<crate::context::Shared>,
     pub(crate) globals: Vec<Arc<crate::table::global::GlobalDef>>,
+    pub(crate) policy: Arc<crate::failure::Policy>,
 }
 
 impl AgentContext {
@@ -220,6 +221,7 @@ impl AgentContext {
             sink: self.sink.clone(),
             shared: self.shared.clone(),
             globals: self.globals.clone(),
+            policy: self.policy.clone(),
         }
     }
 
@@ -231,6 +233,32 @@ impl AgentContext {
             .ok_or_else(|| agent_error(&self.agent, "the stream was already taken"))?;
         let codec = self.sources.first().map_or(T::CODEC, |s| s.codec);
         Ok(Stream::new(core, codec))
+    }
+
+    /// The stream of one topic of an agent over several (`#[agent(topics(views = "pageviews",
+    /// clicks = "clicks"))]`). The instance reads all its topics through one consumer, so these
+    /// streams are read together: [`Stream::join`] (and `left_join`, `outer_join`) or
+    /// [`Stream::either`]; one read alone stops the worker with an error.
+    pub fn stream_of<T: Record>(&mut self, topic: &str) -> Result<Stream<T>> {
+        let spec = self
+            .sources
+            .iter()
+            .find(|s| s.name == topic)
+            .ok_or_else(|| {
+                agent_error(
+                    &self.agent,
+                    format!("`{topic}` is not one of the agent's topics"),
+                )
+            })?;
+        let codec = spec.codec;
+        let core = match self.core.take() {
+            Some(core) => core,
+            // Another topic's stream holds the core: this one is joined to it.
+            None => StreamCore::husk(self.shared.clone(), self.policy.clone()),
+        };
+        let mut stream = Stream::new(core, codec);
+        stream.topic = Some(std::sync::Arc::from(topic));
+        Ok(stream)
     }
 
     /// The agent's sink.

@@ -26,7 +26,7 @@ use crate::context::{AgentStats, CURRENT, Shared};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, FailureKind};
 use crate::message::Headers;
-use crate::message::{OutRecord, now_millis};
+use crate::message::{OutRecord, RawRecord, now_millis};
 use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::TableDef;
 use crate::table::recovery::ChangelogReader;
@@ -55,9 +55,12 @@ impl Registry {
     }
 }
 
-/// Computes a record's new key and its event time (when the record has one) from its value
-/// bytes.
-pub(crate) type KeyOf = Box<dyn Fn(&[u8]) -> Result<(Vec<u8>, Option<i64>)> + Send>;
+/// Computes a record's new key and its event time (when the record has one).
+pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
+
+/// The topic a repartitioned record was read from, when the agent reads several (a join's
+/// sides share one repartition topic).
+pub(crate) const TOPIC_HEADER: &str = "rill.topic";
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -313,6 +316,7 @@ impl AgentPipeline {
         field: &str,
         mut source: StreamCore,
         key_of: KeyOf,
+        tag_topic: bool,
     ) -> std::result::Result<StreamCore, Box<(Error, StreamCore)>> {
         let r = match self.repartition(field) {
             Ok(r) => r,
@@ -392,7 +396,7 @@ impl AgentPipeline {
                     continue;
                 };
                 let keyed = match &raw.value {
-                    Some(value) => key_of(value),
+                    Some(_) => key_of(&raw),
                     None => Err(Error::Codec {
                         topic: raw.topic.to_string(),
                         source: crate::error::CodecError::NullValue,
@@ -420,8 +424,14 @@ impl AgentPipeline {
                             &seen.1,
                             &seen.2,
                         );
+                        let side = tag_topic.then(|| crate::join::side_topic(&raw).to_owned());
                         let mut headers = std::mem::take(&mut raw.headers);
                         headers.0.retain(|(name, _)| name != propagate::HEADER);
+                        if let Some(side) = side
+                            && headers.get(TOPIC_HEADER).is_none()
+                        {
+                            headers.insert(TOPIC_HEADER, side.into_bytes());
+                        }
                         if windowed.load(Ordering::Relaxed) {
                             headers.insert(propagate::HEADER, stamp);
                         }

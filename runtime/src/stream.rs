@@ -171,7 +171,7 @@ impl StreamCore {
     }
 
     /// An empty core left behind when a `Stream`'s core moves to another stream.
-    fn husk(shared: Arc<Shared>, policy: Arc<Policy>) -> Self {
+    pub(crate) fn husk(shared: Arc<Shared>, policy: Arc<Policy>) -> Self {
         let mut core = StreamCore::new(CoreParts {
             data: mpsc::channel(1).1,
             ctrl: mpsc::unbounded_channel().1,
@@ -189,6 +189,11 @@ impl StreamCore {
         core.husk = true;
         core.closed = true;
         core
+    }
+
+    /// A placeholder without channels (see `husk`).
+    pub(crate) fn is_husk(&self) -> bool {
+        self.husk
     }
 
     pub(crate) fn policy(&self) -> &Arc<Policy> {
@@ -895,7 +900,7 @@ impl StreamCore {
     }
 }
 
-type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
+pub(crate) type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
 
 /// Reads a record's event time (ms since the epoch).
 pub(crate) type TimeOf<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
@@ -910,7 +915,11 @@ pub struct Stream<T> {
     /// The source's codec (what `group_by` decodes with).
     pub(crate) codec: Codec,
     /// A custom event-time extractor (`Stream::event_time`), carried through `group_by`.
-    time: Option<TimeOf<T>>,
+    pub(crate) time: Option<TimeOf<T>>,
+    /// The topic this stream reads when its agent reads several (`topics(a = .., b = ..)`):
+    /// the instance's core reads them all, so one topic's stream read alone would meet the
+    /// others' records. Such streams are read together (`join`, `either`).
+    pub(crate) topic: Option<Arc<str>>,
 }
 
 impl<T: Record> Stream<T> {
@@ -928,6 +937,7 @@ impl<T: Record> Stream<T> {
             }),
             codec,
             time: None,
+            topic: None,
         }
     }
 
@@ -985,6 +995,16 @@ impl<T: Record> Stream<T> {
             }
             return KeyedStream::new(stream, key, name);
         }
+        if this.topic.is_some() {
+            // One topic of a multi-topic agent: its core reads the other topics too.
+            let mut core = this.take_core();
+            let error = agent_error(
+                &core.shared.agent,
+                "`group_by` on one stream of an agent over several topics; join them (`join`, `either`) instead",
+            );
+            core.fail(error);
+            return KeyedStream::new(Stream::new(core, codec), key, name);
+        }
         let Some(pipeline) = this.core.pipeline.clone() else {
             let mut core = this.take_core();
             let error = agent_error(
@@ -996,7 +1016,8 @@ impl<T: Record> Stream<T> {
         };
         let key_fn = key.clone();
         let time_fn = time.clone();
-        let key_of = Box::new(move |bytes: &[u8]| -> Result<(Vec<u8>, Option<i64>)> {
+        let key_of = Box::new(move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
+            let bytes = raw.value.as_deref().unwrap_or_default();
             let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
                 topic: "group_by".into(),
                 source,
@@ -1007,7 +1028,7 @@ impl<T: Record> Stream<T> {
             };
             Ok((key_fn(&value).key_bytes(), at))
         });
-        let core = match pipeline.group_by(name, this.take_core(), key_of) {
+        let core = match pipeline.group_by(name, this.take_core(), key_of, false) {
             Ok(mut core) => {
                 core.rekeyed = Some(name.to_owned());
                 core
@@ -1096,6 +1117,7 @@ impl<T: Send + 'static> Stream<T> {
             step: Box::new(move |raw| step(raw).map(&mut f)),
             codec: self.codec,
             time: None,
+            topic: self.topic.clone(),
         }
     }
 
@@ -1116,6 +1138,7 @@ impl<T: Send + 'static> Stream<T> {
             core: self.take_core(),
             codec: self.codec,
             time: None,
+            topic: self.topic.clone(),
             step: Box::new(move |raw| {
                 let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
@@ -1127,13 +1150,49 @@ impl<T: Send + 'static> Stream<T> {
 impl<T> Unpin for Stream<T> {}
 
 impl<T> Stream<T> {
+    /// A stream of one topic of a multi-topic agent was read on its own: an error in the
+    /// agent's code, reported once and stopping the worker.
+    fn fail_apart(&mut self, other: Option<String>) {
+        let topic = self.topic.as_deref().unwrap_or_default();
+        let what = match other {
+            Some(other) => {
+                format!("the stream of `{topic}` was read alone and met a record of `{other}`")
+            }
+            None => format!("the stream of `{topic}` was read alone"),
+        };
+        let error = agent_error(
+            &self.core.shared.agent,
+            format!(
+                "{what}: an agent over several topics reads their streams together, with `join`, `left_join`, `outer_join` or `either`"
+            ),
+        );
+        if self.core.husk {
+            self.core.shared.fail(error);
+        } else {
+            self.core.fail(error);
+        }
+    }
+
+    /// A stream of `U` over this stream's core, reading with `step` (made from this stream's
+    /// step); the result reads every topic of the core.
+    pub(crate) fn restep<U>(mut self, step: impl FnOnce(Step<T>) -> Step<U>) -> Stream<U> {
+        let inner = self.take_step();
+        Stream {
+            core: self.take_core(),
+            step: step(inner),
+            codec: self.codec,
+            time: None,
+            topic: None,
+        }
+    }
+
     /// Moves the core out (to a new stream), leaving a husk that is not parked on drop.
     pub(crate) fn take_core(&mut self) -> StreamCore {
         let husk = StreamCore::husk(self.core.shared.clone(), self.core.policy.clone());
         std::mem::replace(&mut self.core, husk)
     }
 
-    fn take_step(&mut self) -> Step<T> {
+    pub(crate) fn take_step(&mut self) -> Step<T> {
         std::mem::replace(&mut self.step, Box::new(|_| None))
     }
 }
@@ -1214,10 +1273,22 @@ impl<T> futures::Stream for Stream<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let this = self.get_mut();
+        if this.topic.is_some() && this.core.husk {
+            // One topic's stream of a multi-topic agent, without the instance's core.
+            this.fail_apart(None);
+            return Poll::Ready(None);
+        }
         loop {
             match ready!(this.core.poll_raw(cx)) {
                 None => return Poll::Ready(None),
                 Some(raw) => {
+                    if let Some(topic) = &this.topic
+                        && crate::join::side_topic(raw) != &**topic
+                    {
+                        let other = crate::join::side_topic(raw).to_owned();
+                        this.fail_apart(Some(other));
+                        return Poll::Ready(None);
+                    }
                     if let Some(value) = (this.step)(raw) {
                         return Poll::Ready(Some(value));
                     }

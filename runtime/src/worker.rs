@@ -135,6 +135,7 @@ impl Worker {
         let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
+        check_copartitioned(config, &agents, &partitions)?;
         let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -296,6 +297,7 @@ impl Worker {
                     sink: spec.sink.clone(),
                     shared: shared.clone(),
                     globals: tables.globals_of(&spec),
+                    policy: policy.clone(),
                 };
                 let name = spec.name().to_owned();
                 let result = run_instance(run.clone(), ctx, core);
@@ -456,6 +458,41 @@ impl Worker {
     }
 }
 
+/// Topics an agent reads together (joined, or with its tables) must be co-partitioned: records
+/// of one key meet in one partition number.
+fn check_copartitioned(
+    config: &Config,
+    agents: &[AgentSpec],
+    partitions: &HashMap<String, i32>,
+) -> Result<()> {
+    for agent in agents.iter().filter(|a| a.sources.len() > 1) {
+        let counts: Vec<(&str, i32)> = agent
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    partitions
+                        .get(&s.name)
+                        .copied()
+                        .unwrap_or(config.partitions),
+                )
+            })
+            .collect();
+        let source_partitions = counts[0].1;
+        if let Some((topic, n)) = counts.iter().find(|(_, n)| *n != source_partitions) {
+            return Err(Error::config(
+                format!("agent `{}`", agent.name()),
+                format!(
+                    "its topics are read together (joined, or with its tables) and must be co-partitioned, but `{}` has {source_partitions} partitions and `{topic}` has {n}; give them the same partition count",
+                    counts[0].0
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The tables of all agents: their store, definitions and changelog topics.
 struct TableSetup {
     defs: Vec<(String, Arc<TableDef>)>,
@@ -501,30 +538,12 @@ impl TableSetup {
         }
         let mut owners: HashMap<String, String> = HashMap::new();
         for agent in agents.iter().filter(|a| !a.tables.is_empty()) {
-            // Topics read together with a table must be co-partitioned.
-            let counts: Vec<(&str, i32)> = agent
+            // Co-partitioned (`check_copartitioned`): the first source's count is every one's.
+            let source_partitions = agent
                 .sources
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.as_str(),
-                        partitions
-                            .get(&s.name)
-                            .copied()
-                            .unwrap_or(config.partitions),
-                    )
-                })
-                .collect();
-            let source_partitions = counts[0].1;
-            if let Some((topic, n)) = counts.iter().find(|(_, n)| *n != source_partitions) {
-                return Err(Error::config(
-                    format!("agent `{}`", agent.name()),
-                    format!(
-                        "its tables need co-partitioned sources, but `{}` has {source_partitions} partitions and `{topic}` has {n}; give them the same partition count",
-                        counts[0].0
-                    ),
-                ));
-            }
+                .first()
+                .and_then(|s| partitions.get(&s.name).copied())
+                .unwrap_or(config.partitions);
             for table in &agent.tables {
                 if let Some(other) = owners.insert(table.name.clone(), agent.name().to_owned()) {
                     return Err(Error::config(

@@ -165,6 +165,19 @@ pub struct Table<K, V> {
     _key: PhantomData<fn(K)>,
 }
 
+/// Another handle on the same table (an agent that joins a stream with its own table keeps one
+/// to write with).
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Table {
+            core: self.core.clone(),
+            shared: self.shared.clone(),
+            default: self.default.clone(),
+            _key: PhantomData,
+        }
+    }
+}
+
 impl<K, V> Table<K, V>
 where
     K: Serialize + DeserializeOwned + KeyBytes,
