@@ -303,11 +303,13 @@ async fn out_of_order_records_within_grace_still_meet_and_late_ones_are_dropped(
         "inner",
         &[
             V("v1", "/a", 10),
-            // Watermark 25.
+            // Watermark 25 (the slower side's time: both sides reach 25).
+            C("other-click", "/y", 25),
             V("other", "/z", 25),
             // 12 + 5 + 10 = 27 > 25: not late; v1 (kept until 10 + 10 + 10) is still there.
             C("c1", "/a", 12),
             // Watermark 100.
+            C("far-click", "/y", 100),
             V("far", "/z", 100),
             // 14 + 15 < 100: late, dropped without a pair (v1 has expired anyway).
             C("late", "/a", 14),
@@ -377,21 +379,22 @@ const LONELY: &[Rec] = &[
     C("c1", "/a", 12),
     V("v2", "/b", 11),
     C("c2", "/c", 13),
-    // Watermark 40: every record above expires (at t + 5 + 5 + 0).
+    // Watermark 40 (both sides there): every record above expires (at t + 5 + 5 + 0).
+    C("c3", "/y", 40),
     V("v3", "/z", 40),
 ];
 
 #[tokio::test]
 async fn a_left_join_emits_lonely_views_once_their_window_has_closed() -> rill::Result<()> {
     let app = app(left::agent(), 1).test().await?;
-    feed(&app, "left", &LONELY[..4]).await?;
+    feed(&app, "left", &LONELY[..5]).await?;
     assert_eq!(
         app.expect::<Pair>("pairs", 1).await?,
         vec![pair("v1", "c1")]
     );
     settle().await;
     assert_eq!(app.count("pairs")?, 1, "v2 may still meet a click");
-    feed(&app, "left", &LONELY[4..]).await?;
+    feed(&app, "left", &LONELY[5..]).await?;
     let got = sorted(&app, 2).await?;
     assert_eq!(got, vec![pair("v1", "c1"), lone_view("v2")]);
     settle().await;
@@ -610,4 +613,53 @@ async fn reading_one_stream_of_a_two_topic_agent_alone_is_an_error() -> rill::Re
         "{msg}"
     );
     worker.shutdown().await
+}
+
+#[tokio::test]
+async fn join_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(inner::agent(), 2).test_in(dir.path()).await?;
+    let store = dir.path().join("tables").join("data.mdb");
+    let mut sizes = Vec::new();
+    let mut t = 0i64;
+    for round in 0..8u64 {
+        // Each round: 200 views on 50 URLs, each followed by its click 1 s later; event time
+        // moves 2 s per view, so a buffered record expires (t + 5 + 5 + 10 s) 10 views later.
+        for i in 0..200 {
+            let url = format!("/page/{}", i % 50);
+            let id = format!("{round}-{i}");
+            let v = View {
+                id: id.clone(),
+                url: url.clone(),
+                user: "u".into(),
+                at: t * SEC,
+            };
+            app.producer().send_to("views", &v).await?;
+            let c = Click {
+                id,
+                url,
+                at: (t + 1) * SEC,
+            };
+            app.producer().send_to("clicks", &c).await?;
+            t += 2;
+        }
+        app.producer().flush().await?;
+        let want = 400 * (round + 1);
+        wait_until(|| stat(&app, "inner", |s| &s.records_in) >= want).await;
+        settle().await;
+        sizes.push(std::fs::metadata(&store).expect("table store file").len());
+    }
+    // Expired records are deleted and LMDB reuses their pages: 3,200 records went through
+    // the buffers (well over 100 KiB if they were kept), the file stays within a few pages.
+    let late_growth = sizes[7] - sizes[3];
+    assert!(
+        late_growth <= 4 * 4096,
+        "the table store grew by {late_growth} bytes over the last four rounds: {sizes:?}"
+    );
+    // Every view met its own click (and no other: the next view of a URL is 100 s later).
+    assert_eq!(stat(&app, "inner", |s| &s.late_records), 0);
+    app.expect::<Pair>("pairs", 1_600).await?;
+    settle().await;
+    assert_eq!(app.count("pairs")?, 1_600);
+    app.stop().await
 }

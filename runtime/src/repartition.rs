@@ -219,6 +219,13 @@ impl AgentPipeline {
         Ok(def.clone())
     }
 
+    /// Pumps stamp their watermarks from now on (a window or join reads the repartition
+    /// topic). Windows set it when they create their table; a join sets it before its pump
+    /// starts, so no record goes out unstamped.
+    pub(crate) fn mark_windowed(&self) {
+        self.windowed.store(true, Ordering::Release);
+    }
+
     /// Creates a topic an agent writes to after start (a late-events topic).
     pub(crate) async fn ensure_topic(&self, spec: TopicSpec) -> Result<()> {
         self.transport
@@ -316,7 +323,7 @@ impl AgentPipeline {
         field: &str,
         mut source: StreamCore,
         key_of: KeyOf,
-        tag_topic: bool,
+        sides: Vec<Arc<str>>,
     ) -> std::result::Result<StreamCore, Box<(Error, StreamCore)>> {
         let r = match self.repartition(field) {
             Ok(r) => r,
@@ -351,8 +358,11 @@ impl AgentPipeline {
         let clock = self.config.clock.clone();
         let partitions = self.source_partitions;
         let windowed = self.windowed.clone();
+        // A join's pump tags each record with its side's topic and keeps a clock per side.
+        let tag_topic = !sides.is_empty();
         let mut watermarks = SourceClock::new(
             i64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+            sides.len(),
         );
         let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
             let mut seen = (u64::MAX, Vec::new(), HashSet::new());
@@ -417,20 +427,27 @@ impl AgentPipeline {
                                 pump_shared.caught_up(),
                             );
                         }
+                        let side = if tag_topic {
+                            let topic = crate::join::side_topic(&raw);
+                            sides.iter().position(|s| &**s == topic).unwrap_or(0)
+                        } else {
+                            0
+                        };
                         let stamp = watermarks.observe(
+                            side,
                             raw.partition,
                             time,
                             clock.now_ms(),
                             &seen.1,
                             &seen.2,
                         );
-                        let side = tag_topic.then(|| crate::join::side_topic(&raw).to_owned());
+                        let tag = tag_topic.then(|| crate::join::side_topic(&raw).to_owned());
                         let mut headers = std::mem::take(&mut raw.headers);
                         headers.0.retain(|(name, _)| name != propagate::HEADER);
-                        if let Some(side) = side
+                        if let Some(tag) = tag
                             && headers.get(TOPIC_HEADER).is_none()
                         {
-                            headers.insert(TOPIC_HEADER, side.into_bytes());
+                            headers.insert(TOPIC_HEADER, tag.into_bytes());
                         }
                         if windowed.load(Ordering::Relaxed) {
                             headers.insert(propagate::HEADER, stamp);

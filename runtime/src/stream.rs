@@ -1028,7 +1028,7 @@ impl<T: Record> Stream<T> {
             };
             Ok((key_fn(&value).key_bytes(), at))
         });
-        let core = match pipeline.group_by(name, this.take_core(), key_of, false) {
+        let core = match pipeline.group_by(name, this.take_core(), key_of, Vec::new()) {
             Ok(mut core) => {
                 core.rekeyed = Some(name.to_owned());
                 core

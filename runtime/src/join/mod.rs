@@ -369,6 +369,7 @@ impl<A: Record> Stream<A> {
             && stream.core.rekeyed.as_deref() != Some(name.as_str())
         {
             // Re-key both sides through the join's repartition topic, as `group_by` does.
+            let sides = vec![a_topic.clone(), b_topic.clone()];
             match stream.core.pipeline().cloned() {
                 None => {
                     let error = agent_error(&shared.agent, "joins apply to an agent's own streams");
@@ -400,8 +401,9 @@ impl<A: Record> Stream<A> {
                             }
                         },
                     );
+                    pipeline.mark_windowed();
                     let core = stream.take_core();
-                    stream.core = match pipeline.group_by(&name, core, key_of, true) {
+                    stream.core = match pipeline.group_by(&name, core, key_of, sides) {
                         Ok(mut core) => {
                             core.rekeyed = Some(name.clone());
                             core

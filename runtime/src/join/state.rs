@@ -11,6 +11,9 @@
 //! - a buffered record expires when the watermark passes `t + W + grace`: from then on every
 //!   record that could meet it would be late. That is when an unmatched record of an outer
 //!   side is emitted alone, so it is never emitted alone and then matched.
+//! - a partition's time is the smaller of its two sides' largest event times (a side idle for
+//!   the idle timeout on a caught-up partition does not count): one topic read far ahead of
+//!   the other during a backlog does not make the other's records late.
 //!
 //! Stored form, per partition of the join's table (keys are bytes, values JSON):
 //! - `L|R | len(key) u32 | key | time | seq` → `[matched, record]`: a buffered record;
@@ -39,6 +42,8 @@ pub(crate) enum Side<A, B> {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredClock {
     max_seen: i64,
+    /// Largest event time per side, left and right.
+    sides: [i64; 2],
     floor: i64,
     pumps: Vec<(u64, i64)>,
     /// Offsets of the last records applied, left and right.
@@ -82,6 +87,9 @@ struct Part<A, B> {
     /// Buffered records by (expiry time, side, key, time, seq).
     expiring: BTreeSet<(i64, u8, Vec<u8>, i64, u64)>,
     max_seen: i64,
+    /// Largest event time and clock time of the last record, per side.
+    side_max: [i64; 2],
+    side_arrival: [i64; 2],
     /// The watermark this partition's records were expired at (never goes back).
     floor: i64,
     last_arrival: i64,
@@ -94,12 +102,27 @@ struct Part<A, B> {
 }
 
 impl<A, B> Part<A, B> {
+    /// How far the partition has got: the slower side's largest event time, leaving out a side
+    /// that has been quiet for the idle timeout on a partition read to its end.
+    fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
+        let mut low: Option<i64> = None;
+        for side in 0..2 {
+            let idle = caught_up && now.saturating_sub(self.side_arrival[side]) >= idle_timeout;
+            if !idle {
+                low = Some(low.map_or(self.side_max[side], |l: i64| l.min(self.side_max[side])));
+            }
+        }
+        low.unwrap_or(self.max_seen)
+    }
+
     fn new(now: i64) -> Self {
         Part {
             left: HashMap::new(),
             right: HashMap::new(),
             expiring: BTreeSet::new(),
             max_seen: i64::MIN,
+            side_max: [i64::MIN; 2],
+            side_arrival: [now; 2],
             floor: i64::MIN,
             last_arrival: now,
             upstream: Upstream::default(),
@@ -216,6 +239,7 @@ where
                 let clock: StoredClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
                 part.max_seen = clock.max_seen;
+                part.side_max = clock.sides;
                 part.floor = clock.floor;
                 part.applied = clock.applied;
                 part.seq = clock.seq;
@@ -308,6 +332,7 @@ where
                 part.clock_dirty = false;
                 let clock = StoredClock {
                     max_seen: part.max_seen,
+                    sides: part.side_max,
                     floor: part.floor,
                     pumps: part.upstream.snapshot(),
                     applied: part.applied,
@@ -359,6 +384,11 @@ where
             part.max_seen = time;
             part.clock_dirty = true;
         }
+        if time > part.side_max[side] {
+            part.side_max[side] = time;
+            part.clock_dirty = true;
+        }
+        part.side_arrival[side] = now;
         if let Some((pump, wm)) = upstream {
             part.upstream.heard(pump, wm, now);
             part.clock_dirty = true;
@@ -452,10 +482,11 @@ where
     /// Recomputes the watermark at clock time `now` (as windows do) and expires the buffered
     /// records it passed, emitting the unmatched ones of outer sides.
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
+        let idle_timeout = self.idle_timeout;
         let computed = watermark_of(
             self.parts.iter_mut().map(|(&partition, part)| PartTime {
                 partition,
-                max_seen: part.max_seen,
+                max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
                 last_arrival: part.last_arrival,
                 upstream: &mut part.upstream,
             }),
@@ -618,6 +649,7 @@ mod tests {
             &mut op,
             &[
                 ('L', "k", 100, "v"),
+                ('R', "y", 200, "r"),
                 ('L', "x", 200, "w"),
                 ('R', "k", 101, "late"),
             ],
@@ -635,10 +667,14 @@ mod tests {
             ('R', "k", 102, "c1"),
             ('L', "j", 101, "v2"),
             ('R', "z", 103, "c2"),
+            // The watermark is the slower side's time: the right side first, then the left.
+            ('R', "y", 111, "r3"),
             // Watermark 111: v1 (matched) expires (100 + 10 < 111); v2 (101 + 10) stays.
             ('L', "q", 111, "v3"),
+            ('R', "y", 112, "r4"),
             // Watermark 112: v2 expires unmatched; c1 (102 + 10) stays.
             ('L', "q", 112, "v4"),
+            ('R', "y", 114, "r5"),
             // Watermark 114: c1 (matched) and c2 (unmatched) expire.
             ('L', "q", 114, "v5"),
         ];
@@ -658,6 +694,23 @@ mod tests {
                 (None, Some("c2".to_owned()))
             ]
         );
+    }
+
+    #[test]
+    fn one_side_read_ahead_does_not_make_the_other_late() {
+        let mut op = op(5, 5, 0, false, false);
+        // A backlog of views read before any click: the watermark waits for the clicks.
+        let got = feed(
+            &mut op,
+            &[
+                ('L', "a", 10, "v1"),
+                ('L', "b", 400, "v2"),
+                ('R', "a", 12, "c1"),
+                ('R', "b", 401, "c2"),
+            ],
+        );
+        assert_eq!(got, vec![pair("v1", "c1"), pair("v2", "c2")]);
+        assert_eq!(op.counts.late, 0);
     }
 
     #[test]
@@ -728,19 +781,17 @@ mod tests {
             restored.out.drain(..).collect::<Vec<_>>(),
             vec![pair("v1", "c2")]
         );
-        // Past every expiry: nothing unmatched is left (v1 and v2 matched), all deleted.
-        restored.on_record(
-            0,
-            b"x".to_vec(),
-            500,
-            Side::Right("far".into()),
-            0,
-            None,
-            None,
-        );
+        // Past every expiry on both sides: nothing unmatched is left (v1 and v2 matched), all
+        // deleted.
+        for (key, record) in [
+            (b"x", Side::Right("far".into())),
+            (b"w", Side::Left("far".into())),
+        ] {
+            restored.on_record(0, key.to_vec(), 500, record, 0, None, None);
+        }
         restored.advance(0, i64::MIN, &all());
         assert!(restored.out.is_empty());
-        assert_eq!(restored.buffered(), (0, 1));
+        assert_eq!(restored.buffered(), (1, 1));
         let deletes = restored
             .take_writes()
             .unwrap()

@@ -18,8 +18,17 @@ pub(crate) const HEADER: &str = "rill.watermark";
 /// A pump's view of its source partitions.
 pub(crate) struct SourceClock {
     id: u64,
-    /// Per source partition: largest event time, clock time of its last record.
-    partitions: HashMap<i32, (i64, i64)>,
+    /// Per source topic (by index, for a join's two sides) and partition: largest event time,
+    /// clock time of its last record. Topics are tracked apart: during a backlog one topic's
+    /// partition may be read far ahead of the other's.
+    partitions: HashMap<(usize, i32), (i64, i64)>,
+    topics: usize,
+    /// Clock time of the first record. With two topics (a join), a topic-partition not heard
+    /// from yet counts as quiet since then, so it is idle only an idle timeout later: its
+    /// partition number being read to its end says little while the other topic's records
+    /// arrive there. With one topic, a partition read to its end without a record is idle
+    /// at once.
+    started: Option<i64>,
     watermark: i64,
     idle_timeout: i64,
     /// The watermark last sent to every partition.
@@ -27,10 +36,13 @@ pub(crate) struct SourceClock {
 }
 
 impl SourceClock {
-    pub(crate) fn new(idle_timeout: i64) -> Self {
+    /// A clock over `topics` source topics (1 for `group_by`, 2 for a join).
+    pub(crate) fn new(idle_timeout: i64, topics: usize) -> Self {
         SourceClock {
             id: rand::random(),
             partitions: HashMap::new(),
+            topics: topics.max(1),
+            started: None,
             watermark: i64::MIN,
             idle_timeout,
             broadcast: i64::MIN,
@@ -50,29 +62,37 @@ impl SourceClock {
         self.watermark > self.broadcast
     }
 
-    /// Records an event of `partition` and returns the header value to stamp it with.
-    /// `owned` are the pump's source partitions, `caught_up` those read to their end.
+    /// Records an event of `partition` of source topic number `topic` and returns the header
+    /// value to stamp it with. `owned` are the pump's source partitions, `caught_up` those
+    /// read to their end.
     pub(crate) fn observe(
         &mut self,
+        topic: usize,
         partition: i32,
         time: i64,
         now: i64,
         owned: &[i32],
         caught_up: &std::collections::HashSet<i32>,
     ) -> String {
-        let entry = self.partitions.entry(partition).or_insert((i64::MIN, now));
+        let entry = self
+            .partitions
+            .entry((topic, partition))
+            .or_insert((i64::MIN, now));
         entry.0 = entry.0.max(time);
         entry.1 = now;
+        let started = *self.started.get_or_insert(now);
         let mut low: Option<i64> = None;
         for p in owned {
-            let (max, last) = self
-                .partitions
-                .get(p)
-                .copied()
-                .unwrap_or((i64::MIN, i64::MIN));
-            let idle = caught_up.contains(p) && now.saturating_sub(last) >= self.idle_timeout;
-            if !idle {
-                low = Some(low.map_or(max, |l: i64| l.min(max)));
+            for t in 0..self.topics {
+                let (max, last) = self
+                    .partitions
+                    .get(&(t, *p))
+                    .copied()
+                    .unwrap_or((i64::MIN, if self.topics > 1 { started } else { i64::MIN }));
+                let idle = caught_up.contains(p) && now.saturating_sub(last) >= self.idle_timeout;
+                if !idle {
+                    low = Some(low.map_or(max, |l: i64| l.min(max)));
+                }
             }
         }
         let computed = low.unwrap_or_else(|| {
@@ -148,10 +168,10 @@ mod tests {
 
     #[test]
     fn a_pump_stamps_the_slowest_of_its_partitions() {
-        let mut clock = SourceClock::new(1_000);
+        let mut clock = SourceClock::new(1_000, 1);
         let none = std::collections::HashSet::new();
         let stamp = |c: &mut SourceClock, p, t| {
-            parse(c.observe(p, t, 0, &[0, 1], &none).as_bytes())
+            parse(c.observe(0, p, t, 0, &[0, 1], &none).as_bytes())
                 .unwrap()
                 .1
         };
@@ -165,6 +185,23 @@ mod tests {
         assert_eq!(stamp(&mut clock, 1, 250), 250);
         // Never goes back.
         assert_eq!(stamp(&mut clock, 1, 10), 250);
+    }
+
+    #[test]
+    fn a_join_pump_holds_its_watermark_to_the_slower_topic() {
+        let mut clock = SourceClock::new(1_000, 2);
+        let none = std::collections::HashSet::new();
+        let mut stamp = |topic, t| {
+            parse(clock.observe(topic, 0, t, 0, &[0], &none).as_bytes())
+                .unwrap()
+                .1
+        };
+        // Views read far ahead of clicks on the same partition number.
+        assert_eq!(stamp(0, 100), i64::MIN, "no click read yet");
+        assert_eq!(stamp(0, 400), i64::MIN);
+        assert_eq!(stamp(1, 101), 101);
+        assert_eq!(stamp(1, 250), 250);
+        assert_eq!(stamp(0, 410), 250);
     }
 
     #[test]
