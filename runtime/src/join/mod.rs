@@ -67,10 +67,13 @@
 //!   plus grace (a left record at `t`: `t + after + grace`; a right one: `t + before + grace`),
 //!   since partners it should meet may have expired. It is dropped and counted
 //!   (`AgentStats::late_records`), neither paired nor emitted alone, as Kafka Streams does.
-//! - **Watermarks** are those of windows ([`crate::window`]): per partition the largest event
-//!   time seen on either side (or the `group_by` pumps' watermarks after a repartition), per
-//!   instance the smallest over its partitions, idle partitions skipped after the idle
-//!   timeout.
+//! - **Watermarks** work as for windows ([`crate::window`]), with the two topics kept apart: a
+//!   partition has reached the smaller of its two sides' largest event times (a side quiet for
+//!   the idle timeout on a partition read to its end does not count), so one topic read ahead
+//!   of the other during a backlog makes nothing late. Through the repartition topic the pump
+//!   does the same over its source topic-partitions and stamps its watermark on the records.
+//!   An instance takes the smallest over its partitions, idle partitions skipped after the
+//!   idle timeout.
 //! - **Co-partitioning**: the two sides meet in one partition only if records of one key are
 //!   there. By default both sides are re-keyed by their key functions through one internal
 //!   topic, `<app>-<agent>-<join name>-repartition` (each record tagged with its source topic),
