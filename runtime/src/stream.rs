@@ -89,6 +89,9 @@ pub(crate) struct StreamCore {
     at_end: HashSet<Tp>,
     owned_tps: Vec<Tp>,
     commit_failed: bool,
+    /// The commit step being started is the commit interval's (not a `commit()`, a
+    /// revocation or a full buffer).
+    on_tick: bool,
     /// After an aborted transaction: nothing is handed out until the fetcher has gone back to
     /// the committed offsets and announced the assignment again.
     rewinding: bool,
@@ -161,6 +164,7 @@ impl StreamCore {
             at_end: HashSet::new(),
             owned_tps: Vec::new(),
             commit_failed: false,
+            on_tick: false,
             rewinding: false,
             holding: false,
             held_done: Vec::new(),
@@ -304,6 +308,7 @@ impl StreamCore {
         let producer = self.shared.producer.clone();
         let committer = self.committer.clone();
         let group = self.group.clone();
+        let on_tick = std::mem::take(&mut self.on_tick);
         let stats = self.shared.stats.clone();
         if let Some(t) = self.shared.event_time() {
             let lag = self.shared.clock.now_ms().saturating_sub(t);
@@ -329,7 +334,7 @@ impl StreamCore {
                     pending.push(producer.enqueue(record).await?);
                 }
                 let produced = producer
-                    .deliver_in(pending, &group, &offsets, Some(&committer))
+                    .deliver_in(pending, &group, &offsets, Some(&committer), on_tick)
                     .await?;
                 if let Some((def, _)) = tables.first() {
                     let store = def.store.clone();
@@ -346,10 +351,28 @@ impl StreamCore {
             span,
         ));
         self.committing = Some(Commit { future, acks, last });
-        let next = tokio::time::Instant::now() + self.interval;
+        let next = self.next_deadline();
         if let Some(deadline) = &mut self.deadline {
             deadline.as_mut().reset(next);
         }
+    }
+
+    /// When the next commit step is due. Under exactly-once every instance of the worker
+    /// commits on the same ticks (multiples of the interval since the worker's first), so
+    /// their steps reach the transactional producer together and share one transaction
+    /// (`transport::txn` gathers them); otherwise an interval from now.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let transactional = matches!(&self.committer, Committer::Kafka(k) if k.transactional);
+        if !transactional || self.interval.is_zero() {
+            return now + self.interval;
+        }
+        static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(|| now);
+        let interval = self.interval.as_nanos().max(1);
+        let ticks = now.duration_since(epoch).as_nanos() / interval + 1;
+        let offset = u64::try_from(ticks.saturating_mul(interval)).unwrap_or(u64::MAX);
+        epoch + Duration::from_nanos(offset)
     }
 
     /// Publishes the partition numbers whose every owned topic is read to its end.
@@ -422,9 +445,16 @@ impl StreamCore {
         self.current.insert(record)
     }
 
-    /// Offset of the record being processed.
-    pub(crate) fn current_offset(&self) -> Option<i64> {
-        self.current.as_ref().map(|r| r.offset)
+    /// Where the record being processed was first read (its own offset, or the one a retry
+    /// record carries).
+    pub(crate) fn current_origin_offset(&self) -> Option<i64> {
+        self.current.as_ref().map(|r| failure::origin(r).2)
+    }
+
+    /// After an aborted transaction, until the assignment is announced again: state derived
+    /// from the records since the last commit is being rolled back.
+    pub(crate) fn is_rewinding(&self) -> bool {
+        self.rewinding
     }
 
     /// A header of the record being processed.
@@ -804,22 +834,22 @@ impl StreamCore {
                 // Woken by the control channel when the assignment is announced again.
                 return Poll::Pending;
             }
-            let interval = self.interval;
+            if self.deadline.is_none() {
+                self.deadline = Some(Box::pin(tokio::time::sleep_until(self.next_deadline())));
+            }
             let due = self
                 .deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)))
                 .as_mut()
-                .poll(cx)
-                .is_ready();
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
             if due {
                 if self.has_work() {
+                    self.on_tick = true;
                     self.start_commit(Vec::new(), false);
                     continue;
                 }
+                let next = self.next_deadline();
                 if let Some(deadline) = &mut self.deadline {
-                    deadline
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + interval);
+                    deadline.as_mut().reset(next);
                     let _ = deadline.as_mut().poll(cx);
                 }
             }
@@ -920,6 +950,9 @@ pub struct Stream<T> {
     /// the instance's core reads them all, so one topic's stream read alone would meet the
     /// others' records. Such streams are read together (`join`, `either`).
     pub(crate) topic: Option<Arc<str>>,
+    /// Items are no longer the topic's records (`map`): `group_by` and joins, which decode
+    /// the records again elsewhere, refuse such a stream.
+    pub(crate) mapped: bool,
 }
 
 impl<T: Record> Stream<T> {
@@ -938,6 +971,7 @@ impl<T: Record> Stream<T> {
             codec,
             time: None,
             topic: None,
+            mapped: false,
         }
     }
 
@@ -995,12 +1029,17 @@ impl<T: Record> Stream<T> {
             }
             return KeyedStream::new(stream, key, name);
         }
-        if this.topic.is_some() {
-            // One topic of a multi-topic agent: its core reads the other topics too.
+        if this.topic.is_some() || this.mapped {
+            // One topic of a multi-topic agent: its core reads the other topics too. A mapped
+            // stream: the pump decodes the topic's records, not the mapped items.
             let mut core = this.take_core();
             let error = agent_error(
                 &core.shared.agent,
-                "`group_by` on one stream of an agent over several topics; join them (`join`, `either`) instead",
+                if this.mapped {
+                    "`group_by` after `map`: re-key the stream first, then map"
+                } else {
+                    "`group_by` on one stream of an agent over several topics; join them (`join`, `either`) instead"
+                },
             );
             core.fail(error);
             return KeyedStream::new(Stream::new(core, codec), key, name);
@@ -1118,6 +1157,7 @@ impl<T: Send + 'static> Stream<T> {
             codec: self.codec,
             time: None,
             topic: self.topic.clone(),
+            mapped: true,
         }
     }
 
@@ -1139,6 +1179,7 @@ impl<T: Send + 'static> Stream<T> {
             codec: self.codec,
             time: None,
             topic: self.topic.clone(),
+            mapped: true,
             step: Box::new(move |raw| {
                 let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
@@ -1183,6 +1224,7 @@ impl<T> Stream<T> {
             codec: self.codec,
             time: None,
             topic: None,
+            mapped: true,
         }
     }
 

@@ -109,10 +109,22 @@ impl KafkaTransport {
             .create()
             .map_err(|e| Error::kafka("creating an admin client", e))?;
         let txn = match config.processing_guarantee {
-            crate::config::ProcessingGuarantee::ExactlyOnce => Some(super::txn::Transactions::new(
-                producer_config.clone(),
-                &transactional_id(config),
-            )?),
+            crate::config::ProcessingGuarantee::ExactlyOnce => {
+                let mut txn_config = producer_config.clone();
+                // A transaction's records are produced together at its commit, which waits
+                // for them: lingering would only add its 5 ms to every commit. And a
+                // transaction begun right after the previous one's commit may be refused
+                // as concurrent for a moment: retry in 10 ms, not librdkafka's 100 ms.
+                for (key, value) in [("linger.ms", "0"), ("retry.backoff.ms", "10")] {
+                    if !config.kafka.iter().any(|(k, _)| k == key) {
+                        txn_config.set(key, value);
+                    }
+                }
+                Some(super::txn::Transactions::new(
+                    txn_config,
+                    &transactional_id(config),
+                )?)
+            }
             crate::config::ProcessingGuarantee::AtLeastOnce => None,
         };
         Ok(Arc::new(KafkaTransport {

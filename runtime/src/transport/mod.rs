@@ -255,17 +255,20 @@ impl ProducerBackend {
         group: &str,
         offsets: &[(Tp, i64)],
     ) -> Result<HashMap<Tp, i64>> {
-        self.deliver_in(pending, group, offsets, None).await
+        self.deliver_in(pending, group, offsets, None, false).await
     }
 
     /// [`ProducerBackend::deliver`] for a commit step of an agent's consumer (`committer`):
     /// under exactly-once on Kafka the records and `offsets` go in one transaction.
+    /// `on_tick`: the step is a commit interval's (the transaction waits briefly for the
+    /// worker's other instances, committing on the same tick).
     pub(crate) async fn deliver_in(
         &self,
         pending: Vec<Pending>,
         group: &str,
         offsets: &[(Tp, i64)],
         committer: Option<&Committer>,
+        on_tick: bool,
     ) -> Result<HashMap<Tp, i64>> {
         if let ProducerBackend::Kafka(k) = self
             && let Some(txn) = &k.txn
@@ -286,7 +289,13 @@ impl ProducerBackend {
             if records.is_empty() && offsets.is_none() {
                 return Ok(HashMap::new());
             }
-            return txn.commit(txn::TxnPart { records, offsets }).await;
+            return txn
+                .commit(txn::TxnPart {
+                    records,
+                    offsets,
+                    on_tick,
+                })
+                .await;
         }
         match self {
             ProducerBackend::Embedded(log) => {

@@ -2,9 +2,11 @@
 //!
 //! Under `ProcessingGuarantee::ExactlyOnce` agents' sends are buffered, not produced; each
 //! commit step hands its records (outputs, changelog records, dead letters) and its consumed
-//! offsets, with its consumer group's metadata, to [`Transactions::commit`]. Commit steps that
-//! arrive while a transaction is running wait and share the next one, so a worker runs one
-//! transaction at a time covering every instance that is committing (EOS v2: the group
+//! offsets, with its consumer group's metadata, to [`Transactions::commit`]. Every instance
+//! commits on the same ticks of the commit interval, and the first step of a tick waits a few
+//! milliseconds for the others, so one transaction covers all the partitions the worker owns;
+//! steps that arrive while a transaction is running (a `Stream::commit`, a slow instance) share
+//! the next one. A worker runs one transaction at a time (EOS v2: the group
 //! metadata fences a zombie that lost its partitions, and the stable `transactional.id`
 //! fences the previous incarnation of this worker when it restarts, aborting its open
 //! transaction).
@@ -37,11 +39,18 @@ const FENCED_AGAIN: Duration = Duration::from_secs(30);
 /// How long transactional calls may take before they count as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the first commit step of a transaction waits for the worker's other instances,
+/// which commit on the same ticks (`StreamCore::next_deadline`), before the transaction
+/// begins: they then share it instead of each waiting for the previous one's commit.
+const GATHER: Duration = Duration::from_millis(3);
+
 /// One commit step's part of a transaction.
 pub(crate) struct TxnPart {
     pub(crate) records: Vec<OutRecord>,
     /// Consumed offsets (next to read) of one consumer group, with its metadata.
     pub(crate) offsets: Option<(ConsumerGroupMetadata, Vec<(Tp, i64)>)>,
+    /// A commit interval's step: the transaction it starts waits [`GATHER`] for the others.
+    pub(crate) on_tick: bool,
 }
 
 type Reply = oneshot::Sender<std::result::Result<HashMap<Tp, i64>, String>>;
@@ -96,6 +105,7 @@ impl Transactions {
     /// returns the next offset of every partition the transaction wrote.
     pub(crate) async fn commit(self: &Arc<Self>, part: TxnPart) -> Result<HashMap<Tp, i64>> {
         let (reply, answer) = oneshot::channel();
+        let gather = part.on_tick;
         let lead = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.waiting.push((part, reply));
@@ -104,7 +114,12 @@ impl Transactions {
         tracing::debug!(lead, "commit step queued for a transaction");
         if lead {
             let this = self.clone();
-            tokio::spawn(async move { this.run().await });
+            tokio::spawn(async move {
+                if gather {
+                    tokio::time::sleep(GATHER).await;
+                }
+                this.run().await;
+            });
         }
         let result = answer
             .await
@@ -163,26 +178,27 @@ impl Transactions {
 
     /// After a failed transaction: abort it, or replace a fenced/fatally failed producer.
     async fn recover(&self, producer: &FutureProducer<LogContext>, e: &KafkaError) {
-        let fatal = match e {
-            KafkaError::Transaction(t) => t.is_fatal(),
-            _ => false,
-        };
+        let mut fatal = fenced(e);
         if !fatal {
             let p = producer.clone();
             let aborted = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .map_err(|_| KafkaError::Canceled)
+                .and_then(|r| r);
             match aborted {
                 Ok(()) => {
                     tracing::warn!(error = %e, "exactly-once: transaction aborted");
                     return;
                 }
+                // The produce error did not say so (e.g. `InvalidProducerEpoch` on a record),
+                // but the abort does: fenced.
+                Err(why) if fenced(&why) => fatal = true,
                 Err(why) => {
                     tracing::warn!(error = %e, abort_error = %why, "exactly-once: abort failed; replacing the producer");
                 }
             }
-        } else {
+        }
+        if fatal {
             let now = std::time::Instant::now();
             let again = self
                 .fenced_at
@@ -210,6 +226,18 @@ impl Transactions {
                 tracing::error!(error = %e, "exactly-once: creating a new transactional producer panicked")
             }
         }
+    }
+}
+
+/// A fatal transactional error, or a broker saying a newer instance took over.
+fn fenced(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch)
+        ),
     }
 }
 
