@@ -17,7 +17,7 @@
 //!
 //! With no broker the app sends `SYNTHETIC_VIEWS` views (default 12, 0 for none), one per
 //! second of event time, each on its own URL: a third get a click 2 s later (a pair), a third
-//! a click 8 s later (too late to pair), a third none.
+//! a click 8 s later (outside the 5 s bound: no pair), a third none.
 #![allow(clippy::print_stdout, reason = "examples print what they do")]
 
 use std::time::Duration;

@@ -525,15 +525,33 @@ async fn stream_table_joins_read_the_current_value_of_a_table_and_a_global_table
         },
     )
     .await?;
-    // The global table catches up before agents start reading; give it the record first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The global table follows its topic on a thread of its own: probe until it has the
+    // profile (probes are on a URL of their own and left out below).
+    let mut probes = 0;
+    loop {
+        let probe = View {
+            id: format!("probe-{probes}"),
+            url: "/probe".into(),
+            user: "user-of-v1".into(),
+            at: 0,
+        };
+        app.send_to("views", &probe).await?;
+        probes += 1;
+        let got: Vec<Enriched> = app.expect("enriched", probes).await?;
+        if got.iter().any(|e| e.country.is_some()) {
+            break;
+        }
+        assert!(probes < 100, "the global table never got the profile");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     feed(
         &app,
         "enrich",
         &[V("v1", "/a", 1), V("v2", "/a", 2), V("v3", "/b", 3)],
     )
     .await?;
-    let mut got: Vec<Enriched> = app.expect("enriched", 3).await?;
+    let mut got: Vec<Enriched> = app.expect("enriched", probes + 3).await?;
+    got.retain(|e| !e.view.starts_with("probe-"));
     got.sort();
     let e = |view: &str, country: Option<&str>, earlier: Option<u64>| Enriched {
         view: view.into(),
@@ -552,17 +570,27 @@ async fn stream_table_joins_read_the_current_value_of_a_table_and_a_global_table
 }
 
 #[tokio::test]
-async fn topics_read_together_must_have_the_same_partition_count() {
+async fn topics_read_together_must_have_the_same_partition_count() -> rill::Result<()> {
     let mut views = TopicSpec::of::<View>("views", "test");
     views.partitions = Some(2);
     let mut clicks = TopicSpec::of::<Click>("clicks", "test");
     clicks.partitions = Some(3);
-    let agent = AgentSpec::new("mismatched", "test")
-        .source(views)
-        .source(clicks)
-        .run(|_ctx| async { Ok(()) });
+    let agent = |name: &str| {
+        AgentSpec::new(name, "test")
+            .source(views.clone())
+            .source(clicks.clone())
+            .run(|_ctx| async { Ok(()) })
+    };
+    // Read as one stream (fan-in), the topics need not be co-partitioned.
+    App::new("joins_test")
+        .agents([agent("fan_in")])
+        .test()
+        .await?
+        .stop()
+        .await?;
+    // Read together (what `#[agent(topics(..))]` declares), they must.
     let err = App::new("joins_test")
-        .agents([agent])
+        .agents([agent("mismatched").co_partitioned()])
         .test()
         .await
         .err()
@@ -574,6 +602,7 @@ async fn topics_read_together_must_have_the_same_partition_count() {
             && msg.contains("`clicks` has 3"),
         "{msg}"
     );
+    Ok(())
 }
 
 #[agent(topics(views = "views", clicks = "clicks"))]
@@ -661,5 +690,55 @@ async fn join_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
     app.expect::<Pair>("pairs", 1_600).await?;
     settle().await;
     assert_eq!(app.count("pairs")?, 1_600);
+    app.stop().await
+}
+
+/// Fails on the click `boom`: the default policy dead-letters it and calls the function again.
+#[agent(topics(views = "views", clicks = "clicks"), sink = "pairs")]
+async fn fragile(views: Stream<View>, clicks: Stream<Click>, out: Sink<Pair>) -> rill::Result<()> {
+    let window = JoinWindow::within(Duration::from_secs(5)).grace(Duration::from_secs(10));
+    let mut joined = views.join(clicks, |v| v.url.clone(), |c| c.url.clone(), window);
+    while let Some((v, c)) = joined.next().await {
+        if c.id == "boom" {
+            return Err(rill::Error::user(format!(
+                "cannot handle {} with {}",
+                v.id, c.id
+            )));
+        }
+        out.send(&pair(&v.id, &c.id)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_pair_dead_letters_its_record_and_the_join_keeps_its_buffers() -> rill::Result<()>
+{
+    let app = app(fragile::agent(), 2).test().await?;
+    feed(
+        &app,
+        "fragile",
+        &[
+            V("v1", "/a", 10),
+            C("c1", "/a", 11),
+            C("boom", "/a", 12),
+            // After the function was called again: v1 is still buffered.
+            C("c2", "/a", 13),
+        ],
+    )
+    .await?;
+    let got = sorted(&app, 2).await?;
+    assert_eq!(got, vec![pair("v1", "c1"), pair("v1", "c2")]);
+    let dead = app.records("joins_test-fragile-dlq")?;
+    assert_eq!(dead.len(), 1);
+    let click: Click = serde_json::from_slice(dead[0].value.as_deref().unwrap_or_default())
+        .expect("the dead letter is the click");
+    assert_eq!(click.id, "boom");
+    assert_eq!(
+        dead[0].headers.get("rill.topic"),
+        Some(&b"clicks"[..]),
+        "the dead letter keeps its side, so a replay finds it"
+    );
+    settle().await;
+    assert_eq!(app.count("pairs")?, 2);
     app.stop().await
 }

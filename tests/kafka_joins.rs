@@ -63,6 +63,7 @@ fn joiner(views: &str, clicks: &str, pairs: &str) -> AgentSpec {
     AgentSpec::new("joiner", "tests/kafka_joins.rs")
         .source(TopicSpec::of::<View>(views, "tests/kafka_joins.rs"))
         .source(TopicSpec::of::<Click>(clicks, "tests/kafka_joins.rs"))
+        .co_partitioned()
         .sink(TopicSpec::of::<Pair>(pairs, "tests/kafka_joins.rs"))
         .run(move |mut ctx| {
             let (v, c) = (v.clone(), c.clone());

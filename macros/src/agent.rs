@@ -456,6 +456,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     });
     let sink_var = format_ident!("__rill_sink");
     let multi = args.topic.is_none();
+    let co_partitioned = multi.then(|| quote!(.co_partitioned()));
     let call_args = params.iter().map(|p| match p {
         Param::Stream(Some(ident), _) if multi => {
             let var = format_ident!("__rill_stream_{}", ident);
@@ -530,6 +531,7 @@ fn generate(func: &syn::ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             pub fn agent() -> ::rill::AgentSpec {
                 ::rill::AgentSpec::new(#name_str, ::core::concat!(::core::file!(), ":", ::core::line!()))
                     #(#sources)*
+                    #co_partitioned
                     #sink
                     .concurrency(#concurrency)
                     #group

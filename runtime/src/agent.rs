@@ -44,6 +44,7 @@ pub struct AgentSpec {
     pub(crate) global_tables: Vec<String>,
     pub(crate) on_error: Option<crate::failure::OnError>,
     pub(crate) dead_letter: Option<String>,
+    pub(crate) co_partitioned: bool,
     pub(crate) run: Option<RunFn>,
 }
 
@@ -61,6 +62,7 @@ impl AgentSpec {
             global_tables: Vec::new(),
             on_error: None,
             dead_letter: None,
+            co_partitioned: false,
             run: None,
         }
     }
@@ -76,6 +78,15 @@ impl AgentSpec {
     /// `<app>-<agent>-dlq`).
     pub fn dead_letter(mut self, topic: &str) -> Self {
         self.dead_letter = Some(topic.to_owned());
+        self
+    }
+
+    /// Declares that the agent reads its sources together, a typed stream per topic joined or
+    /// merged (`#[agent(topics(..))]` declares it): the worker refuses to start unless they
+    /// have the same partition count. Without it an agent over several topics reads them as
+    /// one stream (fan-in), whatever their partition counts (agents with tables excepted).
+    pub fn co_partitioned(mut self) -> Self {
+        self.co_partitioned = true;
         self
     }
 

@@ -302,7 +302,9 @@ pub(crate) fn failed_record(
         .headers
         .0
         .iter()
-        .filter(|(name, _)| !name.starts_with("rill."))
+        // rill's headers of the failed attempt go; a join's side tag stays, so the record
+        // finds its side when it comes back (retry topics, `dlq replay`).
+        .filter(|(name, _)| !name.starts_with("rill.") || name == crate::repartition::TOPIC_HEADER)
         .cloned()
         .collect();
     let mut add =

@@ -465,7 +465,10 @@ fn check_copartitioned(
     agents: &[AgentSpec],
     partitions: &HashMap<String, i32>,
 ) -> Result<()> {
-    for agent in agents.iter().filter(|a| a.sources.len() > 1) {
+    for agent in agents
+        .iter()
+        .filter(|a| a.sources.len() > 1 && (a.co_partitioned || !a.tables.is_empty()))
+    {
         let counts: Vec<(&str, i32)> = agent
             .sources
             .iter()

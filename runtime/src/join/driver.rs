@@ -256,7 +256,8 @@ where
             .core
             .current_header(crate::window::propagate::HEADER)
             .and_then(crate::window::propagate::parse);
-        let offset = self.stream.core.current_offset();
+        // A retry record carries the offset it was first read at: already taken in.
+        let offset = self.stream.core.current_origin_offset();
         let floor = self.clock.watermark_floor();
         self.caught_up();
         let Some(cell) = &self.cell else {
@@ -280,7 +281,7 @@ where
     }
 
     fn tick(&mut self) -> Result<()> {
-        if self.stream.core.is_recovering() {
+        if self.stream.core.is_recovering() || self.stream.core.is_rewinding() {
             return Ok(());
         }
         let now = self.clock.now_ms();

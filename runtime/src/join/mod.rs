@@ -27,6 +27,7 @@
 //! let agent = AgentSpec::new("view_to_click", "doc")
 //!     .source(TopicSpec::of::<View>("views", "doc"))
 //!     .source(TopicSpec::of::<Click>("clicks", "doc"))
+//!     .co_partitioned()
 //!     .sink(TopicSpec::of::<String>("converted", "doc"))
 //!     .run(|mut ctx| async move {
 //!         let views = ctx.stream_of::<View>("views")?;
@@ -89,6 +90,12 @@
 //!   records straddle the restart is emitted once. Expired records are deleted (tombstones in
 //!   the compacted changelog). Buffered records are also held in memory, typed, so the
 //!   joined types are `Clone`.
+//!
+//! - **Failures**: a pair (or lone record) whose handling fails counts against the record
+//!   that completed it, under the agent's policy: dead-lettered, skipped, or stopping the
+//!   worker. The join has already taken that record in, so retrying it (in place or through
+//!   retry topics) does not make its pairs again, as for windows: handle a pair's errors in
+//!   the agent when they must be retried.
 //!
 //! # Stream-table joins
 //!
@@ -170,14 +177,16 @@ impl JoinWindow {
     }
 
     /// Idle timeout of the join's watermark (default `Config::idle_timeout`); see
-    /// [`crate::window`].
+    /// [`crate::window`]. Through the repartition topic, the pump's own clock uses
+    /// `Config::idle_timeout`.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
     }
 
-    /// Names the join's state table (`<agent>-<name>`) and repartition topic (default `join`;
-    /// an agent with two joins names them apart).
+    /// Names the join's state table (`<agent>-<name>`) and repartition topic (default
+    /// `join`). An agent runs one join (its instance has one stream); renaming a join starts
+    /// it with empty buffers.
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
         self
@@ -267,6 +276,7 @@ impl<A: Record> Stream<A> {
         };
         let mut right = other.take_step();
         let names = topics.clone();
+        let shared = self.core.shared().clone();
         let stream = self.restep(move |mut left| {
             Box::new(move |raw: &RawRecord| {
                 let (a, b) = names.as_ref()?;
@@ -276,6 +286,16 @@ impl<A: Record> Stream<A> {
                 } else if topic == &**b {
                     right(raw).map(Either::Right)
                 } else {
+                    // A third topic of the agent, or a record that lost its side tag.
+                    shared.record_failed(
+                        raw,
+                        Failure {
+                            kind: FailureKind::Error,
+                            message: format!(
+                                "a record of `{topic}` where `{a}` and `{b}` are read together"
+                            ),
+                        },
+                    );
                     None
                 }
             })
@@ -358,10 +378,20 @@ impl<A: Record> Stream<A> {
     {
         let name = window.name.clone().unwrap_or_else(|| "join".to_owned());
         let (a_codec, b_codec) = (self.codec, other.codec);
+        let mapped = self.mapped || other.mapped;
         let (mut stream, topics, (a_time, b_time)) = self.either_parts(other);
         let key: Arc<dyn Fn(&A) -> K + Send + Sync> = Arc::new(key);
         let other_key: Arc<dyn Fn(&B) -> K + Send + Sync> = Arc::new(other_key);
         let shared = stream.core.shared().clone();
+        if mapped {
+            // The join decodes the topics' records again (the repartition pump, the reader):
+            // a mapped item cannot be.
+            let error = agent_error(
+                &shared.agent,
+                "`join` after `map`: join the topics' streams, then map the pairs",
+            );
+            stream.core.fail(error);
+        }
         let partitions = stream
             .core
             .pipeline()
@@ -476,7 +506,10 @@ where
     K: Serialize + DeserializeOwned + KeyBytes + 'static,
     V: Serialize + DeserializeOwned + 'static,
 {
+    /// Like a write, a lookup must stay in the partition of the record being processed: this
+    /// instance's copy of any other partition may be missing or stale.
     fn lookup(&self, key: &K) -> Result<Option<V>> {
+        self.check_write(key, self.partition_of(key))?;
         self.get(key)
     }
 }

@@ -336,7 +336,8 @@ where
             .core
             .current_header(super::propagate::HEADER)
             .and_then(super::propagate::parse);
-        let offset = self.stream.core.current_offset();
+        // A retry record carries the offset it was first read at: already counted.
+        let offset = self.stream.core.current_origin_offset();
         let floor = self.clock.watermark_floor();
         self.caught_up();
         let Some((cell, _)) = &self.cell else {
@@ -378,7 +379,9 @@ where
     }
 
     fn tick(&mut self) -> Result<()> {
-        if self.stream.core.is_recovering() {
+        // While rolling back (exactly-once), the operator still holds the aborted records'
+        // effects: it reloads once the assignment is announced again.
+        if self.stream.core.is_recovering() || self.stream.core.is_rewinding() {
             return Ok(());
         }
         let now = self.clock.now_ms();
