@@ -1,27 +1,21 @@
-//! `JoinStream`: drives a join operator from the agent's two-sided stream. On first poll it
-//! creates the join's table (and changelog topic) and adds it to the instance, so it recovers
-//! with the instance's other tables; then each record goes through the operator, and a clock
-//! tick lets idle partitions expire buffered records while no record arrives. The same shape as
-//! `window::driver`.
+//! `JoinStream`: drives a join operator from the agent's two-sided stream, through the
+//! machinery windows use (`window::host`): the join's table, flushing at each commit step,
+//! reloading after assignments, ticking while idle.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::state::{Bounds, Operator, Side};
-use crate::context::{Flush, Shared};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stream::Stream;
-use crate::table::{TableCore, TableDef};
-use crate::time::Clock;
-use crate::window::driver::Ticker;
+use crate::window::host::{Host, Stateful};
+use crate::window::state::Write;
 
 /// A two-sided record with its join key's bytes, as the driver reads it.
 pub(crate) type Keyed<A, B> = (Side<A, B>, Vec<u8>);
@@ -43,10 +37,6 @@ trait Drive<O>: Send {
 }
 
 impl<O: Send + 'static> JoinStream<O> {
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "plain wiring from `Stream::join`"
-    )]
     pub(crate) fn new<A, B>(
         stream: Stream<Keyed<A, B>>,
         bounds: Bounds,
@@ -59,34 +49,20 @@ impl<O: Send + 'static> JoinStream<O> {
         A: Serialize + DeserializeOwned + Clone + Send + 'static,
         B: Serialize + DeserializeOwned + Clone + Send + 'static,
     {
-        let shared = stream.core.shared().clone();
-        let clock = shared.clock.clone();
         let idle = idle_timeout
             .or_else(|| stream.core.pipeline().map(|p| p.config.idle_timeout))
             .unwrap_or(Duration::from_secs(10));
-        let setup = stream.core.pipeline().cloned().map(|pipeline| {
-            let table = name.clone();
-            let setup: BoxFuture<'static, Result<Arc<TableDef>>> =
-                Box::pin(async move { pipeline.window_table(&table).await });
-            setup
-        });
+        let idle_ms = crate::window::millis(idle);
+        let host = Host::new(
+            stream,
+            "join",
+            name,
+            "joins apply to an agent's own streams",
+            idle,
+            move || Operator::new(bounds, idle_ms, outer.0, outer.1),
+        );
         JoinStream {
-            inner: Box::new(Driver {
-                stream,
-                bounds,
-                outer,
-                shape,
-                name,
-                idle: crate::window::millis(idle),
-                setup,
-                cell: None,
-                ended: false,
-                seen_assignment: u64::MAX,
-                ticker: Ticker::new(&clock, idle),
-                clock,
-                shared,
-                caught_up: (u64::MAX, HashSet::new()),
-            }),
+            inner: Box::new(Driver { host, shape }),
         }
     }
 }
@@ -114,204 +90,49 @@ impl<O> std::fmt::Debug for JoinStream<O> {
     }
 }
 
-/// The operator and the table overlay it is flushed into, shared with the commit step.
-struct Cell<A, B> {
-    op: Mutex<Operator<A, B>>,
-    table: Arc<TableCore>,
-}
-
-impl<A, B> Cell<A, B> {
-    fn op(&self) -> std::sync::MutexGuard<'_, Operator<A, B>> {
-        self.op.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl<A, B> Flush for Cell<A, B>
+impl<A, B> Stateful for Operator<A, B>
 where
-    A: Serialize + DeserializeOwned + Clone + Send,
-    B: Serialize + DeserializeOwned + Clone + Send,
+    A: Serialize + DeserializeOwned + Clone + Send + 'static,
+    B: Serialize + DeserializeOwned + Clone + Send + 'static,
 {
-    fn dirty(&self) -> bool {
-        self.op().dirty()
+    type Out = (Option<A>, Option<B>);
+
+    fn clear(&mut self) {
+        Operator::clear(self);
     }
 
-    fn flush(&self) -> Result<()> {
-        for (partition, key, value) in self.op().take_writes()? {
-            self.table.put(partition, key, value);
-        }
-        Ok(())
+    fn has_partition(&self, partition: i32) -> bool {
+        Operator::has_partition(self, partition)
+    }
+
+    fn load(&mut self, partition: i32, entries: Vec<(Vec<u8>, Vec<u8>)>, now: i64) -> Result<()> {
+        Operator::load(self, partition, entries, now)
+    }
+
+    fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
+        Operator::heard(self, partition, pump, watermark, now);
+    }
+
+    fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
+        Operator::advance(self, now, floor, caught_up);
+    }
+
+    fn dirty(&self) -> bool {
+        Operator::dirty(self)
+    }
+
+    fn take_writes(&mut self) -> Result<Vec<Write>> {
+        Operator::take_writes(self)
+    }
+
+    fn next_out(&mut self) -> Option<Self::Out> {
+        self.out.pop_front()
     }
 }
 
 struct Driver<A, B, O> {
-    stream: Stream<Keyed<A, B>>,
-    bounds: Bounds,
-    outer: (bool, bool),
+    host: Host<Keyed<A, B>, Operator<A, B>>,
     shape: Shape<A, B, O>,
-    name: String,
-    idle: i64,
-    setup: Option<BoxFuture<'static, Result<Arc<TableDef>>>>,
-    cell: Option<Arc<Cell<A, B>>>,
-    ended: bool,
-    seen_assignment: u64,
-    ticker: Ticker,
-    clock: Clock,
-    shared: Arc<Shared>,
-    caught_up: (u64, HashSet<i32>),
-}
-
-impl<A, B, O> Driver<A, B, O>
-where
-    A: Serialize + DeserializeOwned + Clone + Send + 'static,
-    B: Serialize + DeserializeOwned + Clone + Send + 'static,
-    O: Send + 'static,
-{
-    fn fail(&mut self, error: Error) {
-        self.stream.core.fail(error);
-        self.ended = true;
-    }
-
-    fn ready(&mut self, def: Arc<TableDef>) {
-        let reader = match self.stream.core.pipeline() {
-            Some(p) => p.reader.clone(),
-            None => return,
-        };
-        let table = self.stream.core.add_table(def.clone(), reader);
-        let existing = self
-            .shared
-            .windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&def.name)
-            .cloned()
-            .and_then(|any| any.downcast::<Cell<A, B>>().ok());
-        if let Some(cell) = existing {
-            // The agent function runs again after a failure: same operator, with the pairs it
-            // had not handed out yet.
-            self.cell = Some(cell);
-            return;
-        }
-        let op = Operator::new(self.bounds, self.idle, self.outer.0, self.outer.1);
-        let cell = Arc::new(Cell {
-            op: Mutex::new(op),
-            table,
-        });
-        self.shared
-            .flushers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(cell.clone());
-        self.shared
-            .windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(def.name.clone(), cell.clone());
-        tracing::debug!(agent = %self.shared.agent, join = %self.name, bounds = ?self.bounds, "join ready");
-        self.cell = Some(cell);
-    }
-
-    /// After a rebalance (once recovery is done), reloads the owned partitions from the store.
-    fn sync_assignment(&mut self, now: i64) -> Result<()> {
-        let generation = self.shared.assignment.load(Ordering::Acquire);
-        if generation == self.seen_assignment || self.stream.core.is_recovering() {
-            return Ok(());
-        }
-        let Some(cell) = &self.cell else {
-            return Ok(());
-        };
-        self.seen_assignment = generation;
-        let mut op = cell.op();
-        op.clear();
-        for partition in self.shared.owned_partitions() {
-            if !op.has_partition(partition) {
-                let entries = cell.table.entries(partition)?;
-                op.load(partition, entries, now)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn caught_up(&mut self) -> &HashSet<i32> {
-        let version = self.shared.caught_up_version.load(Ordering::Acquire);
-        if version != self.caught_up.0 {
-            self.caught_up = (version, self.shared.caught_up());
-        }
-        &self.caught_up.1
-    }
-
-    fn handle(&mut self, (record, key): Keyed<A, B>) -> Result<()> {
-        let Some(time) = self.shared.event_time() else {
-            self.shared
-                .stats
-                .no_event_time
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(agent = %self.shared.agent, join = %self.name, "skipping a record without event time: it has no `#[record(timestamp)]` field, no message timestamp, and the stream no `event_time` extractor");
-            return Ok(());
-        };
-        let now = self.clock.now_ms();
-        self.sync_assignment(now)?;
-        let partition = self.shared.current_partition.load(Ordering::Relaxed);
-        let upstream = self
-            .stream
-            .core
-            .current_header(crate::window::propagate::HEADER)
-            .and_then(crate::window::propagate::parse);
-        // A retry record carries the offset it was first read at: already taken in.
-        let offset = self.stream.core.current_origin_offset();
-        let floor = self.clock.watermark_floor();
-        self.caught_up();
-        let Some(cell) = &self.cell else {
-            return Ok(());
-        };
-        let late = {
-            let mut op = cell.op();
-            let late = op.on_record(partition, key, time, record, now, upstream, offset);
-            op.advance(now, floor, &self.caught_up.1);
-            late
-        };
-        if late {
-            self.shared
-                .stats
-                .late_records
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(agent = %self.shared.agent, join = %self.name, time, "dropping a late record");
-        }
-        self.drain();
-        Ok(())
-    }
-
-    fn tick(&mut self) -> Result<()> {
-        if self.stream.core.is_recovering() || self.stream.core.is_rewinding() {
-            return Ok(());
-        }
-        let now = self.clock.now_ms();
-        self.sync_assignment(now)?;
-        let floor = self.clock.watermark_floor();
-        let caught_up = self.caught_up().clone();
-        if let Some(cell) = &self.cell {
-            cell.op().advance(now, floor, &caught_up);
-        }
-        self.drain();
-        Ok(())
-    }
-
-    fn drain(&mut self) {
-        let Some(cell) = &self.cell else {
-            return;
-        };
-        let mut op = cell.op();
-        let marks =
-            std::mem::take(&mut *self.shared.marks.lock().unwrap_or_else(|p| p.into_inner()));
-        if !marks.is_empty() {
-            let now = self.clock.now_ms();
-            for (partition, pump, watermark) in marks {
-                op.heard(partition, pump, watermark, now);
-            }
-            op.advance(now, self.clock.watermark_floor(), &self.caught_up.1);
-        }
-        op.counts.late = 0;
-        op.counts.expired = 0;
-    }
 }
 
 impl<A, B, O> Drive<O> for Driver<A, B, O>
@@ -322,58 +143,35 @@ where
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<O>> {
         loop {
-            if let Some(setup) = &mut self.setup {
-                let result = ready!(setup.as_mut().poll(cx));
-                self.setup = None;
-                match result {
-                    Ok(def) => self.ready(def),
-                    Err(e) => self.fail(e),
+            let polled = self.host.poll(cx, |host, (record, key)| {
+                let late = host.record(|op, at| {
+                    op.on_record(
+                        at.partition,
+                        key,
+                        at.time,
+                        record,
+                        at.now,
+                        at.upstream,
+                        at.offset,
+                    )
+                })?;
+                if late == Some(true) {
+                    host.shared
+                        .stats
+                        .late_records
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(agent = %host.shared.agent, "join: dropping a late record");
                 }
-                continue;
-            }
-            if self.cell.is_none() && !self.ended {
-                let error = Error::Agent {
-                    agent: self.shared.agent.to_string(),
-                    message: "joins apply to an agent's own streams".into(),
-                };
-                self.fail(error);
-            }
-            // Pairs stay in the operator until handed out, so a failure loses none.
-            loop {
-                let next = self
-                    .cell
-                    .as_ref()
-                    .and_then(|cell| cell.op().out.pop_front());
-                let Some((left, right)) = next else { break };
-                if let Some(item) = (self.shape)(left, right) {
-                    return Poll::Ready(Some(item));
-                }
-            }
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match futures::Stream::poll_next(Pin::new(&mut self.stream), cx) {
-                Poll::Ready(Some(item)) => {
-                    if let Err(e) = self.handle(item) {
-                        self.fail(e);
+                Ok(())
+            });
+            match polled {
+                Poll::Ready(Some((left, right))) => {
+                    if let Some(item) = (self.shape)(left, right) {
+                        return Poll::Ready(Some(item));
                     }
                 }
-                Poll::Ready(None) => self.ended = true,
-                Poll::Pending => {
-                    let marked = !self.stream.core.is_recovering()
-                        && !self
-                            .shared
-                            .marks
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .is_empty();
-                    if !self.ticker.due(cx) && !marked {
-                        return Poll::Pending;
-                    }
-                    if let Err(e) = self.tick() {
-                        self.fail(e);
-                    }
-                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

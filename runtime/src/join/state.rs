@@ -79,7 +79,94 @@ struct Entry<T> {
     stored: bool,
 }
 
-type Buffer<T> = HashMap<Vec<u8>, BTreeMap<(i64, u64), Entry<T>>>;
+/// A buffered record's identity: (side, join key, time, seq).
+type Id = (u8, Vec<u8>, i64, u64);
+
+/// One key's buffered records of one side, by (time, seq).
+type Entries<T> = BTreeMap<(i64, u64), Entry<T>>;
+
+/// One side's buffered records, by join key.
+struct Buffer<T> {
+    side: u8,
+    keys: HashMap<Vec<u8>, Entries<T>>,
+}
+
+impl<T: Serialize + DeserializeOwned> Buffer<T> {
+    fn new(side: u8) -> Self {
+        Buffer {
+            side,
+            keys: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.values().map(BTreeMap::len).sum()
+    }
+
+    /// A stored entry (`[matched, record]`).
+    fn load(&mut self, key: &[u8], time: i64, seq: u64, stored: &[u8]) -> serde_json::Result<()> {
+        let (matched, value): (bool, T) = serde_json::from_slice(stored)?;
+        self.insert(key.to_vec(), time, seq, value, matched, true);
+        Ok(())
+    }
+
+    fn insert(&mut self, key: Vec<u8>, time: i64, seq: u64, value: T, matched: bool, stored: bool) {
+        self.keys.entry(key).or_default().insert(
+            (time, seq),
+            Entry {
+                value,
+                matched,
+                stored,
+            },
+        );
+    }
+
+    /// The stored form of an entry (marking it stored), or `None` when it is gone.
+    fn stored(&mut self, key: &[u8], time: i64, seq: u64) -> serde_json::Result<Option<Vec<u8>>> {
+        match self.keys.get_mut(key).and_then(|b| b.get_mut(&(time, seq))) {
+            Some(e) => {
+                e.stored = true;
+                serde_json::to_vec(&(e.matched, &e.value)).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every record of `key` in `[lo, hi]` (in time order), marking it
+    /// matched; true when there was one.
+    fn meet(
+        &mut self,
+        key: &[u8],
+        lo: i64,
+        hi: i64,
+        dirty: &mut HashSet<Id>,
+        mut f: impl FnMut(&T),
+    ) -> bool {
+        let Some(entries) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let mut met = false;
+        for (&(t, s), e) in entries.range_mut((lo, 0)..=(hi, u64::MAX)) {
+            met = true;
+            f(&e.value);
+            if !e.matched {
+                e.matched = true;
+                dirty.insert((self.side, key.to_vec(), t, s));
+            }
+        }
+        met
+    }
+
+    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<Entry<T>> {
+        let entries = self.keys.get_mut(key)?;
+        let entry = entries.remove(&(time, seq));
+        if entries.is_empty() {
+            self.keys.remove(key);
+        }
+        entry
+    }
+}
 
 struct Part<A, B> {
     left: Buffer<A>,
@@ -96,12 +183,12 @@ struct Part<A, B> {
     upstream: Upstream,
     applied: [i64; 2],
     seq: u64,
-    /// Entries changed since the last commit: (side, key, time, seq).
-    dirty: HashSet<(u8, Vec<u8>, i64, u64)>,
+    /// Entries changed since the last commit.
+    dirty: HashSet<Id>,
     clock_dirty: bool,
 }
 
-impl<A, B> Part<A, B> {
+impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B> {
     /// How far the partition has got: the slower side's largest event time, leaving out a side
     /// that has been quiet for the idle timeout on a partition read to its end.
     fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
@@ -117,8 +204,8 @@ impl<A, B> Part<A, B> {
 
     fn new(now: i64) -> Self {
         Part {
-            left: HashMap::new(),
-            right: HashMap::new(),
+            left: Buffer::new(LEFT),
+            right: Buffer::new(RIGHT),
             expiring: BTreeSet::new(),
             max_seen: i64::MIN,
             side_max: [i64::MIN; 2],
@@ -152,13 +239,6 @@ impl Bounds {
     }
 }
 
-/// Counters the driver turns into agent stats.
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    pub(crate) late: u64,
-    pub(crate) expired: u64,
-}
-
 /// One stored change: partition, stored key, value (`None` deletes).
 pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
 
@@ -173,7 +253,6 @@ pub(crate) struct Operator<A, B> {
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
-    pub(crate) counts: Counts,
 }
 
 impl<A, B> Operator<A, B>
@@ -195,7 +274,6 @@ where
             parts: HashMap::new(),
             watermark: i64::MIN,
             out: VecDeque::new(),
-            counts: Counts::default(),
         }
     }
 
@@ -212,12 +290,9 @@ where
     /// Records buffered in every partition (left, right).
     #[cfg(test)]
     fn buffered(&self) -> (usize, usize) {
-        self.parts.values().fold((0, 0), |(l, r), p| {
-            (
-                l + p.left.values().map(BTreeMap::len).sum::<usize>(),
-                r + p.right.values().map(BTreeMap::len).sum::<usize>(),
-            )
-        })
+        self.parts
+            .values()
+            .fold((0, 0), |(l, r), p| (l + p.left.len(), r + p.right.len()))
     }
 
     /// Loads a partition from its stored entries.
@@ -250,30 +325,14 @@ where
                 continue;
             };
             match side {
-                LEFT => {
-                    let (matched, value): (bool, A) =
-                        serde_json::from_slice(&value).map_err(|e| bad("left record", e))?;
-                    part.left.entry(key.to_vec()).or_default().insert(
-                        (time, seq),
-                        Entry {
-                            value,
-                            matched,
-                            stored: true,
-                        },
-                    );
-                }
-                RIGHT => {
-                    let (matched, value): (bool, B) =
-                        serde_json::from_slice(&value).map_err(|e| bad("right record", e))?;
-                    part.right.entry(key.to_vec()).or_default().insert(
-                        (time, seq),
-                        Entry {
-                            value,
-                            matched,
-                            stored: true,
-                        },
-                    );
-                }
+                LEFT => part
+                    .left
+                    .load(key, time, seq, &value)
+                    .map_err(|e| bad("left record", e))?,
+                RIGHT => part
+                    .right
+                    .load(key, time, seq, &value)
+                    .map_err(|e| bad("right record", e))?,
                 _ => continue,
             }
             part.seq = part.seq.max(seq + 1);
@@ -302,30 +361,11 @@ where
             for (side, key, time, seq) in part.dirty.drain() {
                 let stored = entry_key(side, &key, time, seq);
                 let value = if side == LEFT {
-                    match part
-                        .left
-                        .get_mut(&key)
-                        .and_then(|b| b.get_mut(&(time, seq)))
-                    {
-                        Some(e) => {
-                            e.stored = true;
-                            Some(serde_json::to_vec(&(e.matched, &e.value)).map_err(encode)?)
-                        }
-                        None => None,
-                    }
+                    part.left.stored(&key, time, seq)
                 } else {
-                    match part
-                        .right
-                        .get_mut(&key)
-                        .and_then(|b| b.get_mut(&(time, seq)))
-                    {
-                        Some(e) => {
-                            e.stored = true;
-                            Some(serde_json::to_vec(&(e.matched, &e.value)).map_err(encode)?)
-                        }
-                        None => None,
-                    }
-                };
+                    part.right.stored(&key, time, seq)
+                }
+                .map_err(encode)?;
                 out.push((partition, stored, value));
             }
             if part.clock_dirty {
@@ -396,76 +436,36 @@ where
         part.last_arrival = now;
         let wm = watermark.max(part.floor);
         let seq = part.seq;
-        match record {
+        // A record meets the other side's records in its range, unless its own range plus
+        // grace is behind the watermark (late).
+        let (before, after) = match record {
+            Side::Left(_) => (bounds.before, bounds.after),
+            Side::Right(_) => (bounds.after, bounds.before),
+        };
+        if wm > time.saturating_add(after).saturating_add(bounds.grace) {
+            return true;
+        }
+        let (lo, hi) = (time.saturating_sub(before), time.saturating_add(after));
+        let out = &mut self.out;
+        let tag = match record {
             Side::Left(a) => {
-                if wm
-                    > time
-                        .saturating_add(bounds.after)
-                        .saturating_add(bounds.grace)
-                {
-                    self.counts.late += 1;
-                    return true;
-                }
-                let lo = time.saturating_sub(bounds.before);
-                let hi = time.saturating_add(bounds.after);
-                let mut matched = false;
-                if let Some(buffer) = part.right.get_mut(&key) {
-                    for (&(t, s), e) in buffer.range_mut((lo, 0)..=(hi, u64::MAX)) {
-                        matched = true;
-                        self.out.push_back((Some(a.clone()), Some(e.value.clone())));
-                        if !e.matched {
-                            e.matched = true;
-                            part.dirty.insert((RIGHT, key.clone(), t, s));
-                        }
-                    }
-                }
-                part.left.entry(key.clone()).or_default().insert(
-                    (time, seq),
-                    Entry {
-                        value: a,
-                        matched,
-                        stored: false,
-                    },
-                );
-                part.dirty.insert((LEFT, key.clone(), time, seq));
-                part.expiring
-                    .insert((bounds.expires(time), LEFT, key, time, seq));
+                let matched = part.right.meet(&key, lo, hi, &mut part.dirty, |b| {
+                    out.push_back((Some(a.clone()), Some(b.clone())));
+                });
+                part.left.insert(key.clone(), time, seq, a, matched, false);
+                LEFT
             }
             Side::Right(b) => {
-                if wm
-                    > time
-                        .saturating_add(bounds.before)
-                        .saturating_add(bounds.grace)
-                {
-                    self.counts.late += 1;
-                    return true;
-                }
-                let lo = time.saturating_sub(bounds.after);
-                let hi = time.saturating_add(bounds.before);
-                let mut matched = false;
-                if let Some(buffer) = part.left.get_mut(&key) {
-                    for (&(t, s), e) in buffer.range_mut((lo, 0)..=(hi, u64::MAX)) {
-                        matched = true;
-                        self.out.push_back((Some(e.value.clone()), Some(b.clone())));
-                        if !e.matched {
-                            e.matched = true;
-                            part.dirty.insert((LEFT, key.clone(), t, s));
-                        }
-                    }
-                }
-                part.right.entry(key.clone()).or_default().insert(
-                    (time, seq),
-                    Entry {
-                        value: b,
-                        matched,
-                        stored: false,
-                    },
-                );
-                part.dirty.insert((RIGHT, key.clone(), time, seq));
-                part.expiring
-                    .insert((bounds.expires(time), RIGHT, key, time, seq));
+                let matched = part.left.meet(&key, lo, hi, &mut part.dirty, |a| {
+                    out.push_back((Some(a.clone()), Some(b.clone())));
+                });
+                part.right.insert(key.clone(), time, seq, b, matched, false);
+                RIGHT
             }
-        }
+        };
+        part.dirty.insert((tag, key.clone(), time, seq));
+        part.expiring
+            .insert((bounds.expires(time), tag, key, time, seq));
         part.seq += 1;
         part.clock_dirty = true;
         false
@@ -509,27 +509,21 @@ where
                 let Some((_, side, key, time, seq)) = part.expiring.pop_first() else {
                     break;
                 };
-                let (stored, matched) = if side == LEFT {
-                    let Some(e) = take(&mut part.left, &key, time, seq) else {
+                // An unmatched record of an outer side is emitted alone.
+                let (stored, lone) = if side == LEFT {
+                    let Some(e) = part.left.take(&key, time, seq) else {
                         continue;
                     };
-                    let r = (e.stored, e.matched);
-                    if !e.matched && self.left_outer {
-                        self.out.push_back((Some(e.value), None));
-                    }
-                    r
+                    let lone = (!e.matched && self.left_outer).then(|| (Some(e.value), None));
+                    (e.stored, lone)
                 } else {
-                    let Some(e) = take(&mut part.right, &key, time, seq) else {
+                    let Some(e) = part.right.take(&key, time, seq) else {
                         continue;
                     };
-                    let r = (e.stored, e.matched);
-                    if !e.matched && self.right_outer {
-                        self.out.push_back((None, Some(e.value)));
-                    }
-                    r
+                    let lone = (!e.matched && self.right_outer).then(|| (None, Some(e.value)));
+                    (e.stored, lone)
                 };
-                let _ = matched;
-                self.counts.expired += 1;
+                self.out.extend(lone);
                 let id = (side, key, time, seq);
                 if stored {
                     part.dirty.insert(id);
@@ -542,20 +536,12 @@ where
     }
 }
 
-fn take<T>(buffer: &mut Buffer<T>, key: &[u8], time: i64, seq: u64) -> Option<Entry<T>> {
-    let entries = buffer.get_mut(key)?;
-    let entry = entries.remove(&(time, seq));
-    if entries.is_empty() {
-        buffer.remove(key);
-    }
-    entry
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     type Op = Operator<String, String>;
+    type Out = Vec<(Option<String>, Option<String>)>;
 
     fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> Op {
         Operator::new(
@@ -575,20 +561,24 @@ mod tests {
     }
 
     /// Feeds records `(side, key, time, name)` in one partition; returns what came out.
-    fn feed(
-        op: &mut Op,
-        records: &[(char, &str, i64, &str)],
-    ) -> Vec<(Option<String>, Option<String>)> {
+    fn feed(op: &mut Op, records: &[(char, &str, i64, &str)]) -> Out {
+        feed_counting_late(op, records).0
+    }
+
+    /// `feed`, and how many records were late.
+    fn feed_counting_late(op: &mut Op, records: &[(char, &str, i64, &str)]) -> (Out, usize) {
+        let mut late = 0;
         for &(side, key, time, name) in records {
             let record = if side == 'L' {
                 Side::Left(name.to_owned())
             } else {
                 Side::Right(name.to_owned())
             };
-            op.on_record(0, key.as_bytes().to_vec(), time, record, 0, None, None);
+            late +=
+                usize::from(op.on_record(0, key.as_bytes().to_vec(), time, record, 0, None, None));
             op.advance(0, i64::MIN, &all());
         }
-        op.out.drain(..).collect()
+        (op.out.drain(..).collect(), late)
     }
 
     fn pair(a: &str, b: &str) -> (Option<String>, Option<String>) {
@@ -645,7 +635,7 @@ mod tests {
     #[test]
     fn late_records_are_dropped_and_counted() {
         let mut op = op(5, 5, 0, true, true);
-        let got = feed(
+        let (got, late) = feed_counting_late(
             &mut op,
             &[
                 ('L', "k", 100, "v"),
@@ -656,7 +646,7 @@ mod tests {
         );
         // "v" expired (100 + 10 < 200) unmatched; the late click neither joins nor is emitted.
         assert_eq!(got, vec![(Some("v".to_owned()), None)]);
-        assert_eq!(op.counts.late, 1);
+        assert_eq!(late, 1);
     }
 
     #[test]
@@ -700,7 +690,7 @@ mod tests {
     fn one_side_read_ahead_does_not_make_the_other_late() {
         let mut op = op(5, 5, 0, false, false);
         // A backlog of views read before any click: the watermark waits for the clicks.
-        let got = feed(
+        let (got, late) = feed_counting_late(
             &mut op,
             &[
                 ('L', "a", 10, "v1"),
@@ -710,7 +700,7 @@ mod tests {
             ],
         );
         assert_eq!(got, vec![pair("v1", "c1"), pair("v2", "c2")]);
-        assert_eq!(op.counts.late, 0);
+        assert_eq!(late, 0);
     }
 
     #[test]

@@ -98,6 +98,7 @@
 //! [`WindowStream::on_window_close`] runs for every window as it closes.
 
 pub(crate) mod driver;
+pub(crate) mod host;
 pub(crate) mod propagate;
 pub(crate) mod state;
 pub mod table;
