@@ -176,3 +176,57 @@ async fn an_aborted_transaction_rolls_back_and_the_worker_goes_on() -> rill::Res
     }
     worker.shutdown().await
 }
+
+/// Sends, for every order, a record no producer setting here accepts.
+#[agent(topic = "eos-huge-orders", sink = "eos-huge-out")]
+async fn always_huge(mut orders: Stream<Order>, out: Sink<Counted>) -> rill::Result<()> {
+    while let Some(order) = orders.next().await {
+        let huge = Counted {
+            customer: "x".repeat(3 << 20),
+            id: order.id,
+            count: 0,
+        };
+        out.send(&huge).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_every_retry_stops_the_worker_with_the_setting_to_change()
+-> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let app_id = format!("eos-huge-{}", rand::random::<u32>());
+    let mut worker = App::new(&app_id)
+        .broker(&format!("kafka://{bootstrap}"))
+        .data_dir(dir.path())
+        .partitions(1)
+        .processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce)
+        .agents([always_huge::agent()])
+        .start()
+        .await?;
+    worker
+        .producer()
+        .send_to(
+            "eos-huge-orders",
+            &Order {
+                customer: "c".into(),
+                id: 1,
+            },
+        )
+        .await?;
+    worker.producer().flush().await?;
+    // Each attempt aborts; after three in a row the worker stops instead of looping.
+    let err = tokio::time::timeout(Duration::from_secs(90), worker.wait())
+        .await
+        .expect("the worker stops")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("message.max.bytes") && msg.contains("in a row"),
+        "{msg}"
+    );
+    worker.shutdown().await
+}

@@ -36,6 +36,10 @@ use crate::message::OutRecord;
 /// A producer fenced twice within this is racing another live worker with its id.
 const FENCED_AGAIN: Duration = Duration::from_secs(30);
 
+/// Transactions in a row aborted because a record is larger than the producer or broker
+/// accepts, after which the worker stops: retrying the same records cannot succeed.
+const TOO_LARGE_STREAK: u32 = 3;
+
 /// How long transactional calls may take before they count as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,6 +76,10 @@ pub(crate) struct Transactions {
     fenced_at: Mutex<Option<std::time::Instant>>,
     /// Set when this worker must stop (see `fenced_at`).
     stopped: std::sync::atomic::AtomicBool,
+    /// Why it must stop.
+    stop_reason: Mutex<Option<String>>,
+    /// Transactions aborted in a row by a record over `message.max.bytes`.
+    too_large: std::sync::atomic::AtomicU32,
     /// Transactions committed and aborted (metrics).
     pub(crate) committed: std::sync::atomic::AtomicU64,
     pub(crate) aborted: std::sync::atomic::AtomicU64,
@@ -96,6 +104,8 @@ impl Transactions {
             queue: Mutex::new(Queue::default()),
             fenced_at: Mutex::new(None),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+            too_large: std::sync::atomic::AtomicU32::new(0),
             committed: std::sync::atomic::AtomicU64::new(0),
             aborted: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -125,10 +135,13 @@ impl Transactions {
             .await
             .map_err(|_| Error::Shutdown("the transaction runner stopped".into()))?;
         if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Shutdown(format!(
-                "exactly-once: the transactional producer `{}` was fenced twice within {FENCED_AGAIN:?}: another live worker uses the same transactional.id (the same data directory or RILL_WORKER_ID); this one stops",
-                self.id
-            )));
+            let reason = self
+                .stop_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(Error::Shutdown(reason));
         }
         result.map_err(Error::Transaction)
     }
@@ -152,6 +165,16 @@ impl Transactions {
         }
     }
 
+    /// This worker must stop, with `reason`.
+    fn stop(&self, reason: String) {
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn producer(&self) -> FutureProducer<LogContext> {
         self.producer
             .lock()
@@ -165,12 +188,33 @@ impl Transactions {
             Ok(produced) => {
                 self.committed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.too_large
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 Ok(produced)
             }
             Err(e) => {
                 self.aborted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.recover(&producer, &e).await;
+                let too_large = matches!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+                );
+                let streak = if too_large {
+                    self.too_large
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1
+                } else {
+                    self.too_large
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    0
+                };
+                if streak >= TOO_LARGE_STREAK {
+                    tracing::error!(error = %e, "exactly-once: a record is too large for the producer, {streak} transactions in a row; stopping");
+                    self.stop(format!(
+                        "exactly-once: {streak} transactions in a row were aborted because a record is larger than `message.max.bytes` allows ({e}); raise `message.max.bytes` (`-X message.max.bytes=...`, and the broker's and topic's `max.message.bytes`) or send smaller records"
+                    ));
+                }
                 Err(Error::kafka("an exactly-once transaction (aborted)", e))
             }
         }
@@ -208,8 +252,10 @@ impl Transactions {
                 .is_some_and(|t| now.duration_since(t) < FENCED_AGAIN);
             if again {
                 tracing::error!(error = %e, transactional_id = %self.id, "exactly-once: fenced again; another worker uses this transactional.id, stopping");
-                self.stopped
-                    .store(true, std::sync::atomic::Ordering::Release);
+                self.stop(format!(
+                    "exactly-once: the transactional producer `{}` was fenced twice within {FENCED_AGAIN:?}: another live worker uses the same transactional.id (the same data directory or RILL_WORKER_ID); this one stops",
+                    self.id
+                ));
                 return;
             }
             tracing::warn!(error = %e, "exactly-once: producer fenced or failed; replacing it");
