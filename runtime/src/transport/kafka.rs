@@ -290,11 +290,43 @@ impl KafkaTransport {
     }
 
     /// Log start and end offsets of a partition.
+    /// First and next offset of a partition (blocking). A topic created a moment ago (a window's
+    /// or join's changelog, created when the agent builds it) may have no leader yet: those
+    /// answers are retried for up to 30 s.
     pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        self.producer
-            .client()
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| Error::kafka(format!("reading the offsets of {topic}[{partition}]"), e))
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .producer
+                .client()
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            {
+                Ok(marks) => return Ok(marks),
+                Err(e)
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            Code::NotLeaderForPartition
+                                | Code::LeaderNotAvailable
+                                | Code::UnknownTopicOrPartition
+                                | Code::UnknownPartition
+                        )
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(topic, partition, error = %e, "no leader yet; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(Error::kafka(
+                        format!("reading the offsets of {topic}[{partition}]"),
+                        e,
+                    ));
+                }
+            }
+        }
     }
 
     /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
