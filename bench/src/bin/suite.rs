@@ -59,6 +59,9 @@ struct Args {
     /// Systems (comma-separated; default all available).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
+    /// Events per Faust run (Faust does a few thousand a second; rates are per event).
+    #[arg(long, default_value_t = 50_000)]
+    faust_events: u64,
     /// A run taking longer than this is stopped and reported as failed (seconds).
     #[arg(long, default_value_t = 900)]
     run_timeout: u64,
@@ -521,7 +524,7 @@ fn command(
         _ => return None,
     };
     cmd.args(["--scenario", scenario, "--prefix", prefix])
-        .args(["--events", &args.events.to_string()])
+        .args(["--events", &events_of(system, args).to_string()])
         .args(["--partitions", &args.partitions.to_string()]);
     if system == "rill" {
         cmd.args(["--keys", &args.keys.to_string()]);
@@ -539,6 +542,15 @@ fn command(
         (None, false) => return None,
     }
     Some(cmd)
+}
+
+/// Input events of one run of `system`.
+fn events_of(system: &str, args: &Args) -> u64 {
+    if system == "faust" {
+        args.events.min(args.faust_events)
+    } else {
+        args.events
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -681,7 +693,7 @@ fn driver(args: &Args) -> Result<(), String> {
                             seconds: secs,
                             peak_rss_mib: peak.hwm_kib as f64 / 1024.0,
                             peak_anon_mib: peak.anon_kib as f64 / 1024.0,
-                            cpu_s_per_m: cpu_s / args.events as f64 * 1e6,
+                            cpu_s_per_m: cpu_s / events_of(system, args) as f64 * 1e6,
                         };
                         eprintln!(
                             "  {rate:.0} events/s, peak RSS {:.0} MiB (anon {:.0}), {:.2} CPU s per M",
