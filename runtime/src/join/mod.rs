@@ -89,7 +89,11 @@
 //!   a rebuild from the changelog, finds the buffered records of the last commit: a pair whose
 //!   records straddle the restart is emitted once. Expired records are deleted (tombstones in
 //!   the compacted changelog). Buffered records are also held in memory, typed, so the
-//!   joined types are `Clone`.
+//!   joined types are `Clone`. What is buffered is the event-time span of the join plus,
+//!   while a backlog is read, whatever one topic was read ahead of the other (the watermark
+//!   waits for the slower): rill does not yet hand out a partition's records in timestamp
+//!   order across topics, as Kafka Streams does, so joining two large backlogs holds the
+//!   faster one's read-ahead (the benchmark's 1M-view backlog: ~1 GiB).
 //!
 //! - **Failures**: a pair (or lone record) whose handling fails counts against the record
 //!   that completed it, under the agent's policy: dead-lettered, skipped, or stopping the
