@@ -427,12 +427,12 @@ impl AgentPipeline {
                                 pump_shared.caught_up(),
                             );
                         }
-                        let side = if tag_topic {
-                            let topic = crate::join::side_topic(&raw);
-                            sides.iter().position(|s| &**s == topic).unwrap_or(0)
-                        } else {
-                            0
-                        };
+                        // A join's side: the topic the record stands for, tagged on it below.
+                        let tag = tag_topic.then(|| crate::join::side_topic(&raw).to_owned());
+                        let side = tag
+                            .as_deref()
+                            .and_then(|t| sides.iter().position(|s| &**s == t))
+                            .unwrap_or(0);
                         let stamp = watermarks.observe(
                             side,
                             raw.partition,
@@ -441,7 +441,6 @@ impl AgentPipeline {
                             &seen.1,
                             &seen.2,
                         );
-                        let tag = tag_topic.then(|| crate::join::side_topic(&raw).to_owned());
                         let mut headers = std::mem::take(&mut raw.headers);
                         headers.0.retain(|(name, _)| name != propagate::HEADER);
                         if let Some(tag) = tag
