@@ -926,3 +926,94 @@ async fn a_failure_while_handling_results_neither_double_counts_nor_drops_the_ot
     assert!(FAILED_ONCE.load(std::sync::atomic::Ordering::SeqCst));
     app.stop().await
 }
+
+#[agent(topic = "keyed_views", sink = "keyed_counts")]
+async fn in_place(views: Stream<KeyedView>, out: Sink<Count>) -> rill::Result<()> {
+    let mut windows = views
+        .keyed(KeyedView::url)
+        .tumbling(Duration::from_secs(60))
+        .count();
+    while let Some(w) = windows.next().await {
+        out.send(&w.into()).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn keyed_windows_count_in_place_and_dead_letter_a_record_keyed_elsewhere() -> rill::Result<()>
+{
+    let partitions = 4;
+    let app = app(in_place::agent(), partitions).test().await?;
+    // URLs until every partition has one: each partition's watermark must pass 60 s.
+    let mut urls: Vec<String> = Vec::new();
+    let mut covered = BTreeSet::new();
+    for i in 0.. {
+        let url = format!("/p{i}");
+        covered.insert(rill::partitioner::partition_for_key(
+            url.as_bytes(),
+            partitions,
+        ));
+        urls.push(url);
+        if covered.len() == partitions as usize {
+            break;
+        }
+    }
+    for (i, url) in urls.iter().enumerate() {
+        // `i + 1` views of each URL in [0, 60), then one at 61 s to close the window.
+        for n in 0..=i {
+            let at = n as i64 * SEC;
+            app.send_to(
+                "keyed_views",
+                &KeyedView {
+                    url: url.clone(),
+                    at,
+                },
+            )
+            .await?;
+        }
+    }
+    // A record keyed by something else than its URL: it lands in another partition.
+    let other = (0..)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|k| {
+            rill::partitioner::partition_for_key(k.as_bytes(), partitions)
+                != rill::partitioner::partition_for_key(b"/p0", partitions)
+        })
+        .expect("a key of another partition");
+    let stray = serde_json::json!({"url": "/p0", "at": 30 * SEC}).to_string();
+    app.send_bytes("keyed_views", Some(other.as_bytes()), stray.as_bytes())
+        .await?;
+    for url in &urls {
+        let v = KeyedView {
+            url: url.clone(),
+            at: 61 * SEC,
+        };
+        app.send_to("keyed_views", &v).await?;
+    }
+    app.producer().flush().await?;
+    let got = sorted(&app, "keyed_counts", urls.len()).await?;
+    let mut want: Vec<Count> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| count(url, 0, 60 * SEC, i as u64 + 1))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the stray record is not counted");
+    let dead = app.records("windows_test-in_place-dlq")?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key.as_deref(), Some(other.as_bytes()));
+    let reason = dead[0]
+        .headers
+        .get("rill.error")
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    assert!(reason.contains("use `group_by`"), "{reason}");
+    assert!(
+        app.records("windows_test-in_place-url-repartition")?
+            .is_empty(),
+        "no repartition topic in use"
+    );
+    settle().await;
+    assert_eq!(app.count("keyed_counts")?, urls.len());
+    app.stop().await
+}

@@ -221,8 +221,9 @@ fn agent(args: &ChildArgs) -> AgentSpec {
             .run(|mut ctx| async move {
                 let views = ctx.stream::<PageView>()?;
                 let out = ctx.sink::<UrlCount>()?;
+                // The topic is keyed by URL: window in place, as Kafka Streams' `groupByKey`.
                 let mut windows = views
-                    .group_by(PageView::url)
+                    .keyed(PageView::url)
                     .tumbling(Duration::from_secs(60))
                     .count();
                 while let Some(w) = windows.next().await {
