@@ -348,6 +348,11 @@ fn consumer_config(bootstrap: &str, group: &str, read_committed: bool) -> Client
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("queued.max.messages.kbytes", "65536")
+        // rill's prefetch defaults (see `bench/BASELINES.md`): bounded fetches and a short
+        // backoff once a partition's queue is full.
+        .set("fetch.max.bytes", "1048576")
+        .set("queued.min.messages", "10000")
+        .set("fetch.queue.backoff.ms", "5")
         .set(
             "isolation.level",
             if read_committed {
