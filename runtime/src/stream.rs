@@ -286,6 +286,7 @@ impl StreamCore {
     /// Kafka, the consumer offsets are committed. A crash between steps leaves the changelog
     /// ahead of local state, which recovery replays.
     fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
+        debug_assert!(self.committing.is_none(), "one commit step at a time");
         let mut flushed = Ok(());
         for flusher in self.shared.flushers() {
             if flushed.is_ok() {
@@ -612,6 +613,11 @@ impl StreamCore {
             return;
         }
         self.in_flight = None;
+        // The step under way (the agent kept reading while it ran) first.
+        let _ = futures::future::poll_fn(|cx| self.poll_committing(cx)).await;
+        if self.commit_failed {
+            return;
+        }
         self.closed = false;
         self.start_commit(Vec::new(), true);
         while futures::future::poll_fn(|cx| self.poll_raw(cx).map(|r| r.is_some())).await {}
@@ -634,7 +640,12 @@ impl StreamCore {
             self.closed = true;
         }
         Poll::Ready(match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                for table in &self.shared.tables() {
+                    table.committed();
+                }
+                Ok(())
+            }
             Err(Error::Transaction(why)) if !commit.last => {
                 self.roll_back(&why);
                 Err(Error::Transaction(why))
@@ -706,12 +717,26 @@ impl StreamCore {
     }
 
     /// The next raw record for the agent, committing on the way when due.
+    ///
+    /// A commit step runs while the agent goes on with the next records (one step at a time):
+    /// its sends, table writes and offsets were taken when it started, and reads see its
+    /// table writes until the store has them. What needs a step of its own (the next
+    /// interval's, a full buffer, a revocation, shutdown) waits for it; so does everything
+    /// while a revocation's or the last step runs.
     pub(crate) fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<&RawRecord>> {
         self.finished_at = None;
         loop {
-            if self.committing.is_some() {
-                let _ = ready!(self.poll_committing(cx));
-                continue;
+            // A step under way: `busy` while it runs (this poll registered for its end).
+            let mut busy = false;
+            if let Some(commit) = &self.committing {
+                let exclusive = commit.last || !commit.acks.is_empty();
+                if self.poll_committing(cx).is_ready() {
+                    continue;
+                }
+                if exclusive {
+                    return Poll::Pending;
+                }
+                busy = true;
             }
             if let Some(recovering) = &mut self.recovering {
                 let result = ready!(recovering.as_mut().poll(cx));
@@ -756,11 +781,12 @@ impl StreamCore {
                     self.done.insert(tp, offset + 1);
                 }
             }
-            if let Poll::Ready(Some(Stop::Now)) = self.stop.poll_recv(cx) {
+            if !busy && let Poll::Ready(Some(Stop::Now)) = self.stop.poll_recv(cx) {
                 self.start_commit(Vec::new(), true);
                 continue;
             }
-            while let Poll::Ready(Some(msg)) = self.ctrl.poll_recv(cx) {
+            // Assignment changes wait for the step under way.
+            while !busy && let Poll::Ready(Some(msg)) = self.ctrl.poll_recv(cx) {
                 match msg {
                     Control::Assigned {
                         generation,
@@ -827,7 +853,7 @@ impl StreamCore {
                     }
                 }
             }
-            if self.committing.is_some() || self.recovering.is_some() {
+            if (self.committing.is_some() && !busy) || self.recovering.is_some() {
                 continue;
             }
             if self.rewinding {
@@ -841,7 +867,7 @@ impl StreamCore {
                 .deadline
                 .as_mut()
                 .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-            if due {
+            if due && !busy {
                 if self.has_work() {
                     self.on_tick = true;
                     self.start_commit(Vec::new(), false);
@@ -902,6 +928,10 @@ impl StreamCore {
                 self.publish_caught_up();
             }
             if self.shared.pending_len() >= MAX_PENDING {
+                if busy {
+                    // Woken when the step under way ends.
+                    return Poll::Pending;
+                }
                 self.start_commit(Vec::new(), false);
                 continue;
             }
@@ -923,6 +953,7 @@ impl StreamCore {
                     self.batch = batch.records.into_iter();
                     self.batch_caught_up = batch.caught_up;
                 }
+                Poll::Ready(None) if busy => return Poll::Pending,
                 Poll::Ready(None) => self.start_commit(Vec::new(), true),
                 Poll::Pending => return Poll::Pending,
             }

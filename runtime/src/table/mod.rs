@@ -81,10 +81,13 @@ type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>>;
 /// Puts per partition: key bytes and value bytes (`None` deletes).
 pub(crate) type Puts = HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>;
 
-/// An instance's view of a table: the overlay of writes since the last commit.
+/// An instance's view of a table: the overlay of writes since the last commit step, over the
+/// writes of the step under way (the agent keeps processing while it commits), over the store.
 pub(crate) struct TableCore {
     pub(crate) def: Arc<TableDef>,
     overlay: Mutex<Overlay>,
+    /// Writes taken by the commit step under way: read until the store holds them.
+    committing: Mutex<Overlay>,
 }
 
 impl TableCore {
@@ -92,6 +95,7 @@ impl TableCore {
         Arc::new(TableCore {
             def,
             overlay: Mutex::new(HashMap::new()),
+            committing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -99,26 +103,74 @@ impl TableCore {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn committing(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.committing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `f` of the uncommitted write of a key (`None`: deleted), if any: the overlay's, else
+    /// the commit step's under way.
+    fn with_pending<R>(
+        &self,
+        partition: i32,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Option<R> {
+        let k = (partition, key.to_vec());
+        if let Some(v) = self.overlay().get(&k) {
+            return Some(f(v.as_deref()));
+        }
+        let committing = self.committing();
+        if committing.is_empty() {
+            return None;
+        }
+        committing.get(&k).map(|v| f(v.as_deref()))
+    }
+
+    /// The commit step that took the writes is done: the store holds them.
+    pub(crate) fn committed(&self) {
+        self.committing().clear();
+    }
+
+    /// The uncommitted writes, the commit step's under way first (the overlay's win).
+    fn uncommitted(&self) -> Vec<((i32, Vec<u8>), Option<Vec<u8>>)> {
+        let mut all: Vec<_> = self
+            .committing()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.extend(self.overlay().iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
     pub(crate) fn is_dirty(&self) -> bool {
         !self.overlay().is_empty()
     }
 
-    /// Takes the writes since the last commit, as changelog records and per-partition puts.
+    /// Takes the writes since the last commit step, as changelog records and per-partition
+    /// puts; they stay readable until [`TableCore::committed`]. One step at a time.
     pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Puts) {
         let writes = std::mem::take(&mut *self.overlay());
         let mut records = Vec::with_capacity(writes.len());
         let mut puts: HashMap<i32, Vec<_>> = HashMap::new();
         let now = now_millis();
-        for ((partition, key), value) in writes {
+        for ((partition, key), value) in &writes {
             records.push(OutRecord {
                 topic: self.def.changelog.clone(),
-                partition: Some(partition),
+                partition: Some(*partition),
                 key: Some(key.clone()),
                 value: value.clone(),
                 timestamp: now,
                 headers: Headers::default(),
             });
-            puts.entry(partition).or_default().push((key, value));
+            puts.entry(*partition)
+                .or_default()
+                .push((key.clone(), value.clone()));
+        }
+        let mut committing = self.committing();
+        if committing.is_empty() {
+            *committing = writes;
+        } else {
+            committing.extend(writes);
         }
         (records, puts)
     }
@@ -126,6 +178,7 @@ impl TableCore {
     /// Drops writes that were not committed (the commit failed or partitions were revoked).
     pub(crate) fn discard(&self) {
         self.overlay().clear();
+        self.committing().clear();
     }
 
     /// The partition's committed entries with the overlay's uncommitted writes applied.
@@ -137,9 +190,9 @@ impl TableCore {
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();
-        for ((p, k), v) in self.overlay().iter() {
-            if *p == partition {
-                merged.insert(k.clone(), v.clone());
+        for ((p, k), v) in self.uncommitted() {
+            if p == partition {
+                merged.insert(k, v);
             }
         }
         Ok(merged
@@ -264,8 +317,10 @@ where
     }
 
     pub(crate) fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
-        if let Some(entry) = self.core.overlay().get(&(partition, key.to_vec())) {
-            return entry.as_deref().map(|b| self.decode(key, b)).transpose();
+        if let Some(found) = self.core.with_pending(partition, key, |entry| {
+            entry.map(|b| self.decode(key, b)).transpose()
+        }) {
+            return found;
         }
         match self
             .core
@@ -338,9 +393,9 @@ where
                 merged.insert((partition, k), Some(v));
             }
         }
-        for ((p, k), v) in self.core.overlay().iter() {
-            if owned.contains(p) {
-                merged.insert((*p, k.clone()), v.clone());
+        for ((p, k), v) in self.core.uncommitted() {
+            if owned.contains(&p) {
+                merged.insert((p, k), v);
             }
         }
         let mut out = Vec::with_capacity(merged.len());
@@ -398,4 +453,51 @@ pub(crate) fn commit_writes(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(core: &TableCore, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        core.with_pending(0, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn a_commit_steps_writes_stay_readable_until_the_store_has_them() -> Result<()> {
+        let store = store::TableStore::open(&crate::config::Config::new("t"), true)?;
+        let def = Arc::new(TableDef {
+            name: Arc::from("t"),
+            changelog: Arc::from("t-changelog"),
+            source_partitions: 1,
+            store: store.clone(),
+            metas: Mutex::new(HashMap::new()),
+            key_parser: std::sync::OnceLock::new(),
+        });
+        let core = TableCore::new(def.clone());
+        core.put(0, b"a".to_vec(), Some(b"1".to_vec()));
+        core.put(0, b"b".to_vec(), Some(b"1".to_vec()));
+        let (records, puts) = core.take_writes();
+        assert_eq!(records.len(), 2);
+        assert!(!core.is_dirty());
+        // The step is under way: not in the store yet, read from the step's writes.
+        assert_eq!(store.get("t", 0, b"a")?, None);
+        assert_eq!(pending(&core, b"a"), Some(Some(b"1".to_vec())));
+        // Writes after the step started win over the step's.
+        core.put(0, b"b".to_vec(), None);
+        assert_eq!(pending(&core, b"b"), Some(None));
+        assert_eq!(core.entries(0)?, vec![(b"a".to_vec(), b"1".to_vec())]);
+        // The step ends: the store has its writes, the step's layer is gone.
+        store.commit(commit_writes(&[(def, puts)], &[], &HashMap::new()))?;
+        core.committed();
+        assert_eq!(store.get("t", 0, b"b")?, Some(b"1".to_vec()));
+        assert_eq!(pending(&core, b"a"), None);
+        assert_eq!(pending(&core, b"b"), Some(None));
+        // A failed step drops both layers.
+        core.take_writes();
+        core.put(0, b"c".to_vec(), Some(b"1".to_vec()));
+        core.discard();
+        assert_eq!((pending(&core, b"b"), pending(&core, b"c")), (None, None));
+        Ok(())
+    }
 }
