@@ -132,12 +132,8 @@ impl TableCore {
     }
 
     /// The uncommitted writes, the commit step's under way first (the overlay's win).
-    fn uncommitted(&self) -> Vec<((i32, Vec<u8>), Option<Vec<u8>>)> {
-        let mut all: Vec<_> = self
-            .committing()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    fn uncommitted(&self) -> Overlay {
+        let mut all = self.committing().clone();
         all.extend(self.overlay().iter().map(|(k, v)| (k.clone(), v.clone())));
         all
     }
