@@ -307,7 +307,15 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
         .partitions(args.partitions)
         .configure(|c| c.web_port = None);
     app = match (&args.bootstrap, &args.embedded) {
-        (Some(b), _) => app.broker(&format!("kafka://{b}")).data_dir(&state),
+        // The contract's librdkafka queue limits (the hand-written program's, too). rill hands
+        // its `kafka` properties to every client (it has no per-client settings), so
+        // librdkafka warns once per client (CONFWARN) that the producer ignores the
+        // consumer's limit and the consumers the producer's: harmless.
+        (Some(b), _) => app
+            .broker(&format!("kafka://{b}"))
+            .data_dir(&state)
+            .kafka_property("queued.max.messages.kbytes", "65536")
+            .kafka_property("queue.buffering.max.kbytes", "65536"),
         (None, Some(dir)) => app.data_dir(dir),
         (None, None) => return Err(rill::Error::user("give --bootstrap or --embedded")),
     };
