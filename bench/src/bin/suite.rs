@@ -34,8 +34,8 @@
 //! count and URL say which: independent of the changelog's timestamps, which rill stamps with
 //! its commit time), otherwise the record's message timestamp (every program stamps outputs
 //! with their input's timestamp). `tumbling-count`'s outputs appear when a window closes: its
-//! latency is the window-close delay (the run starts so that a minute boundary falls in the
-//! measured period). p50 and p99 go to the Markdown table and the JSON; a failed latency run is
+//! latency is the window-close delay, receive time minus the end of the output's window (the
+//! run starts so that a minute boundary falls in the measured period). p50 and p99 go to the Markdown table and the JSON; a failed latency run is
 //! reported as failed. Latency on the embedded log is not measured.
 #![allow(
     clippy::print_stdout,
@@ -707,6 +707,9 @@ fn driver(args: &Args) -> Result<(), String> {
     if let Some(broker) = &args.broker
         && !args.embedded
     {
+        // Children read the topics from the beginning: only this suite's data may be there
+        // (an earlier suite's, or its latency runs' real-time records, would come first).
+        truncate_inputs(broker.trim_start_matches("kafka://"))?;
         eprintln!("writing {} views (and clicks) to {broker}", args.events);
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         rt.block_on(async {
@@ -989,11 +992,10 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          then {} s measured, and reads the output (`read_committed`) as it comes: latency = \
          receive time minus the production time of the input (`keyed-count`: of the view whose \
          count the changelog record carries; otherwise the output's message timestamp). \
-         `tumbling-count` outputs appear when a window closes: its figures are the delay of the \
-         window's close (the run is placed so that a minute boundary falls in the measured \
-         period), measured against each system's output timestamp (rill and the hand-written \
-         program: the input record that closed the window; Kafka Streams: the window's last \
-         record; Faust: the window's end). `-`: no output in the measured period.\n",
+         `tumbling-count` outputs appear when a window closes: its figures are window-close \
+         delays, receive time minus the end of the output's window (the run is placed so that \
+         a minute boundary falls in the measured period). `-`: no output in the measured \
+         period.\n",
         args.latency_warmup, args.latency_seconds
     ));
     notes.push_str(
@@ -1062,8 +1064,8 @@ fn partition_count(client: &BaseConsumer, topic: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Deletes every record of the input topics (moves their log start to the high watermark), so
-/// a program that reads from the beginning reads only what the latency run produces.
+/// Deletes every record of the input topics that exist (moves their log start to the high
+/// watermark), so a program that reads from the beginning reads only what comes next.
 fn truncate_inputs(bootstrap: &str) -> Result<(), String> {
     let client = metadata_client(bootstrap)?;
     let mut list = TopicPartitionList::new();
@@ -1072,6 +1074,9 @@ fn truncate_inputs(bootstrap: &str) -> Result<(), String> {
             list.add_partition_offset(topic, p as i32, Offset::End)
                 .map_err(kafka_err("listing partitions"))?;
         }
+    }
+    if list.count() == 0 {
+        return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -1153,6 +1158,29 @@ fn decode_count(key: &[u8], value: &[u8]) -> Option<(String, u64)> {
 /// Production times (ms) of each URL's views, in order, for `keyed-count`.
 type Produced = Arc<Mutex<HashMap<String, Vec<i64>>>>;
 
+/// The end (ms) of the window of a `tumbling-count` output: its `window_end` or `end` field, or
+/// its `start` or `window_start` plus 60 s (each program names them its own way; all in ms).
+fn window_end(value: &[u8]) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_i64);
+    field("window_end").or_else(|| field("end")).or_else(|| {
+        field("start")
+            .or_else(|| field("window_start"))
+            .map(|s| s + 60_000)
+    })
+}
+
+/// Which input time a latency run's output is timed against.
+#[derive(Clone)]
+enum Against {
+    /// The output's message timestamp (its input's).
+    Timestamp,
+    /// `keyed-count`: the production time of the view a changelog record (URL, n) counts.
+    Count(Produced),
+    /// `tumbling-count`: the end of the output's window.
+    WindowEnd,
+}
+
 /// What the suite's consumer of a latency run saw.
 #[derive(Default)]
 struct Probe {
@@ -1165,7 +1193,7 @@ struct Probe {
 /// (`read_committed`) until `stop`, timing outputs of inputs produced in `[from, until)` ms.
 fn probe(
     consumer: &BaseConsumer,
-    counts: Option<&Produced>,
+    against: &Against,
     from: i64,
     until: i64,
     stop: &AtomicBool,
@@ -1179,13 +1207,17 @@ fn probe(
         let now = now_ms();
         out.received += 1;
         received.store(out.received, Ordering::Relaxed);
-        let by_count = counts.and_then(|produced| {
-            let (url, n) = decode_count(m.key()?, m.payload()?)?;
-            let produced = produced.lock().ok()?;
-            let i = usize::try_from(n.checked_sub(1)?).ok()?;
-            produced.get(&url)?.get(i).copied()
-        });
-        let Some(t) = by_count.or_else(|| m.timestamp().to_millis()) else {
+        let input = match against {
+            Against::Timestamp => None,
+            Against::Count(produced) => (|| {
+                let (url, n) = decode_count(m.key()?, m.payload()?)?;
+                let produced = produced.lock().ok()?;
+                let i = usize::try_from(n.checked_sub(1)?).ok()?;
+                produced.get(&url)?.get(i).copied()
+            })(),
+            Against::WindowEnd => m.payload().and_then(window_end),
+        };
+        let Some(t) = input.or_else(|| m.timestamp().to_millis()) else {
             continue;
         };
         if (from..until).contains(&t) {
@@ -1381,17 +1413,19 @@ fn drive(
         .map_err(kafka_err("creating the suite's producer"))?;
 
     let produced: Option<Produced> = counting.then(Produced::default);
+    let against = match &produced {
+        Some(p) => Against::Count(Arc::clone(p)),
+        None if scenario == "tumbling-count" => Against::WindowEnd,
+        None => Against::Timestamp,
+    };
     let start = Instant::now();
     let from = now_ms() + warmup_ms;
     let until = from + measured_ms;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let prober = {
-        let (stop, received, produced) =
-            (Arc::clone(&stop), Arc::clone(&received), produced.clone());
-        std::thread::spawn(move || {
-            probe(&consumer, produced.as_ref(), from, until, &stop, &received)
-        })
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+        std::thread::spawn(move || probe(&consumer, &against, from, until, &stop, &received))
     };
     let result = produce_at(
         &producer,
