@@ -1007,6 +1007,18 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
             l.scenario, l.system, l.rate, l.offered_per_s, l.samples, l.received
         ));
     }
+    let short: Vec<String> = latencies
+        .values()
+        .filter(|l| l.failed.is_none() && l.offered_per_s < 0.95 * l.rate)
+        .map(|l| format!("{} on {}", l.scenario, l.system))
+        .collect();
+    if !short.is_empty() {
+        notes.push_str(&format!(
+            "\nThe suite's producer fell short of the rate (it shares the machine with the \
+             program, the broker and the suite's consumer): {}.\n",
+            short.join(", ")
+        ));
+    }
     for l in latencies.values() {
         if let Some(why) = &l.failed {
             notes.push_str(&format!(
