@@ -11,23 +11,54 @@
 //! Each run is a child process started with the contract's command line (rill: this binary
 //! with `child`), so its peak and anonymous RSS (LMDB's mapped pages excluded) and its CPU
 //! time are its own, sampled from `/proc/<pid>` every 50 ms. Progress goes to stderr; the
-//! results to `<out>/suite-<date>.md`, `.json` and `.svg` (throughput per scenario and system).
+//! results to `<out>/suite-{kafka,embedded}.md`, `.json` and `.svg` (throughput per scenario
+//! and system). The Kafka Streams and Faust programs are run only when their `run.sh` exists
+//! (`bench/kstreams`, `bench/faust`). `--embedded` runs every scenario on rill's embedded log;
+//! the hand-written program's embedded loop covers `stateless` and `keyed-count` and reports
+//! the others unsupported.
 //!
-//! Not yet: latency at half the peak load (the contract's latency runs), and the Kafka Streams
-//! and Faust programs are run only when their `run.sh` exists (`bench/kstreams`,
-//! `bench/faust`).
+//! Latency (Kafka only; `--no-latency` skips it): after the throughput runs, each scenario and
+//! system with a median throughput gets a latency run at half that median (the contract's
+//! "Latency runs"). The suite deletes the input topics' records (`DeleteRecords` up to the
+//! high watermark), starts the program with `--events` = the views the run will produce, waits
+//! (`--latency-ready-timeout`) until it consumes (a group of its prefix `Stable` with members;
+//! the hand-written program, which assigns its partitions, once its output topic exists), then
+//! produces views at the rate in 5 ms steps with the wall-clock time as `view_time`, for
+//! `--latency-warmup` seconds and then `--latency-seconds` measured ones (for `join`, a click
+//! for every second view, 2 s of wall time later, stamped with its own production time, and
+//! the URL spaces scaled by rate/1000 so that a click joins as many views as in the data). A
+//! consumer of the suite reads the run's output from its start (`read_committed`): the output
+//! topic, or for the counts the table's changelog. A record's latency is its receive time
+//! minus the production time of its input, counted when that input was produced in the
+//! measured period: for the counts, the view whose count the changelog record carries (the
+//! count and URL say which: independent of the changelog's timestamps, which rill stamps with
+//! its commit time), otherwise the record's message timestamp (every program stamps outputs
+//! with their input's timestamp). `tumbling-count`'s outputs appear when a window closes: its
+//! latency is the window-close delay, receive time minus the end of the output's window (the
+//! run starts so that a minute boundary falls in the measured period). p50 and p99 go to the Markdown table and the JSON; a failed latency run is
+//! reported as failed. Latency on the embedded log is not measured.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
     reason = "a benchmark reports on the terminal"
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
 use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
 
@@ -68,6 +99,18 @@ struct Args {
     /// Where the results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Measured seconds of each latency run (Kafka only; at half the median throughput).
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Seconds each latency run produces at its rate before the measured period (not measured).
+    #[arg(long, default_value_t = 5)]
+    latency_warmup: u64,
+    /// Seconds a latency run waits for its program to be ready (its consumer group stable).
+    #[arg(long, default_value_t = 90)]
+    latency_ready_timeout: u64,
+    /// Skip the latency runs.
+    #[arg(long)]
+    no_latency: bool,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +140,9 @@ struct ChildArgs {
     threads: usize,
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
+    /// Offered load of a latency run (the suite produces; the agent reads records as they come).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -308,7 +354,15 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
         .partitions(args.partitions)
         .configure(|c| c.web_port = None);
     app = match (&args.bootstrap, &args.embedded) {
-        (Some(b), _) => app.broker(&format!("kafka://{b}")).data_dir(&state),
+        // The contract's librdkafka queue limits (the hand-written program's, too). rill hands
+        // its `kafka` properties to every client (it has no per-client settings), so
+        // librdkafka warns once per client (CONFWARN) that the producer ignores the
+        // consumer's limit and the consumers the producer's: harmless.
+        (Some(b), _) => app
+            .broker(&format!("kafka://{b}"))
+            .data_dir(&state)
+            .kafka_property("queued.max.messages.kbytes", "65536")
+            .kafka_property("queue.buffering.max.kbytes", "65536"),
         (None, Some(dir)) => app.data_dir(dir),
         (None, None) => return Err(rill::Error::user("give --bootstrap or --embedded")),
     };
@@ -447,7 +501,12 @@ fn sample(pid: u32) -> Option<Sample> {
 }
 
 /// Runs a child to the end, sampling it; returns its JSON line and the peak samples.
-fn run_child(mut cmd: Command, timeout: Duration) -> Result<(serde_json::Value, Sample), String> {
+/// A run whose `stop` is set is killed and fails.
+fn run_child(
+    mut cmd: Command,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<(serde_json::Value, Sample), String> {
     let deadline = Instant::now() + timeout;
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -464,6 +523,11 @@ fn run_child(mut cmd: Command, timeout: Duration) -> Result<(serde_json::Value, 
         }
         match child.try_wait() {
             Ok(Some(status)) => break status,
+            Ok(None) if stop.load(Ordering::Relaxed) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("stopped".to_owned());
+            }
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -497,6 +561,7 @@ fn command(
     args: &Args,
     prefix: &str,
     work: &Path,
+    events: u64,
 ) -> Option<Command> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = match system {
@@ -506,6 +571,8 @@ fn command(
             c
         }
         "handwritten" => Command::new(exe.with_file_name("handwritten")),
+        // Kafka programs: no embedded mode.
+        "kafka-streams" | "faust" if args.embedded => return None,
         "kafka-streams" | "faust" => {
             let dir = if system == "faust" {
                 "faust"
@@ -525,7 +592,7 @@ fn command(
         _ => return None,
     };
     cmd.args(["--scenario", scenario, "--prefix", prefix])
-        .args(["--events", &events_of(system, args).to_string()])
+        .args(["--events", &events.to_string()])
         .args(["--partitions", &args.partitions.to_string()]);
     if system == "rill" {
         cmd.args(["--keys", &args.keys.to_string()]);
@@ -619,20 +686,17 @@ fn chart(
 
 fn driver(args: &Args) -> Result<(), String> {
     let scenarios: Vec<String> = if args.scenarios.is_empty() {
-        let all: &[&str] = if args.embedded {
-            &["stateless", "keyed-count"]
-        } else {
-            SCENARIOS
-        };
-        all.iter().map(|s| (*s).to_owned()).collect()
+        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
     } else {
         args.scenarios.clone()
     };
     let systems: Vec<String> = if args.systems.is_empty() {
-        ["rill", "handwritten", "kafka-streams", "faust"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
+        let all: &[&str] = if args.embedded {
+            &["rill", "handwritten"]
+        } else {
+            &["rill", "handwritten", "kafka-streams", "faust"]
+        };
+        all.iter().map(|s| (*s).to_owned()).collect()
     } else {
         args.systems.clone()
     };
@@ -644,6 +708,9 @@ fn driver(args: &Args) -> Result<(), String> {
     if let Some(broker) = &args.broker
         && !args.embedded
     {
+        // Children read the topics from the beginning: only this suite's data may be there
+        // (an earlier suite's, or its latency runs' real-time records, would come first).
+        truncate_inputs(broker.trim_start_matches("kafka://"))?;
         eprintln!("writing {} views (and clicks) to {broker}", args.events);
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         rt.block_on(async {
@@ -662,6 +729,7 @@ fn driver(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     }
     let mut runs: Vec<Run> = Vec::new();
+    let never = AtomicBool::new(false);
     let total = scenarios.len() * systems.len() * (args.reps + 1);
     let mut done = 0;
     for scenario in &scenarios {
@@ -669,13 +737,15 @@ fn driver(args: &Args) -> Result<(), String> {
             for rep in 0..=args.reps {
                 done += 1;
                 let prefix = format!("suite-{stamp}-{scenario}-{system}-{rep}");
-                let Some(cmd) = command(system, scenario, args, &prefix, work.path()) else {
+                let events = events_of(system, args);
+                let Some(cmd) = command(system, scenario, args, &prefix, work.path(), events)
+                else {
                     eprintln!("[{done}/{total}] {system} not available; skipped");
                     break;
                 };
                 let what = if rep == 0 { "warm-up" } else { "run" };
                 eprintln!("[{done}/{total}] {scenario} on {system}: {what} {rep}");
-                match run_child(cmd, Duration::from_secs(args.run_timeout)) {
+                match run_child(cmd, Duration::from_secs(args.run_timeout), &never) {
                     Ok((value, peak)) => {
                         if let Some(why) = value.get("unsupported") {
                             eprintln!("  unsupported: {why}");
@@ -712,15 +782,41 @@ fn driver(args: &Args) -> Result<(), String> {
             }
         }
     }
-    report(args, &scenarios, &systems, &runs)
+    let medians = medians(&scenarios, &systems, &runs);
+    let mut latencies: BTreeMap<(String, String), Latency> = BTreeMap::new();
+    if !args.embedded && !args.no_latency {
+        let total = medians.len();
+        for (done, ((scenario, system), m)) in medians.iter().enumerate() {
+            let rate = m.events_per_s / 2.0;
+            let prefix = format!("suite-{stamp}-{scenario}-{system}-latency");
+            eprintln!(
+                "[latency {}/{total}] {scenario} on {system} at {rate:.0} views/s",
+                done + 1
+            );
+            let latency = latency_run(args, scenario, system, rate, &prefix, work.path())
+                .unwrap_or_else(|e| Latency::failed(scenario, system, rate, e));
+            match &latency.failed {
+                Some(e) => eprintln!("  failed: {e}"),
+                None => eprintln!(
+                    "  p50 {} ms, p99 {} ms ({} samples; {:.0} views/s offered)",
+                    ms(latency.p50_ms),
+                    ms(latency.p99_ms),
+                    latency.samples,
+                    latency.offered_per_s
+                ),
+            }
+            latencies.insert((scenario.clone(), system.clone()), latency);
+        }
+    }
+    report(args, &scenarios, &systems, &runs, &medians, &latencies)
 }
 
-fn report(
-    args: &Args,
+/// Median of every measure per scenario and system (those with runs).
+fn medians(
     scenarios: &[String],
     systems: &[String],
     runs: &[Run],
-) -> Result<(), String> {
+) -> BTreeMap<(String, String), Run> {
     let mut medians: BTreeMap<(String, String), Run> = BTreeMap::new();
     for scenario in scenarios {
         for system in systems {
@@ -746,25 +842,53 @@ fn report(
             );
         }
     }
+    medians
+}
+
+fn report(
+    args: &Args,
+    scenarios: &[String],
+    systems: &[String],
+    runs: &[Run],
+    medians: &BTreeMap<(String, String), Run>,
+    latencies: &BTreeMap<(String, String), Latency>,
+) -> Result<(), String> {
     let transport = if args.embedded {
         "embedded".to_owned()
     } else {
         args.broker.clone().unwrap_or_default()
     };
     let mut md = String::from(
-        "| scenario | system | events/s | peak RSS MiB | anon MiB | CPU s / M events | rill / it |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| scenario | system | events/s | peak RSS MiB | anon MiB | CPU s / M events | rill / it |",
     );
-    for ((scenario, system), r) in &medians {
+    // Latency columns: on Kafka (the embedded transport has no latency runs).
+    let latency = !args.embedded;
+    md.push_str(if latency {
+        " p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    } else {
+        "\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
+    });
+    for ((scenario, system), r) in medians {
         let ratio = medians
             .get(&(scenario.clone(), "rill".to_owned()))
             .filter(|_| system != "rill")
             .map(|rill| format!("{:.2}", rill.events_per_s / r.events_per_s))
             .unwrap_or_default();
+        let (p50, p99) = match latencies.get(&(scenario.clone(), system.clone())) {
+            Some(l) if l.failed.is_some() => ("failed".to_owned(), "failed".to_owned()),
+            Some(l) => (ms(l.p50_ms), ms(l.p99_ms)),
+            None => (String::new(), String::new()),
+        };
         md.push_str(&format!(
-            "| {scenario} | {system} | {:.0} | {:.0} | {:.0} | {:.2} | {ratio} |\n",
+            "| {scenario} | {system} | {:.0} | {:.0} | {:.0} | {:.2} | {ratio} |",
             r.events_per_s, r.peak_rss_mib, r.peak_anon_mib, r.cpu_s_per_m
         ));
+        if latency {
+            md.push_str(&format!(" {p50} | {p99} |"));
+        }
+        md.push('\n');
     }
+    md.push_str(&latency_notes(args, latencies));
     println!("{md}");
     let json = serde_json::json!({
         "transport": transport,
@@ -773,7 +897,22 @@ fn report(
         "partitions": args.partitions,
         "reps": args.reps,
         "runs": runs,
-        "medians": medians.values().collect::<Vec<_>>(),
+        "medians": medians.values().map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            if let (Some(l), Some(obj)) =
+                (latencies.get(&(m.scenario.clone(), m.system.clone())), v.as_object_mut())
+            {
+                obj.insert("p50_ms".into(), l.p50_ms.into());
+                obj.insert("p99_ms".into(), l.p99_ms.into());
+                obj.insert("latency_samples".into(), l.samples.into());
+            }
+            v
+        }).collect::<Vec<_>>(),
+        "latency": {
+            "warmup_s": args.latency_warmup,
+            "measured_s": args.latency_seconds,
+            "runs": latencies.values().collect::<Vec<_>>(),
+        },
     });
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let name = if args.embedded {
@@ -786,11 +925,667 @@ fn report(
     std::fs::write(base.with_extension("json"), json.to_string()).map_err(|e| e.to_string())?;
     std::fs::write(
         base.with_extension("svg"),
-        chart(&medians, scenarios, systems),
+        chart(medians, scenarios, systems),
     )
     .map_err(|e| e.to_string())?;
     eprintln!("results in {}.{{md,json,svg}}", base.display());
     Ok(())
+}
+
+// ------------------------------------------------------------------------- latency runs --
+
+/// One latency run: percentiles of output latency at a fixed offered load.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Latency {
+    scenario: String,
+    system: String,
+    /// Offered load (views/s): half the median throughput.
+    rate: f64,
+    /// Views/s actually produced during the measured period.
+    offered_per_s: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    /// Output records whose input was produced in the measured period.
+    samples: u64,
+    /// Output records received in all.
+    received: u64,
+    /// The topic read as the output.
+    output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
+}
+
+impl Latency {
+    fn failed(scenario: &str, system: &str, rate: f64, why: String) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            system: system.to_owned(),
+            rate,
+            offered_per_s: 0.0,
+            p50_ms: None,
+            p99_ms: None,
+            samples: 0,
+            received: 0,
+            output: String::new(),
+            failed: Some(why),
+        }
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+/// What the Markdown says about the latency columns.
+fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -> String {
+    let mut notes = String::new();
+    if args.embedded {
+        notes.push_str("\nLatency is measured on Kafka only (not on the embedded log).\n");
+        return notes;
+    }
+    if latencies.is_empty() {
+        return notes;
+    }
+    notes.push_str(&format!(
+        "\np50/p99: processing latency at an offered load of half the system's median \
+         throughput: the suite produces views (and, for `join`, a click for every second \
+         view 2 s later) at that rate with the wall-clock time as event time, {} s of warm-up \
+         then {} s measured, and reads the output (`read_committed`) as it comes: latency = \
+         receive time minus the production time of the input (`keyed-count`: of the view whose \
+         count the changelog record carries; otherwise the output's message timestamp). \
+         `tumbling-count` outputs appear when a window closes: its figures are window-close \
+         delays, receive time minus the end of the output's window (the run is placed so that \
+         a minute boundary falls in the measured period). `-`: no output in the measured \
+         period.\n",
+        args.latency_warmup, args.latency_seconds
+    ));
+    notes.push_str(
+        "\n| scenario | system | rate views/s | offered views/s | samples | received |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for l in latencies.values() {
+        notes.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {} | {} |\n",
+            l.scenario, l.system, l.rate, l.offered_per_s, l.samples, l.received
+        ));
+    }
+    let short: Vec<String> = latencies
+        .values()
+        .filter(|l| l.failed.is_none() && l.offered_per_s < 0.95 * l.rate)
+        .map(|l| format!("{} on {}", l.scenario, l.system))
+        .collect();
+    if !short.is_empty() {
+        notes.push_str(&format!(
+            "\nThe suite's producer fell short of the rate (it shares the machine with the \
+             program, the broker and the suite's consumer): {}.\n",
+            short.join(", ")
+        ));
+    }
+    for l in latencies.values() {
+        if let Some(why) = &l.failed {
+            notes.push_str(&format!(
+                "\nLatency run of {} on {} failed: {why}\n",
+                l.scenario, l.system
+            ));
+        }
+    }
+    notes
+}
+
+fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    i64::try_from(now).unwrap_or(i64::MAX)
+}
+
+fn kafka_err(what: &str) -> impl Fn(rdkafka::error::KafkaError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The topic a latency run reads: the output topic, or for the counts the table's changelog
+/// (`<app id>-<table>-changelog` for rill and Faust, `<application.id>-<store>-changelog` for
+/// Kafka Streams, the hand-written program's own `<prefix>-counts-changelog`).
+fn output_topic(system: &str, scenario: &str, prefix: &str) -> String {
+    match (scenario, system) {
+        ("keyed-count" | "eos-keyed-count", "rill" | "faust") => {
+            format!("{prefix}-bench_counts-changelog")
+        }
+        ("keyed-count" | "eos-keyed-count", _) => format!("{prefix}-counts-changelog"),
+        _ => format!("{prefix}-out"),
+    }
+}
+
+fn metadata_client(bootstrap: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(kafka_err("creating a client"))
+}
+
+/// Partitions of `topic`, 0 when it does not exist (yet).
+fn partition_count(client: &BaseConsumer, topic: &str) -> usize {
+    client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()
+        .and_then(|m| {
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+        })
+        .unwrap_or(0)
+}
+
+/// Deletes every record of the input topics that exist (moves their log start to the high
+/// watermark), so a program that reads from the beginning reads only what comes next.
+fn truncate_inputs(bootstrap: &str) -> Result<(), String> {
+    let client = metadata_client(bootstrap)?;
+    let mut list = TopicPartitionList::new();
+    for topic in [VIEWS, CLICKS] {
+        for p in 0..partition_count(&client, topic) {
+            list.add_partition_offset(topic, p as i32, Offset::End)
+                .map_err(kafka_err("listing partitions"))?;
+        }
+    }
+    if list.count() == 0 {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(kafka_err("creating an admin client"))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt
+        .block_on(admin.delete_records(&list, &options))
+        .map_err(kafka_err("deleting records"))?;
+    for e in result.elements() {
+        if let Err(err) = e.error() {
+            return Err(format!(
+                "deleting records of {}/{}: {err}",
+                e.topic(),
+                e.partition()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the program of a latency run consumes: a consumer group of its prefix is
+/// `Stable` with members. The hand-written program assigns its partitions (no group
+/// membership): it is taken as ready a second after its output topic exists (it creates that
+/// topic right before its consumers).
+fn wait_ready(
+    client: &BaseConsumer,
+    system: &str,
+    prefix: &str,
+    output: &str,
+    timeout: Duration,
+    exited: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if exited() {
+            return Err("the program exited before it was ready".to_owned());
+        }
+        if system == "handwritten" {
+            if partition_count(client, output) > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+                return Ok(());
+            }
+        } else if let Ok(list) = client.fetch_group_list(None, Duration::from_secs(5))
+            && list.groups().iter().any(|g| {
+                g.name().starts_with(prefix) && g.state() == "Stable" && !g.members().is_empty()
+            })
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not ready within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A changelog record of a count: (URL, count). Keys are the URL, raw or as a JSON string;
+/// counts a JSON number or (Kafka Streams' `Serdes.Long`) 8 bytes big-endian.
+fn decode_count(key: &[u8], value: &[u8]) -> Option<(String, u64)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let url = if key.starts_with('"') {
+        serde_json::from_str::<String>(key).ok()?
+    } else {
+        key.to_owned()
+    };
+    let count = if value.len() == 8 && !value.iter().all(u8::is_ascii_digit) {
+        u64::from_be_bytes(value.try_into().ok()?)
+    } else {
+        std::str::from_utf8(value).ok()?.trim().parse().ok()?
+    };
+    Some((url, count))
+}
+
+/// Production times (ms) of each URL's views, in order, for `keyed-count`.
+type Produced = Arc<Mutex<HashMap<String, Vec<i64>>>>;
+
+/// The end (ms) of the window of a `tumbling-count` output: its `window_end` or `end` field, or
+/// its `start` or `window_start` plus 60 s (each program names them its own way; all in ms).
+fn window_end(value: &[u8]) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_i64);
+    field("window_end").or_else(|| field("end")).or_else(|| {
+        field("start")
+            .or_else(|| field("window_start"))
+            .map(|s| s + 60_000)
+    })
+}
+
+/// Which input time a latency run's output is timed against.
+#[derive(Clone)]
+enum Against {
+    /// The output's message timestamp (its input's).
+    Timestamp,
+    /// `keyed-count`: the production time of the view a changelog record (URL, n) counts.
+    Count(Produced),
+    /// `tumbling-count`: the end of the output's window.
+    WindowEnd,
+}
+
+/// What the suite's consumer of a latency run saw.
+#[derive(Default)]
+struct Probe {
+    /// Latencies (ms) of outputs whose input was produced in the measured period.
+    samples: Vec<f64>,
+    received: u64,
+}
+
+/// The suite's consumer: reads every partition of `topic` from the beginning
+/// (`read_committed`) until `stop`, timing outputs of inputs produced in `[from, until)` ms.
+fn probe(
+    consumer: &BaseConsumer,
+    against: &Against,
+    from: i64,
+    until: i64,
+    stop: &AtomicBool,
+    received: &AtomicU64,
+) -> Probe {
+    let mut out = Probe::default();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let now = now_ms();
+        out.received += 1;
+        received.store(out.received, Ordering::Relaxed);
+        let input = match against {
+            Against::Timestamp => None,
+            Against::Count(produced) => (|| {
+                let (url, n) = decode_count(m.key()?, m.payload()?)?;
+                let produced = produced.lock().ok()?;
+                let i = usize::try_from(n.checked_sub(1)?).ok()?;
+                produced.get(&url)?.get(i).copied()
+            })(),
+            Against::WindowEnd => m.payload().and_then(window_end),
+        };
+        let Some(t) = input.or_else(|| m.timestamp().to_millis()) else {
+            continue;
+        };
+        if (from..until).contains(&t) {
+            out.samples.push((now - t) as f64);
+        }
+    }
+    out
+}
+
+/// The value at quantile `q` (nearest rank) of sorted `xs`.
+fn quantile(xs: &[f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let rank = (q * xs.len() as f64).ceil() as usize;
+    Some(xs[rank.clamp(1, xs.len()) - 1])
+}
+
+/// Sends a record, polling while librdkafka's queue is full.
+fn send_record(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, str, [u8]>,
+) -> Result<(), String> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(format!("producing: {e}")),
+        }
+    }
+}
+
+/// A latency run of `scenario` on `system` at `rate` views/s (Kafka): starts the program,
+/// waits until it consumes, produces at `rate` (warm-up, then the measured period) and times
+/// the outputs.
+fn latency_run(
+    args: &Args,
+    scenario: &str,
+    system: &str,
+    rate: f64,
+    prefix: &str,
+    work: &Path,
+) -> Result<Latency, String> {
+    if !rate.is_finite() || rate < 1.0 {
+        return Err(format!("no rate to offer ({rate})"));
+    }
+    let bootstrap = args
+        .broker
+        .as_deref()
+        .ok_or("no broker")?
+        .trim_start_matches("kafka://")
+        .to_owned();
+    let warmup = Duration::from_secs(args.latency_warmup);
+    let measured = Duration::from_secs(args.latency_seconds);
+    // Even, so every second view has its click (a join counts views plus half as many).
+    let mut views = (rate * (warmup + measured).as_secs_f64()).round() as u64;
+    views = (views + views % 2).max(2);
+    let join = scenario == "join";
+    let counting = scenario.ends_with("keyed-count");
+    let output = output_topic(system, scenario, prefix);
+
+    truncate_inputs(&bootstrap)?;
+    let mut cmd =
+        command(system, scenario, args, prefix, work, views).ok_or("system not available")?;
+    cmd.args(["--rate", &format!("{rate:.0}")]);
+    let stop_child = Arc::new(AtomicBool::new(false));
+    let timeout =
+        Duration::from_secs(args.latency_ready_timeout + args.run_timeout) + warmup + measured;
+    let child = {
+        let stop = Arc::clone(&stop_child);
+        std::thread::spawn(move || run_child(cmd, timeout, &stop))
+    };
+    let result = drive(
+        args, scenario, system, rate, prefix, &bootstrap, views, join, counting, &output, &child,
+    );
+    if result.is_err() {
+        stop_child.store(true, Ordering::Relaxed);
+    }
+    let finished = child
+        .join()
+        .unwrap_or_else(|_| Err("the run's thread panicked".to_owned()));
+    let (mut latency, probe_stop, prober) = result?;
+    // Outputs the program sent before it exited may still be on their way.
+    let drained = Instant::now();
+    let mut last = latency.received;
+    let mut quiet = Instant::now();
+    while drained.elapsed() < Duration::from_secs(30) && quiet.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(200));
+        let n = probe_stop.1.load(Ordering::Relaxed);
+        if n != last {
+            last = n;
+            quiet = Instant::now();
+        }
+    }
+    probe_stop.0.store(true, Ordering::Relaxed);
+    let mut probe = prober
+        .join()
+        .map_err(|_| "the suite's consumer panicked".to_owned())?;
+    finished?;
+    probe.samples.sort_by(f64::total_cmp);
+    latency.p50_ms = quantile(&probe.samples, 0.50);
+    latency.p99_ms = quantile(&probe.samples, 0.99);
+    latency.samples = probe.samples.len() as u64;
+    latency.received = probe.received;
+    Ok(latency)
+}
+
+type ProbeStop = (Arc<AtomicBool>, Arc<AtomicU64>);
+
+/// The part of a latency run between the program's start and its last input: readiness, the
+/// suite's consumer, production.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, the run's parameters"
+)]
+fn drive(
+    args: &Args,
+    scenario: &str,
+    system: &str,
+    rate: f64,
+    prefix: &str,
+    bootstrap: &str,
+    views: u64,
+    join: bool,
+    counting: bool,
+    output: &str,
+    child: &std::thread::JoinHandle<Result<(serde_json::Value, Sample), String>>,
+) -> Result<(Latency, ProbeStop, std::thread::JoinHandle<Probe>), String> {
+    let client = metadata_client(bootstrap)?;
+    let ready_timeout = Duration::from_secs(args.latency_ready_timeout);
+    wait_ready(&client, system, prefix, output, ready_timeout, &|| {
+        child.is_finished()
+    })?;
+    // The output topic (programs create it, or their changelog, at start-up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        match partition_count(&client, output) {
+            0 if Instant::now() > deadline => return Err(format!("no topic {output}")),
+            0 => std::thread::sleep(Duration::from_millis(250)),
+            n => break n,
+        }
+    };
+
+    let warmup_ms = i64::try_from(args.latency_warmup * 1000).unwrap_or(0);
+    let measured_ms = i64::try_from(args.latency_seconds * 1000).unwrap_or(0);
+    if scenario == "tumbling-count" {
+        // Windows close at minute boundaries: start so that one falls mid-measurement.
+        let offset = warmup_ms + measured_ms / 2;
+        let boundary = (now_ms() + offset).div_euclid(60_000) * 60_000 + 60_000;
+        let wait = boundary - offset - now_ms();
+        if wait > 0 {
+            eprintln!(
+                "  waiting {:.1} s so that a window closes in the measured period",
+                wait as f64 / 1000.0
+            );
+            std::thread::sleep(Duration::from_millis(wait as u64));
+        }
+    }
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // A group id (librdkafka wants one to assign), not the program's prefix: never joined.
+        .set("group.id", format!("latency-probe-{prefix}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(kafka_err("creating the suite's consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(output, p as i32, Offset::Beginning)
+            .map_err(kafka_err("assigning"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_err("assigning"))?;
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Keys land where the data's do (rill, the Java client and the baselines hash alike).
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(kafka_err("creating the suite's producer"))?;
+
+    let produced: Option<Produced> = counting.then(Produced::default);
+    let against = match &produced {
+        Some(p) => Against::Count(Arc::clone(p)),
+        None if scenario == "tumbling-count" => Against::WindowEnd,
+        None => Against::Timestamp,
+    };
+    let start = Instant::now();
+    let from = now_ms() + warmup_ms;
+    let until = from + measured_ms;
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let prober = {
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+        std::thread::spawn(move || probe(&consumer, &against, from, until, &stop, &received))
+    };
+    let result = produce_at(
+        &producer,
+        rate,
+        views,
+        args.keys,
+        join,
+        produced.as_ref(),
+        (from, until),
+        start,
+        &received,
+    );
+    let measured_views = match result {
+        Ok(n) => n,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = prober.join();
+            return Err(e);
+        }
+    };
+    let latency = Latency {
+        scenario: scenario.to_owned(),
+        system: system.to_owned(),
+        rate,
+        offered_per_s: measured_views as f64 / (measured_ms.max(1) as f64 / 1000.0),
+        p50_ms: None,
+        p99_ms: None,
+        samples: 0,
+        received: received.load(Ordering::Relaxed),
+        output: output.to_owned(),
+        failed: None,
+    };
+    Ok((latency, (stop, received), prober))
+}
+
+/// Produces `views` views at `rate`/s in small steps (every 5 ms), with the wall-clock time
+/// as `view_time` and message timestamp, and for `join` a click for every second view 2 s
+/// later (its time then); returns how many views fell in `measured` (ms).
+#[allow(clippy::too_many_arguments, reason = "one call site")]
+fn produce_at(
+    producer: &BaseProducer,
+    rate: f64,
+    views: u64,
+    keys: u64,
+    join: bool,
+    produced: Option<&Produced>,
+    measured: (i64, i64),
+    start: Instant,
+    received: &AtomicU64,
+) -> Result<u64, String> {
+    let mut pending: std::collections::VecDeque<(Instant, String, String)> =
+        std::collections::VecDeque::new();
+    let (mut i, mut clicks, mut in_measured) = (0_u64, 0_u64, 0_u64);
+    let mut last_report = Instant::now();
+    let mut buf = Vec::with_capacity(128);
+    let scale = (rate / 1000.0).round().max(1.0) as u64;
+    while i < views || !pending.is_empty() {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(views);
+        let mut times = Vec::new();
+        while i < due {
+            let mut v = view(i, keys);
+            if join {
+                // The data's fan-out: its URLs recur every `keys` (health: 100) ms of event
+                // time, 1 ms per event; at `rate` views/s of wall-clock time the key spaces
+                // scale by rate/1000, so a click joins as many views as in the data.
+                v.url = if i % 10 == 9 {
+                    format!("/health/{}", i % (100 * scale))
+                } else {
+                    format!("/p/{}", i % (keys * scale))
+                };
+            }
+            let t = now_ms();
+            v.view_time = t as f64 / 1000.0;
+            buf.clear();
+            serde_json::to_writer(&mut buf, &v).map_err(|e| e.to_string())?;
+            send_record(
+                producer,
+                BaseRecord::to(VIEWS)
+                    .key(v.url.as_str())
+                    .payload(buf.as_slice())
+                    .timestamp(t),
+            )?;
+            if (measured.0..measured.1).contains(&t) {
+                in_measured += 1;
+            }
+            if join && i.is_multiple_of(2) {
+                pending.push_back((
+                    Instant::now() + Duration::from_secs(2),
+                    v.url.clone(),
+                    v.user_id,
+                ));
+            } else if produced.is_some() {
+                times.push((v.url, t));
+            }
+            i += 1;
+        }
+        if let Some(produced) = produced
+            && !times.is_empty()
+        {
+            let mut produced = produced.lock().map_err(|_| "poisoned".to_owned())?;
+            for (url, t) in times {
+                produced.entry(url).or_default().push(t);
+            }
+        }
+        let now = Instant::now();
+        while let Some((due, ..)) = pending.front()
+            && *due <= now
+        {
+            let Some((_, url, user_id)) = pending.pop_front() else {
+                break;
+            };
+            let t = now_ms();
+            let c = ClickEvent {
+                user_id,
+                url,
+                click_time: t as f64 / 1000.0,
+            };
+            buf.clear();
+            serde_json::to_writer(&mut buf, &c).map_err(|e| e.to_string())?;
+            send_record(
+                producer,
+                BaseRecord::to(CLICKS)
+                    .key(c.url.as_str())
+                    .payload(buf.as_slice())
+                    .timestamp(t),
+            )?;
+            clicks += 1;
+        }
+        producer.poll(Duration::ZERO);
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "  latency: {i}/{views} views{} produced, {} outputs received",
+                if join {
+                    format!(" (+{clicks} clicks)")
+                } else {
+                    String::new()
+                },
+                received.load(Ordering::Relaxed)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(kafka_err("flushing"))?;
+    Ok(in_measured)
 }
 
 fn main() -> Result<(), String> {
