@@ -889,8 +889,20 @@ fn report(
         md.push('\n');
     }
     md.push_str(&latency_notes(args, latencies));
+    let machine = machine();
+    md = format!(
+        "Suite run of {} on {transport}: {} events per run ({} for Faust), {} keys, {} partitions, {} measured runs after a warm-up, medians.\n\nMachine: {}.\n\n{md}",
+        machine["date"].as_str().unwrap_or_default(),
+        args.events,
+        args.events.min(args.faust_events),
+        args.keys,
+        args.partitions,
+        args.reps,
+        machine["summary"].as_str().unwrap_or_default(),
+    );
     println!("{md}");
     let json = serde_json::json!({
+        "machine": machine,
         "transport": transport,
         "events": args.events,
         "keys": args.keys,
@@ -930,6 +942,48 @@ fn report(
     .map_err(|e| e.to_string())?;
     eprintln!("results in {}.{{md,json,svg}}", base.display());
     Ok(())
+}
+
+/// What the results were measured on: CPU, cores, memory, kernel, rill's commit, the date.
+fn machine() -> serde_json::Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+    let output = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let commit = output("git", &["rev-parse", "--short", "HEAD"]);
+    let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "kernel": kernel,
+        "rill_commit": commit,
+        "date": date,
+        "summary": format!(
+            "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Kafka broker: the test harness's (`kafka/broker.sh`, one KRaft node on 127.0.0.1)"
+        ),
+    })
 }
 
 // ------------------------------------------------------------------------- latency runs --
