@@ -232,7 +232,8 @@ async fn send(
         timestamp: now_millis(),
         headers: Headers::default(),
     };
-    let pending = producer.enqueue(record).await?;
+    let batch = crate::transport::delivery::Deliveries::new();
+    let pending = producer.enqueue(record, &batch).await?;
     producer.deliver(vec![pending], "", &[]).await?;
     tracing::info!(topic, "sent");
     Ok(())

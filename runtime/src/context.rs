@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::message::OutRecord;
 use crate::table::TableCore;
+use crate::transport::delivery::Deliveries;
 use crate::transport::{Pending, ProducerBackend};
 
 tokio::task_local! {
@@ -71,7 +72,8 @@ pub(crate) struct Shared {
     pub(crate) producer: ProducerBackend,
     /// Sends not yet durable, and the per-topic counter of sends this instance last used
     /// (under one lock: a send takes it once).
-    pub(crate) pending: Mutex<(Vec<Pending>, crate::metrics::TopicCache)>,
+    /// Sends since the last commit step, with the deliveries they are counted in (Kafka).
+    pub(crate) pending: Mutex<(Vec<Pending>, crate::metrics::TopicCache, Arc<Deliveries>)>,
     /// The instance's tables (their overlays are committed with its offsets); windows add
     /// theirs when they are built.
     pub(crate) tables: Mutex<Vec<Arc<TableCore>>>,
@@ -129,7 +131,11 @@ impl Shared {
         Arc::new(Shared {
             agent,
             producer,
-            pending: Mutex::new((Vec::new(), crate::metrics::TopicCache::default())),
+            pending: Mutex::new((
+                Vec::new(),
+                crate::metrics::TopicCache::default(),
+                Deliveries::new(),
+            )),
             tables: Mutex::new(tables),
             flushers: Mutex::new(Vec::new()),
             event_time: AtomicI64::new(i64::MIN),
@@ -353,7 +359,13 @@ impl Shared {
             }
             _ => self.metrics.then(|| record.topic.clone()),
         };
-        let pending = self.producer.enqueue(record).await?;
+        let batch = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .2
+            .clone();
+        let pending = self.producer.enqueue(record, &batch).await?;
         let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.push(pending);
         if let Some(topic) = topic {
@@ -365,7 +377,10 @@ impl Shared {
     }
 
     pub(crate) fn take_pending(&self) -> Vec<Pending> {
-        std::mem::take(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()).0)
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // The next step's sends are counted apart from this step's.
+        guard.2 = Deliveries::new();
+        std::mem::take(&mut guard.0)
     }
 
     pub(crate) fn pending_len(&self) -> usize {

@@ -193,8 +193,9 @@ pub(crate) async fn replay(
     let records = read_all(transport, config, &topic).await?;
     let producer = transport.producer();
     let mut pending = Vec::new();
+    let batch = crate::transport::delivery::Deliveries::new();
     for r in records.iter().filter(|r| selected(r, selection)) {
-        pending.push(producer.enqueue(replayed(r)).await?);
+        pending.push(producer.enqueue(replayed(r), &batch).await?);
     }
     let n = pending.len();
     producer.deliver(pending, "", &[]).await?;

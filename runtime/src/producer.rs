@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::message::OutRecord;
 use crate::record::Record;
 use crate::topic::{Topic, encode_out};
+use crate::transport::delivery::Deliveries;
 use crate::transport::{Pending, ProducerBackend};
 
 const AUTO_FLUSH: usize = 10_000;
@@ -17,14 +18,15 @@ const AUTO_FLUSH: usize = 10_000;
 #[derive(Clone)]
 pub struct Producer {
     backend: ProducerBackend,
-    pending: Arc<Mutex<Vec<Pending>>>,
+    /// Sends since the last flush, with the deliveries they are counted in (Kafka).
+    pending: Arc<Mutex<(Vec<Pending>, Arc<Deliveries>)>>,
 }
 
 impl Producer {
     pub(crate) fn new(backend: ProducerBackend) -> Self {
         Producer {
             backend,
-            pending: Arc::new(Mutex::new(Vec::new())),
+            pending: Arc::new(Mutex::new((Vec::new(), Deliveries::new()))),
         }
     }
 
@@ -63,11 +65,17 @@ impl Producer {
 
     /// Sends an already encoded record.
     pub async fn send_raw(&self, record: OutRecord) -> Result<()> {
-        let pending = self.backend.enqueue(record).await?;
+        let batch = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let pending = self.backend.enqueue(record, &batch).await?;
         let len = {
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            guard.push(pending);
-            guard.len()
+            guard.0.push(pending);
+            guard.0.len()
         };
         if len >= AUTO_FLUSH {
             self.flush().await?;
@@ -77,7 +85,11 @@ impl Producer {
 
     /// Waits until everything sent so far is durable (appended, or acknowledged by Kafka).
     pub async fn flush(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending = {
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            guard.1 = Deliveries::new();
+            std::mem::take(&mut guard.0)
+        };
         if pending.is_empty() {
             return Ok(());
         }

@@ -331,8 +331,9 @@ impl StreamCore {
                 }
                 let started = std::time::Instant::now();
                 let mut pending = pending;
+                let batch = crate::transport::delivery::Deliveries::new();
                 for record in changelog {
-                    pending.push(producer.enqueue(record).await?);
+                    pending.push(producer.enqueue(record, &batch).await?);
                 }
                 let produced = producer
                     .deliver_in(pending, &group, &offsets, Some(&committer), on_tick)

@@ -8,9 +8,9 @@
 //! assignor (co-partitioned topics stay together): on revocation the consumer's thread waits in
 //! the rebalance callback until every instance has committed what it finished.
 //!
-//! One idempotent `FutureProducer` per worker serves all agents; partitioning is
-//! `murmur2_random`, the Java client's, so keys land where Java producers and Kafka Streams put
-//! them.
+//! One idempotent producer per worker serves all agents (deliveries counted per batch, see
+//! `delivery`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
+//! producers and Kafka Streams put them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Router, Tp};
+use super::{Router, Tp, delivery};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -67,7 +67,7 @@ impl ClientContext for LogContext {
 /// The Kafka side of a worker: a base client config, the shared producer and an admin client.
 pub(crate) struct KafkaTransport {
     base: ClientConfig,
-    producer: FutureProducer<LogContext>,
+    producer: delivery::Producer,
     admin: AdminClient<DefaultClientContext>,
     replication: i32,
     pub(crate) health: Arc<Health>,
@@ -102,8 +102,8 @@ impl KafkaTransport {
                 producer_config.set(k, v);
             }
         }
-        let producer: FutureProducer<LogContext> = producer_config
-            .create_with_context(LogContext)
+        let producer: delivery::Producer = producer_config
+            .create_with_context(delivery::DeliveryContext)
             .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
         let admin: AdminClient<DefaultClientContext> = base
             .create()
@@ -167,8 +167,12 @@ impl KafkaTransport {
     }
 
     /// Enqueues a record in librdkafka, waiting while its queue is full.
-    pub(crate) async fn enqueue(&self, r: OutRecord) -> Result<DeliveryFuture> {
-        send_record(&self.producer, &r)
+    pub(crate) async fn enqueue(
+        &self,
+        r: OutRecord,
+        batch: &Arc<delivery::Deliveries>,
+    ) -> Result<()> {
+        delivery::produce(&self.producer, &r, batch)
             .await
             .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
     }

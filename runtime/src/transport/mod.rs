@@ -9,6 +9,7 @@
 //! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
 //! work on revoked partitions before the fetcher gives them up.
 
+pub(crate) mod delivery;
 pub(crate) mod embedded;
 pub(crate) mod kafka;
 pub(crate) mod txn;
@@ -219,8 +220,8 @@ pub(crate) fn fmt_tps(tps: &[Tp]) -> Vec<String> {
 
 /// A send that is not yet durable: the commit step waits for it before committing offsets.
 pub(crate) enum Pending {
-    /// Enqueued in librdkafka; resolves on broker acknowledgement.
-    Kafka(Arc<str>, rdkafka::producer::DeliveryFuture),
+    /// Enqueued in librdkafka, counted in its batch's deliveries.
+    Kafka(Arc<delivery::Deliveries>),
     /// Held until the commit step: appended to the embedded log in the same LMDB transaction
     /// as the offsets, or (exactly-once on Kafka) produced in the commit's transaction.
     Buffered(OutRecord),
@@ -235,13 +236,18 @@ pub(crate) enum ProducerBackend {
 
 impl ProducerBackend {
     /// Enqueues a record; the returned `Pending` becomes durable at the next commit.
-    pub(crate) async fn enqueue(&self, record: OutRecord) -> Result<Pending> {
+    /// `batch`: the deliveries a commit step (or flush) will wait for, on Kafka at-least-once.
+    pub(crate) async fn enqueue(
+        &self,
+        record: OutRecord,
+        batch: &Arc<delivery::Deliveries>,
+    ) -> Result<Pending> {
         match self {
             ProducerBackend::Embedded(_) => Ok(Pending::Buffered(record)),
             ProducerBackend::Kafka(k) if k.txn.is_some() => Ok(Pending::Buffered(record)),
             ProducerBackend::Kafka(k) => {
-                let topic = record.topic.clone();
-                k.enqueue(record).await.map(|f| Pending::Kafka(topic, f))
+                k.enqueue(record, batch).await?;
+                Ok(Pending::Kafka(batch.clone()))
             }
         }
     }
@@ -313,19 +319,21 @@ impl ProducerBackend {
                     .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?
             }
             ProducerBackend::Kafka(_) => {
-                let mut produced: HashMap<Tp, i64> = HashMap::new();
+                // Each batch once (its records share it).
+                let mut batches: Vec<Arc<delivery::Deliveries>> = Vec::new();
                 for p in pending {
-                    if let Pending::Kafka(topic, fut) = p {
-                        match fut.await {
-                            Ok(Ok(d)) => {
-                                let next = produced.entry((topic, d.partition)).or_insert(0);
-                                *next = (*next).max(d.offset + 1);
-                            }
-                            Ok(Err((err, _msg))) => {
-                                return Err(Error::kafka("delivering a produced record", err));
-                            }
-                            Err(_) => return Err(Error::Shutdown("producer dropped".into())),
-                        }
+                    if let Pending::Kafka(batch) = p
+                        && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
+                        && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
+                    {
+                        batches.push(batch);
+                    }
+                }
+                let mut produced: HashMap<Tp, i64> = HashMap::new();
+                for batch in batches {
+                    for (tp, next) in batch.wait().await? {
+                        let at = produced.entry(tp).or_insert(0);
+                        *at = (*at).max(next);
                     }
                 }
                 Ok(produced)

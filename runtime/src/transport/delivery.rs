@@ -1,0 +1,165 @@
+//! Delivery tracking for the worker's Kafka producer (at-least-once).
+//!
+//! A commit step waits until every record its agent instance sent since the previous step is
+//! acknowledged, and needs the next offset of each partition written (tables record their
+//! changelog position). Instead of a future per record (rdkafka's `FutureProducer`: a oneshot
+//! channel allocated, completed and polled per record), records carry an `Arc<Deliveries>` of
+//! their batch as librdkafka's delivery opaque; the delivery callback, on the producer's
+//! polling thread, counts the batch down and keeps each partition's highest offset, and the
+//! step awaits one count. A batch is an instance's sends between two steps, or a `Producer`'s
+//! between two flushes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+
+use super::Tp;
+use super::kafka::LogContext;
+use crate::error::{Error, Result};
+use crate::message::OutRecord;
+
+/// The deliveries of one batch of sends.
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    /// Records enqueued and not yet acknowledged (or failed).
+    outstanding: AtomicUsize,
+    /// Next offset per topic and partition, from the acknowledgements.
+    next: Mutex<HashMap<Arc<str>, HashMap<i32, i64>>>,
+    /// The first delivery error.
+    error: Mutex<Option<KafkaError>>,
+    done: tokio::sync::Notify,
+}
+
+impl Deliveries {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn delivered(&self, result: &DeliveryResult<'_>) {
+        match result {
+            Ok(message) => {
+                let (topic, partition, offset) =
+                    (message.topic(), message.partition(), message.offset());
+                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let partitions = match next.get_mut(topic) {
+                    Some(p) => p,
+                    None => next.entry(Arc::from(topic)).or_default(),
+                };
+                let at = partitions.entry(partition).or_insert(0);
+                *at = (*at).max(offset + 1);
+            }
+            Err((error, _)) => {
+                self.error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| error.clone());
+            }
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Waits until every record enqueued so far is acknowledged; the next offset of each
+    /// partition written, or the first delivery error.
+    pub(crate) async fn wait(&self) -> Result<HashMap<Tp, i64>> {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        if let Some(error) = self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(Error::kafka("delivering a produced record", error));
+        }
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(next
+            .iter()
+            .flat_map(|(topic, parts)| parts.iter().map(|(p, o)| ((topic.clone(), *p), *o)))
+            .collect())
+    }
+}
+
+/// The worker producer's context: librdkafka's logs into `tracing`, deliveries into their
+/// batch.
+#[derive(Clone, Default)]
+pub(crate) struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        LogContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        LogContext.error(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<Deliveries>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Deliveries>) {
+        batch.delivered(result);
+    }
+}
+
+pub(crate) type Producer = ThreadedProducer<DeliveryContext>;
+
+/// Enqueues `r` in librdkafka, counted in `batch`, waiting while librdkafka's queue is full.
+pub(crate) async fn produce(
+    producer: &Producer,
+    r: &OutRecord,
+    batch: &Arc<Deliveries>,
+) -> std::result::Result<(), KafkaError> {
+    let headers = (!r.headers.is_empty()).then(|| {
+        r.headers.0.iter().fold(
+            OwnedHeaders::new_with_capacity(r.headers.0.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            },
+        )
+    });
+    batch.outstanding.fetch_add(1, Ordering::AcqRel);
+    loop {
+        let mut record: BaseRecord<'_, [u8], [u8], Arc<Deliveries>> =
+            BaseRecord::with_opaque_to(&r.topic, batch.clone()).timestamp(r.timestamp);
+        if let Some(k) = r.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = r.value.as_deref() {
+            record = record.payload(v);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => {
+                // Never enqueued: no delivery report will count it down.
+                if batch.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    batch.done.notify_waiters();
+                }
+                return Err(e);
+            }
+        }
+    }
+}
