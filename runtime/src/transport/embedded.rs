@@ -289,7 +289,7 @@ impl EmbeddedLog {
     /// Appends records and stores `offsets` for a group, in one LMDB transaction.
     pub(crate) fn append(
         &self,
-        records: Vec<OutRecord>,
+        records: &[OutRecord],
         offsets: Option<(String, Vec<(Tp, i64)>)>,
     ) -> Result<HashMap<Tp, i64>> {
         if records.is_empty() && offsets.as_ref().is_none_or(|(_, o)| o.is_empty()) {
@@ -341,7 +341,7 @@ impl EmbeddedLog {
                 continue;
             };
             buf.clear();
-            encode_record(&record, appended_at, &mut buf);
+            encode_record(record, appended_at, &mut buf);
             db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
                 .map_err(self.err(format!("appending to {}[{partition}]", record.topic)))?;
             state.next += 1;
@@ -981,7 +981,7 @@ mod tests {
         let recs: Vec<_> = (0..10)
             .map(|i| out("a", Some("k"), &format!("v{i}")))
             .collect();
-        log.append(recs, None).unwrap();
+        log.append(&recs, None).unwrap();
         let p = partition_for_key(b"k", 4);
         let got = log.read(&Arc::from("a"), p, 0, 100).unwrap();
         assert_eq!(got.len(), 10);
@@ -1000,7 +1000,7 @@ mod tests {
         let log = EmbeddedLog::open(&Config::new("t"), true).unwrap();
         log.ensure_topic("a", 1).unwrap();
         log.append(
-            vec![out("b", None, "x")],
+            &[out("b", None, "x")],
             Some(("g".into(), vec![((Arc::from("a"), 0), 42)])),
         )
         .unwrap();
@@ -1017,8 +1017,8 @@ mod tests {
         let log = EmbeddedLog::open(&config, true).unwrap();
         log.ensure_topic("a", 1).unwrap();
         for _ in 0..10 {
-            let recs = (0..20).map(|_| out("a", None, &"x".repeat(50))).collect();
-            log.append(recs, None).unwrap();
+            let recs: Vec<_> = (0..20).map(|_| out("a", None, &"x".repeat(50))).collect();
+            log.append(&recs, None).unwrap();
         }
         let (low, high) = log.watermarks("a", 0).unwrap();
         assert_eq!(high, 200);
@@ -1047,16 +1047,16 @@ mod tests {
         // 3 keys written 100 times each, then key `z` deleted: a tombstone.
         for round in 0..100 {
             let value = format!("{round:0>40}");
-            let batch = ["x", "y", "z"]
+            let batch: Vec<_> = ["x", "y", "z"]
                 .iter()
                 .map(|k| keyed(k, Some(value.as_str())))
                 .collect();
-            log.append(batch, None).unwrap();
+            log.append(&batch, None).unwrap();
         }
-        log.append(vec![keyed("z", None)], None).unwrap();
+        log.append(&[keyed("z", None)], None).unwrap();
         // Compaction runs on appends once the partition is past 4 KiB and twice its compacted
         // size; one more append of `x` triggers it if the last did not.
-        log.append(vec![keyed("x", Some("last"))], None).unwrap();
+        log.append(&[keyed("x", Some("last"))], None).unwrap();
         let (_, high) = log.watermarks("c", 0).unwrap();
         assert_eq!(high, 302, "offsets keep their numbers");
         let left = log.read(&Arc::from("c"), 0, 0, usize::MAX).unwrap();
@@ -1091,8 +1091,7 @@ mod tests {
         log.ensure_topic("a", 1).unwrap();
         let mut old_event = out("a", None, "from 1970");
         old_event.timestamp = 1000;
-        log.append(vec![old_event.clone(), old_event], None)
-            .unwrap();
+        log.append(&[old_event.clone(), old_event], None).unwrap();
         assert_eq!(
             log.watermarks("a", 0).unwrap(),
             (0, 2),

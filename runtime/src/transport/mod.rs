@@ -314,9 +314,17 @@ impl ProducerBackend {
                     .collect::<Vec<_>>();
                 let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets.to_vec()));
                 let log = log.clone();
-                tokio::task::spawn_blocking(move || log.append(records, offsets))
-                    .await
-                    .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?
+                let (appended, records) = tokio::task::spawn_blocking(move || {
+                    let appended = log.append(&records, offsets);
+                    (appended, records)
+                })
+                .await
+                .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?;
+                // Freed here, on the thread that allocated them (most likely): freeing them
+                // on the writer thread contended for the allocator's arena lock with the
+                // agent's allocations.
+                drop(records);
+                appended
             }
             ProducerBackend::Kafka(_) => {
                 // Each batch once (its records share it).
