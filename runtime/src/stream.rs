@@ -1074,23 +1074,8 @@ impl<T: Record> Stream<T> {
             Box::new(move |raw: &RawRecord| {
                 let value = step(raw)?;
                 let bytes = check(&value).key_bytes();
-                let owner = crate::partitioner::partition_for_key(&bytes, partitions);
-                if owner != raw.partition {
-                    shared.record_failed(
-                        raw,
-                        Failure {
-                            kind: FailureKind::Error,
-                            message: format!(
-                                "key {} belongs to partition {owner}, but the record is in partition {} of `{}`: the topic is not keyed by this field; use `group_by` to repartition",
-                                String::from_utf8_lossy(&bytes),
-                                raw.partition,
-                                raw.topic
-                            ),
-                        },
-                    );
-                    return None;
-                }
-                Some(value)
+                let fix = "use `group_by` to repartition";
+                (!reject_misplaced(&shared, raw, &bytes, partitions, "key", fix)).then_some(value)
             })
         });
         stream.time = time;
@@ -1179,6 +1164,37 @@ impl<T: Record> Stream<T> {
         }
         KeyedStream::new(stream, key, name)
     }
+}
+
+/// Dead-letters `raw` when `key` belongs to another of `partitions` than the one it was read
+/// from (its topic is not keyed by it, so processing it in place would split the key's state):
+/// true when it did. `what` names the key in the reason, `fix` the remedy.
+pub(crate) fn reject_misplaced(
+    shared: &Shared,
+    raw: &RawRecord,
+    key: &[u8],
+    partitions: i32,
+    what: &str,
+    fix: &str,
+) -> bool {
+    let owner = crate::partitioner::partition_for_key(key, partitions);
+    if owner == raw.partition {
+        return false;
+    }
+    let message = format!(
+        "{what} {} belongs to partition {owner}, but the record is in partition {} of `{}`: its topic is not keyed by it; {fix}",
+        String::from_utf8_lossy(key),
+        raw.partition,
+        raw.topic
+    );
+    shared.record_failed(
+        raw,
+        Failure {
+            kind: FailureKind::Error,
+            message,
+        },
+    );
+    true
 }
 
 fn decode<T: Record>(shared: &Shared, raw: &RawRecord, codec: Codec, max: usize) -> Option<T> {

@@ -468,22 +468,18 @@ impl<A: Record> Stream<A> {
                         (Side::Right(b), k)
                     }
                 };
-                if check {
-                    let owner = crate::partitioner::partition_for_key(&key, partitions);
-                    if owner != raw.partition {
-                        step_shared.record_failed(
-                            raw,
-                            Failure {
-                                kind: FailureKind::Error,
-                                message: format!(
-                                    "join key {} belongs to partition {owner}, but the record is in partition {}: its topic is not keyed by the join key; drop `JoinWindow::co_partitioned` to repartition",
-                                    String::from_utf8_lossy(&key),
-                                    raw.partition
-                                ),
-                            },
-                        );
-                        return None;
-                    }
+                let fix = "drop `JoinWindow::co_partitioned` to repartition";
+                if check
+                    && crate::stream::reject_misplaced(
+                        &step_shared,
+                        raw,
+                        &key,
+                        partitions,
+                        "join key",
+                        fix,
+                    )
+                {
+                    return None;
                 }
                 Some((side, key))
             })

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
 use super::Tp;
@@ -121,17 +121,7 @@ pub(crate) async fn produce(
     r: &OutRecord,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<(), KafkaError> {
-    let headers = (!r.headers.is_empty()).then(|| {
-        r.headers.0.iter().fold(
-            OwnedHeaders::new_with_capacity(r.headers.0.len()),
-            |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                })
-            },
-        )
-    });
+    let headers = super::kafka::owned_headers(r);
     batch.outstanding.fetch_add(1, Ordering::AcqRel);
     loop {
         let mut record: BaseRecord<'_, [u8], [u8], Arc<Deliveries>> =

@@ -840,12 +840,9 @@ fn transactional_id(config: &Config) -> String {
     format!("rill-{}-{hash:016x}", config.app_id)
 }
 
-/// Enqueues a record in a producer, waiting while its queue is full.
-pub(crate) async fn send_record(
-    producer: &FutureProducer<LogContext>,
-    r: &OutRecord,
-) -> std::result::Result<DeliveryFuture, KafkaError> {
-    let headers = (!r.headers.is_empty()).then(|| {
+/// A record's headers as librdkafka's (none when it has none).
+pub(crate) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
+    (!r.headers.is_empty()).then(|| {
         r.headers.0.iter().fold(
             OwnedHeaders::new_with_capacity(r.headers.0.len()),
             |h, (k, v)| {
@@ -855,7 +852,15 @@ pub(crate) async fn send_record(
                 })
             },
         )
-    });
+    })
+}
+
+/// Enqueues a record in a (transactional) producer, waiting while its queue is full.
+pub(crate) async fn send_record(
+    producer: &FutureProducer<LogContext>,
+    r: &OutRecord,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    let headers = owned_headers(r);
     loop {
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&r.topic).timestamp(r.timestamp);
