@@ -70,9 +70,8 @@ impl AgentStats {
 pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
     pub(crate) producer: ProducerBackend,
-    /// Sends not yet durable, and the per-topic counter of sends this instance last used
-    /// (under one lock: a send takes it once).
-    /// Sends since the last commit step, with the deliveries they are counted in (Kafka).
+    /// Sends since the last commit step (not yet durable), the per-topic counter of sends
+    /// this instance last used, and the deliveries the step will wait for (Kafka).
     pub(crate) pending: Mutex<(Vec<Pending>, crate::metrics::TopicCache, Arc<Deliveries>)>,
     /// The instance's tables (their overlays are committed with its offsets); windows add
     /// theirs when they are built.
