@@ -79,8 +79,15 @@ impl Deliveries {
             }
             notified.await;
         }
-        if let Some(error) = self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(Error::kafka("delivering a produced record", error));
+        // Kept (not taken): a batch can be awaited twice (a send that raced a flush of
+        // `Producer` clones lands in the next flush), and each wait must see the failure.
+        if let Some(error) = self
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(Error::kafka("delivering a produced record", error.clone()));
         }
         let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
         Ok(next
