@@ -299,7 +299,8 @@ impl StreamCore {
         // Dead letters and retry records first: they go out with the offsets they stand for.
         let mut changelog = self.shared.take_dead();
         let mut tables = Vec::new();
-        for core in &self.shared.tables() {
+        let cores = self.shared.tables();
+        for core in &cores {
             let (records, puts) = core.take_writes();
             changelog.extend(records);
             if !puts.is_empty() || !offsets.is_empty() {
@@ -341,9 +342,18 @@ impl StreamCore {
                 if let Some((def, _)) = tables.first() {
                     let store = def.store.clone();
                     let writes = crate::table::commit_writes(&tables, &offsets, &produced);
-                    tokio::task::spawn_blocking(move || store.commit(writes))
-                        .await
-                        .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
+                    drop(tables);
+                    tokio::task::spawn_blocking(move || {
+                        store.commit(writes)?;
+                        // The store has the writes: readers go to it. Dropping the step's
+                        // writes here frees them on this thread, not the agent's.
+                        for core in &cores {
+                            core.committed();
+                        }
+                        Ok::<_, Error>(())
+                    })
+                    .await
+                    .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
                 }
                 producer.commit_offsets(&committer, offsets).await?;
                 stats.commits.fetch_add(1, Ordering::Relaxed);

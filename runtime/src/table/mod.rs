@@ -13,7 +13,7 @@ pub(crate) mod global;
 pub(crate) mod recovery;
 pub(crate) mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::message::{Headers, OutRecord, now_millis};
 use crate::partitioner::partition_for_key;
 pub use global::GlobalTable;
-use store::{PartitionMeta, PartitionWrites, TableStore};
+use store::{PartitionMeta, PartitionWrites, Puts, TableStore};
 
 /// A table an agent declared (`#[agent(tables(totals = "url_view_totals"))]`).
 #[derive(Debug, Clone)]
@@ -76,26 +76,26 @@ impl TableDef {
     }
 }
 
-type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>>;
-
-/// Puts per partition: key bytes and value bytes (`None` deletes).
-pub(crate) type Puts = HashMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+/// Uncommitted writes by (partition, key bytes): value bytes, `None` deletes. foldhash:
+/// every table write and most reads hash into it.
+pub(crate) type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// An instance's view of a table: the overlay of writes since the last commit step, over the
 /// writes of the step under way (the agent keeps processing while it commits), over the store.
 pub(crate) struct TableCore {
     pub(crate) def: Arc<TableDef>,
     overlay: Mutex<Overlay>,
-    /// Writes taken by the commit step under way: read until the store holds them.
-    committing: Mutex<Overlay>,
+    /// Writes taken by the commit step under way: read until the store holds them. The store
+    /// writes the same map (shared, not copied).
+    committing: Mutex<Arc<Overlay>>,
 }
 
 impl TableCore {
     pub(crate) fn new(def: Arc<TableDef>) -> Arc<Self> {
         Arc::new(TableCore {
             def,
-            overlay: Mutex::new(HashMap::new()),
-            committing: Mutex::new(HashMap::new()),
+            overlay: Mutex::new(Overlay::default()),
+            committing: Mutex::new(Arc::default()),
         })
     }
 
@@ -103,7 +103,7 @@ impl TableCore {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn committing(&self) -> std::sync::MutexGuard<'_, Overlay> {
+    fn committing(&self) -> std::sync::MutexGuard<'_, Arc<Overlay>> {
         self.committing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -128,12 +128,15 @@ impl TableCore {
 
     /// The commit step that took the writes is done: the store holds them.
     pub(crate) fn committed(&self) {
-        self.committing().clear();
+        let mut committing = self.committing();
+        if !committing.is_empty() {
+            *committing = Arc::default();
+        }
     }
 
     /// The uncommitted writes, the commit step's under way first (the overlay's win).
     fn uncommitted(&self) -> Overlay {
-        let mut all = self.committing().clone();
+        let mut all = Overlay::clone(&self.committing());
         all.extend(self.overlay().iter().map(|(k, v)| (k.clone(), v.clone())));
         all
     }
@@ -142,39 +145,36 @@ impl TableCore {
         !self.overlay().is_empty()
     }
 
-    /// Takes the writes since the last commit step, as changelog records and per-partition
-    /// puts; they stay readable until [`TableCore::committed`]. One step at a time.
-    pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Puts) {
+    /// Takes the writes since the last commit step, as changelog records and the writes for
+    /// the store; they stay readable until [`TableCore::committed`]. One step at a time.
+    pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Arc<Overlay>) {
         let writes = std::mem::take(&mut *self.overlay());
-        let mut records = Vec::with_capacity(writes.len());
-        let mut puts: HashMap<i32, Vec<_>> = HashMap::new();
         let now = now_millis();
-        for ((partition, key), value) in &writes {
-            records.push(OutRecord {
+        let records = writes
+            .iter()
+            .map(|((partition, key), value)| OutRecord {
                 topic: self.def.changelog.clone(),
                 partition: Some(*partition),
                 key: Some(key.clone()),
                 value: value.clone(),
                 timestamp: now,
                 headers: Headers::default(),
-            });
-            puts.entry(*partition)
-                .or_default()
-                .push((key.clone(), value.clone()));
-        }
+            })
+            .collect();
         let mut committing = self.committing();
         if committing.is_empty() {
-            *committing = writes;
+            *committing = Arc::new(writes);
         } else {
-            committing.extend(writes);
+            // An earlier step's writes are still held: the store gets both, newest last.
+            Arc::make_mut(&mut committing).extend(writes);
         }
-        (records, puts)
+        (records, committing.clone())
     }
 
     /// Drops writes that were not committed (the commit failed or partitions were revoked).
     pub(crate) fn discard(&self) {
         self.overlay().clear();
-        self.committing().clear();
+        *self.committing() = Arc::default();
     }
 
     /// The partition's committed entries with the overlay's uncommitted writes applied.
@@ -423,13 +423,18 @@ where
 /// Builds the LMDB writes of a commit step: the overlay's puts, plus meta (source offsets of
 /// finished records, changelog offsets of what was just delivered) for every touched partition.
 pub(crate) fn commit_writes(
-    tables: &[(Arc<TableDef>, Puts)],
+    tables: &[(Arc<TableDef>, Arc<Overlay>)],
     done: &[((Arc<str>, i32), i64)],
     produced: &HashMap<(Arc<str>, i32), i64>,
 ) -> Vec<(Arc<str>, i32, PartitionWrites)> {
     let mut out = Vec::new();
     for (def, puts) in tables {
-        let mut partitions: Vec<i32> = puts.keys().copied().collect();
+        let mut partitions: Vec<i32> = puts
+            .keys()
+            .map(|(p, _)| *p)
+            .collect::<HashSet<i32>>()
+            .into_iter()
+            .collect();
         partitions.extend(done.iter().map(|((_, p), _)| *p));
         partitions.sort_unstable();
         partitions.dedup();
@@ -444,7 +449,7 @@ pub(crate) fn commit_writes(
                 meta.changelog = *next;
             }
             def.set_meta(partition, meta.clone());
-            let puts = puts.get(&partition).cloned().unwrap_or_default();
+            let puts = Puts::Step(puts.clone());
             out.push((def.name.clone(), partition, PartitionWrites { puts, meta }));
         }
     }

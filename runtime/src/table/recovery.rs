@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::TableDef;
-use super::store::{PartitionMeta, PartitionWrites};
+use super::store::{PartitionMeta, PartitionWrites, Puts};
 use crate::error::Result;
 use crate::message::RawRecord;
 use crate::transport::Tp;
@@ -156,7 +156,7 @@ impl Recovery {
                     name.clone(),
                     partition,
                     PartitionWrites {
-                        puts,
+                        puts: Puts::List(puts),
                         meta: meta.clone(),
                     },
                 )])?;
@@ -188,7 +188,7 @@ impl Recovery {
             def.name.clone(),
             partition,
             PartitionWrites {
-                puts: Vec::new(),
+                puts: Puts::List(Vec::new()),
                 meta: meta.clone(),
             },
         )])?;

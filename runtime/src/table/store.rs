@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use heed::types::Bytes;
 use heed::{Database, Env, WithoutTls};
 
+use super::Overlay;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -26,10 +27,18 @@ pub(crate) struct PartitionMeta {
 }
 
 /// Writes of one commit step for one table partition.
-#[derive(Default)]
 pub(crate) struct PartitionWrites {
-    pub(crate) puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) puts: Puts,
     pub(crate) meta: PartitionMeta,
+}
+
+/// The key and value bytes (`None` deletes) a [`PartitionWrites`] puts.
+pub(crate) enum Puts {
+    /// In order, the last of a key winning (a batch of replayed changelog records).
+    List(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// This partition's entries of a commit step's writes, shared with the table's readers
+    /// until the store holds them.
+    Step(Arc<Overlay>),
 }
 
 /// The LMDB environment of all tables of a worker.
@@ -84,17 +93,25 @@ impl TableStore {
         }))
     }
 
-    fn err(&self, table: &str, context: &str) -> impl FnOnce(heed::Error) -> Error + '_ {
-        let context = if table.is_empty() {
-            context.to_owned()
-        } else {
-            format!("table `{table}`: {context}")
-        };
-        crate::lmdb::storage_error(
-            &self.path,
-            context,
-            "the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)",
-        )
+    /// The error of a failed LMDB call, built only when it fails (this is on the path of every
+    /// put).
+    fn err<'a>(
+        &'a self,
+        table: &'a str,
+        context: &'a str,
+    ) -> impl FnOnce(heed::Error) -> Error + 'a {
+        move |source| {
+            let context = if table.is_empty() {
+                context.to_owned()
+            } else {
+                format!("table `{table}`: {context}")
+            };
+            crate::lmdb::storage_error(
+                &self.path,
+                context,
+                "the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)",
+            )(source)
+        }
     }
 
     fn db(&self, table: &str) -> Result<Db> {
@@ -276,9 +293,12 @@ impl TableStore {
             .env
             .write_txn()
             .map_err(self.err("", "starting a table commit"))?;
+        let mut k = Vec::new();
         for ((table, partition, w), db) in writes.iter().zip(dbs) {
-            for (key, value) in &w.puts {
-                let k = data_key(*partition, key);
+            let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<()> {
+                k.clear();
+                k.extend_from_slice(&(*partition as u32).to_be_bytes());
+                k.extend_from_slice(key);
                 match value {
                     Some(v) => db
                         .put(&mut wtxn, &k, v)
@@ -286,6 +306,21 @@ impl TableStore {
                     None => {
                         db.delete(&mut wtxn, &k)
                             .map_err(self.err(table, "deleting"))?;
+                    }
+                }
+                Ok(())
+            };
+            match &w.puts {
+                Puts::List(puts) => {
+                    for (key, value) in puts {
+                        put(key, value.as_deref())?;
+                    }
+                }
+                Puts::Step(step) => {
+                    for ((p, key), value) in step.iter() {
+                        if p == partition {
+                            put(key, value.as_deref())?;
+                        }
                     }
                 }
             }

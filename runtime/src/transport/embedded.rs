@@ -120,12 +120,18 @@ impl EmbeddedLog {
         Ok(Arc::new(log))
     }
 
-    fn err(&self, context: impl Into<String>) -> impl FnOnce(heed::Error) -> Error + '_ {
-        crate::lmdb::storage_error(
-            &self.path,
-            context.into(),
-            "the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)",
-        )
+    /// The error of a failed LMDB call, built only when it fails.
+    fn err<'a>(
+        &'a self,
+        context: impl Into<String> + 'a,
+    ) -> impl FnOnce(heed::Error) -> Error + 'a {
+        move |source| {
+            crate::lmdb::storage_error(
+                &self.path,
+                context.into(),
+                "the embedded log is full; raise its map size or lower retention (RILL_RETENTION_BYTES)",
+            )(source)
+        }
     }
 
     fn reload_topics(&self) -> Result<()> {

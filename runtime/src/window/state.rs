@@ -11,6 +11,7 @@
 //! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -74,6 +75,14 @@ fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, key, rest.get(4 + len..)?))
 }
 
+/// A group key's bytes, shared by its entry in the key map, the close queue and the dirty set
+/// (one allocation per key, not one per window and structure).
+type Key = Arc<[u8]>;
+
+/// The operator's per-record maps: foldhash (randomly seeded per process) is several times
+/// cheaper than SipHash on short keys, and SipHash showed in window profiles.
+type Hasher = foldhash::fast::RandomState;
+
 pub(crate) struct Win<S> {
     pub(crate) end: i64,
     pub(crate) state: S,
@@ -83,18 +92,131 @@ pub(crate) struct Win<S> {
 }
 
 struct KeyState<K, S, T> {
+    bytes: Key,
     key: K,
-    windows: BTreeMap<i64, Win<S>>,
+    windows: Windows<S>,
     /// Sliding windows only: the records a window created later may need, by (time, seq).
     buffer: BTreeMap<(i64, u64), T>,
 }
 
+impl<K, S, T> KeyState<K, S, T> {
+    fn new(bytes: Key, key: K) -> Self {
+        KeyState {
+            bytes,
+            key,
+            windows: Windows(Vec::new()),
+            buffer: BTreeMap::new(),
+        }
+    }
+}
+
+/// The state of `bytes` in `keys`, created with `key()` when it has none.
+fn key_state<'a, K, S, T>(
+    keys: &'a mut HashMap<Key, KeyState<K, S, T>, Hasher>,
+    bytes: &[u8],
+    key: impl FnOnce() -> K,
+) -> &'a mut KeyState<K, S, T> {
+    if !keys.contains_key(bytes) {
+        let shared: Key = Arc::from(bytes);
+        keys.insert(shared.clone(), KeyState::new(shared, key()));
+    }
+    match keys.get_mut(bytes) {
+        Some(ks) => ks,
+        None => unreachable!("inserted above"),
+    }
+}
+
+/// A key's open windows by start, in a sorted vector: a key has one or a few windows open at a
+/// time, and a `BTreeMap` would allocate a node of eleven slots for the first.
+struct Windows<S>(Vec<(i64, Win<S>)>);
+
+impl<S> Windows<S> {
+    fn find(&self, start: i64) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by_key(&start, |(s, _)| *s)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn get(&self, start: i64) -> Option<&Win<S>> {
+        self.find(start).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, start: i64) -> Option<&mut Win<S>> {
+        self.find(start).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The window at `start`, made by `open` when there is none.
+    fn get_or_insert_with(&mut self, start: i64, open: impl FnOnce() -> Win<S>) -> &mut Win<S> {
+        let i = match self.find(start) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (start, open()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn insert(&mut self, start: i64, win: Win<S>) {
+        match self.find(start) {
+            Ok(i) => self.0[i].1 = win,
+            Err(i) => self.0.insert(i, (start, win)),
+        }
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Win<S>> {
+        self.find(start).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// The windows whose start is in `starts`, by start.
+    fn range(&self, starts: impl RangeBounds<i64>) -> impl Iterator<Item = (i64, &Win<S>)> {
+        self.0
+            .iter()
+            .filter(move |(s, _)| starts.contains(s))
+            .map(|(s, w)| (*s, w))
+    }
+}
+
+/// Open windows by close time, then key and start. One bucket per close time: the windows of
+/// a tumbling or hopping period share it, with no tree node or key copy per window.
+#[derive(Default)]
+struct Closing(BTreeMap<i64, Vec<(Key, i64)>>);
+
+impl Closing {
+    fn insert(&mut self, at: i64, key: &Key, start: i64) {
+        self.0.entry(at).or_default().push((key.clone(), start));
+    }
+
+    fn remove(&mut self, at: i64, key: &[u8], start: i64) {
+        if let Some(bucket) = self.0.get_mut(&at) {
+            if let Some(i) = bucket.iter().position(|(k, s)| *s == start && **k == *key) {
+                bucket.swap_remove(i);
+            }
+            if bucket.is_empty() {
+                self.0.remove(&at);
+            }
+        }
+    }
+
+    /// The earliest bucket if it closes at or before `wm`, sorted by key and start.
+    fn pop_until(&mut self, wm: i64) -> Option<Vec<(Key, i64)>> {
+        let entry = self.0.first_entry()?;
+        if *entry.key() > wm {
+            return None;
+        }
+        let mut bucket = entry.remove();
+        bucket.sort_unstable();
+        Some(bucket)
+    }
+}
+
 struct Part<K, S, T> {
-    keys: HashMap<Vec<u8>, KeyState<K, S, T>>,
-    /// Open windows by (close time, key, start).
-    closing: BTreeSet<(i64, Vec<u8>, i64)>,
+    keys: HashMap<Key, KeyState<K, S, T>, Hasher>,
+    closing: Closing,
     /// Sliding buffer entries by (time, key, seq), for trimming.
-    buffered: BTreeSet<(i64, Vec<u8>, u64)>,
+    buffered: BTreeSet<(i64, Key, u64)>,
     max_seen: i64,
     /// The watermark this partition's windows were closed at (never goes back).
     floor: i64,
@@ -104,8 +226,8 @@ struct Part<K, S, T> {
     upstream: super::propagate::Upstream,
     /// Offset of the last record applied (`i64::MIN`: none).
     applied: i64,
-    dirty: HashSet<(Vec<u8>, i64)>,
-    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    dirty: HashSet<(Key, i64), Hasher>,
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>, Hasher>,
     clock_dirty: bool,
     seq: u64,
 }
@@ -113,16 +235,16 @@ struct Part<K, S, T> {
 impl<K, S, T> Part<K, S, T> {
     fn new(now: i64) -> Self {
         Part {
-            keys: HashMap::new(),
-            closing: BTreeSet::new(),
+            keys: HashMap::default(),
+            closing: Closing::default(),
             buffered: BTreeSet::new(),
             max_seen: i64::MIN,
             floor: i64::MIN,
             last_arrival: now,
             upstream: Default::default(),
             applied: i64::MIN,
-            dirty: HashSet::new(),
-            writes: HashMap::new(),
+            dirty: HashSet::default(),
+            writes: HashMap::default(),
             clock_dirty: false,
             seq: 0,
         }
@@ -151,6 +273,8 @@ pub(crate) struct Operator<T, K, S, O> {
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
     pub(crate) on_close: Option<OnClose<K, O>>,
     pub(crate) counts: Counts,
+    /// The starts of the windows a record updated (kept to reuse its allocation).
+    updated: Vec<i64>,
 }
 
 impl<T, K, S, O> Operator<T, K, S, O>
@@ -177,6 +301,7 @@ where
             out: Default::default(),
             on_close: None,
             counts: Counts::default(),
+            updated: Vec::new(),
         }
     }
 
@@ -230,24 +355,16 @@ where
                     };
                     let (k, end, state): (K, i64, S) =
                         serde_json::from_slice(&value).map_err(|e| bad("window", e))?;
-                    part.closing
-                        .insert((self.close_time(end), key.to_vec(), start));
-                    part.keys
-                        .entry(key.to_vec())
-                        .or_insert_with(|| KeyState {
-                            key: k,
-                            windows: BTreeMap::new(),
-                            buffer: BTreeMap::new(),
-                        })
-                        .windows
-                        .insert(
-                            start,
-                            Win {
-                                end,
-                                state,
-                                stored: true,
-                            },
-                        );
+                    let ks = key_state(&mut part.keys, key, || k);
+                    part.closing.insert(self.close_time(end), &ks.bytes, start);
+                    ks.windows.insert(
+                        start,
+                        Win {
+                            end,
+                            state,
+                            stored: true,
+                        },
+                    );
                 }
                 BUFFER => {
                     let (Some(time), Some(seq)) = (
@@ -261,16 +378,9 @@ where
                     let (k, item): (K, T) =
                         serde_json::from_slice(&value).map_err(|e| bad("buffered record", e))?;
                     part.seq = part.seq.max(seq + 1);
-                    part.buffered.insert((time, key.to_vec(), seq));
-                    part.keys
-                        .entry(key.to_vec())
-                        .or_insert_with(|| KeyState {
-                            key: k,
-                            windows: BTreeMap::new(),
-                            buffer: BTreeMap::new(),
-                        })
-                        .buffer
-                        .insert((time, seq), item);
+                    let ks = key_state(&mut part.keys, key, || k);
+                    part.buffered.insert((time, ks.bytes.clone(), seq));
+                    ks.buffer.insert((time, seq), item);
                 }
                 _ => {}
             }
@@ -306,7 +416,7 @@ where
                 let stored = window_key(&key, start);
                 let value = match part.keys.get_mut(&key).and_then(|ks| {
                     let KeyState { key, windows, .. } = ks;
-                    windows.get_mut(&start).map(|w| (&*key, w))
+                    windows.get_mut(start).map(|w| (&*key, w))
                 }) {
                     Some((k, w)) => {
                         w.stored = true;
@@ -365,15 +475,9 @@ where
             part.clock_dirty = true;
         }
         let wm = watermark.max(part.floor);
-        let mut updated: Vec<i64> = Vec::new();
-        let ks = part
-            .keys
-            .entry(key_bytes.clone())
-            .or_insert_with(|| KeyState {
-                key,
-                windows: BTreeMap::new(),
-                buffer: BTreeMap::new(),
-            });
+        let mut updated = std::mem::take(&mut self.updated);
+        updated.clear();
+        let ks = key_state(&mut part.keys, &key_bytes, || key);
         let accepted = match kind {
             Kind::Tumbling { size } => {
                 let start = time.div_euclid(size) * size;
@@ -381,7 +485,6 @@ where
                     &agg,
                     ks,
                     &mut part.closing,
-                    &key_bytes,
                     start,
                     size,
                     grace,
@@ -399,7 +502,6 @@ where
                         &agg,
                         ks,
                         &mut part.closing,
-                        &key_bytes,
                         start,
                         size,
                         grace,
@@ -415,7 +517,6 @@ where
                 &agg,
                 ks,
                 &mut part.closing,
-                &key_bytes,
                 time,
                 size,
                 grace,
@@ -428,7 +529,6 @@ where
                 ks,
                 &mut part.closing,
                 &mut part.dirty,
-                &key_bytes,
                 time,
                 gap,
                 grace,
@@ -447,14 +547,14 @@ where
                         .insert(buffer_key(&key_bytes, time, seq), Some(value));
                 }
                 ks.buffer.insert((time, seq), item);
-                part.buffered.insert((time, key_bytes.clone(), seq));
+                part.buffered.insert((time, ks.bytes.clone(), seq));
             }
             for &start in &updated {
-                part.dirty.insert((key_bytes.clone(), start));
+                part.dirty.insert((ks.bytes.clone(), start));
             }
             if emit == Emit::Update {
                 for &start in &updated {
-                    if let Some(w) = ks.windows.get(&start) {
+                    if let Some(w) = ks.windows.get(start) {
                         self.out.push_back(WindowResult {
                             key: ks.key.clone(),
                             start,
@@ -467,9 +567,10 @@ where
         } else {
             late = Some(item);
             if ks.windows.is_empty() && ks.buffer.is_empty() {
-                part.keys.remove(&key_bytes);
+                part.keys.remove(&key_bytes[..]);
             }
         }
+        self.updated = updated;
         if time > part.max_seen {
             part.max_seen = time;
             part.clock_dirty = true;
@@ -517,39 +618,35 @@ where
                 part.floor = wm;
                 part.clock_dirty = true;
             }
-            while let Some(first) = part.closing.first() {
-                if first.0 > wm {
-                    break;
-                }
-                let Some((_, key, start)) = part.closing.pop_first() else {
-                    break;
-                };
-                let Some(ks) = part.keys.get_mut(&key) else {
-                    continue;
-                };
-                let Some(win) = ks.windows.remove(&start) else {
-                    continue;
-                };
-                if win.stored {
-                    part.dirty.insert((key.clone(), start));
-                } else {
-                    part.dirty.remove(&(key.clone(), start));
-                }
-                self.counts.closed += 1;
-                let result = WindowResult {
-                    key: ks.key.clone(),
-                    start,
-                    end: win.end,
-                    value: (agg.output)(&win.state),
-                };
-                if let Some(on_close) = &mut self.on_close {
-                    on_close(&result);
-                }
-                if self.emit == Emit::Final {
-                    self.out.push_back(result);
-                }
-                if ks.windows.is_empty() && ks.buffer.is_empty() {
-                    part.keys.remove(&key);
+            while let Some(bucket) = part.closing.pop_until(wm) {
+                for (key, start) in bucket {
+                    let Some(ks) = part.keys.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(win) = ks.windows.remove(start) else {
+                        continue;
+                    };
+                    if win.stored {
+                        part.dirty.insert((key.clone(), start));
+                    } else {
+                        part.dirty.remove(&(key.clone(), start));
+                    }
+                    self.counts.closed += 1;
+                    let result = WindowResult {
+                        key: ks.key.clone(),
+                        start,
+                        end: win.end,
+                        value: (agg.output)(&win.state),
+                    };
+                    if let Some(on_close) = &mut self.on_close {
+                        on_close(&result);
+                    }
+                    if self.emit == Emit::Final {
+                        self.out.push_back(result);
+                    }
+                    if ks.windows.is_empty() && ks.buffer.is_empty() {
+                        part.keys.remove(&key);
+                    }
                 }
             }
             if let Kind::Sliding { size } = kind {
@@ -642,8 +739,7 @@ fn close_at(end: i64, grace: i64) -> i64 {
 fn add_fixed<T, K, S, O>(
     agg: &Agg<T, S, O>,
     ks: &mut KeyState<K, S, T>,
-    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
-    key: &[u8],
+    closing: &mut Closing,
     start: i64,
     size: i64,
     grace: i64,
@@ -655,8 +751,9 @@ fn add_fixed<T, K, S, O>(
     if close_at(end, grace) <= wm {
         return false;
     }
-    let win = ks.windows.entry(start).or_insert_with(|| {
-        closing.insert((close_at(end, grace), key.to_vec(), start));
+    let bytes = &ks.bytes;
+    let win = ks.windows.get_or_insert_with(start, || {
+        closing.insert(close_at(end, grace), bytes, start);
         Win {
             end,
             state: (agg.init)(),
@@ -678,8 +775,7 @@ fn add_fixed<T, K, S, O>(
 fn sliding<T, K, S, O>(
     agg: &Agg<T, S, O>,
     ks: &mut KeyState<K, S, T>,
-    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
-    key: &[u8],
+    closing: &mut Closing,
     time: i64,
     size: i64,
     grace: i64,
@@ -692,7 +788,7 @@ fn sliding<T, K, S, O>(
     for &(q, _) in ks.buffer.range((time - size, 0)..(time, 0)).map(|(k, _)| k) {
         starts.insert(q + 1);
     }
-    starts.extend(ks.windows.range(time - size + 1..=time).map(|(s, _)| *s));
+    starts.extend(ks.windows.range(time - size + 1..=time).map(|(s, _)| s));
     if ks
         .buffer
         .range((time + 1, 0)..=(time + size, u64::MAX))
@@ -708,7 +804,7 @@ fn sliding<T, K, S, O>(
             continue;
         }
         let contains = start <= time && time < end;
-        match ks.windows.get_mut(&start) {
+        match ks.windows.get_mut(start) {
             Some(win) => {
                 if contains {
                     (agg.add)(&mut win.state, item);
@@ -725,7 +821,7 @@ fn sliding<T, K, S, O>(
                     (agg.add)(&mut state, item);
                     accepted = true;
                 }
-                closing.insert((close_at(end, grace), key.to_vec(), start));
+                closing.insert(close_at(end, grace), &ks.bytes, start);
                 ks.windows.insert(
                     start,
                     Win {
@@ -749,9 +845,8 @@ fn sliding<T, K, S, O>(
 fn session<T, K, S, O>(
     agg: &Agg<T, S, O>,
     ks: &mut KeyState<K, S, T>,
-    closing: &mut BTreeSet<(i64, Vec<u8>, i64)>,
-    dirty: &mut HashSet<(Vec<u8>, i64)>,
-    key: &[u8],
+    closing: &mut Closing,
+    dirty: &mut HashSet<(Key, i64), Hasher>,
     time: i64,
     gap: i64,
     grace: i64,
@@ -763,12 +858,12 @@ fn session<T, K, S, O>(
         .windows
         .range(..=time.saturating_add(gap))
         .filter(|(_, w)| w.end >= time.saturating_sub(gap))
-        .map(|(s, _)| *s)
+        .map(|(s, _)| s)
         .collect();
     let mut start = time;
     let mut end = time;
     for s in &joined {
-        if let Some(w) = ks.windows.get(s) {
+        if let Some(w) = ks.windows.get(*s) {
             start = start.min(*s);
             end = end.max(w.end);
         }
@@ -778,12 +873,12 @@ fn session<T, K, S, O>(
     }
     let mut state = (agg.init)();
     for s in joined {
-        if let Some(w) = ks.windows.remove(&s) {
-            closing.remove(&(close_at(w.end.saturating_add(gap), grace), key.to_vec(), s));
+        if let Some(w) = ks.windows.remove(s) {
+            closing.remove(close_at(w.end.saturating_add(gap), grace), &ks.bytes, s);
             if w.stored {
-                dirty.insert((key.to_vec(), s));
+                dirty.insert((ks.bytes.clone(), s));
             } else {
-                dirty.remove(&(key.to_vec(), s));
+                dirty.remove(&(ks.bytes.clone(), s));
             }
             match &agg.merge {
                 Some(merge) => merge(&mut state, w.state),
@@ -792,11 +887,7 @@ fn session<T, K, S, O>(
         }
     }
     (agg.add)(&mut state, item);
-    closing.insert((
-        close_at(end.saturating_add(gap), grace),
-        key.to_vec(),
-        start,
-    ));
+    closing.insert(close_at(end.saturating_add(gap), grace), &ks.bytes, start);
     ks.windows.insert(
         start,
         Win {
