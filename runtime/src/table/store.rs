@@ -317,10 +317,16 @@ impl TableStore {
                     }
                 }
                 Puts::Step(step) => {
-                    for ((p, key), value) in step.iter() {
-                        if p == partition {
-                            put(key, value.as_deref())?;
-                        }
+                    // In key order: neighbouring keys share LMDB pages, and a B-tree walk
+                    // in order stays in cache.
+                    let mut mine: Vec<(&[u8], Option<&[u8]>)> = step
+                        .iter()
+                        .filter(|((p, _), _)| p == partition)
+                        .map(|((_, key), value)| (key.as_slice(), value.as_deref()))
+                        .collect();
+                    mine.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    for (key, value) in mine {
+                        put(key, value)?;
                     }
                 }
             }

@@ -626,6 +626,15 @@ where
                     let Some(win) = ks.windows.remove(start) else {
                         continue;
                     };
+                    // The key's last window: its state goes, and its key moves to the result.
+                    let group_key = if ks.windows.is_empty() && ks.buffer.is_empty() {
+                        match part.keys.remove(&key) {
+                            Some(ks) => ks.key,
+                            None => continue,
+                        }
+                    } else {
+                        ks.key.clone()
+                    };
                     if win.stored {
                         part.dirty.insert((key.clone(), start));
                     } else {
@@ -633,7 +642,7 @@ where
                     }
                     self.counts.closed += 1;
                     let result = WindowResult {
-                        key: ks.key.clone(),
+                        key: group_key,
                         start,
                         end: win.end,
                         value: (agg.output)(&win.state),
@@ -643,9 +652,6 @@ where
                     }
                     if self.emit == Emit::Final {
                         self.out.push_back(result);
-                    }
-                    if ks.windows.is_empty() && ks.buffer.is_empty() {
-                        part.keys.remove(&key);
                     }
                 }
             }
