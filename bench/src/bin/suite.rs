@@ -745,7 +745,13 @@ fn driver(args: &Args) -> Result<(), String> {
                 };
                 let what = if rep == 0 { "warm-up" } else { "run" };
                 eprintln!("[{done}/{total}] {scenario} on {system}: {what} {rep}");
-                match run_child(cmd, Duration::from_secs(args.run_timeout), &never) {
+                let result = run_child(cmd, Duration::from_secs(args.run_timeout), &never);
+                if let Some(broker) = &args.broker
+                    && !args.embedded
+                {
+                    delete_run_topics(broker.trim_start_matches("kafka://"), &prefix);
+                }
+                match result {
                     Ok((value, peak)) => {
                         if let Some(why) = value.get("unsupported") {
                             eprintln!("  unsupported: {why}");
@@ -795,6 +801,9 @@ fn driver(args: &Args) -> Result<(), String> {
             );
             let latency = latency_run(args, scenario, system, rate, &prefix, work.path())
                 .unwrap_or_else(|e| Latency::failed(scenario, system, rate, e));
+            if let Some(broker) = &args.broker {
+                delete_run_topics(broker.trim_start_matches("kafka://"), &prefix);
+            }
             match &latency.failed {
                 Some(e) => eprintln!("  failed: {e}"),
                 None => eprintln!(
@@ -1129,6 +1138,49 @@ fn partition_count(client: &BaseConsumer, topic: &str) -> usize {
                 .map(|t| t.partitions().len())
         })
         .unwrap_or(0)
+}
+
+/// Deletes the topics a run created (output, changelog, repartition and internal topics: their
+/// names start with the run's prefix), so that later runs do not share the broker with them
+/// (compacted changelogs keep its log cleaner busy). A failure is reported, not fatal.
+fn delete_run_topics(bootstrap: &str, prefix: &str) {
+    let deleted = (|| -> Result<usize, String> {
+        let client = metadata_client(bootstrap)?;
+        let metadata = client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(kafka_err("listing topics"))?;
+        let names: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .map_err(kafka_err("creating an admin client"))?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let results = rt
+            .block_on(admin.delete_topics(&refs, &options))
+            .map_err(kafka_err("deleting topics"))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                return Err(format!("deleting {topic}: {code}"));
+            }
+        }
+        Ok(names.len())
+    })();
+    if let Err(e) = deleted {
+        eprintln!("  warning: the run's topics stay on the broker: {e}");
+    }
 }
 
 /// Deletes every record of the input topics that exist (moves their log start to the high
