@@ -76,8 +76,8 @@
 
 pub use rill_macros::{agent, record, window_state};
 pub use rill_runtime::{
-    AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Codec, CodecError, Config,
-    Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OutRecord,
+    AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
+    Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OutRecord,
     ProcessingGuarantee, Producer, RawRecord, Record, Registration, Result, Sink, Stream, Table,
     TableSpec, TestApp, Topic, TopicSpec, Worker, registered_agents,
 };

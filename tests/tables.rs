@@ -459,7 +459,7 @@ async fn group_by_repartitions_through_an_internal_topic_so_tables_can_key_by_an
         "every view went through the repartition topic once"
     );
     for r in &repartitioned {
-        let key = String::from_utf8(r.key.clone().expect("keyed")).expect("utf-8");
+        let key = String::from_utf8(r.key.clone().expect("keyed").to_vec()).expect("utf-8");
         assert_eq!(
             r.partition,
             rill::partitioner::partition_for_key(key.as_bytes(), 8),

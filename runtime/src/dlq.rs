@@ -151,8 +151,8 @@ fn replayed(r: &RawRecord) -> OutRecord {
     OutRecord {
         topic: Arc::from(topic.as_str()),
         partition: Some(partition),
-        key: r.key.clone(),
-        value: r.value.clone(),
+        key: r.key.as_deref().map(<[u8]>::to_vec),
+        value: r.value.as_deref().map(<[u8]>::to_vec),
         timestamp: r.timestamp.unwrap_or_else(now_millis),
         headers: Headers(
             r.headers
@@ -206,14 +206,15 @@ pub(crate) async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Bytes;
 
     fn dead(error: &str, failed_at: i64) -> RawRecord {
         RawRecord {
             topic: Arc::from("app-a-dlq"),
             partition: 0,
             offset: 0,
-            key: Some(b"k".to_vec()),
-            value: Some(b"{\"url\":\"/test\"}".to_vec()),
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"{\"url\":\"/test\"}")),
             timestamp: Some(5),
             headers: Headers(vec![
                 ("trace".into(), Some(b"t".to_vec())),

@@ -323,8 +323,8 @@ pub(crate) fn failed_record(
     OutRecord {
         topic: topic.clone(),
         partition,
-        key: raw.key.clone(),
-        value: raw.value.clone(),
+        key: raw.key.as_deref().map(<[u8]>::to_vec),
+        value: raw.value.as_deref().map(<[u8]>::to_vec),
         timestamp: raw.timestamp.unwrap_or_else(now_millis),
         headers: Headers(headers),
     }
@@ -346,14 +346,15 @@ pub(crate) fn retry_topic_delay(backoff: Duration, n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Bytes;
 
     fn raw() -> RawRecord {
         RawRecord {
             topic: Arc::from("views"),
             partition: 3,
             offset: 42,
-            key: Some(b"k".to_vec()),
-            value: Some(b"{bad".to_vec()),
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"{bad")),
             timestamp: Some(7),
             headers: Headers(vec![("trace".into(), Some(b"t".to_vec()))]),
         }
@@ -398,8 +399,8 @@ mod tests {
             topic: Arc::from("r1"),
             partition: 3,
             offset: 0,
-            key: hop.key.clone(),
-            value: hop.value.clone(),
+            key: hop.key.clone().map(Bytes::from),
+            value: hop.value.clone().map(Bytes::from),
             timestamp: Some(hop.timestamp),
             headers: hop.headers.clone(),
         };

@@ -44,7 +44,7 @@ pub use error::{CodecError, Error, Result};
 pub use failure::OnError;
 pub use health::Health;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
-pub use message::{Event, Headers, Metadata, OutRecord, RawRecord};
+pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;
 pub use record::{Field, Record};
 pub use stream::{Batches, KeyedStream, Sink, Stream};

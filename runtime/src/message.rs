@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+pub use bytes::Bytes;
+
 /// Message headers, in order, as Kafka carries them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(pub Vec<(String, Option<Vec<u8>>)>);
@@ -35,14 +37,24 @@ pub struct RawRecord {
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
-    /// Message key.
-    pub key: Option<Vec<u8>>,
+    /// Message key (a slice of the fetched batch's buffer: `Bytes` derefs to `[u8]`).
+    pub key: Option<Bytes>,
     /// Message value (`None` for a tombstone).
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// Message timestamp, milliseconds since the epoch.
     pub timestamp: Option<i64>,
     /// Message headers.
     pub headers: Headers,
+}
+
+impl RawRecord {
+    /// The record with its key and value in buffers of their own: one kept for long (parked
+    /// for a retry) must not keep its whole fetched batch's buffer alive.
+    pub(crate) fn detached(mut self) -> Self {
+        self.key = self.key.map(|k| Bytes::copy_from_slice(&k));
+        self.value = self.value.map(|v| Bytes::copy_from_slice(&v));
+        self
+    }
 }
 
 /// A record to be written: the transports assign partition (when `None`) and offset.
@@ -85,7 +97,7 @@ impl Metadata {
             topic: raw.topic.clone(),
             partition: raw.partition,
             offset: raw.offset,
-            key: raw.key.clone(),
+            key: raw.key.as_deref().map(<[u8]>::to_vec),
             timestamp: raw.timestamp,
             headers: raw.headers.clone(),
         }

@@ -457,7 +457,7 @@ impl AgentPipeline {
                             topic: topic.clone(),
                             partition: None,
                             key: Some(key),
-                            value: raw.value.take(),
+                            value: raw.value.take().map(Vec::from),
                             timestamp: time,
                             headers,
                         };

@@ -487,7 +487,7 @@ impl StreamCore {
             records: VecDeque::new(),
         });
         held.until = until;
-        held.records.push_front(record);
+        held.records.push_front(record.detached());
         self.arm_hold_timer();
     }
 
@@ -911,7 +911,7 @@ impl StreamCore {
                         continue;
                     }
                     if let Some(held) = self.held.get_mut(&tp) {
-                        held.records.push_back(record);
+                        held.records.push_back(record.detached());
                         continue;
                     }
                     if self.consume_marker(&record) {

@@ -58,7 +58,7 @@ impl GlobalDef {
                 applied += batch.len() as u64;
                 let puts = batch
                     .into_iter()
-                    .filter_map(|r| r.key.map(|k| (k, r.value)))
+                    .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
                     .collect();
                 // Keys are unique across the topic, so entries of every partition share the
                 // store's partition 0; the read position is kept per topic partition.

@@ -150,7 +150,7 @@ impl Recovery {
                     .fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
                 let puts = batch
                     .into_iter()
-                    .filter_map(|r| r.key.map(|k| (k, r.value)))
+                    .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
                     .collect();
                 def.store.commit(vec![(
                     name.clone(),

@@ -536,16 +536,26 @@ impl EmbeddedLog {
             return Ok(Vec::new());
         };
         let rtxn = self.env.read_txn().map_err(self.err("starting a read"))?;
-        let mut out = Vec::new();
+        // The records are copied into one buffer and handed out as slices of it: one
+        // allocation per read, not two per record freed on the agent's thread.
+        let mut buffer = Vec::new();
+        let mut spans = Vec::new();
         for item in db
             .range(&rtxn, &(from.max(0) as u64..))
             .map_err(self.err("reading"))?
             .take(max)
         {
             let (offset, bytes) = item.map_err(self.err("reading"))?;
-            out.push(decode_record(topic, partition, offset as i64, bytes));
+            let start = buffer.len();
+            buffer.extend_from_slice(bytes);
+            spans.push((offset as i64, start..buffer.len()));
         }
-        Ok(out)
+        drop(rtxn);
+        let buffer = bytes::Bytes::from(buffer);
+        Ok(spans
+            .into_iter()
+            .map(|(offset, span)| decode_record(topic, partition, offset, &buffer.slice(span)))
+            .collect())
     }
 
     /// First available offset and next offset of a partition.
@@ -773,7 +783,6 @@ fn decode_i64(bytes: &[u8], at: usize) -> i64 {
         .map_or(0, i64::from_be_bytes)
 }
 
-/// When the record was appended.
 /// A stored record's key, and whether it is a tombstone (no value).
 fn decode_key_and_tombstone(bytes: &[u8]) -> (Option<Vec<u8>>, bool) {
     let mut r = Reader(bytes.get(16..).unwrap_or_default());
@@ -786,21 +795,23 @@ fn decode_key_and_tombstone(bytes: &[u8]) -> (Option<Vec<u8>>, bool) {
     (key, r.opt().is_none())
 }
 
+/// When the record was appended.
 fn decode_appended_at(bytes: &[u8]) -> i64 {
     decode_i64(bytes, 0)
 }
 
-fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &[u8]) -> RawRecord {
+/// A stored record; its key and value are slices of `bytes`.
+fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &bytes::Bytes) -> RawRecord {
     let timestamp = decode_i64(bytes, 8);
     let mut r = Reader(bytes.get(16..).unwrap_or_default());
-    let key = r.opt().map(<[u8]>::to_vec);
+    let key = r.opt().map(|k| bytes.slice_ref(k));
     let n = <[u8; 2]>::try_from(r.take(2)).map_or(0, u16::from_be_bytes);
     let mut headers = Headers::default();
     for _ in 0..n {
         let name = String::from_utf8_lossy(r.opt().unwrap_or_default()).into_owned();
         headers.0.push((name, r.opt().map(<[u8]>::to_vec)));
     }
-    let value = r.opt().map(<[u8]>::to_vec);
+    let value = r.opt().map(|v| bytes.slice_ref(v));
     RawRecord {
         topic: topic.clone(),
         partition,
@@ -1074,7 +1085,12 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         let latest: HashMap<Vec<u8>, Option<Vec<u8>>> = left
             .iter()
-            .map(|r| (r.key.clone().unwrap(), r.value.clone()))
+            .map(|r| {
+                (
+                    r.key.as_deref().unwrap().to_vec(),
+                    r.value.as_deref().map(<[u8]>::to_vec),
+                )
+            })
             .collect();
         assert_eq!(latest.get(b"x".as_slice()), Some(&Some(b"last".to_vec())));
         assert_eq!(

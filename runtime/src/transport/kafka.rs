@@ -13,6 +13,7 @@
 //! producers and Kafka Streams put them.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,7 +31,7 @@ use super::{Router, Tp, delivery};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::health::Health;
-use crate::message::{Headers, OutRecord, RawRecord};
+use crate::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::topic::TopicSpec;
 
 const FETCH_MAX: usize = 2000;
@@ -376,8 +377,8 @@ impl KafkaTransport {
                         topic: topic.clone(),
                         partition,
                         offset,
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
+                        key: m.key().map(Bytes::copy_from_slice),
+                        value: m.payload().map(Bytes::copy_from_slice),
                         timestamp: m.timestamp().to_millis(),
                         headers: Headers::default(),
                     });
@@ -507,9 +508,72 @@ fn prefetch_defaults(config: &mut ClientConfig) {
     }
 }
 
+/// A fetched batch being assembled: every key and value is copied into one buffer, and the
+/// records are slices of it. One allocation per batch instead of two per record, freed when the
+/// agent drops the batch's last record: freeing small blocks on another thread than the one
+/// that allocated them cost a stateless agent ~12% of its CPU in glibc.
+struct Fetched {
+    bytes: Vec<u8>,
+    records: Vec<Placed>,
+}
+
+/// A fetched record, and where its key and value are in the batch's buffer.
+type Placed = (RawRecord, Option<Range<usize>>, Option<Range<usize>>);
+
+impl Fetched {
+    fn new() -> Self {
+        Fetched {
+            bytes: Vec::new(),
+            records: Vec::with_capacity(FETCH_MAX),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+
+    fn copy(&mut self, data: Option<&[u8]>) -> Option<Range<usize>> {
+        data.map(|d| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(d);
+            start..self.bytes.len()
+        })
+    }
+
+    /// Adds `record` with this key and value (its own are ignored).
+    fn push(&mut self, record: RawRecord, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let key = self.copy(key);
+        let value = self.copy(value);
+        self.records.push((record, key, value));
+    }
+
+    /// The records, their keys and values sharing the batch's buffer; `self` starts afresh.
+    fn take(&mut self) -> Vec<RawRecord> {
+        let bytes = Bytes::from(std::mem::take(&mut self.bytes));
+        let records = std::mem::replace(&mut self.records, Vec::with_capacity(FETCH_MAX));
+        records
+            .into_iter()
+            .map(|(mut record, key, value)| {
+                record.key = key.map(|r| bytes.slice(r));
+                record.value = value.map(|r| bytes.slice(r));
+                record
+            })
+            .collect()
+    }
+}
+
 fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &AtomicBool) {
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut batch = Vec::with_capacity(FETCH_MAX);
+    let mut batch = Fetched::new();
     let mut last_error: Option<std::time::Instant> = None;
     let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
@@ -549,15 +613,16 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
                             )
                         })
                         .unwrap_or_default();
-                    batch.push(RawRecord {
+                    let record = RawRecord {
                         topic,
                         partition: m.partition(),
                         offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
+                        key: None,
+                        value: None,
                         timestamp: m.timestamp().to_millis(),
                         headers,
-                    });
+                    };
+                    batch.push(record, m.key(), m.payload());
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
@@ -595,11 +660,7 @@ fn poll_loop(consumer: &BaseConsumer<FetchContext>, router: &Router, stop: &Atom
             caught_up.clear();
         }
         if (!batch.is_empty() || !caught_up.is_empty())
-            && !router.route_fetched_in(
-                generation,
-                std::mem::replace(&mut batch, Vec::with_capacity(FETCH_MAX)),
-                caught_up,
-            )
+            && !router.route_fetched_in(generation, batch.take(), caught_up)
         {
             break;
         }
