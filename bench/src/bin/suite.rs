@@ -17,7 +17,7 @@
 //! the hand-written program's embedded loop covers `stateless` and `keyed-count` and reports
 //! the others unsupported.
 //!
-//! Latency (Kafka only; `--no-latency` skips it): after the throughput runs, each scenario and
+//! Latency (`--no-latency` skips it): after the throughput runs, each scenario and
 //! system with a median throughput gets a latency run at half that median (the contract's
 //! "Latency runs"). The suite deletes the input topics' records (`DeleteRecords` up to the
 //! high watermark), starts the program with `--events` = the views the run will produce, waits
@@ -36,7 +36,13 @@
 //! with their input's timestamp). `tumbling-count`'s outputs appear when a window closes: its
 //! latency is the window-close delay, receive time minus the end of the output's window (the
 //! run starts so that a minute boundary falls in the measured period). p50 and p99 go to the Markdown table and the JSON; a failed latency run is
-//! reported as failed. Latency on the embedded log is not measured.
+//! reported as failed. After each run (throughput or latency) the suite deletes the topics
+//! whose names start with the run's prefix.
+//!
+//! On the embedded log only rill has a latency mode, and the log lives in the worker's
+//! process: `child --embedded DIR --rate R` produces the same load itself and runs a second
+//! agent that reads the output as it is committed and times it the same way
+//! (`embedded_latency`).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -99,7 +105,7 @@ struct Args {
     /// Where the results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Measured seconds of each latency run (Kafka only; at half the median throughput).
+    /// Measured seconds of each latency run (at half the median throughput).
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
     /// Seconds each latency run produces at its rate before the measured period (not measured).
@@ -140,9 +146,17 @@ struct ChildArgs {
     threads: usize,
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Offered load of a latency run (the suite produces; the agent reads records as they come).
+    /// Offered load of a latency run. On Kafka the suite produces and the agent reads records
+    /// as they come; with `--embedded` this process produces (the log is in-process) and times
+    /// the outputs itself.
     #[arg(long)]
     rate: Option<f64>,
+    /// Embedded latency runs: seconds produced before the measured period.
+    #[arg(long, default_value_t = 5)]
+    latency_warmup: u64,
+    /// Embedded latency runs: measured seconds.
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -369,6 +383,9 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
     if args.scenario == "eos-keyed-count" {
         app = app.processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce);
     }
+    if let (Some(_), Some(rate)) = (&args.embedded, args.rate) {
+        return embedded_latency(&args, app, rate).await;
+    }
     if let Some(dir) = &args.embedded {
         // The embedded log's data is this process's to write (not timed).
         let loader = App::new(&args.prefix)
@@ -445,6 +462,259 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
             "seconds": seconds,
             "events_per_s": args.events as f64 / seconds.max(1e-9),
             "setup_cpu_s": setup_cpu_s,
+        })
+    );
+    Ok(())
+}
+
+/// The outputs a latency run times, and the measured period `[from, until)` (ms).
+#[derive(Clone)]
+struct Timing {
+    samples: Arc<Mutex<Vec<f64>>>,
+    received: Arc<AtomicU64>,
+    from: Arc<std::sync::atomic::AtomicI64>,
+    until: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Timing {
+    fn new() -> Self {
+        Timing {
+            samples: Arc::default(),
+            received: Arc::default(),
+            from: Arc::new(i64::MAX.into()),
+            until: Arc::new(i64::MAX.into()),
+        }
+    }
+
+    /// An output received now, whose input was produced at `input` (ms).
+    fn output(&self, input: Option<i64>) {
+        let now = now_ms();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let (from, until) = (
+            self.from.load(Ordering::Relaxed),
+            self.until.load(Ordering::Relaxed),
+        );
+        if let Some(t) = input
+            && (from..until).contains(&t)
+            && let Ok(mut samples) = self.samples.lock()
+        {
+            samples.push((now - t) as f64);
+        }
+    }
+}
+
+/// The agent of an embedded latency run that reads the scenario's output as it is committed
+/// and times it against its input, as the suite's consumer does on Kafka: the message
+/// timestamp (the input's event time), the view a count counts, or a window's end.
+fn probe_agent(args: &ChildArgs, timing: Timing, produced: Option<Produced>) -> AgentSpec {
+    let spec = AgentSpec::new("probe", "bench/suite");
+    let out = format!("{}-out", args.prefix);
+    match args.scenario.as_str() {
+        "keyed-count" | "eos-keyed-count" => {
+            let changelog = format!("{}-bench_counts-changelog", args.prefix);
+            let mut topic = TopicSpec::of::<serde_json::Value>(&changelog, "bench/suite");
+            topic.compacted = true;
+            spec.source(topic).run(move |mut ctx| {
+                let (timing, produced) = (timing.clone(), produced.clone());
+                async move {
+                    let mut counts = ctx.stream::<serde_json::Value>()?.events();
+                    while let Some(e) = counts.next().await {
+                        let input = (|| {
+                            let key = e.meta.key.as_deref()?;
+                            let n = e.value.as_u64()?;
+                            let (url, _) = decode_count(key, n.to_string().as_bytes())?;
+                            let produced = produced.as_ref()?.lock().ok()?;
+                            produced
+                                .get(&url)?
+                                .get(usize::try_from(n.checked_sub(1)?).ok()?)
+                                .copied()
+                        })();
+                        timing.output(input);
+                    }
+                    Ok(())
+                }
+            })
+        }
+        "tumbling-count" => spec
+            .source(TopicSpec::of::<UrlCount>(&out, "bench/suite"))
+            .run(move |mut ctx| {
+                let timing = timing.clone();
+                async move {
+                    let mut windows = ctx.stream::<UrlCount>()?;
+                    while let Some(w) = windows.next().await {
+                        timing.output(Some(w.start + 60_000));
+                    }
+                    Ok(())
+                }
+            }),
+        "join" => spec
+            .source(TopicSpec::of::<Conversion>(&out, "bench/suite"))
+            .run(move |mut ctx| {
+                let timing = timing.clone();
+                async move {
+                    let mut joined = ctx.stream::<Conversion>()?.events();
+                    while let Some(e) = joined.next().await {
+                        timing.output(e.meta.timestamp);
+                    }
+                    Ok(())
+                }
+            }),
+        _ => spec
+            .source(TopicSpec::of::<PageView>(&out, "bench/suite"))
+            .run(move |mut ctx| {
+                let timing = timing.clone();
+                async move {
+                    let mut views = ctx.stream::<PageView>()?.events();
+                    while let Some(e) = views.next().await {
+                        timing.output(e.meta.timestamp);
+                    }
+                    Ok(())
+                }
+            }),
+    }
+}
+
+/// A latency run on the embedded log (`child --embedded DIR --rate R`): the log lives in this
+/// process, so this process produces the load (as the suite does on Kafka: views at `rate`/s
+/// in 5 ms steps with the wall-clock time as event time, a click 2 s after every second view
+/// for `join`), runs the scenario's agent and a probe agent that times the committed outputs,
+/// and prints p50/p99 over the measured period.
+async fn embedded_latency(args: &ChildArgs, app: App, rate: f64) -> rill::Result<()> {
+    let join = args.scenario == "join";
+    let produced: Option<Produced> = args
+        .scenario
+        .ends_with("keyed-count")
+        .then(Produced::default);
+    let timing = Timing::new();
+    let warmup_ms = i64::try_from(args.latency_warmup * 1000).unwrap_or(0);
+    let measured_ms = i64::try_from(args.latency_seconds * 1000).unwrap_or(0);
+    let mut worker = app
+        .topic(&Topic::<String, PageView>::new(VIEWS))
+        .topic(&Topic::<String, ClickEvent>::new(CLICKS))
+        .agents([
+            agent(args),
+            probe_agent(args, timing.clone(), produced.clone()),
+        ])
+        .start()
+        .await?;
+    if args.scenario == "tumbling-count" {
+        // Windows close at minute boundaries: start so that one falls mid-measurement.
+        let offset = warmup_ms + measured_ms / 2;
+        let boundary = (now_ms() + offset).div_euclid(60_000) * 60_000 + 60_000;
+        let wait = boundary - offset - now_ms();
+        if wait > 0 {
+            eprintln!(
+                "  waiting {:.1} s so that a window closes in the measured period",
+                wait as f64 / 1000.0
+            );
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+    }
+    let from = now_ms() + warmup_ms;
+    let until = from + measured_ms;
+    timing.from.store(from, Ordering::Relaxed);
+    timing.until.store(until, Ordering::Relaxed);
+    let producer = worker.producer();
+    let views_topic: Topic<String, PageView> = Topic::new(VIEWS);
+    let clicks_topic: Topic<String, ClickEvent> = Topic::new(CLICKS);
+    let start = Instant::now();
+    let total = ((warmup_ms + measured_ms) as f64 / 1000.0 * rate) as u64;
+    let scale = (rate / 1000.0).round().max(1.0) as u64;
+    let mut pending: std::collections::VecDeque<(Instant, ClickEvent)> = Default::default();
+    let (mut i, mut in_measured) = (0_u64, 0_u64);
+    let mut last_report = Instant::now();
+    let mut step = tokio::time::interval(Duration::from_millis(5));
+    while i < total || !pending.is_empty() {
+        step.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        let mut times = Vec::new();
+        while i < due {
+            let mut v = view(i, args.keys);
+            if join {
+                // The data's fan-out at this rate, as on Kafka (`produce_at`).
+                v.url = if i % 10 == 9 {
+                    format!("/health/{}", i % (100 * scale))
+                } else {
+                    format!("/p/{}", i % (args.keys * scale))
+                };
+            }
+            let t = now_ms();
+            v.view_time = t as f64 / 1000.0;
+            producer.send(&views_topic, &v).await?;
+            if (from..until).contains(&t) {
+                in_measured += 1;
+            }
+            if join && i.is_multiple_of(2) {
+                let click = ClickEvent {
+                    user_id: v.user_id.clone(),
+                    url: v.url.clone(),
+                    click_time: 0.0,
+                };
+                pending.push_back((Instant::now() + Duration::from_secs(2), click));
+            } else if produced.is_some() {
+                times.push((v.url, t));
+            }
+            i += 1;
+        }
+        if let Some(produced) = &produced
+            && !times.is_empty()
+            && let Ok(mut produced) = produced.lock()
+        {
+            for (url, t) in times {
+                produced.entry(url).or_default().push(t);
+            }
+        }
+        let now = Instant::now();
+        while let Some((due, _)) = pending.front()
+            && *due <= now
+        {
+            let Some((_, mut click)) = pending.pop_front() else {
+                break;
+            };
+            click.click_time = now_ms() as f64 / 1000.0;
+            producer.send(&clicks_topic, &click).await?;
+        }
+        producer.flush().await?;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "  latency: {i}/{total} views produced, {} outputs received",
+                timing.received.load(Ordering::Relaxed)
+            );
+        }
+    }
+    // Outputs of the last inputs may still be on their way.
+    let drained = Instant::now();
+    let mut last = timing.received.load(Ordering::Relaxed);
+    let mut quiet = Instant::now();
+    while drained.elapsed() < Duration::from_secs(30) && quiet.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = timing.received.load(Ordering::Relaxed);
+        if n != last {
+            last = n;
+            quiet = Instant::now();
+        }
+    }
+    let stopped = tokio::time::timeout(Duration::from_millis(1), worker.wait()).await;
+    if let Ok(Err(e)) = stopped {
+        return Err(e);
+    }
+    worker.shutdown().await?;
+    let mut samples = timing.samples.lock().map(|s| s.clone()).unwrap_or_default();
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": args.scenario,
+            "system": "rill",
+            "latency": {
+                "rate": rate,
+                "offered_per_s": in_measured as f64 / (measured_ms.max(1) as f64 / 1000.0),
+                "p50_ms": quantile(&samples, 0.50),
+                "p99_ms": quantile(&samples, 0.99),
+                "samples": samples.len(),
+                "received": timing.received.load(Ordering::Relaxed),
+            },
         })
     );
     Ok(())
@@ -790,18 +1060,30 @@ fn driver(args: &Args) -> Result<(), String> {
     }
     let medians = medians(&scenarios, &systems, &runs);
     let mut latencies: BTreeMap<(String, String), Latency> = BTreeMap::new();
-    if !args.embedded && !args.no_latency {
-        let total = medians.len();
-        for (done, ((scenario, system), m)) in medians.iter().enumerate() {
+    if !args.no_latency {
+        // On the embedded log only rill has a latency mode (the hand-written heed loop reads
+        // a preloaded log).
+        let timed: Vec<_> = medians
+            .iter()
+            .filter(|((_, system), _)| !args.embedded || system == "rill")
+            .collect();
+        let total = timed.len();
+        for (done, ((scenario, system), m)) in timed.into_iter().enumerate() {
             let rate = m.events_per_s / 2.0;
             let prefix = format!("suite-{stamp}-{scenario}-{system}-latency");
             eprintln!(
                 "[latency {}/{total}] {scenario} on {system} at {rate:.0} views/s",
                 done + 1
             );
-            let latency = latency_run(args, scenario, system, rate, &prefix, work.path())
-                .unwrap_or_else(|e| Latency::failed(scenario, system, rate, e));
-            if let Some(broker) = &args.broker {
+            let latency = if args.embedded {
+                embedded_latency_run(args, scenario, rate, &prefix, work.path())
+            } else {
+                latency_run(args, scenario, system, rate, &prefix, work.path())
+            }
+            .unwrap_or_else(|e| Latency::failed(scenario, system, rate, e));
+            if let Some(broker) = &args.broker
+                && !args.embedded
+            {
                 delete_run_topics(broker.trim_start_matches("kafka://"), &prefix);
             }
             match &latency.failed {
@@ -870,8 +1152,8 @@ fn report(
     let mut md = String::from(
         "| scenario | system | events/s | peak RSS MiB | anon MiB | CPU s / M events | rill / it |",
     );
-    // Latency columns: on Kafka (the embedded transport has no latency runs).
-    let latency = !args.embedded;
+    // Latency columns, when there were latency runs.
+    let latency = !latencies.is_empty();
     md.push_str(if latency {
         " p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     } else {
@@ -898,12 +1180,16 @@ fn report(
         md.push('\n');
     }
     md.push_str(&latency_notes(args, latencies));
-    let machine = machine();
+    let machine = machine(args.embedded);
+    let faust = if args.embedded {
+        String::new()
+    } else {
+        format!(" ({} for Faust)", args.events.min(args.faust_events))
+    };
     md = format!(
-        "Suite run of {} on {transport}: {} events per run ({} for Faust), {} keys, {} partitions, {} measured runs after a warm-up, medians.\n\nMachine: {}.\n\n{md}",
+        "Suite run of {} on {transport}: {} events per run{faust}, {} keys, {} partitions, {} measured runs after a warm-up, medians.\n\nMachine: {}.\n\n{md}",
         machine["date"].as_str().unwrap_or_default(),
         args.events,
-        args.events.min(args.faust_events),
         args.keys,
         args.partitions,
         args.reps,
@@ -954,7 +1240,7 @@ fn report(
 }
 
 /// What the results were measured on: CPU, cores, memory, kernel, rill's commit, the date.
-fn machine() -> serde_json::Value {
+fn machine(embedded: bool) -> serde_json::Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let cpu = cpuinfo
@@ -989,9 +1275,13 @@ fn machine() -> serde_json::Value {
         "kernel": kernel,
         "rill_commit": commit,
         "date": date,
-        "summary": format!(
-            "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Kafka broker: the test harness's (`kafka/broker.sh`, one KRaft node on 127.0.0.1)"
-        ),
+        "summary": if embedded {
+            format!("{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}")
+        } else {
+            format!(
+                "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Kafka broker: the test harness's (`kafka/broker.sh`, one KRaft node on 127.0.0.1)"
+            )
+        },
     })
 }
 
@@ -1042,15 +1332,26 @@ fn ms(v: Option<f64>) -> String {
 /// What the Markdown says about the latency columns.
 fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -> String {
     let mut notes = String::new();
-    if args.embedded {
-        notes.push_str("\nLatency is measured on Kafka only (not on the embedded log).\n");
-        return notes;
-    }
     if latencies.is_empty() {
         return notes;
     }
-    notes.push_str(&format!(
-        "\np50/p99: processing latency at an offered load of half the system's median \
+    if args.embedded {
+        notes.push_str(&format!(
+            "\np50/p99 (rill only: the hand-written heed loop reads a preloaded log): processing \
+             latency at an offered load of half rill's median throughput. The embedded log lives \
+             in the worker's process, so the run's own process produces the load as the Kafka \
+             runs do (views at that rate with the wall-clock time as event time, for `join` a \
+             click for every second view 2 s later; {} s of warm-up then {} s measured) and a \
+             second agent of the same worker reads the output as it is committed: latency = \
+             receive time minus the production time of the input (`keyed-count`: of the view \
+             whose count the changelog record carries; otherwise the output's message \
+             timestamp); `tumbling-count`: window-close delays, receive time minus the end of \
+             the output's window.\n",
+            args.latency_warmup, args.latency_seconds
+        ));
+    } else {
+        notes.push_str(&format!(
+            "\np50/p99: processing latency at an offered load of half the system's median \
          throughput: the suite produces views (and, for `join`, a click for every second \
          view 2 s later) at that rate with the wall-clock time as event time, {} s of warm-up \
          then {} s measured, and reads the output (`read_committed`) as it comes: latency = \
@@ -1060,8 +1361,9 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          delays, receive time minus the end of the output's window (the run is placed so that \
          a minute boundary falls in the measured period). `-`: no output in the measured \
          period.\n",
-        args.latency_warmup, args.latency_seconds
-    ));
+            args.latency_warmup, args.latency_seconds
+        ));
+    }
     notes.push_str(
         "\n| scenario | system | rate views/s | offered views/s | samples | received |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
     );
@@ -1078,8 +1380,8 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
         .collect();
     if !short.is_empty() {
         notes.push_str(&format!(
-            "\nThe suite's producer fell short of the rate (it shares the machine with the \
-             program, the broker and the suite's consumer): {}.\n",
+            "\nThe load's producer fell short of the rate (it shares the machine with the \
+             program and, on Kafka, the broker and the suite's consumer): {}.\n",
             short.join(", ")
         ));
     }
@@ -1445,6 +1747,53 @@ fn latency_run(
     latency.samples = probe.samples.len() as u64;
     latency.received = probe.received;
     Ok(latency)
+}
+
+/// A latency run of `scenario` on rill's embedded log at `rate` views/s: the child produces
+/// and times the outputs itself (`embedded_latency`).
+fn embedded_latency_run(
+    args: &Args,
+    scenario: &str,
+    rate: f64,
+    prefix: &str,
+    work: &Path,
+) -> Result<Latency, String> {
+    if !rate.is_finite() || rate < 1.0 {
+        return Err(format!("no rate to offer ({rate})"));
+    }
+    let views = (rate * (args.latency_warmup + args.latency_seconds) as f64).round() as u64;
+    let mut cmd = command("rill", scenario, args, prefix, work, views).ok_or("no rill")?;
+    cmd.args(["--rate", &format!("{rate:.0}")])
+        .args(["--latency-warmup", &args.latency_warmup.to_string()])
+        .args(["--latency-seconds", &args.latency_seconds.to_string()]);
+    // A minute at most to line up a window's close, then the run and its drain.
+    let timeout =
+        Duration::from_secs(args.run_timeout + 120 + args.latency_warmup + args.latency_seconds);
+    let (value, _) = run_child(cmd, timeout, &AtomicBool::new(false))?;
+    let l = &value["latency"];
+    let number = |name: &str| l.get(name).and_then(serde_json::Value::as_f64);
+    Ok(Latency {
+        scenario: scenario.to_owned(),
+        system: "rill".to_owned(),
+        rate,
+        offered_per_s: number("offered_per_s").ok_or("the run reported no latency")?,
+        p50_ms: number("p50_ms"),
+        p99_ms: number("p99_ms"),
+        samples: l
+            .get("samples")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        received: l
+            .get("received")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        output: if scenario.ends_with("keyed-count") {
+            format!("{prefix}-bench_counts-changelog")
+        } else {
+            format!("{prefix}-out")
+        },
+        failed: None,
+    })
 }
 
 type ProbeStop = (Arc<AtomicBool>, Arc<AtomicU64>);
