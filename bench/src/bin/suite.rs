@@ -547,31 +547,28 @@ fn probe_agent(args: &ChildArgs, timing: Timing, produced: Option<Produced>) -> 
                     Ok(())
                 }
             }),
-        "join" => spec
-            .source(TopicSpec::of::<Conversion>(&out, "bench/suite"))
-            .run(move |mut ctx| {
-                let timing = timing.clone();
-                async move {
-                    let mut joined = ctx.stream::<Conversion>()?.events();
-                    while let Some(e) = joined.next().await {
-                        timing.output(e.meta.timestamp);
-                    }
-                    Ok(())
-                }
-            }),
-        _ => spec
-            .source(TopicSpec::of::<PageView>(&out, "bench/suite"))
-            .run(move |mut ctx| {
-                let timing = timing.clone();
-                async move {
-                    let mut views = ctx.stream::<PageView>()?.events();
-                    while let Some(e) = views.next().await {
-                        timing.output(e.meta.timestamp);
-                    }
-                    Ok(())
-                }
-            }),
+        "join" => by_timestamp::<Conversion>(spec, &out, timing),
+        _ => by_timestamp::<PageView>(spec, &out, timing),
     }
+}
+
+/// A probe reading `T`s from `out`, timed by their message timestamp (their input's).
+fn by_timestamp<T: Record + Send + 'static>(
+    spec: AgentSpec,
+    out: &str,
+    timing: Timing,
+) -> AgentSpec {
+    spec.source(TopicSpec::of::<T>(out, "bench/suite"))
+        .run(move |mut ctx| {
+            let timing = timing.clone();
+            async move {
+                let mut outputs = ctx.stream::<T>()?.events();
+                while let Some(e) = outputs.next().await {
+                    timing.output(e.meta.timestamp);
+                }
+                Ok(())
+            }
+        })
 }
 
 /// A latency run on the embedded log (`child --embedded DIR --rate R`): the log lives in this
@@ -598,17 +595,7 @@ async fn embedded_latency(args: &ChildArgs, app: App, rate: f64) -> rill::Result
         .start()
         .await?;
     if args.scenario == "tumbling-count" {
-        // Windows close at minute boundaries: start so that one falls mid-measurement.
-        let offset = warmup_ms + measured_ms / 2;
-        let boundary = (now_ms() + offset).div_euclid(60_000) * 60_000 + 60_000;
-        let wait = boundary - offset - now_ms();
-        if wait > 0 {
-            eprintln!(
-                "  waiting {:.1} s so that a window closes in the measured period",
-                wait as f64 / 1000.0
-            );
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-        }
+        tokio::time::sleep(until_a_window_closes_mid_run(warmup_ms, measured_ms)).await;
     }
     let from = now_ms() + warmup_ms;
     let until = from + measured_ms;
@@ -1442,6 +1429,29 @@ fn partition_count(client: &BaseConsumer, topic: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// An admin client of the broker, with its call options and a runtime to wait on its calls.
+struct Admin {
+    client: AdminClient<DefaultClientContext>,
+    options: AdminOptions,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Admin {
+    fn new(bootstrap: &str) -> Result<Self, String> {
+        Ok(Admin {
+            client: ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .create()
+                .map_err(kafka_err("creating an admin client"))?,
+            options: AdminOptions::new().operation_timeout(Some(Duration::from_secs(60))),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 /// Deletes the topics a run created (output, changelog, repartition and internal topics: their
 /// names start with the run's prefix), so that later runs do not share the broker with them
 /// (compacted changelogs keep its log cleaner busy). A failure is reported, not fatal.
@@ -1460,18 +1470,11 @@ fn delete_run_topics(bootstrap: &str, prefix: &str) {
         if names.is_empty() {
             return Ok(0);
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .map_err(kafka_err("creating an admin client"))?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let admin = Admin::new(bootstrap)?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let results = rt
-            .block_on(admin.delete_topics(&refs, &options))
+        let results = admin
+            .rt
+            .block_on(admin.client.delete_topics(&refs, &admin.options))
             .map_err(kafka_err("deleting topics"))?;
         for result in results {
             if let Err((topic, code)) = result {
@@ -1499,17 +1502,10 @@ fn truncate_inputs(bootstrap: &str) -> Result<(), String> {
     if list.count() == 0 {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(kafka_err("creating an admin client"))?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let result = rt
-        .block_on(admin.delete_records(&list, &options))
+    let admin = Admin::new(bootstrap)?;
+    let result = admin
+        .rt
+        .block_on(admin.client.delete_records(&list, &admin.options))
         .map_err(kafka_err("deleting records"))?;
     for e in result.elements() {
         if let Err(err) = e.error() {
@@ -1646,6 +1642,22 @@ fn probe(
         }
     }
     out
+}
+
+/// How long a `tumbling-count` latency run waits before producing: windows close at minute
+/// boundaries, and one should fall in the middle of the measured period.
+fn until_a_window_closes_mid_run(warmup_ms: i64, measured_ms: i64) -> Duration {
+    let offset = warmup_ms + measured_ms / 2;
+    let boundary = (now_ms() + offset).div_euclid(60_000) * 60_000 + 60_000;
+    let wait = boundary - offset - now_ms();
+    if wait <= 0 {
+        return Duration::ZERO;
+    }
+    eprintln!(
+        "  waiting {:.1} s so that a window closes in the measured period",
+        wait as f64 / 1000.0
+    );
+    Duration::from_millis(wait.unsigned_abs())
 }
 
 /// The value at quantile `q` (nearest rank) of sorted `xs`.
@@ -1835,17 +1847,7 @@ fn drive(
     let warmup_ms = i64::try_from(args.latency_warmup * 1000).unwrap_or(0);
     let measured_ms = i64::try_from(args.latency_seconds * 1000).unwrap_or(0);
     if scenario == "tumbling-count" {
-        // Windows close at minute boundaries: start so that one falls mid-measurement.
-        let offset = warmup_ms + measured_ms / 2;
-        let boundary = (now_ms() + offset).div_euclid(60_000) * 60_000 + 60_000;
-        let wait = boundary - offset - now_ms();
-        if wait > 0 {
-            eprintln!(
-                "  waiting {:.1} s so that a window closes in the measured period",
-                wait as f64 / 1000.0
-            );
-            std::thread::sleep(Duration::from_millis(wait as u64));
-        }
+        std::thread::sleep(until_a_window_closes_mid_run(warmup_ms, measured_ms));
     }
 
     let consumer: BaseConsumer = ClientConfig::new()
