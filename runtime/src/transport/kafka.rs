@@ -986,3 +986,49 @@ mod assignment_tests {
         assert_eq!(super::parse_assignment(&b[..9]), None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_batch_hands_out_slices_of_one_buffer() {
+        let record = |offset| RawRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            timestamp: None,
+            headers: Headers::default(),
+        };
+        let mut batch = Fetched::new();
+        batch.push(record(0), Some(b"k0"), Some(b"v0"));
+        batch.push(record(1), None, Some(b"value one"));
+        batch.push(record(2), Some(b""), None);
+        assert_eq!(batch.len(), 3);
+        let records = batch.take();
+        assert!(batch.is_empty());
+        let text = |b: Option<&Bytes>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| (r.offset, text(r.key.as_ref()), text(r.value.as_ref())))
+            .collect();
+        let s = |t: &str| Some(t.to_owned());
+        assert_eq!(
+            got,
+            vec![
+                (0, s("k0"), s("v0")),
+                (1, None, s("value one")),
+                (2, s(""), None)
+            ]
+        );
+        // Neighbours in one buffer: "v0" sits right before "value one".
+        let at = |r: &RawRecord| r.value.as_ref().map_or(0, |v| v.as_ptr() as usize);
+        assert_eq!(at(&records[1]) - at(&records[0]), 2);
+        // A record kept for long gets a buffer of its own.
+        let kept = records[1].clone().detached();
+        assert_eq!(kept.value.as_deref(), Some(&b"value one"[..]));
+        assert_ne!(at(&kept), at(&records[1]));
+    }
+}

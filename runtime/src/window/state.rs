@@ -1133,4 +1133,45 @@ mod tests {
         let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
         assert_eq!((clock.max_seen, clock.floor), (20, 1_000));
     }
+
+    #[test]
+    fn the_close_queue_hands_out_a_bucket_in_key_order_once_the_watermark_passes_it() {
+        let (a, b): (Key, Key) = (Arc::from(&b"a"[..]), Arc::from(&b"b"[..]));
+        let mut closing = Closing::default();
+        closing.insert(20, &b, 0);
+        closing.insert(10, &b, 5);
+        closing.insert(10, &a, 7);
+        closing.insert(10, &a, 3);
+        closing.remove(10, b"a", 7);
+        assert!(closing.pop_until(9).is_none());
+        assert_eq!(closing.pop_until(15), Some(vec![(a, 3), (b.clone(), 5)]));
+        assert!(closing.pop_until(15).is_none());
+        closing.remove(20, b"b", 0);
+        assert!(closing.0.is_empty(), "an emptied bucket goes");
+    }
+
+    #[test]
+    fn a_keys_windows_stay_sorted_by_start() {
+        let win = |end| Win {
+            end,
+            state: 0_u64,
+            stored: false,
+        };
+        let mut windows = Windows(Vec::new());
+        windows.insert(20, win(30));
+        windows.get_or_insert_with(0, || win(10)).state += 1;
+        windows.get_or_insert_with(0, || win(99)).state += 1;
+        windows.insert(10, win(20));
+        let all: Vec<_> = windows
+            .range(..)
+            .map(|(s, w)| (s, w.end, w.state))
+            .collect();
+        assert_eq!(all, vec![(0, 10, 2), (10, 20, 0), (20, 30, 0)]);
+        let some: Vec<_> = windows.range(5..=20).map(|(s, _)| s).collect();
+        assert_eq!(some, vec![10, 20]);
+        assert_eq!(windows.remove(10).map(|w| w.end), Some(20));
+        assert!(windows.remove(10).is_none());
+        assert_eq!(windows.get(20).map(|w| w.end), Some(30));
+        assert!(!windows.is_empty());
+    }
 }
