@@ -56,9 +56,15 @@ pub(crate) struct TableStore {
 
 pub(crate) fn data_key(partition: i32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&(partition as u32).to_be_bytes());
-    k.extend_from_slice(key);
+    data_key_into(&mut k, partition, key);
     k
+}
+
+/// [`data_key`] written into `out` (cleared first), reusing its allocation.
+fn data_key_into(out: &mut Vec<u8>, partition: i32, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&(partition as u32).to_be_bytes());
+    out.extend_from_slice(key);
 }
 
 fn meta_key(table: &str, partition: i32) -> Vec<u8> {
@@ -296,9 +302,7 @@ impl TableStore {
         let mut k = Vec::new();
         for ((table, partition, w), db) in writes.iter().zip(dbs) {
             let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<()> {
-                k.clear();
-                k.extend_from_slice(&(*partition as u32).to_be_bytes());
-                k.extend_from_slice(key);
+                data_key_into(&mut k, *partition, key);
                 match value {
                     Some(v) => db
                         .put(&mut wtxn, &k, v)
