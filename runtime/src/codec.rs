@@ -54,6 +54,18 @@ impl Codec {
         }
     }
 
+    /// Appends a serde value's encoding to `out` (on an error, `out` may hold part of it).
+    pub fn encode_into<T: Serialize>(self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match self {
+            Codec::Json => Ok(serde_json::to_writer(out, value)?),
+            Codec::Postcard => {
+                *out = postcard::to_extend(value, std::mem::take(out))?;
+                Ok(())
+            }
+            Codec::Raw => Err(raw_unsupported::<T>()),
+        }
+    }
+
     /// Decodes a serde value.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
@@ -181,6 +193,34 @@ mod tests {
             assert_eq!(codec.decode::<View>(&bytes).unwrap(), v);
         }
         assert!(Codec::Postcard.encode(&v).unwrap().len() < Codec::Json.encode(&v).unwrap().len());
+    }
+
+    #[test]
+    fn encoding_into_a_buffer_appends_what_encode_returns() {
+        let v = View {
+            url: "/a".into(),
+            n: 7,
+        };
+        for codec in [Codec::Json, Codec::Postcard] {
+            let mut out = b"prefix".to_vec();
+            codec.encode_into(&v, &mut out).unwrap();
+            assert_eq!(out[..6], *b"prefix");
+            assert_eq!(out[6..], codec.encode(&v).unwrap()[..]);
+        }
+        // The record impls of raw types append their bytes; `encode` goes through them.
+        let mut out = Vec::new();
+        crate::Record::encode_into(&"héllo".to_owned(), Codec::Raw, &mut out).unwrap();
+        crate::Record::encode_into(&vec![1u8, 2], Codec::Raw, &mut out).unwrap();
+        assert_eq!(out, [b"h\xc3\xa9llo".as_slice(), &[1, 2]].concat());
+        assert_eq!(
+            crate::Record::encode(&vec![3u8], Codec::Raw).unwrap(),
+            vec![3]
+        );
+        assert!(crate::Record::encode_into(&v_record(), Codec::Raw, &mut out).is_err());
+    }
+
+    fn v_record() -> serde_json::Value {
+        serde_json::json!({"url": "/a"})
     }
 
     #[test]

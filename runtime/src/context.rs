@@ -5,10 +5,14 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::message::OutRecord;
+use crate::record::Record;
 use crate::table::TableCore;
+use crate::topic::{encode_out, out_timestamp};
 use crate::transport::delivery::Deliveries;
+use crate::transport::delivery::Outgoing;
 use crate::transport::{Pending, ProducerBackend};
 
 tokio::task_local! {
@@ -90,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) clock: crate::time::Clock,
     /// Records that failed to decode, with why; the stream applies the failure policy.
     pub(crate) failed_records: Mutex<Vec<(crate::message::RawRecord, crate::failure::Failure)>>,
+    /// Set when `failed_records` may hold records (the stream looks here once per record).
+    has_failed: std::sync::atomic::AtomicBool,
     /// Window operators by table name, kept across calls of the agent function so results not
     /// yet handed out survive a failure (`window::driver`).
     pub(crate) windows:
@@ -144,6 +150,7 @@ impl Shared {
             clock: config.clock.clone(),
             metrics: config.metrics,
             failed_records: Mutex::new(Vec::new()),
+            has_failed: std::sync::atomic::AtomicBool::new(false),
             dead: Mutex::new(Vec::new()),
             marks: Mutex::new(Vec::new()),
             windows: Mutex::new(std::collections::HashMap::new()),
@@ -206,11 +213,18 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((raw.clone(), failure));
+        self.has_failed.store(true, Ordering::Release);
+    }
+
+    /// Whether records failed since `take_failed_records` last ran.
+    pub(crate) fn has_failed_records(&self) -> bool {
+        self.has_failed.load(Ordering::Acquire)
     }
 
     pub(crate) fn take_failed_records(
         &self,
     ) -> Vec<(crate::message::RawRecord, crate::failure::Failure)> {
+        self.has_failed.store(false, Ordering::Release);
         std::mem::take(
             &mut *self
                 .failed_records
@@ -335,7 +349,7 @@ impl Shared {
     pub(crate) async fn send(
         &self,
         mut record: OutRecord,
-        counter: Option<&std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
+        counter: Option<&SendCounter>,
     ) -> Result<()> {
         if crate::telemetry::active() {
             let parent = self
@@ -349,30 +363,94 @@ impl Shared {
                 crate::telemetry::publish(&parent, &record.topic, system, &mut record.headers);
             }
         }
-        let topic = match counter {
-            Some(cached) if self.metrics => {
-                cached
-                    .get_or_init(|| self.stats.topics_out.counter(&record.topic))
-                    .fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            _ => self.metrics.then(|| record.topic.clone()),
-        };
         let batch = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .2
             .clone();
+        let topic = record.topic.clone();
         let pending = self.producer.enqueue(record, &batch).await?;
         let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.push(pending);
-        if let Some(topic) = topic {
-            guard.1.inc(&self.stats.topics_out, &topic);
-        }
-        drop(guard);
-        self.stats.records_out.fetch_add(1, Ordering::Relaxed);
+        pending.add_to(&mut guard.0);
+        self.count_out(&mut guard.1, &topic, counter);
         Ok(())
+    }
+
+    /// Sends `value` at once when the worker produces to Kafka at-least-once: encoded into
+    /// this thread's reused buffer and enqueued in librdkafka, which copies it, so the send
+    /// allocates nothing of its own. False when that does not apply (the embedded log and
+    /// exactly-once hold records until the commit step; a record span adds a header) or
+    /// librdkafka's queue is full: the caller sends an owned record instead.
+    pub(crate) fn try_send_now<V: Record>(
+        &self,
+        topic: &str,
+        codec: Codec,
+        key: Option<&[u8]>,
+        value: &V,
+        counter: Option<&SendCounter>,
+    ) -> Result<bool> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let ProducerBackend::Kafka(kafka) = &self.producer else {
+            return Ok(false);
+        };
+        if kafka.txn.is_some() || crate::telemetry::active() {
+            return Ok(false);
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            if buf.capacity() > SCRATCH_KEEP {
+                // One large record does not pin its buffer for the thread's life.
+                *buf = Vec::new();
+            }
+            value
+                .encode_into(codec, buf)
+                .map_err(|source| Error::Codec {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+            let out = Outgoing {
+                topic,
+                key,
+                value: Some(buf),
+                partition: None,
+                timestamp: out_timestamp(value, self.event_time()),
+                headers: None,
+            };
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Under the lock: the step that takes these sends waits for this batch.
+            if !kafka.try_enqueue(&out, &guard.2)? {
+                return Ok(false);
+            }
+            let (list, cache, batch) = &mut *guard;
+            if !matches!(list.last(), Some(Pending::Kafka(b)) if Arc::ptr_eq(b, batch)) {
+                list.push(Pending::Kafka(batch.clone()));
+            }
+            self.count_out(cache, topic, counter);
+            Ok(true)
+        })
+    }
+
+    /// Counts a send in `rill_records_out_total` (per topic) and the agent's stats.
+    fn count_out(
+        &self,
+        cache: &mut crate::metrics::TopicCache,
+        topic: &str,
+        counter: Option<&SendCounter>,
+    ) {
+        if self.metrics {
+            match counter {
+                Some(cached) => {
+                    cached
+                        .get_or_init(|| self.stats.topics_out.counter(topic))
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                None => cache.inc(&self.stats.topics_out, topic),
+            }
+        }
+        self.stats.records_out.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn take_pending(&self) -> Vec<Pending> {
@@ -433,10 +511,35 @@ pub(crate) fn current_event_time() -> Option<i64> {
 pub(crate) async fn send(
     what: &'static str,
     record: OutRecord,
-    counter: Option<&std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
+    counter: Option<&SendCounter>,
 ) -> Result<()> {
     let shared = CURRENT
         .try_with(Arc::clone)
         .map_err(|_| Error::NoContext(what))?;
     shared.send(record, counter).await
 }
+
+/// Encodes and sends a value through the current agent's commit buffer (`Sink::send`,
+/// `Topic::send`): at once when it can (see `Shared::try_send_now`), else as an owned record.
+pub(crate) async fn send_value<V: Record>(
+    what: &'static str,
+    topic: &str,
+    codec: Codec,
+    key: Option<Vec<u8>>,
+    value: &V,
+    counter: Option<&SendCounter>,
+) -> Result<()> {
+    let sent = CURRENT
+        .try_with(|shared| shared.try_send_now(topic, codec, key.as_deref(), value, counter))
+        .map_err(|_| Error::NoContext(what))??;
+    if sent {
+        return Ok(());
+    }
+    send(what, encode_out(topic, codec, key, value)?, counter).await
+}
+
+/// A `Sink`'s cached counter of its topic's sends.
+pub(crate) type SendCounter = std::sync::OnceLock<Arc<AtomicU64>>;
+
+/// Scratch capacity kept between sends.
+const SCRATCH_KEEP: usize = 1 << 20;

@@ -117,13 +117,13 @@ pub(crate) struct TopicCounters {
 
 impl TopicCounters {
     /// The counter of `topic`, created at zero.
-    pub(crate) fn counter(&self, topic: &std::sync::Arc<str>) -> std::sync::Arc<AtomicU64> {
+    pub(crate) fn counter(&self, topic: &str) -> std::sync::Arc<AtomicU64> {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = counters.iter().find(|(t, _)| **t == **topic) {
+        if let Some((_, c)) = counters.iter().find(|(t, _)| **t == *topic) {
             return c.clone();
         }
         let c = std::sync::Arc::new(AtomicU64::new(0));
-        counters.push((topic.clone(), c.clone()));
+        counters.push((std::sync::Arc::from(topic), c.clone()));
         c
     }
 
@@ -146,15 +146,15 @@ pub(crate) struct TopicCache {
 
 impl TopicCache {
     /// Adds one to `topic`'s counter in `counters`.
-    pub(crate) fn inc(&mut self, counters: &TopicCounters, topic: &std::sync::Arc<str>) {
+    pub(crate) fn inc(&mut self, counters: &TopicCounters, topic: &str) {
         match &self.last {
-            Some((t, c)) if std::sync::Arc::ptr_eq(t, topic) || **t == **topic => {
+            Some((t, c)) if std::ptr::eq(&**t, topic) || **t == *topic => {
                 c.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 let c = counters.counter(topic);
                 c.fetch_add(1, Ordering::Relaxed);
-                self.last = Some((topic.clone(), c));
+                self.last = Some((std::sync::Arc::from(topic), c));
             }
         }
     }
@@ -194,7 +194,7 @@ mod tests {
         cache.inc(&counters, &a);
         cache.inc(&counters, &a);
         cache.inc(&counters, &b);
-        cache.inc(&counters, &"a".into());
+        cache.inc(&counters, "a");
         let mut snap = counters.snapshot();
         snap.sort();
         assert_eq!(snap, vec![("a".into(), 3), ("b".into(), 1)]);

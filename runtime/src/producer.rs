@@ -12,6 +12,7 @@ use crate::topic::{Topic, encode_out};
 use crate::transport::delivery::Deliveries;
 use crate::transport::{Pending, ProducerBackend};
 
+/// Buffered sends (embedded log, exactly-once) flushed without waiting for `flush`.
 const AUTO_FLUSH: usize = 10_000;
 
 /// Sends records from outside agents.
@@ -74,7 +75,7 @@ impl Producer {
         let pending = self.backend.enqueue(record, &batch).await?;
         let len = {
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            guard.0.push(pending);
+            pending.add_to(&mut guard.0);
             guard.0.len()
         };
         if len >= AUTO_FLUSH {

@@ -43,9 +43,17 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
         None
     }
 
-    /// Encodes the record.
+    /// Encodes the record (through [`Record::encode_into`]).
     fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
-        codec.encode(self)
+        let mut out = Vec::new();
+        self.encode_into(codec, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the record's encoding to `out`: what sends use (a sink on Kafka encodes into a
+    /// reused buffer). A record type with its own encoding overrides this method, not `encode`.
+    fn encode_into(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        codec.encode_into(self, out)
     }
 
     /// Decodes a record.
@@ -57,10 +65,13 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
 impl Record for Vec<u8> {
     const CODEC: Codec = Codec::Raw;
 
-    fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
+    fn encode_into(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match codec {
-            Codec::Raw => Ok(self.clone()),
-            other => other.encode(self),
+            Codec::Raw => {
+                out.extend_from_slice(self);
+                Ok(())
+            }
+            other => other.encode_into(self, out),
         }
     }
 
@@ -75,10 +86,13 @@ impl Record for Vec<u8> {
 impl Record for String {
     const CODEC: Codec = Codec::Raw;
 
-    fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
+    fn encode_into(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match codec {
-            Codec::Raw => Ok(self.as_bytes().to_vec()),
-            other => other.encode(self),
+            Codec::Raw => {
+                out.extend_from_slice(self.as_bytes());
+                Ok(())
+            }
+            other => other.encode_into(self, out),
         }
     }
 

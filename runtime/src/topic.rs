@@ -85,8 +85,7 @@ impl<K, V: Record> Topic<K, V> {
     }
 
     async fn send_with(&self, key: Option<Vec<u8>>, value: &V) -> Result<()> {
-        let record = encode_out(self.name, self.codec(), key, value)?;
-        context::send("Topic::send", record, None).await
+        context::send_value("Topic::send", self.name, self.codec(), key, value, None).await
     }
 }
 
@@ -112,12 +111,15 @@ pub(crate) fn encode_out<V: Record>(
         partition: None,
         key,
         value: Some(bytes),
-        timestamp: value
-            .event_time()
-            .or_else(crate::context::current_event_time)
-            .unwrap_or_else(now_millis),
+        timestamp: out_timestamp(value, crate::context::current_event_time()),
         headers: Headers::default(),
     })
+}
+
+/// A sent record's timestamp: the value's event time, else the event time of the record being
+/// processed (`current`), else now.
+pub(crate) fn out_timestamp<V: Record>(value: &V, current: Option<i64>) -> i64 {
+    value.event_time().or(current).unwrap_or_else(now_millis)
 }
 
 /// The untyped description of a topic an agent reads or writes.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
 use super::Tp;
@@ -122,6 +122,65 @@ impl ProducerContext for DeliveryContext {
 
 pub(crate) type Producer = ThreadedProducer<DeliveryContext>;
 
+/// A record as librdkafka is handed it (borrowed: librdkafka copies key and value).
+pub(crate) struct Outgoing<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) partition: Option<i32>,
+    pub(crate) timestamp: i64,
+    pub(crate) headers: Option<&'a OwnedHeaders>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub(crate) fn of(r: &'a OutRecord, headers: Option<&'a OwnedHeaders>) -> Self {
+        Outgoing {
+            topic: &r.topic,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            partition: r.partition,
+            timestamp: r.timestamp,
+            headers,
+        }
+    }
+}
+
+/// Enqueues `r` in librdkafka, counted in `batch`. `Ok(false)`: librdkafka's queue is full
+/// (nothing was enqueued; try again once it drains).
+pub(crate) fn try_produce(
+    producer: &Producer,
+    r: &Outgoing<'_>,
+    batch: &Arc<Deliveries>,
+) -> std::result::Result<bool, KafkaError> {
+    let mut record: BaseRecord<'_, [u8], [u8], Arc<Deliveries>> =
+        BaseRecord::with_opaque_to(r.topic, batch.clone()).timestamp(r.timestamp);
+    if let Some(k) = r.key {
+        record = record.key(k);
+    }
+    if let Some(v) = r.value {
+        record = record.payload(v);
+    }
+    if let Some(p) = r.partition {
+        record = record.partition(p);
+    }
+    if let Some(h) = r.headers {
+        record = record.headers(h.clone());
+    }
+    batch.outstanding.fetch_add(1, Ordering::AcqRel);
+    let result = producer.send(record);
+    if result.is_err() {
+        // Never enqueued: no delivery report will count it down.
+        if batch.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            batch.done.notify_waiters();
+        }
+    }
+    match result {
+        Ok(()) => Ok(true),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
+        Err((e, _)) => Err(e),
+    }
+}
+
 /// Enqueues `r` in librdkafka, counted in `batch`, waiting while librdkafka's queue is full.
 pub(crate) async fn produce(
     producer: &Producer,
@@ -129,34 +188,9 @@ pub(crate) async fn produce(
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<(), KafkaError> {
     let headers = super::kafka::owned_headers(r);
-    batch.outstanding.fetch_add(1, Ordering::AcqRel);
-    loop {
-        let mut record: BaseRecord<'_, [u8], [u8], Arc<Deliveries>> =
-            BaseRecord::with_opaque_to(&r.topic, batch.clone()).timestamp(r.timestamp);
-        if let Some(k) = r.key.as_deref() {
-            record = record.key(k);
-        }
-        if let Some(v) = r.value.as_deref() {
-            record = record.payload(v);
-        }
-        if let Some(p) = r.partition {
-            record = record.partition(p);
-        }
-        if let Some(h) = &headers {
-            record = record.headers(h.clone());
-        }
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((e, _)) => {
-                // Never enqueued: no delivery report will count it down.
-                if batch.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    batch.done.notify_waiters();
-                }
-                return Err(e);
-            }
-        }
+    let out = Outgoing::of(r, headers.as_ref());
+    while !try_produce(producer, &out, batch)? {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    Ok(())
 }

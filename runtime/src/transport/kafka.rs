@@ -178,6 +178,16 @@ impl KafkaTransport {
             .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
     }
 
+    /// Enqueues a borrowed record in librdkafka at once; `Ok(false)` while its queue is full.
+    pub(crate) fn try_enqueue(
+        &self,
+        r: &delivery::Outgoing<'_>,
+        batch: &Arc<delivery::Deliveries>,
+    ) -> Result<bool> {
+        delivery::try_produce(&self.producer, r, batch)
+            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
+    }
+
     /// Waits until everything enqueued was delivered (shutdown).
     pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
         self.producer
