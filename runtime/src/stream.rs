@@ -89,7 +89,7 @@ pub(crate) struct StreamCore {
     /// Caught-up markers of the batch being read, applied once its records are handed out.
     batch_caught_up: Vec<Tp>,
     /// Owned topic-partitions read to their end with every record handed out.
-    at_end: HashSet<Tp>,
+    at_end: HashSet<Tp, foldhash::fast::RandomState>,
     owned_tps: Vec<Tp>,
     commit_failed: bool,
     /// The commit step being started is the commit interval's (not a `commit()`, a
@@ -164,7 +164,7 @@ impl StreamCore {
             rekeyed: None,
             husk: false,
             batch_caught_up: Vec::new(),
-            at_end: HashSet::new(),
+            at_end: HashSet::default(),
             owned_tps: Vec::new(),
             commit_failed: false,
             on_tick: false,
@@ -924,14 +924,18 @@ impl StreamCore {
             }
             if self.batch_generation <= self.generation {
                 if let Some(record) = self.batch.next() {
-                    let tp = (record.topic.clone(), record.partition);
-                    if self.resume.get(&tp).is_some_and(|r| record.offset < *r) {
+                    let tp = || (record.topic.clone(), record.partition);
+                    if !self.resume.is_empty()
+                        && self.resume.get(&tp()).is_some_and(|r| record.offset < *r)
+                    {
                         // Already reflected in local table state (committed there, not yet in
                         // the group): finished without running the agent again.
-                        self.done.insert(tp, record.offset + 1);
+                        self.done.insert(tp(), record.offset + 1);
                         continue;
                     }
-                    if let Some(held) = self.held.get_mut(&tp) {
+                    if !self.held.is_empty()
+                        && let Some(held) = self.held.get_mut(&tp())
+                    {
                         held.records.push_back(record.detached());
                         continue;
                     }
@@ -943,7 +947,7 @@ impl StreamCore {
                         if wait > 0 {
                             // A retry record not due yet: its retry topic partition waits.
                             let wait = Duration::from_millis(wait.unsigned_abs());
-                            self.hold(tp, record, wait);
+                            self.hold(tp(), record, wait);
                             continue;
                         }
                     }
