@@ -447,7 +447,7 @@ impl Shared {
                         .get_or_init(|| self.stats.topics_out.counter(topic))
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                None => cache.inc(&self.stats.topics_out, topic),
+                None => cache.inc_name(&self.stats.topics_out, topic),
             }
         }
         self.stats.records_out.fetch_add(1, Ordering::Relaxed);

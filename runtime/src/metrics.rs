@@ -145,8 +145,23 @@ pub(crate) struct TopicCache {
 }
 
 impl TopicCache {
-    /// Adds one to `topic`'s counter in `counters`.
-    pub(crate) fn inc(&mut self, counters: &TopicCounters, topic: &str) {
+    /// Adds one to `topic`'s counter in `counters`. A topic handed in as the same `Arc` each
+    /// time (a fetched record's) is recognised by its address.
+    pub(crate) fn inc(&mut self, counters: &TopicCounters, topic: &std::sync::Arc<str>) {
+        self.inc_with(counters, topic, || topic.clone());
+    }
+
+    /// [`TopicCache::inc`] for a topic name (compared by content).
+    pub(crate) fn inc_name(&mut self, counters: &TopicCounters, topic: &str) {
+        self.inc_with(counters, topic, || std::sync::Arc::from(topic));
+    }
+
+    fn inc_with(
+        &mut self,
+        counters: &TopicCounters,
+        topic: &str,
+        owned: impl FnOnce() -> std::sync::Arc<str>,
+    ) {
         match &self.last {
             Some((t, c)) if std::ptr::eq(&**t, topic) || **t == *topic => {
                 c.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +169,7 @@ impl TopicCache {
             _ => {
                 let c = counters.counter(topic);
                 c.fetch_add(1, Ordering::Relaxed);
-                self.last = Some((std::sync::Arc::from(topic), c));
+                self.last = Some((owned(), c));
             }
         }
     }
@@ -194,7 +209,7 @@ mod tests {
         cache.inc(&counters, &a);
         cache.inc(&counters, &a);
         cache.inc(&counters, &b);
-        cache.inc(&counters, "a");
+        cache.inc_name(&counters, "a");
         let mut snap = counters.snapshot();
         snap.sort();
         assert_eq!(snap, vec![("a".into(), 3), ("b".into(), 1)]);
