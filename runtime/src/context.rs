@@ -425,9 +425,7 @@ impl Shared {
                 return Ok(false);
             }
             let (list, cache, batch) = &mut *guard;
-            if !matches!(list.last(), Some(Pending::Kafka(b)) if Arc::ptr_eq(b, batch)) {
-                list.push(Pending::Kafka(batch.clone()));
-            }
+            Pending::add_kafka(list, batch);
             self.count_out(cache, topic, counter);
             Ok(true)
         })

@@ -1686,6 +1686,14 @@ fn send_record(
     }
 }
 
+/// A latency run needs a rate of at least one view a second.
+fn offerable(rate: f64) -> Result<(), String> {
+    if !rate.is_finite() || rate < 1.0 {
+        return Err(format!("no rate to offer ({rate})"));
+    }
+    Ok(())
+}
+
 /// A latency run of `scenario` on `system` at `rate` views/s (Kafka): starts the program,
 /// waits until it consumes, produces at `rate` (warm-up, then the measured period) and times
 /// the outputs.
@@ -1697,9 +1705,7 @@ fn latency_run(
     prefix: &str,
     work: &Path,
 ) -> Result<Latency, String> {
-    if !rate.is_finite() || rate < 1.0 {
-        return Err(format!("no rate to offer ({rate})"));
-    }
+    offerable(rate)?;
     let bootstrap = args
         .broker
         .as_deref()
@@ -1770,9 +1776,7 @@ fn embedded_latency_run(
     prefix: &str,
     work: &Path,
 ) -> Result<Latency, String> {
-    if !rate.is_finite() || rate < 1.0 {
-        return Err(format!("no rate to offer ({rate})"));
-    }
+    offerable(rate)?;
     let views = (rate * (args.latency_warmup + args.latency_seconds) as f64).round() as u64;
     let mut cmd = command("rill", scenario, args, prefix, work, views).ok_or("no rill")?;
     cmd.args(["--rate", &format!("{rate:.0}")])

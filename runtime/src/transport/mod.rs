@@ -233,12 +233,17 @@ impl Pending {
     /// what commit steps triggered by a full buffer bound. An entry per Kafka send had such
     /// steps every 20,000 sends, each waiting for the previous step's deliveries.
     pub(crate) fn add_to(self, list: &mut Vec<Pending>) {
-        if let (Pending::Kafka(batch), Some(Pending::Kafka(last))) = (&self, list.last())
-            && Arc::ptr_eq(batch, last)
-        {
-            return;
+        match self {
+            Pending::Kafka(batch) => Self::add_kafka(list, &batch),
+            buffered => list.push(buffered),
         }
-        list.push(self);
+    }
+
+    /// Appends a Kafka send counted in `batch` to `list` (cloning `batch` only for a new entry).
+    pub(crate) fn add_kafka(list: &mut Vec<Pending>, batch: &Arc<delivery::Deliveries>) {
+        if !matches!(list.last(), Some(Pending::Kafka(last)) if Arc::ptr_eq(last, batch)) {
+            list.push(Pending::Kafka(batch.clone()));
+        }
     }
 }
 
