@@ -275,3 +275,64 @@ async fn typed_topics_and_filters_compose() -> rill::Result<()> {
     assert_eq!(seqs, vec![0, 1002, 2004]);
     app.stop().await
 }
+
+/// A busy agent yields to the tasks sharing its runtime thread every few thousand records
+/// (tokio's cooperative budget), even while its next batches are already waiting: on a
+/// one-thread runtime the web endpoints, timers and other agents still run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()> {
+    const TICKS: Topic<String, Tick> = Topic::new("busy_ticks");
+    const N: u64 = 40_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Written before the agent starts, to one partition: the fetcher keeps its batches coming.
+    let loader = App::new("busy")
+        .partitions(1)
+        .agents([])
+        .topic(&TICKS)
+        .test_in(dir.path())
+        .await?;
+    for seq in 0..N {
+        let user = "u".to_owned();
+        loader.producer().send_to("busy_ticks", &Tick { user, seq }).await?;
+    }
+    loader.producer().flush().await?;
+    loader.stop().await?;
+
+    let spec = rill::AgentSpec::new("busy", "tests/embedded.rs")
+        .source(TICKS.spec())
+        .run(|mut ctx| async move {
+            let mut ticks = ctx.stream::<Tick>()?;
+            while let Some(t) = ticks.next().await {
+                // Slower than the fetcher reads, so a batch is always waiting.
+                let until = std::time::Instant::now() + Duration::from_micros(2);
+                while std::time::Instant::now() < until {
+                    std::hint::black_box(t.seq);
+                }
+            }
+            Ok(())
+        });
+    let app = App::new("busy")
+        .partitions(1)
+        .agents([spec])
+        .test_in(dir.path())
+        .await?;
+    let stats = app.stats("busy").expect("agent stats");
+    // This task shares the one thread: each time it runs while the agent is midway counts.
+    let mut midway = 0;
+    loop {
+        tokio::task::yield_now().await;
+        let n = rill::AgentStats::get(&stats.records_in);
+        if n >= N {
+            break;
+        }
+        if n > 0 {
+            midway += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(
+        midway >= 3,
+        "ran {midway} times while the agent read {N} records"
+    );
+    app.stop().await
+}

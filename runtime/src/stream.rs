@@ -38,6 +38,9 @@ const MAX_PENDING: usize = 20_000;
 /// Records parked behind held partitions before the instance stops reading new batches.
 const MAX_PARKED: usize = 50_000;
 
+/// Records handed out per unit of tokio's cooperative budget (128 units a turn).
+const COOP_RECORDS: u32 = 32;
+
 /// A partition held back: its first record is due again at `until` (an in-place retry, or a
 /// retry-topic record not yet due); the records behind it wait their turn.
 struct Held {
@@ -58,9 +61,8 @@ pub(crate) struct StreamCore {
     batch: std::vec::IntoIter<RawRecord>,
     batch_generation: u64,
     in_flight: Option<(Tp, i64)>,
-    /// Next offset to commit per partition: written once per record (foldhash, as the window
-    /// operator's per-record maps).
-    done: HashMap<Tp, i64, foldhash::fast::RandomState>,
+    /// Next offset to commit per partition: written once per record.
+    done: Done,
     shared: Arc<Shared>,
     group: Arc<str>,
     committer: Committer,
@@ -109,6 +111,60 @@ pub(crate) struct StreamCore {
     /// record handed out in the same call starts then (one clock read per record).
     finished_at: Option<std::time::Instant>,
     in_topic: crate::metrics::TopicCache,
+    /// Records handed out from batches (for the cooperative budget, `COOP_RECORDS`).
+    handed: u32,
+}
+
+/// Next offset to commit per partition. A batch's records come in runs of one partition: the
+/// current run's entry is kept apart and updated in place (no hashing, no key kept per
+/// record); the map holds the others. `last` is never older than the map's entry for its
+/// partition.
+#[derive(Default)]
+struct Done {
+    last: Option<(Tp, i64)>,
+    map: HashMap<Tp, i64, foldhash::fast::RandomState>,
+}
+
+impl Done {
+    /// The next offset of `tp` is `next` (records of a partition finish in order).
+    fn set(&mut self, tp: Tp, next: i64) {
+        match &mut self.last {
+            // The fetcher gives one topic's records one `Arc`: an address compare.
+            Some((last, n)) if Arc::ptr_eq(&last.0, &tp.0) && last.1 == tp.1 => *n = next,
+            _ => {
+                if let Some((last, n)) = self.last.replace((tp, next)) {
+                    self.map.insert(last, n);
+                }
+            }
+        }
+    }
+
+    /// The next offset of `tp` is at least `next`.
+    fn raise(&mut self, tp: Tp, next: i64) {
+        self.settle();
+        let n = self.map.entry(tp).or_insert(next);
+        *n = (*n).max(next);
+    }
+
+    fn settle(&mut self) {
+        if let Some((tp, n)) = self.last.take() {
+            self.map.insert(tp, n);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.last.is_none() && self.map.is_empty()
+    }
+
+    fn drain(&mut self) -> Vec<(Tp, i64)> {
+        self.settle();
+        self.map.drain().collect()
+    }
+
+    fn clear(&mut self) {
+        self.last = None;
+        self.map.clear();
+    }
 }
 
 struct Commit {
@@ -142,7 +198,7 @@ impl StreamCore {
             batch: Vec::new().into_iter(),
             batch_generation: 0,
             in_flight: None,
-            done: HashMap::default(),
+            done: Done::default(),
             shared: p.shared,
             group: p.group,
             committer: p.committer,
@@ -174,6 +230,7 @@ impl StreamCore {
             handed_at: None,
             finished_at: None,
             in_topic: crate::metrics::TopicCache::default(),
+            handed: 0,
         }
     }
 
@@ -297,7 +354,7 @@ impl StreamCore {
             }
         }
         let pending = self.shared.take_pending();
-        let offsets: Vec<(Tp, i64)> = self.done.drain().collect();
+        let offsets: Vec<(Tp, i64)> = self.done.drain();
         tracing::trace!(agent = %self.shared.agent, sends = pending.len(), offsets = offsets.len(), last, "commit step");
         // Dead letters and retry records first: they go out with the offsets they stand for.
         let mut changelog = self.shared.take_dead();
@@ -424,7 +481,7 @@ impl StreamCore {
                 .push((record.partition, pump, wm));
         }
         self.done
-            .insert((record.topic.clone(), record.partition), record.offset + 1);
+            .set((record.topic.clone(), record.partition), record.offset + 1);
         true
     }
 
@@ -711,8 +768,7 @@ impl StreamCore {
             finished.push((tp, offset));
         }
         for (tp, offset) in finished {
-            let next = self.done.entry(tp).or_insert(offset + 1);
-            *next = (*next).max(offset + 1);
+            self.done.raise(tp, offset + 1);
         }
     }
 
@@ -800,7 +856,7 @@ impl StreamCore {
                 if self.holding {
                     self.held_done.push((tp, offset));
                 } else {
-                    self.done.insert(tp, offset + 1);
+                    self.done.set(tp, offset + 1);
                 }
             }
             if !busy
@@ -923,6 +979,17 @@ impl StreamCore {
                 return Poll::Ready(Some(self.hand_out(record)));
             }
             if self.batch_generation <= self.generation {
+                if self.batch.len() > 0 {
+                    // Every 32 records count against the task's budget as one channel message
+                    // does: a busy agent lets the tasks sharing its runtime thread run (web
+                    // endpoints, other agents, timers) every 4096 records, a few ms. (A unit
+                    // per record made it yield every 128, and each yield on a multi-thread
+                    // runtime wakes an idle worker to steal it: ~5% of a stateless agent.)
+                    self.handed = self.handed.wrapping_add(1);
+                    if self.handed.is_multiple_of(COOP_RECORDS) {
+                        ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                    }
+                }
                 if let Some(record) = self.batch.next() {
                     let tp = || (record.topic.clone(), record.partition);
                     if !self.resume.is_empty()
@@ -930,7 +997,7 @@ impl StreamCore {
                     {
                         // Already reflected in local table state (committed there, not yet in
                         // the group): finished without running the agent again.
-                        self.done.insert(tp(), record.offset + 1);
+                        self.done.set(tp(), record.offset + 1);
                         continue;
                     }
                     if !self.held.is_empty()
@@ -1620,5 +1687,48 @@ pub(crate) fn agent_error(agent: &str, message: impl Into<String>) -> Error {
     Error::Agent {
         agent: agent.to_owned(),
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut v: Vec<(Tp, i64)>) -> Vec<(String, i32, i64)> {
+        v.sort();
+        v.into_iter()
+            .map(|((t, p), n)| (t.to_string(), p, n))
+            .collect()
+    }
+
+    #[test]
+    fn done_offsets_keep_the_latest_per_partition_across_runs() {
+        let a: Arc<str> = Arc::from("a");
+        let a_again: Arc<str> = Arc::from("a");
+        let mut done = Done::default();
+        assert!(done.is_empty());
+        done.set((a.clone(), 0), 5);
+        done.set((a.clone(), 0), 6);
+        done.set((a.clone(), 1), 3);
+        // The same topic under another `Arc` (a later fetch loop) is the same partition.
+        done.set((a_again.clone(), 0), 7);
+        done.set((a.clone(), 1), 4);
+        assert!(!done.is_empty());
+        assert_eq!(
+            sorted(done.drain()),
+            [("a".into(), 0, 7), ("a".into(), 1, 4)]
+        );
+        assert!(done.is_empty());
+        // `raise` never lowers what a partition finished.
+        done.set((a.clone(), 0), 9);
+        done.raise((a.clone(), 0), 8);
+        done.raise((a.clone(), 2), 1);
+        assert_eq!(
+            sorted(done.drain()),
+            [("a".into(), 0, 9), ("a".into(), 2, 1)]
+        );
+        done.set((a, 0), 10);
+        done.clear();
+        assert!(done.is_empty() && done.drain().is_empty());
     }
 }
