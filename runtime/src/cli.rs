@@ -108,14 +108,11 @@ enum DlqCommand {
 
 pub(crate) fn main(mut app: App) -> Result<()> {
     let cli = Cli::parse_from(std::env::args_os());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("rill")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return Err(Error::io("starting the tokio runtime", e)),
-    };
+    // The runtime comes before the settings are resolved: it reads `RILL_WORKER_THREADS`
+    // itself. A bad variable is reported below, when `run` applies them again.
+    let mut sized = app.config.clone();
+    let _ = sized.apply_env();
+    let runtime = sized.runtime()?;
     // Logs, and for the worker span export when an OTLP endpoint is configured (its client
     // lives in the runtime). When the exporter cannot be set up, logs still go to stderr so
     // its error is seen.

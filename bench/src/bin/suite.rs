@@ -412,11 +412,6 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
         .stats("bench")
         .ok_or_else(|| rill::Error::user("no stats"))?;
     let goal = target(&args.scenario, args.events);
-    let mut first: Option<Instant> = None;
-    let mut last_report = Instant::now();
-    let wall = |t: Instant, base: Instant, base_ms: i64| {
-        base_ms + i64::try_from(t.duration_since(base).as_millis()).unwrap_or(0)
-    };
     let base = Instant::now();
     let base_ms = i64::try_from(
         std::time::SystemTime::now()
@@ -425,25 +420,40 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
             .as_millis(),
     )
     .unwrap_or(0);
-    let progress = async {
+    let wall =
+        |t: Instant| base_ms + i64::try_from(t.duration_since(base).as_millis()).unwrap_or(0);
+    // The clock watches from an OS thread of its own: a task of the worker's runtime would see
+    // the first and last records only when the agent's task lets it run.
+    let scenario = args.scenario.clone();
+    let watched = Arc::clone(&stats);
+    let watcher = std::thread::spawn(move || {
+        let mut first: Option<Instant> = None;
+        let mut last_report = Instant::now();
         loop {
-            let n = AgentStats::get(&stats.records_in);
+            let n = AgentStats::get(&watched.records_in);
             if n > 0 && first.is_none() {
                 first = Some(Instant::now());
             }
             if n >= goal {
-                break Instant::now();
+                break (first, Instant::now());
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
-                eprintln!("  rill {}: {n}/{goal}", args.scenario);
+                eprintln!("  rill {scenario}: {n}/{goal}");
                 last_report = Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            std::thread::sleep(Duration::from_millis(2));
         }
-    };
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(watcher.join());
+    });
     // A worker that stops (an agent's error) ends the run with its error.
-    let done = tokio::select! {
-        done = progress => done,
+    let (first, done) = tokio::select! {
+        watched = rx => watched
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| rill::Error::user("the progress watcher failed"))?,
         stopped = worker.wait() => {
             return Err(stopped.err().unwrap_or_else(|| rill::Error::user("the worker stopped early")));
         }
@@ -457,8 +467,8 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
             "scenario": args.scenario,
             "system": "rill",
             "events": args.events,
-            "first_record_ms": wall(first, base, base_ms),
-            "last_record_ms": wall(done, base, base_ms),
+            "first_record_ms": wall(first),
+            "last_record_ms": wall(done),
             "seconds": seconds,
             "events_per_s": args.events as f64 / seconds.max(1e-9),
             "setup_cpu_s": setup_cpu_s,
@@ -2056,7 +2066,11 @@ fn main() -> Result<(), String> {
         .with_writer(std::io::stderr)
         .try_init();
     if let Some(Child::Child(child_args)) = args.child {
-        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        // The runtime `App::main` gives a worker (`RILL_WORKER_THREADS` threads, default half
+        // the cores).
+        let mut config = rill::Config::new(&child_args.prefix);
+        config.apply_env().map_err(|e| e.to_string())?;
+        let rt = config.runtime().map_err(|e| e.to_string())?;
         return rt.block_on(child(child_args)).map_err(|e| e.to_string());
     }
     driver(&args)
