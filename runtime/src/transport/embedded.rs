@@ -12,6 +12,7 @@
 //! across processes, use Kafka. Another process (the `send` command) may append at any time:
 //! fetchers poll for such writes as well as waiting on in-process notifications.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -307,19 +308,30 @@ impl EmbeddedLog {
             .map_err(self.err("starting an append"))?;
         let mut created = HashMap::new();
         let mut new_dbs = Vec::new();
-        let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState)> = HashMap::new();
+        // Per record: the topic's metadata and the partition's state are those of the record
+        // before it as a rule (one topic per sink); neither is looked up again then.
+        let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState), foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut last_meta: Option<(&Arc<str>, TopicMeta)> = None;
         let mut buf = Vec::with_capacity(256);
         let appended_at = now_millis();
         for record in records {
-            let meta = match self.meta(&record.topic) {
-                Some(m) => m,
-                None => self.create_in(
-                    &mut wtxn,
-                    &record.topic,
-                    self.default_partitions,
-                    false,
-                    &mut created,
-                )?,
+            let meta = match last_meta {
+                Some((topic, meta)) if Arc::ptr_eq(topic, &record.topic) => meta,
+                _ => {
+                    let meta = match self.meta(&record.topic) {
+                        Some(m) => m,
+                        None => self.create_in(
+                            &mut wtxn,
+                            &record.topic,
+                            self.default_partitions,
+                            false,
+                            &mut created,
+                        )?,
+                    };
+                    last_meta = Some((&record.topic, meta));
+                    meta
+                }
             };
             let partition = match record.partition {
                 Some(p) if (0..meta.partitions).contains(&p) => p,
@@ -337,19 +349,18 @@ impl EmbeddedLog {
                     }
                 },
             };
-            let slot = (record.topic.clone(), partition);
-            if !states.contains_key(&slot) {
-                let db = self.part_db_rw(&mut wtxn, &record.topic, partition, &mut new_dbs)?;
-                let state = self.part_state(&wtxn, &record.topic, partition)?;
-                states.insert(slot.clone(), (db, state));
-            }
-            let Some((db, state)) = states.get_mut(&slot) else {
-                continue;
+            let (db, state) = match states.entry((record.topic.clone(), partition)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let db = self.part_db_rw(&mut wtxn, &record.topic, partition, &mut new_dbs)?;
+                    let state = self.part_state(&wtxn, &record.topic, partition)?;
+                    e.insert((db, state))
+                }
             };
             buf.clear();
             encode_record(record, appended_at, &mut buf);
             db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
-                .map_err(self.err(format!("appending to {}[{partition}]", record.topic)))?;
+                .map_err(|e| self.err(format!("appending to {}[{partition}]", record.topic))(e))?;
             state.next += 1;
             state.bytes += buf.len() as u64;
         }
