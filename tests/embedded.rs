@@ -293,7 +293,10 @@ async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()
         .await?;
     for seq in 0..N {
         let user = "u".to_owned();
-        loader.producer().send_to("busy_ticks", &Tick { user, seq }).await?;
+        loader
+            .producer()
+            .send_to("busy_ticks", &Tick { user, seq })
+            .await?;
     }
     loader.producer().flush().await?;
     loader.stop().await?;

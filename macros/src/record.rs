@@ -153,9 +153,15 @@ fn generate(
         let call = quote_spanned! {ty.span()=>
             <#ty as ::rill::KeyBytes>::key_bytes(&self.#field)
         };
+        let borrowed = quote_spanned! {ty.span()=>
+            <#ty as ::rill::KeyBytes>::key_cow(&self.#field)
+        };
         quote! {
             fn key(&self) -> ::core::option::Option<::std::vec::Vec<u8>> {
                 ::core::option::Option::Some(#call)
+            }
+            fn key_ref(&self) -> ::core::option::Option<::std::borrow::Cow<'_, [u8]>> {
+                ::core::option::Option::Some(#borrowed)
             }
         }
     });

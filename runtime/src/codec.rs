@@ -1,6 +1,8 @@
 //! Codecs turn records into bytes and back. JSON is the default; postcard is the compact binary
 //! codec; raw passes bytes (or UTF-8 text) through untouched.
 
+use std::borrow::Cow;
+
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::CodecError;
@@ -76,6 +78,28 @@ impl Codec {
     }
 }
 
+/// Scratch capacity kept between uses.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Runs `f` with this thread's encoding buffer, empty; a fresh one when it is in use (an
+/// encoding inside an encoding).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            if buf.capacity() > SCRATCH_KEEP {
+                // One large record does not pin its buffer for the thread's life.
+                *buf = Vec::new();
+            }
+            f(&mut buf)
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 fn raw_unsupported<T>() -> CodecError {
     CodecError::Unsupported {
         codec: "raw",
@@ -94,26 +118,44 @@ fn raw_unsupported<T>() -> CodecError {
 pub trait KeyBytes {
     /// The key's wire bytes.
     fn key_bytes(&self) -> Vec<u8>;
+
+    /// The key's wire bytes, borrowed when the value holds them as they are (strings, byte
+    /// vectors): a send then copies them once, into librdkafka.
+    fn key_cow(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.key_bytes())
+    }
 }
 
 impl KeyBytes for String {
     fn key_bytes(&self) -> Vec<u8> {
         self.as_bytes().to_vec()
     }
+    fn key_cow(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
 }
 impl KeyBytes for str {
     fn key_bytes(&self) -> Vec<u8> {
         self.as_bytes().to_vec()
+    }
+    fn key_cow(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
     }
 }
 impl KeyBytes for Vec<u8> {
     fn key_bytes(&self) -> Vec<u8> {
         self.clone()
     }
+    fn key_cow(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
 }
 impl<T: KeyBytes + ?Sized> KeyBytes for &T {
     fn key_bytes(&self) -> Vec<u8> {
         (**self).key_bytes()
+    }
+    fn key_cow(&self) -> Cow<'_, [u8]> {
+        (**self).key_cow()
     }
 }
 macro_rules! int_key {

@@ -313,12 +313,7 @@ impl Config {
     /// The tokio runtime a worker runs in: `worker_threads` threads, timers and I/O enabled.
     /// `App::main` starts its worker in one; an app with its own `main` can too.
     pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
-        if self.worker_threads == 0 {
-            return Err(Error::config(
-                "worker_threads (RILL_WORKER_THREADS)",
-                "must be at least 1",
-            ));
-        }
+        self.check_worker_threads()?;
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.worker_threads)
             .enable_all()
@@ -327,14 +322,19 @@ impl Config {
             .map_err(|e| Error::io("starting the tokio runtime", e))
     }
 
-    /// Checks cross-field rules, naming the setting and the fix.
-    pub fn validate(&self) -> Result<()> {
+    fn check_worker_threads(&self) -> Result<()> {
         if self.worker_threads == 0 {
             return Err(Error::config(
                 "worker_threads (RILL_WORKER_THREADS)",
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks cross-field rules, naming the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        self.check_worker_threads()?;
         if self.partitions < 1 {
             return Err(Error::config(
                 "partitions (RILL_PARTITIONS)",

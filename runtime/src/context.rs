@@ -363,6 +363,14 @@ impl Shared {
                 crate::telemetry::publish(&parent, &record.topic, system, &mut record.headers);
             }
         }
+        if self.producer.buffers() {
+            // Held until the commit step: one lock, nothing to enqueue.
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let (list, cache, _) = &mut *guard;
+            self.count_out(cache, &record.topic, counter);
+            list.push(Pending::Buffered(record));
+            return Ok(());
+        }
         let batch = self
             .pending
             .lock()
@@ -390,21 +398,13 @@ impl Shared {
         value: &V,
         counter: Option<&SendCounter>,
     ) -> Result<bool> {
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let ProducerBackend::Kafka(kafka) = &self.producer else {
             return Ok(false);
         };
         if kafka.txn.is_some() || crate::telemetry::active() {
             return Ok(false);
         }
-        SCRATCH.with_borrow_mut(|buf| {
-            buf.clear();
-            if buf.capacity() > SCRATCH_KEEP {
-                // One large record does not pin its buffer for the thread's life.
-                *buf = Vec::new();
-            }
+        crate::codec::with_scratch(|buf| {
             value
                 .encode_into(codec, buf)
                 .map_err(|source| Error::Codec {
@@ -521,9 +521,9 @@ pub(crate) async fn send(
 /// `Topic::send`): at once when it can (see `Shared::try_send_now`), else as an owned record.
 pub(crate) async fn send_value<V: Record>(
     what: &'static str,
-    topic: &str,
+    topic: &Arc<str>,
     codec: Codec,
-    key: Option<Vec<u8>>,
+    key: Option<std::borrow::Cow<'_, [u8]>>,
     value: &V,
     counter: Option<&SendCounter>,
 ) -> Result<()> {
@@ -533,11 +533,9 @@ pub(crate) async fn send_value<V: Record>(
     if sent {
         return Ok(());
     }
-    send(what, encode_out(topic, codec, key, value)?, counter).await
+    let key = key.map(std::borrow::Cow::into_owned);
+    send(what, encode_out(topic.clone(), codec, key, value)?, counter).await
 }
 
 /// A `Sink`'s cached counter of its topic's sends.
 pub(crate) type SendCounter = std::sync::OnceLock<Arc<AtomicU64>>;
-
-/// Scratch capacity kept between sends.
-const SCRATCH_KEEP: usize = 1 << 20;

@@ -1,6 +1,8 @@
 //! The `Record` trait: what `#[record]` implements, and what any hand-written type can implement
 //! to travel through a topic.
 
+use std::borrow::Cow;
+
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::Codec;
@@ -38,16 +40,24 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
         None
     }
 
+    /// The message key like [`Record::key`], borrowed when the key field holds its bytes (a
+    /// `String` or `Vec<u8>` key: no copy per send). `#[record(key)]` generates it.
+    fn key_ref(&self) -> Option<Cow<'_, [u8]>> {
+        self.key().map(Cow::Owned)
+    }
+
     /// Event time in milliseconds since the epoch, from the `#[record(timestamp)]` field.
     fn event_time(&self) -> Option<i64> {
         None
     }
 
-    /// Encodes the record (through [`Record::encode_into`]).
+    /// Encodes the record (through [`Record::encode_into`], into a reused buffer: the result
+    /// is allocated once, at its size, instead of grown from empty).
     fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::new();
-        self.encode_into(codec, &mut out)?;
-        Ok(out)
+        crate::codec::with_scratch(|buf| {
+            self.encode_into(codec, buf)?;
+            Ok(buf.as_slice().to_vec())
+        })
     }
 
     /// Appends the record's encoding to `out`: what sends use (a sink on Kafka encodes into a

@@ -1645,7 +1645,7 @@ impl<T: Record> Sink<T> {
 
     /// Sends a value, keyed by its `#[record(key)]` field.
     pub async fn send(&self, value: &T) -> Result<()> {
-        let key = value.key();
+        let key = value.key_ref();
         context::send_value(
             "Sink::send",
             &self.topic,
@@ -1663,7 +1663,7 @@ impl<T: Record> Sink<T> {
             "Sink::send",
             &self.topic,
             self.codec,
-            Some(key.key_bytes()),
+            Some(key.key_cow()),
             value,
             Some(&self.counter),
         )

@@ -72,7 +72,7 @@ impl<K, V: Record> Topic<K, V> {
     /// Sends a value, keyed by its `#[record(key)]` field (or unkeyed). Inside an agent the send
     /// joins the agent's commit: it is delivered before the source offset is committed.
     pub async fn send(&self, value: &V) -> Result<()> {
-        let key = value.key();
+        let key = value.key_ref();
         self.send_with(key, value).await
     }
 
@@ -81,11 +81,12 @@ impl<K, V: Record> Topic<K, V> {
     where
         K: KeyBytes,
     {
-        self.send_with(Some(key.key_bytes()), value).await
+        self.send_with(Some(key.key_cow()), value).await
     }
 
-    async fn send_with(&self, key: Option<Vec<u8>>, value: &V) -> Result<()> {
-        context::send_value("Topic::send", self.name, self.codec(), key, value, None).await
+    async fn send_with(&self, key: Option<std::borrow::Cow<'_, [u8]>>, value: &V) -> Result<()> {
+        let topic = Arc::from(self.name);
+        context::send_value("Topic::send", &topic, self.codec(), key, value, None).await
     }
 }
 
@@ -96,18 +97,19 @@ impl<K, V> Clone for Topic<K, V> {
 }
 impl<K, V> Copy for Topic<K, V> {}
 
+/// An owned record of `value` (a `Sink` passes its topic's `Arc`: no allocation for the name).
 pub(crate) fn encode_out<V: Record>(
-    topic: &str,
+    topic: impl AsRef<str> + Into<Arc<str>>,
     codec: Codec,
     key: Option<Vec<u8>>,
     value: &V,
 ) -> Result<OutRecord> {
     let bytes = value.encode(codec).map_err(|source| Error::Codec {
-        topic: topic.to_owned(),
+        topic: topic.as_ref().to_owned(),
         source,
     })?;
     Ok(OutRecord {
-        topic: Arc::from(topic),
+        topic: topic.into(),
         partition: None,
         key,
         value: Some(bytes),

@@ -426,7 +426,8 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
     // the first and last records only when the agent's task lets it run.
     let scenario = args.scenario.clone();
     let watched = Arc::clone(&stats);
-    let watcher = std::thread::spawn(move || {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         let mut first: Option<Instant> = None;
         let mut last_report = Instant::now();
         loop {
@@ -435,7 +436,8 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
                 first = Some(Instant::now());
             }
             if n >= goal {
-                break (first, Instant::now());
+                let _ = tx.send((first, Instant::now()));
+                return;
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 eprintln!("  rill {scenario}: {n}/{goal}");
@@ -444,16 +446,9 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(watcher.join());
-    });
     // A worker that stops (an agent's error) ends the run with its error.
     let (first, done) = tokio::select! {
-        watched = rx => watched
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| rill::Error::user("the progress watcher failed"))?,
+        watched = rx => watched.map_err(|_| rill::Error::user("the progress watcher failed"))?,
         stopped = worker.wait() => {
             return Err(stopped.err().unwrap_or_else(|| rill::Error::user("the worker stopped early")));
         }

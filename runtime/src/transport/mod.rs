@@ -255,6 +255,12 @@ pub(crate) enum ProducerBackend {
 }
 
 impl ProducerBackend {
+    /// Sends are held until the commit step (the embedded log; exactly-once on Kafka): what
+    /// [`ProducerBackend::enqueue`] returns is the record itself.
+    pub(crate) fn buffers(&self) -> bool {
+        !matches!(self, ProducerBackend::Kafka(k) if k.txn.is_none())
+    }
+
     /// Enqueues a record; the returned `Pending` becomes durable at the next commit.
     /// `batch`: the deliveries a commit step (or flush) will wait for, on Kafka at-least-once.
     pub(crate) async fn enqueue(
@@ -263,12 +269,11 @@ impl ProducerBackend {
         batch: &Arc<delivery::Deliveries>,
     ) -> Result<Pending> {
         match self {
-            ProducerBackend::Embedded(_) => Ok(Pending::Buffered(record)),
-            ProducerBackend::Kafka(k) if k.txn.is_some() => Ok(Pending::Buffered(record)),
-            ProducerBackend::Kafka(k) => {
+            ProducerBackend::Kafka(k) if k.txn.is_none() => {
                 k.enqueue(record, batch).await?;
                 Ok(Pending::Kafka(batch.clone()))
             }
+            _ => Ok(Pending::Buffered(record)),
         }
     }
 

@@ -244,7 +244,7 @@ where
         match &options.late_topic {
             Some(topic) => {
                 // Sent in the next commit step, before the offsets it stands for.
-                let record = encode_out(topic, host.stream.codec, item.key(), &item)?;
+                let record = encode_out(topic.as_str(), host.stream.codec, item.key(), &item)?;
                 shared.push_dead(record);
             }
             None => {
