@@ -521,20 +521,21 @@ pub(crate) async fn send(
 /// `Topic::send`): at once when it can (see `Shared::try_send_now`), else as an owned record.
 pub(crate) async fn send_value<V: Record>(
     what: &'static str,
-    topic: &Arc<str>,
+    topic: impl AsRef<str> + Into<Arc<str>>,
     codec: Codec,
     key: Option<std::borrow::Cow<'_, [u8]>>,
     value: &V,
     counter: Option<&SendCounter>,
 ) -> Result<()> {
+    let name = topic.as_ref();
     let sent = CURRENT
-        .try_with(|shared| shared.try_send_now(topic, codec, key.as_deref(), value, counter))
+        .try_with(|shared| shared.try_send_now(name, codec, key.as_deref(), value, counter))
         .map_err(|_| Error::NoContext(what))??;
     if sent {
         return Ok(());
     }
     let key = key.map(std::borrow::Cow::into_owned);
-    send(what, encode_out(topic.clone(), codec, key, value)?, counter).await
+    send(what, encode_out(topic, codec, key, value)?, counter).await
 }
 
 /// A `Sink`'s cached counter of its topic's sends.

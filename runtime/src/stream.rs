@@ -1648,7 +1648,7 @@ impl<T: Record> Sink<T> {
         let key = value.key_ref();
         context::send_value(
             "Sink::send",
-            &self.topic,
+            Arc::clone(&self.topic),
             self.codec,
             key,
             value,
@@ -1661,7 +1661,7 @@ impl<T: Record> Sink<T> {
     pub async fn send_keyed<K: KeyBytes + ?Sized>(&self, key: &K, value: &T) -> Result<()> {
         context::send_value(
             "Sink::send",
-            &self.topic,
+            Arc::clone(&self.topic),
             self.codec,
             Some(key.key_cow()),
             value,

@@ -85,8 +85,7 @@ impl<K, V: Record> Topic<K, V> {
     }
 
     async fn send_with(&self, key: Option<std::borrow::Cow<'_, [u8]>>, value: &V) -> Result<()> {
-        let topic = Arc::from(self.name);
-        context::send_value("Topic::send", &topic, self.codec(), key, value, None).await
+        context::send_value("Topic::send", self.name, self.codec(), key, value, None).await
     }
 }
 
