@@ -370,8 +370,13 @@ impl AgentPipeline {
                 let step = futures::future::poll_fn(|cx| match source.poll_raw(cx) {
                     Poll::Ready(Some(_)) => Poll::Ready(Some(true)),
                     Poll::Ready(None) => Poll::Ready(None),
-                    // Nothing to read for now: tell every partition where the pump is.
-                    Poll::Pending if watermarks.unsent() && windowed.load(Ordering::Acquire) => {
+                    // Nothing to read for now (not a yield of the cooperative budget, records
+                    // in hand): tell every partition where the pump is.
+                    Poll::Pending
+                        if watermarks.unsent()
+                            && windowed.load(Ordering::Acquire)
+                            && tokio::task::coop::has_budget_remaining() =>
+                    {
                         Poll::Ready(Some(false))
                     }
                     Poll::Pending => Poll::Pending,

@@ -365,6 +365,11 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
                     }
                 }
                 Poll::Ready(None) => self.ended = true,
+                Poll::Pending if !tokio::task::coop::has_budget_remaining() => {
+                    // The stream yields to the runtime's other tasks (its cooperative budget
+                    // is spent), records in hand: polled again at once, no tick meanwhile.
+                    return Poll::Pending;
+                }
                 Poll::Pending => {
                     let marked = !self.stream.core.is_recovering()
                         && !self
