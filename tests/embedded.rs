@@ -322,17 +322,22 @@ async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()
     let stats = app.stats("busy").expect("agent stats");
     // This task shares the one thread: each time it runs while the agent is midway counts.
     let mut midway = 0;
-    loop {
-        tokio::task::yield_now().await;
-        let n = rill::AgentStats::get(&stats.records_in);
-        if n >= N {
-            break;
+    let watch = async {
+        loop {
+            tokio::task::yield_now().await;
+            let n = rill::AgentStats::get(&stats.records_in);
+            if n >= N {
+                break;
+            }
+            if n > 0 {
+                midway += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
-        if n > 0 {
-            midway += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the agent read every record within 60 s");
     assert!(
         midway >= 3,
         "ran {midway} times while the agent read {N} records"

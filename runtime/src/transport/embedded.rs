@@ -308,8 +308,9 @@ impl EmbeddedLog {
             .map_err(self.err("starting an append"))?;
         let mut created = HashMap::new();
         let mut new_dbs = Vec::new();
-        // Per record: the topic's metadata and the partition's state are those of the record
-        // before it as a rule (one topic per sink); neither is looked up again then.
+        // Per record: the topic's metadata is the previous record's as a rule (one topic per
+        // sink), looked up again only when the topic changes; the partition's state takes one
+        // foldhash lookup.
         let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState), foldhash::fast::RandomState> =
             HashMap::default();
         let mut last_meta: Option<(&Arc<str>, TopicMeta)> = None;
