@@ -137,6 +137,11 @@ pub struct Config {
     /// worker with every core for agents measured ~10% more CPU per record on 2 cores (agent
     /// tasks stolen between runtime threads that compete with the fetcher).
     pub worker_threads: usize,
+    /// How often the records of a `group_by` repartition topic that its consumer committed
+    /// are deleted on Kafka (`RILL_REPARTITION_PURGE_INTERVAL_MS`; default 30 s, Kafka
+    /// Streams' `repartition.purge.interval.ms`). Repartition topics have no time retention:
+    /// their records carry old event times as timestamps.
+    pub repartition_purge_interval: Duration,
     /// How long a partition may go without records before it stops holding back its agent's
     /// watermark (`RILL_IDLE_TIMEOUT_MS`; default 10 s). See `window` for the semantics.
     pub idle_timeout: Duration,
@@ -170,6 +175,23 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
+/// librdkafka properties rill sets itself, and why a user's value is refused.
+const RESERVED_KAFKA: &[(&str, &str)] = &[
+    ("group.id", "a consumer group per agent, `<app>-<agent>`"),
+    (
+        "enable.auto.commit",
+        "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "allow.auto.create.topics",
+        "rill creates its topics with the partitions and settings it needs; a topic auto-created by the broker gets the broker's",
+    ),
+];
+
 impl Config {
     /// Defaults for an app id.
     pub fn new(app_id: &str) -> Self {
@@ -191,6 +213,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: default_worker_threads(),
             idle_timeout: Duration::from_secs(10),
+            repartition_purge_interval: Duration::from_secs(30),
             clock: crate::time::Clock::System,
             on_error: crate::failure::OnError::DeadLetter,
             max_record_bytes: 1 << 20,
@@ -280,6 +303,10 @@ impl Config {
                 "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
                 "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
                 "RILL_COMPACTION_BYTES" => self.compaction_bytes = parse_num(&name, &value, 1)?,
+                "RILL_REPARTITION_PURGE_INTERVAL_MS" => {
+                    self.repartition_purge_interval =
+                        Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
                 "RILL_TOMBSTONE_RETENTION_MS" => {
                     self.tombstone_retention = Duration::from_millis(parse_num(&name, &value, 0)?);
                 }
@@ -355,11 +382,11 @@ impl Config {
                 "must be non-empty, without spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
             ));
         }
-        for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
-            if self.kafka.contains_key(reserved) {
+        for (reserved, why) in RESERVED_KAFKA {
+            if self.kafka.contains_key(*reserved) {
                 return Err(Error::config(
                     format!("kafka property `{reserved}`"),
-                    "rill manages it (groups per agent, offsets committed after processing); remove it",
+                    format!("rill manages it ({why}); remove it"),
                 ));
             }
         }
@@ -481,6 +508,14 @@ mod tests {
         );
         c.kafka.insert("group.id".into(), "x".into());
         assert!(c.validate().unwrap_err().to_string().contains("group.id"));
+        c.kafka.clear();
+        c.kafka
+            .insert("allow.auto.create.topics".into(), "true".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("allow.auto.create.topics") && err.contains("creates its topics"),
+            "{err}"
+        );
     }
 
     #[test]

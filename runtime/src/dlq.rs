@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::failure::{self, headers};
 use crate::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::table::recovery::ChangelogReader;
-use crate::topic::TopicSpec;
+use crate::topic::{Internal, TopicSpec};
 use crate::transport::Transport;
 
 /// Newest errors `dlq list` shows per agent.
@@ -72,7 +72,7 @@ fn reader(transport: &Transport) -> ChangelogReader {
 
 /// Every record of a topic, partition by partition.
 async fn read_all(transport: &Transport, config: &Config, topic: &str) -> Result<Vec<RawRecord>> {
-    let spec = TopicSpec::of::<Vec<u8>>(topic, "dead letters");
+    let spec = TopicSpec::internal(topic, Internal::DeadLetters, None, "dead letters");
     let partitions = transport
         .ensure_topics(std::slice::from_ref(&spec), config.partitions)
         .await?
@@ -153,7 +153,7 @@ fn replayed(r: &RawRecord) -> OutRecord {
         partition: Some(partition),
         key: r.key.as_deref().map(<[u8]>::to_vec),
         value: r.value.as_deref().map(<[u8]>::to_vec),
-        timestamp: r.timestamp.unwrap_or_else(now_millis),
+        timestamp: failure::original_timestamp(r).unwrap_or_else(now_millis),
         headers: Headers(
             r.headers
                 .0

@@ -58,6 +58,17 @@ pub enum Error {
         "unknown topic `{0}`: declare it in an agent or with `App::topic`, or create it on the broker"
     )]
     UnknownTopic(String),
+    /// A topic rill owns (repartition, changelog, retry, dead letters) exists with other
+    /// partitions or settings than rill needs; rill refuses to use it.
+    #[error("internal topic `{topic}` {problem}. {fix}")]
+    InternalTopic {
+        /// Topic name.
+        topic: String,
+        /// What differs: both values.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
     /// An exactly-once transaction failed and was aborted: nothing of it is visible.
     #[error("exactly-once transaction failed and was aborted: {0}")]
     Transaction(String),

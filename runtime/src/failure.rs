@@ -24,8 +24,12 @@
 //! `retry` and `retry_topics` dead-letter them at once.
 //!
 //! A dead-letter record keeps the original key, value bytes and headers and adds the headers
-//! in [`headers`]. Dead letters and retry records are sent in the commit step, before the
-//! source offset they stand for is committed: if the send fails the offset does not move.
+//! in [`headers`]. Its message timestamp is the time it was set aside, the original one in
+//! [`headers::TIMESTAMP`]: a record's timestamp is often its event time, which a broker's time
+//! retention would take for the dead letter's age (a backfill's dead letters would be deleted
+//! at once). Retry records are stamped the same way and get their timestamp back when read.
+//! Dead letters and retry records are sent in the commit step, before the source offset they
+//! stand for is committed: if the send fails the offset does not move.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +146,11 @@ pub mod headers {
     pub const FAILED_AT: &str = "rill.failed_at";
     /// Retry records: when the record is due back (ms since the epoch).
     pub const DUE: &str = "rill.retry.due";
+    /// The record's own message timestamp (ms since the epoch; absent when it had none).
+    /// Dead-letter, retry and late-event records are stamped with the time they are sent, so
+    /// that a broker's time retention counts from then and not from an old event time; a
+    /// retried or replayed record gets this timestamp back.
+    pub const TIMESTAMP: &str = "rill.source.timestamp";
 }
 
 /// Why a record failed.
@@ -280,6 +289,28 @@ pub(crate) fn attempts_of(raw: &RawRecord) -> u32 {
         .unwrap_or(0)
 }
 
+/// The timestamp a dead-letter or retry record carries for its original (see
+/// [`headers::TIMESTAMP`]), else its own.
+pub(crate) fn original_timestamp(raw: &RawRecord) -> Option<i64> {
+    raw.headers
+        .get(headers::TIMESTAMP)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .or(raw.timestamp)
+}
+
+/// Stamps a record rill keeps aside (a dead letter, a retry or a late event) with the time
+/// now, keeping its own timestamp in [`headers::TIMESTAMP`]: its timestamp may be an event
+/// time far in the past, which a broker's time retention would take as the record's age.
+pub(crate) fn stamp_now(record: &mut OutRecord, original: Option<i64>) {
+    if let Some(t) = original {
+        record.headers.0.push((
+            headers::TIMESTAMP.to_owned(),
+            Some(t.to_string().into_bytes()),
+        ));
+    }
+    record.timestamp = now_millis();
+}
+
 /// When a retry record is due back (`None`: now).
 pub(crate) fn due_of(raw: &RawRecord) -> Option<i64> {
     raw.headers
@@ -320,14 +351,16 @@ pub(crate) fn failed_record(
     if let Some(due) = due {
         add(headers::DUE, due.to_string());
     }
-    OutRecord {
+    let mut record = OutRecord {
         topic: topic.clone(),
         partition,
         key: raw.key.as_deref().map(<[u8]>::to_vec),
         value: raw.value.as_deref().map(<[u8]>::to_vec),
-        timestamp: raw.timestamp.unwrap_or_else(now_millis),
+        timestamp: 0,
         headers: Headers(headers),
-    }
+    };
+    stamp_now(&mut record, original_timestamp(raw));
+    record
 }
 
 /// The delay before in-place retry `attempt` (from 1): `backoff · 2^(attempt-1)`, capped at
@@ -366,11 +399,14 @@ mod tests {
             kind: FailureKind::Decode,
             message: "expected value".into(),
         };
+        let before = now_millis();
         let out = failed_record(&raw(), &Arc::from("dlq"), None, "count", &failure, 1, None);
         assert_eq!(out.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(out.value.as_deref(), Some(&b"{bad"[..]));
-        assert_eq!(out.timestamp, 7);
+        // Stamped now, so time retention counts from the failure; the original rides along.
+        assert!(out.timestamp >= before, "{} < {before}", out.timestamp);
         let h = |n: &str| String::from_utf8(out.headers.get(n).unwrap().to_vec()).unwrap();
+        assert_eq!(h(headers::TIMESTAMP), "7");
         assert_eq!(h("trace"), "t");
         assert_eq!(h(headers::ERROR_KIND), "decode");
         assert_eq!(h(headers::SOURCE_TOPIC), "views");
@@ -417,6 +453,16 @@ mod tests {
             1
         );
         assert!(dead.headers.get(headers::DUE).is_none());
+        // The first record's timestamp, through every hop.
+        assert_eq!(original_timestamp(&again), Some(7));
+        let stamps: Vec<_> = dead
+            .headers
+            .0
+            .iter()
+            .filter(|(n, _)| n == headers::TIMESTAMP)
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(stamps, vec![Some(b"7".to_vec())]);
     }
 
     #[test]

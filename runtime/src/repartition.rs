@@ -31,7 +31,7 @@ use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::TableDef;
 use crate::table::recovery::ChangelogReader;
 use crate::table::store::TableStore;
-use crate::topic::TopicSpec;
+use crate::topic::{Internal, TopicSpec};
 use crate::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
 use crate::window::propagate::{self, SourceClock};
 
@@ -197,10 +197,13 @@ impl AgentPipeline {
             return Ok(def.clone());
         }
         let changelog = crate::table::changelog_topic(&self.app_id, &table);
-        let mut spec = TopicSpec::of::<Vec<u8>>(&changelog, &format!("window `{name}`"));
-        spec.partitions = Some(self.source_partitions);
         // Expired windows leave tombstones, so compaction keeps the changelog to open windows.
-        spec.compacted = true;
+        let spec = TopicSpec::internal(
+            &changelog,
+            Internal::Changelog,
+            Some(self.source_partitions),
+            &format!("window `{name}`"),
+        );
         self.transport
             .ensure_topics(std::slice::from_ref(&spec), self.source_partitions)
             .await?;
@@ -256,8 +259,12 @@ impl AgentPipeline {
 
     fn build(&self, field: &str) -> Result<Repartition> {
         let topic = format!("{}-{}-{field}-repartition", self.app_id, self.agent);
-        let mut spec = TopicSpec::of::<Vec<u8>>(&topic, "group_by");
-        spec.partitions = Some(self.source_partitions);
+        let spec = TopicSpec::internal(
+            &topic,
+            Internal::Repartition,
+            Some(self.source_partitions),
+            "group_by",
+        );
         // Created once per agent, before any record flows. `group_by` is synchronous, so the
         // creation runs to completion on a thread of its own with its own small runtime (its
         // retries sleep on a tokio timer): blocking on it in place could hang a current-thread
@@ -299,6 +306,7 @@ impl AgentPipeline {
             router.clone(),
             self.stop.clone(),
         )?;
+        committer.purge_consumed(self.config.repartition_purge_interval);
         self.registry
             .threads
             .lock()

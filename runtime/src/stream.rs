@@ -990,7 +990,7 @@ impl StreamCore {
                         ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                     }
                 }
-                if let Some(record) = self.batch.next() {
+                if let Some(mut record) = self.batch.next() {
                     let tp = || (record.topic.clone(), record.partition);
                     if !self.resume.is_empty()
                         && self.resume.get(&tp()).is_some_and(|r| record.offset < *r)
@@ -1010,6 +1010,8 @@ impl StreamCore {
                         continue;
                     }
                     if let Some(due) = failure::due_of(&record) {
+                        // A retry record: its original timestamp back (event time).
+                        record.timestamp = failure::original_timestamp(&record);
                         let wait = due.saturating_sub(crate::message::now_millis());
                         if wait > 0 {
                             // A retry record not due yet: its retry topic partition waits.

@@ -23,7 +23,7 @@ use crate::stream::{CoreParts, Stop, StreamCore};
 use crate::table::global::{self, GlobalDef};
 use crate::table::recovery::{ChangelogReader, Recovery};
 use crate::table::{TableCore, TableDef, changelog_topic};
-use crate::topic::{TopicSpec, check_types};
+use crate::topic::{Internal, TopicSpec, check_types};
 use crate::topology::Topology;
 use crate::transport::embedded::EmbeddedLog;
 use crate::transport::kafka::KafkaTransport;
@@ -211,15 +211,19 @@ impl Worker {
             ));
             // The dead-letter topic, and the retry topics, which the agent reads too
             // (co-partitioned with its source, so a retried record comes back to its instance).
-            let mut failure_topics = vec![TopicSpec::of::<Vec<u8>>(
+            let mut failure_topics = vec![TopicSpec::internal(
                 &policy.dead_letter,
+                Internal::DeadLetters,
+                None,
                 &format!("dead letters of agent `{}`", spec.name()),
             )];
             for topic in &policy.retry_topics {
-                let mut retry =
-                    TopicSpec::of::<Vec<u8>>(topic, &format!("retries of agent `{}`", spec.name()));
-                retry.partitions = Some(source_partitions);
-                failure_topics.push(retry);
+                failure_topics.push(TopicSpec::internal(
+                    topic,
+                    Internal::Retry,
+                    Some(source_partitions),
+                    &format!("retries of agent `{}`", spec.name()),
+                ));
             }
             transport
                 .ensure_topics(&failure_topics, config.partitions)
@@ -558,23 +562,15 @@ impl TableSetup {
                     ));
                 }
                 let changelog = changelog_topic(&config.app_id, &table.name);
-                let mut spec = TopicSpec::of::<Vec<u8>>(
+                let spec = TopicSpec::internal(
                     &changelog,
+                    Internal::Changelog,
+                    Some(source_partitions),
                     &format!("changelog of table `{}`", table.name),
                 );
-                spec.partitions = Some(source_partitions);
-                spec.compacted = true;
-                let counts = transport
+                transport
                     .ensure_topics(std::slice::from_ref(&spec), source_partitions)
                     .await?;
-                if let Some(n) = counts.get(&changelog).filter(|n| **n != source_partitions) {
-                    return Err(Error::config(
-                        format!("table `{}`", table.name),
-                        format!(
-                            "its changelog `{changelog}` has {n} partitions but its source has {source_partitions}; delete the changelog or restore the partition count"
-                        ),
-                    ));
-                }
                 defs.push((
                     agent.name().to_owned(),
                     Arc::new(TableDef {

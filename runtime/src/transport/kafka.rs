@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -69,7 +72,7 @@ impl ClientContext for LogContext {
 pub(crate) struct KafkaTransport {
     base: ClientConfig,
     producer: delivery::Producer,
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     pub(crate) health: Arc<Health>,
     /// This worker's web address, advertised to the other workers of each consumer group in
@@ -88,6 +91,12 @@ impl KafkaTransport {
         for (k, v) in &config.kafka {
             base.set(k, v);
         }
+        // rill creates every topic it uses before the first send or fetch, with the partitions
+        // and settings it needs. A broker with `auto.create.topics.enable=true` (Kafka's
+        // default) would otherwise create a topic on a producer's metadata request with its
+        // own `num.partitions`, before rill's admin call (`Config::validate` refuses the
+        // property from the user).
+        base.set("allow.auto.create.topics", "false");
         let mut producer_config = base.clone();
         producer_config
             .set("enable.idempotence", "true")
@@ -131,7 +140,7 @@ impl KafkaTransport {
         Ok(Arc::new(KafkaTransport {
             base,
             producer,
-            admin,
+            admin: Arc::new(admin),
             replication: config.replication,
             health: Arc::new(Health::default()),
             web_url: std::sync::OnceLock::new(),
@@ -222,7 +231,8 @@ impl KafkaTransport {
         Ok(out)
     }
 
-    /// Creates the topics that do not exist yet; returns every topic's partition count.
+    /// Creates the topics that do not exist yet and checks the existing ones rill owns
+    /// (`TopicSpec::check_existing`); returns every topic's partition count.
     pub(crate) async fn ensure_topics(
         &self,
         specs: &[TopicSpec],
@@ -230,78 +240,139 @@ impl KafkaTransport {
     ) -> Result<HashMap<String, i32>> {
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let existing = self.partition_counts(&names)?;
+        let mut seen = std::collections::HashSet::new();
         let missing: Vec<&TopicSpec> = specs
             .iter()
             .filter(|s| existing.get(&s.name).is_some_and(Option::is_none))
+            .filter(|s| seen.insert(s.name.as_str()))
             .collect();
         let mut out: HashMap<String, i32> = existing
-            .iter()
-            .filter_map(|(k, v)| v.map(|n| (k.clone(), n)))
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|n| (k, n)))
             .collect();
         if !missing.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            let new_topics: Vec<NewTopic<'_>> = missing
-                .iter()
-                .filter(|s| seen.insert(s.name.as_str()))
-                .map(|s| {
-                    let topic = NewTopic::new(
-                        &s.name,
-                        s.partitions.unwrap_or(default_partitions),
-                        TopicReplication::Fixed(self.replication),
-                    );
-                    if s.compacted {
-                        topic.set("cleanup.policy", "compact")
-                    } else {
-                        topic
-                    }
-                })
-                .collect();
-            let results = self
-                .admin
-                .create_topics(
-                    &new_topics,
-                    &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+            self.create_topics(&missing, default_partitions).await?;
+            out.extend(self.wait_for_metadata(&missing).await?);
+        }
+        self.check_owned(specs, &out).await?;
+        Ok(out)
+    }
+
+    /// Creates `missing` through the admin API (one created meanwhile by another worker is
+    /// fine: it is checked like any existing topic).
+    async fn create_topics(&self, missing: &[&TopicSpec], default_partitions: i32) -> Result<()> {
+        let configs: Vec<Vec<(&str, &str)>> = missing.iter().map(|s| s.create_configs()).collect();
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .zip(&configs)
+            .map(|(s, configs)| {
+                let partitions = s.partitions.unwrap_or(default_partitions);
+                let replication = TopicReplication::Fixed(self.replication);
+                configs.iter().fold(
+                    NewTopic::new(&s.name, partitions, replication),
+                    |t, (k, v)| t.set(k, v),
                 )
-                .await
-                .map_err(|e| Error::kafka("creating topics", e))?;
-            for result in results {
-                match result {
-                    Ok(name) => tracing::info!(topic = %name, "created topic"),
-                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        tracing::debug!(topic = %name, "topic exists")
-                    }
-                    Err((name, code)) => {
-                        return Err(Error::kafka(
-                            format!(
-                                "creating topic `{name}` (create it by hand, or grant rill CreateTopics)"
-                            ),
-                            KafkaError::AdminOp(code),
-                        ));
-                    }
+            })
+            .collect();
+        let results = self
+            .admin
+            .create_topics(
+                &new_topics,
+                &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| Error::kafka("creating topics", e))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic = %name, "topic exists")
                 }
-            }
-            // Metadata can lag creation briefly.
-            for attempt in 0..50 {
-                let counts = self.partition_counts(
-                    &missing.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                )?;
-                if counts.values().all(Option::is_some) {
-                    out.extend(counts.into_iter().filter_map(|(k, v)| v.map(|n| (k, n))));
-                    break;
-                }
-                if attempt == 49 {
-                    return Err(Error::UnknownTopic(
-                        missing
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                Err((name, code)) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "creating topic `{name}` (create it by hand, or grant rill CreateTopics)"
+                        ),
+                        KafkaError::AdminOp(code),
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The partition counts of topics just created: metadata can lag creation briefly.
+    async fn wait_for_metadata(&self, created: &[&TopicSpec]) -> Result<HashMap<String, i32>> {
+        let names: Vec<String> = created.iter().map(|s| s.name.clone()).collect();
+        for _ in 0..50 {
+            let counts = self.partition_counts(&names)?;
+            if counts.values().all(Option::is_some) {
+                return Ok(counts
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|n| (k, n)))
+                    .collect());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::UnknownTopic(names.join(", ")))
+    }
+
+    /// Checks the topics rill owns among `specs` against what it needs of them: their
+    /// partition counts and topic configs.
+    async fn check_owned(&self, specs: &[TopicSpec], counts: &HashMap<String, i32>) -> Result<()> {
+        let owned: Vec<&TopicSpec> = specs.iter().filter(|s| s.internal.is_some()).collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let configs = self
+            .topic_configs(owned.iter().map(|s| s.name.as_str()))
+            .await;
+        for spec in owned {
+            let Some(&partitions) = counts.get(&spec.name) else {
+                return Err(Error::UnknownTopic(spec.name.clone()));
+            };
+            let configs = configs.as_ref().and_then(|c| c.get(&spec.name));
+            spec.check_existing(partitions, configs)?;
+        }
+        Ok(())
+    }
+
+    /// The current topic configs of `topics`, or `None` (with a warning) when the broker does
+    /// not describe them to rill (no `DescribeConfigs` permission): then only partition
+    /// counts are checked.
+    async fn topic_configs<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Option<HashMap<String, HashMap<String, String>>> {
+        let resources: Vec<ResourceSpecifier<'_>> = topics.map(ResourceSpecifier::Topic).collect();
+        let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+        let described = match self.admin.describe_configs(&resources, &options).await {
+            Ok(described) => described,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the configs of rill's internal topics; checking their partition counts only");
+                return None;
+            }
+        };
+        let mut out = HashMap::new();
+        for result in described {
+            match result {
+                Ok(resource) => {
+                    let OwnedResourceSpecifier::Topic(name) = resource.specifier else {
+                        continue;
+                    };
+                    let entries = resource
+                        .entries
+                        .into_iter()
+                        .filter_map(|e| Some((e.name, e.value?)))
+                        .collect();
+                    out.insert(name, entries);
+                }
+                Err(code) => {
+                    tracing::warn!(%code, "cannot read the configs of an internal topic; checking its partition count only");
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Log start and end offsets of a partition.
@@ -467,6 +538,7 @@ impl KafkaTransport {
                 router: router.clone(),
                 health: self.health.clone(),
                 lags: std::sync::Mutex::new(HashMap::new()),
+                read_committed: self.txn.is_some(),
             })
             .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -481,6 +553,8 @@ impl KafkaTransport {
             group: group.to_owned(),
             health: self.health.clone(),
             stop: stop.clone(),
+            admin: self.admin.clone(),
+            purger: std::sync::OnceLock::new(),
         });
         let handle = std::thread::Builder::new()
             .name(format!("rill-fetch-{}", router.agent))
@@ -603,6 +677,8 @@ fn poll_loop(
     let mut batch = Fetched::new();
     let mut last_error: Option<std::time::Instant> = None;
     let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
+    // The partition of the last record that took a partition out of `at_end`.
+    let mut last_read: Option<Tp> = None;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
         if router.rewind.swap(false, Ordering::AcqRel) {
             batch.clear();
@@ -659,6 +735,16 @@ fn poll_loop(
                         timestamp: m.timestamp().to_millis(),
                         headers,
                     };
+                    if !at_end.is_empty()
+                        && !last_read.as_ref().is_some_and(|(t, p)| {
+                            Arc::ptr_eq(t, &record.topic) && *p == record.partition
+                        })
+                    {
+                        // A partition that gets records is no longer at its end: its next
+                        // catch-up is reported again (looked up once per run of a partition).
+                        at_end.remove(&(record.topic.clone(), record.partition));
+                        last_read = Some((record.topic.clone(), record.partition));
+                    }
                     batch.push(record, m.key(), m.payload());
                     timeout = Duration::ZERO;
                 }
@@ -686,6 +772,7 @@ fn poll_loop(
                 if lag == 0 {
                     if at_end.insert(tp.clone()) {
                         caught_up.push(tp);
+                        last_read = None;
                     }
                 } else if lag > 0 {
                     at_end.remove(&tp);
@@ -737,12 +824,35 @@ fn rewind(consumer: &BaseConsumer<FetchContext>, router: &Router) {
     }
 }
 
+/// How many records of a partition are still to be read, from librdkafka's statistics, or
+/// `None` while that is unknown. The position is the furthest of: the last record handed to
+/// rill (`app_offset`), the group's committed offset, and, when nothing waits in librdkafka's
+/// queue, how far it fetched (past records that never reach rill: transaction markers,
+/// aborted records). librdkafka's own `consumer_lag` counts from the committed offset only, so
+/// it stays unknown for a partition that is empty and was never committed to, and such a
+/// partition would hold its windows back for ever.
+fn unread(p: &rdkafka::statistics::Partition, read_committed: bool) -> Option<i64> {
+    let end = if read_committed {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    let mut position = p.app_offset.max(p.committed_offset);
+    if p.fetchq_cnt == 0 {
+        position = position.max(p.next_offset);
+    }
+    (end >= 0 && position >= 0).then(|| (end - position).max(0))
+}
+
 /// Rebalance hooks of an agent's consumer.
 pub(crate) struct FetchContext {
     router: Arc<Router>,
     health: Arc<Health>,
-    /// Consumer lag per assigned partition, from librdkafka's statistics.
+    /// Records still to read per assigned partition, from librdkafka's statistics.
     lags: std::sync::Mutex<HashMap<Tp, i64>>,
+    /// The consumer reads committed records only (exactly-once): its end is the last stable
+    /// offset.
+    read_committed: bool,
 }
 
 impl ClientContext for FetchContext {
@@ -765,8 +875,11 @@ impl ClientContext for FetchContext {
         for (name, topic) in statistics.topics {
             let name: Arc<str> = Arc::from(name.as_str());
             for (partition, p) in topic.partitions {
-                if partition >= 0 && p.fetch_state == "active" && p.consumer_lag >= 0 {
-                    lags.insert((name.clone(), partition), p.consumer_lag);
+                if partition < 0 || p.fetch_state != "active" {
+                    continue;
+                }
+                if let Some(lag) = unread(&p, self.read_committed) {
+                    lags.insert((name.clone(), partition), lag);
                 }
             }
         }
@@ -812,9 +925,27 @@ pub(crate) struct KafkaCommitter {
     group: String,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Set for a repartition topic's group: what it commits is deleted.
+    purger: std::sync::OnceLock<Arc<super::purge::Purger>>,
 }
 
 impl KafkaCommitter {
+    /// See `Committer::purge_consumed`.
+    pub(crate) fn purge_consumed(&self, interval: Duration) {
+        let _ = self.purger.set(Arc::new(super::purge::Purger::new(
+            self.admin.clone(),
+            interval,
+        )));
+    }
+
+    /// Offsets this group just committed (for purging).
+    pub(crate) fn committed(&self, offsets: &[(Tp, i64)]) {
+        if let Some(purger) = self.purger.get() {
+            purger.committed(offsets);
+        }
+    }
+
     /// After an aborted transaction: the fetcher goes back to the committed offsets.
     pub(crate) fn request_rewind(&self) {
         self.router.rewind.store(true, Ordering::Release);
@@ -1027,6 +1158,39 @@ mod assignment_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unread_records_count_from_the_furthest_known_position() {
+        use rdkafka::statistics::Partition;
+        const INVALID: i64 = -1001;
+        let stats = |lo, hi, next, app, committed, queued| Partition {
+            lo_offset: lo,
+            hi_offset: hi,
+            ls_offset: hi,
+            next_offset: next,
+            app_offset: app,
+            committed_offset: committed,
+            fetchq_cnt: queued,
+            ..Partition::default()
+        };
+        // Empty and never committed to: read to its end (librdkafka's consumer_lag: -1).
+        assert_eq!(unread(&stats(0, 0, 0, INVALID, INVALID, 0), false), Some(0));
+        // Records waiting, none handed out yet, nothing committed.
+        assert_eq!(unread(&stats(0, 10, 10, INVALID, INVALID, 10), false), None);
+        assert_eq!(
+            unread(&stats(0, 10, 0, INVALID, INVALID, 0), false),
+            Some(10)
+        );
+        // Handed out up to 7, not committed yet: 3 to go, though 10 were fetched.
+        assert_eq!(unread(&stats(0, 10, 10, 7, INVALID, 3), false), Some(3));
+        // Committed at 8 by an earlier run; a transaction marker at 9: fetched past it.
+        assert_eq!(unread(&stats(0, 10, 10, INVALID, 8, 0), true), Some(0));
+        // Before the first fetch response, the end is unknown.
+        assert_eq!(
+            unread(&stats(INVALID, INVALID, INVALID, INVALID, 5, 0), false),
+            None
+        );
+    }
 
     #[test]
     fn a_fetched_batch_hands_out_slices_of_one_buffer() {

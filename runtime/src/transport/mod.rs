@@ -12,6 +12,7 @@
 pub(crate) mod delivery;
 pub(crate) mod embedded;
 pub(crate) mod kafka;
+pub(crate) mod purge;
 pub(crate) mod txn;
 
 use std::collections::HashMap;
@@ -311,6 +312,7 @@ impl ProducerBackend {
                     Pending::Kafka(..) => None,
                 })
                 .collect();
+            let offsets_committed = offsets;
             let offsets = match committer {
                 Some(Committer::Kafka(c)) if !offsets.is_empty() => {
                     Some((c.group_metadata()?, offsets.to_vec()))
@@ -320,13 +322,17 @@ impl ProducerBackend {
             if records.is_empty() && offsets.is_none() {
                 return Ok(HashMap::new());
             }
-            return txn
+            let produced = txn
                 .commit(txn::TxnPart {
                     records,
                     offsets,
                     on_tick,
                 })
-                .await;
+                .await?;
+            if let Some(Committer::Kafka(c)) = committer {
+                c.committed(offsets_committed);
+            }
+            return Ok(produced);
         }
         match self {
             ProducerBackend::Embedded(log) => {
@@ -386,9 +392,12 @@ impl ProducerBackend {
                 return Ok(());
             }
             let c = c.clone();
-            tokio::task::spawn_blocking(move || c.commit(&offsets))
+            let offsets = tokio::task::spawn_blocking(move || c.commit(&offsets).map(|()| offsets))
                 .await
                 .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+            if let Committer::Kafka(c) = committer {
+                c.committed(&offsets);
+            }
         }
         Ok(())
     }
@@ -401,6 +410,17 @@ pub(crate) enum Committer {
     Embedded,
     /// Offsets are committed through the agent's Kafka consumer.
     Kafka(Arc<kafka::KafkaCommitter>),
+}
+
+impl Committer {
+    /// From now on, records below the offsets this group commits are deleted every
+    /// `interval` (a repartition topic's consumer, on Kafka; see `purge`). The embedded log
+    /// keeps its retention by size and append time instead.
+    pub(crate) fn purge_consumed(&self, interval: Duration) {
+        if let Committer::Kafka(c) = self {
+            c.purge_consumed(interval);
+        }
+    }
 }
 
 /// The chosen transport.
@@ -418,7 +438,9 @@ impl Transport {
         }
     }
 
-    /// Creates missing topics and returns every topic's partition count.
+    /// Creates missing topics, checks the existing ones rill owns (partition counts, and
+    /// topic configs on Kafka; see `TopicSpec::check_existing`) and returns every topic's
+    /// partition count.
     pub(crate) async fn ensure_topics(
         &self,
         specs: &[TopicSpec],
@@ -433,6 +455,9 @@ impl Transport {
                         spec.partitions.unwrap_or(default_partitions),
                         spec.compacted,
                     )?;
+                    // The embedded log has no topic configs to check beyond compaction, which
+                    // it keeps as created.
+                    spec.check_existing(n, None)?;
                     out.insert(spec.name.clone(), n);
                 }
                 Ok(out)

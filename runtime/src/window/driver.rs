@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::record::Record;
 use crate::stream::KeyedStream;
 use crate::time::Clock;
-use crate::topic::{TopicSpec, encode_out};
+use crate::topic::{Internal, TopicSpec, encode_out};
 
 /// The results of a window: a `futures::Stream` of [`WindowResult`]s.
 ///
@@ -67,9 +67,9 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
             host.before_setup(async move {
-                pipeline
-                    .ensure_topic(TopicSpec::of::<T>(&topic, "late events of a window"))
-                    .await
+                let mut spec = TopicSpec::of::<T>(&topic, "late events of a window");
+                spec.internal = Some(Internal::DeadLetters);
+                pipeline.ensure_topic(spec).await
             });
         }
         WindowStream {
@@ -243,8 +243,11 @@ where
         shared.stats.late_records.fetch_add(1, Ordering::Relaxed);
         match &options.late_topic {
             Some(topic) => {
-                // Sent in the next commit step, before the offsets it stands for.
-                let record = encode_out(topic.as_str(), host.stream.codec, item.key(), &item)?;
+                // Sent in the next commit step, before the offsets it stands for; stamped
+                // now, as dead letters are (its event time is old: it is late).
+                let mut record = encode_out(topic.as_str(), host.stream.codec, item.key(), &item)?;
+                let event_time = record.timestamp;
+                crate::failure::stamp_now(&mut record, Some(event_time));
                 shared.push_dead(record);
             }
             None => {

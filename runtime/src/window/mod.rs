@@ -309,7 +309,9 @@ where
     }
 
     /// Sends late records (their windows had closed) to `topic`, unchanged, instead of only
-    /// counting them.
+    /// counting them. Their message timestamp is the time they were found late (their event
+    /// time, old by definition, is in the header `rill.source.timestamp`), so the topic's time
+    /// retention does not delete them at once.
     pub fn late_events_to(mut self, topic: &str) -> Self {
         self.options.late_topic = Some(topic.to_owned());
         self
