@@ -36,6 +36,17 @@ fn app(id: &str, bootstrap: &str) -> App {
         .kafka_property("log_level", "3")
 }
 
+/// A mock cluster holding the app's topics. It has no CreateTopics (nor DescribeConfigs)
+/// request and rill never lets a broker auto-create a topic, so they are made here, as an
+/// operator would on a cluster that does not let apps create topics.
+fn mock_cluster(app: &str) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for topic in ["ticks", "seen", &format!("{app}-relay-dlq")] {
+        cluster.create_topic(topic, 4, 1).expect("topic");
+    }
+    cluster
+}
+
 fn ticks(users: usize, seqs: std::ops::Range<u64>) -> Vec<(Option<String>, String)> {
     let mut out = Vec::new();
     for seq in seqs {
@@ -58,9 +69,7 @@ fn decode(seen: &[common::Consumed]) -> Vec<(i32, Tick)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_flow_through_an_agent_in_partition_order_and_offsets_commit() -> rill::Result<()> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic("ticks", 4, 1).expect("topic");
-    cluster.create_topic("seen", 4, 1).expect("topic");
+    let cluster = mock_cluster("mock");
     let bootstrap = cluster.bootstrap_servers();
     let worker = app("mock", &bootstrap).start().await?;
 
@@ -97,9 +106,7 @@ async fn records_flow_through_an_agent_in_partition_order_and_offsets_commit() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_a_group_through_rebalances_without_losing_records() -> rill::Result<()> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic("ticks", 4, 1).expect("topic");
-    cluster.create_topic("seen", 4, 1).expect("topic");
+    let cluster = mock_cluster("shared");
     let bootstrap = cluster.bootstrap_servers();
     let p = common::producer(&bootstrap);
 

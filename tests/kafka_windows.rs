@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
@@ -65,14 +65,17 @@ fn run_id() -> String {
     format!("{}_{nanos}", std::process::id())
 }
 
-/// Start of the minute an hour ago, ms: event times are `base + offset`.
-fn base_minute() -> i64 {
+fn now_ms() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis();
-    let now = i64::try_from(now).expect("ms");
-    (now / (60 * SEC) - 60) * 60 * SEC
+    i64::try_from(now).expect("ms")
+}
+
+/// Start of the minute an hour ago, ms: event times are `base + offset`.
+fn base_minute() -> i64 {
+    (now_ms() / (60 * SEC) - 60) * 60 * SEC
 }
 
 /// `views.group_by(url).tumbling(60 s).count()`, each result sent to `sink`.
@@ -111,7 +114,11 @@ fn app(app_id: &str, agent: AgentSpec, bootstrap: &str, data: &std::path::Path) 
         .broker(&format!("kafka://{bootstrap}"))
         .data_dir(data)
         .partitions(1)
-        .configure(|c| c.idle_timeout = NO_IDLE)
+        .configure(|c| {
+            c.idle_timeout = NO_IDLE;
+            // The test reads the repartition topic afterwards: nothing is purged meanwhile.
+            c.repartition_purge_interval = Duration::from_secs(3600);
+        })
 }
 
 /// Produces views with a plain rdkafka producer (message timestamps: now, not event times).
@@ -126,8 +133,9 @@ fn produce(bootstrap: &str, topic: &str, views: &[(&str, i64)]) {
     tokio::task::block_in_place(|| common::produce(&common::producer(bootstrap), topic, &items));
 }
 
-/// A record read back with its Kafka message timestamp: (key, value, timestamp ms).
-type Stamped = (Option<String>, String, Option<i64>);
+/// A record read back with its Kafka message timestamp: (key, value, timestamp ms, and the
+/// original timestamp in `rill.source.timestamp` of a record rill set aside).
+type Stamped = (Option<String>, String, Option<i64>, Option<i64>);
 
 /// Reads partition 0 of a topic from the beginning with a plain rdkafka consumer until `n`
 /// records (90 s at most), then `settle` longer so that extra records show.
@@ -159,10 +167,16 @@ fn read_stamped(bootstrap: &str, topic: &str, n: usize, settle: Duration) -> Vec
                     // A `group_by` pump's watermark marker, not a record.
                     continue;
                 }
+                let original = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "rill.source.timestamp")
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                });
                 out.push((
                     m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
                     m.timestamp().to_millis(),
+                    original,
                 ));
             }
         }
@@ -194,6 +208,7 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
     let agent = per_minute("per_minute", &views, &counts, Some(&late));
     let worker = app(&app_id, agent, &bootstrap, dir.path()).start().await?;
 
+    let started = now_ms();
     let base = base_minute();
     let at = |secs: i64| base + secs * SEC;
     // (url, seconds after `base`), in the order sent.
@@ -218,7 +233,7 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
     let results = read_stamped(&bootstrap, &counts, 4, SETTLE);
     let mut got: Vec<(Count, Option<i64>)> = results
         .iter()
-        .map(|(_, v, ts)| (serde_json::from_str(v).expect("a count"), *ts))
+        .map(|(_, v, ts, _)| (serde_json::from_str(v).expect("a count"), *ts))
         .collect();
     got.sort();
     // A result carries the event time of the record that closed its window.
@@ -255,12 +270,12 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
         .collect();
     let found: Vec<(Option<String>, Option<i64>)> = repartitioned
         .iter()
-        .map(|(k, _, ts)| (k.clone(), *ts))
+        .map(|(k, _, ts, _)| (k.clone(), *ts))
         .collect();
     assert_eq!(found, expected);
     let times: Vec<i64> = repartitioned
         .iter()
-        .map(|(_, v, _)| {
+        .map(|(_, v, _, _)| {
             serde_json::from_str::<serde_json::Value>(v).expect("json")["at"]
                 .as_i64()
                 .expect("at")
@@ -272,12 +287,18 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
         "the original values"
     );
 
-    // The late view, unchanged, with its event time.
+    // The late view, unchanged; stamped when it was set aside (so that the broker's time
+    // retention does not take it for an hour old), its event time in a header.
     let late_views = read_stamped(&bootstrap, &late, 1, SETTLE);
     assert_eq!(late_views.len(), 1, "{late_views:?}");
     let view: View = serde_json::from_str(&late_views[0].1).expect("a view");
     assert_eq!((view.url.as_str(), view.at), ("/a", at(50)));
-    assert_eq!(late_views[0].2, Some(at(50)));
+    assert!(
+        late_views[0].2.is_some_and(|t| t >= started),
+        "stamped at {:?}, test started at {started}",
+        late_views[0].2
+    );
+    assert_eq!(late_views[0].3, Some(at(50)));
     worker.shutdown().await
 }
 
@@ -358,7 +379,7 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
     let results = read_stamped(&bootstrap, &counts, 2, SETTLE);
     let mut got: Vec<Count> = results
         .iter()
-        .map(|(_, v, _)| serde_json::from_str(v).expect("a count"))
+        .map(|(_, v, _, _)| serde_json::from_str(v).expect("a count"))
         .collect();
     got.sort();
     assert_eq!(

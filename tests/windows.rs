@@ -220,8 +220,9 @@ async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_o
     assert_eq!(late[0].at, 5 * SEC);
     assert_eq!(stat(&app, "per_minute", |s| &s.late_records), 1);
 
-    // Time survives every hop: the repartition topic and the late topic carry event times as
-    // message timestamps, results the event time of the record that closed them.
+    // Time survives every hop: the repartition topic carries event times as message
+    // timestamps, results the event time of the record that closed them, and the late topic
+    // its record's event time in a header (stamped when set aside, for time retention).
     let repartitioned = app.records("windows_test-per_minute-url-repartition")?;
     // (Records without a value are the pump's watermark markers.)
     let times: Vec<i64> = repartitioned
@@ -236,7 +237,16 @@ async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_o
             .map(|s| s * SEC)
             .collect::<Vec<_>>()
     );
-    assert_eq!(app.records("late_views")?[0].timestamp, Some(5 * SEC));
+    let late_record = &app.records("late_views")?[0];
+    assert_eq!(
+        late_record.headers.get("rill.source.timestamp"),
+        Some(&b"5000"[..])
+    );
+    assert!(
+        late_record.timestamp > Some(130 * SEC),
+        "{:?}",
+        late_record.timestamp
+    );
     let result_times: BTreeSet<i64> = app
         .records("minute_counts")?
         .iter()

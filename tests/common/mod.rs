@@ -250,20 +250,27 @@ pub(crate) struct OwnBroker {
 }
 
 impl OwnBroker {
-    fn script(port: u16, command: &str) -> std::process::Output {
+    fn script(port: u16, command: &str, extra_props: &str) -> std::process::Output {
         Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/broker.sh"))
             .arg(command)
             .env("RILL_TEST_BROKER_PORT", port.to_string())
+            .env("RILL_TEST_BROKER_EXTRA_PROPS", extra_props)
             .stderr(Stdio::inherit())
             .output()
             .expect("kafka/broker.sh")
     }
 
-    /// Starts a fresh broker on `port` (and `port + 1` for its controller).
+    /// Starts a fresh broker on `port` (and `port + 1` for its controller), of the profile
+    /// `RILL_TEST_BROKER_PROFILE` names (see kafka/broker.sh).
     pub(crate) fn start(port: u16) -> OwnBroker {
-        let _ = Self::script(port, "stop");
-        let out = Self::script(port, "start");
+        Self::start_with(port, "")
+    }
+
+    /// [`OwnBroker::start`] with extra `server.properties` lines.
+    pub(crate) fn start_with(port: u16, extra_props: &str) -> OwnBroker {
+        let _ = Self::script(port, "stop", "");
+        let out = Self::script(port, "start", extra_props);
         assert!(out.status.success(), "starting a broker on port {port}");
         let line = String::from_utf8_lossy(&out.stdout);
         let bootstrap = line
@@ -276,8 +283,80 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        let _ = Self::script(self.port, "stop");
+        let _ = Self::script(self.port, "stop", "");
     }
+}
+
+fn admin(bootstrap: &str) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+/// Creates a topic with a plain admin client, as a user (or the broker's auto-creation) would.
+pub(crate) fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin(bootstrap).create_topics([&topic], &options))
+        .expect("create_topics");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating `{name}`: {code}"));
+    }
+    wait_for_topic(bootstrap, name, partitions as usize);
+}
+
+/// A topic's configs, as the broker describes them.
+pub(crate) fn topic_configs(
+    bootstrap: &str,
+    name: &str,
+) -> std::collections::HashMap<String, String> {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let resource = ResourceSpecifier::Topic(name);
+    let described = futures::executor::block_on(
+        admin(bootstrap).describe_configs([&resource], &AdminOptions::new()),
+    )
+    .expect("describe_configs");
+    let resource = described
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("its configs");
+    resource
+        .entries
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
+}
+
+/// First and next offset of a partition.
+pub(crate) fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+}
+
+/// Partition count of a topic (`None`: no such topic).
+pub(crate) fn partition_count(bootstrap: &str, topic: &str) -> Option<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
 }
 
 /// Waits until the worker has created `topic` with `partitions` partitions.
