@@ -98,10 +98,11 @@
 //!   latest window start of its partition (Kafka Streams' store retention), because later
 //!   records read it. Given the same watermark (Kafka Streams' stream time is per partition:
 //!   one partition per agent instance), windows, counts and late records are Kafka Streams
-//!   4.1.1's, but for one deliberate difference: with `emitStrategy(onWindowClose())` Kafka
-//!   Streams never emits the windows its store drops in the step that closes them, which
-//!   happens when stream time jumps by about `d` or more at once (a pause in the data); rill
-//!   emits every window when it closes.
+//!   4.1.1's (`tests/window_differential.rs` runs both on random streams), but for one
+//!   deliberate difference: with `emitStrategy(onWindowClose())` Kafka Streams never emits the
+//!   windows its store drops in the step that closes them, which happens when stream time
+//!   jumps by about `d` or more at once (a pause in the data); rill emits every window when it
+//!   closes.
 //! - [`session(gap)`](crate::stream::KeyedStream::session): records of a key less than or
 //!   equal to `gap` apart form one session; sessions merge when a record bridges them. A
 //!   session's `start` and `end` are its first and last event times (both included, as in
