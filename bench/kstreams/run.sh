@@ -4,8 +4,8 @@
 #   bench/kstreams/run.sh --scenario NAME --bootstrap HOST:PORT --events N --partitions P \
 #                         --prefix PREFIX [--state-dir DIR] [--threads T] [--rate R]
 #
-# Builds target/rill-bench-kstreams.jar with Maven when it is missing or older than the sources
-# (dependencies cached in ~/.m2; the build's output goes to stderr), then execs the JVM, so the
+# Builds target/rill-bench-kstreams.jar when it is missing or older than the sources (build.sh:
+# Maven, dependencies cached in ~/.m2, output on stderr), then execs the JVM, so the
 # suite measures the JVM's own /proc/<pid>. Environment: JAVA_HOME (java to use), KSTREAMS_HEAP
 # (max heap, default 2g), KSTREAMS_JAVA_OPTS (extra JVM options).
 set -euo pipefail
@@ -15,23 +15,6 @@ JAR="$DIR/target/rill-bench-kstreams.jar"
 JAVA="java"
 [[ -n "${JAVA_HOME:-}" ]] && JAVA="$JAVA_HOME/bin/java"
 
-stale() {
-  [[ ! -f "$JAR" ]] && return 0
-  [[ -n "$(find "$DIR/pom.xml" "$DIR/src" -newer "$JAR" -type f -print -quit)" ]]
-}
-
-if stale; then
-  command -v mvn >/dev/null 2>&1 || { echo "run.sh: Maven (mvn) is needed to build $JAR" >&2; exit 1; }
-  echo "run.sh: building $JAR" >&2
-  (
-    # A lock, in case the suite starts several runs at once.
-    exec 9>"$DIR/.build.lock"
-    command -v flock >/dev/null 2>&1 && flock -w 600 9
-    if stale; then
-      (cd "$DIR" && mvn -q -B package -DskipTests) >&2 \
-        || { echo "run.sh: mvn package failed" >&2; exit 1; }
-    fi
-  )
-fi
+"$DIR/build.sh"
 
 exec "$JAVA" -Xms256m -Xmx"${KSTREAMS_HEAP:-2g}" ${KSTREAMS_JAVA_OPTS:-} -jar "$JAR" "$@"

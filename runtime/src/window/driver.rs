@@ -48,7 +48,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
     where
         T: Record,
         K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync,
-        S: Serialize + DeserializeOwned + Send + 'static,
+        S: Serialize + DeserializeOwned + Clone + Send + 'static,
     {
         let KeyedStream { stream, key, .. } = keyed;
         let idle = options
@@ -162,7 +162,7 @@ impl<T, K, S, V> Stateful for Operator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     K: Serialize + DeserializeOwned + Clone + Send + 'static,
-    S: Serialize + DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
     V: Send + 'static,
 {
     type Out = WindowResult<K, V>;
@@ -221,7 +221,7 @@ fn handle<T, K, S, V>(
 where
     T: Record,
     K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    S: Serialize + DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
     V: Send + 'static,
 {
     let k = key(&item);
@@ -262,7 +262,7 @@ impl<T, K, S, V> Drive<K, V> for Driver<T, K, S, V>
 where
     T: Record,
     K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    S: Serialize + DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
     V: Send + 'static,
 {
     fn set_on_close(&mut self, f: OnClose<K, V>) {

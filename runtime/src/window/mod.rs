@@ -49,8 +49,9 @@
 //! - **Watermarks**: a partition's watermark is the largest event time seen on it; an agent
 //!   instance's watermark is the smallest over the partitions it reads. A window `[start, end)`
 //!   closes when the watermark reaches `end + grace`; a record is *late* when every window it
-//!   belongs to has closed: it is counted (`AgentStats::late_records`) and dropped, or sent to
-//!   the topic given to [`Windows::late_events_to`]. It is never merged into a closed window.
+//!   belongs to has closed (sliding windows: when it was added to no window, see below): it is
+//!   counted (`AgentStats::late_records`) and dropped, or sent to the topic given to
+//!   [`Windows::late_events_to`]. It is never merged into a closed window.
 //! - **Across `group_by`**: a repartition partition gets the source partitions' records
 //!   interleaved as the pump read them, so its watermark is the pump's (the smallest of the
 //!   source partitions' watermarks), carried in a header and in markers the pump sends to every
@@ -67,12 +68,13 @@
 //!   the idle timeout (a lagging producer) may arrive behind the watermark and be late: set
 //!   the idle timeout above the longest such delay. Partitions that never get a record hold
 //!   the first windows back for the idle timeout after each start or rebalance.
-//! - **State**: open windows, the sliding windows' record buffer and each partition's
-//!   watermark live in a table `<agent>-<window name>` (LMDB, changelog
+//! - **State**: open windows (and the closed sliding windows still retained) and each
+//!   partition's watermark live in a table `<agent>-<window name>` (LMDB, changelog
 //!   `<app>-<agent>-<window name>-changelog`), committed with the offsets of the records that
 //!   changed them. They survive restarts and move with their partitions. A closed window's
-//!   state is deleted (a tombstone in the changelog; LMDB reuses its pages), so an endless
-//!   stream keeps a bounded store. Open windows are also held in memory, typed.
+//!   state is deleted (a tombstone in the changelog; LMDB reuses its pages), a sliding
+//!   window's once it leaves its retention, so an endless stream keeps a bounded store. The
+//!   windows kept are also held in memory, typed.
 //! - **Restarts**: a clean stop commits open windows; they continue after the restart and are
 //!   emitted once. After a crash (at-least-once) a window may be emitted again, never lost.
 //!
@@ -81,11 +83,26 @@
 //! - [`tumbling(size)`](crate::stream::KeyedStream::tumbling): `[k·size, (k+1)·size)`.
 //! - [`hopping(size, step)`](crate::stream::KeyedStream::hopping): windows of `size` starting
 //!   every `step`; a record is in `size / step` of them.
-//! - [`sliding(size)`](crate::stream::KeyedStream::sliding): Kafka Streams' sliding windows:
-//!   one window per distinct set of records whose event times differ by less than `size`. A
-//!   record at `t` creates `[t - size + 1, t + 1)` (ending at it) and, when a later record is
-//!   within `size`, `[t + 1, t + 1 + size)` (starting right after it). Kafka Streams'
-//!   `SlidingWindows.ofTimeDifference(d)` is `sliding(d + 1 ms)` here (bounds are half-open).
+//! - [`sliding(size)`](crate::stream::KeyedStream::sliding): Kafka Streams' sliding windows.
+//!   `SlidingWindows.ofTimeDifferenceAndGrace(d, grace)` is `sliding(d + 1 ms).grace(grace)`
+//!   here: Kafka Streams' window `[start, start + d]` (both ends included) is `[start, start +
+//!   size)`. Each window keeps its aggregate and the largest event time in it, no records. A
+//!   record at `t` is added to its key's open windows that contain it; it makes its left window
+//!   `[t - size + 1, t + 1)` (from the window ending before it, when the previous record is in
+//!   range), the previous record's right window when `t` falls in it, and its own right window
+//!   `[t + 1, t + 1 + size)` when a later record came first (a copy of the aggregate of the
+//!   latest window containing `t`, without `t`). Records less than `d` after the epoch share
+//!   `[0, size)`, as in Kafka Streams; records before the epoch are late. A record is late when
+//!   `[t, t + size)` has closed or it was added to no window (it may still have made a copy).
+//!   A closed window is emitted once and kept, never updated, for `2d + grace` behind the
+//!   latest window start of its partition (Kafka Streams' store retention), because later
+//!   records read it. Given the same watermark (Kafka Streams' stream time is per partition:
+//!   one partition per agent instance), windows, counts and late records are Kafka Streams
+//!   4.1.1's (`tests/window_differential.rs` runs both on random streams), but for one
+//!   deliberate difference: with `emitStrategy(onWindowClose())` Kafka Streams never emits the
+//!   windows its store drops in the step that closes them, which happens when stream time
+//!   jumps by about `d` or more at once (a pause in the data); rill emits every window when it
+//!   closes.
 //! - [`session(gap)`](crate::stream::KeyedStream::session): records of a key less than or
 //!   equal to `gap` apart form one session; sessions merge when a record bridges them. A
 //!   session's `start` and `end` are its first and last event times (both included, as in
@@ -272,7 +289,8 @@ where
         self.windows(Kind::Hopping { size, step })
     }
 
-    /// Sliding windows of `size` (Kafka Streams' semantics; see the module docs).
+    /// Sliding windows of `size`: Kafka Streams' `SlidingWindows.ofTimeDifference(size - 1 ms)`
+    /// (see the module docs).
     pub fn sliding(self, size: Duration) -> Windows<T, K, Fixed> {
         let size = millis(size).max(1);
         self.windows(Kind::Sliding { size })
@@ -328,7 +346,7 @@ where
 
     fn build<S, O>(self, agg: Agg<T, S, O>) -> WindowStream<K, O>
     where
-        S: Serialize + DeserializeOwned + Send + 'static,
+        S: Serialize + DeserializeOwned + Clone + Send + 'static,
         O: Send + 'static,
     {
         let mut options = self.options;

@@ -2,16 +2,21 @@
 //! expiry, and the state's stored form. It holds no I/O: the driver feeds it records and clock
 //! ticks and hands its writes to the table overlay at each commit step.
 //!
+//! Sliding windows follow Kafka Streams' algorithm (the `sliding` submodule), which reads the
+//! windows a record meets, closed ones included: a closed sliding window stays, not emitted
+//! again, until it falls out of the retention Kafka Streams' store gives it.
+//!
 //! Stored form, per partition of the window's table (keys are bytes, values JSON):
-//! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window;
-//! - `B | len(key) u32 | key | time | seq` → `[key, record]`: a sliding window's record buffer;
+//! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window; a sliding window
+//!   (open, or closed and retained) is `[key, end, state, largest event time in it]`;
 //! - `C` → the partition's clock: largest event time seen, the watermark its windows were
-//!   closed at, the `group_by` pumps' watermarks, and the offset of the last record applied.
+//!   closed at, the `group_by` pumps' watermarks, the offset of the last record applied, and
+//!   (sliding windows) the largest window start written.
 //!
 //! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ops::RangeBounds;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -20,8 +25,9 @@ use serde::de::DeserializeOwned;
 use super::{Agg, Emit, Kind, WindowResult};
 use crate::error::{Error, Result};
 
+mod sliding;
+
 const WINDOW: u8 = b'W';
-const BUFFER: u8 = b'B';
 const CLOCK: &[u8] = b"C";
 
 /// A partition's clock as stored.
@@ -35,6 +41,10 @@ struct StoredClock {
     /// Offset of the last record applied: one handed out again (an in-place retry, a
     /// redelivery after a crash) is not counted twice.
     applied: i64,
+    /// Sliding windows: the largest window start written (what the windows retained are
+    /// measured from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latest_start: Option<i64>,
 }
 
 pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
@@ -60,13 +70,6 @@ fn window_key(key: &[u8], start: i64) -> Vec<u8> {
     out
 }
 
-fn buffer_key(key: &[u8], time: i64, seq: u64) -> Vec<u8> {
-    let mut out = prefixed(BUFFER, key);
-    out.extend_from_slice(&time_bytes(time));
-    out.extend_from_slice(&seq.to_be_bytes());
-    out
-}
-
 /// Splits a stored key into (tag, group key, rest).
 fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = stored.split_first()?;
@@ -86,36 +89,35 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct Win<S> {
     pub(crate) end: i64,
     pub(crate) state: S,
+    /// Sliding windows: the largest event time added (Kafka Streams' window timestamp).
+    max: i64,
     /// In the table store (and its changelog): closing it must delete it there. A window
     /// opened and closed between two commits never is, and costs no write at all.
     stored: bool,
 }
 
-struct KeyState<K, S, T> {
+struct KeyState<K, S> {
     bytes: Key,
     key: K,
     windows: Windows<S>,
-    /// Sliding windows only: the records a window created later may need, by (time, seq).
-    buffer: BTreeMap<(i64, u64), T>,
 }
 
-impl<K, S, T> KeyState<K, S, T> {
+impl<K, S> KeyState<K, S> {
     fn new(bytes: Key, key: K) -> Self {
         KeyState {
             bytes,
             key,
             windows: Windows(Vec::new()),
-            buffer: BTreeMap::new(),
         }
     }
 }
 
 /// The state of `bytes` in `keys`, created with `key()` when it has none.
-fn key_state<'a, K, S, T>(
-    keys: &'a mut HashMap<Key, KeyState<K, S, T>, Hasher>,
+fn key_state<'a, K, S>(
+    keys: &'a mut HashMap<Key, KeyState<K, S>, Hasher>,
     bytes: &[u8],
     key: impl FnOnce() -> K,
-) -> &'a mut KeyState<K, S, T> {
+) -> &'a mut KeyState<K, S> {
     if !keys.contains_key(bytes) {
         let shared: Key = Arc::from(bytes);
         keys.insert(shared.clone(), KeyState::new(shared, key()));
@@ -171,11 +173,21 @@ impl<S> Windows<S> {
     }
 
     /// The windows whose start is in `starts`, by start.
-    fn range(&self, starts: impl RangeBounds<i64>) -> impl Iterator<Item = (i64, &Win<S>)> {
-        self.0
-            .iter()
-            .filter(move |(s, _)| starts.contains(s))
-            .map(|(s, w)| (*s, w))
+    fn range(
+        &self,
+        starts: impl RangeBounds<i64>,
+    ) -> impl DoubleEndedIterator<Item = (i64, &Win<S>)> {
+        let from = match starts.start_bound() {
+            Bound::Included(&s) => self.0.partition_point(|(t, _)| *t < s),
+            Bound::Excluded(&s) => self.0.partition_point(|(t, _)| *t <= s),
+            Bound::Unbounded => 0,
+        };
+        let to = match starts.end_bound() {
+            Bound::Included(&s) => self.0.partition_point(|(t, _)| *t <= s),
+            Bound::Excluded(&s) => self.0.partition_point(|(t, _)| *t < s),
+            Bound::Unbounded => self.0.len(),
+        };
+        self.0[from..to.max(from)].iter().map(|(s, w)| (*s, w))
     }
 }
 
@@ -212,11 +224,13 @@ impl Closing {
     }
 }
 
-struct Part<K, S, T> {
-    keys: HashMap<Key, KeyState<K, S, T>, Hasher>,
+struct Part<K, S> {
+    keys: HashMap<Key, KeyState<K, S>, Hasher>,
     closing: Closing,
-    /// Sliding buffer entries by (time, key, seq), for trimming.
-    buffered: BTreeSet<(i64, Key, u64)>,
+    /// Sliding windows that closed and are retained, by start (all in one bucket per start).
+    retained: Closing,
+    /// Sliding windows: the largest window start written (`i64::MIN`: none).
+    latest_start: i64,
     max_seen: i64,
     /// The watermark this partition's windows were closed at (never goes back).
     floor: i64,
@@ -227,26 +241,23 @@ struct Part<K, S, T> {
     /// Offset of the last record applied (`i64::MIN`: none).
     applied: i64,
     dirty: HashSet<(Key, i64), Hasher>,
-    writes: HashMap<Vec<u8>, Option<Vec<u8>>, Hasher>,
     clock_dirty: bool,
-    seq: u64,
 }
 
-impl<K, S, T> Part<K, S, T> {
+impl<K, S> Part<K, S> {
     fn new(now: i64) -> Self {
         Part {
             keys: HashMap::default(),
             closing: Closing::default(),
-            buffered: BTreeSet::new(),
+            retained: Closing::default(),
+            latest_start: i64::MIN,
             max_seen: i64::MIN,
             floor: i64::MIN,
             last_arrival: now,
             upstream: Default::default(),
             applied: i64::MIN,
             dirty: HashSet::default(),
-            writes: HashMap::default(),
             clock_dirty: false,
-            seq: 0,
         }
     }
 }
@@ -268,7 +279,7 @@ pub(crate) struct Operator<T, K, S, O> {
     idle_timeout: i64,
     emit: Emit,
     agg: Arc<Agg<T, S, O>>,
-    parts: HashMap<i32, Part<K, S, T>>,
+    parts: HashMap<i32, Part<K, S>>,
     watermark: i64,
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
     pub(crate) on_close: Option<OnClose<K, O>>,
@@ -281,7 +292,7 @@ impl<T, K, S, O> Operator<T, K, S, O>
 where
     T: Serialize + DeserializeOwned,
     K: Serialize + DeserializeOwned + Clone,
-    S: Serialize + DeserializeOwned,
+    S: Serialize + DeserializeOwned + Clone,
 {
     pub(crate) fn new(
         kind: Kind,
@@ -335,6 +346,7 @@ where
                 "window state: a stored {what} of partition {partition} does not decode ({e}); did the window's key, record or state type change? name the window differently to start afresh"
             ),
         };
+        let mut windows = Vec::new();
         for (stored, value) in entries {
             if stored == CLOCK {
                 let clock: StoredClock =
@@ -343,50 +355,49 @@ where
                 part.floor = clock.floor;
                 part.applied = clock.applied;
                 part.upstream.restore(clock.pumps);
+                part.latest_start = clock.latest_start.unwrap_or(i64::MIN);
                 continue;
             }
-            let Some((tag, key, rest)) = split(&stored) else {
-                continue;
-            };
-            match tag {
-                WINDOW => {
-                    let Some(start) = time_from(rest) else {
-                        continue;
-                    };
-                    let (k, end, state): (K, i64, S) =
-                        serde_json::from_slice(&value).map_err(|e| bad("window", e))?;
-                    let ks = key_state(&mut part.keys, key, || k);
-                    part.closing.insert(self.close_time(end), &ks.bytes, start);
-                    ks.windows.insert(
-                        start,
-                        Win {
-                            end,
-                            state,
-                            stored: true,
-                        },
-                    );
-                }
-                BUFFER => {
-                    let (Some(time), Some(seq)) = (
-                        rest.get(..8).and_then(time_from),
-                        rest.get(8..16)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_be_bytes),
-                    ) else {
-                        continue;
-                    };
-                    let (k, item): (K, T) =
-                        serde_json::from_slice(&value).map_err(|e| bad("buffered record", e))?;
-                    part.seq = part.seq.max(seq + 1);
-                    let ks = key_state(&mut part.keys, key, || k);
-                    part.buffered.insert((time, ks.bytes.clone(), seq));
-                    ks.buffer.insert((time, seq), item);
-                }
-                _ => {}
+            // (Other tags: entries of an earlier version, such as the record buffer sliding
+            // windows kept, are left alone.)
+            if let Some((WINDOW, key, rest)) = split(&stored)
+                && let Some(start) = time_from(rest)
+            {
+                let window = self.decode_window(&value).map_err(|e| bad("window", e))?;
+                windows.push((key.to_vec(), start, window));
             }
+        }
+        // After the clock: a sliding window closed at its watermark is retained, not closed again.
+        for (key, start, (k, win)) in windows {
+            let ks = key_state(&mut part.keys, &key, || k);
+            let close = self.close_time(win.end);
+            if matches!(self.kind, Kind::Sliding { .. }) && close <= part.floor {
+                part.retained.insert(start, &ks.bytes, start);
+            } else {
+                part.closing.insert(close, &ks.bytes, start);
+            }
+            ks.windows.insert(start, win);
         }
         self.parts.insert(partition, part);
         Ok(())
+    }
+
+    /// A stored window's key and window: sliding windows carry their largest event time.
+    fn decode_window(&self, value: &[u8]) -> serde_json::Result<(K, Win<S>)> {
+        let (k, end, state, max) = match self.kind {
+            Kind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
+            _ => {
+                let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
+                (k, end, state, i64::MIN)
+            }
+        };
+        let win = Win {
+            end,
+            state,
+            max,
+            stored: true,
+        };
+        Ok((k, win))
     }
 
     fn close_time(&self, end: i64) -> i64 {
@@ -401,7 +412,7 @@ where
     pub(crate) fn dirty(&self) -> bool {
         self.parts
             .values()
-            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.writes.is_empty())
+            .any(|p| p.clock_dirty || !p.dirty.is_empty())
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -411,6 +422,7 @@ where
             agent: String::new(),
             message: format!("cannot encode window state: {e}"),
         };
+        let sliding = matches!(self.kind, Kind::Sliding { .. });
         for (&partition, part) in &mut self.parts {
             for (key, start) in part.dirty.drain() {
                 let stored = window_key(&key, start);
@@ -420,13 +432,17 @@ where
                 }) {
                     Some((k, w)) => {
                         w.stored = true;
-                        Some(serde_json::to_vec(&(k, w.end, &w.state)).map_err(encode)?)
+                        let value = if sliding {
+                            serde_json::to_vec(&(k, w.end, &w.state, w.max))
+                        } else {
+                            serde_json::to_vec(&(k, w.end, &w.state))
+                        };
+                        Some(value.map_err(encode)?)
                     }
                     None => None,
                 };
                 out.push((partition, stored, value));
             }
-            out.extend(part.writes.drain().map(|(k, v)| (partition, k, v)));
             if part.clock_dirty {
                 part.clock_dirty = false;
                 let clock = StoredClock {
@@ -434,6 +450,7 @@ where
                     floor: part.floor,
                     pumps: part.upstream.snapshot(),
                     applied: part.applied,
+                    latest_start: (part.latest_start != i64::MIN).then_some(part.latest_start),
                 };
                 let value = serde_json::to_vec(&clock).map_err(encode)?;
                 out.push((partition, CLOCK.to_vec(), Some(value)));
@@ -474,99 +491,45 @@ where
             part.applied = offset;
             part.clock_dirty = true;
         }
-        let wm = watermark.max(part.floor);
+        let rules = Rules {
+            agg: &agg,
+            kind,
+            grace,
+            wm: watermark.max(part.floor),
+        };
         let mut updated = std::mem::take(&mut self.updated);
         updated.clear();
         let ks = key_state(&mut part.keys, &key_bytes, || key);
-        let accepted = match kind {
-            Kind::Tumbling { size } => {
-                let start = time.div_euclid(size) * size;
-                add_fixed(
-                    &agg,
-                    ks,
-                    &mut part.closing,
-                    start,
-                    size,
-                    grace,
-                    wm,
-                    &item,
-                    &mut updated,
-                )
-            }
-            Kind::Hopping { size, step } => {
-                let last = time.div_euclid(step) * step;
-                let mut start = last;
-                let mut any = false;
-                while start > time - size {
-                    any |= add_fixed(
-                        &agg,
-                        ks,
-                        &mut part.closing,
-                        start,
-                        size,
-                        grace,
-                        wm,
-                        &item,
-                        &mut updated,
-                    );
-                    start -= step;
-                }
-                any
-            }
-            Kind::Sliding { size } => sliding(
-                &agg,
-                ks,
-                &mut part.closing,
-                time,
-                size,
-                grace,
-                wm,
-                &item,
-                &mut updated,
-            ),
-            Kind::Session { gap } => session(
-                &agg,
-                ks,
-                &mut part.closing,
-                &mut part.dirty,
-                time,
-                gap,
-                grace,
-                wm,
-                &item,
-                &mut updated,
-            ),
-        };
-        let mut late = None;
-        if accepted {
-            if let Kind::Sliding { .. } = kind {
-                let seq = part.seq;
-                part.seq += 1;
-                if let Ok(value) = serde_json::to_vec(&(&ks.key, &item)) {
-                    part.writes
-                        .insert(buffer_key(&key_bytes, time, seq), Some(value));
-                }
-                ks.buffer.insert((time, seq), item);
-                part.buffered.insert((time, ks.bytes.clone(), seq));
-            }
+        let accepted = place(
+            &rules,
+            ks,
+            &mut part.closing,
+            &mut part.dirty,
+            &mut part.latest_start,
+            time,
+            &item,
+            &mut updated,
+        );
+        // A late record may still have written a window: a sliding window copied from another.
+        for &start in &updated {
+            part.dirty.insert((ks.bytes.clone(), start));
+        }
+        if emit == Emit::Update {
             for &start in &updated {
-                part.dirty.insert((ks.bytes.clone(), start));
-            }
-            if emit == Emit::Update {
-                for &start in &updated {
-                    if let Some(w) = ks.windows.get(start) {
-                        self.out.push_back(WindowResult {
-                            key: ks.key.clone(),
-                            start,
-                            end: w.end,
-                            value: (agg.output)(&w.state),
-                        });
-                    }
+                if let Some(w) = ks.windows.get(start) {
+                    self.out.push_back(WindowResult {
+                        key: ks.key.clone(),
+                        start,
+                        end: w.end,
+                        value: (agg.output)(&w.state),
+                    });
                 }
             }
-        } else {
+        }
+        let mut late = None;
+        if !accepted {
             late = Some(item);
-            if ks.windows.is_empty() && ks.buffer.is_empty() {
+            if ks.windows.is_empty() {
                 part.keys.remove(&key_bytes[..]);
             }
         }
@@ -610,8 +573,10 @@ where
         self.watermark = self.watermark.max(computed).max(floor);
         let watermark = self.watermark;
         let agg = self.agg.clone();
-        let kind = self.kind;
-        let grace = self.grace;
+        let retention = match self.kind {
+            Kind::Sliding { size } => Some(sliding::retention(size, self.grace)),
+            _ => None,
+        };
         for part in self.parts.values_mut() {
             let wm = watermark.max(part.floor);
             if wm > part.floor {
@@ -620,33 +585,10 @@ where
             }
             while let Some(bucket) = part.closing.pop_until(wm) {
                 for (key, start) in bucket {
-                    let Some(ks) = part.keys.get_mut(&key) else {
+                    let Some(result) = close(part, &key, start, retention, &agg) else {
                         continue;
                     };
-                    let Some(win) = ks.windows.remove(start) else {
-                        continue;
-                    };
-                    // The key's last window: its state goes, and its key moves to the result.
-                    let group_key = if ks.windows.is_empty() && ks.buffer.is_empty() {
-                        match part.keys.remove(&key) {
-                            Some(ks) => ks.key,
-                            None => continue,
-                        }
-                    } else {
-                        ks.key.clone()
-                    };
-                    if win.stored {
-                        part.dirty.insert((key.clone(), start));
-                    } else {
-                        part.dirty.remove(&(key.clone(), start));
-                    }
                     self.counts.closed += 1;
-                    let result = WindowResult {
-                        key: group_key,
-                        start,
-                        end: win.end,
-                        value: (agg.output)(&win.state),
-                    };
                     if let Some(on_close) = &mut self.on_close {
                         on_close(&result);
                     }
@@ -655,34 +597,54 @@ where
                     }
                 }
             }
-            if let Kind::Sliding { size } = kind {
-                // A record at or before this can no longer be in a window that is open or
-                // may still be created.
-                let cutoff = wm.saturating_sub(grace).saturating_sub(size);
-                while let Some(first) = part.buffered.first() {
-                    if first.0 > cutoff {
-                        break;
-                    }
-                    let Some((time, key, seq)) = part.buffered.pop_first() else {
-                        break;
-                    };
-                    let stored_key = buffer_key(&key, time, seq);
-                    if let Some(Some(_)) = part.writes.get(&stored_key) {
-                        // Buffered and trimmed between two commits: never written.
-                        part.writes.remove(&stored_key);
-                    } else {
-                        part.writes.insert(stored_key, None);
-                    }
-                    if let Some(ks) = part.keys.get_mut(&key) {
-                        ks.buffer.remove(&(time, seq));
-                        if ks.windows.is_empty() && ks.buffer.is_empty() {
-                            part.keys.remove(&key);
-                        }
-                    }
-                }
+            if let Some(retention) = retention {
+                sliding::expire(part, retention);
             }
         }
     }
+}
+
+/// Closes the window of `key` at `start` and returns its result. Its state is deleted, unless
+/// it is a sliding window still within `retention` of the latest start written: then it stays,
+/// closed (see `sliding`).
+fn close<T, K: Clone, S, O>(
+    part: &mut Part<K, S>,
+    key: &Key,
+    start: i64,
+    retention: Option<i64>,
+    agg: &Agg<T, S, O>,
+) -> Option<WindowResult<K, O>> {
+    let ks = part.keys.get_mut(key)?;
+    let win = ks.windows.get(start)?;
+    let (end, value) = (win.end, (agg.output)(&win.state));
+    if retention.is_some_and(|r| start >= part.latest_start.saturating_sub(r)) {
+        part.retained.insert(start, key, start);
+        let key = ks.key.clone();
+        return Some(WindowResult {
+            key,
+            start,
+            end,
+            value,
+        });
+    }
+    let win = ks.windows.remove(start)?;
+    if win.stored {
+        part.dirty.insert((key.clone(), start));
+    } else {
+        part.dirty.remove(&(key.clone(), start));
+    }
+    // The key's last window: its state goes, and its key moves to the result.
+    let key = if ks.windows.is_empty() {
+        part.keys.remove(key)?.key
+    } else {
+        ks.key.clone()
+    };
+    Some(WindowResult {
+        key,
+        start,
+        end,
+        value,
+    })
 }
 
 /// A partition's clock, as the instance watermark reads it.
@@ -737,6 +699,68 @@ fn close_at(end: i64, grace: i64) -> i64 {
     end.saturating_add(grace)
 }
 
+/// What every record of a partition is judged by.
+struct Rules<'a, T, S, O> {
+    agg: &'a Agg<T, S, O>,
+    kind: Kind,
+    grace: i64,
+    /// The watermark before the record.
+    wm: i64,
+}
+
+/// Adds a record at `time` to the windows of its key; false when it is late (added to none).
+/// `updated` gets the starts of the windows written.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn place<T, K, S: Clone, O>(
+    rules: &Rules<'_, T, S, O>,
+    ks: &mut KeyState<K, S>,
+    closing: &mut Closing,
+    dirty: &mut HashSet<(Key, i64), Hasher>,
+    latest_start: &mut i64,
+    time: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let Rules {
+        agg,
+        kind,
+        grace,
+        wm,
+    } = *rules;
+    match kind {
+        Kind::Tumbling { size } => {
+            let start = time.div_euclid(size) * size;
+            add_fixed(agg, ks, closing, start, size, grace, wm, item, updated)
+        }
+        Kind::Hopping { size, step } => {
+            let mut start = time.div_euclid(step) * step;
+            let mut any = false;
+            while start > time - size {
+                any |= add_fixed(agg, ks, closing, start, size, grace, wm, item, updated);
+                start -= step;
+            }
+            any
+        }
+        Kind::Sliding { size } => {
+            let record = sliding::Slide {
+                agg,
+                size,
+                grace,
+                wm,
+                time,
+                item,
+            };
+            record.apply(ks, closing, latest_start, updated)
+        }
+        Kind::Session { gap } => {
+            session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
+        }
+    }
+}
+
 /// Adds a record to the fixed-size window at `start`, unless it has closed.
 #[allow(
     clippy::too_many_arguments,
@@ -744,7 +768,7 @@ fn close_at(end: i64, grace: i64) -> i64 {
 )]
 fn add_fixed<T, K, S, O>(
     agg: &Agg<T, S, O>,
-    ks: &mut KeyState<K, S, T>,
+    ks: &mut KeyState<K, S>,
     closing: &mut Closing,
     start: i64,
     size: i64,
@@ -763,84 +787,13 @@ fn add_fixed<T, K, S, O>(
         Win {
             end,
             state: (agg.init)(),
+            max: i64::MIN,
             stored: false,
         }
     });
     (agg.add)(&mut win.state, item);
     updated.push(start);
     true
-}
-
-/// Sliding windows (half-open `[s, s + size)`): the window ending at the record, the windows
-/// starting right after earlier records it falls into, existing windows containing it, and the
-/// window starting right after it when a later record exists.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the operator's parts, borrowed apart"
-)]
-fn sliding<T, K, S, O>(
-    agg: &Agg<T, S, O>,
-    ks: &mut KeyState<K, S, T>,
-    closing: &mut Closing,
-    time: i64,
-    size: i64,
-    grace: i64,
-    wm: i64,
-    item: &T,
-    updated: &mut Vec<i64>,
-) -> bool {
-    let mut starts = BTreeSet::new();
-    starts.insert(time - size + 1);
-    for &(q, _) in ks.buffer.range((time - size, 0)..(time, 0)).map(|(k, _)| k) {
-        starts.insert(q + 1);
-    }
-    starts.extend(ks.windows.range(time - size + 1..=time).map(|(s, _)| s));
-    if ks
-        .buffer
-        .range((time + 1, 0)..=(time + size, u64::MAX))
-        .next()
-        .is_some()
-    {
-        starts.insert(time + 1);
-    }
-    let mut accepted = false;
-    for start in starts {
-        let end = start + size;
-        if close_at(end, grace) <= wm {
-            continue;
-        }
-        let contains = start <= time && time < end;
-        match ks.windows.get_mut(start) {
-            Some(win) => {
-                if contains {
-                    (agg.add)(&mut win.state, item);
-                    updated.push(start);
-                    accepted = true;
-                }
-            }
-            None => {
-                let mut state = (agg.init)();
-                for (_, earlier) in ks.buffer.range((start, 0)..(end, 0)) {
-                    (agg.add)(&mut state, earlier);
-                }
-                if contains {
-                    (agg.add)(&mut state, item);
-                    accepted = true;
-                }
-                closing.insert(close_at(end, grace), &ks.bytes, start);
-                ks.windows.insert(
-                    start,
-                    Win {
-                        end,
-                        state,
-                        stored: false,
-                    },
-                );
-                updated.push(start);
-            }
-        }
-    }
-    accepted
 }
 
 /// Session windows: the record joins (and merges) every open session of its key within `gap`.
@@ -850,7 +803,7 @@ fn sliding<T, K, S, O>(
 )]
 fn session<T, K, S, O>(
     agg: &Agg<T, S, O>,
-    ks: &mut KeyState<K, S, T>,
+    ks: &mut KeyState<K, S>,
     closing: &mut Closing,
     dirty: &mut HashSet<(Key, i64), Hasher>,
     time: i64,
@@ -899,6 +852,7 @@ fn session<T, K, S, O>(
         Win {
             end,
             state,
+            max: i64::MIN,
             stored: false,
         },
     );
@@ -1010,26 +964,76 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sliding_windows_follow_kafka_streams_in_and_out_of_order() {
-        // One window per distinct set of records less than 10 apart: {5}, {5, 8}, {8}, {20}.
-        let expected = vec![
-            w("a", -4, 6, 1),
-            w("a", -1, 9, 2),
-            w("a", 6, 16, 1),
-            w("a", 11, 21, 1),
-        ];
-        let mut in_order = op(Kind::Sliding { size: 10 }, 100);
-        feed(&mut in_order, &[("a", 5), ("a", 8), ("a", 20)]);
-        in_order.advance(0, 1_000, &all());
-        assert_eq!(results(&mut in_order), expected);
-
-        let mut reversed = op(Kind::Sliding { size: 10 }, 100);
-        feed(&mut reversed, &[("a", 20), ("a", 8), ("a", 5)]);
-        reversed.advance(0, 1_000, &all());
-        assert_eq!(results(&mut reversed), expected);
+    /// Sliding windows of `size` 10 ms: Kafka Streams' `SlidingWindows.ofTimeDifference(9 ms)`.
+    /// The expected windows below are what Kafka Streams 4.1.1 emitted for the same records
+    /// (bench/kstreams `WindowsDiff`, ends plus one).
+    fn slide(grace: i64) -> Op {
+        op(Kind::Sliding { size: 10 }, grace)
     }
 
+    #[test]
+    fn sliding_windows_follow_kafka_streams_in_and_out_of_order() {
+        // The left windows of 105, 108 and 120, and the right window of 105, holding 108.
+        let expected = vec![
+            w("a", 96, 106, 1),
+            w("a", 99, 109, 2),
+            w("a", 106, 116, 1),
+            w("a", 111, 121, 1),
+        ];
+        for records in [[105, 108, 120], [120, 108, 105], [108, 120, 105]] {
+            let mut op = slide(100);
+            feed(&mut op, &records.map(|t| ("a", t)));
+            op.advance(0, 1_000, &all());
+            assert_eq!(results(&mut op), expected, "records {records:?}");
+        }
+    }
+
+    #[test]
+    fn sliding_windows_gather_records_before_the_time_difference_in_one_window() {
+        // Kafka Streams' early records (before 9 ms): [0, 10) holds 5 and 8; the right window
+        // of 5 holds 8.
+        let expected = vec![w("a", 0, 10, 2), w("a", 6, 16, 1), w("a", 11, 21, 1)];
+        for records in [[5, 8, 20], [20, 8, 5]] {
+            let mut op = slide(100);
+            feed(&mut op, &records.map(|t| ("a", t)));
+            op.advance(0, 1_000, &all());
+            assert_eq!(results(&mut op), expected, "records {records:?}");
+        }
+        let mut op = slide(100);
+        assert_eq!(
+            feed(&mut op, &[("a", -1)]),
+            vec![Some(-1)],
+            "before the epoch"
+        );
+    }
+
+    #[test]
+    fn a_late_sliding_record_can_still_copy_a_closed_window_into_its_right_window() {
+        let mut op = slide(0);
+        // 111 closes a's windows; 102 is added to none of them (all closed): late. Its right
+        // window [103, 113) still copies the window holding 109, closed but retained.
+        let late = feed(&mut op, &[("a", 100), ("a", 109), ("b", 111), ("a", 102)]);
+        assert_eq!(late, vec![None, None, None, Some(102)]);
+        op.advance(0, 1_000, &all());
+        let got = results(&mut op);
+        let want = vec![
+            w("a", 91, 101, 1),
+            w("a", 100, 110, 2),
+            w("a", 101, 111, 1),
+            w("a", 103, 113, 1),
+            w("b", 102, 112, 1),
+        ];
+        assert_eq!(got, want);
+        // 108 meets [91, 101), closed: it neither updates it nor makes windows that closed.
+        let mut op = slide(0);
+        let late = feed(&mut op, &[("a", 100), ("b", 115), ("a", 108)]);
+        assert_eq!(late, vec![None, None, Some(108)]);
+        op.advance(0, 1_000, &all());
+        assert_eq!(
+            results(&mut op),
+            vec![w("a", 91, 101, 1), w("b", 106, 116, 1)]
+        );
+    }
     #[test]
     fn sessions_merge_when_a_record_bridges_them() {
         let mut op = op(Kind::Session { gap: 10 }, 100);
@@ -1110,28 +1114,66 @@ mod tests {
             }
             store.clone()
         };
-        let mut first = op(Kind::Sliding { size: 10 }, 0);
-        feed(&mut first, &[("a", 5), ("a", 8)]);
-        // The watermark (8) passed the end of [-4, 6) already.
-        assert_eq!(results(&mut first), vec![w("a", -4, 6, 1)]);
+        let mut first = op(Kind::Tumbling { size: 10 }, 0);
+        feed(&mut first, &[("a", 5), ("b", 8)]);
         let stored = apply(&mut first);
-        assert!(stored.keys().any(|k| k[0] == BUFFER));
-        let mut second = op(Kind::Sliding { size: 10 }, 0);
+        let mut second = op(Kind::Tumbling { size: 10 }, 0);
         second.load(0, stored.into_iter().collect(), 0).unwrap();
-        feed(&mut second, &[("a", 20)]);
-        second.advance(0, 1_000, &all());
+        feed(&mut second, &[("a", 7), ("a", 12)]);
         assert_eq!(
             results(&mut second),
-            vec![w("a", -1, 9, 2), w("a", 6, 16, 1), w("a", 11, 21, 1)]
+            vec![w("a", 0, 10, 2), w("b", 0, 10, 1)]
         );
         let left = apply(&mut second);
+        let windows = left.keys().filter(|k| k[0] == WINDOW).count();
+        assert_eq!(windows, 1, "only [10, 20) is left");
+        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        assert_eq!((clock.max_seen, clock.floor), (12, 12));
+    }
+
+    #[test]
+    fn closed_sliding_windows_stay_stored_until_they_fall_out_of_retention() {
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut apply = |op: &mut Op| {
+            for (_, k, v) in op.take_writes().unwrap() {
+                match v {
+                    Some(v) => store.insert(k, v),
+                    None => store.remove(&k),
+                };
+            }
+            store.clone()
+        };
+        let windows =
+            |stored: &BTreeMap<Vec<u8>, Vec<u8>>| stored.keys().filter(|k| k[0] == WINDOW).count();
+        let mut first = slide(0);
+        feed(&mut first, &[("a", 100), ("a", 109), ("b", 111)]);
+        let closed = vec![w("a", 91, 101, 1), w("a", 100, 110, 2), w("a", 101, 111, 1)];
+        assert_eq!(results(&mut first), closed);
+        let stored = apply(&mut first);
+        assert_eq!(windows(&stored), 4, "a's closed windows and b's open one");
+        // After a restart, 102 still meets a's closed windows (as in the test above), and
+        // they are not emitted again.
+        let mut second = slide(0);
+        second.load(0, stored.into_iter().collect(), 0).unwrap();
+        assert_eq!(feed(&mut second, &[("a", 102)]), vec![Some(102)]);
+        feed(&mut second, &[("c", 125)]);
         assert_eq!(
-            left.keys().collect::<Vec<_>>(),
-            vec![&CLOCK.to_vec()],
-            "only the clock remains"
+            results(&mut second),
+            vec![w("a", 103, 113, 1), w("b", 102, 112, 1)]
+        );
+        // Retention is 2 × 9 + 0 behind the latest start written (c's left window, 116): every
+        // window starting before 98 is forgotten, a's [91, 101) with them.
+        assert_eq!(windows(&apply(&mut second)), 5);
+        feed(&mut second, &[("c", 140)]);
+        assert_eq!(results(&mut second), vec![w("c", 116, 126, 1)]);
+        let left = apply(&mut second);
+        assert_eq!(
+            windows(&left),
+            2,
+            "c's two windows are retained, the rest forgotten"
         );
         let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
-        assert_eq!((clock.max_seen, clock.floor), (20, 1_000));
+        assert_eq!(clock.latest_start, Some(131));
     }
 
     #[test]
@@ -1155,6 +1197,7 @@ mod tests {
         let win = |end| Win {
             end,
             state: 0_u64,
+            max: 0,
             stored: false,
         };
         let mut windows = Windows(Vec::new());
