@@ -106,7 +106,13 @@
 //! - [`session(gap)`](crate::stream::KeyedStream::session): records of a key less than or
 //!   equal to `gap` apart form one session; sessions merge when a record bridges them. A
 //!   session's `start` and `end` are its first and last event times (both included, as in
-//!   Kafka Streams); it closes when the watermark reaches `end + gap + grace`.
+//!   Kafka Streams); it closes when the watermark reaches `end + gap + grace`, when Kafka
+//!   Streams' session store stops returning it (its retention is `gap + grace`), so the same
+//!   sessions form (`tests/window_differential.rs`). One deliberate difference, at that
+//!   boundary: a record at `t` arriving when the watermark is exactly `t + gap + grace` can
+//!   only form a session that is closed already; rill counts it late, where Kafka Streams
+//!   (which drops it only past that time) makes the session and emits it, possibly a second
+//!   time with bounds it already emitted. rill emits each window once.
 //!
 //! # Emitting
 //!

@@ -1050,6 +1050,17 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_could_only_form_a_closed_session_is_late() {
+        let mut op = op(Kind::Session { gap: 20 }, 0);
+        // b at 120 closes a's [100, 100] (100 + 20 + 0). A second a at 100 would form
+        // [100, 100] again, closed at once: late here, where Kafka Streams emits [100, 100]
+        // a second time (see the module docs of `window`).
+        let late = feed(&mut op, &[("a", 100), ("b", 120), ("a", 100)]);
+        assert_eq!(late, vec![None, None, Some(100)]);
+        assert_eq!(results(&mut op), vec![w("a", 100, 100, 1)]);
+    }
+
+    #[test]
     fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
         let mut op = op(Kind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
