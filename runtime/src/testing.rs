@@ -45,6 +45,8 @@ use crate::worker::Worker;
 
 /// How long `expect` waits by default.
 const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `wait_until` waits.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running app on the in-memory log, for tests.
 pub struct TestApp {
@@ -229,6 +231,46 @@ impl TestApp {
     /// Counters of an agent.
     pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
         self.worker.stats(agent)
+    }
+
+    /// One counter of an agent (0 for an agent the app does not run):
+    /// `app.stat("count", |s| &s.late_records)`.
+    pub fn stat(
+        &self,
+        agent: &str,
+        counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        self.stats(agent)
+            .map_or(0, |stats| AgentStats::get(counter(&stats)))
+    }
+
+    /// Waits (up to 30 s) until `condition` holds, looking every 10 ms; the error names
+    /// `what` was awaited. For effects that are not records, such as counters:
+    ///
+    /// ```no_run
+    /// # async fn f(app: rill_runtime::TestApp) -> rill_runtime::Result<()> {
+    /// app.wait_until("the bad record is dead-lettered", |app| {
+    ///     app.stat("count", |s| &s.dead_lettered) == 1
+    /// })
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        mut condition: impl FnMut(&TestApp) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
+        while !condition(self) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Shutdown(format!(
+                    "waited {WAIT_TIMEOUT:?} until {what}, in vain"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// The committed offset of an agent's group on a partition.
