@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::attr::{TopicArg, expected, once, path_name};
+use crate::attr::{TopicArg, expected_one_of, parse_arg_list, set_once, unknown_argument};
 use crate::ctxt::{Ctxt, with_errors};
 
 const KEYS: &[&str] = &[
@@ -210,7 +210,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         ),
         _ => {}
     }
-    if let Err(e) = cx.check() {
+    if let Err(e) = cx.into_result() {
         return with_errors(quote!(#func), e);
     }
     generate(&func, &args, &params)
@@ -218,10 +218,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
 fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
     let mut out = Args::default();
-    let parser = syn::meta::parser(|meta| {
+    parse_arg_list(cx, args, |cx, meta| {
         if meta.path.is_ident("topic") {
             let t = TopicArg::parse(&meta)?;
-            once(cx, &mut out.topic, &meta, t, "agent");
+            set_once(cx, &mut out.topic, &meta, t, "agent");
         } else if meta.path.is_ident("topics") {
             meta.parse_nested_meta(|topic| {
                 let Some(binding) = topic.path.get_ident().cloned() else {
@@ -238,11 +238,11 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
             })?;
         } else if meta.path.is_ident("sink") {
             let t = TopicArg::parse(&meta)?;
-            once(cx, &mut out.sink, &meta, t, "agent");
+            set_once(cx, &mut out.sink, &meta, t, "agent");
         } else if meta.path.is_ident("concurrency") {
             let lit: syn::LitInt = meta.value()?.parse()?;
             match lit.base10_parse::<usize>() {
-                Ok(n) if n >= 1 => once(cx, &mut out.concurrency, &meta, n, "agent"),
+                Ok(n) if n >= 1 => set_once(cx, &mut out.concurrency, &meta, n, "agent"),
                 _ => cx.error(
                     &lit,
                     "`concurrency` is a whole number of instances, at least 1",
@@ -279,51 +279,37 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Args {
         } else if meta.path.is_ident("on_error") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             if POLICIES.contains(&lit.value().as_str()) {
-                once(cx, &mut out.on_error, &meta, lit, "agent");
+                set_once(cx, &mut out.on_error, &meta, lit, "agent");
             } else {
                 cx.error(
                     &lit,
                     format!(
                         "unknown `on_error` policy `{}`; {}",
                         lit.value(),
-                        expected(POLICIES)
+                        expected_one_of(POLICIES)
                     ),
                 );
             }
         } else if meta.path.is_ident("dead_letter") {
             let t = TopicArg::parse(&meta)?;
-            once(cx, &mut out.dead_letter, &meta, t, "agent");
+            set_once(cx, &mut out.dead_letter, &meta, t, "agent");
         } else if meta.path.is_ident("retries") || meta.path.is_ident("retry_backoff_ms") {
             let lit: syn::LitInt = meta.value()?.parse()?;
             if lit.base10_parse::<u32>().is_err() {
                 cx.error(&lit, "expected a whole number");
             } else if meta.path.is_ident("retries") {
-                once(cx, &mut out.retries, &meta, lit, "agent");
+                set_once(cx, &mut out.retries, &meta, lit, "agent");
             } else {
-                once(cx, &mut out.retry_backoff_ms, &meta, lit, "agent");
+                set_once(cx, &mut out.retry_backoff_ms, &meta, lit, "agent");
             }
         } else if meta.path.is_ident("group") {
             let lit: syn::LitStr = meta.value()?.parse()?;
-            once(cx, &mut out.group, &meta, lit, "agent");
+            set_once(cx, &mut out.group, &meta, lit, "agent");
         } else {
-            cx.error(
-                &meta.path,
-                format!(
-                    "unknown `agent` argument `{}`; {}",
-                    path_name(&meta.path),
-                    expected(KEYS)
-                ),
-            );
-            // Skip the value so the remaining arguments are still checked.
-            if meta.input.peek(syn::Token![=]) {
-                let _: syn::Expr = meta.value()?.parse()?;
-            }
+            unknown_argument(cx, &meta, "agent", KEYS)?;
         }
         Ok(())
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        cx.push(e);
-    }
     let retrying = out
         .on_error
         .as_ref()

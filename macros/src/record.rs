@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr::{expected, once, path_name};
+use crate::attr::{expected_one_of, parse_arg_list, path_name, set_once, unknown_argument};
 use crate::ctxt::{Ctxt, with_errors};
 
 const STRUCT_KEYS: &[&str] = &["codec"];
@@ -73,7 +73,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                         } else {
                             cx.error(
                                 &meta.path,
-                                format!("unknown `record` field argument `{}`; {}", path_name(&meta.path), expected(FIELD_KEYS)),
+                                format!("unknown `record` field argument `{}`; {}", path_name(&meta.path), expected_one_of(FIELD_KEYS)),
                             );
                         }
                         Ok(())
@@ -95,7 +95,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             "`#[record]` needs a struct with named fields, not a unit struct",
         ),
     }
-    if let Err(e) = cx.check() {
+    if let Err(e) = cx.into_result() {
         return with_errors(quote!(#strukt), e);
     }
     generate(&strukt, codec, key, timestamp)
@@ -103,7 +103,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
 fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
     let mut codec: Option<syn::Ident> = None;
-    let parser = syn::meta::parser(|meta| {
+    parse_arg_list(cx, args, |cx, meta| {
         if meta.path.is_ident("codec") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             let name = lit.value();
@@ -112,32 +112,18 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
                     "postcard" => format_ident!("Postcard"),
                     _ => format_ident!("Json"),
                 };
-                once(cx, &mut codec, &meta, variant, "record");
+                set_once(cx, &mut codec, &meta, variant, "record");
             } else {
                 cx.error(
                     &lit,
-                    format!("unknown codec `{name}`; {}", expected(CODECS)),
+                    format!("unknown codec `{name}`; {}", expected_one_of(CODECS)),
                 );
             }
         } else {
-            cx.error(
-                &meta.path,
-                format!(
-                    "unknown `record` argument `{}`; {}",
-                    path_name(&meta.path),
-                    expected(STRUCT_KEYS)
-                ),
-            );
-            // Skip the value so the remaining arguments are still checked.
-            if meta.input.peek(syn::Token![=]) {
-                let _: syn::Expr = meta.value()?.parse()?;
-            }
+            unknown_argument(cx, &meta, "record", STRUCT_KEYS)?;
         }
         Ok(())
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        cx.push(e);
-    }
     codec
 }
 
