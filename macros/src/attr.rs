@@ -74,31 +74,3 @@ pub(crate) fn path_name(path: &syn::Path) -> String {
         .collect::<Vec<_>>()
         .join("::")
 }
-
-/// A topic given by name (`"pageviews"`) or by a `Topic` constant (`PAGEVIEWS`).
-pub(crate) enum TopicArg {
-    Name(syn::LitStr),
-    Const(syn::Path),
-}
-
-impl TopicArg {
-    pub(crate) fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
-        let expr: syn::Expr = meta.value()?.parse()?;
-        match expr {
-            syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(s),
-                ..
-            }) => {
-                if s.value().trim().is_empty() {
-                    return Err(syn::Error::new_spanned(s, "topic names cannot be empty"));
-                }
-                Ok(TopicArg::Name(s))
-            }
-            syn::Expr::Path(p) => Ok(TopicArg::Const(p.path)),
-            other => Err(syn::Error::new_spanned(
-                other,
-                "expected a topic name (`\"pageviews\"`) or a `Topic` constant (`PAGEVIEWS`)",
-            )),
-        }
-    }
-}

@@ -52,7 +52,7 @@ pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
 /// (e.g. to run a chosen subset with `App::agents`).
 #[proc_macro_attribute]
 pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
-    agent::expand(args.into(), input.into()).into()
+    agent::expand_agent(args.into(), input.into()).into()
 }
 
 /// Makes a struct a window's accumulator: derives its serde plumbing (window state is stored
