@@ -30,7 +30,7 @@ use proc_macro::TokenStream;
 /// ```
 #[proc_macro_attribute]
 pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
-    record::expand(args.into(), input.into()).into()
+    record::expand_record(args.into(), input.into()).into()
 }
 
 /// Turns an `async fn` taking a `Stream<T>` (and optionally a `Sink<U>`) into an agent,
