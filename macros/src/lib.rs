@@ -1,6 +1,6 @@
 //! Procedural macros of rill: `#[record]`, `#[agent]` and `#[window_state]`.
 //!
-//! Both are thin: they generate implementations of public runtime items (`rill::Record`,
+//! All three are thin: they generate implementations of public runtime items (`rill::Record`,
 //! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
 //! spans on the culprit. Generated code names runtime items through `::rill::...`.
 #![forbid(unsafe_code)]
@@ -77,5 +77,5 @@ pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn window_state(args: TokenStream, input: TokenStream) -> TokenStream {
-    window_state::expand(args.into(), input.into()).into()
+    window_state::expand_window_state(args.into(), input.into()).into()
 }
