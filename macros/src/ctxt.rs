@@ -42,3 +42,21 @@ pub(crate) fn with_errors(item: TokenStream, err: syn::Error) -> TokenStream {
     out.extend(err.into_compile_error());
     out
 }
+
+/// The messages of the `compile_error!`s in a macro's output, in order.
+#[cfg(test)]
+pub(crate) fn compile_error_messages(output: TokenStream) -> Vec<String> {
+    use proc_macro2::TokenTree;
+    let tokens: Vec<TokenTree> = output.into_iter().collect();
+    let messages = tokens.windows(3).filter_map(|window| match window {
+        [
+            TokenTree::Ident(name),
+            TokenTree::Punct(bang),
+            TokenTree::Group(body),
+        ] if name == "compile_error" && bang.as_char() == '!' => {
+            syn::parse2::<syn::LitStr>(body.stream()).ok()
+        }
+        _ => None,
+    });
+    messages.map(|lit| lit.value()).collect()
+}

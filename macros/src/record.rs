@@ -252,3 +252,57 @@ fn field_accessors(strukt: &syn::ItemStruct) -> Vec<TokenStream> {
     });
     accessors.collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::expand_record;
+    use crate::ctxt::compile_error_messages;
+
+    #[test]
+    fn field_markers_are_taken_off_the_struct() {
+        let out = expand_record(
+            quote!(codec = "postcard"),
+            quote!(
+                pub struct View {
+                    #[record(key)]
+                    #[serde(rename = "user")]
+                    pub user_id: String,
+                    #[record(timestamp)]
+                    pub at: f64,
+                }
+            ),
+        );
+        let file: syn::File = syn::parse2(out).expect("the expansion is valid Rust");
+        let Some(syn::Item::Struct(view)) = file.items.first() else {
+            panic!("the struct comes first");
+        };
+        let field_attrs: Vec<String> = view
+            .fields
+            .iter()
+            .flat_map(|f| &f.attrs)
+            .map(|a| quote!(#a).to_string())
+            .collect();
+        assert_eq!(field_attrs, ["# [serde (rename = \"user\")]"]);
+    }
+
+    #[test]
+    fn a_second_key_field_is_an_error_naming_the_first() {
+        let out = expand_record(
+            quote!(),
+            quote!(
+                struct S {
+                    #[record(key)]
+                    a: String,
+                    #[record(key)]
+                    b: String,
+                }
+            ),
+        );
+        assert_eq!(
+            compile_error_messages(out),
+            ["only one field can be `#[record(key)]`; `a` already is"]
+        );
+    }
+}

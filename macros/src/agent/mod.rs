@@ -35,3 +35,72 @@ pub(crate) fn expand_agent(args: TokenStream, input: TokenStream) -> TokenStream
     }
     expand::expand_registration(&args, &agent_fn)
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::expand_agent;
+    use crate::ctxt::compile_error_messages;
+
+    #[test]
+    fn every_mistake_is_reported_in_one_expansion_in_order() {
+        let out = expand_agent(
+            quote!(topc = "x", concurrency = 0),
+            quote!(
+                fn f<T>(n: u32, totals: Table<String, u64>) {}
+            ),
+        );
+        assert_eq!(
+            compile_error_messages(out.clone()),
+            [
+                "unknown `agent` argument `topc`; expected one of `topic`, `topics`, `concurrency`, `sink`, `group`, `tables`, `global_tables`, `on_error`, `dead_letter`, `retries`, `retry_backoff_ms`",
+                "`concurrency` is a whole number of instances, at least 1",
+                "`#[agent]` functions must be `async fn`",
+                "`#[agent]` functions cannot be generic",
+                "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s or `GlobalTable<K, V>`s",
+                "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`",
+                "the table parameter `totals` needs a table name: `tables(totals = \"...\")`",
+                "missing `topic`: `#[agent(topic = \"pageviews\")]`",
+            ]
+        );
+        // The function is kept as written, so the rest of the code still type-checks.
+        let kept = out.into_iter().take(2).map(|t| t.to_string());
+        assert_eq!(kept.collect::<Vec<_>>(), ["fn", "f"]);
+    }
+
+    #[test]
+    fn a_correct_agent_gets_a_registration() {
+        let out = expand_agent(
+            quote!(
+                topics(views = "views", clicks = CLICKS),
+                sink = "out",
+                tables(totals = "t")
+            ),
+            quote!(
+                async fn joined(
+                    views: Stream<View>,
+                    clicks: rill::Stream<Click>,
+                    out: Sink<Joined>,
+                    totals: Table<String, u64>,
+                ) -> rill::Result<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(compile_error_messages(out.clone()).is_empty());
+        let file: syn::File = syn::parse2(out).expect("the expansion is valid Rust");
+        let kinds: Vec<&str> = file
+            .items
+            .iter()
+            .map(|item| match item {
+                syn::Item::Fn(_) => "fn",
+                syn::Item::Struct(_) => "struct",
+                syn::Item::Impl(_) => "impl",
+                syn::Item::Macro(_) => "macro",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["fn", "struct", "impl", "macro"]);
+    }
+}

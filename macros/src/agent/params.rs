@@ -164,3 +164,63 @@ fn param_type(ty: &syn::Type) -> Option<ParamType> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    use super::{AgentFn, Param};
+    use crate::ctxt::Ctxt;
+
+    #[test]
+    fn parameters_are_classified_by_type_and_name() {
+        let item: syn::ItemFn = parse_quote! {
+            async fn f(
+                mut views: rill::Stream<View>,
+                (clicks): Stream<Click>,
+                out: Sink<Out>,
+                totals: Table<String, u64>,
+                users: GlobalTable<String, User>,
+            ) {}
+        };
+        let mut cx = Ctxt::default();
+        let agent_fn = AgentFn::from_item(&mut cx, &item);
+        assert!(cx.into_result().is_ok());
+        let classified: Vec<String> = agent_fn
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Stream(Some(name), _) => format!("stream {name}"),
+                Param::Stream(None, _) => "unnamed stream".to_owned(),
+                Param::Sink(_) => "sink".to_owned(),
+                Param::Table(name, _) => format!("table {name}"),
+                Param::GlobalTable(name, _) => format!("global table {name}"),
+            })
+            .collect();
+        assert_eq!(
+            classified,
+            [
+                "stream views",
+                "unnamed stream",
+                "sink",
+                "table totals",
+                "global table users"
+            ]
+        );
+        assert_eq!(agent_fn.stream_count(), 2);
+        assert!(agent_fn.has_table(&parse_quote!(totals)));
+        assert!(!agent_fn.has_table(&parse_quote!(users)));
+    }
+
+    #[test]
+    fn types_the_runtime_cannot_supply_are_rejected() {
+        let item: syn::ItemFn = parse_quote! {
+            async fn f(a: Stream<A, B>, b: &Stream<A>, c: Table<K>, d: Sink, e: u32) {}
+        };
+        let mut cx = Ctxt::default();
+        let agent_fn = AgentFn::from_item(&mut cx, &item);
+        assert!(agent_fn.params.is_empty());
+        let errors = cx.into_result().err().map_or(0, |e| e.into_iter().count());
+        assert_eq!(errors, 5);
+    }
+}
