@@ -1,18 +1,55 @@
-//! Argument parsing shared by the macros: `key = value` lists with unknown and repeated keys
-//! reported against the list of valid ones.
+//! Argument parsing shared by the macros: `key = value` lists, with unknown and repeated keys
+//! reported against the list of valid ones and parsing carried on past them, so that one compile
+//! reports every mistake.
 
+use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 
 use crate::ctxt::Ctxt;
 
-/// `expected one of `a`, `b`, `c``
-pub(crate) fn expected(keys: &[&str]) -> String {
+/// Parses a macro's arguments (`#[agent(topic = "a", ...)]`) with `parse_arg`, one call per key.
+/// An error `parse_arg` returns (a value it cannot parse) ends the list and is collected in `cx`.
+pub(crate) fn parse_arg_list(
+    cx: &mut Ctxt,
+    tokens: TokenStream,
+    mut parse_arg: impl FnMut(&mut Ctxt, ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
+    let parser = syn::meta::parser(|meta| parse_arg(cx, meta));
+    if let Err(e) = syn::parse::Parser::parse2(parser, tokens) {
+        cx.push(e);
+    }
+}
+
+/// Reports an unknown key of `what`'s arguments and skips its value, so the remaining arguments
+/// are still checked.
+pub(crate) fn unknown_argument(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    what: &str,
+    keys: &[&str],
+) -> syn::Result<()> {
+    cx.error(
+        &meta.path,
+        format!(
+            "unknown `{what}` argument `{}`; {}",
+            path_name(&meta.path),
+            expected_one_of(keys)
+        ),
+    );
+    if meta.input.peek(syn::Token![=]) {
+        let _: syn::Expr = meta.value()?.parse()?;
+    }
+    Ok(())
+}
+
+/// "expected one of `a`, `b`, `c`"
+pub(crate) fn expected_one_of(keys: &[&str]) -> String {
     let list: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
     format!("expected one of {}", list.join(", "))
 }
 
-/// Records a key, reporting a repeat.
-pub(crate) fn once<T>(
+/// Records the value of a key of `what`'s arguments, reporting a repeat.
+pub(crate) fn set_once<T>(
     cx: &mut Ctxt,
     slot: &mut Option<T>,
     meta: &ParseNestedMeta<'_>,
@@ -29,38 +66,11 @@ pub(crate) fn once<T>(
     }
 }
 
+/// `a::b` as written, for messages.
 pub(crate) fn path_name(path: &syn::Path) -> String {
     path.segments
         .iter()
         .map(|s| s.ident.to_string())
         .collect::<Vec<_>>()
         .join("::")
-}
-
-/// A topic given by name (`"pageviews"`) or by a `Topic` constant (`PAGEVIEWS`).
-pub(crate) enum TopicArg {
-    Name(syn::LitStr),
-    Const(syn::Path),
-}
-
-impl TopicArg {
-    pub(crate) fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
-        let expr: syn::Expr = meta.value()?.parse()?;
-        match expr {
-            syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(s),
-                ..
-            }) => {
-                if s.value().trim().is_empty() {
-                    return Err(syn::Error::new_spanned(s, "topic names cannot be empty"));
-                }
-                Ok(TopicArg::Name(s))
-            }
-            syn::Expr::Path(p) => Ok(TopicArg::Const(p.path)),
-            other => Err(syn::Error::new_spanned(
-                other,
-                "expected a topic name (`\"pageviews\"`) or a `Topic` constant (`PAGEVIEWS`)",
-            )),
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! Procedural macros of rill: `#[record]`, `#[agent]` and `#[window_state]`.
 //!
-//! Both are thin: they generate implementations of public runtime items (`rill::Record`,
+//! All three are thin: they generate implementations of public runtime items (`rill::Record`,
 //! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
 //! spans on the culprit. Generated code names runtime items through `::rill::...`.
 #![forbid(unsafe_code)]
@@ -30,7 +30,7 @@ use proc_macro::TokenStream;
 /// ```
 #[proc_macro_attribute]
 pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
-    record::expand(args.into(), input.into()).into()
+    record::expand_record(args.into(), input.into()).into()
 }
 
 /// Turns an `async fn` taking a `Stream<T>` (and optionally a `Sink<U>`) into an agent,
@@ -52,7 +52,7 @@ pub fn record(args: TokenStream, input: TokenStream) -> TokenStream {
 /// (e.g. to run a chosen subset with `App::agents`).
 #[proc_macro_attribute]
 pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
-    agent::expand(args.into(), input.into()).into()
+    agent::expand_agent(args.into(), input.into()).into()
 }
 
 /// Makes a struct a window's accumulator: derives its serde plumbing (window state is stored
@@ -77,5 +77,5 @@ pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn window_state(args: TokenStream, input: TokenStream) -> TokenStream {
-    window_state::expand(args.into(), input.into()).into()
+    window_state::expand_window_state(args.into(), input.into()).into()
 }

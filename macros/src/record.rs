@@ -1,196 +1,185 @@
 //! `#[record]`: serde derives, a `rill::Record` impl and field accessors for a named struct.
+//!
+//! The struct is parsed into a [`RecordModel`] (its codec and the fields marked
+//! `#[record(key)]` and `#[record(timestamp)]`, markers taken off the fields), every mistake
+//! collected on the way; only a record with no errors is generated.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr::{expected, once, path_name};
+use crate::attr::{expected_one_of, parse_arg_list, path_name, set_once, unknown_argument};
 use crate::ctxt::{Ctxt, with_errors};
 
-const STRUCT_KEYS: &[&str] = &["codec"];
+const RECORD_KEYS: &[&str] = &["codec"];
 const FIELD_KEYS: &[&str] = &["key", "timestamp"];
 const CODECS: &[&str] = &["json", "postcard"];
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let item: syn::Item = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(e) => return with_errors(input, e),
-    };
-    let mut strukt = match item {
-        syn::Item::Struct(s) => s,
-        syn::Item::Enum(e) => {
-            let err = syn::Error::new_spanned(
-                e.enum_token,
-                "`#[record]` supports structs with named fields, not enums; wrap the enum in a struct field",
-            );
-            return with_errors(input, err);
-        }
-        other => {
-            let err =
-                syn::Error::new_spanned(&other, "`#[record]` goes on a struct with named fields");
-            return with_errors(input, err);
-        }
+/// A field marked `#[record(key)]` or `#[record(timestamp)]`: its name and type.
+type MarkedField = (syn::Ident, syn::Type);
+
+/// What the record's impl is generated from.
+struct RecordModel {
+    /// The `rill::Codec` variant; `None` for the default.
+    codec: Option<syn::Ident>,
+    key: Option<MarkedField>,
+    timestamp: Option<MarkedField>,
+}
+
+/// `#[record(args)] input`: the struct with its derives and impls, or as written with the errors.
+pub(crate) fn expand_record(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut strukt = match named_struct(input.clone()) {
+        Ok(strukt) => strukt,
+        Err(err) => return with_errors(input, err),
     };
     let mut cx = Ctxt::default();
-    let codec = parse_args(&mut cx, args);
+    let codec = parse_codec(&mut cx, args);
     if !strukt.generics.params.is_empty() {
         cx.error(
             &strukt.generics,
             "`#[record]` structs cannot be generic; records travel as one concrete type",
         );
     }
-    let mut key: Option<(syn::Ident, syn::Type)> = None;
-    let mut timestamp: Option<(syn::Ident, syn::Type)> = None;
-    match &mut strukt.fields {
-        syn::Fields::Named(fields) => {
-            for field in &mut fields.named {
-                let ident = field.ident.clone();
-                let mut rill_attrs = Vec::new();
-                field.attrs.retain(|a| {
-                    let ours = a.path().is_ident("record");
-                    if ours {
-                        rill_attrs.push(a.clone());
-                    }
-                    !ours
-                });
-                for attr in rill_attrs {
-                    let result = attr.parse_nested_meta(|meta| {
-                        let Some(ident) = ident.clone() else { return Ok(()) };
-                        let entry = (ident.clone(), field.ty.clone());
-                        if meta.path.is_ident("key") {
-                            if let Some((first, _)) = &key {
-                                cx.error(&meta.path, format!("only one field can be `#[record(key)]`; `{first}` already is"));
-                            } else {
-                                key = Some(entry);
-                            }
-                        } else if meta.path.is_ident("timestamp") {
-                            if let Some((first, _)) = &timestamp {
-                                cx.error(&meta.path, format!("only one field can be `#[record(timestamp)]`; `{first}` already is"));
-                            } else {
-                                timestamp = Some(entry);
-                            }
-                        } else {
-                            cx.error(
-                                &meta.path,
-                                format!("unknown `record` field argument `{}`; {}", path_name(&meta.path), expected(FIELD_KEYS)),
-                            );
-                        }
-                        Ok(())
-                    });
-                    if let Err(e) = result {
-                        cx.push(e);
-                    }
-                }
-            }
-        }
-        syn::Fields::Unnamed(fields) => {
-            cx.error(
-                &*fields,
-                "`#[record]` needs named fields (`struct S { a: T }`), not a tuple struct",
-            );
-        }
-        syn::Fields::Unit => cx.error(
-            &strukt.ident,
-            "`#[record]` needs a struct with named fields, not a unit struct",
-        ),
-    }
-    if let Err(e) = cx.check() {
+    let mut model = RecordModel {
+        codec,
+        key: None,
+        timestamp: None,
+    };
+    model.take_field_markers(&mut cx, &mut strukt);
+    if let Err(e) = cx.into_result() {
         return with_errors(quote!(#strukt), e);
     }
-    generate(&strukt, codec, key, timestamp)
+    generate_record(&strukt, model)
 }
 
-fn parse_args(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
+/// The input as a struct; anything else is an error pointing at what it is.
+fn named_struct(input: TokenStream) -> syn::Result<syn::ItemStruct> {
+    match syn::parse2(input)? {
+        syn::Item::Struct(strukt) => Ok(strukt),
+        syn::Item::Enum(e) => Err(syn::Error::new_spanned(
+            e.enum_token,
+            "`#[record]` supports structs with named fields, not enums; wrap the enum in a struct field",
+        )),
+        other => Err(syn::Error::new_spanned(
+            &other,
+            "`#[record]` goes on a struct with named fields",
+        )),
+    }
+}
+
+/// `codec = "postcard"` into the `rill::Codec` variant's name.
+fn parse_codec(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
     let mut codec: Option<syn::Ident> = None;
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("codec") {
-            let lit: syn::LitStr = meta.value()?.parse()?;
-            let name = lit.value();
-            if CODECS.contains(&name.as_str()) {
-                let variant = match name.as_str() {
-                    "postcard" => format_ident!("Postcard"),
-                    _ => format_ident!("Json"),
-                };
-                once(cx, &mut codec, &meta, variant, "record");
-            } else {
-                cx.error(
-                    &lit,
-                    format!("unknown codec `{name}`; {}", expected(CODECS)),
-                );
-            }
+    parse_arg_list(cx, args, |cx, meta| {
+        if !meta.path.is_ident("codec") {
+            return unknown_argument(cx, &meta, "record", RECORD_KEYS);
+        }
+        let lit: syn::LitStr = meta.value()?.parse()?;
+        let name = lit.value();
+        if CODECS.contains(&name.as_str()) {
+            let variant = match name.as_str() {
+                "postcard" => format_ident!("Postcard"),
+                _ => format_ident!("Json"),
+            };
+            set_once(cx, &mut codec, &meta, variant, "record");
         } else {
             cx.error(
-                &meta.path,
-                format!(
-                    "unknown `record` argument `{}`; {}",
-                    path_name(&meta.path),
-                    expected(STRUCT_KEYS)
-                ),
+                &lit,
+                format!("unknown codec `{name}`; {}", expected_one_of(CODECS)),
             );
-            // Skip the value so the remaining arguments are still checked.
-            if meta.input.peek(syn::Token![=]) {
-                let _: syn::Expr = meta.value()?.parse()?;
-            }
         }
         Ok(())
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        cx.push(e);
-    }
     codec
 }
 
-fn generate(
-    strukt: &syn::ItemStruct,
-    codec: Option<syn::Ident>,
-    key: Option<(syn::Ident, syn::Type)>,
-    timestamp: Option<(syn::Ident, syn::Type)>,
-) -> TokenStream {
-    let name = &strukt.ident;
-    let codec = codec.unwrap_or_else(|| format_ident!("Json"));
-    let key_fn = key.map(|(field, ty)| {
-        let call = quote_spanned! {ty.span()=>
-            <#ty as ::rill::KeyBytes>::key_bytes(&self.#field)
-        };
-        let borrowed = quote_spanned! {ty.span()=>
-            <#ty as ::rill::KeyBytes>::key_cow(&self.#field)
-        };
-        quote! {
-            fn key(&self) -> ::core::option::Option<::std::vec::Vec<u8>> {
-                ::core::option::Option::Some(#call)
-            }
-            fn key_ref(&self) -> ::core::option::Option<::std::borrow::Cow<'_, [u8]>> {
-                ::core::option::Option::Some(#borrowed)
-            }
-        }
-    });
-    let time_fn = timestamp.map(|(field, ty)| {
-        let call = quote_spanned! {ty.span()=>
-            <#ty as ::rill::EventTime>::timestamp_millis(&self.#field)
-        };
-        quote! {
-            fn event_time(&self) -> ::core::option::Option<i64> {
-                ::core::option::Option::Some(#call)
-            }
-        }
-    });
-    let accessors = strukt.fields.iter().filter_map(|f| {
-        let ident = f.ident.as_ref()?;
-        let vis = &f.vis;
-        let ty = &f.ty;
-        let field_name = ident.unraw().to_string();
-        let doc = format!("Accessor of the `{field_name}` field, usable as a key (`group_by`).");
-        Some(quote! {
-            #[doc = #doc]
-            #vis const #ident: ::rill::Field<#name, #ty> = {
-                fn __rill_get(record: &#name) -> &#ty {
-                    &record.#ident
+impl RecordModel {
+    /// Removes the `#[record(...)]` attributes from the fields, noting the key and timestamp
+    /// fields they mark.
+    fn take_field_markers(&mut self, cx: &mut Ctxt, strukt: &mut syn::ItemStruct) {
+        match &mut strukt.fields {
+            syn::Fields::Named(fields) => {
+                for field in &mut fields.named {
+                    self.take_markers_of(cx, field);
                 }
-                ::rill::Field::new(#field_name, __rill_get)
-            };
-        })
-    });
+            }
+            syn::Fields::Unnamed(fields) => {
+                cx.error(
+                    &*fields,
+                    "`#[record]` needs named fields (`struct S { a: T }`), not a tuple struct",
+                );
+            }
+            syn::Fields::Unit => cx.error(
+                &strukt.ident,
+                "`#[record]` needs a struct with named fields, not a unit struct",
+            ),
+        }
+    }
+
+    /// One field's `#[record(key)]` / `#[record(timestamp)]`, taken off it; a second field
+    /// with the same marker is an error.
+    fn take_markers_of(&mut self, cx: &mut Ctxt, field: &mut syn::Field) {
+        let Some(ident) = field.ident.clone() else {
+            return;
+        };
+        let mut markers = Vec::new();
+        field.attrs.retain(|a| {
+            let ours = a.path().is_ident("record");
+            if ours {
+                markers.push(a.clone());
+            }
+            !ours
+        });
+        for attr in markers {
+            let result = attr.parse_nested_meta(|meta| {
+                let marked = (ident.clone(), field.ty.clone());
+                if meta.path.is_ident("key") {
+                    mark_once(cx, &mut self.key, &meta.path, marked, "key");
+                } else if meta.path.is_ident("timestamp") {
+                    mark_once(cx, &mut self.timestamp, &meta.path, marked, "timestamp");
+                } else {
+                    cx.error(
+                        &meta.path,
+                        format!(
+                            "unknown `record` field argument `{}`; {}",
+                            path_name(&meta.path),
+                            expected_one_of(FIELD_KEYS)
+                        ),
+                    );
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                cx.push(e);
+            }
+        }
+    }
+}
+
+fn mark_once(
+    cx: &mut Ctxt,
+    slot: &mut Option<MarkedField>,
+    marker: &syn::Path,
+    field: MarkedField,
+    what: &str,
+) {
+    if let Some((first, _)) = slot {
+        cx.error(
+            marker,
+            format!("only one field can be `#[record({what})]`; `{first}` already is"),
+        );
+    } else {
+        *slot = Some(field);
+    }
+}
+
+fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream {
+    let name = &strukt.ident;
+    let codec = model.codec.unwrap_or_else(|| format_ident!("Json"));
+    let key_fn = model.key.map(key_methods);
+    let time_fn = model.timestamp.map(event_time_method);
+    let accessors = field_accessors(strukt);
     quote! {
         #[derive(::rill::__private::serde::Serialize, ::rill::__private::serde::Deserialize)]
         #[serde(crate = "::rill::__private::serde")]
@@ -208,5 +197,112 @@ fn generate(
         impl #name {
             #(#accessors)*
         }
+    }
+}
+
+/// `Record::key` and `key_ref` from the key field, spanned on its type so a type that is not
+/// `KeyBytes` is reported there.
+fn key_methods((field, ty): MarkedField) -> TokenStream {
+    let call = quote_spanned! {ty.span()=>
+        <#ty as ::rill::KeyBytes>::key_bytes(&self.#field)
+    };
+    let borrowed = quote_spanned! {ty.span()=>
+        <#ty as ::rill::KeyBytes>::key_cow(&self.#field)
+    };
+    quote! {
+        fn key(&self) -> ::core::option::Option<::std::vec::Vec<u8>> {
+            ::core::option::Option::Some(#call)
+        }
+        fn key_ref(&self) -> ::core::option::Option<::std::borrow::Cow<'_, [u8]>> {
+            ::core::option::Option::Some(#borrowed)
+        }
+    }
+}
+
+/// `Record::event_time` from the timestamp field, spanned on its type like [`key_methods`].
+fn event_time_method((field, ty): MarkedField) -> TokenStream {
+    let call = quote_spanned! {ty.span()=>
+        <#ty as ::rill::EventTime>::timestamp_millis(&self.#field)
+    };
+    quote! {
+        fn event_time(&self) -> ::core::option::Option<i64> {
+            ::core::option::Option::Some(#call)
+        }
+    }
+}
+
+/// A `rill::Field` constant per field (`PageView::url`), usable as a key.
+fn field_accessors(strukt: &syn::ItemStruct) -> Vec<TokenStream> {
+    let name = &strukt.ident;
+    let accessors = strukt.fields.iter().filter_map(|f| {
+        let ident = f.ident.as_ref()?;
+        let vis = &f.vis;
+        let ty = &f.ty;
+        let field_name = ident.unraw().to_string();
+        let doc = format!("Accessor of the `{field_name}` field, usable as a key (`group_by`).");
+        Some(quote! {
+            #[doc = #doc]
+            #vis const #ident: ::rill::Field<#name, #ty> = {
+                fn __rill_get(record: &#name) -> &#ty {
+                    &record.#ident
+                }
+                ::rill::Field::new(#field_name, __rill_get)
+            };
+        })
+    });
+    accessors.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::expand_record;
+    use crate::ctxt::compile_error_messages;
+
+    #[test]
+    fn field_markers_are_taken_off_the_struct() {
+        let out = expand_record(
+            quote!(codec = "postcard"),
+            quote!(
+                pub struct View {
+                    #[record(key)]
+                    #[serde(rename = "user")]
+                    pub user_id: String,
+                    #[record(timestamp)]
+                    pub at: f64,
+                }
+            ),
+        );
+        let file: syn::File = syn::parse2(out).expect("the expansion is valid Rust");
+        let Some(syn::Item::Struct(view)) = file.items.first() else {
+            panic!("the struct comes first");
+        };
+        let field_attrs: Vec<String> = view
+            .fields
+            .iter()
+            .flat_map(|f| &f.attrs)
+            .map(|a| quote!(#a).to_string())
+            .collect();
+        assert_eq!(field_attrs, ["# [serde (rename = \"user\")]"]);
+    }
+
+    #[test]
+    fn a_second_key_field_is_an_error_naming_the_first() {
+        let out = expand_record(
+            quote!(),
+            quote!(
+                struct S {
+                    #[record(key)]
+                    a: String,
+                    #[record(key)]
+                    b: String,
+                }
+            ),
+        );
+        assert_eq!(
+            compile_error_messages(out),
+            ["only one field can be `#[record(key)]`; `a` already is"]
+        );
     }
 }

@@ -9,12 +9,13 @@ use quote::{quote, quote_spanned};
 
 use crate::ctxt::with_errors;
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+/// `#[window_state] input`: the type with its serde derives and the `Default + Clone` check.
+pub(crate) fn expand_window_state(args: TokenStream, input: TokenStream) -> TokenStream {
     if !args.is_empty() {
         let err = syn::Error::new_spanned(&args, "`#[window_state]` takes no arguments");
         return with_errors(input, err);
     }
-    let strukt: syn::DeriveInput = match syn::parse2(input.clone()) {
+    let state: syn::DeriveInput = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(_) => {
             let err = syn::Error::new_spanned(
@@ -24,16 +25,16 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return with_errors(input, err);
         }
     };
-    if let syn::Data::Union(u) = &strukt.data {
+    if let syn::Data::Union(u) = &state.data {
         let err = syn::Error::new_spanned(
             u.union_token,
             "`#[window_state]` goes on a struct or enum, not a union",
         );
         return with_errors(input, err);
     }
-    let name = &strukt.ident;
+    let name = &state.ident;
     // Generic states are checked where they are used (`WindowState` requires both traits).
-    let check = strukt.generics.params.is_empty().then(|| {
+    let bounds_check = state.generics.params.is_empty().then(|| {
         quote_spanned! {name.span()=>
             const _: fn() = || {
                 fn window_state_is_default_and_clone<S: ::core::default::Default + ::core::clone::Clone>() {}
@@ -44,7 +45,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     quote! {
         #[derive(::rill::__private::serde::Serialize, ::rill::__private::serde::Deserialize)]
         #[serde(crate = "::rill::__private::serde")]
-        #strukt
-        #check
+        #state
+        #bounds_check
     }
 }

@@ -1,0 +1,250 @@
+//! The `#[agent(...)]` arguments, parsed into [`AgentArgs`]. Rules about the arguments alone are
+//! checked here: known keys, each given once, values of the right kind, retry settings only with
+//! a retrying policy. Rules relating them to the function's parameters are in `check`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+
+use crate::attr::{expected_one_of, parse_arg_list, set_once, unknown_argument};
+use crate::ctxt::Ctxt;
+
+const AGENT_KEYS: &[&str] = &[
+    "topic",
+    "topics",
+    "concurrency",
+    "sink",
+    "group",
+    "tables",
+    "global_tables",
+    "on_error",
+    "dead_letter",
+    "retries",
+    "retry_backoff_ms",
+];
+
+const POLICIES: &[&str] = &["dead_letter", "retry", "retry_topics", "skip", "stop"];
+
+/// A topic given by name (`"pageviews"`) or by a `Topic` constant (`PAGEVIEWS`).
+pub(super) enum TopicArg {
+    Name(syn::LitStr),
+    Const(syn::Path),
+}
+
+impl TopicArg {
+    fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
+        let expr: syn::Expr = meta.value()?.parse()?;
+        match expr {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => {
+                if s.value().trim().is_empty() {
+                    return Err(syn::Error::new_spanned(s, "topic names cannot be empty"));
+                }
+                Ok(TopicArg::Name(s))
+            }
+            syn::Expr::Path(p) => Ok(TopicArg::Const(p.path)),
+            other => Err(syn::Error::new_spanned(
+                other,
+                "expected a topic name (`\"pageviews\"`) or a `Topic` constant (`PAGEVIEWS`)",
+            )),
+        }
+    }
+
+    pub(super) fn span(&self) -> Span {
+        match self {
+            TopicArg::Name(lit) => lit.span(),
+            TopicArg::Const(path) => path.span(),
+        }
+    }
+
+    /// The topic's name as an expression: the literal, or `CONSTANT.name()`.
+    pub(super) fn name_expr(&self) -> TokenStream {
+        match self {
+            TopicArg::Name(lit) => quote!(#lit),
+            TopicArg::Const(path) => quote!(#path.name()),
+        }
+    }
+}
+
+/// What `#[agent(...)]` says: the topics, sink, tables and failure policy of the agent.
+#[derive(Default)]
+pub(super) struct AgentArgs {
+    pub(super) topic: Option<TopicArg>,
+    /// `topics(binding = "topic", ...)`: one typed stream per parameter.
+    pub(super) topics: Vec<(syn::Ident, TopicArg)>,
+    pub(super) concurrency: Option<usize>,
+    pub(super) sink: Option<TopicArg>,
+    pub(super) group: Option<syn::LitStr>,
+    /// `tables(binding = "table_name", ...)`
+    pub(super) tables: Vec<(syn::Ident, syn::LitStr)>,
+    /// `global_tables(binding = "topic", ...)`
+    pub(super) global_tables: Vec<(syn::Ident, syn::LitStr)>,
+    /// `on_error = "retry"`: one of the policy names.
+    pub(super) on_error: Option<syn::LitStr>,
+    pub(super) dead_letter: Option<TopicArg>,
+    pub(super) retries: Option<syn::LitInt>,
+    pub(super) retry_backoff_ms: Option<syn::LitInt>,
+}
+
+impl AgentArgs {
+    /// Parses the arguments, collecting every mistake in `cx`.
+    pub(super) fn from_tokens(cx: &mut Ctxt, tokens: TokenStream) -> Self {
+        let mut args = AgentArgs::default();
+        parse_arg_list(cx, tokens, |cx, meta| args.parse_arg(cx, &meta));
+        args.check_retry_settings(cx);
+        args
+    }
+
+    fn parse_arg(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let key = meta.path.get_ident().map(ToString::to_string);
+        match key.as_deref() {
+            Some("topic") => {
+                let topic = TopicArg::parse(meta)?;
+                set_once(cx, &mut self.topic, meta, topic, "agent");
+            }
+            Some("topics") => parse_bindings(
+                cx,
+                meta,
+                &mut self.topics,
+                "expected `binding = \"topic\"`",
+                "stream",
+                TopicArg::parse,
+            )?,
+            Some("sink") => {
+                let topic = TopicArg::parse(meta)?;
+                set_once(cx, &mut self.sink, meta, topic, "agent");
+            }
+            Some("concurrency") => self.parse_concurrency(cx, meta)?,
+            Some("tables") => parse_bindings(
+                cx,
+                meta,
+                &mut self.tables,
+                "expected `binding = \"table_name\"`",
+                "table",
+                parse_str,
+            )?,
+            Some("global_tables") => parse_bindings(
+                cx,
+                meta,
+                &mut self.global_tables,
+                "expected `binding = \"topic\"`",
+                "global table",
+                parse_str,
+            )?,
+            Some("on_error") => self.parse_on_error(cx, meta)?,
+            Some("dead_letter") => {
+                let topic = TopicArg::parse(meta)?;
+                set_once(cx, &mut self.dead_letter, meta, topic, "agent");
+            }
+            Some("retries") => {
+                if let Some(n) = parse_whole_number(cx, meta)? {
+                    set_once(cx, &mut self.retries, meta, n, "agent");
+                }
+            }
+            Some("retry_backoff_ms") => {
+                if let Some(ms) = parse_whole_number(cx, meta)? {
+                    set_once(cx, &mut self.retry_backoff_ms, meta, ms, "agent");
+                }
+            }
+            Some("group") => {
+                let group = parse_str(meta)?;
+                set_once(cx, &mut self.group, meta, group, "agent");
+            }
+            _ => unknown_argument(cx, meta, "agent", AGENT_KEYS)?,
+        }
+        Ok(())
+    }
+
+    fn parse_concurrency(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit: syn::LitInt = meta.value()?.parse()?;
+        match lit.base10_parse::<usize>() {
+            Ok(n) if n >= 1 => set_once(cx, &mut self.concurrency, meta, n, "agent"),
+            _ => cx.error(
+                &lit,
+                "`concurrency` is a whole number of instances, at least 1",
+            ),
+        }
+        Ok(())
+    }
+
+    fn parse_on_error(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit = parse_str(meta)?;
+        if POLICIES.contains(&lit.value().as_str()) {
+            set_once(cx, &mut self.on_error, meta, lit, "agent");
+        } else {
+            cx.error(
+                &lit,
+                format!(
+                    "unknown `on_error` policy `{}`; {}",
+                    lit.value(),
+                    expected_one_of(POLICIES)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// `retries` and `retry_backoff_ms` mean nothing without a policy that retries.
+    fn check_retry_settings(&self, cx: &mut Ctxt) {
+        let retrying = self
+            .on_error
+            .as_ref()
+            .is_some_and(|p| p.value().starts_with("retry"));
+        for lit in [&self.retries, &self.retry_backoff_ms]
+            .into_iter()
+            .flatten()
+        {
+            if !retrying {
+                cx.error(
+                    lit,
+                    "`retries` and `retry_backoff_ms` go with `on_error = \"retry\"` or `\"retry_topics\"`",
+                );
+            }
+        }
+    }
+}
+
+/// `key(binding = value, ...)` into `list`: one entry per parameter name, each name once.
+/// `form` is the error for an entry that is not `binding = ...`, `noun` names a repeated one.
+fn parse_bindings<T>(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    list: &mut Vec<(syn::Ident, T)>,
+    form: &str,
+    noun: &str,
+    parse_value: fn(&ParseNestedMeta<'_>) -> syn::Result<T>,
+) -> syn::Result<()> {
+    meta.parse_nested_meta(|entry| {
+        let Some(binding) = entry.path.get_ident().cloned() else {
+            cx.error(&entry.path, form);
+            return Ok(());
+        };
+        let value = parse_value(&entry)?;
+        if list.iter().any(|(b, _)| *b == binding) {
+            cx.error(&binding, format!("duplicate {noun} `{binding}`"));
+        } else {
+            list.push((binding, value));
+        }
+        Ok(())
+    })
+}
+
+fn parse_str(meta: &ParseNestedMeta<'_>) -> syn::Result<syn::LitStr> {
+    meta.value()?.parse()
+}
+
+/// An integer literal that fits a `u32`, or `None` after reporting one that does not.
+fn parse_whole_number(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+) -> syn::Result<Option<syn::LitInt>> {
+    let lit: syn::LitInt = meta.value()?.parse()?;
+    if lit.base10_parse::<u32>().is_err() {
+        cx.error(&lit, "expected a whole number");
+        return Ok(None);
+    }
+    Ok(Some(lit))
+}
