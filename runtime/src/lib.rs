@@ -3,46 +3,30 @@
 //!
 //! Start with [`App`]; see `ARCHITECTURE.md` in the repository for the data path.
 
-pub mod agent;
-pub mod app;
-mod cli;
-pub mod codec;
-pub mod config;
-mod context;
-mod dlq;
-pub mod error;
-pub mod failure;
-pub mod health;
-pub mod join;
-mod lmdb;
-pub mod message;
-pub mod metrics;
-mod observe;
-mod otlp_metrics;
-pub mod partitioner;
-pub mod producer;
-pub mod record;
-mod repartition;
-pub mod stream;
-pub mod table;
-pub mod telemetry;
-pub mod testing;
-pub mod time;
-pub mod topic;
-pub mod topology;
-mod transport;
-mod web;
-pub mod window;
-pub mod worker;
+mod base;
+mod entry;
+mod instance;
+mod io;
+mod ops;
+mod wiring;
+
+// The public modules, where users find them; `ARCHITECTURE.md` maps the layers behind them.
+pub use base::{
+    codec, config, error, failure, health, message, metrics, partitioner, record, telemetry, time,
+};
+pub use entry::{app, testing};
+pub use instance::table;
+pub use ops::{join, stream, topic, window};
+pub use wiring::{agent, producer, topology, worker};
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
 pub use app::App;
 pub use codec::{Codec, EventTime, KeyBytes};
 pub use config::{Broker, Config, ProcessingGuarantee};
-pub use context::AgentStats;
 pub use error::{CodecError, Error, Result};
 pub use failure::OnError;
 pub use health::Health;
+pub use instance::context::AgentStats;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
 pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;

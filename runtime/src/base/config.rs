@@ -1,0 +1,543 @@
+//! Worker configuration: where the log lives (Kafka, the embedded LMDB log, or memory), where
+//! state lives, how often to commit, and librdkafka properties passed through untouched.
+//!
+//! Precedence, lowest first: `App` builder calls, `RILL_*` environment variables, CLI flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::base::error::{Error, Result};
+
+/// Which transport carries the topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// The embedded log, persisted in LMDB under the data dir (the default).
+    Embedded,
+    /// The embedded log kept in a temporary directory that is deleted on exit (`memory://`).
+    Memory,
+    /// Apache Kafka (`kafka://host:port[,host:port]`).
+    Kafka {
+        /// librdkafka's `bootstrap.servers`.
+        bootstrap: String,
+    },
+}
+
+impl Broker {
+    /// Parses `kafka://h1:9092,h2:9092`, `memory://` or `embedded://`.
+    ///
+    /// ```
+    /// use rill_runtime::Broker;
+    /// assert_eq!(
+    ///     Broker::parse("kafka://a:9092,b:9092").unwrap(),
+    ///     Broker::Kafka { bootstrap: "a:9092,b:9092".into() }
+    /// );
+    /// assert!(Broker::parse("redis://x").is_err());
+    /// ```
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let fix = "expected `kafka://host:port[,host:port...]`, `memory://`, or `embedded://` (the default: the log in --data-dir)";
+        if url.is_empty() || url == "embedded://" || url == "embedded" {
+            return Ok(Broker::Embedded);
+        }
+        if url == "memory://" || url == "memory" {
+            return Ok(Broker::Memory);
+        }
+        if let Some(rest) = url.strip_prefix("kafka://") {
+            let hosts: Vec<&str> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect();
+            if hosts.is_empty() {
+                return Err(Error::config(
+                    "broker",
+                    format!("`{url}` names no host; {fix}"),
+                ));
+            }
+            for host in &hosts {
+                let port_ok = host
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(Error::config(
+                        "broker",
+                        format!("`{host}` in `{url}` is not host:port; {fix}"),
+                    ));
+                }
+            }
+            return Ok(Broker::Kafka {
+                bootstrap: hosts.join(","),
+            });
+        }
+        Err(Error::config(
+            "broker",
+            format!("unsupported broker URL `{url}`; {fix}"),
+        ))
+    }
+}
+
+/// What a record's effects are guaranteed to be, after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Every record's effects (outputs, table writes, dead letters) happen at least once: a
+    /// crash may repeat those of the last commit interval. The default.
+    #[default]
+    AtLeastOnce,
+    /// Every record's effects happen exactly once as seen by `read_committed` readers and by
+    /// tables: on Kafka each commit step is one transaction holding the outputs, changelog
+    /// records, dead letters and consumed offsets; local table state follows the committed
+    /// transactions. On the embedded log outputs and offsets already commit in one LMDB
+    /// transaction.
+    ExactlyOnce,
+}
+
+/// Settings of one worker.
+#[derive(Clone)]
+pub struct Config {
+    /// The app's id: consumer groups, internal topics and the default data dir derive from it.
+    pub app_id: String,
+    /// The transport.
+    pub broker: Broker,
+    /// Directory for the embedded log and local state (default `./<app>-data`).
+    pub data_dir: PathBuf,
+    /// How often each agent instance commits (offsets, outputs; later table state).
+    pub commit_interval: Duration,
+    /// Partitions of topics rill creates (default 8).
+    pub partitions: i32,
+    /// Replication factor of topics rill creates on Kafka (default 1).
+    pub replication: i32,
+    /// librdkafka properties passed to every client (`security.protocol`, `sasl.*`, `ssl.*`...).
+    pub kafka: BTreeMap<String, String>,
+    /// Embedded log retention per partition in bytes (`None`: unbounded).
+    pub retention_bytes: Option<u64>,
+    /// Embedded log retention by record age (`None`: unbounded).
+    pub retention: Option<Duration>,
+    /// The embedded log compacts a partition of a compacted topic (table and window
+    /// changelogs) when it has grown to twice its size after the last compaction and past this
+    /// many bytes (`RILL_COMPACTION_BYTES`; default 16 MiB).
+    pub compaction_bytes: u64,
+    /// How long the embedded log keeps a tombstone (a deleted key) in a compacted topic, so a
+    /// lagging reader still sees the delete (`RILL_TOMBSTONE_RETENTION_MS`; default 24 h, as
+    /// Kafka's `delete.retention.ms`).
+    pub tombstone_retention: Duration,
+    /// LMDB map size of the embedded log.
+    pub embedded_map_size: usize,
+    /// Initial LMDB map size of the table store (`RILL_TABLE_MAP_SIZE`, bytes); it doubles
+    /// when full, up to `table_map_max`.
+    pub table_map_size: usize,
+    /// Largest map size the table store grows to (`RILL_TABLE_MAP_MAX`, bytes).
+    pub table_map_max: usize,
+    /// How long shutdown waits for agents to finish their current record.
+    pub shutdown_timeout: Duration,
+    /// Threads of the tokio runtime `App::main` starts, which run the agents
+    /// (`RILL_WORKER_THREADS`; default half the cores, at least 1). The other half is left to
+    /// what runs beside them on threads of its own: the fetchers, librdkafka's I/O and
+    /// delivery threads, LMDB commits. Kafka Streams' `num.stream.threads` defaults to 1; a
+    /// worker with every core for agents measured ~10% more CPU per record on 2 cores (agent
+    /// tasks stolen between runtime threads that compete with the fetcher).
+    pub worker_threads: usize,
+    /// How often the records of a `group_by` repartition topic that its consumer committed
+    /// are deleted on Kafka (`RILL_REPARTITION_PURGE_INTERVAL_MS`; default 30 s, Kafka
+    /// Streams' `repartition.purge.interval.ms`). Repartition topics have no time retention:
+    /// their records carry old event times as timestamps.
+    pub repartition_purge_interval: Duration,
+    /// How long a partition may go without records before it stops holding back its agent's
+    /// watermark (`RILL_IDLE_TIMEOUT_MS`; default 10 s). See `window` for the semantics.
+    pub idle_timeout: Duration,
+    /// The clock idle timeouts and windowed tables' `now()` read (virtual in tests).
+    pub clock: crate::base::time::Clock,
+    /// Failure policy of agents that do not choose one (`RILL_ON_ERROR`; default
+    /// `dead_letter`). See `failure`.
+    pub on_error: crate::base::failure::OnError,
+    /// Record values larger than this are failures before decoding (`RILL_MAX_RECORD_BYTES`;
+    /// default 1 MiB, Kafka's default message size limit).
+    pub max_record_bytes: usize,
+    /// Address the web server binds (`RILL_WEB_BIND`; default 127.0.0.1, this host only).
+    pub web_bind: std::net::IpAddr,
+    /// Port of the web server (`--web-port`, `RILL_WEB_PORT`; 0 picks a free one and logs
+    /// it). `None` runs no web server: the default of `App::start` and tests; the `worker`
+    /// command defaults to 6066, Faust's port.
+    pub web_port: Option<u16>,
+    /// Bearer token the web server requires (`RILL_WEB_TOKEN`); never logged or served.
+    pub web_token: Option<String>,
+    /// The web address other workers and clients use to reach this one
+    /// (`RILL_WEB_ADVERTISE`, e.g. `http://worker-3:6066`; default: the bound address).
+    pub web_advertise: Option<String>,
+    /// At-least-once (the default) or exactly-once (`RILL_PROCESSING_GUARANTEE`). See
+    /// [`ProcessingGuarantee`].
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Per-record metrics: records per topic and the processing-time histogram (`RILL_METRICS`
+    /// = `on`/`off`; default on). Off leaves the plain counters of `AgentStats`.
+    pub metrics: bool,
+    /// Tracing: where and how spans are exported (default: from the standard `OTEL_*`
+    /// variables; no exporter runs when no endpoint is set).
+    pub telemetry: crate::base::telemetry::TelemetryConfig,
+}
+
+/// librdkafka properties rill sets itself, and why a user's value is refused.
+const RESERVED_KAFKA: &[(&str, &str)] = &[
+    ("group.id", "a consumer group per agent, `<app>-<agent>`"),
+    (
+        "enable.auto.commit",
+        "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "allow.auto.create.topics",
+        "rill creates its topics with the partitions and settings it needs; a topic auto-created by the broker gets the broker's",
+    ),
+];
+
+impl Config {
+    /// Defaults for an app id.
+    pub fn new(app_id: &str) -> Self {
+        Config {
+            app_id: app_id.to_owned(),
+            broker: Broker::Embedded,
+            data_dir: PathBuf::from(format!("{app_id}-data")),
+            commit_interval: Duration::from_millis(100),
+            partitions: 8,
+            replication: 1,
+            kafka: BTreeMap::new(),
+            retention_bytes: None,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            compaction_bytes: 16 << 20,
+            tombstone_retention: Duration::from_secs(24 * 3600),
+            embedded_map_size: 8 << 30,
+            table_map_size: 1 << 30,
+            table_map_max: 1 << 40,
+            shutdown_timeout: Duration::from_secs(30),
+            worker_threads: default_worker_threads(),
+            idle_timeout: Duration::from_secs(10),
+            repartition_purge_interval: Duration::from_secs(30),
+            clock: crate::base::time::Clock::System,
+            on_error: crate::base::failure::OnError::DeadLetter,
+            max_record_bytes: 1 << 20,
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            metrics: true,
+            web_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            web_port: None,
+            web_token: None,
+            web_advertise: None,
+            telemetry: crate::base::telemetry::TelemetryConfig::default(),
+        }
+    }
+
+    /// Applies `RILL_*` environment variables (the CLI applies its flags afterwards).
+    pub fn apply_env(&mut self) -> Result<()> {
+        self.apply_vars(std::env::vars())
+    }
+
+    pub(crate) fn apply_vars(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<()> {
+        for (name, value) in vars {
+            match name.as_str() {
+                "RILL_BROKER" => {
+                    self.broker = Broker::parse(&value).map_err(|e| rename(e, &name))?
+                }
+                "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "RILL_COMMIT_INTERVAL_MS" => {
+                    self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
+                "RILL_IDLE_TIMEOUT_MS" => {
+                    self.idle_timeout = Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
+                "RILL_ON_ERROR" => {
+                    self.on_error = crate::base::failure::OnError::from_name(&value).ok_or_else(|| {
+                        Error::config(
+                            &name,
+                            format!("`{value}` is not a policy; use dead_letter, retry, retry_topics, skip or stop"),
+                        )
+                    })?;
+                }
+                "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(&name, &value, 1)?,
+                "RILL_PROCESSING_GUARANTEE" => {
+                    self.processing_guarantee = match value.trim() {
+                        "at_least_once" => ProcessingGuarantee::AtLeastOnce,
+                        "exactly_once" => ProcessingGuarantee::ExactlyOnce,
+                        other => {
+                            return Err(Error::config(
+                                &name,
+                                format!("`{other}` is neither `at_least_once` nor `exactly_once`"),
+                            ));
+                        }
+                    }
+                }
+                "RILL_METRICS" => {
+                    self.metrics = match value.trim() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        other => {
+                            return Err(Error::config(
+                                &name,
+                                format!("`{other}` is neither `on` nor `off`"),
+                            ));
+                        }
+                    }
+                }
+                "RILL_WEB_PORT" => self.web_port = Some(parse_num(&name, &value, 0)?),
+                "RILL_WEB_BIND" => {
+                    self.web_bind = value.trim().parse().map_err(|_| {
+                        Error::config(
+                            &name,
+                            format!(
+                                "`{value}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0"
+                            ),
+                        )
+                    })?;
+                }
+                // A token read from a secret file often ends with a newline.
+                "RILL_WEB_TOKEN" if !value.trim().is_empty() => {
+                    self.web_token = Some(value.trim().to_owned());
+                }
+                "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
+                "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
+                "RILL_WORKER_THREADS" => self.worker_threads = parse_num(&name, &value, 1)?,
+                "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
+                "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
+                "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
+                "RILL_COMPACTION_BYTES" => self.compaction_bytes = parse_num(&name, &value, 1)?,
+                "RILL_REPARTITION_PURGE_INTERVAL_MS" => {
+                    self.repartition_purge_interval =
+                        Duration::from_millis(parse_num(&name, &value, 1)?);
+                }
+                "RILL_TOMBSTONE_RETENTION_MS" => {
+                    self.tombstone_retention = Duration::from_millis(parse_num(&name, &value, 0)?);
+                }
+                "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
+                "RILL_RETENTION_MS" => {
+                    self.retention = Some(Duration::from_millis(parse_num(&name, &value, 1)?));
+                }
+                _ => {
+                    if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
+                        self.kafka
+                            .insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a librdkafka property from `key=value` (the CLI's `-X`).
+    pub fn set_kafka_property(&mut self, kv: &str) -> Result<()> {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Error::config(
+                "-X",
+                format!("`{kv}` is not `property=value`, e.g. `-X security.protocol=SASL_SSL`"),
+            )
+        })?;
+        self.kafka.insert(k.trim().to_owned(), v.trim().to_owned());
+        Ok(())
+    }
+
+    /// The tokio runtime a worker runs in: `worker_threads` threads, timers and I/O enabled.
+    /// `App::main` starts its worker in one; an app with its own `main` can too.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        self.check_worker_threads()?;
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.worker_threads)
+            .enable_all()
+            .thread_name("rill")
+            .build()
+            .map_err(|e| Error::io("starting the tokio runtime", e))
+    }
+
+    fn check_worker_threads(&self) -> Result<()> {
+        if self.worker_threads == 0 {
+            return Err(Error::config(
+                "worker_threads (RILL_WORKER_THREADS)",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks cross-field rules, naming the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        self.check_worker_threads()?;
+        if self.partitions < 1 {
+            return Err(Error::config(
+                "partitions (RILL_PARTITIONS)",
+                "must be at least 1",
+            ));
+        }
+        if self.commit_interval.is_zero() {
+            return Err(Error::config(
+                "commit_interval (RILL_COMMIT_INTERVAL_MS)",
+                "must be above zero; 100 ms is a good start",
+            ));
+        }
+        if let Some(token) = &self.web_token
+            && (token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::config(
+                "web_token (RILL_WEB_TOKEN)",
+                "must be non-empty, without spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
+            ));
+        }
+        for (reserved, why) in RESERVED_KAFKA {
+            if self.kafka.contains_key(*reserved) {
+                return Err(Error::config(
+                    format!("kafka property `{reserved}`"),
+                    format!("rill manages it ({why}); remove it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties with secret values masked, for logs and status output.
+    pub fn kafka_redacted(&self) -> BTreeMap<String, String> {
+        self.kafka
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "token", "key.pem", "jaas"]
+                    .iter()
+                    .any(|s| k.contains(s));
+                (
+                    k.clone(),
+                    if secret {
+                        "[redacted]".to_owned()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("app_id", &self.app_id)
+            .field("broker", &self.broker)
+            .field("data_dir", &self.data_dir)
+            .field("commit_interval", &self.commit_interval)
+            .field("partitions", &self.partitions)
+            .field("worker_threads", &self.worker_threads)
+            .field("replication", &self.replication)
+            .field("kafka", &self.kafka_redacted())
+            .field("web_bind", &self.web_bind)
+            .field("web_port", &self.web_port)
+            .field("web_token", &self.web_token.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+fn rename(err: Error, setting: &str) -> Error {
+    match err {
+        Error::Config { message, .. } => Error::config(setting, message),
+        other => other,
+    }
+}
+
+/// Half the cores this process may use, at least 1 (see `Config::worker_threads`).
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+fn parse_num<T>(name: &str, value: &str, min: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(Error::config(
+            name,
+            format!("`{value}` is not a whole number of at least {min}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn env_vars_apply_and_pass_kafka_properties_through() {
+        let mut c = Config::new("app");
+        c.apply_vars(vars(&[
+            ("RILL_BROKER", "kafka://k:9092"),
+            ("RILL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("RILL_KAFKA_SASL_PASSWORD", "hunter2"),
+            ("RILL_PARTITIONS", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.broker,
+            Broker::Kafka {
+                bootstrap: "k:9092".into()
+            }
+        );
+        assert_eq!(c.kafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.partitions, 4);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut c = Config::new("app");
+        let err = c
+            .apply_vars(vars(&[("RILL_PARTITIONS", "zero")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RILL_PARTITIONS"), "{err}");
+        let err = c
+            .apply_vars(vars(&[("RILL_BROKER", "kafka://nohost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RILL_BROKER") && err.contains("host:port"),
+            "{err}"
+        );
+        c.kafka.insert("group.id".into(), "x".into());
+        assert!(c.validate().unwrap_err().to_string().contains("group.id"));
+        c.kafka.clear();
+        c.kafka
+            .insert("allow.auto.create.topics".into(), "true".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("allow.auto.create.topics") && err.contains("creates its topics"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores_and_size_the_runtime() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut c = Config::new("app");
+        assert_eq!(c.worker_threads, (cores / 2).max(1));
+        c.apply_vars(vars(&[("RILL_WORKER_THREADS", "3")])).unwrap();
+        assert_eq!(c.worker_threads, 3);
+        let runtime = c.runtime().unwrap();
+        assert_eq!(runtime.metrics().num_workers(), 3);
+        let err = c
+            .apply_vars(vars(&[("RILL_WORKER_THREADS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RILL_WORKER_THREADS"), "{err}");
+        c.worker_threads = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("worker_threads (RILL_WORKER_THREADS)"),
+            "{err}"
+        );
+        assert!(c.runtime().is_err());
+    }
+}

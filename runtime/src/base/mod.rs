@@ -1,0 +1,14 @@
+//! Foundation: errors, codecs, records and messages, time and watermarks, metrics, configuration, failure policy, topic specs. It names nothing above it.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod failure;
+pub mod health;
+pub mod message;
+pub mod metrics;
+pub mod partitioner;
+pub mod record;
+pub mod telemetry;
+pub mod time;
+pub(crate) mod watermark;

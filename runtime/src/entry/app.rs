@@ -1,0 +1,202 @@
+//! `App`: the builder users start from. It collects agents (all `#[agent]`s of the binary by
+//! default, or a chosen subset), settings and tasks, and runs them as a worker, as a CLI
+//! (`App::main`), or as an in-process test harness (`App::test`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::base::config::{Broker, Config};
+use crate::base::error::Result;
+use crate::base::record::Record;
+use crate::ops::topic::{Topic, TopicSpec};
+use crate::wiring::agent::{AgentSpec, registered_agents};
+use crate::wiring::producer::Producer;
+use crate::wiring::worker::{TaskFn, Worker, open_transport, shutdown_signal};
+
+/// A rill application.
+///
+/// ```no_run
+/// fn main() -> rill_runtime::Result<()> {
+///     rill_runtime::App::new("traffic_monitor").main()
+/// }
+/// ```
+pub struct App {
+    pub(crate) config: Config,
+    broker: Option<String>,
+    pub(crate) agents: Option<Vec<AgentSpec>>,
+    pub(crate) topics: Vec<TopicSpec>,
+    tasks: Vec<TaskFn>,
+    registry: crate::base::metrics::Registry,
+}
+
+impl App {
+    /// An app running every agent registered in this binary.
+    pub fn new(id: &str) -> Self {
+        App {
+            config: Config::new(id),
+            broker: None,
+            agents: None,
+            topics: Vec::new(),
+            tasks: Vec::new(),
+            registry: crate::base::metrics::Registry::default(),
+        }
+    }
+
+    /// Runs exactly these agents instead of every registered one (e.g. in tests).
+    pub fn agents(mut self, agents: impl IntoIterator<Item = AgentSpec>) -> Self {
+        self.agents = Some(agents.into_iter().collect());
+        self
+    }
+
+    /// The broker URL: `kafka://host:port[,host:port]`, `memory://`, or `embedded://` (default).
+    pub fn broker(mut self, url: &str) -> Self {
+        self.broker = Some(url.to_owned());
+        self
+    }
+
+    /// Keeps the log in memory (a temporary directory removed on exit).
+    pub fn memory(self) -> Self {
+        self.broker("memory://")
+    }
+
+    /// Directory of the embedded log and local state.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+
+    /// The failure policy of agents that do not choose one with `#[agent(on_error = ...)]`
+    /// (default: dead-letter and continue); `RILL_ON_ERROR` overrides it.
+    pub fn on_error(mut self, policy: crate::base::failure::OnError) -> Self {
+        self.config.on_error = policy;
+        self
+    }
+
+    /// At-least-once (default) or exactly-once processing (`RILL_PROCESSING_GUARANTEE`).
+    pub fn processing_guarantee(
+        mut self,
+        guarantee: crate::base::config::ProcessingGuarantee,
+    ) -> Self {
+        self.config.processing_guarantee = guarantee;
+        self
+    }
+
+    /// How often agents commit (default 100 ms).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.config.commit_interval = interval;
+        self
+    }
+
+    /// Partitions of topics rill creates (default 8).
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.config.partitions = partitions;
+        self
+    }
+
+    /// A librdkafka property for every Kafka client.
+    pub fn kafka_property(mut self, key: &str, value: &str) -> Self {
+        self.config.kafka.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Edits any setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Declares a topic the app sends to, so the worker creates it and checks its type.
+    pub fn topic<K, V: Record>(mut self, topic: &Topic<K, V>) -> Self {
+        self.topics.push(topic.spec());
+        self
+    }
+
+    /// Runs a task beside the agents (Faust's `@app.task`), e.g. to generate input.
+    pub fn task<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Producer) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.tasks.push(Box::new(move |p| Box::pin(f(p))));
+        self
+    }
+
+    /// Registers the app's own metrics, served at `/metrics` with rill's (see
+    /// [`crate::base::metrics`]).
+    pub fn metrics(mut self, f: impl FnOnce(&mut crate::base::metrics::Registry)) -> Self {
+        f(&mut self.registry);
+        self
+    }
+
+    /// The app id.
+    pub fn id(&self) -> &str {
+        &self.config.app_id
+    }
+
+    /// The agents this app runs.
+    pub fn agent_specs(&self) -> Vec<AgentSpec> {
+        self.agents.clone().unwrap_or_else(registered_agents)
+    }
+
+    /// Settings after the builder's broker and the `RILL_*` environment.
+    pub(crate) fn resolve(&mut self, env: bool) -> Result<Config> {
+        if let Some(url) = &self.broker {
+            self.config.broker = Broker::parse(url)?;
+        }
+        if env {
+            self.config.apply_env()?;
+        }
+        self.config.validate()?;
+        Ok(self.config.clone())
+    }
+
+    /// Parses the command line and runs the command (`worker` by default).
+    pub fn main(self) -> Result<()> {
+        crate::entry::cli::main(self)
+    }
+
+    /// Starts the worker in the background on the current tokio runtime.
+    pub async fn start(mut self) -> Result<Worker> {
+        let config = self.resolve(true)?;
+        self.start_with(config).await
+    }
+
+    pub(crate) async fn start_with(mut self, config: Config) -> Result<Worker> {
+        let transport = open_transport(&config)?;
+        let agents = self.agents.take().unwrap_or_else(registered_agents);
+        let tasks = std::mem::take(&mut self.tasks);
+        Worker::start(
+            &config,
+            transport,
+            agents,
+            std::mem::take(&mut self.topics),
+            tasks,
+            std::mem::take(&mut self.registry),
+        )
+        .await
+    }
+
+    /// Runs the worker until Ctrl-C/SIGTERM (then shuts down gracefully) or an agent fails.
+    pub async fn run(self) -> Result<()> {
+        let worker = self.start().await?;
+        run_until_signal(worker).await
+    }
+}
+
+pub(crate) async fn run_until_signal(mut worker: Worker) -> Result<()> {
+    let outcome = tokio::select! {
+        r = worker.wait() => r,
+        () = shutdown_signal() => Ok(()),
+    };
+    let stopped = worker.shutdown().await;
+    outcome.and(stopped)
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,5 @@
+//! Entry points: the `App` builder, the test harness and the command line.
+
+pub mod app;
+pub(crate) mod cli;
+pub mod testing;

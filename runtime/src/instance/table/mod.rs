@@ -1,0 +1,503 @@
+//! Tables: per-key state an agent keeps across records, stored in LMDB (see `store`) and backed
+//! by a changelog topic (`<app>-<table>-changelog`) from which a lost or stale local copy is
+//! rebuilt.
+//!
+//! A table is partitioned like its source topic: a key lives in the partition its bytes hash to
+//! (the Java client's murmur2), and an agent may only write keys of the partition of the record
+//! it is processing, so a key is never counted in two places. Writes go to an in-memory overlay
+//! that reads see at once; the commit step turns the overlay into changelog records, waits for
+//! them with the agent's other outputs, then writes the overlay, the source offsets and the
+//! changelog offsets in one LMDB transaction.
+
+pub(crate) mod global;
+pub(crate) mod recovery;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::base::codec::KeyBytes;
+use crate::base::error::{Error, Result};
+use crate::base::message::{Headers, OutRecord, now_millis};
+use crate::base::partitioner::partition_for_key;
+use crate::instance::context::Shared;
+use crate::io::store::{PartitionMeta, PartitionWrites, Puts, TableStore};
+pub use global::GlobalTable;
+
+/// A table an agent declared (`#[agent(tables(totals = "url_view_totals"))]`).
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Table name.
+    pub name: String,
+}
+
+/// One table of one agent, shared by the agent's fetcher (recovery) and instances.
+pub(crate) struct TableDef {
+    pub(crate) name: Arc<str>,
+    pub(crate) changelog: Arc<str>,
+    pub(crate) source_partitions: i32,
+    pub(crate) store: Arc<TableStore>,
+    /// Where each local partition stands, kept current by recovery and commits.
+    pub(crate) metas: Mutex<HashMap<i32, PartitionMeta>>,
+    /// Turns a key typed by a user (JSON, or a plain string) into its partition and stored
+    /// bytes; set when an agent first opens the table (it knows the key type), for the web
+    /// server's table queries.
+    pub(crate) key_parser: std::sync::OnceLock<KeyParser>,
+}
+
+/// See [`TableDef::key_parser`].
+pub(crate) type KeyParser =
+    Arc<dyn Fn(&str) -> std::result::Result<(i32, Vec<u8>), String> + Send + Sync>;
+
+pub(crate) fn changelog_topic(app_id: &str, table: &str) -> String {
+    format!("{app_id}-{table}-changelog")
+}
+
+impl TableDef {
+    pub(crate) fn meta(&self, partition: i32) -> PartitionMeta {
+        self.metas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_meta(&self, partition: i32, meta: PartitionMeta) {
+        self.metas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition, meta);
+    }
+}
+
+/// Uncommitted writes by (partition, key bytes): value bytes, `None` deletes. foldhash:
+/// every table write and most reads hash into it.
+pub(crate) type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>, foldhash::fast::RandomState>;
+
+/// An instance's view of a table: the overlay of writes since the last commit step, over the
+/// writes of the step under way (the agent keeps processing while it commits), over the store.
+pub(crate) struct TableCore {
+    pub(crate) def: Arc<TableDef>,
+    overlay: Mutex<Overlay>,
+    /// Writes taken by the commit step under way: read until the store holds them. The store
+    /// writes the same map (shared, not copied).
+    committing: Mutex<Arc<Overlay>>,
+}
+
+impl TableCore {
+    pub(crate) fn new(def: Arc<TableDef>) -> Arc<Self> {
+        Arc::new(TableCore {
+            def,
+            overlay: Mutex::new(Overlay::default()),
+            committing: Mutex::new(Arc::default()),
+        })
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committing(&self) -> std::sync::MutexGuard<'_, Arc<Overlay>> {
+        self.committing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `f` of the uncommitted write of a key (`None`: deleted), if any: the overlay's, else
+    /// the commit step's under way.
+    fn with_pending<R>(
+        &self,
+        partition: i32,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Option<R> {
+        let k = (partition, key.to_vec());
+        if let Some(v) = self.overlay().get(&k) {
+            return Some(f(v.as_deref()));
+        }
+        let committing = self.committing();
+        if committing.is_empty() {
+            return None;
+        }
+        committing.get(&k).map(|v| f(v.as_deref()))
+    }
+
+    /// The commit step that took the writes is done: the store holds them.
+    pub(crate) fn committed(&self) {
+        let mut committing = self.committing();
+        if !committing.is_empty() {
+            *committing = Arc::default();
+        }
+    }
+
+    /// The uncommitted writes, the commit step's under way first (the overlay's win).
+    fn uncommitted(&self) -> Overlay {
+        let mut all = Overlay::clone(&self.committing());
+        all.extend(self.overlay().iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.overlay().is_empty()
+    }
+
+    /// Takes the writes since the last commit step, as changelog records and the writes for
+    /// the store; they stay readable until [`TableCore::committed`]. One step at a time.
+    pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Arc<Overlay>) {
+        let writes = std::mem::take(&mut *self.overlay());
+        let now = now_millis();
+        let records = writes
+            .iter()
+            .map(|((partition, key), value)| OutRecord {
+                topic: self.def.changelog.clone(),
+                partition: Some(*partition),
+                key: Some(key.clone()),
+                value: value.clone(),
+                timestamp: now,
+                headers: Headers::default(),
+            })
+            .collect();
+        let mut committing = self.committing();
+        if committing.is_empty() {
+            *committing = Arc::new(writes);
+        } else {
+            // An earlier step's writes are still held: the store gets both, newest last.
+            Arc::make_mut(&mut committing).extend(writes);
+        }
+        (records, committing.clone())
+    }
+
+    /// Drops writes that were not committed (the commit failed or partitions were revoked).
+    pub(crate) fn discard(&self) {
+        self.overlay().clear();
+        *self.committing() = Arc::default();
+    }
+
+    /// The partition's committed entries with the overlay's uncommitted writes applied.
+    pub(crate) fn entries(&self, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .def
+            .store
+            .scan(&self.def.name, partition)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for ((p, k), v) in self.uncommitted() {
+            if p == partition {
+                merged.insert(k, v);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Writes raw key and value bytes (`None` deletes) into the overlay.
+    pub(crate) fn put(&self, partition: i32, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay().insert((partition, key), value);
+    }
+}
+
+/// A keyed table with serde keys and values, partitioned like the agent's source topic.
+///
+/// Reads see the agent's own writes at once; writes become durable (LMDB and the changelog) at
+/// the next commit step, together with the offsets of the records that made them.
+pub struct Table<K, V> {
+    pub(crate) core: Arc<TableCore>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) default: Arc<dyn Fn() -> V + Send + Sync>,
+    _key: PhantomData<fn(K)>,
+}
+
+/// Another handle on the same table (an agent that joins a stream with its own table keeps one
+/// to write with).
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Table {
+            core: self.core.clone(),
+            shared: self.shared.clone(),
+            default: self.default.clone(),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, V> Table<K, V>
+where
+    K: Serialize + DeserializeOwned + KeyBytes,
+    V: Serialize + DeserializeOwned + Default + 'static,
+{
+    pub(crate) fn new(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+        let partitions = core.def.source_partitions;
+        let _ = core.def.key_parser.get_or_init(|| {
+            Arc::new(move |text: &str| {
+                let key: K = serde_json::from_str(text)
+                    .or_else(|_| serde_json::from_value(serde_json::Value::String(text.to_owned())))
+                    .map_err(|e| {
+                        format!("`{text}` is not a `{}` ({e})", std::any::type_name::<K>())
+                    })?;
+                let stored = serde_json::to_vec(&key).map_err(|e| e.to_string())?;
+                Ok((partition_for_key(&key.key_bytes(), partitions), stored))
+            })
+        });
+        Self::wrap(core, shared)
+    }
+
+    fn wrap(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+        Table {
+            core,
+            shared,
+            default: Arc::new(V::default),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, V> Table<K, V>
+where
+    K: Serialize + DeserializeOwned + KeyBytes,
+    V: Serialize + DeserializeOwned + 'static,
+{
+    /// Uses `f` for missing keys in `update` (instead of `V::default()`).
+    pub fn with_default(mut self, f: impl Fn() -> V + Send + Sync + 'static) -> Self {
+        self.default = Arc::new(f);
+        self
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.core.def.name
+    }
+
+    fn encode_key(&self, key: &K) -> Result<Vec<u8>> {
+        serde_json::to_vec(key).map_err(|e| self.error(format!("cannot encode a key: {e}")))
+    }
+
+    pub(crate) fn error(&self, message: String) -> Error {
+        Error::Agent {
+            agent: self.shared.agent.to_string(),
+            message: format!("table `{}`: {message}", self.name()),
+        }
+    }
+
+    pub(crate) fn partition_of(&self, key: &K) -> i32 {
+        partition_for_key(&key.key_bytes(), self.core.def.source_partitions)
+    }
+
+    pub(crate) fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.error(format!(
+                "the stored value of key {} does not decode as `{}` ({e}); did the value type change between deployments?",
+                String::from_utf8_lossy(key),
+                std::any::type_name::<V>()
+            ))
+        })
+    }
+
+    /// Writes must stay in the partition of the record being processed.
+    pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
+        let current = self.shared.current_partition.load(Ordering::Relaxed);
+        if current >= 0 && current != partition && !self.shared.in_batch(partition) {
+            return Err(self.error(format!(
+                "key {} belongs to partition {partition}, but the record being processed came from partition {current}; \
+                 key the source topic by the table key, or re-key the stream with `group_by`",
+                serde_json::to_string(key).unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
+        if let Some(found) = self.core.with_pending(partition, key, |entry| {
+            entry.map(|b| self.decode(key, b)).transpose()
+        }) {
+            return found;
+        }
+        match self
+            .core
+            .def
+            .store
+            .get(&self.core.def.name, partition, key)?
+        {
+            Some(bytes) => self.decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn write(&self, partition: i32, key: Vec<u8>, value: Option<&V>) -> Result<()> {
+        let bytes = value
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| self.error(format!("cannot encode a value: {e}")))?;
+        self.core.overlay().insert((partition, key), bytes);
+        Ok(())
+    }
+
+    /// The value of a key.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let k = self.encode_key(key)?;
+        self.read(self.partition_of(key), &k)
+    }
+
+    /// Sets a key.
+    pub fn insert(&self, key: K, value: V) -> Result<()> {
+        let partition = self.partition_of(&key);
+        self.check_write(&key, partition)?;
+        let k = self.encode_key(&key)?;
+        self.write(partition, k, Some(&value))
+    }
+
+    /// Applies `f` to the key's value (the default when missing), stores and returns the result.
+    pub fn update(&self, key: K, f: impl FnOnce(V) -> V) -> Result<V>
+    where
+        V: Clone,
+    {
+        let partition = self.partition_of(&key);
+        self.check_write(&key, partition)?;
+        let k = self.encode_key(&key)?;
+        let current = self
+            .read(partition, &k)?
+            .unwrap_or_else(|| (self.default)());
+        let next = f(current);
+        self.write(partition, k, Some(&next))?;
+        Ok(next)
+    }
+
+    /// Removes a key, returning its value.
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        let partition = self.partition_of(key);
+        self.check_write(key, partition)?;
+        let k = self.encode_key(key)?;
+        let old = self.read(partition, &k)?;
+        if old.is_some() {
+            self.write(partition, k, None)?;
+        }
+        Ok(old)
+    }
+
+    /// The entries of the partitions this agent instance owns, in key-byte order.
+    pub fn iter(&self) -> Result<Vec<(K, V)>> {
+        let mut merged: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        let owned = self.shared.owned_partitions();
+        for &partition in &owned {
+            for (k, v) in self.core.def.store.scan(&self.core.def.name, partition)? {
+                merged.insert((partition, k), Some(v));
+            }
+        }
+        for ((p, k), v) in self.core.uncommitted() {
+            if owned.contains(&p) {
+                merged.insert((p, k), v);
+            }
+        }
+        let mut out = Vec::with_capacity(merged.len());
+        for ((_, k), v) in merged {
+            if let Some(v) = v {
+                let key = serde_json::from_slice(&k).map_err(|e| {
+                    self.error(format!(
+                        "a stored key does not decode as `{}`: {e}",
+                        std::any::type_name::<K>()
+                    ))
+                })?;
+                out.push((key, self.decode(&k, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in the partitions this instance owns.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.iter()?.len())
+    }
+
+    /// True when those partitions hold no entry.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Builds the LMDB writes of a commit step: the overlay's puts, plus meta (source offsets of
+/// finished records, changelog offsets of what was just delivered) for every touched partition.
+pub(crate) fn commit_writes(
+    tables: &[(Arc<TableDef>, Arc<Overlay>)],
+    done: &[((Arc<str>, i32), i64)],
+    produced: &HashMap<(Arc<str>, i32), i64>,
+) -> Vec<(Arc<str>, i32, PartitionWrites)> {
+    let mut out = Vec::new();
+    for (def, puts) in tables {
+        let mut partitions: Vec<i32> = puts
+            .keys()
+            .map(|(p, _)| *p)
+            .collect::<HashSet<i32>>()
+            .into_iter()
+            .collect();
+        partitions.extend(done.iter().map(|((_, p), _)| *p));
+        partitions.sort_unstable();
+        partitions.dedup();
+        for partition in partitions {
+            let mut meta = def.meta(partition);
+            for ((topic, p), next) in done {
+                if *p == partition {
+                    meta.source.insert(topic.to_string(), *next);
+                }
+            }
+            if let Some(next) = produced.get(&(def.changelog.clone(), partition)) {
+                meta.changelog = *next;
+            }
+            def.set_meta(partition, meta.clone());
+            let puts = Puts::Step(puts.clone());
+            out.push((def.name.clone(), partition, PartitionWrites { puts, meta }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(core: &TableCore, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        core.with_pending(0, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn a_commit_steps_writes_stay_readable_until_the_store_has_them() -> Result<()> {
+        let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
+        let def = Arc::new(TableDef {
+            name: Arc::from("t"),
+            changelog: Arc::from("t-changelog"),
+            source_partitions: 1,
+            store: store.clone(),
+            metas: Mutex::new(HashMap::new()),
+            key_parser: std::sync::OnceLock::new(),
+        });
+        let core = TableCore::new(def.clone());
+        core.put(0, b"a".to_vec(), Some(b"1".to_vec()));
+        core.put(0, b"b".to_vec(), Some(b"1".to_vec()));
+        let (records, puts) = core.take_writes();
+        assert_eq!(records.len(), 2);
+        assert!(!core.is_dirty());
+        // The step is under way: not in the store yet, read from the step's writes.
+        assert_eq!(store.get("t", 0, b"a")?, None);
+        assert_eq!(pending(&core, b"a"), Some(Some(b"1".to_vec())));
+        // Writes after the step started win over the step's.
+        core.put(0, b"b".to_vec(), None);
+        assert_eq!(pending(&core, b"b"), Some(None));
+        assert_eq!(core.entries(0)?, vec![(b"a".to_vec(), b"1".to_vec())]);
+        // The step ends: the store has its writes, the step's layer is gone.
+        store.commit(commit_writes(&[(def, puts)], &[], &HashMap::new()))?;
+        core.committed();
+        assert_eq!(store.get("t", 0, b"b")?, Some(b"1".to_vec()));
+        assert_eq!(pending(&core, b"a"), None);
+        assert_eq!(pending(&core, b"b"), Some(None));
+        // A failed step drops both layers.
+        core.take_writes();
+        core.put(0, b"c".to_vec(), Some(b"1".to_vec()));
+        core.discard();
+        assert_eq!((pending(&core, b"b"), pending(&core, b"c")), (None, None));
+        Ok(())
+    }
+}

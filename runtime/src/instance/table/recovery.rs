@@ -1,0 +1,198 @@
+//! Recovery: before an agent sees records of a newly assigned partition, each of its tables'
+//! partitions is brought up to the end of its changelog, starting from the offset its LMDB copy
+//! already reached. After a clean shutdown that is nothing; after a crash, the tail; with no
+//! local copy (a new machine), or one older than the changelog's start (compaction dropped
+//! records), the partition is rebuilt from the beginning.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::TableDef;
+use crate::base::error::Result;
+use crate::base::message::RawRecord;
+use crate::io::store::{PartitionMeta, PartitionWrites, Puts};
+use crate::io::transport::Tp;
+use crate::io::transport::embedded::EmbeddedLog;
+use crate::io::transport::kafka::KafkaTransport;
+
+/// Records applied per LMDB transaction during recovery.
+const BATCH: usize = 10_000;
+
+/// Where changelogs are read from.
+#[derive(Clone)]
+pub(crate) enum ChangelogReader {
+    Embedded(Arc<EmbeddedLog>),
+    Kafka(Arc<KafkaTransport>),
+}
+
+impl ChangelogReader {
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        match self {
+            ChangelogReader::Embedded(log) => log.watermarks(topic, partition),
+            ChangelogReader::Kafka(k) => k.watermarks(topic, partition),
+        }
+    }
+
+    pub(crate) fn read(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            ChangelogReader::Embedded(log) => {
+                let mut next = from;
+                while next < until {
+                    let batch = log.read(topic, partition, next, BATCH)?;
+                    let Some(last) = batch.last() else { break };
+                    next = last.offset + 1;
+                    f(batch)?;
+                }
+                Ok(())
+            }
+            ChangelogReader::Kafka(k) => k.read_range(topic, partition, from, until, BATCH, f),
+        }
+    }
+}
+
+/// The tables of one agent and where to read their changelogs.
+pub(crate) struct Recovery {
+    pub(crate) tables: Vec<Arc<TableDef>>,
+    pub(crate) reader: ChangelogReader,
+    pub(crate) stats: Arc<crate::instance::context::AgentStats>,
+}
+
+impl Recovery {
+    /// Recovers every table partition of `partitions`; returns where each source partition
+    /// resumes according to local state (records below are already reflected in it).
+    pub(crate) fn recover(&self, agent: &str, partitions: &[Tp]) -> Result<HashMap<Tp, i64>> {
+        let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let _span = tracing::info_span!(
+            "rill.recovery",
+            agent,
+            tables = self.tables.len(),
+            partitions = numbers.len()
+        )
+        .entered();
+        let mut resume = HashMap::new();
+        for def in &self.tables {
+            for &p in &numbers {
+                let meta = self.recover_partition(agent, def, p)?;
+                for (topic, next) in meta.source {
+                    if let Some(tp) = partitions.iter().find(|(t, q)| **t == *topic && *q == p) {
+                        let entry = resume.entry(tp.clone()).or_insert(next);
+                        *entry = (*entry).min(next);
+                    }
+                }
+            }
+        }
+        Ok(resume)
+    }
+
+    fn recover_partition(
+        &self,
+        agent: &str,
+        def: &TableDef,
+        partition: i32,
+    ) -> Result<PartitionMeta> {
+        let (low, high) = self.reader.watermarks(&def.changelog, partition)?;
+        let local = def.store.meta(&def.name, partition)?;
+        let mut meta = match local {
+            Some(m) if m.changelog >= low && m.changelog <= high => m,
+            Some(m) => {
+                tracing::warn!(
+                    table = %def.name, partition, local = m.changelog, log_start = low, log_end = high,
+                    "local table copy does not fit the changelog (compacted past it, or the changelog was recreated); rebuilding"
+                );
+                def.store.clear(&def.name, partition)?;
+                PartitionMeta {
+                    changelog: low,
+                    source: Default::default(),
+                }
+            }
+            None => {
+                def.store.clear(&def.name, partition)?;
+                PartitionMeta {
+                    changelog: low,
+                    source: Default::default(),
+                }
+            }
+        };
+        let total = high - meta.changelog;
+        self.stats
+            .restore_total
+            .fetch_add(total.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        if total > 0 {
+            tracing::info!(agent, table = %def.name, partition, records = total, from = meta.changelog, "recovering table partition from its changelog");
+        }
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut done = 0i64;
+        let name = def.name.clone();
+        self.reader.read(
+            &def.changelog,
+            partition,
+            meta.changelog,
+            high,
+            &mut |batch: Vec<RawRecord>| {
+                let Some(last) = batch.last() else {
+                    return Ok(());
+                };
+                // Progress in offsets, as `restore_total`: compaction leaves gaps.
+                let covered = last.offset + 1 - meta.changelog;
+                meta.changelog = last.offset + 1;
+                done += batch.len() as i64;
+                self.stats
+                    .restored
+                    .fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+                let puts = batch
+                    .into_iter()
+                    .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
+                    .collect();
+                def.store.commit(vec![(
+                    name.clone(),
+                    partition,
+                    PartitionWrites {
+                        puts: Puts::List(puts),
+                        meta: meta.clone(),
+                    },
+                )])?;
+                if last_report.elapsed() > Duration::from_secs(1) {
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    let left = (high - meta.changelog).max(0);
+                    tracing::info!(
+                        table = %name, partition, done, total, rate = rate as u64,
+                        eta_s = (left as f64 / rate.max(1.0)) as u64,
+                        "recovering"
+                    );
+                    last_report = Instant::now();
+                }
+                Ok(())
+            },
+        )?;
+        // Offsets compacted away at the end of the changelog count as covered too.
+        let rest = high - meta.changelog;
+        if rest > 0 {
+            self.stats
+                .restored
+                .fetch_add(rest as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if total > 0 {
+            tracing::info!(table = %def.name, partition, records = done, elapsed = ?started.elapsed(), "table partition recovered");
+        }
+        // Remember the starting point even for an empty changelog.
+        def.store.commit(vec![(
+            def.name.clone(),
+            partition,
+            PartitionWrites {
+                puts: Puts::List(Vec::new()),
+                meta: meta.clone(),
+            },
+        )])?;
+        def.set_meta(partition, meta.clone());
+        Ok(meta)
+    }
+}

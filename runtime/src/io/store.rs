@@ -1,0 +1,428 @@
+//! The table store: one LMDB environment per worker under `<data-dir>/tables`, one database per
+//! table keyed by `[partition u32 BE][key]`, and a `meta` database recording, per table
+//! partition, the changelog offset and the source offsets its data reflects. Both are written in
+//! one LMDB transaction per commit step, so local state and the offsets it reflects never
+//! disagree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use heed::types::Bytes;
+use heed::{Database, Env, WithoutTls};
+
+use crate::base::config::Config;
+use crate::base::error::{Error, Result};
+use crate::instance::table::Overlay;
+
+type Db = Database<Bytes, Bytes>;
+
+/// Where a table partition's local copy stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PartitionMeta {
+    /// Next changelog offset to apply.
+    pub(crate) changelog: i64,
+    /// Next source offset per source topic (records below it are reflected in the data).
+    pub(crate) source: BTreeMap<String, i64>,
+}
+
+/// Writes of one commit step for one table partition.
+pub(crate) struct PartitionWrites {
+    pub(crate) puts: Puts,
+    pub(crate) meta: PartitionMeta,
+}
+
+/// The key and value bytes (`None` deletes) a [`PartitionWrites`] puts.
+pub(crate) enum Puts {
+    /// In order, the last of a key winning (a batch of replayed changelog records).
+    List(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// This partition's entries of a commit step's writes, shared with the table's readers
+    /// until the store holds them.
+    Step(Arc<Overlay>),
+}
+
+/// The LMDB environment of all tables of a worker.
+pub(crate) struct TableStore {
+    env: Env<WithoutTls>,
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    meta: Database<Bytes, Bytes>,
+    dbs: RwLock<HashMap<String, Db>>,
+    /// Held shared by every transaction of this process, exclusively to resize the map.
+    gate: RwLock<()>,
+    map_size: std::sync::atomic::AtomicUsize,
+    map_max: usize,
+}
+
+pub(crate) fn data_key(partition: i32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    data_key_into(&mut k, partition, key);
+    k
+}
+
+/// [`data_key`] written into `out` (cleared first), reusing its allocation.
+fn data_key_into(out: &mut Vec<u8>, partition: i32, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&(partition as u32).to_be_bytes());
+    out.extend_from_slice(key);
+}
+
+fn meta_key(table: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(table.len() + 5);
+    k.extend_from_slice(table.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+impl TableStore {
+    pub(crate) fn open(config: &Config, in_memory: bool) -> Result<Arc<Self>> {
+        let crate::io::lmdb::Opened { env, path, temp } =
+            crate::io::lmdb::open(config, "tables", in_memory, config.table_map_size, 1024)?;
+        let storage = |context: &str| crate::io::lmdb::storage_error(&path, context.to_owned(), "");
+        let mut wtxn = env
+            .write_txn()
+            .map_err(storage("starting a write transaction"))?;
+        let meta = env
+            .create_database(&mut wtxn, Some("meta"))
+            .map_err(storage("creating `meta`"))?;
+        wtxn.commit().map_err(storage("committing"))?;
+        Ok(Arc::new(TableStore {
+            env,
+            path,
+            _temp: temp,
+            meta,
+            dbs: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+            map_size: std::sync::atomic::AtomicUsize::new(config.table_map_size),
+            map_max: config.table_map_max.max(config.table_map_size),
+        }))
+    }
+
+    /// The error of a failed LMDB call, built only when it fails (this is on the path of every
+    /// put).
+    fn err<'a>(
+        &'a self,
+        table: &'a str,
+        context: &'a str,
+    ) -> impl FnOnce(heed::Error) -> Error + 'a {
+        move |source| {
+            let context = if table.is_empty() {
+                context.to_owned()
+            } else {
+                format!("table `{table}`: {context}")
+            };
+            crate::io::lmdb::storage_error(
+                &self.path,
+                context,
+                "the table store is full (it grows up to RILL_TABLE_MAP_MAX; raise that or free disk space)",
+            )(source)
+        }
+    }
+
+    fn db(&self, table: &str) -> Result<Db> {
+        if let Some(db) = self
+            .dbs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+        {
+            return Ok(*db);
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.err(table, "opening"))?;
+        let db: Db = self
+            .env
+            .create_database(&mut wtxn, Some(&format!("t/{table}")))
+            .map_err(self.err(table, "creating its database"))?;
+        wtxn.commit()
+            .map_err(self.err(table, "creating its database"))?;
+        self.dbs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.to_owned(), db);
+        Ok(db)
+    }
+
+    /// Reads one key of one partition.
+    pub(crate) fn get(&self, table: &str, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        Ok(db
+            .get(&rtxn, &data_key(partition, key))
+            .map_err(self.err(table, "reading"))?
+            .map(<[u8]>::to_vec))
+    }
+
+    /// All entries of one partition, in key order.
+    pub(crate) fn scan(&self, table: &str, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let prefix = (partition as u32).to_be_bytes();
+        let mut out = Vec::new();
+        for item in db
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "scanning"))?
+        {
+            let (k, v) = item.map_err(self.err(table, "scanning"))?;
+            out.push((k[4..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Entries and bytes of one partition.
+    pub(crate) fn stats(&self, table: &str, partition: i32) -> Result<(u64, u64)> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let prefix = (partition as u32).to_be_bytes();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in db
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "scanning"))?
+        {
+            let (k, v) = item.map_err(self.err(table, "scanning"))?;
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Entries and bytes (pages in use) of a whole table, from LMDB's statistics (cheap: no
+    /// scan).
+    pub(crate) fn size(&self, table: &str) -> Result<(u64, u64)> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let stat = db
+            .stat(&rtxn)
+            .map_err(self.err(table, "reading statistics"))?;
+        let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+        Ok((
+            stat.entries as u64,
+            pages as u64 * u64::from(stat.page_size),
+        ))
+    }
+
+    /// Where a table partition stands (`None`: no local copy).
+    pub(crate) fn meta(&self, table: &str, partition: i32) -> Result<Option<PartitionMeta>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let raw = self
+            .meta
+            .get(&rtxn, &meta_key(table, partition))
+            .map_err(self.err(table, "reading meta"))?;
+        Ok(raw.and_then(|b| serde_json::from_slice(b).ok()))
+    }
+
+    /// Partitions with a local copy of a table.
+    pub(crate) fn partitions(&self, table: &str) -> Result<Vec<i32>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let mut prefix = table.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self
+            .meta
+            .prefix_iter(&rtxn, &prefix)
+            .map_err(self.err(table, "reading meta"))?
+        {
+            let (k, _) = item.map_err(self.err(table, "reading meta"))?;
+            if let Some(p) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            {
+                out.push(u32::from_be_bytes(p) as i32);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a commit step: data and meta of several table partitions in one transaction.
+    pub(crate) fn commit(&self, writes: Vec<(Arc<str>, i32, PartitionWrites)>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let result = {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                self.commit_once(&writes)
+            };
+            match result {
+                Err(e) if is_map_full(&e) => self.grow(e)?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Doubles the map (up to its maximum) after a transaction found it full.
+    fn grow(&self, full: Error) -> Result<()> {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let current = self.map_size.load(std::sync::atomic::Ordering::Acquire);
+        if current >= self.map_max {
+            return Err(full);
+        }
+        let next = current.saturating_mul(2).min(self.map_max);
+        // No transaction of this store is open in this process: the gate is held exclusively.
+        crate::io::lmdb::resize(&self.env, next)
+            .map_err(self.err("", "growing the table store"))?;
+        self.map_size
+            .store(next, std::sync::atomic::Ordering::Release);
+        tracing::info!(from = current, to = next, path = %self.path.display(), "table store map grown");
+        Ok(())
+    }
+
+    fn commit_once(&self, writes: &[(Arc<str>, i32, PartitionWrites)]) -> Result<()> {
+        let dbs: Vec<Db> = writes
+            .iter()
+            .map(|(t, _, _)| self.db(t))
+            .collect::<Result<_>>()?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err("", "starting a table commit"))?;
+        let mut k = Vec::new();
+        for ((table, partition, w), db) in writes.iter().zip(dbs) {
+            let mut put = |key: &[u8], value: Option<&[u8]>| -> Result<()> {
+                data_key_into(&mut k, *partition, key);
+                match value {
+                    Some(v) => db
+                        .put(&mut wtxn, &k, v)
+                        .map_err(self.err(table, "writing"))?,
+                    None => {
+                        db.delete(&mut wtxn, &k)
+                            .map_err(self.err(table, "deleting"))?;
+                    }
+                }
+                Ok(())
+            };
+            match &w.puts {
+                Puts::List(puts) => {
+                    for (key, value) in puts {
+                        put(key, value.as_deref())?;
+                    }
+                }
+                Puts::Step(step) => {
+                    // In key order: neighbouring keys share LMDB pages, and a B-tree walk
+                    // in order stays in cache.
+                    let mut mine: Vec<(&[u8], Option<&[u8]>)> = step
+                        .iter()
+                        .filter(|((p, _), _)| p == partition)
+                        .map(|((_, key), value)| (key.as_slice(), value.as_deref()))
+                        .collect();
+                    mine.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    for (key, value) in mine {
+                        put(key, value)?;
+                    }
+                }
+            }
+            let meta = serde_json::to_vec(&w.meta).map_err(Error::user)?;
+            self.meta
+                .put(&mut wtxn, &meta_key(table, *partition), &meta)
+                .map_err(self.err(table, "writing meta"))?;
+        }
+        wtxn.commit().map_err(self.err("", "committing tables"))
+    }
+
+    /// Writes entries under one store partition and a read position under another, in one
+    /// transaction (global tables keep all entries together but read each topic partition).
+    pub(crate) fn apply_split(
+        &self,
+        table: &str,
+        data_partition: i32,
+        puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        meta_partition: i32,
+        meta: &PartitionMeta,
+    ) -> Result<()> {
+        loop {
+            let result = {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                self.apply_split_once(table, data_partition, &puts, meta_partition, meta)
+            };
+            match result {
+                Err(e) if is_map_full(&e) => self.grow(e)?,
+                other => return other,
+            }
+        }
+    }
+
+    fn apply_split_once(
+        &self,
+        table: &str,
+        data_partition: i32,
+        puts: &[(Vec<u8>, Option<Vec<u8>>)],
+        meta_partition: i32,
+        meta: &PartitionMeta,
+    ) -> Result<()> {
+        let db = self.db(table)?;
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(self.err(table, "starting a write"))?;
+        for (key, value) in puts {
+            let k = data_key(data_partition, key);
+            match value {
+                Some(v) => db
+                    .put(&mut wtxn, &k, v)
+                    .map_err(self.err(table, "writing"))?,
+                None => {
+                    db.delete(&mut wtxn, &k)
+                        .map_err(self.err(table, "deleting"))?;
+                }
+            }
+        }
+        let meta = serde_json::to_vec(meta).map_err(Error::user)?;
+        self.meta
+            .put(&mut wtxn, &meta_key(table, meta_partition), &meta)
+            .map_err(self.err(table, "writing meta"))?;
+        wtxn.commit().map_err(self.err(table, "committing"))
+    }
+
+    /// Drops the local copy of a table partition (before a rebuild from the changelog).
+    pub(crate) fn clear(&self, table: &str, partition: i32) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let mut wtxn = self.env.write_txn().map_err(self.err(table, "clearing"))?;
+        let start = data_key(partition, &[]);
+        let end = data_key(partition + 1, &[]);
+        let range = (
+            std::ops::Bound::Included(start.as_slice()),
+            std::ops::Bound::Excluded(end.as_slice()),
+        );
+        db.delete_range(&mut wtxn, &range)
+            .map_err(self.err(table, "clearing"))?;
+        self.meta
+            .delete(&mut wtxn, &meta_key(table, partition))
+            .map_err(self.err(table, "clearing"))?;
+        wtxn.commit().map_err(self.err(table, "clearing"))
+    }
+}
+
+fn is_map_full(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Storage {
+            source: heed::Error::Mdb(heed::MdbError::MapFull),
+            ..
+        }
+    )
+}

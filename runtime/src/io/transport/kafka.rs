@@ -1,0 +1,1235 @@
+//! The Kafka transport, on rdkafka (librdkafka).
+//!
+//! Each agent has a consumer group (`<app>-<agent>` unless overridden) with one `BaseConsumer`
+//! polled from its own thread (measured several times faster than `StreamConsumer` for small
+//! messages), which hands batches to the agent's instances. Offsets are never auto-committed or
+//! auto-stored: instances commit exactly the offsets of finished records, after everything those
+//! records produced was acknowledged by the broker. Rebalances are eager with the `range`
+//! assignor (co-partitioned topics stay together): on revocation the consumer's thread waits in
+//! the rebalance callback until every instance has committed what it finished.
+//!
+//! One idempotent producer per worker serves all agents (deliveries counted per batch, see
+//! `delivery`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
+//! producers and Kafka Streams put them.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Router, Tp, delivery};
+use crate::base::config::Config;
+use crate::base::error::{Error, Result};
+use crate::base::health::Health;
+use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
+use crate::ops::topic::TopicSpec;
+
+const FETCH_MAX: usize = 2000;
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes librdkafka's logs and errors into `tracing`.
+#[derive(Clone, Default)]
+pub(crate) struct LogContext;
+
+impl ConsumerContext for LogContext {}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// The Kafka side of a worker: a base client config, the shared producer and an admin client.
+pub(crate) struct KafkaTransport {
+    base: ClientConfig,
+    producer: delivery::Producer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    replication: i32,
+    pub(crate) health: Arc<Health>,
+    /// This worker's web address, advertised to the other workers of each consumer group in
+    /// the consumers' `client.id` (`...;web=<url>`), so a table query reaching the wrong
+    /// worker can name the right one.
+    pub(crate) web_url: std::sync::OnceLock<String>,
+    /// Exactly-once: the worker's transactional producer (agents' sends go through it).
+    pub(crate) txn: Option<Arc<super::txn::Transactions>>,
+}
+
+impl KafkaTransport {
+    pub(crate) fn connect(config: &Config, bootstrap: &str) -> Result<Arc<Self>> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", bootstrap);
+        base.set("client.id", format!("rill-{}", config.app_id));
+        for (k, v) in &config.kafka {
+            base.set(k, v);
+        }
+        // rill creates every topic it uses before the first send or fetch, with the partitions
+        // and settings it needs. A broker with `auto.create.topics.enable=true` (Kafka's
+        // default) would otherwise create a topic on a producer's metadata request with its
+        // own `num.partitions`, before rill's admin call (`Config::validate` refuses the
+        // property from the user).
+        base.set("allow.auto.create.topics", "false");
+        let mut producer_config = base.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            // Deliveries wait out broker outages (librdkafka retries with backoff) instead of
+            // failing after 5 minutes: a commit step waits, nothing is dropped.
+            .set("message.timeout.ms", "0");
+        for (k, v) in &config.kafka {
+            // The user's properties win, except idempotence-critical ones set above on purpose.
+            if k != "enable.idempotence" {
+                producer_config.set(k, v);
+            }
+        }
+        let producer: delivery::Producer = producer_config
+            .create_with_context(delivery::DeliveryContext)
+            .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
+        let admin: AdminClient<DefaultClientContext> = base
+            .create()
+            .map_err(|e| Error::kafka("creating an admin client", e))?;
+        let txn = match config.processing_guarantee {
+            crate::base::config::ProcessingGuarantee::ExactlyOnce => {
+                let mut txn_config = producer_config.clone();
+                // A transaction's records are produced together at its commit, which waits
+                // for them: lingering would only add its 5 ms to every commit. And a
+                // transaction begun right after the previous one's commit may be refused
+                // as concurrent for a moment: retry in 10 ms, not librdkafka's 100 ms.
+                for (key, value) in [("linger.ms", "0"), ("retry.backoff.ms", "10")] {
+                    if !config.kafka.iter().any(|(k, _)| k == key) {
+                        txn_config.set(key, value);
+                    }
+                }
+                Some(super::txn::Transactions::new(
+                    txn_config,
+                    &transactional_id(config),
+                )?)
+            }
+            crate::base::config::ProcessingGuarantee::AtLeastOnce => None,
+        };
+        Ok(Arc::new(KafkaTransport {
+            base,
+            producer,
+            admin: Arc::new(admin),
+            replication: config.replication,
+            health: Arc::new(Health::default()),
+            web_url: std::sync::OnceLock::new(),
+            txn,
+        }))
+    }
+
+    /// The members of a consumer group: each one's advertised web address (from its
+    /// `client.id`; only `http://` and `https://` addresses are taken) and its assignment.
+    /// Blocking.
+    pub(crate) fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let groups = self
+            .producer
+            .client()
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .flat_map(|g| g.members())
+            .map(|m| {
+                let url = m
+                    .client_id()
+                    .split_once(";web=")
+                    .map(|(_, url)| url.to_owned())
+                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+                let tps = m
+                    .assignment()
+                    .and_then(parse_assignment)
+                    .unwrap_or_default();
+                (url, tps)
+            })
+            .collect())
+    }
+
+    /// Enqueues a record in librdkafka, waiting while its queue is full.
+    pub(crate) async fn enqueue(
+        &self,
+        r: OutRecord,
+        batch: &Arc<delivery::Deliveries>,
+    ) -> Result<()> {
+        delivery::produce(&self.producer, &r, batch)
+            .await
+            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
+    }
+
+    /// Enqueues a borrowed record in librdkafka at once; `Ok(false)` while its queue is full.
+    pub(crate) fn try_enqueue(
+        &self,
+        r: &delivery::Outgoing<'_>,
+        batch: &Arc<delivery::Deliveries>,
+    ) -> Result<bool> {
+        delivery::try_produce(&self.producer, r, batch)
+            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
+    }
+
+    /// Waits until everything enqueued was delivered (shutdown).
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| Error::kafka("flushing the producer", e))
+    }
+
+    /// Partition count of each topic, or `None` when it does not exist.
+    pub(crate) fn partition_counts(
+        &self,
+        topics: &[String],
+    ) -> Result<HashMap<String, Option<i32>>> {
+        let mut out = HashMap::new();
+        for topic in topics {
+            let md = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|e| {
+                    Error::kafka(
+                        format!("fetching metadata of `{topic}` (is the broker reachable?)"),
+                        e,
+                    )
+                })?;
+            let count = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len() as i32);
+            out.insert(topic.clone(), count);
+        }
+        Ok(out)
+    }
+
+    /// Creates the topics that do not exist yet and checks the existing ones rill owns
+    /// (`TopicSpec::check_existing`); returns every topic's partition count.
+    pub(crate) async fn ensure_topics(
+        &self,
+        specs: &[TopicSpec],
+        default_partitions: i32,
+    ) -> Result<HashMap<String, i32>> {
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let existing = self.partition_counts(&names)?;
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<&TopicSpec> = specs
+            .iter()
+            .filter(|s| existing.get(&s.name).is_some_and(Option::is_none))
+            .filter(|s| seen.insert(s.name.as_str()))
+            .collect();
+        let mut out: HashMap<String, i32> = existing
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|n| (k, n)))
+            .collect();
+        if !missing.is_empty() {
+            self.create_topics(&missing, default_partitions).await?;
+            out.extend(self.wait_for_metadata(&missing).await?);
+        }
+        self.check_owned(specs, &out).await?;
+        Ok(out)
+    }
+
+    /// Creates `missing` through the admin API (one created meanwhile by another worker is
+    /// fine: it is checked like any existing topic).
+    async fn create_topics(&self, missing: &[&TopicSpec], default_partitions: i32) -> Result<()> {
+        let configs: Vec<Vec<(&str, &str)>> = missing.iter().map(|s| s.create_configs()).collect();
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .zip(&configs)
+            .map(|(s, configs)| {
+                let partitions = s.partitions.unwrap_or(default_partitions);
+                let replication = TopicReplication::Fixed(self.replication);
+                configs.iter().fold(
+                    NewTopic::new(&s.name, partitions, replication),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
+            .collect();
+        let results = self
+            .admin
+            .create_topics(
+                &new_topics,
+                &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| Error::kafka("creating topics", e))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic = %name, "topic exists")
+                }
+                Err((name, code)) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "creating topic `{name}` (create it by hand, or grant rill CreateTopics)"
+                        ),
+                        KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition counts of topics just created: metadata can lag creation briefly.
+    async fn wait_for_metadata(&self, created: &[&TopicSpec]) -> Result<HashMap<String, i32>> {
+        let names: Vec<String> = created.iter().map(|s| s.name.clone()).collect();
+        for _ in 0..50 {
+            let counts = self.partition_counts(&names)?;
+            if counts.values().all(Option::is_some) {
+                return Ok(counts
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|n| (k, n)))
+                    .collect());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::UnknownTopic(names.join(", ")))
+    }
+
+    /// Checks the topics rill owns among `specs` against what it needs of them: their
+    /// partition counts and topic configs.
+    async fn check_owned(&self, specs: &[TopicSpec], counts: &HashMap<String, i32>) -> Result<()> {
+        let owned: Vec<&TopicSpec> = specs.iter().filter(|s| s.internal.is_some()).collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let configs = self
+            .topic_configs(owned.iter().map(|s| s.name.as_str()))
+            .await;
+        for spec in owned {
+            let Some(&partitions) = counts.get(&spec.name) else {
+                return Err(Error::UnknownTopic(spec.name.clone()));
+            };
+            let configs = configs.as_ref().and_then(|c| c.get(&spec.name));
+            spec.check_existing(partitions, configs)?;
+        }
+        Ok(())
+    }
+
+    /// The current topic configs of `topics`, or `None` (with a warning) when the broker does
+    /// not describe them to rill (no `DescribeConfigs` permission): then only partition
+    /// counts are checked.
+    async fn topic_configs<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Option<HashMap<String, HashMap<String, String>>> {
+        let resources: Vec<ResourceSpecifier<'_>> = topics.map(ResourceSpecifier::Topic).collect();
+        let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+        let described = match self.admin.describe_configs(&resources, &options).await {
+            Ok(described) => described,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the configs of rill's internal topics; checking their partition counts only");
+                return None;
+            }
+        };
+        let mut out = HashMap::new();
+        for result in described {
+            match result {
+                Ok(resource) => {
+                    let OwnedResourceSpecifier::Topic(name) = resource.specifier else {
+                        continue;
+                    };
+                    let entries = resource
+                        .entries
+                        .into_iter()
+                        .filter_map(|e| Some((e.name, e.value?)))
+                        .collect();
+                    out.insert(name, entries);
+                }
+                Err(code) => {
+                    tracing::warn!(%code, "cannot read the configs of an internal topic; checking its partition count only");
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Log start and end offsets of a partition.
+    /// First and next offset of a partition (blocking). A topic created a moment ago (a window's
+    /// or join's changelog, created when the agent builds it) may have no leader yet: those
+    /// answers are retried for up to 30 s.
+    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .producer
+                .client()
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            {
+                Ok(marks) => return Ok(marks),
+                Err(e)
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            Code::NotLeaderForPartition
+                                | Code::LeaderNotAvailable
+                                | Code::UnknownTopicOrPartition
+                                | Code::UnknownPartition
+                        )
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(topic, partition, error = %e, "no leader yet; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(Error::kafka(
+                        format!("reading the offsets of {topic}[{partition}]"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
+    pub(crate) fn read_range(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        batch_size: usize,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()> {
+        if from >= until {
+            return Ok(());
+        }
+        let mut config = self.base.clone();
+        config
+            .set("group.id", "rill-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            // A changelog tail of transaction markers only returns nothing: do not let the
+            // broker hold each empty fetch for its default 500 ms.
+            .set("fetch.wait.max.ms", "20");
+        prefetch_defaults(&mut config);
+        let consumer: BaseConsumer<LogContext> = config
+            .create_with_context(LogContext)
+            .map_err(|e| Error::kafka("creating a restore consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| Error::kafka("building a restore assignment", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assigning {topic}[{partition}]"), e))?;
+        let mut batch = Vec::with_capacity(batch_size.min(100_000));
+        let mut last_progress = std::time::Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = std::time::Instant::now();
+                    let offset = m.offset();
+                    batch.push(RawRecord {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        key: m.key().map(Bytes::copy_from_slice),
+                        value: m.payload().map(Bytes::copy_from_slice),
+                        timestamp: m.timestamp().to_millis(),
+                        headers: Headers::default(),
+                    });
+                    let finished = offset + 1 >= until;
+                    if batch.len() >= batch_size || finished {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Error::kafka(format!("reading {topic}[{partition}]"), e));
+                }
+                None => {
+                    if !batch.is_empty() {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    // Compaction or aborted transactions can leave the end offset unreachable.
+                    let (_, high) = self.watermarks(topic, partition)?;
+                    let position = consumer
+                        .position()
+                        .ok()
+                        .and_then(|tpl| {
+                            tpl.find_partition(topic, partition)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .unwrap_or(from);
+                    if position >= until.min(high) {
+                        return Ok(());
+                    }
+                    if last_progress.elapsed() > Duration::from_secs(60) {
+                        return Err(Error::Shutdown(format!(
+                            "reading {topic}[{partition}] made no progress for 60 s at offset {position} (end {until})"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes a consumer for one agent's group and polls it on a thread.
+    pub(crate) fn spawn_fetcher(
+        &self,
+        group: &str,
+        topics: Vec<String>,
+        router: Arc<Router>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Arc<KafkaCommitter>, std::thread::JoinHandle<()>)> {
+        let mut config = self.base.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range");
+        if self.txn.is_some() {
+            // Only committed transactions' records reach agents.
+            config.set("isolation.level", "read_committed");
+        }
+        if let Some(url) = self.web_url.get() {
+            let id = self.base.get("client.id").unwrap_or("rill").to_owned();
+            config.set("client.id", format!("{id};web={url}"));
+        }
+        if self
+            .base
+            .get("statistics.interval.ms")
+            .is_none_or(|v| v == "0")
+        {
+            // Consumer lag per partition, for windows' idle partitions (and later metrics).
+            config.set("statistics.interval.ms", "1000");
+        }
+        prefetch_defaults(&mut config);
+        let consumer: BaseConsumer<FetchContext> = config
+            .create_with_context(FetchContext {
+                router: router.clone(),
+                health: self.health.clone(),
+                lags: std::sync::Mutex::new(HashMap::new()),
+                read_committed: self.txn.is_some(),
+            })
+            .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
+        let consumer = Arc::new(consumer);
+        let committer = Arc::new(KafkaCommitter {
+            router: router.clone(),
+            transactional: self.txn.is_some(),
+            consumer: consumer.clone(),
+            group: group.to_owned(),
+            health: self.health.clone(),
+            stop: stop.clone(),
+            admin: self.admin.clone(),
+            purger: std::sync::OnceLock::new(),
+        });
+        let handle = std::thread::Builder::new()
+            .name(format!("rill-fetch-{}", router.agent))
+            .spawn(move || poll_loop(&consumer, &router, &stop, &topics))
+            .map_err(|e| Error::io("spawning a fetcher thread", e))?;
+        Ok((committer, handle))
+    }
+}
+
+/// rill's prefetch bounds for its consumers, where the user set none (`-X`, `RILL_KAFKA_*`).
+///
+/// librdkafka decompresses a whole fetch response into one op of a few hundred bytes per
+/// message, and its byte limits count payloads only: with its defaults (50 MiB fetches,
+/// 100,000 messages per partition) a worker reading a backlog of small records held ~140 MiB
+/// of prefetched messages. One MiB fetches and 10,000 messages per partition bound that to a
+/// few tens of MiB, and a 5 ms queue backoff (librdkafka waits `fetch.queue.backoff.ms`,
+/// 1 s by default, once a partition's queue is full) keeps fetching as soon as the agent has
+/// taken records: at full speed the stateless benchmark went from ~150 MiB anonymous RSS to
+/// ~50 MiB, and got faster (`bench/results`).
+fn prefetch_defaults(config: &mut ClientConfig) {
+    // A fetch must hold the largest message the broker may return.
+    let message_max: usize = config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let fetch_max = (1usize << 20).max(message_max).to_string();
+    for (key, value) in [
+        ("fetch.max.bytes", fetch_max.as_str()),
+        ("queued.min.messages", "10000"),
+        ("fetch.queue.backoff.ms", "5"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+}
+
+/// A fetched batch being assembled: every key and value is copied into one buffer, and the
+/// records are slices of it. One allocation per batch instead of two per record, freed when the
+/// agent drops the batch's last record: freeing small blocks on another thread than the one
+/// that allocated them cost a stateless agent ~12% of its CPU in glibc.
+struct Fetched {
+    bytes: Vec<u8>,
+    /// The records, their keys and values still `None`: where those are in `bytes` is in
+    /// `places` (filled in place when the batch is taken, without moving the records again).
+    records: Vec<RawRecord>,
+    places: Vec<Place>,
+}
+
+/// Where a fetched record's key and value are in its batch's buffer.
+type Place = (Option<Range<usize>>, Option<Range<usize>>);
+
+impl Fetched {
+    fn new() -> Self {
+        Fetched {
+            bytes: Vec::new(),
+            records: Vec::with_capacity(FETCH_MAX),
+            places: Vec::with_capacity(FETCH_MAX),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+        self.places.clear();
+    }
+
+    fn copy(&mut self, data: Option<&[u8]>) -> Option<Range<usize>> {
+        data.map(|d| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(d);
+            start..self.bytes.len()
+        })
+    }
+
+    /// Adds `record` with this key and value (its own are ignored).
+    fn push(&mut self, record: RawRecord, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let key = self.copy(key);
+        let value = self.copy(value);
+        self.records.push(record);
+        self.places.push((key, value));
+    }
+
+    /// The records, their keys and values sharing the batch's buffer; `self` starts afresh,
+    /// with a buffer the size of this one (not regrown from empty, a copy per doubling).
+    fn take(&mut self) -> Vec<RawRecord> {
+        let size = self.bytes.len();
+        let bytes = Bytes::from(std::mem::replace(&mut self.bytes, Vec::with_capacity(size)));
+        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(FETCH_MAX));
+        for (record, (key, value)) in records.iter_mut().zip(self.places.drain(..)) {
+            record.key = key.map(|r| bytes.slice(r));
+            record.value = value.map(|r| bytes.slice(r));
+        }
+        records
+    }
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<FetchContext>,
+    router: &Router,
+    stop: &AtomicBool,
+    subscribed: &[String],
+) {
+    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+    // Subscribed to one topic (names, not patterns: a topic name cannot hold `^`), every
+    // message is of it: no name to read (librdkafka's `strlen`, UTF-8 check) and compare.
+    let only: Option<Arc<str>> = match subscribed {
+        [one] => Some(Arc::from(one.as_str())),
+        _ => None,
+    };
+    let mut last_topic: Option<Arc<str>> = None;
+    let mut batch = Fetched::new();
+    let mut last_error: Option<std::time::Instant> = None;
+    let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
+    // The partition of the last record that took a partition out of `at_end`.
+    let mut last_read: Option<Tp> = None;
+    while !stop.load(Ordering::Acquire) && !router.all_closed() {
+        if router.rewind.swap(false, Ordering::AcqRel) {
+            batch.clear();
+            at_end.clear();
+            rewind(consumer, router);
+        }
+        // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
+        let mut generation = router.generation();
+        let mut timeout = Duration::from_millis(100);
+        while batch.len() < FETCH_MAX {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    consumer.context().health.back();
+                    if router.generation() != generation {
+                        // This poll ran a rebalance: what came before belongs to the old assignment.
+                        batch.clear();
+                        generation = router.generation();
+                    }
+                    // Runs of one topic are the rule: compare with the last before looking up.
+                    let topic = match (&only, &last_topic) {
+                        (Some(t), _) => t.clone(),
+                        (None, Some(t)) if **t == *m.topic() => t.clone(),
+                        _ => {
+                            let name = m.topic();
+                            let t = match topics.get(name) {
+                                Some(t) => t.clone(),
+                                None => {
+                                    let t: Arc<str> = Arc::from(name);
+                                    topics.insert(name.to_owned(), t.clone());
+                                    t
+                                }
+                            };
+                            last_topic = Some(t.clone());
+                            t
+                        }
+                    };
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            Headers(
+                                h.iter()
+                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                    .collect(),
+                            )
+                        })
+                        .unwrap_or_default();
+                    let record = RawRecord {
+                        topic,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: None,
+                        value: None,
+                        timestamp: m.timestamp().to_millis(),
+                        headers,
+                    };
+                    if !at_end.is_empty()
+                        && !last_read.as_ref().is_some_and(|(t, p)| {
+                            Arc::ptr_eq(t, &record.topic) && *p == record.partition
+                        })
+                    {
+                        // A partition that gets records is no longer at its end: its next
+                        // catch-up is reported again (looked up once per run of a partition).
+                        at_end.remove(&(record.topic.clone(), record.partition));
+                        last_read = Some((record.topic.clone(), record.partition));
+                    }
+                    batch.push(record, m.key(), m.payload());
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    // Broker outages surface here repeatedly; log at most every 5 s.
+                    if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(agent = %router.agent, error = %e, "consumer error; librdkafka keeps retrying");
+                        last_error = Some(std::time::Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+        // Drained what was fetched: partitions librdkafka's statistics (once a second) last
+        // showed with no consumer lag are caught up; the marker travels after their records.
+        let mut caught_up = Vec::new();
+        if batch.len() < FETCH_MAX {
+            let lags = consumer
+                .context()
+                .lags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for (tp, lag) in lags {
+                if lag == 0 {
+                    if at_end.insert(tp.clone()) {
+                        caught_up.push(tp);
+                        last_read = None;
+                    }
+                } else if lag > 0 {
+                    at_end.remove(&tp);
+                }
+            }
+        }
+        if router.generation() != generation {
+            at_end.clear();
+            caught_up.clear();
+        }
+        if (!batch.is_empty() || !caught_up.is_empty())
+            && !router.route_fetched_in(generation, batch.take(), caught_up)
+        {
+            break;
+        }
+    }
+}
+
+/// After an aborted transaction: every owned partition goes back to its committed offset, and
+/// the assignment is announced again (a new generation: instances drop what they hold, reload
+/// their tables from the last commit and read from there).
+fn rewind(consumer: &BaseConsumer<FetchContext>, router: &Router) {
+    let committed = match consumer.committed(Duration::from_secs(30)) {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            tracing::warn!(agent = %router.agent, error = %e, "reading committed offsets to roll back; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            router.rewind.store(true, Ordering::Release);
+            return;
+        }
+    };
+    let mut tps = Vec::new();
+    for e in committed.elements() {
+        let to = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        if let Err(err) = consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(30)) {
+            tracing::warn!(agent = %router.agent, topic = e.topic(), partition = e.partition(), error = %err, "seeking back to the committed offset; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            router.rewind.store(true, Ordering::Release);
+            return;
+        }
+        tps.push((Arc::from(e.topic()), e.partition()));
+    }
+    tracing::warn!(agent = %router.agent, partitions = tps.len(), "transaction aborted: reading again from the committed offsets");
+    if let Err(e) = router.assigned(tps) {
+        tracing::error!(agent = %router.agent, error = %e, "announcing the rewind");
+    }
+}
+
+/// How many records of a partition are still to be read, from librdkafka's statistics, or
+/// `None` while that is unknown. The position is the furthest of: the last record handed to
+/// rill (`app_offset`), the group's committed offset, and, when nothing waits in librdkafka's
+/// queue, how far it fetched (past records that never reach rill: transaction markers,
+/// aborted records). librdkafka's own `consumer_lag` counts from the committed offset only, so
+/// it stays unknown for a partition that is empty and was never committed to, and such a
+/// partition would hold its windows back for ever.
+fn unread(p: &rdkafka::statistics::Partition, read_committed: bool) -> Option<i64> {
+    let end = if read_committed {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    let mut position = p.app_offset.max(p.committed_offset);
+    if p.fetchq_cnt == 0 {
+        position = position.max(p.next_offset);
+    }
+    (end >= 0 && position >= 0).then(|| (end - position).max(0))
+}
+
+/// Rebalance hooks of an agent's consumer.
+pub(crate) struct FetchContext {
+    router: Arc<Router>,
+    health: Arc<Health>,
+    /// Records still to read per assigned partition, from librdkafka's statistics.
+    lags: std::sync::Mutex<HashMap<Tp, i64>>,
+    /// The consumer reads committed records only (exactly-once): its end is the last stable
+    /// offset.
+    read_committed: bool,
+}
+
+impl ClientContext for FetchContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        LogContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.lost(reason);
+        }
+        LogContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = HashMap::new();
+        for (name, topic) in statistics.topics {
+            let name: Arc<str> = Arc::from(name.as_str());
+            for (partition, p) in topic.partitions {
+                if partition < 0 || p.fetch_state != "active" {
+                    continue;
+                }
+                if let Some(lag) = unread(&p, self.read_committed) {
+                    lags.insert((name.clone(), partition), lag);
+                }
+            }
+        }
+        *self.router.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags.clone();
+        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
+    }
+}
+
+impl ConsumerContext for FetchContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            // Blocks the poll thread until each instance has committed its finished records.
+            self.router.revoke();
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
+                    .collect();
+                if let Err(e) = self.router.assigned(tps) {
+                    tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(agent = %self.router.agent, error = %e, "rebalance error")
+            }
+        }
+    }
+}
+
+/// Commits an agent group's offsets.
+pub(crate) struct KafkaCommitter {
+    /// Exactly-once: offsets go in the commit step's transaction instead.
+    pub(crate) transactional: bool,
+    router: Arc<Router>,
+    consumer: Arc<BaseConsumer<FetchContext>>,
+    group: String,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Set for a repartition topic's group: what it commits is deleted.
+    purger: std::sync::OnceLock<Arc<super::purge::Purger>>,
+}
+
+impl KafkaCommitter {
+    /// See `Committer::purge_consumed`.
+    pub(crate) fn purge_consumed(&self, interval: Duration) {
+        let _ = self.purger.set(Arc::new(super::purge::Purger::new(
+            self.admin.clone(),
+            interval,
+        )));
+    }
+
+    /// Offsets this group just committed (for purging).
+    pub(crate) fn committed(&self, offsets: &[(Tp, i64)]) {
+        if let Some(purger) = self.purger.get() {
+            purger.committed(offsets);
+        }
+    }
+
+    /// After an aborted transaction: the fetcher goes back to the committed offsets.
+    pub(crate) fn request_rewind(&self) {
+        self.router.rewind.store(true, Ordering::Release);
+    }
+
+    /// The consumer's group metadata, which fences a zombie's transactional offset commits.
+    pub(crate) fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata().ok_or_else(|| {
+            Error::Transaction(format!(
+                "no consumer group metadata for group `{}` yet",
+                self.group
+            ))
+        })
+    }
+
+    /// Commits the next offsets to read (synchronously; callers run it off the async threads).
+    pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for ((topic, partition), offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| Error::kafka("building an offset list", e))?;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.commit_once(&tpl) {
+                Err(Retry(e)) if !self.stop.load(Ordering::Acquire) => {
+                    // The broker is away: keep the offsets and try again, backing off.
+                    self.health.lost(&e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(Retry(e)) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "committing offsets of group `{}` while stopping",
+                            self.group
+                        ),
+                        e,
+                    ));
+                }
+                Ok(result) => {
+                    if result.is_ok() {
+                        self.health.back();
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// One commit attempt: `Err` when it is worth retrying.
+    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
+        Ok(match self.consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Partitions already given away in a rebalance: the new owner will redo the records.
+            Err(KafkaError::ConsumerCommit(code))
+                if matches!(
+                    code,
+                    RDKafkaErrorCode::RebalanceInProgress
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::UnknownMemberId
+                ) =>
+            {
+                tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
+                Ok(())
+            }
+            Err(KafkaError::ConsumerCommit(code)) if retriable(code) => {
+                return Err(Retry(KafkaError::ConsumerCommit(code)));
+            }
+            Err(e) => Err(Error::kafka(
+                format!("committing offsets of group `{}`", self.group),
+                e,
+            )),
+        })
+    }
+}
+
+/// A commit failure worth retrying.
+struct Retry(KafkaError);
+
+/// Errors of an unreachable or moving coordinator, as opposed to refusals (authorization,
+/// invalid offsets) that retrying cannot fix.
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::WaitingForCoordinator
+    )
+}
+
+/// A consumer group member: its advertised web address and its topic-partitions.
+pub(crate) type GroupMember = (Option<String>, Vec<(String, i32)>);
+
+/// The worker's `transactional.id`: stable across restarts of one worker (so a restart
+/// fences its previous incarnation and aborts its open transaction), distinct between workers:
+/// `RILL_WORKER_ID`, else derived from the data directory.
+fn transactional_id(config: &Config) -> String {
+    if let Ok(id) = std::env::var("RILL_WORKER_ID")
+        && !id.trim().is_empty()
+    {
+        return format!("rill-{}-{}", config.app_id, id.trim());
+    }
+    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    // FNV-1a: stable across builds (std's hasher is not promised to be).
+    let hash = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("rill-{}-{hash:016x}", config.app_id)
+}
+
+/// A record's headers as librdkafka's (none when it has none).
+pub(crate) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
+    (!r.headers.is_empty()).then(|| {
+        r.headers.0.iter().fold(
+            OwnedHeaders::new_with_capacity(r.headers.0.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            },
+        )
+    })
+}
+
+/// Enqueues a record in a (transactional) producer, waiting while its queue is full.
+pub(crate) async fn send_record(
+    producer: &FutureProducer<LogContext>,
+    r: &OutRecord,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    let headers = owned_headers(r);
+    loop {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&r.topic).timestamp(r.timestamp);
+        if let Some(k) = r.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = r.value.as_deref() {
+            record = record.payload(v);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Topic-partitions of a classic consumer-protocol assignment (version, then per topic its
+/// name and partitions; user data ignored).
+fn parse_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    let mut b = bytes;
+    let int16 = |b: &mut &[u8]| take(b, 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
+    let int32 = |b: &mut &[u8]| take(b, 4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+    let _version = int16(&mut b)?;
+    let topics = int32(&mut b)?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(int16(&mut b)?).ok()?;
+        let name = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+        let n = int32(&mut b)?;
+        for _ in 0..n.max(0) {
+            out.push((name.clone(), int32(&mut b)?));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    #[test]
+    fn parses_a_consumer_protocol_assignment() {
+        let mut b = vec![0, 1, 0, 0, 0, 1, 0, 5];
+        b.extend_from_slice(b"views");
+        b.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 0]);
+        assert_eq!(
+            super::parse_assignment(&b),
+            Some(vec![("views".to_owned(), 3), ("views".to_owned(), 7)])
+        );
+        assert_eq!(super::parse_assignment(&b[..9]), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unread_records_count_from_the_furthest_known_position() {
+        use rdkafka::statistics::Partition;
+        const INVALID: i64 = -1001;
+        let stats = |lo, hi, next, app, committed, queued| Partition {
+            lo_offset: lo,
+            hi_offset: hi,
+            ls_offset: hi,
+            next_offset: next,
+            app_offset: app,
+            committed_offset: committed,
+            fetchq_cnt: queued,
+            ..Partition::default()
+        };
+        // Empty and never committed to: read to its end (librdkafka's consumer_lag: -1).
+        assert_eq!(unread(&stats(0, 0, 0, INVALID, INVALID, 0), false), Some(0));
+        // Records waiting, none handed out yet, nothing committed.
+        assert_eq!(unread(&stats(0, 10, 10, INVALID, INVALID, 10), false), None);
+        assert_eq!(
+            unread(&stats(0, 10, 0, INVALID, INVALID, 0), false),
+            Some(10)
+        );
+        // Handed out up to 7, not committed yet: 3 to go, though 10 were fetched.
+        assert_eq!(unread(&stats(0, 10, 10, 7, INVALID, 3), false), Some(3));
+        // Committed at 8 by an earlier run; a transaction marker at 9: fetched past it.
+        assert_eq!(unread(&stats(0, 10, 10, INVALID, 8, 0), true), Some(0));
+        // Before the first fetch response, the end is unknown.
+        assert_eq!(
+            unread(&stats(INVALID, INVALID, INVALID, INVALID, 5, 0), false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_fetched_batch_hands_out_slices_of_one_buffer() {
+        let record = |offset| RawRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            timestamp: None,
+            headers: Headers::default(),
+        };
+        let mut batch = Fetched::new();
+        batch.push(record(0), Some(b"k0"), Some(b"v0"));
+        batch.push(record(1), None, Some(b"value one"));
+        batch.push(record(2), Some(b""), None);
+        assert_eq!(batch.len(), 3);
+        let records = batch.take();
+        assert!(batch.is_empty());
+        let text = |b: Option<&Bytes>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| (r.offset, text(r.key.as_ref()), text(r.value.as_ref())))
+            .collect();
+        let s = |t: &str| Some(t.to_owned());
+        assert_eq!(
+            got,
+            vec![
+                (0, s("k0"), s("v0")),
+                (1, None, s("value one")),
+                (2, s(""), None)
+            ]
+        );
+        // Neighbours in one buffer: "v0" sits right before "value one".
+        let at = |r: &RawRecord| r.value.as_ref().map_or(0, |v| v.as_ptr() as usize);
+        assert_eq!(at(&records[1]) - at(&records[0]), 2);
+        // A record kept for long gets a buffer of its own.
+        let kept = records[1].clone().detached();
+        assert_eq!(kept.value.as_deref(), Some(&b"value one"[..]));
+        assert_ne!(at(&kept), at(&records[1]));
+    }
+}

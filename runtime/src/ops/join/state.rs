@@ -1,0 +1,793 @@
+//! The windowed join operator: per partition, the records of each side still able to meet a
+//! record of the other, matching, expiry, and the state's stored form. No I/O: the driver feeds
+//! it records and clock ticks and hands its writes to the table overlay at each commit step.
+//!
+//! Time rules (see the module docs of `join` for the user's view), with `W = before + after`:
+//! - a left record at `t` meets right records in `[t - before, t + after]`, a right record at
+//!   `t` left records in `[t - after, t + before]`;
+//! - a record is late, and dropped, when the watermark has passed the end of its own range
+//!   plus grace (left: `t + after + grace`, right: `t + before + grace`): a partner it could
+//!   meet may already be gone;
+//! - a buffered record expires when the watermark passes `t + W + grace`: from then on every
+//!   record that could meet it would be late. That is when an unmatched record of an outer
+//!   side is emitted alone, so it is never emitted alone and then matched.
+//! - a partition's time is the smaller of its two sides' largest event times (a side idle for
+//!   the idle timeout on a caught-up partition does not count): one topic read far ahead of
+//!   the other during a backlog does not make the other's records late.
+//!
+//! Stored form, per partition of the join's table (keys are bytes, values JSON):
+//! - `L|R | len(key) u32 | key | time | seq` → `[matched, record]`: a buffered record;
+//! - `C` → the partition's clock: largest event time seen, the watermark it was expired at,
+//!   the `group_by` pumps' watermarks, the offsets last applied per side, the next sequence.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::base::error::{Error, Result};
+use crate::base::watermark::Upstream;
+use crate::ops::window::state::{PartTime, time_bytes, time_from, watermark_of};
+
+const LEFT: u8 = b'L';
+const RIGHT: u8 = b'R';
+const CLOCK: &[u8] = b"C";
+
+/// One side's record, as the operator receives it.
+pub(crate) enum Side<A, B> {
+    Left(A),
+    Right(B),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredClock {
+    max_seen: i64,
+    /// Largest event time per side, left and right.
+    sides: [i64; 2],
+    floor: i64,
+    pumps: Vec<(u64, i64)>,
+    /// Offsets of the last records applied, left and right.
+    applied: [i64; 2],
+    seq: u64,
+}
+
+fn entry_key(side: u8, key: &[u8], time: i64, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + key.len() + 16);
+    out.push(side);
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&time_bytes(time));
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// Splits a stored entry key into (side, join key, time, seq).
+fn split(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
+    let (&side, rest) = stored.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let key = rest.get(4..4 + len)?;
+    let tail = rest.get(4 + len..)?;
+    let time = time_from(tail.get(..8)?)?;
+    let seq = u64::from_be_bytes(tail.get(8..16)?.try_into().ok()?);
+    Some((side, key, time, seq))
+}
+
+struct Entry<T> {
+    value: T,
+    matched: bool,
+    /// In the table store (and its changelog): expiring it must delete it there.
+    stored: bool,
+}
+
+/// A buffered record's identity: (side, join key, time, seq).
+type Id = (u8, Vec<u8>, i64, u64);
+
+/// One key's buffered records of one side, by (time, seq).
+type Entries<T> = BTreeMap<(i64, u64), Entry<T>>;
+
+/// One side's buffered records, by join key.
+struct Buffer<T> {
+    side: u8,
+    keys: HashMap<Vec<u8>, Entries<T>>,
+}
+
+impl<T: Serialize + DeserializeOwned> Buffer<T> {
+    fn new(side: u8) -> Self {
+        Buffer {
+            side,
+            keys: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.values().map(BTreeMap::len).sum()
+    }
+
+    /// A stored entry (`[matched, record]`).
+    fn load(&mut self, key: &[u8], time: i64, seq: u64, stored: &[u8]) -> serde_json::Result<()> {
+        let (matched, value): (bool, T) = serde_json::from_slice(stored)?;
+        self.insert(key.to_vec(), time, seq, value, matched, true);
+        Ok(())
+    }
+
+    fn insert(&mut self, key: Vec<u8>, time: i64, seq: u64, value: T, matched: bool, stored: bool) {
+        self.keys.entry(key).or_default().insert(
+            (time, seq),
+            Entry {
+                value,
+                matched,
+                stored,
+            },
+        );
+    }
+
+    /// The stored form of an entry (marking it stored), or `None` when it is gone.
+    fn stored(&mut self, key: &[u8], time: i64, seq: u64) -> serde_json::Result<Option<Vec<u8>>> {
+        match self.keys.get_mut(key).and_then(|b| b.get_mut(&(time, seq))) {
+            Some(e) => {
+                e.stored = true;
+                serde_json::to_vec(&(e.matched, &e.value)).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every record of `key` in `[lo, hi]` (in time order), marking it
+    /// matched; true when there was one.
+    fn meet(
+        &mut self,
+        key: &[u8],
+        lo: i64,
+        hi: i64,
+        dirty: &mut HashSet<Id>,
+        mut f: impl FnMut(&T),
+    ) -> bool {
+        let Some(entries) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let mut met = false;
+        for (&(t, s), e) in entries.range_mut((lo, 0)..=(hi, u64::MAX)) {
+            met = true;
+            f(&e.value);
+            if !e.matched {
+                e.matched = true;
+                dirty.insert((self.side, key.to_vec(), t, s));
+            }
+        }
+        met
+    }
+
+    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<Entry<T>> {
+        let entries = self.keys.get_mut(key)?;
+        let entry = entries.remove(&(time, seq));
+        if entries.is_empty() {
+            self.keys.remove(key);
+        }
+        entry
+    }
+}
+
+struct Part<A, B> {
+    left: Buffer<A>,
+    right: Buffer<B>,
+    /// Buffered records by (expiry time, side, key, time, seq).
+    expiring: BTreeSet<(i64, u8, Vec<u8>, i64, u64)>,
+    max_seen: i64,
+    /// Largest event time and clock time of the last record, per side.
+    side_max: [i64; 2],
+    side_arrival: [i64; 2],
+    /// The watermark this partition's records were expired at (never goes back).
+    floor: i64,
+    last_arrival: i64,
+    upstream: Upstream,
+    applied: [i64; 2],
+    seq: u64,
+    /// Entries changed since the last commit.
+    dirty: HashSet<Id>,
+    clock_dirty: bool,
+}
+
+impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B> {
+    /// How far the partition has got: the slower side's largest event time, leaving out a side
+    /// that has been quiet for the idle timeout on a partition read to its end.
+    fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
+        let mut low: Option<i64> = None;
+        for side in 0..2 {
+            let idle = caught_up && now.saturating_sub(self.side_arrival[side]) >= idle_timeout;
+            if !idle {
+                low = Some(low.map_or(self.side_max[side], |l: i64| l.min(self.side_max[side])));
+            }
+        }
+        low.unwrap_or(self.max_seen)
+    }
+
+    fn new(now: i64) -> Self {
+        Part {
+            left: Buffer::new(LEFT),
+            right: Buffer::new(RIGHT),
+            expiring: BTreeSet::new(),
+            max_seen: i64::MIN,
+            side_max: [i64::MIN; 2],
+            side_arrival: [now; 2],
+            floor: i64::MIN,
+            last_arrival: now,
+            upstream: Upstream::default(),
+            applied: [i64::MIN; 2],
+            seq: 0,
+            dirty: HashSet::new(),
+            clock_dirty: false,
+        }
+    }
+}
+
+/// The join's bounds, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) before: i64,
+    pub(crate) after: i64,
+    pub(crate) grace: i64,
+}
+
+impl Bounds {
+    fn span(&self) -> i64 {
+        self.before.saturating_add(self.after)
+    }
+
+    fn expires(&self, time: i64) -> i64 {
+        time.saturating_add(self.span()).saturating_add(self.grace)
+    }
+}
+
+/// One stored change: partition, stored key, value (`None` deletes).
+pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
+
+pub(crate) struct Operator<A, B> {
+    bounds: Bounds,
+    idle_timeout: i64,
+    /// Emit left records that met nothing (left and outer joins).
+    left_outer: bool,
+    /// Emit right records that met nothing (outer joins).
+    right_outer: bool,
+    parts: HashMap<i32, Part<A, B>>,
+    watermark: i64,
+    /// Results not handed out yet, in the order they were made.
+    pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
+}
+
+impl<A, B> Operator<A, B>
+where
+    A: Serialize + DeserializeOwned + Clone,
+    B: Serialize + DeserializeOwned + Clone,
+{
+    pub(crate) fn new(
+        bounds: Bounds,
+        idle_timeout: i64,
+        left_outer: bool,
+        right_outer: bool,
+    ) -> Self {
+        Operator {
+            bounds,
+            idle_timeout,
+            left_outer,
+            right_outer,
+            parts: HashMap::new(),
+            watermark: i64::MIN,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Forgets every partition (after a rebalance; they are reloaded from the store).
+    pub(crate) fn clear(&mut self) {
+        self.parts.clear();
+        self.watermark = i64::MIN;
+    }
+
+    pub(crate) fn has_partition(&self, partition: i32) -> bool {
+        self.parts.contains_key(&partition)
+    }
+
+    /// Records buffered in every partition (left, right).
+    #[cfg(test)]
+    fn buffered(&self) -> (usize, usize) {
+        self.parts
+            .values()
+            .fold((0, 0), |(l, r), p| (l + p.left.len(), r + p.right.len()))
+    }
+
+    /// Loads a partition from its stored entries.
+    pub(crate) fn load(
+        &mut self,
+        partition: i32,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        now: i64,
+    ) -> Result<()> {
+        let mut part = Part::new(now);
+        let bad = |what: &str, e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!(
+                "join state: a stored {what} of partition {partition} does not decode ({e}); did a joined record type change? name the join differently to start afresh"
+            ),
+        };
+        for (stored, value) in entries {
+            if stored == CLOCK {
+                let clock: StoredClock =
+                    serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
+                part.max_seen = clock.max_seen;
+                part.side_max = clock.sides;
+                part.floor = clock.floor;
+                part.applied = clock.applied;
+                part.seq = clock.seq;
+                part.upstream.restore(clock.pumps);
+                continue;
+            }
+            let Some((side, key, time, seq)) = split(&stored) else {
+                continue;
+            };
+            match side {
+                LEFT => part
+                    .left
+                    .load(key, time, seq, &value)
+                    .map_err(|e| bad("left record", e))?,
+                RIGHT => part
+                    .right
+                    .load(key, time, seq, &value)
+                    .map_err(|e| bad("right record", e))?,
+                _ => continue,
+            }
+            part.seq = part.seq.max(seq + 1);
+            part.expiring
+                .insert((self.bounds.expires(time), side, key.to_vec(), time, seq));
+        }
+        self.parts.insert(partition, part);
+        Ok(())
+    }
+
+    /// True when some partition has changes to write.
+    pub(crate) fn dirty(&self) -> bool {
+        self.parts
+            .values()
+            .any(|p| p.clock_dirty || !p.dirty.is_empty())
+    }
+
+    /// The changes since the last call, as (partition, stored key, value or delete).
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+        let encode = |e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!("cannot encode join state: {e}"),
+        };
+        let mut out = Vec::new();
+        for (&partition, part) in &mut self.parts {
+            for (side, key, time, seq) in part.dirty.drain() {
+                let stored = entry_key(side, &key, time, seq);
+                let value = if side == LEFT {
+                    part.left.stored(&key, time, seq)
+                } else {
+                    part.right.stored(&key, time, seq)
+                }
+                .map_err(encode)?;
+                out.push((partition, stored, value));
+            }
+            if part.clock_dirty {
+                part.clock_dirty = false;
+                let clock = StoredClock {
+                    max_seen: part.max_seen,
+                    sides: part.side_max,
+                    floor: part.floor,
+                    pumps: part.upstream.snapshot(),
+                    applied: part.applied,
+                    seq: part.seq,
+                };
+                out.push((
+                    partition,
+                    CLOCK.to_vec(),
+                    Some(serde_json::to_vec(&clock).map_err(encode)?),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one record of `partition` at event time `time`: pairs it with every buffered
+    /// record of the other side in range (results go to `out`) and buffers it. Returns true
+    /// when the record is late (dropped).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one record's parts, as the driver has them"
+    )]
+    pub(crate) fn on_record(
+        &mut self,
+        partition: i32,
+        key: Vec<u8>,
+        time: i64,
+        record: Side<A, B>,
+        now: i64,
+        upstream: Option<(u64, i64)>,
+        offset: Option<i64>,
+    ) -> bool {
+        let bounds = self.bounds;
+        let watermark = self.watermark;
+        let part = self
+            .parts
+            .entry(partition)
+            .or_insert_with(|| Part::new(now));
+        let side = usize::from(matches!(record, Side::Right(_)));
+        if let Some(offset) = offset {
+            if offset <= part.applied[side] {
+                // Already joined (handed out again after a failure or a crash).
+                return false;
+            }
+            part.applied[side] = offset;
+            part.clock_dirty = true;
+        }
+        if time > part.max_seen {
+            part.max_seen = time;
+            part.clock_dirty = true;
+        }
+        if time > part.side_max[side] {
+            part.side_max[side] = time;
+            part.clock_dirty = true;
+        }
+        part.side_arrival[side] = now;
+        if let Some((pump, wm)) = upstream {
+            part.upstream.heard(pump, wm, now);
+            part.clock_dirty = true;
+        }
+        part.last_arrival = now;
+        let wm = watermark.max(part.floor);
+        let seq = part.seq;
+        // A record meets the other side's records in its range, unless its own range plus
+        // grace is behind the watermark (late).
+        let (before, after) = match record {
+            Side::Left(_) => (bounds.before, bounds.after),
+            Side::Right(_) => (bounds.after, bounds.before),
+        };
+        if wm > time.saturating_add(after).saturating_add(bounds.grace) {
+            return true;
+        }
+        let (lo, hi) = (time.saturating_sub(before), time.saturating_add(after));
+        let out = &mut self.out;
+        let tag = match record {
+            Side::Left(a) => {
+                let matched = part.right.meet(&key, lo, hi, &mut part.dirty, |b| {
+                    out.push_back((Some(a.clone()), Some(b.clone())));
+                });
+                part.left.insert(key.clone(), time, seq, a, matched, false);
+                LEFT
+            }
+            Side::Right(b) => {
+                let matched = part.left.meet(&key, lo, hi, &mut part.dirty, |a| {
+                    out.push_back((Some(a.clone()), Some(b.clone())));
+                });
+                part.right.insert(key.clone(), time, seq, b, matched, false);
+                RIGHT
+            }
+        };
+        part.dirty.insert((tag, key.clone(), time, seq));
+        part.expiring
+            .insert((bounds.expires(time), tag, key, time, seq));
+        part.seq += 1;
+        part.clock_dirty = true;
+        false
+    }
+
+    /// A pump's watermark marker read from `partition`.
+    pub(crate) fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.upstream.heard(pump, watermark, now);
+            part.clock_dirty = true;
+        }
+    }
+
+    /// Recomputes the watermark at clock time `now` (as windows do) and expires the buffered
+    /// records it passed, emitting the unmatched ones of outer sides.
+    pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
+        let idle_timeout = self.idle_timeout;
+        let computed = watermark_of(
+            self.parts.iter_mut().map(|(&partition, part)| PartTime {
+                partition,
+                max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
+                last_arrival: part.last_arrival,
+                upstream: &mut part.upstream,
+            }),
+            now,
+            self.idle_timeout,
+            caught_up,
+        );
+        self.watermark = self.watermark.max(computed).max(floor);
+        let watermark = self.watermark;
+        for part in self.parts.values_mut() {
+            let wm = watermark.max(part.floor);
+            if wm > part.floor {
+                part.floor = wm;
+                part.clock_dirty = true;
+            }
+            while let Some(first) = part.expiring.first() {
+                if first.0 >= wm {
+                    break;
+                }
+                let Some((_, side, key, time, seq)) = part.expiring.pop_first() else {
+                    break;
+                };
+                // An unmatched record of an outer side is emitted alone.
+                let (stored, lone) = if side == LEFT {
+                    let Some(e) = part.left.take(&key, time, seq) else {
+                        continue;
+                    };
+                    let lone = (!e.matched && self.left_outer).then(|| (Some(e.value), None));
+                    (e.stored, lone)
+                } else {
+                    let Some(e) = part.right.take(&key, time, seq) else {
+                        continue;
+                    };
+                    let lone = (!e.matched && self.right_outer).then(|| (None, Some(e.value)));
+                    (e.stored, lone)
+                };
+                self.out.extend(lone);
+                let id = (side, key, time, seq);
+                if stored {
+                    part.dirty.insert(id);
+                } else {
+                    // Buffered and expired between two commits: never written.
+                    part.dirty.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Op = Operator<String, String>;
+    type Out = Vec<(Option<String>, Option<String>)>;
+
+    fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> Op {
+        Operator::new(
+            Bounds {
+                before,
+                after,
+                grace,
+            },
+            1_000_000,
+            left,
+            right,
+        )
+    }
+
+    fn all() -> HashSet<i32> {
+        HashSet::new()
+    }
+
+    /// Feeds records `(side, key, time, name)` in one partition; returns what came out.
+    fn feed(op: &mut Op, records: &[(char, &str, i64, &str)]) -> Out {
+        feed_counting_late(op, records).0
+    }
+
+    /// `feed`, and how many records were late.
+    fn feed_counting_late(op: &mut Op, records: &[(char, &str, i64, &str)]) -> (Out, usize) {
+        let mut late = 0;
+        for &(side, key, time, name) in records {
+            let record = if side == 'L' {
+                Side::Left(name.to_owned())
+            } else {
+                Side::Right(name.to_owned())
+            };
+            late +=
+                usize::from(op.on_record(0, key.as_bytes().to_vec(), time, record, 0, None, None));
+            op.advance(0, i64::MIN, &all());
+        }
+        (op.out.drain(..).collect(), late)
+    }
+
+    fn pair(a: &str, b: &str) -> (Option<String>, Option<String>) {
+        (Some(a.to_owned()), Some(b.to_owned()))
+    }
+
+    #[test]
+    fn pairs_are_emitted_once_when_the_second_side_arrives() {
+        let mut op = op(5, 5, 0, false, false);
+        let got = feed(
+            &mut op,
+            &[
+                ('L', "/a", 100, "v1"),
+                ('R', "/a", 103, "c1"),
+                ('R', "/b", 104, "c2"),
+                ('L', "/a", 106, "v2"),
+            ],
+        );
+        assert_eq!(got, vec![pair("v1", "c1"), pair("v2", "c1")]);
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_asymmetric() {
+        // A right record may come at most 2 ms before and 10 ms after the left one.
+        let mut op = op(2, 10, 100, false, false);
+        let got = feed(
+            &mut op,
+            &[
+                ('L', "k", 100, "v"),
+                ('R', "k", 97, "too-early"),
+                ('R', "k", 98, "earliest"),
+                ('R', "k", 110, "latest"),
+                ('R', "k", 111, "too-late"),
+            ],
+        );
+        assert_eq!(got, vec![pair("v", "earliest"), pair("v", "latest")]);
+    }
+
+    #[test]
+    fn out_of_order_arrivals_still_meet() {
+        let mut op = op(5, 5, 10, false, false);
+        let got = feed(
+            &mut op,
+            &[
+                ('R', "k", 200, "c"),
+                ('L', "x", 210, "other"),
+                // Behind the watermark (210) but within grace of its range's end (201 + 5 + 10).
+                ('L', "k", 201, "v"),
+            ],
+        );
+        assert_eq!(got, vec![pair("v", "c")]);
+    }
+
+    #[test]
+    fn late_records_are_dropped_and_counted() {
+        let mut op = op(5, 5, 0, true, true);
+        let (got, late) = feed_counting_late(
+            &mut op,
+            &[
+                ('L', "k", 100, "v"),
+                ('R', "y", 200, "r"),
+                ('L', "x", 200, "w"),
+                ('R', "k", 101, "late"),
+            ],
+        );
+        // "v" expired (100 + 10 < 200) unmatched; the late click neither joins nor is emitted.
+        assert_eq!(got, vec![(Some("v".to_owned()), None)]);
+        assert_eq!(late, 1);
+    }
+
+    #[test]
+    fn left_and_outer_joins_emit_unmatched_records_once_they_expire() {
+        let mut left = op(5, 5, 0, true, false);
+        let records = [
+            ('L', "k", 100, "v1"),
+            ('R', "k", 102, "c1"),
+            ('L', "j", 101, "v2"),
+            ('R', "z", 103, "c2"),
+            // The watermark is the slower side's time: the right side first, then the left.
+            ('R', "y", 111, "r3"),
+            // Watermark 111: v1 (matched) expires (100 + 10 < 111); v2 (101 + 10) stays.
+            ('L', "q", 111, "v3"),
+            ('R', "y", 112, "r4"),
+            // Watermark 112: v2 expires unmatched; c1 (102 + 10) stays.
+            ('L', "q", 112, "v4"),
+            ('R', "y", 114, "r5"),
+            // Watermark 114: c1 (matched) and c2 (unmatched) expire.
+            ('L', "q", 114, "v5"),
+        ];
+        let got = feed(&mut left, &records);
+        assert_eq!(
+            got,
+            vec![pair("v1", "c1"), (Some("v2".to_owned()), None)],
+            "left join: unmatched v2 once the watermark passed 101 + 10"
+        );
+        let mut outer = op(5, 5, 0, true, true);
+        let got = feed(&mut outer, &records);
+        assert_eq!(
+            got,
+            vec![
+                pair("v1", "c1"),
+                (Some("v2".to_owned()), None),
+                (None, Some("c2".to_owned()))
+            ]
+        );
+    }
+
+    #[test]
+    fn one_side_read_ahead_does_not_make_the_other_late() {
+        let mut op = op(5, 5, 0, false, false);
+        // A backlog of views read before any click: the watermark waits for the clicks.
+        let (got, late) = feed_counting_late(
+            &mut op,
+            &[
+                ('L', "a", 10, "v1"),
+                ('L', "b", 400, "v2"),
+                ('R', "a", 12, "c1"),
+                ('R', "b", 401, "c2"),
+            ],
+        );
+        assert_eq!(got, vec![pair("v1", "c1"), pair("v2", "c2")]);
+        assert_eq!(late, 0);
+    }
+
+    #[test]
+    fn a_record_handed_out_again_is_not_joined_twice() {
+        let mut op = op(5, 5, 0, false, false);
+        op.on_record(
+            0,
+            b"k".to_vec(),
+            100,
+            Side::Left("v".into()),
+            0,
+            None,
+            Some(7),
+        );
+        op.on_record(
+            0,
+            b"k".to_vec(),
+            101,
+            Side::Right("c".into()),
+            0,
+            None,
+            Some(3),
+        );
+        op.on_record(
+            0,
+            b"k".to_vec(),
+            101,
+            Side::Right("c".into()),
+            0,
+            None,
+            Some(3),
+        );
+        assert_eq!(op.out.len(), 1);
+    }
+
+    #[test]
+    fn state_round_trips_through_the_store_and_expired_records_are_deleted() {
+        let mut op = op(5, 5, 0, true, false);
+        feed(
+            &mut op,
+            &[
+                ('L', "k", 100, "v1"),
+                ('L', "j", 100, "v2"),
+                ('R', "j", 101, "c"),
+            ],
+        );
+        let writes = op.take_writes().unwrap();
+        // Two left records, one right, one clock.
+        assert_eq!(writes.len(), 4);
+        let store: Vec<(Vec<u8>, Vec<u8>)> = writes
+            .into_iter()
+            .map(|(_, k, v)| (k, v.unwrap()))
+            .collect();
+        let mut restored = self::op(5, 5, 0, true, false);
+        restored.load(0, store, 0).unwrap();
+        assert_eq!(restored.buffered(), (2, 1));
+        // A click after the restart meets the view buffered before it, once.
+        restored.on_record(
+            0,
+            b"k".to_vec(),
+            103,
+            Side::Right("c2".into()),
+            0,
+            None,
+            None,
+        );
+        assert_eq!(
+            restored.out.drain(..).collect::<Vec<_>>(),
+            vec![pair("v1", "c2")]
+        );
+        // Past every expiry on both sides: nothing unmatched is left (v1 and v2 matched), all
+        // deleted.
+        for (key, record) in [
+            (b"x", Side::Right("far".into())),
+            (b"w", Side::Left("far".into())),
+        ] {
+            restored.on_record(0, key.to_vec(), 500, record, 0, None, None);
+        }
+        restored.advance(0, i64::MIN, &all());
+        assert!(restored.out.is_empty());
+        assert_eq!(restored.buffered(), (1, 1));
+        let deletes = restored
+            .take_writes()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, k, v)| v.is_none() && k != CLOCK)
+            .count();
+        assert_eq!(deletes, 3, "the three stored records are deleted");
+    }
+}

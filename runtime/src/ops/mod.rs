@@ -1,0 +1,7 @@
+//! Operators and the user API: streams, sinks and topics, windows and joins over one operator host.
+
+pub mod join;
+pub(crate) mod operator;
+pub mod stream;
+pub mod topic;
+pub mod window;

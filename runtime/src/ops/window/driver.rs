@@ -1,0 +1,276 @@
+//! `WindowStream`: drives a window operator from the agent's keyed stream. On first poll it
+//! creates the window's table (and changelog topic) and adds it to the instance, so it
+//! recovers with the instance's other tables; then each record goes through the operator, and
+//! a clock tick lets idle partitions close windows while no record arrives.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::state::{OnClose, Operator};
+use super::{Agg, Kind, Options, WindowResult, millis};
+use crate::base::codec::KeyBytes;
+use crate::base::error::Result;
+use crate::base::record::Record;
+use crate::base::time::Clock;
+use crate::ops::operator::{Host, Stateful};
+use crate::ops::stream::KeyedStream;
+use crate::ops::topic::{Internal, TopicSpec, encode_out};
+
+/// The results of a window: a `futures::Stream` of [`WindowResult`]s.
+///
+/// Reading the next result marks the previous one handled, as for records: the window's
+/// deletion commits with the offsets of the records that closed it, after whatever the agent
+/// sent for the result is durable.
+pub struct WindowStream<K, V> {
+    inner: Box<dyn Drive<K, V>>,
+}
+
+trait Drive<K, V>: Send {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>>;
+    fn set_on_close(&mut self, f: OnClose<K, V>);
+}
+
+impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
+    pub(crate) fn new<T, S>(
+        keyed: KeyedStream<T, K>,
+        kind: Kind,
+        options: Options,
+        name: String,
+        agg: Arc<Agg<T, S, V>>,
+    ) -> Self
+    where
+        T: Record,
+        K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync,
+        S: Serialize + DeserializeOwned + Clone + Send + 'static,
+    {
+        let KeyedStream { stream, key, .. } = keyed;
+        let idle = options
+            .idle_timeout
+            .or_else(|| stream.core.pipeline().map(|p| p.config.idle_timeout))
+            .unwrap_or(Duration::from_secs(10));
+        let (grace, emit, idle_ms) = (options.grace, options.emit, millis(idle));
+        let pipeline = stream.core.pipeline().cloned();
+        let mut host = Host::new(
+            stream,
+            "window",
+            name,
+            "windows apply to an agent's own stream, re-keyed with `group_by`",
+            idle,
+            move || Operator::new(kind, grace, idle_ms, emit, agg),
+        );
+        if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
+            host.before_setup(async move {
+                let mut spec = TopicSpec::of::<T>(&topic, "late events of a window");
+                spec.internal = Some(Internal::DeadLetters);
+                pipeline.ensure_topic(spec).await
+            });
+        }
+        WindowStream {
+            inner: Box::new(Driver { host, key, options }),
+        }
+    }
+}
+
+impl<K, V> WindowStream<K, V> {
+    /// Calls `f` for every window as it closes (in either emit mode), with its key, bounds and
+    /// final value.
+    pub fn on_window_close(mut self, f: impl FnMut(&WindowResult<K, V>) + Send + 'static) -> Self {
+        self.inner.set_on_close(Box::new(f));
+        self
+    }
+
+    /// The next result, or `None` when the worker shuts down.
+    pub async fn next(&mut self) -> Option<WindowResult<K, V>> {
+        futures::future::poll_fn(|cx| self.inner.poll(cx)).await
+    }
+}
+
+impl<K, V> Unpin for WindowStream<K, V> {}
+
+impl<K, V> futures::Stream for WindowStream<K, V> {
+    type Item = WindowResult<K, V>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().inner.poll(cx)
+    }
+}
+
+impl<K, V> std::fmt::Debug for WindowStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowStream")
+    }
+}
+
+fn changed(mut rx: tokio::sync::watch::Receiver<u64>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let _ = rx.changed().await;
+    })
+}
+
+/// Wakes a window or join to look at the clock while no record arrives (idle partitions).
+pub(crate) enum Ticker {
+    System(Pin<Box<tokio::time::Sleep>>, Duration),
+    Virtual(tokio::sync::watch::Receiver<u64>, BoxFuture<'static, ()>),
+}
+
+impl Ticker {
+    /// Ticks a few times per idle timeout on the system clock, or on every change of the
+    /// virtual clock in tests.
+    pub(crate) fn new(clock: &Clock, idle: Duration) -> Self {
+        match clock.subscribe() {
+            Some(rx) => Ticker::Virtual(rx.clone(), changed(rx)),
+            None => {
+                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                Ticker::System(Box::pin(tokio::time::sleep(every)), every)
+            }
+        }
+    }
+
+    /// True when it is time to look at the clock again.
+    pub(crate) fn due(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Ticker::System(sleep, every) => {
+                let mut fired = false;
+                while sleep.as_mut().poll(cx).is_ready() {
+                    fired = true;
+                    let next = tokio::time::Instant::now() + *every;
+                    sleep.as_mut().reset(next);
+                }
+                fired
+            }
+            Ticker::Virtual(rx, fut) => {
+                let mut fired = false;
+                while fut.as_mut().poll(cx).is_ready() {
+                    fired = true;
+                    rx.borrow_and_update();
+                    *fut = changed(rx.clone());
+                }
+                fired
+            }
+        }
+    }
+}
+
+impl<T, K, S, V> Stateful for Operator<T, K, S, V>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    K: Serialize + DeserializeOwned + Clone + Send + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
+    V: Send + 'static,
+{
+    type Out = WindowResult<K, V>;
+
+    fn clear(&mut self) {
+        Operator::clear(self);
+    }
+
+    fn has_partition(&self, partition: i32) -> bool {
+        Operator::has_partition(self, partition)
+    }
+
+    fn load(&mut self, partition: i32, entries: Vec<(Vec<u8>, Vec<u8>)>, now: i64) -> Result<()> {
+        Operator::load(self, partition, entries, now)
+    }
+
+    fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
+        Operator::heard(self, partition, pump, watermark, now);
+    }
+
+    fn advance(&mut self, now: i64, floor: i64, caught_up: &std::collections::HashSet<i32>) {
+        Operator::advance(self, now, floor, caught_up);
+    }
+
+    fn dirty(&self) -> bool {
+        Operator::dirty(self)
+    }
+
+    fn take_writes(&mut self) -> Result<Vec<super::state::Write>> {
+        Operator::take_writes(self)
+    }
+
+    fn next_out(&mut self) -> Option<WindowResult<K, V>> {
+        self.out.pop_front()
+    }
+
+    fn report(&mut self, stats: &crate::instance::context::AgentStats) {
+        let closed = std::mem::take(&mut self.counts.closed);
+        stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
+    }
+}
+
+struct Driver<T, K, S, V> {
+    host: Host<T, Operator<T, K, S, V>>,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    options: Options,
+}
+
+/// Feeds one record to the window; a late one goes to the late topic, or is counted.
+fn handle<T, K, S, V>(
+    host: &mut Host<T, Operator<T, K, S, V>>,
+    key: &Arc<dyn Fn(&T) -> K + Send + Sync>,
+    options: &Options,
+    item: T,
+) -> Result<()>
+where
+    T: Record,
+    K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
+    V: Send + 'static,
+{
+    let k = key(&item);
+    let key_bytes = k.key_bytes();
+    let late = host.record(|op, at| {
+        op.on_record(
+            at.partition,
+            key_bytes,
+            k,
+            at.time,
+            item,
+            at.now,
+            at.upstream,
+            at.offset,
+        )
+    })?;
+    if let Some(Some(item)) = late {
+        let shared = &host.shared;
+        shared.stats.late_records.fetch_add(1, Ordering::Relaxed);
+        match &options.late_topic {
+            Some(topic) => {
+                // Sent in the next commit step, before the offsets it stands for; stamped
+                // now, as dead letters are (its event time is old: it is late).
+                let mut record = encode_out(topic.as_str(), host.stream.codec, item.key(), &item)?;
+                let event_time = record.timestamp;
+                crate::base::failure::stamp_now(&mut record, Some(event_time));
+                shared.push_dead(record);
+            }
+            None => {
+                tracing::debug!(agent = %shared.agent, window = ?options.name, "dropping a late record");
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<T, K, S, V> Drive<K, V> for Driver<T, K, S, V>
+where
+    T: Record,
+    K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + 'static,
+    V: Send + 'static,
+{
+    fn set_on_close(&mut self, f: OnClose<K, V>) {
+        self.host.configure(move |op| op.on_close = Some(f));
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>> {
+        let Driver { host, key, options } = self;
+        host.poll(cx, |host, item| handle(host, key, options, item))
+    }
+}

@@ -1,0 +1,1231 @@
+//! The window operator: open windows per partition and key, the watermark, closing and
+//! expiry, and the state's stored form. It holds no I/O: the driver feeds it records and clock
+//! ticks and hands its writes to the table overlay at each commit step.
+//!
+//! Sliding windows follow Kafka Streams' algorithm (the `sliding` submodule), which reads the
+//! windows a record meets, closed ones included: a closed sliding window stays, not emitted
+//! again, until it falls out of the retention Kafka Streams' store gives it.
+//!
+//! Stored form, per partition of the window's table (keys are bytes, values JSON):
+//! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window; a sliding window
+//!   (open, or closed and retained) is `[key, end, state, largest event time in it]`;
+//! - `C` → the partition's clock: largest event time seen, the watermark its windows were
+//!   closed at, the `group_by` pumps' watermarks, the offset of the last record applied, and
+//!   (sliding windows) the largest window start written.
+//!
+//! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Agg, Emit, Kind, WindowResult};
+use crate::base::error::{Error, Result};
+
+mod sliding;
+
+const WINDOW: u8 = b'W';
+const CLOCK: &[u8] = b"C";
+
+/// A partition's clock as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredClock {
+    max_seen: i64,
+    floor: i64,
+    /// Watermarks of the pumps feeding a repartition partition: after a restart its windows
+    /// follow them, not the interleaved largest event time.
+    pumps: Vec<(u64, i64)>,
+    /// Offset of the last record applied: one handed out again (an in-place retry, a
+    /// redelivery after a crash) is not counted twice.
+    applied: i64,
+    /// Sliding windows: the largest window start written (what the windows retained are
+    /// measured from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latest_start: Option<i64>,
+}
+
+pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(crate) fn time_from(bytes: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = bytes.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+fn prefixed(tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + key.len() + 16);
+    out.push(tag);
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn window_key(key: &[u8], start: i64) -> Vec<u8> {
+    let mut out = prefixed(WINDOW, key);
+    out.extend_from_slice(&time_bytes(start));
+    out
+}
+
+/// Splits a stored key into (tag, group key, rest).
+fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = stored.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let key = rest.get(4..4 + len)?;
+    Some((tag, key, rest.get(4 + len..)?))
+}
+
+/// A group key's bytes, shared by its entry in the key map, the close queue and the dirty set
+/// (one allocation per key, not one per window and structure).
+type Key = Arc<[u8]>;
+
+/// The operator's per-record maps: foldhash (randomly seeded per process) is several times
+/// cheaper than SipHash on short keys, and SipHash showed in window profiles.
+type Hasher = foldhash::fast::RandomState;
+
+pub(crate) struct Win<S> {
+    pub(crate) end: i64,
+    pub(crate) state: S,
+    /// Sliding windows: the largest event time added (Kafka Streams' window timestamp).
+    max: i64,
+    /// In the table store (and its changelog): closing it must delete it there. A window
+    /// opened and closed between two commits never is, and costs no write at all.
+    stored: bool,
+}
+
+struct KeyState<K, S> {
+    bytes: Key,
+    key: K,
+    windows: Windows<S>,
+}
+
+impl<K, S> KeyState<K, S> {
+    fn new(bytes: Key, key: K) -> Self {
+        KeyState {
+            bytes,
+            key,
+            windows: Windows(Vec::new()),
+        }
+    }
+}
+
+/// The state of `bytes` in `keys`, created with `key()` when it has none.
+fn key_state<'a, K, S>(
+    keys: &'a mut HashMap<Key, KeyState<K, S>, Hasher>,
+    bytes: &[u8],
+    key: impl FnOnce() -> K,
+) -> &'a mut KeyState<K, S> {
+    if !keys.contains_key(bytes) {
+        let shared: Key = Arc::from(bytes);
+        keys.insert(shared.clone(), KeyState::new(shared, key()));
+    }
+    match keys.get_mut(bytes) {
+        Some(ks) => ks,
+        None => unreachable!("inserted above"),
+    }
+}
+
+/// A key's open windows by start, in a sorted vector: a key has one or a few windows open at a
+/// time, and a `BTreeMap` would allocate a node of eleven slots for the first.
+struct Windows<S>(Vec<(i64, Win<S>)>);
+
+impl<S> Windows<S> {
+    fn find(&self, start: i64) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by_key(&start, |(s, _)| *s)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn get(&self, start: i64) -> Option<&Win<S>> {
+        self.find(start).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, start: i64) -> Option<&mut Win<S>> {
+        self.find(start).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The window at `start`, made by `open` when there is none.
+    fn get_or_insert_with(&mut self, start: i64, open: impl FnOnce() -> Win<S>) -> &mut Win<S> {
+        let i = match self.find(start) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (start, open()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn insert(&mut self, start: i64, win: Win<S>) {
+        match self.find(start) {
+            Ok(i) => self.0[i].1 = win,
+            Err(i) => self.0.insert(i, (start, win)),
+        }
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Win<S>> {
+        self.find(start).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// The windows whose start is in `starts`, by start.
+    fn range(
+        &self,
+        starts: impl RangeBounds<i64>,
+    ) -> impl DoubleEndedIterator<Item = (i64, &Win<S>)> {
+        let from = match starts.start_bound() {
+            Bound::Included(&s) => self.0.partition_point(|(t, _)| *t < s),
+            Bound::Excluded(&s) => self.0.partition_point(|(t, _)| *t <= s),
+            Bound::Unbounded => 0,
+        };
+        let to = match starts.end_bound() {
+            Bound::Included(&s) => self.0.partition_point(|(t, _)| *t <= s),
+            Bound::Excluded(&s) => self.0.partition_point(|(t, _)| *t < s),
+            Bound::Unbounded => self.0.len(),
+        };
+        self.0[from..to.max(from)].iter().map(|(s, w)| (*s, w))
+    }
+}
+
+/// Open windows by close time, then key and start. One bucket per close time: the windows of
+/// a tumbling or hopping period share it, with no tree node or key copy per window.
+#[derive(Default)]
+struct Closing(BTreeMap<i64, Vec<(Key, i64)>>);
+
+impl Closing {
+    fn insert(&mut self, at: i64, key: &Key, start: i64) {
+        self.0.entry(at).or_default().push((key.clone(), start));
+    }
+
+    fn remove(&mut self, at: i64, key: &[u8], start: i64) {
+        if let Some(bucket) = self.0.get_mut(&at) {
+            if let Some(i) = bucket.iter().position(|(k, s)| *s == start && **k == *key) {
+                bucket.swap_remove(i);
+            }
+            if bucket.is_empty() {
+                self.0.remove(&at);
+            }
+        }
+    }
+
+    /// The earliest bucket if it closes at or before `wm`, sorted by key and start.
+    fn pop_until(&mut self, wm: i64) -> Option<Vec<(Key, i64)>> {
+        let entry = self.0.first_entry()?;
+        if *entry.key() > wm {
+            return None;
+        }
+        let mut bucket = entry.remove();
+        bucket.sort_unstable();
+        Some(bucket)
+    }
+}
+
+struct Part<K, S> {
+    keys: HashMap<Key, KeyState<K, S>, Hasher>,
+    closing: Closing,
+    /// Sliding windows that closed and are retained, by start (all in one bucket per start).
+    retained: Closing,
+    /// Sliding windows: the largest window start written (`i64::MIN`: none).
+    latest_start: i64,
+    max_seen: i64,
+    /// The watermark this partition's windows were closed at (never goes back).
+    floor: i64,
+    /// Clock time of the last record (or of loading), for idleness.
+    last_arrival: i64,
+    /// A repartition partition: the watermarks of the `group_by` pumps writing to it.
+    upstream: crate::base::watermark::Upstream,
+    /// Offset of the last record applied (`i64::MIN`: none).
+    applied: i64,
+    dirty: HashSet<(Key, i64), Hasher>,
+    clock_dirty: bool,
+}
+
+impl<K, S> Part<K, S> {
+    fn new(now: i64) -> Self {
+        Part {
+            keys: HashMap::default(),
+            closing: Closing::default(),
+            retained: Closing::default(),
+            latest_start: i64::MIN,
+            max_seen: i64::MIN,
+            floor: i64::MIN,
+            last_arrival: now,
+            upstream: Default::default(),
+            applied: i64::MIN,
+            dirty: HashSet::default(),
+            clock_dirty: false,
+        }
+    }
+}
+
+/// Counters the driver turns into agent stats.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) closed: u64,
+}
+
+/// One stored change: partition, stored key, value (`None` deletes).
+pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
+
+pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
+
+pub(crate) struct Operator<T, K, S, O> {
+    kind: Kind,
+    grace: i64,
+    idle_timeout: i64,
+    emit: Emit,
+    agg: Arc<Agg<T, S, O>>,
+    parts: HashMap<i32, Part<K, S>>,
+    watermark: i64,
+    pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
+    pub(crate) on_close: Option<OnClose<K, O>>,
+    pub(crate) counts: Counts,
+    /// The starts of the windows a record updated (kept to reuse its allocation).
+    updated: Vec<i64>,
+}
+
+impl<T, K, S, O> Operator<T, K, S, O>
+where
+    T: Serialize + DeserializeOwned,
+    K: Serialize + DeserializeOwned + Clone,
+    S: Serialize + DeserializeOwned + Clone,
+{
+    pub(crate) fn new(
+        kind: Kind,
+        grace: i64,
+        idle_timeout: i64,
+        emit: Emit,
+        agg: Arc<Agg<T, S, O>>,
+    ) -> Self {
+        Operator {
+            kind,
+            grace,
+            idle_timeout,
+            emit,
+            agg,
+            parts: HashMap::new(),
+            watermark: i64::MIN,
+            out: Default::default(),
+            on_close: None,
+            counts: Counts::default(),
+            updated: Vec::new(),
+        }
+    }
+
+    /// The instance's current watermark.
+    #[cfg(test)]
+    pub(crate) fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Forgets every partition (after a rebalance; they are reloaded from the store).
+    pub(crate) fn clear(&mut self) {
+        self.parts.clear();
+        self.watermark = i64::MIN;
+    }
+
+    pub(crate) fn has_partition(&self, partition: i32) -> bool {
+        self.parts.contains_key(&partition)
+    }
+
+    /// Loads a partition from its stored entries.
+    pub(crate) fn load(
+        &mut self,
+        partition: i32,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        now: i64,
+    ) -> Result<()> {
+        let mut part = Part::new(now);
+        let bad = |what: &str, e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!(
+                "window state: a stored {what} of partition {partition} does not decode ({e}); did the window's key, record or state type change? name the window differently to start afresh"
+            ),
+        };
+        let mut windows = Vec::new();
+        for (stored, value) in entries {
+            if stored == CLOCK {
+                let clock: StoredClock =
+                    serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
+                part.max_seen = clock.max_seen;
+                part.floor = clock.floor;
+                part.applied = clock.applied;
+                part.upstream.restore(clock.pumps);
+                part.latest_start = clock.latest_start.unwrap_or(i64::MIN);
+                continue;
+            }
+            // (Other tags: entries of an earlier version, such as the record buffer sliding
+            // windows kept, are left alone.)
+            if let Some((WINDOW, key, rest)) = split(&stored)
+                && let Some(start) = time_from(rest)
+            {
+                let window = self.decode_window(&value).map_err(|e| bad("window", e))?;
+                windows.push((key.to_vec(), start, window));
+            }
+        }
+        // After the clock: a sliding window closed at its watermark is retained, not closed again.
+        for (key, start, (k, win)) in windows {
+            let ks = key_state(&mut part.keys, &key, || k);
+            let close = self.close_time(win.end);
+            if matches!(self.kind, Kind::Sliding { .. }) && close <= part.floor {
+                part.retained.insert(start, &ks.bytes, start);
+            } else {
+                part.closing.insert(close, &ks.bytes, start);
+            }
+            ks.windows.insert(start, win);
+        }
+        self.parts.insert(partition, part);
+        Ok(())
+    }
+
+    /// A stored window's key and window: sliding windows carry their largest event time.
+    fn decode_window(&self, value: &[u8]) -> serde_json::Result<(K, Win<S>)> {
+        let (k, end, state, max) = match self.kind {
+            Kind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
+            _ => {
+                let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
+                (k, end, state, i64::MIN)
+            }
+        };
+        let win = Win {
+            end,
+            state,
+            max,
+            stored: true,
+        };
+        Ok((k, win))
+    }
+
+    fn close_time(&self, end: i64) -> i64 {
+        let extra = match self.kind {
+            Kind::Session { gap } => gap,
+            _ => 0,
+        };
+        end.saturating_add(extra).saturating_add(self.grace)
+    }
+
+    /// True when some partition has changes to write.
+    pub(crate) fn dirty(&self) -> bool {
+        self.parts
+            .values()
+            .any(|p| p.clock_dirty || !p.dirty.is_empty())
+    }
+
+    /// The changes since the last call, as (partition, stored key, value or delete).
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+        let mut out = Vec::new();
+        let encode = |e: serde_json::Error| Error::Agent {
+            agent: String::new(),
+            message: format!("cannot encode window state: {e}"),
+        };
+        let sliding = matches!(self.kind, Kind::Sliding { .. });
+        for (&partition, part) in &mut self.parts {
+            for (key, start) in part.dirty.drain() {
+                let stored = window_key(&key, start);
+                let value = match part.keys.get_mut(&key).and_then(|ks| {
+                    let KeyState { key, windows, .. } = ks;
+                    windows.get_mut(start).map(|w| (&*key, w))
+                }) {
+                    Some((k, w)) => {
+                        w.stored = true;
+                        let value = if sliding {
+                            serde_json::to_vec(&(k, w.end, &w.state, w.max))
+                        } else {
+                            serde_json::to_vec(&(k, w.end, &w.state))
+                        };
+                        Some(value.map_err(encode)?)
+                    }
+                    None => None,
+                };
+                out.push((partition, stored, value));
+            }
+            if part.clock_dirty {
+                part.clock_dirty = false;
+                let clock = StoredClock {
+                    max_seen: part.max_seen,
+                    floor: part.floor,
+                    pumps: part.upstream.snapshot(),
+                    applied: part.applied,
+                    latest_start: (part.latest_start != i64::MIN).then_some(part.latest_start),
+                };
+                let value = serde_json::to_vec(&clock).map_err(encode)?;
+                out.push((partition, CLOCK.to_vec(), Some(value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one record of `partition` at event time `time`; results go to `out`. Returns
+    /// the record when it is late (every window it belongs to has closed).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one record's parts, as the driver has them"
+    )]
+    pub(crate) fn on_record(
+        &mut self,
+        partition: i32,
+        key_bytes: Vec<u8>,
+        key: K,
+        time: i64,
+        item: T,
+        now: i64,
+        upstream: Option<(u64, i64)>,
+        offset: Option<i64>,
+    ) -> Option<T> {
+        let watermark = self.watermark;
+        let (kind, grace, emit) = (self.kind, self.grace, self.emit);
+        let agg = self.agg.clone();
+        let part = self
+            .parts
+            .entry(partition)
+            .or_insert_with(|| Part::new(now));
+        if let Some(offset) = offset {
+            if offset <= part.applied {
+                // Already in the windows (handed out again after a failure or a crash).
+                return None;
+            }
+            part.applied = offset;
+            part.clock_dirty = true;
+        }
+        let rules = Rules {
+            agg: &agg,
+            kind,
+            grace,
+            wm: watermark.max(part.floor),
+        };
+        let mut updated = std::mem::take(&mut self.updated);
+        updated.clear();
+        let ks = key_state(&mut part.keys, &key_bytes, || key);
+        let accepted = place(
+            &rules,
+            ks,
+            &mut part.closing,
+            &mut part.dirty,
+            &mut part.latest_start,
+            time,
+            &item,
+            &mut updated,
+        );
+        // A late record may still have written a window: a sliding window copied from another.
+        for &start in &updated {
+            part.dirty.insert((ks.bytes.clone(), start));
+        }
+        if emit == Emit::Update {
+            for &start in &updated {
+                if let Some(w) = ks.windows.get(start) {
+                    self.out.push_back(WindowResult {
+                        key: ks.key.clone(),
+                        start,
+                        end: w.end,
+                        value: (agg.output)(&w.state),
+                    });
+                }
+            }
+        }
+        let mut late = None;
+        if !accepted {
+            late = Some(item);
+            if ks.windows.is_empty() {
+                part.keys.remove(&key_bytes[..]);
+            }
+        }
+        self.updated = updated;
+        if time > part.max_seen {
+            part.max_seen = time;
+            part.clock_dirty = true;
+        }
+        if let Some((pump, watermark)) = upstream {
+            part.upstream.heard(pump, watermark, now);
+            part.clock_dirty = true;
+        }
+        part.last_arrival = now;
+        late
+    }
+
+    /// A pump's watermark marker read from `partition`.
+    pub(crate) fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.upstream.heard(pump, watermark, now);
+            part.clock_dirty = true;
+        }
+    }
+
+    /// Recomputes the watermark at clock time `now` and closes the windows it passed. A
+    /// partition is idle when it is `caught_up` (read to its end, nothing waiting) and had no
+    /// record for the idle timeout; a partition with records still to read never is, however
+    /// long they take to reach the window.
+    pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
+        let computed = watermark_of(
+            self.parts.iter_mut().map(|(&partition, part)| PartTime {
+                partition,
+                max_seen: part.max_seen,
+                last_arrival: part.last_arrival,
+                upstream: &mut part.upstream,
+            }),
+            now,
+            self.idle_timeout,
+            caught_up,
+        );
+        self.watermark = self.watermark.max(computed).max(floor);
+        let watermark = self.watermark;
+        let agg = self.agg.clone();
+        let retention = match self.kind {
+            Kind::Sliding { size } => Some(sliding::retention(size, self.grace)),
+            _ => None,
+        };
+        for part in self.parts.values_mut() {
+            let wm = watermark.max(part.floor);
+            if wm > part.floor {
+                part.floor = wm;
+                part.clock_dirty = true;
+            }
+            while let Some(bucket) = part.closing.pop_until(wm) {
+                for (key, start) in bucket {
+                    let Some(result) = close(part, &key, start, retention, &agg) else {
+                        continue;
+                    };
+                    self.counts.closed += 1;
+                    if let Some(on_close) = &mut self.on_close {
+                        on_close(&result);
+                    }
+                    if self.emit == Emit::Final {
+                        self.out.push_back(result);
+                    }
+                }
+            }
+            if let Some(retention) = retention {
+                sliding::expire(part, retention);
+            }
+        }
+    }
+}
+
+/// Closes the window of `key` at `start` and returns its result. Its state is deleted, unless
+/// it is a sliding window still within `retention` of the latest start written: then it stays,
+/// closed (see `sliding`).
+fn close<T, K: Clone, S, O>(
+    part: &mut Part<K, S>,
+    key: &Key,
+    start: i64,
+    retention: Option<i64>,
+    agg: &Agg<T, S, O>,
+) -> Option<WindowResult<K, O>> {
+    let ks = part.keys.get_mut(key)?;
+    let win = ks.windows.get(start)?;
+    let (end, value) = (win.end, (agg.output)(&win.state));
+    if retention.is_some_and(|r| start >= part.latest_start.saturating_sub(r)) {
+        part.retained.insert(start, key, start);
+        let key = ks.key.clone();
+        return Some(WindowResult {
+            key,
+            start,
+            end,
+            value,
+        });
+    }
+    let win = ks.windows.remove(start)?;
+    if win.stored {
+        part.dirty.insert((key.clone(), start));
+    } else {
+        part.dirty.remove(&(key.clone(), start));
+    }
+    // The key's last window: its state goes, and its key moves to the result.
+    let key = if ks.windows.is_empty() {
+        part.keys.remove(key)?.key
+    } else {
+        ks.key.clone()
+    };
+    Some(WindowResult {
+        key,
+        start,
+        end,
+        value,
+    })
+}
+
+/// A partition's clock, as the instance watermark reads it.
+pub(crate) struct PartTime<'a> {
+    pub(crate) partition: i32,
+    pub(crate) max_seen: i64,
+    pub(crate) last_arrival: i64,
+    pub(crate) upstream: &'a mut crate::base::watermark::Upstream,
+}
+
+/// The watermark of an instance's partitions at clock time `now` (windows and joins share it):
+/// the smallest over the partitions that are not idle of their largest event time (or, for a
+/// repartition partition, of its `group_by` pumps' watermark). A partition is idle when it is
+/// `caught_up` (read to its end, nothing waiting) and had no record for `idle_timeout`; a
+/// partition with records still to read never is, however long they take to arrive. When
+/// every partition is idle, the watermark advances with the wall clock from the newest event.
+pub(crate) fn watermark_of<'a>(
+    parts: impl Iterator<Item = PartTime<'a>>,
+    now: i64,
+    idle_timeout: i64,
+    caught_up: &HashSet<i32>,
+) -> i64 {
+    let mut min_active: Option<i64> = None;
+    let mut max_seen = i64::MIN;
+    let mut last_arrival = i64::MIN;
+    for part in parts {
+        max_seen = max_seen.max(part.max_seen);
+        last_arrival = last_arrival.max(part.last_arrival);
+        let idle = caught_up.contains(&part.partition)
+            && now.saturating_sub(part.last_arrival) >= idle_timeout;
+        if !idle {
+            // Fed by `group_by` pumps: their watermark, not the interleaved event times.
+            let reached = part
+                .upstream
+                .watermark(now, idle_timeout)
+                .unwrap_or(part.max_seen);
+            min_active = Some(min_active.map_or(reached, |m: i64| m.min(reached)));
+        }
+    }
+    match min_active {
+        Some(m) => m,
+        None if max_seen == i64::MIN => i64::MIN,
+        None => max_seen.saturating_add(
+            now.saturating_sub(last_arrival)
+                .saturating_sub(idle_timeout)
+                .max(0),
+        ),
+    }
+}
+
+fn close_at(end: i64, grace: i64) -> i64 {
+    end.saturating_add(grace)
+}
+
+/// What every record of a partition is judged by.
+struct Rules<'a, T, S, O> {
+    agg: &'a Agg<T, S, O>,
+    kind: Kind,
+    grace: i64,
+    /// The watermark before the record.
+    wm: i64,
+}
+
+/// Adds a record at `time` to the windows of its key; false when it is late (added to none).
+/// `updated` gets the starts of the windows written.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn place<T, K, S: Clone, O>(
+    rules: &Rules<'_, T, S, O>,
+    ks: &mut KeyState<K, S>,
+    closing: &mut Closing,
+    dirty: &mut HashSet<(Key, i64), Hasher>,
+    latest_start: &mut i64,
+    time: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let Rules {
+        agg,
+        kind,
+        grace,
+        wm,
+    } = *rules;
+    match kind {
+        Kind::Tumbling { size } => {
+            let start = time.div_euclid(size) * size;
+            add_fixed(agg, ks, closing, start, size, grace, wm, item, updated)
+        }
+        Kind::Hopping { size, step } => {
+            let mut start = time.div_euclid(step) * step;
+            let mut any = false;
+            while start > time - size {
+                any |= add_fixed(agg, ks, closing, start, size, grace, wm, item, updated);
+                start -= step;
+            }
+            any
+        }
+        Kind::Sliding { size } => {
+            let record = sliding::Slide {
+                agg,
+                size,
+                grace,
+                wm,
+                time,
+                item,
+            };
+            record.apply(ks, closing, latest_start, updated)
+        }
+        Kind::Session { gap } => {
+            session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
+        }
+    }
+}
+
+/// Adds a record to the fixed-size window at `start`, unless it has closed.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn add_fixed<T, K, S, O>(
+    agg: &Agg<T, S, O>,
+    ks: &mut KeyState<K, S>,
+    closing: &mut Closing,
+    start: i64,
+    size: i64,
+    grace: i64,
+    wm: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let end = start + size;
+    if close_at(end, grace) <= wm {
+        return false;
+    }
+    let bytes = &ks.bytes;
+    let win = ks.windows.get_or_insert_with(start, || {
+        closing.insert(close_at(end, grace), bytes, start);
+        Win {
+            end,
+            state: (agg.init)(),
+            max: i64::MIN,
+            stored: false,
+        }
+    });
+    (agg.add)(&mut win.state, item);
+    updated.push(start);
+    true
+}
+
+/// Session windows: the record joins (and merges) every open session of its key within `gap`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the operator's parts, borrowed apart"
+)]
+fn session<T, K, S, O>(
+    agg: &Agg<T, S, O>,
+    ks: &mut KeyState<K, S>,
+    closing: &mut Closing,
+    dirty: &mut HashSet<(Key, i64), Hasher>,
+    time: i64,
+    gap: i64,
+    grace: i64,
+    wm: i64,
+    item: &T,
+    updated: &mut Vec<i64>,
+) -> bool {
+    let joined: Vec<i64> = ks
+        .windows
+        .range(..=time.saturating_add(gap))
+        .filter(|(_, w)| w.end >= time.saturating_sub(gap))
+        .map(|(s, _)| s)
+        .collect();
+    let mut start = time;
+    let mut end = time;
+    for s in &joined {
+        if let Some(w) = ks.windows.get(*s) {
+            start = start.min(*s);
+            end = end.max(w.end);
+        }
+    }
+    if close_at(end.saturating_add(gap), grace) <= wm {
+        return false;
+    }
+    let mut state = (agg.init)();
+    for s in joined {
+        if let Some(w) = ks.windows.remove(s) {
+            closing.remove(close_at(w.end.saturating_add(gap), grace), &ks.bytes, s);
+            if w.stored {
+                dirty.insert((ks.bytes.clone(), s));
+            } else {
+                dirty.remove(&(ks.bytes.clone(), s));
+            }
+            match &agg.merge {
+                Some(merge) => merge(&mut state, w.state),
+                None => state = w.state,
+            }
+        }
+    }
+    (agg.add)(&mut state, item);
+    closing.insert(close_at(end.saturating_add(gap), grace), &ks.bytes, start);
+    ks.windows.insert(
+        start,
+        Win {
+            end,
+            state,
+            max: i64::MIN,
+            stored: false,
+        },
+    );
+    updated.push(start);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    type Op = Operator<i64, String, u64, u64>;
+
+    /// Every partition read to its end.
+    fn all() -> HashSet<i32> {
+        (0..8).collect()
+    }
+
+    fn count() -> Arc<Agg<i64, u64, u64>> {
+        Arc::new(Agg {
+            name: "count",
+            init: Box::new(|| 0),
+            add: Box::new(|n, _| *n += 1),
+            merge: Some(Box::new(|n, m| *n += m)),
+            output: Box::new(|n| *n),
+        })
+    }
+
+    fn op(kind: Kind, grace: i64) -> Op {
+        Operator::new(kind, grace, 1_000, Emit::Final, count())
+    }
+
+    /// Sends (key, time) records to partition 0 at clock 0, advancing after each.
+    fn feed(op: &mut Op, records: &[(&str, i64)]) -> Vec<Option<i64>> {
+        records
+            .iter()
+            .map(|&(key, time)| {
+                let late = op.on_record(
+                    0,
+                    key.as_bytes().to_vec(),
+                    key.to_owned(),
+                    time,
+                    time,
+                    0,
+                    None,
+                    None,
+                );
+                op.advance(0, i64::MIN, &all());
+                late
+            })
+            .collect()
+    }
+
+    fn results(op: &mut Op) -> Vec<(String, i64, i64, u64)> {
+        let mut out: Vec<_> = op
+            .out
+            .drain(..)
+            .map(|r| (r.key, r.start, r.end, r.value))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn w(key: &str, start: i64, end: i64, n: u64) -> (String, i64, i64, u64) {
+        (key.to_owned(), start, end, n)
+    }
+
+    #[test]
+    fn tumbling_closes_on_the_watermark_and_drops_late_records() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        // 3 arrives after 12: the watermark (12) has passed 10 + grace (0), so [0, 10) has
+        // closed and 3 is late.
+        let late = feed(
+            &mut op,
+            &[("a", 1), ("a", 5), ("b", 9), ("a", 12), ("a", 3)],
+        );
+        assert_eq!(late, vec![None, None, None, None, Some(3)]);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2), w("b", 0, 10, 1)]);
+        feed(&mut op, &[("a", 15), ("a", 30)]);
+        assert_eq!(results(&mut op), vec![w("a", 10, 20, 2)]);
+    }
+
+    #[test]
+    fn grace_keeps_a_window_open_for_out_of_order_records() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 5);
+        let late = feed(
+            &mut op,
+            &[("a", 1), ("a", 12), ("a", 3), ("a", 15), ("a", 4)],
+        );
+        // [0, 10) closes when the watermark reaches 15: the record at 4 comes after that.
+        assert_eq!(late, vec![None, None, None, None, Some(4)]);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2)]);
+    }
+
+    #[test]
+    fn hopping_windows_count_a_record_in_each_window_containing_it() {
+        let mut op = op(Kind::Hopping { size: 10, step: 5 }, 0);
+        feed(&mut op, &[("a", 1), ("a", 7), ("a", 12), ("a", 100)]);
+        assert_eq!(
+            results(&mut op),
+            vec![
+                w("a", -5, 5, 1),
+                w("a", 0, 10, 2),
+                w("a", 5, 15, 2),
+                w("a", 10, 20, 1)
+            ]
+        );
+    }
+
+    /// Sliding windows of `size` 10 ms: Kafka Streams' `SlidingWindows.ofTimeDifference(9 ms)`.
+    /// The expected windows below are what Kafka Streams 4.1.1 emitted for the same records
+    /// (bench/kstreams `WindowsDiff`, ends plus one).
+    fn slide(grace: i64) -> Op {
+        op(Kind::Sliding { size: 10 }, grace)
+    }
+
+    #[test]
+    fn sliding_windows_follow_kafka_streams_in_and_out_of_order() {
+        // The left windows of 105, 108 and 120, and the right window of 105, holding 108.
+        let expected = vec![
+            w("a", 96, 106, 1),
+            w("a", 99, 109, 2),
+            w("a", 106, 116, 1),
+            w("a", 111, 121, 1),
+        ];
+        for records in [[105, 108, 120], [120, 108, 105], [108, 120, 105]] {
+            let mut op = slide(100);
+            feed(&mut op, &records.map(|t| ("a", t)));
+            op.advance(0, 1_000, &all());
+            assert_eq!(results(&mut op), expected, "records {records:?}");
+        }
+    }
+
+    #[test]
+    fn sliding_windows_gather_records_before_the_time_difference_in_one_window() {
+        // Kafka Streams' early records (before 9 ms): [0, 10) holds 5 and 8; the right window
+        // of 5 holds 8.
+        let expected = vec![w("a", 0, 10, 2), w("a", 6, 16, 1), w("a", 11, 21, 1)];
+        for records in [[5, 8, 20], [20, 8, 5]] {
+            let mut op = slide(100);
+            feed(&mut op, &records.map(|t| ("a", t)));
+            op.advance(0, 1_000, &all());
+            assert_eq!(results(&mut op), expected, "records {records:?}");
+        }
+        let mut op = slide(100);
+        assert_eq!(
+            feed(&mut op, &[("a", -1)]),
+            vec![Some(-1)],
+            "before the epoch"
+        );
+    }
+
+    #[test]
+    fn a_late_sliding_record_can_still_copy_a_closed_window_into_its_right_window() {
+        let mut op = slide(0);
+        // 111 closes a's windows; 102 is added to none of them (all closed): late. Its right
+        // window [103, 113) still copies the window holding 109, closed but retained.
+        let late = feed(&mut op, &[("a", 100), ("a", 109), ("b", 111), ("a", 102)]);
+        assert_eq!(late, vec![None, None, None, Some(102)]);
+        op.advance(0, 1_000, &all());
+        let got = results(&mut op);
+        let want = vec![
+            w("a", 91, 101, 1),
+            w("a", 100, 110, 2),
+            w("a", 101, 111, 1),
+            w("a", 103, 113, 1),
+            w("b", 102, 112, 1),
+        ];
+        assert_eq!(got, want);
+        // 108 meets [91, 101), closed: it neither updates it nor makes windows that closed.
+        let mut op = slide(0);
+        let late = feed(&mut op, &[("a", 100), ("b", 115), ("a", 108)]);
+        assert_eq!(late, vec![None, None, Some(108)]);
+        op.advance(0, 1_000, &all());
+        assert_eq!(
+            results(&mut op),
+            vec![w("a", 91, 101, 1), w("b", 106, 116, 1)]
+        );
+    }
+    #[test]
+    fn sessions_merge_when_a_record_bridges_them() {
+        let mut op = op(Kind::Session { gap: 10 }, 100);
+        feed(
+            &mut op,
+            &[("a", 0), ("a", 5), ("a", 30), ("a", 20), ("b", 3)],
+        );
+        op.advance(0, 60, &all());
+        // Closed at end + gap + grace: b's [3, 3] at 113, nothing yet.
+        assert!(results(&mut op).is_empty());
+        feed(&mut op, &[("a", 12)]);
+        op.advance(0, 1_000, &all());
+        assert_eq!(results(&mut op), vec![w("a", 0, 30, 5), w("b", 3, 3, 1)]);
+    }
+
+    #[test]
+    fn a_record_that_could_only_form_a_closed_session_is_late() {
+        let mut op = op(Kind::Session { gap: 20 }, 0);
+        // b at 120 closes a's [100, 100] (100 + 20 + 0). A second a at 100 would form
+        // [100, 100] again, closed at once: late here, where Kafka Streams emits [100, 100]
+        // a second time (see the module docs of `window`).
+        let late = feed(&mut op, &[("a", 100), ("b", 120), ("a", 100)]);
+        assert_eq!(late, vec![None, None, Some(100)]);
+        assert_eq!(results(&mut op), vec![w("a", 100, 100, 1)]);
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        op.load(1, Vec::new(), 0).unwrap();
+        feed(&mut op, &[("a", 1), ("a", 50)]);
+        assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
+        assert_eq!(op.watermark(), i64::MIN);
+        // Partition 1 catches up to 20: the watermark is min(50, 20).
+        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0, None, None);
+        op.advance(0, i64::MIN, &all());
+        assert_eq!(op.watermark(), 20);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
+        // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
+        // clock): it stops holding the watermark back.
+        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500, None, None);
+        op.advance(1_500, i64::MIN, &all());
+        assert_eq!(op.watermark(), 60);
+        assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
+        // Everything idle: the watermark moves with the clock past the idle timeout.
+        op.advance(2_500 + 5, i64::MIN, &all());
+        assert_eq!(op.watermark(), 65);
+        assert_eq!(results(&mut op), Vec::new());
+        op.advance(2_500 + 10, i64::MIN, &all());
+        assert_eq!(results(&mut op), vec![w("a", 60, 70, 1)]);
+    }
+
+    #[test]
+    fn a_record_handed_out_again_is_not_counted_twice() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let at = |op: &mut Op, offset| {
+            op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
+        };
+        at(&mut op, 5);
+        at(&mut op, 5); // a retry, or a redelivery after a crash
+        at(&mut op, 6);
+        op.advance(0, 1_000, &all());
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2)]);
+    }
+
+    #[test]
+    fn a_partition_with_records_still_to_read_is_never_idle() {
+        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        op.load(1, Vec::new(), 0).unwrap();
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
+        // Partition 1 is behind (its records wait in the queue): it holds the watermark
+        // however long the clock runs.
+        op.advance(1_000_000, i64::MIN, &HashSet::from([0]));
+        assert_eq!(op.watermark(), i64::MIN);
+        // Read to its end and quiet for the idle timeout: it stops holding.
+        op.advance(1_000_000, i64::MIN, &all());
+        assert!(op.watermark() >= 50);
+    }
+
+    #[test]
+    fn state_round_trips_through_the_store_and_closed_windows_are_deleted() {
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut apply = |op: &mut Op| {
+            for (_, k, v) in op.take_writes().unwrap() {
+                match v {
+                    Some(v) => store.insert(k, v),
+                    None => store.remove(&k),
+                };
+            }
+            store.clone()
+        };
+        let mut first = op(Kind::Tumbling { size: 10 }, 0);
+        feed(&mut first, &[("a", 5), ("b", 8)]);
+        let stored = apply(&mut first);
+        let mut second = op(Kind::Tumbling { size: 10 }, 0);
+        second.load(0, stored.into_iter().collect(), 0).unwrap();
+        feed(&mut second, &[("a", 7), ("a", 12)]);
+        assert_eq!(
+            results(&mut second),
+            vec![w("a", 0, 10, 2), w("b", 0, 10, 1)]
+        );
+        let left = apply(&mut second);
+        let windows = left.keys().filter(|k| k[0] == WINDOW).count();
+        assert_eq!(windows, 1, "only [10, 20) is left");
+        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        assert_eq!((clock.max_seen, clock.floor), (12, 12));
+    }
+
+    #[test]
+    fn closed_sliding_windows_stay_stored_until_they_fall_out_of_retention() {
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut apply = |op: &mut Op| {
+            for (_, k, v) in op.take_writes().unwrap() {
+                match v {
+                    Some(v) => store.insert(k, v),
+                    None => store.remove(&k),
+                };
+            }
+            store.clone()
+        };
+        let windows =
+            |stored: &BTreeMap<Vec<u8>, Vec<u8>>| stored.keys().filter(|k| k[0] == WINDOW).count();
+        let mut first = slide(0);
+        feed(&mut first, &[("a", 100), ("a", 109), ("b", 111)]);
+        let closed = vec![w("a", 91, 101, 1), w("a", 100, 110, 2), w("a", 101, 111, 1)];
+        assert_eq!(results(&mut first), closed);
+        let stored = apply(&mut first);
+        assert_eq!(windows(&stored), 4, "a's closed windows and b's open one");
+        // After a restart, 102 still meets a's closed windows (as in the test above), and
+        // they are not emitted again.
+        let mut second = slide(0);
+        second.load(0, stored.into_iter().collect(), 0).unwrap();
+        assert_eq!(feed(&mut second, &[("a", 102)]), vec![Some(102)]);
+        feed(&mut second, &[("c", 125)]);
+        assert_eq!(
+            results(&mut second),
+            vec![w("a", 103, 113, 1), w("b", 102, 112, 1)]
+        );
+        // Retention is 2 × 9 + 0 behind the latest start written (c's left window, 116): every
+        // window starting before 98 is forgotten, a's [91, 101) with them.
+        assert_eq!(windows(&apply(&mut second)), 5);
+        feed(&mut second, &[("c", 140)]);
+        assert_eq!(results(&mut second), vec![w("c", 116, 126, 1)]);
+        let left = apply(&mut second);
+        assert_eq!(
+            windows(&left),
+            2,
+            "c's two windows are retained, the rest forgotten"
+        );
+        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        assert_eq!(clock.latest_start, Some(131));
+    }
+
+    #[test]
+    fn the_close_queue_hands_out_a_bucket_in_key_order_once_the_watermark_passes_it() {
+        let (a, b): (Key, Key) = (Arc::from(&b"a"[..]), Arc::from(&b"b"[..]));
+        let mut closing = Closing::default();
+        closing.insert(20, &b, 0);
+        closing.insert(10, &b, 5);
+        closing.insert(10, &a, 7);
+        closing.insert(10, &a, 3);
+        closing.remove(10, b"a", 7);
+        assert!(closing.pop_until(9).is_none());
+        assert_eq!(closing.pop_until(15), Some(vec![(a, 3), (b.clone(), 5)]));
+        assert!(closing.pop_until(15).is_none());
+        closing.remove(20, b"b", 0);
+        assert!(closing.0.is_empty(), "an emptied bucket goes");
+    }
+
+    #[test]
+    fn a_keys_windows_stay_sorted_by_start() {
+        let win = |end| Win {
+            end,
+            state: 0_u64,
+            max: 0,
+            stored: false,
+        };
+        let mut windows = Windows(Vec::new());
+        windows.insert(20, win(30));
+        windows.get_or_insert_with(0, || win(10)).state += 1;
+        windows.get_or_insert_with(0, || win(99)).state += 1;
+        windows.insert(10, win(20));
+        let all: Vec<_> = windows
+            .range(..)
+            .map(|(s, w)| (s, w.end, w.state))
+            .collect();
+        assert_eq!(all, vec![(0, 10, 2), (10, 20, 0), (20, 30, 0)]);
+        let some: Vec<_> = windows.range(5..=20).map(|(s, _)| s).collect();
+        assert_eq!(some, vec![10, 20]);
+        assert_eq!(windows.remove(10).map(|w| w.end), Some(20));
+        assert!(windows.remove(10).is_none());
+        assert_eq!(windows.get(20).map(|w| w.end), Some(30));
+        assert!(!windows.is_empty());
+    }
+}

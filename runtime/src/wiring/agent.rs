@@ -1,0 +1,343 @@
+//! Agents: what `#[agent]` registers. An [`AgentSpec`] names the agent, its source topics, its
+//! sink, its concurrency and consumer group, and holds the function the worker calls once per
+//! instance with an [`AgentContext`]. Everything the macro generates can be written by hand:
+//!
+//! ```
+//! use rill_runtime::{AgentSpec, TopicSpec};
+//!
+//! let spec = AgentSpec::new("echo", concat!(file!(), ":", line!()))
+//!     .source(TopicSpec::of::<String>("lines", "here"))
+//!     .concurrency(2)
+//!     .run(|mut ctx| async move {
+//!         let mut lines = ctx.stream::<String>()?;
+//!         while let Some(line) = lines.next().await {
+//!             tracing::info!(%line, "got a line");
+//!         }
+//!         Ok(())
+//!     });
+//! assert_eq!(spec.name(), "echo");
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::base::error::{Error, Result};
+use crate::base::record::Record;
+use crate::instance::table::{GlobalTable, Table, TableSpec};
+use crate::ops::stream::{Sink, Stream, StreamCore, agent_error};
+use crate::ops::topic::TopicSpec;
+
+pub(crate) type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+/// The description of an agent.
+#[derive(Clone)]
+pub struct AgentSpec {
+    name: String,
+    declared_at: String,
+    pub(crate) sources: Vec<TopicSpec>,
+    pub(crate) sink: Option<TopicSpec>,
+    pub(crate) concurrency: usize,
+    pub(crate) group: Option<String>,
+    pub(crate) tables: Vec<TableSpec>,
+    pub(crate) global_tables: Vec<String>,
+    pub(crate) on_error: Option<crate::base::failure::OnError>,
+    pub(crate) dead_letter: Option<String>,
+    pub(crate) co_partitioned: bool,
+    pub(crate) run: Option<RunFn>,
+}
+
+impl AgentSpec {
+    /// Starts describing an agent.
+    pub fn new(name: &str, declared_at: &str) -> Self {
+        AgentSpec {
+            name: name.to_owned(),
+            declared_at: declared_at.to_owned(),
+            sources: Vec::new(),
+            sink: None,
+            concurrency: 1,
+            group: None,
+            tables: Vec::new(),
+            global_tables: Vec::new(),
+            on_error: None,
+            dead_letter: None,
+            co_partitioned: false,
+            run: None,
+        }
+    }
+
+    /// What happens to a record that fails (`#[agent(on_error = "...")]`); the App-wide
+    /// default (`Config::on_error`) applies otherwise. See [`crate::base::failure`].
+    pub fn on_error(mut self, policy: crate::base::failure::OnError) -> Self {
+        self.on_error = Some(policy);
+        self
+    }
+
+    /// Names the dead-letter topic (`#[agent(dead_letter = "...")]`; default
+    /// `<app>-<agent>-dlq`).
+    pub fn dead_letter(mut self, topic: &str) -> Self {
+        self.dead_letter = Some(topic.to_owned());
+        self
+    }
+
+    /// Declares that the agent reads its sources together, a typed stream per topic joined or
+    /// merged (`#[agent(topics(..))]` declares it): the worker refuses to start unless they
+    /// have the same partition count. Without it an agent over several topics reads them as
+    /// one stream (fan-in), whatever their partition counts (agents with tables excepted).
+    pub fn co_partitioned(mut self) -> Self {
+        self.co_partitioned = true;
+        self
+    }
+
+    /// Adds a source topic.
+    pub fn source(mut self, topic: TopicSpec) -> Self {
+        self.sources.push(topic);
+        self
+    }
+
+    /// Sets the sink topic.
+    pub fn sink(mut self, topic: TopicSpec) -> Self {
+        self.sink = Some(topic);
+        self
+    }
+
+    /// Runs `n` instances, each owning a share of the partitions (order kept per partition).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Overrides the consumer group (default `<app>-<agent>`).
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
+    }
+
+    /// Declares a table the agent keeps (`AgentContext::table` hands it out).
+    pub fn table(mut self, name: &str) -> Self {
+        self.tables.push(TableSpec {
+            name: name.to_owned(),
+        });
+        self
+    }
+
+    /// Declares a global table over `topic` the agent reads (`AgentContext::global_table`).
+    pub fn global_table(mut self, topic: &str) -> Self {
+        self.global_tables.push(topic.to_owned());
+        self
+    }
+
+    /// Tables the agent keeps.
+    pub fn tables(&self) -> &[TableSpec] {
+        &self.tables
+    }
+
+    /// Sets the function each instance runs.
+    pub fn run<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AgentContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.run = Some(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the agent was declared (`file:line`).
+    pub fn declared_at(&self) -> &str {
+        &self.declared_at
+    }
+
+    /// Source topics.
+    pub fn sources(&self) -> &[TopicSpec] {
+        &self.sources
+    }
+
+    /// Sink topic.
+    pub fn sink_topic(&self) -> Option<&TopicSpec> {
+        self.sink.as_ref()
+    }
+
+    /// Number of instances.
+    pub fn instances(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The consumer group under an app id.
+    pub fn group_id(&self, app_id: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("{app_id}-{}", self.name))
+    }
+}
+
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSpec")
+            .field("name", &self.name)
+            .field("sources", &self.sources)
+            .field("sink", &self.sink)
+            .field("concurrency", &self.concurrency)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an agent function may return: `()` or `Result<(), E>`.
+#[diagnostic::on_unimplemented(
+    message = "an agent must return `rill::Result<()>` or `()`, not `{Self}`"
+)]
+pub trait AgentResult {
+    /// Normalizes to rill's `Result`.
+    fn into_result(self) -> Result<()>;
+}
+
+impl AgentResult for () {
+    fn into_result(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<E: Into<Error>> AgentResult for std::result::Result<(), E> {
+    fn into_result(self) -> Result<()> {
+        self.map_err(Into::into)
+    }
+}
+
+/// What one agent instance is given: its stream and its sink.
+pub struct AgentContext {
+    pub(crate) agent: String,
+    pub(crate) instance: usize,
+    pub(crate) core: Option<StreamCore>,
+    pub(crate) sources: Vec<TopicSpec>,
+    pub(crate) sink: Option<TopicSpec>,
+    pub(crate) shared: Arc<crate::instance::context::Shared>,
+    pub(crate) globals: Vec<Arc<crate::instance::table::global::GlobalDef>>,
+    pub(crate) policy: Arc<crate::base::failure::Policy>,
+}
+
+impl AgentContext {
+    /// The same context without its stream (for calling the agent function again).
+    pub(crate) fn clone_parts(&self) -> AgentContext {
+        AgentContext {
+            agent: self.agent.clone(),
+            instance: self.instance,
+            core: None,
+            sources: self.sources.clone(),
+            sink: self.sink.clone(),
+            shared: self.shared.clone(),
+            globals: self.globals.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    /// The instance's typed stream; can be taken once per call of the agent function.
+    pub fn stream<T: Record>(&mut self) -> Result<Stream<T>> {
+        let core = self
+            .core
+            .take()
+            .ok_or_else(|| agent_error(&self.agent, "the stream was already taken"))?;
+        let codec = self.sources.first().map_or(T::CODEC, |s| s.codec);
+        Ok(Stream::new(core, codec))
+    }
+
+    /// The stream of one topic of an agent over several (`#[agent(topics(views = "pageviews",
+    /// clicks = "clicks"))]`). The instance reads all its topics through one consumer, so these
+    /// streams are read together: [`Stream::join`] (and `left_join`, `outer_join`) or
+    /// [`Stream::either`]; one read alone stops the worker with an error.
+    pub fn stream_of<T: Record>(&mut self, topic: &str) -> Result<Stream<T>> {
+        let spec = self
+            .sources
+            .iter()
+            .find(|s| s.name == topic)
+            .ok_or_else(|| {
+                agent_error(
+                    &self.agent,
+                    format!("`{topic}` is not one of the agent's topics"),
+                )
+            })?;
+        let codec = spec.codec;
+        let core = match self.core.take() {
+            Some(core) => core,
+            // Another topic's stream holds the core: this one is joined to it.
+            None => StreamCore::husk(self.shared.clone(), self.policy.clone()),
+        };
+        let mut stream = Stream::new(core, codec);
+        stream.topic = Some(std::sync::Arc::from(topic));
+        Ok(stream)
+    }
+
+    /// The agent's sink.
+    pub fn sink<T: Record>(&self) -> Result<Sink<T>> {
+        let spec = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| agent_error(&self.agent, "the agent has no `sink` topic"))?;
+        Ok(Sink::new(&spec.name, spec.codec))
+    }
+
+    /// A table the agent declared (`tables(totals = "url_view_totals")`).
+    pub fn table<K, V>(&self, name: &str) -> Result<Table<K, V>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned + crate::base::codec::KeyBytes,
+        V: serde::Serialize + serde::de::DeserializeOwned + Default + 'static,
+    {
+        let core = self
+            .shared
+            .tables()
+            .into_iter()
+            .find(|t| &*t.def.name == name)
+            .ok_or_else(|| agent_error(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
+        Ok(Table::new(core, self.shared.clone()))
+    }
+
+    /// A global table the agent declared (`global_tables(users = "user_profiles")`).
+    pub fn global_table<K: crate::base::codec::KeyBytes, V: Record>(
+        &self,
+        topic: &str,
+    ) -> Result<GlobalTable<K, V>> {
+        let def = self
+            .globals
+            .iter()
+            .find(|g| &*g.topic == topic)
+            .ok_or_else(|| agent_error(&self.agent, format!("no global table over `{topic}`; declare it with `global_tables(name = \"{topic}\")`")))?;
+        Ok(GlobalTable::new(def.clone()))
+    }
+
+    /// Which instance this is (0-based, below the agent's concurrency).
+    pub fn instance(&self) -> usize {
+        self.instance
+    }
+}
+
+/// An agent registered by `#[agent]` (collected with `inventory`, so users list agents once).
+pub struct Registration {
+    /// Builds the agent's description.
+    pub build: fn() -> AgentSpec,
+}
+
+inventory::collect!(Registration);
+
+/// Every agent registered in this binary, sorted by name.
+pub fn registered_agents() -> Vec<AgentSpec> {
+    let mut specs: Vec<AgentSpec> = inventory::iter::<Registration>
+        .into_iter()
+        .map(|r| (r.build)())
+        .collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    specs
+}
+
+impl Drop for AgentContext {
+    /// A stream never taken stays with the instance (see `Stream`'s `Drop`).
+    fn drop(&mut self) {
+        if let Some(core) = self.core.take() {
+            self.shared.clone().park(core);
+        }
+    }
+}

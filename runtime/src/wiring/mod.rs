@@ -1,0 +1,11 @@
+//! Wiring: agents, the worker, producers, repartition pipelines, observability and the web server.
+
+pub mod agent;
+pub(crate) mod dlq;
+pub(crate) mod observe;
+pub(crate) mod otlp_metrics;
+pub(crate) mod pipeline;
+pub mod producer;
+pub mod topology;
+pub(crate) mod web;
+pub mod worker;

@@ -1,0 +1,597 @@
+//! The worker seen from outside: readiness, metrics, topology, status and table lookups, as
+//! the web server serves them (`web::api::WebBackend`). Everything here is read when asked
+//! for; agents only bump atomics (see `metrics`).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::base::health::Health;
+use crate::base::message::now_millis;
+use crate::instance::context::AgentStats;
+use crate::instance::table::TableDef;
+use crate::io::transport::{Router, Tp, Transport};
+use crate::wiring::pipeline::{AgentPipeline, StoreCell};
+use crate::wiring::topology::Topology;
+use crate::wiring::web::api::{AgentStatus, Status, TableAnswer, WebBackend};
+
+/// Reads per-topic counts of an agent.
+type PerTopic = dyn Fn(&AgentStats) -> Vec<(Arc<str>, u64)>;
+
+/// One agent as the observer sees it.
+pub(crate) struct AgentView {
+    pub(crate) name: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) stats: Arc<AgentStats>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) pipeline: Arc<AgentPipeline>,
+    pub(crate) tables: Vec<Arc<TableDef>>,
+    /// Source topics (where the agent's table partitions come from).
+    pub(crate) sources: Vec<String>,
+}
+
+/// Everything `/metrics`, `/status`, `/topology` and `/tables` read.
+pub(crate) struct Observer {
+    pub(crate) app: String,
+    /// This worker's advertised web address, once bound.
+    pub(crate) url: OnceLock<String>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) transport: Transport,
+    pub(crate) store: Arc<StoreCell>,
+    pub(crate) topology: Topology,
+    pub(crate) agents: RwLock<Vec<AgentView>>,
+    /// All agents started (until then the worker is not ready).
+    pub(crate) started: std::sync::atomic::AtomicBool,
+    /// User metrics (`App::metrics`) and rill's collector.
+    pub(crate) registry: Mutex<Registry>,
+    /// Consumer-group members (web address, assignment) by group, with when they were read.
+    members: Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Member>)>>,
+}
+
+use crate::io::transport::kafka::GroupMember as Member;
+
+impl AgentView {
+    /// The routers of the agent's consumers: its source's, and its repartition topic's once
+    /// `group_by` made one.
+    fn routers(&self) -> Vec<Arc<Router>> {
+        let mut routers = vec![self.router.clone()];
+        if let (Some(r), _) = self.pipeline.runtime_parts() {
+            routers.push(r.router);
+        }
+        routers
+    }
+
+    /// Where the agent's table partitions live: the consumer of the repartition topic once
+    /// the agent re-keys (tables then follow it), else of the source. (router, group, topic)
+    fn table_owner(&self) -> (Arc<Router>, Arc<str>, String) {
+        match self.pipeline.runtime_parts().0 {
+            Some(r) => (r.router, r.group, r.topic),
+            None => (
+                self.router.clone(),
+                self.group.clone(),
+                self.sources.first().cloned().unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+impl Observer {
+    pub(crate) fn new(
+        app: &str,
+        health: Arc<Health>,
+        transport: Transport,
+        store: Arc<StoreCell>,
+        topology: Topology,
+    ) -> Arc<Self> {
+        Arc::new(Observer {
+            app: app.to_owned(),
+            url: OnceLock::new(),
+            health,
+            transport,
+            store,
+            topology,
+            agents: RwLock::new(Vec::new()),
+            started: std::sync::atomic::AtomicBool::new(false),
+            registry: Mutex::new(Registry::default()),
+            members: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn agents(&self) -> std::sync::RwLockReadGuard<'_, Vec<AgentView>> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Consumer lag per owned partition of an agent: librdkafka's figures on Kafka; on the
+    /// embedded log, the partition's end minus the group's committed offset.
+    fn lags(&self, agent: &AgentView) -> Vec<(Tp, i64)> {
+        let mut lags = Vec::new();
+        for (i, router) in agent.routers().iter().enumerate() {
+            match &self.transport {
+                Transport::Kafka(_) => lags.extend(
+                    router
+                        .lags
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(tp, l)| (tp.clone(), *l)),
+                ),
+                Transport::Embedded(log) => {
+                    let group = match (i, agent.pipeline.runtime_parts().0) {
+                        (0, _) | (_, None) => agent.group.clone(),
+                        (_, Some(r)) => r.group,
+                    };
+                    let owned = router
+                        .assignment
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    lags.extend(owned.into_iter().filter_map(|(t, p)| {
+                        let (low, end) = log.watermarks(&t, p).ok()?;
+                        // Offsets retention removed are not lag.
+                        let next = log.committed(&group, &t, p).ok()?.unwrap_or(0).max(low);
+                        Some(((t, p), (end - next).max(0)))
+                    }));
+                }
+            }
+        }
+        lags.sort();
+        lags
+    }
+
+    /// The web address of the group member owning `topic`/`partition`, from the group's
+    /// membership (asked of the coordinator at most every 2 s per group; a blocking call).
+    fn owner_of(
+        &self,
+        kafka: &crate::io::transport::kafka::KafkaTransport,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> crate::base::error::Result<Option<String>> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let members = match cache.get(group) {
+            Some((at, members)) if at.elapsed() < FRESH => members.clone(),
+            _ => {
+                let members = kafka.group_members(group)?;
+                cache.insert(
+                    group.to_owned(),
+                    (std::time::Instant::now(), members.clone()),
+                );
+                members
+            }
+        };
+        Ok(members.into_iter().find_map(|(url, tps)| {
+            tps.iter()
+                .any(|(t, p)| t == topic && *p == partition)
+                .then_some(url)
+                .flatten()
+        }))
+    }
+
+    /// Tables of an agent: declared ones and window tables built so far.
+    fn tables_of(agent: &AgentView) -> Vec<Arc<TableDef>> {
+        let mut all = agent.tables.clone();
+        all.extend(agent.pipeline.runtime_parts().1);
+        all
+    }
+
+    fn encode_rill(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let agents = self.agents();
+        let counter = |e: &mut DescriptorEncoder,
+                       name: &str,
+                       help: &str,
+                       get: &dyn Fn(&AgentStats) -> u64|
+         -> std::fmt::Result {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for a in agents.iter() {
+                let labels = [("agent", &*a.name)];
+                let mut m = family.encode_family(&labels)?;
+                m.encode_counter::<NoLabelSet, _, u64>(&get(&a.stats), None)?;
+            }
+            Ok(())
+        };
+        let per_topic = |e: &mut DescriptorEncoder,
+                         name: &str,
+                         help: &str,
+                         get: &PerTopic|
+         -> std::fmt::Result {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for a in agents.iter() {
+                for (topic, n) in get(&a.stats) {
+                    let labels = [("agent", &*a.name), ("topic", &*topic)];
+                    let mut m = family.encode_family(&labels)?;
+                    m.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+            Ok(())
+        };
+        let histogram = |e: &mut DescriptorEncoder,
+                         name: &str,
+                         help: &str,
+                         get: &dyn Fn(&AgentStats) -> &crate::base::metrics::Histogram|
+         -> std::fmt::Result {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for a in agents.iter() {
+                let (sum, count, buckets) = get(&a.stats).snapshot();
+                let labels = [("agent", &*a.name)];
+                let mut m = family.encode_family(&labels)?;
+                m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+            Ok(())
+        };
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+
+        per_topic(
+            &mut e,
+            "rill_records_in",
+            "Records handed to the agent",
+            &|s| s.topics_in.snapshot(),
+        )?;
+        per_topic(&mut e, "rill_records_out", "Records the agent sent", &|s| {
+            s.topics_out.snapshot()
+        })?;
+        histogram(
+            &mut e,
+            "rill_processing_seconds",
+            "Time from handing a record to the agent until it asks for the next",
+            &|s| &s.processing,
+        )?;
+        histogram(
+            &mut e,
+            "rill_commit_seconds",
+            "Duration of commit steps (outputs, changelogs, table state, offsets)",
+            &|s| &s.commit_latency,
+        )?;
+        counter(&mut e, "rill_commits", "Commit steps completed", &|s| {
+            load(&s.commits)
+        })?;
+        counter(
+            &mut e,
+            "rill_dead_lettered",
+            "Records sent to the dead-letter topic",
+            &|s| load(&s.dead_lettered),
+        )?;
+        counter(
+            &mut e,
+            "rill_retried",
+            "Retries, in place or through retry topics",
+            &|s| load(&s.retried),
+        )?;
+        counter(&mut e, "rill_skipped", "Failed records skipped", &|s| {
+            load(&s.skipped)
+        })?;
+        counter(
+            &mut e,
+            "rill_failures",
+            "Times the agent function returned an error or panicked on a record",
+            &|s| load(&s.failures),
+        )?;
+        counter(
+            &mut e,
+            "rill_decode_errors",
+            "Records that could not be decoded",
+            &|s| load(&s.decode_errors),
+        )?;
+        counter(
+            &mut e,
+            "rill_late_records",
+            "Records that arrived after their window closed",
+            &|s| load(&s.late_records),
+        )?;
+        counter(&mut e, "rill_windows_closed", "Windows closed", &|s| {
+            load(&s.windows_closed)
+        })?;
+        counter(
+            &mut e,
+            "rill_recovery_records",
+            "Changelog offsets covered while recovering tables",
+            &|s| load(&s.restored),
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "rill_recovery_target_records",
+                "Changelog offsets table recoveries set out to cover (with rill_recovery_records_total: their progress)",
+                None,
+                MetricType::Counter,
+            )?;
+            for a in agents.iter() {
+                let labels = [("agent", &*a.name)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(&a.stats.restore_total), None)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "rill_event_time_lag_seconds",
+                "Wall clock minus the event time of the last record processed, at the last commit",
+                None,
+                MetricType::Gauge,
+            )?;
+            for a in agents.iter() {
+                if a.stats.event_time_lag_set.load(Ordering::Relaxed) {
+                    let labels = [("agent", &*a.name)];
+                    let lag = a.stats.event_time_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+                    family.encode_family(&labels)?.encode_gauge(&lag)?;
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "rill_consumer_lag",
+                "Records not yet consumed per owned partition",
+                None,
+                MetricType::Gauge,
+            )?;
+            for a in agents.iter() {
+                for ((topic, partition), lag) in self.lags(a) {
+                    let partition = partition.to_string();
+                    let labels = [
+                        ("agent", &*a.name),
+                        ("topic", &*topic),
+                        ("partition", partition.as_str()),
+                    ];
+                    family.encode_family(&labels)?.encode_gauge(&lag)?;
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "rill_rebalances",
+                "Partition assignments and revocations",
+                None,
+                MetricType::Counter,
+            )?;
+            for a in agents.iter() {
+                let routers = a.routers();
+                for kind in ["assigned", "revoked"] {
+                    let n: u64 = routers
+                        .iter()
+                        .map(|r| match kind {
+                            "assigned" => load(&r.assigned_count),
+                            _ => load(&r.revoked_count),
+                        })
+                        .sum();
+                    let labels = [("agent", &*a.name), ("kind", kind)];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        let sizes: Vec<(Arc<str>, u64, u64)> = match self.store.get() {
+            Some(store) => agents
+                .iter()
+                .flat_map(Self::tables_of)
+                .filter_map(|t| {
+                    let (keys, bytes) = store.size(&t.name).ok()?;
+                    Some((t.name.clone(), keys, bytes))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, help, pick) in [
+            (
+                "rill_table_keys",
+                "Keys in this worker's copy of a table",
+                0usize,
+            ),
+            (
+                "rill_table_bytes",
+                "Bytes of LMDB pages this worker's copy of a table uses",
+                1,
+            ),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (table, keys, bytes) in &sizes {
+                let v = i64::try_from(if pick == 0 { *keys } else { *bytes }).unwrap_or(i64::MAX);
+                let labels = [("table", &**table)];
+                family.encode_family(&labels)?.encode_gauge(&v)?;
+            }
+        }
+        if let Transport::Kafka(k) = &self.transport
+            && let Some(txn) = &k.txn
+        {
+            let mut family = e.encode_descriptor(
+                "rill_transactions",
+                "Exactly-once transactions of this worker, by outcome (aborted: nothing of it is visible)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in [("committed", &txn.committed), ("aborted", &txn.aborted)] {
+                let labels = [("outcome", outcome)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(c), None)?;
+            }
+        }
+        let mut family = e.encode_descriptor(
+            "rill_ready",
+            "1 when connected to the broker with every table recovered",
+            None,
+            MetricType::Gauge,
+        )?;
+        let ready: i64 = i64::from(self.ready().is_ok());
+        family.encode_gauge(&ready)
+    }
+}
+
+/// rill's own metrics as a `prometheus-client` collector on the app's registry.
+#[derive(Debug)]
+pub(crate) struct Collector(pub(crate) std::sync::Weak<Observer>);
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        match self.0.upgrade() {
+            Some(o) => o.encode_rill(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebBackend for Observer {
+    fn ready(&self) -> Result<(), String> {
+        if !self.health.is_ready() {
+            return Err(format!(
+                "not connected to the broker: {}",
+                self.health.last_error().unwrap_or_default()
+            ));
+        }
+        if !self.started.load(Ordering::Acquire) {
+            return Err("starting".to_owned());
+        }
+        for a in self.agents().iter() {
+            if a.router.assigned_count.load(Ordering::Relaxed) == 0 {
+                return Err(format!(
+                    "agent `{}` has no partition assignment yet",
+                    a.name
+                ));
+            }
+            let (done, total) = (
+                a.stats.restored.load(Ordering::Relaxed),
+                a.stats.restore_total.load(Ordering::Relaxed),
+            );
+            if done < total {
+                return Err(format!(
+                    "agent `{}` is recovering its tables ({done} of {total} changelog records)",
+                    a.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+
+    fn topology(&self) -> Topology {
+        let mut t = self.topology.clone();
+        for a in self.agents().iter() {
+            let (repartition, windows) = a.pipeline.runtime_parts();
+            if let Some(r) = repartition {
+                t.agent_repartitions(&a.name, &r.topic);
+            }
+            for w in windows {
+                t.agent_window(&a.name, &w.name, &w.changelog);
+            }
+            for (topic, _) in a.stats.topics_out.snapshot() {
+                t.agent_sends(&a.name, &topic);
+            }
+        }
+        t
+    }
+
+    fn status(&self) -> Status {
+        let ready = self.ready();
+        let agents = self
+            .agents()
+            .iter()
+            .map(|a| {
+                let s = &a.stats;
+                let mut partitions: Vec<i32> = a
+                    .router
+                    .assignment
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(_, p)| *p)
+                    .collect();
+                partitions.sort_unstable();
+                partitions.dedup();
+                AgentStatus {
+                    name: a.name.to_string(),
+                    records_in: s.records_in.load(Ordering::Relaxed),
+                    records_out: s.records_out.load(Ordering::Relaxed),
+                    dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+                    late_records: s.late_records.load(Ordering::Relaxed),
+                    commits: s.commits.load(Ordering::Relaxed),
+                    consumer_lag: self.lags(a).iter().map(|(_, l)| *l).sum(),
+                    event_time_lag_seconds: s
+                        .event_time_lag_set
+                        .load(Ordering::Relaxed)
+                        .then(|| s.event_time_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+                    partitions,
+                }
+            })
+            .collect();
+        Status {
+            app: self.app.clone(),
+            url: self.url.get().cloned().unwrap_or_default(),
+            ready: ready.is_ok(),
+            reason: ready.err(),
+            now_ms: now_millis(),
+            agents,
+        }
+    }
+
+    fn table(&self, table: &str, key: &str) -> TableAnswer {
+        let agents = self.agents();
+        let found = agents.iter().find_map(|a| {
+            a.tables
+                .iter()
+                .find(|t| &*t.name == table)
+                .map(|t| (a, t.clone()))
+        });
+        let Some((agent, def)) = found else {
+            return TableAnswer::NoSuchTable;
+        };
+        let Some(parse) = def.key_parser.get() else {
+            return TableAnswer::Unavailable(format!(
+                "table `{table}` has not been opened by its agent yet"
+            ));
+        };
+        let (partition, stored) = match parse(key) {
+            Ok(k) => k,
+            Err(e) => return TableAnswer::BadKey(e),
+        };
+        let (router, group, topic) = agent.table_owner();
+        let owned = router
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(_, p)| *p == partition);
+        if owned {
+            // The last committed value (at most one commit interval behind the agent).
+            return match def.store.get(&def.name, partition, &stored) {
+                Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                    Ok(v) => TableAnswer::Found(v),
+                    Err(e) => {
+                        TableAnswer::Unavailable(format!("the stored value does not decode: {e}"))
+                    }
+                },
+                Ok(None) => TableAnswer::Missing,
+                Err(e) => TableAnswer::Unavailable(e.to_string()),
+            };
+        }
+        let Transport::Kafka(kafka) = &self.transport else {
+            return TableAnswer::Unavailable(format!(
+                "partition {partition} of table `{table}` is not assigned to this worker yet"
+            ));
+        };
+        match self.owner_of(kafka, &group, &topic, partition) {
+            Ok(Some(url)) if Some(&url) != self.url.get() => TableAnswer::Elsewhere(url),
+            Ok(_) => TableAnswer::Unavailable(format!(
+                "no worker with a web server owns partition {partition} of `{topic}` right now (rebalancing?)"
+            )),
+            Err(e) => TableAnswer::Unavailable(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! A producer handle for code outside agents (`App::task`s, tests, the `send` command). Sends are
+//! enqueued and made durable by `flush` (or automatically when many are pending), like a Kafka
+//! producer's batching.
+
+use std::sync::{Arc, Mutex};
+
+use crate::base::codec::KeyBytes;
+use crate::base::error::Result;
+use crate::base::message::OutRecord;
+use crate::base::record::Record;
+use crate::io::transport::delivery::Deliveries;
+use crate::io::transport::{Pending, ProducerBackend};
+use crate::ops::topic::{Topic, encode_out};
+
+/// Buffered sends (embedded log, exactly-once) flushed without waiting for `flush`.
+const AUTO_FLUSH: usize = 10_000;
+
+/// Sends records from outside agents.
+#[derive(Clone)]
+pub struct Producer {
+    backend: ProducerBackend,
+    /// Sends since the last flush, with the deliveries they are counted in (Kafka).
+    pending: Arc<Mutex<(Vec<Pending>, Arc<Deliveries>)>>,
+}
+
+impl Producer {
+    pub(crate) fn new(backend: ProducerBackend) -> Self {
+        Producer {
+            backend,
+            pending: Arc::new(Mutex::new((Vec::new(), Deliveries::new()))),
+        }
+    }
+
+    /// True when the worker runs on Kafka (examples generate input only when it does not).
+    pub fn is_kafka(&self) -> bool {
+        matches!(self.backend, ProducerBackend::Kafka(_))
+    }
+
+    /// Sends a value keyed by its `#[record(key)]` field.
+    pub async fn send<K, V: Record>(&self, topic: &Topic<K, V>, value: &V) -> Result<()> {
+        self.send_raw(encode_out(topic.name(), topic.codec(), value.key(), value)?)
+            .await
+    }
+
+    /// Sends a value with an explicit key.
+    pub async fn send_keyed<K: KeyBytes, V: Record>(
+        &self,
+        topic: &Topic<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<()> {
+        self.send_raw(encode_out(
+            topic.name(),
+            topic.codec(),
+            Some(key.key_bytes()),
+            value,
+        )?)
+        .await
+    }
+
+    /// Sends a value to a topic named by string, with the value type's codec.
+    pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
+        self.send_raw(encode_out(topic, V::CODEC, value.key(), value)?)
+            .await
+    }
+
+    /// Sends an already encoded record.
+    pub async fn send_raw(&self, record: OutRecord) -> Result<()> {
+        let batch = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let pending = self.backend.enqueue(record, &batch).await?;
+        let len = {
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.add_to(&mut guard.0);
+            guard.0.len()
+        };
+        if len >= AUTO_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent so far is durable (appended, or acknowledged by Kafka).
+    pub async fn flush(&self) -> Result<()> {
+        let pending = {
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            guard.1 = Deliveries::new();
+            std::mem::take(&mut guard.0)
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.backend.deliver(pending, "", &[]).await.map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_kafka() {
+            "Producer(kafka)"
+        } else {
+            "Producer(embedded)"
+        })
+    }
+}
