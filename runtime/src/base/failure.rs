@@ -281,6 +281,22 @@ pub(crate) fn origin(raw: &RawRecord) -> (String, i32, i64) {
     }
 }
 
+/// The topic a record stands for: the one a join's repartition topic carries, else the one a
+/// retry record was first read from, else its own.
+pub(crate) fn side_topic(raw: &RawRecord) -> &str {
+    if let Some(topic) = raw.headers.get(crate::base::message::header::TOPIC)
+        && let Ok(topic) = std::str::from_utf8(topic)
+    {
+        return topic;
+    }
+    if let Some(topic) = raw.headers.get(headers::SOURCE_TOPIC)
+        && let Ok(topic) = std::str::from_utf8(topic)
+    {
+        return topic;
+    }
+    &raw.topic
+}
+
 /// Attempts a retry record says were made so far (0 for a record from its source).
 pub(crate) fn attempts_of(raw: &RawRecord) -> u32 {
     raw.headers
@@ -336,7 +352,7 @@ pub(crate) fn failed_record(
         // rill's headers of the failed attempt go; a join's side tag stays, so the record
         // finds its side when it comes back (retry topics, `dlq replay`).
         .filter(|(name, _)| {
-            !name.starts_with("rill.") || name == crate::wiring::pipeline::TOPIC_HEADER
+            !name.starts_with("rill.") || name == crate::base::message::header::TOPIC
         })
         .cloned()
         .collect();

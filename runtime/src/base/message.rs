@@ -2,6 +2,18 @@
 
 use std::sync::Arc;
 
+use crate::base::codec::Codec;
+use crate::base::error::{Error, Result};
+use crate::base::record::Record;
+
+/// Names of the headers rill's components add for each other (the ones users read on dead
+/// letters are `failure::headers`).
+pub(crate) mod header {
+    /// The topic a repartitioned record was read from, when the agent reads several (a join's
+    /// sides share one repartition topic).
+    pub(crate) const TOPIC: &str = "rill.topic";
+}
+
 pub use bytes::Bytes;
 
 /// Message headers, in order, as Kafka carries them.
@@ -126,4 +138,33 @@ pub(crate) fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// An owned record of `value` (a `Sink` passes its topic's `Arc`: no allocation for the name),
+/// stamped with [`out_timestamp`] (`current`: the event time of the record being processed).
+pub(crate) fn encode_out<V: Record>(
+    topic: impl AsRef<str> + Into<Arc<str>>,
+    codec: Codec,
+    key: Option<Vec<u8>>,
+    value: &V,
+    current: Option<i64>,
+) -> Result<OutRecord> {
+    let bytes = value.encode(codec).map_err(|source| Error::Codec {
+        topic: topic.as_ref().to_owned(),
+        source,
+    })?;
+    Ok(OutRecord {
+        topic: topic.into(),
+        partition: None,
+        key,
+        value: Some(bytes),
+        timestamp: out_timestamp(value, current),
+        headers: Headers::default(),
+    })
+}
+
+/// A sent record's timestamp: the value's event time, else the event time of the record being
+/// processed (`current`), else now.
+pub(crate) fn out_timestamp<V: Record>(value: &V, current: Option<i64>) -> i64 {
+    value.event_time().or(current).unwrap_or_else(now_millis)
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::base::config::{Broker, Config};
 use crate::base::error::Result;
 use crate::base::record::Record;
-use crate::ops::topic::{Topic, TopicSpec};
+use crate::base::spec::TopicSpec;
+use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
 use crate::wiring::producer::Producer;
 use crate::wiring::worker::{TaskFn, Worker, open_transport, shutdown_signal};
@@ -149,11 +150,6 @@ impl App {
         }
         self.config.validate()?;
         Ok(self.config.clone())
-    }
-
-    /// Parses the command line and runs the command (`worker` by default).
-    pub fn main(self) -> Result<()> {
-        crate::entry::cli::main(self)
     }
 
     /// Starts the worker in the background on the current tokio runtime.

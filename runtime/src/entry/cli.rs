@@ -106,7 +106,15 @@ enum DlqCommand {
     },
 }
 
-pub(crate) fn main(mut app: App) -> Result<()> {
+impl App {
+    /// Parses the command line and runs the command (`worker` by default). Defined with the
+    /// commands, so that `app.rs` knows nothing of the command line.
+    pub fn main(self) -> Result<()> {
+        main(self)
+    }
+}
+
+fn main(mut app: App) -> Result<()> {
     let cli = Cli::parse_from(std::env::args_os());
     // The runtime comes before the settings are resolved: it reads `RILL_WORKER_THREADS`
     // itself. A bad variable is reported below, when `run` applies them again.

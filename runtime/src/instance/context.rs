@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use crate::base::codec::Codec;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
+use crate::base::message::{encode_out, out_timestamp};
 use crate::base::record::Record;
 use crate::instance::table::TableCore;
 use crate::io::transport::delivery::Deliveries;
 use crate::io::transport::delivery::Outgoing;
 use crate::io::transport::{Pending, ProducerBackend};
-use crate::ops::topic::{encode_out, out_timestamp};
 
 tokio::task_local! {
     pub(crate) static CURRENT: Arc<Shared>;
@@ -552,7 +552,12 @@ pub(crate) async fn send_value<V: Record>(
         return Ok(());
     }
     let key = key.map(std::borrow::Cow::into_owned);
-    send(what, encode_out(topic, codec, key, value)?, counter).await
+    send(
+        what,
+        encode_out(topic, codec, key, value, current_event_time())?,
+        counter,
+    )
+    .await
 }
 
 /// A `Sink`'s cached counter of its topic's sends.

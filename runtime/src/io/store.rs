@@ -13,9 +13,14 @@ use heed::{Database, Env, WithoutTls};
 
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
-use crate::instance::table::Overlay;
 
 type Db = Database<Bytes, Bytes>;
+
+/// Uncommitted writes of a table by (partition, key bytes): value bytes, `None` deletes. The
+/// instance's table overlays hold them until a commit step hands them to the store. foldhash:
+/// every table write and most reads hash into it.
+pub(crate) type Overlay =
+    std::collections::HashMap<(i32, Vec<u8>), Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// Where a table partition's local copy stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

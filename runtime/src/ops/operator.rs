@@ -23,7 +23,6 @@ use crate::base::watermark;
 use crate::instance::context::{AgentStats, Flush, Shared};
 use crate::instance::table::{TableCore, TableDef};
 use crate::ops::stream::Stream;
-use crate::ops::window::state::Write;
 
 /// An operator a [`Host`] drives (the window operator, the join operator).
 pub(crate) trait Stateful: Send + 'static {
@@ -40,7 +39,7 @@ pub(crate) trait Stateful: Send + 'static {
     fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>);
     fn dirty(&self) -> bool;
     /// The changes since the last call.
-    fn take_writes(&mut self) -> Result<Vec<Write>>;
+    fn take_writes(&mut self) -> Result<Vec<StateWrite>>;
     /// The next result not handed out yet.
     fn next_out(&mut self) -> Option<Self::Out>;
     /// Adds what happened since the last call to the agent's stats.
@@ -104,7 +103,7 @@ pub(crate) struct Host<T, Op> {
     cell: Option<Arc<Cell<Op>>>,
     ended: bool,
     seen_assignment: u64,
-    ticker: crate::ops::window::driver::Ticker,
+    ticker: Ticker,
     clock: Clock,
     pub(crate) shared: Arc<Shared>,
     /// Version and contents of the instance's caught-up partitions.
@@ -140,7 +139,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
             cell: None,
             ended: false,
             seen_assignment: u64::MAX,
-            ticker: crate::ops::window::driver::Ticker::new(&clock, idle),
+            ticker: Ticker::new(&clock, idle),
             clock,
             shared,
             caught_up: (u64::MAX, HashSet::new()),
@@ -385,6 +384,59 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
                         self.fail(e);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A write of an operator's state into its table: partition, key, value (`None` deletes).
+pub(crate) type StateWrite = (i32, Vec<u8>, Option<Vec<u8>>);
+
+fn changed(mut rx: tokio::sync::watch::Receiver<u64>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let _ = rx.changed().await;
+    })
+}
+
+/// Wakes a window or join to look at the clock while no record arrives (idle partitions).
+pub(crate) enum Ticker {
+    System(Pin<Box<tokio::time::Sleep>>, Duration),
+    Virtual(tokio::sync::watch::Receiver<u64>, BoxFuture<'static, ()>),
+}
+
+impl Ticker {
+    /// Ticks a few times per idle timeout on the system clock, or on every change of the
+    /// virtual clock in tests.
+    pub(crate) fn new(clock: &Clock, idle: Duration) -> Self {
+        match clock.subscribe() {
+            Some(rx) => Ticker::Virtual(rx.clone(), changed(rx)),
+            None => {
+                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                Ticker::System(Box::pin(tokio::time::sleep(every)), every)
+            }
+        }
+    }
+
+    /// True when it is time to look at the clock again.
+    pub(crate) fn due(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Ticker::System(sleep, every) => {
+                let mut fired = false;
+                while sleep.as_mut().poll(cx).is_ready() {
+                    fired = true;
+                    let next = tokio::time::Instant::now() + *every;
+                    sleep.as_mut().reset(next);
+                }
+                fired
+            }
+            Ticker::Virtual(rx, fut) => {
+                let mut fired = false;
+                while fut.as_mut().poll(cx).is_ready() {
+                    fired = true;
+                    rx.borrow_and_update();
+                    *fut = changed(rx.clone());
+                }
+                fired
             }
         }
     }

@@ -1545,9 +1545,9 @@ impl<T> futures::Stream for Stream<T> {
                 None => return Poll::Ready(None),
                 Some(raw) => {
                     if let Some(topic) = &this.topic
-                        && crate::ops::join::side_topic(raw) != &**topic
+                        && crate::base::failure::side_topic(raw) != &**topic
                     {
-                        let other = crate::ops::join::side_topic(raw).to_owned();
+                        let other = crate::base::failure::side_topic(raw).to_owned();
                         this.fail_apart(Some(other));
                         return Poll::Ready(None);
                     }

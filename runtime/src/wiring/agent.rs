@@ -25,9 +25,9 @@ use futures::future::BoxFuture;
 
 use crate::base::error::{Error, Result};
 use crate::base::record::Record;
+use crate::base::spec::TopicSpec;
 use crate::instance::table::{GlobalTable, Table, TableSpec};
 use crate::ops::stream::{Sink, Stream, StreamCore, agent_error};
-use crate::ops::topic::TopicSpec;
 
 pub(crate) type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 

@@ -10,9 +10,9 @@ use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::failure::{self, headers};
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
+use crate::base::spec::{Internal, TopicSpec};
 use crate::instance::table::recovery::ChangelogReader;
 use crate::io::transport::Transport;
-use crate::ops::topic::{Internal, TopicSpec};
 use crate::wiring::agent::AgentSpec;
 
 /// Newest errors `dlq list` shows per agent.

@@ -26,6 +26,7 @@ use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::Headers;
 use crate::base::message::{OutRecord, RawRecord, now_millis};
+use crate::base::spec::{Internal, TopicSpec};
 use crate::base::watermark::{self, SourceClock};
 use crate::instance::context::{AgentStats, CURRENT, Shared};
 use crate::instance::table::TableDef;
@@ -33,7 +34,6 @@ use crate::instance::table::recovery::ChangelogReader;
 use crate::io::store::TableStore;
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
 use crate::ops::stream::{CoreParts, Stop, StreamCore};
-use crate::ops::topic::{Internal, TopicSpec};
 
 /// Threads, tasks and stop channels a worker must wind down, including those created after
 /// start (repartition fetchers and pumps).
@@ -57,10 +57,6 @@ impl Registry {
 
 /// Computes a record's new key and its event time (when the record has one).
 pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
-
-/// The topic a repartitioned record was read from, when the agent reads several (a join's
-/// sides share one repartition topic).
-pub(crate) const TOPIC_HEADER: &str = "rill.topic";
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -441,7 +437,8 @@ impl AgentPipeline {
                             );
                         }
                         // A join's side: the topic the record stands for, tagged on it below.
-                        let tag = tag_topic.then(|| crate::ops::join::side_topic(&raw).to_owned());
+                        let tag =
+                            tag_topic.then(|| crate::base::failure::side_topic(&raw).to_owned());
                         let side = tag
                             .as_deref()
                             .and_then(|t| sides.iter().position(|s| &**s == t))
@@ -457,9 +454,9 @@ impl AgentPipeline {
                         let mut headers = std::mem::take(&mut raw.headers);
                         headers.0.retain(|(name, _)| name != watermark::HEADER);
                         if let Some(tag) = tag
-                            && headers.get(TOPIC_HEADER).is_none()
+                            && headers.get(crate::base::message::header::TOPIC).is_none()
                         {
-                            headers.insert(TOPIC_HEADER, tag.into_bytes());
+                            headers.insert(crate::base::message::header::TOPIC, tag.into_bytes());
                         }
                         if windowed.load(Ordering::Relaxed) {
                             headers.insert(watermark::HEADER, stamp);

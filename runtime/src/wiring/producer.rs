@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
 use crate::base::message::OutRecord;
+use crate::base::message::encode_out;
 use crate::base::record::Record;
+use crate::instance::context::current_event_time;
 use crate::io::transport::delivery::Deliveries;
 use crate::io::transport::{Pending, ProducerBackend};
-use crate::ops::topic::{Topic, encode_out};
+use crate::ops::topic::Topic;
 
 /// Buffered sends (embedded log, exactly-once) flushed without waiting for `flush`.
 const AUTO_FLUSH: usize = 10_000;
@@ -38,8 +40,14 @@ impl Producer {
 
     /// Sends a value keyed by its `#[record(key)]` field.
     pub async fn send<K, V: Record>(&self, topic: &Topic<K, V>, value: &V) -> Result<()> {
-        self.send_raw(encode_out(topic.name(), topic.codec(), value.key(), value)?)
-            .await
+        self.send_raw(encode_out(
+            topic.name(),
+            topic.codec(),
+            value.key(),
+            value,
+            current_event_time(),
+        )?)
+        .await
     }
 
     /// Sends a value with an explicit key.
@@ -54,14 +62,21 @@ impl Producer {
             topic.codec(),
             Some(key.key_bytes()),
             value,
+            current_event_time(),
         )?)
         .await
     }
 
     /// Sends a value to a topic named by string, with the value type's codec.
     pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
-        self.send_raw(encode_out(topic, V::CODEC, value.key(), value)?)
-            .await
+        self.send_raw(encode_out(
+            topic,
+            V::CODEC,
+            value.key(),
+            value,
+            current_event_time(),
+        )?)
+        .await
     }
 
     /// Sends an already encoded record.

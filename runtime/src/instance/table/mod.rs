@@ -25,15 +25,10 @@ use crate::base::error::{Error, Result};
 use crate::base::message::{Headers, OutRecord, now_millis};
 use crate::base::partitioner::partition_for_key;
 use crate::instance::context::Shared;
-use crate::io::store::{PartitionMeta, PartitionWrites, Puts, TableStore};
+use crate::io::store::{Overlay, PartitionMeta, PartitionWrites, Puts, TableStore};
 pub use global::GlobalTable;
 
-/// A table an agent declared (`#[agent(tables(totals = "url_view_totals"))]`).
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    /// Table name.
-    pub name: String,
-}
+pub use crate::base::spec::TableSpec;
 
 /// One table of one agent, shared by the agent's fetcher (recovery) and instances.
 pub(crate) struct TableDef {
@@ -74,10 +69,6 @@ impl TableDef {
             .insert(partition, meta);
     }
 }
-
-/// Uncommitted writes by (partition, key bytes): value bytes, `None` deletes. foldhash:
-/// every table write and most reads hash into it.
-pub(crate) type Overlay = HashMap<(i32, Vec<u8>), Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// An instance's view of a table: the overlay of writes since the last commit step, over the
 /// writes of the step under way (the agent keeps processing while it commits), over the store.

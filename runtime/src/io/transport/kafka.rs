@@ -35,7 +35,7 @@ use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
-use crate::ops::topic::TopicSpec;
+use crate::base::spec::TopicSpec;
 
 const FETCH_MAX: usize = 2000;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::base::error::{Error, Result};
 use crate::base::message::{OutRecord, RawRecord};
-use crate::ops::topic::TopicSpec;
+use crate::base::spec::TopicSpec;
 
 /// A topic partition.
 pub(crate) type Tp = (Arc<str>, i32);

@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 
 use super::state::{Bounds, Operator, Side};
 use crate::base::error::Result;
+use crate::ops::operator::StateWrite;
 use crate::ops::operator::{Host, Stateful};
 use crate::ops::stream::Stream;
-use crate::ops::window::state::Write;
 
 /// A two-sided record with its join key's bytes, as the driver reads it.
 pub(crate) type Keyed<A, B> = (Side<A, B>, Vec<u8>);
@@ -121,7 +121,7 @@ where
         Operator::dirty(self)
     }
 
-    fn take_writes(&mut self) -> Result<Vec<Write>> {
+    fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         Operator::take_writes(self)
     }
 

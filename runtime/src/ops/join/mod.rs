@@ -213,22 +213,6 @@ impl JoinWindow {
     }
 }
 
-/// The topic a record stands for: the one a join's repartition topic carries, else the one a
-/// retry record was first read from, else its own.
-pub(crate) fn side_topic(raw: &RawRecord) -> &str {
-    if let Some(topic) = raw.headers.get(crate::wiring::pipeline::TOPIC_HEADER)
-        && let Ok(topic) = std::str::from_utf8(topic)
-    {
-        return topic;
-    }
-    if let Some(topic) = raw.headers.get(crate::base::failure::headers::SOURCE_TOPIC)
-        && let Ok(topic) = std::str::from_utf8(topic)
-    {
-        return topic;
-    }
-    &raw.topic
-}
-
 /// Reads a record's event time with a stream's extractor, else its own field.
 fn time_of<T: Record>(f: &Option<crate::ops::stream::TimeOf<T>>, value: &T) -> Option<i64> {
     match f {
@@ -284,7 +268,7 @@ impl<A: Record> Stream<A> {
         let stream = self.restep(move |mut left| {
             Box::new(move |raw: &RawRecord| {
                 let (a, b) = names.as_ref()?;
-                let topic = side_topic(raw);
+                let topic = crate::base::failure::side_topic(raw);
                 if topic == &**a {
                     left(raw).map(Either::Left)
                 } else if topic == &**b {
@@ -417,7 +401,7 @@ impl<A: Record> Stream<A> {
                     let key_of = Box::new(
                         move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
                             let bytes = raw.value.as_deref().unwrap_or_default();
-                            let topic = side_topic(raw);
+                            let topic = crate::base::failure::side_topic(raw);
                             let bad = |source| Error::Codec {
                                 topic: topic.to_owned(),
                                 source,

@@ -240,7 +240,7 @@ impl Bounds {
 }
 
 /// One stored change: partition, stored key, value (`None` deletes).
-pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
+use crate::ops::operator::StateWrite;
 
 pub(crate) struct Operator<A, B> {
     bounds: Bounds,
@@ -351,7 +351,7 @@ where
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
-    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         let encode = |e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!("cannot encode join state: {e}"),

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,11 +16,11 @@ use super::state::{OnClose, Operator};
 use super::{Agg, Kind, Options, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
+use crate::base::message::encode_out;
 use crate::base::record::Record;
-use crate::base::time::Clock;
-use crate::ops::operator::{Host, Stateful};
+use crate::base::spec::{Internal, TopicSpec};
+use crate::ops::operator::{Host, StateWrite, Stateful};
 use crate::ops::stream::KeyedStream;
-use crate::ops::topic::{Internal, TopicSpec, encode_out};
 
 /// The results of a window: a `futures::Stream` of [`WindowResult`]s.
 ///
@@ -108,56 +107,6 @@ impl<K, V> std::fmt::Debug for WindowStream<K, V> {
     }
 }
 
-fn changed(mut rx: tokio::sync::watch::Receiver<u64>) -> BoxFuture<'static, ()> {
-    Box::pin(async move {
-        let _ = rx.changed().await;
-    })
-}
-
-/// Wakes a window or join to look at the clock while no record arrives (idle partitions).
-pub(crate) enum Ticker {
-    System(Pin<Box<tokio::time::Sleep>>, Duration),
-    Virtual(tokio::sync::watch::Receiver<u64>, BoxFuture<'static, ()>),
-}
-
-impl Ticker {
-    /// Ticks a few times per idle timeout on the system clock, or on every change of the
-    /// virtual clock in tests.
-    pub(crate) fn new(clock: &Clock, idle: Duration) -> Self {
-        match clock.subscribe() {
-            Some(rx) => Ticker::Virtual(rx.clone(), changed(rx)),
-            None => {
-                let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                Ticker::System(Box::pin(tokio::time::sleep(every)), every)
-            }
-        }
-    }
-
-    /// True when it is time to look at the clock again.
-    pub(crate) fn due(&mut self, cx: &mut Context<'_>) -> bool {
-        match self {
-            Ticker::System(sleep, every) => {
-                let mut fired = false;
-                while sleep.as_mut().poll(cx).is_ready() {
-                    fired = true;
-                    let next = tokio::time::Instant::now() + *every;
-                    sleep.as_mut().reset(next);
-                }
-                fired
-            }
-            Ticker::Virtual(rx, fut) => {
-                let mut fired = false;
-                while fut.as_mut().poll(cx).is_ready() {
-                    fired = true;
-                    rx.borrow_and_update();
-                    *fut = changed(rx.clone());
-                }
-                fired
-            }
-        }
-    }
-}
-
 impl<T, K, S, V> Stateful for Operator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
@@ -191,7 +140,7 @@ where
         Operator::dirty(self)
     }
 
-    fn take_writes(&mut self) -> Result<Vec<super::state::Write>> {
+    fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         Operator::take_writes(self)
     }
 
@@ -245,7 +194,14 @@ where
             Some(topic) => {
                 // Sent in the next commit step, before the offsets it stands for; stamped
                 // now, as dead letters are (its event time is old: it is late).
-                let mut record = encode_out(topic.as_str(), host.stream.codec, item.key(), &item)?;
+                let current = shared.event_time();
+                let mut record = encode_out(
+                    topic.as_str(),
+                    host.stream.codec,
+                    item.key(),
+                    &item,
+                    current,
+                )?;
                 let event_time = record.timestamp;
                 crate::base::failure::stamp_now(&mut record, Some(event_time));
                 shared.push_dead(record);

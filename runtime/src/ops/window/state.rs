@@ -269,7 +269,7 @@ pub(crate) struct Counts {
 }
 
 /// One stored change: partition, stored key, value (`None` deletes).
-pub(crate) type Write = (i32, Vec<u8>, Option<Vec<u8>>);
+use crate::ops::operator::StateWrite;
 
 pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
 
@@ -416,7 +416,7 @@ where
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
-    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         let mut out = Vec::new();
         let encode = |e: serde_json::Error| Error::Agent {
             agent: String::new(),
