@@ -21,12 +21,12 @@ pub use wiring::{agent, producer, topology, worker};
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
 pub use app::App;
+pub use base::metrics::AgentStats;
 pub use codec::{Codec, EventTime, KeyBytes};
 pub use config::{Broker, Config, ProcessingGuarantee};
 pub use error::{CodecError, Error, Result};
 pub use failure::OnError;
 pub use health::Health;
-pub use instance::context::AgentStats;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
 pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;

@@ -134,6 +134,14 @@ impl Error {
         }
     }
 
+    /// An agent wired or used wrongly.
+    pub(crate) fn agent(agent: &str, message: impl Into<String>) -> Self {
+        Error::Agent {
+            agent: agent.to_owned(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
         Error::Kafka {
             context: context.into(),

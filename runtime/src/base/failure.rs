@@ -223,8 +223,9 @@ impl Policy {
         }
     }
 
-    /// The action for a record that failed its `attempts`-th time (from 1).
-    pub(crate) fn decide(&self, kind: FailureKind, attempts: u32) -> Action {
+    /// The action for a record that failed its `attempts`-th time (from 1), at `now` (ms since
+    /// the epoch; a retry record is due back a delay after it).
+    pub(crate) fn decide(&self, kind: FailureKind, attempts: u32, now: i64) -> Action {
         match self.on_error {
             OnError::Skip => Action::Skip,
             OnError::Stop => Action::Stop,
@@ -245,8 +246,7 @@ impl Policy {
                     .cloned()
                     .unwrap_or_else(|| self.dead_letter.clone());
                 let delay = retry_topic_delay(backoff, attempts);
-                let due = now_millis()
-                    .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                let due = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                 Action::RetryTopic(topic, due)
             }
             OnError::Retry { .. } | OnError::RetryTopics { .. } => Action::DeadLetter,
@@ -334,7 +334,12 @@ pub(crate) fn due_of(raw: &RawRecord) -> Option<i64> {
         .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
 }
 
-/// The original record with rill's failure headers (replacing any earlier ones), for `topic`.
+/// The original record with rill's failure headers (replacing any earlier ones), for `topic`;
+/// it failed at `failed_at` (ms since the epoch).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one failure's facts, each a header of the record"
+)]
 pub(crate) fn failed_record(
     raw: &RawRecord,
     topic: &Arc<str>,
@@ -342,6 +347,7 @@ pub(crate) fn failed_record(
     agent: &str,
     failure: &Failure,
     attempts: u32,
+    failed_at: i64,
     due: Option<i64>,
 ) -> OutRecord {
     let (source_topic, source_partition, source_offset) = origin(raw);
@@ -365,7 +371,7 @@ pub(crate) fn failed_record(
     add(headers::SOURCE_OFFSET, source_offset.to_string());
     add(headers::AGENT, agent.to_owned());
     add(headers::ATTEMPTS, attempts.to_string());
-    add(headers::FAILED_AT, now_millis().to_string());
+    add(headers::FAILED_AT, failed_at.to_string());
     if let Some(due) = due {
         add(headers::DUE, due.to_string());
     }
@@ -418,7 +424,16 @@ mod tests {
             message: "expected value".into(),
         };
         let before = now_millis();
-        let out = failed_record(&raw(), &Arc::from("dlq"), None, "count", &failure, 1, None);
+        let out = failed_record(
+            &raw(),
+            &Arc::from("dlq"),
+            None,
+            "count",
+            &failure,
+            1,
+            before,
+            None,
+        );
         assert_eq!(out.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(out.value.as_deref(), Some(&b"{bad"[..]));
         // Stamped now, so time retention counts from the failure; the original rides along.
@@ -447,6 +462,7 @@ mod tests {
             "count",
             &failure,
             1,
+            5,
             Some(99),
         );
         let again = RawRecord {
@@ -461,7 +477,16 @@ mod tests {
         assert_eq!(origin(&again), ("views".to_string(), 3, 42));
         assert_eq!(attempts_of(&again), 1);
         assert_eq!(due_of(&again), Some(99));
-        let dead = failed_record(&again, &Arc::from("dlq"), None, "count", &failure, 2, None);
+        let dead = failed_record(
+            &again,
+            &Arc::from("dlq"),
+            None,
+            "count",
+            &failure,
+            2,
+            5,
+            None,
+        );
         assert_eq!(
             dead.headers
                 .0
@@ -488,23 +513,30 @@ mod tests {
         let retry = OnError::from_name("retry").unwrap().with_attempts(2);
         let p = Policy::new(retry, "app", "count", None, 1 << 20);
         assert_eq!(&*p.dead_letter, "app-count-dlq");
-        assert!(matches!(p.decide(FailureKind::Error, 1), Action::Hold(_)));
-        assert!(matches!(p.decide(FailureKind::Panic, 2), Action::Hold(_)));
-        assert_eq!(p.decide(FailureKind::Error, 3), Action::DeadLetter);
-        assert_eq!(p.decide(FailureKind::Decode, 1), Action::DeadLetter);
+        assert!(matches!(
+            p.decide(FailureKind::Error, 1, 0),
+            Action::Hold(_)
+        ));
+        assert!(matches!(
+            p.decide(FailureKind::Panic, 2, 0),
+            Action::Hold(_)
+        ));
+        assert_eq!(p.decide(FailureKind::Error, 3, 0), Action::DeadLetter);
+        assert_eq!(p.decide(FailureKind::Decode, 1, 0), Action::DeadLetter);
         let topics = OnError::from_name("retry_topics").unwrap();
         let p = Policy::new(topics, "app", "count", Some("failures"), 1 << 20);
         assert_eq!(&*p.dead_letter, "failures");
-        match p.decide(FailureKind::Error, 2) {
+        match p.decide(FailureKind::Error, 2, 1_000) {
             Action::RetryTopic(topic, due) => {
                 assert_eq!(&*topic, "app-count-retry-2");
-                assert!(due > now_millis() + 3_000);
+                // The second retry topic delays by 4 × 1 s after the failure.
+                assert_eq!(due, 5_000);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(p.decide(FailureKind::Error, 4), Action::DeadLetter);
+        assert_eq!(p.decide(FailureKind::Error, 4, 0), Action::DeadLetter);
         let stop = Policy::new(OnError::Stop, "app", "count", None, 1 << 20);
-        assert_eq!(stop.decide(FailureKind::Decode, 1), Action::Stop);
+        assert_eq!(stop.decide(FailureKind::Decode, 1, 0), Action::Stop);
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! | `rill_rebalances_total` | counter | agent, kind (`assigned`, `revoked`) |
 //! | `rill_ready` | gauge | |
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use prometheus_client;
@@ -172,6 +172,57 @@ impl TopicCache {
                 self.last = Some((owned(), c));
             }
         }
+    }
+}
+
+/// Counters of one agent instance, readable from tests (and, later, exported as metrics).
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Records handed to the agent.
+    pub records_in: AtomicU64,
+    /// Records sent by the agent (sinks and topics).
+    pub records_out: AtomicU64,
+    /// Records that could not be decoded and were skipped.
+    pub decode_errors: AtomicU64,
+    /// Commit steps completed.
+    pub commits: AtomicU64,
+    /// Changelog offsets covered while recovering this agent's tables (the records applied,
+    /// plus offsets compaction removed).
+    pub restored: AtomicU64,
+    /// Changelog offsets recovery set out to cover (with `restored`: its progress).
+    pub restore_total: AtomicU64,
+    /// Records that arrived after their window had closed (dropped, or sent to a late topic).
+    pub late_records: AtomicU64,
+    /// Records skipped by windows because they carried no event time.
+    pub no_event_time: AtomicU64,
+    /// Windows closed (final results computed).
+    pub windows_closed: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Retries: in place, or through a retry topic.
+    pub retried: AtomicU64,
+    /// Failed records skipped (`on_error = "skip"`).
+    pub skipped: AtomicU64,
+    /// Times the agent function returned `Err` or panicked on a record.
+    pub failures: AtomicU64,
+    /// Records handed to the agent, per topic.
+    pub(crate) topics_in: TopicCounters,
+    /// Records sent by the agent, per topic.
+    pub(crate) topics_out: TopicCounters,
+    /// From handing a record to the agent to the agent asking for the next one.
+    pub(crate) processing: Histogram,
+    /// Duration of commit steps.
+    pub(crate) commit_latency: Histogram,
+    /// Wall clock minus the event time of the last record processed, at the last commit step
+    /// (ms), once `event_time_lag_set`.
+    pub(crate) event_time_lag_ms: AtomicI64,
+    pub(crate) event_time_lag_set: std::sync::atomic::AtomicBool,
+}
+
+impl AgentStats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
     }
 }
 

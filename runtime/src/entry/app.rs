@@ -124,7 +124,7 @@ impl App {
     }
 
     /// Registers the app's own metrics, served at `/metrics` with rill's (see
-    /// [`crate::base::metrics`]).
+    /// [`crate::metrics`]).
     pub fn metrics(mut self, f: impl FnOnce(&mut crate::base::metrics::Registry)) -> Self {
         f(&mut self.registry);
         self

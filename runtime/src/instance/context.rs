@@ -2,14 +2,16 @@
 //! `Topic::send` and `Sink::send` find it here, so a send inside an agent becomes part of the
 //! record's effects and is made durable before the record's offset is committed.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::base::codec::Codec;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
 use crate::base::message::{encode_out, out_timestamp};
+use crate::base::metrics::AgentStats;
 use crate::base::record::Record;
+use crate::instance::position::Position;
 use crate::instance::table::TableCore;
 use crate::io::transport::delivery::Deliveries;
 use crate::io::transport::delivery::Outgoing;
@@ -19,60 +21,15 @@ tokio::task_local! {
     pub(crate) static CURRENT: Arc<Shared>;
 }
 
-/// Counters of one agent instance, readable from tests (and, later, exported as metrics).
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    /// Records handed to the agent.
-    pub records_in: AtomicU64,
-    /// Records sent by the agent (sinks and topics).
-    pub records_out: AtomicU64,
-    /// Records that could not be decoded and were skipped.
-    pub decode_errors: AtomicU64,
-    /// Commit steps completed.
-    pub commits: AtomicU64,
-    /// Changelog offsets covered while recovering this agent's tables (the records applied,
-    /// plus offsets compaction removed).
-    pub restored: AtomicU64,
-    /// Changelog offsets recovery set out to cover (with `restored`: its progress).
-    pub restore_total: AtomicU64,
-    /// Records that arrived after their window had closed (dropped, or sent to a late topic).
-    pub late_records: AtomicU64,
-    /// Records skipped by windows because they carried no event time.
-    pub no_event_time: AtomicU64,
-    /// Windows closed (final results computed).
-    pub windows_closed: AtomicU64,
-    /// Records sent to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Retries: in place, or through a retry topic.
-    pub retried: AtomicU64,
-    /// Failed records skipped (`on_error = "skip"`).
-    pub skipped: AtomicU64,
-    /// Times the agent function returned `Err` or panicked on a record.
-    pub failures: AtomicU64,
-    /// Records handed to the agent, per topic.
-    pub(crate) topics_in: crate::base::metrics::TopicCounters,
-    /// Records sent by the agent, per topic.
-    pub(crate) topics_out: crate::base::metrics::TopicCounters,
-    /// From handing a record to the agent to the agent asking for the next one.
-    pub(crate) processing: crate::base::metrics::Histogram,
-    /// Duration of commit steps.
-    pub(crate) commit_latency: crate::base::metrics::Histogram,
-    /// Wall clock minus the event time of the last record processed, at the last commit step
-    /// (ms), once `event_time_lag_set`.
-    pub(crate) event_time_lag_ms: AtomicI64,
-    pub(crate) event_time_lag_set: std::sync::atomic::AtomicBool,
-}
-
-impl AgentStats {
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
+/// What an agent function left of its stream when it returned or failed: the record loop's
+/// core (`StreamCore::park`), kept here without this module naming the record loop above it.
+pub(crate) type Parked = Box<dyn std::any::Any + Send>;
 
 /// State an instance shares between its stream (which commits) and its sends.
 pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
+    /// Where the instance stands (what its tables and windows see of it).
+    pub(crate) position: Arc<Position>,
     pub(crate) producer: ProducerBackend,
     /// Sends since the last commit step (not yet durable), the per-topic counter of sends
     /// this instance last used, and the deliveries the step will wait for (Kafka).
@@ -86,16 +43,10 @@ pub(crate) struct Shared {
     pub(crate) tables: Mutex<Vec<Arc<TableCore>>>,
     /// State kept outside table overlays (windows), written into them at each commit step.
     pub(crate) flushers: Mutex<Vec<Arc<dyn Flush>>>,
-    /// Event time of the record being processed, ms since the epoch (`i64::MIN`: none).
-    pub(crate) event_time: AtomicI64,
-    /// Bumped on every assignment and revocation, so windows know to reload their partitions.
-    pub(crate) assignment: AtomicU64,
     /// Owned partitions read to their end (every topic of the partition number), and a
     /// version bumped when the set changes.
     pub(crate) caught_up: Mutex<std::collections::HashSet<i32>>,
     pub(crate) caught_up_version: AtomicU64,
-    /// The worker's clock.
-    pub(crate) clock: crate::base::time::Clock,
     /// Records that failed to decode, with why; the stream applies the failure policy.
     pub(crate) failed_records: Mutex<
         Vec<(
@@ -115,14 +66,7 @@ pub(crate) struct Shared {
     pub(crate) dead: Mutex<Vec<OutRecord>>,
     /// The stream core, parked here when the agent's stream is dropped (the agent function
     /// returned or panicked), so the worker can call the function again on it.
-    pub(crate) parked: Mutex<Option<crate::ops::stream::StreamCore>>,
-    /// Partition of the record being processed (-1: none), for tables' key checks.
-    pub(crate) current_partition: AtomicI32,
-    /// Partitions of the records of the batch being assembled or processed (`Stream::take`):
-    /// a batch's table writes may go to any of them.
-    pub(crate) batch_partitions: Mutex<Vec<i32>>,
-    /// Partition numbers this instance owns.
-    pub(crate) owned: Mutex<Vec<i32>>,
+    pub(crate) parked: Mutex<Option<Parked>>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) fatal: Mutex<Option<Error>>,
     /// Set with `fatal`, cheap to check on every record.
@@ -143,6 +87,7 @@ impl Shared {
         config: &crate::base::config::Config,
     ) -> Arc<Self> {
         Arc::new(Shared {
+            position: Arc::new(Position::new(agent.clone(), config.clock.clone())),
             agent,
             producer,
             pending: Mutex::new((
@@ -152,11 +97,8 @@ impl Shared {
             )),
             tables: Mutex::new(tables),
             flushers: Mutex::new(Vec::new()),
-            event_time: AtomicI64::new(i64::MIN),
-            assignment: AtomicU64::new(0),
             caught_up: Mutex::new(std::collections::HashSet::new()),
             caught_up_version: AtomicU64::new(0),
-            clock: config.clock.clone(),
             metrics: config.metrics,
             failed_records: Mutex::new(Vec::new()),
             has_failed: std::sync::atomic::AtomicBool::new(false),
@@ -164,9 +106,6 @@ impl Shared {
             marks: Mutex::new(Vec::new()),
             windows: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
-            current_partition: AtomicI32::new(-1),
-            batch_partitions: Mutex::new(Vec::new()),
-            owned: Mutex::new(Vec::new()),
             stats,
             fatal: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
@@ -190,7 +129,7 @@ impl Shared {
 
     /// Event time of the record being processed.
     pub(crate) fn event_time(&self) -> Option<i64> {
-        Some(self.event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+        self.position.event_time()
     }
 
     pub(crate) fn set_caught_up(&self, partitions: std::collections::HashSet<i32>) {
@@ -205,11 +144,11 @@ impl Shared {
             .clone()
     }
 
-    pub(crate) fn park(&self, core: crate::ops::stream::StreamCore) {
+    pub(crate) fn park(&self, core: Parked) {
         *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(core);
     }
 
-    pub(crate) fn take_parked(&self) -> Option<crate::ops::stream::StreamCore> {
+    pub(crate) fn take_parked(&self) -> Option<Parked> {
         self.parked.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -262,35 +201,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-    }
-
-    pub(crate) fn add_batch_partition(&self, partition: i32) {
-        let mut parts = self
-            .batch_partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !parts.contains(&partition) {
-            parts.push(partition);
-        }
-    }
-
-    pub(crate) fn clear_batch_partitions(&self) {
-        self.batch_partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// Whether the batch being processed holds a record of `partition`.
-    pub(crate) fn in_batch(&self, partition: i32) -> bool {
-        self.batch_partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&partition)
-    }
-
-    pub(crate) fn owned_partitions(&self) -> Vec<i32> {
-        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// `messaging.system` of this worker's transport.

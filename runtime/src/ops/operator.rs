@@ -18,9 +18,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::base::error::{Error, Result};
+use crate::base::metrics::AgentStats;
 use crate::base::time::Clock;
 use crate::base::watermark;
-use crate::instance::context::{AgentStats, Flush, Shared};
+use crate::instance::context::{Flush, Shared};
 use crate::instance::table::{TableCore, TableDef};
 use crate::ops::stream::Stream;
 
@@ -122,7 +123,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         make: impl FnOnce() -> Op + Send + 'static,
     ) -> Self {
         let shared = stream.core.shared().clone();
-        let clock = shared.clock.clone();
+        let clock = shared.position.clock.clone();
         let setup = stream.core.pipeline().cloned().map(|pipeline| {
             let name = table.clone();
             let setup: Setup = Box::pin(async move { pipeline.window_table(&name).await });
@@ -174,7 +175,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
 
     fn ready(&mut self, def: Arc<TableDef>) {
         let reader = match self.stream.core.pipeline() {
-            Some(p) => p.reader.clone(),
+            Some(p) => p.changelogs(),
             None => return,
         };
         let table = self.stream.core.add_table(def.clone(), reader);
@@ -220,7 +221,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
 
     /// After a rebalance (once recovery is done), reloads the owned partitions from the store.
     fn sync_assignment(&mut self, now: i64) -> Result<()> {
-        let generation = self.shared.assignment.load(Ordering::Acquire);
+        let generation = self.shared.position.assignment.load(Ordering::Acquire);
         if generation == self.seen_assignment || self.stream.core.is_recovering() {
             return Ok(());
         }
@@ -230,7 +231,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         self.seen_assignment = generation;
         let mut op = cell.op();
         op.clear();
-        for partition in self.shared.owned_partitions() {
+        for partition in self.shared.position.owned_partitions() {
             if !op.has_partition(partition) {
                 // Committed state plus what an earlier call of the agent function left in the
                 // overlay (the function runs again after a failed record).
@@ -267,7 +268,11 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         let at = At {
             time,
             now,
-            partition: self.shared.current_partition.load(Ordering::Relaxed),
+            partition: self
+                .shared
+                .position
+                .current_partition
+                .load(Ordering::Relaxed),
             upstream: self
                 .stream
                 .core

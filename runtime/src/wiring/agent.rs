@@ -26,8 +26,9 @@ use futures::future::BoxFuture;
 use crate::base::error::{Error, Result};
 use crate::base::record::Record;
 use crate::base::spec::TopicSpec;
+use crate::instance::record_loop::StreamCore;
 use crate::instance::table::{GlobalTable, Table, TableSpec};
-use crate::ops::stream::{Sink, Stream, StreamCore, agent_error};
+use crate::ops::stream::{Sink, Stream};
 
 pub(crate) type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
@@ -68,7 +69,7 @@ impl AgentSpec {
     }
 
     /// What happens to a record that fails (`#[agent(on_error = "...")]`); the App-wide
-    /// default (`Config::on_error`) applies otherwise. See [`crate::base::failure`].
+    /// default (`Config::on_error`) applies otherwise. See [`crate::failure`].
     pub fn on_error(mut self, policy: crate::base::failure::OnError) -> Self {
         self.on_error = Some(policy);
         self
@@ -241,7 +242,7 @@ impl AgentContext {
         let core = self
             .core
             .take()
-            .ok_or_else(|| agent_error(&self.agent, "the stream was already taken"))?;
+            .ok_or_else(|| Error::agent(&self.agent, "the stream was already taken"))?;
         let codec = self.sources.first().map_or(T::CODEC, |s| s.codec);
         Ok(Stream::new(core, codec))
     }
@@ -256,7 +257,7 @@ impl AgentContext {
             .iter()
             .find(|s| s.name == topic)
             .ok_or_else(|| {
-                agent_error(
+                Error::agent(
                     &self.agent,
                     format!("`{topic}` is not one of the agent's topics"),
                 )
@@ -277,7 +278,7 @@ impl AgentContext {
         let spec = self
             .sink
             .as_ref()
-            .ok_or_else(|| agent_error(&self.agent, "the agent has no `sink` topic"))?;
+            .ok_or_else(|| Error::agent(&self.agent, "the agent has no `sink` topic"))?;
         Ok(Sink::new(&spec.name, spec.codec))
     }
 
@@ -292,8 +293,8 @@ impl AgentContext {
             .tables()
             .into_iter()
             .find(|t| &*t.def.name == name)
-            .ok_or_else(|| agent_error(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
-        Ok(Table::new(core, self.shared.clone()))
+            .ok_or_else(|| Error::agent(&self.agent, format!("no table `{name}`; declare it with `tables({name} = \"...\")` or `AgentSpec::table`")))?;
+        Ok(Table::new(core, self.shared.position.clone()))
     }
 
     /// A global table the agent declared (`global_tables(users = "user_profiles")`).
@@ -305,7 +306,7 @@ impl AgentContext {
             .globals
             .iter()
             .find(|g| &*g.topic == topic)
-            .ok_or_else(|| agent_error(&self.agent, format!("no global table over `{topic}`; declare it with `global_tables(name = \"{topic}\")`")))?;
+            .ok_or_else(|| Error::agent(&self.agent, format!("no global table over `{topic}`; declare it with `global_tables(name = \"{topic}\")`")))?;
         Ok(GlobalTable::new(def.clone()))
     }
 
@@ -337,7 +338,7 @@ impl Drop for AgentContext {
     /// A stream never taken stays with the instance (see `Stream`'s `Drop`).
     fn drop(&mut self) {
         if let Some(core) = self.core.take() {
-            self.shared.clone().park(core);
+            core.park();
         }
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::base::health::Health;
 use crate::base::message::now_millis;
-use crate::instance::context::AgentStats;
+use crate::base::metrics::AgentStats;
 use crate::instance::table::TableDef;
 use crate::io::transport::{Router, Tp, Transport};
 use crate::wiring::pipeline::{AgentPipeline, StoreCell};

@@ -25,15 +25,18 @@ use crate::base::config::{Broker, Config};
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::Headers;
-use crate::base::message::{OutRecord, RawRecord, now_millis};
+use crate::base::message::{OutRecord, now_millis};
+use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
 use crate::base::watermark::{self, SourceClock};
-use crate::instance::context::{AgentStats, CURRENT, Shared};
+use crate::instance::context::{CURRENT, Shared};
+use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
+use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
 use crate::instance::table::TableDef;
 use crate::instance::table::recovery::ChangelogReader;
 use crate::io::store::TableStore;
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
-use crate::ops::stream::{CoreParts, Stop, StreamCore};
+use futures::future::BoxFuture;
 
 /// Threads, tasks and stop channels a worker must wind down, including those created after
 /// start (repartition fetchers and pumps).
@@ -54,9 +57,6 @@ impl Registry {
         rx
     }
 }
-
-/// Computes a record's new key and its event time (when the record has one).
-pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -179,60 +179,6 @@ impl AgentPipeline {
         })
     }
 
-    /// The table of a window named `name` in this agent (`<app>-<agent>-<name>-changelog`),
-    /// created with its changelog topic on first use and shared by the agent's instances.
-    pub(crate) async fn window_table(&self, name: &str) -> Result<Arc<TableDef>> {
-        self.windowed.store(true, Ordering::Release);
-        let table = format!("{}-{name}", self.agent);
-        if let Some(def) = self
-            .windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&table)
-        {
-            return Ok(def.clone());
-        }
-        let changelog = crate::instance::table::changelog_topic(&self.app_id, &table);
-        // Expired windows leave tombstones, so compaction keeps the changelog to open windows.
-        let spec = TopicSpec::internal(
-            &changelog,
-            Internal::Changelog,
-            Some(self.source_partitions),
-            &format!("window `{name}`"),
-        );
-        self.transport
-            .ensure_topics(std::slice::from_ref(&spec), self.source_partitions)
-            .await?;
-        let store = self.store.open()?;
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let def = windows.entry(table.clone()).or_insert_with(|| {
-            Arc::new(TableDef {
-                name: Arc::from(table.as_str()),
-                changelog: Arc::from(changelog.as_str()),
-                source_partitions: self.source_partitions,
-                store,
-                metas: Mutex::new(HashMap::new()),
-                key_parser: std::sync::OnceLock::new(),
-            })
-        });
-        Ok(def.clone())
-    }
-
-    /// Pumps stamp their watermarks from now on (a window or join reads the repartition
-    /// topic). Windows set it when they create their table; a join sets it before its pump
-    /// starts, so no record goes out unstamped.
-    pub(crate) fn mark_windowed(&self) {
-        self.windowed.store(true, Ordering::Release);
-    }
-
-    /// Creates a topic an agent writes to after start (a late-events topic).
-    pub(crate) async fn ensure_topic(&self, spec: TopicSpec) -> Result<()> {
-        self.transport
-            .ensure_topics(std::slice::from_ref(&spec), self.config.partitions)
-            .await
-            .map(|_| ())
-    }
-
     fn repartition(&self, field: &str) -> Result<&Repartition> {
         let built = self
             .repartition
@@ -322,7 +268,7 @@ impl AgentPipeline {
     /// instance's repartitioned stream.
     ///
     /// On error, `source` comes back untouched.
-    pub(crate) fn group_by(
+    fn rekey(
         self: &Arc<Self>,
         field: &str,
         mut source: StreamCore,
@@ -426,13 +372,14 @@ impl AgentPipeline {
                         let time = at.or(raw.timestamp).unwrap_or_else(now_millis);
                         let version = pump_shared.caught_up_version.load(Ordering::Acquire)
                             ^ pump_shared
+                                .position
                                 .assignment
                                 .load(Ordering::Acquire)
                                 .rotate_left(32);
                         if version != seen.0 {
                             seen = (
                                 version,
-                                pump_shared.owned_partitions(),
+                                pump_shared.position.owned_partitions(),
                                 pump_shared.caught_up(),
                             );
                         }
@@ -508,9 +455,91 @@ impl AgentPipeline {
             recovery,
             instance,
             instances: self.instances,
-            pipeline: Some(self.clone()),
+            pipeline: Some(self.clone() as Arc<dyn AgentSetup>),
             policy,
         }))
+    }
+}
+
+impl AgentSetup for AgentPipeline {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn source_partitions(&self) -> i32 {
+        self.source_partitions
+    }
+
+    fn changelogs(&self) -> ChangelogReader {
+        self.reader.clone()
+    }
+
+    /// The table of a window named `name` in this agent (`<app>-<agent>-<name>-changelog`),
+    /// created with its changelog topic on first use and shared by the agent's instances.
+    fn window_table<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<TableDef>>> {
+        Box::pin(async move {
+            self.windowed.store(true, Ordering::Release);
+            let table = format!("{}-{name}", self.agent);
+            if let Some(def) = self
+                .windows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&table)
+            {
+                return Ok(def.clone());
+            }
+            let changelog = crate::instance::table::changelog_topic(&self.app_id, &table);
+            // Expired windows leave tombstones, so compaction keeps the changelog to open windows.
+            let spec = TopicSpec::internal(
+                &changelog,
+                Internal::Changelog,
+                Some(self.source_partitions),
+                &format!("window `{name}`"),
+            );
+            self.transport
+                .ensure_topics(std::slice::from_ref(&spec), self.source_partitions)
+                .await?;
+            let store = self.store.open()?;
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let def = windows.entry(table.clone()).or_insert_with(|| {
+                Arc::new(TableDef {
+                    name: Arc::from(table.as_str()),
+                    changelog: Arc::from(changelog.as_str()),
+                    source_partitions: self.source_partitions,
+                    store,
+                    metas: Mutex::new(HashMap::new()),
+                    key_parser: std::sync::OnceLock::new(),
+                })
+            });
+            Ok(def.clone())
+        })
+    }
+
+    /// Pumps stamp their watermarks from now on (a window or join reads the repartition
+    /// topic). Windows set it when they create their table; a join sets it before its pump
+    /// starts, so no record goes out unstamped.
+    fn mark_windowed(&self) {
+        self.windowed.store(true, Ordering::Release);
+    }
+
+    /// Creates a topic an agent writes to after start (a late-events topic).
+    fn ensure_topic(&self, spec: TopicSpec) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.transport
+                .ensure_topics(std::slice::from_ref(&spec), self.config.partitions)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn group_by(
+        self: Arc<Self>,
+        field: &str,
+        source: StreamCore,
+        key_of: KeyOf,
+        sides: Vec<Arc<str>>,
+    ) -> std::result::Result<StreamCore, NotRekeyed> {
+        self.rekey(field, source, key_of, sides)
     }
 }
 

@@ -14,15 +14,16 @@ use tokio::task::JoinSet;
 use crate::base::config::{Broker, Config};
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind, Policy};
+use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec, check_types};
-use crate::instance::context::{AgentStats, CURRENT, Shared};
+use crate::instance::context::{CURRENT, Shared};
+use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
 use crate::instance::table::global::{self, GlobalDef};
 use crate::instance::table::recovery::{ChangelogReader, Recovery};
 use crate::instance::table::{TableCore, TableDef, changelog_topic};
 use crate::io::transport::embedded::EmbeddedLog;
 use crate::io::transport::kafka::KafkaTransport;
 use crate::io::transport::{InstanceTx, Router, Transport};
-use crate::ops::stream::{CoreParts, Stop, StreamCore};
 use crate::wiring::agent::{AgentContext, AgentSpec, RunFn};
 use crate::wiring::observe::{AgentView, Collector, Observer};
 use crate::wiring::pipeline::{AgentPipeline, PUMP_GRACE, Registry, StoreCell};
@@ -635,7 +636,7 @@ async fn run_instance(run: RunFn, template: AgentContext, core: StreamCore) -> R
                 std::panic::AssertUnwindSafe(call).catch_unwind(),
             )
             .await;
-        let parked = shared.take_parked();
+        let parked = StreamCore::take_parked(&shared);
         // Window state kept by the finished function goes into its table overlays now (the
         // operators stay registered: a window built again by the next call takes its over).
         for flusher in shared.flushers() {

@@ -24,7 +24,7 @@ use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
 use crate::base::message::{Headers, OutRecord, now_millis};
 use crate::base::partitioner::partition_for_key;
-use crate::instance::context::Shared;
+use crate::instance::position::Position;
 use crate::io::store::{Overlay, PartitionMeta, PartitionWrites, Puts, TableStore};
 pub use global::GlobalTable;
 
@@ -199,7 +199,8 @@ impl TableCore {
 /// the next commit step, together with the offsets of the records that made them.
 pub struct Table<K, V> {
     pub(crate) core: Arc<TableCore>,
-    pub(crate) shared: Arc<Shared>,
+    /// What the table sees of the instance writing it.
+    pub(crate) position: Arc<Position>,
     pub(crate) default: Arc<dyn Fn() -> V + Send + Sync>,
     _key: PhantomData<fn(K)>,
 }
@@ -210,7 +211,7 @@ impl<K, V> Clone for Table<K, V> {
     fn clone(&self) -> Self {
         Table {
             core: self.core.clone(),
-            shared: self.shared.clone(),
+            position: self.position.clone(),
             default: self.default.clone(),
             _key: PhantomData,
         }
@@ -222,7 +223,7 @@ where
     K: Serialize + DeserializeOwned + KeyBytes,
     V: Serialize + DeserializeOwned + Default + 'static,
 {
-    pub(crate) fn new(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(core: Arc<TableCore>, position: Arc<Position>) -> Self {
         let partitions = core.def.source_partitions;
         let _ = core.def.key_parser.get_or_init(|| {
             Arc::new(move |text: &str| {
@@ -235,13 +236,13 @@ where
                 Ok((partition_for_key(&key.key_bytes(), partitions), stored))
             })
         });
-        Self::wrap(core, shared)
+        Self::wrap(core, position)
     }
 
-    fn wrap(core: Arc<TableCore>, shared: Arc<Shared>) -> Self {
+    fn wrap(core: Arc<TableCore>, position: Arc<Position>) -> Self {
         Table {
             core,
-            shared,
+            position,
             default: Arc::new(V::default),
             _key: PhantomData,
         }
@@ -270,7 +271,7 @@ where
 
     pub(crate) fn error(&self, message: String) -> Error {
         Error::Agent {
-            agent: self.shared.agent.to_string(),
+            agent: self.position.agent.to_string(),
             message: format!("table `{}`: {message}", self.name()),
         }
     }
@@ -291,8 +292,8 @@ where
 
     /// Writes must stay in the partition of the record being processed.
     pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
-        let current = self.shared.current_partition.load(Ordering::Relaxed);
-        if current >= 0 && current != partition && !self.shared.in_batch(partition) {
+        let current = self.position.current_partition.load(Ordering::Relaxed);
+        if current >= 0 && current != partition && !self.position.in_batch(partition) {
             return Err(self.error(format!(
                 "key {} belongs to partition {partition}, but the record being processed came from partition {current}; \
                  key the source topic by the table key, or re-key the stream with `group_by`",
@@ -373,7 +374,7 @@ where
     /// The entries of the partitions this agent instance owns, in key-byte order.
     pub fn iter(&self) -> Result<Vec<(K, V)>> {
         let mut merged: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-        let owned = self.shared.owned_partitions();
+        let owned = self.position.owned_partitions();
         for &partition in &owned {
             for (k, v) in self.core.def.store.scan(&self.core.def.name, partition)? {
                 merged.insert((partition, k), Some(v));

@@ -62,7 +62,7 @@ impl ChangelogReader {
 pub(crate) struct Recovery {
     pub(crate) tables: Vec<Arc<TableDef>>,
     pub(crate) reader: ChangelogReader,
-    pub(crate) stats: Arc<crate::instance::context::AgentStats>,
+    pub(crate) stats: Arc<crate::base::metrics::AgentStats>,
 }
 
 impl Recovery {

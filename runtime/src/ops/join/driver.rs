@@ -23,7 +23,7 @@ pub(crate) type Keyed<A, B> = (Side<A, B>, Vec<u8>);
 /// Turns the operator's (left, right) into the join's item (`None`: not emitted by this kind).
 pub(crate) type Shape<A, B, O> = fn(Option<A>, Option<B>) -> Option<O>;
 
-/// The results of a windowed join: a `futures::Stream` of pairs (see [`crate::ops::join`]).
+/// The results of a windowed join: a `futures::Stream` of pairs (see [`crate::join`]).
 ///
 /// Reading the next pair marks the previous one handled, as for records: the join's state
 /// commits with the offsets of the records that made it, after whatever the agent sent for the
@@ -50,7 +50,7 @@ impl<O: Send + 'static> JoinStream<O> {
         B: Serialize + DeserializeOwned + Clone + Send + 'static,
     {
         let idle = idle_timeout
-            .or_else(|| stream.core.pipeline().map(|p| p.config.idle_timeout))
+            .or_else(|| stream.core.pipeline().map(|p| p.config().idle_timeout))
             .unwrap_or(Duration::from_secs(10));
         let idle_ms = crate::ops::window::millis(idle);
         let host = Host::new(

@@ -68,7 +68,7 @@
 //!   plus grace (a left record at `t`: `t + after + grace`; a right one: `t + before + grace`),
 //!   since partners it should meet may have expired. It is dropped and counted
 //!   (`AgentStats::late_records`), neither paired nor emitted alone, as Kafka Streams does.
-//! - **Watermarks** work as for windows ([`crate::ops::window`]), with the two topics kept apart: a
+//! - **Watermarks** work as for windows ([`crate::window`]), with the two topics kept apart: a
 //!   partition has reached the smaller of its two sides' largest event times (a side quiet for
 //!   the idle timeout on a partition read to its end does not count), so one topic read ahead
 //!   of the other during a backlog makes nothing late. Through the repartition topic the pump
@@ -123,7 +123,7 @@ use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::RawRecord;
 use crate::base::record::Record;
 use crate::instance::table::{GlobalTable, Table};
-use crate::ops::stream::{Stream, agent_error};
+use crate::ops::stream::Stream;
 pub use driver::JoinStream;
 use state::{Bounds, Side};
 
@@ -181,7 +181,7 @@ impl JoinWindow {
     }
 
     /// Idle timeout of the join's watermark (default `Config::idle_timeout`); see
-    /// [`crate::ops::window`]. Through the repartition topic, the pump's own clock uses
+    /// [`crate::window`]. Through the repartition topic, the pump's own clock uses
     /// `Config::idle_timeout`.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
@@ -253,7 +253,7 @@ impl<A: Record> Stream<A> {
                     (Some(a), Some(_)) => format!("the two streams both read `{a}`"),
                     _ => "reading two streams together needs the streams of two topics of the agent: `#[agent(topics(a = \"..\", b = \"..\"))]` or `AgentContext::stream_of`".to_owned(),
                 };
-                let error = agent_error(&self.core.shared().agent, message);
+                let error = Error::agent(&self.core.shared().agent, message);
                 if self.core.is_husk() {
                     self.core.shared().fail(error);
                 } else {
@@ -291,7 +291,7 @@ impl<A: Record> Stream<A> {
         (stream, topics, times)
     }
 
-    /// Windowed inner join with `other` (see [`crate::ops::join`]): every pair of records with equal
+    /// Windowed inner join with `other` (see [`crate::join`]): every pair of records with equal
     /// keys (`key`, `other_key`) and event times within `window`, once, when its second record
     /// arrives.
     pub fn join<B, K>(
@@ -374,7 +374,7 @@ impl<A: Record> Stream<A> {
         if mapped {
             // The join decodes the topics' records again (the repartition pump, the reader):
             // a mapped item cannot be.
-            let error = agent_error(
+            let error = Error::agent(
                 &shared.agent,
                 "`join` after `map`: join the topics' streams, then map the pairs",
             );
@@ -383,7 +383,7 @@ impl<A: Record> Stream<A> {
         let partitions = stream
             .core
             .pipeline()
-            .map_or(1, |p| p.source_partitions)
+            .map_or(1, |p| p.source_partitions())
             .max(1);
         if let Some((a_topic, b_topic)) = topics.clone()
             && !window.co_partitioned
@@ -393,7 +393,8 @@ impl<A: Record> Stream<A> {
             let sides = vec![a_topic.clone(), b_topic.clone()];
             match stream.core.pipeline().cloned() {
                 None => {
-                    let error = agent_error(&shared.agent, "joins apply to an agent's own streams");
+                    let error =
+                        Error::agent(&shared.agent, "joins apply to an agent's own streams");
                     stream.core.fail(error);
                 }
                 Some(pipeline) => {

@@ -52,7 +52,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
         let KeyedStream { stream, key, .. } = keyed;
         let idle = options
             .idle_timeout
-            .or_else(|| stream.core.pipeline().map(|p| p.config.idle_timeout))
+            .or_else(|| stream.core.pipeline().map(|p| p.config().idle_timeout))
             .unwrap_or(Duration::from_secs(10));
         let (grace, emit, idle_ms) = (options.grace, options.emit, millis(idle));
         let pipeline = stream.core.pipeline().cloned();
@@ -148,7 +148,7 @@ where
         self.out.pop_front()
     }
 
-    fn report(&mut self, stats: &crate::instance::context::AgentStats) {
+    fn report(&mut self, stats: &crate::base::metrics::AgentStats) {
         let closed = std::mem::take(&mut self.counts.closed);
         stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
     }

@@ -80,10 +80,10 @@
 //!
 //! # Window kinds
 //!
-//! - [`tumbling(size)`](crate::ops::stream::KeyedStream::tumbling): `[k·size, (k+1)·size)`.
-//! - [`hopping(size, step)`](crate::ops::stream::KeyedStream::hopping): windows of `size` starting
+//! - [`tumbling(size)`](crate::stream::KeyedStream::tumbling): `[k·size, (k+1)·size)`.
+//! - [`hopping(size, step)`](crate::stream::KeyedStream::hopping): windows of `size` starting
 //!   every `step`; a record is in `size / step` of them.
-//! - [`sliding(size)`](crate::ops::stream::KeyedStream::sliding): Kafka Streams' sliding windows.
+//! - [`sliding(size)`](crate::stream::KeyedStream::sliding): Kafka Streams' sliding windows.
 //!   `SlidingWindows.ofTimeDifferenceAndGrace(d, grace)` is `sliding(d + 1 ms).grace(grace)`
 //!   here: Kafka Streams' window `[start, start + d]` (both ends included) is `[start, start +
 //!   size)`. Each window keeps its aggregate and the largest event time in it, no records. A
@@ -103,7 +103,7 @@
 //!   windows its store drops in the step that closes them, which happens when stream time
 //!   jumps by about `d` or more at once (a pause in the data); rill emits every window when it
 //!   closes.
-//! - [`session(gap)`](crate::ops::stream::KeyedStream::session): records of a key less than or
+//! - [`session(gap)`](crate::stream::KeyedStream::session): records of a key less than or
 //!   equal to `gap` apart form one session; sessions merge when a record bridges them. A
 //!   session's `start` and `end` are its first and last event times (both included, as in
 //!   Kafka Streams); it closes when the watermark reaches `end + gap + grace`, when Kafka

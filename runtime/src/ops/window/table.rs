@@ -100,7 +100,7 @@ where
     }
 
     fn current_time(&self) -> Result<i64> {
-        self.table.shared.event_time().ok_or_else(|| {
+        self.table.position.event_time().ok_or_else(|| {
             self.table.error(
                 "`current()` and `update` read the event time of the record being processed, and there is none".into(),
             )
@@ -124,7 +124,7 @@ where
 
     /// The window containing the worker clock's time.
     pub fn now(&self, key: &K) -> Result<V> {
-        self.at(key, self.table.shared.clock.now_ms())
+        self.at(key, self.table.position.clock.now_ms())
     }
 
     /// The window containing the current event time minus `delta`.
@@ -177,7 +177,7 @@ where
     /// Builds the partition's window index from the store on first use (after a rebalance,
     /// again).
     fn load(&self, index: &mut Index, partition: i32) -> Result<()> {
-        let assignment = self.table.shared.assignment.load(Ordering::Acquire);
+        let assignment = self.table.position.assignment.load(Ordering::Acquire);
         if index.assignment != assignment {
             index.parts.clear();
             index.assignment = assignment;

@@ -1,5 +1,5 @@
 //! What the web server asks of the worker. The server (`web::server`) knows HTTP; the worker
-//! (`crate::wiring::observe`) implements [`WebBackend`] over its agents, tables and metrics.
+//! (`wiring::observe`) implements [`WebBackend`] over its agents, tables and metrics.
 
 use serde::Serialize;
 

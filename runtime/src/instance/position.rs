@@ -1,0 +1,75 @@
+//! Where an agent instance stands: the record being processed (its partition and event time),
+//! the batch being assembled, the partitions it owns and the assignment they came with. The
+//! record loop writes it; tables and windows read it, and see nothing else of the instance.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::base::time::Clock;
+
+/// See the module docs.
+pub(crate) struct Position {
+    /// The agent (for errors).
+    pub(crate) agent: Arc<str>,
+    /// Event time of the record being processed, ms since the epoch (`i64::MIN`: none).
+    pub(crate) event_time: AtomicI64,
+    /// Partition of the record being processed (-1: none), for tables' key checks.
+    pub(crate) current_partition: AtomicI32,
+    /// Partitions of the records of the batch being assembled or processed (`Stream::take`):
+    /// a batch's table writes may go to any of them.
+    batch_partitions: Mutex<Vec<i32>>,
+    /// Partition numbers this instance owns.
+    pub(crate) owned: Mutex<Vec<i32>>,
+    /// Bumped on every assignment and revocation, so windows know to reload their partitions.
+    pub(crate) assignment: AtomicU64,
+    /// The worker's clock.
+    pub(crate) clock: Clock,
+}
+
+impl Position {
+    pub(crate) fn new(agent: Arc<str>, clock: Clock) -> Self {
+        Position {
+            agent,
+            event_time: AtomicI64::new(i64::MIN),
+            current_partition: AtomicI32::new(-1),
+            batch_partitions: Mutex::new(Vec::new()),
+            owned: Mutex::new(Vec::new()),
+            assignment: AtomicU64::new(0),
+            clock,
+        }
+    }
+
+    /// Event time of the record being processed.
+    pub(crate) fn event_time(&self) -> Option<i64> {
+        Some(self.event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+    }
+
+    pub(crate) fn add_batch_partition(&self, partition: i32) {
+        let mut parts = self
+            .batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !parts.contains(&partition) {
+            parts.push(partition);
+        }
+    }
+
+    pub(crate) fn clear_batch_partitions(&self) {
+        self.batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether the batch being processed holds a record of `partition`.
+    pub(crate) fn in_batch(&self, partition: i32) -> bool {
+        self.batch_partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&partition)
+    }
+
+    pub(crate) fn owned_partitions(&self) -> Vec<i32> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,55 @@
+//! What an agent instance asks of its worker while it runs: topics and tables made after start
+//! (a window's changelog, a late-events topic) and re-keying through a repartition topic. The
+//! worker's repartition pipeline (`wiring::pipeline`) implements it; the instance holds it as a
+//! trait object, so that the layers below the wiring never name it.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::base::config::Config;
+use crate::base::error::{Error, Result};
+use crate::base::message::RawRecord;
+use crate::base::spec::TopicSpec;
+use crate::instance::record_loop::StreamCore;
+use crate::instance::table::TableDef;
+use crate::instance::table::recovery::ChangelogReader;
+
+/// Computes a record's new key and its event time (when the record has one).
+pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
+
+/// A re-keying that could not be set up: why, and the source stream's core, untouched.
+pub(crate) type NotRekeyed = Box<(Error, StreamCore)>;
+
+/// See the module docs.
+pub(crate) trait AgentSetup: Send + Sync {
+    /// The worker's settings.
+    fn config(&self) -> &Config;
+
+    /// Partitions of the agent's (first) source topic.
+    fn source_partitions(&self) -> i32;
+
+    /// Where the instance's tables read their changelogs.
+    fn changelogs(&self) -> ChangelogReader;
+
+    /// The table of a window (or join) named `name` of this agent, created with its changelog
+    /// topic on first use and shared by the agent's instances.
+    fn window_table<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<TableDef>>>;
+
+    /// A window or join reads the repartitioned stream: its pumps carry watermarks from now on.
+    fn mark_windowed(&self);
+
+    /// Creates a topic the agent writes to after start (a late-events topic).
+    fn ensure_topic(&self, spec: TopicSpec) -> BoxFuture<'_, Result<()>>;
+
+    /// Turns `source` into a pump into the agent's repartition topic for `field` and returns
+    /// the core of the instance's repartitioned stream. `sides`: the topics a join reads, whose
+    /// records are tagged with their topic.
+    fn group_by(
+        self: Arc<Self>,
+        field: &str,
+        source: StreamCore,
+        key_of: KeyOf,
+        sides: Vec<Arc<str>>,
+    ) -> std::result::Result<StreamCore, NotRekeyed>;
+}
