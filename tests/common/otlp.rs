@@ -366,34 +366,21 @@ pub(crate) fn named<'a>(spans: &'a [Got], name: &str) -> Vec<&'a Span> {
 /// attributes of `system`, the record's `topic`, the agent's consumer `group`, and the agent.
 /// (The record's partition and offset are the test's to check: it knows them.)
 pub(crate) fn check_process_span(span: &Span, system: &str, topic: &str, group: &str, agent: &str) {
-    let a = &span.attributes;
     let what = describe(span);
     assert_eq!(kind(span), SpanKind::Consumer, "{what}");
-    assert_eq!(
-        string_attr(a, "messaging.system").as_deref(),
-        Some(system),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "messaging.operation.type").as_deref(),
-        Some("process"),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "messaging.destination.name").as_deref(),
-        Some(topic),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "messaging.consumer.group.name").as_deref(),
-        Some(group),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "rill.agent").as_deref(),
-        Some(agent),
-        "{what}"
-    );
+    for (key, want) in [
+        ("messaging.system", system),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", topic),
+        ("messaging.consumer.group.name", group),
+        ("rill.agent", agent),
+    ] {
+        assert_eq!(
+            string_attr(&span.attributes, key).as_deref(),
+            Some(want),
+            "{key} of {what}"
+        );
+    }
 }
 
 /// Checks that every span received names `service` as its resource's `service.name`.
