@@ -5,14 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-fn run(example: &str, args: &[&str]) -> std::process::Output {
-    common::command(example)
-        .args(args)
-        .env("RILL_LOG", "warn")
-        .output()
-        .expect("run example")
-}
-
 #[test]
 fn quick_start_prints_views_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -36,7 +28,7 @@ fn quick_start_prints_views_and_stops_cleanly_on_ctrl_c() {
 
 #[test]
 fn agents_lists_agents_topics_sinks_and_groups() {
-    let out = run("sink", &["agents"]);
+    let out = common::run_example("sink", &["agents"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let to_hits = text
@@ -53,7 +45,7 @@ fn agents_lists_agents_topics_sinks_and_groups() {
 fn send_checks_the_record_type_and_the_worker_picks_it_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8 path");
-    let bad = run(
+    let bad = common::run_example(
         "sink",
         &["--data-dir", data, "send", "pageviews", r#"{"user_id": 1}"#],
     );
@@ -61,7 +53,7 @@ fn send_checks_the_record_type_and_the_worker_picks_it_up() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("pageviews") && err.contains("json"), "{err}");
 
-    let good = run(
+    let good = common::run_example(
         "sink",
         &[
             "--data-dir",
@@ -85,13 +77,12 @@ fn send_checks_the_record_type_and_the_worker_picks_it_up() {
     common::wait_lines(&lines, Duration::from_secs(60), |l| {
         l.iter().any(|s| s.contains("hit on /sent by u9"))
     });
-    common::signal(&child, "TERM");
-    assert!(common::wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
 }
 
 #[test]
 fn config_errors_name_the_setting_and_the_fix() {
-    let out = run("sink", &["--broker", "redis://localhost", "agents"]);
+    let out = common::run_example("sink", &["--broker", "redis://localhost", "agents"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -122,21 +113,12 @@ fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
         let lines = common::lines(&mut child);
         let want = format!("Running total for /docs: {expect}");
         common::wait_lines(&lines, Duration::from_secs(60), |l| l.contains(&want));
-        common::signal(&child, "TERM");
         assert!(
-            common::wait_exit(&mut child, Duration::from_secs(30)).success(),
+            common::terminate(&mut child, Duration::from_secs(30)).success(),
             "run {run}"
         );
     }
-    let out = run(
-        "page_totals",
-        &["--data-dir", data, "tables", "url_view_totals", "--json"],
-    );
-    assert!(out.status.success());
-    let mut entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let mut entries = common::table_json("page_totals", data, "url_view_totals");
     entries.sort_by_key(|e| e["key"].as_str().unwrap_or_default().to_owned());
     assert_eq!(
         entries,
@@ -146,7 +128,7 @@ fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
             serde_json::json!({"key": "/pricing", "value": 4}),
         ]
     );
-    let one = run(
+    let one = common::run_example(
         "page_totals",
         &[
             "--data-dir",
@@ -161,7 +143,7 @@ fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
         String::from_utf8_lossy(&one.stdout).trim(),
         r#"{"key":"/docs","value":4}"#
     );
-    let list = run("page_totals", &["--data-dir", data, "tables"]);
+    let list = common::run_example("page_totals", &["--data-dir", data, "tables"]);
     let text = String::from_utf8_lossy(&list.stdout);
     let row: Vec<&str> = text
         .lines()
@@ -179,11 +161,11 @@ fn page_totals_continues_across_runs_and_tables_reads_the_local_copy() {
 
 #[test]
 fn graph_prints_the_topology_as_dot() {
-    let out = run("page_totals", &["graph"]);
+    let out = common::run_example("page_totals", &["graph"]);
     assert!(out.status.success(), "{out:?}");
     let dot = String::from_utf8_lossy(&out.stdout);
     assert!(dot.trim_start().starts_with("digraph"), "{dot}");
-    let agents = run("page_totals", &["agents"]);
+    let agents = common::run_example("page_totals", &["agents"]);
     let listed = String::from_utf8_lossy(&agents.stdout);
     let first_agent = listed
         .lines()

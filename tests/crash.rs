@@ -80,8 +80,7 @@ async fn sigkill_mid_stream_then_restart_loses_and_repeats_nothing() -> rill::Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    common::signal(&child, "TERM");
-    assert!(common::wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
 
     let hits: Vec<UrlHit> = log.read("url_hits")?;
     let users: HashSet<&str> = hits.iter().map(|h| h.user_id.as_str()).collect();
@@ -118,25 +117,6 @@ struct KeyedView {
 
 const VIEWS: usize = 200_000;
 
-/// Two URLs per partition of `pageviews` (8): every partition moves the watermark, so windows
-/// close as the records are processed, not when idle partitions time out.
-fn urls() -> Vec<String> {
-    let mut per_partition = [0; 8];
-    let mut urls = Vec::new();
-    for k in 0.. {
-        let url = format!("/p{k}");
-        let p = rill::partitioner::partition_for_key(url.as_bytes(), 8) as usize;
-        if per_partition[p] < 2 {
-            per_partition[p] += 1;
-            urls.push(url);
-        }
-        if urls.len() == 16 {
-            break;
-        }
-    }
-    urls
-}
-
 /// Windows on the embedded log: their state, the results they emit and the source offsets
 /// commit together, so SIGKILLs at any point give every window once, with its exact count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +130,9 @@ async fn sigkill_during_windows_then_restart_emits_every_window_once_and_exactly
         .await?;
     // Views 40 ms of event time apart, cycling through the URLs: 1,500 views a minute.
     let base = 1_700_000_000.0;
-    let urls = urls();
+    // Two URLs per partition of `pageviews` (8): every partition moves the watermark, so
+    // windows close as the records are processed, not when idle partitions time out.
+    let urls = common::records::covering_urls("/p", 8, 2);
     let mut expected: std::collections::BTreeMap<(String, i64), u64> = Default::default();
     for i in 0..VIEWS {
         let view = KeyedView {
@@ -217,8 +199,7 @@ async fn sigkill_during_windows_then_restart_emits_every_window_once_and_exactly
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    common::signal(&child, "TERM");
-    assert!(common::wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
 
     let emitted: Vec<UrlViews> = log.read("views_per_minute")?;
     assert_eq!(emitted.len(), windows, "no window emitted twice");

@@ -1,6 +1,8 @@
 //! Agents on the embedded transport, through the public test harness: ordering, partitioning,
 //! commits, decode failures, restarts and startup checks.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -49,20 +51,13 @@ async fn failing(mut ticks: Stream<Tick>) -> rill::Result<()> {
 }
 
 async fn send_ticks(app: &TestApp, users: usize, per_user: u64) -> rill::Result<()> {
-    for seq in 0..per_user {
-        for u in 0..users {
-            app.producer()
-                .send_to(
-                    "ticks",
-                    &Tick {
-                        user: format!("user-{u}"),
-                        seq,
-                    },
-                )
-                .await?;
-        }
-    }
-    app.producer().flush().await
+    let ticks = (0..per_user).flat_map(|seq| {
+        (0..users).map(move |u| Tick {
+            user: format!("user-{u}"),
+            seq,
+        })
+    });
+    common::records::send_all(app.producer(), "ticks", ticks).await
 }
 
 #[tokio::test]
@@ -158,10 +153,7 @@ async fn a_failing_agent_stops_the_worker_with_its_error() -> rill::Result<()> {
         )
         .await?;
     worker.producer().flush().await?;
-    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("worker stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(10)).await;
     assert!(err.to_string().contains("cannot handle seq 41"), "{err}");
     worker.shutdown().await
 }

@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn run(args: &[&str]) -> String {
-    let out = common::command("dead_letters")
-        .args(args)
-        .env("RILL_LOG", "warn")
-        .output()
-        .expect("run dead_letters");
+    let out = common::run_example("dead_letters", args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -32,17 +28,6 @@ fn dead_letters(data: &str) -> usize {
         .unwrap_or_else(|| panic!("no count in {listed}"))
 }
 
-fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn failing_records_are_dead_lettered_listed_and_replayed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -53,7 +38,7 @@ fn failing_records_are_dead_lettered_listed_and_replayed() {
         &["--data-dir", data],
         &[("SYNTHETIC_VIEWS", "20"), ("RILL_LOG", "warn")],
     );
-    wait_for("5 dead letters", Duration::from_secs(30), || {
+    common::wait_for("5 dead letters", Duration::from_secs(30), || {
         dead_letters(data) == 5
     });
     let listed = run(&["--data-dir", data, "dlq", "list"]);
@@ -75,7 +60,7 @@ fn failing_records_are_dead_lettered_listed_and_replayed() {
         "test URL",
     ]);
     assert!(replayed.contains("replayed 4 dead letters"), "{replayed}");
-    wait_for("4 more dead letters", Duration::from_secs(30), || {
+    common::wait_for("4 more dead letters", Duration::from_secs(30), || {
         dead_letters(data) == 9
     });
     // Only the ones that failed since a moment ago (none).
@@ -86,26 +71,20 @@ fn failing_records_are_dead_lettered_listed_and_replayed() {
         "replay",
         "process_with_graceful_failure",
         "--from",
-        &(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis()
-            + 60_000)
-            .to_string(),
+        &(common::records::now_ms() + 60_000).to_string(),
     ]);
     assert!(none.contains("replayed 0 dead letters"), "{none}");
 
-    common::signal(&worker, "TERM");
-    let status = common::wait_exit(&mut worker, Duration::from_secs(30));
+    let status = common::terminate(&mut worker, Duration::from_secs(30));
     assert!(
         status.success(),
         "the worker stays up through failures: {status:?}"
     );
 
-    let unknown = common::command("dead_letters")
-        .args(["--data-dir", data, "dlq", "replay", "nobody"])
-        .output()
-        .expect("run");
+    let unknown = common::run_example(
+        "dead_letters",
+        &["--data-dir", data, "dlq", "replay", "nobody"],
+    );
     assert!(!unknown.status.success());
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(err.contains("no agent `nobody`"), "{err}");

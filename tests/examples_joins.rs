@@ -39,7 +39,6 @@ fn view_to_click_pairs_each_view_with_its_click_within_five_seconds() {
         .collect();
     assert_eq!(got.len(), 10, "{out:#?}");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
-    common::signal(&child, "TERM");
-    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    let status = common::terminate(&mut child, Duration::from_secs(30));
     assert!(status.success(), "clean shutdown, got {status:?}");
 }

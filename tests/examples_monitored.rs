@@ -4,66 +4,26 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use common::http;
+use common::prometheus::sample;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `GET path` over a fresh HTTP/1.1 connection: (status, body). The server answers `/metrics`
-/// with a `Content-Length`, so the body is read to the end of the connection.
+/// `GET path`: (status, body). The server answers with a `Content-Length`, not in chunks.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the web server");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let reply = http::get(addr, path, None);
     assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "unexpected chunked reply: {head}"
+        !reply
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked")),
+        "unexpected chunked reply: {reply:?}"
     );
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, body.to_owned())
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Collects a child's stderr lines on a thread (the log, where the web address is).
-fn log_lines(child: &mut std::process::Child) -> Arc<Mutex<Vec<String>>> {
-    let stderr = child.stderr.take().expect("piped stderr");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[monitored] {line}");
-            sink.lock().expect("log lines").push(line);
-        }
-    });
-    lines
+    (reply.status, reply.body)
 }
 
 /// The address in the `web server listening on http://<addr>/` log line.
@@ -71,8 +31,8 @@ fn web_addr(log: &Mutex<Vec<String>>) -> SocketAddr {
     let deadline = Instant::now() + WAIT;
     loop {
         let found = log.lock().expect("log lines").iter().find_map(|l| {
-            let rest = l.split("web server listening on http://").nth(1)?;
-            rest.split('/').next()?.parse().ok()
+            let url = l.split("web server listening on ").nth(1)?;
+            http::addr_of(url).ok()
         });
         if let Some(addr) = found {
             return addr;
@@ -98,7 +58,7 @@ fn monitored_agent_is_counted_and_timed_without_metrics_code() {
         .spawn()
         .expect("spawn example");
     let mut child = common::Proc(child);
-    let log = log_lines(&mut child);
+    let log = common::stderr_lines(&mut child, "monitored");
     let addr = web_addr(&log);
 
     let records_in = "rill_records_in_total{agent=\"monitored_agent\",topic=\"pageviews\"}";
@@ -167,7 +127,6 @@ fn monitored_agent_is_counted_and_timed_without_metrics_code() {
     assert_eq!(status, 200);
     assert!(page.starts_with("<!doctype html>"), "{page}");
 
-    common::signal(&child, "TERM");
-    let status = common::wait_exit(&mut child, WAIT);
+    let status = common::terminate(&mut child, WAIT);
     assert!(status.success(), "clean shutdown, got {status:?}");
 }

@@ -45,8 +45,7 @@ fn counts_of(windows: &[Printed], key: &str) -> Vec<u64> {
 }
 
 fn stop(child: &mut common::Proc) {
-    common::signal(child, "TERM");
-    let status = common::wait_exit(child, Duration::from_secs(30));
+    let status = common::terminate(child, Duration::from_secs(30));
     assert!(status.success(), "clean shutdown, got {status:?}");
 }
 
@@ -87,22 +86,16 @@ fn views_per_minute_counts_each_url_per_minute_and_keeps_a_windowed_table() {
     .collect();
     let deadline = Instant::now() + WAIT;
     loop {
-        let table = common::command("views_per_minute")
-            .args(["--data-dir", data, "tables", "views_this_minute", "--json"])
-            .env("RILL_LOG", "warn")
-            .output()
-            .expect("run tables");
-        assert!(table.status.success());
         // {"key": [url, window start], "value": count}
-        let mut entries: Vec<(String, i64, u64)> = String::from_utf8_lossy(&table.stdout)
-            .lines()
-            .map(|l| {
-                let e: serde_json::Value = serde_json::from_str(l).expect("json line");
-                let url = e["key"][0].as_str().expect("url").to_owned();
-                let start = e["key"][1].as_i64().expect("window start");
-                (url, start, e["value"].as_u64().expect("count"))
-            })
-            .collect();
+        let mut entries: Vec<(String, i64, u64)> =
+            common::table_json("views_per_minute", data, "views_this_minute")
+                .into_iter()
+                .map(|e| {
+                    let url = e["key"][0].as_str().expect("url").to_owned();
+                    let start = e["key"][1].as_i64().expect("window start");
+                    (url, start, e["value"].as_u64().expect("count"))
+                })
+                .collect();
         entries.sort();
         let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (url, start, n) in &entries {

@@ -1,40 +1,16 @@
 //! Failure handling on the embedded log: dead letters for malformed records and failing
 //! agents, in-place retries, retry topics, skip and stop.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use common::records::{Done, MAX_RECORD_BYTES, Order, handle, header, malformed};
 use rill::prelude::*;
-use rill::{AgentStats, Headers, OutRecord, RawRecord};
-
-#[record]
-#[derive(Debug, Clone)]
-struct Order {
-    id: u64,
-    url: String,
-}
-
-#[record]
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Done {
-    id: u64,
-}
-
-/// `url` says what happens: "fail" returns `Err`, "panic" panics, anything else succeeds.
-async fn handle(order: &Order, out: &Sink<Done>) -> rill::Result<()> {
-    if order.url.contains("fail") {
-        return Err(rill::Error::user(format!(
-            "cannot handle order {}",
-            order.id
-        )));
-    }
-    if order.url.contains("panic") {
-        panic!("order {} blew up", order.id);
-    }
-    out.send(&Done { id: order.id }).await
-}
+use rill::{Headers, OutRecord, RawRecord};
 
 #[agent(topic = "orders", sink = "done")]
 async fn process(mut orders: Stream<Order>, out: Sink<Done>) -> rill::Result<()> {
@@ -42,10 +18,6 @@ async fn process(mut orders: Stream<Order>, out: Sink<Done>) -> rill::Result<()>
         handle(&order, &out).await?;
     }
     Ok(())
-}
-
-fn header(r: &RawRecord, name: &str) -> String {
-    String::from_utf8_lossy(r.headers.get(name).unwrap_or_default()).into_owned()
 }
 
 fn raw(topic: &str, value: Vec<u8>) -> OutRecord {
@@ -59,51 +31,12 @@ fn raw(topic: &str, value: Vec<u8>) -> OutRecord {
     }
 }
 
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(f(), "{what}: not reached in 30 s");
-}
-
-fn stat(
-    app: &TestApp,
-    agent: &str,
-    counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    AgentStats::get(counter(&app.stats(agent).expect("agent stats")))
-}
-
-/// Six ways a record can be malformed, by index.
-fn malformed(i: u64) -> (Vec<u8>, &'static str) {
-    match i % 6 {
-        0 => (b"{not json".to_vec(), "bad json"),
-        1 => (
-            format!(r#"{{"id":"{i}","url":"/"}}"#).into_bytes(),
-            "wrong type",
-        ),
-        2 => (format!(r#"{{"id":{i}}}"#).into_bytes(), "missing field"),
-        3 => {
-            let mut v = format!(r#"{{"id":{i},"url":""#).into_bytes();
-            v.extend_from_slice(&[0xff, 0xfe]);
-            v.extend_from_slice(b"\"}");
-            (v, "invalid utf-8")
-        }
-        4 => (Vec::new(), "empty"),
-        _ => (
-            format!(r#"{{"id":{i},"url":"/{}"}}"#, "x".repeat(5000)).into_bytes(),
-            "oversized",
-        ),
-    }
-}
-
 #[tokio::test]
 async fn bad_records_and_failing_records_go_to_the_dead_letter_topic_and_good_ones_are_processed_once()
 -> rill::Result<()> {
     let app = App::new("dlq_test")
         .agents([process::agent()])
-        .configure(|c| c.max_record_bytes = 4096)
+        .configure(|c| c.max_record_bytes = MAX_RECORD_BYTES)
         .test()
         .await?;
     let mut good = BTreeSet::new();
@@ -146,11 +79,11 @@ async fn bad_records_and_failing_records_go_to_the_dead_letter_topic_and_good_on
     assert_eq!((bad, errors + panics), (1_000, 500));
 
     let done: Vec<Done> = app.expect("done", good.len()).await?;
-    wait_until("every bad record dead-lettered", || {
+    app.wait_until("every bad record dead-lettered", |app| {
         app.count("dlq_test-process-dlq").unwrap_or(0) >= 1_500
     })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    .await?;
+    common::settle().await;
 
     // Every good record exactly once.
     let done: Vec<u64> = {
@@ -209,8 +142,8 @@ async fn bad_records_and_failing_records_go_to_the_dead_letter_topic_and_good_on
         .filter(|d| header(d, "rill.error").contains("RILL_MAX_RECORD_BYTES"))
         .count();
     assert!(oversized > 100, "oversized records are named as such");
-    assert_eq!(stat(&app, "process", |s| &s.dead_lettered), 1_500);
-    assert_eq!(stat(&app, "process", |s| &s.failures), 500);
+    assert_eq!(app.stat("process", |s| &s.dead_lettered), 1_500);
+    assert_eq!(app.stat("process", |s| &s.failures), 500);
 
     // Still alive.
     app.send_to(
@@ -221,11 +154,11 @@ async fn bad_records_and_failing_records_go_to_the_dead_letter_topic_and_good_on
         },
     )
     .await?;
-    wait_until("the worker keeps processing", || {
+    app.wait_until("the worker keeps processing", |app| {
         app.read::<Done>("done")
             .is_ok_and(|d| d.iter().any(|d| d.id == 99_999))
     })
-    .await;
+    .await?;
     app.stop().await
 }
 
@@ -288,10 +221,10 @@ async fn in_place_retries_keep_partition_order_and_dead_letter_after_the_last_at
     }
     app.producer().flush().await?;
     // `/xxxx` fails 4 times: 3 retries are not enough.
-    wait_until("two dead letters", || {
+    app.wait_until("two dead letters", |app| {
         app.count("retry_test-retry_in_place-dlq").unwrap_or(0) >= 2
     })
-    .await;
+    .await?;
     let done: Vec<u64> = app
         .expect::<Done>("retried_done", 4)
         .await?
@@ -314,7 +247,7 @@ async fn in_place_retries_keep_partition_order_and_dead_letter_after_the_last_at
     );
     // Calls: 1 + 3 + 4 + 2 + 1 + 4; retries: 2 + 3 + 1 + 3.
     assert_eq!(IN_PLACE_CALLS.load(Ordering::Relaxed), 15);
-    assert_eq!(stat(&app, "retry_in_place", |s| &s.retried), 9);
+    assert_eq!(app.stat("retry_in_place", |s| &s.retried), 9);
     app.stop().await
 }
 
@@ -355,10 +288,10 @@ async fn retry_topics_bring_a_record_back_after_a_delay_without_holding_others_b
             .await?;
     }
     app.producer().flush().await?;
-    wait_until("one dead letter", || {
+    app.wait_until("one dead letter", |app| {
         app.count("topics_test-retry_later-dlq").unwrap_or(0) >= 1
     })
-    .await;
+    .await?;
     let mut done: Vec<u64> = app
         .expect::<Done>("later_done", 3)
         .await?
@@ -433,10 +366,10 @@ async fn skip_counts_and_continues() -> rill::Result<()> {
         .collect();
     done.sort();
     assert_eq!(done, vec![1, 4]);
-    wait_until("three skipped", || {
-        stat(&app, "skipping", |s| &s.skipped) == 3
+    app.wait_until("three skipped", |app| {
+        app.stat("skipping", |s| &s.skipped) == 3
     })
-    .await;
+    .await?;
     assert_eq!(app.count("skip_test-skipping-dlq")?, 0);
     app.stop().await
 }
@@ -471,11 +404,11 @@ async fn stop_does_not_commit_past_the_failing_record() -> rill::Result<()> {
     let done: Vec<Done> = app.expect("stopping_done", 2).await?;
     assert_eq!(done, vec![Done { id: 1 }, Done { id: 2 }]);
     let group = "stop_test-stopping";
-    wait_until("the records before it committed", || {
+    app.wait_until("the records before it committed", |app| {
         app.committed(group, "stopping_orders", 0).ok().flatten() == Some(2)
     })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    .await?;
+    common::settle().await;
     assert_eq!(
         app.committed(group, "stopping_orders", 0)?,
         Some(2),
@@ -568,7 +501,8 @@ async fn the_app_wide_policy_applies_to_agents_that_do_not_choose_one() -> rill:
     }
     app.producer().flush().await?;
     app.expect::<Done>("done", 1).await?;
-    wait_until("skipped", || stat(&app, "process", |s| &s.skipped) == 1).await;
+    app.wait_until("skipped", |app| app.stat("process", |s| &s.skipped) == 1)
+        .await?;
     assert_eq!(app.count("default_policy-process-dlq")?, 0);
     app.stop().await
 }

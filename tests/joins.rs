@@ -7,11 +7,14 @@
 //! Records are sent one at a time, each processed before the next, so the order the join sees
 //! is the order written here.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::records::{header, sorted};
 use rill::prelude::*;
-use rill::{AgentSpec, AgentStats, TopicSpec};
+use rill::{AgentSpec, TopicSpec};
 
 const SEC: i64 = 1_000;
 
@@ -153,29 +156,10 @@ fn app(agent: AgentSpec, partitions: i32) -> App {
         .agents([agent])
 }
 
-fn stat(
-    app: &TestApp,
-    agent: &str,
-    counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    let stats = app.stats(agent).expect("agent stats");
-    AgentStats::get(counter(&stats))
-}
-
-async fn wait_until(f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting");
-}
-
 /// Sends each record and waits until the agent has read it.
 async fn feed(app: &TestApp, agent: &str, records: &[Rec]) -> rill::Result<()> {
     for r in records {
-        let before = stat(app, agent, |s| &s.records_in);
+        let before = app.stat(agent, |s| &s.records_in);
         match *r {
             V(id, url, at) => {
                 let v = View {
@@ -195,20 +179,12 @@ async fn feed(app: &TestApp, agent: &str, records: &[Rec]) -> rill::Result<()> {
                 app.send_to("clicks", &c).await?;
             }
         }
-        wait_until(|| stat(app, agent, |s| &s.records_in) > before).await;
+        app.wait_until("the agent read it", |app| {
+            app.stat(agent, |s| &s.records_in) > before
+        })
+        .await?;
     }
     Ok(())
-}
-
-async fn sorted(app: &TestApp, n: usize) -> rill::Result<Vec<Pair>> {
-    let mut got: Vec<Pair> = app.expect("pairs", n).await?;
-    got.sort();
-    Ok(got)
-}
-
-/// Gives the agent time to emit anything more than expected.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
@@ -239,7 +215,7 @@ async fn pairs_meet_in_and_out_of_order_inside_the_bounds_only() -> rill::Result
         };
         app.send_to("clicks", &c).await?;
     }
-    let got = sorted(&app, 4).await?;
+    let got = sorted::<Pair>(&app, "pairs", 4).await?;
     assert_eq!(
         got,
         vec![
@@ -249,8 +225,11 @@ async fn pairs_meet_in_and_out_of_order_inside_the_bounds_only() -> rill::Result
             pair("v3", "c4")
         ]
     );
-    wait_until(|| stat(&app, "inner", |s| &s.records_in) >= 9).await;
-    settle().await;
+    app.wait_until("9 records read", |app| {
+        app.stat("inner", |s| &s.records_in) >= 9
+    })
+    .await?;
+    common::settle().await;
     assert_eq!(
         app.count("pairs")?,
         4,
@@ -286,9 +265,9 @@ async fn asymmetric_bounds_pair_only_clicks_after_the_view() -> rill::Result<()>
         ],
     )
     .await?;
-    let got = sorted(&app, 2).await?;
+    let got = sorted::<Pair>(&app, "pairs", 2).await?;
     assert_eq!(got, vec![pair("v", "after"), pair("v", "same-time")]);
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 2);
     app.stop().await
 }
@@ -322,8 +301,8 @@ async fn out_of_order_records_within_grace_still_meet_and_late_ones_are_dropped(
         app.expect::<Pair>("pairs", 1).await?,
         vec![pair("v1", "c1")]
     );
-    assert_eq!(stat(&app, "inner", |s| &s.late_records), 2);
-    settle().await;
+    assert_eq!(app.stat("inner", |s| &s.late_records), 2);
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 1);
     app.stop().await
 }
@@ -342,16 +321,16 @@ async fn a_match_across_a_clean_restart_is_emitted_exactly_once() -> rill::Resul
         vec![pair("v1", "c1")]
     );
     feed(&app, "inner", &[V("v3", "/b", 29)]).await?;
-    let got = sorted(&app, 2).await?;
+    let got = sorted::<Pair>(&app, "pairs", 2).await?;
     assert_eq!(got, vec![pair("v1", "c1"), pair("v3", "c2")]);
-    settle().await;
+    common::settle().await;
     assert_eq!(
         app.count("pairs")?,
         2,
         "nothing re-read, nothing paired twice"
     );
     assert_eq!(
-        stat(&app, "inner", |s| &s.records_in),
+        app.stat("inner", |s| &s.records_in),
         3,
         "the views read before the restart are not read again"
     );
@@ -392,12 +371,12 @@ async fn a_left_join_emits_lonely_views_once_their_window_has_closed() -> rill::
         app.expect::<Pair>("pairs", 1).await?,
         vec![pair("v1", "c1")]
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 1, "v2 may still meet a click");
     feed(&app, "left", &LONELY[5..]).await?;
-    let got = sorted(&app, 2).await?;
+    let got = sorted::<Pair>(&app, "pairs", 2).await?;
     assert_eq!(got, vec![pair("v1", "c1"), lone_view("v2")]);
-    settle().await;
+    common::settle().await;
     assert_eq!(
         app.count("pairs")?,
         2,
@@ -410,12 +389,12 @@ async fn a_left_join_emits_lonely_views_once_their_window_has_closed() -> rill::
 async fn an_outer_join_emits_lonely_records_of_both_sides() -> rill::Result<()> {
     let app = app(outer::agent(), 1).test().await?;
     feed(&app, "outer", LONELY).await?;
-    let got = sorted(&app, 3).await?;
+    let got = sorted::<Pair>(&app, "pairs", 3).await?;
     assert_eq!(
         got,
         vec![lone_click("c2"), pair("v1", "c1"), lone_view("v2")]
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 3);
     app.stop().await
 }
@@ -448,18 +427,14 @@ async fn joining_in_place_dead_letters_a_record_keyed_by_something_else() -> ril
     .await?;
     let dead = app.expect::<Vec<u8>>("joins_test-in_place-dlq", 1).await?;
     assert!(String::from_utf8_lossy(&dead[0]).contains(&id));
-    let reason = app.records("joins_test-in_place-dlq")?[0]
-        .headers
-        .get("rill.error")
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .unwrap_or_default();
+    let reason = header(&app.records("joins_test-in_place-dlq")?[0], "rill.error");
     assert!(reason.contains("co_partitioned"), "{reason}");
     assert!(
         app.records("joins_test-in_place-join-repartition")?
             .is_empty(),
         "no repartition topic in use"
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 1);
     app.stop().await
 }
@@ -632,10 +607,7 @@ async fn reading_one_stream_of_a_two_topic_agent_alone_is_an_error() -> rill::Re
         )
         .await?;
     producer.flush().await?;
-    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(10)).await;
     let msg = err.to_string();
     assert!(
         msg.contains("views_only") && msg.contains("read alone") && msg.contains("join"),
@@ -674,8 +646,11 @@ async fn join_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
         }
         app.producer().flush().await?;
         let want = 400 * (round + 1);
-        wait_until(|| stat(&app, "inner", |s| &s.records_in) >= want).await;
-        settle().await;
+        app.wait_until("the round read", |app| {
+            app.stat("inner", |s| &s.records_in) >= want
+        })
+        .await?;
+        common::settle().await;
         sizes.push(std::fs::metadata(&store).expect("table store file").len());
     }
     // Expired records are deleted and LMDB reuses their pages. Kept, the 3,200 records that
@@ -688,9 +663,9 @@ async fn join_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
         "the table store reached {last} bytes: {sizes:?}"
     );
     // Every view met its own click (and no other: the next view of a URL is 100 s later).
-    assert_eq!(stat(&app, "inner", |s| &s.late_records), 0);
+    assert_eq!(app.stat("inner", |s| &s.late_records), 0);
     app.expect::<Pair>("pairs", 1_600).await?;
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 1_600);
     app.stop().await
 }
@@ -728,7 +703,7 @@ async fn a_failing_pair_dead_letters_its_record_and_the_join_keeps_its_buffers()
         ],
     )
     .await?;
-    let got = sorted(&app, 2).await?;
+    let got = sorted::<Pair>(&app, "pairs", 2).await?;
     assert_eq!(got, vec![pair("v1", "c1"), pair("v1", "c2")]);
     let dead = app.records("joins_test-fragile-dlq")?;
     assert_eq!(dead.len(), 1);
@@ -740,7 +715,7 @@ async fn a_failing_pair_dead_letters_its_record_and_the_join_keeps_its_buffers()
         Some(&b"clicks"[..]),
         "the dead letter keeps its side, so a replay finds it"
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("pairs")?, 2);
     app.stop().await
 }

@@ -56,8 +56,7 @@ fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
     common::wait_lines(&printed, Duration::from_secs(60), |l| {
         l.iter().filter(|s| s.starts_with("hit on ")).count() >= 800
     });
-    common::signal(&child, "TERM");
-    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let status = common::terminate(&mut child, Duration::from_secs(60));
     assert!(
         status.success(),
         "SIGTERM shuts down with exit 0, got {status:?}"

@@ -10,9 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rill::prelude::*;
 
 #[record]
@@ -77,26 +74,12 @@ async fn count_orders(
     Ok(())
 }
 
-/// Everything in `topic` a `read_committed` reader sees (until nothing new comes for 3 s).
+/// Everything in `topic` a `read_committed` reader sees.
 fn read_committed(bootstrap: &str, topic: &str) -> Vec<Counted> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("eos-check-{}", rand::random::<u32>()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let mut quiet_since = std::time::Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            quiet_since = std::time::Instant::now();
-            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("json"));
-        }
-    }
-    out
+    common::read_to_end(bootstrap, topic, "read_committed")
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().unwrap_or_default()).expect("json"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,9 +93,7 @@ async fn an_aborted_transaction_rolls_back_and_the_worker_goes_on() -> rill::Res
         .try_init();
     let dir = tempfile::tempdir().expect("dir");
     let app_id = format!("eos-abort-{}", rand::random::<u32>());
-    let worker = App::new(&app_id)
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .partitions(4)
         .processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce)
         .agents([count_orders::agent()])
@@ -199,9 +180,7 @@ async fn a_record_too_large_for_every_retry_stops_the_worker_with_the_setting_to
     };
     let dir = tempfile::tempdir().expect("dir");
     let app_id = format!("eos-huge-{}", rand::random::<u32>());
-    let mut worker = App::new(&app_id)
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
+    let mut worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .partitions(1)
         .processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce)
         .agents([always_huge::agent()])
@@ -219,10 +198,7 @@ async fn a_record_too_large_for_every_retry_stops_the_worker_with_the_setting_to
         .await?;
     worker.producer().flush().await?;
     // Each attempt aborts; after three in a row the worker stops instead of looping.
-    let err = tokio::time::timeout(Duration::from_secs(90), worker.wait())
-        .await
-        .expect("the worker stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(90)).await;
     let msg = err.to_string();
     assert!(
         msg.contains("message.max.bytes") && msg.contains("in a row"),
@@ -242,12 +218,8 @@ async fn forward(mut orders: Stream<Order>, out: Sink<Order>) -> rill::Result<()
 
 /// The worker's committed transactions, from its metrics.
 fn committed_transactions(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("rill_transactions_total{outcome=\"committed\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    common::prometheus::sample(metrics, "rill_transactions_total{outcome=\"committed\"}")
+        .map_or(0, |n| n as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,9 +230,7 @@ async fn the_instances_of_a_worker_commit_their_intervals_in_shared_transactions
     };
     let dir = tempfile::tempdir().expect("dir");
     let app_id = format!("eos-tick-{}", rand::random::<u32>());
-    let worker = App::new(&app_id)
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .partitions(8)
         .processing_guarantee(rill::ProcessingGuarantee::ExactlyOnce)
         .agents([forward::agent()])

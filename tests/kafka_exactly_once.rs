@@ -14,19 +14,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http;
 use rand::Rng;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const EXAMPLE: &str = "exactly_once_transfers";
 const PARTITIONS: i32 = 4;
@@ -75,64 +71,16 @@ fn expected_balances(all: &[Transfer]) -> BTreeMap<String, i64> {
 /// A ledger entry as read back: (partition, offset, transfer_id, account, amount).
 type Entry = (i32, i64, u64, String, i64);
 
-/// A record as read back: (partition, offset, key, value).
-type Raw = (i32, i64, Option<String>, Vec<u8>);
-
-/// Reads every partition of `topic` from the beginning to its end with a plain rdkafka
-/// consumer of the given isolation level. End offsets count transaction markers, which are
-/// never delivered: a partition is done at its end-of-partition event (at the last stable
-/// offset for `read_committed`), or when nothing has come for a few seconds.
-fn read_raw(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Raw> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("eos-checker-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let mut done = std::collections::HashSet::new();
-    let mut last = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while done.len() < PARTITIONS as usize && last.elapsed() < Duration::from_secs(5) {
-        assert!(Instant::now() < deadline, "reading {topic} took too long");
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last = Instant::now();
-                out.push((
-                    m.partition(),
-                    m.offset(),
-                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    m.payload().unwrap_or_default().to_vec(),
-                ));
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                last = Instant::now();
-                done.insert(p);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    out
-}
-
 /// The ledger entries of `ledger_entries` as seen with the isolation level.
 fn read_topic(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Entry> {
-    read_raw(bootstrap, topic, isolation)
+    common::read_to_end(bootstrap, topic, isolation)
         .into_iter()
-        .map(|(p, offset, _, payload)| {
-            let v: serde_json::Value = serde_json::from_slice(&payload).expect("entry json");
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or_default()).expect("entry json");
             (
-                p,
-                offset,
+                r.partition,
+                r.offset,
                 v["transfer_id"].as_u64().expect("transfer_id"),
                 v["account"].as_str().expect("account").to_owned(),
                 v["amount"].as_i64().expect("amount"),
@@ -143,15 +91,15 @@ fn read_topic(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Entry> {
 
 /// The last value per account in the changelog of `balances` (diagnostics).
 fn changelog_balances(bootstrap: &str, isolation: &str) -> BTreeMap<String, i64> {
-    read_raw(
+    common::read_to_end(
         bootstrap,
         "financial_processor-balances-changelog",
         isolation,
     )
     .into_iter()
-    .filter_map(|(_, _, key, payload)| {
-        let key: String = serde_json::from_str(&key?).ok()?;
-        Some((key, serde_json::from_slice(&payload).ok()?))
+    .filter_map(|r| {
+        let key: String = serde_json::from_str(&r.key_text()?).ok()?;
+        Some((key, serde_json::from_slice(r.value.as_deref()?).ok()?))
     })
     .collect()
 }
@@ -179,10 +127,11 @@ fn check_balances(bootstrap: &str, got: &BTreeMap<String, i64>, want: &BTreeMap<
                 ("financial_processor-balances-changelog", "read_committed"),
                 ("financial_processor-balances-changelog", "read_uncommitted"),
             ] {
-                let lines: Vec<String> = read_raw(bootstrap, topic, isolation)
-                    .into_iter()
-                    .map(|(p, o, k, v)| {
-                        serde_json::json!([p, o, k, String::from_utf8_lossy(&v)]).to_string()
+                let lines: Vec<String> = common::read_to_end(bootstrap, topic, isolation)
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!([r.partition, r.offset, r.key_text(), r.text()])
+                            .to_string()
                     })
                     .collect();
                 let path = Path::new(&dir).join(format!("{topic}.{isolation}.jsonl"));
@@ -267,24 +216,8 @@ fn assert_exactly_once(entries: &[Entry], all: &[Transfer]) {
 /// Committed offsets of a group per partition (0 when none, or when the coordinator cannot
 /// answer yet).
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return vec![0; PARTITIONS as usize];
-    };
-    (0..PARTITIONS)
-        .map(|p| match c.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => 0,
-        })
-        .collect()
+    common::committed_offsets(bootstrap, group, topic, PARTITIONS)
+        .unwrap_or_else(|_| vec![0; PARTITIONS as usize])
 }
 
 /// Waits until both agents have committed everything: `split_transfers` up to the end of
@@ -324,25 +257,7 @@ fn wait_caught_up(bootstrap: &str, expected_transfers: usize, timeout: Duration)
 
 /// The `balances` table of a data dir, through the example's `tables` command.
 fn table(data: &str) -> BTreeMap<String, i64> {
-    let out = common::command(EXAMPLE)
-        .args(["--data-dir", data, "tables", "balances", "--json"])
-        .output()
-        .expect("tables");
-    assert!(
-        out.status.success(),
-        "tables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            (
-                v["key"].as_str().expect("key").to_owned(),
-                v["value"].as_i64().expect("value"),
-            )
-        })
-        .collect()
+    common::table_of(EXAMPLE, data, "balances")
 }
 
 fn assert_balances(got: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) {
@@ -368,15 +283,13 @@ const ENV: [(&str, &str); 4] = [
     ("RILL_KAFKA_HEARTBEAT_INTERVAL_MS", "1000"),
 ];
 
-type Lines = Arc<Mutex<Vec<String>>>;
-
 fn start(
     kafka: &str,
     data: &str,
     log: &Path,
     env: &[(&str, &str)],
     extra: &[&str],
-) -> (common::Proc, Lines) {
+) -> (common::Proc, common::Lines) {
     let mut args = vec!["--broker", kafka, "--data-dir", data];
     args.extend_from_slice(extra);
     let mut all_env = ENV.to_vec();
@@ -386,7 +299,7 @@ fn start(
     (proc, lines)
 }
 
-fn commits(lines: &Lines) -> usize {
+fn commits(lines: &common::Lines) -> usize {
     lines
         .lock()
         .expect("lines")
@@ -396,7 +309,7 @@ fn commits(lines: &Lines) -> usize {
 }
 
 /// Waits up to `timeout` for the worker to print `n` batch commits in all; false if it did not.
-fn wait_commits(lines: &Lines, n: usize, timeout: Duration) -> bool {
+fn wait_commits(lines: &common::Lines, n: usize, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while commits(lines) < n {
         if Instant::now() > deadline {
@@ -405,12 +318,6 @@ fn wait_commits(lines: &Lines, n: usize, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     true
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[test]
@@ -464,7 +371,7 @@ fn sigkill_at_random_moments_keeps_entries_and_balances_exactly_once() {
         assert!(
             worker.try_wait().expect("try_wait").is_none(),
             "the worker exited by itself; log: {}",
-            log_tail(&log)
+            common::log_tail(&log)
         );
         common::signal(&worker, "KILL");
         common::wait_exit(&mut worker, Duration::from_secs(10));
@@ -483,12 +390,11 @@ fn sigkill_at_random_moments_keeps_entries_and_balances_exactly_once() {
     }
 
     let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120));
-    common::signal(&worker, "TERM");
-    let status = common::wait_exit(&mut worker, Duration::from_secs(60));
+    let status = common::terminate(&mut worker, Duration::from_secs(60));
     assert!(
         status.success(),
         "SIGTERM: {status}; log: {}",
-        log_tail(&log)
+        common::log_tail(&log)
     );
 
     assert_exactly_once(&entries, &all);
@@ -504,61 +410,30 @@ fn sigkill_at_random_moments_keeps_entries_and_balances_exactly_once() {
     check_balances(&bootstrap, &table(data), &want);
 }
 
-/// (status, Location header, body) of a GET.
-fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, None, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    if write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return (0, None, String::new());
-    }
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let location = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location")
-            .then(|| v.trim().to_owned())
-    });
-    (status, location, body.to_owned())
-}
-
 /// A balance through a worker's web server, following redirects to the owner.
 fn web_balance(addr: SocketAddr, account: &str) -> Result<(i64, bool), String> {
     let path = format!("/tables/balances/{account}");
-    let (mut status, mut location, mut body) = get(addr, &path);
+    let get = |addr: SocketAddr| {
+        http::try_get(addr, &path, None).map_err(|e| format!("GET {path} from {addr}: {e}"))
+    };
+    let mut reply = get(addr)?;
     let mut redirected = false;
     for _ in 0..3 {
-        if status != 307 {
+        if reply.status != 307 {
             break;
         }
-        let to = location.take().ok_or("a 307 without a Location")?;
-        let hostport = to
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let owner: SocketAddr = hostport
-            .parse()
-            .map_err(|e| format!("redirect to {to}: {e}"))?;
+        let to = reply
+            .header("location")
+            .ok_or("a 307 without a Location")?
+            .to_owned();
+        let owner = http::addr_of(&to).map_err(|e| format!("redirect to {to}: {e}"))?;
         redirected = true;
-        (status, location, body) = get(owner, &path);
+        reply = get(owner)?;
     }
-    match status {
+    let body = &reply.body;
+    match reply.status {
         200 => {
-            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
             v["value"]
                 .as_i64()
                 .map(|n| (n, redirected))
@@ -566,7 +441,7 @@ fn web_balance(addr: SocketAddr, account: &str) -> Result<(i64, bool), String> {
         }
         // Never written: no entry of this account was applied.
         404 if body.contains("has no value") => Ok((0, redirected)),
-        _ => Err(format!("{status}: {body}")),
+        status => Err(format!("{status}: {body}")),
     }
 }
 
@@ -637,7 +512,7 @@ fn two_workers_through_rebalances_keep_entries_and_balances_exactly_once() {
         assert!(
             b.try_wait().expect("try_wait").is_none(),
             "B exited by itself; log: {}",
-            log_tail(&dir.path().join(format!("b-{}.log", run - 1)))
+            common::log_tail(&dir.path().join(format!("b-{}.log", run - 1)))
         );
         common::signal(&b, "KILL");
         common::wait_exit(&mut b, Duration::from_secs(10));
@@ -654,7 +529,7 @@ fn two_workers_through_rebalances_keep_entries_and_balances_exactly_once() {
     assert!(
         a.try_wait().expect("try_wait").is_none(),
         "A exited by itself; log: {}",
-        log_tail(&log_a)
+        common::log_tail(&log_a)
     );
 
     let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120));
@@ -703,8 +578,7 @@ fn two_workers_through_rebalances_keep_entries_and_balances_exactly_once() {
     assert!(redirects > 0, "some keys are owned by the other worker");
 
     for (w, name) in [(&mut b, "B"), (&mut a, "A")] {
-        common::signal(w, "TERM");
-        let status = common::wait_exit(w, Duration::from_secs(60));
+        let status = common::terminate(w, Duration::from_secs(60));
         assert!(status.success(), "{name} after SIGTERM: {status}");
     }
 }
@@ -713,11 +587,7 @@ fn two_workers_through_rebalances_keep_entries_and_balances_exactly_once() {
 /// `read_committed` the high mark is the last stable offset (the first offset of the oldest
 /// open transaction).
 fn marks(bootstrap: &str, isolation: &str) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("isolation.level", isolation)
-        .create()
-        .expect("client");
+    let consumer = common::client(bootstrap, &[("isolation.level", isolation)]);
     (0..PARTITIONS)
         .map(|p| {
             consumer
@@ -806,18 +676,12 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
     // B, same transactional.id: its init_transactions fences A and aborts A's transaction.
     let log_b = dir.path().join("b.log");
     let (mut b, b_lines) = start(&kafka, data_b, &log_b, &same_id, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log_b)
-        .unwrap_or_default()
-        .contains("transactional producer ready")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "B's producer never got ready: {}",
-            log_tail(&log_b)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_log(
+        "B's producer gets ready",
+        &log_b,
+        "transactional producer ready",
+        Duration::from_secs(60),
+    );
     // The abort: the stable offset moves past A's records, which stay unread by
     // read_committed readers.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -846,16 +710,7 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
     // the end, after B's part: a fenced worker that keeps going is killed here so that B can
     // finish.
     common::signal(&a, "CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let a_exit = loop {
-        if let Some(status) = a.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let a_exit = common::exited_within(&mut a, Duration::from_secs(30));
     let replaced = |log: &Path| {
         std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -876,7 +731,7 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
                  other worker); A's log ends with:\n{}",
                 replaced(&log_a),
                 replaced(&log_b),
-                log_tail(&log_a)
+                common::log_tail(&log_a)
             ))
         }
     };
@@ -896,7 +751,7 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
     assert!(
         b.try_wait().expect("try_wait").is_none(),
         "B is still running; log: {}",
-        log_tail(&log_b)
+        common::log_tail(&log_b)
     );
     assert_exactly_once(&entries, &all);
     assert!(
@@ -906,12 +761,11 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
         "A's aborted entries never become visible"
     );
     assert!(commits(&b_lines) > 0);
-    common::signal(&b, "TERM");
-    let status = common::wait_exit(&mut b, Duration::from_secs(60));
+    let status = common::terminate(&mut b, Duration::from_secs(60));
     assert!(
         status.success(),
         "B after SIGTERM: {status}; log: {}",
-        log_tail(&log_b)
+        common::log_tail(&log_b)
     );
     // B owns every partition since A stopped: its copy of the table is the whole ledger.
     check_balances(&bootstrap, &table(data_b), &expected_balances(&all));

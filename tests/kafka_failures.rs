@@ -7,168 +7,23 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::Read;
+use common::records::{Done, MAX_RECORD_BYTES, Order, handle, malformed, now_ms};
+use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{DeliveryResult, Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
 
 /// How long to keep reading after the expected records, to see anything written twice.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// A suffix making this run's topics, groups and app ids its own, so a test can run again on
-/// the same broker.
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
-fn now_millis() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    i64::try_from(now).expect("ms")
-}
-
-fn stat(worker: &rill::Worker, agent: &str, counter: fn(&AgentStats) -> &AtomicU64) -> u64 {
-    let stats = worker.stats(agent).expect("agent stats");
-    AgentStats::get(counter(&stats))
-}
-
-/// A record read back with a plain rdkafka consumer.
-#[derive(Debug, Clone)]
-struct Read {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Read {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).expect("json")
-    }
-}
-
-/// Reads every partition of a topic from the beginning with a plain rdkafka consumer until
-/// `done` holds (or `timeout`), then `settle` longer so that extra records show.
-fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    timeout: Duration,
-    settle: Duration,
-    done: impl Fn(&[Read]) -> bool,
-) -> Vec<Read> {
-    tokio::task::block_in_place(|| {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "group.id",
-                format!("checker-{topic}-{}", std::process::id()),
-            )
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let partitions = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata")
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        assert!(partitions > 0, "`{topic}` does not exist");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(
-                topic,
-                i32::try_from(p).expect("partition"),
-                Offset::Beginning,
-            )
-            .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let mut deadline = Instant::now() + timeout;
-        let mut settling = false;
-        // `done` may be costly: ask it a few times a second, not after every record.
-        let mut checked: Option<Instant> = None;
-        while Instant::now() < deadline {
-            if !settling && checked.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
-                checked = Some(Instant::now());
-                if done(&out) {
-                    settling = true;
-                    deadline = Instant::now() + settle;
-                }
-            }
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(Read {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        out
-    })
-}
-
 // ------------------------------------------------------------------ dead letters --
-
-#[record]
-#[derive(Debug, Clone)]
-struct Order {
-    id: u64,
-    url: String,
-}
-
-#[record]
-#[derive(Debug, Clone)]
-struct Done {
-    id: u64,
-}
-
-/// `url` says what happens: "fail" returns `Err`, "panic" panics, anything else succeeds.
-async fn handle(order: &Order, out: &Sink<Done>) -> rill::Result<()> {
-    if order.url.contains("fail") {
-        return Err(rill::Error::user(format!(
-            "cannot handle order {}",
-            order.id
-        )));
-    }
-    if order.url.contains("panic") {
-        panic!("order {} blew up", order.id);
-    }
-    out.send(&Done { id: order.id }).await
-}
 
 fn process(orders: &str, done: &str) -> AgentSpec {
     AgentSpec::new("process", "tests/kafka_failures.rs")
@@ -183,33 +38,6 @@ fn process(orders: &str, done: &str) -> AgentSpec {
             }
             Ok(())
         })
-}
-
-/// Values above this many bytes are failures before decoding.
-const MAX_RECORD_BYTES: usize = 4096;
-
-/// Six ways a record can be malformed, by index.
-fn malformed(i: u64) -> (Vec<u8>, &'static str) {
-    match i % 6 {
-        0 => (b"{not json".to_vec(), "bad json"),
-        1 => (
-            format!(r#"{{"id":"{i}","url":"/"}}"#).into_bytes(),
-            "wrong type",
-        ),
-        2 => (format!(r#"{{"id":{i}}}"#).into_bytes(), "missing field"),
-        3 => {
-            let mut v = format!(r#"{{"id":{i},"url":""#).into_bytes();
-            v.extend_from_slice(&[0xff, 0xfe]);
-            v.extend_from_slice(b"\"}");
-            (v, "invalid utf-8")
-        }
-        4 => (Vec::new(), "empty"),
-        _ => {
-            let v = format!(r#"{{"id":{i},"url":"/{}"}}"#, "x".repeat(5000)).into_bytes();
-            assert!(v.len() > MAX_RECORD_BYTES);
-            (v, "oversized")
-        }
-    }
 }
 
 /// What should become of an input record.
@@ -274,15 +102,7 @@ fn produce_inputs(bootstrap: &str, topic: &str, inputs: &[Input]) {
             if let Some(k) = &input.key {
                 rec = rec.key(&k[..]);
             }
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
+            common::enqueue(&p, rec);
         }
         p.flush(Duration::from_secs(60)).expect("flush");
     });
@@ -294,16 +114,14 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
         return Ok(());
     };
     let started = Instant::now();
-    let run = run_id();
+    let run = common::run_id();
     let app_id = format!("kf_dlq_{run}");
     let orders = format!("kf_dlq_orders_{run}");
     let done_topic = format!("kf_dlq_done_{run}");
     let dlq = format!("{app_id}-process-dlq");
     let dir = tempfile::tempdir().expect("tempdir");
-    let worker = rill::App::new(&app_id)
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .agents([process(&orders, &done_topic)])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
         .partitions(4)
         .configure(|c| c.max_record_bytes = MAX_RECORD_BYTES)
         .start()
@@ -319,11 +137,11 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
     let (fails, panics) = (count(|f| f == Fate::Fails), count(|f| f == Fate::Panics));
     let oversized = count(|f| f == Fate::Malformed("oversized"));
     assert_eq!((malformed_n, fails + panics), (1_000, 500));
-    let failed_from = now_millis();
+    let failed_from = now_ms();
     produce_inputs(&bootstrap, &orders, &inputs);
 
     // The source as the broker has it: (partition, offset) -> record, and each index once.
-    let sources = read_topic(
+    let sources = common::read_topic(
         &bootstrap,
         &orders,
         Duration::from_secs(60),
@@ -346,7 +164,7 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
         .collect();
 
     // Every good record exactly once.
-    let done = read_topic(
+    let done = common::read_topic(
         &bootstrap,
         &done_topic,
         Duration::from_secs(120),
@@ -376,7 +194,7 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
 
     // Every bad record once in the dead-letter topic, as it was, with why and where from.
     let expected_dead = malformed_n + fails + panics;
-    let dead = read_topic(&bootstrap, &dlq, Duration::from_secs(120), SETTLE, |r| {
+    let dead = common::read_topic(&bootstrap, &dlq, Duration::from_secs(120), SETTLE, |r| {
         r.len() >= expected_dead
     });
     assert_eq!(dead.len(), expected_dead, "dead letters");
@@ -385,7 +203,7 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     let mut oversized_seen = 0;
-    let failed_until = now_millis();
+    let failed_until = now_ms();
     for d in &dead {
         let h = |name: &str| {
             d.header(name)
@@ -456,15 +274,15 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
         "oversized records are named as such"
     );
     assert_eq!(
-        stat(&worker, "process", |s| &s.dead_lettered),
+        common::stat(&worker, "process", |s| &s.dead_lettered),
         expected_dead as u64
     );
     assert_eq!(
-        stat(&worker, "process", |s| &s.failures),
+        common::stat(&worker, "process", |s| &s.failures),
         (fails + panics) as u64
     );
     assert_eq!(
-        stat(&worker, "process", |s| &s.decode_errors),
+        common::stat(&worker, "process", |s| &s.decode_errors),
         malformed_n as u64
     );
     assert!(worker.health().is_ready());
@@ -475,7 +293,7 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
         let value = serde_json::json!({"id": last, "url": "/ok"}).to_string();
         common::produce(&common::producer(&bootstrap), &orders, &[(None, value)]);
     });
-    let after = read_topic(
+    let after = common::read_topic(
         &bootstrap,
         &done_topic,
         Duration::from_secs(60),
@@ -509,69 +327,6 @@ async fn dead_letters_on_kafka() -> rill::Result<()> {
 
 /// Port of the broker of `a_broker_outage_loses_nothing` (its controller: the next one).
 const OUTAGE_PORT: u16 = 19792;
-
-/// A Kafka broker of this test alone (kafka/broker.sh on its own port and run dir), which the
-/// test can kill and start again on the same data; stopped on drop.
-struct OwnBroker {
-    port: u16,
-    dir: PathBuf,
-    bootstrap: String,
-}
-
-impl OwnBroker {
-    fn script(&self, command: &str) -> std::process::Output {
-        Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/broker.sh"))
-            .arg(command)
-            .env("RILL_TEST_BROKER_PORT", self.port.to_string())
-            .env("RILL_TEST_BROKER_DIR", &self.dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("kafka/broker.sh")
-    }
-
-    /// Starts a fresh broker on `port` (and `port + 1` for its controller).
-    fn start(port: u16) -> OwnBroker {
-        let mut broker = OwnBroker {
-            port,
-            dir: std::env::temp_dir().join(format!("rill-kafka-failures-{port}")),
-            bootstrap: String::new(),
-        };
-        // A broker left over by an interrupted run, and its data.
-        let _ = broker.script("stop");
-        broker.bootstrap = broker.up();
-        broker
-    }
-
-    fn up(&self) -> String {
-        let out = self.script("start");
-        assert!(
-            out.status.success(),
-            "starting a broker on port {}",
-            self.port
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .trim_start_matches("KAFKA_BOOTSTRAP=")
-            .to_owned()
-    }
-
-    /// SIGKILL; the data stays.
-    fn kill(&self) {
-        assert!(self.script("kill").status.success(), "killing the broker");
-    }
-
-    /// Starts it again on its data.
-    fn restart(&self) {
-        assert_eq!(self.up(), self.bootstrap);
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.script("stop");
-    }
-}
 
 #[record]
 #[derive(Debug, Clone)]
@@ -651,18 +406,10 @@ fn produce_through_outages(
             }
             let key = format!("k{}", n % 97);
             let value = serde_json::json!({ "n": n }).to_string();
-            let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
+            let rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
                 .key(key.as_str())
                 .payload(value.as_str());
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
+            common::enqueue(&producer, rec);
             sent.fetch_add(1, Ordering::Relaxed);
         }
         producer
@@ -670,15 +417,6 @@ fn produce_through_outages(
             .expect("flushing the input producer");
     });
     (handle, deliveries)
-}
-
-async fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,17 +429,15 @@ async fn a_broker_outage_loses_nothing() -> rill::Result<()> {
         .with_test_writer()
         .try_init();
     let started = Instant::now();
-    let broker = tokio::task::block_in_place(|| OwnBroker::start(OUTAGE_PORT));
+    let broker = tokio::task::block_in_place(|| common::OwnBroker::start(OUTAGE_PORT));
     let bootstrap = broker.bootstrap.clone();
-    let run = run_id();
+    let run = common::run_id();
     let app_id = format!("kf_outage_{run}");
     let items = format!("kf_outage_items_{run}");
     let copies = format!("kf_outage_copies_{run}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut worker = rill::App::new(&app_id)
+    let mut worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .agents([copy(&items, &copies)])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
         .partitions(4)
         .start()
         .await?;
@@ -727,7 +463,7 @@ async fn a_broker_outage_loses_nothing() -> rill::Result<()> {
     let (producer, deliveries) =
         produce_through_outages(bootstrap.clone(), items.clone(), sent.clone());
     let records_in = || AgentStats::get(&stats.records_in);
-    wait_for("the worker copies records", Duration::from_secs(60), || {
+    common::wait_for_async("the worker copies records", Duration::from_secs(60), || {
         records_in() >= 2_000
     })
     .await;
@@ -758,7 +494,7 @@ async fn a_broker_outage_loses_nothing() -> rill::Result<()> {
     );
     tokio::task::block_in_place(|| broker.restart());
     let restarted = killed.elapsed();
-    let ready_after = wait_for(
+    let ready_after = common::wait_for_async(
         "ready again after the broker came back",
         Duration::from_secs(60),
         || health.is_ready(),
@@ -793,7 +529,7 @@ async fn a_broker_outage_loses_nothing() -> rill::Result<()> {
             .map(|c| c.json()["n"].as_u64().expect("n"))
             .collect::<BTreeSet<u64>>()
     };
-    let copied = read_topic(&bootstrap, &copies, Duration::from_secs(60), SETTLE, |r| {
+    let copied = common::read_topic(&bootstrap, &copies, Duration::from_secs(60), SETTLE, |r| {
         distinct(r).len() >= OUTAGE_N as usize
     });
     let mut times: BTreeMap<u64, u32> = BTreeMap::new();

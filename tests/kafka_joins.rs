@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rill::prelude::*;
 use rill::{AgentSpec, TopicSpec};
@@ -41,21 +41,9 @@ struct Pair {
     click: String,
 }
 
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
 /// An hour ago, ms (recent enough for the broker's time-based retention).
 fn base() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    i64::try_from(now).expect("ms") - 3_600 * SEC
+    common::records::now_ms() - 3_600 * SEC
 }
 
 fn joiner(views: &str, clicks: &str, pairs: &str) -> AgentSpec {
@@ -89,10 +77,8 @@ fn joiner(views: &str, clicks: &str, pairs: &str) -> AgentSpec {
 }
 
 fn app(app_id: &str, agent: AgentSpec, bootstrap: &str, data: &std::path::Path) -> App {
-    App::new(app_id)
+    common::kafka_app(app_id, bootstrap, data)
         .agents([agent])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(data)
         .partitions(PARTITIONS)
 }
 
@@ -102,7 +88,7 @@ async fn views_and_clicks_keyed_otherwise_meet_through_the_repartition_topic_acr
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let app_id = format!("kj_{run}");
     let (views, clicks, pairs) = (
         format!("kj_views_{run}"),
@@ -151,12 +137,10 @@ async fn views_and_clicks_keyed_otherwise_meet_through_the_repartition_topic_acr
     .await?;
     let producer = common::producer(&bootstrap);
     tokio::task::block_in_place(|| common::produce(&producer, &views, &view_records));
-    let stats = worker.stats("joiner").expect("stats");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while rill::AgentStats::get(&stats.records_in) < VIEWS as u64 {
-        assert!(std::time::Instant::now() < deadline, "views not processed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_async("views processed", Duration::from_secs(60), || {
+        common::stat(&worker, "joiner", |s| &s.records_in) >= VIEWS as u64
+    })
+    .await;
     // Views buffered and committed; the clicks come to the next worker.
     worker.shutdown().await?;
 

@@ -121,7 +121,7 @@ async fn two_workers_share_a_group_through_rebalances_without_losing_records() -
     let second = app("shared", &bootstrap).start().await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut round = 10;
-    while rill::AgentStats::get(&second.stats("relay").expect("stats").records_in) == 0 {
+    while common::stat(&second, "relay", |s| &s.records_in) == 0 {
         assert!(
             Instant::now() < deadline,
             "the second worker never got partitions"
@@ -130,7 +130,7 @@ async fn two_workers_share_a_group_through_rebalances_without_losing_records() -
         round += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let first_before = rill::AgentStats::get(&first.stats("relay").expect("stats").records_in);
+    let first_before = common::stat(&first, "relay", |s| &s.records_in);
     tokio::task::block_in_place(|| common::produce(&p, "ticks", &ticks(20, round..round + 10)));
     round += 10;
 
@@ -158,7 +158,7 @@ async fn two_workers_share_a_group_through_rebalances_without_losing_records() -
         "no record lost across two rebalances"
     );
     assert!(
-        rill::AgentStats::get(&first.stats("relay").expect("stats").records_in) > first_before,
+        common::stat(&first, "relay", |s| &s.records_in) > first_before,
         "the first worker kept working"
     );
     // At-least-once: a rebalance may redeliver what was not committed yet. How much that is

@@ -41,21 +41,7 @@ fn all_reach(totals: &BTreeMap<String, u64>, n: u64) -> bool {
 }
 
 fn table(data: &str) -> BTreeMap<String, u64> {
-    let out = common::command("page_totals")
-        .args(["--data-dir", data, "tables", "url_view_totals", "--json"])
-        .output()
-        .expect("tables");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            (
-                v["key"].as_str().expect("key").to_owned(),
-                v["value"].as_u64().expect("value"),
-            )
-        })
-        .collect()
+    common::table_of("page_totals", data, "url_view_totals")
 }
 
 fn replayed(log: &std::path::Path) -> i64 {
@@ -122,8 +108,7 @@ fn sigkill_then_restart_keeps_at_least_once_totals_and_replays_only_the_tail() {
         all_reach(&printed_totals(&all), expected)
     });
     std::thread::sleep(Duration::from_millis(500));
-    common::signal(&second, "TERM");
-    assert!(common::wait_exit(&mut second, Duration::from_secs(60)).success());
+    assert!(common::terminate(&mut second, Duration::from_secs(60)).success());
 
     let totals = table(data);
     assert_eq!(totals.len(), URLS);
@@ -193,17 +178,12 @@ fn two_workers_share_partitions_and_tables_move_with_them() {
         &b_log,
     );
     let b_lines = common::lines(&mut b);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&b_log)
-        .unwrap_or_default()
-        .contains("partitions assigned")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B never got partitions"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_log(
+        "B gets partitions",
+        &b_log,
+        "partitions assigned",
+        Duration::from_secs(60),
+    );
     common::produce(&producer, "pageviews", &views(4_000..8_000));
     let both = || {
         let mut all = a_lines.lock().expect("lines").clone();
@@ -225,15 +205,13 @@ fn two_workers_share_partitions_and_tables_move_with_them() {
     );
 
     // B leaves: A takes every partition back and recovers what B wrote.
-    common::signal(&b, "TERM");
-    assert!(common::wait_exit(&mut b, Duration::from_secs(60)).success());
+    assert!(common::terminate(&mut b, Duration::from_secs(60)).success());
     common::produce(&producer, "pageviews", &views(8_000..10_000));
     common::wait_lines(&a_lines, Duration::from_secs(180), |l| {
         all_reach(&printed_totals(l), 500)
     });
     std::thread::sleep(Duration::from_millis(500));
-    common::signal(&a, "TERM");
-    assert!(common::wait_exit(&mut a, Duration::from_secs(60)).success());
+    assert!(common::terminate(&mut a, Duration::from_secs(60)).success());
 
     let totals = table(data_a);
     assert_eq!(totals.len(), URLS, "A holds every partition's table again");
@@ -282,10 +260,8 @@ async fn group_by_repartitions_through_a_kafka_topic() -> rill::Result<()> {
         return Ok(());
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let worker = rill::App::new("grpk")
+    let worker = common::kafka_app("grpk", &bootstrap, dir.path())
         .agents([count_users::agent()])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(dir.path())
         .partitions(4)
         .start()
         .await?;

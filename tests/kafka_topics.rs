@@ -13,8 +13,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::records::{Count, now_ms};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use rill::prelude::*;
 use rill::{AgentSpec, TopicSpec};
@@ -29,31 +30,6 @@ struct View {
     /// Event time, ms since the epoch.
     #[record(timestamp)]
     at: i64,
-}
-
-#[record]
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Count {
-    key: String,
-    start: i64,
-    end: i64,
-    value: u64,
-}
-
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
-fn now_ms() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    i64::try_from(now).expect("ms")
 }
 
 /// `views.group_by(url).tumbling(60 s).count()`, each result sent to `sink`.
@@ -71,24 +47,10 @@ fn per_minute(source: &str, sink: &str, idle: Duration) -> AgentSpec {
                 .name("per-minute")
                 .count();
             while let Some(w) = windows.next().await {
-                let (key, start, end, value) = (w.key, w.start, w.end, w.value);
-                out.send(&Count {
-                    key,
-                    start,
-                    end,
-                    value,
-                })
-                .await?;
+                out.send(&Count::from(w)).await?;
             }
             Ok(())
         })
-}
-
-fn app(app_id: &str, agent: AgentSpec, bootstrap: &str, data: &std::path::Path) -> App {
-    App::new(app_id)
-        .agents([agent])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(data)
 }
 
 /// Produces views to `partition` with their event time as message timestamp.
@@ -97,20 +59,12 @@ fn produce(bootstrap: &str, topic: &str, partition: i32, views: &[(String, i64)]
         let producer = common::producer(bootstrap);
         for (url, at) in views {
             let value = serde_json::json!({"url": url, "at": at}).to_string();
-            let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic)
+            let record: BaseRecord<'_, str, str> = BaseRecord::to(topic)
                 .partition(partition)
                 .key(url.as_str())
                 .payload(value.as_str())
                 .timestamp(*at);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
+            common::enqueue(&producer, record);
         }
         producer.flush(Duration::from_secs(30)).expect("flush");
     });
@@ -137,7 +91,7 @@ async fn internal_topics_are_created_by_rill_with_what_it_needs() -> rill::Resul
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let (app_id, views, counts) = (
         format!("kt_create_{run}"),
         format!("kt_create_views_{run}"),
@@ -147,7 +101,10 @@ async fn internal_topics_are_created_by_rill_with_what_it_needs() -> rill::Resul
     tokio::task::block_in_place(|| common::create_topic(&bootstrap, &views, 2, &[]));
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = per_minute(&views, &counts, Duration::from_secs(600));
-    let worker = app(&app_id, agent, &bootstrap, dir.path()).start().await?;
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .agents([agent])
+        .start()
+        .await?;
     let base = (now_ms() / MINUTE - 60) * MINUTE;
     // Both partitions move past the first minute, which closes.
     produce(
@@ -187,7 +144,7 @@ async fn a_repartition_topic_with_other_partitions_is_refused_with_both_counts_a
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let (app_id, views, counts) = (
         format!("kt_refuse_{run}"),
         format!("kt_refuse_views_{run}"),
@@ -201,11 +158,14 @@ async fn a_repartition_topic_with_other_partitions_is_refused_with_both_counts_a
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = per_minute(&views, &counts, Duration::from_secs(600));
-    let mut worker = app(&app_id, agent, &bootstrap, dir.path()).start().await?;
-    let stopped = tokio::time::timeout(Duration::from_secs(60), worker.wait())
-        .await
-        .expect("the worker stops on its own");
-    let err = format!("{}", stopped.expect_err("the worker refuses the topic"));
+    let mut worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .agents([agent])
+        .start()
+        .await?;
+    let err = format!(
+        "{}",
+        common::stop_error(&mut worker, Duration::from_secs(60)).await
+    );
     for part in [
         format!("`{repartition}`"),
         "4 partitions".to_owned(),
@@ -229,7 +189,7 @@ async fn an_empty_partition_never_committed_to_does_not_hold_windows_back() -> r
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let (app_id, views, counts) = (
         format!("kt_empty_{run}"),
         format!("kt_empty_views_{run}"),
@@ -239,7 +199,10 @@ async fn an_empty_partition_never_committed_to_does_not_hold_windows_back() -> r
     let dir = tempfile::tempdir().expect("tempdir");
     // Partition 1 never gets a record: after 2 s it stops holding the watermark back.
     let agent = per_minute(&views, &counts, Duration::from_secs(2));
-    let worker = app(&app_id, agent, &bootstrap, dir.path()).start().await?;
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .agents([agent])
+        .start()
+        .await?;
     let base = (now_ms() / MINUTE - 60) * MINUTE;
     let views_sent: Vec<(String, i64)> = (0..3)
         .flat_map(|m| {
@@ -276,7 +239,7 @@ async fn a_year_old_backlog_loses_nothing_to_retention_and_its_repartition_topic
         common::OwnBroker::start_with(19592, "log.retention.check.interval.ms=1000")
     });
     let bootstrap = broker.bootstrap.clone();
-    let run = run_id();
+    let run = common::run_id();
     let (app_id, views, counts) = (
         format!("kt_backlog_{run}"),
         format!("kt_backlog_views_{run}"),
@@ -298,7 +261,8 @@ async fn a_year_old_backlog_loses_nothing_to_retention_and_its_repartition_topic
 
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = per_minute(&views, &counts, Duration::from_secs(600));
-    let worker = app(&app_id, agent, &bootstrap, dir.path())
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .agents([agent])
         .configure(|c| c.repartition_purge_interval = Duration::from_millis(200))
         .start()
         .await?;

@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::http;
 use rill::prelude::*;
 
 #[record]
@@ -26,44 +26,9 @@ async fn count_hits(mut hits: Stream<Hit>, totals: Table<String, u64>) -> rill::
     Ok(())
 }
 
-/// (status, Location header, body) of a GET.
-fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let location = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("location")
-            .then(|| v.trim().to_owned())
-    });
-    (status, location, body.to_owned())
-}
-
-fn addr_of(url: &str) -> SocketAddr {
-    let hostport = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    hostport.parse().expect("socket address in the redirect")
-}
-
 fn owned(addr: SocketAddr) -> Vec<i64> {
-    let (_, _, body) = get(addr, "/status");
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let reply = http::get(addr, "/status", None);
+    let status: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
     status["agents"][0]["partitions"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p.as_i64()).collect())
@@ -77,9 +42,7 @@ async fn a_key_owned_by_the_other_worker_redirects_to_it() -> rill::Result<()> {
     };
     let app_id = format!("kafka-web-{}", rand::random::<u32>());
     let start = |dir: std::path::PathBuf| {
-        App::new(&app_id)
-            .broker(&format!("kafka://{bootstrap}"))
-            .data_dir(dir)
+        common::kafka_app(&app_id, &bootstrap, &dir)
             .partitions(4)
             .agents([count_hits::agent()])
             .configure(|c| c.web_port = Some(0))
@@ -123,18 +86,20 @@ async fn a_key_owned_by_the_other_worker_redirects_to_it() -> rill::Result<()> {
             for url in &urls {
                 let key = url.replace('/', "%2F");
                 let path = format!("/tables/web_hit_totals/{key}");
-                let (mut status, location, mut body) = get(wa, &path);
-                if status == 307 {
-                    let to = location.expect("a redirect names the owner");
-                    assert_eq!(addr_of(&to), wb, "redirected to the other worker: {to}");
+                let mut reply = http::get(wa, &path, None);
+                if reply.status == 307 {
+                    let to = reply
+                        .header("location")
+                        .expect("a redirect names the owner");
+                    let owner = http::addr_of(to).expect("socket address in the redirect");
+                    assert_eq!(owner, wb, "redirected to the other worker: {to}");
                     redirects += 1;
-                    (status, _, body) = get(wb, &path);
+                    reply = http::get(wb, &path, None);
                 }
-                if status == 200 {
-                    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                    if let Some(n) = v["value"].as_u64() {
-                        got.insert(url.clone(), n);
-                    }
+                if reply.status == 200
+                    && let Some(n) = reply.json()["value"].as_u64()
+                {
+                    got.insert(url.clone(), n);
                 }
             }
         }

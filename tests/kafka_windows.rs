@@ -12,14 +12,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use common::Read;
+use common::records::{Count, count, now_ms};
 use rill::prelude::*;
-use rill::{AgentSpec, AgentStats, TopicSpec};
+use rill::{AgentSpec, TopicSpec};
 
 const SEC: i64 = 1_000;
 /// No window closes by idleness while a test runs.
@@ -35,42 +33,6 @@ struct View {
     /// Event time, ms since the epoch.
     #[record(timestamp)]
     at: i64,
-}
-
-#[record]
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Count {
-    key: String,
-    start: i64,
-    end: i64,
-    value: u64,
-}
-
-fn count(key: &str, start: i64, end: i64, value: u64) -> Count {
-    Count {
-        key: key.into(),
-        start,
-        end,
-        value,
-    }
-}
-
-/// A suffix making this run's topics, groups and app ids its own, so a test can run again on
-/// the same broker.
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    format!("{}_{nanos}", std::process::id())
-}
-
-fn now_ms() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    i64::try_from(now).expect("ms")
 }
 
 /// Start of the minute an hour ago, ms: event times are `base + offset`.
@@ -95,13 +57,7 @@ fn per_minute(name: &str, source: &str, sink: &str, late: Option<&str>) -> Agent
                 }
                 let mut windows = windows.count();
                 while let Some(w) = windows.next().await {
-                    let result = Count {
-                        key: w.key,
-                        start: w.start,
-                        end: w.end,
-                        value: w.value,
-                    };
-                    out.send(&result).await?;
+                    out.send(&Count::from(w)).await?;
                 }
                 Ok(())
             }
@@ -109,10 +65,8 @@ fn per_minute(name: &str, source: &str, sink: &str, late: Option<&str>) -> Agent
 }
 
 fn app(app_id: &str, agent: AgentSpec, bootstrap: &str, data: &std::path::Path) -> App {
-    App::new(app_id)
+    common::kafka_app(app_id, bootstrap, data)
         .agents([agent])
-        .broker(&format!("kafka://{bootstrap}"))
-        .data_dir(data)
         .partitions(1)
         .configure(|c| {
             c.idle_timeout = NO_IDLE;
@@ -137,60 +91,23 @@ fn produce(bootstrap: &str, topic: &str, views: &[(&str, i64)]) {
 /// original timestamp in `rill.source.timestamp` of a record rill set aside).
 type Stamped = (Option<String>, String, Option<i64>, Option<i64>);
 
-/// Reads partition 0 of a topic from the beginning with a plain rdkafka consumer until `n`
+/// Reads a topic (of one partition) from the beginning with a plain rdkafka consumer until `n`
 /// records (90 s at most), then `settle` longer so that extra records show.
 fn read_stamped(bootstrap: &str, topic: &str, n: usize, settle: Duration) -> Vec<Stamped> {
-    tokio::task::block_in_place(|| {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "group.id",
-                format!("checker-{topic}-{}", std::process::id()),
-            )
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .expect("partition");
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let mut deadline = Instant::now() + Duration::from_secs(90);
-        let mut settling = false;
-        while Instant::now() < deadline {
-            if !settling && out.len() >= n {
-                settling = true;
-                deadline = Instant::now() + settle;
-            }
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if m.payload().is_none() {
-                    // A `group_by` pump's watermark marker, not a record.
-                    continue;
-                }
-                let original = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "rill.source.timestamp")
-                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                });
-                out.push((
-                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    m.timestamp().to_millis(),
-                    original,
-                ));
-            }
-        }
-        out
+    // A `group_by` pump's watermark marker has no value: it is not a record.
+    let records = |read: &[Read]| read.iter().filter(|r| r.value.is_some()).count();
+    common::read_topic(bootstrap, topic, Duration::from_secs(90), settle, |r| {
+        records(r) >= n
     })
-}
-
-fn stat(
-    worker: &rill::Worker,
-    agent: &str,
-    counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    let stats = worker.stats(agent).expect("agent stats");
-    AgentStats::get(counter(&stats))
+    .iter()
+    .filter(|r| r.value.is_some())
+    .map(|r| {
+        let original = r
+            .header("rill.source.timestamp")
+            .and_then(|t| t.parse().ok());
+        (r.key_text(), r.text(), r.timestamp, original)
+    })
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +116,7 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let app_id = format!("kw_tumbling_{run}");
     let views = format!("kw_tumbling_views_{run}");
     let counts = format!("kw_tumbling_counts_{run}");
@@ -247,8 +164,11 @@ async fn tumbling_counts_on_kafka_carry_event_times_and_route_the_late_record() 
         ],
         "each closed window once, with its count and the closing record's time"
     );
-    assert_eq!(stat(&worker, "per_minute", |s| &s.late_records), 1);
-    assert_eq!(stat(&worker, "per_minute", |s| &s.windows_closed), 4);
+    assert_eq!(common::stat(&worker, "per_minute", |s| &s.late_records), 1);
+    assert_eq!(
+        common::stat(&worker, "per_minute", |s| &s.windows_closed),
+        4
+    );
 
     // The repartition topic: every view once, keyed by URL, in the order sent, with its event
     // time (not the producer's timestamp) as the message timestamp.
@@ -308,7 +228,7 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(());
     };
-    let run = run_id();
+    let run = common::run_id();
     let app_id = format!("kw_restart_{run}");
     let views = format!("kw_restart_views_{run}");
     let counts = format!("kw_restart_counts_{run}");
@@ -325,14 +245,12 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
         &views,
         &[("/a", at(1)), ("/a", at(2)), ("/b", at(3))],
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while stat(&first, "per_minute", |s| &s.records_in) < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the first run did not read 3 views"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_async(
+        "the first run reads 3 views",
+        Duration::from_secs(90),
+        || common::stat(&first, "per_minute", |s| &s.records_in) >= 3,
+    )
+    .await;
     // A clean stop commits the open windows to the changelog and the offsets past them.
     first.shutdown().await?;
     let repartition = format!("{app_id}-per_minute-url-repartition");
@@ -387,7 +305,7 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
         vec![count("/a", at(0), at(60), 3), count("/b", at(0), at(60), 1)],
         "[0, 60) once per key, counting both runs' views"
     );
-    let restored = stat(&second, "per_minute", |s| &s.restored);
+    let restored = common::stat(&second, "per_minute", |s| &s.restored);
     assert!(
         restored > 0 && restored <= u64::try_from(changelog_records).expect("count"),
         "the window state came from the changelog: {restored} of {changelog_records} records"

@@ -2,44 +2,13 @@
 //! tonic service): rill's counters and histograms and the app's own metrics arrive, with the
 //! service name, at shutdown at the latest.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use common::otlp::GrpcReceiver;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use rill::metrics::prometheus_client::metrics::counter::Counter;
 use rill::prelude::*;
 use rill::telemetry::{OtlpProtocol, TelemetryConfig};
-
-/// Requests received, with their `x-api-key` metadata.
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Received>>>);
-
-type Received = (ExportMetricsServiceRequest, Option<String>);
-
-#[tonic::async_trait]
-impl MetricsService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let key = request
-            .metadata()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        self.0
-            .lock()
-            .expect("lock")
-            .push((request.into_inner(), key));
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
 
 #[record]
 #[derive(Debug, Clone)]
@@ -68,19 +37,8 @@ fn sum_value(m: &Metric) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let service = MetricsServiceServer::new(receiver.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream_of(listener))
-            .await
-            .expect("receiver");
-    });
+    let receiver = GrpcReceiver::default();
+    let addr = receiver.start().await;
 
     let orders: Counter = Counter::default();
     orders.inc_by(42);
@@ -101,21 +59,14 @@ async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
     for n in 0..25 {
         app.send_to("ticks", &Tick { n }).await?;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app.stats("tick_counter").map_or(0, |s| {
-        s.records_in.load(std::sync::atomic::Ordering::Relaxed)
-    }) < 25
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "records not processed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_until("records processed", |app| {
+        app.stat("tick_counter", |s| &s.records_in) >= 25
+    })
+    .await?;
     // Shutdown pushes once more.
     app.stop().await?;
 
-    let requests = receiver.0.lock().expect("lock").clone();
+    let requests = receiver.metrics();
     let (last, key) = requests.last().expect("at least the shutdown push arrived");
     assert_eq!(key.as_deref(), Some("k1"), "the configured header is sent");
     let resource = last.resource_metrics[0].resource.clone().expect("resource");
@@ -152,14 +103,4 @@ async fn metrics_arrive_at_an_otlp_grpc_receiver() -> rill::Result<()> {
         other => panic!("not a histogram: {other:?}"),
     }
     Ok(())
-}
-
-/// The listener as the stream of connections tonic serves.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let conn = l.accept().await.map(|(s, _)| s);
-        Some((conn, l))
-    })
 }

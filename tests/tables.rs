@@ -1,6 +1,8 @@
 //! Tables on the embedded transport through the test harness: running totals, restarts that
 //! replay nothing, state rebuilt from the changelog, and the errors a user can run into.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -43,20 +45,13 @@ async fn read_as_text(
 }
 
 async fn send_views(app: &TestApp, urls: usize, per_url: usize) -> rill::Result<()> {
-    for i in 0..per_url {
-        for u in 0..urls {
-            app.producer()
-                .send_to(
-                    "views",
-                    &View {
-                        url: format!("/page/{u}"),
-                        user: format!("user-{i}"),
-                    },
-                )
-                .await?;
-        }
-    }
-    app.producer().flush().await
+    let views = (0..per_url).flat_map(|i| {
+        (0..urls).map(move |u| View {
+            url: format!("/page/{u}"),
+            user: format!("user-{i}"),
+        })
+    });
+    common::records::send_all(app.producer(), "views", views).await
 }
 
 /// Waits until the committed `table` holds `expected` (or 10 s) and returns what it holds.
@@ -168,10 +163,7 @@ async fn writing_a_key_of_another_partition_is_an_error() -> rill::Result<()> {
             .await?;
     }
     producer.flush().await?;
-    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(10)).await;
     let msg = err.to_string();
     assert!(
         msg.contains("by_user") && msg.contains("belongs to partition") && msg.contains("group_by"),
@@ -209,10 +201,7 @@ async fn a_value_that_no_longer_decodes_names_table_key_and_type() -> rill::Resu
         )
         .await?;
     worker.producer().flush().await?;
-    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(10)).await;
     let msg = err.to_string();
     assert!(
         msg.contains("url_totals")
@@ -255,10 +244,7 @@ async fn a_full_table_store_stops_the_agent_with_a_clear_error() -> rill::Result
             .await?;
     }
     worker.producer().flush().await?;
-    let err = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("stops")
-        .unwrap_err();
+    let err = common::stop_error(&mut worker, Duration::from_secs(10)).await;
     let msg = err.to_string();
     assert!(
         msg.contains("table store is full") && msg.contains("RILL_TABLE_MAP_MAX"),

@@ -13,159 +13,20 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
+use common::otlp::{
+    self, Got, GrpcReceiver, check_process_span, decode_hex, describe, dump, hex, int_attr, kind,
+    named, string_attr,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use rill::prelude::*;
-use rill::telemetry::{OtlpProtocol, TelemetryConfig};
+use rill::telemetry::OtlpProtocol;
 use rill::{AgentSpec, Headers, OutRecord, TopicSpec};
 
 const SERVICE: &str = "rill-telemetry-test";
 
 // ---------------------------------------------------------------------------------------------
-// The OTLP receiver
-
-/// A span as received, with the `service.name` of its resource.
-#[derive(Debug, Clone)]
-struct Got {
-    service: Option<String>,
-    span: Span,
-}
-
-/// Stores every span exported to it.
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Receiver {
-    fn spans(&self) -> Vec<Got> {
-        self.spans.lock().expect("received spans").clone()
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().expect("received spans");
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| string_attr(&r.attributes, "service.name"));
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    spans.push(Got {
-                        service: service.clone(),
-                        span,
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// Starts the receiver on a free port of 127.0.0.1 and returns its address.
-async fn start_receiver(receiver: Receiver) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the OTLP receiver");
-    let addr = listener.local_addr().expect("receiver address");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver))
-            .serve_with_incoming(incoming)
-            .await
-        {
-            eprintln!("OTLP receiver stopped: {e}");
-        }
-    });
-    addr
-}
-
-// ---------------------------------------------------------------------------------------------
 // Reading spans
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    match attr(attrs, key) {
-        Some(Value::StringValue(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
-    match attr(attrs, key) {
-        Some(Value::IntValue(i)) => Some(*i),
-        _ => None,
-    }
-}
-
-fn describe(s: &Span) -> String {
-    let attrs: Vec<String> = s
-        .attributes
-        .iter()
-        .map(|kv| {
-            format!(
-                "{}={:?}",
-                kv.key,
-                kv.value.as_ref().and_then(|v| v.value.as_ref())
-            )
-        })
-        .collect();
-    format!(
-        "{:?} kind={:?} trace={} span={} parent={} [{}]",
-        s.name,
-        SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified),
-        hex(&s.trace_id),
-        hex(&s.span_id),
-        hex(&s.parent_span_id),
-        attrs.join(", ")
-    )
-}
-
-fn dump(spans: &[Got]) -> String {
-    spans
-        .iter()
-        .map(|g| describe(&g.span))
-        .collect::<Vec<_>>()
-        .join("\n  ")
-}
-
-fn kind(s: &Span) -> SpanKind {
-    SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified)
-}
-
-fn named<'a>(spans: &'a [Got], name: &str) -> Vec<&'a Span> {
-    spans
-        .iter()
-        .filter(|g| g.span.name == name)
-        .map(|g| &g.span)
-        .collect()
-}
 
 /// The single span named `name` in trace `trace` whose parent is `parent`.
 fn child<'a>(spans: &'a [Got], name: &str, trace: &[u8], parent: &[u8]) -> &'a Span {
@@ -268,16 +129,12 @@ fn record(topic: &str, order: &Order, traceparent: Option<&str>) -> OutRecord {
     if let Some(tp) = traceparent {
         headers.insert("traceparent", tp.as_bytes().to_vec());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
     OutRecord {
         topic: Arc::from(topic),
         partition: Some(0),
         key: Some(order.id.as_bytes().to_vec()),
         value: Some(serde_json::to_vec(order).expect("encode order")),
-        timestamp: i64::try_from(now).expect("timestamp"),
+        timestamp: common::records::now_ms(),
         headers,
     }
 }
@@ -392,24 +249,10 @@ fn seen_of(seen: &Seen, id: &str) -> (i32, i64, Headers) {
 
 /// Checks the consumer span of a record an agent processed.
 fn check_process(span: &Span, run: &Run, topic: &str, agent: &str, seen: (i32, i64)) {
+    let group = format!("{}-{agent}", run.names.app);
+    check_process_span(span, run.system, topic, &group, agent);
     let a = &span.attributes;
     let what = describe(span);
-    assert_eq!(kind(span), SpanKind::Consumer, "{what}");
-    assert_eq!(
-        string_attr(a, "messaging.system").as_deref(),
-        Some(run.system),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "messaging.operation.type").as_deref(),
-        Some("process"),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "messaging.destination.name").as_deref(),
-        Some(topic),
-        "{what}"
-    );
     assert_eq!(
         string_attr(a, "messaging.destination.partition.id"),
         Some(seen.0.to_string()),
@@ -422,16 +265,6 @@ fn check_process(span: &Span, run: &Run, topic: &str, agent: &str, seen: (i32, i
         "rill.offset"
     };
     assert_eq!(int_attr(a, offset_attr), Some(seen.1), "{what}");
-    assert_eq!(
-        string_attr(a, "messaging.consumer.group.name"),
-        Some(format!("{}-{agent}", run.names.app)),
-        "{what}"
-    );
-    assert_eq!(
-        string_attr(a, "rill.agent").as_deref(),
-        Some(agent),
-        "{what}"
-    );
 }
 
 /// Checks the producer span of a send to the shipments topic, and that its context is what the
@@ -547,31 +380,13 @@ fn check(spans: &[Got], run: &Run) {
     }
 }
 
-fn decode_hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spans_reach_an_otlp_grpc_receiver_and_a_trace_continues_through_two_agents() {
     // First, so that RILL_REQUIRE_KAFKA=1 without a broker fails at once.
     let kafka = common::kafka_bootstrap();
-    let receiver = Receiver::default();
-    let addr = start_receiver(receiver.clone()).await;
-    let telemetry = rill::telemetry::init(
-        &TelemetryConfig {
-            endpoint: Some(format!("http://{addr}")),
-            protocol: Some(OtlpProtocol::Grpc),
-            service_name: Some(SERVICE.into()),
-            headers: Vec::new(),
-        },
-        "tel",
-        "warn",
-    )
-    .expect("telemetry init")
-    .expect("an exporter for the explicit endpoint");
+    let receiver = GrpcReceiver::default();
+    let addr = receiver.start().await;
+    let telemetry = otlp::export_to(addr, OtlpProtocol::Grpc, SERVICE, "tel");
 
     let mut runs = vec![
         run(
@@ -607,28 +422,16 @@ async fn spans_reach_an_otlp_grpc_receiver_and_a_trace_continues_through_two_age
         );
     }
 
-    // Dropping the handle flushes the batch exporter (a blocking call).
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .expect("flush the exporter");
+    otlp::flush(telemetry).await;
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let spans = loop {
-        let spans = receiver.spans();
-        if runs.iter().all(|r| complete(&spans, r)) || Instant::now() >= deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spans = receiver
+        .spans()
+        .when(Duration::from_secs(15), |spans| {
+            runs.iter().all(|r| complete(spans, r))
+        })
+        .await;
     assert!(!spans.is_empty(), "no span reached the OTLP receiver");
-    for g in &spans {
-        assert_eq!(
-            g.service.as_deref(),
-            Some(SERVICE),
-            "service.name of {}",
-            describe(&g.span)
-        );
-    }
+    otlp::check_service(&spans, SERVICE);
     for r in &runs {
         check(&spans, r);
     }

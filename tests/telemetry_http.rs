@@ -4,24 +4,18 @@
 //!
 //! One test in this binary: `telemetry::init` installs the process-wide subscriber.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::IntoResponse;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+use common::otlp::{
+    self, HttpTraceReceiver, check_process_span, describe, dump, hex, int_attr, named, string_attr,
 };
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message as _;
 use rill::prelude::*;
-use rill::telemetry::{OtlpProtocol, TelemetryConfig};
+use rill::telemetry::OtlpProtocol;
 use rill::{Headers, OutRecord};
 
 const SERVICE: &str = "rill-telemetry-http-test";
@@ -30,145 +24,6 @@ const TOPIC: &str = "clicks";
 const CLICKS: usize = 5;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
-
-// ---------------------------------------------------------------------------------------------
-// The OTLP/HTTP receiver
-
-/// Spans with the `service.name` of their resource.
-type Received = Vec<(Option<String>, Span)>;
-
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Received>>,
-    /// Content types of the export requests.
-    content_types: Arc<Mutex<Vec<String>>>,
-    /// Requests to any other path than `/v1/traces`.
-    strays: Arc<Mutex<Vec<String>>>,
-}
-
-impl Receiver {
-    fn spans(&self) -> Received {
-        self.spans.lock().expect("received spans").clone()
-    }
-}
-
-async fn export(
-    State(receiver): State<Receiver>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    receiver
-        .content_types
-        .lock()
-        .expect("content types")
-        .push(content_type);
-    let request = match ExportTraceServiceRequest::decode(body) {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    {
-        let mut spans = receiver.spans.lock().expect("received spans");
-        for rs in request.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| string_attr(&r.attributes, "service.name"));
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    spans.push((service.clone(), span));
-                }
-            }
-        }
-    }
-    (
-        [(header::CONTENT_TYPE, "application/x-protobuf")],
-        ExportTraceServiceResponse::default().encode_to_vec(),
-    )
-        .into_response()
-}
-
-async fn stray(State(receiver): State<Receiver>, uri: Uri) -> StatusCode {
-    receiver
-        .strays
-        .lock()
-        .expect("strays")
-        .push(uri.to_string());
-    StatusCode::NOT_FOUND
-}
-
-async fn start_receiver(receiver: Receiver) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the OTLP receiver");
-    let addr = listener.local_addr().expect("receiver address");
-    let router = axum::Router::new()
-        .route("/v1/traces", axum::routing::post(export))
-        .fallback(stray)
-        .with_state(receiver);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            eprintln!("OTLP receiver stopped: {e}");
-        }
-    });
-    addr
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading spans
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    match attr(attrs, key) {
-        Some(Value::StringValue(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
-    match attr(attrs, key) {
-        Some(Value::IntValue(i)) => Some(*i),
-        _ => None,
-    }
-}
-
-fn describe(s: &Span) -> String {
-    let attrs: Vec<String> = s
-        .attributes
-        .iter()
-        .map(|kv| {
-            format!(
-                "{}={:?}",
-                kv.key,
-                kv.value.as_ref().and_then(|v| v.value.as_ref())
-            )
-        })
-        .collect();
-    format!(
-        "{:?} kind={} trace={} span={} parent={} [{}]",
-        s.name,
-        s.kind,
-        hex(&s.trace_id),
-        hex(&s.span_id),
-        hex(&s.parent_span_id),
-        attrs.join(", ")
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // The app
@@ -217,21 +72,9 @@ fn click(i: usize, traceparent: Option<&str>) -> OutRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn process_spans_reach_an_otlp_http_protobuf_receiver() {
-    let receiver = Receiver::default();
-    let addr = start_receiver(receiver.clone()).await;
-    let telemetry = rill::telemetry::init(
-        &TelemetryConfig {
-            // No path: rill appends `/v1/traces`.
-            endpoint: Some(format!("http://{addr}")),
-            protocol: Some(OtlpProtocol::HttpProtobuf),
-            service_name: Some(SERVICE.into()),
-            headers: Vec::new(),
-        },
-        APP,
-        "warn",
-    )
-    .expect("telemetry init")
-    .expect("an exporter for the explicit endpoint");
+    let receiver = HttpTraceReceiver::default();
+    let addr = receiver.start().await;
+    let telemetry = otlp::export_to(addr, OtlpProtocol::HttpProtobuf, SERVICE, APP);
 
     let app = App::new(APP)
         .agents([count_clicks::agent()])
@@ -248,64 +91,34 @@ async fn process_spans_reach_an_otlp_http_protobuf_receiver() {
             .expect("send a click");
     }
     app.producer().flush().await.expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while HANDLED.lock().expect("handled").len() < CLICKS {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not handle {CLICKS} clicks within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_until(&format!("the agent handled {CLICKS} clicks"), |_| {
+        HANDLED.lock().expect("handled").len() >= CLICKS
+    })
+    .await
+    .expect("the clicks handled");
     app.stop().await.expect("stop the app");
-    // Dropping the handle flushes the batch exporter (a blocking call).
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .expect("flush the exporter");
+    otlp::flush(telemetry).await;
 
     let name = format!("{TOPIC} process");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let spans = loop {
-        let spans = receiver.spans();
-        let n = spans.iter().filter(|(_, s)| s.name == name).count();
-        if n >= CLICKS || Instant::now() >= deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let all = || {
-        spans
-            .iter()
-            .map(|(_, s)| describe(s))
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    };
+    let spans = receiver
+        .spans()
+        .when(Duration::from_secs(15), |spans| {
+            named(spans, &name).len() >= CLICKS
+        })
+        .await;
+    let all = || dump(&spans);
 
-    let types = receiver
-        .content_types
-        .lock()
-        .expect("content types")
-        .clone();
+    let types = receiver.content_types();
     assert!(!types.is_empty(), "no export request reached /v1/traces");
     assert!(
         types.iter().all(|t| t == "application/x-protobuf"),
         "export requests' content types: {types:?}"
     );
-    let strays = receiver.strays.lock().expect("strays").clone();
+    let strays = receiver.strays();
     assert!(strays.is_empty(), "requests to other paths: {strays:?}");
-    for (service, s) in &spans {
-        assert_eq!(
-            service.as_deref(),
-            Some(SERVICE),
-            "service.name of {}",
-            describe(s)
-        );
-    }
+    otlp::check_service(&spans, SERVICE);
 
-    let process: Vec<&Span> = spans
-        .iter()
-        .map(|(_, s)| s)
-        .filter(|s| s.name == name)
-        .collect();
+    let process: Vec<&Span> = named(&spans, &name);
     assert_eq!(
         process.len(),
         CLICKS,
@@ -319,34 +132,15 @@ async fn process_spans_reach_an_otlp_http_protobuf_receiver() {
         .collect();
     let mut got = BTreeSet::new();
     for s in &process {
+        check_process_span(
+            s,
+            "rill",
+            TOPIC,
+            &format!("{APP}-count_clicks"),
+            "count_clicks",
+        );
         let a = &s.attributes;
         let what = describe(s);
-        assert_eq!(s.kind, SpanKind::Consumer as i32, "{what}");
-        assert_eq!(
-            string_attr(a, "messaging.system").as_deref(),
-            Some("rill"),
-            "{what}"
-        );
-        assert_eq!(
-            string_attr(a, "messaging.operation.type").as_deref(),
-            Some("process"),
-            "{what}"
-        );
-        assert_eq!(
-            string_attr(a, "messaging.destination.name").as_deref(),
-            Some(TOPIC),
-            "{what}"
-        );
-        assert_eq!(
-            string_attr(a, "messaging.consumer.group.name"),
-            Some(format!("{APP}-count_clicks")),
-            "{what}"
-        );
-        assert_eq!(
-            string_attr(a, "rill.agent").as_deref(),
-            Some("count_clicks"),
-            "{what}"
-        );
         let partition = string_attr(a, "messaging.destination.partition.id")
             .unwrap_or_else(|| panic!("partition id: {what}"));
         let offset = int_attr(a, "rill.offset").unwrap_or_else(|| panic!("offset: {what}"));

@@ -5,12 +5,14 @@
 //! `promtool` (Debian package `prometheus`) and `chromium` are skipped with a notice when
 //! missing, unless `RILL_REQUIRE_TOOLS=1` (set by `scripts/test.sh` in CI).
 
-use std::io::{Read, Write};
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::{self, Reply};
 use rill::Worker;
 use rill::prelude::*;
 
@@ -55,99 +57,20 @@ async fn start(configure: impl FnOnce(&mut rill::Config)) -> rill::Result<(Worke
 }
 
 async fn send_views(worker: &Worker, urls: &[&str]) -> rill::Result<()> {
-    for (i, url) in urls.iter().enumerate() {
-        let view = View {
-            url: (*url).to_owned(),
-            user: format!("user-{i}"),
-        };
-        worker.producer().send_to("views", &view).await?;
-    }
-    worker.producer().flush().await
-}
-
-/// An HTTP response, read whole.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
+    let views = urls.iter().enumerate().map(|(i, url)| View {
+        url: (*url).to_owned(),
+        user: format!("user-{i}"),
+    });
+    common::records::send_all(&worker.producer(), "views", views).await
 }
 
 /// `GET path` over a fresh HTTP/1.1 connection (on a blocking thread: the server runs on
 /// this test's runtime).
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
     let (path, token) = (path.to_owned(), token.map(str::to_owned));
-    tokio::task::spawn_blocking(move || get_blocking(addr, &path, token.as_deref()))
+    tokio::task::spawn_blocking(move || http::get(addr, &path, token.as_deref()))
         .await
         .expect("http client thread")
-}
-
-fn get_blocking(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect to the web server");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    let raw = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("chunk size");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
 }
 
 /// Polls `path` until `done` accepts the reply (or 15 s), and returns the last reply.
@@ -193,48 +116,6 @@ fn tool(name: &str, package: &str) -> Option<PathBuf> {
         eprintln!("SKIPPED: `{name}` is not installed (Debian package `{package}`)");
     }
     found
-}
-
-/// Runs a program to its end (killed after `limit`), feeding it `stdin`.
-fn run(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || input.write_all(&stdin));
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = writer.join();
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +218,7 @@ async fn metrics_pass_promtool_and_counters_move() -> rill::Result<()> {
     if let Some(promtool) = tool("promtool", "prometheus") {
         let body = first.body.clone().into_bytes();
         let out = tokio::task::spawn_blocking(move || {
-            run(
+            common::run_to_end(
                 Command::new(promtool).args(["check", "metrics"]),
                 &body,
                 Duration::from_secs(60),
@@ -484,9 +365,11 @@ async fn the_status_page_renders_in_headless_chromium() -> rill::Result<()> {
         .args(extra)
         .arg(format!("http://{addr}/"));
         async move {
-            tokio::task::spawn_blocking(move || run(&mut cmd, b"", Duration::from_secs(120)))
-                .await
-                .expect("chromium thread")
+            tokio::task::spawn_blocking(move || {
+                common::run_to_end(&mut cmd, b"", Duration::from_secs(120))
+            })
+            .await
+            .expect("chromium thread")
         }
     };
 

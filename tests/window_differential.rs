@@ -18,9 +18,11 @@
 //! older than its sources, `mvn` (`bench/kstreams/build.sh` builds it). Without them the tests
 //! say they were skipped, unless `RILL_REQUIRE_KAFKA=1` (CI), where they fail.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -320,63 +322,22 @@ fn jar_or_skip() -> Option<&'static Path> {
     }
 }
 
-/// Kafka Streams running on one input: its stdout and stderr read on threads of their own, so
-/// a full pipe never stalls it.
-struct Java {
-    child: Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn read_all(mut from: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = from.read_to_string(&mut text);
-        text
-    })
-}
-
 /// Starts Kafka Streams on the records in `input` (JSON lines) for every definition.
-fn start_kstreams(jar: &Path, input: &Path, defs: &[Def]) -> Java {
-    let mut child = Command::new("java")
-        .arg("-cp")
+fn start_kstreams(jar: &Path, input: &Path, defs: &[Def]) -> common::Running {
+    let mut java = Command::new("java");
+    java.arg("-cp")
         .arg(jar)
         .arg("rill.bench.kstreams.WindowsDiff")
         .arg(input)
-        .args(defs.iter().map(|d| d.spec()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start java");
-    let stdout = read_all(child.stdout.take().expect("stdout"));
-    let stderr = read_all(child.stderr.take().expect("stderr"));
-    Java {
-        child,
-        stdout,
-        stderr,
-    }
+        .args(defs.iter().map(|d| d.spec()));
+    common::Running::spawn(&mut java, b"")
 }
 
 /// Waits (bounded) for Kafka Streams and parses its lines into one outcome per definition.
-fn finish_kstreams(java: Java, defs: &[Def]) -> Vec<Outcome> {
-    let Java {
-        mut child,
-        stdout,
-        stderr,
-    } = java;
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("Kafka Streams did not finish within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
+fn finish_kstreams(java: common::Running, defs: &[Def]) -> Vec<Outcome> {
+    let out = java.finish(WAIT);
+    let (status, stdout) = (out.status, String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(status.success(), "WindowsDiff failed ({status}): {stderr}");
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     for line in stdout.lines().filter(|l| !l.trim().is_empty()) {

@@ -2,12 +2,15 @@
 //! worked out by hand here, out-of-order and late records, idle partitions on a virtual clock,
 //! a clean restart in the middle of an open window, windowed tables, and bounded state.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::records::{Count, count, header, send_all, sorted};
 use rill::prelude::*;
-use rill::{AgentSpec, AgentStats, TopicSpec};
+use rill::{AgentSpec, TopicSpec};
 
 const SEC: i64 = 1_000;
 
@@ -26,37 +29,6 @@ fn view(user: &str, url: &str, at_secs: i64) -> View {
         user: user.into(),
         url: url.into(),
         at: at_secs * SEC,
-    }
-}
-
-/// A window result as a record (no timestamp field: it carries the event time of the record
-/// being processed when it was sent).
-#[record]
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Count {
-    key: String,
-    start: i64,
-    end: i64,
-    value: u64,
-}
-
-impl From<WindowResult<String, u64>> for Count {
-    fn from(w: WindowResult<String, u64>) -> Self {
-        Count {
-            key: w.key,
-            start: w.start,
-            end: w.end,
-            value: w.value,
-        }
-    }
-}
-
-fn count(key: &str, start: i64, end: i64, value: u64) -> Count {
-    Count {
-        key: key.into(),
-        start,
-        end,
-        value,
     }
 }
 
@@ -157,30 +129,7 @@ fn app(agent: rill::AgentSpec, partitions: i32) -> App {
 }
 
 async fn send(app: &TestApp, views: &[View]) -> rill::Result<()> {
-    for v in views {
-        app.producer().send_to("views", v).await?;
-    }
-    app.producer().flush().await
-}
-
-async fn sorted(app: &TestApp, topic: &str, n: usize) -> rill::Result<Vec<Count>> {
-    let mut got: Vec<Count> = app.expect(topic, n).await?;
-    got.sort();
-    Ok(got)
-}
-
-/// Gives the agent time to produce anything more than expected.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-fn stat(
-    app: &TestApp,
-    agent: &str,
-    counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    let stats = app.stats(agent).expect("agent stats");
-    AgentStats::get(counter(&stats))
+    send_all(app.producer(), "views", views.to_vec()).await
 }
 
 #[tokio::test]
@@ -205,7 +154,7 @@ async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_o
         ],
     )
     .await?;
-    let got = sorted(&app, "minute_counts", 4).await?;
+    let got = sorted::<Count>(&app, "minute_counts", 4).await?;
     assert_eq!(
         got,
         vec![
@@ -218,7 +167,7 @@ async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_o
     let late: Vec<View> = app.expect("late_views", 1).await?;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].at, 5 * SEC);
-    assert_eq!(stat(&app, "per_minute", |s| &s.late_records), 1);
+    assert_eq!(app.stat("per_minute", |s| &s.late_records), 1);
 
     // Time survives every hop: the repartition topic carries event times as message
     // timestamps, results the event time of the record that closed them, and the late topic
@@ -254,7 +203,7 @@ async fn tumbling_windows_take_out_of_order_records_until_grace_and_route_late_o
         .collect();
     assert_eq!(result_times, BTreeSet::from([75 * SEC, 130 * SEC]));
 
-    settle().await;
+    common::settle().await;
     assert_eq!(
         app.count("minute_counts")?,
         4,
@@ -277,17 +226,17 @@ async fn hopping_windows_count_each_record_in_every_window_containing_it() -> ri
     .await?;
     // Watermark 70: [-30, 30) and [0, 60) have closed.
     assert_eq!(
-        sorted(&app, "hopping_counts", 2).await?,
+        sorted::<Count>(&app, "hopping_counts", 2).await?,
         vec![
             count("/a", -30 * SEC, 30 * SEC, 1),
             count("/a", 0, 60 * SEC, 2)
         ]
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("hopping_counts")?, 2);
     // The test moves the watermark without a record: the rest close.
     app.advance_watermark(1_000 * SEC);
-    let got = sorted(&app, "hopping_counts", 4).await?;
+    let got = sorted::<Count>(&app, "hopping_counts", 4).await?;
     assert_eq!(
         got,
         vec![
@@ -309,9 +258,12 @@ async fn sliding_windows_give_kafka_streams_windows_out_of_order() -> rill::Resu
         &[view("u", "/a", 20), view("u", "/a", 8), view("u", "/a", 5)],
     )
     .await?;
-    wait_until(|| stat(&app, "sliding", |s| &s.records_in) >= 3).await;
+    app.wait_until("sliding read its records", |app| {
+        app.stat("sliding", |s| &s.records_in) >= 3
+    })
+    .await?;
     app.advance_watermark(1_000 * SEC);
-    let got = sorted(&app, "sliding_counts", 3).await?;
+    let got = sorted::<Count>(&app, "sliding_counts", 3).await?;
     let size = 10 * SEC;
     // Kafka Streams' windows for these records: 5 s and 8 s come before the time difference
     // (size - 1 ms), so they share [0, size); the right window of 5 s starts right after it
@@ -322,7 +274,7 @@ async fn sliding_windows_give_kafka_streams_windows_out_of_order() -> rill::Resu
         count("/a", 20 * SEC - size + 1, 20 * SEC + 1, 1),
     ];
     assert_eq!(got, expected);
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("sliding_counts")?, 3);
     app.stop().await
 }
@@ -342,7 +294,10 @@ async fn sessions_merge_when_a_record_bridges_them_into_a_user_struct() -> rill:
         ],
     )
     .await?;
-    wait_until(|| stat(&app, "sessions", |s| &s.records_in) >= 5).await;
+    app.wait_until("sessions read its records", |app| {
+        app.stat("sessions", |s| &s.records_in) >= 5
+    })
+    .await?;
     app.advance_watermark(10_000 * SEC);
     let mut got: Vec<Session> = app.expect("sessions", 2).await?;
     got.sort();
@@ -386,19 +341,19 @@ async fn idle_partitions_hold_windows_until_the_idle_timeout_passes() -> rill::R
         ],
     )
     .await?;
-    settle().await;
+    common::settle().await;
     assert_eq!(
         app.count("minute_counts")?,
         0,
         "the empty partitions hold the watermark back"
     );
     app.advance_clock(Duration::from_secs(29));
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("minute_counts")?, 0, "not idle yet");
     // Every partition idle for 31 s: the watermark is 200 s + 1 s; [0, 60) and [60, 120)
     // have closed (end + 10 s grace), [180, 240) has not.
     app.advance_clock(Duration::from_secs(2));
-    let got = sorted(&app, "minute_counts", 2).await?;
+    let got = sorted::<Count>(&app, "minute_counts", 2).await?;
     assert_eq!(
         got,
         vec![
@@ -408,10 +363,10 @@ async fn idle_partitions_hold_windows_until_the_idle_timeout_passes() -> rill::R
     );
     // It keeps moving with the clock: 49 s more reaches 240 s + grace.
     app.advance_clock(Duration::from_secs(48));
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("minute_counts")?, 2);
     app.advance_clock(Duration::from_secs(1));
-    let got = sorted(&app, "minute_counts", 3).await?;
+    let got = sorted::<Count>(&app, "minute_counts", 3).await?;
     assert_eq!(got[2], count("/a", 180 * SEC, 240 * SEC, 1));
     app.stop().await
 }
@@ -426,7 +381,11 @@ async fn a_window_open_across_a_clean_restart_is_emitted_once_with_every_record(
         &[view("u", "/a", 1), view("u", "/a", 2), view("u", "/b", 3)],
     )
     .await?;
-    wait_until(|| stat(&first, "per_minute", |s| &s.records_in) >= 3).await;
+    first
+        .wait_until("per_minute read its records", |app| {
+            app.stat("per_minute", |s| &s.records_in) >= 3
+        })
+        .await?;
     first.stop().await?;
 
     let app = app(per_minute::agent(), 2).test_in(dir.path()).await?;
@@ -439,12 +398,12 @@ async fn a_window_open_across_a_clean_restart_is_emitted_once_with_every_record(
         ],
     )
     .await?;
-    let got = sorted(&app, "minute_counts", 2).await?;
+    let got = sorted::<Count>(&app, "minute_counts", 2).await?;
     assert_eq!(
         got,
         vec![count("/a", 0, 60 * SEC, 3), count("/b", 0, 60 * SEC, 1)]
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("minute_counts")?, 2);
     app.stop().await
 }
@@ -459,7 +418,11 @@ async fn open_windows_are_rebuilt_from_their_changelog_when_the_local_store_is_l
         &[view("u", "/a", 1), view("u", "/a", 2), view("u", "/b", 3)],
     )
     .await?;
-    wait_until(|| stat(&first, "per_minute", |s| &s.records_in) >= 3).await;
+    first
+        .wait_until("per_minute read its records", |app| {
+            app.stat("per_minute", |s| &s.records_in) >= 3
+        })
+        .await?;
     first.stop().await?;
     // A new machine: the log is there, the table store is not.
     std::fs::remove_dir_all(dir.path().join("tables")).expect("remove the table store");
@@ -474,24 +437,16 @@ async fn open_windows_are_rebuilt_from_their_changelog_when_the_local_store_is_l
         ],
     )
     .await?;
-    let got = sorted(&app, "minute_counts", 2).await?;
+    let got = sorted::<Count>(&app, "minute_counts", 2).await?;
     assert_eq!(
         got,
         vec![count("/a", 0, 60 * SEC, 3), count("/b", 0, 60 * SEC, 1)]
     );
     assert!(
-        stat(&app, "per_minute", |s| &s.restored) > 0,
+        app.stat("per_minute", |s| &s.restored) > 0,
         "state came from the changelog"
     );
     app.stop().await
-}
-
-async fn wait_until(f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(f(), "condition not reached in 10 s");
 }
 
 #[tokio::test]
@@ -536,7 +491,8 @@ async fn update_mode_emits_every_change_and_on_window_close_sees_the_final_value
             count("/a", 60 * SEC, 120 * SEC, 1)
         ]
     );
-    wait_until(|| closed.lock().unwrap().len() == 1).await;
+    app.wait_until("one window closed", |_| closed.lock().unwrap().len() == 1)
+        .await?;
     assert_eq!(closed.lock().unwrap()[0], ("/a".to_string(), 0, 2));
     app.stop().await
 }
@@ -649,8 +605,11 @@ async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
         }
         app.producer().flush().await?;
         let want = 2_000 * (round + 1);
-        wait_until(|| stat(&app, "per_minute", |s| &s.records_in) >= want).await;
-        settle().await;
+        app.wait_until("per_minute read its records", |app| {
+            app.stat("per_minute", |s| &s.records_in) >= want
+        })
+        .await?;
+        common::settle().await;
         sizes.push(std::fs::metadata(&store).expect("table store file").len());
     }
     // Closed windows are deleted and LMDB reuses their pages: once the open windows' pages
@@ -661,7 +620,7 @@ async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
         late_growth <= 4 * 4096,
         "the table store grew by {late_growth} bytes over the last four rounds: {sizes:?}"
     );
-    let closed = stat(&app, "per_minute", |s| &s.windows_closed);
+    let closed = app.stat("per_minute", |s| &s.windows_closed);
     assert!(closed >= 7_000, "windows closed: {closed}");
     app.stop().await
 }
@@ -813,7 +772,7 @@ async fn a_backlog_through_group_by_loses_nothing_to_interleaving() -> rill::Res
         .test_in(dir.path())
         .await?;
     let n = 40_000i64;
-    let urls = covering_urls();
+    let urls = common::records::covering_urls("/u", 8, 2);
     let mut expected: std::collections::BTreeMap<(String, i64), u64> = Default::default();
     for i in 0..n {
         // No key: spread over the 8 source partitions, each covering the whole hour. The
@@ -842,11 +801,14 @@ async fn a_backlog_through_group_by_loses_nothing_to_interleaving() -> rill::Res
         .agents([per_minute::agent()])
         .test_in(dir.path())
         .await?;
-    wait_until(|| stat(&app, "per_minute", |s| &s.records_in) >= n as u64).await;
+    app.wait_until("per_minute read its records", |app| {
+        app.stat("per_minute", |s| &s.records_in) >= n as u64
+    })
+    .await?;
     app.advance_watermark(n * 100 + 3_600 * SEC);
-    let got = sorted(&app, "minute_counts", expected.len()).await?;
+    let got = sorted::<Count>(&app, "minute_counts", expected.len()).await?;
     assert_eq!(
-        stat(&app, "per_minute", |s| &s.late_records),
+        app.stat("per_minute", |s| &s.late_records),
         0,
         "nothing late"
     );
@@ -856,24 +818,6 @@ async fn a_backlog_through_group_by_loses_nothing_to_interleaving() -> rill::Res
         .collect();
     assert_eq!(got, expected);
     app.stop().await
-}
-
-/// Two URLs for each of 8 partitions.
-fn covering_urls() -> Vec<String> {
-    let mut per_partition = [0; 8];
-    let mut urls = Vec::new();
-    for k in 0.. {
-        let url = format!("/u{k}");
-        let p = rill::partitioner::partition_for_key(url.as_bytes(), 8) as usize;
-        if per_partition[p] < 2 {
-            per_partition[p] += 1;
-            urls.push(url);
-        }
-        if urls.len() == 16 {
-            return urls;
-        }
-    }
-    urls
 }
 
 static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -917,10 +861,10 @@ async fn a_failure_while_handling_results_neither_double_counts_nor_drops_the_ot
         ],
     )
     .await?;
-    let got = sorted(&app, "retried_counts", 1).await?;
+    let got = sorted::<Count>(&app, "retried_counts", 1).await?;
     assert_eq!(got, vec![count("/b", 0, 60 * SEC, 1)]);
     send(&app, &[view("u", "/a", 71), view("u", "/c", 130)]).await?;
-    let got = sorted(&app, "retried_counts", 3).await?;
+    let got = sorted::<Count>(&app, "retried_counts", 3).await?;
     assert_eq!(
         got,
         vec![
@@ -998,7 +942,7 @@ async fn keyed_windows_count_in_place_and_dead_letter_a_record_keyed_elsewhere()
         app.send_to("keyed_views", &v).await?;
     }
     app.producer().flush().await?;
-    let got = sorted(&app, "keyed_counts", urls.len()).await?;
+    let got = sorted::<Count>(&app, "keyed_counts", urls.len()).await?;
     let mut want: Vec<Count> = urls
         .iter()
         .enumerate()
@@ -1009,18 +953,14 @@ async fn keyed_windows_count_in_place_and_dead_letter_a_record_keyed_elsewhere()
     let dead = app.records("windows_test-in_place-dlq")?;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key.as_deref(), Some(other.as_bytes()));
-    let reason = dead[0]
-        .headers
-        .get("rill.error")
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .unwrap_or_default();
+    let reason = header(&dead[0], "rill.error");
     assert!(reason.contains("use `group_by`"), "{reason}");
     assert!(
         app.records("windows_test-in_place-url-repartition")?
             .is_empty(),
         "no repartition topic in use"
     );
-    settle().await;
+    common::settle().await;
     assert_eq!(app.count("keyed_counts")?, urls.len());
     app.stop().await
 }

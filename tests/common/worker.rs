@@ -1,0 +1,26 @@
+//! Workers started in-process with `App::start` (the test harness's `TestApp` has its own
+//! `stat` and `wait_until`): their counters, and the error they stop with.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rill::AgentStats;
+
+/// One counter of an agent the worker runs: `stat(&worker, "count", |s| &s.late_records)`.
+pub(crate) fn stat(
+    worker: &rill::Worker,
+    agent: &str,
+    counter: fn(&AgentStats) -> &AtomicU64,
+) -> u64 {
+    let stats = worker.stats(agent).expect("agent stats");
+    AgentStats::get(counter(&stats))
+}
+
+/// The error a worker stops with on its own; fails the test when it does not stop within
+/// `within`, or stops without an error.
+pub(crate) async fn stop_error(worker: &mut rill::Worker, within: Duration) -> rill::Error {
+    tokio::time::timeout(within, worker.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not stop within {within:?}"))
+        .expect_err("the worker stops with an error")
+}
