@@ -10,10 +10,11 @@ use crate::base::config::{Broker, Config};
 use crate::base::error::Result;
 use crate::base::record::Record;
 use crate::base::spec::TopicSpec;
+use crate::io::transport;
 use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
 use crate::wiring::producer::Producer;
-use crate::wiring::worker::{TaskFn, Worker, open_transport, shutdown_signal};
+use crate::wiring::worker::{TaskFn, Worker, shutdown_signal};
 
 /// A rill application.
 ///
@@ -159,7 +160,7 @@ impl App {
     }
 
     pub(crate) async fn start_with(mut self, config: Config) -> Result<Worker> {
-        let transport = open_transport(&config)?;
+        let transport = transport::open(&config)?;
         let agents = self.agents.take().unwrap_or_else(registered_agents);
         let tasks = std::mem::take(&mut self.tasks);
         Worker::start(

@@ -13,8 +13,8 @@ use crate::base::error::{Error, Result};
 use crate::base::message::{Headers, OutRecord, now_millis};
 use crate::entry::app::{App, run_until_signal};
 use crate::io::store::TableStore;
+use crate::io::transport;
 use crate::wiring::agent::AgentSpec;
-use crate::wiring::worker::open_transport;
 
 /// The web server's port when neither `--web-port` nor `RILL_WEB_PORT` says (Faust's).
 const DEFAULT_WEB_PORT: u16 = 6066;
@@ -222,13 +222,12 @@ async fn send(
             value.as_bytes().to_vec()
         }
     };
-    let transport = open_transport(config)?;
+    let transport = transport::open(config)?;
     if let Some(spec) = &spec {
         transport
             .ensure_topics(std::slice::from_ref(spec), config.partitions)
             .await?;
     }
-    let producer = transport.producer();
     let record = OutRecord {
         topic: Arc::from(topic),
         partition: None,
@@ -237,15 +236,17 @@ async fn send(
         timestamp: now_millis(),
         headers: Headers::default(),
     };
-    let batch = crate::io::transport::delivery::Deliveries::new();
-    let pending = producer.enqueue(record, &batch).await?;
-    producer.deliver(vec![pending], "", &[]).await?;
+    let batch = crate::io::transport::Deliveries::new();
+    let pending = transport.enqueue(record, &batch).await?;
+    transport
+        .deliver(vec![pending], "", &[], None, false)
+        .await?;
     tracing::info!(topic, "sent");
     Ok(())
 }
 
 async fn dlq(app: &App, config: &crate::base::config::Config, command: DlqCommand) -> Result<()> {
-    let transport = open_transport(config)?;
+    let transport = transport::open(config)?;
     let specs = app.agent_specs();
     match command {
         DlqCommand::List => crate::wiring::dlq::list(&specs, config, &transport).await,
@@ -317,7 +318,7 @@ fn list_tables_names(app: &App) -> Vec<(String, String)> {
 async fn list_tables(app: &App, config: &crate::base::config::Config) -> Result<()> {
     let store = TableStore::open(config, false)?;
     // The changelog lag needs the broker; without one it is shown as `?`.
-    let transport = open_transport(config).ok();
+    let transport = transport::open(config).ok();
     let mut out = std::io::stdout().lock();
     let io = |e| Error::io("writing to stdout", e);
     writeln!(

@@ -38,8 +38,7 @@ use crate::base::metrics::AgentStats;
 use crate::base::record::Record;
 use crate::base::time::{Clock, VirtualClock};
 use crate::entry::app::App;
-use crate::io::transport::Transport;
-use crate::io::transport::embedded::EmbeddedLog;
+use crate::io::transport::Log;
 use crate::wiring::producer::Producer;
 use crate::wiring::worker::Worker;
 
@@ -51,7 +50,8 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running app on the in-memory log, for tests.
 pub struct TestApp {
     worker: Worker,
-    log: Arc<EmbeddedLog>,
+    /// The in-memory log (`memory://`) the app runs on.
+    log: Arc<dyn Log>,
     producer: Producer,
     clock: Arc<VirtualClock>,
 }
@@ -82,13 +82,7 @@ impl App {
         let config = self.resolve(false)?;
         let clock = config.clock.clone();
         let worker = self.start_with(config).await?;
-        let Transport::Embedded(log) = &worker.transport else {
-            return Err(Error::config(
-                "broker",
-                "the test harness runs on memory://",
-            ));
-        };
-        let log = log.clone();
+        let log = worker.transport.clone();
         let producer = worker.producer();
         let Clock::Virtual(clock) = clock else {
             return Err(Error::config(
@@ -147,20 +141,24 @@ impl TestApp {
 
     /// Every record now in a topic, partition by partition, in offset order.
     pub fn records(&self, topic: &str) -> Result<Vec<RawRecord>> {
-        let Some(partitions) = self.log.partitions(topic) else {
+        let Some(partitions) = self.log.partition_count(topic)? else {
             return Ok(Vec::new());
         };
         let name: Arc<str> = Arc::from(topic);
         let mut out = Vec::new();
         for p in 0..partitions {
-            out.extend(self.log.read(&name, p, 0, usize::MAX)?);
+            let (low, high) = self.log.watermarks(topic, p)?;
+            self.log.read_range(&name, p, low, high, &mut |batch| {
+                out.extend(batch);
+                Ok(())
+            })?;
         }
         Ok(out)
     }
 
     /// How many records a topic holds now (cheap: read from partition watermarks).
     pub fn count(&self, topic: &str) -> Result<usize> {
-        let Some(partitions) = self.log.partitions(topic) else {
+        let Some(partitions) = self.log.partition_count(topic)? else {
             return Ok(0);
         };
         let mut total = 0;

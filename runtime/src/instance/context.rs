@@ -13,9 +13,8 @@ use crate::base::metrics::AgentStats;
 use crate::base::record::Record;
 use crate::instance::position::Position;
 use crate::instance::table::TableCore;
-use crate::io::transport::delivery::Deliveries;
-use crate::io::transport::delivery::Outgoing;
-use crate::io::transport::{Pending, ProducerBackend};
+use crate::io::transport::{Deliveries, Outgoing};
+use crate::io::transport::{Log, Pending};
 
 tokio::task_local! {
     pub(crate) static CURRENT: Arc<Shared>;
@@ -30,7 +29,8 @@ pub(crate) struct Shared {
     pub(crate) agent: Arc<str>,
     /// Where the instance stands (what its tables and windows see of it).
     pub(crate) position: Arc<Position>,
-    pub(crate) producer: ProducerBackend,
+    /// The log sends go to.
+    pub(crate) log: Arc<dyn Log>,
     /// Sends since the last commit step (not yet durable), the per-topic counter of sends
     /// this instance last used, and the deliveries the step will wait for (Kafka).
     pub(crate) pending: Mutex<(
@@ -81,7 +81,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         agent: Arc<str>,
-        producer: ProducerBackend,
+        log: Arc<dyn Log>,
         stats: Arc<AgentStats>,
         tables: Vec<Arc<TableCore>>,
         config: &crate::base::config::Config,
@@ -89,7 +89,7 @@ impl Shared {
         Arc::new(Shared {
             position: Arc::new(Position::new(agent.clone(), config.clock.clone())),
             agent,
-            producer,
+            log,
             pending: Mutex::new((
                 Vec::new(),
                 crate::base::metrics::TopicCache::default(),
@@ -205,10 +205,7 @@ impl Shared {
 
     /// `messaging.system` of this worker's transport.
     pub(crate) fn messaging_system(&self) -> &'static str {
-        match self.producer {
-            ProducerBackend::Kafka(_) => "kafka",
-            ProducerBackend::Embedded(_) => "rill",
-        }
+        self.log.system()
     }
 
     /// Makes `span` the current record's span (entered at once if the agent is being polled
@@ -290,7 +287,7 @@ impl Shared {
                 );
             }
         }
-        if self.producer.buffers() {
+        if self.log.buffers() {
             // Held until the commit step: one lock, nothing to enqueue.
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let (list, cache, _) = &mut *guard;
@@ -305,18 +302,18 @@ impl Shared {
             .2
             .clone();
         let topic = record.topic.clone();
-        let pending = self.producer.enqueue(record, &batch).await?;
+        let pending = self.log.enqueue(record, &batch).await?;
         let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.add_to(&mut guard.0);
         self.count_out(&mut guard.1, &topic, counter);
         Ok(())
     }
 
-    /// Sends `value` at once when the worker produces to Kafka at-least-once: encoded into
-    /// this thread's reused buffer and enqueued in librdkafka, which copies it, so the send
-    /// allocates nothing of its own. False when that does not apply (the embedded log and
-    /// exactly-once hold records until the commit step; a record span adds a header) or
-    /// librdkafka's queue is full: the caller sends an owned record instead.
+    /// Sends `value` at once where the log does not buffer sends (Kafka at-least-once):
+    /// encoded into this thread's reused buffer and enqueued in the client, which copies it, so
+    /// the send allocates nothing of its own. False when that does not apply (the embedded log
+    /// and exactly-once hold records until the commit step; a record span adds a header) or the
+    /// client's queue is full: the caller sends an owned record instead.
     pub(crate) fn try_send_now<V: Record>(
         &self,
         topic: &str,
@@ -325,10 +322,7 @@ impl Shared {
         value: &V,
         counter: Option<&SendCounter>,
     ) -> Result<bool> {
-        let ProducerBackend::Kafka(kafka) = &self.producer else {
-            return Ok(false);
-        };
-        if kafka.txn.is_some() || crate::base::telemetry::active() {
+        if self.log.buffers() || crate::base::telemetry::active() {
             return Ok(false);
         }
         crate::base::codec::with_scratch(|buf| {
@@ -348,11 +342,11 @@ impl Shared {
             };
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             // Under the lock: the step that takes these sends waits for this batch.
-            if !kafka.try_enqueue(&out, &guard.2)? {
+            if !self.log.try_enqueue(&out, &guard.2)? {
                 return Ok(false);
             }
             let (list, cache, batch) = &mut *guard;
-            Pending::add_kafka(list, batch);
+            Pending::add_enqueued(list, batch);
             self.count_out(cache, topic, counter);
             Ok(true)
         })

@@ -11,8 +11,7 @@ use crate::base::error::{Error, Result};
 use crate::base::failure::{self, headers};
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::base::spec::{Internal, TopicSpec};
-use crate::instance::table::recovery::ChangelogReader;
-use crate::io::transport::Transport;
+use crate::io::transport::{Deliveries, Log};
 use crate::wiring::agent::AgentSpec;
 
 /// Newest errors `dlq list` shows per agent.
@@ -63,15 +62,12 @@ fn topic_of(spec: &AgentSpec, config: &Config) -> String {
     failure::dead_letter_topic(&config.app_id, spec.name(), spec.dead_letter.as_deref())
 }
 
-fn reader(transport: &Transport) -> ChangelogReader {
-    match transport {
-        Transport::Embedded(log) => ChangelogReader::Embedded(log.clone()),
-        Transport::Kafka(k) => ChangelogReader::Kafka(k.clone()),
-    }
-}
-
 /// Every record of a topic, partition by partition.
-async fn read_all(transport: &Transport, config: &Config, topic: &str) -> Result<Vec<RawRecord>> {
+async fn read_all(
+    transport: &Arc<dyn Log>,
+    config: &Config,
+    topic: &str,
+) -> Result<Vec<RawRecord>> {
     let spec = TopicSpec::internal(topic, Internal::DeadLetters, None, "dead letters");
     let partitions = transport
         .ensure_topics(std::slice::from_ref(&spec), config.partitions)
@@ -79,13 +75,13 @@ async fn read_all(transport: &Transport, config: &Config, topic: &str) -> Result
         .get(topic)
         .copied()
         .unwrap_or(config.partitions);
-    let reader = reader(transport);
+    let reader = transport.clone();
     let name: Arc<str> = Arc::from(topic);
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for p in 0..partitions {
             let (low, high) = reader.watermarks(&name, p)?;
-            reader.read(&name, p, low, high, &mut |batch| {
+            reader.read_range(&name, p, low, high, &mut |batch| {
                 out.extend(batch);
                 Ok(())
             })?;
@@ -111,7 +107,7 @@ fn failed_at(r: &RawRecord) -> i64 {
 pub(crate) async fn list(
     agents: &[AgentSpec],
     config: &Config,
-    transport: &Transport,
+    transport: &Arc<dyn Log>,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let io = |e| Error::io("writing to stdout", e);
@@ -186,19 +182,18 @@ fn selected(r: &RawRecord, selection: &Selection) -> bool {
 pub(crate) async fn replay(
     spec: &AgentSpec,
     config: &Config,
-    transport: &Transport,
+    transport: &Arc<dyn Log>,
     selection: &Selection,
 ) -> Result<usize> {
     let topic = topic_of(spec, config);
     let records = read_all(transport, config, &topic).await?;
-    let producer = transport.producer();
     let mut pending = Vec::new();
-    let batch = crate::io::transport::delivery::Deliveries::new();
+    let batch = Deliveries::new();
     for r in records.iter().filter(|r| selected(r, selection)) {
-        pending.push(producer.enqueue(replayed(r), &batch).await?);
+        pending.push(transport.enqueue(replayed(r), &batch).await?);
     }
     let n = pending.len();
-    producer.deliver(pending, "", &[]).await?;
+    transport.deliver(pending, "", &[], None, false).await?;
     tracing::info!(agent = spec.name(), dead_letter_topic = %topic, replayed = n, "replayed dead letters to their source topics");
     Ok(n)
 }

@@ -13,7 +13,7 @@ use crate::base::health::Health;
 use crate::base::message::now_millis;
 use crate::base::metrics::AgentStats;
 use crate::instance::table::TableDef;
-use crate::io::transport::{Router, Tp, Transport};
+use crate::io::transport::{GroupMember as Member, Log, Router, Tp};
 use crate::wiring::pipeline::{AgentPipeline, StoreCell};
 use crate::wiring::topology::Topology;
 use crate::wiring::web::api::{AgentStatus, Status, TableAnswer, WebBackend};
@@ -39,7 +39,7 @@ pub(crate) struct Observer {
     /// This worker's advertised web address, once bound.
     pub(crate) url: OnceLock<String>,
     pub(crate) health: Arc<Health>,
-    pub(crate) transport: Transport,
+    pub(crate) transport: Arc<dyn Log>,
     pub(crate) store: Arc<StoreCell>,
     pub(crate) topology: Topology,
     pub(crate) agents: RwLock<Vec<AgentView>>,
@@ -50,8 +50,6 @@ pub(crate) struct Observer {
     /// Consumer-group members (web address, assignment) by group, with when they were read.
     members: Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Member>)>>,
 }
-
-use crate::io::transport::kafka::GroupMember as Member;
 
 impl AgentView {
     /// The routers of the agent's consumers: its source's, and its repartition topic's once
@@ -82,7 +80,7 @@ impl Observer {
     pub(crate) fn new(
         app: &str,
         health: Arc<Health>,
-        transport: Transport,
+        transport: Arc<dyn Log>,
         store: Arc<StoreCell>,
         topology: Topology,
     ) -> Arc<Self> {
@@ -104,58 +102,36 @@ impl Observer {
         self.agents.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Consumer lag per owned partition of an agent: librdkafka's figures on Kafka; on the
-    /// embedded log, the partition's end minus the group's committed offset.
+    /// Consumer lag per owned partition of an agent (its source group's, and its repartition
+    /// group's), as the log tells it (`Log::lags`).
     fn lags(&self, agent: &AgentView) -> Vec<(Tp, i64)> {
         let mut lags = Vec::new();
         for (i, router) in agent.routers().iter().enumerate() {
-            match &self.transport {
-                Transport::Kafka(_) => lags.extend(
-                    router
-                        .lags
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .map(|(tp, l)| (tp.clone(), *l)),
-                ),
-                Transport::Embedded(log) => {
-                    let group = match (i, agent.pipeline.runtime_parts().0) {
-                        (0, _) | (_, None) => agent.group.clone(),
-                        (_, Some(r)) => r.group,
-                    };
-                    let owned = router
-                        .assignment
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
-                    lags.extend(owned.into_iter().filter_map(|(t, p)| {
-                        let (low, end) = log.watermarks(&t, p).ok()?;
-                        // Offsets retention removed are not lag.
-                        let next = log.committed(&group, &t, p).ok()?.unwrap_or(0).max(low);
-                        Some(((t, p), (end - next).max(0)))
-                    }));
-                }
-            }
+            let group = match (i, agent.pipeline.runtime_parts().0) {
+                (0, _) | (_, None) => agent.group.clone(),
+                (_, Some(r)) => r.group,
+            };
+            lags.extend(self.transport.lags(&group, router));
         }
         lags.sort();
         lags
     }
 
     /// The web address of the group member owning `topic`/`partition`, from the group's
-    /// membership (asked of the coordinator at most every 2 s per group; a blocking call).
+    /// membership (asked of the coordinator at most every 2 s per group; a blocking call);
+    /// `None` when the group has no members elsewhere (the embedded log's live in this process).
     fn owner_of(
         &self,
-        kafka: &crate::io::transport::kafka::KafkaTransport,
         group: &str,
         topic: &str,
         partition: i32,
-    ) -> crate::base::error::Result<Option<String>> {
+    ) -> crate::base::error::Result<Option<Option<String>>> {
         const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
         let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
         let members = match cache.get(group) {
             Some((at, members)) if at.elapsed() < FRESH => members.clone(),
             _ => {
-                let members = kafka.group_members(group)?;
+                let members = self.transport.group_members(group)?;
                 cache.insert(
                     group.to_owned(),
                     (std::time::Instant::now(), members.clone()),
@@ -163,12 +139,15 @@ impl Observer {
                 members
             }
         };
-        Ok(members.into_iter().find_map(|(url, tps)| {
+        if members.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(members.into_iter().find_map(|(url, tps)| {
             tps.iter()
                 .any(|(t, p)| t == topic && *p == partition)
                 .then_some(url)
                 .flatten()
-        }))
+        })))
     }
 
     /// Tables of an agent: declared ones and window tables built so far.
@@ -392,20 +371,18 @@ impl Observer {
                 family.encode_family(&labels)?.encode_gauge(&v)?;
             }
         }
-        if let Transport::Kafka(k) = &self.transport
-            && let Some(txn) = &k.txn
-        {
+        if let Some((committed, aborted)) = self.transport.transactions() {
             let mut family = e.encode_descriptor(
                 "rill_transactions",
                 "Exactly-once transactions of this worker, by outcome (aborted: nothing of it is visible)",
                 None,
                 MetricType::Counter,
             )?;
-            for (outcome, c) in [("committed", &txn.committed), ("aborted", &txn.aborted)] {
+            for (outcome, n) in [("committed", committed), ("aborted", aborted)] {
                 let labels = [("outcome", outcome)];
                 family
                     .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&load(c), None)?;
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
         let mut family = e.encode_descriptor(
@@ -581,13 +558,11 @@ impl WebBackend for Observer {
                 Err(e) => TableAnswer::Unavailable(e.to_string()),
             };
         }
-        let Transport::Kafka(kafka) = &self.transport else {
-            return TableAnswer::Unavailable(format!(
+        match self.owner_of(&group, &topic, partition) {
+            Ok(None) => TableAnswer::Unavailable(format!(
                 "partition {partition} of table `{table}` is not assigned to this worker yet"
-            ));
-        };
-        match self.owner_of(kafka, &group, &topic, partition) {
-            Ok(Some(url)) if Some(&url) != self.url.get() => TableAnswer::Elsewhere(url),
+            )),
+            Ok(Some(Some(url))) if Some(&url) != self.url.get() => TableAnswer::Elsewhere(url),
             Ok(_) => TableAnswer::Unavailable(format!(
                 "no worker with a web server owns partition {partition} of `{topic}` right now (rebalancing?)"
             )),

@@ -33,9 +33,9 @@ use crate::instance::context::{CURRENT, Shared};
 use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
 use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
 use crate::instance::table::TableDef;
-use crate::instance::table::recovery::ChangelogReader;
 use crate::io::store::TableStore;
-use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router, Transport};
+use crate::io::transport::Log;
+use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
 use futures::future::BoxFuture;
 
 /// Threads, tasks and stop channels a worker must wind down, including those created after
@@ -65,7 +65,7 @@ struct Repartition {
     group: Arc<str>,
     /// The repartition fetcher's router (its assignment decides where the agent's tables live).
     router: Arc<Router>,
-    committer: Committer,
+    committer: Arc<dyn Committer>,
     receivers: Mutex<Vec<Option<Receivers>>>,
 }
 
@@ -80,7 +80,7 @@ pub(crate) struct Repartitioned {
 pub(crate) struct AgentPipeline {
     pub(crate) app_id: String,
     pub(crate) agent: Arc<str>,
-    pub(crate) transport: Transport,
+    pub(crate) transport: Arc<dyn Log>,
     pub(crate) config: Config,
     pub(crate) instances: usize,
     pub(crate) source_partitions: i32,
@@ -89,7 +89,7 @@ pub(crate) struct AgentPipeline {
     /// The worker's table store (opened on first use) and where changelogs are read from:
     /// windows built inside the agent create their tables here.
     pub(crate) store: Arc<StoreCell>,
-    pub(crate) reader: ChangelogReader,
+    pub(crate) reader: Arc<dyn Log>,
     repartition: OnceLock<std::result::Result<Repartition, String>>,
     windows: Mutex<HashMap<String, Arc<TableDef>>>,
     /// Set when a window is built on the repartitioned stream: pumps then carry watermarks.
@@ -153,14 +153,14 @@ impl AgentPipeline {
     pub(crate) fn new(
         app_id: &str,
         agent: Arc<str>,
-        transport: Transport,
+        transport: Arc<dyn Log>,
         config: Config,
         instances: usize,
         source_partitions: i32,
         stop: Arc<AtomicBool>,
         registry: Arc<Registry>,
         store: Arc<StoreCell>,
-        reader: ChangelogReader,
+        reader: Arc<dyn Log>,
     ) -> Arc<Self> {
         Arc::new(AgentPipeline {
             app_id: app_id.to_owned(),
@@ -297,7 +297,7 @@ impl AgentPipeline {
         let policy = source.policy().clone();
         let pump_shared = Shared::new(
             self.agent.clone(),
-            shared.producer.clone(),
+            shared.log.clone(),
             Arc::new(AgentStats::default()),
             Vec::new(),
             &self.config,
@@ -470,7 +470,7 @@ impl AgentSetup for AgentPipeline {
         self.source_partitions
     }
 
-    fn changelogs(&self) -> ChangelogReader {
+    fn changelogs(&self) -> Arc<dyn Log> {
         self.reader.clone()
     }
 

@@ -10,8 +10,7 @@ use crate::base::message::OutRecord;
 use crate::base::message::encode_out;
 use crate::base::record::Record;
 use crate::instance::context::current_event_time;
-use crate::io::transport::delivery::Deliveries;
-use crate::io::transport::{Pending, ProducerBackend};
+use crate::io::transport::{Deliveries, Log, Pending};
 use crate::ops::topic::Topic;
 
 /// Buffered sends (embedded log, exactly-once) flushed without waiting for `flush`.
@@ -20,22 +19,22 @@ const AUTO_FLUSH: usize = 10_000;
 /// Sends records from outside agents.
 #[derive(Clone)]
 pub struct Producer {
-    backend: ProducerBackend,
+    log: Arc<dyn Log>,
     /// Sends since the last flush, with the deliveries they are counted in (Kafka).
     pending: Arc<Mutex<(Vec<Pending>, Arc<Deliveries>)>>,
 }
 
 impl Producer {
-    pub(crate) fn new(backend: ProducerBackend) -> Self {
+    pub(crate) fn new(log: Arc<dyn Log>) -> Self {
         Producer {
-            backend,
+            log,
             pending: Arc::new(Mutex::new((Vec::new(), Deliveries::new()))),
         }
     }
 
     /// True when the worker runs on Kafka (examples generate input only when it does not).
     pub fn is_kafka(&self) -> bool {
-        matches!(self.backend, ProducerBackend::Kafka(_))
+        self.log.system() == "kafka"
     }
 
     /// Sends a value keyed by its `#[record(key)]` field.
@@ -87,7 +86,7 @@ impl Producer {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .clone();
-        let pending = self.backend.enqueue(record, &batch).await?;
+        let pending = self.log.enqueue(record, &batch).await?;
         let len = {
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.add_to(&mut guard.0);
@@ -109,7 +108,10 @@ impl Producer {
         if pending.is_empty() {
             return Ok(());
         }
-        self.backend.deliver(pending, "", &[]).await.map(|_| ())
+        self.log
+            .deliver(pending, "", &[], None, false)
+            .await
+            .map(|_| ())
     }
 }
 

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::base::config::{Broker, Config};
+use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind, Policy};
 use crate::base::metrics::AgentStats;
@@ -19,11 +19,10 @@ use crate::base::spec::{Internal, TopicSpec, check_types};
 use crate::instance::context::{CURRENT, Shared};
 use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
 use crate::instance::table::global::{self, GlobalDef};
-use crate::instance::table::recovery::{ChangelogReader, Recovery};
+use crate::instance::table::recovery::Recovery;
 use crate::instance::table::{TableCore, TableDef, changelog_topic};
-use crate::io::transport::embedded::EmbeddedLog;
-use crate::io::transport::kafka::KafkaTransport;
-use crate::io::transport::{InstanceTx, Router, Transport};
+use crate::io::transport::Log;
+use crate::io::transport::{InstanceTx, Router};
 use crate::wiring::agent::{AgentContext, AgentSpec, RunFn};
 use crate::wiring::observe::{AgentView, Collector, Observer};
 use crate::wiring::pipeline::{AgentPipeline, PUMP_GRACE, Registry, StoreCell};
@@ -35,20 +34,9 @@ const QUEUE_BATCHES: usize = 4;
 
 pub(crate) type TaskFn = Box<dyn FnOnce(Producer) -> BoxFuture<'static, Result<()>> + Send>;
 
-/// Opens the configured transport.
-pub(crate) fn open_transport(config: &Config) -> Result<Transport> {
-    Ok(match &config.broker {
-        Broker::Embedded => Transport::Embedded(EmbeddedLog::open(config, false)?),
-        Broker::Memory => Transport::Embedded(EmbeddedLog::open(config, true)?),
-        Broker::Kafka { bootstrap } => {
-            Transport::Kafka(KafkaTransport::connect(config, bootstrap)?)
-        }
-    })
-}
-
 /// A running worker.
 pub struct Worker {
-    pub(crate) transport: Transport,
+    pub(crate) transport: Arc<dyn Log>,
     stop: Arc<AtomicBool>,
     registry: Arc<Registry>,
     agents: JoinSet<(String, Result<()>)>,
@@ -65,7 +53,7 @@ pub struct Worker {
 impl Worker {
     pub(crate) async fn start(
         config: &Config,
-        transport: Transport,
+        transport: Arc<dyn Log>,
         agents: Vec<AgentSpec>,
         topics: Vec<TopicSpec>,
         tasks: Vec<TaskFn>,
@@ -97,10 +85,7 @@ impl Worker {
             }
         }
         let store = StoreCell::new(config);
-        let health = match &transport {
-            Transport::Kafka(k) => k.health.clone(),
-            Transport::Embedded(_) => Arc::new(crate::base::health::Health::default()),
-        };
+        let health = transport.health();
         let topology = Topology::from_specs(&config.app_id, &agents, config.on_error);
         let observer = Observer::new(
             &config.app_id,
@@ -120,13 +105,11 @@ impl Worker {
                     .web_advertise
                     .clone()
                     .unwrap_or_else(|| format!("http://{}", server.addr));
-                if let Transport::Kafka(k) = &transport {
-                    if config.web_advertise.is_none()
-                        && (server.addr.ip().is_loopback() || server.addr.ip().is_unspecified())
-                    {
-                        tracing::warn!(%url, "workers on other hosts cannot reach this address to answer table queries; set RILL_WEB_ADVERTISE (e.g. http://<this-host>:<port>) and RILL_WEB_BIND");
-                    }
-                    let _ = k.web_url.set(url.clone());
+                if transport.advertise_web(&url)
+                    && config.web_advertise.is_none()
+                    && (server.addr.ip().is_loopback() || server.addr.ip().is_unspecified())
+                {
+                    tracing::warn!(%url, "workers on other hosts cannot reach this address to answer table queries; set RILL_WEB_ADVERTISE (e.g. http://<this-host>:<port>) and RILL_WEB_BIND");
                 }
                 let _ = observer.url.set(url);
                 Some(server)
@@ -147,14 +130,14 @@ impl Worker {
             tokio::task::spawn_blocking(move || global::start(globals, reader, global_stop))
                 .await
                 .map_err(|e| Error::Shutdown(format!("global tables: {e}")))??;
-        let producer_backend = transport.producer();
+        let log = transport.clone();
         let mut worker = Worker {
             transport: transport.clone(),
             stop: stop.clone(),
             registry: Arc::new(Registry::default()),
             agents: JoinSet::new(),
             tasks: JoinSet::new(),
-            producer: Producer::new(producer_backend.clone()),
+            producer: Producer::new(log.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
             tables: store.clone(),
@@ -276,13 +259,7 @@ impl Worker {
             for (instance, (data, ctrl)) in rxs.into_iter().enumerate() {
                 let stop_rx = worker.registry.stop_channel();
                 let cores = defs.iter().map(|d| TableCore::new(d.clone())).collect();
-                let shared = Shared::new(
-                    agent.clone(),
-                    producer_backend.clone(),
-                    stats.clone(),
-                    cores,
-                    config,
-                );
+                let shared = Shared::new(agent.clone(), log.clone(), stats.clone(), cores, config);
                 let core = StreamCore::new(CoreParts {
                     data,
                     ctrl,
@@ -323,10 +300,7 @@ impl Worker {
 
     /// Whether the worker reaches its broker (always, on the embedded log).
     pub fn health(&self) -> Arc<crate::base::health::Health> {
-        match &self.transport {
-            Transport::Kafka(k) => k.health.clone(),
-            Transport::Embedded(_) => Arc::new(crate::base::health::Health::default()),
-        }
+        self.transport.health()
     }
 
     /// The address the web server listens on (`None`: no web server, see `Config::web_port`).
@@ -455,12 +429,10 @@ impl Worker {
         if let Some(web) = self.web.take() {
             web.shutdown().await;
         }
-        if let Transport::Kafka(k) = &self.transport {
-            let k = k.clone();
-            tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(30)))
-                .await
-                .map_err(|e| Error::Shutdown(format!("producer flush: {e}")))??;
-        }
+        let log = self.transport.clone();
+        tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| Error::Shutdown(format!("producer flush: {e}")))??;
         tracing::info!("worker stopped");
         first_error.map_or(Ok(()), Err)
     }
@@ -508,21 +480,18 @@ fn check_copartitioned(
 struct TableSetup {
     defs: Vec<(String, Arc<TableDef>)>,
     globals: Vec<Arc<GlobalDef>>,
-    reader: ChangelogReader,
+    reader: Arc<dyn Log>,
 }
 
 impl TableSetup {
     async fn prepare(
         config: &Config,
-        transport: &Transport,
+        transport: &Arc<dyn Log>,
         agents: &[AgentSpec],
         partitions: &HashMap<String, i32>,
         store: &StoreCell,
     ) -> Result<Self> {
-        let reader = match transport {
-            Transport::Embedded(log) => ChangelogReader::Embedded(log.clone()),
-            Transport::Kafka(k) => ChangelogReader::Kafka(k.clone()),
-        };
+        let reader = transport.clone();
         let mut defs = Vec::new();
         if agents
             .iter()

@@ -27,9 +27,10 @@ use crate::instance::context::Shared;
 pub(crate) mod setup;
 
 use crate::instance::record_loop::setup::AgentSetup;
-use crate::instance::table::recovery::{ChangelogReader, Recovery};
+use crate::instance::table::recovery::Recovery;
 use crate::instance::table::{TableCore, TableDef};
-use crate::io::transport::{Batch, Committer, Control, Tp};
+use crate::io::transport::Log;
+use crate::io::transport::{Batch, Committer, Control, Deliveries, StoredWithSends, Tp};
 
 /// Buffered sends (embedded log, exactly-once) that trigger a commit before the interval
 /// ends, bounding memory. Kafka's at-least-once sends are in librdkafka's queue, bounded by
@@ -66,7 +67,7 @@ pub(crate) struct StreamCore {
     done: Done,
     pub(crate) shared: Arc<Shared>,
     group: Arc<str>,
-    committer: Committer,
+    committer: Arc<dyn Committer>,
     interval: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     committing: Option<Commit>,
@@ -180,7 +181,7 @@ pub(crate) struct CoreParts {
     pub(crate) stop: mpsc::UnboundedReceiver<Stop>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) group: Arc<str>,
-    pub(crate) committer: Committer,
+    pub(crate) committer: Arc<dyn Committer>,
     pub(crate) interval: Duration,
     pub(crate) recovery: Option<Arc<Recovery>>,
     pub(crate) instance: usize,
@@ -258,7 +259,7 @@ impl StreamCore {
             stop: mpsc::unbounded_channel().1,
             shared,
             group: Arc::from(""),
-            committer: Committer::Embedded,
+            committer: Arc::new(StoredWithSends),
             interval: Duration::from_secs(3600),
             recovery: None,
             instance: 0,
@@ -306,11 +307,7 @@ impl StreamCore {
     /// Adds a table built after start (a window's state) to this instance. Its partitions
     /// recover with the others when the stream takes its first assignment, so it must be
     /// added before the stream is first polled.
-    pub(crate) fn add_table(
-        &mut self,
-        def: Arc<TableDef>,
-        reader: ChangelogReader,
-    ) -> Arc<TableCore> {
+    pub(crate) fn add_table(&mut self, def: Arc<TableDef>, reader: Arc<dyn Log>) -> Arc<TableCore> {
         if let Some(existing) = self
             .shared
             .tables()
@@ -383,7 +380,7 @@ impl StreamCore {
                 tables.push((core.def.clone(), puts));
             }
         }
-        let producer = self.shared.producer.clone();
+        let log = self.shared.log.clone();
         let committer = self.committer.clone();
         let group = self.group.clone();
         let on_tick = std::mem::take(&mut self.on_tick);
@@ -408,12 +405,12 @@ impl StreamCore {
                 }
                 let started = std::time::Instant::now();
                 let mut pending = pending;
-                let batch = crate::io::transport::delivery::Deliveries::new();
+                let batch = Deliveries::new();
                 for record in changelog {
-                    pending.push(producer.enqueue(record, &batch).await?);
+                    pending.push(log.enqueue(record, &batch).await?);
                 }
-                let produced = producer
-                    .deliver_in(pending, &group, &offsets, Some(&committer), on_tick)
+                let produced = log
+                    .deliver(pending, &group, &offsets, Some(&*committer), on_tick)
                     .await?;
                 if let Some((def, _)) = tables.first() {
                     let store = def.store.clone();
@@ -432,7 +429,7 @@ impl StreamCore {
                     .await
                     .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
                 }
-                producer.commit_offsets(&committer, offsets).await?;
+                committer.commit_offsets(offsets).await?;
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.commit_latency.observe(started.elapsed());
                 Ok(())
@@ -452,7 +449,7 @@ impl StreamCore {
     /// (`transport::txn` gathers them); otherwise an interval from now.
     fn next_deadline(&self) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
-        let transactional = matches!(&self.committer, Committer::Kafka(k) if k.transactional);
+        let transactional = self.committer.transactional();
         if !transactional || self.interval.is_zero() {
             return now + self.interval;
         }
@@ -779,9 +776,7 @@ impl StreamCore {
         self.batch_caught_up.clear();
         self.shared.position.clear_batch_partitions();
         self.rewinding = true;
-        if let Committer::Kafka(c) = &self.committer {
-            c.request_rewind();
-        }
+        self.committer.request_rewind();
     }
 
     /// Records handed out so far count as finished (the agent is done with them).

@@ -13,7 +13,7 @@ use crate::base::message::RawRecord;
 use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::StreamCore;
 use crate::instance::table::TableDef;
-use crate::instance::table::recovery::ChangelogReader;
+use crate::io::transport::Log;
 
 /// Computes a record's new key and its event time (when the record has one).
 pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
@@ -30,7 +30,7 @@ pub(crate) trait AgentSetup: Send + Sync {
     fn source_partitions(&self) -> i32;
 
     /// Where the instance's tables read their changelogs.
-    fn changelogs(&self) -> ChangelogReader;
+    fn changelogs(&self) -> Arc<dyn Log>;
 
     /// The table of a window (or join) named `name` of this agent, created with its changelog
     /// topic on first use and shared by the agent's instances.

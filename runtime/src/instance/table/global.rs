@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::recovery::ChangelogReader;
 use crate::io::store::TableStore;
+use crate::io::transport::Log;
 
 /// Store partition that holds every entry of a global table.
 const DATA_PARTITION: i32 = 0;
@@ -42,7 +42,7 @@ impl GlobalDef {
     }
 
     /// Reads every partition up to `until` (its end when called), applying records to the store.
-    fn catch_up(&self, reader: &ChangelogReader, until: &[i64]) -> Result<u64> {
+    fn catch_up(&self, reader: &Arc<dyn Log>, until: &[i64]) -> Result<u64> {
         let mut applied = 0u64;
         for p in 0..self.partitions {
             let mut meta = self.store.meta(&self.name, p)?.unwrap_or_default();
@@ -50,7 +50,7 @@ impl GlobalDef {
             meta.changelog = meta.changelog.max(low);
             let end = until[p as usize];
             let name = self.name.clone();
-            reader.read(&self.topic, p, meta.changelog, end, &mut |batch| {
+            reader.read_range(&self.topic, p, meta.changelog, end, &mut |batch| {
                 let Some(last) = batch.last() else {
                     return Ok(());
                 };
@@ -69,7 +69,7 @@ impl GlobalDef {
         Ok(applied)
     }
 
-    fn ends(&self, reader: &ChangelogReader) -> Result<Vec<i64>> {
+    fn ends(&self, reader: &Arc<dyn Log>) -> Result<Vec<i64>> {
         (0..self.partitions)
             .map(|p| reader.watermarks(&self.topic, p).map(|(_, high)| high))
             .collect()
@@ -80,7 +80,7 @@ impl GlobalDef {
 /// keeps them current on a thread until `stop`.
 pub(crate) fn start(
     defs: Vec<Arc<GlobalDef>>,
-    reader: ChangelogReader,
+    reader: Arc<dyn Log>,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
     if defs.is_empty() {

@@ -12,56 +12,12 @@ use super::TableDef;
 use crate::base::error::Result;
 use crate::base::message::RawRecord;
 use crate::io::store::{PartitionMeta, PartitionWrites, Puts};
-use crate::io::transport::Tp;
-use crate::io::transport::embedded::EmbeddedLog;
-use crate::io::transport::kafka::KafkaTransport;
-
-/// Records applied per LMDB transaction during recovery.
-const BATCH: usize = 10_000;
-
-/// Where changelogs are read from.
-#[derive(Clone)]
-pub(crate) enum ChangelogReader {
-    Embedded(Arc<EmbeddedLog>),
-    Kafka(Arc<KafkaTransport>),
-}
-
-impl ChangelogReader {
-    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        match self {
-            ChangelogReader::Embedded(log) => log.watermarks(topic, partition),
-            ChangelogReader::Kafka(k) => k.watermarks(topic, partition),
-        }
-    }
-
-    pub(crate) fn read(
-        &self,
-        topic: &Arc<str>,
-        partition: i32,
-        from: i64,
-        until: i64,
-        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
-    ) -> Result<()> {
-        match self {
-            ChangelogReader::Embedded(log) => {
-                let mut next = from;
-                while next < until {
-                    let batch = log.read(topic, partition, next, BATCH)?;
-                    let Some(last) = batch.last() else { break };
-                    next = last.offset + 1;
-                    f(batch)?;
-                }
-                Ok(())
-            }
-            ChangelogReader::Kafka(k) => k.read_range(topic, partition, from, until, BATCH, f),
-        }
-    }
-}
+use crate::io::transport::{Log, Tp};
 
 /// The tables of one agent and where to read their changelogs.
 pub(crate) struct Recovery {
     pub(crate) tables: Vec<Arc<TableDef>>,
-    pub(crate) reader: ChangelogReader,
+    pub(crate) reader: Arc<dyn Log>,
     pub(crate) stats: Arc<crate::base::metrics::AgentStats>,
 }
 
@@ -132,7 +88,7 @@ impl Recovery {
         let mut last_report = Instant::now();
         let mut done = 0i64;
         let name = def.name.clone();
-        self.reader.read(
+        self.reader.read_range(
             &def.changelog,
             partition,
             meta.changelog,

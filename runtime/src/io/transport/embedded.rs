@@ -23,11 +23,14 @@ use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, PutFlags, RwTxn, WithoutTls};
 
-use super::{Router, Tp};
+use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
+use crate::base::health::Health;
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::base::partitioner::partition_for_key;
+use crate::base::spec::TopicSpec;
+use futures::future::BoxFuture;
 
 type PartDb = Database<U64<BigEndian>, Bytes>;
 
@@ -44,6 +47,8 @@ struct TopicMeta {
 
 /// The embedded log.
 pub(crate) struct EmbeddedLog {
+    /// Itself, for the fetcher threads and writer tasks it starts.
+    me: std::sync::Weak<EmbeddedLog>,
     env: Env<WithoutTls>,
     path: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -95,7 +100,8 @@ impl EmbeddedLog {
             .create_database(&mut wtxn, Some("offsets"))
             .map_err(storage("creating `offsets`"))?;
         wtxn.commit().map_err(storage("committing"))?;
-        let log = EmbeddedLog {
+        let log = Arc::new_cyclic(|me| EmbeddedLog {
+            me: me.clone(),
             env,
             path,
             _temp: temp,
@@ -116,9 +122,15 @@ impl EmbeddedLog {
             changed: Condvar::new(),
             groups: Mutex::new(HashMap::new()),
             spread: AtomicU32::new(0),
-        };
+        });
         log.reload_topics()?;
-        Ok(Arc::new(log))
+        Ok(log)
+    }
+
+    fn arc(&self) -> Result<Arc<EmbeddedLog>> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| Error::Shutdown("the embedded log is closed".into()))
     }
 
     /// The error of a failed LMDB call, built only when it fails.
@@ -832,6 +844,159 @@ fn decode_record(topic: &Arc<str>, partition: i32, offset: i64, bytes: &bytes::B
         value,
         timestamp: Some(timestamp),
         headers,
+    }
+}
+
+impl Log for EmbeddedLog {
+    fn system(&self) -> &'static str {
+        "rill"
+    }
+
+    fn health(&self) -> Arc<Health> {
+        Arc::new(Health::default())
+    }
+
+    fn ensure_topics<'a>(
+        &'a self,
+        specs: &'a [TopicSpec],
+        default_partitions: i32,
+    ) -> BoxFuture<'a, Result<HashMap<String, i32>>> {
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            for spec in specs {
+                let n = self.ensure_topic_with(
+                    &spec.name,
+                    spec.partitions.unwrap_or(default_partitions),
+                    spec.compacted,
+                )?;
+                // No topic configs to check here beyond compaction, which the log keeps as
+                // created.
+                spec.check_existing(n, None)?;
+                out.insert(spec.name.clone(), n);
+            }
+            Ok(out)
+        })
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<Option<i32>> {
+        Ok(self.partitions(topic))
+    }
+
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        EmbeddedLog::watermarks(self, topic, partition)
+    }
+
+    fn read_range(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()> {
+        let mut next = from;
+        while next < until {
+            let batch = self.read(topic, partition, next, super::READ_BATCH)?;
+            let Some(last) = batch.last() else { break };
+            next = last.offset + 1;
+            f(batch)?;
+        }
+        Ok(())
+    }
+
+    fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        EmbeddedLog::committed(self, group, topic, partition)
+    }
+
+    fn start_fetcher(
+        &self,
+        group: &str,
+        topics: Vec<String>,
+        router: Arc<Router>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
+        let thread = spawn_fetcher(self.arc()?, group, topics, router, stop)?;
+        Ok((Arc::new(super::StoredWithSends), thread))
+    }
+
+    fn lags(&self, group: &str, router: &Router) -> Vec<(Tp, i64)> {
+        let owned = router
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        owned
+            .into_iter()
+            .filter_map(|(t, p)| {
+                let (low, end) = EmbeddedLog::watermarks(self, &t, p).ok()?;
+                // Offsets retention removed are not lag.
+                let next = EmbeddedLog::committed(self, group, &t, p)
+                    .ok()?
+                    .unwrap_or(0)
+                    .max(low);
+                Some(((t, p), (end - next).max(0)))
+            })
+            .collect()
+    }
+
+    fn group_members(&self, _group: &str) -> Result<Vec<GroupMember>> {
+        Ok(Vec::new())
+    }
+
+    fn buffers(&self) -> bool {
+        true
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        record: OutRecord,
+        _batch: &'a Arc<Deliveries>,
+    ) -> BoxFuture<'a, Result<Pending>> {
+        Box::pin(std::future::ready(Ok(Pending::Buffered(record))))
+    }
+
+    fn try_enqueue(&self, _record: &Outgoing<'_>, _batch: &Arc<Deliveries>) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        pending: Vec<Pending>,
+        group: &'a str,
+        offsets: &'a [(Tp, i64)],
+        _committer: Option<&'a dyn Committer>,
+        _on_tick: bool,
+    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+        Box::pin(async move {
+            let records = pending
+                .into_iter()
+                .filter_map(|p| match p {
+                    Pending::Buffered(r) => Some(r),
+                    Pending::Enqueued(..) => None,
+                })
+                .collect::<Vec<_>>();
+            let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets.to_vec()));
+            let log = self.arc()?;
+            let (appended, records) = tokio::task::spawn_blocking(move || {
+                let appended = log.append(&records, offsets);
+                (appended, records)
+            })
+            .await
+            .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?;
+            // Freed here, on the thread that allocated them (most likely): freeing them on the
+            // writer thread contended for the allocator's arena lock with the agent's
+            // allocations.
+            drop(records);
+            appended
+        })
+    }
+
+    fn flush(&self, _timeout: Duration) -> Result<()> {
+        Ok(())
+    }
+
+    fn transactions(&self) -> Option<(u64, u64)> {
+        None
     }
 }
 

@@ -30,12 +30,13 @@ use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Router, Tp, delivery};
+use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp, delivery};
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
+use futures::future::BoxFuture;
 
 const FETCH_MAX: usize = 2000;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,62 +149,6 @@ impl KafkaTransport {
         }))
     }
 
-    /// The members of a consumer group: each one's advertised web address (from its
-    /// `client.id`; only `http://` and `https://` addresses are taken) and its assignment.
-    /// Blocking.
-    pub(crate) fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        let groups = self
-            .producer
-            .client()
-            .fetch_group_list(Some(group), Duration::from_secs(5))
-            .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
-        Ok(groups
-            .groups()
-            .iter()
-            .flat_map(|g| g.members())
-            .map(|m| {
-                let url = m
-                    .client_id()
-                    .split_once(";web=")
-                    .map(|(_, url)| url.to_owned())
-                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-                let tps = m
-                    .assignment()
-                    .and_then(parse_assignment)
-                    .unwrap_or_default();
-                (url, tps)
-            })
-            .collect())
-    }
-
-    /// Enqueues a record in librdkafka, waiting while its queue is full.
-    pub(crate) async fn enqueue(
-        &self,
-        r: OutRecord,
-        batch: &Arc<delivery::Deliveries>,
-    ) -> Result<()> {
-        delivery::produce(&self.producer, &r, batch)
-            .await
-            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
-    }
-
-    /// Enqueues a borrowed record in librdkafka at once; `Ok(false)` while its queue is full.
-    pub(crate) fn try_enqueue(
-        &self,
-        r: &delivery::Outgoing<'_>,
-        batch: &Arc<delivery::Deliveries>,
-    ) -> Result<bool> {
-        delivery::try_produce(&self.producer, r, batch)
-            .map_err(|e| Error::kafka(format!("producing to `{}`", r.topic), e))
-    }
-
-    /// Waits until everything enqueued was delivered (shutdown).
-    pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| Error::kafka("flushing the producer", e))
-    }
-
     /// Partition count of each topic, or `None` when it does not exist.
     pub(crate) fn partition_counts(
         &self,
@@ -233,7 +178,7 @@ impl KafkaTransport {
 
     /// Creates the topics that do not exist yet and checks the existing ones rill owns
     /// (`TopicSpec::check_existing`); returns every topic's partition count.
-    pub(crate) async fn ensure_topics(
+    async fn ensure_topics_checked(
         &self,
         specs: &[TopicSpec],
         default_partitions: i32,
@@ -373,132 +318,6 @@ impl KafkaTransport {
             }
         }
         Some(out)
-    }
-
-    /// Log start and end offsets of a partition.
-    /// First and next offset of a partition (blocking). A topic created a moment ago (a window's
-    /// or join's changelog, created when the agent builds it) may have no leader yet: those
-    /// answers are retried for up to 30 s.
-    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        use rdkafka::types::RDKafkaErrorCode as Code;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .producer
-                .client()
-                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            {
-                Ok(marks) => return Ok(marks),
-                Err(e)
-                    if matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            Code::NotLeaderForPartition
-                                | Code::LeaderNotAvailable
-                                | Code::UnknownTopicOrPartition
-                                | Code::UnknownPartition
-                        )
-                    ) && std::time::Instant::now() < deadline =>
-                {
-                    tracing::debug!(topic, partition, error = %e, "no leader yet; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(Error::kafka(
-                        format!("reading the offsets of {topic}[{partition}]"),
-                        e,
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
-    pub(crate) fn read_range(
-        &self,
-        topic: &Arc<str>,
-        partition: i32,
-        from: i64,
-        until: i64,
-        batch_size: usize,
-        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
-    ) -> Result<()> {
-        if from >= until {
-            return Ok(());
-        }
-        let mut config = self.base.clone();
-        config
-            .set("group.id", "rill-restore")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            // A changelog tail of transaction markers only returns nothing: do not let the
-            // broker hold each empty fetch for its default 500 ms.
-            .set("fetch.wait.max.ms", "20");
-        prefetch_defaults(&mut config);
-        let consumer: BaseConsumer<LogContext> = config
-            .create_with_context(LogContext)
-            .map_err(|e| Error::kafka("creating a restore consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-            .map_err(|e| Error::kafka("building a restore assignment", e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka(format!("assigning {topic}[{partition}]"), e))?;
-        let mut batch = Vec::with_capacity(batch_size.min(100_000));
-        let mut last_progress = std::time::Instant::now();
-        loop {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    last_progress = std::time::Instant::now();
-                    let offset = m.offset();
-                    batch.push(RawRecord {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                        key: m.key().map(Bytes::copy_from_slice),
-                        value: m.payload().map(Bytes::copy_from_slice),
-                        timestamp: m.timestamp().to_millis(),
-                        headers: Headers::default(),
-                    });
-                    let finished = offset + 1 >= until;
-                    if batch.len() >= batch_size || finished {
-                        f(std::mem::take(&mut batch))?;
-                    }
-                    if finished {
-                        return Ok(());
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(Error::kafka(format!("reading {topic}[{partition}]"), e));
-                }
-                None => {
-                    if !batch.is_empty() {
-                        f(std::mem::take(&mut batch))?;
-                    }
-                    // Compaction or aborted transactions can leave the end offset unreachable.
-                    let (_, high) = self.watermarks(topic, partition)?;
-                    let position = consumer
-                        .position()
-                        .ok()
-                        .and_then(|tpl| {
-                            tpl.find_partition(topic, partition)
-                                .and_then(|e| e.offset().to_raw())
-                        })
-                        .unwrap_or(from);
-                    if position >= until.min(high) {
-                        return Ok(());
-                    }
-                    if last_progress.elapsed() > Duration::from_secs(60) {
-                        return Err(Error::Shutdown(format!(
-                            "reading {topic}[{partition}] made no progress for 60 s at offset {position} (end {until})"
-                        )));
-                    }
-                }
-            }
-        }
     }
 
     /// Subscribes a consumer for one agent's group and polls it on a thread.
@@ -919,7 +738,7 @@ impl ConsumerContext for FetchContext {
 /// Commits an agent group's offsets.
 pub(crate) struct KafkaCommitter {
     /// Exactly-once: offsets go in the commit step's transaction instead.
-    pub(crate) transactional: bool,
+    transactional: bool,
     router: Arc<Router>,
     consumer: Arc<BaseConsumer<FetchContext>>,
     group: String,
@@ -931,24 +750,11 @@ pub(crate) struct KafkaCommitter {
 }
 
 impl KafkaCommitter {
-    /// See `Committer::purge_consumed`.
-    pub(crate) fn purge_consumed(&self, interval: Duration) {
-        let _ = self.purger.set(Arc::new(super::purge::Purger::new(
-            self.admin.clone(),
-            interval,
-        )));
-    }
-
     /// Offsets this group just committed (for purging).
     pub(crate) fn committed(&self, offsets: &[(Tp, i64)]) {
         if let Some(purger) = self.purger.get() {
             purger.committed(offsets);
         }
-    }
-
-    /// After an aborted transaction: the fetcher goes back to the committed offsets.
-    pub(crate) fn request_rewind(&self) {
-        self.router.rewind.store(true, Ordering::Release);
     }
 
     /// The consumer's group metadata, which fences a zombie's transactional offset commits.
@@ -1046,9 +852,6 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// A consumer group member: its advertised web address and its topic-partitions.
-pub(crate) type GroupMember = (Option<String>, Vec<(String, i32)>);
-
 /// The worker's `transactional.id`: stable across restarts of one worker (so a restart
 /// fences its previous incarnation and aborts its open transaction), distinct between workers:
 /// `RILL_WORKER_ID`, else derived from the data directory.
@@ -1112,6 +915,385 @@ pub(crate) async fn send_record(
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+impl Log for KafkaTransport {
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    fn advertise_web(&self, url: &str) -> bool {
+        let _ = self.web_url.set(url.to_owned());
+        true
+    }
+
+    fn ensure_topics<'a>(
+        &'a self,
+        specs: &'a [TopicSpec],
+        default_partitions: i32,
+    ) -> BoxFuture<'a, Result<HashMap<String, i32>>> {
+        Box::pin(self.ensure_topics_checked(specs, default_partitions))
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<Option<i32>> {
+        Ok(self
+            .partition_counts(&[topic.to_owned()])?
+            .remove(topic)
+            .flatten())
+    }
+
+    /// First and next offset of a partition (blocking). A topic created a moment ago (a window's
+    /// or join's changelog, created when the agent builds it) may have no leader yet: those
+    /// answers are retried for up to 30 s.
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .producer
+                .client()
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            {
+                Ok(marks) => return Ok(marks),
+                Err(e)
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            Code::NotLeaderForPartition
+                                | Code::LeaderNotAvailable
+                                | Code::UnknownTopicOrPartition
+                                | Code::UnknownPartition
+                        )
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(topic, partition, error = %e, "no leader yet; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(Error::kafka(
+                        format!("reading the offsets of {topic}[{partition}]"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
+    fn read_range(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()> {
+        let batch_size = super::READ_BATCH;
+        if from >= until {
+            return Ok(());
+        }
+        let mut config = self.base.clone();
+        config
+            .set("group.id", "rill-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            // A changelog tail of transaction markers only returns nothing: do not let the
+            // broker hold each empty fetch for its default 500 ms.
+            .set("fetch.wait.max.ms", "20");
+        prefetch_defaults(&mut config);
+        let consumer: BaseConsumer<LogContext> = config
+            .create_with_context(LogContext)
+            .map_err(|e| Error::kafka("creating a restore consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| Error::kafka("building a restore assignment", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assigning {topic}[{partition}]"), e))?;
+        let mut batch = Vec::with_capacity(batch_size.min(100_000));
+        let mut last_progress = std::time::Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = std::time::Instant::now();
+                    let offset = m.offset();
+                    batch.push(RawRecord {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        key: m.key().map(Bytes::copy_from_slice),
+                        value: m.payload().map(Bytes::copy_from_slice),
+                        timestamp: m.timestamp().to_millis(),
+                        headers: Headers::default(),
+                    });
+                    let finished = offset + 1 >= until;
+                    if batch.len() >= batch_size || finished {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Error::kafka(format!("reading {topic}[{partition}]"), e));
+                }
+                None => {
+                    if !batch.is_empty() {
+                        f(std::mem::take(&mut batch))?;
+                    }
+                    // Compaction or aborted transactions can leave the end offset unreachable.
+                    let (_, high) = Log::watermarks(self, topic, partition)?;
+                    let position = consumer
+                        .position()
+                        .ok()
+                        .and_then(|tpl| {
+                            tpl.find_partition(topic, partition)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .unwrap_or(from);
+                    if position >= until.min(high) {
+                        return Ok(());
+                    }
+                    if last_progress.elapsed() > Duration::from_secs(60) {
+                        return Err(Error::Shutdown(format!(
+                            "reading {topic}[{partition}] made no progress for 60 s at offset {position} (end {until})"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let consumer: BaseConsumer<LogContext> = self
+            .base
+            .clone()
+            .set("group.id", group)
+            .create_with_context(LogContext)
+            .map_err(|e| Error::kafka("creating a consumer to read committed offsets", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = consumer
+            .committed_offsets(tpl, METADATA_TIMEOUT)
+            .map_err(|e| Error::kafka(format!("reading the offsets of group `{group}`"), e))?;
+        Ok(committed
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0))
+    }
+
+    fn start_fetcher(
+        &self,
+        group: &str,
+        topics: Vec<String>,
+        router: Arc<Router>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
+        let (committer, thread) = self.spawn_fetcher(group, topics, router, stop)?;
+        Ok((committer, thread))
+    }
+
+    fn lags(&self, _group: &str, router: &Router) -> Vec<(Tp, i64)> {
+        router
+            .lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(tp, l)| (tp.clone(), *l))
+            .collect()
+    }
+
+    /// The members of a consumer group: each one's advertised web address (from its
+    /// `client.id`; only `http://` and `https://` addresses are taken) and its assignment.
+    /// Blocking.
+    fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let groups = self
+            .producer
+            .client()
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .flat_map(|g| g.members())
+            .map(|m| {
+                let url = m
+                    .client_id()
+                    .split_once(";web=")
+                    .map(|(_, url)| url.to_owned())
+                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+                let tps = m
+                    .assignment()
+                    .and_then(parse_assignment)
+                    .unwrap_or_default();
+                (url, tps)
+            })
+            .collect())
+    }
+
+    fn buffers(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        record: OutRecord,
+        batch: &'a Arc<Deliveries>,
+    ) -> BoxFuture<'a, Result<Pending>> {
+        Box::pin(async move {
+            if self.txn.is_some() {
+                return Ok(Pending::Buffered(record));
+            }
+            // Waits while librdkafka's queue is full.
+            delivery::produce(&self.producer, &record, batch)
+                .await
+                .map_err(|e| Error::kafka(format!("producing to `{}`", record.topic), e))?;
+            Ok(Pending::Enqueued(batch.clone()))
+        })
+    }
+
+    fn try_enqueue(&self, record: &Outgoing<'_>, batch: &Arc<Deliveries>) -> Result<bool> {
+        if self.txn.is_some() {
+            return Ok(false);
+        }
+        delivery::try_produce(&self.producer, record, batch)
+            .map_err(|e| Error::kafka(format!("producing to `{}`", record.topic), e))
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        pending: Vec<Pending>,
+        _group: &'a str,
+        offsets: &'a [(Tp, i64)],
+        committer: Option<&'a dyn Committer>,
+        on_tick: bool,
+    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+        Box::pin(async move {
+            let committer = committer.and_then(|c| {
+                let any: &dyn std::any::Any = c;
+                any.downcast_ref::<KafkaCommitter>()
+            });
+            match &self.txn {
+                Some(txn) => {
+                    deliver_in_transaction(txn, pending, offsets, committer, on_tick).await
+                }
+                None => delivered(pending).await,
+            }
+        })
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| Error::kafka("flushing the producer", e))
+    }
+
+    fn transactions(&self) -> Option<(u64, u64)> {
+        self.txn.as_ref().map(|txn| {
+            (
+                txn.committed.load(Ordering::Relaxed),
+                txn.aborted.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Exactly-once: a commit step's buffered records and `offsets` (with the consumer's group
+/// metadata) in one transaction, shared with the other steps of its tick (`txn`).
+async fn deliver_in_transaction(
+    txn: &Arc<super::txn::Transactions>,
+    pending: Vec<Pending>,
+    offsets: &[(Tp, i64)],
+    committer: Option<&KafkaCommitter>,
+    on_tick: bool,
+) -> Result<HashMap<Tp, i64>> {
+    let records: Vec<OutRecord> = pending
+        .into_iter()
+        .filter_map(|p| match p {
+            Pending::Buffered(r) => Some(r),
+            Pending::Enqueued(..) => None,
+        })
+        .collect();
+    let group_offsets = match committer {
+        Some(c) if !offsets.is_empty() => Some((c.group_metadata()?, offsets.to_vec())),
+        _ => None,
+    };
+    if records.is_empty() && group_offsets.is_none() {
+        return Ok(HashMap::new());
+    }
+    let produced = txn
+        .commit(super::txn::TxnPart {
+            records,
+            offsets: group_offsets,
+            on_tick,
+        })
+        .await?;
+    if let Some(c) = committer {
+        c.committed(offsets);
+    }
+    Ok(produced)
+}
+
+/// At-least-once: waits for the deliveries of the batches `pending` counts (each once: their
+/// records share it) and returns the next offset of every partition written.
+async fn delivered(pending: Vec<Pending>) -> Result<HashMap<Tp, i64>> {
+    let mut batches: Vec<Arc<Deliveries>> = Vec::new();
+    for p in pending {
+        if let Pending::Enqueued(batch) = p
+            && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
+            && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
+        {
+            batches.push(batch);
+        }
+    }
+    let mut produced: HashMap<Tp, i64> = HashMap::new();
+    for batch in batches {
+        for (tp, next) in batch.wait().await? {
+            let at = produced.entry(tp).or_insert(0);
+            *at = (*at).max(next);
+        }
+    }
+    Ok(produced)
+}
+
+impl Committer for KafkaCommitter {
+    fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.transactional || offsets.is_empty() {
+                // Under exactly-once they were committed in the step's transaction.
+                return Ok(());
+            }
+            let this = self.clone();
+            let offsets =
+                tokio::task::spawn_blocking(move || this.commit(&offsets).map(|()| offsets))
+                    .await
+                    .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+            self.committed(&offsets);
+            Ok(())
+        })
+    }
+
+    fn request_rewind(&self) {
+        self.router.rewind.store(true, Ordering::Release);
+    }
+
+    fn purge_consumed(&self, interval: Duration) {
+        let _ = self.purger.set(Arc::new(super::purge::Purger::new(
+            self.admin.clone(),
+            interval,
+        )));
     }
 }
 

@@ -1,10 +1,10 @@
-//! Transports carry topics: Kafka through rdkafka, or the embedded LMDB log. Both present the
-//! same shape to the runtime:
+//! Transports carry topics: Kafka through rdkafka, or the embedded LMDB log. Both implement
+//! [`Log`], the one interface the runtime uses:
 //!
 //! - a *fetcher* per agent (a plain thread) that owns the group membership, reads the assigned
 //!   partitions and hands batches to the agent's instances through a [`Router`];
 //! - a [`Committer`] the instances use at each commit step;
-//! - a [`ProducerBackend`] agents send through.
+//! - sends, held or enqueued until a commit step makes them durable ([`Pending`]).
 //!
 //! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
 //! work on revoked partitions before the fetcher gives them up.
@@ -17,17 +17,26 @@ pub(crate) mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::base::error::{Error, Result};
+use crate::base::config::{Broker, Config};
+use crate::base::error::Result;
+use crate::base::health::Health;
 use crate::base::message::{OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
+pub(crate) use delivery::{Deliveries, Outgoing};
 
 /// A topic partition.
 pub(crate) type Tp = (Arc<str>, i32);
+
+/// Records a changelog or dead-letter read hands over at a time (`Log::read_range`): recovery
+/// applies each batch in one LMDB transaction.
+pub(crate) const READ_BATCH: usize = 10_000;
 
 /// Records for one instance, tagged with the assignment generation they were fetched under.
 pub(crate) struct Batch {
@@ -221,278 +230,182 @@ pub(crate) fn fmt_tps(tps: &[Tp]) -> Vec<String> {
 
 /// A send that is not yet durable: the commit step waits for it before committing offsets.
 pub(crate) enum Pending {
-    /// Enqueued in librdkafka, counted in its batch's deliveries.
-    Kafka(Arc<delivery::Deliveries>),
+    /// Enqueued in a client that delivers it itself (librdkafka), counted in its batch's
+    /// deliveries.
+    Enqueued(Arc<Deliveries>),
     /// Held until the commit step: appended to the embedded log in the same LMDB transaction
     /// as the offsets, or (exactly-once on Kafka) produced in the commit's transaction.
     Buffered(OutRecord),
 }
 
 impl Pending {
-    /// Appends this send to `list`. Kafka sends of one batch share one entry (the batch's
+    /// Appends this send to `list`. Enqueued sends of one batch share one entry (the batch's
     /// `Deliveries` counts them), so `list.len()` grows with buffered records only: those are
     /// what commit steps triggered by a full buffer bound. An entry per Kafka send had such
     /// steps every 20,000 sends, each waiting for the previous step's deliveries.
     pub(crate) fn add_to(self, list: &mut Vec<Pending>) {
         match self {
-            Pending::Kafka(batch) => Self::add_kafka(list, &batch),
+            Pending::Enqueued(batch) => Self::add_enqueued(list, &batch),
             buffered => list.push(buffered),
         }
     }
 
-    /// Appends a Kafka send counted in `batch` to `list` (cloning `batch` only for a new entry).
-    pub(crate) fn add_kafka(list: &mut Vec<Pending>, batch: &Arc<delivery::Deliveries>) {
-        if !matches!(list.last(), Some(Pending::Kafka(last)) if Arc::ptr_eq(last, batch)) {
-            list.push(Pending::Kafka(batch.clone()));
+    /// Appends an enqueued send counted in `batch` to `list` (cloning `batch` only for a new
+    /// entry).
+    pub(crate) fn add_enqueued(list: &mut Vec<Pending>, batch: &Arc<Deliveries>) {
+        if !matches!(list.last(), Some(Pending::Enqueued(last)) if Arc::ptr_eq(last, batch)) {
+            list.push(Pending::Enqueued(batch.clone()));
         }
     }
 }
 
-/// Where agents' sends go.
-#[derive(Clone)]
-pub(crate) enum ProducerBackend {
-    Embedded(Arc<embedded::EmbeddedLog>),
-    Kafka(Arc<kafka::KafkaTransport>),
-}
+/// The log records travel on: Kafka (`kafka`, through rdkafka) or the embedded log
+/// (`embedded`, in LMDB). The layers above use this interface only; [`open`] picks the
+/// implementation from the configured broker. Blocking methods are called off the async
+/// threads.
+pub(crate) trait Log: Send + Sync {
+    /// `messaging.system` of spans: `kafka`, or `rill` for the embedded log.
+    fn system(&self) -> &'static str;
 
-impl ProducerBackend {
-    /// Sends are held until the commit step (the embedded log; exactly-once on Kafka): what
-    /// [`ProducerBackend::enqueue`] returns is the record itself.
-    pub(crate) fn buffers(&self) -> bool {
-        !matches!(self, ProducerBackend::Kafka(k) if k.txn.is_none())
+    /// Whether the worker reaches its broker (the embedded log always does).
+    fn health(&self) -> Arc<Health>;
+
+    /// Tells the other workers of each consumer group the web address that answers this one's
+    /// table queries (Kafka advertises it in the consumers' `client.id`); false where no
+    /// worker elsewhere shares the groups (the embedded log's live in one process).
+    fn advertise_web(&self, _url: &str) -> bool {
+        false
     }
 
-    /// Enqueues a record; the returned `Pending` becomes durable at the next commit.
-    /// `batch`: the deliveries a commit step (or flush) will wait for, on Kafka at-least-once.
-    pub(crate) async fn enqueue(
-        &self,
-        record: OutRecord,
-        batch: &Arc<delivery::Deliveries>,
-    ) -> Result<Pending> {
-        match self {
-            ProducerBackend::Kafka(k) if k.txn.is_none() => {
-                k.enqueue(record, batch).await?;
-                Ok(Pending::Kafka(batch.clone()))
-            }
-            _ => Ok(Pending::Buffered(record)),
-        }
-    }
-
-    /// Makes pending sends durable and returns the next offset of every partition written.
-    /// On the embedded log `offsets` of `group` are stored in the same LMDB transaction; on
-    /// Kafka they are left to [`ProducerBackend::commit_offsets`], after local state is stored.
-    pub(crate) async fn deliver(
-        &self,
-        pending: Vec<Pending>,
-        group: &str,
-        offsets: &[(Tp, i64)],
-    ) -> Result<HashMap<Tp, i64>> {
-        self.deliver_in(pending, group, offsets, None, false).await
-    }
-
-    /// [`ProducerBackend::deliver`] for a commit step of an agent's consumer (`committer`):
-    /// under exactly-once on Kafka the records and `offsets` go in one transaction.
-    /// `on_tick`: the step is a commit interval's (the transaction waits briefly for the
-    /// worker's other instances, committing on the same tick).
-    pub(crate) async fn deliver_in(
-        &self,
-        pending: Vec<Pending>,
-        group: &str,
-        offsets: &[(Tp, i64)],
-        committer: Option<&Committer>,
-        on_tick: bool,
-    ) -> Result<HashMap<Tp, i64>> {
-        if let ProducerBackend::Kafka(k) = self
-            && let Some(txn) = &k.txn
-        {
-            let records: Vec<OutRecord> = pending
-                .into_iter()
-                .filter_map(|p| match p {
-                    Pending::Buffered(r) => Some(r),
-                    Pending::Kafka(..) => None,
-                })
-                .collect();
-            let offsets_committed = offsets;
-            let offsets = match committer {
-                Some(Committer::Kafka(c)) if !offsets.is_empty() => {
-                    Some((c.group_metadata()?, offsets.to_vec()))
-                }
-                _ => None,
-            };
-            if records.is_empty() && offsets.is_none() {
-                return Ok(HashMap::new());
-            }
-            let produced = txn
-                .commit(txn::TxnPart {
-                    records,
-                    offsets,
-                    on_tick,
-                })
-                .await?;
-            if let Some(Committer::Kafka(c)) = committer {
-                c.committed(offsets_committed);
-            }
-            return Ok(produced);
-        }
-        match self {
-            ProducerBackend::Embedded(log) => {
-                let records = pending
-                    .into_iter()
-                    .filter_map(|p| match p {
-                        Pending::Buffered(r) => Some(r),
-                        Pending::Kafka(..) => None,
-                    })
-                    .collect::<Vec<_>>();
-                let offsets = (!offsets.is_empty()).then(|| (group.to_owned(), offsets.to_vec()));
-                let log = log.clone();
-                let (appended, records) = tokio::task::spawn_blocking(move || {
-                    let appended = log.append(&records, offsets);
-                    (appended, records)
-                })
-                .await
-                .map_err(|e| Error::Shutdown(format!("embedded log writer: {e}")))?;
-                // Freed here, on the thread that allocated them (most likely): freeing them
-                // on the writer thread contended for the allocator's arena lock with the
-                // agent's allocations.
-                drop(records);
-                appended
-            }
-            ProducerBackend::Kafka(_) => {
-                // Each batch once (its records share it).
-                let mut batches: Vec<Arc<delivery::Deliveries>> = Vec::new();
-                for p in pending {
-                    if let Pending::Kafka(batch) = p
-                        && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
-                        && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
-                    {
-                        batches.push(batch);
-                    }
-                }
-                let mut produced: HashMap<Tp, i64> = HashMap::new();
-                for batch in batches {
-                    for (tp, next) in batch.wait().await? {
-                        let at = produced.entry(tp).or_insert(0);
-                        *at = (*at).max(next);
-                    }
-                }
-                Ok(produced)
-            }
-        }
-    }
-
-    /// Commits consumer offsets where `deliver` did not already (Kafka).
-    pub(crate) async fn commit_offsets(
-        &self,
-        committer: &Committer,
-        offsets: Vec<(Tp, i64)>,
-    ) -> Result<()> {
-        if let (Committer::Kafka(c), false) = (committer, offsets.is_empty()) {
-            if c.transactional {
-                // Committed in the commit step's transaction.
-                return Ok(());
-            }
-            let c = c.clone();
-            let offsets = tokio::task::spawn_blocking(move || c.commit(&offsets).map(|()| offsets))
-                .await
-                .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
-            if let Committer::Kafka(c) = committer {
-                c.committed(&offsets);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Commits consumer offsets for one agent's group.
-#[derive(Clone)]
-pub(crate) enum Committer {
-    /// Offsets are stored by the embedded log in the append transaction.
-    Embedded,
-    /// Offsets are committed through the agent's Kafka consumer.
-    Kafka(Arc<kafka::KafkaCommitter>),
-}
-
-impl Committer {
-    /// From now on, records below the offsets this group commits are deleted every
-    /// `interval` (a repartition topic's consumer, on Kafka; see `purge`). The embedded log
-    /// keeps its retention by size and append time instead.
-    pub(crate) fn purge_consumed(&self, interval: Duration) {
-        if let Committer::Kafka(c) = self {
-            c.purge_consumed(interval);
-        }
-    }
-}
-
-/// The chosen transport.
-#[derive(Clone)]
-pub(crate) enum Transport {
-    Embedded(Arc<embedded::EmbeddedLog>),
-    Kafka(Arc<kafka::KafkaTransport>),
-}
-
-impl Transport {
-    pub(crate) fn producer(&self) -> ProducerBackend {
-        match self {
-            Transport::Embedded(l) => ProducerBackend::Embedded(l.clone()),
-            Transport::Kafka(k) => ProducerBackend::Kafka(k.clone()),
-        }
-    }
-
-    /// Creates missing topics, checks the existing ones rill owns (partition counts, and
-    /// topic configs on Kafka; see `TopicSpec::check_existing`) and returns every topic's
-    /// partition count.
-    pub(crate) async fn ensure_topics(
-        &self,
-        specs: &[TopicSpec],
+    /// Creates missing topics, checks the existing ones rill owns (partition counts, and topic
+    /// configs on Kafka; see `TopicSpec::check_existing`) and returns every topic's partition
+    /// count.
+    fn ensure_topics<'a>(
+        &'a self,
+        specs: &'a [TopicSpec],
         default_partitions: i32,
-    ) -> Result<std::collections::HashMap<String, i32>> {
-        match self {
-            Transport::Embedded(log) => {
-                let mut out = std::collections::HashMap::new();
-                for spec in specs {
-                    let n = log.ensure_topic_with(
-                        &spec.name,
-                        spec.partitions.unwrap_or(default_partitions),
-                        spec.compacted,
-                    )?;
-                    // The embedded log has no topic configs to check beyond compaction, which
-                    // it keeps as created.
-                    spec.check_existing(n, None)?;
-                    out.insert(spec.name.clone(), n);
-                }
-                Ok(out)
-            }
-            Transport::Kafka(k) => k.ensure_topics(specs, default_partitions).await,
-        }
-    }
+    ) -> BoxFuture<'a, Result<HashMap<String, i32>>>;
 
-    /// First and next offset of a partition.
-    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        match self {
-            Transport::Embedded(log) => log.watermarks(topic, partition),
-            Transport::Kafka(k) => k.watermarks(topic, partition),
-        }
-    }
+    /// Partition count of a topic; `None` when it does not exist (blocking).
+    fn partition_count(&self, topic: &str) -> Result<Option<i32>>;
 
-    /// Starts the fetcher of one agent's consumer group.
-    pub(crate) fn start_fetcher(
+    /// First and next offset of a partition (blocking).
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)>;
+
+    /// Reads `[from, until)` of a partition in batches (changelogs, dead letters; blocking).
+    fn read_range(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+        until: i64,
+        f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
+    ) -> Result<()>;
+
+    /// The offset `group` committed on a partition (blocking).
+    fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>>;
+
+    /// Starts the fetcher of one agent's consumer group: a thread handing batches to
+    /// `router`, until `stop`.
+    fn start_fetcher(
         &self,
         group: &str,
         topics: Vec<String>,
         router: Arc<Router>,
-        stop: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<(Committer, std::thread::JoinHandle<()>)> {
-        match self {
-            Transport::Embedded(log) => {
-                let handle = embedded::spawn_fetcher(log.clone(), group, topics, router, stop)?;
-                Ok((Committer::Embedded, handle))
-            }
-            Transport::Kafka(k) => {
-                let (committer, handle) = k.spawn_fetcher(group, topics, router, stop)?;
-                Ok((Committer::Kafka(committer), handle))
-            }
-        }
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)>;
+
+    /// Records left to read on each partition `router` owns for `group` (metrics).
+    fn lags(&self, group: &str, router: &Router) -> Vec<(Tp, i64)>;
+
+    /// The members of a consumer group, each with its advertised web address and its
+    /// partitions (blocking; none on the embedded log, whose groups live in one process).
+    fn group_members(&self, group: &str) -> Result<Vec<GroupMember>>;
+
+    /// Sends are held until the commit step (the embedded log; exactly-once on Kafka): what
+    /// [`Log::enqueue`] returns is the record itself.
+    fn buffers(&self) -> bool;
+
+    /// Enqueues a record; the returned `Pending` becomes durable at the next commit. `batch`:
+    /// the deliveries a commit step (or flush) will wait for, where the log delivers itself.
+    fn enqueue<'a>(
+        &'a self,
+        record: OutRecord,
+        batch: &'a Arc<Deliveries>,
+    ) -> BoxFuture<'a, Result<Pending>>;
+
+    /// Enqueues a borrowed record at once, counted in `batch`, where sends are not buffered;
+    /// `Ok(false)` when they are, or the client's queue is full (send an owned record then).
+    fn try_enqueue(&self, record: &Outgoing<'_>, batch: &Arc<Deliveries>) -> Result<bool>;
+
+    /// Makes pending sends durable and returns the next offset of every partition written.
+    /// With `committer` (a commit step of an agent's consumer), `offsets` of `group` are
+    /// stored with them where the log can (the embedded log's LMDB transaction, a Kafka
+    /// transaction under exactly-once); else [`Committer::commit_offsets`] commits them after
+    /// local state is stored. `on_tick`: the step is a commit interval's (a transaction waits
+    /// briefly for the worker's other instances, committing on the same tick).
+    fn deliver<'a>(
+        &'a self,
+        pending: Vec<Pending>,
+        group: &'a str,
+        offsets: &'a [(Tp, i64)],
+        committer: Option<&'a dyn Committer>,
+        on_tick: bool,
+    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>>;
+
+    /// Waits until everything enqueued was delivered (shutdown; blocking).
+    fn flush(&self, timeout: Duration) -> Result<()>;
+
+    /// Exactly-once transactions so far, committed and aborted (`None`: not transactional).
+    fn transactions(&self) -> Option<(u64, u64)>;
+}
+
+/// Commits an agent group's offsets, at each commit step of its instances.
+pub(crate) trait Committer: Send + Sync + std::any::Any {
+    /// Offsets go in the commit step's transaction (exactly-once), not through
+    /// [`Committer::commit_offsets`].
+    fn transactional(&self) -> bool;
+
+    /// Commits the next offsets to read, after the step's sends were delivered and local
+    /// state stored (a no-op where `Log::deliver` stored them).
+    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>>;
+
+    /// After an aborted transaction: the fetcher goes back to the committed offsets and
+    /// announces the assignment again.
+    fn request_rewind(&self);
+
+    /// From now on, records below the offsets this group commits are deleted every
+    /// `interval` (a repartition topic's consumer, on Kafka; see `purge`). The embedded log
+    /// keeps its retention by size and append time instead.
+    fn purge_consumed(&self, _interval: Duration) {}
+}
+
+/// A committer with nothing to do: the log stored the step's offsets with its records (the
+/// embedded log's `Log::deliver`), or there are none (a stream's placeholder core).
+pub(crate) struct StoredWithSends;
+
+impl Committer for StoredWithSends {
+    fn transactional(&self) -> bool {
+        false
     }
+
+    fn commit_offsets(self: Arc<Self>, _offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn request_rewind(&self) {}
+}
+
+/// A consumer group member: its advertised web address and its topic-partitions.
+pub(crate) type GroupMember = (Option<String>, Vec<(String, i32)>);
+
+/// Opens the configured log.
+pub(crate) fn open(config: &Config) -> Result<Arc<dyn Log>> {
+    Ok(match &config.broker {
+        Broker::Embedded => embedded::EmbeddedLog::open(config, false)? as Arc<dyn Log>,
+        Broker::Memory => embedded::EmbeddedLog::open(config, true)?,
+        Broker::Kafka { bootstrap } => kafka::KafkaTransport::connect(config, bootstrap)?,
+    })
 }
 
 #[cfg(test)]
@@ -528,7 +441,7 @@ mod tests {
 
     #[test]
     fn kafka_sends_of_one_batch_share_one_pending_entry() {
-        let (a, b) = (delivery::Deliveries::new(), delivery::Deliveries::new());
+        let (a, b) = (Deliveries::new(), Deliveries::new());
         let out = |n: i64| OutRecord {
             topic: Arc::from("t"),
             partition: None,
@@ -539,21 +452,21 @@ mod tests {
         };
         let mut list = Vec::new();
         for p in [
-            Pending::Kafka(a.clone()),
-            Pending::Kafka(a.clone()),
+            Pending::Enqueued(a.clone()),
+            Pending::Enqueued(a.clone()),
             Pending::Buffered(out(1)),
             Pending::Buffered(out(2)),
-            Pending::Kafka(a.clone()),
-            Pending::Kafka(b.clone()),
-            Pending::Kafka(b.clone()),
+            Pending::Enqueued(a.clone()),
+            Pending::Enqueued(b.clone()),
+            Pending::Enqueued(b.clone()),
         ] {
             p.add_to(&mut list);
         }
         let kinds: Vec<String> = list
             .iter()
             .map(|p| match p {
-                Pending::Kafka(d) if Arc::ptr_eq(d, &a) => "a".to_owned(),
-                Pending::Kafka(_) => "b".to_owned(),
+                Pending::Enqueued(d) if Arc::ptr_eq(d, &a) => "a".to_owned(),
+                Pending::Enqueued(_) => "b".to_owned(),
                 Pending::Buffered(r) => r.timestamp.to_string(),
             })
             .collect();
