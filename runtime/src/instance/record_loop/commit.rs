@@ -1,0 +1,251 @@
+//! The commit step of an agent instance: every commit interval (or when many sends are pending,
+//! or for a revocation, shutdown or `Stream::commit`), the instance's pending sends, dead
+//! letters and table changelog records are made durable with the offsets of the records that
+//! made them, then local table state is stored and the offsets committed. One step at a time;
+//! the agent goes on reading while it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::StreamCore;
+use crate::base::error::{Error, Result};
+use crate::base::message::OutRecord;
+use crate::base::metrics::AgentStats;
+use crate::instance::table::{TableCore, TableDef};
+use crate::io::store::Overlay;
+use crate::io::transport::{Committer, Deliveries, Log, Pending, Tp};
+
+pub(super) struct Commit {
+    pub(super) future: BoxFuture<'static, Result<()>>,
+    pub(super) acks: Vec<std_mpsc::SyncSender<()>>,
+    pub(super) last: bool,
+}
+
+impl StreamCore {
+    pub(super) fn has_work(&self) -> bool {
+        !self.done.is_empty()
+            || self.shared.pending_len() > 0
+            || self.shared.tables().iter().any(|t| t.is_dirty())
+            || self.shared.flushers().iter().any(|f| f.dirty())
+            || self.shared.has_dead()
+    }
+
+    /// The commit step: (1) the agent's sends and its tables' changelog records become durable
+    /// (on the embedded log with the group offsets, in one LMDB transaction); (2) table data,
+    /// source offsets and changelog offsets are written in one table-store transaction; (3) on
+    /// Kafka, the consumer offsets are committed. A crash between steps leaves the changelog
+    /// ahead of local state, which recovery replays.
+    pub(super) fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
+        debug_assert!(self.committing.is_none(), "one commit step at a time");
+        let step = self.take_effects(last);
+        let span = tracing::info_span!(
+            parent: None,
+            "rill.commit",
+            agent = %self.shared.agent,
+            offsets = step.offsets.len(),
+            records = step.pending.len() + step.changelog.len()
+        );
+        let future = Box::pin(tracing::Instrument::instrument(step.run(), span));
+        self.committing = Some(Commit { future, acks, last });
+        let next = self.next_deadline();
+        if let Some(deadline) = &mut self.deadline {
+            deadline.as_mut().reset(next);
+        }
+    }
+
+    /// Takes what the step makes durable: window state flushed into table overlays, pending
+    /// sends, finished offsets, dead letters and the tables' writes.
+    fn take_effects(&mut self, last: bool) -> CommitStep {
+        let mut flushed = Ok(());
+        for flusher in self.shared.flushers() {
+            if flushed.is_ok() {
+                flushed = flusher.flush();
+            }
+        }
+        let pending = self.shared.take_pending();
+        let offsets: Vec<(Tp, i64)> = self.done.drain();
+        tracing::trace!(agent = %self.shared.agent, sends = pending.len(), offsets = offsets.len(), last, "commit step");
+        // Dead letters and retry records first: they go out with the offsets they stand for.
+        let mut changelog = self.shared.take_dead();
+        let mut tables = Vec::new();
+        let cores = self.shared.tables();
+        for core in &cores {
+            let (records, puts) = core.take_writes();
+            changelog.extend(records);
+            if !puts.is_empty() || !offsets.is_empty() {
+                tables.push((core.def.clone(), puts));
+            }
+        }
+        let stats = self.shared.stats.clone();
+        if let Some(t) = self.shared.event_time() {
+            let lag = self.shared.position.clock.now_ms().saturating_sub(t);
+            stats.event_time_lag_ms.store(lag, Ordering::Relaxed);
+            stats.event_time_lag_set.store(true, Ordering::Relaxed);
+        }
+        CommitStep {
+            flushed,
+            pending,
+            changelog,
+            offsets,
+            tables,
+            cores,
+            log: self.shared.log.clone(),
+            committer: self.committer.clone(),
+            group: self.group.clone(),
+            on_tick: std::mem::take(&mut self.on_tick),
+            stats,
+        }
+    }
+
+    /// When the next commit step is due. Under exactly-once every instance of the worker
+    /// commits on the same ticks (multiples of the interval since the worker's first), so
+    /// their steps reach the transactional producer together and share one transaction
+    /// (`transport::txn` gathers them); otherwise an interval from now.
+    pub(super) fn next_deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let transactional = self.committer.transactional();
+        if !transactional || self.interval.is_zero() {
+            return now + self.interval;
+        }
+        static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(|| now);
+        let interval = self.interval.as_nanos().max(1);
+        let ticks = now.duration_since(epoch).as_nanos() / interval + 1;
+        let offset = u64::try_from(ticks.saturating_mul(interval)).unwrap_or(u64::MAX);
+        epoch + Duration::from_nanos(offset)
+    }
+
+    /// Waits for the commit step in progress (if any) and handles its outcome: a failed commit
+    /// stops the agent without committing past it.
+    pub(super) fn poll_committing(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(commit) = &mut self.committing else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = ready!(commit.future.as_mut().poll(cx));
+        let Some(commit) = self.committing.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        for ack in commit.acks {
+            let _ = ack.send(());
+        }
+        if commit.last {
+            self.closed = true;
+        }
+        Poll::Ready(match result {
+            Ok(()) => {
+                for table in &self.shared.tables() {
+                    table.committed();
+                }
+                Ok(())
+            }
+            Err(Error::Transaction(why)) if !commit.last => {
+                self.roll_back(&why);
+                Err(Error::Transaction(why))
+            }
+            Err(e) => {
+                tracing::error!(agent = %self.shared.agent, error = %e, "commit failed; stopping the agent without committing past it");
+                let reported = Error::Shutdown(format!("commit failed: {e}"));
+                self.shared.fail(e);
+                self.closed = true;
+                self.commit_failed = true;
+                for table in &self.shared.tables() {
+                    table.discard();
+                }
+                Err(reported)
+            }
+        })
+    }
+
+    /// An exactly-once transaction was aborted: forget every effect since the last commit
+    /// (table overlays, buffered sends and dead letters, finished offsets) and read again from
+    /// the committed offsets. Local tables reload from the store, which holds the last commit.
+    fn roll_back(&mut self, why: &str) {
+        tracing::warn!(agent = %self.shared.agent, error = %why, "transaction aborted; rolling back to the last commit");
+        for table in &self.shared.tables() {
+            table.discard();
+        }
+        drop(self.shared.take_pending());
+        drop(self.shared.take_dead());
+        self.done.clear();
+        self.in_flight = None;
+        self.held_done.clear();
+        self.held.clear();
+        self.hold_timer = None;
+        self.attempts.clear();
+        self.batch = Vec::new().into_iter();
+        self.batch_caught_up.clear();
+        self.shared.position.clear_batch_partitions();
+        self.rewinding = true;
+        self.committer.request_rewind();
+    }
+}
+
+/// What one commit step makes durable, taken from the instance when it starts.
+struct CommitStep {
+    flushed: Result<()>,
+    pending: Vec<Pending>,
+    changelog: Vec<OutRecord>,
+    offsets: Vec<(Tp, i64)>,
+    tables: Vec<(Arc<TableDef>, Arc<Overlay>)>,
+    cores: Vec<Arc<TableCore>>,
+    log: Arc<dyn Log>,
+    committer: Arc<dyn Committer>,
+    group: Arc<str>,
+    on_tick: bool,
+    stats: Arc<AgentStats>,
+}
+
+impl CommitStep {
+    /// (1) Sends, dead letters and changelog records become durable, with the offsets where
+    /// the log stores them together; (2) the tables' writes and the offsets they reflect go to
+    /// the table store; (3) the offsets are committed where (1) did not.
+    async fn run(self) -> Result<()> {
+        self.flushed?;
+        if self.pending.is_empty() && self.offsets.is_empty() && self.changelog.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut pending = self.pending;
+        let batch = Deliveries::new();
+        for record in self.changelog {
+            pending.push(self.log.enqueue(record, &batch).await?);
+        }
+        let produced = self
+            .log
+            .deliver(
+                pending,
+                &self.group,
+                &self.offsets,
+                Some(&*self.committer),
+                self.on_tick,
+            )
+            .await?;
+        if let Some((def, _)) = self.tables.first() {
+            let store = def.store.clone();
+            let writes =
+                crate::instance::table::commit_writes(&self.tables, &self.offsets, &produced);
+            drop(self.tables);
+            let cores = self.cores;
+            tokio::task::spawn_blocking(move || {
+                store.commit(writes)?;
+                // The store has the writes: readers go to it. Dropping the step's writes here
+                // frees them on this thread, not the agent's.
+                for core in &cores {
+                    core.committed();
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+            .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
+        }
+        self.committer.commit_offsets(self.offsets).await?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.commit_latency.observe(started.elapsed());
+        Ok(())
+    }
+}

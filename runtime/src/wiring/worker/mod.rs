@@ -1,0 +1,319 @@
+//! The worker: starts a fetcher per agent and the agent instances, watches them, and shuts them
+//! down in order (stop taking records, finish the current one, commit, stop fetchers, flush).
+//! Starting is: check the declarations (`validate`), the web server, the topics and tables
+//! (`tables`), then each agent (`spawn`), whose instances run the agent function (`run`).
+
+mod run;
+mod spawn;
+mod tables;
+mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+
+use crate::base::config::Config;
+use crate::base::error::{Error, Result};
+use crate::base::metrics::AgentStats;
+use crate::base::spec::TopicSpec;
+use crate::instance::record_loop::Stop;
+use crate::io::transport::Log;
+use crate::wiring::agent::AgentSpec;
+use crate::wiring::observe::{Collector, Observer};
+use crate::wiring::pipeline::{PUMP_GRACE, Registry, StoreCell};
+use crate::wiring::producer::Producer;
+use crate::wiring::topology::Topology;
+use tables::TableSetup;
+
+/// Batches buffered per instance between fetcher and agent.
+const QUEUE_BATCHES: usize = 4;
+
+pub(crate) type TaskFn = Box<dyn FnOnce(Producer) -> BoxFuture<'static, Result<()>> + Send>;
+
+/// What `/metrics`, `/status` and table queries read, registered as a collector on the app's
+/// registry.
+fn observer(
+    config: &Config,
+    transport: &Arc<dyn Log>,
+    store: &Arc<StoreCell>,
+    agents: &[AgentSpec],
+    mut registry: prometheus_client::registry::Registry,
+) -> Arc<Observer> {
+    let topology = Topology::from_specs(&config.app_id, agents, config.on_error);
+    let observer = Observer::new(
+        &config.app_id,
+        transport.health(),
+        transport.clone(),
+        store.clone(),
+        topology,
+    );
+    registry.register_collector(Box::new(Collector(Arc::downgrade(&observer))));
+    *observer.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+    observer
+}
+
+/// The web server, when `Config::web_port` asks for one; its address is advertised to the
+/// other workers of the consumer groups.
+async fn start_web(
+    config: &Config,
+    transport: &Arc<dyn Log>,
+    observer: &Arc<Observer>,
+) -> Result<Option<crate::wiring::web::WebServer>> {
+    if config.web_port.is_none() {
+        return Ok(None);
+    }
+    let server = crate::wiring::web::serve(config, observer.clone()).await?;
+    let url = config
+        .web_advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", server.addr));
+    if transport.advertise_web(&url)
+        && config.web_advertise.is_none()
+        && (server.addr.ip().is_loopback() || server.addr.ip().is_unspecified())
+    {
+        tracing::warn!(%url, "workers on other hosts cannot reach this address to answer table queries; set RILL_WEB_ADVERTISE (e.g. http://<this-host>:<port>) and RILL_WEB_BIND");
+    }
+    let _ = observer.url.set(url);
+    Ok(Some(server))
+}
+
+/// A running worker.
+pub struct Worker {
+    pub(crate) transport: Arc<dyn Log>,
+    stop: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    agents: JoinSet<(String, Result<()>)>,
+    tasks: JoinSet<Result<()>>,
+    producer: Producer,
+    stats: HashMap<String, Arc<AgentStats>>,
+    shutdown_timeout: Duration,
+    pub(crate) tables: Arc<StoreCell>,
+    observer: Arc<Observer>,
+    web: Option<crate::wiring::web::WebServer>,
+    metrics_export: Option<crate::wiring::otlp_metrics::MetricsExporter>,
+}
+
+impl Worker {
+    pub(crate) async fn start(
+        config: &Config,
+        transport: Arc<dyn Log>,
+        agents: Vec<AgentSpec>,
+        topics: Vec<TopicSpec>,
+        tasks: Vec<TaskFn>,
+        registry: prometheus_client::registry::Registry,
+    ) -> Result<Worker> {
+        let all_topics = validate::declarations(&agents, &topics)?;
+        let store = StoreCell::new(config);
+        let observer = observer(config, &transport, &store, &agents, registry);
+        // The web server is up before the consumers join their groups: they advertise its
+        // address to the other workers, and `/health` answers during recovery.
+        let web = start_web(config, &transport, &observer).await?;
+        let partitions = transport
+            .ensure_topics(&all_topics, config.partitions)
+            .await?;
+        validate::co_partitioned(config, &agents, &partitions)?;
+        let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        // Global tables catch up to their topics' ends before any agent sees a record.
+        let global_thread = tables.start_globals(stop.clone()).await?;
+        let mut worker = Worker {
+            transport: transport.clone(),
+            stop,
+            registry: Arc::new(Registry::default()),
+            agents: JoinSet::new(),
+            tasks: JoinSet::new(),
+            producer: Producer::new(transport.clone()),
+            stats: HashMap::new(),
+            shutdown_timeout: config.shutdown_timeout,
+            tables: store,
+            observer: observer.clone(),
+            web,
+            metrics_export: crate::wiring::otlp_metrics::MetricsExporter::start(config, observer)?,
+        };
+        worker
+            .registry
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(global_thread);
+        for spec in agents {
+            worker
+                .spawn_agent(config, spec, &tables, &partitions)
+                .await?;
+        }
+        for task in tasks {
+            let producer = worker.producer.clone();
+            worker.tasks.spawn(task(producer));
+        }
+        worker.observer.started.store(true, Ordering::Release);
+        Ok(worker)
+    }
+
+    /// Whether the worker reaches its broker (always, on the embedded log).
+    pub fn health(&self) -> Arc<crate::base::health::Health> {
+        self.transport.health()
+    }
+
+    /// The address the web server listens on (`None`: no web server, see `Config::web_port`).
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(|w| w.addr)
+    }
+
+    /// The app's topology: agents, topics and tables, with what the agents set up so far.
+    pub fn topology(&self) -> crate::wiring::topology::Topology {
+        crate::wiring::web::api::WebBackend::topology(&*self.observer)
+    }
+
+    /// Metrics in the Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        crate::wiring::web::api::WebBackend::metrics(&*self.observer)
+    }
+
+    /// A producer for sending from outside agents.
+    pub fn producer(&self) -> Producer {
+        self.producer.clone()
+    }
+
+    /// Counters of an agent (all instances).
+    pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
+        self.stats.get(agent).cloned()
+    }
+
+    /// Waits until an agent fails (its error) or every agent has returned.
+    pub async fn wait(&mut self) -> Result<()> {
+        loop {
+            tokio::select! {
+                Some(joined) = self.agents.join_next() => match joined {
+                    Ok((name, Ok(()))) => {
+                        if !self.stop.load(Ordering::Acquire) {
+                            tracing::info!(agent = %name, "agent returned");
+                        }
+                    }
+                    Ok((name, Err(e))) => {
+                        tracing::error!(agent = %name, error = %e, "agent failed; stopping the worker");
+                        return Err(e);
+                    }
+                    Err(e) => return Err(Error::Shutdown(format!("agent task: {e}"))),
+                },
+                Some(joined) = self.tasks.join_next() => match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "app task failed; stopping the worker");
+                        return Err(e);
+                    }
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => return Err(Error::Shutdown(format!("app task: {e}"))),
+                },
+                else => return Ok(()),
+            }
+        }
+    }
+
+    /// Stops gracefully: agents finish their current record and commit, fetchers stop, the
+    /// producer is flushed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        tracing::info!("shutting down: finishing in-flight records and committing");
+        self.tasks.abort_all();
+        for stop in self
+            .registry
+            .stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = stop.send(Stop::Now);
+        }
+        let mut first_error = None;
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.agents.join_next()).await {
+                Ok(Some(Ok((_, Ok(()))))) => {}
+                Ok(Some(Ok((name, Err(e))))) => {
+                    tracing::error!(agent = %name, error = %e, "agent failed while stopping");
+                    first_error.get_or_insert(e);
+                }
+                Ok(Some(Err(e))) if e.is_cancelled() => {}
+                Ok(Some(Err(e))) => {
+                    first_error.get_or_insert(Error::Shutdown(format!("agent task: {e}")));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.shutdown_timeout, "agents did not finish in time; their uncommitted records will be redelivered");
+                    self.agents.abort_all();
+                    break;
+                }
+            }
+        }
+        // Pumps of `group_by` end when their source streams have committed.
+        let pumps = std::mem::take(
+            &mut *self
+                .registry
+                .pumps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for pump in pumps {
+            if tokio::time::timeout(PUMP_GRACE, pump).await.is_err() {
+                tracing::warn!(
+                    "a group_by pump did not stop in time; its uncommitted records will be redelivered"
+                );
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        let fetchers = std::mem::take(
+            &mut *self
+                .registry
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            for f in fetchers {
+                let _ = f.join();
+            }
+        })
+        .await;
+        self.producer.flush().await?;
+        if let Some(export) = self.metrics_export.take() {
+            export.shutdown().await;
+        }
+        if let Some(web) = self.web.take() {
+            web.shutdown().await;
+        }
+        let log = self.transport.clone();
+        tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| Error::Shutdown(format!("producer flush: {e}")))??;
+        tracing::info!("worker stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
