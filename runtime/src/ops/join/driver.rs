@@ -1,6 +1,6 @@
 //! `JoinStream`: drives a join operator from the agent's two-sided stream, through the
-//! machinery windows use (`window::host`): the join's table, flushing at each commit step,
-//! reloading after assignments, ticking while idle.
+//! machinery windows use (`operator::OperatorRunner`): the join's table, flushing at each
+//! commit step, reloading after assignments, ticking while idle.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use super::state::{Bounds, Operator, Side};
 use crate::base::error::Result;
 use crate::ops::operator::StateWrite;
-use crate::ops::operator::{Host, Stateful};
+use crate::ops::operator::{OperatorRunner, Stateful};
 use crate::ops::stream::Stream;
 
 /// A two-sided record with its join key's bytes, as the driver reads it.
@@ -53,7 +53,7 @@ impl<O: Send + 'static> JoinStream<O> {
             .or_else(|| stream.core.pipeline().map(|p| p.config().idle_timeout))
             .unwrap_or(Duration::from_secs(10));
         let idle_ms = crate::ops::window::millis(idle);
-        let host = Host::new(
+        let runner = OperatorRunner::new(
             stream,
             "join",
             name,
@@ -62,7 +62,7 @@ impl<O: Send + 'static> JoinStream<O> {
             move || Operator::new(bounds, idle_ms, outer.0, outer.1),
         );
         JoinStream {
-            inner: Box::new(Driver { host, shape }),
+            inner: Box::new(Driver { runner, shape }),
         }
     }
 }
@@ -131,7 +131,7 @@ where
 }
 
 struct Driver<A, B, O> {
-    host: Host<Keyed<A, B>, Operator<A, B>>,
+    runner: OperatorRunner<Keyed<A, B>, Operator<A, B>>,
     shape: Shape<A, B, O>,
 }
 
@@ -143,8 +143,8 @@ where
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<O>> {
         loop {
-            let polled = self.host.poll(cx, |host, (record, key)| {
-                let late = host.record(|op, at| {
+            let polled = self.runner.poll(cx, |runner, (record, key)| {
+                let late = runner.record(|op, at| {
                     op.on_record(
                         at.partition,
                         key,
@@ -156,11 +156,12 @@ where
                     )
                 })?;
                 if late == Some(true) {
-                    host.shared
+                    runner
+                        .shared
                         .stats
                         .late_records
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(agent = %host.shared.agent, "join: dropping a late record");
+                    tracing::debug!(agent = %runner.shared.agent, "join: dropping a late record");
                 }
                 Ok(())
             });

@@ -19,7 +19,7 @@ use crate::base::error::Result;
 use crate::base::message::encode_out;
 use crate::base::record::Record;
 use crate::base::spec::{Internal, TopicSpec};
-use crate::ops::operator::{Host, StateWrite, Stateful};
+use crate::ops::operator::{OperatorRunner, StateWrite, Stateful};
 use crate::ops::stream::KeyedStream;
 
 /// The results of a window: a `futures::Stream` of [`WindowResult`]s.
@@ -56,7 +56,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             .unwrap_or(Duration::from_secs(10));
         let (grace, emit, idle_ms) = (options.grace, options.emit, millis(idle));
         let pipeline = stream.core.pipeline().cloned();
-        let mut host = Host::new(
+        let mut runner = OperatorRunner::new(
             stream,
             "window",
             name,
@@ -65,14 +65,18 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             move || Operator::new(kind, grace, idle_ms, emit, agg),
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
-            host.before_setup(async move {
+            runner.before_setup(async move {
                 let mut spec = TopicSpec::of::<T>(&topic, "late events of a window");
                 spec.internal = Some(Internal::DeadLetters);
                 pipeline.ensure_topic(spec).await
             });
         }
         WindowStream {
-            inner: Box::new(Driver { host, key, options }),
+            inner: Box::new(Driver {
+                runner,
+                key,
+                options,
+            }),
         }
     }
 }
@@ -155,14 +159,14 @@ where
 }
 
 struct Driver<T, K, S, V> {
-    host: Host<T, Operator<T, K, S, V>>,
+    runner: OperatorRunner<T, Operator<T, K, S, V>>,
     key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: Options,
 }
 
 /// Feeds one record to the window; a late one goes to the late topic, or is counted.
 fn handle<T, K, S, V>(
-    host: &mut Host<T, Operator<T, K, S, V>>,
+    runner: &mut OperatorRunner<T, Operator<T, K, S, V>>,
     key: &Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: &Options,
     item: T,
@@ -175,7 +179,7 @@ where
 {
     let k = key(&item);
     let key_bytes = k.key_bytes();
-    let late = host.record(|op, at| {
+    let late = runner.record(|op, at| {
         op.on_record(
             at.partition,
             key_bytes,
@@ -188,7 +192,7 @@ where
         )
     })?;
     if let Some(Some(item)) = late {
-        let shared = &host.shared;
+        let shared = &runner.shared;
         shared.stats.late_records.fetch_add(1, Ordering::Relaxed);
         match &options.late_topic {
             Some(topic) => {
@@ -197,7 +201,7 @@ where
                 let current = shared.event_time();
                 let mut record = encode_out(
                     topic.as_str(),
-                    host.stream.codec,
+                    runner.stream.codec,
                     item.key(),
                     &item,
                     current,
@@ -222,11 +226,15 @@ where
     V: Send + 'static,
 {
     fn set_on_close(&mut self, f: OnClose<K, V>) {
-        self.host.configure(move |op| op.on_close = Some(f));
+        self.runner.configure(move |op| op.on_close = Some(f));
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>> {
-        let Driver { host, key, options } = self;
-        host.poll(cx, |host, item| handle(host, key, options, item))
+        let Driver {
+            runner,
+            key,
+            options,
+        } = self;
+        runner.poll(cx, |runner, item| handle(runner, key, options, item))
     }
 }
