@@ -242,7 +242,8 @@ impl Bounds {
 /// One stored change: partition, stored key, value (`None` deletes).
 use crate::ops::operator::StateWrite;
 
-pub(crate) struct Operator<A, B> {
+/// The join operator of one join: both sides' buffered records in every owned partition.
+pub(crate) struct JoinOperator<A, B> {
     bounds: Bounds,
     idle_timeout: i64,
     /// Emit left records that met nothing (left and outer joins).
@@ -255,7 +256,7 @@ pub(crate) struct Operator<A, B> {
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
 }
 
-impl<A, B> Operator<A, B>
+impl<A, B> JoinOperator<A, B>
 where
     A: Serialize + DeserializeOwned + Clone,
     B: Serialize + DeserializeOwned + Clone,
@@ -266,7 +267,7 @@ where
         left_outer: bool,
         right_outer: bool,
     ) -> Self {
-        Operator {
+        JoinOperator {
             bounds,
             idle_timeout,
             left_outer,
@@ -540,11 +541,11 @@ where
 mod tests {
     use super::*;
 
-    type Op = Operator<String, String>;
+    type Op = JoinOperator<String, String>;
     type Out = Vec<(Option<String>, Option<String>)>;
 
     fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> Op {
-        Operator::new(
+        JoinOperator::new(
             Bounds {
                 before,
                 after,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{OnClose, Operator};
+use super::state::{OnClose, WindowOperator};
 use super::{Agg, Kind, Options, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
@@ -28,10 +28,11 @@ use crate::ops::stream::KeyedStream;
 /// deletion commits with the offsets of the records that closed it, after whatever the agent
 /// sent for the result is durable.
 pub struct WindowStream<K, V> {
-    inner: Box<dyn Drive<K, V>>,
+    inner: Box<dyn DriveWindow<K, V>>,
 }
 
-trait Drive<K, V>: Send {
+/// A [`WindowDriver`] with its record and state types erased: what a `WindowStream<K, V>` holds.
+trait DriveWindow<K, V>: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>>;
     fn set_on_close(&mut self, f: OnClose<K, V>);
 }
@@ -62,7 +63,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             name,
             "windows apply to an agent's own stream, re-keyed with `group_by`",
             idle,
-            move || Operator::new(kind, grace, idle_ms, emit, agg),
+            move || WindowOperator::new(kind, grace, idle_ms, emit, agg),
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
             runner.before_setup(async move {
@@ -72,7 +73,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             });
         }
         WindowStream {
-            inner: Box::new(Driver {
+            inner: Box::new(WindowDriver {
                 runner,
                 key,
                 options,
@@ -111,7 +112,7 @@ impl<K, V> std::fmt::Debug for WindowStream<K, V> {
     }
 }
 
-impl<T, K, S, V> Stateful for Operator<T, K, S, V>
+impl<T, K, S, V> Stateful for WindowOperator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     K: Serialize + DeserializeOwned + Clone + Send + 'static,
@@ -121,31 +122,31 @@ where
     type Out = WindowResult<K, V>;
 
     fn clear(&mut self) {
-        Operator::clear(self);
+        WindowOperator::clear(self);
     }
 
     fn has_partition(&self, partition: i32) -> bool {
-        Operator::has_partition(self, partition)
+        WindowOperator::has_partition(self, partition)
     }
 
     fn load(&mut self, partition: i32, entries: Vec<(Vec<u8>, Vec<u8>)>, now: i64) -> Result<()> {
-        Operator::load(self, partition, entries, now)
+        WindowOperator::load(self, partition, entries, now)
     }
 
     fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
-        Operator::heard(self, partition, pump, watermark, now);
+        WindowOperator::heard(self, partition, pump, watermark, now);
     }
 
     fn advance(&mut self, now: i64, floor: i64, caught_up: &std::collections::HashSet<i32>) {
-        Operator::advance(self, now, floor, caught_up);
+        WindowOperator::advance(self, now, floor, caught_up);
     }
 
     fn dirty(&self) -> bool {
-        Operator::dirty(self)
+        WindowOperator::dirty(self)
     }
 
     fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
-        Operator::take_writes(self)
+        WindowOperator::take_writes(self)
     }
 
     fn next_out(&mut self) -> Option<WindowResult<K, V>> {
@@ -158,15 +159,16 @@ where
     }
 }
 
-struct Driver<T, K, S, V> {
-    runner: OperatorRunner<T, Operator<T, K, S, V>>,
+/// Feeds a window's keyed records to its [`WindowOperator`] through the runner.
+struct WindowDriver<T, K, S, V> {
+    runner: OperatorRunner<T, WindowOperator<T, K, S, V>>,
     key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: Options,
 }
 
 /// Feeds one record to the window; a late one goes to the late topic, or is counted.
 fn handle<T, K, S, V>(
-    runner: &mut OperatorRunner<T, Operator<T, K, S, V>>,
+    runner: &mut OperatorRunner<T, WindowOperator<T, K, S, V>>,
     key: &Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: &Options,
     item: T,
@@ -218,7 +220,7 @@ where
     Ok(())
 }
 
-impl<T, K, S, V> Drive<K, V> for Driver<T, K, S, V>
+impl<T, K, S, V> DriveWindow<K, V> for WindowDriver<T, K, S, V>
 where
     T: Record,
     K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -230,7 +232,7 @@ where
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>> {
-        let Driver {
+        let WindowDriver {
             runner,
             key,
             options,

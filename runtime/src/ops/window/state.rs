@@ -273,7 +273,8 @@ use crate::ops::operator::StateWrite;
 
 pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
 
-pub(crate) struct Operator<T, K, S, O> {
+/// The window operator of one window definition: the open windows of every owned partition.
+pub(crate) struct WindowOperator<T, K, S, O> {
     kind: Kind,
     grace: i64,
     idle_timeout: i64,
@@ -288,7 +289,7 @@ pub(crate) struct Operator<T, K, S, O> {
     updated: Vec<i64>,
 }
 
-impl<T, K, S, O> Operator<T, K, S, O>
+impl<T, K, S, O> WindowOperator<T, K, S, O>
 where
     T: Serialize + DeserializeOwned,
     K: Serialize + DeserializeOwned + Clone,
@@ -301,7 +302,7 @@ where
         emit: Emit,
         agg: Arc<Agg<T, S, O>>,
     ) -> Self {
-        Operator {
+        WindowOperator {
             kind,
             grace,
             idle_timeout,
@@ -866,7 +867,7 @@ mod tests {
 
     use super::*;
 
-    type Op = Operator<i64, String, u64, u64>;
+    type Op = WindowOperator<i64, String, u64, u64>;
 
     /// Every partition read to its end.
     fn all() -> HashSet<i32> {
@@ -884,7 +885,7 @@ mod tests {
     }
 
     fn op(kind: Kind, grace: i64) -> Op {
-        Operator::new(kind, grace, 1_000, Emit::Final, count())
+        WindowOperator::new(kind, grace, 1_000, Emit::Final, count())
     }
 
     /// Sends (key, time) records to partition 0 at clock 0, advancing after each.
