@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::base::error::{Error, Result};
 use crate::base::watermark::Upstream;
-use crate::ops::window::state::{PartTime, time_bytes, time_from, watermark_of};
+use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
 
 const LEFT: u8 = b'L';
 const RIGHT: u8 = b'R';
@@ -39,8 +39,9 @@ pub(crate) enum Side<A, B> {
     Right(B),
 }
 
+/// A partition's clock as stored (the `C` entry).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredClock {
+struct StoredJoinClock {
     max_seen: i64,
     /// Largest event time per side, left and right.
     sides: [i64; 2],
@@ -168,7 +169,8 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     }
 }
 
-struct Part<A, B> {
+/// The join's state in one owned partition: both sides' buffers, their expiry and its clock.
+struct JoinPartition<A, B> {
     left: Buffer<A>,
     right: Buffer<B>,
     /// Buffered records by (expiry time, side, key, time, seq).
@@ -188,7 +190,7 @@ struct Part<A, B> {
     clock_dirty: bool,
 }
 
-impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B> {
+impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinPartition<A, B> {
     /// How far the partition has got: the slower side's largest event time, leaving out a side
     /// that has been quiet for the idle timeout on a partition read to its end.
     fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
@@ -203,7 +205,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B
     }
 
     fn new(now: i64) -> Self {
-        Part {
+        JoinPartition {
             left: Buffer::new(LEFT),
             right: Buffer::new(RIGHT),
             expiring: BTreeSet::new(),
@@ -250,7 +252,7 @@ pub(crate) struct JoinOperator<A, B> {
     left_outer: bool,
     /// Emit right records that met nothing (outer joins).
     right_outer: bool,
-    parts: HashMap<i32, Part<A, B>>,
+    parts: HashMap<i32, JoinPartition<A, B>>,
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
@@ -303,7 +305,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = Part::new(now);
+        let mut part = JoinPartition::new(now);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -312,7 +314,7 @@ where
         };
         for (stored, value) in entries {
             if stored == CLOCK {
-                let clock: StoredClock =
+                let clock: StoredJoinClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
                 part.max_seen = clock.max_seen;
                 part.side_max = clock.sides;
@@ -371,7 +373,7 @@ where
             }
             if part.clock_dirty {
                 part.clock_dirty = false;
-                let clock = StoredClock {
+                let clock = StoredJoinClock {
                     max_seen: part.max_seen,
                     sides: part.side_max,
                     floor: part.floor,
@@ -411,7 +413,7 @@ where
         let part = self
             .parts
             .entry(partition)
-            .or_insert_with(|| Part::new(now));
+            .or_insert_with(|| JoinPartition::new(now));
         let side = usize::from(matches!(record, Side::Right(_)));
         if let Some(offset) = offset {
             if offset <= part.applied[side] {
@@ -485,12 +487,14 @@ where
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let idle_timeout = self.idle_timeout;
         let computed = watermark_of(
-            self.parts.iter_mut().map(|(&partition, part)| PartTime {
-                partition,
-                max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
-                last_arrival: part.last_arrival,
-                upstream: &mut part.upstream,
-            }),
+            self.parts
+                .iter_mut()
+                .map(|(&partition, part)| PartitionTime {
+                    partition,
+                    max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
+                    last_arrival: part.last_arrival,
+                    upstream: &mut part.upstream,
+                }),
             now,
             self.idle_timeout,
             caught_up,

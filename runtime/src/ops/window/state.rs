@@ -30,9 +30,9 @@ mod sliding;
 const WINDOW: u8 = b'W';
 const CLOCK: &[u8] = b"C";
 
-/// A partition's clock as stored.
+/// A partition's clock as stored (the `C` entry).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredClock {
+struct StoredWindowClock {
     max_seen: i64,
     floor: i64,
     /// Watermarks of the pumps feeding a repartition partition: after a restart its windows
@@ -224,7 +224,8 @@ impl Closing {
     }
 }
 
-struct Part<K, S> {
+/// The window's state in one owned partition: its keys' windows, the close queue and its clock.
+struct WindowPartition<K, S> {
     keys: HashMap<Key, KeyState<K, S>, Hasher>,
     closing: Closing,
     /// Sliding windows that closed and are retained, by start (all in one bucket per start).
@@ -244,9 +245,9 @@ struct Part<K, S> {
     clock_dirty: bool,
 }
 
-impl<K, S> Part<K, S> {
+impl<K, S> WindowPartition<K, S> {
     fn new(now: i64) -> Self {
-        Part {
+        WindowPartition {
             keys: HashMap::default(),
             closing: Closing::default(),
             retained: Closing::default(),
@@ -280,7 +281,7 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     idle_timeout: i64,
     emit: Emit,
     agg: Arc<Agg<T, S, O>>,
-    parts: HashMap<i32, Part<K, S>>,
+    parts: HashMap<i32, WindowPartition<K, S>>,
     watermark: i64,
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
     pub(crate) on_close: Option<OnClose<K, O>>,
@@ -340,7 +341,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = Part::new(now);
+        let mut part = WindowPartition::new(now);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -350,7 +351,7 @@ where
         let mut windows = Vec::new();
         for (stored, value) in entries {
             if stored == CLOCK {
-                let clock: StoredClock =
+                let clock: StoredWindowClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
                 part.max_seen = clock.max_seen;
                 part.floor = clock.floor;
@@ -446,7 +447,7 @@ where
             }
             if part.clock_dirty {
                 part.clock_dirty = false;
-                let clock = StoredClock {
+                let clock = StoredWindowClock {
                     max_seen: part.max_seen,
                     floor: part.floor,
                     pumps: part.upstream.snapshot(),
@@ -483,7 +484,7 @@ where
         let part = self
             .parts
             .entry(partition)
-            .or_insert_with(|| Part::new(now));
+            .or_insert_with(|| WindowPartition::new(now));
         if let Some(offset) = offset {
             if offset <= part.applied {
                 // Already in the windows (handed out again after a failure or a crash).
@@ -561,12 +562,14 @@ where
     /// long they take to reach the window.
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let computed = watermark_of(
-            self.parts.iter_mut().map(|(&partition, part)| PartTime {
-                partition,
-                max_seen: part.max_seen,
-                last_arrival: part.last_arrival,
-                upstream: &mut part.upstream,
-            }),
+            self.parts
+                .iter_mut()
+                .map(|(&partition, part)| PartitionTime {
+                    partition,
+                    max_seen: part.max_seen,
+                    last_arrival: part.last_arrival,
+                    upstream: &mut part.upstream,
+                }),
             now,
             self.idle_timeout,
             caught_up,
@@ -609,7 +612,7 @@ where
 /// it is a sliding window still within `retention` of the latest start written: then it stays,
 /// closed (see `sliding`).
 fn close<T, K: Clone, S, O>(
-    part: &mut Part<K, S>,
+    part: &mut WindowPartition<K, S>,
     key: &Key,
     start: i64,
     retention: Option<i64>,
@@ -649,7 +652,7 @@ fn close<T, K: Clone, S, O>(
 }
 
 /// A partition's clock, as the instance watermark reads it.
-pub(crate) struct PartTime<'a> {
+pub(crate) struct PartitionTime<'a> {
     pub(crate) partition: i32,
     pub(crate) max_seen: i64,
     pub(crate) last_arrival: i64,
@@ -663,7 +666,7 @@ pub(crate) struct PartTime<'a> {
 /// partition with records still to read never is, however long they take to arrive. When
 /// every partition is idle, the watermark advances with the wall clock from the newest event.
 pub(crate) fn watermark_of<'a>(
-    parts: impl Iterator<Item = PartTime<'a>>,
+    parts: impl Iterator<Item = PartitionTime<'a>>,
     now: i64,
     idle_timeout: i64,
     caught_up: &HashSet<i32>,
@@ -1139,7 +1142,7 @@ mod tests {
         let left = apply(&mut second);
         let windows = left.keys().filter(|k| k[0] == WINDOW).count();
         assert_eq!(windows, 1, "only [10, 20) is left");
-        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        let clock: StoredWindowClock = serde_json::from_slice(&left[CLOCK]).unwrap();
         assert_eq!((clock.max_seen, clock.floor), (12, 12));
     }
 
@@ -1184,7 +1187,7 @@ mod tests {
             2,
             "c's two windows are retained, the rest forgotten"
         );
-        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        let clock: StoredWindowClock = serde_json::from_slice(&left[CLOCK]).unwrap();
         assert_eq!(clock.latest_start, Some(131));
     }
 

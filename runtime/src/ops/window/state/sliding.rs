@@ -39,7 +39,7 @@
 //! then it is forgotten. An open window is never forgotten: with one partition per agent instance
 //! no open window is that old, and with several the instance's watermark may hold one open.
 
-use super::{Agg, Closing, KeyState, Part, Win, Windows, close_at};
+use super::{Agg, Closing, KeyState, Win, WindowPartition, Windows, close_at};
 
 /// Kafka Streams' retention of a sliding window store: `2d + grace`.
 pub(super) fn retention(size: i64, grace: i64) -> i64 {
@@ -48,7 +48,7 @@ pub(super) fn retention(size: i64, grace: i64) -> i64 {
 
 /// Forgets the closed windows that start before the latest window start written minus
 /// `retention`: Kafka Streams' store no longer returns them.
-pub(super) fn expire<K, S>(part: &mut Part<K, S>, retention: i64) {
+pub(super) fn expire<K, S>(part: &mut WindowPartition<K, S>, retention: i64) {
     let horizon = part.latest_start.saturating_sub(retention);
     while let Some(bucket) = part.retained.pop_until(horizon.saturating_sub(1)) {
         for (key, start) in bucket {
