@@ -99,7 +99,7 @@ pub(crate) struct Win<S> {
 struct KeyState<K, S> {
     bytes: Key,
     key: K,
-    windows: Windows<S>,
+    windows: KeyWindows<S>,
 }
 
 impl<K, S> KeyState<K, S> {
@@ -107,7 +107,7 @@ impl<K, S> KeyState<K, S> {
         KeyState {
             bytes,
             key,
-            windows: Windows(Vec::new()),
+            windows: KeyWindows(Vec::new()),
         }
     }
 }
@@ -130,9 +130,9 @@ fn key_state<'a, K, S>(
 
 /// A key's open windows by start, in a sorted vector: a key has one or a few windows open at a
 /// time, and a `BTreeMap` would allocate a node of eleven slots for the first.
-struct Windows<S>(Vec<(i64, Win<S>)>);
+struct KeyWindows<S>(Vec<(i64, Win<S>)>);
 
-impl<S> Windows<S> {
+impl<S> KeyWindows<S> {
     fn find(&self, start: i64) -> std::result::Result<usize, usize> {
         self.0.binary_search_by_key(&start, |(s, _)| *s)
     }
@@ -1215,7 +1215,7 @@ mod tests {
             max: 0,
             stored: false,
         };
-        let mut windows = Windows(Vec::new());
+        let mut windows = KeyWindows(Vec::new());
         windows.insert(20, win(30));
         windows.get_or_insert_with(0, || win(10)).state += 1;
         windows.get_or_insert_with(0, || win(99)).state += 1;

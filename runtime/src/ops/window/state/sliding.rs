@@ -39,7 +39,7 @@
 //! then it is forgotten. An open window is never forgotten: with one partition per agent instance
 //! no open window is that old, and with several the instance's watermark may hold one open.
 
-use super::{Agg, Closing, KeyState, Win, WindowPartition, Windows, close_at};
+use super::{Agg, Closing, KeyState, KeyWindows, Win, WindowPartition, close_at};
 
 /// Kafka Streams' retention of a sliding window store: `2d + grace`.
 pub(super) fn retention(size: i64, grace: i64) -> i64 {
@@ -206,7 +206,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// The windows a regular record meets, from the latest start down.
-    fn scan(&self, windows: &Windows<S>) -> Found {
+    fn scan(&self, windows: &KeyWindows<S>) -> Found {
         let (t, d) = (self.time, self.d());
         let mut found = Found::default();
         let from = t.saturating_sub(d.saturating_mul(2)).max(0);
