@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::state::{OnClose, WindowOperator};
-use super::{Agg, Kind, Options, WindowResult, millis};
+use super::{Agg, Options, WindowKind, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
 use crate::base::message::encode_out;
@@ -40,7 +40,7 @@ trait DriveWindow<K, V>: Send {
 impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
     pub(crate) fn new<T, S>(
         keyed: KeyedStream<T, K>,
-        kind: Kind,
+        kind: WindowKind,
         options: Options,
         name: String,
         agg: Arc<Agg<T, S, V>>,

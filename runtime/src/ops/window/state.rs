@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Agg, Emit, Kind, WindowResult};
+use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::error::{Error, Result};
 
 mod sliding;
@@ -276,7 +276,7 @@ pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
 
 /// The window operator of one window definition: the open windows of every owned partition.
 pub(crate) struct WindowOperator<T, K, S, O> {
-    kind: Kind,
+    kind: WindowKind,
     grace: i64,
     idle_timeout: i64,
     emit: Emit,
@@ -297,7 +297,7 @@ where
     S: Serialize + DeserializeOwned + Clone,
 {
     pub(crate) fn new(
-        kind: Kind,
+        kind: WindowKind,
         grace: i64,
         idle_timeout: i64,
         emit: Emit,
@@ -373,7 +373,7 @@ where
         for (key, start, (k, win)) in windows {
             let ks = key_state(&mut part.keys, &key, || k);
             let close = self.close_time(win.end);
-            if matches!(self.kind, Kind::Sliding { .. }) && close <= part.floor {
+            if matches!(self.kind, WindowKind::Sliding { .. }) && close <= part.floor {
                 part.retained.insert(start, &ks.bytes, start);
             } else {
                 part.closing.insert(close, &ks.bytes, start);
@@ -387,7 +387,7 @@ where
     /// A stored window's key and window: sliding windows carry their largest event time.
     fn decode_window(&self, value: &[u8]) -> serde_json::Result<(K, Win<S>)> {
         let (k, end, state, max) = match self.kind {
-            Kind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
+            WindowKind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
             _ => {
                 let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
                 (k, end, state, i64::MIN)
@@ -404,7 +404,7 @@ where
 
     fn close_time(&self, end: i64) -> i64 {
         let extra = match self.kind {
-            Kind::Session { gap } => gap,
+            WindowKind::Session { gap } => gap,
             _ => 0,
         };
         end.saturating_add(extra).saturating_add(self.grace)
@@ -424,7 +424,7 @@ where
             agent: String::new(),
             message: format!("cannot encode window state: {e}"),
         };
-        let sliding = matches!(self.kind, Kind::Sliding { .. });
+        let sliding = matches!(self.kind, WindowKind::Sliding { .. });
         for (&partition, part) in &mut self.parts {
             for (key, start) in part.dirty.drain() {
                 let stored = window_key(&key, start);
@@ -578,7 +578,7 @@ where
         let watermark = self.watermark;
         let agg = self.agg.clone();
         let retention = match self.kind {
-            Kind::Sliding { size } => Some(sliding::retention(size, self.grace)),
+            WindowKind::Sliding { size } => Some(sliding::retention(size, self.grace)),
             _ => None,
         };
         for part in self.parts.values_mut() {
@@ -706,7 +706,7 @@ fn close_at(end: i64, grace: i64) -> i64 {
 /// What every record of a partition is judged by.
 struct Rules<'a, T, S, O> {
     agg: &'a Agg<T, S, O>,
-    kind: Kind,
+    kind: WindowKind,
     grace: i64,
     /// The watermark before the record.
     wm: i64,
@@ -735,11 +735,11 @@ fn place<T, K, S: Clone, O>(
         wm,
     } = *rules;
     match kind {
-        Kind::Tumbling { size } => {
+        WindowKind::Tumbling { size } => {
             let start = time.div_euclid(size) * size;
             add_fixed(agg, ks, closing, start, size, grace, wm, item, updated)
         }
-        Kind::Hopping { size, step } => {
+        WindowKind::Hopping { size, step } => {
             let mut start = time.div_euclid(step) * step;
             let mut any = false;
             while start > time - size {
@@ -748,7 +748,7 @@ fn place<T, K, S: Clone, O>(
             }
             any
         }
-        Kind::Sliding { size } => {
+        WindowKind::Sliding { size } => {
             let record = sliding::Slide {
                 agg,
                 size,
@@ -759,7 +759,7 @@ fn place<T, K, S: Clone, O>(
             };
             record.apply(ks, closing, latest_start, updated)
         }
-        Kind::Session { gap } => {
+        WindowKind::Session { gap } => {
             session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
         }
     }
@@ -887,7 +887,7 @@ mod tests {
         })
     }
 
-    fn op(kind: Kind, grace: i64) -> Op {
+    fn op(kind: WindowKind, grace: i64) -> Op {
         WindowOperator::new(kind, grace, 1_000, Emit::Final, count())
     }
 
@@ -928,7 +928,7 @@ mod tests {
 
     #[test]
     fn tumbling_closes_on_the_watermark_and_drops_late_records() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         // 3 arrives after 12: the watermark (12) has passed 10 + grace (0), so [0, 10) has
         // closed and 3 is late.
         let late = feed(
@@ -943,7 +943,7 @@ mod tests {
 
     #[test]
     fn grace_keeps_a_window_open_for_out_of_order_records() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 5);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 5);
         let late = feed(
             &mut op,
             &[("a", 1), ("a", 12), ("a", 3), ("a", 15), ("a", 4)],
@@ -955,7 +955,7 @@ mod tests {
 
     #[test]
     fn hopping_windows_count_a_record_in_each_window_containing_it() {
-        let mut op = op(Kind::Hopping { size: 10, step: 5 }, 0);
+        let mut op = op(WindowKind::Hopping { size: 10, step: 5 }, 0);
         feed(&mut op, &[("a", 1), ("a", 7), ("a", 12), ("a", 100)]);
         assert_eq!(
             results(&mut op),
@@ -972,7 +972,7 @@ mod tests {
     /// The expected windows below are what Kafka Streams 4.1.1 emitted for the same records
     /// (bench/kstreams `WindowsDiff`, ends plus one).
     fn slide(grace: i64) -> Op {
-        op(Kind::Sliding { size: 10 }, grace)
+        op(WindowKind::Sliding { size: 10 }, grace)
     }
 
     #[test]
@@ -1040,7 +1040,7 @@ mod tests {
     }
     #[test]
     fn sessions_merge_when_a_record_bridges_them() {
-        let mut op = op(Kind::Session { gap: 10 }, 100);
+        let mut op = op(WindowKind::Session { gap: 10 }, 100);
         feed(
             &mut op,
             &[("a", 0), ("a", 5), ("a", 30), ("a", 20), ("b", 3)],
@@ -1055,7 +1055,7 @@ mod tests {
 
     #[test]
     fn a_record_that_could_only_form_a_closed_session_is_late() {
-        let mut op = op(Kind::Session { gap: 20 }, 0);
+        let mut op = op(WindowKind::Session { gap: 20 }, 0);
         // b at 120 closes a's [100, 100] (100 + 20 + 0). A second a at 100 would form
         // [100, 100] again, closed at once: late here, where Kafka Streams emits [100, 100]
         // a second time (see the module docs of `window`).
@@ -1066,7 +1066,7 @@ mod tests {
 
     #[test]
     fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
         feed(&mut op, &[("a", 1), ("a", 50)]);
         assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
@@ -1092,7 +1092,7 @@ mod tests {
 
     #[test]
     fn a_record_handed_out_again_is_not_counted_twice() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         let at = |op: &mut Op, offset| {
             op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
         };
@@ -1105,7 +1105,7 @@ mod tests {
 
     #[test]
     fn a_partition_with_records_still_to_read_is_never_idle() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
         op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
         // Partition 1 is behind (its records wait in the queue): it holds the watermark
@@ -1129,10 +1129,10 @@ mod tests {
             }
             store.clone()
         };
-        let mut first = op(Kind::Tumbling { size: 10 }, 0);
+        let mut first = op(WindowKind::Tumbling { size: 10 }, 0);
         feed(&mut first, &[("a", 5), ("b", 8)]);
         let stored = apply(&mut first);
-        let mut second = op(Kind::Tumbling { size: 10 }, 0);
+        let mut second = op(WindowKind::Tumbling { size: 10 }, 0);
         second.load(0, stored.into_iter().collect(), 0).unwrap();
         feed(&mut second, &[("a", 7), ("a", 12)]);
         assert_eq!(
