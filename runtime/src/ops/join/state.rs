@@ -63,7 +63,7 @@ fn entry_key(side: u8, key: &[u8], time: i64, seq: u64) -> Vec<u8> {
 }
 
 /// Splits a stored entry key into (side, join key, time, seq).
-fn split(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
+fn split_entry_key(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
     let (&side, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let key = rest.get(4..4 + len)?;
@@ -73,7 +73,8 @@ fn split(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
     Some((side, key, time, seq))
 }
 
-struct Entry<T> {
+/// A record buffered in memory, with whether it met a partner.
+struct BufferedRecord<T> {
     value: T,
     matched: bool,
     /// In the table store (and its changelog): expiring it must delete it there.
@@ -84,12 +85,12 @@ struct Entry<T> {
 type Id = (u8, Vec<u8>, i64, u64);
 
 /// One key's buffered records of one side, by (time, seq).
-type Entries<T> = BTreeMap<(i64, u64), Entry<T>>;
+type KeyRecords<T> = BTreeMap<(i64, u64), BufferedRecord<T>>;
 
 /// One side's buffered records, by join key.
 struct Buffer<T> {
     side: u8,
-    keys: HashMap<Vec<u8>, Entries<T>>,
+    keys: HashMap<Vec<u8>, KeyRecords<T>>,
 }
 
 impl<T: Serialize + DeserializeOwned> Buffer<T> {
@@ -115,7 +116,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     fn insert(&mut self, key: Vec<u8>, time: i64, seq: u64, value: T, matched: bool, stored: bool) {
         self.keys.entry(key).or_default().insert(
             (time, seq),
-            Entry {
+            BufferedRecord {
                 value,
                 matched,
                 stored,
@@ -159,7 +160,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
         met
     }
 
-    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<Entry<T>> {
+    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<BufferedRecord<T>> {
         let entries = self.keys.get_mut(key)?;
         let entry = entries.remove(&(time, seq));
         if entries.is_empty() {
@@ -324,7 +325,7 @@ where
                 part.upstream.restore(clock.pumps);
                 continue;
             }
-            let Some((side, key, time, seq)) = split(&stored) else {
+            let Some((side, key, time, seq)) = split_entry_key(&stored) else {
                 continue;
             };
             match side {
@@ -545,10 +546,10 @@ where
 mod tests {
     use super::*;
 
-    type Op = JoinOperator<String, String>;
-    type Out = Vec<(Option<String>, Option<String>)>;
+    type StringJoin = JoinOperator<String, String>;
+    type Pairs = Vec<(Option<String>, Option<String>)>;
 
-    fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> Op {
+    fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> StringJoin {
         JoinOperator::new(
             Bounds {
                 before,
@@ -566,12 +567,15 @@ mod tests {
     }
 
     /// Feeds records `(side, key, time, name)` in one partition; returns what came out.
-    fn feed(op: &mut Op, records: &[(char, &str, i64, &str)]) -> Out {
+    fn feed(op: &mut StringJoin, records: &[(char, &str, i64, &str)]) -> Pairs {
         feed_counting_late(op, records).0
     }
 
     /// `feed`, and how many records were late.
-    fn feed_counting_late(op: &mut Op, records: &[(char, &str, i64, &str)]) -> (Out, usize) {
+    fn feed_counting_late(
+        op: &mut StringJoin,
+        records: &[(char, &str, i64, &str)],
+    ) -> (Pairs, usize) {
         let mut late = 0;
         for &(side, key, time, name) in records {
             let record = if side == 'L' {

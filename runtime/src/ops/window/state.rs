@@ -71,7 +71,7 @@ fn window_key(key: &[u8], start: i64) -> Vec<u8> {
 }
 
 /// Splits a stored key into (tag, group key, rest).
-fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+fn split_stored_key(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let key = rest.get(4..4 + len)?;
@@ -362,7 +362,7 @@ where
             }
             // (Other tags: entries of an earlier version, such as the record buffer sliding
             // windows kept, are left alone.)
-            if let Some((WINDOW, key, rest)) = split(&stored)
+            if let Some((WINDOW, key, rest)) = split_stored_key(&stored)
                 && let Some(start) = time_from(rest)
             {
                 let window = self.decode_window(&value).map_err(|e| bad("window", e))?;
@@ -870,7 +870,7 @@ mod tests {
 
     use super::*;
 
-    type Op = WindowOperator<i64, String, u64, u64>;
+    type CountWindows = WindowOperator<i64, String, u64, u64>;
 
     /// Every partition read to its end.
     fn all() -> HashSet<i32> {
@@ -887,12 +887,12 @@ mod tests {
         })
     }
 
-    fn op(kind: WindowKind, grace: i64) -> Op {
+    fn op(kind: WindowKind, grace: i64) -> CountWindows {
         WindowOperator::new(kind, grace, 1_000, Emit::Final, count())
     }
 
     /// Sends (key, time) records to partition 0 at clock 0, advancing after each.
-    fn feed(op: &mut Op, records: &[(&str, i64)]) -> Vec<Option<i64>> {
+    fn feed(op: &mut CountWindows, records: &[(&str, i64)]) -> Vec<Option<i64>> {
         records
             .iter()
             .map(|&(key, time)| {
@@ -912,7 +912,7 @@ mod tests {
             .collect()
     }
 
-    fn results(op: &mut Op) -> Vec<(String, i64, i64, u64)> {
+    fn results(op: &mut CountWindows) -> Vec<(String, i64, i64, u64)> {
         let mut out: Vec<_> = op
             .out
             .drain(..)
@@ -971,7 +971,7 @@ mod tests {
     /// Sliding windows of `size` 10 ms: Kafka Streams' `SlidingWindows.ofTimeDifference(9 ms)`.
     /// The expected windows below are what Kafka Streams 4.1.1 emitted for the same records
     /// (bench/kstreams `WindowsDiff`, ends plus one).
-    fn slide(grace: i64) -> Op {
+    fn slide(grace: i64) -> CountWindows {
         op(WindowKind::Sliding { size: 10 }, grace)
     }
 
@@ -1093,7 +1093,7 @@ mod tests {
     #[test]
     fn a_record_handed_out_again_is_not_counted_twice() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
-        let at = |op: &mut Op, offset| {
+        let at = |op: &mut CountWindows, offset| {
             op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
         };
         at(&mut op, 5);
@@ -1120,7 +1120,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_the_store_and_closed_windows_are_deleted() {
         let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut apply = |op: &mut Op| {
+        let mut apply = |op: &mut CountWindows| {
             for (_, k, v) in op.take_writes().unwrap() {
                 match v {
                     Some(v) => store.insert(k, v),
@@ -1149,7 +1149,7 @@ mod tests {
     #[test]
     fn closed_sliding_windows_stay_stored_until_they_fall_out_of_retention() {
         let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut apply = |op: &mut Op| {
+        let mut apply = |op: &mut CountWindows| {
             for (_, k, v) in op.take_writes().unwrap() {
                 match v {
                     Some(v) => store.insert(k, v),
