@@ -261,6 +261,20 @@ impl<K, S> WindowPartition<K, S> {
             clock_dirty: false,
         }
     }
+
+    /// Moves the partition's clock for a record at event time `time`, read at clock time
+    /// `now` (`upstream`: the watermark of the `group_by` pump that forwarded it).
+    fn note_arrival(&mut self, time: i64, upstream: Option<(u64, i64)>, now: i64) {
+        if time > self.max_seen {
+            self.max_seen = time;
+            self.clock_dirty = true;
+        }
+        if let Some((pump, watermark)) = upstream {
+            self.upstream.heard(pump, watermark, now);
+            self.clock_dirty = true;
+        }
+        self.last_arrival = now;
+    }
 }
 
 /// Counters the driver turns into agent stats.
@@ -536,15 +550,7 @@ where
             }
         }
         self.updated = updated;
-        if time > part.max_seen {
-            part.max_seen = time;
-            part.clock_dirty = true;
-        }
-        if let Some((pump, watermark)) = upstream {
-            part.upstream.heard(pump, watermark, now);
-            part.clock_dirty = true;
-        }
-        part.last_arrival = now;
+        part.note_arrival(time, upstream, now);
         late
     }
 
