@@ -516,7 +516,7 @@ where
         let mut updated = std::mem::take(&mut self.updated);
         updated.clear();
         let ks = key_state(&mut part.keys, &key_bytes, || key);
-        let accepted = place(
+        let accepted = add_to_windows(
             &rules,
             ks,
             &mut part.closing,
@@ -724,7 +724,7 @@ struct Rules<'a, T, S, O> {
     clippy::too_many_arguments,
     reason = "the operator's parts, borrowed apart"
 )]
-fn place<T, K, S: Clone, O>(
+fn add_to_windows<T, K, S: Clone, O>(
     rules: &Rules<'_, T, S, O>,
     ks: &mut KeyState<K, S>,
     closing: &mut Closing,
@@ -766,7 +766,7 @@ fn place<T, K, S: Clone, O>(
             record.apply(ks, closing, latest_start, updated)
         }
         WindowKind::Session { gap } => {
-            session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
+            add_to_session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
         }
     }
 }
@@ -811,7 +811,7 @@ fn add_fixed<T, K, S, O>(
     clippy::too_many_arguments,
     reason = "the operator's parts, borrowed apart"
 )]
-fn session<T, K, S, O>(
+fn add_to_session<T, K, S, O>(
     agg: &Agg<T, S, O>,
     ks: &mut KeyState<K, S>,
     closing: &mut Closing,
