@@ -1,4 +1,5 @@
-//! Operators and the user API: streams, sinks and topics, windows and joins over one operator host.
+//! Operators and the user API: streams, sinks and topics, windows and joins over one operator
+//! runner.
 
 pub mod join;
 pub(crate) mod operator;

@@ -1,5 +1,5 @@
 //! What windows and joins share: an operator over event time whose state lives in a table of
-//! the agent instance. On first poll the host creates that table (and its changelog topic)
+//! the agent instance. On first poll its runner creates that table (and its changelog topic)
 //! and adds it to the instance, so it recovers with the instance's other tables; it registers
 //! the operator as a `context::Flush`, so the commit step writes its changes with the offsets
 //! of the records that made them; after every assignment (once recovery is done) it reloads
@@ -25,7 +25,7 @@ use crate::instance::context::{Flush, Shared};
 use crate::instance::table::{TableCore, TableDef};
 use crate::ops::stream::Stream;
 
-/// An operator a [`Host`] drives (the window operator, the join operator).
+/// An operator an [`OperatorRunner`] drives (the window operator, the join operator).
 pub(crate) trait Stateful: Send + 'static {
     /// What it emits.
     type Out: Send + 'static;
@@ -48,24 +48,24 @@ pub(crate) trait Stateful: Send + 'static {
 }
 
 /// The operator and the table overlay it is flushed into, shared with the commit step.
-pub(crate) struct Cell<Op> {
+pub(crate) struct FlushedOperator<Op> {
     op: Mutex<Op>,
     table: Arc<TableCore>,
 }
 
-impl<Op> Cell<Op> {
-    pub(crate) fn op(&self) -> std::sync::MutexGuard<'_, Op> {
+impl<Op> FlushedOperator<Op> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Op> {
         self.op.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl<Op: Stateful> Flush for Cell<Op> {
+impl<Op: Stateful> Flush for FlushedOperator<Op> {
     fn dirty(&self) -> bool {
-        self.op().dirty()
+        self.lock().dirty()
     }
 
     fn flush(&self) -> Result<()> {
-        for (partition, key, value) in self.op().take_writes()? {
+        for (partition, key, value) in self.lock().take_writes()? {
             self.table.put(partition, key, value);
         }
         Ok(())
@@ -90,7 +90,7 @@ type Setup = BoxFuture<'static, Result<Arc<TableDef>>>;
 type Configure<Op> = Box<dyn FnOnce(&mut Op) + Send>;
 
 /// Drives a [`Stateful`] operator from a stream of the agent.
-pub(crate) struct Host<T, Op> {
+pub(crate) struct OperatorRunner<T, Op> {
     pub(crate) stream: Stream<T>,
     /// "window" or "join", for logs.
     what: &'static str,
@@ -101,7 +101,7 @@ pub(crate) struct Host<T, Op> {
     make: Option<Box<dyn FnOnce() -> Op + Send>>,
     /// Applied to the operator once it is ready (new or found again).
     configure: Option<Configure<Op>>,
-    cell: Option<Arc<Cell<Op>>>,
+    operator: Option<Arc<FlushedOperator<Op>>>,
     ended: bool,
     seen_assignment: u64,
     ticker: Ticker,
@@ -111,7 +111,7 @@ pub(crate) struct Host<T, Op> {
     caught_up: (u64, HashSet<i32>),
 }
 
-impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
+impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
     /// `table` names the operator's table (`<agent>-<table>`), created on first poll when the
     /// stream is an agent's own; `make` builds the operator then.
     pub(crate) fn new(
@@ -129,7 +129,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
             let setup: Setup = Box::pin(async move { pipeline.window_table(&name).await });
             setup
         });
-        Host {
+        OperatorRunner {
             stream,
             what,
             name: table,
@@ -137,7 +137,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
             setup,
             make: Some(Box::new(make)),
             configure: None,
-            cell: None,
+            operator: None,
             ended: false,
             seen_assignment: u64::MAX,
             ticker: Ticker::new(&clock, idle),
@@ -162,8 +162,8 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
 
     /// Applies `f` to the operator, now if it is ready, else once it is.
     pub(crate) fn configure(&mut self, f: impl FnOnce(&mut Op) + Send + 'static) {
-        match &self.cell {
-            Some(cell) => f(&mut cell.op()),
+        match &self.operator {
+            Some(operator) => f(&mut operator.lock()),
             None => self.configure = Some(Box::new(f)),
         }
     }
@@ -186,16 +186,16 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
             .unwrap_or_else(|p| p.into_inner())
             .get(&def.name)
             .cloned()
-            .and_then(|any| any.downcast::<Cell<Op>>().ok());
-        let cell = match existing {
+            .and_then(|any| any.downcast::<FlushedOperator<Op>>().ok());
+        let operator = match existing {
             // The agent function runs again after a failure: same operator, with the results
             // it had not handed out yet.
-            Some(cell) => cell,
+            Some(operator) => operator,
             None => {
                 let Some(make) = self.make.take() else {
                     return;
                 };
-                let cell = Arc::new(Cell {
+                let operator = Arc::new(FlushedOperator {
                     op: Mutex::new(make()),
                     table,
                 });
@@ -203,20 +203,20 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
                     .flushers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(cell.clone());
+                    .push(operator.clone());
                 self.shared
                     .windows
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(def.name.clone(), cell.clone());
+                    .insert(def.name.clone(), operator.clone());
                 tracing::debug!(agent = %self.shared.agent, what = self.what, name = %self.name, "ready");
-                cell
+                operator
             }
         };
         if let Some(configure) = self.configure.take() {
-            configure(&mut cell.op());
+            configure(&mut operator.lock());
         }
-        self.cell = Some(cell);
+        self.operator = Some(operator);
     }
 
     /// After a rebalance (once recovery is done), reloads the owned partitions from the store.
@@ -225,17 +225,17 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         if generation == self.seen_assignment || self.stream.core.is_recovering() {
             return Ok(());
         }
-        let Some(cell) = &self.cell else {
+        let Some(operator) = &self.operator else {
             return Ok(());
         };
         self.seen_assignment = generation;
-        let mut op = cell.op();
+        let mut op = operator.lock();
         op.clear();
         for partition in self.shared.position.owned_partitions() {
             if !op.has_partition(partition) {
                 // Committed state plus what an earlier call of the agent function left in the
                 // overlay (the function runs again after a failed record).
-                let entries = cell.table.entries(partition)?;
+                let entries = operator.table.entries(partition)?;
                 op.load(partition, entries, now)?;
             }
         }
@@ -282,11 +282,11 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         };
         let floor = self.clock.watermark_floor();
         self.caught_up();
-        let Some(cell) = &self.cell else {
+        let Some(operator) = &self.operator else {
             return Ok(None);
         };
         let result = {
-            let mut op = cell.op();
+            let mut op = operator.lock();
             let result = apply(&mut op, &at);
             op.advance(now, floor, &self.caught_up.1);
             result
@@ -305,8 +305,8 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
         self.sync_assignment(now)?;
         let floor = self.clock.watermark_floor();
         let caught_up = self.caught_up().clone();
-        if let Some(cell) = &self.cell {
-            cell.op().advance(now, floor, &caught_up);
+        if let Some(operator) = &self.operator {
+            operator.lock().advance(now, floor, &caught_up);
         }
         self.drain();
         Ok(())
@@ -314,10 +314,10 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
 
     /// Applies the pumps' watermark markers the stream consumed, and reports.
     fn drain(&mut self) {
-        let Some(cell) = &self.cell else {
+        let Some(operator) = &self.operator else {
             return;
         };
-        let mut op = cell.op();
+        let mut op = operator.lock();
         let marks =
             std::mem::take(&mut *self.shared.marks.lock().unwrap_or_else(|p| p.into_inner()));
         if !marks.is_empty() {
@@ -347,7 +347,7 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
                 }
                 continue;
             }
-            if self.cell.is_none() && !self.ended {
+            if self.operator.is_none() && !self.ended {
                 let error = Error::Agent {
                     agent: self.shared.agent.to_string(),
                     message: self.misuse.into(),
@@ -355,7 +355,10 @@ impl<T: Send + 'static, Op: Stateful> Host<T, Op> {
                 self.fail(error);
             }
             // Results stay in the operator until handed out, so a failure loses none.
-            let next = self.cell.as_ref().and_then(|cell| cell.op().next_out());
+            let next = self
+                .operator
+                .as_ref()
+                .and_then(|operator| operator.lock().next_out());
             if let Some(result) = next {
                 return Poll::Ready(Some(result));
             }

@@ -1,6 +1,6 @@
 //! `JoinStream`: drives a join operator from the agent's two-sided stream, through the
-//! machinery windows use (`window::host`): the join's table, flushing at each commit step,
-//! reloading after assignments, ticking while idle.
+//! machinery windows use (`operator::OperatorRunner`): the join's table, flushing at each
+//! commit step, reloading after assignments, ticking while idle.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{Bounds, Operator, Side};
+use super::state::{Bounds, JoinOperator, Side};
 use crate::base::error::Result;
 use crate::ops::operator::StateWrite;
-use crate::ops::operator::{Host, Stateful};
+use crate::ops::operator::{OperatorRunner, Stateful};
 use crate::ops::stream::Stream;
 
 /// A two-sided record with its join key's bytes, as the driver reads it.
@@ -29,10 +29,11 @@ pub(crate) type Shape<A, B, O> = fn(Option<A>, Option<B>) -> Option<O>;
 /// commits with the offsets of the records that made it, after whatever the agent sent for the
 /// pair is durable.
 pub struct JoinStream<O> {
-    inner: Box<dyn Drive<O>>,
+    inner: Box<dyn DriveJoin<O>>,
 }
 
-trait Drive<O>: Send {
+/// A [`JoinDriver`] with its sides' types erased: what a `JoinStream<O>` holds.
+trait DriveJoin<O>: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<O>>;
 }
 
@@ -53,16 +54,16 @@ impl<O: Send + 'static> JoinStream<O> {
             .or_else(|| stream.core.pipeline().map(|p| p.config().idle_timeout))
             .unwrap_or(Duration::from_secs(10));
         let idle_ms = crate::ops::window::millis(idle);
-        let host = Host::new(
+        let runner = OperatorRunner::new(
             stream,
             "join",
             name,
             "joins apply to an agent's own streams",
             idle,
-            move || Operator::new(bounds, idle_ms, outer.0, outer.1),
+            move || JoinOperator::new(bounds, idle_ms, outer.0, outer.1),
         );
         JoinStream {
-            inner: Box::new(Driver { host, shape }),
+            inner: Box::new(JoinDriver { runner, shape }),
         }
     }
 }
@@ -90,7 +91,7 @@ impl<O> std::fmt::Debug for JoinStream<O> {
     }
 }
 
-impl<A, B> Stateful for Operator<A, B>
+impl<A, B> Stateful for JoinOperator<A, B>
 where
     A: Serialize + DeserializeOwned + Clone + Send + 'static,
     B: Serialize + DeserializeOwned + Clone + Send + 'static,
@@ -98,31 +99,31 @@ where
     type Out = (Option<A>, Option<B>);
 
     fn clear(&mut self) {
-        Operator::clear(self);
+        JoinOperator::clear(self);
     }
 
     fn has_partition(&self, partition: i32) -> bool {
-        Operator::has_partition(self, partition)
+        JoinOperator::has_partition(self, partition)
     }
 
     fn load(&mut self, partition: i32, entries: Vec<(Vec<u8>, Vec<u8>)>, now: i64) -> Result<()> {
-        Operator::load(self, partition, entries, now)
+        JoinOperator::load(self, partition, entries, now)
     }
 
     fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
-        Operator::heard(self, partition, pump, watermark, now);
+        JoinOperator::heard(self, partition, pump, watermark, now);
     }
 
     fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
-        Operator::advance(self, now, floor, caught_up);
+        JoinOperator::advance(self, now, floor, caught_up);
     }
 
     fn dirty(&self) -> bool {
-        Operator::dirty(self)
+        JoinOperator::dirty(self)
     }
 
     fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
-        Operator::take_writes(self)
+        JoinOperator::take_writes(self)
     }
 
     fn next_out(&mut self) -> Option<Self::Out> {
@@ -130,12 +131,14 @@ where
     }
 }
 
-struct Driver<A, B, O> {
-    host: Host<Keyed<A, B>, Operator<A, B>>,
+/// Feeds a join's two-sided records to its [`JoinOperator`] through the runner, and shapes its
+/// results into the join's items.
+struct JoinDriver<A, B, O> {
+    runner: OperatorRunner<Keyed<A, B>, JoinOperator<A, B>>,
     shape: Shape<A, B, O>,
 }
 
-impl<A, B, O> Drive<O> for Driver<A, B, O>
+impl<A, B, O> DriveJoin<O> for JoinDriver<A, B, O>
 where
     A: Serialize + DeserializeOwned + Clone + Send + 'static,
     B: Serialize + DeserializeOwned + Clone + Send + 'static,
@@ -143,8 +146,8 @@ where
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<O>> {
         loop {
-            let polled = self.host.poll(cx, |host, (record, key)| {
-                let late = host.record(|op, at| {
+            let polled = self.runner.poll(cx, |runner, (record, key)| {
+                let late = runner.record(|op, at| {
                     op.on_record(
                         at.partition,
                         key,
@@ -156,11 +159,12 @@ where
                     )
                 })?;
                 if late == Some(true) {
-                    host.shared
+                    runner
+                        .shared
                         .stats
                         .late_records
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(agent = %host.shared.agent, "join: dropping a late record");
+                    tracing::debug!(agent = %runner.shared.agent, "join: dropping a late record");
                 }
                 Ok(())
             });

@@ -117,13 +117,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::base::codec::KeyBytes;
+use crate::base::codec::{Codec, KeyBytes};
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::RawRecord;
 use crate::base::record::Record;
 use crate::instance::table::{GlobalTable, Table};
-use crate::ops::stream::Stream;
+use crate::ops::stream::{Stream, TimeOf};
 pub use driver::JoinStream;
 use state::{Bounds, Side};
 
@@ -214,7 +214,7 @@ impl JoinWindow {
 }
 
 /// Reads a record's event time with a stream's extractor, else its own field.
-fn time_of<T: Record>(f: &Option<crate::ops::stream::TimeOf<T>>, value: &T) -> Option<i64> {
+fn time_of<T: Record>(f: &Option<TimeOf<T>>, value: &T) -> Option<i64> {
     match f {
         Some(f) => Some(f(value)),
         None => value.event_time(),
@@ -237,10 +237,7 @@ impl<A: Record> Stream<A> {
     ) -> (
         Stream<Either<A, B>>,
         Option<(Arc<str>, Arc<str>)>,
-        (
-            Option<crate::ops::stream::TimeOf<A>>,
-            Option<crate::ops::stream::TimeOf<B>>,
-        ),
+        (Option<TimeOf<A>>, Option<TimeOf<B>>),
     ) {
         if self.core.is_husk() {
             std::mem::swap(&mut self.core, &mut other.core);
@@ -349,6 +346,9 @@ impl<A: Record> Stream<A> {
         })
     }
 
+    /// What the windowed joins share: reads both streams as one, re-keys them by join key
+    /// (through the join's repartition topic unless `co_partitioned`), pairs each record with
+    /// its join key and hands the stream to the join operator.
     fn join_with<B, K, O>(
         self,
         other: Stream<B>,
@@ -365,17 +365,16 @@ impl<A: Record> Stream<A> {
         O: Send + 'static,
     {
         let name = window.name.clone().unwrap_or_else(|| "join".to_owned());
-        let (a_codec, b_codec) = (self.codec, other.codec);
+        let codecs = (self.codec, other.codec);
         let mapped = self.mapped || other.mapped;
-        let (mut stream, topics, (a_time, b_time)) = self.either_parts(other);
+        let (mut stream, topics, times) = self.either_parts(other);
         let key: Arc<dyn Fn(&A) -> K + Send + Sync> = Arc::new(key);
         let other_key: Arc<dyn Fn(&B) -> K + Send + Sync> = Arc::new(other_key);
-        let shared = stream.core.shared().clone();
         if mapped {
             // The join decodes the topics' records again (the repartition pump, the reader):
             // a mapped item cannot be.
             let error = Error::agent(
-                &shared.agent,
+                &stream.core.shared().agent,
                 "`join` after `map`: join the topics' streams, then map the pairs",
             );
             stream.core.fail(error);
@@ -385,90 +384,14 @@ impl<A: Record> Stream<A> {
             .pipeline()
             .map_or(1, |p| p.source_partitions())
             .max(1);
-        if let Some((a_topic, b_topic)) = topics.clone()
+        if let Some(topics) = topics
             && !window.co_partitioned
             && stream.core.rekeyed.as_deref() != Some(name.as_str())
         {
-            // Re-key both sides through the join's repartition topic, as `group_by` does.
-            let sides = vec![a_topic.clone(), b_topic.clone()];
-            match stream.core.pipeline().cloned() {
-                None => {
-                    let error =
-                        Error::agent(&shared.agent, "joins apply to an agent's own streams");
-                    stream.core.fail(error);
-                }
-                Some(pipeline) => {
-                    let (ka, kb) = (key.clone(), other_key.clone());
-                    let key_of = Box::new(
-                        move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
-                            let bytes = raw.value.as_deref().unwrap_or_default();
-                            let topic = crate::base::failure::side_topic(raw);
-                            let bad = |source| Error::Codec {
-                                topic: topic.to_owned(),
-                                source,
-                            };
-                            if topic == &*a_topic {
-                                let a = A::decode(bytes, a_codec).map_err(bad)?;
-                                Ok((ka(&a).key_bytes(), time_of(&a_time, &a)))
-                            } else if topic == &*b_topic {
-                                let b = B::decode(bytes, b_codec).map_err(bad)?;
-                                Ok((kb(&b).key_bytes(), time_of(&b_time, &b)))
-                            } else {
-                                Err(Error::Agent {
-                                    agent: String::new(),
-                                    message: format!(
-                                        "a record of `{topic}` in a join of `{a_topic}` and `{b_topic}`"
-                                    ),
-                                })
-                            }
-                        },
-                    );
-                    pipeline.mark_windowed();
-                    let core = stream.take_core();
-                    stream.core = match pipeline.group_by(&name, core, key_of, sides) {
-                        Ok(mut core) => {
-                            core.rekeyed = Some(name.clone());
-                            core
-                        }
-                        Err(failed) => {
-                            let (error, mut core) = *failed;
-                            core.fail(error);
-                            core
-                        }
-                    };
-                }
-            }
+            let keys = (key.clone(), other_key.clone());
+            repartition_sides(&mut stream, &name, topics, codecs, times, keys);
         }
-        let check = window.co_partitioned;
-        let step_shared = shared.clone();
-        let keyed = stream.restep(move |mut step| {
-            Box::new(move |raw: &RawRecord| {
-                let (side, key) = match step(raw)? {
-                    Either::Left(a) => {
-                        let k = key(&a).key_bytes();
-                        (Side::Left(a), k)
-                    }
-                    Either::Right(b) => {
-                        let k = other_key(&b).key_bytes();
-                        (Side::Right(b), k)
-                    }
-                };
-                let fix = "drop `JoinWindow::co_partitioned` to repartition";
-                if check
-                    && crate::ops::stream::reject_misplaced(
-                        &step_shared,
-                        raw,
-                        &key,
-                        partitions,
-                        "join key",
-                        fix,
-                    )
-                {
-                    return None;
-                }
-                Some((side, key))
-            })
-        });
+        let keyed = key_sides(stream, key, other_key, window.co_partitioned, partitions);
         JoinStream::new(
             keyed,
             window.bounds(),
@@ -478,6 +401,116 @@ impl<A: Record> Stream<A> {
             shape,
         )
     }
+}
+
+/// Re-keys both sides of a join by their join keys through the join's repartition topic
+/// `name`, as `group_by` does: the pump decodes each record by its side's topic (with that
+/// side's codec and event-time extractor) and tags it with the topic, so the reader knows the
+/// side. On error the stream fails, keeping its core.
+#[allow(clippy::type_complexity, reason = "one pair per side")]
+fn repartition_sides<A, B, K>(
+    stream: &mut Stream<Either<A, B>>,
+    name: &str,
+    (a_topic, b_topic): (Arc<str>, Arc<str>),
+    (a_codec, b_codec): (Codec, Codec),
+    (a_time, b_time): (Option<TimeOf<A>>, Option<TimeOf<B>>),
+    (ka, kb): (
+        Arc<dyn Fn(&A) -> K + Send + Sync>,
+        Arc<dyn Fn(&B) -> K + Send + Sync>,
+    ),
+) where
+    A: Record,
+    B: Record,
+    K: KeyBytes + 'static,
+{
+    let sides = vec![a_topic.clone(), b_topic.clone()];
+    match stream.core.pipeline().cloned() {
+        None => {
+            let error = Error::agent(
+                &stream.core.shared().agent,
+                "joins apply to an agent's own streams",
+            );
+            stream.core.fail(error);
+        }
+        Some(pipeline) => {
+            let key_of = Box::new(move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
+                let bytes = raw.value.as_deref().unwrap_or_default();
+                let topic = crate::base::failure::side_topic(raw);
+                let bad = |source| Error::Codec {
+                    topic: topic.to_owned(),
+                    source,
+                };
+                if topic == &*a_topic {
+                    let a = A::decode(bytes, a_codec).map_err(bad)?;
+                    Ok((ka(&a).key_bytes(), time_of(&a_time, &a)))
+                } else if topic == &*b_topic {
+                    let b = B::decode(bytes, b_codec).map_err(bad)?;
+                    Ok((kb(&b).key_bytes(), time_of(&b_time, &b)))
+                } else {
+                    Err(Error::Agent {
+                        agent: String::new(),
+                        message: format!(
+                            "a record of `{topic}` in a join of `{a_topic}` and `{b_topic}`"
+                        ),
+                    })
+                }
+            });
+            pipeline.mark_windowed();
+            let core = stream.take_core();
+            stream.core = match pipeline.group_by(name, core, key_of, sides) {
+                Ok(mut core) => {
+                    core.rekeyed = Some(name.to_owned());
+                    core
+                }
+                Err(failed) => {
+                    let (error, mut core) = *failed;
+                    core.fail(error);
+                    core
+                }
+            };
+        }
+    }
+}
+
+/// Pairs each record of a join's stream with its join key's bytes (`key` for the left side,
+/// `other_key` for the right). When `check` (`JoinWindow::co_partitioned`), a record whose
+/// join key belongs to another of the `partitions` fails instead.
+fn key_sides<A, B, K>(
+    stream: Stream<Either<A, B>>,
+    key: Arc<dyn Fn(&A) -> K + Send + Sync>,
+    other_key: Arc<dyn Fn(&B) -> K + Send + Sync>,
+    check: bool,
+    partitions: i32,
+) -> Stream<driver::Keyed<A, B>>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    K: KeyBytes + 'static,
+{
+    let shared = stream.core.shared().clone();
+    stream.restep(move |mut step| {
+        Box::new(move |raw: &RawRecord| {
+            let (side, key) = match step(raw)? {
+                Either::Left(a) => {
+                    let k = key(&a).key_bytes();
+                    (Side::Left(a), k)
+                }
+                Either::Right(b) => {
+                    let k = other_key(&b).key_bytes();
+                    (Side::Right(b), k)
+                }
+            };
+            let fix = "drop `JoinWindow::co_partitioned` to repartition";
+            if check
+                && crate::ops::stream::reject_misplaced(
+                    &shared, raw, &key, partitions, "join key", fix,
+                )
+            {
+                return None;
+            }
+            Some((side, key))
+        })
+    })
 }
 
 /// A table a stream can be joined with: [`Table`] and [`GlobalTable`].

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::base::error::{Error, Result};
 use crate::base::watermark::Upstream;
-use crate::ops::window::state::{PartTime, time_bytes, time_from, watermark_of};
+use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
 
 const LEFT: u8 = b'L';
 const RIGHT: u8 = b'R';
@@ -39,8 +39,9 @@ pub(crate) enum Side<A, B> {
     Right(B),
 }
 
+/// A partition's clock as stored (the `C` entry).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredClock {
+struct StoredJoinClock {
     max_seen: i64,
     /// Largest event time per side, left and right.
     sides: [i64; 2],
@@ -62,7 +63,7 @@ fn entry_key(side: u8, key: &[u8], time: i64, seq: u64) -> Vec<u8> {
 }
 
 /// Splits a stored entry key into (side, join key, time, seq).
-fn split(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
+fn split_entry_key(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
     let (&side, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let key = rest.get(4..4 + len)?;
@@ -72,7 +73,8 @@ fn split(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
     Some((side, key, time, seq))
 }
 
-struct Entry<T> {
+/// A record buffered in memory, with whether it met a partner.
+struct BufferedRecord<T> {
     value: T,
     matched: bool,
     /// In the table store (and its changelog): expiring it must delete it there.
@@ -83,12 +85,12 @@ struct Entry<T> {
 type Id = (u8, Vec<u8>, i64, u64);
 
 /// One key's buffered records of one side, by (time, seq).
-type Entries<T> = BTreeMap<(i64, u64), Entry<T>>;
+type KeyRecords<T> = BTreeMap<(i64, u64), BufferedRecord<T>>;
 
 /// One side's buffered records, by join key.
 struct Buffer<T> {
     side: u8,
-    keys: HashMap<Vec<u8>, Entries<T>>,
+    keys: HashMap<Vec<u8>, KeyRecords<T>>,
 }
 
 impl<T: Serialize + DeserializeOwned> Buffer<T> {
@@ -114,7 +116,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     fn insert(&mut self, key: Vec<u8>, time: i64, seq: u64, value: T, matched: bool, stored: bool) {
         self.keys.entry(key).or_default().insert(
             (time, seq),
-            Entry {
+            BufferedRecord {
                 value,
                 matched,
                 stored,
@@ -158,7 +160,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
         met
     }
 
-    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<Entry<T>> {
+    fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<BufferedRecord<T>> {
         let entries = self.keys.get_mut(key)?;
         let entry = entries.remove(&(time, seq));
         if entries.is_empty() {
@@ -168,7 +170,8 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     }
 }
 
-struct Part<A, B> {
+/// The join's state in one owned partition: both sides' buffers, their expiry and its clock.
+struct JoinPartition<A, B> {
     left: Buffer<A>,
     right: Buffer<B>,
     /// Buffered records by (expiry time, side, key, time, seq).
@@ -188,7 +191,7 @@ struct Part<A, B> {
     clock_dirty: bool,
 }
 
-impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B> {
+impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinPartition<A, B> {
     /// How far the partition has got: the slower side's largest event time, leaving out a side
     /// that has been quiet for the idle timeout on a partition read to its end.
     fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
@@ -203,7 +206,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> Part<A, B
     }
 
     fn new(now: i64) -> Self {
-        Part {
+        JoinPartition {
             left: Buffer::new(LEFT),
             right: Buffer::new(RIGHT),
             expiring: BTreeSet::new(),
@@ -242,20 +245,21 @@ impl Bounds {
 /// One stored change: partition, stored key, value (`None` deletes).
 use crate::ops::operator::StateWrite;
 
-pub(crate) struct Operator<A, B> {
+/// The join operator of one join: both sides' buffered records in every owned partition.
+pub(crate) struct JoinOperator<A, B> {
     bounds: Bounds,
     idle_timeout: i64,
     /// Emit left records that met nothing (left and outer joins).
     left_outer: bool,
     /// Emit right records that met nothing (outer joins).
     right_outer: bool,
-    parts: HashMap<i32, Part<A, B>>,
+    parts: HashMap<i32, JoinPartition<A, B>>,
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
 }
 
-impl<A, B> Operator<A, B>
+impl<A, B> JoinOperator<A, B>
 where
     A: Serialize + DeserializeOwned + Clone,
     B: Serialize + DeserializeOwned + Clone,
@@ -266,7 +270,7 @@ where
         left_outer: bool,
         right_outer: bool,
     ) -> Self {
-        Operator {
+        JoinOperator {
             bounds,
             idle_timeout,
             left_outer,
@@ -302,7 +306,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = Part::new(now);
+        let mut part = JoinPartition::new(now);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -311,7 +315,7 @@ where
         };
         for (stored, value) in entries {
             if stored == CLOCK {
-                let clock: StoredClock =
+                let clock: StoredJoinClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
                 part.max_seen = clock.max_seen;
                 part.side_max = clock.sides;
@@ -321,7 +325,7 @@ where
                 part.upstream.restore(clock.pumps);
                 continue;
             }
-            let Some((side, key, time, seq)) = split(&stored) else {
+            let Some((side, key, time, seq)) = split_entry_key(&stored) else {
                 continue;
             };
             match side {
@@ -370,7 +374,7 @@ where
             }
             if part.clock_dirty {
                 part.clock_dirty = false;
-                let clock = StoredClock {
+                let clock = StoredJoinClock {
                     max_seen: part.max_seen,
                     sides: part.side_max,
                     floor: part.floor,
@@ -410,7 +414,7 @@ where
         let part = self
             .parts
             .entry(partition)
-            .or_insert_with(|| Part::new(now));
+            .or_insert_with(|| JoinPartition::new(now));
         let side = usize::from(matches!(record, Side::Right(_)));
         if let Some(offset) = offset {
             if offset <= part.applied[side] {
@@ -484,12 +488,14 @@ where
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let idle_timeout = self.idle_timeout;
         let computed = watermark_of(
-            self.parts.iter_mut().map(|(&partition, part)| PartTime {
-                partition,
-                max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
-                last_arrival: part.last_arrival,
-                upstream: &mut part.upstream,
-            }),
+            self.parts
+                .iter_mut()
+                .map(|(&partition, part)| PartitionTime {
+                    partition,
+                    max_seen: part.reached(now, idle_timeout, caught_up.contains(&partition)),
+                    last_arrival: part.last_arrival,
+                    upstream: &mut part.upstream,
+                }),
             now,
             self.idle_timeout,
             caught_up,
@@ -540,11 +546,11 @@ where
 mod tests {
     use super::*;
 
-    type Op = Operator<String, String>;
-    type Out = Vec<(Option<String>, Option<String>)>;
+    type StringJoin = JoinOperator<String, String>;
+    type Pairs = Vec<(Option<String>, Option<String>)>;
 
-    fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> Op {
-        Operator::new(
+    fn op(before: i64, after: i64, grace: i64, left: bool, right: bool) -> StringJoin {
+        JoinOperator::new(
             Bounds {
                 before,
                 after,
@@ -561,12 +567,15 @@ mod tests {
     }
 
     /// Feeds records `(side, key, time, name)` in one partition; returns what came out.
-    fn feed(op: &mut Op, records: &[(char, &str, i64, &str)]) -> Out {
+    fn feed(op: &mut StringJoin, records: &[(char, &str, i64, &str)]) -> Pairs {
         feed_counting_late(op, records).0
     }
 
     /// `feed`, and how many records were late.
-    fn feed_counting_late(op: &mut Op, records: &[(char, &str, i64, &str)]) -> (Out, usize) {
+    fn feed_counting_late(
+        op: &mut StringJoin,
+        records: &[(char, &str, i64, &str)],
+    ) -> (Pairs, usize) {
         let mut late = 0;
         for &(side, key, time, name) in records {
             let record = if side == 'L' {

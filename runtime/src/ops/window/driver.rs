@@ -12,14 +12,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{OnClose, Operator};
-use super::{Agg, Kind, Options, WindowResult, millis};
+use super::state::{OnClose, WindowOperator};
+use super::{Agg, Options, WindowKind, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
 use crate::base::message::encode_out;
 use crate::base::record::Record;
 use crate::base::spec::{Internal, TopicSpec};
-use crate::ops::operator::{Host, StateWrite, Stateful};
+use crate::ops::operator::{OperatorRunner, StateWrite, Stateful};
 use crate::ops::stream::KeyedStream;
 
 /// The results of a window: a `futures::Stream` of [`WindowResult`]s.
@@ -28,10 +28,11 @@ use crate::ops::stream::KeyedStream;
 /// deletion commits with the offsets of the records that closed it, after whatever the agent
 /// sent for the result is durable.
 pub struct WindowStream<K, V> {
-    inner: Box<dyn Drive<K, V>>,
+    inner: Box<dyn DriveWindow<K, V>>,
 }
 
-trait Drive<K, V>: Send {
+/// A [`WindowDriver`] with its record and state types erased: what a `WindowStream<K, V>` holds.
+trait DriveWindow<K, V>: Send {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>>;
     fn set_on_close(&mut self, f: OnClose<K, V>);
 }
@@ -39,7 +40,7 @@ trait Drive<K, V>: Send {
 impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
     pub(crate) fn new<T, S>(
         keyed: KeyedStream<T, K>,
-        kind: Kind,
+        kind: WindowKind,
         options: Options,
         name: String,
         agg: Arc<Agg<T, S, V>>,
@@ -56,23 +57,27 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             .unwrap_or(Duration::from_secs(10));
         let (grace, emit, idle_ms) = (options.grace, options.emit, millis(idle));
         let pipeline = stream.core.pipeline().cloned();
-        let mut host = Host::new(
+        let mut runner = OperatorRunner::new(
             stream,
             "window",
             name,
             "windows apply to an agent's own stream, re-keyed with `group_by`",
             idle,
-            move || Operator::new(kind, grace, idle_ms, emit, agg),
+            move || WindowOperator::new(kind, grace, idle_ms, emit, agg),
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
-            host.before_setup(async move {
+            runner.before_setup(async move {
                 let mut spec = TopicSpec::of::<T>(&topic, "late events of a window");
                 spec.internal = Some(Internal::DeadLetters);
                 pipeline.ensure_topic(spec).await
             });
         }
         WindowStream {
-            inner: Box::new(Driver { host, key, options }),
+            inner: Box::new(WindowDriver {
+                runner,
+                key,
+                options,
+            }),
         }
     }
 }
@@ -107,7 +112,7 @@ impl<K, V> std::fmt::Debug for WindowStream<K, V> {
     }
 }
 
-impl<T, K, S, V> Stateful for Operator<T, K, S, V>
+impl<T, K, S, V> Stateful for WindowOperator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     K: Serialize + DeserializeOwned + Clone + Send + 'static,
@@ -117,31 +122,31 @@ where
     type Out = WindowResult<K, V>;
 
     fn clear(&mut self) {
-        Operator::clear(self);
+        WindowOperator::clear(self);
     }
 
     fn has_partition(&self, partition: i32) -> bool {
-        Operator::has_partition(self, partition)
+        WindowOperator::has_partition(self, partition)
     }
 
     fn load(&mut self, partition: i32, entries: Vec<(Vec<u8>, Vec<u8>)>, now: i64) -> Result<()> {
-        Operator::load(self, partition, entries, now)
+        WindowOperator::load(self, partition, entries, now)
     }
 
     fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64) {
-        Operator::heard(self, partition, pump, watermark, now);
+        WindowOperator::heard(self, partition, pump, watermark, now);
     }
 
     fn advance(&mut self, now: i64, floor: i64, caught_up: &std::collections::HashSet<i32>) {
-        Operator::advance(self, now, floor, caught_up);
+        WindowOperator::advance(self, now, floor, caught_up);
     }
 
     fn dirty(&self) -> bool {
-        Operator::dirty(self)
+        WindowOperator::dirty(self)
     }
 
     fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
-        Operator::take_writes(self)
+        WindowOperator::take_writes(self)
     }
 
     fn next_out(&mut self) -> Option<WindowResult<K, V>> {
@@ -154,15 +159,16 @@ where
     }
 }
 
-struct Driver<T, K, S, V> {
-    host: Host<T, Operator<T, K, S, V>>,
+/// Feeds a window's keyed records to its [`WindowOperator`] through the runner.
+struct WindowDriver<T, K, S, V> {
+    runner: OperatorRunner<T, WindowOperator<T, K, S, V>>,
     key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: Options,
 }
 
 /// Feeds one record to the window; a late one goes to the late topic, or is counted.
 fn handle<T, K, S, V>(
-    host: &mut Host<T, Operator<T, K, S, V>>,
+    runner: &mut OperatorRunner<T, WindowOperator<T, K, S, V>>,
     key: &Arc<dyn Fn(&T) -> K + Send + Sync>,
     options: &Options,
     item: T,
@@ -175,7 +181,7 @@ where
 {
     let k = key(&item);
     let key_bytes = k.key_bytes();
-    let late = host.record(|op, at| {
+    let late = runner.record(|op, at| {
         op.on_record(
             at.partition,
             key_bytes,
@@ -188,7 +194,7 @@ where
         )
     })?;
     if let Some(Some(item)) = late {
-        let shared = &host.shared;
+        let shared = &runner.shared;
         shared.stats.late_records.fetch_add(1, Ordering::Relaxed);
         match &options.late_topic {
             Some(topic) => {
@@ -197,7 +203,7 @@ where
                 let current = shared.event_time();
                 let mut record = encode_out(
                     topic.as_str(),
-                    host.stream.codec,
+                    runner.stream.codec,
                     item.key(),
                     &item,
                     current,
@@ -214,7 +220,7 @@ where
     Ok(())
 }
 
-impl<T, K, S, V> Drive<K, V> for Driver<T, K, S, V>
+impl<T, K, S, V> DriveWindow<K, V> for WindowDriver<T, K, S, V>
 where
     T: Record,
     K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -222,11 +228,15 @@ where
     V: Send + 'static,
 {
     fn set_on_close(&mut self, f: OnClose<K, V>) {
-        self.host.configure(move |op| op.on_close = Some(f));
+        self.runner.configure(move |op| op.on_close = Some(f));
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<WindowResult<K, V>>> {
-        let Driver { host, key, options } = self;
-        host.poll(cx, |host, item| handle(host, key, options, item))
+        let WindowDriver {
+            runner,
+            key,
+            options,
+        } = self;
+        runner.poll(cx, |runner, item| handle(runner, key, options, item))
     }
 }

@@ -161,21 +161,22 @@ pub enum Emit {
     Update,
 }
 
+/// Which windows a definition makes, with their sizes in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub(crate) enum WindowKind {
     Tumbling { size: i64 },
     Hopping { size: i64, step: i64 },
     Sliding { size: i64 },
     Session { gap: i64 },
 }
 
-impl Kind {
+impl WindowKind {
     fn label(self) -> String {
         match self {
-            Kind::Tumbling { size } => format!("tumbling-{size}ms"),
-            Kind::Hopping { size, step } => format!("hopping-{size}ms-{step}ms"),
-            Kind::Sliding { size } => format!("sliding-{size}ms"),
-            Kind::Session { gap } => format!("session-{gap}ms"),
+            WindowKind::Tumbling { size } => format!("tumbling-{size}ms"),
+            WindowKind::Hopping { size, step } => format!("hopping-{size}ms-{step}ms"),
+            WindowKind::Sliding { size } => format!("sliding-{size}ms"),
+            WindowKind::Session { gap } => format!("session-{gap}ms"),
         }
     }
 }
@@ -240,7 +241,7 @@ pub(crate) struct Agg<T, S, O> {
 /// which returns the [`WindowStream`] of results.
 pub struct Windows<T, K, W = Fixed> {
     keyed: KeyedStream<T, K>,
-    kind: Kind,
+    kind: WindowKind,
     options: Options,
     _kind: PhantomData<fn() -> W>,
 }
@@ -264,7 +265,7 @@ where
     T: Record,
     K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    fn windows<W>(self, kind: Kind) -> Windows<T, K, W> {
+    fn windows<W>(self, kind: WindowKind) -> Windows<T, K, W> {
         Windows {
             keyed: self,
             kind,
@@ -283,27 +284,27 @@ where
     /// Tumbling windows of `size`: `[k·size, (k+1)·size)`.
     pub fn tumbling(self, size: Duration) -> Windows<T, K, Fixed> {
         let size = millis(size).max(1);
-        self.windows(Kind::Tumbling { size })
+        self.windows(WindowKind::Tumbling { size })
     }
 
     /// Hopping windows of `size` starting every `step` (`step <= size`).
     pub fn hopping(self, size: Duration, step: Duration) -> Windows<T, K, Fixed> {
         let size = millis(size).max(1);
         let step = millis(step).clamp(1, size);
-        self.windows(Kind::Hopping { size, step })
+        self.windows(WindowKind::Hopping { size, step })
     }
 
     /// Sliding windows of `size`: Kafka Streams' `SlidingWindows.ofTimeDifference(size - 1 ms)`
     /// (see the module docs).
     pub fn sliding(self, size: Duration) -> Windows<T, K, Fixed> {
         let size = millis(size).max(1);
-        self.windows(Kind::Sliding { size })
+        self.windows(WindowKind::Sliding { size })
     }
 
     /// Session windows closing after `gap` of inactivity per key.
     pub fn session(self, gap: Duration) -> Windows<T, K, Sessions> {
         let gap = millis(gap).max(0);
-        self.windows(Kind::Session { gap })
+        self.windows(WindowKind::Session { gap })
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Agg, Emit, Kind, WindowResult};
+use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::error::{Error, Result};
 
 mod sliding;
@@ -30,9 +30,9 @@ mod sliding;
 const WINDOW: u8 = b'W';
 const CLOCK: &[u8] = b"C";
 
-/// A partition's clock as stored.
+/// A partition's clock as stored (the `C` entry).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredClock {
+struct StoredWindowClock {
     max_seen: i64,
     floor: i64,
     /// Watermarks of the pumps feeding a repartition partition: after a restart its windows
@@ -71,7 +71,7 @@ fn window_key(key: &[u8], start: i64) -> Vec<u8> {
 }
 
 /// Splits a stored key into (tag, group key, rest).
-fn split(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+fn split_stored_key(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let key = rest.get(4..4 + len)?;
@@ -99,7 +99,7 @@ pub(crate) struct Win<S> {
 struct KeyState<K, S> {
     bytes: Key,
     key: K,
-    windows: Windows<S>,
+    windows: KeyWindows<S>,
 }
 
 impl<K, S> KeyState<K, S> {
@@ -107,7 +107,7 @@ impl<K, S> KeyState<K, S> {
         KeyState {
             bytes,
             key,
-            windows: Windows(Vec::new()),
+            windows: KeyWindows(Vec::new()),
         }
     }
 }
@@ -130,9 +130,9 @@ fn key_state<'a, K, S>(
 
 /// A key's open windows by start, in a sorted vector: a key has one or a few windows open at a
 /// time, and a `BTreeMap` would allocate a node of eleven slots for the first.
-struct Windows<S>(Vec<(i64, Win<S>)>);
+struct KeyWindows<S>(Vec<(i64, Win<S>)>);
 
-impl<S> Windows<S> {
+impl<S> KeyWindows<S> {
     fn find(&self, start: i64) -> std::result::Result<usize, usize> {
         self.0.binary_search_by_key(&start, |(s, _)| *s)
     }
@@ -224,7 +224,8 @@ impl Closing {
     }
 }
 
-struct Part<K, S> {
+/// The window's state in one owned partition: its keys' windows, the close queue and its clock.
+struct WindowPartition<K, S> {
     keys: HashMap<Key, KeyState<K, S>, Hasher>,
     closing: Closing,
     /// Sliding windows that closed and are retained, by start (all in one bucket per start).
@@ -244,9 +245,9 @@ struct Part<K, S> {
     clock_dirty: bool,
 }
 
-impl<K, S> Part<K, S> {
+impl<K, S> WindowPartition<K, S> {
     fn new(now: i64) -> Self {
-        Part {
+        WindowPartition {
             keys: HashMap::default(),
             closing: Closing::default(),
             retained: Closing::default(),
@@ -259,6 +260,20 @@ impl<K, S> Part<K, S> {
             dirty: HashSet::default(),
             clock_dirty: false,
         }
+    }
+
+    /// Moves the partition's clock for a record at event time `time`, read at clock time
+    /// `now` (`upstream`: the watermark of the `group_by` pump that forwarded it).
+    fn note_arrival(&mut self, time: i64, upstream: Option<(u64, i64)>, now: i64) {
+        if time > self.max_seen {
+            self.max_seen = time;
+            self.clock_dirty = true;
+        }
+        if let Some((pump, watermark)) = upstream {
+            self.upstream.heard(pump, watermark, now);
+            self.clock_dirty = true;
+        }
+        self.last_arrival = now;
     }
 }
 
@@ -273,13 +288,14 @@ use crate::ops::operator::StateWrite;
 
 pub(crate) type OnClose<K, O> = Box<dyn FnMut(&WindowResult<K, O>) + Send>;
 
-pub(crate) struct Operator<T, K, S, O> {
-    kind: Kind,
+/// The window operator of one window definition: the open windows of every owned partition.
+pub(crate) struct WindowOperator<T, K, S, O> {
+    kind: WindowKind,
     grace: i64,
     idle_timeout: i64,
     emit: Emit,
     agg: Arc<Agg<T, S, O>>,
-    parts: HashMap<i32, Part<K, S>>,
+    parts: HashMap<i32, WindowPartition<K, S>>,
     watermark: i64,
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
     pub(crate) on_close: Option<OnClose<K, O>>,
@@ -288,20 +304,20 @@ pub(crate) struct Operator<T, K, S, O> {
     updated: Vec<i64>,
 }
 
-impl<T, K, S, O> Operator<T, K, S, O>
+impl<T, K, S, O> WindowOperator<T, K, S, O>
 where
     T: Serialize + DeserializeOwned,
     K: Serialize + DeserializeOwned + Clone,
     S: Serialize + DeserializeOwned + Clone,
 {
     pub(crate) fn new(
-        kind: Kind,
+        kind: WindowKind,
         grace: i64,
         idle_timeout: i64,
         emit: Emit,
         agg: Arc<Agg<T, S, O>>,
     ) -> Self {
-        Operator {
+        WindowOperator {
             kind,
             grace,
             idle_timeout,
@@ -339,7 +355,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = Part::new(now);
+        let mut part = WindowPartition::new(now);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -349,7 +365,7 @@ where
         let mut windows = Vec::new();
         for (stored, value) in entries {
             if stored == CLOCK {
-                let clock: StoredClock =
+                let clock: StoredWindowClock =
                     serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
                 part.max_seen = clock.max_seen;
                 part.floor = clock.floor;
@@ -360,7 +376,7 @@ where
             }
             // (Other tags: entries of an earlier version, such as the record buffer sliding
             // windows kept, are left alone.)
-            if let Some((WINDOW, key, rest)) = split(&stored)
+            if let Some((WINDOW, key, rest)) = split_stored_key(&stored)
                 && let Some(start) = time_from(rest)
             {
                 let window = self.decode_window(&value).map_err(|e| bad("window", e))?;
@@ -371,7 +387,7 @@ where
         for (key, start, (k, win)) in windows {
             let ks = key_state(&mut part.keys, &key, || k);
             let close = self.close_time(win.end);
-            if matches!(self.kind, Kind::Sliding { .. }) && close <= part.floor {
+            if matches!(self.kind, WindowKind::Sliding { .. }) && close <= part.floor {
                 part.retained.insert(start, &ks.bytes, start);
             } else {
                 part.closing.insert(close, &ks.bytes, start);
@@ -385,7 +401,7 @@ where
     /// A stored window's key and window: sliding windows carry their largest event time.
     fn decode_window(&self, value: &[u8]) -> serde_json::Result<(K, Win<S>)> {
         let (k, end, state, max) = match self.kind {
-            Kind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
+            WindowKind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
             _ => {
                 let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
                 (k, end, state, i64::MIN)
@@ -402,7 +418,7 @@ where
 
     fn close_time(&self, end: i64) -> i64 {
         let extra = match self.kind {
-            Kind::Session { gap } => gap,
+            WindowKind::Session { gap } => gap,
             _ => 0,
         };
         end.saturating_add(extra).saturating_add(self.grace)
@@ -422,7 +438,7 @@ where
             agent: String::new(),
             message: format!("cannot encode window state: {e}"),
         };
-        let sliding = matches!(self.kind, Kind::Sliding { .. });
+        let sliding = matches!(self.kind, WindowKind::Sliding { .. });
         for (&partition, part) in &mut self.parts {
             for (key, start) in part.dirty.drain() {
                 let stored = window_key(&key, start);
@@ -445,7 +461,7 @@ where
             }
             if part.clock_dirty {
                 part.clock_dirty = false;
-                let clock = StoredClock {
+                let clock = StoredWindowClock {
                     max_seen: part.max_seen,
                     floor: part.floor,
                     pumps: part.upstream.snapshot(),
@@ -482,7 +498,7 @@ where
         let part = self
             .parts
             .entry(partition)
-            .or_insert_with(|| Part::new(now));
+            .or_insert_with(|| WindowPartition::new(now));
         if let Some(offset) = offset {
             if offset <= part.applied {
                 // Already in the windows (handed out again after a failure or a crash).
@@ -500,7 +516,7 @@ where
         let mut updated = std::mem::take(&mut self.updated);
         updated.clear();
         let ks = key_state(&mut part.keys, &key_bytes, || key);
-        let accepted = place(
+        let accepted = add_to_windows(
             &rules,
             ks,
             &mut part.closing,
@@ -534,15 +550,7 @@ where
             }
         }
         self.updated = updated;
-        if time > part.max_seen {
-            part.max_seen = time;
-            part.clock_dirty = true;
-        }
-        if let Some((pump, watermark)) = upstream {
-            part.upstream.heard(pump, watermark, now);
-            part.clock_dirty = true;
-        }
-        part.last_arrival = now;
+        part.note_arrival(time, upstream, now);
         late
     }
 
@@ -560,12 +568,14 @@ where
     /// long they take to reach the window.
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let computed = watermark_of(
-            self.parts.iter_mut().map(|(&partition, part)| PartTime {
-                partition,
-                max_seen: part.max_seen,
-                last_arrival: part.last_arrival,
-                upstream: &mut part.upstream,
-            }),
+            self.parts
+                .iter_mut()
+                .map(|(&partition, part)| PartitionTime {
+                    partition,
+                    max_seen: part.max_seen,
+                    last_arrival: part.last_arrival,
+                    upstream: &mut part.upstream,
+                }),
             now,
             self.idle_timeout,
             caught_up,
@@ -574,7 +584,7 @@ where
         let watermark = self.watermark;
         let agg = self.agg.clone();
         let retention = match self.kind {
-            Kind::Sliding { size } => Some(sliding::retention(size, self.grace)),
+            WindowKind::Sliding { size } => Some(sliding::retention(size, self.grace)),
             _ => None,
         };
         for part in self.parts.values_mut() {
@@ -608,7 +618,7 @@ where
 /// it is a sliding window still within `retention` of the latest start written: then it stays,
 /// closed (see `sliding`).
 fn close<T, K: Clone, S, O>(
-    part: &mut Part<K, S>,
+    part: &mut WindowPartition<K, S>,
     key: &Key,
     start: i64,
     retention: Option<i64>,
@@ -648,7 +658,7 @@ fn close<T, K: Clone, S, O>(
 }
 
 /// A partition's clock, as the instance watermark reads it.
-pub(crate) struct PartTime<'a> {
+pub(crate) struct PartitionTime<'a> {
     pub(crate) partition: i32,
     pub(crate) max_seen: i64,
     pub(crate) last_arrival: i64,
@@ -662,7 +672,7 @@ pub(crate) struct PartTime<'a> {
 /// partition with records still to read never is, however long they take to arrive. When
 /// every partition is idle, the watermark advances with the wall clock from the newest event.
 pub(crate) fn watermark_of<'a>(
-    parts: impl Iterator<Item = PartTime<'a>>,
+    parts: impl Iterator<Item = PartitionTime<'a>>,
     now: i64,
     idle_timeout: i64,
     caught_up: &HashSet<i32>,
@@ -702,7 +712,7 @@ fn close_at(end: i64, grace: i64) -> i64 {
 /// What every record of a partition is judged by.
 struct Rules<'a, T, S, O> {
     agg: &'a Agg<T, S, O>,
-    kind: Kind,
+    kind: WindowKind,
     grace: i64,
     /// The watermark before the record.
     wm: i64,
@@ -714,7 +724,7 @@ struct Rules<'a, T, S, O> {
     clippy::too_many_arguments,
     reason = "the operator's parts, borrowed apart"
 )]
-fn place<T, K, S: Clone, O>(
+fn add_to_windows<T, K, S: Clone, O>(
     rules: &Rules<'_, T, S, O>,
     ks: &mut KeyState<K, S>,
     closing: &mut Closing,
@@ -731,11 +741,11 @@ fn place<T, K, S: Clone, O>(
         wm,
     } = *rules;
     match kind {
-        Kind::Tumbling { size } => {
+        WindowKind::Tumbling { size } => {
             let start = time.div_euclid(size) * size;
             add_fixed(agg, ks, closing, start, size, grace, wm, item, updated)
         }
-        Kind::Hopping { size, step } => {
+        WindowKind::Hopping { size, step } => {
             let mut start = time.div_euclid(step) * step;
             let mut any = false;
             while start > time - size {
@@ -744,7 +754,7 @@ fn place<T, K, S: Clone, O>(
             }
             any
         }
-        Kind::Sliding { size } => {
+        WindowKind::Sliding { size } => {
             let record = sliding::Slide {
                 agg,
                 size,
@@ -755,8 +765,8 @@ fn place<T, K, S: Clone, O>(
             };
             record.apply(ks, closing, latest_start, updated)
         }
-        Kind::Session { gap } => {
-            session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
+        WindowKind::Session { gap } => {
+            add_to_session(agg, ks, closing, dirty, time, gap, grace, wm, item, updated)
         }
     }
 }
@@ -801,7 +811,7 @@ fn add_fixed<T, K, S, O>(
     clippy::too_many_arguments,
     reason = "the operator's parts, borrowed apart"
 )]
-fn session<T, K, S, O>(
+fn add_to_session<T, K, S, O>(
     agg: &Agg<T, S, O>,
     ks: &mut KeyState<K, S>,
     closing: &mut Closing,
@@ -866,7 +876,7 @@ mod tests {
 
     use super::*;
 
-    type Op = Operator<i64, String, u64, u64>;
+    type CountWindows = WindowOperator<i64, String, u64, u64>;
 
     /// Every partition read to its end.
     fn all() -> HashSet<i32> {
@@ -883,12 +893,12 @@ mod tests {
         })
     }
 
-    fn op(kind: Kind, grace: i64) -> Op {
-        Operator::new(kind, grace, 1_000, Emit::Final, count())
+    fn op(kind: WindowKind, grace: i64) -> CountWindows {
+        WindowOperator::new(kind, grace, 1_000, Emit::Final, count())
     }
 
     /// Sends (key, time) records to partition 0 at clock 0, advancing after each.
-    fn feed(op: &mut Op, records: &[(&str, i64)]) -> Vec<Option<i64>> {
+    fn feed(op: &mut CountWindows, records: &[(&str, i64)]) -> Vec<Option<i64>> {
         records
             .iter()
             .map(|&(key, time)| {
@@ -908,7 +918,7 @@ mod tests {
             .collect()
     }
 
-    fn results(op: &mut Op) -> Vec<(String, i64, i64, u64)> {
+    fn results(op: &mut CountWindows) -> Vec<(String, i64, i64, u64)> {
         let mut out: Vec<_> = op
             .out
             .drain(..)
@@ -924,7 +934,7 @@ mod tests {
 
     #[test]
     fn tumbling_closes_on_the_watermark_and_drops_late_records() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         // 3 arrives after 12: the watermark (12) has passed 10 + grace (0), so [0, 10) has
         // closed and 3 is late.
         let late = feed(
@@ -939,7 +949,7 @@ mod tests {
 
     #[test]
     fn grace_keeps_a_window_open_for_out_of_order_records() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 5);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 5);
         let late = feed(
             &mut op,
             &[("a", 1), ("a", 12), ("a", 3), ("a", 15), ("a", 4)],
@@ -951,7 +961,7 @@ mod tests {
 
     #[test]
     fn hopping_windows_count_a_record_in_each_window_containing_it() {
-        let mut op = op(Kind::Hopping { size: 10, step: 5 }, 0);
+        let mut op = op(WindowKind::Hopping { size: 10, step: 5 }, 0);
         feed(&mut op, &[("a", 1), ("a", 7), ("a", 12), ("a", 100)]);
         assert_eq!(
             results(&mut op),
@@ -967,8 +977,8 @@ mod tests {
     /// Sliding windows of `size` 10 ms: Kafka Streams' `SlidingWindows.ofTimeDifference(9 ms)`.
     /// The expected windows below are what Kafka Streams 4.1.1 emitted for the same records
     /// (bench/kstreams `WindowsDiff`, ends plus one).
-    fn slide(grace: i64) -> Op {
-        op(Kind::Sliding { size: 10 }, grace)
+    fn slide(grace: i64) -> CountWindows {
+        op(WindowKind::Sliding { size: 10 }, grace)
     }
 
     #[test]
@@ -1036,7 +1046,7 @@ mod tests {
     }
     #[test]
     fn sessions_merge_when_a_record_bridges_them() {
-        let mut op = op(Kind::Session { gap: 10 }, 100);
+        let mut op = op(WindowKind::Session { gap: 10 }, 100);
         feed(
             &mut op,
             &[("a", 0), ("a", 5), ("a", 30), ("a", 20), ("b", 3)],
@@ -1051,7 +1061,7 @@ mod tests {
 
     #[test]
     fn a_record_that_could_only_form_a_closed_session_is_late() {
-        let mut op = op(Kind::Session { gap: 20 }, 0);
+        let mut op = op(WindowKind::Session { gap: 20 }, 0);
         // b at 120 closes a's [100, 100] (100 + 20 + 0). A second a at 100 would form
         // [100, 100] again, closed at once: late here, where Kafka Streams emits [100, 100]
         // a second time (see the module docs of `window`).
@@ -1062,7 +1072,7 @@ mod tests {
 
     #[test]
     fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
         feed(&mut op, &[("a", 1), ("a", 50)]);
         assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
@@ -1088,8 +1098,8 @@ mod tests {
 
     #[test]
     fn a_record_handed_out_again_is_not_counted_twice() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
-        let at = |op: &mut Op, offset| {
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
+        let at = |op: &mut CountWindows, offset| {
             op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
         };
         at(&mut op, 5);
@@ -1101,7 +1111,7 @@ mod tests {
 
     #[test]
     fn a_partition_with_records_still_to_read_is_never_idle() {
-        let mut op = op(Kind::Tumbling { size: 10 }, 0);
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
         op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
         // Partition 1 is behind (its records wait in the queue): it holds the watermark
@@ -1116,7 +1126,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_the_store_and_closed_windows_are_deleted() {
         let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut apply = |op: &mut Op| {
+        let mut apply = |op: &mut CountWindows| {
             for (_, k, v) in op.take_writes().unwrap() {
                 match v {
                     Some(v) => store.insert(k, v),
@@ -1125,10 +1135,10 @@ mod tests {
             }
             store.clone()
         };
-        let mut first = op(Kind::Tumbling { size: 10 }, 0);
+        let mut first = op(WindowKind::Tumbling { size: 10 }, 0);
         feed(&mut first, &[("a", 5), ("b", 8)]);
         let stored = apply(&mut first);
-        let mut second = op(Kind::Tumbling { size: 10 }, 0);
+        let mut second = op(WindowKind::Tumbling { size: 10 }, 0);
         second.load(0, stored.into_iter().collect(), 0).unwrap();
         feed(&mut second, &[("a", 7), ("a", 12)]);
         assert_eq!(
@@ -1138,14 +1148,14 @@ mod tests {
         let left = apply(&mut second);
         let windows = left.keys().filter(|k| k[0] == WINDOW).count();
         assert_eq!(windows, 1, "only [10, 20) is left");
-        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        let clock: StoredWindowClock = serde_json::from_slice(&left[CLOCK]).unwrap();
         assert_eq!((clock.max_seen, clock.floor), (12, 12));
     }
 
     #[test]
     fn closed_sliding_windows_stay_stored_until_they_fall_out_of_retention() {
         let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut apply = |op: &mut Op| {
+        let mut apply = |op: &mut CountWindows| {
             for (_, k, v) in op.take_writes().unwrap() {
                 match v {
                     Some(v) => store.insert(k, v),
@@ -1183,7 +1193,7 @@ mod tests {
             2,
             "c's two windows are retained, the rest forgotten"
         );
-        let clock: StoredClock = serde_json::from_slice(&left[CLOCK]).unwrap();
+        let clock: StoredWindowClock = serde_json::from_slice(&left[CLOCK]).unwrap();
         assert_eq!(clock.latest_start, Some(131));
     }
 
@@ -1211,7 +1221,7 @@ mod tests {
             max: 0,
             stored: false,
         };
-        let mut windows = Windows(Vec::new());
+        let mut windows = KeyWindows(Vec::new());
         windows.insert(20, win(30));
         windows.get_or_insert_with(0, || win(10)).state += 1;
         windows.get_or_insert_with(0, || win(99)).state += 1;

@@ -39,7 +39,7 @@
 //! then it is forgotten. An open window is never forgotten: with one partition per agent instance
 //! no open window is that old, and with several the instance's watermark may hold one open.
 
-use super::{Agg, Closing, KeyState, Part, Win, Windows, close_at};
+use super::{Agg, Closing, KeyState, KeyWindows, Win, WindowPartition, close_at};
 
 /// Kafka Streams' retention of a sliding window store: `2d + grace`.
 pub(super) fn retention(size: i64, grace: i64) -> i64 {
@@ -48,7 +48,7 @@ pub(super) fn retention(size: i64, grace: i64) -> i64 {
 
 /// Forgets the closed windows that start before the latest window start written minus
 /// `retention`: Kafka Streams' store no longer returns them.
-pub(super) fn expire<K, S>(part: &mut Part<K, S>, retention: i64) {
+pub(super) fn expire<K, S>(part: &mut WindowPartition<K, S>, retention: i64) {
     let horizon = part.latest_start.saturating_sub(retention);
     while let Some(bucket) = part.retained.pop_until(horizon.saturating_sub(1)) {
         for (key, start) in bucket {
@@ -99,15 +99,16 @@ struct Found {
     combined: bool,
 }
 
-/// Where a record's writes go.
-struct Target<'a, K, S> {
+/// Where a sliding record's writes go: its key's windows, the close queue, the latest start
+/// written, the starts it updated.
+struct SlideTarget<'a, K, S> {
     ks: &'a mut KeyState<K, S>,
     closing: &'a mut Closing,
     latest_start: &'a mut i64,
     updated: &'a mut Vec<i64>,
 }
 
-impl<K, S> Target<'_, K, S> {
+impl<K, S> SlideTarget<'_, K, S> {
     fn window(&self, start: i64) -> Option<&Win<S>> {
         self.ks.windows.get(start)
     }
@@ -159,7 +160,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
         if self.time < 0 || !self.open(self.time) {
             return false;
         }
-        let mut to = Target {
+        let mut to = SlideTarget {
             ks,
             closing,
             latest_start,
@@ -173,7 +174,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// `processReverse` and `createWindows`.
-    fn regular<K>(&self, to: &mut Target<'_, K, S>) -> bool {
+    fn regular<K>(&self, to: &mut SlideTarget<'_, K, S>) -> bool {
         let (t, d) = (self.time, self.d());
         let found = self.scan(&to.ks.windows);
         // Copies of what the record is about to change.
@@ -206,7 +207,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// The windows a regular record meets, from the latest start down.
-    fn scan(&self, windows: &Windows<S>) -> Found {
+    fn scan(&self, windows: &KeyWindows<S>) -> Found {
         let (t, d) = (self.time, self.d());
         let mut found = Found::default();
         let from = t.saturating_sub(d.saturating_mul(2)).max(0);
@@ -236,7 +237,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// `processEarly`: a record before `d`, whose windows would start before the epoch.
-    fn early<K>(&self, to: &mut Target<'_, K, S>) -> bool {
+    fn early<K>(&self, to: &mut SlideTarget<'_, K, S>) -> bool {
         let t = self.time;
         let mut found = Found::default();
         for (start, win) in to.ks.windows.range(0..=t + 1) {
@@ -272,7 +273,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// The right source's aggregate and `max`, when the record's right window is to be made.
-    fn right_copy<K>(&self, found: &Found, to: &Target<'_, K, S>) -> Option<(S, i64)> {
+    fn right_copy<K>(&self, found: &Found, to: &SlideTarget<'_, K, S>) -> Option<(S, i64)> {
         if found.right_exists {
             return None;
         }
@@ -281,14 +282,14 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// Writes the record's right window, a copy without the record.
-    fn right<K>(&self, to: &mut Target<'_, K, S>, copy: Option<(S, i64)>) {
+    fn right<K>(&self, to: &mut SlideTarget<'_, K, S>, copy: Option<(S, i64)>) {
         if let Some((state, max)) = copy {
             to.put(self.time + 1, self.size, self.grace, state, max);
         }
     }
 
     /// Adds the record to the window at `start`, if it is open (`updateWindowAndForward`).
-    fn add<K>(&self, to: &mut Target<'_, K, S>, start: i64) -> bool {
+    fn add<K>(&self, to: &mut SlideTarget<'_, K, S>, start: i64) -> bool {
         if !self.open(start) {
             return false;
         }
@@ -303,7 +304,7 @@ impl<T, S: Clone, O> Slide<'_, T, S, O> {
     }
 
     /// Writes the window at `start` as `base` plus the record, if it is open.
-    fn create<K>(&self, to: &mut Target<'_, K, S>, start: i64, mut base: S) -> bool {
+    fn create<K>(&self, to: &mut SlideTarget<'_, K, S>, start: i64, mut base: S) -> bool {
         if !self.open(start) {
             return false;
         }
