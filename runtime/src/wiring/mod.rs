@@ -6,6 +6,8 @@ pub(crate) mod observe;
 pub(crate) mod otlp_metrics;
 pub(crate) mod pipeline;
 pub mod producer;
+pub(crate) mod registry;
+pub(crate) mod store_cell;
 pub mod topology;
 pub(crate) mod web;
 pub mod worker;

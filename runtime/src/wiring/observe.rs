@@ -14,7 +14,8 @@ use crate::base::message::now_millis;
 use crate::base::metrics::AgentStats;
 use crate::instance::table::TableDef;
 use crate::io::transport::{GroupMember as Member, Log, Router, Tp};
-use crate::wiring::pipeline::{AgentPipeline, StoreCell};
+use crate::wiring::pipeline::AgentPipeline;
+use crate::wiring::store_cell::StoreCell;
 use crate::wiring::topology::Topology;
 use crate::wiring::web::api::{AgentStatus, Status, TableAnswer, WebBackend};
 

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 use std::task::Poll;
 
-use crate::base::config::{Broker, Config};
+use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::Headers;
@@ -31,32 +31,14 @@ use crate::base::spec::{Internal, TopicSpec};
 use crate::base::watermark::{self, SourceClock};
 use crate::instance::context::{CURRENT, Shared};
 use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
-use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
+use crate::instance::record_loop::{CoreParts, StreamCore};
 use crate::instance::table::TableDef;
-use crate::io::store::TableStore;
 use crate::io::transport::Log;
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
 use futures::future::BoxFuture;
 
-/// Threads, tasks and stop channels a worker must wind down, including those created after
-/// start (repartition fetchers and pumps).
-#[derive(Default)]
-pub(crate) struct Registry {
-    pub(crate) stops: Mutex<Vec<mpsc::UnboundedSender<Stop>>>,
-    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    pub(crate) pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Registry {
-    pub(crate) fn stop_channel(&self) -> mpsc::UnboundedReceiver<Stop> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.stops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
-    }
-}
+pub(crate) use crate::wiring::registry::Registry;
+pub(crate) use crate::wiring::store_cell::StoreCell;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -94,37 +76,6 @@ pub(crate) struct AgentPipeline {
     windows: Mutex<HashMap<String, Arc<TableDef>>>,
     /// Set when a window is built on the repartitioned stream: pumps then carry watermarks.
     windowed: Arc<AtomicBool>,
-}
-
-/// The worker's table store, opened when the first table or window needs it.
-pub(crate) struct StoreCell {
-    config: Config,
-    store: OnceLock<Arc<TableStore>>,
-    opening: Mutex<()>,
-}
-
-impl StoreCell {
-    pub(crate) fn new(config: &Config) -> Arc<Self> {
-        Arc::new(StoreCell {
-            config: config.clone(),
-            store: OnceLock::new(),
-            opening: Mutex::new(()),
-        })
-    }
-
-    pub(crate) fn get(&self) -> Option<Arc<TableStore>> {
-        self.store.get().cloned()
-    }
-
-    pub(crate) fn open(&self) -> Result<Arc<TableStore>> {
-        let _guard = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = self.store.get() {
-            return Ok(store.clone());
-        }
-        let store = TableStore::open(&self.config, self.config.broker == Broker::Memory)?;
-        let _ = self.store.set(store.clone());
-        Ok(store)
-    }
 }
 
 impl AgentPipeline {
