@@ -6,6 +6,7 @@ pub(crate) mod observe;
 pub(crate) mod otlp_metrics;
 pub(crate) mod pipeline;
 pub mod producer;
+pub(crate) mod pump;
 pub(crate) mod registry;
 pub(crate) mod store_cell;
 pub mod topology;
