@@ -237,88 +237,48 @@ impl Config {
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<()> {
         for (name, value) in vars {
-            match name.as_str() {
-                "RILL_BROKER" => {
-                    self.broker = Broker::parse(&value).map_err(|e| rename(e, &name))?
-                }
-                "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
-                "RILL_COMMIT_INTERVAL_MS" => {
-                    self.commit_interval = Duration::from_millis(parse_num(&name, &value, 1)?);
-                }
-                "RILL_IDLE_TIMEOUT_MS" => {
-                    self.idle_timeout = Duration::from_millis(parse_num(&name, &value, 1)?);
-                }
-                "RILL_ON_ERROR" => {
-                    self.on_error = crate::base::failure::OnError::from_name(&value).ok_or_else(|| {
-                        Error::config(
-                            &name,
-                            format!("`{value}` is not a policy; use dead_letter, retry, retry_topics, skip or stop"),
-                        )
-                    })?;
-                }
-                "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(&name, &value, 1)?,
-                "RILL_PROCESSING_GUARANTEE" => {
-                    self.processing_guarantee = match value.trim() {
-                        "at_least_once" => ProcessingGuarantee::AtLeastOnce,
-                        "exactly_once" => ProcessingGuarantee::ExactlyOnce,
-                        other => {
-                            return Err(Error::config(
-                                &name,
-                                format!("`{other}` is neither `at_least_once` nor `exactly_once`"),
-                            ));
-                        }
-                    }
-                }
-                "RILL_METRICS" => {
-                    self.metrics = match value.trim() {
-                        "on" | "true" | "1" => true,
-                        "off" | "false" | "0" => false,
-                        other => {
-                            return Err(Error::config(
-                                &name,
-                                format!("`{other}` is neither `on` nor `off`"),
-                            ));
-                        }
-                    }
-                }
-                "RILL_WEB_PORT" => self.web_port = Some(parse_num(&name, &value, 0)?),
-                "RILL_WEB_BIND" => {
-                    self.web_bind = value.trim().parse().map_err(|_| {
-                        Error::config(
-                            &name,
-                            format!(
-                                "`{value}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0"
-                            ),
-                        )
-                    })?;
-                }
-                // A token read from a secret file often ends with a newline.
-                "RILL_WEB_TOKEN" if !value.trim().is_empty() => {
-                    self.web_token = Some(value.trim().to_owned());
-                }
-                "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
-                "RILL_PARTITIONS" => self.partitions = parse_num(&name, &value, 1)?,
-                "RILL_WORKER_THREADS" => self.worker_threads = parse_num(&name, &value, 1)?,
-                "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(&name, &value, 1 << 20)?,
-                "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(&name, &value, 1 << 20)?,
-                "RILL_REPLICATION" => self.replication = parse_num(&name, &value, 1)?,
-                "RILL_COMPACTION_BYTES" => self.compaction_bytes = parse_num(&name, &value, 1)?,
-                "RILL_REPARTITION_PURGE_INTERVAL_MS" => {
-                    self.repartition_purge_interval =
-                        Duration::from_millis(parse_num(&name, &value, 1)?);
-                }
-                "RILL_TOMBSTONE_RETENTION_MS" => {
-                    self.tombstone_retention = Duration::from_millis(parse_num(&name, &value, 0)?);
-                }
-                "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(&name, &value, 1)?),
-                "RILL_RETENTION_MS" => {
-                    self.retention = Some(Duration::from_millis(parse_num(&name, &value, 1)?));
-                }
-                _ => {
-                    if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
-                        self.kafka
-                            .insert(prop.to_ascii_lowercase().replace('_', "."), value);
-                    }
+            self.apply_var(&name, value)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one variable; names rill does not know are ignored, except `RILL_KAFKA_*`,
+    /// which become librdkafka properties.
+    fn apply_var(&mut self, name: &str, value: String) -> Result<()> {
+        match name {
+            "RILL_BROKER" => self.broker = Broker::parse(&value).map_err(|e| rename(e, name))?,
+            "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
+            "RILL_COMMIT_INTERVAL_MS" => self.commit_interval = parse_ms(name, &value, 1)?,
+            "RILL_IDLE_TIMEOUT_MS" => self.idle_timeout = parse_ms(name, &value, 1)?,
+            "RILL_ON_ERROR" => self.on_error = parse_on_error(name, &value)?,
+            "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(name, &value, 1)?,
+            "RILL_PROCESSING_GUARANTEE" => {
+                self.processing_guarantee = parse_guarantee(name, &value)?;
+            }
+            "RILL_METRICS" => self.metrics = parse_on_off(name, &value)?,
+            "RILL_WEB_PORT" => self.web_port = Some(parse_num(name, &value, 0)?),
+            "RILL_WEB_BIND" => self.web_bind = parse_ip(name, &value)?,
+            // A token read from a secret file often ends with a newline.
+            "RILL_WEB_TOKEN" if !value.trim().is_empty() => {
+                self.web_token = Some(value.trim().to_owned());
+            }
+            "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
+            "RILL_PARTITIONS" => self.partitions = parse_num(name, &value, 1)?,
+            "RILL_WORKER_THREADS" => self.worker_threads = parse_num(name, &value, 1)?,
+            "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(name, &value, 1 << 20)?,
+            "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(name, &value, 1 << 20)?,
+            "RILL_REPLICATION" => self.replication = parse_num(name, &value, 1)?,
+            "RILL_COMPACTION_BYTES" => self.compaction_bytes = parse_num(name, &value, 1)?,
+            "RILL_REPARTITION_PURGE_INTERVAL_MS" => {
+                self.repartition_purge_interval = parse_ms(name, &value, 1)?;
+            }
+            "RILL_TOMBSTONE_RETENTION_MS" => self.tombstone_retention = parse_ms(name, &value, 0)?,
+            "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(name, &value, 1)?),
+            "RILL_RETENTION_MS" => self.retention = Some(parse_ms(name, &value, 1)?),
+            _ => {
+                if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
+                    self.kafka
+                        .insert(prop.to_ascii_lowercase().replace('_', "."), value);
                 }
             }
         }
@@ -442,6 +402,53 @@ fn rename(err: Error, setting: &str) -> Error {
 /// Half the cores this process may use, at least 1 (see `Config::worker_threads`).
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// A duration in whole milliseconds, at least `min`.
+fn parse_ms(name: &str, value: &str, min: u64) -> Result<Duration> {
+    parse_num(name, value, min).map(Duration::from_millis)
+}
+
+fn parse_on_error(name: &str, value: &str) -> Result<crate::base::failure::OnError> {
+    crate::base::failure::OnError::from_name(value).ok_or_else(|| {
+        Error::config(
+            name,
+            format!(
+                "`{value}` is not a policy; use dead_letter, retry, retry_topics, skip or stop"
+            ),
+        )
+    })
+}
+
+fn parse_guarantee(name: &str, value: &str) -> Result<ProcessingGuarantee> {
+    match value.trim() {
+        "at_least_once" => Ok(ProcessingGuarantee::AtLeastOnce),
+        "exactly_once" => Ok(ProcessingGuarantee::ExactlyOnce),
+        other => Err(Error::config(
+            name,
+            format!("`{other}` is neither `at_least_once` nor `exactly_once`"),
+        )),
+    }
+}
+
+fn parse_on_off(name: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(Error::config(
+            name,
+            format!("`{other}` is neither `on` nor `off`"),
+        )),
+    }
+}
+
+fn parse_ip(name: &str, value: &str) -> Result<std::net::IpAddr> {
+    value.trim().parse().map_err(|_| {
+        Error::config(
+            name,
+            format!("`{value}` is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0"),
+        )
+    })
 }
 
 fn parse_num<T>(name: &str, value: &str, min: T) -> Result<T>

@@ -168,67 +168,9 @@ where
         return Ok(None);
     };
     let exporter = match resolved.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-            if let Some(e) = &resolved.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if !config.headers.is_empty() {
-                let mut metadata = tonic::metadata::MetadataMap::new();
-                for (k, v) in &config.headers {
-                    let key =
-                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .map_err(|_| {
-                                Error::config(
-                                    "TelemetryConfig::headers",
-                                    format!("`{k}` is not a valid header name"),
-                                )
-                            })?;
-                    let value = v.parse().map_err(|_| {
-                        Error::config(
-                            "TelemetryConfig::headers",
-                            format!("the value of `{k}` is not a valid header value"),
-                        )
-                    })?;
-                    metadata.insert(key, value);
-                }
-                b = opentelemetry_otlp::WithTonicConfig::with_metadata(b, metadata);
-            }
-            b.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            if let Some(e) = &resolved.endpoint {
-                // An explicit endpoint is the signal's URL (as OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
-                let url = if e.ends_with("/v1/traces") {
-                    e.clone()
-                } else {
-                    format!("{}/v1/traces", e.trim_end_matches('/'))
-                };
-                b = b.with_endpoint(url);
-            }
-            if !config.headers.is_empty() {
-                b = opentelemetry_otlp::WithHttpConfig::with_headers(
-                    b,
-                    config.headers.iter().cloned().collect(),
-                );
-            }
-            b.build()
-        }
-    }
-    .map_err(|e| {
-        // The builder's message may quote the endpoint, credentials included.
-        let mut message = e.to_string();
-        if let Some(url) = &resolved.endpoint {
-            message = message.replace(url.as_str(), &redact_url(url));
-        }
-        Error::config(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("cannot set up the OTLP exporter: {message}"),
-        )
-    })?;
+        OtlpProtocol::Grpc => grpc_exporter(config, &resolved)?,
+        OtlpProtocol::HttpProtobuf => http_exporter(config, &resolved)?,
+    };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(
@@ -240,13 +182,7 @@ where
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("rill");
     tracing::info!(protocol = ?resolved.protocol, endpoint = resolved.endpoint.as_deref().map_or_else(|| "from OTEL_* variables".to_owned(), redact_url), service = %resolved.service_name, "exporting traces over OTLP");
-    let filter = env("RILL_TRACE_FILTER").unwrap_or_else(|| DEFAULT_TRACE_FILTER.to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-        Error::config(
-            "RILL_TRACE_FILTER",
-            format!("`{filter}` is not a tracing filter ({e}); e.g. `info,my_crate=debug`"),
-        )
-    })?;
+    let filter = trace_filter()?;
     // From here on agents create record spans: the layer must be installed (`init` does).
     ACTIVE.store(true, Ordering::Relaxed);
     Ok(Some((
@@ -255,6 +191,93 @@ where
             .with_filter(filter),
         Telemetry { provider },
     )))
+}
+
+/// The OTLP/gRPC span exporter, with `config.headers` as gRPC metadata.
+fn grpc_exporter(
+    config: &TelemetryConfig,
+    resolved: &Resolved,
+) -> Result<opentelemetry_otlp::SpanExporter> {
+    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(e) = &resolved.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    if !config.headers.is_empty() {
+        b = opentelemetry_otlp::WithTonicConfig::with_metadata(b, grpc_metadata(&config.headers)?);
+    }
+    b.build().map_err(|e| exporter_error(&e, resolved))
+}
+
+/// `TelemetryConfig::headers` as gRPC metadata (keys lowercase).
+fn grpc_metadata(headers: &[(String, String)]) -> Result<tonic::metadata::MetadataMap> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (k, v) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| {
+                Error::config(
+                    "TelemetryConfig::headers",
+                    format!("`{k}` is not a valid header name"),
+                )
+            })?;
+        let value = v.parse().map_err(|_| {
+            Error::config(
+                "TelemetryConfig::headers",
+                format!("the value of `{k}` is not a valid header value"),
+            )
+        })?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+/// The OTLP/HTTP span exporter (protobuf bodies).
+fn http_exporter(
+    config: &TelemetryConfig,
+    resolved: &Resolved,
+) -> Result<opentelemetry_otlp::SpanExporter> {
+    let mut b = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    if let Some(e) = &resolved.endpoint {
+        // An explicit endpoint is the signal's URL (as OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
+        let url = if e.ends_with("/v1/traces") {
+            e.clone()
+        } else {
+            format!("{}/v1/traces", e.trim_end_matches('/'))
+        };
+        b = b.with_endpoint(url);
+    }
+    if !config.headers.is_empty() {
+        b = opentelemetry_otlp::WithHttpConfig::with_headers(
+            b,
+            config.headers.iter().cloned().collect(),
+        );
+    }
+    b.build().map_err(|e| exporter_error(&e, resolved))
+}
+
+/// Why the exporter could not be built, without the endpoint's credentials.
+fn exporter_error(e: &opentelemetry_otlp::ExporterBuildError, resolved: &Resolved) -> Error {
+    // The builder's message may quote the endpoint, credentials included.
+    let mut message = e.to_string();
+    if let Some(url) = &resolved.endpoint {
+        message = message.replace(url.as_str(), &redact_url(url));
+    }
+    Error::config(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("cannot set up the OTLP exporter: {message}"),
+    )
+}
+
+/// Which spans are exported: `RILL_TRACE_FILTER`, else `DEFAULT_TRACE_FILTER`.
+fn trace_filter() -> Result<tracing_subscriber::EnvFilter> {
+    let filter = env("RILL_TRACE_FILTER").unwrap_or_else(|| DEFAULT_TRACE_FILTER.to_owned());
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        Error::config(
+            "RILL_TRACE_FILTER",
+            format!("`{filter}` is not a tracing filter ({e}); e.g. `info,my_crate=debug`"),
+        )
+    })
 }
 
 /// Installs the global `tracing` subscriber: logs to stderr filtered by `filter` (`EnvFilter`

@@ -14,7 +14,8 @@ use crate::base::message::now_millis;
 use crate::base::metrics::AgentStats;
 use crate::instance::table::TableDef;
 use crate::io::transport::{GroupMember as Member, Log, Router, Tp};
-use crate::wiring::pipeline::{AgentPipeline, StoreCell};
+use crate::wiring::pipeline::AgentPipeline;
+use crate::wiring::store_cell::StoreCell;
 use crate::wiring::topology::Topology;
 use crate::wiring::web::api::{AgentStatus, Status, TableAnswer, WebBackend};
 
@@ -157,190 +158,53 @@ impl Observer {
         all
     }
 
+    /// rill's metric families, in the order `/metrics` lists them.
     fn encode_rill(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let agents = self.agents();
-        let counter = |e: &mut DescriptorEncoder,
-                       name: &str,
-                       help: &str,
-                       get: &dyn Fn(&AgentStats) -> u64|
-         -> std::fmt::Result {
-            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for a in agents.iter() {
-                let labels = [("agent", &*a.name)];
-                let mut m = family.encode_family(&labels)?;
-                m.encode_counter::<NoLabelSet, _, u64>(&get(&a.stats), None)?;
-            }
-            Ok(())
-        };
-        let per_topic = |e: &mut DescriptorEncoder,
-                         name: &str,
-                         help: &str,
-                         get: &PerTopic|
-         -> std::fmt::Result {
-            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for a in agents.iter() {
-                for (topic, n) in get(&a.stats) {
-                    let labels = [("agent", &*a.name), ("topic", &*topic)];
-                    let mut m = family.encode_family(&labels)?;
-                    m.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-                }
-            }
-            Ok(())
-        };
-        let histogram = |e: &mut DescriptorEncoder,
-                         name: &str,
-                         help: &str,
-                         get: &dyn Fn(&AgentStats) -> &crate::base::metrics::Histogram|
-         -> std::fmt::Result {
-            let mut family = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for a in agents.iter() {
-                let (sum, count, buckets) = get(&a.stats).snapshot();
-                let labels = [("agent", &*a.name)];
-                let mut m = family.encode_family(&labels)?;
-                m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-            }
-            Ok(())
-        };
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        encode_throughput(&mut e, &agents)?;
+        encode_outcomes(&mut e, &agents)?;
+        encode_recovery(&mut e, &agents)?;
+        encode_event_time_lag(&mut e, &agents)?;
+        self.encode_consumer_lag(&mut e, &agents)?;
+        encode_rebalances(&mut e, &agents)?;
+        self.encode_table_sizes(&mut e, &agents)?;
+        self.encode_transactions(&mut e)?;
+        self.encode_ready(&mut e)
+    }
 
-        per_topic(
-            &mut e,
-            "rill_records_in",
-            "Records handed to the agent",
-            &|s| s.topics_in.snapshot(),
+    /// `rill_consumer_lag`: per owned partition of each agent (see `lags`).
+    fn encode_consumer_lag(
+        &self,
+        e: &mut DescriptorEncoder,
+        agents: &[AgentView],
+    ) -> std::fmt::Result {
+        let mut family = e.encode_descriptor(
+            "rill_consumer_lag",
+            "Records not yet consumed per owned partition",
+            None,
+            MetricType::Gauge,
         )?;
-        per_topic(&mut e, "rill_records_out", "Records the agent sent", &|s| {
-            s.topics_out.snapshot()
-        })?;
-        histogram(
-            &mut e,
-            "rill_processing_seconds",
-            "Time from handing a record to the agent until it asks for the next",
-            &|s| &s.processing,
-        )?;
-        histogram(
-            &mut e,
-            "rill_commit_seconds",
-            "Duration of commit steps (outputs, changelogs, table state, offsets)",
-            &|s| &s.commit_latency,
-        )?;
-        counter(&mut e, "rill_commits", "Commit steps completed", &|s| {
-            load(&s.commits)
-        })?;
-        counter(
-            &mut e,
-            "rill_dead_lettered",
-            "Records sent to the dead-letter topic",
-            &|s| load(&s.dead_lettered),
-        )?;
-        counter(
-            &mut e,
-            "rill_retried",
-            "Retries, in place or through retry topics",
-            &|s| load(&s.retried),
-        )?;
-        counter(&mut e, "rill_skipped", "Failed records skipped", &|s| {
-            load(&s.skipped)
-        })?;
-        counter(
-            &mut e,
-            "rill_failures",
-            "Times the agent function returned an error or panicked on a record",
-            &|s| load(&s.failures),
-        )?;
-        counter(
-            &mut e,
-            "rill_decode_errors",
-            "Records that could not be decoded",
-            &|s| load(&s.decode_errors),
-        )?;
-        counter(
-            &mut e,
-            "rill_late_records",
-            "Records that arrived after their window closed",
-            &|s| load(&s.late_records),
-        )?;
-        counter(&mut e, "rill_windows_closed", "Windows closed", &|s| {
-            load(&s.windows_closed)
-        })?;
-        counter(
-            &mut e,
-            "rill_recovery_records",
-            "Changelog offsets covered while recovering tables",
-            &|s| load(&s.restored),
-        )?;
-        {
-            let mut family = e.encode_descriptor(
-                "rill_recovery_target_records",
-                "Changelog offsets table recoveries set out to cover (with rill_recovery_records_total: their progress)",
-                None,
-                MetricType::Counter,
-            )?;
-            for a in agents.iter() {
-                let labels = [("agent", &*a.name)];
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&load(&a.stats.restore_total), None)?;
+        for a in agents {
+            for ((topic, partition), lag) in self.lags(a) {
+                let partition = partition.to_string();
+                let labels = [
+                    ("agent", &*a.name),
+                    ("topic", &*topic),
+                    ("partition", partition.as_str()),
+                ];
+                family.encode_family(&labels)?.encode_gauge(&lag)?;
             }
         }
-        {
-            let mut family = e.encode_descriptor(
-                "rill_event_time_lag_seconds",
-                "Wall clock minus the event time of the last record processed, at the last commit",
-                None,
-                MetricType::Gauge,
-            )?;
-            for a in agents.iter() {
-                if a.stats.event_time_lag_set.load(Ordering::Relaxed) {
-                    let labels = [("agent", &*a.name)];
-                    let lag = a.stats.event_time_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-                    family.encode_family(&labels)?.encode_gauge(&lag)?;
-                }
-            }
-        }
-        {
-            let mut family = e.encode_descriptor(
-                "rill_consumer_lag",
-                "Records not yet consumed per owned partition",
-                None,
-                MetricType::Gauge,
-            )?;
-            for a in agents.iter() {
-                for ((topic, partition), lag) in self.lags(a) {
-                    let partition = partition.to_string();
-                    let labels = [
-                        ("agent", &*a.name),
-                        ("topic", &*topic),
-                        ("partition", partition.as_str()),
-                    ];
-                    family.encode_family(&labels)?.encode_gauge(&lag)?;
-                }
-            }
-        }
-        {
-            let mut family = e.encode_descriptor(
-                "rill_rebalances",
-                "Partition assignments and revocations",
-                None,
-                MetricType::Counter,
-            )?;
-            for a in agents.iter() {
-                let routers = a.routers();
-                for kind in ["assigned", "revoked"] {
-                    let n: u64 = routers
-                        .iter()
-                        .map(|r| match kind {
-                            "assigned" => load(&r.assigned_count),
-                            _ => load(&r.revoked_count),
-                        })
-                        .sum();
-                    let labels = [("agent", &*a.name), ("kind", kind)];
-                    family
-                        .encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-                }
-            }
-        }
+        Ok(())
+    }
+
+    /// `rill_table_keys` and `rill_table_bytes`: this worker's copy of every table, declared
+    /// or window (none before the store is opened).
+    fn encode_table_sizes(
+        &self,
+        e: &mut DescriptorEncoder,
+        agents: &[AgentView],
+    ) -> std::fmt::Result {
         let sizes: Vec<(Arc<str>, u64, u64)> = match self.store.get() {
             Some(store) => agents
                 .iter()
@@ -371,20 +235,31 @@ impl Observer {
                 family.encode_family(&labels)?.encode_gauge(&v)?;
             }
         }
-        if let Some((committed, aborted)) = self.transport.transactions() {
-            let mut family = e.encode_descriptor(
-                "rill_transactions",
-                "Exactly-once transactions of this worker, by outcome (aborted: nothing of it is visible)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (outcome, n) in [("committed", committed), ("aborted", aborted)] {
-                let labels = [("outcome", outcome)];
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-            }
+        Ok(())
+    }
+
+    /// `rill_transactions`: only when the transport runs exactly-once transactions.
+    fn encode_transactions(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some((committed, aborted)) = self.transport.transactions() else {
+            return Ok(());
+        };
+        let mut family = e.encode_descriptor(
+            "rill_transactions",
+            "Exactly-once transactions of this worker, by outcome (aborted: nothing of it is visible)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("committed", committed), ("aborted", aborted)] {
+            let labels = [("outcome", outcome)];
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
+        Ok(())
+    }
+
+    /// `rill_ready`: `/ready` as a gauge.
+    fn encode_ready(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut family = e.encode_descriptor(
             "rill_ready",
             "1 when connected to the broker with every table recovered",
@@ -394,6 +269,207 @@ impl Observer {
         let ready: i64 = i64::from(self.ready().is_ok());
         family.encode_gauge(&ready)
     }
+}
+
+/// Records in and out per topic, and how long processing and commits take.
+fn encode_throughput(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    per_topic(
+        e,
+        agents,
+        "rill_records_in",
+        "Records handed to the agent",
+        &|s| s.topics_in.snapshot(),
+    )?;
+    per_topic(
+        e,
+        agents,
+        "rill_records_out",
+        "Records the agent sent",
+        &|s| s.topics_out.snapshot(),
+    )?;
+    histogram(
+        e,
+        agents,
+        "rill_processing_seconds",
+        "Time from handing a record to the agent until it asks for the next",
+        &|s| &s.processing,
+    )?;
+    histogram(
+        e,
+        agents,
+        "rill_commit_seconds",
+        "Duration of commit steps (outputs, changelogs, table state, offsets)",
+        &|s| &s.commit_latency,
+    )
+}
+
+/// What became of records: commits, failures and the policies applied, windows.
+fn encode_outcomes(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    counter(e, agents, "rill_commits", "Commit steps completed", &|s| {
+        load(&s.commits)
+    })?;
+    counter(
+        e,
+        agents,
+        "rill_dead_lettered",
+        "Records sent to the dead-letter topic",
+        &|s| load(&s.dead_lettered),
+    )?;
+    counter(
+        e,
+        agents,
+        "rill_retried",
+        "Retries, in place or through retry topics",
+        &|s| load(&s.retried),
+    )?;
+    counter(e, agents, "rill_skipped", "Failed records skipped", &|s| {
+        load(&s.skipped)
+    })?;
+    counter(
+        e,
+        agents,
+        "rill_failures",
+        "Times the agent function returned an error or panicked on a record",
+        &|s| load(&s.failures),
+    )?;
+    counter(
+        e,
+        agents,
+        "rill_decode_errors",
+        "Records that could not be decoded",
+        &|s| load(&s.decode_errors),
+    )?;
+    counter(
+        e,
+        agents,
+        "rill_late_records",
+        "Records that arrived after their window closed",
+        &|s| load(&s.late_records),
+    )?;
+    counter(e, agents, "rill_windows_closed", "Windows closed", &|s| {
+        load(&s.windows_closed)
+    })
+}
+
+/// Table recovery: offsets covered, and offsets set out to cover.
+fn encode_recovery(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    counter(
+        e,
+        agents,
+        "rill_recovery_records",
+        "Changelog offsets covered while recovering tables",
+        &|s| load(&s.restored),
+    )?;
+    counter(
+        e,
+        agents,
+        "rill_recovery_target_records",
+        "Changelog offsets table recoveries set out to cover (with rill_recovery_records_total: their progress)",
+        &|s| load(&s.restore_total),
+    )
+}
+
+/// `rill_event_time_lag_seconds`: of the agents that have committed a record with an event time.
+fn encode_event_time_lag(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(
+        "rill_event_time_lag_seconds",
+        "Wall clock minus the event time of the last record processed, at the last commit",
+        None,
+        MetricType::Gauge,
+    )?;
+    for a in agents {
+        if a.stats.event_time_lag_set.load(Ordering::Relaxed) {
+            let labels = [("agent", &*a.name)];
+            let lag = a.stats.event_time_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            family.encode_family(&labels)?.encode_gauge(&lag)?;
+        }
+    }
+    Ok(())
+}
+
+/// `rill_rebalances`: assignments and revocations, summed over the agent's consumers.
+fn encode_rebalances(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(
+        "rill_rebalances",
+        "Partition assignments and revocations",
+        None,
+        MetricType::Counter,
+    )?;
+    for a in agents {
+        let routers = a.routers();
+        for kind in ["assigned", "revoked"] {
+            let n: u64 = routers
+                .iter()
+                .map(|r| match kind {
+                    "assigned" => load(&r.assigned_count),
+                    _ => load(&r.revoked_count),
+                })
+                .sum();
+            let labels = [("agent", &*a.name), ("kind", kind)];
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// A counter family with one sample per agent.
+fn counter(
+    e: &mut DescriptorEncoder,
+    agents: &[AgentView],
+    name: &str,
+    help: &str,
+    get: &dyn Fn(&AgentStats) -> u64,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for a in agents {
+        let labels = [("agent", &*a.name)];
+        let mut m = family.encode_family(&labels)?;
+        m.encode_counter::<NoLabelSet, _, u64>(&get(&a.stats), None)?;
+    }
+    Ok(())
+}
+
+/// A counter family with one sample per agent and topic.
+fn per_topic(
+    e: &mut DescriptorEncoder,
+    agents: &[AgentView],
+    name: &str,
+    help: &str,
+    get: &PerTopic,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for a in agents {
+        for (topic, n) in get(&a.stats) {
+            let labels = [("agent", &*a.name), ("topic", &*topic)];
+            let mut m = family.encode_family(&labels)?;
+            m.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// A histogram family with one histogram per agent.
+fn histogram(
+    e: &mut DescriptorEncoder,
+    agents: &[AgentView],
+    name: &str,
+    help: &str,
+    get: &dyn Fn(&AgentStats) -> &crate::base::metrics::Histogram,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for a in agents {
+        let (sum, count, buckets) = get(&a.stats).snapshot();
+        let labels = [("agent", &*a.name)];
+        let mut m = family.encode_family(&labels)?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 /// rill's own metrics as a `prometheus-client` collector on the app's registry.

@@ -1,62 +1,40 @@
 //! `group_by`: re-keying an agent's stream through a repartition topic
 //! (`<app>-<agent>-<field>-repartition`), so a table or window keyed by the new key sees every
-//! record of a key in one partition.
+//! record of a key in one partition. `AgentPipeline` is what an agent's instances share to
+//! set that up, and the window tables built inside the agent (its `AgentSetup` impl).
 //!
 //! The first instance that calls `group_by` creates the topic (as many partitions as the
 //! source) and a second fetcher, of group `<app>-<agent>-repartition`, for all instances. Each
-//! instance's source stream becomes a pump task: decode, key by the field, produce the original
-//! bytes to the repartition topic; its source offsets commit after those sends are durable,
-//! through the same commit step as any agent. The agent reads the repartition stream, which
-//! carries the agent's tables: they recover when that stream takes its first assignment, and
-//! the source stream never saw one with tables, because `group_by` runs before the agent reads.
+//! instance's source stream becomes a pump task (`pump`): decode, key by the field, produce the
+//! original bytes to the repartition topic; its source offsets commit after those sends are
+//! durable, through the same commit step as any agent. The agent reads the repartition stream,
+//! which carries the agent's tables: they recover when that stream takes its first assignment,
+//! and the source stream never saw one with tables, because `group_by` runs before the agent
+//! reads.
 
-use std::sync::atomic::AtomicBool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
-
-use std::task::Poll;
-
-use crate::base::config::{Broker, Config};
+use crate::base::config::Config;
 use crate::base::error::{Error, Result};
-use crate::base::failure::{Failure, FailureKind};
-use crate::base::message::Headers;
-use crate::base::message::{OutRecord, now_millis};
 use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
-use crate::base::watermark::{self, SourceClock};
-use crate::instance::context::{CURRENT, Shared};
+use crate::base::watermark::SourceClock;
+use crate::instance::context::Shared;
 use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
-use crate::instance::record_loop::{CoreParts, Stop, StreamCore};
+use crate::instance::record_loop::{CoreParts, StreamCore};
 use crate::instance::table::TableDef;
-use crate::io::store::TableStore;
-use crate::io::transport::Log;
-use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
-use futures::future::BoxFuture;
+use crate::instance::table::recovery::Recovery;
+use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router};
+use crate::wiring::pump::Pump;
 
-/// Threads, tasks and stop channels a worker must wind down, including those created after
-/// start (repartition fetchers and pumps).
-#[derive(Default)]
-pub(crate) struct Registry {
-    pub(crate) stops: Mutex<Vec<mpsc::UnboundedSender<Stop>>>,
-    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    pub(crate) pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Registry {
-    pub(crate) fn stop_channel(&self) -> mpsc::UnboundedReceiver<Stop> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.stops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
-    }
-}
+pub(crate) use crate::wiring::pump::PUMP_GRACE;
+pub(crate) use crate::wiring::registry::Registry;
+pub(crate) use crate::wiring::store_cell::StoreCell;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -67,6 +45,17 @@ struct Repartition {
     router: Arc<Router>,
     committer: Arc<dyn Committer>,
     receivers: Mutex<Vec<Option<Receivers>>>,
+}
+
+impl Repartition {
+    /// The receivers of instance `instance`'s repartitioned stream; `None` once taken.
+    fn take_receivers(&self, instance: usize) -> Option<Receivers> {
+        self.receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(instance)
+            .and_then(Option::take)
+    }
 }
 
 /// An agent's repartition topic, as the observer sees it.
@@ -94,37 +83,6 @@ pub(crate) struct AgentPipeline {
     windows: Mutex<HashMap<String, Arc<TableDef>>>,
     /// Set when a window is built on the repartitioned stream: pumps then carry watermarks.
     windowed: Arc<AtomicBool>,
-}
-
-/// The worker's table store, opened when the first table or window needs it.
-pub(crate) struct StoreCell {
-    config: Config,
-    store: OnceLock<Arc<TableStore>>,
-    opening: Mutex<()>,
-}
-
-impl StoreCell {
-    pub(crate) fn new(config: &Config) -> Arc<Self> {
-        Arc::new(StoreCell {
-            config: config.clone(),
-            store: OnceLock::new(),
-            opening: Mutex::new(()),
-        })
-    }
-
-    pub(crate) fn get(&self) -> Option<Arc<TableStore>> {
-        self.store.get().cloned()
-    }
-
-    pub(crate) fn open(&self) -> Result<Arc<TableStore>> {
-        let _guard = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = self.store.get() {
-            return Ok(store.clone());
-        }
-        let store = TableStore::open(&self.config, self.config.broker == Broker::Memory)?;
-        let _ = self.store.set(store.clone());
-        Ok(store)
-    }
 }
 
 impl AgentPipeline {
@@ -199,43 +157,12 @@ impl AgentPipeline {
         }
     }
 
+    /// Creates the repartition topic and starts its fetcher, whose router feeds one
+    /// repartitioned stream per instance.
     fn build(&self, field: &str) -> Result<Repartition> {
         let topic = format!("{}-{}-{field}-repartition", self.app_id, self.agent);
-        let spec = TopicSpec::internal(
-            &topic,
-            Internal::Repartition,
-            Some(self.source_partitions),
-            "group_by",
-        );
-        // Created once per agent, before any record flows. `group_by` is synchronous, so the
-        // creation runs to completion on a thread of its own with its own small runtime (its
-        // retries sleep on a tokio timer): blocking on it in place could hang a current-thread
-        // runtime, whose timer would be the blocked thread.
-        let transport = self.transport.clone();
-        let partitions = self.source_partitions;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .map_err(|e| Error::Shutdown(format!("group_by setup runtime: {e}")))?
-                        .block_on(transport.ensure_topics(std::slice::from_ref(&spec), partitions))
-                })
-                .join()
-                .map_err(|_| Error::Shutdown("group_by setup panicked".into()))?
-        })?;
-        let mut txs = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in 0..self.instances {
-            let (data_tx, data_rx) = mpsc::channel(4);
-            let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
-            txs.push(InstanceTx {
-                data: data_tx,
-                ctrl: ctrl_tx,
-            });
-            receivers.push(Some((data_rx, ctrl_rx)));
-        }
+        self.create_topic(&topic)?;
+        let (txs, receivers) = instance_channels(self.instances);
         let group = format!("{}-{}-repartition", self.app_id, self.agent);
         let router = Arc::new(Router::new(
             &format!("{}/repartition", self.agent),
@@ -264,6 +191,34 @@ impl AgentPipeline {
         })
     }
 
+    fn create_topic(&self, topic: &str) -> Result<()> {
+        let spec = TopicSpec::internal(
+            topic,
+            Internal::Repartition,
+            Some(self.source_partitions),
+            "group_by",
+        );
+        // Created once per agent, before any record flows. `group_by` is synchronous, so the
+        // creation runs to completion on a thread of its own with its own small runtime (its
+        // retries sleep on a tokio timer): blocking on it in place could hang a current-thread
+        // runtime, whose timer would be the blocked thread.
+        let transport = self.transport.clone();
+        let partitions = self.source_partitions;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| Error::Shutdown(format!("group_by setup runtime: {e}")))?
+                        .block_on(transport.ensure_topics(std::slice::from_ref(&spec), partitions))
+                })
+                .join()
+                .map_err(|_| Error::Shutdown("group_by setup panicked".into()))?
+        })?;
+        Ok(())
+    }
+
     /// Turns `source` into a pump into the repartition topic and returns the core of this
     /// instance's repartitioned stream.
     ///
@@ -271,7 +226,7 @@ impl AgentPipeline {
     fn rekey(
         self: &Arc<Self>,
         field: &str,
-        mut source: StreamCore,
+        source: StreamCore,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
     ) -> std::result::Result<StreamCore, Box<(Error, StreamCore)>> {
@@ -280,13 +235,7 @@ impl AgentPipeline {
             Err(e) => return Err(Box::new((e, source))),
         };
         let instance = source.instance();
-        let taken = r
-            .receivers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(instance)
-            .and_then(Option::take);
-        let Some((data, ctrl)) = taken else {
+        let Some((data, ctrl)) = r.take_receivers(instance) else {
             let error = Error::Agent {
                 agent: self.agent.to_string(),
                 message: "`group_by` called twice on one instance".into(),
@@ -295,155 +244,7 @@ impl AgentPipeline {
         };
         let shared = source.shared().clone();
         let policy = source.policy().clone();
-        let pump_shared = Shared::new(
-            self.agent.clone(),
-            shared.log.clone(),
-            Arc::new(AgentStats::default()),
-            Vec::new(),
-            &self.config,
-        );
-        let recovery = source.hand_over(pump_shared.clone());
-        let topic = r.topic.clone();
-        let main_shared = shared.clone();
-        let clock = self.config.clock.clone();
-        let partitions = self.source_partitions;
-        let windowed = self.windowed.clone();
-        // A join's pump tags each record with its side's topic and keeps a clock per side.
-        let tag_topic = !sides.is_empty();
-        let mut watermarks = SourceClock::new(
-            i64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(i64::MAX),
-            sides.len(),
-        );
-        let pump = tokio::spawn(CURRENT.scope(pump_shared.clone(), async move {
-            let mut seen = (u64::MAX, Vec::new(), HashSet::new());
-            loop {
-                let step = futures::future::poll_fn(|cx| match source.poll_raw(cx) {
-                    Poll::Ready(Some(_)) => Poll::Ready(Some(true)),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    // Nothing to read for now (not a yield of the cooperative budget, records
-                    // in hand): tell every partition where the pump is.
-                    Poll::Pending
-                        if watermarks.unsent()
-                            && windowed.load(Ordering::Acquire)
-                            && tokio::task::coop::has_budget_remaining() =>
-                    {
-                        Poll::Ready(Some(false))
-                    }
-                    Poll::Pending => Poll::Pending,
-                })
-                .await;
-                match step {
-                    None => break,
-                    Some(false) => {
-                        if let Some(stamp) = watermarks.take_broadcast() {
-                            for partition in 0..partitions {
-                                let marker = OutRecord {
-                                    topic: topic.clone(),
-                                    partition: Some(partition),
-                                    key: None,
-                                    value: None,
-                                    timestamp: now_millis(),
-                                    headers: Headers(vec![(
-                                        watermark::HEADER.to_owned(),
-                                        Some(stamp.clone().into_bytes()),
-                                    )]),
-                                };
-                                if let Err(e) = pump_shared.send(marker, None).await {
-                                    main_shared.fail(e);
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    Some(true) => {}
-                }
-                let Some(mut raw) = source.take_current() else {
-                    continue;
-                };
-                let keyed = match &raw.value {
-                    Some(_) => key_of(&raw),
-                    None => Err(Error::Codec {
-                        topic: raw.topic.to_string(),
-                        source: crate::base::error::CodecError::NullValue,
-                    }),
-                };
-                match keyed {
-                    Ok((key, at)) => {
-                        let time = at.or(raw.timestamp).unwrap_or_else(now_millis);
-                        let version = pump_shared.caught_up_version.load(Ordering::Acquire)
-                            ^ pump_shared
-                                .position
-                                .assignment
-                                .load(Ordering::Acquire)
-                                .rotate_left(32);
-                        if version != seen.0 {
-                            seen = (
-                                version,
-                                pump_shared.position.owned_partitions(),
-                                pump_shared.caught_up(),
-                            );
-                        }
-                        // A join's side: the topic the record stands for, tagged on it below.
-                        let tag =
-                            tag_topic.then(|| crate::base::failure::side_topic(&raw).to_owned());
-                        let side = tag
-                            .as_deref()
-                            .and_then(|t| sides.iter().position(|s| &**s == t))
-                            .unwrap_or(0);
-                        let stamp = watermarks.observe(
-                            side,
-                            raw.partition,
-                            time,
-                            clock.now_ms(),
-                            &seen.1,
-                            &seen.2,
-                        );
-                        let mut headers = std::mem::take(&mut raw.headers);
-                        headers.0.retain(|(name, _)| name != watermark::HEADER);
-                        if let Some(tag) = tag
-                            && headers.get(crate::base::message::header::TOPIC).is_none()
-                        {
-                            headers.insert(crate::base::message::header::TOPIC, tag.into_bytes());
-                        }
-                        if windowed.load(Ordering::Relaxed) {
-                            headers.insert(watermark::HEADER, stamp);
-                        }
-                        // The record's event time travels as the message timestamp, the pump's
-                        // watermark in a header.
-                        let record = OutRecord {
-                            topic: topic.clone(),
-                            partition: None,
-                            key: Some(key),
-                            value: raw.value.take().map(Vec::from),
-                            timestamp: time,
-                            headers,
-                        };
-                        if let Err(e) = pump_shared.send(record, None).await {
-                            main_shared.fail(e);
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        // The agent's failure policy applies (at the pump's next record).
-                        pump_shared.record_failed(
-                            &raw,
-                            Failure {
-                                kind: FailureKind::Decode,
-                                message: format!("group_by: {e}"),
-                            },
-                        );
-                    }
-                }
-            }
-            if let Some(e) = pump_shared.take_fatal() {
-                main_shared.fail(e);
-            }
-        }));
-        self.registry
-            .pumps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pump);
+        let recovery = self.start_pump(r, source, key_of, sides);
         Ok(StreamCore::new(CoreParts {
             data,
             ctrl,
@@ -459,6 +260,66 @@ impl AgentPipeline {
             policy,
         }))
     }
+
+    /// Hands `source` over to a new pump task into the repartition topic (registered for
+    /// shutdown), and returns the source's table recovery, which the repartitioned stream
+    /// takes on.
+    fn start_pump(
+        &self,
+        r: &Repartition,
+        mut source: StreamCore,
+        key_of: KeyOf,
+        sides: Vec<Arc<str>>,
+    ) -> Option<Arc<Recovery>> {
+        let agent = source.shared().clone();
+        let pump_shared = Shared::new(
+            self.agent.clone(),
+            agent.log.clone(),
+            Arc::new(AgentStats::default()),
+            Vec::new(),
+            &self.config,
+        );
+        let recovery = source.hand_over(pump_shared.clone());
+        let pump = Pump {
+            // A join's pump keeps a clock per side.
+            watermarks: SourceClock::new(
+                i64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+                sides.len(),
+            ),
+            source,
+            shared: pump_shared,
+            agent,
+            key_of,
+            topic: r.topic.clone(),
+            partitions: self.source_partitions,
+            sides,
+            windowed: self.windowed.clone(),
+            clock: self.config.clock.clone(),
+        }
+        .spawn();
+        self.registry
+            .pumps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pump);
+        recovery
+    }
+}
+
+/// The channels of `instances` repartitioned streams: the router's ends and the streams'.
+fn instance_channels(instances: usize) -> (Vec<InstanceTx>, Vec<Option<Receivers>>) {
+    let mut txs = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..instances {
+        let (data_tx, data_rx) = mpsc::channel(4);
+        let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+        txs.push(InstanceTx {
+            data: data_tx,
+            ctrl: ctrl_tx,
+        });
+        receivers.push(Some((data_rx, ctrl_rx)));
+    }
+    (txs, receivers)
 }
 
 impl AgentSetup for AgentPipeline {
@@ -542,6 +403,3 @@ impl AgentSetup for AgentPipeline {
         self.rekey(field, source, key_of, sides)
     }
 }
-
-/// How long shutdown waits for pumps after the agents stopped.
-pub(crate) const PUMP_GRACE: Duration = Duration::from_secs(10);

@@ -55,28 +55,7 @@ impl Recovery {
         partition: i32,
     ) -> Result<PartitionMeta> {
         let (low, high) = self.reader.watermarks(&def.changelog, partition)?;
-        let local = def.store.meta(&def.name, partition)?;
-        let mut meta = match local {
-            Some(m) if m.changelog >= low && m.changelog <= high => m,
-            Some(m) => {
-                tracing::warn!(
-                    table = %def.name, partition, local = m.changelog, log_start = low, log_end = high,
-                    "local table copy does not fit the changelog (compacted past it, or the changelog was recreated); rebuilding"
-                );
-                def.store.clear(&def.name, partition)?;
-                PartitionMeta {
-                    changelog: low,
-                    source: Default::default(),
-                }
-            }
-            None => {
-                def.store.clear(&def.name, partition)?;
-                PartitionMeta {
-                    changelog: low,
-                    source: Default::default(),
-                }
-            }
-        };
+        let mut meta = starting_point(def, partition, low, high)?;
         let total = high - meta.changelog;
         self.stats
             .restore_total
@@ -84,9 +63,41 @@ impl Recovery {
         if total > 0 {
             tracing::info!(agent, table = %def.name, partition, records = total, from = meta.changelog, "recovering table partition from its changelog");
         }
-        let started = Instant::now();
-        let mut last_report = Instant::now();
-        let mut done = 0i64;
+        let mut progress = Progress::new(total);
+        self.replay(def, partition, &mut meta, high, &mut progress)?;
+        // Offsets compacted away at the end of the changelog count as covered too.
+        let rest = high - meta.changelog;
+        if rest > 0 {
+            self.stats
+                .restored
+                .fetch_add(rest as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if total > 0 {
+            tracing::info!(table = %def.name, partition, records = progress.done, elapsed = ?progress.started.elapsed(), "table partition recovered");
+        }
+        // Remember the starting point even for an empty changelog.
+        def.store.commit(vec![(
+            def.name.clone(),
+            partition,
+            PartitionWrites {
+                puts: Puts::List(Vec::new()),
+                meta: meta.clone(),
+            },
+        )])?;
+        def.set_meta(partition, meta.clone());
+        Ok(meta)
+    }
+
+    /// Writes the changelog from `meta.changelog` up to `high` into the table, a batch per
+    /// write transaction, `meta` moving along.
+    fn replay(
+        &self,
+        def: &TableDef,
+        partition: i32,
+        meta: &mut PartitionMeta,
+        high: i64,
+        progress: &mut Progress,
+    ) -> Result<()> {
         let name = def.name.clone();
         self.reader.read_range(
             &def.changelog,
@@ -100,7 +111,7 @@ impl Recovery {
                 // Progress in offsets, as `restore_total`: compaction leaves gaps.
                 let covered = last.offset + 1 - meta.changelog;
                 meta.changelog = last.offset + 1;
-                done += batch.len() as i64;
+                progress.done += batch.len() as i64;
                 self.stats
                     .restored
                     .fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
@@ -116,39 +127,70 @@ impl Recovery {
                         meta: meta.clone(),
                     },
                 )])?;
-                if last_report.elapsed() > Duration::from_secs(1) {
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    let left = (high - meta.changelog).max(0);
-                    tracing::info!(
-                        table = %name, partition, done, total, rate = rate as u64,
-                        eta_s = (left as f64 / rate.max(1.0)) as u64,
-                        "recovering"
-                    );
-                    last_report = Instant::now();
-                }
+                progress.report(&name, partition, high - meta.changelog);
                 Ok(())
             },
-        )?;
-        // Offsets compacted away at the end of the changelog count as covered too.
-        let rest = high - meta.changelog;
-        if rest > 0 {
-            self.stats
-                .restored
-                .fetch_add(rest as u64, std::sync::atomic::Ordering::Relaxed);
+        )
+    }
+}
+
+/// Where a partition's replay starts: the local copy's position when it lies within the
+/// changelog, else the changelog's start, with the local copy cleared.
+fn starting_point(def: &TableDef, partition: i32, low: i64, high: i64) -> Result<PartitionMeta> {
+    match def.store.meta(&def.name, partition)? {
+        Some(m) if m.changelog >= low && m.changelog <= high => Ok(m),
+        Some(m) => {
+            tracing::warn!(
+                table = %def.name, partition, local = m.changelog, log_start = low, log_end = high,
+                "local table copy does not fit the changelog (compacted past it, or the changelog was recreated); rebuilding"
+            );
+            def.store.clear(&def.name, partition)?;
+            Ok(PartitionMeta {
+                changelog: low,
+                source: Default::default(),
+            })
         }
-        if total > 0 {
-            tracing::info!(table = %def.name, partition, records = done, elapsed = ?started.elapsed(), "table partition recovered");
+        None => {
+            def.store.clear(&def.name, partition)?;
+            Ok(PartitionMeta {
+                changelog: low,
+                source: Default::default(),
+            })
         }
-        // Remember the starting point even for an empty changelog.
-        def.store.commit(vec![(
-            def.name.clone(),
-            partition,
-            PartitionWrites {
-                puts: Puts::List(Vec::new()),
-                meta: meta.clone(),
-            },
-        )])?;
-        def.set_meta(partition, meta.clone());
-        Ok(meta)
+    }
+}
+
+/// How far one partition's replay got, for the logs.
+struct Progress {
+    started: Instant,
+    last_report: Instant,
+    /// Records written so far.
+    done: i64,
+    /// Offsets to cover.
+    total: i64,
+}
+
+impl Progress {
+    fn new(total: i64) -> Self {
+        Progress {
+            started: Instant::now(),
+            last_report: Instant::now(),
+            done: 0,
+            total,
+        }
+    }
+
+    /// Logs the rate and the time left, at most once a second.
+    fn report(&mut self, table: &str, partition: i32, left: i64) {
+        if self.last_report.elapsed() > Duration::from_secs(1) {
+            let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+            let left = left.max(0);
+            tracing::info!(
+                table = %table, partition, done = self.done, total = self.total, rate = rate as u64,
+                eta_s = (left as f64 / rate.max(1.0)) as u64,
+                "recovering"
+            );
+            self.last_report = Instant::now();
+        }
     }
 }

@@ -336,8 +336,44 @@ fn layers(g: &Graph<'_>) -> Vec<usize> {
     layer
 }
 
-/// Node positions: one column per layer, each ordered by its predecessors' mean row.
+/// Node positions, with the picture's width and height: the columns left to right, each
+/// centred vertically, each node centred in its column's width.
 fn place(g: &Graph<'_>) -> (Vec<Place>, f64, f64) {
+    let columns = columns(g);
+    let rows = columns.iter().map(Vec::len).max().unwrap_or(0) as f64;
+    let mut places = vec![
+        Place {
+            x: 0.0,
+            y: 0.0,
+            w: 0.0
+        };
+        g.nodes.len()
+    ];
+    let mut x = MARGIN;
+    for col in &columns {
+        let width = col
+            .iter()
+            .map(|&i| node_width(g.nodes[i].name))
+            .fold(0.0, f64::max);
+        let top = MARGIN + (rows - col.len() as f64) * ROW / 2.0;
+        for (pos, &i) in col.iter().enumerate() {
+            let w = node_width(g.nodes[i].name);
+            places[i] = Place {
+                x: x + (width - w) / 2.0,
+                y: top + pos as f64 * ROW,
+                w,
+            };
+        }
+        x += width + GAP_X;
+    }
+    let width = (x - GAP_X + MARGIN).max(2.0 * MARGIN);
+    // Room under the last row for back edges.
+    let height = MARGIN * 2.0 + rows * ROW + 20.0;
+    (places, width, height)
+}
+
+/// Node indices by column: one column per layer, each ordered by its predecessors' mean row.
+fn columns(g: &Graph<'_>) -> Vec<Vec<usize>> {
     let mut layer = layers(g);
     // Dense column numbers: a cycle can leave layers empty.
     let mut used = layer.clone();
@@ -377,36 +413,7 @@ fn place(g: &Graph<'_>) -> (Vec<Place>, f64, f64) {
             row[i] = pos as f64;
         }
     }
-    let rows = columns.iter().map(Vec::len).max().unwrap_or(0) as f64;
-    let mut places = vec![
-        Place {
-            x: 0.0,
-            y: 0.0,
-            w: 0.0
-        };
-        g.nodes.len()
-    ];
-    let mut x = MARGIN;
-    for col in &columns {
-        let width = col
-            .iter()
-            .map(|&i| node_width(g.nodes[i].name))
-            .fold(0.0, f64::max);
-        let top = MARGIN + (rows - col.len() as f64) * ROW / 2.0;
-        for (pos, &i) in col.iter().enumerate() {
-            let w = node_width(g.nodes[i].name);
-            places[i] = Place {
-                x: x + (width - w) / 2.0,
-                y: top + pos as f64 * ROW,
-                w,
-            };
-        }
-        x += width + GAP_X;
-    }
-    let width = (x - GAP_X + MARGIN).max(2.0 * MARGIN);
-    // Room under the last row for back edges.
-    let height = MARGIN * 2.0 + rows * ROW + 20.0;
-    (places, width, height)
+    columns
 }
 
 fn label(name: &str) -> String {
@@ -518,68 +525,9 @@ fn svg_node(out: &mut String, n: &Node<'_>, p: Place) {
         "#111827"
     };
     match n.kind {
-        Kind::Agent => {
-            let _ = write!(
-                out,
-                "<g class=\"agent\" data-agent=\"{name}\"><title>agent {name}</title>\
-                 <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{NODE_H}\" rx=\"4\" \
-                 fill=\"#dbeafe\" stroke=\"#1d4ed8\" stroke-width=\"2\"/>",
-                p.x, p.y, p.w
-            );
-        }
-        Kind::Topic(kind) => {
-            let (fill, stroke, dash) = match kind {
-                TopicKind::User => ("#ffffff", "#374151", ""),
-                TopicKind::Global => ("#ffffff", "#374151", ""),
-                TopicKind::DeadLetter => ("#fef2f2", "#b91c1c", " stroke-dasharray=\"4,3\""),
-                _ => ("#f9fafb", "#d1d5db", ""),
-            };
-            let _ = write!(
-                out,
-                "<g class=\"topic\" data-topic=\"{name}\" data-kind=\"{}\"><title>{} {name}</title>\
-                 <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{NODE_H}\" rx=\"{}\" \
-                 fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.2\"{dash}/>",
-                topic_kind(kind),
-                n.kind.describe(),
-                p.x,
-                p.y,
-                p.w,
-                NODE_H / 2.0
-            );
-            if kind == TopicKind::Global {
-                let _ = write!(
-                    out,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{}\" rx=\"{}\" \
-                     fill=\"none\" stroke=\"{stroke}\"/>",
-                    p.x + 3.0,
-                    p.y + 3.0,
-                    p.w - 6.0,
-                    NODE_H - 6.0,
-                    NODE_H / 2.0 - 3.0
-                );
-            }
-        }
-        Kind::Table(kind) => {
-            let fill = if kind == TableKind::Window {
-                "#fef3c7"
-            } else {
-                "#dcfce7"
-            };
-            let e = 5.0;
-            let body = NODE_H - 2.0 * e;
-            let _ = write!(
-                out,
-                "<g class=\"table\" data-table=\"{name}\"><title>{} {name}</title>\
-                 <path d=\"M{x:.1},{y:.1} a{r:.1},{e} 0 1 0 {w:.1},0 a{r:.1},{e} 0 1 0 -{w:.1},0 \
-                 v{body:.1} a{r:.1},{e} 0 0 0 {w:.1},0 v-{body:.1}\" fill=\"{fill}\" \
-                 stroke=\"#15803d\" stroke-width=\"1.2\"/>",
-                n.kind.describe(),
-                x = p.x,
-                y = p.y + e,
-                r = p.w / 2.0,
-                w = p.w,
-            );
-        }
+        Kind::Agent => svg_agent_shape(out, &name, p),
+        Kind::Topic(kind) => svg_topic_shape(out, n, &name, kind, p),
+        Kind::Table(kind) => svg_table_shape(out, n, &name, kind, p),
     }
     let _ = write!(
         out,
@@ -596,6 +544,74 @@ fn svg_node(out: &mut String, n: &Node<'_>, p: Place) {
         );
     }
     out.push_str("</g>\n");
+}
+
+/// Opens an agent's `<g>` and draws its box.
+fn svg_agent_shape(out: &mut String, name: &str, p: Place) {
+    let _ = write!(
+        out,
+        "<g class=\"agent\" data-agent=\"{name}\"><title>agent {name}</title>\
+         <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{NODE_H}\" rx=\"4\" \
+         fill=\"#dbeafe\" stroke=\"#1d4ed8\" stroke-width=\"2\"/>",
+        p.x, p.y, p.w
+    );
+}
+
+/// Opens a topic's `<g>` and draws its pill (doubled for a topic read into a global table).
+fn svg_topic_shape(out: &mut String, n: &Node<'_>, name: &str, kind: TopicKind, p: Place) {
+    let (fill, stroke, dash) = match kind {
+        TopicKind::User => ("#ffffff", "#374151", ""),
+        TopicKind::Global => ("#ffffff", "#374151", ""),
+        TopicKind::DeadLetter => ("#fef2f2", "#b91c1c", " stroke-dasharray=\"4,3\""),
+        _ => ("#f9fafb", "#d1d5db", ""),
+    };
+    let _ = write!(
+        out,
+        "<g class=\"topic\" data-topic=\"{name}\" data-kind=\"{}\"><title>{} {name}</title>\
+         <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{NODE_H}\" rx=\"{}\" \
+         fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.2\"{dash}/>",
+        topic_kind(kind),
+        n.kind.describe(),
+        p.x,
+        p.y,
+        p.w,
+        NODE_H / 2.0
+    );
+    if kind == TopicKind::Global {
+        let _ = write!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{}\" rx=\"{}\" \
+             fill=\"none\" stroke=\"{stroke}\"/>",
+            p.x + 3.0,
+            p.y + 3.0,
+            p.w - 6.0,
+            NODE_H - 6.0,
+            NODE_H / 2.0 - 3.0
+        );
+    }
+}
+
+/// Opens a table's `<g>` and draws its cylinder.
+fn svg_table_shape(out: &mut String, n: &Node<'_>, name: &str, kind: TableKind, p: Place) {
+    let fill = if kind == TableKind::Window {
+        "#fef3c7"
+    } else {
+        "#dcfce7"
+    };
+    let e = 5.0;
+    let body = NODE_H - 2.0 * e;
+    let _ = write!(
+        out,
+        "<g class=\"table\" data-table=\"{name}\"><title>{} {name}</title>\
+         <path d=\"M{x:.1},{y:.1} a{r:.1},{e} 0 1 0 {w:.1},0 a{r:.1},{e} 0 1 0 -{w:.1},0 \
+         v{body:.1} a{r:.1},{e} 0 0 0 {w:.1},0 v-{body:.1}\" fill=\"{fill}\" \
+         stroke=\"#15803d\" stroke-width=\"1.2\"/>",
+        n.kind.describe(),
+        x = p.x,
+        y = p.y + e,
+        r = p.w / 2.0,
+        w = p.w,
+    );
 }
 
 fn topic_kind(kind: TopicKind) -> &'static str {
