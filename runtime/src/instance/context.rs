@@ -17,15 +17,17 @@ use crate::io::transport::{Deliveries, Outgoing};
 use crate::io::transport::{Log, Pending};
 
 tokio::task_local! {
-    pub(crate) static CURRENT: Arc<Shared>;
+    pub(crate) static CURRENT: Arc<InstanceState>;
 }
 
 /// What an agent function left of its stream when it returned or failed: the record loop's
-/// core (`StreamCore::park`), kept here without this module naming the record loop above it.
+/// core (`RecordLoop::park`), kept here without this module naming the record loop above it.
 pub(crate) type Parked = Box<dyn std::any::Any + Send>;
 
-/// State an instance shares between its stream (which commits) and its sends.
-pub(crate) struct Shared {
+/// The state of an agent instance that its record loop, its sends, its tables and its
+/// operators share: the effects buffer of the next commit step (pending sends, dead letters,
+/// tables and operators to flush), failures, and what traces and metrics need.
+pub(crate) struct InstanceState {
     pub(crate) agent: Arc<str>,
     /// Where the instance stands (what its tables and windows see of it).
     pub(crate) position: Arc<Position>,
@@ -56,9 +58,9 @@ pub(crate) struct Shared {
     >,
     /// Set when `failed_records` may hold records (the stream looks here once per record).
     has_failed: std::sync::atomic::AtomicBool,
-    /// Window operators by table name, kept across calls of the agent function so results not
-    /// yet handed out survive a failure (`window::driver`).
-    pub(crate) windows:
+    /// Window and join operators by table name, kept across calls of the agent function so
+    /// results not yet handed out survive a failure (`ops::operator`).
+    pub(crate) operators:
         Mutex<std::collections::HashMap<Arc<str>, Arc<dyn std::any::Any + Send + Sync>>>,
     /// Watermark markers read from repartition partitions: (partition, pump, watermark).
     pub(crate) marks: Mutex<Vec<(i32, u64, i64)>>,
@@ -78,7 +80,7 @@ pub(crate) struct Shared {
     record_span: Mutex<SpanSlot>,
 }
 
-impl Shared {
+impl InstanceState {
     pub(crate) fn new(
         agent: Arc<str>,
         log: Arc<dyn Log>,
@@ -86,7 +88,7 @@ impl Shared {
         tables: Vec<Arc<TableCore>>,
         config: &crate::base::config::Config,
     ) -> Arc<Self> {
-        Arc::new(Shared {
+        Arc::new(InstanceState {
             position: Arc::new(Position::new(agent.clone(), config.clock.clone())),
             agent,
             log,
@@ -104,7 +106,7 @@ impl Shared {
             has_failed: std::sync::atomic::AtomicBool::new(false),
             dead: Mutex::new(Vec::new()),
             marks: Mutex::new(Vec::new()),
-            windows: Mutex::new(std::collections::HashMap::new()),
+            operators: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
             stats,
             fatal: Mutex::new(None),
@@ -439,7 +441,7 @@ pub(crate) async fn send(
 }
 
 /// Encodes and sends a value through the current agent's commit buffer (`Sink::send`,
-/// `Topic::send`): at once when it can (see `Shared::try_send_now`), else as an owned record.
+/// `Topic::send`): at once when it can (see `InstanceState::try_send_now`), else as an owned record.
 pub(crate) async fn send_value<V: Record>(
     what: &'static str,
     topic: impl AsRef<str> + Into<Arc<str>>,

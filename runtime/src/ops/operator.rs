@@ -5,7 +5,7 @@
 //! of the records that made them; after every assignment (once recovery is done) it reloads
 //! the owned partitions from the store; each record goes through the operator, and a clock
 //! tick lets idle partitions move the watermark while no record arrives. The operator is kept
-//! in `Shared::windows` by table name, so a call of the agent function after a failure finds
+//! in `InstanceState::windows` by table name, so a call of the agent function after a failure finds
 //! it with the results it had not handed out yet.
 
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ use crate::base::error::{Error, Result};
 use crate::base::metrics::AgentStats;
 use crate::base::time::Clock;
 use crate::base::watermark;
-use crate::instance::context::{Flush, Shared};
+use crate::instance::context::{Flush, InstanceState};
 use crate::instance::table::{TableCore, TableDef};
 use crate::ops::stream::Stream;
 
@@ -106,7 +106,7 @@ pub(crate) struct OperatorRunner<T, Op> {
     seen_assignment: u64,
     ticker: Ticker,
     clock: Clock,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<InstanceState>,
     /// Version and contents of the instance's caught-up partitions.
     caught_up: (u64, HashSet<i32>),
 }
@@ -181,7 +181,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         let table = self.stream.core.add_table(def.clone(), reader);
         let existing = self
             .shared
-            .windows
+            .operators
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&def.name)
@@ -205,7 +205,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
                     .unwrap_or_else(|p| p.into_inner())
                     .push(operator.clone());
                 self.shared
-                    .windows
+                    .operators
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(def.name.clone(), operator.clone());

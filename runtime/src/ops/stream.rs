@@ -12,8 +12,8 @@ use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::{Event, Metadata, RawRecord};
 use crate::base::record::Record;
-use crate::instance::context::{self, Shared};
-use crate::instance::record_loop::StreamCore;
+use crate::instance::context::{self, InstanceState};
+use crate::instance::record_loop::RecordLoop;
 
 pub(crate) type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
 
@@ -25,7 +25,7 @@ pub(crate) type TimeOf<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 /// Asking for the next item marks the previous one finished; its offset is committed at the next
 /// commit step, after everything the agent sent for it is durable (at-least-once).
 pub struct Stream<T> {
-    pub(crate) core: StreamCore,
+    pub(crate) core: RecordLoop,
     step: Step<T>,
     /// The source's codec (what `group_by` decodes with).
     pub(crate) codec: Codec,
@@ -41,7 +41,7 @@ pub struct Stream<T> {
 }
 
 impl<T: Record> Stream<T> {
-    pub(crate) fn new(core: StreamCore, codec: Codec) -> Self {
+    pub(crate) fn new(core: RecordLoop, codec: Codec) -> Self {
         let shared = core.shared.clone();
         let max = core.policy.max_record_bytes;
         Stream {
@@ -226,7 +226,7 @@ impl<T: Record> Stream<T> {
 /// from (its topic is not keyed by it, so processing it in place would split the key's state):
 /// true when it did. `what` names the key in the reason, `fix` the remedy.
 pub(crate) fn reject_misplaced(
-    shared: &Shared,
+    shared: &InstanceState,
     raw: &RawRecord,
     key: &[u8],
     partitions: i32,
@@ -253,7 +253,12 @@ pub(crate) fn reject_misplaced(
     true
 }
 
-fn decode<T: Record>(shared: &Shared, raw: &RawRecord, codec: Codec, max: usize) -> Option<T> {
+fn decode<T: Record>(
+    shared: &InstanceState,
+    raw: &RawRecord,
+    codec: Codec,
+    max: usize,
+) -> Option<T> {
     let result = match &raw.value {
         Some(bytes) if bytes.len() > max => Err(crate::base::error::CodecError::Oversized {
             size: bytes.len(),
@@ -396,8 +401,8 @@ impl<T> Stream<T> {
     }
 
     /// Moves the core out (to a new stream), leaving a husk that is not parked on drop.
-    pub(crate) fn take_core(&mut self) -> StreamCore {
-        let husk = StreamCore::husk(self.core.shared.clone(), self.core.policy.clone());
+    pub(crate) fn take_core(&mut self) -> RecordLoop {
+        let husk = RecordLoop::husk(self.core.shared.clone(), self.core.policy.clone());
         std::mem::replace(&mut self.core, husk)
     }
 

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use crate::base::error::{Error, Result};
 use crate::base::record::Record;
 use crate::base::spec::TopicSpec;
-use crate::instance::record_loop::StreamCore;
+use crate::instance::record_loop::RecordLoop;
 use crate::instance::table::{GlobalTable, Table, TableSpec};
 use crate::ops::stream::{Sink, Stream};
 
@@ -214,10 +214,10 @@ impl<E: Into<Error>> AgentResult for std::result::Result<(), E> {
 pub struct AgentContext {
     pub(crate) agent: String,
     pub(crate) instance: usize,
-    pub(crate) core: Option<StreamCore>,
+    pub(crate) core: Option<RecordLoop>,
     pub(crate) sources: Vec<TopicSpec>,
     pub(crate) sink: Option<TopicSpec>,
-    pub(crate) shared: Arc<crate::instance::context::Shared>,
+    pub(crate) shared: Arc<crate::instance::context::InstanceState>,
     pub(crate) globals: Vec<Arc<crate::instance::table::global::GlobalDef>>,
     pub(crate) policy: Arc<crate::base::failure::Policy>,
 }
@@ -266,7 +266,7 @@ impl AgentContext {
         let core = match self.core.take() {
             Some(core) => core,
             // Another topic's stream holds the core: this one is joined to it.
-            None => StreamCore::husk(self.shared.clone(), self.policy.clone()),
+            None => RecordLoop::husk(self.shared.clone(), self.policy.clone()),
         };
         let mut stream = Stream::new(core, codec);
         stream.topic = Some(std::sync::Arc::from(topic));

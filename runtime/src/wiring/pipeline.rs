@@ -24,17 +24,16 @@ use crate::base::error::{Error, Result};
 use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
 use crate::base::watermark::SourceClock;
-use crate::instance::context::Shared;
+use crate::instance::context::InstanceState;
 use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
-use crate::instance::record_loop::{CoreParts, StreamCore};
+use crate::instance::record_loop::{CoreParts, RecordLoop};
 use crate::instance::table::TableDef;
 use crate::instance::table::recovery::Recovery;
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router};
 use crate::wiring::pump::Pump;
 
-pub(crate) use crate::wiring::pump::PUMP_GRACE;
-pub(crate) use crate::wiring::registry::Registry;
-pub(crate) use crate::wiring::store_cell::StoreCell;
+use crate::wiring::registry::Registry;
+use crate::wiring::store_cell::StoreCell;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
 
@@ -226,10 +225,10 @@ impl AgentPipeline {
     fn rekey(
         self: &Arc<Self>,
         field: &str,
-        source: StreamCore,
+        source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
-    ) -> std::result::Result<StreamCore, Box<(Error, StreamCore)>> {
+    ) -> std::result::Result<RecordLoop, Box<(Error, RecordLoop)>> {
         let r = match self.repartition(field) {
             Ok(r) => r,
             Err(e) => return Err(Box::new((e, source))),
@@ -245,7 +244,7 @@ impl AgentPipeline {
         let shared = source.shared().clone();
         let policy = source.policy().clone();
         let recovery = self.start_pump(r, source, key_of, sides);
-        Ok(StreamCore::new(CoreParts {
+        Ok(RecordLoop::new(CoreParts {
             data,
             ctrl,
             stop: self.registry.stop_channel(),
@@ -267,12 +266,12 @@ impl AgentPipeline {
     fn start_pump(
         &self,
         r: &Repartition,
-        mut source: StreamCore,
+        mut source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
     ) -> Option<Arc<Recovery>> {
         let agent = source.shared().clone();
-        let pump_shared = Shared::new(
+        let pump_shared = InstanceState::new(
             self.agent.clone(),
             agent.log.clone(),
             Arc::new(AgentStats::default()),
@@ -396,10 +395,10 @@ impl AgentSetup for AgentPipeline {
     fn group_by(
         self: Arc<Self>,
         field: &str,
-        source: StreamCore,
+        source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
-    ) -> std::result::Result<StreamCore, NotRekeyed> {
+    ) -> std::result::Result<RecordLoop, NotRekeyed> {
         self.rekey(field, source, key_of, sides)
     }
 }

@@ -17,8 +17,8 @@ use crate::base::failure::{Failure, FailureKind};
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::base::time::Clock;
 use crate::base::watermark::{self, SourceClock};
-use crate::instance::context::{CURRENT, Shared};
-use crate::instance::record_loop::StreamCore;
+use crate::instance::context::{CURRENT, InstanceState};
+use crate::instance::record_loop::RecordLoop;
 use crate::instance::record_loop::setup::KeyOf;
 
 /// How long shutdown waits for pumps after the agents stopped.
@@ -27,11 +27,11 @@ pub(crate) const PUMP_GRACE: Duration = Duration::from_secs(10);
 /// One instance's pump: its source, where it sends, and its watermark.
 pub(crate) struct Pump {
     /// The instance's source stream, handed over to the pump.
-    pub(crate) source: StreamCore,
+    pub(crate) source: RecordLoop,
     /// The pump's context: its sends, the source's offsets and failed records.
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<InstanceState>,
     /// The agent's context, failed when a send fails.
-    pub(crate) agent: Arc<Shared>,
+    pub(crate) agent: Arc<InstanceState>,
     pub(crate) key_of: KeyOf,
     /// The repartition topic and its number of partitions.
     pub(crate) topic: Arc<str>,
@@ -47,7 +47,7 @@ pub(crate) struct Pump {
 
 /// What the source stream had for the pump.
 enum Step {
-    /// A record, in `StreamCore::take_current`.
+    /// A record, in `RecordLoop::take_current`.
     Record,
     /// Nothing for now, and a watermark not yet told to every partition.
     Idle,
@@ -72,7 +72,7 @@ impl Owned {
         }
     }
 
-    fn refresh(&mut self, shared: &Shared) -> &Self {
+    fn refresh(&mut self, shared: &InstanceState) -> &Self {
         let version = shared.caught_up_version.load(Ordering::Acquire)
             ^ shared
                 .position

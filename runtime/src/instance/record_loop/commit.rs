@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::StreamCore;
+use super::RecordLoop;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
 use crate::base::metrics::AgentStats;
@@ -26,7 +26,7 @@ pub(super) struct Commit {
     pub(super) last: bool,
 }
 
-impl StreamCore {
+impl RecordLoop {
     pub(super) fn has_work(&self) -> bool {
         !self.done.is_empty()
             || self.shared.pending_len() > 0

@@ -1,4 +1,4 @@
-//! The record loop of an agent instance (`StreamCore`), which its `Stream` polls. It also owns
+//! The record loop of an agent instance (`RecordLoop`), which its `Stream` polls. It also owns
 //! the instance's commit step:
 //!
 //! - asking for the next record marks the previous one finished (Faust's ack-on-next);
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::base::error::{Error, Result};
 use crate::base::failure::{self, Policy};
 use crate::base::message::RawRecord;
-use crate::instance::context::Shared;
+use crate::instance::context::InstanceState;
 mod commit;
 mod offsets;
 mod retries;
@@ -56,7 +56,10 @@ pub(crate) enum Stop {
     Now,
 }
 
-pub(crate) struct StreamCore {
+/// The record loop of one agent instance: the batches its fetcher hands over, the records it
+/// hands to the agent (through its `Stream`), the offsets they finish with, and the commit
+/// steps that make their effects durable.
+pub(crate) struct RecordLoop {
     data: mpsc::Receiver<Batch>,
     ctrl: mpsc::UnboundedReceiver<Control>,
     stop: mpsc::UnboundedReceiver<Stop>,
@@ -66,7 +69,7 @@ pub(crate) struct StreamCore {
     in_flight: Option<(Tp, i64)>,
     /// Next offset to commit per partition: written once per record.
     done: Done,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<InstanceState>,
     group: Arc<str>,
     committer: Arc<dyn Committer>,
     interval: Duration,
@@ -122,7 +125,7 @@ pub(crate) struct CoreParts {
     pub(crate) data: mpsc::Receiver<Batch>,
     pub(crate) ctrl: mpsc::UnboundedReceiver<Control>,
     pub(crate) stop: mpsc::UnboundedReceiver<Stop>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<InstanceState>,
     pub(crate) group: Arc<str>,
     pub(crate) committer: Arc<dyn Committer>,
     pub(crate) interval: Duration,
@@ -133,7 +136,7 @@ pub(crate) struct CoreParts {
     pub(crate) policy: Arc<Policy>,
 }
 
-impl StreamCore {
+impl RecordLoop {
     /// Leaves this core with its instance (the agent function is done with its stream), for the
     /// worker to call the function again on it or to finish it.
     pub(crate) fn park(self) {
@@ -142,15 +145,15 @@ impl StreamCore {
     }
 
     /// The core an agent function left behind (see `park`).
-    pub(crate) fn take_parked(shared: &Shared) -> Option<StreamCore> {
+    pub(crate) fn take_parked(shared: &InstanceState) -> Option<RecordLoop> {
         shared
             .take_parked()
-            .and_then(|core| core.downcast::<StreamCore>().ok())
+            .and_then(|core| core.downcast::<RecordLoop>().ok())
             .map(|core| *core)
     }
 
     pub(crate) fn new(p: CoreParts) -> Self {
-        StreamCore {
+        RecordLoop {
             data: p.data,
             ctrl: p.ctrl,
             stop: p.stop,
@@ -195,8 +198,8 @@ impl StreamCore {
     }
 
     /// An empty core left behind when a `Stream`'s core moves to another stream.
-    pub(crate) fn husk(shared: Arc<Shared>, policy: Arc<Policy>) -> Self {
-        let mut core = StreamCore::new(CoreParts {
+    pub(crate) fn husk(shared: Arc<InstanceState>, policy: Arc<Policy>) -> Self {
+        let mut core = RecordLoop::new(CoreParts {
             data: mpsc::channel(1).1,
             ctrl: mpsc::unbounded_channel().1,
             stop: mpsc::unbounded_channel().1,
@@ -228,13 +231,13 @@ impl StreamCore {
         self.instance
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<InstanceState> {
         &self.shared
     }
 
     /// Gives this stream's tables to another one (`group_by`): this stream continues as a pump
     /// with `pump` as its shared state, and returns its table recovery.
-    pub(crate) fn hand_over(&mut self, pump: Arc<Shared>) -> Option<Arc<Recovery>> {
+    pub(crate) fn hand_over(&mut self, pump: Arc<InstanceState>) -> Option<Arc<Recovery>> {
         self.shared = pump;
         self.recovery.take()
     }
@@ -305,7 +308,7 @@ impl StreamCore {
     }
 
     /// A `group_by` pump's watermark marker is for the windows, not the agent: recorded in
-    /// `Shared::marks` and finished at once. False for any other record.
+    /// `InstanceState::marks` and finished at once. False for any other record.
     fn consume_marker(&mut self, record: &RawRecord) -> bool {
         if !crate::base::watermark::is_marker(record) {
             return false;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::StreamCore;
+use super::RecordLoop;
 use crate::base::error::Error;
 use crate::base::failure::{self, Action, Failure};
 use crate::base::message::RawRecord;
@@ -19,7 +19,7 @@ pub(super) struct Held {
     pub(super) records: VecDeque<RawRecord>,
 }
 
-impl StreamCore {
+impl RecordLoop {
     /// Holds `tp` back for `wait`, with `record` first in line.
     pub(super) fn hold(&mut self, tp: Tp, record: RawRecord, wait: Duration) {
         let until = tokio::time::Instant::now() + wait;

@@ -11,7 +11,7 @@ use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::message::RawRecord;
 use crate::base::spec::TopicSpec;
-use crate::instance::record_loop::StreamCore;
+use crate::instance::record_loop::RecordLoop;
 use crate::instance::table::TableDef;
 use crate::io::transport::Log;
 
@@ -19,7 +19,7 @@ use crate::io::transport::Log;
 pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
 
 /// A re-keying that could not be set up: why, and the source stream's core, untouched.
-pub(crate) type NotRekeyed = Box<(Error, StreamCore)>;
+pub(crate) type NotRekeyed = Box<(Error, RecordLoop)>;
 
 /// See the module docs.
 pub(crate) trait AgentSetup: Send + Sync {
@@ -48,8 +48,8 @@ pub(crate) trait AgentSetup: Send + Sync {
     fn group_by(
         self: Arc<Self>,
         field: &str,
-        source: StreamCore,
+        source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
-    ) -> std::result::Result<StreamCore, NotRekeyed>;
+    ) -> std::result::Result<RecordLoop, NotRekeyed>;
 }

@@ -1,4 +1,4 @@
-//! The steps of the record loop, in the order `StreamCore::poll_raw` takes them for each record:
+//! The steps of the record loop, in the order `RecordLoop::poll_raw` takes them for each record:
 //! the commit step under way, table recovery, failures, finishing the record handed out last,
 //! shutdown, assignment changes, the commit interval, the next record, and what to do when the
 //! batch in hand is used up. Each step either lets the loop go on to the next one or ends this
@@ -10,7 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::{COOP_RECORDS, MAX_PARKED, MAX_PENDING, Stop, StreamCore};
+use super::{COOP_RECORDS, MAX_PARKED, MAX_PENDING, RecordLoop, Stop};
 use crate::base::error::Error;
 use crate::base::failure;
 use crate::base::message::RawRecord;
@@ -31,7 +31,7 @@ pub(super) enum Flow {
 /// A step's outcome: go on to the next step (with a value), or end the turn.
 pub(super) type Step<T = ()> = ControlFlow<Flow, T>;
 
-impl StreamCore {
+impl RecordLoop {
     /// One turn of the record loop (see `poll_raw`).
     pub(super) fn turn(&mut self, cx: &mut Context<'_>) -> Step {
         let busy = self.commit_under_way(cx)?;

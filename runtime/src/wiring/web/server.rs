@@ -62,7 +62,7 @@ impl WebServer {
 }
 
 #[derive(Clone)]
-struct Shared {
+struct WebState {
     backend: Arc<dyn WebBackend>,
     token: Option<Arc<str>>,
 }
@@ -76,7 +76,7 @@ pub(crate) async fn serve(config: &Config, backend: Arc<dyn WebBackend>) -> Resu
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("web server: reading the bound address", e))?;
-    let shared = Shared {
+    let shared = WebState {
         backend,
         token: config.web_token.as_deref().map(Arc::from),
     };
@@ -119,7 +119,7 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> Error {
     }
 }
 
-fn router(shared: Shared) -> Router {
+fn router(shared: WebState) -> Router {
     let guarded = Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -145,7 +145,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn require_token(State(s): State<Shared>, req: Request, next: Next) -> Response {
+async fn require_token(State(s): State<WebState>, req: Request, next: Next) -> Response {
     let Some(token) = &s.token else {
         return next.run(req).await;
     };
@@ -186,7 +186,7 @@ fn same(given: &[u8], token: &[u8]) -> bool {
 
 /// Runs a backend call on the blocking pool.
 async fn call<T: Send + 'static>(
-    s: &Shared,
+    s: &WebState,
     f: impl FnOnce(&dyn WebBackend) -> T + Send + 'static,
 ) -> std::result::Result<T, Response> {
     let backend = Arc::clone(&s.backend);
@@ -205,7 +205,7 @@ async fn health() -> Response {
     axum::Json(json!({ "status": "alive" })).into_response()
 }
 
-async fn ready(State(s): State<Shared>) -> Response {
+async fn ready(State(s): State<WebState>) -> Response {
     match call(&s, |b| b.ready()).await {
         Ok(Ok(())) => axum::Json(json!({ "status": "ready" })).into_response(),
         Ok(Err(reason)) => (
@@ -217,21 +217,21 @@ async fn ready(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> Response {
+async fn metrics(State(s): State<WebState>) -> Response {
     match call(&s, |b| b.metrics()).await {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_TYPE)], text).into_response(),
         Err(res) => res,
     }
 }
 
-async fn topology(State(s): State<Shared>) -> Response {
+async fn topology(State(s): State<WebState>) -> Response {
     match call(&s, |b| b.topology()).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(res) => res,
     }
 }
 
-async fn topology_dot(State(s): State<Shared>) -> Response {
+async fn topology_dot(State(s): State<WebState>) -> Response {
     match call(&s, |b| to_dot(&b.topology())).await {
         Ok(dot) => (
             [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
@@ -242,7 +242,7 @@ async fn topology_dot(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn topology_svg(State(s): State<Shared>) -> Response {
+async fn topology_svg(State(s): State<WebState>) -> Response {
     match call(&s, |b| to_svg(&b.topology())).await {
         Ok(svg) => (
             [
@@ -261,7 +261,7 @@ async fn topology_svg(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn status(State(s): State<Shared>) -> Response {
+async fn status(State(s): State<WebState>) -> Response {
     match call(&s, |b| b.status()).await {
         Ok(status) => axum::Json(status).into_response(),
         Err(res) => res,
@@ -269,7 +269,7 @@ async fn status(State(s): State<Shared>) -> Response {
 }
 
 /// `key` arrives percent-decoded: a key with `/` in it is sent as `%2F`.
-async fn table(State(s): State<Shared>, Path((name, key)): Path<(String, String)>) -> Response {
+async fn table(State(s): State<WebState>, Path((name, key)): Path<(String, String)>) -> Response {
     let (n, k) = (name.clone(), key.clone());
     let answer = match call(&s, move |b| b.table(&n, &k)).await {
         Ok(answer) => answer,

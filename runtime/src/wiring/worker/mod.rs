@@ -24,8 +24,10 @@ use crate::instance::record_loop::Stop;
 use crate::io::transport::Log;
 use crate::wiring::agent::AgentSpec;
 use crate::wiring::observe::{Collector, Observer};
-use crate::wiring::pipeline::{PUMP_GRACE, Registry, StoreCell};
 use crate::wiring::producer::Producer;
+use crate::wiring::pump::PUMP_GRACE;
+use crate::wiring::registry::Registry;
+use crate::wiring::store_cell::StoreCell;
 use crate::wiring::topology::Topology;
 use tables::TableSetup;
 

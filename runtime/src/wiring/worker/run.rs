@@ -8,8 +8,8 @@ use futures::future::BoxFuture;
 
 use crate::base::error::{Error, Result};
 use crate::base::failure::{Failure, FailureKind};
-use crate::instance::context::{CURRENT, Shared};
-use crate::instance::record_loop::StreamCore;
+use crate::instance::context::{CURRENT, InstanceState};
+use crate::instance::record_loop::RecordLoop;
 use crate::wiring::agent::{AgentContext, RunFn};
 
 /// Runs one agent instance: calls the agent function, and again after a failure the policy
@@ -18,7 +18,7 @@ use crate::wiring::agent::{AgentContext, RunFn};
 pub(super) async fn run_instance(
     run: RunFn,
     template: AgentContext,
-    core: StreamCore,
+    core: RecordLoop,
 ) -> Result<()> {
     let shared = template.shared.clone();
     let mut core = Some(core);
@@ -26,7 +26,7 @@ pub(super) async fn run_instance(
         let mut ctx = template.clone_parts();
         ctx.core = core.take();
         let outcome = call(&run, ctx, &shared).await;
-        let parked = StreamCore::take_parked(&shared);
+        let parked = RecordLoop::take_parked(&shared);
         // Window state kept by the finished function goes into its table overlays now (the
         // operators stay registered: a window built again by the next call takes its over).
         for flusher in shared.flushers() {
@@ -51,7 +51,7 @@ type Outcome = std::result::Result<Result<()>, Box<dyn std::any::Any + Send>>;
 
 /// Calls the agent function once, with the instance's context task-local (sends join its
 /// commit buffer) and, when tracing is exported, inside the record's span.
-async fn call(run: &RunFn, ctx: AgentContext, shared: &Arc<Shared>) -> Outcome {
+async fn call(run: &RunFn, ctx: AgentContext, shared: &Arc<InstanceState>) -> Outcome {
     let call = run(ctx);
     let call: BoxFuture<'static, Result<()>> = if crate::base::telemetry::active() {
         Box::pin(RecordScope {
@@ -72,12 +72,12 @@ async fn call(run: &RunFn, ctx: AgentContext, shared: &Arc<Shared>) -> Outcome {
 /// After a call of the agent function: call it again on this core, or finish (the core it
 /// left, if any, commits what is finished and ends) with this result.
 enum After {
-    Again(StreamCore),
-    Finish(Option<StreamCore>, Result<()>),
+    Again(RecordLoop),
+    Finish(Option<RecordLoop>, Result<()>),
 }
 
 /// Decides what follows a call of the agent function from how it ended.
-fn after_call(outcome: Outcome, parked: Option<StreamCore>, shared: &Shared) -> After {
+fn after_call(outcome: Outcome, parked: Option<RecordLoop>, shared: &InstanceState) -> After {
     if let Some(fatal) = shared.take_fatal() {
         return After::Finish(parked, Err(fatal));
     }
@@ -125,7 +125,7 @@ fn after_call(outcome: Outcome, parked: Option<StreamCore>, shared: &Shared) -> 
 /// the agent creates nest under the record's (tracing export only).
 struct RecordScope {
     inner: BoxFuture<'static, Result<()>>,
-    shared: Arc<Shared>,
+    shared: Arc<InstanceState>,
 }
 
 impl std::future::Future for RecordScope {
@@ -135,7 +135,7 @@ impl std::future::Future for RecordScope {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
-        struct Leave<'a>(&'a Shared);
+        struct Leave<'a>(&'a InstanceState);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
                 // Also when the agent panics: the span must not stay entered on this thread.

@@ -14,8 +14,8 @@ use crate::base::error::{Error, Result};
 use crate::base::failure::Policy;
 use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
-use crate::instance::context::Shared;
-use crate::instance::record_loop::{CoreParts, StreamCore};
+use crate::instance::context::InstanceState;
+use crate::instance::record_loop::{CoreParts, RecordLoop};
 use crate::instance::table::recovery::Recovery;
 use crate::instance::table::{TableCore, TableDef};
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
@@ -180,14 +180,14 @@ impl Worker {
                 .iter()
                 .map(|d| TableCore::new(d.clone()))
                 .collect();
-            let shared = Shared::new(
+            let shared = InstanceState::new(
                 agent.clone(),
                 self.transport.clone(),
                 parts.stats.clone(),
                 cores,
                 config,
             );
-            let core = StreamCore::new(CoreParts {
+            let core = RecordLoop::new(CoreParts {
                 data,
                 ctrl,
                 stop: self.registry.stop_channel(),

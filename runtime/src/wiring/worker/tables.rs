@@ -12,7 +12,7 @@ use crate::instance::table::global::{self, GlobalDef};
 use crate::instance::table::{TableDef, changelog_topic};
 use crate::io::transport::Log;
 use crate::wiring::agent::AgentSpec;
-use crate::wiring::pipeline::StoreCell;
+use crate::wiring::store_cell::StoreCell;
 
 /// The tables of all agents: their store, definitions and changelog topics.
 pub(super) struct TableSetup {
