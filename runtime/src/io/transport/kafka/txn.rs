@@ -28,8 +28,8 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use super::Tp;
-use super::kafka::{LogContext, send_record};
+use super::{LogContext, send_record};
+use crate::io::transport::Tp;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
 

@@ -20,8 +20,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use super::Tp;
-use super::kafka::LogContext;
+use super::LogContext;
+use crate::io::transport::Tp;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
 
@@ -192,7 +192,7 @@ pub(crate) async fn produce(
     r: &OutRecord,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<(), KafkaError> {
-    let headers = super::kafka::owned_headers(r);
+    let headers = super::owned_headers(r);
     let out = Outgoing::of(r, headers.as_ref());
     while !try_produce(producer, &out, batch)? {
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -9,8 +9,12 @@
 //! the rebalance callback until every instance has committed what it finished.
 //!
 //! One idempotent producer per worker serves all agents (deliveries counted per batch, see
-//! `delivery`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
+//! `produce`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
 //! producers and Kafka Streams put them.
+
+pub(super) mod produce;
+mod purge;
+mod txn;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -30,7 +34,7 @@ use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp, delivery};
+use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
@@ -72,7 +76,7 @@ impl ClientContext for LogContext {
 /// The Kafka side of a worker: a base client config, the shared producer and an admin client.
 pub(crate) struct KafkaTransport {
     base: ClientConfig,
-    producer: delivery::Producer,
+    producer: produce::Producer,
     admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     pub(crate) health: Arc<Health>,
@@ -81,7 +85,7 @@ pub(crate) struct KafkaTransport {
     /// worker can name the right one.
     pub(crate) web_url: std::sync::OnceLock<String>,
     /// Exactly-once: the worker's transactional producer (agents' sends go through it).
-    pub(crate) txn: Option<Arc<super::txn::Transactions>>,
+    pub(crate) txn: Option<Arc<txn::Transactions>>,
 }
 
 impl KafkaTransport {
@@ -113,8 +117,8 @@ impl KafkaTransport {
                 producer_config.set(k, v);
             }
         }
-        let producer: delivery::Producer = producer_config
-            .create_with_context(delivery::DeliveryContext)
+        let producer: produce::Producer = producer_config
+            .create_with_context(produce::DeliveryContext)
             .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
         let admin: AdminClient<DefaultClientContext> = base
             .create()
@@ -131,7 +135,7 @@ impl KafkaTransport {
                         txn_config.set(key, value);
                     }
                 }
-                Some(super::txn::Transactions::new(
+                Some(txn::Transactions::new(
                     txn_config,
                     &transactional_id(config),
                 )?)
@@ -746,7 +750,7 @@ pub(crate) struct KafkaCommitter {
     stop: Arc<AtomicBool>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     /// Set for a repartition topic's group: what it commits is deleted.
-    purger: std::sync::OnceLock<Arc<super::purge::Purger>>,
+    purger: std::sync::OnceLock<Arc<purge::Purger>>,
 }
 
 impl KafkaCommitter {
@@ -1153,7 +1157,7 @@ impl Log for KafkaTransport {
                 return Ok(Pending::Buffered(record));
             }
             // Waits while librdkafka's queue is full.
-            delivery::produce(&self.producer, &record, batch)
+            produce::produce(&self.producer, &record, batch)
                 .await
                 .map_err(|e| Error::kafka(format!("producing to `{}`", record.topic), e))?;
             Ok(Pending::Enqueued(batch.clone()))
@@ -1164,7 +1168,7 @@ impl Log for KafkaTransport {
         if self.txn.is_some() {
             return Ok(false);
         }
-        delivery::try_produce(&self.producer, record, batch)
+        produce::try_produce(&self.producer, record, batch)
             .map_err(|e| Error::kafka(format!("producing to `{}`", record.topic), e))
     }
 
@@ -1209,7 +1213,7 @@ impl Log for KafkaTransport {
 /// Exactly-once: a commit step's buffered records and `offsets` (with the consumer's group
 /// metadata) in one transaction, shared with the other steps of its tick (`txn`).
 async fn deliver_in_transaction(
-    txn: &Arc<super::txn::Transactions>,
+    txn: &Arc<txn::Transactions>,
     pending: Vec<Pending>,
     offsets: &[(Tp, i64)],
     committer: Option<&KafkaCommitter>,
@@ -1230,7 +1234,7 @@ async fn deliver_in_transaction(
         return Ok(HashMap::new());
     }
     let produced = txn
-        .commit(super::txn::TxnPart {
+        .commit(txn::TxnPart {
             records,
             offsets: group_offsets,
             on_tick,
@@ -1290,7 +1294,7 @@ impl Committer for KafkaCommitter {
     }
 
     fn purge_consumed(&self, interval: Duration) {
-        let _ = self.purger.set(Arc::new(super::purge::Purger::new(
+        let _ = self.purger.set(Arc::new(purge::Purger::new(
             self.admin.clone(),
             interval,
         )));
