@@ -12,6 +12,7 @@
 //! `produce`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
 //! producers and Kafka Streams put them.
 
+mod client;
 pub(super) mod produce;
 mod purge;
 mod txn;
@@ -30,53 +31,25 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
-use crate::base::config::Config;
+use crate::base::config::{Config, ProcessingGuarantee};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
+use client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
 use futures::future::BoxFuture;
 
 const FETCH_MAX: usize = 2000;
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Routes librdkafka's logs and errors into `tracing`.
-#[derive(Clone, Default)]
-pub(crate) struct LogContext;
-
-impl ConsumerContext for LogContext {}
-
-impl ClientContext for LogContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", fac, "{message}");
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
-    }
-}
 
 /// The Kafka side of a worker: a base client config, the shared producer and an admin client.
 pub(crate) struct KafkaTransport {
     base: ClientConfig,
-    producer: produce::Producer,
+    producer: produce::WorkerProducer,
     admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     pub(crate) health: Arc<Health>,
@@ -90,57 +63,19 @@ pub(crate) struct KafkaTransport {
 
 impl KafkaTransport {
     pub(crate) fn connect(config: &Config, bootstrap: &str) -> Result<Arc<Self>> {
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", bootstrap);
-        base.set("client.id", format!("rill-{}", config.app_id));
-        for (k, v) in &config.kafka {
-            base.set(k, v);
-        }
-        // rill creates every topic it uses before the first send or fetch, with the partitions
-        // and settings it needs. A broker with `auto.create.topics.enable=true` (Kafka's
-        // default) would otherwise create a topic on a producer's metadata request with its
-        // own `num.partitions`, before rill's admin call (`Config::validate` refuses the
-        // property from the user).
-        base.set("allow.auto.create.topics", "false");
-        let mut producer_config = base.clone();
-        producer_config
-            .set("enable.idempotence", "true")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            // Deliveries wait out broker outages (librdkafka retries with backoff) instead of
-            // failing after 5 minutes: a commit step waits, nothing is dropped.
-            .set("message.timeout.ms", "0");
-        for (k, v) in &config.kafka {
-            // The user's properties win, except idempotence-critical ones set above on purpose.
-            if k != "enable.idempotence" {
-                producer_config.set(k, v);
-            }
-        }
-        let producer: produce::Producer = producer_config
+        let base = client::base_config(config, bootstrap);
+        let producer_config = client::producer_config(&base, config);
+        let producer: produce::WorkerProducer = producer_config
             .create_with_context(produce::DeliveryContext)
             .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
         let admin: AdminClient<DefaultClientContext> = base
             .create()
             .map_err(|e| Error::kafka("creating an admin client", e))?;
         let txn = match config.processing_guarantee {
-            crate::base::config::ProcessingGuarantee::ExactlyOnce => {
-                let mut txn_config = producer_config.clone();
-                // A transaction's records are produced together at its commit, which waits
-                // for them: lingering would only add its 5 ms to every commit. And a
-                // transaction begun right after the previous one's commit may be refused
-                // as concurrent for a moment: retry in 10 ms, not librdkafka's 100 ms.
-                for (key, value) in [("linger.ms", "0"), ("retry.backoff.ms", "10")] {
-                    if !config.kafka.iter().any(|(k, _)| k == key) {
-                        txn_config.set(key, value);
-                    }
-                }
-                Some(txn::Transactions::new(
-                    txn_config,
-                    &transactional_id(config),
-                )?)
+            ProcessingGuarantee::ExactlyOnce => {
+                Some(txn::Transactions::for_worker(&producer_config, config)?)
             }
-            crate::base::config::ProcessingGuarantee::AtLeastOnce => None,
+            ProcessingGuarantee::AtLeastOnce => None,
         };
         Ok(Arc::new(KafkaTransport {
             base,
@@ -384,34 +319,6 @@ impl KafkaTransport {
             .spawn(move || poll_loop(&consumer, &router, &stop, &topics))
             .map_err(|e| Error::io("spawning a fetcher thread", e))?;
         Ok((committer, handle))
-    }
-}
-
-/// rill's prefetch bounds for its consumers, where the user set none (`-X`, `RILL_KAFKA_*`).
-///
-/// librdkafka decompresses a whole fetch response into one op of a few hundred bytes per
-/// message, and its byte limits count payloads only: with its defaults (50 MiB fetches,
-/// 100,000 messages per partition) a worker reading a backlog of small records held ~140 MiB
-/// of prefetched messages. One MiB fetches and 10,000 messages per partition bound that to a
-/// few tens of MiB, and a 5 ms queue backoff (librdkafka waits `fetch.queue.backoff.ms`,
-/// 1 s by default, once a partition's queue is full) keeps fetching as soon as the agent has
-/// taken records: at full speed the stateless benchmark went from ~150 MiB anonymous RSS to
-/// ~50 MiB, and got faster (`bench/results`).
-fn prefetch_defaults(config: &mut ClientConfig) {
-    // A fetch must hold the largest message the broker may return.
-    let message_max: usize = config
-        .get("message.max.bytes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let fetch_max = (1usize << 20).max(message_max).to_string();
-    for (key, value) in [
-        ("fetch.max.bytes", fetch_max.as_str()),
-        ("queued.min.messages", "10000"),
-        ("fetch.queue.backoff.ms", "5"),
-    ] {
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
     }
 }
 
@@ -856,72 +763,6 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// The worker's `transactional.id`: stable across restarts of one worker (so a restart
-/// fences its previous incarnation and aborts its open transaction), distinct between workers:
-/// `RILL_WORKER_ID`, else derived from the data directory.
-fn transactional_id(config: &Config) -> String {
-    if let Ok(id) = std::env::var("RILL_WORKER_ID")
-        && !id.trim().is_empty()
-    {
-        return format!("rill-{}-{}", config.app_id, id.trim());
-    }
-    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    // FNV-1a: stable across builds (std's hasher is not promised to be).
-    let hash = dir
-        .to_string_lossy()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    format!("rill-{}-{hash:016x}", config.app_id)
-}
-
-/// A record's headers as librdkafka's (none when it has none).
-pub(crate) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
-    (!r.headers.is_empty()).then(|| {
-        r.headers.0.iter().fold(
-            OwnedHeaders::new_with_capacity(r.headers.0.len()),
-            |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                })
-            },
-        )
-    })
-}
-
-/// Enqueues a record in a (transactional) producer, waiting while its queue is full.
-pub(crate) async fn send_record(
-    producer: &FutureProducer<LogContext>,
-    r: &OutRecord,
-) -> std::result::Result<DeliveryFuture, KafkaError> {
-    let headers = owned_headers(r);
-    loop {
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&r.topic).timestamp(r.timestamp);
-        if let Some(k) = r.key.as_deref() {
-            record = record.key(k);
-        }
-        if let Some(v) = r.value.as_deref() {
-            record = record.payload(v);
-        }
-        if let Some(p) = r.partition {
-            record = record.partition(p);
-        }
-        if let Some(h) = &headers {
-            record = record.headers(h.clone());
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
 impl Log for KafkaTransport {
     fn system(&self) -> &'static str {
         "kafka"
@@ -1294,10 +1135,9 @@ impl Committer for KafkaCommitter {
     }
 
     fn purge_consumed(&self, interval: Duration) {
-        let _ = self.purger.set(Arc::new(purge::Purger::new(
-            self.admin.clone(),
-            interval,
-        )));
+        let _ = self
+            .purger
+            .set(Arc::new(purge::Purger::new(self.admin.clone(), interval)));
     }
 }
 

@@ -20,10 +20,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use super::LogContext;
-use crate::io::transport::Tp;
+use super::client::{LogContext, owned_headers};
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
+use crate::io::transport::Tp;
 
 type Hasher = foldhash::fast::RandomState;
 /// Next offset per partition of one topic.
@@ -125,7 +125,8 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-pub(crate) type Producer = ThreadedProducer<DeliveryContext>;
+/// The worker's producer, shared by its agents: deliveries count down their batch.
+pub(crate) type WorkerProducer = ThreadedProducer<DeliveryContext>;
 
 /// A record as librdkafka is handed it (borrowed: librdkafka copies key and value).
 pub(crate) struct Outgoing<'a> {
@@ -153,7 +154,7 @@ impl<'a> Outgoing<'a> {
 /// Enqueues `r` in librdkafka, counted in `batch`. `Ok(false)`: librdkafka's queue is full
 /// (nothing was enqueued; try again once it drains).
 pub(crate) fn try_produce(
-    producer: &Producer,
+    producer: &WorkerProducer,
     r: &Outgoing<'_>,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<bool, KafkaError> {
@@ -188,11 +189,11 @@ pub(crate) fn try_produce(
 
 /// Enqueues `r` in librdkafka, counted in `batch`, waiting while librdkafka's queue is full.
 pub(crate) async fn produce(
-    producer: &Producer,
+    producer: &WorkerProducer,
     r: &OutRecord,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<(), KafkaError> {
-    let headers = super::owned_headers(r);
+    let headers = owned_headers(r);
     let out = Outgoing::of(r, headers.as_ref());
     while !try_produce(producer, &out, batch)? {
         tokio::time::sleep(Duration::from_millis(2)).await;
