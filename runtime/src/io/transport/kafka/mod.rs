@@ -12,6 +12,7 @@
 //! `produce`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
 //! producers and Kafka Streams put them.
 
+mod admin;
 mod client;
 pub(super) mod produce;
 mod purge;
@@ -23,10 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
-    TopicReplication,
-};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -41,6 +39,7 @@ use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
+use admin::Admin;
 use client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
 use futures::future::BoxFuture;
 
@@ -50,7 +49,7 @@ const FETCH_MAX: usize = 2000;
 pub(crate) struct KafkaTransport {
     base: ClientConfig,
     producer: produce::WorkerProducer,
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin_client: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     pub(crate) health: Arc<Health>,
     /// This worker's web address, advertised to the other workers of each consumer group in
@@ -80,7 +79,7 @@ impl KafkaTransport {
         Ok(Arc::new(KafkaTransport {
             base,
             producer,
-            admin: Arc::new(admin),
+            admin_client: Arc::new(admin),
             replication: config.replication,
             health: Arc::new(Health::default()),
             web_url: std::sync::OnceLock::new(),
@@ -88,175 +87,14 @@ impl KafkaTransport {
         }))
     }
 
-    /// Partition count of each topic, or `None` when it does not exist.
-    pub(crate) fn partition_counts(
-        &self,
-        topics: &[String],
-    ) -> Result<HashMap<String, Option<i32>>> {
-        let mut out = HashMap::new();
-        for topic in topics {
-            let md = self
-                .producer
-                .client()
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| {
-                    Error::kafka(
-                        format!("fetching metadata of `{topic}` (is the broker reachable?)"),
-                        e,
-                    )
-                })?;
-            let count = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-                .map(|t| t.partitions().len() as i32);
-            out.insert(topic.clone(), count);
+    /// Topics and groups on the brokers, through the admin client and the producer's
+    /// connections.
+    fn admin(&self) -> Admin<'_> {
+        Admin {
+            metadata: self.producer.client(),
+            client: &self.admin_client,
+            replication: self.replication,
         }
-        Ok(out)
-    }
-
-    /// Creates the topics that do not exist yet and checks the existing ones rill owns
-    /// (`TopicSpec::check_existing`); returns every topic's partition count.
-    async fn ensure_topics_checked(
-        &self,
-        specs: &[TopicSpec],
-        default_partitions: i32,
-    ) -> Result<HashMap<String, i32>> {
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        let existing = self.partition_counts(&names)?;
-        let mut seen = std::collections::HashSet::new();
-        let missing: Vec<&TopicSpec> = specs
-            .iter()
-            .filter(|s| existing.get(&s.name).is_some_and(Option::is_none))
-            .filter(|s| seen.insert(s.name.as_str()))
-            .collect();
-        let mut out: HashMap<String, i32> = existing
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|n| (k, n)))
-            .collect();
-        if !missing.is_empty() {
-            self.create_topics(&missing, default_partitions).await?;
-            out.extend(self.wait_for_metadata(&missing).await?);
-        }
-        self.check_owned(specs, &out).await?;
-        Ok(out)
-    }
-
-    /// Creates `missing` through the admin API (one created meanwhile by another worker is
-    /// fine: it is checked like any existing topic).
-    async fn create_topics(&self, missing: &[&TopicSpec], default_partitions: i32) -> Result<()> {
-        let configs: Vec<Vec<(&str, &str)>> = missing.iter().map(|s| s.create_configs()).collect();
-        let new_topics: Vec<NewTopic<'_>> = missing
-            .iter()
-            .zip(&configs)
-            .map(|(s, configs)| {
-                let partitions = s.partitions.unwrap_or(default_partitions);
-                let replication = TopicReplication::Fixed(self.replication);
-                configs.iter().fold(
-                    NewTopic::new(&s.name, partitions, replication),
-                    |t, (k, v)| t.set(k, v),
-                )
-            })
-            .collect();
-        let results = self
-            .admin
-            .create_topics(
-                &new_topics,
-                &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| Error::kafka("creating topics", e))?;
-        for result in results {
-            match result {
-                Ok(name) => tracing::info!(topic = %name, "created topic"),
-                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    tracing::debug!(topic = %name, "topic exists")
-                }
-                Err((name, code)) => {
-                    return Err(Error::kafka(
-                        format!(
-                            "creating topic `{name}` (create it by hand, or grant rill CreateTopics)"
-                        ),
-                        KafkaError::AdminOp(code),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The partition counts of topics just created: metadata can lag creation briefly.
-    async fn wait_for_metadata(&self, created: &[&TopicSpec]) -> Result<HashMap<String, i32>> {
-        let names: Vec<String> = created.iter().map(|s| s.name.clone()).collect();
-        for _ in 0..50 {
-            let counts = self.partition_counts(&names)?;
-            if counts.values().all(Option::is_some) {
-                return Ok(counts
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|n| (k, n)))
-                    .collect());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(Error::UnknownTopic(names.join(", ")))
-    }
-
-    /// Checks the topics rill owns among `specs` against what it needs of them: their
-    /// partition counts and topic configs.
-    async fn check_owned(&self, specs: &[TopicSpec], counts: &HashMap<String, i32>) -> Result<()> {
-        let owned: Vec<&TopicSpec> = specs.iter().filter(|s| s.internal.is_some()).collect();
-        if owned.is_empty() {
-            return Ok(());
-        }
-        let configs = self
-            .topic_configs(owned.iter().map(|s| s.name.as_str()))
-            .await;
-        for spec in owned {
-            let Some(&partitions) = counts.get(&spec.name) else {
-                return Err(Error::UnknownTopic(spec.name.clone()));
-            };
-            let configs = configs.as_ref().and_then(|c| c.get(&spec.name));
-            spec.check_existing(partitions, configs)?;
-        }
-        Ok(())
-    }
-
-    /// The current topic configs of `topics`, or `None` (with a warning) when the broker does
-    /// not describe them to rill (no `DescribeConfigs` permission): then only partition
-    /// counts are checked.
-    async fn topic_configs<'a>(
-        &self,
-        topics: impl Iterator<Item = &'a str>,
-    ) -> Option<HashMap<String, HashMap<String, String>>> {
-        let resources: Vec<ResourceSpecifier<'_>> = topics.map(ResourceSpecifier::Topic).collect();
-        let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
-        let described = match self.admin.describe_configs(&resources, &options).await {
-            Ok(described) => described,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the configs of rill's internal topics; checking their partition counts only");
-                return None;
-            }
-        };
-        let mut out = HashMap::new();
-        for result in described {
-            match result {
-                Ok(resource) => {
-                    let OwnedResourceSpecifier::Topic(name) = resource.specifier else {
-                        continue;
-                    };
-                    let entries = resource
-                        .entries
-                        .into_iter()
-                        .filter_map(|e| Some((e.name, e.value?)))
-                        .collect();
-                    out.insert(name, entries);
-                }
-                Err(code) => {
-                    tracing::warn!(%code, "cannot read the configs of an internal topic; checking its partition count only");
-                }
-            }
-        }
-        Some(out)
     }
 
     /// Subscribes a consumer for one agent's group and polls it on a thread.
@@ -311,7 +149,7 @@ impl KafkaTransport {
             group: group.to_owned(),
             health: self.health.clone(),
             stop: stop.clone(),
-            admin: self.admin.clone(),
+            admin: self.admin_client.clone(),
             purger: std::sync::OnceLock::new(),
         });
         let handle = std::thread::Builder::new()
@@ -782,53 +620,23 @@ impl Log for KafkaTransport {
         specs: &'a [TopicSpec],
         default_partitions: i32,
     ) -> BoxFuture<'a, Result<HashMap<String, i32>>> {
-        Box::pin(self.ensure_topics_checked(specs, default_partitions))
+        Box::pin(async move {
+            self.admin()
+                .ensure_topics_checked(specs, default_partitions)
+                .await
+        })
     }
 
     fn partition_count(&self, topic: &str) -> Result<Option<i32>> {
         Ok(self
+            .admin()
             .partition_counts(&[topic.to_owned()])?
             .remove(topic)
             .flatten())
     }
 
-    /// First and next offset of a partition (blocking). A topic created a moment ago (a window's
-    /// or join's changelog, created when the agent builds it) may have no leader yet: those
-    /// answers are retried for up to 30 s.
     fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
-        use rdkafka::types::RDKafkaErrorCode as Code;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .producer
-                .client()
-                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            {
-                Ok(marks) => return Ok(marks),
-                Err(e)
-                    if matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            Code::NotLeaderForPartition
-                                | Code::LeaderNotAvailable
-                                | Code::UnknownTopicOrPartition
-                                | Code::UnknownPartition
-                        )
-                    ) && std::time::Instant::now() < deadline =>
-                {
-                    tracing::debug!(topic, partition, error = %e, "no leader yet; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(Error::kafka(
-                        format!("reading the offsets of {topic}[{partition}]"),
-                        e,
-                    ));
-                }
-            }
-        }
+        self.admin().watermarks(topic, partition)
     }
 
     /// Reads `[from, until)` of a partition (a changelog) in batches, with its own consumer.
@@ -956,32 +764,8 @@ impl Log for KafkaTransport {
             .collect()
     }
 
-    /// The members of a consumer group: each one's advertised web address (from its
-    /// `client.id`; only `http://` and `https://` addresses are taken) and its assignment.
-    /// Blocking.
     fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        let groups = self
-            .producer
-            .client()
-            .fetch_group_list(Some(group), Duration::from_secs(5))
-            .map_err(|e| Error::kafka(format!("describing group `{group}`"), e))?;
-        Ok(groups
-            .groups()
-            .iter()
-            .flat_map(|g| g.members())
-            .map(|m| {
-                let url = m
-                    .client_id()
-                    .split_once(";web=")
-                    .map(|(_, url)| url.to_owned())
-                    .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-                let tps = m
-                    .assignment()
-                    .and_then(parse_assignment)
-                    .unwrap_or_default();
-                (url, tps)
-            })
-            .collect())
+        self.admin().group_members(group)
     }
 
     fn buffers(&self) -> bool {
@@ -1138,46 +922,6 @@ impl Committer for KafkaCommitter {
         let _ = self
             .purger
             .set(Arc::new(purge::Purger::new(self.admin.clone(), interval)));
-    }
-}
-
-/// Topic-partitions of a classic consumer-protocol assignment (version, then per topic its
-/// name and partitions; user data ignored).
-fn parse_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (b.get(..n)?, b.get(n..)?);
-        *b = rest;
-        Some(head)
-    }
-    let mut b = bytes;
-    let int16 = |b: &mut &[u8]| take(b, 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
-    let int32 = |b: &mut &[u8]| take(b, 4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]));
-    let _version = int16(&mut b)?;
-    let topics = int32(&mut b)?;
-    let mut out = Vec::new();
-    for _ in 0..topics.max(0) {
-        let len = usize::try_from(int16(&mut b)?).ok()?;
-        let name = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
-        let n = int32(&mut b)?;
-        for _ in 0..n.max(0) {
-            out.push((name.clone(), int32(&mut b)?));
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod assignment_tests {
-    #[test]
-    fn parses_a_consumer_protocol_assignment() {
-        let mut b = vec![0, 1, 0, 0, 0, 1, 0, 5];
-        b.extend_from_slice(b"views");
-        b.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 0]);
-        assert_eq!(
-            super::parse_assignment(&b),
-            Some(vec![("views".to_owned(), 3), ("views".to_owned(), 7)])
-        );
-        assert_eq!(super::parse_assignment(&b[..9]), None);
     }
 }
 
