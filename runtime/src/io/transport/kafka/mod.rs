@@ -14,22 +14,22 @@
 
 mod admin;
 mod client;
+mod fetch;
 pub(super) mod produce;
 mod purge;
 mod txn;
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -41,9 +41,8 @@ use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
 use admin::Admin;
 use client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
+use fetch::FetchContext;
 use futures::future::BoxFuture;
-
-const FETCH_MAX: usize = 2000;
 
 /// The Kafka side of a worker: a base client config, the shared producer and an admin client.
 pub(crate) struct KafkaTransport {
@@ -154,333 +153,9 @@ impl KafkaTransport {
         });
         let handle = std::thread::Builder::new()
             .name(format!("rill-fetch-{}", router.agent))
-            .spawn(move || poll_loop(&consumer, &router, &stop, &topics))
+            .spawn(move || fetch::poll_loop(&consumer, &router, &stop, &topics))
             .map_err(|e| Error::io("spawning a fetcher thread", e))?;
         Ok((committer, handle))
-    }
-}
-
-/// A fetched batch being assembled: every key and value is copied into one buffer, and the
-/// records are slices of it. One allocation per batch instead of two per record, freed when the
-/// agent drops the batch's last record: freeing small blocks on another thread than the one
-/// that allocated them cost a stateless agent ~12% of its CPU in glibc.
-struct Fetched {
-    bytes: Vec<u8>,
-    /// The records, their keys and values still `None`: where those are in `bytes` is in
-    /// `places` (filled in place when the batch is taken, without moving the records again).
-    records: Vec<RawRecord>,
-    places: Vec<Place>,
-}
-
-/// Where a fetched record's key and value are in its batch's buffer.
-type Place = (Option<Range<usize>>, Option<Range<usize>>);
-
-impl Fetched {
-    fn new() -> Self {
-        Fetched {
-            bytes: Vec::new(),
-            records: Vec::with_capacity(FETCH_MAX),
-            places: Vec::with_capacity(FETCH_MAX),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.records.clear();
-        self.places.clear();
-    }
-
-    fn copy(&mut self, data: Option<&[u8]>) -> Option<Range<usize>> {
-        data.map(|d| {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(d);
-            start..self.bytes.len()
-        })
-    }
-
-    /// Adds `record` with this key and value (its own are ignored).
-    fn push(&mut self, record: RawRecord, key: Option<&[u8]>, value: Option<&[u8]>) {
-        let key = self.copy(key);
-        let value = self.copy(value);
-        self.records.push(record);
-        self.places.push((key, value));
-    }
-
-    /// The records, their keys and values sharing the batch's buffer; `self` starts afresh,
-    /// with a buffer the size of this one (not regrown from empty, a copy per doubling).
-    fn take(&mut self) -> Vec<RawRecord> {
-        let size = self.bytes.len();
-        let bytes = Bytes::from(std::mem::replace(&mut self.bytes, Vec::with_capacity(size)));
-        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(FETCH_MAX));
-        for (record, (key, value)) in records.iter_mut().zip(self.places.drain(..)) {
-            record.key = key.map(|r| bytes.slice(r));
-            record.value = value.map(|r| bytes.slice(r));
-        }
-        records
-    }
-}
-
-fn poll_loop(
-    consumer: &BaseConsumer<FetchContext>,
-    router: &Router,
-    stop: &AtomicBool,
-    subscribed: &[String],
-) {
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    // Subscribed to one topic (names, not patterns: a topic name cannot hold `^`), every
-    // message is of it: no name to read (librdkafka's `strlen`, UTF-8 check) and compare.
-    let only: Option<Arc<str>> = match subscribed {
-        [one] => Some(Arc::from(one.as_str())),
-        _ => None,
-    };
-    let mut last_topic: Option<Arc<str>> = None;
-    let mut batch = Fetched::new();
-    let mut last_error: Option<std::time::Instant> = None;
-    let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
-    // The partition of the last record that took a partition out of `at_end`.
-    let mut last_read: Option<Tp> = None;
-    while !stop.load(Ordering::Acquire) && !router.all_closed() {
-        if router.rewind.swap(false, Ordering::AcqRel) {
-            batch.clear();
-            at_end.clear();
-            rewind(consumer, router);
-        }
-        // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
-        let mut generation = router.generation();
-        let mut timeout = Duration::from_millis(100);
-        while batch.len() < FETCH_MAX {
-            match consumer.poll(timeout) {
-                None => break,
-                Some(Ok(m)) => {
-                    consumer.context().health.back();
-                    if router.generation() != generation {
-                        // This poll ran a rebalance: what came before belongs to the old assignment.
-                        batch.clear();
-                        generation = router.generation();
-                    }
-                    // Runs of one topic are the rule: compare with the last before looking up.
-                    let topic = match (&only, &last_topic) {
-                        (Some(t), _) => t.clone(),
-                        (None, Some(t)) if **t == *m.topic() => t.clone(),
-                        _ => {
-                            let name = m.topic();
-                            let t = match topics.get(name) {
-                                Some(t) => t.clone(),
-                                None => {
-                                    let t: Arc<str> = Arc::from(name);
-                                    topics.insert(name.to_owned(), t.clone());
-                                    t
-                                }
-                            };
-                            last_topic = Some(t.clone());
-                            t
-                        }
-                    };
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            Headers(
-                                h.iter()
-                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                    .collect(),
-                            )
-                        })
-                        .unwrap_or_default();
-                    let record = RawRecord {
-                        topic,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: None,
-                        value: None,
-                        timestamp: m.timestamp().to_millis(),
-                        headers,
-                    };
-                    if !at_end.is_empty()
-                        && !last_read.as_ref().is_some_and(|(t, p)| {
-                            Arc::ptr_eq(t, &record.topic) && *p == record.partition
-                        })
-                    {
-                        // A partition that gets records is no longer at its end: its next
-                        // catch-up is reported again (looked up once per run of a partition).
-                        at_end.remove(&(record.topic.clone(), record.partition));
-                        last_read = Some((record.topic.clone(), record.partition));
-                    }
-                    batch.push(record, m.key(), m.payload());
-                    timeout = Duration::ZERO;
-                }
-                Some(Err(e)) => {
-                    // Broker outages surface here repeatedly; log at most every 5 s.
-                    if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(agent = %router.agent, error = %e, "consumer error; librdkafka keeps retrying");
-                        last_error = Some(std::time::Instant::now());
-                    }
-                    break;
-                }
-            }
-        }
-        // Drained what was fetched: partitions librdkafka's statistics (once a second) last
-        // showed with no consumer lag are caught up; the marker travels after their records.
-        let mut caught_up = Vec::new();
-        if batch.len() < FETCH_MAX {
-            let lags = consumer
-                .context()
-                .lags
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for (tp, lag) in lags {
-                if lag == 0 {
-                    if at_end.insert(tp.clone()) {
-                        caught_up.push(tp);
-                        last_read = None;
-                    }
-                } else if lag > 0 {
-                    at_end.remove(&tp);
-                }
-            }
-        }
-        if router.generation() != generation {
-            at_end.clear();
-            caught_up.clear();
-        }
-        if (!batch.is_empty() || !caught_up.is_empty())
-            && !router.route_fetched_in(generation, batch.take(), caught_up)
-        {
-            break;
-        }
-    }
-}
-
-/// After an aborted transaction: every owned partition goes back to its committed offset, and
-/// the assignment is announced again (a new generation: instances drop what they hold, reload
-/// their tables from the last commit and read from there).
-fn rewind(consumer: &BaseConsumer<FetchContext>, router: &Router) {
-    let committed = match consumer.committed(Duration::from_secs(30)) {
-        Ok(tpl) => tpl,
-        Err(e) => {
-            tracing::warn!(agent = %router.agent, error = %e, "reading committed offsets to roll back; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            router.rewind.store(true, Ordering::Release);
-            return;
-        }
-    };
-    let mut tps = Vec::new();
-    for e in committed.elements() {
-        let to = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        if let Err(err) = consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(30)) {
-            tracing::warn!(agent = %router.agent, topic = e.topic(), partition = e.partition(), error = %err, "seeking back to the committed offset; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            router.rewind.store(true, Ordering::Release);
-            return;
-        }
-        tps.push((Arc::from(e.topic()), e.partition()));
-    }
-    tracing::warn!(agent = %router.agent, partitions = tps.len(), "transaction aborted: reading again from the committed offsets");
-    if let Err(e) = router.assigned(tps) {
-        tracing::error!(agent = %router.agent, error = %e, "announcing the rewind");
-    }
-}
-
-/// How many records of a partition are still to be read, from librdkafka's statistics, or
-/// `None` while that is unknown. The position is the furthest of: the last record handed to
-/// rill (`app_offset`), the group's committed offset, and, when nothing waits in librdkafka's
-/// queue, how far it fetched (past records that never reach rill: transaction markers,
-/// aborted records). librdkafka's own `consumer_lag` counts from the committed offset only, so
-/// it stays unknown for a partition that is empty and was never committed to, and such a
-/// partition would hold its windows back for ever.
-fn unread(p: &rdkafka::statistics::Partition, read_committed: bool) -> Option<i64> {
-    let end = if read_committed {
-        p.ls_offset
-    } else {
-        p.hi_offset
-    };
-    let mut position = p.app_offset.max(p.committed_offset);
-    if p.fetchq_cnt == 0 {
-        position = position.max(p.next_offset);
-    }
-    (end >= 0 && position >= 0).then(|| (end - position).max(0))
-}
-
-/// Rebalance hooks of an agent's consumer.
-pub(crate) struct FetchContext {
-    router: Arc<Router>,
-    health: Arc<Health>,
-    /// Records still to read per assigned partition, from librdkafka's statistics.
-    lags: std::sync::Mutex<HashMap<Tp, i64>>,
-    /// The consumer reads committed records only (exactly-once): its end is the last stable
-    /// offset.
-    read_committed: bool,
-}
-
-impl ClientContext for FetchContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        LogContext.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.health.lost(reason);
-        }
-        LogContext.error(error, reason);
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut lags = HashMap::new();
-        for (name, topic) in statistics.topics {
-            let name: Arc<str> = Arc::from(name.as_str());
-            for (partition, p) in topic.partitions {
-                if partition < 0 || p.fetch_state != "active" {
-                    continue;
-                }
-                if let Some(lag) = unread(&p, self.read_committed) {
-                    lags.insert((name.clone(), partition), lag);
-                }
-            }
-        }
-        *self.router.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags.clone();
-        *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = lags;
-    }
-}
-
-impl ConsumerContext for FetchContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            // Blocks the poll thread until each instance has committed its finished records.
-            self.router.revoke();
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let tps: Vec<Tp> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (Arc::from(e.topic()), e.partition()))
-                    .collect();
-                if let Err(e) = self.router.assigned(tps) {
-                    tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
-                }
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => {
-                tracing::warn!(agent = %self.router.agent, error = %e, "rebalance error")
-            }
-        }
     }
 }
 
@@ -922,84 +597,5 @@ impl Committer for KafkaCommitter {
         let _ = self
             .purger
             .set(Arc::new(purge::Purger::new(self.admin.clone(), interval)));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unread_records_count_from_the_furthest_known_position() {
-        use rdkafka::statistics::Partition;
-        const INVALID: i64 = -1001;
-        let stats = |lo, hi, next, app, committed, queued| Partition {
-            lo_offset: lo,
-            hi_offset: hi,
-            ls_offset: hi,
-            next_offset: next,
-            app_offset: app,
-            committed_offset: committed,
-            fetchq_cnt: queued,
-            ..Partition::default()
-        };
-        // Empty and never committed to: read to its end (librdkafka's consumer_lag: -1).
-        assert_eq!(unread(&stats(0, 0, 0, INVALID, INVALID, 0), false), Some(0));
-        // Records waiting, none handed out yet, nothing committed.
-        assert_eq!(unread(&stats(0, 10, 10, INVALID, INVALID, 10), false), None);
-        assert_eq!(
-            unread(&stats(0, 10, 0, INVALID, INVALID, 0), false),
-            Some(10)
-        );
-        // Handed out up to 7, not committed yet: 3 to go, though 10 were fetched.
-        assert_eq!(unread(&stats(0, 10, 10, 7, INVALID, 3), false), Some(3));
-        // Committed at 8 by an earlier run; a transaction marker at 9: fetched past it.
-        assert_eq!(unread(&stats(0, 10, 10, INVALID, 8, 0), true), Some(0));
-        // Before the first fetch response, the end is unknown.
-        assert_eq!(
-            unread(&stats(INVALID, INVALID, INVALID, INVALID, 5, 0), false),
-            None
-        );
-    }
-
-    #[test]
-    fn a_fetched_batch_hands_out_slices_of_one_buffer() {
-        let record = |offset| RawRecord {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            key: None,
-            value: None,
-            timestamp: None,
-            headers: Headers::default(),
-        };
-        let mut batch = Fetched::new();
-        batch.push(record(0), Some(b"k0"), Some(b"v0"));
-        batch.push(record(1), None, Some(b"value one"));
-        batch.push(record(2), Some(b""), None);
-        assert_eq!(batch.len(), 3);
-        let records = batch.take();
-        assert!(batch.is_empty());
-        let text = |b: Option<&Bytes>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-        let got: Vec<_> = records
-            .iter()
-            .map(|r| (r.offset, text(r.key.as_ref()), text(r.value.as_ref())))
-            .collect();
-        let s = |t: &str| Some(t.to_owned());
-        assert_eq!(
-            got,
-            vec![
-                (0, s("k0"), s("v0")),
-                (1, None, s("value one")),
-                (2, s(""), None)
-            ]
-        );
-        // Neighbours in one buffer: "v0" sits right before "value one".
-        let at = |r: &RawRecord| r.value.as_ref().map_or(0, |v| v.as_ptr() as usize);
-        assert_eq!(at(&records[1]) - at(&records[0]), 2);
-        // A record kept for long gets a buffer of its own.
-        let kept = records[1].clone().detached();
-        assert_eq!(kept.value.as_deref(), Some(&b"value one"[..]));
-        assert_ne!(at(&kept), at(&records[1]));
     }
 }
