@@ -12,17 +12,80 @@ use std::time::Duration;
 
 use rdkafka::Offset;
 use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message};
 
-use super::client::LogContext;
+use super::client::{LogContext, prefetch_defaults};
+use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
 use crate::io::transport::{Router, Tp};
 
 const FETCH_MAX: usize = 2000;
+
+/// The config of an agent group's consumer: rill stores and commits its offsets itself, the
+/// `range` assignor keeps co-partitioned topics together, and `web_url` is advertised in its
+/// `client.id` (see `KafkaTransport::web_url`).
+pub(super) fn consumer_config(
+    base: &ClientConfig,
+    group: &str,
+    read_committed: bool,
+    web_url: Option<&String>,
+) -> ClientConfig {
+    let mut config = base.clone();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range");
+    if read_committed {
+        // Only committed transactions' records reach agents.
+        config.set("isolation.level", "read_committed");
+    }
+    if let Some(url) = web_url {
+        let id = base.get("client.id").unwrap_or("rill").to_owned();
+        config.set("client.id", format!("{id};web={url}"));
+    }
+    if base.get("statistics.interval.ms").is_none_or(|v| v == "0") {
+        // Consumer lag per partition, for windows' idle partitions (and later metrics).
+        config.set("statistics.interval.ms", "1000");
+    }
+    prefetch_defaults(&mut config);
+    config
+}
+
+/// Creates the consumer of `group` and subscribes it to `topics`.
+pub(super) fn subscribe(
+    config: &ClientConfig,
+    context: FetchContext,
+    group: &str,
+    topics: &[String],
+) -> Result<Arc<BaseConsumer<FetchContext>>> {
+    let consumer: BaseConsumer<FetchContext> = config
+        .create_with_context(context)
+        .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
+    Ok(Arc::new(consumer))
+}
+
+/// Polls `consumer` on a thread of its own, handing batches to `router` until `stop`.
+pub(super) fn spawn_poll_thread(
+    consumer: Arc<BaseConsumer<FetchContext>>,
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+    topics: Vec<String>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("rill-fetch-{}", router.agent))
+        .spawn(move || poll_loop(&consumer, &router, &stop, &topics))
+        .map_err(|e| Error::io("spawning a fetcher thread", e))
+}
 
 /// A fetched batch being assembled: every key and value is copied into one buffer, and the
 /// records are slices of it. One allocation per batch instead of two per record, freed when the
@@ -92,7 +155,7 @@ impl Fetched {
     }
 }
 
-pub(super) fn poll_loop(
+fn poll_loop(
     consumer: &BaseConsumer<FetchContext>,
     router: &Router,
     stop: &AtomicBool,
@@ -281,10 +344,21 @@ pub(crate) struct FetchContext {
     pub(super) router: Arc<Router>,
     pub(super) health: Arc<Health>,
     /// Records still to read per assigned partition, from librdkafka's statistics.
-    pub(super) lags: std::sync::Mutex<HashMap<Tp, i64>>,
+    lags: std::sync::Mutex<HashMap<Tp, i64>>,
     /// The consumer reads committed records only (exactly-once): its end is the last stable
     /// offset.
-    pub(super) read_committed: bool,
+    read_committed: bool,
+}
+
+impl FetchContext {
+    pub(super) fn new(router: Arc<Router>, health: Arc<Health>, read_committed: bool) -> Self {
+        FetchContext {
+            router,
+            health,
+            lags: std::sync::Mutex::new(HashMap::new()),
+            read_committed,
+        }
+    }
 }
 
 impl ClientContext for FetchContext {

@@ -14,6 +14,7 @@
 
 mod admin;
 mod client;
+mod commit;
 mod fetch;
 pub(super) mod produce;
 mod purge;
@@ -27,8 +28,7 @@ use std::time::Duration;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -41,6 +41,7 @@ use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
 use admin::Admin;
 use client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
+use commit::KafkaCommitter;
 use fetch::FetchContext;
 use futures::future::BoxFuture;
 
@@ -95,185 +96,6 @@ impl KafkaTransport {
             replication: self.replication,
         }
     }
-
-    /// Subscribes a consumer for one agent's group and polls it on a thread.
-    pub(crate) fn spawn_fetcher(
-        &self,
-        group: &str,
-        topics: Vec<String>,
-        router: Arc<Router>,
-        stop: Arc<AtomicBool>,
-    ) -> Result<(Arc<KafkaCommitter>, std::thread::JoinHandle<()>)> {
-        let mut config = self.base.clone();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range");
-        if self.txn.is_some() {
-            // Only committed transactions' records reach agents.
-            config.set("isolation.level", "read_committed");
-        }
-        if let Some(url) = self.web_url.get() {
-            let id = self.base.get("client.id").unwrap_or("rill").to_owned();
-            config.set("client.id", format!("{id};web={url}"));
-        }
-        if self
-            .base
-            .get("statistics.interval.ms")
-            .is_none_or(|v| v == "0")
-        {
-            // Consumer lag per partition, for windows' idle partitions (and later metrics).
-            config.set("statistics.interval.ms", "1000");
-        }
-        prefetch_defaults(&mut config);
-        let consumer: BaseConsumer<FetchContext> = config
-            .create_with_context(FetchContext {
-                router: router.clone(),
-                health: self.health.clone(),
-                lags: std::sync::Mutex::new(HashMap::new()),
-                read_committed: self.txn.is_some(),
-            })
-            .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topic_refs)
-            .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
-        let consumer = Arc::new(consumer);
-        let committer = Arc::new(KafkaCommitter {
-            router: router.clone(),
-            transactional: self.txn.is_some(),
-            consumer: consumer.clone(),
-            group: group.to_owned(),
-            health: self.health.clone(),
-            stop: stop.clone(),
-            admin: self.admin_client.clone(),
-            purger: std::sync::OnceLock::new(),
-        });
-        let handle = std::thread::Builder::new()
-            .name(format!("rill-fetch-{}", router.agent))
-            .spawn(move || fetch::poll_loop(&consumer, &router, &stop, &topics))
-            .map_err(|e| Error::io("spawning a fetcher thread", e))?;
-        Ok((committer, handle))
-    }
-}
-
-/// Commits an agent group's offsets.
-pub(crate) struct KafkaCommitter {
-    /// Exactly-once: offsets go in the commit step's transaction instead.
-    transactional: bool,
-    router: Arc<Router>,
-    consumer: Arc<BaseConsumer<FetchContext>>,
-    group: String,
-    health: Arc<Health>,
-    stop: Arc<AtomicBool>,
-    admin: Arc<AdminClient<DefaultClientContext>>,
-    /// Set for a repartition topic's group: what it commits is deleted.
-    purger: std::sync::OnceLock<Arc<purge::Purger>>,
-}
-
-impl KafkaCommitter {
-    /// Offsets this group just committed (for purging).
-    pub(crate) fn committed(&self, offsets: &[(Tp, i64)]) {
-        if let Some(purger) = self.purger.get() {
-            purger.committed(offsets);
-        }
-    }
-
-    /// The consumer's group metadata, which fences a zombie's transactional offset commits.
-    pub(crate) fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
-        self.consumer.group_metadata().ok_or_else(|| {
-            Error::Transaction(format!(
-                "no consumer group metadata for group `{}` yet",
-                self.group
-            ))
-        })
-    }
-
-    /// Commits the next offsets to read (synchronously; callers run it off the async threads).
-    pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<()> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for ((topic, partition), offset) in offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(|e| Error::kafka("building an offset list", e))?;
-        }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.commit_once(&tpl) {
-                Err(Retry(e)) if !self.stop.load(Ordering::Acquire) => {
-                    // The broker is away: keep the offsets and try again, backing off.
-                    self.health.lost(&e);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(Retry(e)) => {
-                    return Err(Error::kafka(
-                        format!(
-                            "committing offsets of group `{}` while stopping",
-                            self.group
-                        ),
-                        e,
-                    ));
-                }
-                Ok(result) => {
-                    if result.is_ok() {
-                        self.health.back();
-                    }
-                    return result;
-                }
-            }
-        }
-    }
-
-    /// One commit attempt: `Err` when it is worth retrying.
-    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
-        Ok(match self.consumer.commit(tpl, CommitMode::Sync) {
-            Ok(()) => Ok(()),
-            // Partitions already given away in a rebalance: the new owner will redo the records.
-            Err(KafkaError::ConsumerCommit(code))
-                if matches!(
-                    code,
-                    RDKafkaErrorCode::RebalanceInProgress
-                        | RDKafkaErrorCode::IllegalGeneration
-                        | RDKafkaErrorCode::UnknownMemberId
-                ) =>
-            {
-                tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
-                Ok(())
-            }
-            Err(KafkaError::ConsumerCommit(code)) if retriable(code) => {
-                return Err(Retry(KafkaError::ConsumerCommit(code)));
-            }
-            Err(e) => Err(Error::kafka(
-                format!("committing offsets of group `{}`", self.group),
-                e,
-            )),
-        })
-    }
-}
-
-/// A commit failure worth retrying.
-struct Retry(KafkaError);
-
-/// Errors of an unreachable or moving coordinator, as opposed to refusals (authorization,
-/// invalid offsets) that retrying cannot fix.
-fn retriable(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::OperationTimedOut
-            | RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::CoordinatorNotAvailable
-            | RDKafkaErrorCode::NotCoordinator
-            | RDKafkaErrorCode::CoordinatorLoadInProgress
-            | RDKafkaErrorCode::NetworkException
-            | RDKafkaErrorCode::WaitingForCoordinator
-    )
 }
 
 impl Log for KafkaTransport {
@@ -425,7 +247,18 @@ impl Log for KafkaTransport {
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
-        let (committer, thread) = self.spawn_fetcher(group, topics, router, stop)?;
+        let read_committed = self.txn.is_some();
+        let config = fetch::consumer_config(&self.base, group, read_committed, self.web_url.get());
+        let context = FetchContext::new(router.clone(), self.health.clone(), read_committed);
+        let consumer = fetch::subscribe(&config, context, group, &topics)?;
+        let committer = KafkaCommitter::new(
+            group,
+            consumer.clone(),
+            stop.clone(),
+            self.admin_client.clone(),
+            read_committed,
+        );
+        let thread = fetch::spawn_poll_thread(consumer, router, stop, topics)?;
         Ok((committer, thread))
     }
 
@@ -566,36 +399,4 @@ async fn delivered(pending: Vec<Pending>) -> Result<HashMap<Tp, i64>> {
         }
     }
     Ok(produced)
-}
-
-impl Committer for KafkaCommitter {
-    fn transactional(&self) -> bool {
-        self.transactional
-    }
-
-    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
-            if self.transactional || offsets.is_empty() {
-                // Under exactly-once they were committed in the step's transaction.
-                return Ok(());
-            }
-            let this = self.clone();
-            let offsets =
-                tokio::task::spawn_blocking(move || this.commit(&offsets).map(|()| offsets))
-                    .await
-                    .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
-            self.committed(&offsets);
-            Ok(())
-        })
-    }
-
-    fn request_rewind(&self) {
-        self.router.rewind.store(true, Ordering::Release);
-    }
-
-    fn purge_consumed(&self, interval: Duration) {
-        let _ = self
-            .purger
-            .set(Arc::new(purge::Purger::new(self.admin.clone(), interval)));
-    }
 }
