@@ -18,6 +18,7 @@ mod commit;
 mod fetch;
 pub(super) mod produce;
 mod purge;
+mod read;
 mod txn;
 
 use std::collections::HashMap;
@@ -28,19 +29,15 @@ use std::time::Duration;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::Producer as _;
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
 use crate::base::config::{Config, ProcessingGuarantee};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
-use crate::base::message::{Bytes, Headers, OutRecord, RawRecord};
+use crate::base::message::{OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
 use admin::Admin;
-use client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
 use commit::KafkaCommitter;
 use fetch::FetchContext;
 use futures::future::BoxFuture;
@@ -145,99 +142,11 @@ impl Log for KafkaTransport {
         until: i64,
         f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
     ) -> Result<()> {
-        let batch_size = super::READ_BATCH;
-        if from >= until {
-            return Ok(());
-        }
-        let mut config = self.base.clone();
-        config
-            .set("group.id", "rill-restore")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            // A changelog tail of transaction markers only returns nothing: do not let the
-            // broker hold each empty fetch for its default 500 ms.
-            .set("fetch.wait.max.ms", "20");
-        prefetch_defaults(&mut config);
-        let consumer: BaseConsumer<LogContext> = config
-            .create_with_context(LogContext)
-            .map_err(|e| Error::kafka("creating a restore consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-            .map_err(|e| Error::kafka("building a restore assignment", e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka(format!("assigning {topic}[{partition}]"), e))?;
-        let mut batch = Vec::with_capacity(batch_size.min(100_000));
-        let mut last_progress = std::time::Instant::now();
-        loop {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    last_progress = std::time::Instant::now();
-                    let offset = m.offset();
-                    batch.push(RawRecord {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                        key: m.key().map(Bytes::copy_from_slice),
-                        value: m.payload().map(Bytes::copy_from_slice),
-                        timestamp: m.timestamp().to_millis(),
-                        headers: Headers::default(),
-                    });
-                    let finished = offset + 1 >= until;
-                    if batch.len() >= batch_size || finished {
-                        f(std::mem::take(&mut batch))?;
-                    }
-                    if finished {
-                        return Ok(());
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(Error::kafka(format!("reading {topic}[{partition}]"), e));
-                }
-                None => {
-                    if !batch.is_empty() {
-                        f(std::mem::take(&mut batch))?;
-                    }
-                    // Compaction or aborted transactions can leave the end offset unreachable.
-                    let (_, high) = Log::watermarks(self, topic, partition)?;
-                    let position = consumer
-                        .position()
-                        .ok()
-                        .and_then(|tpl| {
-                            tpl.find_partition(topic, partition)
-                                .and_then(|e| e.offset().to_raw())
-                        })
-                        .unwrap_or(from);
-                    if position >= until.min(high) {
-                        return Ok(());
-                    }
-                    if last_progress.elapsed() > Duration::from_secs(60) {
-                        return Err(Error::Shutdown(format!(
-                            "reading {topic}[{partition}] made no progress for 60 s at offset {position} (end {until})"
-                        )));
-                    }
-                }
-            }
-        }
+        read::read_partition_range(&self.base, &self.admin(), topic, partition, from..until, f)
     }
 
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let consumer: BaseConsumer<LogContext> = self
-            .base
-            .clone()
-            .set("group.id", group)
-            .create_with_context(LogContext)
-            .map_err(|e| Error::kafka("creating a consumer to read committed offsets", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        let committed = consumer
-            .committed_offsets(tpl, METADATA_TIMEOUT)
-            .map_err(|e| Error::kafka(format!("reading the offsets of group `{group}`"), e))?;
-        Ok(committed
-            .find_partition(topic, partition)
-            .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0))
+        read::committed_offset(&self.base, group, topic, partition)
     }
 
     fn start_fetcher(
