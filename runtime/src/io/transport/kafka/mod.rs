@@ -228,10 +228,8 @@ impl Log for KafkaTransport {
                 any.downcast_ref::<KafkaCommitter>()
             });
             match &self.txn {
-                Some(txn) => {
-                    deliver_in_transaction(txn, pending, offsets, committer, on_tick).await
-                }
-                None => delivered(pending).await,
+                Some(txn) => txn.commit_step(pending, offsets, committer, on_tick).await,
+                None => produce::wait_for_deliveries(pending).await,
             }
         })
     }
@@ -250,62 +248,4 @@ impl Log for KafkaTransport {
             )
         })
     }
-}
-
-/// Exactly-once: a commit step's buffered records and `offsets` (with the consumer's group
-/// metadata) in one transaction, shared with the other steps of its tick (`txn`).
-async fn deliver_in_transaction(
-    txn: &Arc<txn::Transactions>,
-    pending: Vec<Pending>,
-    offsets: &[(Tp, i64)],
-    committer: Option<&KafkaCommitter>,
-    on_tick: bool,
-) -> Result<HashMap<Tp, i64>> {
-    let records: Vec<OutRecord> = pending
-        .into_iter()
-        .filter_map(|p| match p {
-            Pending::Buffered(r) => Some(r),
-            Pending::Enqueued(..) => None,
-        })
-        .collect();
-    let group_offsets = match committer {
-        Some(c) if !offsets.is_empty() => Some((c.group_metadata()?, offsets.to_vec())),
-        _ => None,
-    };
-    if records.is_empty() && group_offsets.is_none() {
-        return Ok(HashMap::new());
-    }
-    let produced = txn
-        .commit(txn::TxnPart {
-            records,
-            offsets: group_offsets,
-            on_tick,
-        })
-        .await?;
-    if let Some(c) = committer {
-        c.committed(offsets);
-    }
-    Ok(produced)
-}
-
-/// At-least-once: waits for the deliveries of the batches `pending` counts (each once: their
-/// records share it) and returns the next offset of every partition written.
-async fn delivered(pending: Vec<Pending>) -> Result<HashMap<Tp, i64>> {
-    let mut batches: Vec<Arc<Deliveries>> = Vec::new();
-    for p in pending {
-        if let Pending::Enqueued(batch) = p
-            && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
-            && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
-        {
-            batches.push(batch);
-        }
-    }
-    let mut produced: HashMap<Tp, i64> = HashMap::new();
-    for batch in batches {
-        for (tp, next) in batch.wait().await? {
-            let at = produced.entry(tp).or_insert(0);
-            *at = (*at).max(next);
-        }
-    }
-    Ok(produced)
 }

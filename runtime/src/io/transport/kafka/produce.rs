@@ -23,7 +23,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedPro
 use super::client::{LogContext, owned_headers};
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
-use crate::io::transport::Tp;
+use crate::io::transport::{Pending, Tp};
 
 type Hasher = foldhash::fast::RandomState;
 /// Next offset per partition of one topic.
@@ -199,4 +199,26 @@ pub(crate) async fn produce(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
+}
+
+/// At-least-once: waits for the deliveries of the batches `pending` counts (each once: their
+/// records share it) and returns the next offset of every partition written.
+pub(super) async fn wait_for_deliveries(pending: Vec<Pending>) -> Result<HashMap<Tp, i64>> {
+    let mut batches: Vec<Arc<Deliveries>> = Vec::new();
+    for p in pending {
+        if let Pending::Enqueued(batch) = p
+            && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
+            && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
+        {
+            batches.push(batch);
+        }
+    }
+    let mut produced: HashMap<Tp, i64> = HashMap::new();
+    for batch in batches {
+        for (tp, next) in batch.wait().await? {
+            let at = produced.entry(tp).or_insert(0);
+            *at = (*at).max(next);
+        }
+    }
+    Ok(produced)
 }

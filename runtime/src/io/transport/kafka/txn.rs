@@ -29,10 +29,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use super::client::{LogContext, owned_headers};
+use super::commit::KafkaCommitter;
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
-use crate::io::transport::Tp;
+use crate::io::transport::{Pending, Tp};
 
 /// A producer fenced twice within this is racing another live worker with its id.
 const FENCED_AGAIN: Duration = Duration::from_secs(30);
@@ -126,6 +127,42 @@ impl Transactions {
             }
         }
         Transactions::new(txn_config, &transactional_id(config))
+    }
+
+    /// Exactly-once: a commit step's buffered records and `offsets` (with the consumer's group
+    /// metadata) in one transaction, shared with the other steps of its tick.
+    pub(super) async fn commit_step(
+        self: &Arc<Self>,
+        pending: Vec<Pending>,
+        offsets: &[(Tp, i64)],
+        committer: Option<&KafkaCommitter>,
+        on_tick: bool,
+    ) -> Result<HashMap<Tp, i64>> {
+        let records: Vec<OutRecord> = pending
+            .into_iter()
+            .filter_map(|p| match p {
+                Pending::Buffered(r) => Some(r),
+                Pending::Enqueued(..) => None,
+            })
+            .collect();
+        let group_offsets = match committer {
+            Some(c) if !offsets.is_empty() => Some((c.group_metadata()?, offsets.to_vec())),
+            _ => None,
+        };
+        if records.is_empty() && group_offsets.is_none() {
+            return Ok(HashMap::new());
+        }
+        let produced = self
+            .commit(TxnPart {
+                records,
+                offsets: group_offsets,
+                on_tick,
+            })
+            .await?;
+        if let Some(c) = committer {
+            c.committed(offsets);
+        }
+        Ok(produced)
     }
 
     /// Commits `part` in a transaction (shared with the commit steps waiting meanwhile) and
