@@ -15,7 +15,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 
 use super::client::{LogContext, prefetch_defaults};
 use crate::base::error::{Error, Result};
@@ -23,7 +23,8 @@ use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
 use crate::io::transport::{Router, Tp};
 
-const FETCH_MAX: usize = 2000;
+/// The most records the fetcher hands over in one batch.
+const FETCH_BATCH_MAX: usize = 2000;
 
 /// The config of an agent group's consumer: rill stores and commits its offsets itself, the
 /// `range` assignor keeps co-partitioned topics together, and `web_url` is advertised in its
@@ -106,8 +107,8 @@ impl Fetched {
     fn new() -> Self {
         Fetched {
             bytes: Vec::new(),
-            records: Vec::with_capacity(FETCH_MAX),
-            places: Vec::with_capacity(FETCH_MAX),
+            records: Vec::with_capacity(FETCH_BATCH_MAX),
+            places: Vec::with_capacity(FETCH_BATCH_MAX),
         }
     }
 
@@ -146,7 +147,7 @@ impl Fetched {
     fn take(&mut self) -> Vec<RawRecord> {
         let size = self.bytes.len();
         let bytes = Bytes::from(std::mem::replace(&mut self.bytes, Vec::with_capacity(size)));
-        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(FETCH_MAX));
+        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(FETCH_BATCH_MAX));
         for (record, (key, value)) in records.iter_mut().zip(self.places.drain(..)) {
             record.key = key.map(|r| bytes.slice(r));
             record.value = value.map(|r| bytes.slice(r));
@@ -155,134 +156,233 @@ impl Fetched {
     }
 }
 
+/// The fetcher thread: polls `consumer` and hands batches to `router`, until `stop` or until
+/// every instance is gone.
 fn poll_loop(
     consumer: &BaseConsumer<FetchContext>,
     router: &Router,
     stop: &AtomicBool,
     subscribed: &[String],
 ) {
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    // Subscribed to one topic (names, not patterns: a topic name cannot hold `^`), every
-    // message is of it: no name to read (librdkafka's `strlen`, UTF-8 check) and compare.
-    let only: Option<Arc<str>> = match subscribed {
-        [one] => Some(Arc::from(one.as_str())),
-        _ => None,
+    let mut poller = Poller {
+        consumer,
+        router,
+        topics: TopicNames::new(subscribed),
+        batch: Fetched::new(),
+        ends: PartitionEnds::default(),
+        last_error: None,
     };
-    let mut last_topic: Option<Arc<str>> = None;
-    let mut batch = Fetched::new();
-    let mut last_error: Option<std::time::Instant> = None;
-    let mut at_end: std::collections::HashSet<Tp> = std::collections::HashSet::new();
-    // The partition of the last record that took a partition out of `at_end`.
-    let mut last_read: Option<Tp> = None;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
         if router.rewind.swap(false, Ordering::AcqRel) {
-            batch.clear();
-            at_end.clear();
+            poller.batch.clear();
+            poller.ends.forget();
             rewind(consumer, router);
         }
+        let generation = poller.fill_batch();
+        let caught_up = poller.caught_up(generation);
+        if (!poller.batch.is_empty() || !caught_up.is_empty())
+            && !router.route_fetched_in(generation, poller.batch.take(), caught_up)
+        {
+            break;
+        }
+    }
+}
+
+/// What the fetcher thread keeps between polls.
+struct Poller<'a> {
+    consumer: &'a BaseConsumer<FetchContext>,
+    router: &'a Router,
+    topics: TopicNames,
+    batch: Fetched,
+    ends: PartitionEnds,
+    /// When a consumer error was last logged.
+    last_error: Option<std::time::Instant>,
+}
+
+impl Poller<'_> {
+    /// Polls until the batch is full or nothing more is waiting; returns the assignment
+    /// generation the batch was fetched under.
+    fn fill_batch(&mut self) -> u64 {
+        let consumer = self.consumer;
         // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
-        let mut generation = router.generation();
+        let mut generation = self.router.generation();
         let mut timeout = Duration::from_millis(100);
-        while batch.len() < FETCH_MAX {
+        while self.batch.len() < FETCH_BATCH_MAX {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
                     consumer.context().health.back();
-                    if router.generation() != generation {
+                    if self.router.generation() != generation {
                         // This poll ran a rebalance: what came before belongs to the old assignment.
-                        batch.clear();
-                        generation = router.generation();
+                        self.batch.clear();
+                        generation = self.router.generation();
                     }
-                    // Runs of one topic are the rule: compare with the last before looking up.
-                    let topic = match (&only, &last_topic) {
-                        (Some(t), _) => t.clone(),
-                        (None, Some(t)) if **t == *m.topic() => t.clone(),
-                        _ => {
-                            let name = m.topic();
-                            let t = match topics.get(name) {
-                                Some(t) => t.clone(),
-                                None => {
-                                    let t: Arc<str> = Arc::from(name);
-                                    topics.insert(name.to_owned(), t.clone());
-                                    t
-                                }
-                            };
-                            last_topic = Some(t.clone());
-                            t
-                        }
-                    };
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            Headers(
-                                h.iter()
-                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                    .collect(),
-                            )
-                        })
-                        .unwrap_or_default();
-                    let record = RawRecord {
-                        topic,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: None,
-                        value: None,
-                        timestamp: m.timestamp().to_millis(),
-                        headers,
-                    };
-                    if !at_end.is_empty()
-                        && !last_read.as_ref().is_some_and(|(t, p)| {
-                            Arc::ptr_eq(t, &record.topic) && *p == record.partition
-                        })
-                    {
-                        // A partition that gets records is no longer at its end: its next
-                        // catch-up is reported again (looked up once per run of a partition).
-                        at_end.remove(&(record.topic.clone(), record.partition));
-                        last_read = Some((record.topic.clone(), record.partition));
-                    }
-                    batch.push(record, m.key(), m.payload());
+                    self.add(&m);
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
-                    // Broker outages surface here repeatedly; log at most every 5 s.
-                    if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(agent = %router.agent, error = %e, "consumer error; librdkafka keeps retrying");
-                        last_error = Some(std::time::Instant::now());
-                    }
+                    self.consumer_error(&e);
                     break;
                 }
             }
         }
+        generation
+    }
+
+    /// Adds a fetched message to the batch.
+    fn add(&mut self, m: &BorrowedMessage<'_>) {
+        let record = RawRecord {
+            topic: self.topics.of(m),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: None,
+            value: None,
+            timestamp: m.timestamp().to_millis(),
+            headers: headers_of(m),
+        };
+        self.ends.reading(&record);
+        self.batch.push(record, m.key(), m.payload());
+    }
+
+    /// Logs a consumer error: broker outages surface here repeatedly, so at most every 5 s.
+    fn consumer_error(&mut self, e: &KafkaError) {
+        if self
+            .last_error
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            tracing::warn!(agent = %self.router.agent, error = %e, "consumer error; librdkafka keeps retrying");
+            self.last_error = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The partitions to report caught up after this batch (none when a rebalance ran since
+    /// `generation`).
+    fn caught_up(&mut self, generation: u64) -> Vec<Tp> {
         // Drained what was fetched: partitions librdkafka's statistics (once a second) last
         // showed with no consumer lag are caught up; the marker travels after their records.
         let mut caught_up = Vec::new();
-        if batch.len() < FETCH_MAX {
-            let lags = consumer
+        if self.batch.len() < FETCH_BATCH_MAX {
+            let lags = self
+                .consumer
                 .context()
                 .lags
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            for (tp, lag) in lags {
-                if lag == 0 {
-                    if at_end.insert(tp.clone()) {
-                        caught_up.push(tp);
-                        last_read = None;
-                    }
-                } else if lag > 0 {
-                    at_end.remove(&tp);
-                }
-            }
+            self.ends.lags(lags, &mut caught_up);
         }
-        if router.generation() != generation {
-            at_end.clear();
+        if self.router.generation() != generation {
+            self.ends.forget();
             caught_up.clear();
         }
-        if (!batch.is_empty() || !caught_up.is_empty())
-            && !router.route_fetched_in(generation, batch.take(), caught_up)
-        {
-            break;
+        caught_up
+    }
+}
+
+/// Each fetched record's topic name, shared: one `Arc<str>` per topic, not one per record.
+struct TopicNames {
+    /// Subscribed to one topic (names, not patterns: a topic name cannot hold `^`), every
+    /// message is of it: no name to read (librdkafka's `strlen`, UTF-8 check) and compare.
+    only: Option<Arc<str>>,
+    /// The last record's topic.
+    last: Option<Arc<str>>,
+    known: HashMap<String, Arc<str>>,
+}
+
+impl TopicNames {
+    fn new(subscribed: &[String]) -> Self {
+        TopicNames {
+            only: match subscribed {
+                [one] => Some(Arc::from(one.as_str())),
+                _ => None,
+            },
+            last: None,
+            known: HashMap::new(),
         }
+    }
+
+    /// The name of `m`'s topic.
+    fn of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
+        if let Some(t) = &self.only {
+            return t.clone();
+        }
+        // Runs of one topic are the rule: compare with the last before looking up.
+        let name = m.topic();
+        if let Some(t) = &self.last
+            && **t == *name
+        {
+            return t.clone();
+        }
+        let t = match self.known.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(name);
+                self.known.insert(name.to_owned(), t.clone());
+                t
+            }
+        };
+        self.last = Some(t.clone());
+        t
+    }
+}
+
+/// A fetched message's headers, copied.
+fn headers_of(m: &BorrowedMessage<'_>) -> Headers {
+    m.headers()
+        .map(|h| {
+            Headers(
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The partitions at their end, so that each arrival at the end is reported once (windows let
+/// caught-up partitions go idle).
+#[derive(Default)]
+struct PartitionEnds {
+    at_end: std::collections::HashSet<Tp>,
+    /// The partition of the last record that took a partition out of `at_end`.
+    last_read: Option<Tp>,
+}
+
+impl PartitionEnds {
+    /// A record of `record`'s partition was fetched.
+    fn reading(&mut self, record: &RawRecord) {
+        if !self.at_end.is_empty()
+            && !self
+                .last_read
+                .as_ref()
+                .is_some_and(|(t, p)| Arc::ptr_eq(t, &record.topic) && *p == record.partition)
+        {
+            // A partition that gets records is no longer at its end: its next
+            // catch-up is reported again (looked up once per run of a partition).
+            self.at_end
+                .remove(&(record.topic.clone(), record.partition));
+            self.last_read = Some((record.topic.clone(), record.partition));
+        }
+    }
+
+    /// Takes in the consumer lags: partitions that just reached their end go to `caught_up`.
+    fn lags(&mut self, lags: HashMap<Tp, i64>, caught_up: &mut Vec<Tp>) {
+        for (tp, lag) in lags {
+            if lag == 0 {
+                if self.at_end.insert(tp.clone()) {
+                    caught_up.push(tp);
+                    self.last_read = None;
+                }
+            } else if lag > 0 {
+                self.at_end.remove(&tp);
+            }
+        }
+    }
+
+    /// Forgets which partitions are at their end (a rebalance or a rewind ran): each is
+    /// reported again when it gets there.
+    fn forget(&mut self) {
+        self.at_end.clear();
     }
 }
 
