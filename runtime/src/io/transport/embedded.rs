@@ -38,7 +38,7 @@ type PartDb = Database<U64<BigEndian>, Bytes>;
 type PartWrites = HashMap<(Arc<str>, i32), (PartDb, PartState), foldhash::fast::RandomState>;
 
 /// Records fetched per partition per round.
-const FETCH_MAX: usize = 2000;
+const FETCH_PER_PARTITION: usize = 2000;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct TopicMeta {
@@ -1114,7 +1114,10 @@ impl Fetcher<'_> {
             let mut fetched = false;
             for ((topic, partition), position) in &mut positions {
                 let tp = (topic.clone(), *partition);
-                match self.log.read(topic, *partition, *position, FETCH_MAX) {
+                match self
+                    .log
+                    .read(topic, *partition, *position, FETCH_PER_PARTITION)
+                {
                     Ok(records) if !records.is_empty() => {
                         if let Some(last) = records.last() {
                             *position = last.offset + 1;
@@ -1122,7 +1125,7 @@ impl Fetcher<'_> {
                         fetched = true;
                         // Fewer than asked for: this read reached the partition's end.
                         let mut caught_up = Vec::new();
-                        if records.len() < FETCH_MAX {
+                        if records.len() < FETCH_PER_PARTITION {
                             at_end.insert(tp.clone());
                             caught_up.push(tp);
                         } else {

@@ -59,7 +59,7 @@ pub(super) fn consumer_config(
 }
 
 /// Creates the consumer of `group` and subscribes it to `topics`.
-pub(super) fn subscribe(
+pub(super) fn subscribed_consumer(
     config: &ClientConfig,
     context: FetchContext,
     group: &str,
@@ -97,11 +97,11 @@ struct Fetched {
     /// The records, their keys and values still `None`: where those are in `bytes` is in
     /// `places` (filled in place when the batch is taken, without moving the records again).
     records: Vec<RawRecord>,
-    places: Vec<Place>,
+    places: Vec<KeyValueRanges>,
 }
 
 /// Where a fetched record's key and value are in its batch's buffer.
-type Place = (Option<Range<usize>>, Option<Range<usize>>);
+type KeyValueRanges = (Option<Range<usize>>, Option<Range<usize>>);
 
 impl Fetched {
     fn new() -> Self {
@@ -179,7 +179,7 @@ fn poll_loop(
             rewind(consumer, router);
         }
         let generation = poller.fill_batch();
-        let caught_up = poller.caught_up(generation);
+        let caught_up = poller.newly_caught_up(generation);
         if (!poller.batch.is_empty() || !caught_up.is_empty())
             && !router.route_fetched_in(generation, poller.batch.take(), caught_up)
         {
@@ -217,7 +217,7 @@ impl Poller<'_> {
                         self.batch.clear();
                         generation = self.router.generation();
                     }
-                    self.add(&m);
+                    self.add_message(&m);
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
@@ -230,9 +230,9 @@ impl Poller<'_> {
     }
 
     /// Adds a fetched message to the batch.
-    fn add(&mut self, m: &BorrowedMessage<'_>) {
+    fn add_message(&mut self, m: &BorrowedMessage<'_>) {
         let record = RawRecord {
-            topic: self.topics.of(m),
+            topic: self.topics.name_of(m),
             partition: m.partition(),
             offset: m.offset(),
             key: None,
@@ -240,7 +240,7 @@ impl Poller<'_> {
             timestamp: m.timestamp().to_millis(),
             headers: headers_of(m),
         };
-        self.ends.reading(&record);
+        self.ends.note_read(&record);
         self.batch.push(record, m.key(), m.payload());
     }
 
@@ -257,7 +257,7 @@ impl Poller<'_> {
 
     /// The partitions to report caught up after this batch (none when a rebalance ran since
     /// `generation`).
-    fn caught_up(&mut self, generation: u64) -> Vec<Tp> {
+    fn newly_caught_up(&mut self, generation: u64) -> Vec<Tp> {
         // Drained what was fetched: partitions librdkafka's statistics (once a second) last
         // showed with no consumer lag are caught up; the marker travels after their records.
         let mut caught_up = Vec::new();
@@ -269,7 +269,7 @@ impl Poller<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            self.ends.lags(lags, &mut caught_up);
+            self.ends.note_lags(lags, &mut caught_up);
         }
         if self.router.generation() != generation {
             self.ends.forget();
@@ -302,7 +302,7 @@ impl TopicNames {
     }
 
     /// The name of `m`'s topic.
-    fn of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
+    fn name_of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
         if let Some(t) = &self.only {
             return t.clone();
         }
@@ -350,7 +350,7 @@ struct PartitionEnds {
 
 impl PartitionEnds {
     /// A record of `record`'s partition was fetched.
-    fn reading(&mut self, record: &RawRecord) {
+    fn note_read(&mut self, record: &RawRecord) {
         if !self.at_end.is_empty()
             && !self
                 .last_read
@@ -366,7 +366,7 @@ impl PartitionEnds {
     }
 
     /// Takes in the consumer lags: partitions that just reached their end go to `caught_up`.
-    fn lags(&mut self, lags: HashMap<Tp, i64>, caught_up: &mut Vec<Tp>) {
+    fn note_lags(&mut self, lags: HashMap<Tp, i64>, caught_up: &mut Vec<Tp>) {
         for (tp, lag) in lags {
             if lag == 0 {
                 if self.at_end.insert(tp.clone()) {

@@ -159,7 +159,7 @@ impl Log for KafkaTransport {
         let read_committed = self.txn.is_some();
         let config = fetch::consumer_config(&self.base, group, read_committed, self.web_url.get());
         let context = FetchContext::new(router.clone(), self.health.clone(), read_committed);
-        let consumer = fetch::subscribe(&config, context, group, &topics)?;
+        let consumer = fetch::subscribed_consumer(&config, context, group, &topics)?;
         let committer = KafkaCommitter::new(
             group,
             consumer.clone(),

@@ -25,9 +25,9 @@ use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
 use crate::io::transport::{Pending, Tp};
 
-type Hasher = foldhash::fast::RandomState;
+type FoldHash = foldhash::fast::RandomState;
 /// Next offset per partition of one topic.
-type Partitions = HashMap<i32, i64, Hasher>;
+type Partitions = HashMap<i32, i64, FoldHash>;
 
 /// The deliveries of one batch of sends.
 #[derive(Default)]
@@ -36,7 +36,7 @@ pub(crate) struct Deliveries {
     outstanding: AtomicUsize,
     /// Next offset per topic and partition, from the acknowledgements (foldhash: looked up
     /// once per delivered record).
-    next: Mutex<HashMap<Arc<str>, Partitions, Hasher>>,
+    next: Mutex<HashMap<Arc<str>, Partitions, FoldHash>>,
     /// The first delivery error.
     error: Mutex<Option<KafkaError>>,
     done: tokio::sync::Notify,
