@@ -33,7 +33,7 @@ pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
     read_committed: bool,
-    web_url: Option<&String>,
+    web_url: Option<&str>,
 ) -> ClientConfig {
     let mut config = base.clone();
     config

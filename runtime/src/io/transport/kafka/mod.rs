@@ -11,6 +11,13 @@
 //! One idempotent producer per worker serves all agents (deliveries counted per batch, see
 //! `produce`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
 //! producers and Kafka Streams put them.
+//!
+//! This file holds [`KafkaTransport`] and its [`Log`] impl, which hands each call to the file
+//! of its concern. Those import one way, each naming only files further down this list:
+//! `txn` (exactly-once transactions), `commit` (offset commits), `purge` (deleting consumed
+//! repartition records), `fetch` (the consumer thread), `read` (ranges, committed offsets),
+//! `admin` (topics, groups, watermarks), `produce` (the worker producer), `client` (what every
+//! client shares).
 
 mod admin;
 mod client;
@@ -48,16 +55,19 @@ pub(crate) struct KafkaTransport {
     producer: produce::WorkerProducer,
     admin_client: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
-    pub(crate) health: Arc<Health>,
+    health: Arc<Health>,
     /// This worker's web address, advertised to the other workers of each consumer group in
     /// the consumers' `client.id` (`...;web=<url>`), so a table query reaching the wrong
     /// worker can name the right one.
-    pub(crate) web_url: std::sync::OnceLock<String>,
+    web_url: std::sync::OnceLock<String>,
     /// Exactly-once: the worker's transactional producer (agents' sends go through it).
-    pub(crate) txn: Option<Arc<txn::Transactions>>,
+    txn: Option<Arc<txn::Transactions>>,
 }
 
 impl KafkaTransport {
+    /// Creates the worker's clients of the cluster at `bootstrap`: its producer, an admin
+    /// client and, under exactly-once, its transactional producer (blocking: that one fences
+    /// the worker's previous incarnation first).
     pub(crate) fn connect(config: &Config, bootstrap: &str) -> Result<Arc<Self>> {
         let base = client::base_config(config, bootstrap);
         let producer_config = client::producer_config(&base, config);
@@ -157,7 +167,12 @@ impl Log for KafkaTransport {
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
         let read_committed = self.txn.is_some();
-        let config = fetch::consumer_config(&self.base, group, read_committed, self.web_url.get());
+        let config = fetch::consumer_config(
+            &self.base,
+            group,
+            read_committed,
+            self.web_url.get().map(String::as_str),
+        );
         let context = FetchContext::new(router.clone(), self.health.clone(), read_committed);
         let consumer = fetch::subscribed_consumer(&config, context, group, &topics)?;
         let committer = KafkaCommitter::new(
