@@ -34,8 +34,11 @@ use futures::future::BoxFuture;
 
 type PartDb = Database<U64<BigEndian>, Bytes>;
 
+/// The partitions one append writes, with their state (foldhash: looked up once per record).
+type PartWrites = HashMap<(Arc<str>, i32), (PartDb, PartState), foldhash::fast::RandomState>;
+
 /// Records fetched per partition per round.
-const FETCH_MAX: usize = 2000;
+const FETCH_PER_PARTITION: usize = 2000;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct TopicMeta {
@@ -320,86 +323,8 @@ impl EmbeddedLog {
             .map_err(self.err("starting an append"))?;
         let mut created = HashMap::new();
         let mut new_dbs = Vec::new();
-        // Per record: the topic's metadata is the previous record's as a rule (one topic per
-        // sink), looked up again only when the topic changes; the partition's state takes one
-        // foldhash lookup.
-        let mut states: HashMap<(Arc<str>, i32), (PartDb, PartState), foldhash::fast::RandomState> =
-            HashMap::default();
-        let mut last_meta: Option<(&Arc<str>, TopicMeta)> = None;
-        let mut buf = Vec::with_capacity(256);
-        let appended_at = now_millis();
-        for record in records {
-            let meta = match last_meta {
-                Some((topic, meta)) if Arc::ptr_eq(topic, &record.topic) => meta,
-                _ => {
-                    let meta = match self.meta(&record.topic) {
-                        Some(m) => m,
-                        None => self.create_in(
-                            &mut wtxn,
-                            &record.topic,
-                            self.default_partitions,
-                            false,
-                            &mut created,
-                        )?,
-                    };
-                    last_meta = Some((&record.topic, meta));
-                    meta
-                }
-            };
-            let partition = match record.partition {
-                Some(p) if (0..meta.partitions).contains(&p) => p,
-                Some(p) => {
-                    return Err(Error::UnknownTopic(format!(
-                        "{}[{p}] (the topic has {} partitions)",
-                        record.topic, meta.partitions
-                    )));
-                }
-                None => match &record.key {
-                    Some(k) => partition_for_key(k, meta.partitions),
-                    None => {
-                        (self.spread.fetch_add(1, Ordering::Relaxed) % meta.partitions as u32)
-                            as i32
-                    }
-                },
-            };
-            let (db, state) = match states.entry((record.topic.clone(), partition)) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let db = self.part_db_rw(&mut wtxn, &record.topic, partition, &mut new_dbs)?;
-                    let state = self.part_state(&wtxn, &record.topic, partition)?;
-                    e.insert((db, state))
-                }
-            };
-            buf.clear();
-            encode_record(record, appended_at, &mut buf);
-            db.put_with_flags(&mut wtxn, PutFlags::APPEND, &state.next, &buf)
-                .map_err(|e| self.err(format!("appending to {}[{partition}]", record.topic))(e))?;
-            state.next += 1;
-            state.bytes += buf.len() as u64;
-        }
-        let mut produced = HashMap::with_capacity(states.len());
-        for ((topic, partition), (db, mut state)) in states {
-            let compacted = created
-                .get(&*topic)
-                .copied()
-                .or_else(|| self.meta(&topic))
-                .is_some_and(|m| m.compacted);
-            if !compacted {
-                self.apply_retention(&mut wtxn, db, &mut state, &topic, partition)?;
-            } else if state.bytes > self.compaction_bytes
-                && state.bytes > state.compacted_bytes.saturating_mul(2)
-            {
-                self.compact(&mut wtxn, db, &mut state, &topic, partition)?;
-            }
-            self.parts_db
-                .put(
-                    &mut wtxn,
-                    part_name(&topic, partition).as_bytes(),
-                    &state.to_bytes(),
-                )
-                .map_err(self.err("storing partition state"))?;
-            produced.insert((topic, partition), state.next as i64);
-        }
+        let written = self.append_records(&mut wtxn, records, &mut created, &mut new_dbs)?;
+        let produced = self.settle_partitions(&mut wtxn, written, &created)?;
         if let Some((group, offsets)) = offsets {
             for ((topic, partition), offset) in offsets {
                 let key = offset_key(&group, &topic, partition);
@@ -417,6 +342,112 @@ impl EmbeddedLog {
                 .extend(new_dbs);
         }
         self.notify();
+        Ok(produced)
+    }
+
+    /// Puts `records` at the end of their partitions (creating missing topics into `created`,
+    /// partition databases into `new_dbs`); returns the partitions written, with their state.
+    fn append_records<'r>(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        records: &'r [OutRecord],
+        created: &mut HashMap<String, TopicMeta>,
+        new_dbs: &mut Vec<((String, i32), PartDb)>,
+    ) -> Result<PartWrites> {
+        // Per record: the topic's metadata is the previous record's as a rule (one topic per
+        // sink), looked up again only when the topic changes; the partition's state takes one
+        // foldhash lookup.
+        let mut states = PartWrites::default();
+        let mut last_meta: Option<(&'r Arc<str>, TopicMeta)> = None;
+        let mut buf = Vec::with_capacity(256);
+        let appended_at = now_millis();
+        for record in records {
+            let meta = match last_meta {
+                Some((topic, meta)) if Arc::ptr_eq(topic, &record.topic) => meta,
+                _ => {
+                    let meta = match self.meta(&record.topic) {
+                        Some(m) => m,
+                        None => self.create_in(
+                            wtxn,
+                            &record.topic,
+                            self.default_partitions,
+                            false,
+                            created,
+                        )?,
+                    };
+                    last_meta = Some((&record.topic, meta));
+                    meta
+                }
+            };
+            let partition = self.target_partition(record, meta)?;
+            let (db, state) = match states.entry((record.topic.clone(), partition)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let db = self.part_db_rw(wtxn, &record.topic, partition, new_dbs)?;
+                    let state = self.part_state(wtxn, &record.topic, partition)?;
+                    e.insert((db, state))
+                }
+            };
+            buf.clear();
+            encode_record(record, appended_at, &mut buf);
+            db.put_with_flags(wtxn, PutFlags::APPEND, &state.next, &buf)
+                .map_err(|e| self.err(format!("appending to {}[{partition}]", record.topic))(e))?;
+            state.next += 1;
+            state.bytes += buf.len() as u64;
+        }
+        Ok(states)
+    }
+
+    /// The partition `record` goes to: its own, else its key's, else the next in turn.
+    fn target_partition(&self, record: &OutRecord, meta: TopicMeta) -> Result<i32> {
+        Ok(match record.partition {
+            Some(p) if (0..meta.partitions).contains(&p) => p,
+            Some(p) => {
+                return Err(Error::UnknownTopic(format!(
+                    "{}[{p}] (the topic has {} partitions)",
+                    record.topic, meta.partitions
+                )));
+            }
+            None => match &record.key {
+                Some(k) => partition_for_key(k, meta.partitions),
+                None => {
+                    (self.spread.fetch_add(1, Ordering::Relaxed) % meta.partitions as u32) as i32
+                }
+            },
+        })
+    }
+
+    /// After an append, per partition written: retention or compaction, then its state
+    /// stored. Returns the next offset of each.
+    fn settle_partitions(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        written: PartWrites,
+        created: &HashMap<String, TopicMeta>,
+    ) -> Result<HashMap<Tp, i64>> {
+        let mut produced = HashMap::with_capacity(written.len());
+        for ((topic, partition), (db, mut state)) in written {
+            let compacted = created
+                .get(&*topic)
+                .copied()
+                .or_else(|| self.meta(&topic))
+                .is_some_and(|m| m.compacted);
+            if !compacted {
+                self.apply_retention(wtxn, db, &mut state, &topic, partition)?;
+            } else if state.bytes > self.compaction_bytes
+                && state.bytes > state.compacted_bytes.saturating_mul(2)
+            {
+                self.compact(wtxn, db, &mut state, &topic, partition)?;
+            }
+            self.parts_db
+                .put(
+                    wtxn,
+                    part_name(&topic, partition).as_bytes(),
+                    &state.to_bytes(),
+                )
+                .map_err(self.err("storing partition state"))?;
+            produced.insert((topic, partition), state.next as i64);
+        }
         Ok(produced)
     }
 
@@ -1083,7 +1114,10 @@ impl Fetcher<'_> {
             let mut fetched = false;
             for ((topic, partition), position) in &mut positions {
                 let tp = (topic.clone(), *partition);
-                match self.log.read(topic, *partition, *position, FETCH_MAX) {
+                match self
+                    .log
+                    .read(topic, *partition, *position, FETCH_PER_PARTITION)
+                {
                     Ok(records) if !records.is_empty() => {
                         if let Some(last) = records.last() {
                             *position = last.offset + 1;
@@ -1091,7 +1125,7 @@ impl Fetcher<'_> {
                         fetched = true;
                         // Fewer than asked for: this read reached the partition's end.
                         let mut caught_up = Vec::new();
-                        if records.len() < FETCH_MAX {
+                        if records.len() < FETCH_PER_PARTITION {
                             at_end.insert(tp.clone());
                             caught_up.push(tp);
                         } else {

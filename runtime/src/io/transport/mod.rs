@@ -9,11 +9,8 @@
 //! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
 //! work on revoked partitions before the fetcher gives them up.
 
-pub(crate) mod delivery;
 pub(crate) mod embedded;
 pub(crate) mod kafka;
-pub(crate) mod purge;
-pub(crate) mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +26,7 @@ use crate::base::error::Result;
 use crate::base::health::Health;
 use crate::base::message::{OutRecord, RawRecord};
 use crate::base::spec::TopicSpec;
-pub(crate) use delivery::{Deliveries, Outgoing};
+pub(crate) use kafka::produce::{Deliveries, Outgoing};
 
 /// A topic partition.
 pub(crate) type Tp = (Arc<str>, i32);

@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::Tp;
+use crate::io::transport::Tp;
 
 /// Deletes a repartition topic's records below the offsets its group committed.
 pub(crate) struct Purger {

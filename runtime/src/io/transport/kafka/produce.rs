@@ -20,14 +20,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use super::Tp;
-use super::kafka::LogContext;
+use super::client::{LogContext, owned_headers};
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
+use crate::io::transport::{Pending, Tp};
 
-type Hasher = foldhash::fast::RandomState;
+type FoldHash = foldhash::fast::RandomState;
 /// Next offset per partition of one topic.
-type Partitions = HashMap<i32, i64, Hasher>;
+type Partitions = HashMap<i32, i64, FoldHash>;
 
 /// The deliveries of one batch of sends.
 #[derive(Default)]
@@ -36,7 +36,7 @@ pub(crate) struct Deliveries {
     outstanding: AtomicUsize,
     /// Next offset per topic and partition, from the acknowledgements (foldhash: looked up
     /// once per delivered record).
-    next: Mutex<HashMap<Arc<str>, Partitions, Hasher>>,
+    next: Mutex<HashMap<Arc<str>, Partitions, FoldHash>>,
     /// The first delivery error.
     error: Mutex<Option<KafkaError>>,
     done: tokio::sync::Notify,
@@ -125,7 +125,8 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-pub(crate) type Producer = ThreadedProducer<DeliveryContext>;
+/// The worker's producer, shared by its agents: deliveries count down their batch.
+pub(crate) type WorkerProducer = ThreadedProducer<DeliveryContext>;
 
 /// A record as librdkafka is handed it (borrowed: librdkafka copies key and value).
 pub(crate) struct Outgoing<'a> {
@@ -153,7 +154,7 @@ impl<'a> Outgoing<'a> {
 /// Enqueues `r` in librdkafka, counted in `batch`. `Ok(false)`: librdkafka's queue is full
 /// (nothing was enqueued; try again once it drains).
 pub(crate) fn try_produce(
-    producer: &Producer,
+    producer: &WorkerProducer,
     r: &Outgoing<'_>,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<bool, KafkaError> {
@@ -188,14 +189,36 @@ pub(crate) fn try_produce(
 
 /// Enqueues `r` in librdkafka, counted in `batch`, waiting while librdkafka's queue is full.
 pub(crate) async fn produce(
-    producer: &Producer,
+    producer: &WorkerProducer,
     r: &OutRecord,
     batch: &Arc<Deliveries>,
 ) -> std::result::Result<(), KafkaError> {
-    let headers = super::kafka::owned_headers(r);
+    let headers = owned_headers(r);
     let out = Outgoing::of(r, headers.as_ref());
     while !try_produce(producer, &out, batch)? {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
+}
+
+/// At-least-once: waits for the deliveries of the batches `pending` counts (each once: their
+/// records share it) and returns the next offset of every partition written.
+pub(super) async fn wait_for_deliveries(pending: Vec<Pending>) -> Result<HashMap<Tp, i64>> {
+    let mut batches: Vec<Arc<Deliveries>> = Vec::new();
+    for p in pending {
+        if let Pending::Enqueued(batch) = p
+            && !batches.last().is_some_and(|b| Arc::ptr_eq(b, &batch))
+            && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
+        {
+            batches.push(batch);
+        }
+    }
+    let mut produced: HashMap<Tp, i64> = HashMap::new();
+    for batch in batches {
+        for (tp, next) in batch.wait().await? {
+            let at = produced.entry(tp).or_insert(0);
+            *at = (*at).max(next);
+        }
+    }
+    Ok(produced)
 }

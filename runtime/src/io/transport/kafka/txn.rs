@@ -23,15 +23,17 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use super::Tp;
-use super::kafka::{LogContext, send_record};
+use super::client::{LogContext, owned_headers};
+use super::commit::KafkaCommitter;
+use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::message::OutRecord;
+use crate::io::transport::{Pending, Tp};
 
 /// A producer fenced twice within this is racing another live worker with its id.
 const FENCED_AGAIN: Duration = Duration::from_secs(30);
@@ -109,6 +111,58 @@ impl Transactions {
             committed: std::sync::atomic::AtomicU64::new(0),
             aborted: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// The worker's transactional producer, configured like its idempotent one
+    /// (`producer_config`) but for transactions (blocking).
+    pub(super) fn for_worker(producer_config: &ClientConfig, config: &Config) -> Result<Arc<Self>> {
+        let mut txn_config = producer_config.clone();
+        // A transaction's records are produced together at its commit, which waits
+        // for them: lingering would only add its 5 ms to every commit. And a
+        // transaction begun right after the previous one's commit may be refused
+        // as concurrent for a moment: retry in 10 ms, not librdkafka's 100 ms.
+        for (key, value) in [("linger.ms", "0"), ("retry.backoff.ms", "10")] {
+            if !config.kafka.iter().any(|(k, _)| k == key) {
+                txn_config.set(key, value);
+            }
+        }
+        Transactions::new(txn_config, &transactional_id(config))
+    }
+
+    /// Exactly-once: a commit step's buffered records and `offsets` (with the consumer's group
+    /// metadata) in one transaction, shared with the other steps of its tick.
+    pub(super) async fn commit_step(
+        self: &Arc<Self>,
+        pending: Vec<Pending>,
+        offsets: &[(Tp, i64)],
+        committer: Option<&KafkaCommitter>,
+        on_tick: bool,
+    ) -> Result<HashMap<Tp, i64>> {
+        let records: Vec<OutRecord> = pending
+            .into_iter()
+            .filter_map(|p| match p {
+                Pending::Buffered(r) => Some(r),
+                Pending::Enqueued(..) => None,
+            })
+            .collect();
+        let group_offsets = match committer {
+            Some(c) if !offsets.is_empty() => Some((c.group_metadata()?, offsets.to_vec())),
+            _ => None,
+        };
+        if records.is_empty() && group_offsets.is_none() {
+            return Ok(HashMap::new());
+        }
+        let produced = self
+            .commit(TxnPart {
+                records,
+                offsets: group_offsets,
+                on_tick,
+            })
+            .await?;
+        if let Some(c) = committer {
+            c.committed(offsets);
+        }
+        Ok(produced)
     }
 
     /// Commits `part` in a transaction (shared with the commit steps waiting meanwhile) and
@@ -295,6 +349,57 @@ fn create(config: &ClientConfig, id: &str) -> Result<FutureProducer<LogContext>>
         .init_transactions(TXN_TIMEOUT)
         .map_err(|e| Error::kafka(format!("initializing transactions of `{id}`"), e))?;
     Ok(producer)
+}
+
+/// The worker's `transactional.id`: stable across restarts of one worker (so a restart
+/// fences its previous incarnation and aborts its open transaction), distinct between workers:
+/// `RILL_WORKER_ID`, else derived from the data directory.
+fn transactional_id(config: &Config) -> String {
+    if let Ok(id) = std::env::var("RILL_WORKER_ID")
+        && !id.trim().is_empty()
+    {
+        return format!("rill-{}-{}", config.app_id, id.trim());
+    }
+    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    // FNV-1a: stable across builds (std's hasher is not promised to be).
+    let hash = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("rill-{}-{hash:016x}", config.app_id)
+}
+
+/// Enqueues a record in a (transactional) producer, waiting while its queue is full.
+async fn send_record(
+    producer: &FutureProducer<LogContext>,
+    r: &OutRecord,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    let headers = owned_headers(r);
+    loop {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&r.topic).timestamp(r.timestamp);
+        if let Some(k) = r.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = r.value.as_deref() {
+            record = record.payload(v);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// One transaction: begin, produce every record, add every group's offsets, commit.

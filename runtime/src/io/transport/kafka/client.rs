@@ -1,0 +1,127 @@
+//! What every Kafka client of a worker shares: librdkafka's logs routed into `tracing`
+//! ([`LogContext`]), the base and producer configs built from rill's `Config`, rill's prefetch
+//! bounds for consumers, and a record's headers in librdkafka's form. The other files of
+//! `kafka` build on these; this one names none of them.
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::base::config::Config;
+use crate::base::message::OutRecord;
+
+/// How long metadata, admin and offset requests may take.
+pub(super) const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes librdkafka's logs and errors into `tracing`.
+#[derive(Clone, Default)]
+pub(crate) struct LogContext;
+
+impl ConsumerContext for LogContext {}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// The config every client of the worker starts from: the bootstrap servers, a `client.id`
+/// naming the app, and the user's properties (`-X`, `RILL_KAFKA_*`).
+pub(super) fn base_config(config: &Config, bootstrap: &str) -> ClientConfig {
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", bootstrap);
+    base.set("client.id", format!("rill-{}", config.app_id));
+    for (k, v) in &config.kafka {
+        base.set(k, v);
+    }
+    // rill creates every topic it uses before the first send or fetch, with the partitions
+    // and settings it needs. A broker with `auto.create.topics.enable=true` (Kafka's
+    // default) would otherwise create a topic on a producer's metadata request with its
+    // own `num.partitions`, before rill's admin call (`Config::validate` refuses the
+    // property from the user).
+    base.set("allow.auto.create.topics", "false");
+    base
+}
+
+/// The config of the worker's producers (the transactional one starts from it too).
+pub(super) fn producer_config(base: &ClientConfig, config: &Config) -> ClientConfig {
+    let mut producer_config = base.clone();
+    producer_config
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Deliveries wait out broker outages (librdkafka retries with backoff) instead of
+        // failing after 5 minutes: a commit step waits, nothing is dropped.
+        .set("message.timeout.ms", "0");
+    for (k, v) in &config.kafka {
+        // The user's properties win, except idempotence-critical ones set above on purpose.
+        if k != "enable.idempotence" {
+            producer_config.set(k, v);
+        }
+    }
+    producer_config
+}
+
+/// rill's prefetch bounds for its consumers, where the user set none (`-X`, `RILL_KAFKA_*`).
+///
+/// librdkafka decompresses a whole fetch response into one op of a few hundred bytes per
+/// message, and its byte limits count payloads only: with its defaults (50 MiB fetches,
+/// 100,000 messages per partition) a worker reading a backlog of small records held ~140 MiB
+/// of prefetched messages. One MiB fetches and 10,000 messages per partition bound that to a
+/// few tens of MiB, and a 5 ms queue backoff (librdkafka waits `fetch.queue.backoff.ms`,
+/// 1 s by default, once a partition's queue is full) keeps fetching as soon as the agent has
+/// taken records: at full speed the stateless benchmark went from ~150 MiB anonymous RSS to
+/// ~50 MiB, and got faster (`bench/results`).
+pub(super) fn prefetch_defaults(config: &mut ClientConfig) {
+    // A fetch must hold the largest message the broker may return.
+    let message_max: usize = config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let fetch_max = (1usize << 20).max(message_max).to_string();
+    for (key, value) in [
+        ("fetch.max.bytes", fetch_max.as_str()),
+        ("queued.min.messages", "10000"),
+        ("fetch.queue.backoff.ms", "5"),
+    ] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+}
+
+/// A record's headers as librdkafka's (none when it has none).
+pub(super) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
+    (!r.headers.is_empty()).then(|| {
+        r.headers.0.iter().fold(
+            OwnedHeaders::new_with_capacity(r.headers.0.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            },
+        )
+    })
+}

@@ -1,0 +1,192 @@
+//! Offset commits of an agent group's consumer (at-least-once): synchronous commits of the
+//! next offsets to read, retried while the coordinator is away; under exactly-once the
+//! commit step's transaction carries them instead. A repartition topic's group also purges
+//! what it committed (`purge`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::fetch::FetchContext;
+use super::purge;
+use crate::base::error::{Error, Result};
+use crate::base::health::Health;
+use crate::io::transport::{Committer, Router, Tp};
+
+/// Commits an agent group's offsets.
+pub(crate) struct KafkaCommitter {
+    /// Exactly-once: offsets go in the commit step's transaction instead.
+    transactional: bool,
+    router: Arc<Router>,
+    consumer: Arc<BaseConsumer<FetchContext>>,
+    group: String,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Set for a repartition topic's group: what it commits is deleted.
+    purger: std::sync::OnceLock<Arc<purge::Purger>>,
+}
+
+impl KafkaCommitter {
+    /// The committer of `consumer`'s group; `transactional`: offsets go in the commit
+    /// step's transaction instead (exactly-once).
+    pub(super) fn new(
+        group: &str,
+        consumer: Arc<BaseConsumer<FetchContext>>,
+        stop: Arc<AtomicBool>,
+        admin: Arc<AdminClient<DefaultClientContext>>,
+        transactional: bool,
+    ) -> Arc<Self> {
+        let context = consumer.context();
+        Arc::new(KafkaCommitter {
+            router: context.router.clone(),
+            transactional,
+            group: group.to_owned(),
+            health: context.health.clone(),
+            consumer,
+            stop,
+            admin,
+            purger: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Offsets this group just committed (for purging).
+    pub(crate) fn committed(&self, offsets: &[(Tp, i64)]) {
+        if let Some(purger) = self.purger.get() {
+            purger.committed(offsets);
+        }
+    }
+
+    /// The consumer's group metadata, which fences a zombie's transactional offset commits.
+    pub(crate) fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata().ok_or_else(|| {
+            Error::Transaction(format!(
+                "no consumer group metadata for group `{}` yet",
+                self.group
+            ))
+        })
+    }
+
+    /// Commits the next offsets to read (synchronously; callers run it off the async threads).
+    pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for ((topic, partition), offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| Error::kafka("building an offset list", e))?;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.commit_once(&tpl) {
+                Err(Retry(e)) if !self.stop.load(Ordering::Acquire) => {
+                    // The broker is away: keep the offsets and try again, backing off.
+                    self.health.lost(&e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(Retry(e)) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "committing offsets of group `{}` while stopping",
+                            self.group
+                        ),
+                        e,
+                    ));
+                }
+                Ok(result) => {
+                    if result.is_ok() {
+                        self.health.back();
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// One commit attempt: `Err` when it is worth retrying.
+    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
+        Ok(match self.consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Partitions already given away in a rebalance: the new owner will redo the records.
+            Err(KafkaError::ConsumerCommit(code))
+                if matches!(
+                    code,
+                    RDKafkaErrorCode::RebalanceInProgress
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::UnknownMemberId
+                ) =>
+            {
+                tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
+                Ok(())
+            }
+            Err(KafkaError::ConsumerCommit(code)) if retriable(code) => {
+                return Err(Retry(KafkaError::ConsumerCommit(code)));
+            }
+            Err(e) => Err(Error::kafka(
+                format!("committing offsets of group `{}`", self.group),
+                e,
+            )),
+        })
+    }
+}
+
+/// A commit failure worth retrying.
+struct Retry(KafkaError);
+
+/// Errors of an unreachable or moving coordinator, as opposed to refusals (authorization,
+/// invalid offsets) that retrying cannot fix.
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::WaitingForCoordinator
+    )
+}
+
+impl Committer for KafkaCommitter {
+    fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.transactional || offsets.is_empty() {
+                // Under exactly-once they were committed in the step's transaction.
+                return Ok(());
+            }
+            let this = self.clone();
+            let offsets =
+                tokio::task::spawn_blocking(move || this.commit(&offsets).map(|()| offsets))
+                    .await
+                    .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+            self.committed(&offsets);
+            Ok(())
+        })
+    }
+
+    fn request_rewind(&self) {
+        self.router.rewind.store(true, Ordering::Release);
+    }
+
+    fn purge_consumed(&self, interval: Duration) {
+        let _ = self
+            .purger
+            .set(Arc::new(purge::Purger::new(self.admin.clone(), interval)));
+    }
+}
