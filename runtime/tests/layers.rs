@@ -1,7 +1,8 @@
 //! The runtime's layers point one way. Each top-level module of `runtime/src` belongs to a
 //! layer (`LAYERS`, lowest first); a file may name (`crate::…`, `super::…`) only modules of its
-//! own layer or of lower ones, and the modules of one layer may not name each other in a cycle.
-//! A lower layer that must call up declares a trait the upper one implements.
+//! own layer or of lower ones, and sibling modules (the children of one module, a layer's
+//! folders and files among them) may not name each other in a cycle. A lower layer that must
+//! call up declares a trait the upper one implements.
 //!
 //! The check reads the source as text: every `crate::a::b` and `super::…` path, in `use` lines
 //! and in code, resolved to the file that defines it. It fails naming the file, the line and
@@ -191,11 +192,8 @@ fn check(root: &Path) -> Vec<String> {
                     to.join("::"),
                     LAYERS[to_layer].0,
                 ));
-            } else if to_layer == from_layer {
-                let (a, b) = (unit(&from), unit(&to));
-                if a != b {
-                    edges.entry(a).or_default().insert(b);
-                }
+            } else if let Some((a, b)) = siblings(&from, &to) {
+                edges.entry(a).or_default().insert(b);
             }
         }
     }
@@ -203,10 +201,16 @@ fn check(root: &Path) -> Vec<String> {
     problems
 }
 
-/// The unit cycles are looked for between: a layer's module (`ops::window`), or a file
-/// directly in the layer's folder.
-fn unit(module: &[String]) -> Vec<String> {
-    module.iter().take(2).cloned().collect()
+/// The two sibling modules a reference from `from` to `to` goes between: below their common
+/// parent, the child holding each (`ops::window::driver` naming `ops::operator` goes from
+/// `ops::window` to `ops::operator`). `None` when one contains the other: a module and its
+/// children name each other freely (a `mod.rs` declares its children's types, they use its).
+fn siblings(from: &[String], to: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+    let common = from.iter().zip(to).take_while(|(a, b)| a == b).count();
+    if common == from.len() || common == to.len() {
+        return None;
+    }
+    Some((from[..=common].to_vec(), to[..=common].to_vec()))
 }
 
 /// Cycles in the graph, each once (by its smallest member).
@@ -221,7 +225,7 @@ fn cycles(edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<String> {
                 if next == start {
                     let names: Vec<String> = path.iter().map(|m| m.join("::")).collect();
                     found.push(format!(
-                        "modules of one layer name each other in a cycle: {} -> {}",
+                        "sibling modules name each other in a cycle: {} -> {}",
                         names.join(" -> "),
                         start.join("::")
                     ));

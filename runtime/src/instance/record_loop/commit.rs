@@ -105,7 +105,7 @@ impl RecordLoop {
     /// When the next commit step is due. Under exactly-once every instance of the worker
     /// commits on the same ticks (multiples of the interval since the worker's first), so
     /// their steps reach the transactional producer together and share one transaction
-    /// (`transport::txn` gathers them); otherwise an interval from now.
+    /// (`transport::kafka::txn` gathers them); otherwise an interval from now.
     pub(super) fn next_deadline(&self) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
         let transactional = self.committer.transactional();

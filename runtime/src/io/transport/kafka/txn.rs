@@ -46,7 +46,7 @@ const TOO_LARGE_STREAK: u32 = 3;
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the first commit step of a transaction waits for the worker's other instances,
-/// which commit on the same ticks (`StreamCore::next_deadline`), before the transaction
+/// which commit on the same ticks (`RecordLoop::next_deadline`), before the transaction
 /// begins: they then share it instead of each waiting for the previous one's commit.
 const GATHER: Duration = Duration::from_millis(3);
 
