@@ -164,26 +164,29 @@ impl TableStore {
 
     /// All entries of one partition, in key order.
     pub(crate) fn scan(&self, table: &str, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let db = self.db(table)?;
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(self.err(table, "starting a read"))?;
-        let prefix = (partition as u32).to_be_bytes();
         let mut out = Vec::new();
-        for item in db
-            .prefix_iter(&rtxn, &prefix)
-            .map_err(self.err(table, "scanning"))?
-        {
-            let (k, v) = item.map_err(self.err(table, "scanning"))?;
-            out.push((k[4..].to_vec(), v.to_vec()));
-        }
+        self.each_entry(table, partition, |k, v| out.push((k.to_vec(), v.to_vec())))?;
         Ok(out)
     }
 
     /// Entries and bytes of one partition.
     pub(crate) fn stats(&self, table: &str, partition: i32) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        self.each_entry(table, partition, |k, v| {
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        })?;
+        Ok((n, bytes))
+    }
+
+    /// Calls `f` with every key (without its partition prefix) and value of one partition, in
+    /// key order, in one read transaction.
+    fn each_entry(
+        &self,
+        table: &str,
+        partition: i32,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let rtxn = self
@@ -191,16 +194,14 @@ impl TableStore {
             .read_txn()
             .map_err(self.err(table, "starting a read"))?;
         let prefix = (partition as u32).to_be_bytes();
-        let (mut n, mut bytes) = (0u64, 0u64);
         for item in db
             .prefix_iter(&rtxn, &prefix)
             .map_err(self.err(table, "scanning"))?
         {
             let (k, v) = item.map_err(self.err(table, "scanning"))?;
-            n += 1;
-            bytes += (k.len() + v.len()) as u64;
+            f(&k[4..], v);
         }
-        Ok((n, bytes))
+        Ok(())
     }
 
     /// Entries and bytes (pages in use) of a whole table, from LMDB's statistics (cheap: no
