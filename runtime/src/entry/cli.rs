@@ -239,7 +239,7 @@ async fn send(
     let batch = crate::io::transport::Deliveries::new();
     let pending = transport.enqueue(record, &batch).await?;
     transport
-        .deliver(vec![pending], "", &[], None, false)
+        .deliver(crate::io::transport::Delivery::sends(vec![pending]))
         .await?;
     tracing::info!(topic, "sent");
     Ok(())

@@ -11,7 +11,7 @@ use crate::base::error::{Error, Result};
 use crate::base::failure::{self, headers};
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
 use crate::base::spec::{Internal, TopicSpec};
-use crate::io::transport::{Deliveries, Log};
+use crate::io::transport::{Deliveries, Delivery, Log};
 use crate::wiring::agent::AgentSpec;
 
 /// Newest errors `dlq list` shows per agent.
@@ -193,7 +193,7 @@ pub(crate) async fn replay(
         pending.push(transport.enqueue(replayed(r), &batch).await?);
     }
     let n = pending.len();
-    transport.deliver(pending, "", &[], None, false).await?;
+    transport.deliver(Delivery::sends(pending)).await?;
     tracing::info!(agent = spec.name(), dead_letter_topic = %topic, replayed = n, "replayed dead letters to their source topics");
     Ok(n)
 }

@@ -10,7 +10,7 @@ use crate::base::message::OutRecord;
 use crate::base::message::encode_out;
 use crate::base::record::Record;
 use crate::instance::context::current_event_time;
-use crate::io::transport::{Deliveries, Log, Pending};
+use crate::io::transport::{Deliveries, Delivery, Log, Pending};
 use crate::ops::topic::Topic;
 
 /// Buffered sends (embedded log, exactly-once) flushed without waiting for `flush`.
@@ -108,10 +108,7 @@ impl Producer {
         if pending.is_empty() {
             return Ok(());
         }
-        self.log
-            .deliver(pending, "", &[], None, false)
-            .await
-            .map(|_| ())
+        self.log.deliver(Delivery::sends(pending)).await.map(|_| ())
     }
 }
 

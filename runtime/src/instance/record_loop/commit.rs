@@ -18,7 +18,7 @@ use crate::base::message::OutRecord;
 use crate::base::metrics::AgentStats;
 use crate::instance::table::{TableCore, TableDef};
 use crate::io::store::Overlay;
-use crate::io::transport::{Committer, Deliveries, Log, Pending, Tp};
+use crate::io::transport::{Committer, Deliveries, Delivery, Log, Pending, Tp};
 
 pub(super) struct Commit {
     pub(super) future: BoxFuture<'static, Result<()>>,
@@ -217,13 +217,13 @@ impl CommitStep {
         }
         let produced = self
             .log
-            .deliver(
+            .deliver(Delivery {
                 pending,
-                &self.group,
-                &self.offsets,
-                Some(&*self.committer),
-                self.on_tick,
-            )
+                group: &self.group,
+                offsets: &self.offsets,
+                committer: Some(&*self.committer),
+                on_tick: self.on_tick,
+            })
             .await?;
         if let Some((def, _)) = self.tables.first() {
             let store = def.store.clone();

@@ -23,7 +23,7 @@ use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, PutFlags, RwTxn, WithoutTls};
 
-use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
+use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
@@ -990,14 +990,13 @@ impl Log for EmbeddedLog {
         Ok(false)
     }
 
-    fn deliver<'a>(
-        &'a self,
-        pending: Vec<Pending>,
-        group: &'a str,
-        offsets: &'a [(Tp, i64)],
-        _committer: Option<&'a dyn Committer>,
-        _on_tick: bool,
-    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+    fn deliver<'a>(&'a self, delivery: Delivery<'a>) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+        let Delivery {
+            pending,
+            group,
+            offsets,
+            ..
+        } = delivery;
         Box::pin(async move {
             let records = pending
                 .into_iter()

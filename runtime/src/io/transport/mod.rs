@@ -335,26 +335,42 @@ pub(crate) trait Log: Send + Sync {
     /// `Ok(false)` when they are, or the client's queue is full (send an owned record then).
     fn try_enqueue(&self, record: &Outgoing<'_>, batch: &Arc<Deliveries>) -> Result<bool>;
 
-    /// Makes pending sends durable and returns the next offset of every partition written.
-    /// With `committer` (a commit step of an agent's consumer), `offsets` of `group` are
-    /// stored with them where the log can (the embedded log's LMDB transaction, a Kafka
-    /// transaction under exactly-once); else [`Committer::commit_offsets`] commits them after
-    /// local state is stored. `on_tick`: the step is a commit interval's (a transaction waits
-    /// briefly for the worker's other instances, committing on the same tick).
-    fn deliver<'a>(
-        &'a self,
-        pending: Vec<Pending>,
-        group: &'a str,
-        offsets: &'a [(Tp, i64)],
-        committer: Option<&'a dyn Committer>,
-        on_tick: bool,
-    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>>;
+    /// Makes a [`Delivery`]'s sends durable, with its offsets where the log stores them
+    /// together; returns the next offset of every partition written.
+    fn deliver<'a>(&'a self, delivery: Delivery<'a>) -> BoxFuture<'a, Result<HashMap<Tp, i64>>>;
 
     /// Waits until everything enqueued was delivered (shutdown; blocking).
     fn flush(&self, timeout: Duration) -> Result<()>;
 
     /// Exactly-once transactions so far, committed and aborted (`None`: not transactional).
     fn transactions(&self) -> Option<(u64, u64)>;
+}
+
+/// What `Log::deliver` makes durable: pending sends and, for a commit step of an agent's
+/// consumer (`committer`), the `offsets` of `group`, stored with them where the log can (the
+/// embedded log's LMDB transaction, a Kafka transaction under exactly-once); else
+/// [`Committer::commit_offsets`] commits them after local state is stored.
+pub(crate) struct Delivery<'a> {
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) group: &'a str,
+    pub(crate) offsets: &'a [(Tp, i64)],
+    pub(crate) committer: Option<&'a dyn Committer>,
+    /// The step is a commit interval's: a transaction waits briefly for the worker's other
+    /// instances, committing on the same tick.
+    pub(crate) on_tick: bool,
+}
+
+impl Delivery<'_> {
+    /// Sends alone, outside a commit step (a producer's flush, a command).
+    pub(crate) fn sends(pending: Vec<Pending>) -> Delivery<'static> {
+        Delivery {
+            pending,
+            group: "",
+            offsets: &[],
+            committer: None,
+            on_tick: false,
+        }
+    }
 }
 
 /// Commits an agent group's offsets, at each commit step of its instances.

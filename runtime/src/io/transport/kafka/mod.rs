@@ -38,7 +38,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer as _;
 
-use super::{Committer, Deliveries, GroupMember, Log, Outgoing, Pending, Router, Tp};
+use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
 use crate::base::config::{Config, ProcessingGuarantee};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
@@ -229,14 +229,14 @@ impl Log for KafkaTransport {
             .map_err(|e| Error::kafka(format!("producing to `{}`", record.topic), e))
     }
 
-    fn deliver<'a>(
-        &'a self,
-        pending: Vec<Pending>,
-        _group: &'a str,
-        offsets: &'a [(Tp, i64)],
-        committer: Option<&'a dyn Committer>,
-        on_tick: bool,
-    ) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+    fn deliver<'a>(&'a self, delivery: Delivery<'a>) -> BoxFuture<'a, Result<HashMap<Tp, i64>>> {
+        let Delivery {
+            pending,
+            offsets,
+            committer,
+            on_tick,
+            ..
+        } = delivery;
         Box::pin(async move {
             let committer = committer.and_then(|c| {
                 let any: &dyn std::any::Any = c;
