@@ -22,6 +22,11 @@ export RILL_TEST_BROKER_PORT="${RILL_TEST_BROKER_PORT:-19092}"
 DEFAULTS_PORT="${RILL_TEST_DEFAULTS_BROKER_PORT:-19492}"
 DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --test kafka_topics)
 
+# The tests expect empty brokers (the example tests use fixed topic names such as
+# `pageviews`): `start` would reuse a broker an earlier run left up, data and all, so stop
+# (which deletes its data) first.
+bash kafka/broker.sh stop
+RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop
 line="$(bash kafka/broker.sh start)"
 trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop' EXIT
 export RILL_TEST_KAFKA="${line#KAFKA_BOOTSTRAP=}"
