@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml picks the version"
 command -v cc >/dev/null || die "no C compiler: librdkafka is built from source; install build-essential (Debian/Ubuntu) or your platform's C toolchain"
+pkg-config --exists openssl 2>/dev/null || die "no OpenSSL headers: librdkafka's TLS and SASL link the system's OpenSSL; install libssl-dev and pkg-config (Debian/Ubuntu)"
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export RILL_TEST_BROKER_PORT="${RILL_TEST_BROKER_PORT:-19092}"
