@@ -234,6 +234,73 @@ async fn a_clean_restart_continues_where_it_stopped() -> rill::Result<()> {
     app.stop().await
 }
 
+#[agent(topic = "ticks", sink = "seen", offset_reset = "latest")]
+async fn relay_new(ticks: Stream<Tick>, seen: Sink<Seen>) -> rill::Result<()> {
+    let mut ticks = ticks.events();
+    while let Some(t) = ticks.next().await {
+        let out = Seen {
+            user: t.user.clone(),
+            seq: t.seq,
+            partition: t.meta.partition,
+            offset: t.meta.offset,
+        };
+        seen.send(&out).await?;
+    }
+    Ok(())
+}
+
+/// Sends tick `seq` of users 0..10 and flushes.
+async fn send_round(app: &TestApp, seq: u64) -> rill::Result<()> {
+    for u in 0..10 {
+        let tick = Tick {
+            user: format!("user-{u}"),
+            seq,
+        };
+        app.producer().send_to("ticks", &tick).await?;
+    }
+    app.producer().flush().await
+}
+
+#[tokio::test]
+async fn offset_reset_latest_starts_a_new_group_at_the_end_and_earliest_at_the_start()
+-> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new("reset")
+        .agents([relay::agent()])
+        .test_in(dir.path())
+        .await?;
+    send_round(&app, 0).await?;
+    app.expect::<Seen>("seen", 10).await?;
+    app.stop().await?;
+
+    // A new group with `latest` skips the 10 ticks already written; `relay` (earliest, its
+    // offsets committed) goes on where it stopped.
+    let app = App::new("reset")
+        .agents([relay::agent(), relay_new::agent()])
+        .test_in(dir.path())
+        .await?;
+    app.wait_ready().await?;
+    send_round(&app, 1).await?;
+    app.expect::<Seen>("seen", 30).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen: Vec<Seen> = app.read("seen")?;
+    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
+    assert_eq!(seen.len(), 30, "{seqs:?}");
+    assert_eq!(seqs.iter().filter(|&&s| s == 1).count(), 20, "{seqs:?}");
+    app.stop().await?;
+
+    // The app-wide default: a third group, `latest` from App::offset_reset, reads nothing old.
+    let app = App::new("reset")
+        .offset_reset(rill::OffsetReset::Latest)
+        .agents([relay::agent().group("reset-third")])
+        .test_in(dir.path())
+        .await?;
+    app.wait_ready().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.count("seen")?, 30, "the third group read old ticks");
+    app.stop().await
+}
+
 #[tokio::test]
 async fn typed_topics_and_filters_compose() -> rill::Result<()> {
     const TICKS: Topic<String, Tick> = Topic::new("typed_ticks");

@@ -23,7 +23,7 @@ pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_a
 pub use app::App;
 pub use base::metrics::AgentStats;
 pub use codec::{Codec, EventTime, KeyBytes};
-pub use config::{Broker, Config, ProcessingGuarantee};
+pub use config::{Broker, Config, OffsetReset, ProcessingGuarantee};
 pub use error::{CodecError, Error, Result};
 pub use failure::OnError;
 pub use health::Health;

@@ -24,3 +24,18 @@ pub(crate) async fn stop_error(worker: &mut rill::Worker, within: Duration) -> r
         .unwrap_or_else(|_| panic!("the worker did not stop within {within:?}"))
         .expect_err("the worker stops with an error")
 }
+
+/// Waits until the worker is ready ([`rill::Worker::readiness`]: every agent has partitions and
+/// its tables recovered); fails the test with what it still waits for after `within`.
+pub(crate) async fn wait_ready(worker: &rill::Worker, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match worker.readiness() {
+            Ok(()) => return,
+            Err(waiting) if tokio::time::Instant::now() >= deadline => {
+                panic!("the worker was not ready within {within:?}: {waiting}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -22,9 +22,12 @@ const AGENT_KEYS: &[&str] = &[
     "dead_letter",
     "retries",
     "retry_backoff_ms",
+    "offset_reset",
 ];
 
 const POLICIES: &[&str] = &["dead_letter", "retry", "retry_topics", "skip", "stop"];
+
+const OFFSET_RESETS: &[&str] = &["earliest", "latest"];
 
 /// A topic given by name (`"pageviews"`) or by a `Topic` constant (`PAGEVIEWS`).
 pub(super) enum TopicArg {
@@ -85,6 +88,8 @@ pub(super) struct AgentArgs {
     /// `on_error = "retry"`: one of the policy names.
     pub(super) on_error: Option<syn::LitStr>,
     pub(super) dead_letter: Option<TopicArg>,
+    /// `offset_reset = "latest"`: one of `OFFSET_RESETS`.
+    pub(super) offset_reset: Option<syn::LitStr>,
     pub(super) retries: Option<syn::LitInt>,
     pub(super) retry_backoff_ms: Option<syn::LitInt>,
 }
@@ -135,6 +140,7 @@ impl AgentArgs {
                 parse_str,
             )?,
             Some("on_error") => self.parse_on_error(cx, meta)?,
+            Some("offset_reset") => self.parse_offset_reset(cx, meta)?,
             Some("dead_letter") => {
                 let topic = TopicArg::parse(meta)?;
                 set_once(cx, &mut self.dead_letter, meta, topic, "agent");
@@ -181,6 +187,23 @@ impl AgentArgs {
                     "unknown `on_error` policy `{}`; {}",
                     lit.value(),
                     expected_one_of(POLICIES)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn parse_offset_reset(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit = parse_str(meta)?;
+        if OFFSET_RESETS.contains(&lit.value().as_str()) {
+            set_once(cx, &mut self.offset_reset, meta, lit, "agent");
+        } else {
+            cx.error(
+                &lit,
+                format!(
+                    "unknown `offset_reset` `{}`; {}",
+                    lit.value(),
+                    expected_one_of(OFFSET_RESETS)
                 ),
             );
         }

@@ -66,6 +66,17 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
         let name = topic.name_expr();
         quote!(.dead_letter(#name))
     });
+    let offset_reset = args.offset_reset.as_ref().map(|lit| {
+        let variant = format_ident!(
+            "{}",
+            if lit.value() == "latest" {
+                "Latest"
+            } else {
+                "Earliest"
+            }
+        );
+        quote!(.offset_reset(::rill::OffsetReset::#variant))
+    });
     let table_specs = args.tables.iter().map(|(_, name)| quote!(.table(#name)));
     let global_specs = args
         .global_tables
@@ -81,6 +92,7 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
             #group
             #on_error
             #dead_letter
+            #offset_reset
             #(#table_specs)*
             #(#global_specs)*
             .run(#run)

@@ -92,6 +92,39 @@ pub enum ProcessingGuarantee {
     ExactlyOnce,
 }
 
+/// Where an agent's consumer group starts on a partition it has no committed offset for, or
+/// whose committed offset retention removed: Kafka's `auto.offset.reset`, Kafka Streams'
+/// `auto.offset.reset` per source, Faust's `stream_wait_empty`-era `earliest` default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// From the oldest record the log still has (the default: nothing written before the
+    /// first start is skipped).
+    #[default]
+    Earliest,
+    /// From the end: only records written after the group first reads the partition.
+    Latest,
+}
+
+impl OffsetReset {
+    /// Parses `earliest` or `latest` (and librdkafka's synonyms `smallest`, `beginning`,
+    /// `largest`, `end`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "earliest" | "smallest" | "beginning" => Some(OffsetReset::Earliest),
+            "latest" | "largest" | "end" => Some(OffsetReset::Latest),
+            _ => None,
+        }
+    }
+
+    /// The value of librdkafka's `auto.offset.reset`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
 /// Settings of one worker.
 #[derive(Clone)]
 pub struct Config {
@@ -164,6 +197,10 @@ pub struct Config {
     /// The web address other workers and clients use to reach this one
     /// (`RILL_WEB_ADVERTISE`, e.g. `http://worker-3:6066`; default: the bound address).
     pub web_advertise: Option<String>,
+    /// Where agents without their own `offset_reset` start on a partition their group has
+    /// no committed offset for (`RILL_OFFSET_RESET`, or `-X auto.offset.reset`; default
+    /// earliest). See [`OffsetReset`].
+    pub offset_reset: Option<OffsetReset>,
     /// At-least-once (the default) or exactly-once (`RILL_PROCESSING_GUARANTEE`). See
     /// [`ProcessingGuarantee`].
     pub processing_guarantee: ProcessingGuarantee,
@@ -185,6 +222,14 @@ const RESERVED_KAFKA: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
         "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "transactional.id",
+        "under exactly-once each worker's producer gets its own, `<app>-<worker>`, so a restarted worker fences its predecessor; set RILL_PROCESSING_GUARANTEE=exactly_once",
+    ),
+    (
+        "partition.assignment.strategy",
+        "an agent reading several topics (a join, a table) needs partition n of each in one worker, which the `range` assignor rill sets guarantees",
     ),
     (
         "allow.auto.create.topics",
@@ -217,6 +262,7 @@ impl Config {
             clock: crate::base::time::Clock::System,
             on_error: crate::base::failure::OnError::DeadLetter,
             max_record_bytes: 1 << 20,
+            offset_reset: None,
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             metrics: true,
             web_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -256,6 +302,7 @@ impl Config {
                 self.processing_guarantee = parse_guarantee(name, &value)?;
             }
             "RILL_METRICS" => self.metrics = parse_on_off(name, &value)?,
+            "RILL_OFFSET_RESET" => self.offset_reset = Some(parse_offset_reset(name, &value)?),
             "RILL_WEB_PORT" => self.web_port = Some(parse_num(name, &value, 0)?),
             "RILL_WEB_BIND" => self.web_bind = parse_ip(name, &value)?,
             // A token read from a secret file often ends with a newline.
@@ -342,6 +389,13 @@ impl Config {
                 "must be non-empty, without spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
             ));
         }
+        self.check_kafka_properties()?;
+        self.default_offset_reset().map(|_| ())
+    }
+
+    /// Refuses the librdkafka properties rill sets itself, and values that would break what
+    /// it promises, instead of replacing them silently.
+    fn check_kafka_properties(&self) -> Result<()> {
         for (reserved, why) in RESERVED_KAFKA {
             if self.kafka.contains_key(*reserved) {
                 return Err(Error::config(
@@ -350,7 +404,60 @@ impl Config {
                 ));
             }
         }
+        let refused = |prop: &str, bad: &str, why: &str| match self.kafka.get(prop) {
+            Some(v) if v.trim() == bad => Err(Error::config(
+                format!("kafka property `{prop}`"),
+                format!("`{bad}` is refused: {why}; remove it"),
+            )),
+            _ => Ok(()),
+        };
+        refused(
+            "enable.idempotence",
+            "false",
+            "rill's producers are idempotent, so a retried send is not written twice and exactly-once can rely on it",
+        )?;
+        refused(
+            "statistics.interval.ms",
+            "0",
+            "rill reads each partition's fetch position from librdkafka's statistics to tell when an idle partition may stop holding back windows",
+        )?;
+        if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            refused(
+                "isolation.level",
+                "read_uncommitted",
+                "under exactly-once agents read only committed transactions (`read_committed`)",
+            )?;
+        }
         Ok(())
+    }
+
+    /// Where agents without their own `offset_reset` start: `RILL_OFFSET_RESET`
+    /// ([`Config::offset_reset`]) or `-X auto.offset.reset`, which must agree when both are
+    /// set; earliest when neither is.
+    pub fn default_offset_reset(&self) -> Result<OffsetReset> {
+        let prop = "kafka property `auto.offset.reset`";
+        let from_kafka = match self.kafka.get("auto.offset.reset") {
+            Some(v) => Some(OffsetReset::parse(v).ok_or_else(|| {
+                Error::config(
+                    prop,
+                    format!(
+                        "`{v}` is refused: rill starts a partition without a committed offset at `earliest` or `latest` (failing instead, librdkafka's `error`, is not supported)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        match (self.offset_reset, from_kafka) {
+            (Some(a), Some(b)) if a != b => Err(Error::config(
+                prop,
+                format!(
+                    "`{}` contradicts offset_reset (RILL_OFFSET_RESET) `{}`; set one of them",
+                    b.as_str(),
+                    a.as_str()
+                ),
+            )),
+            (a, b) => Ok(a.or(b).unwrap_or_default()),
+        }
     }
 
     /// The librdkafka properties with secret values masked, for logs and status output.
@@ -358,9 +465,7 @@ impl Config {
         self.kafka
             .iter()
             .map(|(k, v)| {
-                let secret = ["password", "secret", "token", "key.pem", "jaas"]
-                    .iter()
-                    .any(|s| k.contains(s));
+                let secret = is_secret_property(k);
                 (
                     k.clone(),
                     if secret {
@@ -429,6 +534,30 @@ fn parse_guarantee(name: &str, value: &str) -> Result<ProcessingGuarantee> {
             format!("`{other}` is neither `at_least_once` nor `exactly_once`"),
         )),
     }
+}
+
+/// A librdkafka property whose value is a secret: never logged, served or put in an error.
+pub(crate) fn is_secret_property(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "jaas",
+        "credentials",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+        || name.starts_with("sasl.oauthbearer.")
+}
+
+fn parse_offset_reset(name: &str, value: &str) -> Result<OffsetReset> {
+    OffsetReset::parse(value).ok_or_else(|| {
+        Error::config(
+            name,
+            format!("`{}` is neither `earliest` nor `latest`", value.trim()),
+        )
+    })
 }
 
 fn parse_on_off(name: &str, value: &str) -> Result<bool> {
@@ -546,5 +675,93 @@ mod tests {
             "{err}"
         );
         assert!(c.runtime().is_err());
+    }
+
+    #[test]
+    fn offset_reset_comes_from_rill_offset_reset_or_auto_offset_reset_and_they_must_agree() {
+        let mut c = Config::new("app");
+        assert_eq!(c.default_offset_reset().unwrap(), OffsetReset::Earliest);
+        c.set_kafka_property("auto.offset.reset=largest").unwrap();
+        assert_eq!(c.default_offset_reset().unwrap(), OffsetReset::Latest);
+        c.apply_vars(vars(&[("RILL_OFFSET_RESET", "latest")]))
+            .unwrap();
+        assert!(c.validate().is_ok());
+        c.apply_vars(vars(&[("RILL_OFFSET_RESET", "earliest")]))
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auto.offset.reset") && err.contains("RILL_OFFSET_RESET"),
+            "{err}"
+        );
+        c.set_kafka_property("auto.offset.reset=error").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`error` is refused"), "{err}");
+        let err = c
+            .apply_vars(vars(&[("RILL_OFFSET_RESET", "newest")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RILL_OFFSET_RESET") && err.contains("newest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn properties_rill_owns_are_refused_with_the_reason_never_replaced() {
+        let refused = |prop: &str, guarantee: ProcessingGuarantee| {
+            let mut c = Config::new("app");
+            c.processing_guarantee = guarantee;
+            c.set_kafka_property(prop).unwrap();
+            c.validate().map_err(|e| e.to_string())
+        };
+        let eos = ProcessingGuarantee::ExactlyOnce;
+        let alo = ProcessingGuarantee::AtLeastOnce;
+        for (prop, guarantee, why) in [
+            ("partition.assignment.strategy=roundrobin", alo, "range"),
+            ("transactional.id=mine", eos, "fences"),
+            ("enable.idempotence=false", alo, "idempotent"),
+            ("statistics.interval.ms=0", alo, "idle partition"),
+            ("isolation.level=read_uncommitted", eos, "read_committed"),
+        ] {
+            let err = refused(prop, guarantee).unwrap_err();
+            let name = prop.split('=').next().unwrap();
+            assert!(err.contains(name) && err.contains(why), "{prop}: {err}");
+        }
+        for prop in [
+            "enable.idempotence=true",
+            "statistics.interval.ms=5000",
+            "isolation.level=read_committed",
+        ] {
+            assert!(refused(prop, eos).is_ok(), "{prop}");
+        }
+        assert!(refused("isolation.level=read_uncommitted", alo).is_ok());
+    }
+
+    #[test]
+    fn secret_properties_are_masked() {
+        let mut c = Config::new("app");
+        for kv in [
+            "sasl.password=hunter2",
+            "ssl.key.password=k3y",
+            "sasl.oauthbearer.client.secret=s3cret",
+            "sasl.oauthbearer.config=principal=me extension_x=y",
+            "sasl.username=alice",
+        ] {
+            c.set_kafka_property(kv).unwrap();
+        }
+        let shown = c.kafka_redacted();
+        assert_eq!(shown["sasl.username"], "alice");
+        for k in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+        ] {
+            assert_eq!(shown[k], "[redacted]", "{k}");
+        }
+        let debug = format!("{c:?}");
+        for secret in ["hunter2", "k3y", "s3cret", "extension_x"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
     }
 }

@@ -75,6 +75,13 @@ impl App {
         self
     }
 
+    /// Where agents without `#[agent(offset_reset = ...)]` start on a partition their group has
+    /// no committed offset for (default earliest); `RILL_OFFSET_RESET` overrides it.
+    pub fn offset_reset(mut self, reset: crate::base::config::OffsetReset) -> Self {
+        self.config.offset_reset = Some(reset);
+        self
+    }
+
     /// At-least-once (default) or exactly-once processing (`RILL_PROCESSING_GUARANTEE`).
     pub fn processing_guarantee(
         mut self,

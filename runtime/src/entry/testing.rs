@@ -271,6 +271,15 @@ impl TestApp {
         Ok(())
     }
 
+    /// Waits (up to 30 s) until every agent has its partitions and its tables recovered
+    /// ([`Worker::readiness`]): records sent after it are read by the groups as they stand.
+    pub async fn wait_ready(&self) -> Result<()> {
+        self.wait_until("every agent has its partitions", |app| {
+            app.worker.readiness().is_ok()
+        })
+        .await
+    }
+
     /// The committed offset of an agent's group on a partition.
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
         self.log.committed(group, topic, partition)

@@ -46,6 +46,7 @@ pub struct AgentSpec {
     pub(crate) on_error: Option<crate::base::failure::OnError>,
     pub(crate) dead_letter: Option<String>,
     pub(crate) co_partitioned: bool,
+    pub(crate) offset_reset: Option<crate::base::config::OffsetReset>,
     pub(crate) run: Option<RunFn>,
 }
 
@@ -64,6 +65,7 @@ impl AgentSpec {
             on_error: None,
             dead_letter: None,
             co_partitioned: false,
+            offset_reset: None,
             run: None,
         }
     }
@@ -72,6 +74,14 @@ impl AgentSpec {
     /// default (`Config::on_error`) applies otherwise. See [`crate::failure`].
     pub fn on_error(mut self, policy: crate::base::failure::OnError) -> Self {
         self.on_error = Some(policy);
+        self
+    }
+
+    /// Where the agent's group starts on a partition it has no committed offset for
+    /// (`#[agent(offset_reset = "latest")]`); the app's `offset_reset` applies otherwise.
+    /// See [`crate::config::OffsetReset`].
+    pub fn offset_reset(mut self, reset: crate::base::config::OffsetReset) -> Self {
+        self.offset_reset = Some(reset);
         self
     }
 

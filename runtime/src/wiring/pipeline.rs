@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::base::config::Config;
+use crate::base::config::{Config, OffsetReset};
 use crate::base::error::{Error, Result};
 use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
@@ -168,9 +168,11 @@ impl AgentPipeline {
             txs,
             self.config.shutdown_timeout,
         ));
+        // A repartition topic is read from its start: it holds only what this agent wrote.
         let (committer, thread) = self.transport.start_fetcher(
             &group,
             vec![topic.clone()],
+            OffsetReset::Earliest,
             router.clone(),
             self.stop.clone(),
         )?;

@@ -24,7 +24,7 @@ use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, PutFlags, RwTxn, WithoutTls};
 
 use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
-use crate::base::config::Config;
+use crate::base::config::{Config, OffsetReset};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Headers, OutRecord, RawRecord, now_millis};
@@ -943,10 +943,11 @@ impl Log for EmbeddedLog {
         &self,
         group: &str,
         topics: Vec<String>,
+        reset: OffsetReset,
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
-        let thread = spawn_fetcher(self.arc()?, group, topics, router, stop)?;
+        let thread = spawn_fetcher(self.arc()?, group, topics, reset, router, stop)?;
         Ok((Arc::new(super::StoredWithSends), thread))
     }
 
@@ -1037,6 +1038,7 @@ pub(crate) fn spawn_fetcher(
     log: Arc<EmbeddedLog>,
     group: &str,
     topics: Vec<String>,
+    reset: OffsetReset,
     router: Arc<Router>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
@@ -1054,6 +1056,7 @@ pub(crate) fn spawn_fetcher(
                 log: &log,
                 group: &group,
                 member: &member,
+                reset,
                 router: &router,
                 stop: &stop,
             }
@@ -1067,6 +1070,7 @@ struct Fetcher<'a> {
     log: &'a EmbeddedLog,
     group: &'a str,
     member: &'a str,
+    reset: OffsetReset,
     router: &'a Router,
     stop: &'a AtomicBool,
 }
@@ -1167,17 +1171,22 @@ impl Fetcher<'_> {
     fn starting_positions(&self, tps: &[Tp]) -> Result<Vec<(Tp, i64)>> {
         let mut out = Vec::with_capacity(tps.len());
         for (topic, partition) in tps {
-            let (low, _) = self.log.watermarks(topic, *partition)?;
+            let (low, end) = self.log.watermarks(topic, *partition)?;
+            // As Kafka's `auto.offset.reset`: where there is no offset to resume at.
+            let reset = match self.reset {
+                OffsetReset::Earliest => low,
+                OffsetReset::Latest => end,
+            };
             let position = match self.log.committed(self.group, topic, *partition)? {
                 Some(c) if c >= low => c,
                 Some(c) => {
                     tracing::warn!(
-                        topic = %topic, partition, committed = c, log_start = low,
-                        "committed offset was removed by retention; resuming at the log start"
+                        topic = %topic, partition, committed = c, log_start = low, resume = reset,
+                        "committed offset was removed by retention; resuming where offset_reset says"
                     );
-                    low
+                    reset
                 }
-                None => low,
+                None => reset,
             };
             out.push(((topic.clone(), *partition), position));
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::base::config::{Broker, Config};
+use crate::base::config::{Broker, Config, OffsetReset};
 use crate::base::error::Result;
 use crate::base::health::Health;
 use crate::base::message::{OutRecord, RawRecord};
@@ -303,11 +303,13 @@ pub(crate) trait Log: Send + Sync {
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>>;
 
     /// Starts the fetcher of one agent's consumer group: a thread handing batches to
-    /// `router`, until `stop`.
+    /// `router`, until `stop`. A partition the group has no committed offset for (or one
+    /// before the log's start) is read from where `reset` says.
     fn start_fetcher(
         &self,
         group: &str,
         topics: Vec<String>,
+        reset: OffsetReset,
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)>;

@@ -180,6 +180,13 @@ impl Worker {
         self.producer.clone()
     }
 
+    /// `Ok` once the worker is connected and every agent has partitions and its tables
+    /// recovered; else what it waits for. What `/ready` serves.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        use crate::wiring::web::api::WebBackend;
+        self.observer.ready()
+    }
+
     /// Counters of an agent (all instances).
     pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
         self.stats.get(agent).cloned()

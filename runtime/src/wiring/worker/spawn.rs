@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::run::run_instance;
 use super::tables::TableSetup;
 use super::{QUEUE_BATCHES, Worker};
-use crate::base::config::Config;
+use crate::base::config::{Config, OffsetReset};
 use crate::base::error::{Error, Result};
 use crate::base::failure::Policy;
 use crate::base::metrics::AgentStats;
@@ -85,7 +85,7 @@ impl Worker {
             )
             .await?;
         let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
-        let committer = self.start_fetcher(&spec, &group, &policy, &router)?;
+        let committer = self.start_fetcher(config, &spec, &group, &policy, &router)?;
         let pipeline = AgentPipeline::new(
             &config.app_id,
             Arc::from(spec.name()),
@@ -117,6 +117,7 @@ impl Worker {
     /// The fetcher of the agent's consumer group: its sources, and its retry topics.
     fn start_fetcher(
         &mut self,
+        config: &Config,
         spec: &AgentSpec,
         group: &str,
         policy: &Policy,
@@ -128,9 +129,14 @@ impl Worker {
             .map(|s| s.name.clone())
             .chain(policy.retry_topics.iter().map(|t| t.to_string()))
             .collect();
-        let (committer, fetcher) =
-            self.transport
-                .start_fetcher(group, topics, router.clone(), self.stop.clone())?;
+        let reset = offset_reset(config, spec, policy)?;
+        let (committer, fetcher) = self.transport.start_fetcher(
+            group,
+            topics,
+            reset,
+            router.clone(),
+            self.stop.clone(),
+        )?;
         self.registry
             .threads
             .lock()
@@ -219,6 +225,24 @@ impl Worker {
 }
 
 /// The channels from an agent's fetcher to each of its instances.
+/// Where the agent's group starts on a partition without a committed offset: the agent's
+/// `offset_reset`, else the app's. One consumer reads an agent's sources and its retry
+/// topics, so `latest` would also skip records already waiting in a retry topic the group
+/// never read: refused.
+fn offset_reset(config: &Config, spec: &AgentSpec, policy: &Policy) -> Result<OffsetReset> {
+    let reset = match spec.offset_reset {
+        Some(reset) => reset,
+        None => config.default_offset_reset()?,
+    };
+    if reset == OffsetReset::Latest && !policy.retry_topics.is_empty() {
+        return Err(Error::config(
+            format!("agent `{}`: offset_reset", spec.name()),
+            "`latest` with on_error = \"retry_topics\" would skip records waiting in a retry topic; use `earliest` or another on_error policy",
+        ));
+    }
+    Ok(reset)
+}
+
 fn instance_channels(concurrency: usize) -> (Vec<InstanceTx>, Vec<InstanceRx>) {
     (0..concurrency)
         .map(|_| {

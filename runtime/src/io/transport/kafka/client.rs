@@ -11,7 +11,8 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::base::config::Config;
+use crate::base::config::{Config, is_secret_property};
+use crate::base::error::Error;
 use crate::base::message::OutRecord;
 
 /// How long metadata, admin and offset requests may take.
@@ -63,6 +64,34 @@ pub(super) fn base_config(config: &Config, bootstrap: &str) -> ClientConfig {
     base
 }
 
+/// The error of creating a client from `config`, with the values of secret properties
+/// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.*`...) masked: librdkafka quotes
+/// an invalid value in its message.
+pub(super) fn creation_error(
+    config: &ClientConfig,
+    context: impl Into<String>,
+    e: KafkaError,
+) -> Error {
+    let e = match e {
+        KafkaError::ClientCreation(message) => KafkaError::ClientCreation(redact(config, message)),
+        other => other,
+    };
+    Error::kafka(context, e)
+}
+
+fn redact(config: &ClientConfig, mut text: String) -> String {
+    // `config_map` masks a few keys itself: take the names from it, the values from `get`.
+    for name in config.config_map().into_keys() {
+        match config.get(name) {
+            Some(value) if is_secret_property(name) && !value.is_empty() => {
+                text = text.replace(value, "[redacted]");
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
 /// The config of the worker's producers (the transactional one starts from it too).
 pub(super) fn producer_config(base: &ClientConfig, config: &Config) -> ClientConfig {
     let mut producer_config = base.clone();
@@ -75,10 +104,8 @@ pub(super) fn producer_config(base: &ClientConfig, config: &Config) -> ClientCon
         // failing after 5 minutes: a commit step waits, nothing is dropped.
         .set("message.timeout.ms", "0");
     for (k, v) in &config.kafka {
-        // The user's properties win, except idempotence-critical ones set above on purpose.
-        if k != "enable.idempotence" {
-            producer_config.set(k, v);
-        }
+        // The user's properties win (`Config::validate` refused `enable.idempotence=false`).
+        producer_config.set(k, v);
     }
     producer_config
 }
@@ -124,4 +151,30 @@ pub(super) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
             },
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_creation_error_does_not_repeat_a_secret() {
+        let mut config = ClientConfig::new();
+        config
+            .set("sasl.password", "hunter2")
+            .set("sasl.oauthbearer.config", "scope=x secret=abc")
+            .set("sasl.username", "alice");
+        let e = KafkaError::ClientCreation(
+            "Invalid value \"hunter2\" near \"scope=x secret=abc\" for alice".into(),
+        );
+        let shown = creation_error(&config, "creating a producer", e).to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("secret=abc"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("alice") && shown.contains("creating a producer"),
+            "{shown}"
+        );
+    }
 }

@@ -17,7 +17,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 
-use super::client::{LogContext, prefetch_defaults};
+use super::client::{LogContext, creation_error, prefetch_defaults};
+use crate::base::config::OffsetReset;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
@@ -27,11 +28,13 @@ use crate::io::transport::{Router, Tp};
 const FETCH_BATCH_MAX: usize = 2000;
 
 /// The config of an agent group's consumer: rill stores and commits its offsets itself, the
-/// `range` assignor keeps co-partitioned topics together, and `web_url` is advertised in its
-/// `client.id` (see `KafkaTransport::web_url`).
+/// `range` assignor keeps co-partitioned topics together, `reset` is the agent's
+/// `offset_reset`, and `web_url` is advertised in its `client.id` (see
+/// `KafkaTransport::web_url`). `Config::validate` refuses user values for what is set here.
 pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
+    reset: OffsetReset,
     read_committed: bool,
     web_url: Option<&str>,
 ) -> ClientConfig {
@@ -40,7 +43,7 @@ pub(super) fn consumer_config(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", reset.as_str())
         .set("partition.assignment.strategy", "range");
     if read_committed {
         // Only committed transactions' records reach agents.
@@ -65,9 +68,14 @@ pub(super) fn subscribed_consumer(
     group: &str,
     topics: &[String],
 ) -> Result<Arc<BaseConsumer<FetchContext>>> {
-    let consumer: BaseConsumer<FetchContext> = config
-        .create_with_context(context)
-        .map_err(|e| Error::kafka(format!("creating the consumer of group `{group}`"), e))?;
+    let consumer: BaseConsumer<FetchContext> =
+        config.create_with_context(context).map_err(|e| {
+            creation_error(
+                config,
+                format!("creating the consumer of group `{group}`"),
+                e,
+            )
+        })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topic_refs)

@@ -39,7 +39,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer as _;
 
 use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
-use crate::base::config::{Config, ProcessingGuarantee};
+use crate::base::config::{Config, OffsetReset, ProcessingGuarantee};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{OutRecord, RawRecord};
@@ -73,10 +73,16 @@ impl KafkaTransport {
         let producer_config = client::producer_config(&base, config);
         let producer: produce::WorkerProducer = producer_config
             .create_with_context(produce::DeliveryContext)
-            .map_err(|e| Error::kafka(format!("creating a producer for {bootstrap}"), e))?;
+            .map_err(|e| {
+                client::creation_error(
+                    &producer_config,
+                    format!("creating a producer for {bootstrap}"),
+                    e,
+                )
+            })?;
         let admin: AdminClient<DefaultClientContext> = base
             .create()
-            .map_err(|e| Error::kafka("creating an admin client", e))?;
+            .map_err(|e| client::creation_error(&base, "creating an admin client", e))?;
         let txn = match config.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => {
                 Some(txn::Transactions::for_worker(&producer_config, config)?)
@@ -163,6 +169,7 @@ impl Log for KafkaTransport {
         &self,
         group: &str,
         topics: Vec<String>,
+        reset: OffsetReset,
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
@@ -170,6 +177,7 @@ impl Log for KafkaTransport {
         let config = fetch::consumer_config(
             &self.base,
             group,
+            reset,
             read_committed,
             self.web_url.get().map(String::as_str),
         );

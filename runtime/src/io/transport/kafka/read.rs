@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::Admin;
-use super::client::{LogContext, METADATA_TIMEOUT, prefetch_defaults};
+use super::client::{LogContext, METADATA_TIMEOUT, creation_error, prefetch_defaults};
 use crate::base::error::{Error, Result};
 use crate::base::message::{Bytes, Headers, RawRecord};
 use crate::io::transport::READ_BATCH;
@@ -82,7 +82,7 @@ fn restore_consumer(
     prefetch_defaults(&mut config);
     let consumer: BaseConsumer<LogContext> = config
         .create_with_context(LogContext)
-        .map_err(|e| Error::kafka("creating a restore consumer", e))?;
+        .map_err(|e| creation_error(&config, "creating a restore consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))
         .map_err(|e| Error::kafka("building a restore assignment", e))?;

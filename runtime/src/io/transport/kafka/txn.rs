@@ -342,9 +342,14 @@ fn fenced(e: &KafkaError) -> bool {
 }
 
 fn create(config: &ClientConfig, id: &str) -> Result<FutureProducer<LogContext>> {
-    let producer: FutureProducer<LogContext> = config
-        .create_with_context(LogContext)
-        .map_err(|e| Error::kafka(format!("creating the transactional producer `{id}`"), e))?;
+    let producer: FutureProducer<LogContext> =
+        config.create_with_context(LogContext).map_err(|e| {
+            super::client::creation_error(
+                config,
+                format!("creating the transactional producer `{id}`"),
+                e,
+            )
+        })?;
     producer
         .init_transactions(TXN_TIMEOUT)
         .map_err(|e| Error::kafka(format!("initializing transactions of `{id}`"), e))?;
