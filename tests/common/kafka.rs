@@ -47,6 +47,7 @@ pub(crate) fn run_id() -> String {
 pub(crate) struct OwnBroker {
     port: u16,
     extra_props: String,
+    secure: bool,
     pub(crate) bootstrap: String,
 }
 
@@ -59,9 +60,38 @@ impl OwnBroker {
 
     /// [`OwnBroker::start`] with extra `server.properties` lines.
     pub(crate) fn start_with(port: u16, extra_props: &str) -> OwnBroker {
+        Self::launch(port, extra_props, false)
+    }
+
+    /// [`OwnBroker::start`] with TLS and SASL listeners too (`RILL_TEST_BROKER_SECURE=1` of
+    /// kafka/broker.sh): [`OwnBroker::ssl`] (mutual TLS), [`OwnBroker::sasl_ssl`]
+    /// (SCRAM-SHA-512, user `rill`, password `rill-secret`), certificates in
+    /// [`OwnBroker::tls_file`]. `bootstrap` stays plaintext, for plain clients.
+    pub(crate) fn start_secure(port: u16) -> OwnBroker {
+        Self::launch(port, "", true)
+    }
+
+    /// The mutual-TLS listener's address.
+    pub(crate) fn ssl(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 2)
+    }
+
+    /// The SASL_SSL listener's address.
+    pub(crate) fn sasl_ssl(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 3)
+    }
+
+    /// A file broker.sh generated for the TLS listeners: `ca.pem`, `client.pem`,
+    /// `client.key`, `other-ca.pem`.
+    pub(crate) fn tls_file(&self, name: &str) -> String {
+        format!("/tmp/rill-kafka-{}/tls/{name}", self.port)
+    }
+
+    fn launch(port: u16, extra_props: &str, secure: bool) -> OwnBroker {
         let mut broker = OwnBroker {
             port,
             extra_props: extra_props.to_owned(),
+            secure,
             bootstrap: String::new(),
         };
         // A broker left over by an interrupted run, and its data.
@@ -99,6 +129,10 @@ impl OwnBroker {
             .arg(command)
             .env("RILL_TEST_BROKER_PORT", self.port.to_string())
             .env("RILL_TEST_BROKER_EXTRA_PROPS", &self.extra_props)
+            .env(
+                "RILL_TEST_BROKER_SECURE",
+                if self.secure { "1" } else { "0" },
+            )
             .stderr(Stdio::inherit())
             .output()
             .expect("kafka/broker.sh")

@@ -16,13 +16,15 @@
 //! of its concern. Those import one way, each naming only files further down this list:
 //! `txn` (exactly-once transactions), `commit` (offset commits), `purge` (deleting consumed
 //! repartition records), `fetch` (the consumer thread), `read` (ranges, committed offsets),
-//! `admin` (topics, groups, watermarks), `produce` (the worker producer), `client` (what every
+//! `admin` (topics, groups, watermarks), `produce` (the worker producer), `probe` (the
+//! startup check that the broker accepts the user's security settings), `client` (what every
 //! client shares).
 
 mod admin;
 mod client;
 mod commit;
 mod fetch;
+mod probe;
 pub(super) mod produce;
 mod purge;
 mod read;
@@ -70,6 +72,7 @@ impl KafkaTransport {
     /// the worker's previous incarnation first).
     pub(crate) fn connect(config: &Config, bootstrap: &str) -> Result<Arc<Self>> {
         let base = client::base_config(config, bootstrap);
+        probe::check_settings(&base, bootstrap)?;
         let producer_config = client::producer_config(&base, config);
         let producer: produce::WorkerProducer = producer_config
             .create_with_context(produce::DeliveryContext)
