@@ -177,3 +177,99 @@ fn graph_prints_the_topology_as_dot() {
         assert!(dot.contains(part), "`{part}` missing in:\n{dot}");
     }
 }
+
+/// Runs the `sink` example's `reset` command on the embedded log in `data`.
+fn reset(data: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--data-dir", data, "reset"];
+    all.extend(args);
+    common::run_example("sink", &all)
+}
+
+/// The (old, new) offsets `reset` printed for a group, one per partition (`-`: none, 0).
+fn moves(out: &std::process::Output, group: &str) -> Vec<(i64, i64)> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(group))
+        .map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (
+                cols[3].parse().unwrap_or(0),
+                cols[4].parse().expect("new offset"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let count_hits = |l: &[String]| l.iter().filter(|s| s.starts_with("hit on ")).count();
+    // 20 views, 15 of them not internal: 15 hits.
+    let mut child =
+        common::spawn_example("sink", &["--data-dir", data], &[("SYNTHETIC_VIEWS", "20")]);
+    let lines = common::lines(&mut child);
+    common::wait_lines(&lines, Duration::from_secs(60), |l| count_hits(l) >= 15);
+    let refused = reset(data, &["--to-earliest"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("a worker is running"), "{err}");
+    assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
+
+    let group = "url_hits-to_hits";
+    let plan = moves(
+        &reset(data, &["--agent", "to_hits", "--to-earliest", "--dry-run"]),
+        group,
+    );
+    assert_eq!(plan.iter().map(|m| m.0).sum::<i64>(), 20, "{plan:?}");
+    assert!(plan.iter().all(|m| m.1 == 0), "{plan:?}");
+    let again = moves(
+        &reset(data, &["--agent", "to_hits", "--to-latest", "--dry-run"]),
+        group,
+    );
+    assert_eq!(
+        again.iter().map(|m| m.0).sum::<i64>(),
+        20,
+        "the dry run changed nothing"
+    );
+    assert_eq!(again.iter().map(|m| m.1).sum::<i64>(), 20, "{again:?}");
+    let shifted = moves(
+        &reset(data, &["--agent", "to_hits", "--shift-by", "-1"]),
+        group,
+    );
+    let expect: i64 = plan.iter().map(|m| (m.0 - 1).max(0)).sum();
+    assert_eq!(
+        shifted.iter().map(|m| m.1).sum::<i64>(),
+        expect,
+        "{shifted:?}"
+    );
+    let to_time = moves(
+        &reset(data, &["--agent", "to_hits", "--to-datetime", "2100-01-01"]),
+        group,
+    );
+    assert_eq!(
+        to_time.iter().map(|m| m.1).sum::<i64>(),
+        20,
+        "no record that late: the end"
+    );
+    let unknown = reset(data, &["--agent", "nope", "--to-earliest"]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("nope") && err.contains("to_hits"), "{err}");
+
+    // Back to the start: a restarted worker (no new views) relays the 15 hits again, and
+    // `print_hits`, whose group was not reset, prints just those.
+    moves(
+        &reset(data, &["--agent", "to_hits", "--to-earliest"]),
+        group,
+    );
+    let mut child =
+        common::spawn_example("sink", &["--data-dir", data], &[("SYNTHETIC_VIEWS", "0")]);
+    let lines = common::lines(&mut child);
+    common::wait_lines(&lines, Duration::from_secs(60), |l| count_hits(l) >= 15);
+    assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
+}

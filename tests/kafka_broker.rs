@@ -1,6 +1,7 @@
 //! End to end against a real Apache Kafka broker (started by `scripts/test.sh`): the `sink`
 //! example runs as a separate process; its input is produced and its output consumed with
-//! plain rdkafka clients, not rill.
+//! plain rdkafka clients, not rill. Then its `reset` command moves the stopped group, each
+//! mode checked with a plain client.
 
 mod common;
 
@@ -56,14 +57,71 @@ fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
     common::wait_lines(&printed, Duration::from_secs(60), |l| {
         l.iter().filter(|s| s.starts_with("hit on ")).count() >= 800
     });
+    // `reset` refuses while the group has a live member: its next commit would undo it.
+    let refused = reset(&broker, &["--agent", "to_hits", "--to-earliest"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("url_hits-to_hits") && err.contains("live member"),
+        "{err}"
+    );
     let status = common::terminate(&mut child, Duration::from_secs(60));
     assert!(
         status.success(),
         "SIGTERM shuts down with exit 0, got {status:?}"
     );
-    assert_eq!(
-        common::committed_total(&bootstrap, "url_hits-to_hits", "pageviews", 4),
-        1000,
-        "everything done was committed"
+    let committed = || common::committed_total(&bootstrap, "url_hits-to_hits", "pageviews", 4);
+    assert_eq!(committed(), 1000, "everything done was committed");
+
+    // `reset`, each mode, on the stopped group.
+    let rows = offsets_printed(&reset(
+        &broker,
+        &["--agent", "to_hits", "--to-earliest", "--dry-run"],
+    ));
+    assert_eq!(rows.len(), 4, "a row per partition: {rows:?}");
+    assert!(rows.iter().all(|&(_, new)| new == 0), "{rows:?}");
+    assert_eq!(rows.iter().map(|&(old, _)| old).sum::<i64>(), 1000);
+    assert_eq!(committed(), 1000, "a dry run changes nothing");
+    for (args, expect) in [
+        (vec!["--shift-by", "-10"], 960),
+        (vec!["--to-earliest"], 0),
+        (vec!["--shift-by", "25"], 100),
+        (vec!["--to-latest"], 1000),
+        (vec!["--to-datetime", "2000-01-01T00:00:00Z"], 0),
+        (vec!["--to-datetime", "2100-01-01"], 1000),
+    ] {
+        let mut all = vec!["--agent", "to_hits"];
+        all.extend(&args);
+        let out = reset(&broker, &all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(committed(), expect, "{args:?}");
+    }
+}
+
+/// Runs the `sink` example's `reset` command against the broker.
+fn reset(broker: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--broker", broker, "reset"];
+    all.extend(args);
+    common::run_example("sink", &all)
+}
+
+/// The (old, new) offsets `reset` printed, one per partition (`-` for none is 0).
+fn offsets_printed(out: &std::process::Output) -> Vec<(i64, i64)> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (old, new) = (cols.get(3)?, cols.get(4)?);
+            Some((old.parse().unwrap_or(0), new.parse().ok()?))
+        })
+        .collect()
 }

@@ -1,5 +1,5 @@
 //! The command line every rill app gets from `App::main()` (clap): `worker` (the default),
-//! `send`, `agents`, `graph`, `tables`, `dlq list|replay`, and global `--broker`, `--data-dir`, `-X prop=value`, `--web-port`, `--no-web`, `--log`, each also
+//! `send`, `agents`, `graph`, `tables`, `dlq list|replay`, `reset`, and global `--broker`, `--data-dir`, `-X prop=value`, `--web-port`, `--no-web`, `--log`, each also
 //! settable through a `RILL_*` environment variable.
 
 use std::io::Write;
@@ -12,6 +12,7 @@ use crate::base::config::Broker;
 use crate::base::error::{Error, Result};
 use crate::base::message::{Headers, OutRecord, now_millis};
 use crate::entry::app::{App, run_until_signal};
+use crate::entry::reset::{self, ResetRequest, ResetTo};
 use crate::io::store::TableStore;
 use crate::io::transport;
 use crate::wiring::agent::AgentSpec;
@@ -87,6 +88,37 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Move agents' consumer groups on their source topics (all agents, or each --agent), and
+    /// with --local-state remove their table and window state; refused while they run.
+    Reset(ResetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("to").required(true).multiple(false)))]
+struct ResetArgs {
+    /// An agent to reset (repeatable; default: every agent of the app).
+    #[arg(long = "agent", value_name = "AGENT")]
+    agents: Vec<String>,
+    /// To the oldest record each partition still has.
+    #[arg(long, group = "to")]
+    to_earliest: bool,
+    /// To the end: what was written so far is skipped.
+    #[arg(long, group = "to")]
+    to_latest: bool,
+    /// To the first record at or after a time: RFC 3339 (`2026-12-01T08:00:00Z`), a date,
+    /// ms since the epoch, or an age (`2h`, `1d`).
+    #[arg(long, group = "to", value_name = "TIME")]
+    to_datetime: Option<String>,
+    /// By N records from the committed offset (negative: back).
+    #[arg(long, group = "to", value_name = "N", allow_hyphen_values = true)]
+    shift_by: Option<i64>,
+    /// Also remove this host's copy of the agents' tables and window and join state (each is
+    /// rebuilt from its changelog at the next start).
+    #[arg(long)]
+    local_state: bool,
+    /// Print the old and new offsets only.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,7 +222,50 @@ fn run(app: &mut App, cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<()>
         Command::Tables { name: None, .. } => runtime.block_on(list_tables(app, &config)),
         Command::Tables { name: Some(name), key, json: _ } => print_table(&config, &name, key.as_deref()),
         Command::Dlq { command } => runtime.block_on(dlq(app, &config, command)),
+        Command::Reset(args) => reset_command(app, &config, args),
     }
+}
+
+fn reset_command(app: &App, config: &crate::base::config::Config, args: ResetArgs) -> Result<()> {
+    // clap lets exactly one of them through.
+    let to = match (
+        args.to_earliest,
+        args.to_latest,
+        args.to_datetime,
+        args.shift_by,
+    ) {
+        (true, ..) => ResetTo::Earliest,
+        (_, true, ..) => ResetTo::Latest,
+        (_, _, Some(text), _) => ResetTo::Datetime(parse_datetime(&text)?),
+        (.., Some(n)) => ResetTo::ShiftBy(n),
+        _ => {
+            return Err(Error::config(
+                "reset",
+                "say where to: --to-earliest, --to-latest, --to-datetime or --shift-by",
+            ));
+        }
+    };
+    let request = ResetRequest {
+        agents: args.agents,
+        to,
+        local_state: args.local_state,
+        dry_run: args.dry_run,
+    };
+    let transport = transport::open(config)?;
+    let mut out = std::io::stdout().lock();
+    reset::run(&app.agent_specs(), config, &transport, &request, &mut out)
+}
+
+fn parse_datetime(text: &str) -> Result<i64> {
+    crate::base::time::parse_instant(text).ok_or_else(|| {
+        Error::config(
+            "--to-datetime",
+            format!(
+                "`{}` is none of a time like `2026-12-01T08:00:00Z`, a date, milliseconds since the epoch, or an age like `2h`",
+                text.trim()
+            ),
+        )
+    })
 }
 
 async fn send(

@@ -2,4 +2,5 @@
 
 pub mod app;
 pub(crate) mod cli;
+pub(crate) mod reset;
 pub mod testing;

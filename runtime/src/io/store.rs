@@ -237,6 +237,29 @@ impl TableStore {
         Ok(raw.and_then(|b| serde_json::from_slice(b).ok()))
     }
 
+    /// The tables with a local copy of some partition (tables, window and join state).
+    pub(crate) fn tables(&self) -> Result<Vec<String>> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err("", "starting a read"))?;
+        let mut out: Vec<String> = Vec::new();
+        for item in self
+            .meta
+            .iter(&rtxn)
+            .map_err(self.err("", "reading meta"))?
+        {
+            let (k, _) = item.map_err(self.err("", "reading meta"))?;
+            let name = k.split(|b| *b == 0).next().unwrap_or_default();
+            let name = String::from_utf8_lossy(name);
+            if out.last().map(String::as_str) != Some(&*name) {
+                out.push(name.into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Partitions with a local copy of a table.
     pub(crate) fn partitions(&self, table: &str) -> Result<Vec<i32>> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());

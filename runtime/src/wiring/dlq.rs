@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
@@ -26,36 +25,18 @@ pub(crate) struct Selection {
     pub(crate) filter: Option<String>,
 }
 
-/// Parses `--from`: milliseconds since the epoch, or an age such as `30s`, `15m`, `2h`, `1d`.
+/// Parses `--from`: milliseconds since the epoch, an age such as `30s`, `15m`, `2h`, `1d`, or
+/// an RFC 3339 time (see `time::parse_instant`).
 pub(crate) fn parse_from(text: &str) -> Result<i64> {
-    let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let unit = match unit {
-        "ms" => Duration::from_millis(1),
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        "d" => Duration::from_secs(86_400),
-        _ => Duration::ZERO,
-    };
-    match n.parse::<u32>() {
-        Ok(n) if !unit.is_zero() => {
-            let age = i64::try_from((unit * n).as_millis()).unwrap_or(i64::MAX);
-            Ok(now_millis().saturating_sub(age))
-        }
-        _ => Err(Error::config(
+    crate::base::time::parse_instant(text).ok_or_else(|| {
+        Error::config(
             "--from",
             format!(
-                "`{text}` is neither milliseconds since the epoch nor an age like `30m`, `2h` or `1d`"
+                "`{}` is none of milliseconds since the epoch, an age like `30m`, `2h` or `1d`, or a time like `2026-12-01T08:00:00Z`",
+                text.trim()
             ),
-        )),
-    }
+        )
+    })
 }
 
 fn topic_of(spec: &AgentSpec, config: &Config) -> String {

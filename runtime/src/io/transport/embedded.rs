@@ -633,6 +633,26 @@ impl EmbeddedLog {
         Ok((low as i64, state.next as i64))
     }
 
+    /// The offset of a partition's first record with a timestamp at or after `ms`, or its end.
+    /// A scan: the log keeps no time index (the `reset` command only).
+    pub(crate) fn offset_for_time(&self, topic: &str, partition: i32, ms: i64) -> Result<i64> {
+        let (low, end) = self.watermarks(topic, partition)?;
+        let topic: Arc<str> = Arc::from(topic);
+        let mut from = low;
+        while from < end {
+            let records = self.read(&topic, partition, from, 1000)?;
+            let Some(last) = records.last() else { break };
+            if let Some(hit) = records
+                .iter()
+                .find(|r| r.timestamp.is_some_and(|t| t >= ms))
+            {
+                return Ok(hit.offset);
+            }
+            from = last.offset + 1;
+        }
+        Ok(end)
+    }
+
     /// The committed offset of a group on a partition.
     pub(crate) fn committed(
         &self,
@@ -937,6 +957,15 @@ impl Log for EmbeddedLog {
 
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
         EmbeddedLog::committed(self, group, topic, partition)
+    }
+
+    fn offset_for_time(&self, topic: &str, partition: i32, ms: i64) -> Result<i64> {
+        EmbeddedLog::offset_for_time(self, topic, partition, ms)
+    }
+
+    fn reset_offsets(&self, group: &str, offsets: &[(Tp, i64)]) -> Result<()> {
+        self.append(&[], Some((group.to_owned(), offsets.to_vec())))
+            .map(|_| ())
     }
 
     fn start_fetcher(

@@ -302,6 +302,14 @@ pub(crate) trait Log: Send + Sync {
     /// The offset `group` committed on a partition (blocking).
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>>;
 
+    /// The offset of a partition's first record with a timestamp at or after `ms`; the end
+    /// when there is none (blocking).
+    fn offset_for_time(&self, topic: &str, partition: i32, ms: i64) -> Result<i64>;
+
+    /// Sets `group`'s committed offsets from outside the group: the `reset` command, while
+    /// the group has no members (blocking).
+    fn reset_offsets(&self, group: &str, offsets: &[(Tp, i64)]) -> Result<()>;
+
     /// Starts the fetcher of one agent's consumer group: a thread handing batches to
     /// `router`, until `stop`. A partition the group has no committed offset for (or one
     /// before the log's start) is read from where `reset` says.

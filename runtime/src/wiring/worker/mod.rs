@@ -3,6 +3,7 @@
 //! Starting is: check the declarations (`validate`), the web server, the topics and tables
 //! (`tables`), then each agent (`spawn`), whose instances run the agent function (`run`).
 
+pub(crate) mod lock;
 mod run;
 mod spawn;
 mod tables;
@@ -97,6 +98,8 @@ pub struct Worker {
     observer: Arc<Observer>,
     web: Option<crate::wiring::web::WebServer>,
     metrics_export: Option<crate::wiring::otlp_metrics::MetricsExporter>,
+    /// On the embedded log: the data dir, held shared against `reset` (see `lock`).
+    _data_lock: Option<lock::DataDirLock>,
 }
 
 impl Worker {
@@ -109,6 +112,7 @@ impl Worker {
         registry: prometheus_client::registry::Registry,
     ) -> Result<Worker> {
         let all_topics = validate::declarations(&agents, &topics)?;
+        let data_lock = lock::hold_shared(config)?;
         let store = StoreCell::new(config);
         let observer = observer(config, &transport, &store, &agents, registry);
         // The web server is up before the consumers join their groups: they advertise its
@@ -135,6 +139,7 @@ impl Worker {
             observer: observer.clone(),
             web,
             metrics_export: crate::wiring::otlp_metrics::MetricsExporter::start(config, observer)?,
+            _data_lock: data_lock,
         };
         worker
             .registry

@@ -168,6 +168,14 @@ impl Log for KafkaTransport {
         read::committed_offset(&self.base, group, topic, partition)
     }
 
+    fn offset_for_time(&self, topic: &str, partition: i32, ms: i64) -> Result<i64> {
+        read::offset_for_time(&self.base, &self.admin(), topic, partition, ms)
+    }
+
+    fn reset_offsets(&self, group: &str, offsets: &[(Tp, i64)]) -> Result<()> {
+        read::commit_group_offsets(&self.base, group, offsets)
+    }
+
     fn start_fetcher(
         &self,
         group: &str,

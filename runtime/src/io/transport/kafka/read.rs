@@ -1,6 +1,6 @@
 //! Reading a partition outside the agents' consumer groups: a range of a changelog (recovery)
-//! or of a dead-letter topic, each with a consumer of its own, and the offset a group
-//! committed.
+//! or of a dead-letter topic, each with a consumer of its own; the offset a group committed,
+//! the offset of a time, and committing a group's offsets from outside it (`reset`).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -159,4 +159,52 @@ pub(super) fn committed_offset(
         .find_partition(topic, partition)
         .and_then(|e| e.offset().to_raw())
         .filter(|o| *o >= 0))
+}
+
+/// The offset of the first record of `topic[partition]` with a timestamp at or after `ms`, or
+/// the partition's end when there is none (blocking).
+pub(super) fn offset_for_time(
+    base: &ClientConfig,
+    admin: &Admin<'_>,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+) -> Result<i64> {
+    let consumer: BaseConsumer<LogContext> = base
+        .create_with_context(LogContext)
+        .map_err(|e| creation_error(base, "creating a consumer to look up offsets by time", e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ms))
+        .map_err(|e| Error::kafka("building an offsets-for-times request", e))?;
+    let found = consumer
+        .offsets_for_times(tpl, METADATA_TIMEOUT)
+        .map_err(|e| Error::kafka(format!("looking up {topic}[{partition}] by time"), e))?;
+    match found.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) if o >= 0 => Ok(o),
+        // No record that recent: the end, as Kafka's reset tool does.
+        _ => Ok(admin.watermarks(topic, partition)?.1),
+    }
+}
+
+/// Commits `offsets` for `group` from outside the group (the `reset` command), as Kafka's
+/// tools do: the broker accepts it while the group has no members (blocking).
+pub(super) fn commit_group_offsets(
+    base: &ClientConfig,
+    group: &str,
+    offsets: &[(crate::io::transport::Tp, i64)],
+) -> Result<()> {
+    let consumer: BaseConsumer<LogContext> = base
+        .clone()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(LogContext)
+        .map_err(|e| creation_error(base, "creating a consumer to commit offsets", e))?;
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| Error::kafka("building an offset commit", e))?;
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| Error::kafka(format!("committing the offsets of group `{group}`"), e))
 }
