@@ -197,6 +197,11 @@ pub struct Config {
     /// The web address other workers and clients use to reach this one
     /// (`RILL_WEB_ADVERTISE`, e.g. `http://worker-3:6066`; default: the bound address).
     pub web_advertise: Option<String>,
+    /// This worker's stable identity in its consumer groups on Kafka (`--instance-id`,
+    /// `RILL_INSTANCE_ID`; Kafka's `group.instance.id`, static membership). A worker restarted
+    /// with the same id within `session.timeout.ms` (45 s by default) gets its partitions back
+    /// without a rebalance, so a rolling deploy moves nothing. Unique per worker of an app.
+    pub instance_id: Option<String>,
     /// Where agents without their own `offset_reset` start on a partition their group has
     /// no committed offset for (`RILL_OFFSET_RESET`, or `-X auto.offset.reset`; default
     /// earliest). See [`OffsetReset`].
@@ -222,6 +227,10 @@ const RESERVED_KAFKA: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
         "offsets are committed after what a record produced is durable",
+    ),
+    (
+        "group.instance.id",
+        "each agent's consumer of this worker gets it; set --instance-id or RILL_INSTANCE_ID",
     ),
     (
         "transactional.id",
@@ -269,6 +278,7 @@ impl Config {
             web_port: None,
             web_token: None,
             web_advertise: None,
+            instance_id: None,
             telemetry: crate::base::telemetry::TelemetryConfig::default(),
         }
     }
@@ -310,6 +320,9 @@ impl Config {
                 self.web_token = Some(value.trim().to_owned());
             }
             "RILL_WEB_ADVERTISE" if !value.is_empty() => self.web_advertise = Some(value),
+            "RILL_INSTANCE_ID" if !value.trim().is_empty() => {
+                self.instance_id = Some(value.trim().to_owned());
+            }
             "RILL_PARTITIONS" => self.partitions = parse_num(name, &value, 1)?,
             "RILL_WORKER_THREADS" => self.worker_threads = parse_num(name, &value, 1)?,
             "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(name, &value, 1 << 20)?,
@@ -387,6 +400,14 @@ impl Config {
             return Err(Error::config(
                 "web_token (RILL_WEB_TOKEN)",
                 "must be non-empty, without spaces or control characters (it is sent as `Authorization: Bearer <token>`)",
+            ));
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::config(
+                "instance_id (--instance-id, RILL_INSTANCE_ID)",
+                "must be non-empty, without spaces, and unique per worker (e.g. the pod name)",
             ));
         }
         self.check_kafka_properties()?;

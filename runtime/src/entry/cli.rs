@@ -41,6 +41,10 @@ struct Cli {
     /// 0 picks a free port [env RILL_WEB_PORT; default 6066 for `worker`].
     #[arg(long, global = true, value_name = "PORT")]
     web_port: Option<u16>,
+    /// This worker's stable identity in its consumer groups (Kafka static membership): a
+    /// restart with the same id rebalances nothing [env RILL_INSTANCE_ID].
+    #[arg(long, global = true, value_name = "ID")]
+    instance_id: Option<String>,
     /// Run the worker without the web server.
     #[arg(long, global = true)]
     no_web: bool,
@@ -193,6 +197,9 @@ fn run(app: &mut App, cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<()>
     }
     if let Some(port) = cli.web_port {
         config.web_port = Some(port);
+    }
+    if let Some(id) = cli.instance_id {
+        config.instance_id = Some(id);
     }
     if cli.no_web {
         config.web_port = None;

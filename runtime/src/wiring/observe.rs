@@ -99,6 +99,19 @@ impl Observer {
         })
     }
 
+    /// Partition assignments and revocations an agent's consumers have seen so far
+    /// (`rill_rebalances_total`); `None` for an agent the worker does not run.
+    pub(crate) fn rebalances(&self, agent: &str) -> Option<(u64, u64)> {
+        let agents = self.agents();
+        let view = agents.iter().find(|a| &*a.name == agent)?;
+        Some(view.routers().iter().fold((0, 0), |(a, r), router| {
+            (
+                a + load(&router.assigned_count),
+                r + load(&router.revoked_count),
+            )
+        }))
+    }
+
     fn agents(&self) -> std::sync::RwLockReadGuard<'_, Vec<AgentView>> {
         self.agents.read().unwrap_or_else(|p| p.into_inner())
     }

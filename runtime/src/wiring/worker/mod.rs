@@ -192,6 +192,12 @@ impl Worker {
         self.observer.ready()
     }
 
+    /// How many times an agent's consumers were assigned partitions and had them revoked
+    /// (`rill_rebalances_total`); `None` for an agent the worker does not run.
+    pub fn rebalances(&self, agent: &str) -> Option<(u64, u64)> {
+        self.observer.rebalances(agent)
+    }
+
     /// Counters of an agent (all instances).
     pub fn stats(&self, agent: &str) -> Option<Arc<AgentStats>> {
         self.stats.get(agent).cloned()

@@ -30,13 +30,15 @@ const FETCH_BATCH_MAX: usize = 2000;
 /// The config of an agent group's consumer: rill stores and commits its offsets itself, the
 /// `range` assignor keeps co-partitioned topics together, `reset` is the agent's
 /// `offset_reset`, and `web_url` is advertised in its `client.id` (see
-/// `KafkaTransport::web_url`). `Config::validate` refuses user values for what is set here.
+/// `KafkaTransport::web_url`); `instance_id` makes it a static member. `Config::validate`
+/// refuses user values for what is set here.
 pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
     reset: OffsetReset,
     read_committed: bool,
     web_url: Option<&str>,
+    instance_id: Option<&str>,
 ) -> ClientConfig {
     let mut config = base.clone();
     config
@@ -45,6 +47,10 @@ pub(super) fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset.as_str())
         .set("partition.assignment.strategy", "range");
+    if let Some(id) = instance_id {
+        // Static membership: a restart inside `session.timeout.ms` rebalances nothing.
+        config.set("group.instance.id", id);
+    }
     if read_committed {
         // Only committed transactions' records reach agents.
         config.set("isolation.level", "read_committed");

@@ -64,6 +64,8 @@ pub(crate) struct KafkaTransport {
     web_url: std::sync::OnceLock<String>,
     /// Exactly-once: the worker's transactional producer (agents' sends go through it).
     txn: Option<Arc<txn::Transactions>>,
+    /// `group.instance.id` of the agents' consumers (`Config::instance_id`).
+    instance_id: Option<String>,
 }
 
 impl KafkaTransport {
@@ -100,6 +102,7 @@ impl KafkaTransport {
             health: Arc::new(Health::default()),
             web_url: std::sync::OnceLock::new(),
             txn,
+            instance_id: config.instance_id.clone(),
         }))
     }
 
@@ -191,6 +194,7 @@ impl Log for KafkaTransport {
             reset,
             read_committed,
             self.web_url.get().map(String::as_str),
+            self.instance_id.as_deref(),
         );
         let context = FetchContext::new(router.clone(), self.health.clone(), read_committed);
         let consumer = fetch::subscribed_consumer(&config, context, group, &topics)?;
