@@ -234,21 +234,6 @@ async fn a_clean_restart_continues_where_it_stopped() -> rill::Result<()> {
     app.stop().await
 }
 
-#[agent(topic = "ticks", sink = "seen", offset_reset = "latest")]
-async fn relay_new(ticks: Stream<Tick>, seen: Sink<Seen>) -> rill::Result<()> {
-    let mut ticks = ticks.events();
-    while let Some(t) = ticks.next().await {
-        let out = Seen {
-            user: t.user.clone(),
-            seq: t.seq,
-            partition: t.meta.partition,
-            offset: t.meta.offset,
-        };
-        seen.send(&out).await?;
-    }
-    Ok(())
-}
-
 /// Sends tick `seq` of users 0..10 and flushes.
 async fn send_round(app: &TestApp, seq: u64) -> rill::Result<()> {
     for u in 0..10 {
@@ -273,31 +258,36 @@ async fn offset_reset_latest_starts_a_new_group_at_the_end_and_earliest_at_the_s
     app.expect::<Seen>("seen", 10).await?;
     app.stop().await?;
 
-    // A new group with `latest` skips the 10 ticks already written; `relay` (earliest, its
-    // offsets committed) goes on where it stopped.
-    let app = App::new("reset")
-        .agents([relay::agent(), relay_new::agent()])
+    // Another app id is another group (`<app>-relay`), new to the 10 ticks written: with
+    // `latest` it reads only what comes after it started.
+    let app = App::new("reset-latest")
+        .agents([relay::agent().offset_reset(rill::OffsetReset::Latest)])
         .test_in(dir.path())
         .await?;
     app.wait_ready().await?;
     send_round(&app, 1).await?;
-    app.expect::<Seen>("seen", 30).await?;
+    app.expect::<Seen>("seen", 20).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen: Vec<Seen> = app.read("seen")?;
-    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
-    assert_eq!(seen.len(), 30, "{seqs:?}");
-    assert_eq!(seqs.iter().filter(|&&s| s == 1).count(), 20, "{seqs:?}");
+    let seqs: Vec<u64> = app.read::<Seen>("seen")?.iter().map(|s| s.seq).collect();
+    assert_eq!(seqs.len(), 20, "{seqs:?}");
+    assert_eq!(seqs.iter().filter(|&&s| s == 1).count(), 10, "{seqs:?}");
     app.stop().await?;
 
-    // The app-wide default: a third group, `latest` from App::offset_reset, reads nothing old.
-    let app = App::new("reset")
+    // The app-wide default does the same; a group with the default, earliest, reads all 20.
+    let app = App::new("reset-app-wide")
         .offset_reset(rill::OffsetReset::Latest)
-        .agents([relay::agent().group("reset-third")])
+        .agents([relay::agent()])
         .test_in(dir.path())
         .await?;
     app.wait_ready().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.count("seen")?, 30, "the third group read old ticks");
+    assert_eq!(app.count("seen")?, 20, "a `latest` group read old ticks");
+    app.stop().await?;
+    let app = App::new("reset-earliest")
+        .agents([relay::agent()])
+        .test_in(dir.path())
+        .await?;
+    app.expect::<Seen>("seen", 40).await?;
     app.stop().await
 }
 

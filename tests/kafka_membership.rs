@@ -8,31 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use rill::{AgentSpec, App, TopicSpec};
-
-/// An agent copying `source` to `sink` unchanged.
-fn relay(source: &str, sink: &str) -> AgentSpec {
-    AgentSpec::new("relay", "tests/kafka_membership.rs")
-        .source(TopicSpec::of::<String>(source, "tests/kafka_membership.rs"))
-        .sink(TopicSpec::of::<String>(sink, "tests/kafka_membership.rs"))
-        .run(|mut ctx| async move {
-            let mut input = ctx.stream::<String>()?;
-            let out = ctx.sink::<String>()?;
-            while let Some(value) = input.next().await {
-                out.send(&value).await?;
-            }
-            Ok(())
-        })
-}
-
-fn values(prefix: &str, n: usize) -> Vec<(Option<String>, String)> {
-    (0..n)
-        .map(|i| {
-            let v = format!("{prefix}-{i}");
-            (Some(v.clone()), serde_json::json!(v).to_string())
-        })
-        .collect()
-}
+use rill::App;
 
 struct Setup {
     bootstrap: String,
@@ -46,7 +22,7 @@ impl Setup {
         let id = instance.map(str::to_owned);
         common::kafka_app(&self.app_id, &self.bootstrap, data)
             .configure(move |c| c.instance_id = id)
-            .agents([relay(&self.input, &self.output)])
+            .agents([common::string_relay("relay", &self.input, &self.output)])
     }
 }
 
@@ -81,7 +57,7 @@ async fn restart_one_of_two(static_members: bool) -> rill::Result<u64> {
         common::produce(
             &common::producer(&setup.bootstrap),
             &setup.input,
-            &values("v", 200),
+            &common::json_strings("v", 200),
         );
         let out = common::consume(
             &setup.bootstrap,

@@ -8,28 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use rill::{AgentSpec, OffsetReset, TopicSpec};
-
-/// An agent copying `source` to `sink` unchanged.
-fn relay(name: &str, source: &str, sink: &str) -> AgentSpec {
-    AgentSpec::new(name, "tests/kafka_offsets.rs")
-        .source(TopicSpec::of::<String>(source, "tests/kafka_offsets.rs"))
-        .sink(TopicSpec::of::<String>(sink, "tests/kafka_offsets.rs"))
-        .run(|mut ctx| async move {
-            let mut input = ctx.stream::<String>()?;
-            let out = ctx.sink::<String>()?;
-            while let Some(value) = input.next().await {
-                out.send(&value).await?;
-            }
-            Ok(())
-        })
-}
-
-fn values(prefix: &str, n: usize) -> Vec<(Option<String>, String)> {
-    (0..n)
-        .map(|i| (None, serde_json::json!(format!("{prefix}-{i}")).to_string()))
-        .collect()
-}
+use rill::OffsetReset;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_skips_what_was_written_before_the_group_and_earliest_reads_it() -> rill::Result<()>
@@ -42,15 +21,19 @@ async fn latest_skips_what_was_written_before_the_group_and_earliest_reads_it() 
     let (from_start, from_end) = (format!("ko_start_{run}"), format!("ko_end_{run}"));
     tokio::task::block_in_place(|| {
         common::create_topic(&bootstrap, &input, 2, &[]);
-        common::produce(&common::producer(&bootstrap), &input, &values("old", 10));
+        common::produce(
+            &common::producer(&bootstrap),
+            &input,
+            &common::json_strings("old", 10),
+        );
     });
     let dir = tempfile::tempdir().expect("tempdir");
     // `-X auto.offset.reset=latest` is the app's default; one agent overrides it.
     let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
         .kafka_property("auto.offset.reset", "latest")
         .agents([
-            relay("all", &input, &from_start).offset_reset(OffsetReset::Earliest),
-            relay("new", &input, &from_end),
+            common::string_relay("all", &input, &from_start).offset_reset(OffsetReset::Earliest),
+            common::string_relay("new", &input, &from_end),
         ])
         .start()
         .await?;
@@ -61,12 +44,16 @@ async fn latest_skips_what_was_written_before_the_group_and_earliest_reads_it() 
         let producer = common::producer(&bootstrap);
         let mut probes = 0;
         common::wait_for("the `latest` agent reads", Duration::from_secs(60), || {
-            common::produce(&producer, &input, &values(&format!("probe{probes}"), 1));
+            common::produce(
+                &producer,
+                &input,
+                &common::json_strings(&format!("probe{probes}"), 1),
+            );
             probes += 1;
             let partitions = common::partition_count(&bootstrap, &from_end).unwrap_or(0);
             common::end_offsets(&bootstrap, &from_end, partitions as i32) > 0
         });
-        common::produce(&producer, &input, &values("new", 5));
+        common::produce(&producer, &input, &common::json_strings("new", 5));
     });
     let count = |got: &[common::Read], prefix: &str| {
         got.iter()

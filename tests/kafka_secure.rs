@@ -15,24 +15,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use rill::{AgentSpec, App, TopicSpec};
+use rill::App;
 
 const PORT: u16 = 19892;
-
-/// An agent copying `source` to `sink` unchanged.
-fn relay(source: &str, sink: &str) -> AgentSpec {
-    AgentSpec::new("relay", "tests/kafka_secure.rs")
-        .source(TopicSpec::of::<String>(source, "tests/kafka_secure.rs"))
-        .sink(TopicSpec::of::<String>(sink, "tests/kafka_secure.rs"))
-        .run(|mut ctx| async move {
-            let mut input = ctx.stream::<String>()?;
-            let out = ctx.sink::<String>()?;
-            while let Some(value) = input.next().await {
-                out.send(&value).await?;
-            }
-            Ok(())
-        })
-}
 
 /// An app at `bootstrap` with librdkafka `settings`.
 fn app(app_id: &str, bootstrap: &str, data: &std::path::Path, settings: &[(&str, &str)]) -> App {
@@ -81,7 +66,7 @@ async fn relays_and_commits(
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = app(&app_id, listener, dir.path(), settings)
-        .agents([relay(&input, &output)])
+        .agents([common::string_relay("relay", &input, &output)])
         .start()
         .await?;
     let out = tokio::task::block_in_place(|| {
@@ -106,7 +91,8 @@ async fn refused(listener: &str, settings: &[(&str, &str)]) -> String {
     let run = common::run_id();
     let started = Instant::now();
     let attempt = app(&format!("ks_refused_{run}"), listener, dir.path(), settings)
-        .agents([relay(
+        .agents([common::string_relay(
+            "relay",
             &format!("ks_refused_in_{run}"),
             &format!("ks_refused_out_{run}"),
         )])

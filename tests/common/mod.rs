@@ -8,8 +8,9 @@
 //!   rdkafka producers and consumers, topics and their configs, watermarks, committed offsets,
 //!   run ids.
 //! - [`wait`]: bounded waiting for a condition, and settling before looking for extra output.
-//! - [`worker`]: counters of a worker started in-process, waiting for it to be ready, and the
-//!   error it stops with (the test harness's `TestApp` has `stat` and `wait_until` of its own).
+//! - [`worker`]: counters of a worker started in-process, waiting for it to be ready, the
+//!   error it stops with (the test harness's `TestApp` has `stat` and `wait_until` of its own),
+//!   and a relay agent of JSON strings with its input.
 //! - [`http`]: a plain HTTP/1.1 GET for the worker's web server.
 //! - [`prometheus`]: samples of the Prometheus text at `/metrics`.
 //! - [`otlp`]: rill's telemetry pointed at OTLP trace and metrics receivers, and reading and
@@ -46,4 +47,4 @@ pub(crate) use process::{
     table_json, table_of, terminate, wait_exit, wait_lines, wait_log,
 };
 pub(crate) use wait::{settle, wait_for, wait_for_async};
-pub(crate) use worker::{stat, stop_error, wait_ready};
+pub(crate) use worker::{json_strings, stat, stop_error, string_relay, wait_ready};

@@ -39,3 +39,30 @@ pub(crate) async fn wait_ready(worker: &rill::Worker, within: Duration) {
         }
     }
 }
+
+/// An agent copying JSON strings from `source` to `sink` unchanged, declared by hand (not
+/// with `#[agent]`) so each test picks its topics.
+pub(crate) fn string_relay(name: &str, source: &str, sink: &str) -> rill::AgentSpec {
+    use rill::TopicSpec;
+    rill::AgentSpec::new(name, "tests/common/worker.rs")
+        .source(TopicSpec::of::<String>(source, "tests/common/worker.rs"))
+        .sink(TopicSpec::of::<String>(sink, "tests/common/worker.rs"))
+        .run(|mut ctx| async move {
+            let mut input = ctx.stream::<String>()?;
+            let out = ctx.sink::<String>()?;
+            while let Some(value) = input.next().await {
+                out.send(&value).await?;
+            }
+            Ok(())
+        })
+}
+
+/// `n` keyed JSON strings `"<prefix>-<i>"` for `common::produce`.
+pub(crate) fn json_strings(prefix: &str, n: usize) -> Vec<(Option<String>, String)> {
+    (0..n)
+        .map(|i| {
+            let v = format!("{prefix}-{i}");
+            (Some(v.clone()), serde_json::json!(v).to_string())
+        })
+        .collect()
+}
