@@ -202,6 +202,10 @@ pub struct Config {
     /// with the same id within `session.timeout.ms` (45 s by default) gets its partitions back
     /// without a rebalance, so a rolling deploy moves nothing. Unique per worker of an app.
     pub instance_id: Option<String>,
+    /// How many other workers keep a warm copy of each table partition on Kafka
+    /// (`RILL_STANDBY_REPLICAS`; default 0; Kafka Streams' `num.standby.replicas`): a worker
+    /// taking a partition over then replays only the changelog's tail. See `wiring::standby`.
+    pub standby_replicas: usize,
     /// Where agents without their own `offset_reset` start on a partition their group has
     /// no committed offset for (`RILL_OFFSET_RESET`, or `-X auto.offset.reset`; default
     /// earliest). See [`OffsetReset`].
@@ -279,6 +283,7 @@ impl Config {
             web_token: None,
             web_advertise: None,
             instance_id: None,
+            standby_replicas: 0,
             telemetry: crate::base::telemetry::TelemetryConfig::default(),
         }
     }
@@ -324,6 +329,7 @@ impl Config {
                 self.instance_id = Some(value.trim().to_owned());
             }
             "RILL_PARTITIONS" => self.partitions = parse_num(name, &value, 1)?,
+            "RILL_STANDBY_REPLICAS" => self.standby_replicas = parse_num(name, &value, 0)?,
             "RILL_WORKER_THREADS" => self.worker_threads = parse_num(name, &value, 1)?,
             "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(name, &value, 1 << 20)?,
             "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(name, &value, 1 << 20)?,

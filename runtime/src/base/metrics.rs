@@ -31,6 +31,7 @@
 //! | `rill_late_records_total`, `rill_windows_closed_total` | counter | agent |
 //! | `rill_table_keys`, `rill_table_bytes` | gauge | table |
 //! | `rill_recovery_records_total`, `rill_recovery_target_records_total` (changelog offsets) | counter | agent |
+//! | `rill_standby_records_total` (changelog offsets replayed into standby copies) | counter | agent |
 //! | `rill_rebalances_total` | counter | agent, kind (`assigned`, `revoked`) |
 //! | `rill_ready` | gauge | |
 
@@ -191,6 +192,9 @@ pub struct AgentStats {
     pub restored: AtomicU64,
     /// Changelog offsets recovery set out to cover (with `restored`: its progress).
     pub restore_total: AtomicU64,
+    /// Changelog offsets covered keeping standby copies of partitions this worker does not
+    /// own warm (`Config::standby_replicas`).
+    pub standby_replayed: AtomicU64,
     /// Records that arrived after their window had closed (dropped, or sent to a late topic).
     pub late_records: AtomicU64,
     /// Records skipped by windows because they carried no event time.

@@ -8,6 +8,7 @@ pub(crate) mod pipeline;
 pub mod producer;
 pub(crate) mod pump;
 pub(crate) mod registry;
+pub(crate) mod standby;
 pub(crate) mod store_cell;
 pub mod topology;
 pub(crate) mod web;

@@ -379,6 +379,13 @@ fn encode_recovery(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt:
         "rill_recovery_target_records",
         "Changelog offsets table recoveries set out to cover (with rill_recovery_records_total: their progress)",
         &|s| load(&s.restore_total),
+    )?;
+    counter(
+        e,
+        agents,
+        "rill_standby_records",
+        "Changelog offsets covered keeping standby copies of other workers' table partitions warm",
+        &|s| load(&s.standby_replayed),
     )
 }
 

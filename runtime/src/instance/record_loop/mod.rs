@@ -261,16 +261,17 @@ impl RecordLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(core.clone());
-        let mut tables = self
+        let (mut tables, gate) = self
             .recovery
             .as_ref()
-            .map(|r| r.tables.clone())
+            .map(|r| (r.tables.clone(), r.gate.clone()))
             .unwrap_or_default();
         tables.push(def);
         self.recovery = Some(Arc::new(Recovery {
             tables,
             reader,
             stats: self.shared.stats.clone(),
+            gate,
         }));
         core
     }

@@ -3,6 +3,10 @@
 //! already reached. After a clean shutdown that is nothing; after a crash, the tail; with no
 //! local copy (a new machine), or one older than the changelog's start (compaction dropped
 //! records), the partition is rebuilt from the beginning.
+//!
+//! Standby replicas (`Config::standby_replicas`) use the same replay to keep partitions this
+//! worker does not own warm ([`Recovery::warm`]): when one is assigned, recovery replays only
+//! the tail. A gate keeps a standby replay and an owner's recovery off one partition at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +23,9 @@ pub(crate) struct Recovery {
     pub(crate) tables: Vec<Arc<TableDef>>,
     pub(crate) reader: Arc<dyn Log>,
     pub(crate) stats: Arc<crate::base::metrics::AgentStats>,
+    /// Held while a table partition replays (recovery or standby); shared by the agent's
+    /// recoveries (an instance extends its own with window tables).
+    pub(crate) gate: Arc<std::sync::Mutex<()>>,
 }
 
 impl Recovery {
@@ -36,6 +43,7 @@ impl Recovery {
         let mut resume = HashMap::new();
         for def in &self.tables {
             for &p in &numbers {
+                let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
                 let meta = self.recover_partition(agent, def, p)?;
                 for (topic, next) in meta.source {
                     if let Some(tp) = partitions.iter().find(|(t, q)| **t == *topic && *q == p) {
@@ -46,6 +54,31 @@ impl Recovery {
             }
         }
         Ok(resume)
+    }
+
+    /// Standby: brings this worker's copy of every table's `partition` up to its changelog's
+    /// end, while `standby` says the partition is still not this worker's (asked under the
+    /// gate, so an assignment in between waits and recovers only what is left). Returns the
+    /// changelog records replayed (counted in `AgentStats::standby_replayed`).
+    pub(crate) fn warm(&self, partition: i32, standby: impl Fn() -> bool) -> Result<u64> {
+        let mut replayed = 0;
+        for def in &self.tables {
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            if !standby() {
+                return Ok(replayed);
+            }
+            let (low, high) = self.reader.watermarks(&def.changelog, partition)?;
+            let mut meta = starting_point(def, partition, low, high)?;
+            if meta.changelog >= high {
+                continue;
+            }
+            let before = meta.changelog;
+            let mut progress = Progress::new(high - before);
+            let counter = &self.stats.standby_replayed;
+            self.replay(def, partition, &mut meta, high, &mut progress, counter)?;
+            replayed += (meta.changelog - before).max(0) as u64;
+        }
+        Ok(replayed)
     }
 
     fn recover_partition(
@@ -64,7 +97,14 @@ impl Recovery {
             tracing::info!(agent, table = %def.name, partition, records = total, from = meta.changelog, "recovering table partition from its changelog");
         }
         let mut progress = Progress::new(total);
-        self.replay(def, partition, &mut meta, high, &mut progress)?;
+        self.replay(
+            def,
+            partition,
+            &mut meta,
+            high,
+            &mut progress,
+            &self.stats.restored,
+        )?;
         // Offsets compacted away at the end of the changelog count as covered too.
         let rest = high - meta.changelog;
         if rest > 0 {
@@ -97,6 +137,7 @@ impl Recovery {
         meta: &mut PartitionMeta,
         high: i64,
         progress: &mut Progress,
+        counter: &std::sync::atomic::AtomicU64,
     ) -> Result<()> {
         let name = def.name.clone();
         self.reader.read_range(
@@ -112,9 +153,7 @@ impl Recovery {
                 let covered = last.offset + 1 - meta.changelog;
                 meta.changelog = last.offset + 1;
                 progress.done += batch.len() as i64;
-                self.stats
-                    .restored
-                    .fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+                counter.fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
                 let puts = batch
                     .into_iter()
                     .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))

@@ -63,6 +63,7 @@ impl Worker {
                 tables: defs.clone(),
                 reader: tables.reader.clone(),
                 stats: stats.clone(),
+                gate: Arc::default(),
             })
         });
         // Co-partitioned (`validate::co_partitioned`): the first source's count is every one's.
@@ -86,6 +87,7 @@ impl Worker {
             .await?;
         let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
         let committer = self.start_fetcher(config, &spec, &group, &policy, &router)?;
+        self.start_standby(config, &spec, &group, recovery.as_ref(), &router)?;
         let pipeline = AgentPipeline::new(
             &config.app_id,
             Arc::from(spec.name()),
@@ -111,6 +113,39 @@ impl Worker {
         };
         self.spawn_instances(config, &spec, tables, &parts, rxs);
         tracing::info!(agent = %spec.name(), group = %parts.group, instances = spec.concurrency, sources = ?spec.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent started");
+        Ok(())
+    }
+
+    /// Standby replicas of the agent's tables (Kafka, `standby_replicas` > 0).
+    fn start_standby(
+        &mut self,
+        config: &Config,
+        spec: &AgentSpec,
+        group: &Arc<str>,
+        recovery: Option<&Arc<Recovery>>,
+        router: &Arc<Router>,
+    ) -> Result<()> {
+        let (Some(recovery), Some(source)) = (recovery, spec.sources.first()) else {
+            return Ok(());
+        };
+        if config.standby_replicas == 0 || self.transport.system() != "kafka" {
+            return Ok(());
+        }
+        let standby = crate::wiring::standby::Standby {
+            agent: Arc::from(spec.name()),
+            group: group.clone(),
+            topic: source.name.clone(),
+            replicas: config.standby_replicas,
+            recovery: recovery.clone(),
+            router: router.clone(),
+            log: self.transport.clone(),
+        };
+        let thread = standby.spawn(self.stop.clone())?;
+        self.registry
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
         Ok(())
     }
 
