@@ -261,17 +261,17 @@ impl RecordLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(core.clone());
-        let (mut tables, gate) = self
+        let (mut tables, gates) = self
             .recovery
             .as_ref()
-            .map(|r| (r.tables.clone(), r.gate.clone()))
+            .map(|r| (r.tables.clone(), r.gates.clone()))
             .unwrap_or_default();
         tables.push(def);
         self.recovery = Some(Arc::new(Recovery {
             tables,
             reader,
             stats: self.shared.stats.clone(),
-            gate,
+            gates,
         }));
         core
     }

@@ -6,7 +6,8 @@
 //!
 //! Standby replicas (`Config::standby_replicas`) use the same replay to keep partitions this
 //! worker does not own warm ([`Recovery::warm`]): when one is assigned, recovery replays only
-//! the tail. A gate keeps a standby replay and an owner's recovery off one partition at once.
+//! the tail. Gates (striped by partition) keep a standby replay and an owner's recovery off one
+//! partition at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -25,7 +26,25 @@ pub(crate) struct Recovery {
     pub(crate) stats: Arc<crate::base::metrics::AgentStats>,
     /// Held while a table partition replays (recovery or standby); shared by the agent's
     /// recoveries (an instance extends its own with window tables).
-    pub(crate) gate: Arc<std::sync::Mutex<()>>,
+    pub(crate) gates: Arc<ReplayGates>,
+}
+
+/// Locks by partition number (striped), so a standby replay and an owner's recovery never
+/// replay one partition at once while instances recovering their own partitions seldom wait
+/// for each other.
+pub(crate) struct ReplayGates(Vec<std::sync::Mutex<()>>);
+
+impl Default for ReplayGates {
+    fn default() -> Self {
+        ReplayGates((0..16).map(|_| std::sync::Mutex::new(())).collect())
+    }
+}
+
+impl ReplayGates {
+    fn lock(&self, partition: i32) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = partition.unsigned_abs() as usize % self.0.len();
+        self.0[stripe].lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Recovery {
@@ -43,7 +62,7 @@ impl Recovery {
         let mut resume = HashMap::new();
         for def in &self.tables {
             for &p in &numbers {
-                let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+                let _gate = self.gates.lock(p);
                 let meta = self.recover_partition(agent, def, p)?;
                 for (topic, next) in meta.source {
                     if let Some(tp) = partitions.iter().find(|(t, q)| **t == *topic && *q == p) {
@@ -63,7 +82,7 @@ impl Recovery {
     pub(crate) fn warm(&self, partition: i32, standby: impl Fn() -> bool) -> Result<u64> {
         let mut replayed = 0;
         for def in &self.tables {
-            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            let _gate = self.gates.lock(partition);
             if !standby() {
                 return Ok(replayed);
             }

@@ -63,7 +63,7 @@ impl Worker {
                 tables: defs.clone(),
                 reader: tables.reader.clone(),
                 stats: stats.clone(),
-                gate: Arc::default(),
+                gates: Arc::default(),
             })
         });
         // Co-partitioned (`validate::co_partitioned`): the first source's count is every one's.
