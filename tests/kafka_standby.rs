@@ -12,45 +12,6 @@ use std::time::Duration;
 
 const URLS: usize = 2_000;
 
-fn views(range: std::ops::Range<usize>) -> Vec<(Option<String>, String)> {
-    range
-        .map(|i| {
-            let url = format!("/page/{}", i % URLS);
-            let value = serde_json::json!({"user_id": format!("u{i}"), "url": url, "view_time": 1.7e9 + i as f64});
-            (Some(url), value.to_string())
-        })
-        .collect()
-}
-
-/// Highest running total printed per URL.
-fn printed_totals(lines: &[String]) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    for line in lines {
-        let parsed = line
-            .strip_prefix("Running total for ")
-            .and_then(|r| r.rsplit_once(": "))
-            .and_then(|(url, n)| Some((url, n.parse::<u64>().ok()?)));
-        if let Some((url, n)) = parsed {
-            let e = out.entry(url.to_owned()).or_default();
-            *e = (*e).max(n);
-        }
-    }
-    out
-}
-
-/// Changelog records a worker's recoveries replayed, from its log.
-fn replayed(log: &std::path::Path) -> i64 {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.contains("recovering table partition from its changelog"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("records="))
-                .and_then(|n| n.parse::<i64>().ok())
-        })
-        .sum()
-}
-
 /// Runs the scenario with `standby` replicas on a broker at `port`; returns the changelog
 /// records the surviving worker replayed to take the killed one's partitions over.
 fn kill_one_of_two(port: u16, standby: &str) -> i64 {
@@ -102,11 +63,15 @@ fn kill_one_of_two(port: u16, standby: &str) -> i64 {
         Duration::from_secs(60),
     );
     let producer = common::producer(&broker.bootstrap);
-    common::produce(&producer, "pageviews", &views(0..4 * URLS));
+    common::produce(
+        &producer,
+        "pageviews",
+        &common::page_views(0..4 * URLS, URLS),
+    );
     let both = || {
         let mut all = a_lines.lock().expect("lines").clone();
         all.extend(b_lines.lock().expect("lines").clone());
-        printed_totals(&all)
+        common::printed_totals(&all)
     };
     common::wait_for("every URL counted to 4", Duration::from_secs(180), || {
         let totals = both();
@@ -114,13 +79,17 @@ fn kill_one_of_two(port: u16, standby: &str) -> i64 {
     });
     // A few standby rounds (one a second) for A to follow what B wrote last.
     std::thread::sleep(Duration::from_secs(5));
-    let before = replayed(&a_log);
+    let before = common::replayed(&a_log);
 
     common::signal(&b, "KILL");
     let _ = common::wait_exit(&mut b, Duration::from_secs(30));
-    common::produce(&producer, "pageviews", &views(4 * URLS..5 * URLS));
+    common::produce(
+        &producer,
+        "pageviews",
+        &common::page_views(4 * URLS..5 * URLS, URLS),
+    );
     common::wait_lines(&a_lines, Duration::from_secs(180), |l| {
-        let totals = printed_totals(l);
+        let totals = common::printed_totals(l);
         totals.len() == URLS && totals.values().all(|n| *n >= 5)
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -129,7 +98,7 @@ fn kill_one_of_two(port: u16, standby: &str) -> i64 {
     assert_eq!(totals.len(), URLS, "A holds every partition's table");
     let wrong: Vec<_> = totals.iter().filter(|(_, n)| **n != 5).collect();
     assert!(wrong.is_empty(), "exactly-once counts: {wrong:?}");
-    let takeover = replayed(&a_log) - before;
+    let takeover = common::replayed(&a_log) - before;
     eprintln!("standby replicas {standby}: the takeover replayed {takeover} changelog records");
     takeover
 }

@@ -10,50 +10,12 @@ use std::time::Duration;
 
 const URLS: usize = 20;
 
-fn views(range: std::ops::Range<usize>) -> Vec<(Option<String>, String)> {
-    range
-        .map(|i| {
-            let url = format!("/page/{}", i % URLS);
-            let value = serde_json::json!({"user_id": format!("u{i}"), "url": url, "view_time": 1.7e9 + i as f64});
-            (Some(url), value.to_string())
-        })
-        .collect()
-}
-
-/// Highest running total printed per URL.
-fn printed_totals(lines: &[String]) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    for line in lines {
-        let parsed = line
-            .strip_prefix("Running total for ")
-            .and_then(|r| r.rsplit_once(": "))
-            .and_then(|(url, n)| Some((url, n.parse::<u64>().ok()?)));
-        if let Some((url, n)) = parsed {
-            let e = out.entry(url.to_owned()).or_default();
-            *e = (*e).max(n);
-        }
-    }
-    out
-}
-
 fn all_reach(totals: &BTreeMap<String, u64>, n: u64) -> bool {
     totals.len() == URLS && totals.values().all(|v| *v >= n)
 }
 
 fn table(data: &str) -> BTreeMap<String, u64> {
     common::table_of("page_totals", data, "url_view_totals")
-}
-
-fn replayed(log: &std::path::Path) -> i64 {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.contains("recovering table partition from its changelog"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("records="))
-                .and_then(|n| n.parse::<i64>().ok())
-        })
-        .sum()
 }
 
 #[test]
@@ -84,7 +46,7 @@ fn sigkill_then_restart_keeps_at_least_once_totals_and_replays_only_the_tail() {
     common::produce(
         &common::producer(&broker.bootstrap),
         "pageviews",
-        &views(0..N),
+        &common::page_views(0..N, URLS),
     );
     common::wait_lines(&first_lines, Duration::from_secs(120), |l| !l.is_empty());
     let processing_since = std::time::Instant::now();
@@ -105,7 +67,7 @@ fn sigkill_then_restart_keeps_at_least_once_totals_and_replays_only_the_tail() {
     common::wait_lines(&second_lines, Duration::from_secs(180), |l| {
         let mut all = first_output.clone();
         all.extend_from_slice(l);
-        all_reach(&printed_totals(&all), expected)
+        all_reach(&common::printed_totals(&all), expected)
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(common::terminate(&mut second, Duration::from_secs(60)).success());
@@ -129,7 +91,7 @@ fn sigkill_then_restart_keeps_at_least_once_totals_and_replays_only_the_tail() {
         "page_totals-url_view_totals-changelog",
         4,
     );
-    let tail = replayed(&log);
+    let tail = common::replayed(&log);
     assert!(
         tail < changelog,
         "the restart replayed {tail} of {changelog} changelog records: only the tail"
@@ -164,9 +126,9 @@ fn two_workers_share_partitions_and_tables_move_with_them() {
     );
     let a_lines = common::lines(&mut a);
     common::wait_for_topic(&broker.bootstrap, "pageviews", 4);
-    common::produce(&producer, "pageviews", &views(0..4_000));
+    common::produce(&producer, "pageviews", &common::page_views(0..4_000, URLS));
     common::wait_lines(&a_lines, Duration::from_secs(120), |l| {
-        all_reach(&printed_totals(l), 200)
+        all_reach(&common::printed_totals(l), 200)
     });
 
     // B joins: the group rebalances; B recovers the tables of the partitions it takes.
@@ -184,31 +146,39 @@ fn two_workers_share_partitions_and_tables_move_with_them() {
         "partitions assigned",
         Duration::from_secs(60),
     );
-    common::produce(&producer, "pageviews", &views(4_000..8_000));
+    common::produce(
+        &producer,
+        "pageviews",
+        &common::page_views(4_000..8_000, URLS),
+    );
     let both = || {
         let mut all = a_lines.lock().expect("lines").clone();
         all.extend(b_lines.lock().expect("lines").clone());
         all
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while !all_reach(&printed_totals(&both()), 400) {
+    while !all_reach(&common::printed_totals(&both()), 400) {
         assert!(
             std::time::Instant::now() < deadline,
             "totals stalled: {:?}",
-            printed_totals(&both())
+            common::printed_totals(&both())
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        !printed_totals(&b_lines.lock().expect("lines")).is_empty(),
+        !common::printed_totals(&b_lines.lock().expect("lines")).is_empty(),
         "B processed partitions after joining"
     );
 
     // B leaves: A takes every partition back and recovers what B wrote.
     assert!(common::terminate(&mut b, Duration::from_secs(60)).success());
-    common::produce(&producer, "pageviews", &views(8_000..10_000));
+    common::produce(
+        &producer,
+        "pageviews",
+        &common::page_views(8_000..10_000, URLS),
+    );
     common::wait_lines(&a_lines, Duration::from_secs(180), |l| {
-        all_reach(&printed_totals(l), 500)
+        all_reach(&common::printed_totals(l), 500)
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(common::terminate(&mut a, Duration::from_secs(60)).success());

@@ -16,7 +16,8 @@
 //! - [`otlp`]: rill's telemetry pointed at OTLP trace and metrics receivers, and reading and
 //!   checking the spans they received.
 //! - [`records`]: the orders of the failure tests and malformed ones, the window count record,
-//!   URLs covering every partition, event times, sending many, sorted output, headers.
+//!   URLs covering every partition, event times, sending many, sorted output, headers, the
+//!   `page_totals` example's views and printed totals.
 //!
 //! The process, Kafka, waiting and worker helpers are the tests' common vocabulary and are
 //! re-exported here (`common::spawn_example(..)`, `common::producer(..)`); the others are named
@@ -42,9 +43,10 @@ pub(crate) use kafka::{
     producer, read_to_end, read_topic, run_id, topic_configs, wait_for_topic, watermarks,
 };
 pub(crate) use process::{
-    Lines, Proc, Running, command, example, exited_within, lines, log_tail, run_example,
+    Lines, Proc, Running, command, example, exited_within, lines, log_tail, replayed, run_example,
     run_to_end, signal, spawn_example, spawn_example_logged, spawn_example_quiet, stderr_lines,
     table_json, table_of, terminate, wait_exit, wait_lines, wait_log,
 };
+pub(crate) use records::{page_views, printed_totals};
 pub(crate) use wait::{settle, wait_for, wait_for_async};
 pub(crate) use worker::{json_strings, stat, stop_error, string_relay, wait_ready};

@@ -1,5 +1,6 @@
 //! Processes: the example binaries (built on demand, their web servers on free ports), children
-//! killed when a test ends, signals, bounded waits for an exit, and the lines a child prints.
+//! killed when a test ends, signals, bounded waits for an exit, the lines a child prints, and
+//! the table recoveries a worker logged.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -317,4 +318,18 @@ impl Running {
 /// Runs a program to its end (killed after `limit`), feeding it `stdin`.
 pub(crate) fn run_to_end(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
     Running::spawn(cmd, stdin).finish(limit)
+}
+
+/// Changelog records a worker's table recoveries replayed, summed from its log (the
+/// `records=` of "recovering table partition from its changelog").
+pub(crate) fn replayed(log: &Path) -> i64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("recovering table partition from its changelog"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("records="))
+                .and_then(|n| n.parse::<i64>().ok())
+        })
+        .sum()
 }

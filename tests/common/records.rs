@@ -1,6 +1,7 @@
 //! Records the tests send and read back: the orders of the failure tests (and malformed ones),
 //! the window count the window tests' agents emit, URLs that cover every partition, event times
-//! of now; sending many, and reading a topic's records in order and their headers.
+//! of now; sending many, and reading a topic's records in order and their headers; the
+//! `page_totals` example's page views and the running totals it prints.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -151,4 +152,34 @@ pub(crate) async fn sorted<V: Record + Ord>(
     let mut got: Vec<V> = app.expect(topic, n).await?;
     got.sort();
     Ok(got)
+}
+
+/// Page views of the `page_totals` example, view `i` on URL `/page/<i % urls>`, keyed by URL.
+pub(crate) fn page_views(
+    range: std::ops::Range<usize>,
+    urls: usize,
+) -> Vec<(Option<String>, String)> {
+    range
+        .map(|i| {
+            let url = format!("/page/{}", i % urls);
+            let value = serde_json::json!({"user_id": format!("u{i}"), "url": url, "view_time": 1.7e9 + i as f64});
+            (Some(url), value.to_string())
+        })
+        .collect()
+}
+
+/// The highest running total the `page_totals` example printed per URL.
+pub(crate) fn printed_totals(lines: &[String]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in lines {
+        let parsed = line
+            .strip_prefix("Running total for ")
+            .and_then(|r| r.rsplit_once(": "))
+            .and_then(|(url, n)| Some((url, n.parse::<u64>().ok()?)));
+        if let Some((url, n)) = parsed {
+            let e: &mut u64 = out.entry(url.to_owned()).or_default();
+            *e = (*e).max(n);
+        }
+    }
+    out
 }
