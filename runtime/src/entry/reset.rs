@@ -70,6 +70,12 @@ pub(crate) fn run(
         Broker::Embedded if !request.dry_run => Some(lock::try_exclusive(config)?),
         _ => None,
     };
+    // Every group is checked before any moves: a refusal leaves all of them as they were.
+    if !request.dry_run {
+        for spec in &chosen {
+            refuse_live_members(transport.as_ref(), &spec.group_id(&config.app_id))?;
+        }
+    }
     let io = |e| Error::io("writing to stdout", e);
     writeln!(
         out,
@@ -79,9 +85,6 @@ pub(crate) fn run(
     .map_err(io)?;
     for spec in &chosen {
         let group = spec.group_id(&config.app_id);
-        if !request.dry_run {
-            refuse_live_members(transport.as_ref(), &group)?;
-        }
         let moves = plan(transport.as_ref(), spec, &group, request.to)?;
         for m in &moves {
             let old = m.old.map_or("-".to_owned(), |o| o.to_string());
@@ -92,7 +95,7 @@ pub(crate) fn run(
             )
             .map_err(io)?;
         }
-        if !request.dry_run {
+        if !request.dry_run && !moves.is_empty() {
             let offsets: Vec<(Tp, i64)> = moves.into_iter().map(|m| (m.tp, m.new)).collect();
             transport.reset_offsets(&group, &offsets)?;
         }
