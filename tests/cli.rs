@@ -185,26 +185,6 @@ fn reset(data: &str, args: &[&str]) -> std::process::Output {
     common::run_example("sink", &all)
 }
 
-/// The (old, new) offsets `reset` printed for a group, one per partition (`-`: none, 0).
-fn moves(out: &std::process::Output, group: &str) -> Vec<(i64, i64)> {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(group))
-        .map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (
-                cols[3].parse().unwrap_or(0),
-                cols[4].parse().expect("new offset"),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -222,13 +202,13 @@ fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
     assert!(common::terminate(&mut child, Duration::from_secs(30)).success());
 
     let group = "url_hits-to_hits";
-    let plan = moves(
+    let plan = common::reset_moves(
         &reset(data, &["--agent", "to_hits", "--to-earliest", "--dry-run"]),
         group,
     );
     assert_eq!(plan.iter().map(|m| m.0).sum::<i64>(), 20, "{plan:?}");
     assert!(plan.iter().all(|m| m.1 == 0), "{plan:?}");
-    let again = moves(
+    let again = common::reset_moves(
         &reset(data, &["--agent", "to_hits", "--to-latest", "--dry-run"]),
         group,
     );
@@ -238,7 +218,7 @@ fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
         "the dry run changed nothing"
     );
     assert_eq!(again.iter().map(|m| m.1).sum::<i64>(), 20, "{again:?}");
-    let shifted = moves(
+    let shifted = common::reset_moves(
         &reset(data, &["--agent", "to_hits", "--shift-by", "-1"]),
         group,
     );
@@ -248,7 +228,7 @@ fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
         expect,
         "{shifted:?}"
     );
-    let to_time = moves(
+    let to_time = common::reset_moves(
         &reset(data, &["--agent", "to_hits", "--to-datetime", "2100-01-01"]),
         group,
     );
@@ -263,7 +243,7 @@ fn reset_moves_a_stopped_group_and_the_worker_reprocesses_from_there() {
 
     // Back to the start: a restarted worker (no new views) relays the 15 hits again, and
     // `print_hits`, whose group was not reset, prints just those.
-    moves(
+    common::reset_moves(
         &reset(data, &["--agent", "to_hits", "--to-earliest"]),
         group,
     );

@@ -74,10 +74,13 @@ fn sink_example_on_kafka_relays_filters_partitions_and_shuts_down_cleanly() {
     assert_eq!(committed(), 1000, "everything done was committed");
 
     // `reset`, each mode, on the stopped group.
-    let rows = offsets_printed(&reset(
-        &broker,
-        &["--agent", "to_hits", "--to-earliest", "--dry-run"],
-    ));
+    let rows = common::reset_moves(
+        &reset(
+            &broker,
+            &["--agent", "to_hits", "--to-earliest", "--dry-run"],
+        ),
+        "url_hits-to_hits",
+    );
     assert_eq!(rows.len(), 4, "a row per partition: {rows:?}");
     assert!(rows.iter().all(|&(_, new)| new == 0), "{rows:?}");
     assert_eq!(rows.iter().map(|&(old, _)| old).sum::<i64>(), 1000);
@@ -107,21 +110,4 @@ fn reset(broker: &str, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--broker", broker, "reset"];
     all.extend(args);
     common::run_example("sink", &all)
-}
-
-/// The (old, new) offsets `reset` printed, one per partition (`-` for none is 0).
-fn offsets_printed(out: &std::process::Output) -> Vec<(i64, i64)> {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let (old, new) = (cols.get(3)?, cols.get(4)?);
-            Some((old.parse().unwrap_or(0), new.parse().ok()?))
-        })
-        .collect()
 }

@@ -43,9 +43,9 @@ pub(crate) use kafka::{
     producer, read_to_end, read_topic, run_id, topic_configs, wait_for_topic, watermarks,
 };
 pub(crate) use process::{
-    Lines, Proc, Running, command, example, exited_within, lines, log_tail, replayed, run_example,
-    run_to_end, signal, spawn_example, spawn_example_logged, spawn_example_quiet, stderr_lines,
-    table_json, table_of, terminate, wait_exit, wait_lines, wait_log,
+    Lines, Proc, Running, command, example, exited_within, lines, log_tail, replayed, reset_moves,
+    run_example, run_to_end, signal, spawn_example, spawn_example_logged, spawn_example_quiet,
+    stderr_lines, table_json, table_of, terminate, wait_exit, wait_lines, wait_log,
 };
 pub(crate) use records::{page_views, printed_totals};
 pub(crate) use wait::{settle, wait_for, wait_for_async};

@@ -333,3 +333,25 @@ pub(crate) fn replayed(log: &Path) -> i64 {
         })
         .sum()
 }
+
+/// The (old, new) offsets a `reset` command printed for `group`, a row per partition (`-`, no
+/// committed offset, reads as 0); fails the test if the command failed.
+pub(crate) fn reset_moves(out: &Output, group: &str) -> Vec<(i64, i64)> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(group))
+        .map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let new = cols
+                .get(4)
+                .and_then(|n| n.parse().ok())
+                .expect("new offset");
+            (cols.get(3).and_then(|o| o.parse().ok()).unwrap_or(0), new)
+        })
+        .collect()
+}

@@ -139,8 +139,18 @@ impl AgentArgs {
                 "global table",
                 parse_str,
             )?,
-            Some("on_error") => self.parse_on_error(cx, meta)?,
-            Some("offset_reset") => self.parse_offset_reset(cx, meta)?,
+            Some("on_error") => {
+                parse_choice(cx, meta, &mut self.on_error, POLICIES, "`on_error` policy")?;
+            }
+            Some("offset_reset") => {
+                parse_choice(
+                    cx,
+                    meta,
+                    &mut self.offset_reset,
+                    OFFSET_RESETS,
+                    "`offset_reset`",
+                )?;
+            }
             Some("dead_letter") => {
                 let topic = TopicArg::parse(meta)?;
                 set_once(cx, &mut self.dead_letter, meta, topic, "agent");
@@ -172,40 +182,6 @@ impl AgentArgs {
                 &lit,
                 "`concurrency` is a whole number of instances, at least 1",
             ),
-        }
-        Ok(())
-    }
-
-    fn parse_on_error(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-        let lit = parse_str(meta)?;
-        if POLICIES.contains(&lit.value().as_str()) {
-            set_once(cx, &mut self.on_error, meta, lit, "agent");
-        } else {
-            cx.error(
-                &lit,
-                format!(
-                    "unknown `on_error` policy `{}`; {}",
-                    lit.value(),
-                    expected_one_of(POLICIES)
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    fn parse_offset_reset(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-        let lit = parse_str(meta)?;
-        if OFFSET_RESETS.contains(&lit.value().as_str()) {
-            set_once(cx, &mut self.offset_reset, meta, lit, "agent");
-        } else {
-            cx.error(
-                &lit,
-                format!(
-                    "unknown `offset_reset` `{}`; {}",
-                    lit.value(),
-                    expected_one_of(OFFSET_RESETS)
-                ),
-            );
         }
         Ok(())
     }
@@ -270,4 +246,29 @@ fn parse_whole_number(
         return Ok(None);
     }
     Ok(Some(lit))
+}
+
+/// A string that must be one of `choices` (`on_error = "retry"`), into `slot`; an error naming
+/// `what` and the choices otherwise.
+fn parse_choice(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    slot: &mut Option<syn::LitStr>,
+    choices: &[&str],
+    what: &str,
+) -> syn::Result<()> {
+    let lit = parse_str(meta)?;
+    if choices.contains(&lit.value().as_str()) {
+        set_once(cx, slot, meta, lit, "agent");
+    } else {
+        cx.error(
+            &lit,
+            format!(
+                "unknown {what} `{}`; {}",
+                lit.value(),
+                expected_one_of(choices)
+            ),
+        );
+    }
+    Ok(())
 }
