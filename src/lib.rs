@@ -78,8 +78,9 @@ pub use rill_macros::{agent, record, window_state};
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
-    OutRecord, ProcessingGuarantee, Producer, RawRecord, Record, Registration, Result, Sink,
-    Stream, Table, TableSpec, TestApp, Topic, TopicSpec, Worker, registered_agents,
+    OutRecord, ProcessingGuarantee, Producer, RawRecord, RebalanceProtocol, Rebalances, Record,
+    Registration, Result, Sink, Stream, Table, TableSpec, TestApp, Topic, TopicSpec, Worker,
+    registered_agents,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState,

@@ -223,9 +223,19 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
 /// Waits until both agents have committed everything: `split_transfers` up to the end of
 /// `transfers` (produced without transactions, so its end offsets are records only), and
 /// `apply_entries` past the last committed entry of every `ledger_entries` partition. Returns
-/// the `read_committed` entries.
-fn wait_caught_up(bootstrap: &str, expected_transfers: usize, timeout: Duration) -> Vec<Entry> {
+/// the `read_committed` entries. On a timeout the panic shows the end of the workers' `logs`.
+fn wait_caught_up(
+    bootstrap: &str,
+    expected_transfers: usize,
+    timeout: Duration,
+    logs: &[&Path],
+) -> Vec<Entry> {
     let deadline = Instant::now() + timeout;
+    let tails = || {
+        logs.iter()
+            .map(|l| format!("\n--- {}:\n{}", l.display(), common::log_tail(l)))
+            .collect::<String>()
+    };
     loop {
         let split: i64 = committed(bootstrap, SPLIT_GROUP, "transfers").iter().sum();
         let end = common::end_offsets(bootstrap, "transfers", PARTITIONS);
@@ -243,12 +253,14 @@ fn wait_caught_up(bootstrap: &str, expected_transfers: usize, timeout: Duration)
             }
             assert!(
                 Instant::now() < deadline,
-                "apply_entries did not catch up: committed {applied:?}, last entries {last:?}"
+                "apply_entries did not catch up: committed {applied:?}, last entries {last:?}{}",
+                tails()
             );
         } else {
             assert!(
                 Instant::now() < deadline,
-                "split_transfers did not catch up: committed {split} of {end}"
+                "split_transfers did not catch up: committed {split} of {end}{}",
+                tails()
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -389,7 +401,7 @@ fn sigkill_at_random_moments_keeps_entries_and_balances_exactly_once() {
         (worker, lines) = start(&kafka, data, &log, &[], &[]);
     }
 
-    let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120));
+    let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120), &[&log]);
     let status = common::terminate(&mut worker, Duration::from_secs(60));
     assert!(
         status.success(),
@@ -532,7 +544,13 @@ fn two_workers_through_rebalances_keep_entries_and_balances_exactly_once() {
         common::log_tail(&log_a)
     );
 
-    let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120));
+    let log_b = dir.path().join(format!("b-{B_KILLS}.log"));
+    let entries = wait_caught_up(
+        &bootstrap,
+        all.len(),
+        Duration::from_secs(120),
+        &[&log_a, &log_b],
+    );
     assert_exactly_once(&entries, &all);
     b_commits += commits(&b_lines);
     let a_commits = commits(&a_lines);
@@ -747,7 +765,7 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
     let more = transfers(next..next + 500);
     produce(&producer, &more);
     all.extend(more);
-    let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120));
+    let entries = wait_caught_up(&bootstrap, all.len(), Duration::from_secs(120), &[&log_b]);
     assert!(
         b.try_wait().expect("try_wait").is_none(),
         "B is still running; log: {}",

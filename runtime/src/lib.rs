@@ -23,7 +23,7 @@ pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_a
 pub use app::App;
 pub use base::metrics::AgentStats;
 pub use codec::{Codec, EventTime, KeyBytes};
-pub use config::{Broker, Config, OffsetReset, ProcessingGuarantee};
+pub use config::{Broker, Config, OffsetReset, ProcessingGuarantee, RebalanceProtocol};
 pub use error::{CodecError, Error, Result};
 pub use failure::OnError;
 pub use health::Health;
@@ -37,7 +37,7 @@ pub use testing::TestApp;
 pub use time::Clock;
 pub use topic::{Topic, TopicSpec};
 pub use window::{Emit, MergeState, WindowResult, WindowState, WindowStream, WindowedTable};
-pub use worker::Worker;
+pub use worker::{Rebalances, Worker};
 
 #[doc(hidden)]
 pub mod __private {

@@ -125,6 +125,31 @@ impl OffsetReset {
     }
 }
 
+/// How an agent's consumer group on Kafka moves partitions between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RebalanceProtocol {
+    /// Only the partitions that move are revoked (librdkafka's `cooperative-sticky`; Kafka
+    /// Streams' default since 2.6): workers whose partitions stay keep processing them. Used
+    /// for agents of one topic; an agent reading several co-partitioned topics (a join) needs
+    /// partition n of each in one worker, which only `range` guarantees, and rebalances
+    /// eagerly.
+    #[default]
+    Cooperative,
+    /// Every rebalance revokes every partition of the group first (`range`).
+    Eager,
+}
+
+impl RebalanceProtocol {
+    /// Parses `cooperative` or `eager`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "cooperative" => Some(RebalanceProtocol::Cooperative),
+            "eager" => Some(RebalanceProtocol::Eager),
+            _ => None,
+        }
+    }
+}
+
 /// Settings of one worker.
 #[derive(Clone)]
 pub struct Config {
@@ -206,6 +231,9 @@ pub struct Config {
     /// (`RILL_STANDBY_REPLICAS`; default 0; Kafka Streams' `num.standby.replicas`): a worker
     /// taking a partition over then replays only the changelog's tail. See `wiring::standby`.
     pub standby_replicas: usize,
+    /// How consumer groups on Kafka rebalance (`RILL_REBALANCE_PROTOCOL` = `cooperative`, the
+    /// default, or `eager`). See [`RebalanceProtocol`].
+    pub rebalance_protocol: RebalanceProtocol,
     /// Where agents without their own `offset_reset` start on a partition their group has
     /// no committed offset for (`RILL_OFFSET_RESET`, or `-X auto.offset.reset`; default
     /// earliest). See [`OffsetReset`].
@@ -242,7 +270,7 @@ const RESERVED_KAFKA: &[(&str, &str)] = &[
     ),
     (
         "partition.assignment.strategy",
-        "an agent reading several topics (a join, a table) needs partition n of each in one worker, which the `range` assignor rill sets guarantees",
+        "rill sets `cooperative-sticky` for agents of one topic and `range` for agents reading several co-partitioned topics (a join needs partition n of each in one worker); set RILL_REBALANCE_PROTOCOL=eager for `range` everywhere",
     ),
     (
         "allow.auto.create.topics",
@@ -284,6 +312,7 @@ impl Config {
             web_advertise: None,
             instance_id: None,
             standby_replicas: 0,
+            rebalance_protocol: RebalanceProtocol::Cooperative,
             telemetry: crate::base::telemetry::TelemetryConfig::default(),
         }
     }
@@ -330,6 +359,14 @@ impl Config {
             }
             "RILL_PARTITIONS" => self.partitions = parse_num(name, &value, 1)?,
             "RILL_STANDBY_REPLICAS" => self.standby_replicas = parse_num(name, &value, 0)?,
+            "RILL_REBALANCE_PROTOCOL" => {
+                self.rebalance_protocol = RebalanceProtocol::parse(&value).ok_or_else(|| {
+                    Error::config(
+                        name,
+                        format!("`{}` is neither `cooperative` nor `eager`", value.trim()),
+                    )
+                })?;
+            }
             "RILL_WORKER_THREADS" => self.worker_threads = parse_num(name, &value, 1)?,
             "RILL_TABLE_MAP_SIZE" => self.table_map_size = parse_num(name, &value, 1 << 20)?,
             "RILL_TABLE_MAP_MAX" => self.table_map_max = parse_num(name, &value, 1 << 20)?,
@@ -729,6 +766,23 @@ mod tests {
             .to_string();
         assert!(
             err.contains("RILL_OFFSET_RESET") && err.contains("newest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_rebalance_protocol_is_cooperative_unless_rill_rebalance_protocol_says_eager() {
+        let mut c = Config::new("app");
+        assert_eq!(c.rebalance_protocol, RebalanceProtocol::Cooperative);
+        c.apply_vars(vars(&[("RILL_REBALANCE_PROTOCOL", "eager")]))
+            .unwrap();
+        assert_eq!(c.rebalance_protocol, RebalanceProtocol::Eager);
+        let err = c
+            .apply_vars(vars(&[("RILL_REBALANCE_PROTOCOL", "sticky")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RILL_REBALANCE_PROTOCOL") && err.contains("sticky"),
             "{err}"
         );
     }

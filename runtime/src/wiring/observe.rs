@@ -99,17 +99,33 @@ impl Observer {
         })
     }
 
-    /// Partition assignments and revocations an agent's consumers have seen so far
-    /// (`rill_rebalances_total`); `None` for an agent the worker does not run.
-    pub(crate) fn rebalances(&self, agent: &str) -> Option<(u64, u64)> {
+    /// Partition assignments and revocations an agent's consumers have seen so far;
+    /// `None` for an agent the worker does not run.
+    pub(crate) fn rebalances(&self, agent: &str) -> Option<Rebalances> {
         let agents = self.agents();
         let view = agents.iter().find(|a| &*a.name == agent)?;
-        Some(view.routers().iter().fold((0, 0), |(a, r), router| {
-            (
-                a + load(&router.assigned_count),
-                r + load(&router.revoked_count),
-            )
-        }))
+        Some(Rebalances::of(&view.routers()))
+    }
+
+    /// The partitions an agent's consumers own now; `None` for an agent the worker does not
+    /// run.
+    pub(crate) fn assignment(&self, agent: &str) -> Option<Vec<(String, i32)>> {
+        let agents = self.agents();
+        let view = agents.iter().find(|a| &*a.name == agent)?;
+        let mut owned: Vec<(String, i32)> = view
+            .routers()
+            .iter()
+            .flat_map(|r| {
+                r.assignment
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(t, p)| (t.to_string(), *p))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        owned.sort();
+        Some(owned)
     }
 
     fn agents(&self) -> std::sync::RwLockReadGuard<'_, Vec<AgentView>> {
@@ -407,29 +423,62 @@ fn encode_event_time_lag(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std
     Ok(())
 }
 
-/// `rill_rebalances`: assignments and revocations, summed over the agent's consumers.
+/// How an agent's consumers' assignments changed so far, summed over its consumer groups
+/// (`rill_rebalances_total`, `rill_partitions_revoked_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebalances {
+    /// Assignments announced (a rebalance, a cooperative change, a rollback's re-read).
+    pub assigned: u64,
+    /// Revocations by the group.
+    pub revoked: u64,
+    /// Partitions those revocations took away: every owned one in an eager rebalance, only
+    /// the moving ones in a cooperative one.
+    pub partitions_revoked: u64,
+}
+
+impl Rebalances {
+    fn of(routers: &[Arc<Router>]) -> Self {
+        routers
+            .iter()
+            .fold(Rebalances::default(), |sum, r| Rebalances {
+                assigned: sum.assigned + load(&r.assigned_count),
+                revoked: sum.revoked + load(&r.revoked_count),
+                partitions_revoked: sum.partitions_revoked + load(&r.revoked_partitions),
+            })
+    }
+}
+
+/// `rill_rebalances` (assignments and revocations) and `rill_partitions_revoked`, summed over
+/// the agent's consumers.
 fn encode_rebalances(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fmt::Result {
+    let sums: Vec<Rebalances> = agents
+        .iter()
+        .map(|a| Rebalances::of(&a.routers()))
+        .collect();
     let mut family = e.encode_descriptor(
         "rill_rebalances",
         "Partition assignments and revocations",
         None,
         MetricType::Counter,
     )?;
-    for a in agents {
-        let routers = a.routers();
-        for kind in ["assigned", "revoked"] {
-            let n: u64 = routers
-                .iter()
-                .map(|r| match kind {
-                    "assigned" => load(&r.assigned_count),
-                    _ => load(&r.revoked_count),
-                })
-                .sum();
+    for (a, sum) in agents.iter().zip(&sums) {
+        for (kind, n) in [("assigned", sum.assigned), ("revoked", sum.revoked)] {
             let labels = [("agent", &*a.name), ("kind", kind)];
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
+    }
+    let mut family = e.encode_descriptor(
+        "rill_partitions_revoked",
+        "Partitions taken away by rebalances (all owned ones when eager, the moving ones when cooperative)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (a, sum) in agents.iter().zip(&sums) {
+        family
+            .encode_family(&[("agent", &*a.name)])?
+            .encode_counter::<NoLabelSet, _, u64>(&sum.partitions_revoked, None)?;
     }
     Ok(())
 }

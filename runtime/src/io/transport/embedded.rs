@@ -1118,7 +1118,7 @@ impl Fetcher<'_> {
             let current = self.log.generation(self.group);
             if current != generation {
                 if !positions.is_empty() {
-                    self.router.revoke();
+                    self.router.revoke(positions.len());
                     positions.clear();
                 }
                 at_end.clear();

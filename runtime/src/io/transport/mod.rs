@@ -78,6 +78,9 @@ pub(crate) struct Router {
     /// Assignments and revocations so far.
     pub(crate) assigned_count: std::sync::atomic::AtomicU64,
     pub(crate) revoked_count: std::sync::atomic::AtomicU64,
+    /// Partitions the group took away so far (all owned ones at an eager revocation, the
+    /// moving ones at a cooperative one).
+    pub(crate) revoked_partitions: std::sync::atomic::AtomicU64,
     /// Set when an exactly-once transaction was aborted: the fetcher goes back to the
     /// committed offsets and announces the assignment again.
     pub(crate) rewind: std::sync::atomic::AtomicBool,
@@ -94,6 +97,7 @@ impl Router {
             lags: std::sync::Mutex::new(HashMap::new()),
             assigned_count: std::sync::atomic::AtomicU64::new(0),
             revoked_count: std::sync::atomic::AtomicU64::new(0),
+            revoked_partitions: std::sync::atomic::AtomicU64::new(0),
             rewind: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -124,14 +128,14 @@ impl Router {
         }
         let n = self.instances.len();
         if n == 1 {
-            return self.instances[0]
-                .data
-                .blocking_send(Batch {
+            return self.hand_over(
+                &self.instances[0],
+                Batch {
                     generation,
                     records,
                     caught_up,
-                })
-                .is_ok();
+                },
+            );
         }
         let mut split: Vec<(Vec<RawRecord>, Vec<Tp>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
@@ -147,16 +151,43 @@ impl Router {
                 alive |= !tx.data.is_closed();
                 continue;
             }
-            alive |= tx
-                .data
-                .blocking_send(Batch {
+            alive |= self.hand_over(
+                tx,
+                Batch {
                     generation,
                     records,
                     caught_up,
-                })
-                .is_ok();
+                },
+            );
         }
         alive
+    }
+
+    /// Hands `batch` to an instance, waiting while its queue is full (backpressure); false once
+    /// the instance is gone. A rollback requested meanwhile drops the batch: the instance then
+    /// waits for the assignment to be announced again, not for records, so its queue would not
+    /// drain and the fetcher would never get to the re-read that announces it. The re-read
+    /// fetches the dropped records again from the committed offsets.
+    fn hand_over(&self, tx: &InstanceTx, batch: Batch) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        let mut batch = match tx.data.try_send(batch) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(b)) => b,
+        };
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if self.rewind.load(std::sync::atomic::Ordering::Acquire) {
+                return true;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+            batch = match tx.data.try_send(batch) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(b)) => b,
+            };
+        }
     }
 
     /// Announces a new assignment. Instances recover their tables' partitions before they
@@ -181,12 +212,32 @@ impl Router {
         Ok(())
     }
 
-    /// Revokes everything and waits until each live instance has committed its finished work.
-    pub(crate) fn revoke(&self) {
+    /// The group revokes `partitions` (eager: all of them): every instance commits its
+    /// finished work and drops the rest (see [`Router::take_back`]).
+    pub(crate) fn revoke(&self, partitions: usize) {
         let _span =
             tracing::info_span!("rill.rebalance", agent = %self.agent, kind = "revoked").entered();
         self.revoked_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.revoked_partitions
+            .fetch_add(partitions as u64, std::sync::atomic::Ordering::Relaxed);
+        self.take_back();
+        tracing::info!(agent = %self.agent, partitions, "partitions revoked");
+    }
+
+    /// Before partitions are added to a cooperative assignment: every instance commits and
+    /// drops what it holds, and the assignment is announced again with the new partitions (the
+    /// fetcher reads the kept ones again from their committed offsets). Not a revocation: the
+    /// group took nothing away.
+    pub(crate) fn pause_for_change(&self) {
+        let _span =
+            tracing::info_span!("rill.rebalance", agent = %self.agent, kind = "extended").entered();
+        self.take_back();
+    }
+
+    /// Takes every partition back from the instances and waits until each live one has
+    /// committed its finished work.
+    fn take_back(&self) {
         self.assignment
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -213,7 +264,6 @@ impl Router {
                 );
             }
         }
-        tracing::info!(agent = %self.agent, "partitions revoked");
     }
 
     pub(crate) fn all_closed(&self) -> bool {

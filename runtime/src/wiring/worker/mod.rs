@@ -24,6 +24,7 @@ use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::Stop;
 use crate::io::transport::Log;
 use crate::wiring::agent::AgentSpec;
+pub use crate::wiring::observe::Rebalances;
 use crate::wiring::observe::{Collector, Observer};
 use crate::wiring::producer::Producer;
 use crate::wiring::pump::PUMP_GRACE;
@@ -192,10 +193,16 @@ impl Worker {
         self.observer.ready()
     }
 
-    /// How many times an agent's consumers were assigned partitions and had them revoked
-    /// (`rill_rebalances_total`); `None` for an agent the worker does not run.
-    pub fn rebalances(&self, agent: &str) -> Option<(u64, u64)> {
+    /// How an agent's consumers' assignments changed so far (`rill_rebalances_total`,
+    /// `rill_partitions_revoked_total`); `None` for an agent the worker does not run.
+    pub fn rebalances(&self, agent: &str) -> Option<Rebalances> {
         self.observer.rebalances(agent)
+    }
+
+    /// The partitions an agent's consumers own now, sorted; `None` for an agent the worker
+    /// does not run.
+    pub fn assignment(&self, agent: &str) -> Option<Vec<(String, i32)>> {
+        self.observer.assignment(agent)
     }
 
     /// Counters of an agent (all instances).

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::Offset;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -18,7 +17,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 
 use super::client::{LogContext, creation_error, prefetch_defaults};
-use crate::base::config::OffsetReset;
+use super::rebalance::Rebalancer;
+use crate::base::config::{OffsetReset, RebalanceProtocol};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
@@ -27,27 +27,40 @@ use crate::io::transport::{Router, Tp};
 /// The most records the fetcher hands over in one batch.
 const FETCH_BATCH_MAX: usize = 2000;
 
-/// The config of an agent group's consumer: rill stores and commits its offsets itself, the
-/// `range` assignor keeps co-partitioned topics together, `reset` is the agent's
-/// `offset_reset`, and `web_url` is advertised in its `client.id` (see
-/// `KafkaTransport::web_url`); `instance_id` makes it a static member. `Config::validate`
-/// refuses user values for what is set here.
+/// How an agent's consumers join their groups.
+pub(super) struct Membership {
+    /// `group.instance.id` (`Config::instance_id`): a static member.
+    pub(super) instance_id: Option<String>,
+    pub(super) protocol: RebalanceProtocol,
+}
+
+/// The config of an agent group's consumer: rill stores and commits its offsets itself; the
+/// assignor is `cooperative-sticky` for a group of one topic and `range` (which keeps
+/// co-partitioned topics together) for several or under `RebalanceProtocol::Eager` (see
+/// `rebalance`); `reset` is the agent's `offset_reset`, and `web_url` is advertised in its
+/// `client.id` (see `KafkaTransport::web_url`). `Config::validate` refuses user values for
+/// what is set here.
 pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
+    topics: usize,
     reset: OffsetReset,
     read_committed: bool,
     web_url: Option<&str>,
-    instance_id: Option<&str>,
+    membership: &Membership,
 ) -> ClientConfig {
     let mut config = base.clone();
+    let assignor = match membership.protocol {
+        RebalanceProtocol::Cooperative if topics == 1 => "cooperative-sticky",
+        _ => "range",
+    };
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset.as_str())
-        .set("partition.assignment.strategy", "range");
-    if let Some(id) = instance_id {
+        .set("partition.assignment.strategy", assignor);
+    if let Some(id) = &membership.instance_id {
         // Static membership: a restart inside `session.timeout.ms` rebalances nothing.
         config.set("group.instance.id", id);
     }
@@ -186,13 +199,19 @@ fn poll_loop(
         ends: PartitionEnds::default(),
         last_error: None,
     };
+    let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
-        if router.rewind.swap(false, Ordering::AcqRel) {
+        if let Some(why) = rebalancer.take_read_again() {
             poller.batch.clear();
             poller.ends.forget();
-            rewind(consumer, router);
+            rebalancer.read_again(consumer, why);
         }
         let generation = poller.fill_batch();
+        if rebalancer.read_again_pending() {
+            // Fetched before the re-read's seek: read again after it.
+            poller.batch.clear();
+            continue;
+        }
         let caught_up = poller.newly_caught_up(generation);
         if (!poller.batch.is_empty() || !caught_up.is_empty())
             && !router.route_fetched_in(generation, poller.batch.take(), caught_up)
@@ -400,39 +419,6 @@ impl PartitionEnds {
     }
 }
 
-/// After an aborted transaction: every owned partition goes back to its committed offset, and
-/// the assignment is announced again (a new generation: instances drop what they hold, reload
-/// their tables from the last commit and read from there).
-fn rewind(consumer: &BaseConsumer<FetchContext>, router: &Router) {
-    let committed = match consumer.committed(Duration::from_secs(30)) {
-        Ok(tpl) => tpl,
-        Err(e) => {
-            tracing::warn!(agent = %router.agent, error = %e, "reading committed offsets to roll back; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            router.rewind.store(true, Ordering::Release);
-            return;
-        }
-    };
-    let mut tps = Vec::new();
-    for e in committed.elements() {
-        let to = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        if let Err(err) = consumer.seek(e.topic(), e.partition(), to, Duration::from_secs(30)) {
-            tracing::warn!(agent = %router.agent, topic = e.topic(), partition = e.partition(), error = %err, "seeking back to the committed offset; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            router.rewind.store(true, Ordering::Release);
-            return;
-        }
-        tps.push((Arc::from(e.topic()), e.partition()));
-    }
-    tracing::warn!(agent = %router.agent, partitions = tps.len(), "transaction aborted: reading again from the committed offsets");
-    if let Err(e) = router.assigned(tps) {
-        tracing::error!(agent = %router.agent, error = %e, "announcing the rewind");
-    }
-}
-
 /// How many records of a partition are still to be read, from librdkafka's statistics, or
 /// `None` while that is unknown. The position is the furthest of: the last record handed to
 /// rill (`app_offset`), the group's committed offset, and, when nothing waits in librdkafka's
@@ -453,10 +439,11 @@ fn unread(p: &rdkafka::statistics::Partition, read_committed: bool) -> Option<i6
     (end >= 0 && position >= 0).then(|| (end - position).max(0))
 }
 
-/// Rebalance hooks of an agent's consumer.
+/// The context of an agent's consumer: its rebalance hooks, health and statistics.
 pub(crate) struct FetchContext {
     pub(super) router: Arc<Router>,
     pub(super) health: Arc<Health>,
+    rebalancer: Rebalancer,
     /// Records still to read per assigned partition, from librdkafka's statistics.
     lags: std::sync::Mutex<HashMap<Tp, i64>>,
     /// The consumer reads committed records only (exactly-once): its end is the last stable
@@ -465,8 +452,14 @@ pub(crate) struct FetchContext {
 }
 
 impl FetchContext {
-    pub(super) fn new(router: Arc<Router>, health: Arc<Health>, read_committed: bool) -> Self {
+    pub(super) fn new(
+        router: Arc<Router>,
+        health: Arc<Health>,
+        read_committed: bool,
+        reset: OffsetReset,
+    ) -> Self {
         FetchContext {
+            rebalancer: Rebalancer::new(router.clone(), reset),
             router,
             health,
             lags: std::sync::Mutex::new(HashMap::new()),
@@ -509,36 +502,47 @@ impl ClientContext for FetchContext {
 }
 
 impl ConsumerContext for FetchContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            // Blocks the poll thread until each instance has committed its finished records.
-            self.router.revoke();
-        }
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalancer.before(consumer, rebalance);
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let tps: Vec<Tp> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (Arc::from(e.topic()), e.partition()))
-                    .collect();
-                if let Err(e) = self.router.assigned(tps) {
-                    tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
-                }
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => {
-                tracing::warn!(agent = %self.router.agent, error = %e, "rebalance error")
-            }
-        }
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalancer.after(consumer, rebalance);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_topic_rebalances_cooperatively_several_with_range_as_do_eager_groups() {
+        let assignor = |topics, protocol| {
+            let membership = Membership {
+                instance_id: None,
+                protocol,
+            };
+            let config = consumer_config(
+                &ClientConfig::new(),
+                "g",
+                topics,
+                OffsetReset::Earliest,
+                false,
+                None,
+                &membership,
+            );
+            config
+                .get("partition.assignment.strategy")
+                .map(str::to_owned)
+        };
+        use RebalanceProtocol::{Cooperative, Eager};
+        assert_eq!(
+            assignor(1, Cooperative).as_deref(),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(assignor(2, Cooperative).as_deref(), Some("range"));
+        assert_eq!(assignor(1, Eager).as_deref(), Some("range"));
+    }
 
     #[test]
     fn unread_records_count_from_the_furthest_known_position() {

@@ -28,6 +28,7 @@ mod probe;
 pub(super) mod produce;
 mod purge;
 mod read;
+mod rebalance;
 mod txn;
 
 use std::collections::HashMap;
@@ -64,8 +65,8 @@ pub(crate) struct KafkaTransport {
     web_url: std::sync::OnceLock<String>,
     /// Exactly-once: the worker's transactional producer (agents' sends go through it).
     txn: Option<Arc<txn::Transactions>>,
-    /// `group.instance.id` of the agents' consumers (`Config::instance_id`).
-    instance_id: Option<String>,
+    /// How the agents' consumers join their groups.
+    membership: fetch::Membership,
 }
 
 impl KafkaTransport {
@@ -102,7 +103,10 @@ impl KafkaTransport {
             health: Arc::new(Health::default()),
             web_url: std::sync::OnceLock::new(),
             txn,
-            instance_id: config.instance_id.clone(),
+            membership: fetch::Membership {
+                instance_id: config.instance_id.clone(),
+                protocol: config.rebalance_protocol,
+            },
         }))
     }
 
@@ -191,12 +195,13 @@ impl Log for KafkaTransport {
         let config = fetch::consumer_config(
             &self.base,
             group,
+            topics.len(),
             reset,
             read_committed,
             self.web_url.get().map(String::as_str),
-            self.instance_id.as_deref(),
+            &self.membership,
         );
-        let context = FetchContext::new(router.clone(), self.health.clone(), read_committed);
+        let context = FetchContext::new(router.clone(), self.health.clone(), read_committed, reset);
         let consumer = fetch::subscribed_consumer(&config, context, group, &topics)?;
         let committer = KafkaCommitter::new(
             group,
