@@ -4,11 +4,26 @@
 //! takes its partitions over, replaying only the changelog's tail, and every count is exact.
 //! The same run without standby replicas is the control: the takeover replays the whole
 //! changelog of the moved partitions.
+//!
+//! Window state is followed too: two in-process workers count hourly windows over the source
+//! stream; when one stops, the other takes its partitions over replaying (almost) nothing of the
+//! window state's changelog, where without standbys it replays all of it.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use rill::{AgentSpec, AgentStats, TopicSpec, Worker, record};
+
+#[record]
+#[derive(Debug, Clone)]
+struct Hit {
+    #[record(key)]
+    key: String,
+    #[record(timestamp)]
+    at: i64,
+}
 
 const URLS: usize = 2_000;
 
@@ -124,4 +139,131 @@ fn without_standby_replicas_the_takeover_replays_the_whole_changelog() {
     }
     let replayed = kill_one_of_two(18392, "0");
     assert!(replayed >= 500, "the control case replayed only {replayed}");
+}
+
+/// Hourly counts per key over the source stream (no `group_by`): the window state lives in
+/// the source group's partitions.
+fn hourly(input: &str) -> AgentSpec {
+    AgentSpec::new("hourly", "tests/kafka_standby.rs")
+        .source(TopicSpec::of::<Hit>(input, "tests/kafka_standby.rs"))
+        .run(|mut ctx| async move {
+            let mut windows = ctx
+                .stream::<Hit>()?
+                .keyed(Hit::key)
+                .tumbling(Duration::from_secs(3600))
+                .name("hourly")
+                .count();
+            while windows.next().await.is_some() {}
+            Ok(())
+        })
+}
+
+fn total(workers: &[&Worker], counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+    workers
+        .iter()
+        .map(|w| common::stat(w, "hourly", counter))
+        .sum()
+}
+
+/// Two workers count 4,000 records over 400 keys into window state; the first stops and the
+/// second takes its partitions over. Returns the window-state changelog records that takeover
+/// replayed.
+async fn window_takeover(standby: usize) -> rill::Result<u64> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(0);
+    };
+    let run = common::run_id();
+    let (app_id, input) = (format!("ksw_{run}"), format!("ksw_in_{run}"));
+    tokio::task::block_in_place(|| common::create_topic(&bootstrap, &input, 4, &[]));
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let worker = |dir: &std::path::Path| {
+        common::kafka_app(&app_id, &bootstrap, dir)
+            .configure(move |c| c.standby_replicas = standby)
+            .agents([hourly(&input)])
+            .start()
+    };
+    let (a, b) = (worker(da.path()).await?, worker(db.path()).await?);
+    let owns = |w: &Worker| w.assignment("hourly").map_or(0, |a| a.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while owns(&a) + owns(&b) != 4 || owns(&a) == 0 || owns(&b) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no 2-2 assignment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Within one hour, so no window closes.
+    let hour = common::records::now_ms() / 3_600_000 * 3_600_000;
+    let hits: Vec<(Option<String>, String)> = (0..4_000)
+        .map(|i| {
+            let key = format!("k{:03}", i % 400);
+            let value = serde_json::json!({"key": key, "at": hour + i});
+            (Some(key), value.to_string())
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        common::produce(&common::producer(&bootstrap), &input, &hits);
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while total(&[&a, &b], |s| &s.records_in) < 4_000 {
+        assert!(tokio::time::Instant::now() < deadline, "records not read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Commits (100 ms) and a standby round (1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let warm = common::stat(&b, "hourly", |s| &s.standby_replayed);
+    let before = common::stat(&b, "hourly", |s| &s.restored);
+    a.shutdown().await?;
+    common::wait_ready(&b, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while owns(&b) != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Recovery of the window state runs when the instance takes the assignment: until what
+    // it set out to replay is replayed, and a moment longer.
+    let settled = || {
+        let (done, total) = (
+            common::stat(&b, "hourly", |s| &s.restored),
+            common::stat(&b, "hourly", |s| &s.restore_total),
+        );
+        (done == total).then_some(done)
+    };
+    let mut last = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = settled();
+        if now.is_some() && now == last {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's recovery did not end"
+        );
+        last = now;
+    }
+    let replayed = common::stat(&b, "hourly", |s| &s.restored) - before;
+    eprintln!(
+        "standby replicas {standby}: {warm} window-state records kept warm, {replayed} replayed at the takeover"
+    );
+    b.shutdown().await?;
+    Ok(replayed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_is_kept_warm_by_a_standby_too() -> rill::Result<()> {
+    let replayed = window_takeover(1).await?;
+    let control = window_takeover(0).await?;
+    if common::kafka_bootstrap().is_some() {
+        // About half of the 400 keys' windows were the first worker's.
+        assert!(control >= 150, "the control case replayed only {control}");
+        assert!(
+            replayed * 10 < control,
+            "with a standby the takeover replayed {replayed} records, without {control}"
+        );
+    }
+    Ok(())
 }

@@ -1,13 +1,14 @@
 //! Standby replicas (`Config::standby_replicas`, Kafka Streams' `num.standby.replicas`, Faust's
 //! `table_standby_replicas`): a worker keeps warm LMDB copies of the table partitions of other
-//! workers, following their changelogs, so that when it takes one over, recovery replays only
-//! the tail.
+//! workers (declared tables, and window state over the source stream once the instances built
+//! it), following their changelogs, so that when it takes one over, recovery replays only the
+//! tail. State in a repartition group (`group_by`) is not followed (`Recovery::followed`).
 //!
 //! Which worker keeps which partition warm follows from the group's assignment alone, so every
 //! worker decides the same without talking to the others: the standbys of partition `p` are the
 //! owners of `p+1`, `p+2`, ... (wrapping around) other than `p`'s owner, the first
-//! `standby_replicas` distinct ones. With the `range` assignor's contiguous blocks that is the
-//! next worker's block. A worker finds itself in the group's member list by its assignment, so
+//! `standby_replicas` distinct ones (with the `range` assignor's contiguous blocks, the next
+//! worker's block). A worker finds itself in the group's member list by its assignment, so
 //! a worker owning no partition keeps none warm. On the embedded log (one process) there is
 //! nothing to keep warm.
 
@@ -54,6 +55,10 @@ impl Standby {
 
     /// One look at the assignment, and a catch-up of every partition to keep warm.
     fn round(&self, following: &mut BTreeSet<i32>) -> Result<()> {
+        if self.recovery.followed().is_empty() {
+            // No table yet (window state appears when the agent function builds its window).
+            return Ok(());
+        }
         let members: Vec<Vec<i32>> = self
             .log
             .group_members(&self.group)?

@@ -239,7 +239,7 @@ impl RecordLoop {
     /// with `pump` as its shared state, and returns its table recovery.
     pub(crate) fn hand_over(&mut self, pump: Arc<InstanceState>) -> Option<Arc<Recovery>> {
         self.shared = pump;
-        self.recovery.take()
+        self.recovery.take().map(|r| Arc::new(r.repartitioned()))
     }
 
     /// Adds a table built after start (a window's state) to this instance. Its partitions
@@ -261,18 +261,11 @@ impl RecordLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(core.clone());
-        let (mut tables, gates) = self
-            .recovery
-            .as_ref()
-            .map(|r| (r.tables.clone(), r.gates.clone()))
-            .unwrap_or_default();
-        tables.push(def);
-        self.recovery = Some(Arc::new(Recovery {
-            tables,
-            reader,
-            stats: self.shared.stats.clone(),
-            gates,
-        }));
+        let recovery = match &self.recovery {
+            Some(r) => r.with_table(def, reader),
+            None => Recovery::new(vec![def], reader, self.shared.stats.clone()),
+        };
+        self.recovery = Some(Arc::new(recovery));
         core
     }
 

@@ -27,6 +27,18 @@ pub(crate) struct Recovery {
     /// Held while a table partition replays (recovery or standby); shared by the agent's
     /// recoveries (an instance extends its own with window tables).
     pub(crate) gates: Arc<ReplayGates>,
+    /// What the agent's standby follows besides the declared tables, shared by the agent's
+    /// recoveries ([`Recovery::warm`]).
+    followed: Arc<Followed>,
+}
+
+/// Tables an agent's instances added at run time (window state over the source stream), and
+/// whether its state moved to a repartition group (`group_by`), whose partitions the source
+/// group's assignment says nothing about: then its standby follows nothing.
+#[derive(Default)]
+struct Followed {
+    added: std::sync::Mutex<Vec<Arc<TableDef>>>,
+    repartitioned: std::sync::atomic::AtomicBool,
 }
 
 /// Locks by partition number (striped), so a standby replay and an owner's recovery never
@@ -48,6 +60,85 @@ impl ReplayGates {
 }
 
 impl Recovery {
+    /// The recovery of `tables`, with gates of its own (an agent's first).
+    pub(crate) fn new(
+        tables: Vec<Arc<TableDef>>,
+        reader: Arc<dyn Log>,
+        stats: Arc<crate::base::metrics::AgentStats>,
+    ) -> Self {
+        Recovery {
+            tables,
+            reader,
+            stats,
+            gates: Arc::default(),
+            followed: Arc::default(),
+        }
+    }
+
+    /// This recovery with `def` too (an instance's window state, read through `reader`); the
+    /// agent's standby follows it from now on.
+    pub(crate) fn with_table(&self, def: Arc<TableDef>, reader: Arc<dyn Log>) -> Recovery {
+        {
+            let mut added = self
+                .followed
+                .added
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !added.iter().any(|d| d.name == def.name) {
+                added.push(def.clone());
+            }
+        }
+        let mut tables = self.tables.clone();
+        tables.push(def);
+        Recovery {
+            tables,
+            reader,
+            stats: self.stats.clone(),
+            gates: self.gates.clone(),
+            followed: self.followed.clone(),
+        }
+    }
+
+    /// This recovery for a repartitioned stream (`group_by`), which takes the agent's tables
+    /// into the repartition group: the agent's standby stops following them, and windows
+    /// added from now on are not followed either.
+    pub(crate) fn repartitioned(&self) -> Recovery {
+        self.followed
+            .repartitioned
+            .store(true, std::sync::atomic::Ordering::Release);
+        Recovery {
+            tables: self.tables.clone(),
+            reader: self.reader.clone(),
+            stats: self.stats.clone(),
+            gates: self.gates.clone(),
+            followed: Arc::default(),
+        }
+    }
+
+    /// Every table a standby follows: the declared ones and those added at run time; none
+    /// once the agent's state moved to a repartition group.
+    pub(crate) fn followed(&self) -> Vec<Arc<TableDef>> {
+        if self
+            .followed
+            .repartitioned
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Vec::new();
+        }
+        let mut all = self.tables.clone();
+        let added = self
+            .followed
+            .added
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for def in added.iter() {
+            if !all.iter().any(|d| d.name == def.name) {
+                all.push(def.clone());
+            }
+        }
+        all
+    }
+
     /// Recovers every table partition of `partitions`; returns where each source partition
     /// resumes according to local state (records below are already reflected in it).
     pub(crate) fn recover(&self, agent: &str, partitions: &[Tp]) -> Result<HashMap<Tp, i64>> {
@@ -75,13 +166,13 @@ impl Recovery {
         Ok(resume)
     }
 
-    /// Standby: brings this worker's copy of every table's `partition` up to its changelog's
+    /// Standby: brings this worker's copy of every followed table's `partition` up to its changelog's
     /// end, while `standby` says the partition is still not this worker's (asked under the
     /// gate, so an assignment in between waits and recovers only what is left). Returns the
     /// changelog records replayed (counted in `AgentStats::standby_replayed`).
     pub(crate) fn warm(&self, partition: i32, standby: impl Fn() -> bool) -> Result<u64> {
         let mut replayed = 0;
-        for def in &self.tables {
+        for def in &self.followed() {
             let _gate = self.gates.lock(partition);
             if !standby() {
                 return Ok(replayed);

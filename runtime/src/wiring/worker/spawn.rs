@@ -58,13 +58,15 @@ impl Worker {
         self.stats.insert(spec.name().to_owned(), stats.clone());
         let (txs, rxs) = instance_channels(spec.concurrency);
         let defs = tables.defs_of(spec.name());
-        let recovery = (!defs.is_empty()).then(|| {
-            Arc::new(Recovery {
-                tables: defs.clone(),
-                reader: tables.reader.clone(),
-                stats: stats.clone(),
-                gates: Arc::default(),
-            })
+        // With standby replicas an agent without declared tables gets a recovery too: its
+        // instances add their window state to it, and its standby follows that.
+        let standby = config.standby_replicas > 0 && self.transport.system() == "kafka";
+        let recovery = (!defs.is_empty() || standby).then(|| {
+            Arc::new(Recovery::new(
+                defs.clone(),
+                tables.reader.clone(),
+                stats.clone(),
+            ))
         });
         // Co-partitioned (`validate::co_partitioned`): the first source's count is every one's.
         let source_partitions = spec
