@@ -5,9 +5,10 @@
 //! The same run without standby replicas is the control: the takeover replays the whole
 //! changelog of the moved partitions.
 //!
-//! Window state is followed too: two in-process workers count hourly windows over the source
-//! stream; when one stops, the other takes its partitions over replaying (almost) nothing of the
-//! window state's changelog, where without standbys it replays all of it.
+//! Window state is followed too: two in-process workers count hourly windows, over the source
+//! stream and after `group_by` (state in the repartition group); when one stops, the other
+//! takes its partitions over replaying (almost) nothing of the window state's changelog, where
+//! without standbys it replays all of it.
 
 mod common;
 
@@ -141,15 +142,19 @@ fn without_standby_replicas_the_takeover_replays_the_whole_changelog() {
     assert!(replayed >= 500, "the control case replayed only {replayed}");
 }
 
-/// Hourly counts per key over the source stream (no `group_by`): the window state lives in
-/// the source group's partitions.
-fn hourly(input: &str) -> AgentSpec {
+/// Hourly counts per key: over the source stream (the window state lives in the source
+/// group's partitions) or after `group_by` (in the repartition group's).
+fn hourly(input: &str, group_by: bool) -> AgentSpec {
     AgentSpec::new("hourly", "tests/kafka_standby.rs")
         .source(TopicSpec::of::<Hit>(input, "tests/kafka_standby.rs"))
-        .run(|mut ctx| async move {
-            let mut windows = ctx
-                .stream::<Hit>()?
-                .keyed(Hit::key)
+        .run(move |mut ctx| async move {
+            let hits = ctx.stream::<Hit>()?;
+            let keyed = if group_by {
+                hits.group_by(Hit::key)
+            } else {
+                hits.keyed(Hit::key)
+            };
+            let mut windows = keyed
                 .tumbling(Duration::from_secs(3600))
                 .name("hourly")
                 .count();
@@ -168,7 +173,7 @@ fn total(workers: &[&Worker], counter: fn(&AgentStats) -> &std::sync::atomic::At
 /// Two workers count 4,000 records over 400 keys into window state; the first stops and the
 /// second takes its partitions over. Returns the window-state changelog records that takeover
 /// replayed.
-async fn window_takeover(standby: usize) -> rill::Result<u64> {
+async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok(0);
     };
@@ -182,13 +187,15 @@ async fn window_takeover(standby: usize) -> rill::Result<u64> {
     let worker = |dir: &std::path::Path| {
         common::kafka_app(&app_id, &bootstrap, dir)
             .configure(move |c| c.standby_replicas = standby)
-            .agents([hourly(&input)])
+            .agents([hourly(&input, group_by)])
             .start()
     };
     let (a, b) = (worker(da.path()).await?, worker(db.path()).await?);
+    // The source group's partitions, and the repartition group's after `group_by`.
+    let all = if group_by { 8 } else { 4 };
     let owns = |w: &Worker| w.assignment("hourly").map_or(0, |a| a.len());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while owns(&a) + owns(&b) != 4 || owns(&a) == 0 || owns(&b) == 0 {
+    while owns(&a) + owns(&b) != all || owns(&a) == 0 || owns(&b) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no 2-2 assignment");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -216,7 +223,7 @@ async fn window_takeover(standby: usize) -> rill::Result<u64> {
     a.shutdown().await?;
     common::wait_ready(&b, Duration::from_secs(60)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while owns(&b) != 4 {
+    while owns(&b) != all {
         assert!(
             tokio::time::Instant::now() < deadline,
             "B did not take over"
@@ -247,7 +254,7 @@ async fn window_takeover(standby: usize) -> rill::Result<u64> {
     }
     let replayed = common::stat(&b, "hourly", |s| &s.restored) - before;
     eprintln!(
-        "standby replicas {standby}: {warm} window-state records kept warm, {replayed} replayed at the takeover"
+        "standby replicas {standby}, group_by {group_by}: {warm} window-state records kept warm, {replayed} replayed at the takeover"
     );
     b.shutdown().await?;
     Ok(replayed)
@@ -255,15 +262,17 @@ async fn window_takeover(standby: usize) -> rill::Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_state_is_kept_warm_by_a_standby_too() -> rill::Result<()> {
-    let replayed = window_takeover(1).await?;
-    let control = window_takeover(0).await?;
-    if common::kafka_bootstrap().is_some() {
-        // About half of the 400 keys' windows were the first worker's.
-        assert!(control >= 150, "the control case replayed only {control}");
-        assert!(
-            replayed * 10 < control,
-            "with a standby the takeover replayed {replayed} records, without {control}"
-        );
+    for group_by in [false, true] {
+        let replayed = window_takeover(1, group_by).await?;
+        let control = window_takeover(0, group_by).await?;
+        if common::kafka_bootstrap().is_some() {
+            // About half of the 400 keys' windows were the first worker's.
+            assert!(control >= 150, "the control case replayed only {control}");
+            assert!(
+                replayed * 10 < control,
+                "group_by {group_by}: with a standby the takeover replayed {replayed} records, without {control}"
+            );
+        }
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router};
 use crate::wiring::pump::Pump;
 
 use crate::wiring::registry::Registry;
+use crate::wiring::standby::Standby;
 use crate::wiring::store_cell::StoreCell;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
@@ -82,6 +83,9 @@ pub(crate) struct AgentPipeline {
     windows: Mutex<HashMap<String, Arc<TableDef>>>,
     /// Set when a window is built on the repartitioned stream: pumps then carry watermarks.
     windowed: Arc<AtomicBool>,
+    /// The repartition group's standby recovery (standby replicas on Kafka), started with the
+    /// first pump.
+    standby: OnceLock<Option<Arc<Recovery>>>,
 }
 
 impl AgentPipeline {
@@ -133,6 +137,7 @@ impl AgentPipeline {
             repartition: OnceLock::new(),
             windows: Mutex::new(HashMap::new()),
             windowed: Arc::new(AtomicBool::new(false)),
+            standby: OnceLock::new(),
         })
     }
 
@@ -190,6 +195,49 @@ impl AgentPipeline {
             committer,
             receivers: Mutex::new(receivers),
         })
+    }
+
+    /// With standby replicas on Kafka, the recovery the repartition group's standby follows:
+    /// the tables the repartitioned streams take over and the windows built on them. Its
+    /// thread starts with the first pump.
+    fn repartition_standby(
+        &self,
+        r: &Repartition,
+        stats: &Arc<AgentStats>,
+    ) -> Option<Arc<Recovery>> {
+        self.standby
+            .get_or_init(|| {
+                if self.config.standby_replicas == 0 || self.transport.system() != "kafka" {
+                    return None;
+                }
+                let root = Arc::new(Recovery::new(
+                    Vec::new(),
+                    self.reader.clone(),
+                    stats.clone(),
+                ));
+                let standby = Standby {
+                    agent: self.agent.clone(),
+                    group: r.group.clone(),
+                    topic: r.topic.to_string(),
+                    replicas: self.config.standby_replicas,
+                    recovery: root.clone(),
+                    router: r.router.clone(),
+                    log: self.transport.clone(),
+                };
+                match standby.spawn(self.stop.clone()) {
+                    Ok(thread) => self
+                        .registry
+                        .threads
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(thread),
+                    Err(e) => {
+                        tracing::warn!(agent = %self.agent, error = %e, "standby replicas of the repartition group not started");
+                    }
+                }
+                Some(root)
+            })
+            .clone()
     }
 
     fn create_topic(&self, topic: &str) -> Result<()> {
@@ -280,7 +328,8 @@ impl AgentPipeline {
             Vec::new(),
             &self.config,
         );
-        let recovery = source.hand_over(pump_shared.clone());
+        let standby = self.repartition_standby(r, &agent.stats);
+        let recovery = source.hand_over(pump_shared.clone(), standby.as_deref());
         let pump = Pump {
             // A join's pump keeps a clock per side.
             watermarks: SourceClock::new(

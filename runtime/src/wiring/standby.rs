@@ -1,8 +1,9 @@
 //! Standby replicas (`Config::standby_replicas`, Kafka Streams' `num.standby.replicas`, Faust's
 //! `table_standby_replicas`): a worker keeps warm LMDB copies of the table partitions of other
-//! workers (declared tables, and window state over the source stream once the instances built
-//! it), following their changelogs, so that when it takes one over, recovery replays only the
-//! tail. State in a repartition group (`group_by`) is not followed (`Recovery::followed`).
+//! workers (declared tables, and window and join state once the instances built it),
+//! following their changelogs, so that when it takes one over, recovery replays only the tail.
+//! One standby per consumer group: the source group's, and after a `group_by` the repartition
+//! group's (`pipeline::repartition_standby`), which follows the state that moved there.
 //!
 //! Which worker keeps which partition warm follows from the group's assignment alone, so every
 //! worker decides the same without talking to the others: the standbys of partition `p` are the

@@ -236,10 +236,17 @@ impl RecordLoop {
     }
 
     /// Gives this stream's tables to another one (`group_by`): this stream continues as a pump
-    /// with `pump` as its shared state, and returns its table recovery.
-    pub(crate) fn hand_over(&mut self, pump: Arc<InstanceState>) -> Option<Arc<Recovery>> {
+    /// with `pump` as its shared state, and returns its table recovery, followed by
+    /// `standby` (the repartition group's standby recovery) when there is one.
+    pub(crate) fn hand_over(
+        &mut self,
+        pump: Arc<InstanceState>,
+        standby: Option<&Recovery>,
+    ) -> Option<Arc<Recovery>> {
         self.shared = pump;
-        self.recovery.take().map(|r| Arc::new(r.repartitioned()))
+        self.recovery
+            .take()
+            .map(|r| Arc::new(r.repartitioned(standby)))
     }
 
     /// Adds a table built after start (a window's state) to this instance. Its partitions

@@ -32,13 +32,23 @@ pub(crate) struct Recovery {
     followed: Arc<Followed>,
 }
 
-/// Tables an agent's instances added at run time (window state over the source stream), and
-/// whether its state moved to a repartition group (`group_by`), whose partitions the source
-/// group's assignment says nothing about: then its standby follows nothing.
+/// Tables an agent's instances added at run time (window state), and whether its state moved
+/// to a repartition group (`group_by`), whose partitions the source group's assignment says
+/// nothing about: then the source group's standby follows nothing (the repartition group's
+/// follows them, see [`Recovery::repartitioned`]).
 #[derive(Default)]
 struct Followed {
     added: std::sync::Mutex<Vec<Arc<TableDef>>>,
     repartitioned: std::sync::atomic::AtomicBool,
+}
+
+impl Followed {
+    fn add(&self, def: &Arc<TableDef>) {
+        let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        if !added.iter().any(|d| d.name == def.name) {
+            added.push(def.clone());
+        }
+    }
 }
 
 /// Locks by partition number (striped), so a standby replay and an owner's recovery never
@@ -78,16 +88,7 @@ impl Recovery {
     /// This recovery with `def` too (an instance's window state, read through `reader`); the
     /// agent's standby follows it from now on.
     pub(crate) fn with_table(&self, def: Arc<TableDef>, reader: Arc<dyn Log>) -> Recovery {
-        {
-            let mut added = self
-                .followed
-                .added
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if !added.iter().any(|d| d.name == def.name) {
-                added.push(def.clone());
-            }
-        }
+        self.followed.add(&def);
         let mut tables = self.tables.clone();
         tables.push(def);
         Recovery {
@@ -100,18 +101,28 @@ impl Recovery {
     }
 
     /// This recovery for a repartitioned stream (`group_by`), which takes the agent's tables
-    /// into the repartition group: the agent's standby stops following them, and windows
-    /// added from now on are not followed either.
-    pub(crate) fn repartitioned(&self) -> Recovery {
+    /// into the repartition group: the source group's standby stops following them. `into`,
+    /// the repartition group's standby recovery when there is one, follows them instead, and
+    /// the windows added from now on.
+    pub(crate) fn repartitioned(&self, into: Option<&Recovery>) -> Recovery {
         self.followed
             .repartitioned
             .store(true, std::sync::atomic::Ordering::Release);
+        let (gates, followed) = match into {
+            Some(root) => {
+                for def in &self.tables {
+                    root.followed.add(def);
+                }
+                (root.gates.clone(), root.followed.clone())
+            }
+            None => (self.gates.clone(), Arc::default()),
+        };
         Recovery {
             tables: self.tables.clone(),
             reader: self.reader.clone(),
             stats: self.stats.clone(),
-            gates: self.gates.clone(),
-            followed: Arc::default(),
+            gates,
+            followed,
         }
     }
 
