@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rill::{AgentSpec, App, RebalanceProtocol, TopicSpec, Worker};
+use rill::{AgentSpec, App, Either, RebalanceProtocol, TopicSpec, Worker};
 
 struct Setup {
     bootstrap: String,
@@ -122,22 +122,41 @@ async fn without_an_instance_id_an_eager_group_rebalances_the_others_at_the_same
     Ok(())
 }
 
-/// Counts records per key in the table `counts` and sends `<key>=<count>` for each.
-fn key_counter(input: &str, output: &str) -> AgentSpec {
-    AgentSpec::new("counter", "tests/kafka_membership.rs")
-        .source(TopicSpec::of::<String>(input, "tests/kafka_membership.rs"))
-        .sink(TopicSpec::of::<String>(output, "tests/kafka_membership.rs"))
+/// Counts records per key in the table `counts` and sends `<key>=<count>` for each; over two
+/// co-partitioned topics read together (`either`) when `inputs` names two.
+fn key_counter(inputs: &[String], output: &str) -> AgentSpec {
+    let mut spec = AgentSpec::new("counter", "tests/kafka_membership.rs");
+    for input in inputs {
+        spec = spec.source(TopicSpec::of::<String>(input, "tests/kafka_membership.rs"));
+    }
+    if inputs.len() > 1 {
+        spec = spec.co_partitioned();
+    }
+    let inputs = inputs.to_vec();
+    spec.sink(TopicSpec::of::<String>(output, "tests/kafka_membership.rs"))
         .table("counts")
-        .run(|mut ctx| async move {
-            let mut input = ctx.stream::<String>()?;
-            let out = ctx.sink::<String>()?;
-            let counts = ctx.table::<String, u64>("counts")?;
-            while let Some(value) = input.next().await {
-                let key = value.split('#').next().unwrap_or_default().to_owned();
-                let n = counts.update(key.clone(), |c| c + 1)?;
-                out.send(&format!("{key}={n}")).await?;
+        .run(move |mut ctx| {
+            let inputs = inputs.clone();
+            async move {
+                let mut input = match inputs.as_slice() {
+                    [_] => ctx.stream::<String>()?,
+                    [a, b, ..] => ctx
+                        .stream_of::<String>(a)?
+                        .either(ctx.stream_of::<String>(b)?)
+                        .map(|e| match e {
+                            Either::Left(v) | Either::Right(v) => v,
+                        }),
+                    [] => unreachable!("a source"),
+                };
+                let out = ctx.sink::<String>()?;
+                let counts = ctx.table::<String, u64>("counts")?;
+                while let Some(value) = input.next().await {
+                    let key = value.split('#').next().unwrap_or_default().to_owned();
+                    let n = counts.update(key.clone(), |c| c + 1)?;
+                    out.send(&format!("{key}={n}")).await?;
+                }
+                Ok(())
             }
-            Ok(())
         })
 }
 
@@ -181,19 +200,23 @@ async fn settled(workers: &[&Worker], partitions: usize) -> Vec<BTreeSet<(String
     }
 }
 
-/// Two workers count six partitions; a third joins while records keep coming. Returns the
-/// partitions the first two had revoked meanwhile and how many the third took.
-async fn third_worker_joins(protocol: RebalanceProtocol) -> rill::Result<(u64, usize)> {
+/// Two workers count six partitions (of each of `topics` topics); a third joins while records
+/// keep coming. Returns the partitions the first two had revoked meanwhile and how many the
+/// third took.
+async fn third_worker_joins(
+    protocol: RebalanceProtocol,
+    topics: usize,
+) -> rill::Result<(u64, usize)> {
     let Some(bootstrap) = common::kafka_bootstrap() else {
         return Ok((0, 0));
     };
     let run = common::run_id();
-    let (app_id, input, output) = (
-        format!("kc_{run}"),
-        format!("kc_in_{run}"),
-        format!("kc_out_{run}"),
-    );
-    tokio::task::block_in_place(|| common::create_topic(&bootstrap, &input, 6, &[]));
+    let (app_id, output) = (format!("kc_{run}"), format!("kc_out_{run}"));
+    let inputs: Vec<String> = (0..topics).map(|t| format!("kc_in{t}_{run}")).collect();
+    for input in &inputs {
+        tokio::task::block_in_place(|| common::create_topic(&bootstrap, input, 6, &[]));
+    }
+    let partitions = 6 * topics;
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
@@ -202,16 +225,26 @@ async fn third_worker_joins(protocol: RebalanceProtocol) -> rill::Result<(u64, u
             .configure(move |c| {
                 c.rebalance_protocol = protocol;
             })
-            .agents([key_counter(&input, &output)])
+            .agents([key_counter(&inputs, &output)])
             .start()
     };
-    let produce = |from, n| {
+    // Records of one key go to every input topic in turn, into partition n of each.
+    let produce = |from: usize, n: usize| {
         tokio::task::block_in_place(|| {
-            common::produce(&common::producer(&bootstrap), &input, &keyed(from, n));
+            let producer = common::producer(&bootstrap);
+            for (t, input) in inputs.iter().enumerate() {
+                let share: Vec<_> = keyed(from, n)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % topics == t)
+                    .map(|(_, r)| r)
+                    .collect();
+                common::produce(&producer, input, &share);
+            }
         });
     };
     let (a, b) = (worker(0).await?, worker(1).await?);
-    let before = settled(&[&a, &b], 6).await;
+    let before = settled(&[&a, &b], partitions).await;
     produce(0, 400);
     let revoked = |w: &Worker| {
         w.rebalances("counter")
@@ -222,7 +255,21 @@ async fn third_worker_joins(protocol: RebalanceProtocol) -> rill::Result<(u64, u
 
     let c = worker(2).await?;
     produce(400, 400);
-    let after = settled(&[&a, &b, &c], 6).await;
+    let after = settled(&[&a, &b, &c], partitions).await;
+    for owned in &after {
+        // Co-partitioned: partition n of every input topic in one worker.
+        let numbers = |t: &String| -> BTreeSet<i32> {
+            owned
+                .iter()
+                .filter(|(x, _)| x == t)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        assert!(
+            inputs.iter().all(|t| numbers(t) == numbers(&inputs[0])),
+            "partitions of the inputs split between workers: {owned:?}"
+        );
+    }
     produce(800, 400);
     let moved = revoked(&a) + revoked(&b) - revoked_before;
     if protocol == RebalanceProtocol::Cooperative {
@@ -256,7 +303,7 @@ async fn third_worker_joins(protocol: RebalanceProtocol) -> rill::Result<(u64, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_worker_takes_only_the_partitions_that_move() -> rill::Result<()> {
-    let (revoked, taken) = third_worker_joins(RebalanceProtocol::Cooperative).await?;
+    let (revoked, taken) = third_worker_joins(RebalanceProtocol::Cooperative, 1).await?;
     if common::kafka_bootstrap().is_some() {
         assert_eq!(
             revoked, taken as u64,
@@ -267,8 +314,21 @@ async fn a_joining_worker_takes_only_the_partitions_that_move() -> rill::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_partitioned_topics_move_together_and_only_when_they_must() -> rill::Result<()> {
+    let (revoked, taken) = third_worker_joins(RebalanceProtocol::Cooperative, 2).await?;
+    if common::kafka_bootstrap().is_some() {
+        assert!(taken >= 2, "the third worker took {taken} partitions");
+        assert_eq!(
+            revoked, taken as u64,
+            "the first two workers lost exactly the partitions the third took"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eager_group_revokes_every_partition_when_a_worker_joins() -> rill::Result<()> {
-    let (revoked, taken) = third_worker_joins(RebalanceProtocol::Eager).await?;
+    let (revoked, taken) = third_worker_joins(RebalanceProtocol::Eager, 1).await?;
     if common::kafka_bootstrap().is_some() {
         assert!(taken > 0);
         assert_eq!(revoked, 6, "the control case: all six partitions revoked");

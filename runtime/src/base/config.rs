@@ -129,10 +129,9 @@ impl OffsetReset {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RebalanceProtocol {
     /// Only the partitions that move are revoked (librdkafka's `cooperative-sticky`; Kafka
-    /// Streams' default since 2.6): workers whose partitions stay keep processing them. Used
-    /// for agents of one topic; an agent reading several co-partitioned topics (a join) needs
-    /// partition n of each in one worker, which only `range` guarantees, and rebalances
-    /// eagerly.
+    /// Streams' default since 2.6): workers whose partitions stay keep processing them. An
+    /// agent reading several co-partitioned topics (a join) is assigned its first topic by the
+    /// group, and partition n of the others with partition n of it.
     #[default]
     Cooperative,
     /// Every rebalance revokes every partition of the group first (`range`).
@@ -270,7 +269,7 @@ const RESERVED_KAFKA: &[(&str, &str)] = &[
     ),
     (
         "partition.assignment.strategy",
-        "rill sets `cooperative-sticky` for agents of one topic and `range` for agents reading several co-partitioned topics (a join needs partition n of each in one worker); set RILL_REBALANCE_PROTOCOL=eager for `range` everywhere",
+        "rill sets `cooperative-sticky` (agents reading several co-partitioned topics get partition n of each together); set RILL_REBALANCE_PROTOCOL=eager for eager `range` rebalancing",
     ),
     (
         "allow.auto.create.topics",

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::types::RDKafkaRespErr;
 
 use super::client::{LogContext, creation_error, prefetch_defaults};
 use super::rebalance::Rebalancer;
@@ -35,15 +36,13 @@ pub(super) struct Membership {
 }
 
 /// The config of an agent group's consumer: rill stores and commits its offsets itself; the
-/// assignor is `cooperative-sticky` for a group of one topic and `range` (which keeps
-/// co-partitioned topics together) for several or under `RebalanceProtocol::Eager` (see
+/// assignor is `cooperative-sticky`, or `range` under `RebalanceProtocol::Eager` (see
 /// `rebalance`); `reset` is the agent's `offset_reset`, and `web_url` is advertised in its
 /// `client.id` (see `KafkaTransport::web_url`). `Config::validate` refuses user values for
 /// what is set here.
 pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
-    topics: usize,
     reset: OffsetReset,
     read_committed: bool,
     web_url: Option<&str>,
@@ -51,8 +50,8 @@ pub(super) fn consumer_config(
 ) -> ClientConfig {
     let mut config = base.clone();
     let assignor = match membership.protocol {
-        RebalanceProtocol::Cooperative if topics == 1 => "cooperative-sticky",
-        _ => "range",
+        RebalanceProtocol::Cooperative => "cooperative-sticky",
+        RebalanceProtocol::Eager => "range",
     };
     config
         .set("group.id", group)
@@ -457,9 +456,10 @@ impl FetchContext {
         health: Arc<Health>,
         read_committed: bool,
         reset: OffsetReset,
+        partners: Vec<String>,
     ) -> Self {
         FetchContext {
-            rebalancer: Rebalancer::new(router.clone(), reset),
+            rebalancer: Rebalancer::new(router.clone(), reset, partners),
             router,
             health,
             lags: std::sync::Mutex::new(HashMap::new()),
@@ -502,12 +502,13 @@ impl ClientContext for FetchContext {
 }
 
 impl ConsumerContext for FetchContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalancer.before(consumer, rebalance);
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalancer.after(consumer, rebalance);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut rdkafka::TopicPartitionList,
+    ) {
+        self.rebalancer.rebalance(consumer, err, tpl);
     }
 }
 
@@ -516,8 +517,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_topic_rebalances_cooperatively_several_with_range_as_do_eager_groups() {
-        let assignor = |topics, protocol| {
+    fn the_assignor_is_cooperative_sticky_unless_the_protocol_is_eager() {
+        let assignor = |protocol| {
             let membership = Membership {
                 instance_id: None,
                 protocol,
@@ -525,7 +526,6 @@ mod tests {
             let config = consumer_config(
                 &ClientConfig::new(),
                 "g",
-                topics,
                 OffsetReset::Earliest,
                 false,
                 None,
@@ -535,13 +535,11 @@ mod tests {
                 .get("partition.assignment.strategy")
                 .map(str::to_owned)
         };
-        use RebalanceProtocol::{Cooperative, Eager};
         assert_eq!(
-            assignor(1, Cooperative).as_deref(),
+            assignor(RebalanceProtocol::Cooperative).as_deref(),
             Some("cooperative-sticky")
         );
-        assert_eq!(assignor(2, Cooperative).as_deref(), Some("range"));
-        assert_eq!(assignor(1, Eager).as_deref(), Some("range"));
+        assert_eq!(assignor(RebalanceProtocol::Eager).as_deref(), Some("range"));
     }
 
     #[test]

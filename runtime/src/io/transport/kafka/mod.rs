@@ -42,7 +42,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer as _;
 
 use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
-use crate::base::config::{Config, OffsetReset, ProcessingGuarantee};
+use crate::base::config::{Config, OffsetReset, ProcessingGuarantee, RebalanceProtocol};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{OutRecord, RawRecord};
@@ -195,14 +195,26 @@ impl Log for KafkaTransport {
         let config = fetch::consumer_config(
             &self.base,
             group,
-            topics.len(),
             reset,
             read_committed,
             self.web_url.get().map(String::as_str),
             &self.membership,
         );
-        let context = FetchContext::new(router.clone(), self.health.clone(), read_committed, reset);
-        let consumer = fetch::subscribed_consumer(&config, context, group, &topics)?;
+        // Cooperative: the group assigns the first topic; the others follow it partition for
+        // partition (see `rebalance`).
+        let split = match self.membership.protocol {
+            RebalanceProtocol::Cooperative => 1.min(topics.len()),
+            RebalanceProtocol::Eager => topics.len(),
+        };
+        let (subscribed, partners) = topics.split_at(split);
+        let context = FetchContext::new(
+            router.clone(),
+            self.health.clone(),
+            read_committed,
+            reset,
+            partners.to_vec(),
+        );
+        let consumer = fetch::subscribed_consumer(&config, context, group, subscribed)?;
         let committer = KafkaCommitter::new(
             group,
             consumer.clone(),

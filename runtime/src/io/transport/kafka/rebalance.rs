@@ -1,11 +1,13 @@
 //! How an agent group's assignment changes reach its instances.
 //!
-//! - **Eager** (`range`; agents reading several co-partitioned topics, or
-//!   `RILL_REBALANCE_PROTOCOL=eager`): every rebalance revokes every partition (the instances
-//!   commit and drop their work), then announces the new assignment.
-//! - **Cooperative** (`cooperative-sticky`; agents of one topic, the default): the group
-//!   revokes only the partitions that move; a worker whose assignment does not change is not
-//!   called at all. A worker losing or gaining partitions has its instances commit and drop
+//! - **Eager** (`range`, `RILL_REBALANCE_PROTOCOL=eager`): every rebalance revokes every
+//!   partition (the instances commit and drop their work), then announces the new assignment.
+//! - **Cooperative** (`cooperative-sticky`, the default): the group revokes only the partitions
+//!   that move; a worker whose assignment does not change is not called at all. An agent
+//!   reading several co-partitioned topics (a join, retry topics) subscribes to its first
+//!   topic only, and partition n of each other topic (its *partners*) is assigned and revoked
+//!   with partition n of the first, in the same call: `cooperative-sticky` alone would split
+//!   them between workers. A worker losing or gaining partitions has its instances commit and drop
 //!   what they hold (a few milliseconds), then reads its kept partitions again from their
 //!   committed offsets (records fetched but not finished would otherwise be skipped) and
 //!   announces the whole new assignment: tables recover only what the local copy lacks,
@@ -21,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::base::config::OffsetReset;
@@ -42,6 +46,8 @@ pub(super) enum ReadAgain {
 pub(super) struct Rebalancer {
     router: Arc<Router>,
     reset: OffsetReset,
+    /// Topics read with the subscribed one, partition for partition (cooperative only).
+    partners: Vec<String>,
     /// Set in a cooperative rebalance: the fetcher reads the assignment again from the
     /// committed offsets before it fetches on.
     changed: AtomicBool,
@@ -50,21 +56,57 @@ pub(super) struct Rebalancer {
 }
 
 impl Rebalancer {
-    pub(super) fn new(router: Arc<Router>, reset: OffsetReset) -> Self {
+    pub(super) fn new(router: Arc<Router>, reset: OffsetReset, partners: Vec<String>) -> Self {
         Rebalancer {
             router,
             reset,
+            partners,
             changed: AtomicBool::new(false),
             starts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Before librdkafka applies a change (called inside `poll`, on the fetcher thread).
-    pub(super) fn before<C: ConsumerContext>(
+    /// librdkafka's rebalance callback (inside `poll`, on the fetcher thread): rdkafka's own,
+    /// with the partners' partitions added to what the group assigns or revokes.
+    pub(super) fn rebalance<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
-        rebalance: &Rebalance<'_>,
+        err: RDKafkaRespErr,
+        tpl: &TopicPartitionList,
     ) {
+        let tpl = self.with_partners(tpl);
+        let cooperative = cooperative(consumer);
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(&tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(&tpl),
+            _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
+        };
+        self.before(consumer, &rebalance);
+        let applied = match (&rebalance, cooperative) {
+            (Rebalance::Assign(_), true) => consumer.incremental_assign(&tpl),
+            (Rebalance::Assign(_), false) => consumer.assign(&tpl),
+            (_, true) => consumer.incremental_unassign(&tpl),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(e) = applied {
+            tracing::error!(agent = %self.router.agent, error = %e, "applying a rebalance");
+        }
+        self.after(consumer, &rebalance);
+    }
+
+    /// `tpl` with partition n of every partner topic for each partition n of it.
+    fn with_partners(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let mut all = tpl.clone();
+        for e in tpl.elements() {
+            for partner in &self.partners {
+                all.add_partition(partner, e.partition());
+            }
+        }
+        all
+    }
+
+    /// Before librdkafka applies a change.
+    fn before<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
         match rebalance {
             // Blocks the fetcher until each instance has committed its finished records.
             Rebalance::Revoke(tpl) => self.router.revoke(tpl.count()),
@@ -78,11 +120,7 @@ impl Rebalancer {
     }
 
     /// After librdkafka applied a change.
-    pub(super) fn after<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn after<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) if tpl.count() > 0 || !cooperative(consumer) => {
                 self.note_starts(consumer, tpl);
