@@ -177,10 +177,10 @@ impl Recovery {
         Ok(resume)
     }
 
-    /// Standby: brings this worker's copy of every followed table's `partition` up to its changelog's
-    /// end, while `standby` says the partition is still not this worker's (asked under the
-    /// gate, so an assignment in between waits and recovers only what is left). Returns the
-    /// changelog records replayed (counted in `AgentStats::standby_replayed`).
+    /// Standby: brings this worker's copy of every followed table's `partition` up to its
+    /// changelog's end, while `standby` says the partition is still not this worker's (asked
+    /// under the gate, so an assignment in between waits and recovers only what is left).
+    /// Returns the changelog records replayed (counted in `AgentStats::standby_replayed`).
     pub(crate) fn warm(&self, partition: i32, standby: impl Fn() -> bool) -> Result<u64> {
         let mut replayed = 0;
         for def in &self.followed() {

@@ -7,8 +7,8 @@
 //!   reading several co-partitioned topics (a join, retry topics) subscribes to its first
 //!   topic only, and partition n of each other topic (its *partners*) is assigned and revoked
 //!   with partition n of the first, in the same call: `cooperative-sticky` alone would split
-//!   them between workers. A worker losing or gaining partitions has its instances commit and drop
-//!   what they hold (a few milliseconds), then reads its kept partitions again from their
+//!   them between workers. A worker losing or gaining partitions has its instances commit and
+//!   drop what they hold (a few milliseconds), then reads its kept partitions again from their
 //!   committed offsets (records fetched but not finished would otherwise be skipped) and
 //!   announces the whole new assignment: tables recover only what the local copy lacks,
 //!   windows reload from the store, and exactly-once transactions never span two assignments.
@@ -109,7 +109,9 @@ impl Rebalancer {
     fn before<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
         match rebalance {
             // Blocks the fetcher until each instance has committed its finished records.
-            Rebalance::Revoke(tpl) => self.router.revoke(tpl.count()),
+            Rebalance::Revoke(tpl) if tpl.count() > 0 || !cooperative(consumer) => {
+                self.router.revoke(tpl.count());
+            }
             Rebalance::Assign(tpl)
                 if tpl.count() > 0 && cooperative(consumer) && !self.owns_nothing() =>
             {
@@ -131,7 +133,9 @@ impl Rebalancer {
                     tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
                 }
             }
-            Rebalance::Revoke(_) if cooperative(consumer) && !assignment(consumer).is_empty() => {
+            Rebalance::Revoke(tpl)
+                if tpl.count() > 0 && cooperative(consumer) && !assignment(consumer).is_empty() =>
+            {
                 self.changed.store(true, Ordering::Release);
             }
             Rebalance::Error(e) => {
