@@ -7,15 +7,16 @@
 //!
 //! Window state is followed too: two in-process workers count hourly windows, over the source
 //! stream and after `group_by` (state in the repartition group); when one stops, the other
-//! takes its partitions over replaying (almost) nothing of the window state's changelog, where
-//! without standbys it replays all of it.
+//! takes its partitions over (a cooperative rebalance) replaying (almost) nothing of the window
+//! state's changelog, where without standbys it replays all of it; either way every key's
+//! window then counts on exactly.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rill::{AgentSpec, AgentStats, TopicSpec, Worker, record};
+use rill::{AgentSpec, AgentStats, Emit, TopicSpec, Worker, record};
 
 #[record]
 #[derive(Debug, Clone)]
@@ -144,11 +145,14 @@ fn without_standby_replicas_the_takeover_replays_the_whole_changelog() {
 
 /// Hourly counts per key: over the source stream (the window state lives in the source
 /// group's partitions) or after `group_by` (in the repartition group's).
-fn hourly(input: &str, group_by: bool) -> AgentSpec {
+/// Every update is sent to `output` as `<key>=<count>`.
+fn hourly(input: &str, output: &str, group_by: bool) -> AgentSpec {
     AgentSpec::new("hourly", "tests/kafka_standby.rs")
         .source(TopicSpec::of::<Hit>(input, "tests/kafka_standby.rs"))
+        .sink(TopicSpec::of::<String>(output, "tests/kafka_standby.rs"))
         .run(move |mut ctx| async move {
             let hits = ctx.stream::<Hit>()?;
+            let out = ctx.sink::<String>()?;
             let keyed = if group_by {
                 hits.group_by(Hit::key)
             } else {
@@ -157,10 +161,24 @@ fn hourly(input: &str, group_by: bool) -> AgentSpec {
             let mut windows = keyed
                 .tumbling(Duration::from_secs(3600))
                 .name("hourly")
+                .emit(Emit::Update)
                 .count();
-            while windows.next().await.is_some() {}
+            while let Some(w) = windows.next().await {
+                out.send(&format!("{}={}", w.key, w.value)).await?;
+            }
             Ok(())
         })
+}
+
+/// `n` hits from `from` on, over 400 keys, hit i at `hour + i` ms.
+fn hits(hour: i64, from: i64, n: i64) -> Vec<(Option<String>, String)> {
+    (from..from + n)
+        .map(|i| {
+            let key = format!("k{:03}", i % 400);
+            let value = serde_json::json!({"key": key, "at": hour + i});
+            (Some(key), value.to_string())
+        })
+        .collect()
 }
 
 fn total(workers: &[&Worker], counter: fn(&AgentStats) -> &std::sync::atomic::AtomicU64) -> u64 {
@@ -178,7 +196,11 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
         return Ok(0);
     };
     let run = common::run_id();
-    let (app_id, input) = (format!("ksw_{run}"), format!("ksw_in_{run}"));
+    let (app_id, input, output) = (
+        format!("ksw_{run}"),
+        format!("ksw_in_{run}"),
+        format!("ksw_out_{run}"),
+    );
     tokio::task::block_in_place(|| common::create_topic(&bootstrap, &input, 4, &[]));
     let (da, db) = (
         tempfile::tempdir().expect("tempdir"),
@@ -187,7 +209,7 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
     let worker = |dir: &std::path::Path| {
         common::kafka_app(&app_id, &bootstrap, dir)
             .configure(move |c| c.standby_replicas = standby)
-            .agents([hourly(&input, group_by)])
+            .agents([hourly(&input, &output, group_by)])
             .start()
     };
     let (a, b) = (worker(da.path()).await?, worker(db.path()).await?);
@@ -199,18 +221,14 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
         assert!(tokio::time::Instant::now() < deadline, "no 2-2 assignment");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Within one hour, so no window closes.
+    // Event times within the first seconds of one hour: one window per key, never closed.
     let hour = common::records::now_ms() / 3_600_000 * 3_600_000;
-    let hits: Vec<(Option<String>, String)> = (0..4_000)
-        .map(|i| {
-            let key = format!("k{:03}", i % 400);
-            let value = serde_json::json!({"key": key, "at": hour + i});
-            (Some(key), value.to_string())
-        })
-        .collect();
-    tokio::task::block_in_place(|| {
-        common::produce(&common::producer(&bootstrap), &input, &hits);
-    });
+    let produce = |from, n| {
+        tokio::task::block_in_place(|| {
+            common::produce(&common::producer(&bootstrap), &input, &hits(hour, from, n));
+        });
+    };
+    produce(0, 4_000);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while total(&[&a, &b], |s| &s.records_in) < 4_000 {
         assert!(tokio::time::Instant::now() < deadline, "records not read");
@@ -253,6 +271,27 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
         last = now;
     }
     let replayed = common::stat(&b, "hourly", |s| &s.restored) - before;
+    // The window state B took over counts on: every key's updates are 1, 2, ... 20, each once.
+    produce(4_000, 4_000);
+    let out = tokio::task::block_in_place(|| {
+        common::consume(&bootstrap, &output, 8_000, Duration::from_secs(90))
+    });
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &out {
+        let (key, n) = r.2.split_once('=').expect("key=count");
+        seen.entry(key.to_owned())
+            .or_default()
+            .push(n.parse().expect("a count"));
+    }
+    assert_eq!(seen.len(), 400, "every key counted");
+    for (key, mut counts) in seen {
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            (1..=20).collect::<Vec<u64>>(),
+            "the updates of {key}"
+        );
+    }
     eprintln!(
         "standby replicas {standby}, group_by {group_by}: {warm} window-state records kept warm, {replayed} replayed at the takeover"
     );
