@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use rill::{AgentSpec, App, Either, RebalanceProtocol, TopicSpec, Worker};
 
@@ -282,19 +282,7 @@ async fn third_worker_joins(
     let out = tokio::task::block_in_place(|| {
         common::consume(&bootstrap, &output, 1_200, Duration::from_secs(90))
     });
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in &out {
-        let (key, n) = r.2.split_once('=').expect("key=count");
-        seen.entry(key.to_owned())
-            .or_default()
-            .push(n.parse().expect("a count"));
-    }
-    assert_eq!(seen.len(), KEYS, "every key counted");
-    for (key, mut counts) in seen {
-        counts.sort_unstable();
-        let want: Vec<u64> = (1..=(1_200 / KEYS) as u64).collect();
-        assert_eq!(counts, want, "the counts of {key}");
-    }
+    common::assert_counted_exactly(&out, KEYS, (1_200 / KEYS) as u64);
     for w in [a, b, c] {
         w.shutdown().await?;
     }

@@ -276,22 +276,7 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
     let out = tokio::task::block_in_place(|| {
         common::consume(&bootstrap, &output, 8_000, Duration::from_secs(90))
     });
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in &out {
-        let (key, n) = r.2.split_once('=').expect("key=count");
-        seen.entry(key.to_owned())
-            .or_default()
-            .push(n.parse().expect("a count"));
-    }
-    assert_eq!(seen.len(), 400, "every key counted");
-    for (key, mut counts) in seen {
-        counts.sort_unstable();
-        assert_eq!(
-            counts,
-            (1..=20).collect::<Vec<u64>>(),
-            "the updates of {key}"
-        );
-    }
+    common::assert_counted_exactly(&out, 400, 20);
     eprintln!(
         "standby replicas {standby}, group_by {group_by}: {warm} window-state records kept warm, {replayed} replayed at the takeover"
     );

@@ -183,3 +183,24 @@ pub(crate) fn printed_totals(lines: &[String]) -> std::collections::BTreeMap<Str
     }
     out
 }
+
+/// Checks running counts read back as `<key>=<count>` lines: `keys` keys, each with the
+/// counts 1, 2, ... `each`, every one exactly once (nothing lost, nothing counted twice).
+pub(crate) fn assert_counted_exactly(out: &[super::kafka::Consumed], keys: usize, each: u64) {
+    let mut seen: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for (_, _, line) in out {
+        let (key, n) = line.split_once('=').expect("key=count");
+        seen.entry(key)
+            .or_default()
+            .push(n.parse().expect("a count"));
+    }
+    assert_eq!(seen.len(), keys, "every key counted");
+    for (key, mut counts) in seen {
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            (1..=each).collect::<Vec<u64>>(),
+            "the counts of {key}"
+        );
+    }
+}
