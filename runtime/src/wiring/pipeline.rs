@@ -33,7 +33,7 @@ use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router};
 use crate::wiring::pump::Pump;
 
 use crate::wiring::registry::Registry;
-use crate::wiring::standby::Standby;
+use crate::wiring::standby;
 use crate::wiring::store_cell::StoreCell;
 
 type Receivers = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
@@ -207,7 +207,7 @@ impl AgentPipeline {
     ) -> Option<Arc<Recovery>> {
         self.standby
             .get_or_init(|| {
-                if self.config.standby_replicas == 0 || self.transport.system() != "kafka" {
+                if !standby::wanted(self.config.standby_replicas, &*self.transport) {
                     return None;
                 }
                 let root = Arc::new(Recovery::new(
@@ -215,7 +215,7 @@ impl AgentPipeline {
                     self.reader.clone(),
                     stats.clone(),
                 ));
-                let standby = Standby {
+                let standby = standby::Standby {
                     agent: self.agent.clone(),
                     group: r.group.clone(),
                     topic: r.topic.to_string(),
@@ -224,16 +224,8 @@ impl AgentPipeline {
                     router: r.router.clone(),
                     log: self.transport.clone(),
                 };
-                match standby.spawn(self.stop.clone()) {
-                    Ok(thread) => self
-                        .registry
-                        .threads
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(thread),
-                    Err(e) => {
-                        tracing::warn!(agent = %self.agent, error = %e, "standby replicas of the repartition group not started");
-                    }
+                if let Err(e) = standby.start(self.stop.clone(), &self.registry) {
+                    tracing::warn!(agent = %self.agent, error = %e, "standby replicas of the repartition group not started");
                 }
                 Some(root)
             })

@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::base::error::{Error, Result};
 use crate::instance::table::recovery::Recovery;
 use crate::io::transport::{Log, Router};
+use crate::wiring::registry::Registry;
 
 /// How often a standby looks at the assignment and catches up with the changelogs.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -37,9 +38,26 @@ pub(crate) struct Standby {
     pub(crate) log: Arc<dyn Log>,
 }
 
+/// Whether workers keep standby replicas: `standby_replicas` > 0 on Kafka (on the embedded
+/// log one process owns every partition).
+pub(crate) fn wanted(replicas: usize, log: &dyn Log) -> bool {
+    replicas > 0 && log.system() == "kafka"
+}
+
 impl Standby {
+    /// Starts the standby's thread, joined at shutdown with the worker's other threads.
+    pub(crate) fn start(self, stop: Arc<AtomicBool>, registry: &Registry) -> Result<()> {
+        let thread = self.spawn(stop)?;
+        registry
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
+        Ok(())
+    }
+
     /// Runs on a thread of its own until `stop`.
-    pub(crate) fn spawn(self, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    fn spawn(self, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("rill-standby-{}", self.agent))
             .spawn(move || {

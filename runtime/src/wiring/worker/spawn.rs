@@ -22,6 +22,7 @@ use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
 use crate::wiring::agent::{AgentContext, AgentSpec, RunFn};
 use crate::wiring::observe::AgentView;
 use crate::wiring::pipeline::AgentPipeline;
+use crate::wiring::standby;
 
 /// The receiving ends of an instance's channels from the fetcher.
 type InstanceRx = (mpsc::Receiver<Batch>, mpsc::UnboundedReceiver<Control>);
@@ -60,7 +61,7 @@ impl Worker {
         let defs = tables.defs_of(spec.name());
         // With standby replicas an agent without declared tables gets a recovery too: its
         // instances add their window state to it, and its standby follows that.
-        let standby = config.standby_replicas > 0 && self.transport.system() == "kafka";
+        let standby = standby::wanted(config.standby_replicas, &*self.transport);
         let recovery = (!defs.is_empty() || standby).then(|| {
             Arc::new(Recovery::new(
                 defs.clone(),
@@ -130,10 +131,10 @@ impl Worker {
         let (Some(recovery), Some(source)) = (recovery, spec.sources.first()) else {
             return Ok(());
         };
-        if config.standby_replicas == 0 || self.transport.system() != "kafka" {
+        if !standby::wanted(config.standby_replicas, &*self.transport) {
             return Ok(());
         }
-        let standby = crate::wiring::standby::Standby {
+        standby::Standby {
             agent: Arc::from(spec.name()),
             group: group.clone(),
             topic: source.name.clone(),
@@ -141,14 +142,8 @@ impl Worker {
             recovery: recovery.clone(),
             router: router.clone(),
             log: self.transport.clone(),
-        };
-        let thread = standby.spawn(self.stop.clone())?;
-        self.registry
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(thread);
-        Ok(())
+        }
+        .start(self.stop.clone(), &self.registry)
     }
 
     /// The fetcher of the agent's consumer group: its sources, and its retry topics.

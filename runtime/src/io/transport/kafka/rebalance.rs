@@ -81,7 +81,7 @@ impl Rebalancer {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(&tpl),
             _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
         };
-        self.before(consumer, &rebalance);
+        self.before(&rebalance, cooperative);
         let applied = match (&rebalance, cooperative) {
             (Rebalance::Assign(_), true) => consumer.incremental_assign(&tpl),
             (Rebalance::Assign(_), false) => consumer.assign(&tpl),
@@ -91,7 +91,7 @@ impl Rebalancer {
         if let Err(e) = applied {
             tracing::error!(agent = %self.router.agent, error = %e, "applying a rebalance");
         }
-        self.after(consumer, &rebalance);
+        self.after(consumer, &rebalance, cooperative);
     }
 
     /// `tpl` with partition n of every partner topic for each partition n of it.
@@ -106,15 +106,13 @@ impl Rebalancer {
     }
 
     /// Before librdkafka applies a change.
-    fn before<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
+    fn before(&self, rebalance: &Rebalance<'_>, cooperative: bool) {
         match rebalance {
             // Blocks the fetcher until each instance has committed its finished records.
-            Rebalance::Revoke(tpl) if tpl.count() > 0 || !cooperative(consumer) => {
+            Rebalance::Revoke(tpl) if tpl.count() > 0 || !cooperative => {
                 self.router.revoke(tpl.count());
             }
-            Rebalance::Assign(tpl)
-                if tpl.count() > 0 && cooperative(consumer) && !self.owns_nothing() =>
-            {
+            Rebalance::Assign(tpl) if tpl.count() > 0 && cooperative && !self.owns_nothing() => {
                 self.router.pause_for_change();
             }
             _ => {}
@@ -122,19 +120,24 @@ impl Rebalancer {
     }
 
     /// After librdkafka applied a change.
-    fn after<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
+    fn after<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        rebalance: &Rebalance<'_>,
+        cooperative: bool,
+    ) {
         match rebalance {
-            Rebalance::Assign(tpl) if tpl.count() > 0 || !cooperative(consumer) => {
+            Rebalance::Assign(tpl) if tpl.count() > 0 || !cooperative => {
                 self.note_starts(consumer, tpl);
                 let all = assignment(consumer);
-                if cooperative(consumer) && all.len() > tpl.count() {
+                if cooperative && all.len() > tpl.count() {
                     self.changed.store(true, Ordering::Release);
                 } else if let Err(e) = self.router.assigned(tps_of(tpl)) {
                     tracing::error!(agent = %self.router.agent, error = %e, "assignment failed; stopping the agent");
                 }
             }
             Rebalance::Revoke(tpl)
-                if tpl.count() > 0 && cooperative(consumer) && !assignment(consumer).is_empty() =>
+                if tpl.count() > 0 && cooperative && !assignment(consumer).is_empty() =>
             {
                 self.changed.store(true, Ordering::Release);
             }
