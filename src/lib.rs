@@ -79,22 +79,22 @@ pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
     OutRecord, ProcessingGuarantee, Producer, RawRecord, RebalanceProtocol, Rebalances, Record,
-    Registration, Result, Sink, Stream, Table, TableSpec, TestApp, Topic, TopicSpec, Worker,
-    registered_agents,
+    Registration, Result, Sink, Stream, Table, TableReader, TableSpec, Tables, TestApp, Topic,
+    TopicSpec, Worker, registered_agents,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState,
     WindowStream, WindowedTable,
 };
-pub use rill_runtime::{Either, JoinStream, JoinWindow, Lookup};
-pub use rill_runtime::{join, metrics, partitioner, telemetry, time, topology, window};
+pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Lookup};
+pub use rill_runtime::{axum, join, metrics, partitioner, telemetry, time, topology, window};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         App, Codec, Either, Emit, Event, GlobalTable, JoinStream, JoinWindow, KeyedStream,
-        MergeState, OnError, Producer, Record, Result, Sink, Stream, Table, TestApp, Topic,
-        WindowResult, WindowState, WindowStream, WindowedTable, agent, record, window_state,
+        MergeState, OnError, Producer, Record, Result, Sink, Stream, Table, TableReader, TestApp,
+        Topic, WindowResult, WindowState, WindowStream, WindowedTable, agent, record, window_state,
     };
 }
 

@@ -412,3 +412,93 @@ async fn the_status_page_renders_in_headless_chromium() -> rill::Result<()> {
     );
     worker.shutdown().await
 }
+
+/// The worker with the app's own route `/count/{url}`, answering from `web_totals` through a
+/// `TableReader`.
+async fn start_with_routes(token: Option<&str>) -> rill::Result<(Worker, SocketAddr)> {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let token = token.map(str::to_owned);
+    let worker = App::new("web_routes")
+        .memory()
+        .agents([count_views::agent()])
+        .configure(|c| {
+            c.web_port = Some(0);
+            c.web_token = token;
+        })
+        .routes(|tables| {
+            let totals = tables
+                .reader::<String, u64>("web_totals")
+                .expect("count_views declares web_totals");
+            axum::Router::new().route(
+                "/count/{url}",
+                get(move |Path(url): Path<String>| async move {
+                    axum::Json(totals.get(&format!("/{url}")).map_err(|e| e.to_string()))
+                }),
+            )
+        })
+        .start()
+        .await?;
+    let addr = worker.web_addr().expect("web server");
+    Ok((worker, addr))
+}
+
+#[tokio::test]
+async fn the_apps_routes_are_served_beside_rills_and_read_tables() -> rill::Result<()> {
+    let (worker, addr) = start_with_routes(None).await?;
+    send_views(&worker, &["/a", "/a", "/b"]).await?;
+    let a = get_until(addr, "/count/a", None, |r| r.body.contains('2')).await;
+    assert_eq!((a.status, a.json()), (200, serde_json::json!({ "Ok": 2 })));
+    let b = get(addr, "/count/b", None).await;
+    assert_eq!(b.json(), serde_json::json!({ "Ok": 1 }));
+    let none = get(addr, "/count/c", None).await;
+    assert_eq!(none.json(), serde_json::json!({ "Ok": null }));
+    // rill's own routes are still there, and unknown paths still get rill's 404.
+    assert_eq!(get(addr, "/metrics", None).await.status, 200);
+    assert_eq!(get(addr, "/nothing", None).await.status, 404);
+    worker.shutdown().await
+}
+
+#[tokio::test]
+async fn the_apps_routes_need_the_token_too() -> rill::Result<()> {
+    let (worker, addr) = start_with_routes(Some("s3cret")).await?;
+    assert_eq!(get(addr, "/count/a", None).await.status, 401);
+    assert_eq!(get(addr, "/count/a", Some("wrong")).await.status, 401);
+    assert_eq!(get(addr, "/count/a", Some("s3cret")).await.status, 200);
+    worker.shutdown().await
+}
+
+#[tokio::test]
+async fn a_route_rill_serves_is_refused_at_start() {
+    let started = App::new("web_routes_clash")
+        .memory()
+        .agents([count_views::agent()])
+        .configure(|c| c.web_port = Some(0))
+        .routes(|_| axum::Router::new().route("/metrics", axum::routing::get(|| async { "mine" })))
+        .start()
+        .await;
+    let err = started
+        .err()
+        .expect("an overlapping route stops the start")
+        .to_string();
+    assert!(
+        err.contains("App::routes") && err.contains("/metrics"),
+        "the error names the setting and rill's routes: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_of_a_table_no_agent_declares_names_the_ones_there_are() -> rill::Result<()> {
+    let (worker, _) = start(|_| {}).await?;
+    let err = worker
+        .tables()
+        .reader::<String, u64>("nope")
+        .err()
+        .expect("no such table")
+        .to_string();
+    assert!(
+        err.contains("`nope`") && err.contains("web_totals"),
+        "the error lists the worker's tables: {err}"
+    );
+    worker.shutdown().await
+}

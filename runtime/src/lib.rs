@@ -17,10 +17,12 @@ pub use base::{
 pub use entry::{app, testing};
 pub use instance::table;
 pub use ops::{join, stream, topic, window};
-pub use wiring::{agent, producer, topology, worker};
+pub use wiring::{agent, producer, reader, topology, worker};
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
 pub use app::App;
+/// The web framework of `App::routes`, at the version rill serves with.
+pub use axum;
 pub use base::metrics::AgentStats;
 pub use codec::{Codec, EventTime, KeyBytes};
 pub use config::{Broker, Config, OffsetReset, ProcessingGuarantee, RebalanceProtocol};
@@ -30,9 +32,10 @@ pub use health::Health;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
 pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;
+pub use reader::{TableReader, Tables};
 pub use record::{Field, Record};
 pub use stream::{Batches, KeyedStream, Sink, Stream};
-pub use table::{GlobalTable, Table, TableSpec};
+pub use table::{Entries, GlobalTable, Table, TableSpec};
 pub use testing::TestApp;
 pub use time::Clock;
 pub use topic::{Topic, TopicSpec};

@@ -48,6 +48,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A table could not be read (outside an agent: a `TableReader`).
+    #[error("table `{table}`: {message}")]
+    Table {
+        /// Table name.
+        table: String,
+        /// What went wrong, and the fix where there is one.
+        message: String,
+    },
     /// A send was attempted where no producer is available.
     #[error(
         "`{0}` was called outside an agent; inside an agent it joins the agent's commit, elsewhere use `App::producer()` or a `Producer` handed to an `App::task`"

@@ -14,7 +14,8 @@ use crate::io::transport;
 use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
 use crate::wiring::producer::Producer;
-use crate::wiring::worker::{TaskFn, Worker, shutdown_signal};
+use crate::wiring::reader::Tables;
+use crate::wiring::worker::{Extras, Worker, shutdown_signal};
 
 /// A rill application.
 ///
@@ -28,7 +29,7 @@ pub struct App {
     broker: Option<String>,
     pub(crate) agents: Option<Vec<AgentSpec>>,
     pub(crate) topics: Vec<TopicSpec>,
-    tasks: Vec<TaskFn>,
+    extras: Extras,
     registry: crate::base::metrics::Registry,
 }
 
@@ -40,7 +41,7 @@ impl App {
             broker: None,
             agents: None,
             topics: Vec::new(),
-            tasks: Vec::new(),
+            extras: Extras::default(),
             registry: crate::base::metrics::Registry::default(),
         }
     }
@@ -127,7 +128,28 @@ impl App {
         F: FnOnce(Producer) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        self.tasks.push(Box::new(move |p| Box::pin(f(p))));
+        self.extras.tasks.push(Box::new(move |p| Box::pin(f(p))));
+        self
+    }
+
+    /// Serves the app's own HTTP routes from the worker's web server, beside `/metrics` and
+    /// `/tables` and behind the same bearer token (`RILL_WEB_TOKEN`). `f` gets the worker's
+    /// [`Tables`] to read agents' tables with. A route that rill serves itself is refused at
+    /// start; with the web server off (`--no-web`) the routes are not served.
+    ///
+    /// ```no_run
+    /// use axum::{Json, Router, extract::Path, routing::get};
+    /// # fn app() -> rill_runtime::App {
+    /// rill_runtime::App::new("traffic").routes(|tables| {
+    ///     let totals = tables.reader::<String, u64>("url_view_totals").expect("declared");
+    ///     Router::new().route("/count/{url}", get(move |Path(url): Path<String>| async move {
+    ///         Json(totals.get(&url).ok().flatten().unwrap_or(0))
+    ///     }))
+    /// })
+    /// # }
+    /// ```
+    pub fn routes(mut self, f: impl FnOnce(Tables) -> axum::Router + Send + 'static) -> Self {
+        self.extras.routes = Some(Box::new(f));
         self
     }
 
@@ -169,13 +191,12 @@ impl App {
     pub(crate) async fn start_with(mut self, config: Config) -> Result<Worker> {
         let transport = transport::open(&config)?;
         let agents = self.agents.take().unwrap_or_else(registered_agents);
-        let tasks = std::mem::take(&mut self.tasks);
         Worker::start(
             &config,
             transport,
             agents,
             std::mem::take(&mut self.topics),
-            tasks,
+            std::mem::take(&mut self.extras),
             std::mem::take(&mut self.registry),
         )
         .await

@@ -201,6 +201,11 @@ impl TestApp {
         }
     }
 
+    /// Readers of the app's tables, as timers and web routes get them.
+    pub fn tables(&self) -> crate::wiring::reader::Tables {
+        self.worker.tables()
+    }
+
     /// The committed entries of a table (all local partitions), decoded. Writes still in an
     /// agent's overlay appear after its next commit.
     pub fn table<K: serde::de::DeserializeOwned, V: serde::de::DeserializeOwned>(

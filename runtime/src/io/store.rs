@@ -169,6 +169,45 @@ impl TableStore {
         Ok(out)
     }
 
+    /// Up to `limit` entries of one partition whose key starts with `prefix`, in key order,
+    /// after the key `after` when given (exclusive): one page of a scan that holds neither a
+    /// read transaction nor the whole partition between pages.
+    pub(crate) fn page(
+        &self,
+        table: &str,
+        partition: i32,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db(table)?;
+        let rtxn = self
+            .env
+            .read_txn()
+            .map_err(self.err(table, "starting a read"))?;
+        let start = data_key(partition, after.unwrap_or(prefix));
+        let lower = match after {
+            Some(_) => Bound::Excluded(&start[..]),
+            None => Bound::Included(&start[..]),
+        };
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (lower, Bound::Unbounded);
+        let scope = data_key(partition, prefix);
+        let mut out = Vec::new();
+        for item in db
+            .range(&rtxn, &bounds)
+            .map_err(self.err(table, "scanning"))?
+        {
+            let (k, v) = item.map_err(self.err(table, "scanning"))?;
+            if !k.starts_with(&scope) || out.len() == limit {
+                break;
+            }
+            out.push((k[4..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Entries and bytes of one partition.
     pub(crate) fn stats(&self, table: &str, partition: i32) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0u64, 0u64);

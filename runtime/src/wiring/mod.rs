@@ -7,6 +7,7 @@ pub(crate) mod otlp_metrics;
 pub(crate) mod pipeline;
 pub mod producer;
 pub(crate) mod pump;
+pub mod reader;
 pub(crate) mod registry;
 pub(crate) mod standby;
 pub(crate) mod store_cell;

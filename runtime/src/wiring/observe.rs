@@ -128,6 +128,38 @@ impl Observer {
         Some(owned)
     }
 
+    /// A declared table of one of the worker's agents, and the partitions of it this worker
+    /// owns now (sorted); `None` when no running agent declares it.
+    pub(crate) fn table_location(&self, table: &str) -> Option<(Arc<TableDef>, Vec<i32>)> {
+        let agents = self.agents();
+        let (agent, def) = agents.iter().find_map(|a| {
+            let def = a.tables.iter().find(|t| &*t.name == table)?;
+            Some((a, def.clone()))
+        })?;
+        let (router, _, _) = agent.table_owner();
+        let mut owned: Vec<i32> = router
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, p)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned.dedup();
+        Some((def, owned))
+    }
+
+    /// Names of the tables the worker's agents declare (known before the agents start).
+    pub(crate) fn table_names(&self) -> Vec<String> {
+        use crate::wiring::topology::TableKind;
+        self.topology
+            .tables
+            .iter()
+            .filter(|t| t.kind == TableKind::Table)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     fn agents(&self) -> std::sync::RwLockReadGuard<'_, Vec<AgentView>> {
         self.agents.read().unwrap_or_else(|p| p.into_inner())
     }

@@ -11,9 +11,11 @@
 
 pub(crate) mod global;
 pub(crate) mod recovery;
+pub(crate) mod scan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
+use std::ops::RangeBounds;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +29,8 @@ use crate::base::partitioner::partition_for_key;
 use crate::instance::position::Position;
 use crate::io::store::{Overlay, PartitionMeta, PartitionWrites, Puts, TableStore};
 pub use global::GlobalTable;
+pub use scan::Entries;
+use scan::{RawEntries, ScanScope};
 
 pub use crate::base::spec::TableSpec;
 
@@ -371,43 +375,66 @@ where
         Ok(old)
     }
 
-    /// The entries of the partitions this agent instance owns, in key-byte order.
+    /// The entries of the partitions this agent instance owns, its own writes included, read
+    /// lazily a page at a time: partition by partition, keys in the byte order of their JSON
+    /// encoding within each. Nothing holds the whole table.
+    pub fn entries(&self) -> Entries<K, V> {
+        self.scan(Vec::new())
+    }
+
+    /// The entries whose key is in `range` (e.g. `table.range(10..20)`), compared as `K`:
+    /// every entry of the owned partitions is read to find them. For string keys with a
+    /// common start, [`Table::prefix`] reads only those.
+    pub fn range(&self, range: impl RangeBounds<K> + Send + 'static) -> Entries<K, V>
+    where
+        K: Ord,
+    {
+        self.entries().within(range)
+    }
+
+    /// All entries, collected (see [`Table::entries`] to iterate without holding them all).
     pub fn iter(&self) -> Result<Vec<(K, V)>> {
-        let mut merged: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-        let owned = self.position.owned_partitions();
-        for &partition in &owned {
-            for (k, v) in self.core.def.store.scan(&self.core.def.name, partition)? {
-                merged.insert((partition, k), Some(v));
-            }
-        }
-        for ((p, k), v) in self.core.uncommitted() {
-            if owned.contains(&p) {
-                merged.insert((p, k), v);
-            }
-        }
-        let mut out = Vec::with_capacity(merged.len());
-        for ((_, k), v) in merged {
-            if let Some(v) = v {
-                let key = serde_json::from_slice(&k).map_err(|e| {
-                    self.error(format!(
-                        "a stored key does not decode as `{}`: {e}",
-                        std::any::type_name::<K>()
-                    ))
-                })?;
-                out.push((key, self.decode(&k, &v)?));
-            }
-        }
-        Ok(out)
+        self.entries().collect()
     }
 
     /// Number of entries in the partitions this instance owns.
     pub fn len(&self) -> Result<usize> {
-        Ok(self.iter()?.len())
+        self.entries().try_fold(0, |n, entry| entry.map(|_| n + 1))
     }
 
     /// True when those partitions hold no entry.
     pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
+        Ok(self.entries().next().transpose()?.is_none())
+    }
+
+    fn scan(&self, prefix: Vec<u8>) -> Entries<K, V> {
+        let mut partitions = self.position.owned_partitions();
+        partitions.sort_unstable();
+        let pending = scan::pending_in_scope(self.core.uncommitted(), &partitions, &prefix);
+        let scope = ScanScope {
+            store: self.core.def.store.clone(),
+            table: self.core.def.name.clone(),
+            partitions,
+            prefix,
+        };
+        let agent = self.position.agent.clone();
+        let table = self.core.def.name.clone();
+        let error: scan::TableError = Arc::new(move |message| Error::Agent {
+            agent: agent.to_string(),
+            message: format!("table `{table}`: {message}"),
+        });
+        Entries::new(RawEntries::new(scope, pending), error)
+    }
+}
+
+impl<V> Table<String, V>
+where
+    V: Serialize + DeserializeOwned + 'static,
+{
+    /// The entries whose key starts with `prefix`, read from the store's index (only those
+    /// entries are read), in key order within each owned partition.
+    pub fn prefix(&self, prefix: &str) -> Entries<String, V> {
+        self.scan(scan::string_key_prefix(prefix))
     }
 }
 

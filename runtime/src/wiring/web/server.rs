@@ -68,7 +68,12 @@ struct WebState {
 }
 
 /// Binds `config.web_bind:web_port` (0: a free port) and serves in a background task.
-pub(crate) async fn serve(config: &Config, backend: Arc<dyn WebBackend>) -> Result<WebServer> {
+/// `user` holds the app's own routes (`App::routes`), served behind the same token.
+pub(crate) async fn serve(
+    config: &Config,
+    backend: Arc<dyn WebBackend>,
+    user: Option<Router>,
+) -> Result<WebServer> {
     let wanted = SocketAddr::new(config.web_bind, config.web_port.unwrap_or(0));
     let listener = tokio::net::TcpListener::bind(wanted)
         .await
@@ -80,7 +85,7 @@ pub(crate) async fn serve(config: &Config, backend: Arc<dyn WebBackend>) -> Resu
         backend,
         token: config.web_token.as_deref().map(Arc::from),
     };
-    let app = router(shared);
+    let app = router(shared, user)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -119,7 +124,7 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> Error {
     }
 }
 
-fn router(shared: WebState) -> Router {
+fn router(shared: WebState, user: Option<Router>) -> Result<Router> {
     let guarded = Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -132,13 +137,34 @@ fn router(shared: WebState) -> Router {
             shared.clone(),
             require_token,
         ));
-    Router::new()
+    let rill = Router::new()
         .route("/health", get(health))
         .route("/", get(page))
         .route("/assets/{file}", get(asset))
         .merge(guarded)
-        .fallback(not_found)
-        .with_state(shared)
+        .with_state(shared.clone());
+    let app = match user {
+        Some(user) => merge_user_routes(rill, user, shared)?,
+        None => rill,
+    };
+    Ok(app.fallback(not_found))
+}
+
+/// The app's routes beside rill's, behind the token. axum refuses overlapping routes by
+/// panicking; that becomes a start-up error naming the setting.
+fn merge_user_routes(rill: Router, user: Router, shared: WebState) -> Result<Router> {
+    let user = user.route_layer(middleware::from_fn_with_state(shared, require_token));
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rill.merge(user))).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        Error::config(
+            "App::routes",
+            format!("a route of the app overlaps one rill serves ({why}); rill serves /, /health, /ready, /metrics, /status, /topology*, /tables/* and /assets/*, so choose other paths"),
+        )
+    })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -455,7 +481,7 @@ mod tests {
     async fn table_answers_map_to_statuses_and_redirects() {
         let mut config = Config::new("fake");
         config.web_port = Some(0);
-        let server = serve(&config, Arc::new(Fake)).await.expect("serve");
+        let server = serve(&config, Arc::new(Fake), None).await.expect("serve");
         let addr = server.addr;
         let here = get(addr, "/tables/t/here").await;
         assert!(here.starts_with("HTTP/1.1 200"), "{here}");

@@ -28,6 +28,7 @@ pub use crate::wiring::observe::Rebalances;
 use crate::wiring::observe::{Collector, Observer};
 use crate::wiring::producer::Producer;
 use crate::wiring::pump::PUMP_GRACE;
+use crate::wiring::reader::Tables;
 use crate::wiring::registry::Registry;
 use crate::wiring::store_cell::StoreCell;
 use crate::wiring::topology::Topology;
@@ -37,6 +38,18 @@ use tables::TableSetup;
 const QUEUE_BATCHES: usize = 4;
 
 pub(crate) type TaskFn = Box<dyn FnOnce(Producer) -> BoxFuture<'static, Result<()>> + Send>;
+
+/// Builds the app's own web routes (`App::routes`), given the worker's tables.
+pub(crate) type RoutesFn = Box<dyn FnOnce(Tables) -> axum::Router + Send>;
+
+/// What an app runs beside its agents.
+#[derive(Default)]
+pub(crate) struct Extras {
+    /// `App::task`s.
+    pub(crate) tasks: Vec<TaskFn>,
+    /// `App::routes`.
+    pub(crate) routes: Option<RoutesFn>,
+}
 
 /// What `/metrics`, `/status` and table queries read, registered as a collector on the app's
 /// registry.
@@ -66,11 +79,18 @@ async fn start_web(
     config: &Config,
     transport: &Arc<dyn Log>,
     observer: &Arc<Observer>,
+    routes: Option<RoutesFn>,
 ) -> Result<Option<crate::wiring::web::WebServer>> {
     if config.web_port.is_none() {
+        if routes.is_some() {
+            tracing::warn!(
+                "the app's routes (App::routes) are not served: the web server is off (--no-web)"
+            );
+        }
         return Ok(None);
     }
-    let server = crate::wiring::web::serve(config, observer.clone()).await?;
+    let routes = routes.map(|build| build(Tables::new(observer.clone())));
+    let server = crate::wiring::web::serve(config, observer.clone(), routes).await?;
     let url = config
         .web_advertise
         .clone()
@@ -109,7 +129,7 @@ impl Worker {
         transport: Arc<dyn Log>,
         agents: Vec<AgentSpec>,
         topics: Vec<TopicSpec>,
-        tasks: Vec<TaskFn>,
+        extras: Extras,
         registry: prometheus_client::registry::Registry,
     ) -> Result<Worker> {
         let all_topics = validate::declarations(&agents, &topics)?;
@@ -118,7 +138,7 @@ impl Worker {
         let observer = observer(config, &transport, &store, &agents, registry);
         // The web server is up before the consumers join their groups: they advertise its
         // address to the other workers, and `/health` answers during recovery.
-        let web = start_web(config, &transport, &observer).await?;
+        let web = start_web(config, &transport, &observer, extras.routes).await?;
         let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
@@ -153,7 +173,7 @@ impl Worker {
                 .spawn_agent(config, spec, &tables, &partitions)
                 .await?;
         }
-        for task in tasks {
+        for task in extras.tasks {
             let producer = worker.producer.clone();
             worker.tasks.spawn(task(producer));
         }
@@ -179,6 +199,11 @@ impl Worker {
     /// Metrics in the Prometheus text format, as `/metrics` serves them.
     pub fn metrics_text(&self) -> String {
         crate::wiring::web::api::WebBackend::metrics(&*self.observer)
+    }
+
+    /// Readers of the tables of this worker's agents (see [`TableReader`](crate::wiring::reader::TableReader)).
+    pub fn tables(&self) -> Tables {
+        Tables::new(self.observer.clone())
     }
 
     /// A producer for sending from outside agents.
