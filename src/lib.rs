@@ -79,15 +79,18 @@ pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
     OutRecord, ProcessingGuarantee, Producer, RawRecord, RebalanceProtocol, Rebalances, Record,
-    Registration, Result, Sink, Stream, Table, TableReader, TableSpec, Tables, TestApp, Topic,
-    TopicSpec, Worker, registered_agents,
+    Registration, Result, Schedule, Sink, Stream, Table, TableReader, TableSpec, Tables, TestApp,
+    TimerContext, TimerRegistration, TimerSpec, TimerStats, Topic, TopicSpec, Worker,
+    registered_agents, registered_timers,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState,
     WindowStream, WindowedTable,
 };
 pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Lookup};
-pub use rill_runtime::{axum, join, metrics, partitioner, telemetry, time, topology, window};
+pub use rill_runtime::{
+    axum, join, metrics, partitioner, telemetry, time, timer, topology, window,
+};
 
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {

@@ -153,8 +153,7 @@ async fn a_reader_sees_what_the_owner_committed() -> rill::Result<()> {
     let wrong = app.tables().reader::<String, Vec<u8>>("read_totals")?;
     let err = wrong
         .get(&"/p/7".to_owned())
-        .err()
-        .expect("a type mismatch")
+        .expect_err("a type mismatch")
         .to_string();
     assert!(
         err.contains("read_totals") && err.contains("decode"),

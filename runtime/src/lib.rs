@@ -12,18 +12,20 @@ mod wiring;
 
 // The public modules, where users find them; `ARCHITECTURE.md` maps the layers behind them.
 pub use base::{
-    codec, config, error, failure, health, message, metrics, partitioner, record, telemetry, time,
+    codec, config, error, failure, health, message, metrics, partitioner, record, schedule,
+    telemetry, time,
 };
 pub use entry::{app, testing};
 pub use instance::table;
 pub use ops::{join, stream, topic, window};
-pub use wiring::{agent, producer, reader, topology, worker};
+pub use wiring::{agent, producer, reader, timer, topology, worker};
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
 pub use app::App;
 /// The web framework of `App::routes`, at the version rill serves with.
 pub use axum;
-pub use base::metrics::AgentStats;
+pub use base::metrics::{AgentStats, TimerStats};
+pub use base::schedule::Schedule;
 pub use codec::{Codec, EventTime, KeyBytes};
 pub use config::{Broker, Config, OffsetReset, ProcessingGuarantee, RebalanceProtocol};
 pub use error::{CodecError, Error, Result};
@@ -38,6 +40,7 @@ pub use stream::{Batches, KeyedStream, Sink, Stream};
 pub use table::{Entries, GlobalTable, Table, TableSpec};
 pub use testing::TestApp;
 pub use time::Clock;
+pub use timer::{TimerContext, TimerRegistration, TimerSpec, registered_timers};
 pub use topic::{Topic, TopicSpec};
 pub use window::{Emit, MergeState, WindowResult, WindowState, WindowStream, WindowedTable};
 pub use worker::{Rebalances, Worker};

@@ -217,3 +217,12 @@ pub enum CodecError {
 
 /// `Result` with rill's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of a caught panic (an agent's or a timer's).
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".to_owned())
+}

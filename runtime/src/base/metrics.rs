@@ -176,6 +176,19 @@ impl TopicCache {
     }
 }
 
+/// Counters of one timer (`#[timer]`, `#[crontab]`), at `/metrics` as `rill_timer_*`.
+#[derive(Debug, Default)]
+pub struct TimerStats {
+    /// Runs started.
+    pub runs: AtomicU64,
+    /// Runs that returned an error (each retry counts).
+    pub failures: AtomicU64,
+    /// Scheduled times passed over: a run overran them, or this worker did not lead.
+    pub skipped: AtomicU64,
+    /// Seconds the runs took.
+    pub(crate) duration: Histogram,
+}
+
 /// Counters of one agent instance, readable from tests (and, later, exported as metrics).
 #[derive(Debug, Default)]
 pub struct AgentStats {

@@ -9,6 +9,7 @@ pub mod message;
 pub mod metrics;
 pub mod partitioner;
 pub mod record;
+pub mod schedule;
 pub(crate) mod spec;
 pub mod telemetry;
 pub mod time;

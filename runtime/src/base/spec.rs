@@ -174,6 +174,14 @@ pub(crate) enum Internal {
     /// key must all stay). Their records are stamped with the time they were sent, the
     /// original timestamp kept in a header, so time retention counts from then.
     DeadLetters,
+    /// The leader election's topic (`<app>-__leader`): one partition, whose consumer-group
+    /// member leads; no record is ever written to it.
+    Leader,
+}
+
+/// The topic (and consumer group) of an app's leader election.
+pub(crate) fn leader_topic(app_id: &str) -> String {
+    format!("{app_id}-__leader")
 }
 
 impl Internal {
@@ -189,7 +197,9 @@ impl Internal {
                 ("segment.ms", "600000"),
             ],
             Internal::Changelog => &[("cleanup.policy", "compact")],
-            Internal::Retry | Internal::DeadLetters => &[("cleanup.policy", "delete")],
+            Internal::Retry | Internal::DeadLetters | Internal::Leader => {
+                &[("cleanup.policy", "delete")]
+            }
         }
     }
 
@@ -207,6 +217,7 @@ impl Internal {
                 "as many as the agent's source topic: partition p of each holds the keys of source partition p"
             }
             Internal::DeadLetters => "",
+            Internal::Leader => "one: the one worker it is assigned to leads",
         }
     }
 
@@ -221,6 +232,7 @@ impl Internal {
             Internal::Retry | Internal::DeadLetters => {
                 "compaction would keep only the last of the records with one key"
             }
+            Internal::Leader => "it holds no records",
         }
     }
 
@@ -234,6 +246,7 @@ impl Internal {
                 " (the table or window state it backs starts empty: the local copy no longer matches the new changelog and is cleared)"
             }
             Internal::DeadLetters => " (its records are lost; copy them first if you need them)",
+            Internal::Leader => " (it holds no records)",
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
 use crate::wiring::producer::Producer;
 use crate::wiring::reader::Tables;
+use crate::wiring::timer::{TimerSpec, registered_timers};
 use crate::wiring::worker::{Extras, Worker, shutdown_signal};
 
 /// A rill application.
@@ -28,6 +29,8 @@ pub struct App {
     pub(crate) config: Config,
     broker: Option<String>,
     pub(crate) agents: Option<Vec<AgentSpec>>,
+    /// Chosen timers; `None`: the registered ones, unless agents were chosen.
+    timers: Option<Vec<TimerSpec>>,
     pub(crate) topics: Vec<TopicSpec>,
     extras: Extras,
     registry: crate::base::metrics::Registry,
@@ -40,15 +43,24 @@ impl App {
             config: Config::new(id),
             broker: None,
             agents: None,
+            timers: None,
             topics: Vec::new(),
             extras: Extras::default(),
             registry: crate::base::metrics::Registry::default(),
         }
     }
 
-    /// Runs exactly these agents instead of every registered one (e.g. in tests).
+    /// Runs exactly these agents instead of every registered one (e.g. in tests). An app that
+    /// chooses its agents runs only the timers it chooses too ([`App::timers`]).
     pub fn agents(mut self, agents: impl IntoIterator<Item = AgentSpec>) -> Self {
         self.agents = Some(agents.into_iter().collect());
+        self
+    }
+
+    /// Runs exactly these timers (`my_timer::timer()` for a `#[timer]` or `#[crontab]`, or a
+    /// hand-written [`TimerSpec`]) instead of every registered one.
+    pub fn timers(mut self, timers: impl IntoIterator<Item = TimerSpec>) -> Self {
+        self.timers = Some(timers.into_iter().collect());
         self
     }
 
@@ -190,7 +202,13 @@ impl App {
 
     pub(crate) async fn start_with(mut self, config: Config) -> Result<Worker> {
         let transport = transport::open(&config)?;
+        let chose_agents = self.agents.is_some();
         let agents = self.agents.take().unwrap_or_else(registered_agents);
+        self.extras.timers = match self.timers.take() {
+            Some(timers) => timers,
+            None if chose_agents => Vec::new(),
+            None => registered_timers(),
+        };
         Worker::start(
             &config,
             transport,

@@ -107,6 +107,21 @@ impl TestApp {
         self.clock.advance(by);
     }
 
+    /// The app's virtual clock, ms since the epoch (it starts at the wall-clock time).
+    pub fn now_ms(&self) -> i64 {
+        Clock::Virtual(self.clock.clone()).now_ms()
+    }
+
+    /// Metrics in the Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        self.worker.metrics_text()
+    }
+
+    /// Counters of a timer the app runs.
+    pub fn timer_stats(&self, timer: &str) -> Option<Arc<crate::base::metrics::TimerStats>> {
+        self.worker.timer_stats(timer)
+    }
+
     /// Raises every window's watermark to at least `event_time_ms`, closing the windows that
     /// end (plus grace) at or before it, without sending a record.
     pub fn advance_watermark(&self, event_time_ms: i64) {

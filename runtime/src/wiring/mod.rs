@@ -11,6 +11,7 @@ pub mod reader;
 pub(crate) mod registry;
 pub(crate) mod standby;
 pub(crate) mod store_cell;
+pub mod timer;
 pub mod topology;
 pub(crate) mod web;
 pub mod worker;

@@ -11,13 +11,16 @@ use prometheus_client::registry::Registry;
 
 use crate::base::health::Health;
 use crate::base::message::now_millis;
-use crate::base::metrics::AgentStats;
+use crate::base::metrics::{AgentStats, TimerStats};
 use crate::instance::table::TableDef;
-use crate::io::transport::{GroupMember as Member, Log, Router, Tp};
+use crate::io::transport::{GroupMember as Member, Leadership, Log, Router, Tp};
 use crate::wiring::pipeline::AgentPipeline;
 use crate::wiring::store_cell::StoreCell;
 use crate::wiring::topology::Topology;
 use crate::wiring::web::api::{AgentStatus, Status, TableAnswer, WebBackend};
+
+/// A `rill_timer_*` counter: name, help, and how to read it.
+type TimerCounter = (&'static str, &'static str, fn(&TimerStats) -> u64);
 
 /// Reads per-topic counts of an agent.
 type PerTopic = dyn Fn(&AgentStats) -> Vec<(Arc<str>, u64)>;
@@ -48,6 +51,10 @@ pub(crate) struct Observer {
     pub(crate) started: std::sync::atomic::AtomicBool,
     /// User metrics (`App::metrics`) and rill's collector.
     pub(crate) registry: Mutex<Registry>,
+    /// The worker's timers and their counters.
+    timers: RwLock<Vec<(Arc<str>, Arc<TimerStats>)>>,
+    /// The app's leader election, when a timer needs one.
+    leadership: OnceLock<Arc<Leadership>>,
     /// Consumer-group members (web address, assignment) by group, with when they were read.
     members: Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Member>)>>,
 }
@@ -96,7 +103,33 @@ impl Observer {
             started: std::sync::atomic::AtomicBool::new(false),
             registry: Mutex::new(Registry::default()),
             members: Mutex::new(std::collections::HashMap::new()),
+            timers: RwLock::new(Vec::new()),
+            leadership: OnceLock::new(),
         })
+    }
+
+    /// Counters for a timer the worker starts.
+    pub(crate) fn add_timer(&self, name: &str) -> Arc<TimerStats> {
+        let stats = Arc::new(TimerStats::default());
+        self.timers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Arc::from(name), stats.clone()));
+        stats
+    }
+
+    /// A timer's counters.
+    pub(crate) fn timer(&self, name: &str) -> Option<Arc<TimerStats>> {
+        let timers = self.timers.read().unwrap_or_else(|p| p.into_inner());
+        timers
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The election `rill_leader` reports.
+    pub(crate) fn set_leadership(&self, leadership: Arc<Leadership>) {
+        let _ = self.leadership.set(leadership);
     }
 
     /// Partition assignments and revocations an agent's consumers have seen so far;
@@ -230,7 +263,60 @@ impl Observer {
         encode_rebalances(&mut e, &agents)?;
         self.encode_table_sizes(&mut e, &agents)?;
         self.encode_transactions(&mut e)?;
+        self.encode_timers(&mut e)?;
         self.encode_ready(&mut e)
+    }
+
+    /// `rill_timer_*` per timer, and `rill_leader` when the worker takes part in an election.
+    fn encode_timers(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let timers = self.timers.read().unwrap_or_else(|p| p.into_inner());
+        if !timers.is_empty() {
+            let counters: [TimerCounter; 3] = [
+                (
+                    "rill_timer_runs",
+                    "Timer runs started (retries included).",
+                    |s| load(&s.runs),
+                ),
+                ("rill_timer_failures", "Timer runs that failed.", |s| {
+                    load(&s.failures)
+                }),
+                (
+                    "rill_timer_skipped",
+                    "Scheduled times passed over: a run overran them, or this worker did not lead.",
+                    |s| load(&s.skipped),
+                ),
+            ];
+            for (name, help, get) in counters {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (timer, stats) in timers.iter() {
+                    let labels = [("timer", &**timer)];
+                    let mut m = family.encode_family(&labels)?;
+                    m.encode_counter::<NoLabelSet, _, u64>(&get(stats), None)?;
+                }
+            }
+            let mut family = e.encode_descriptor(
+                "rill_timer_duration_seconds",
+                "How long timer runs took.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (timer, stats) in timers.iter() {
+                let (sum, count, buckets) = stats.duration.snapshot();
+                let labels = [("timer", &**timer)];
+                let mut m = family.encode_family(&labels)?;
+                m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        if let Some(leadership) = self.leadership.get() {
+            let mut family = e.encode_descriptor(
+                "rill_leader",
+                "1 while this worker leads the app (runs its leader-only timers).",
+                None,
+                MetricType::Gauge,
+            )?;
+            family.encode_gauge(&i64::from(leadership.is_leader()))?;
+        }
+        Ok(())
     }
 
     /// `rill_consumer_lag`: per owned partition of each agent (see `lags`).

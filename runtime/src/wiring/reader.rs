@@ -92,7 +92,10 @@ where
 
     fn located(&self) -> Result<(Arc<TableDef>, Vec<i32>)> {
         self.observer.table_location(&self.name).ok_or_else(|| {
-            self.error("its agent has not started on this worker (yet); retry once the worker is ready".into())
+            self.error(
+                "its agent has not started on this worker (yet); retry once the worker is ready"
+                    .into(),
+            )
         })
     }
 

@@ -27,7 +27,10 @@ pub(crate) struct ScanScope {
     pub(crate) prefix: Vec<u8>,
 }
 
-/// Raw entries of a scan: `(partition, key bytes, value bytes)`.
+/// One raw entry: partition, key bytes, value bytes.
+type RawEntry = (i32, Vec<u8>, Vec<u8>);
+
+/// Raw entries of a scan.
 pub(crate) struct RawEntries {
     scope: ScanScope,
     pending: PendingWrites,
@@ -107,7 +110,7 @@ impl RawEntries {
         }
     }
 
-    fn advance(&mut self) -> Result<Option<(i32, Vec<u8>, Vec<u8>)>> {
+    fn advance(&mut self) -> Result<Option<RawEntry>> {
         while let Some(&partition) = self.scope.partitions.get(self.at) {
             if let Some((k, v)) = self.next_in_partition(partition)? {
                 return Ok(Some((partition, k, v)));
@@ -122,7 +125,7 @@ impl RawEntries {
 }
 
 impl Iterator for RawEntries {
-    type Item = Result<(i32, Vec<u8>, Vec<u8>)>;
+    type Item = Result<RawEntry>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {

@@ -306,6 +306,50 @@ impl Pending {
     }
 }
 
+/// Whether this worker leads its app (runs its leader-only timers), kept current by the log's
+/// election thread until [`Leadership::resign`] or drop.
+pub(crate) struct Leadership {
+    pub(crate) leading: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Leadership {
+    /// A leadership that stays as it starts unless a thread is given to keep it current.
+    pub(crate) fn new(leading: bool) -> Self {
+        Leadership {
+            leading: Arc::new(std::sync::atomic::AtomicBool::new(leading)),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            thread: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The thread that keeps `leading` current, joined by `resign`.
+    pub(crate) fn hold(&self, thread: std::thread::JoinHandle<()>) {
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+    }
+
+    /// Whether this worker leads now.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Leaves the election and waits for its thread (blocking: the consumer leaves its group).
+    pub(crate) fn resign(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The log records travel on: Kafka (`kafka`, through rdkafka) or the embedded log
 /// (`embedded`, in LMDB). The layers above use this interface only; [`open`] picks the
 /// implementation from the configured broker. Blocking methods are called off the async
@@ -332,6 +376,12 @@ pub(crate) trait Log: Send + Sync {
         specs: &'a [TopicSpec],
         default_partitions: i32,
     ) -> BoxFuture<'a, Result<HashMap<String, i32>>>;
+
+    /// Joins the election of the worker that runs the app's leader-only timers (Kafka: a
+    /// consumer group on a one-partition topic; the embedded log's one process always leads).
+    fn elect<'a>(&'a self, _app_id: &'a str) -> BoxFuture<'a, Result<Leadership>> {
+        Box::pin(async { Ok(Leadership::new(true)) })
+    }
 
     /// Partition count of a topic; `None` when it does not exist (blocking).
     fn partition_count(&self, topic: &str) -> Result<Option<i32>>;

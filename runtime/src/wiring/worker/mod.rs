@@ -10,6 +10,7 @@ mod tables;
 mod validate;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,9 +21,10 @@ use tokio::task::JoinSet;
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::metrics::AgentStats;
+use crate::base::metrics::TimerStats;
 use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::Stop;
-use crate::io::transport::Log;
+use crate::io::transport::{Leadership, Log};
 use crate::wiring::agent::AgentSpec;
 pub use crate::wiring::observe::Rebalances;
 use crate::wiring::observe::{Collector, Observer};
@@ -31,6 +33,7 @@ use crate::wiring::pump::PUMP_GRACE;
 use crate::wiring::reader::Tables;
 use crate::wiring::registry::Registry;
 use crate::wiring::store_cell::StoreCell;
+use crate::wiring::timer::{TimerEnv, TimerSpec, run_timer};
 use crate::wiring::topology::Topology;
 use tables::TableSetup;
 
@@ -49,6 +52,8 @@ pub(crate) struct Extras {
     pub(crate) tasks: Vec<TaskFn>,
     /// `App::routes`.
     pub(crate) routes: Option<RoutesFn>,
+    /// `#[timer]`s, `#[crontab]`s and `App::timer`s.
+    pub(crate) timers: Vec<TimerSpec>,
 }
 
 /// What `/metrics`, `/status` and table queries read, registered as a collector on the app's
@@ -112,6 +117,11 @@ pub struct Worker {
     registry: Arc<Registry>,
     agents: JoinSet<(String, Result<()>)>,
     tasks: JoinSet<Result<()>>,
+    /// The timers' tasks, told to stop through `stop_timers`.
+    timers: JoinSet<Result<()>>,
+    stop_timers: tokio::sync::watch::Sender<bool>,
+    /// The app's leader election, when a timer runs on the leader only.
+    leadership: Option<Arc<Leadership>>,
     producer: Producer,
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
@@ -133,6 +143,7 @@ impl Worker {
         registry: prometheus_client::registry::Registry,
     ) -> Result<Worker> {
         let all_topics = validate::declarations(&agents, &topics)?;
+        validate::timers(&extras.timers)?;
         let data_lock = lock::hold_shared(config)?;
         let store = StoreCell::new(config);
         let observer = observer(config, &transport, &store, &agents, registry);
@@ -153,6 +164,9 @@ impl Worker {
             registry: Arc::new(Registry::default()),
             agents: JoinSet::new(),
             tasks: JoinSet::new(),
+            timers: JoinSet::new(),
+            stop_timers: tokio::sync::watch::channel(false).0,
+            leadership: None,
             producer: Producer::new(transport.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
@@ -177,8 +191,42 @@ impl Worker {
             let producer = worker.producer.clone();
             worker.tasks.spawn(task(producer));
         }
+        worker.start_timers(config, extras.timers).await?;
         worker.observer.started.store(true, Ordering::Release);
         Ok(worker)
+    }
+
+    /// Joins the leader election if a timer needs it, then starts every timer.
+    async fn start_timers(&mut self, config: &Config, timers: Vec<TimerSpec>) -> Result<()> {
+        if timers.iter().any(TimerSpec::is_on_leader) {
+            let leadership = Arc::new(self.transport.elect(&config.app_id).await?);
+            self.observer.set_leadership(leadership.clone());
+            self.leadership = Some(leadership);
+        }
+        let env = TimerEnv {
+            clock: config.clock.clone(),
+            log: self.transport.clone(),
+            tables: self.tables(),
+            leadership: self.leadership.clone(),
+            stop: self.stop_timers.subscribe(),
+            start_ms: config.clock.now_ms(),
+        };
+        for spec in timers {
+            let stats = self.observer.add_timer(spec.name());
+            self.timers.spawn(run_timer(spec, env.clone(), stats));
+        }
+        Ok(())
+    }
+
+    /// Counters of a timer; `None` for a timer the worker does not run.
+    pub fn timer_stats(&self, timer: &str) -> Option<Arc<TimerStats>> {
+        self.observer.timer(timer)
+    }
+
+    /// Whether this worker leads the app (runs its leader-only timers); always on the embedded
+    /// log, and false when no timer asked for an election.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.as_ref().is_some_and(|l| l.is_leader())
     }
 
     /// Whether the worker reaches its broker (always, on the embedded log).
@@ -251,6 +299,15 @@ impl Worker {
                     }
                     Err(e) => return Err(Error::Shutdown(format!("agent task: {e}"))),
                 },
+                Some(joined) = self.timers.join_next() => match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "a timer failed; stopping the worker");
+                        return Err(e);
+                    }
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => return Err(Error::Shutdown(format!("timer task: {e}"))),
+                },
                 Some(joined) = self.tasks.join_next() => match joined {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -270,6 +327,7 @@ impl Worker {
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight records and committing");
         self.tasks.abort_all();
+        let timers_done = self.stop_timers_gracefully();
         for stop in self
             .registry
             .stops
@@ -300,6 +358,7 @@ impl Worker {
                 }
             }
         }
+        timers_done.await;
         // Pumps of `group_by` end when their source streams have committed.
         let pumps = std::mem::take(
             &mut *self
@@ -330,6 +389,9 @@ impl Worker {
         })
         .await;
         self.producer.flush().await?;
+        if let Some(leadership) = self.leadership.take() {
+            let _ = tokio::task::spawn_blocking(move || leadership.resign()).await;
+        }
         if let Some(export) = self.metrics_export.take() {
             export.shutdown().await;
         }
@@ -342,6 +404,25 @@ impl Worker {
             .map_err(|e| Error::Shutdown(format!("producer flush: {e}")))??;
         tracing::info!("worker stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Worker {
+    /// Tells the timers to stop; the returned future waits (up to the shutdown timeout) for
+    /// runs under way to finish.
+    fn stop_timers_gracefully(&mut self) -> impl Future<Output = ()> + use<> {
+        let _ = self.stop_timers.send(true);
+        let mut timers = std::mem::take(&mut self.timers);
+        let timeout = self.shutdown_timeout;
+        async move {
+            let all = async { while timers.join_next().await.is_some() {} };
+            if tokio::time::timeout(timeout, all).await.is_err() {
+                tracing::warn!(
+                    ?timeout,
+                    "timer runs did not finish in time; they were cancelled"
+                );
+            }
+        }
     }
 }
 

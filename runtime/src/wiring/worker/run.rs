@@ -101,7 +101,7 @@ fn after_call(outcome: Outcome, parked: Option<RecordLoop>, shared: &InstanceSta
             (e, failure)
         }
         Err(panic) => {
-            let message = format!("panicked: {}", panic_message(&panic));
+            let message = format!("panicked: {}", crate::base::error::panic_message(&panic));
             let failure = Failure {
                 kind: FailureKind::Panic,
                 message: message.clone(),
@@ -147,12 +147,4 @@ impl std::future::Future for RecordScope {
         let _leave = Leave(&shared);
         self.inner.as_mut().poll(cx)
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".to_owned())
 }

@@ -7,6 +7,7 @@ use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::spec::{TopicSpec, check_types};
 use crate::wiring::agent::AgentSpec;
+use crate::wiring::timer::TimerSpec;
 
 /// Checks the agents and topics an app declares; returns every topic they name.
 pub(super) fn declarations(agents: &[AgentSpec], topics: &[TopicSpec]) -> Result<Vec<TopicSpec>> {
@@ -70,6 +71,21 @@ pub(super) fn co_partitioned(
                     "its topics are read together (joined, or with its tables) and must be co-partitioned, but `{}` has {source_partitions} partitions and `{topic}` has {n}; give them the same partition count",
                     counts[0].0
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the timers: valid schedules, a function each, names unique.
+pub(super) fn timers(timers: &[TimerSpec]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for t in timers {
+        t.check()?;
+        if !names.insert(t.name()) {
+            return Err(Error::config(
+                format!("timer `{}`", t.name()),
+                "two timers have this name; rename one",
             ));
         }
     }

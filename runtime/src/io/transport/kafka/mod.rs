@@ -4,9 +4,11 @@
 //! polled from its own thread (measured several times faster than `StreamConsumer` for small
 //! messages), which hands batches to the agent's instances. Offsets are never auto-committed or
 //! auto-stored: instances commit exactly the offsets of finished records, after everything those
-//! records produced was acknowledged by the broker. Rebalances are eager with the `range`
-//! assignor (co-partitioned topics stay together): on revocation the consumer's thread waits in
-//! the rebalance callback until every instance has committed what it finished.
+//! records produced was acknowledged by the broker. Rebalances are cooperative by default
+//! (`rebalance`: only moving partitions are revoked, co-partitioned topics move together), eager
+//! with `range` on request: on revocation the consumer's thread waits in the rebalance callback
+//! until every instance has committed what it finished. `leader` elects the worker that runs
+//! leader-only timers.
 //!
 //! One idempotent producer per worker serves all agents (deliveries counted per batch, see
 //! `produce`); partitioning is `murmur2_random`, the Java client's, so keys land where Java
@@ -24,6 +26,7 @@ mod admin;
 mod client;
 mod commit;
 mod fetch;
+mod leader;
 mod probe;
 pub(super) mod produce;
 mod purge;
@@ -32,6 +35,9 @@ mod rebalance;
 mod txn;
 
 use std::collections::HashMap;
+
+use crate::base::spec::Internal;
+use crate::io::transport::Leadership;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -144,6 +150,15 @@ impl Log for KafkaTransport {
             self.admin()
                 .ensure_topics_checked(specs, default_partitions)
                 .await
+        })
+    }
+
+    fn elect<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Result<Leadership>> {
+        Box::pin(async move {
+            let name = crate::base::spec::leader_topic(app_id);
+            let spec = TopicSpec::internal(&name, Internal::Leader, Some(1), "leader election");
+            self.admin().ensure_topics_checked(&[spec], 1).await?;
+            leader::elect(&self.base, &name, &name)
         })
     }
 
