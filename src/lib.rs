@@ -74,7 +74,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub use rill_macros::{agent, record, window_state};
+pub use rill_macros::{agent, crontab, record, timer, window_state};
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
@@ -97,7 +97,8 @@ pub mod prelude {
     pub use crate::{
         App, Codec, Either, Emit, Event, GlobalTable, JoinStream, JoinWindow, KeyedStream,
         MergeState, OnError, Producer, Record, Result, Sink, Stream, Table, TableReader, TestApp,
-        Topic, WindowResult, WindowState, WindowStream, WindowedTable, agent, record, window_state,
+        TimerContext, Topic, WindowResult, WindowState, WindowStream, WindowedTable, agent,
+        crontab, record, timer, window_state,
     };
 }
 

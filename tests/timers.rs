@@ -220,3 +220,72 @@ async fn invalid_schedules_stop_the_start_with_the_timers_name() {
     let err = test_app([zone]).await.err().expect("refused").to_string();
     assert!(err.contains("Mars/Olympus"), "{err}");
 }
+
+#[record]
+#[derive(Debug, Clone)]
+struct View {
+    #[record(key)]
+    url: String,
+}
+
+#[record]
+#[derive(Debug, Clone, PartialEq)]
+struct Total {
+    views: u64,
+    scheduled_ms: i64,
+}
+
+#[agent(topic = "views", tables(url_totals = "timer_url_totals"))]
+async fn count_views(mut views: Stream<View>, url_totals: Table<String, u64>) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        url_totals.update(view.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+/// Every 10 s, on the leader: the sum of the counts an agent keeps, read through a
+/// `TableReader`.
+#[timer(every = "10s", on_leader = true, tables(totals = "timer_url_totals"))]
+async fn publish_totals(
+    totals: TableReader<String, u64>,
+    producer: Producer,
+    cx: TimerContext,
+) -> rill::Result<()> {
+    let views = totals
+        .entries()?
+        .map(|e| e.map(|(_, n)| n))
+        .sum::<rill::Result<u64>>()?;
+    let total = Total {
+        views,
+        scheduled_ms: cx.scheduled_ms(),
+    };
+    producer.send_to("totals", &total).await
+}
+
+#[tokio::test]
+async fn a_timer_macro_reads_an_agents_table_on_schedule() -> rill::Result<()> {
+    let app = App::new("timer_macro")
+        .agents([count_views::agent()])
+        .timers([publish_totals::timer()])
+        .test()
+        .await?;
+    let start = app.now_ms();
+    let views = ["/a", "/b", "/a", "/c", "/a"].map(|u| View { url: u.into() });
+    common::records::send_all(app.producer(), "views", views).await?;
+    let reader = app.tables().reader::<String, u64>("timer_url_totals")?;
+    let committed = || -> rill::Result<u64> { reader.entries()?.map(|e| e.map(|(_, n)| n)).sum() };
+    app.wait_until("the counts are committed", |_| {
+        committed().is_ok_and(|n| n == 5)
+    })
+    .await?;
+    app.advance_clock(Duration::from_secs(10));
+    let totals: Vec<Total> = app.expect("totals", 1).await?;
+    assert_eq!(
+        totals[0],
+        Total {
+            views: 5,
+            scheduled_ms: start + 10_000
+        }
+    );
+    app.stop().await
+}

@@ -1,4 +1,5 @@
-//! Compile-time behaviour of `#[record]`, `#[agent]` and `#[window_state]`: every supported form compiles, every
+//! Compile-time behaviour of `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]` and
+//! `#[crontab]`: every supported form compiles, every
 //! misuse is an error pointing at the culprit (the `.stderr` files are the expected messages).
 
 #[test]
@@ -10,4 +11,6 @@ fn ui() {
     t.compile_fail("tests/ui/agent/fail/*.rs");
     t.pass("tests/ui/window_state/pass/*.rs");
     t.compile_fail("tests/ui/window_state/fail/*.rs");
+    t.pass("tests/ui/timer/pass/*.rs");
+    t.compile_fail("tests/ui/timer/fail/*.rs");
 }

@@ -74,3 +74,58 @@ pub(crate) fn path_name(path: &syn::Path) -> String {
         .collect::<Vec<_>>()
         .join("::")
 }
+
+/// `key(binding = value, ...)` into `list`: one entry per parameter name, each name once.
+/// `form` is the error for an entry that is not `binding = ...`, `noun` names a repeated one.
+pub(crate) fn parse_bindings<T>(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    list: &mut Vec<(syn::Ident, T)>,
+    form: &str,
+    noun: &str,
+    parse_value: fn(&ParseNestedMeta<'_>) -> syn::Result<T>,
+) -> syn::Result<()> {
+    meta.parse_nested_meta(|entry| {
+        let Some(binding) = entry.path.get_ident().cloned() else {
+            cx.error(&entry.path, form);
+            return Ok(());
+        };
+        let value = parse_value(&entry)?;
+        if list.iter().any(|(b, _)| *b == binding) {
+            cx.error(&binding, format!("duplicate {noun} `{binding}`"));
+        } else {
+            list.push((binding, value));
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn parse_str(meta: &ParseNestedMeta<'_>) -> syn::Result<syn::LitStr> {
+    meta.value()?.parse()
+}
+
+/// A string that must be one of `choices` (`on_error = "retry"`), into `slot`; an error naming
+/// `what` and the choices otherwise (`owner`: the macro, for a repeat).
+pub(crate) fn parse_choice(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    slot: &mut Option<syn::LitStr>,
+    choices: &[&str],
+    what: &str,
+    owner: &str,
+) -> syn::Result<()> {
+    let lit = parse_str(meta)?;
+    if choices.contains(&lit.value().as_str()) {
+        set_once(cx, slot, meta, lit, owner);
+    } else {
+        cx.error(
+            &lit,
+            format!(
+                "unknown {what} `{}`; {}",
+                lit.value(),
+                expected_one_of(choices)
+            ),
+        );
+    }
+    Ok(())
+}

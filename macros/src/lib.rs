@@ -1,6 +1,7 @@
-//! Procedural macros of rill: `#[record]`, `#[agent]` and `#[window_state]`.
+//! Procedural macros of rill: `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]` and
+//! `#[crontab]`.
 //!
-//! All three are thin: they generate implementations of public runtime items (`rill::Record`,
+//! All are thin: they generate implementations of public runtime items (`rill::Record`,
 //! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
 //! spans on the culprit. Generated code names runtime items through `::rill::...`.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@ mod agent;
 mod attr;
 mod ctxt;
 mod record;
+mod timer;
 mod window_state;
 
 use proc_macro::TokenStream;
@@ -78,4 +80,42 @@ pub fn agent(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn window_state(args: TokenStream, input: TokenStream) -> TokenStream {
     window_state::expand_window_state(args.into(), input.into()).into()
+}
+
+/// Runs an `async fn` every interval, on every worker or (`on_leader = true`) on the one
+/// worker of the app that leads; registered with the app automatically.
+///
+/// Arguments: `every` (`"500ms"`, `"10s"`, `"5m"`, `"2h"`, `"1d"`, or a number of seconds),
+/// `on_leader`, `on_error` (`"skip"`, the default: log and wait for the next time; `"retry"`
+/// with `retries` and `retry_backoff_ms`; `"stop"`), `tables(binding = "table")`. Parameters:
+/// a `Producer`, a `TimerContext`, `TableReader<K, V>`s (of the table named like the parameter,
+/// or bound in `tables`).
+///
+/// ```ignore
+/// #[timer(every = "10s", on_leader = true)]
+/// async fn publish_totals(url_totals: TableReader<String, u64>, producer: Producer) -> rill::Result<()> {
+///     let total: u64 = url_totals.entries()?.map(|e| e.map(|(_, n)| n)).sum::<rill::Result<u64>>()?;
+///     producer.send_to("totals", &total).await
+/// }
+/// ```
+///
+/// `publish_totals::timer()` returns its `rill::TimerSpec` (for `App::timers`).
+#[proc_macro_attribute]
+pub fn timer(args: TokenStream, input: TokenStream) -> TokenStream {
+    timer::expand_timer(timer::Kind::Timer, args.into(), input.into()).into()
+}
+
+/// Runs an `async fn` when a cron expression matches, in a time zone (Faust's `@app.crontab`);
+/// otherwise like [`macro@timer`].
+///
+/// ```ignore
+/// #[crontab("0 20 * * *", timezone = "Europe/Paris", on_leader = true)]
+/// async fn nightly_report(producer: Producer) -> rill::Result<()> { /* ... */ Ok(()) }
+/// ```
+///
+/// Five fields (`minute hour day-of-month month day-of-week`) or six with seconds first; the
+/// time zone defaults to UTC. Both are checked at compile time.
+#[proc_macro_attribute]
+pub fn crontab(args: TokenStream, input: TokenStream) -> TokenStream {
+    timer::expand_timer(timer::Kind::Crontab, args.into(), input.into()).into()
 }

@@ -7,7 +7,9 @@ use quote::quote;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 
-use crate::attr::{expected_one_of, parse_arg_list, set_once, unknown_argument};
+use crate::attr::{
+    parse_arg_list, parse_bindings, parse_choice, parse_str, set_once, unknown_argument,
+};
 use crate::ctxt::Ctxt;
 
 const AGENT_KEYS: &[&str] = &[
@@ -140,7 +142,14 @@ impl AgentArgs {
                 parse_str,
             )?,
             Some("on_error") => {
-                parse_choice(cx, meta, &mut self.on_error, POLICIES, "`on_error` policy")?;
+                parse_choice(
+                    cx,
+                    meta,
+                    &mut self.on_error,
+                    POLICIES,
+                    "`on_error` policy",
+                    "agent",
+                )?;
             }
             Some("offset_reset") => {
                 parse_choice(
@@ -149,6 +158,7 @@ impl AgentArgs {
                     &mut self.offset_reset,
                     OFFSET_RESETS,
                     "`offset_reset`",
+                    "agent",
                 )?;
             }
             Some("dead_letter") => {
@@ -206,35 +216,6 @@ impl AgentArgs {
     }
 }
 
-/// `key(binding = value, ...)` into `list`: one entry per parameter name, each name once.
-/// `form` is the error for an entry that is not `binding = ...`, `noun` names a repeated one.
-fn parse_bindings<T>(
-    cx: &mut Ctxt,
-    meta: &ParseNestedMeta<'_>,
-    list: &mut Vec<(syn::Ident, T)>,
-    form: &str,
-    noun: &str,
-    parse_value: fn(&ParseNestedMeta<'_>) -> syn::Result<T>,
-) -> syn::Result<()> {
-    meta.parse_nested_meta(|entry| {
-        let Some(binding) = entry.path.get_ident().cloned() else {
-            cx.error(&entry.path, form);
-            return Ok(());
-        };
-        let value = parse_value(&entry)?;
-        if list.iter().any(|(b, _)| *b == binding) {
-            cx.error(&binding, format!("duplicate {noun} `{binding}`"));
-        } else {
-            list.push((binding, value));
-        }
-        Ok(())
-    })
-}
-
-fn parse_str(meta: &ParseNestedMeta<'_>) -> syn::Result<syn::LitStr> {
-    meta.value()?.parse()
-}
-
 /// An integer literal that fits a `u32`, or `None` after reporting one that does not.
 fn parse_whole_number(
     cx: &mut Ctxt,
@@ -246,29 +227,4 @@ fn parse_whole_number(
         return Ok(None);
     }
     Ok(Some(lit))
-}
-
-/// A string that must be one of `choices` (`on_error = "retry"`), into `slot`; an error naming
-/// `what` and the choices otherwise.
-fn parse_choice(
-    cx: &mut Ctxt,
-    meta: &ParseNestedMeta<'_>,
-    slot: &mut Option<syn::LitStr>,
-    choices: &[&str],
-    what: &str,
-) -> syn::Result<()> {
-    let lit = parse_str(meta)?;
-    if choices.contains(&lit.value().as_str()) {
-        set_once(cx, slot, meta, lit, "agent");
-    } else {
-        cx.error(
-            &lit,
-            format!(
-                "unknown {what} `{}`; {}",
-                lit.value(),
-                expected_one_of(choices)
-            ),
-        );
-    }
-    Ok(())
 }
