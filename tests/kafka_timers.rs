@@ -1,0 +1,135 @@
+//! Timers on a real Apache Kafka broker: leader-only timers run on exactly one of two workers
+//! (elected through the consumer group `<app>-__leader`), the other worker takes over when the
+//! leader stops, and timers without `on_leader` run on every worker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rill::{App, TimerSpec, Worker};
+
+/// A timer sending `<worker>` to `topic` every 200 ms.
+fn beat(name: &str, worker: &str, topic: &str, on_leader: bool) -> TimerSpec {
+    let (worker, topic) = (worker.to_owned(), topic.to_owned());
+    TimerSpec::every(name, Duration::from_millis(200))
+        .on_leader(on_leader)
+        .run(move |cx| {
+            let (worker, topic) = (worker.clone(), topic.clone());
+            async move { cx.producer().send_to(&topic, &worker).await }
+        })
+}
+
+fn worker_app(app_id: &str, bootstrap: &str, data: &std::path::Path, me: &str, run: &str) -> App {
+    common::kafka_app(app_id, bootstrap, data)
+        .agents([])
+        .timers([
+            beat("leader_beat", me, &format!("kt_leader_{run}"), true),
+            beat("every_beat", me, &format!("kt_every_{run}"), false),
+        ])
+}
+
+/// Waits until exactly one of the workers leads; checks that never both do meanwhile.
+async fn one_leader(workers: &[&Worker], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let leading: Vec<usize> = (0..workers.len())
+            .filter(|i| workers[*i].is_leader())
+            .collect();
+        assert!(leading.len() <= 1, "two workers lead at once");
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker became leader within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Who sent the records of `topic` so far (up to its end offset now; the timers keep sending).
+fn senders(bootstrap: &str, topic: &str) -> Vec<String> {
+    let end = tokio::task::block_in_place(|| common::end_offsets(bootstrap, topic, 1));
+    let end = usize::try_from(end).expect("offset");
+    let read = common::read_topic(
+        bootstrap,
+        topic,
+        Duration::from_secs(30),
+        Duration::ZERO,
+        |r| r.len() >= end,
+    );
+    read.iter()
+        .take(end)
+        .map(common::kafka::Read::text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_of_two_runs_leader_only_timers_and_another_takes_over() -> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let app_id = format!("kt_{run}");
+    let (leader_topic, every_topic) = (format!("kt_leader_{run}"), format!("kt_every_{run}"));
+    tokio::task::block_in_place(|| {
+        common::create_topic(&bootstrap, &leader_topic, 1, &[]);
+        common::create_topic(&bootstrap, &every_topic, 1, &[]);
+    });
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = worker_app(&app_id, &bootstrap, da.path(), "a", &run)
+        .start()
+        .await?;
+    let b = worker_app(&app_id, &bootstrap, db.path(), "b", &run)
+        .start()
+        .await?;
+    let first = one_leader(&[&a, &b], Duration::from_secs(60)).await;
+    // A few seconds of beats with both workers up and one leading throughout.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            one_leader(&[&a, &b], Duration::from_secs(1)).await,
+            first,
+            "the leader changed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names = ["a", "b"];
+    let led: Vec<String> = senders(&bootstrap, &leader_topic);
+    assert!(led.len() >= 5, "leader beats: {led:?}");
+    assert!(
+        led.iter().all(|w| w == names[first]),
+        "only the leader ran the timer: {led:?}"
+    );
+    let every = senders(&bootstrap, &every_topic);
+    assert!(
+        every.iter().any(|w| w == "a") && every.iter().any(|w| w == "b"),
+        "{every:?}"
+    );
+    // The leader stops: the other one leads within a rebalance, and its beats follow.
+    let (leader, other) = if first == 0 { (a, b) } else { (b, a) };
+    let before = led.len();
+    leader.shutdown().await?;
+    let waited = Instant::now();
+    while !other.is_leader() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no takeover within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = senders(&bootstrap, &leader_topic);
+    let successor = names[1 - first];
+    assert!(
+        after[before..].iter().any(|w| w == successor),
+        "the new leader's beats follow: {:?}",
+        &after[before..]
+    );
+    let rill_leader = other.metrics_text();
+    assert!(rill_leader.contains("rill_leader 1"), "{rill_leader}");
+    other.shutdown().await
+}
