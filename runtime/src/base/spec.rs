@@ -174,6 +174,10 @@ pub(crate) enum Internal {
     /// key must all stay). Their records are stamped with the time they were sent, the
     /// original timestamp kept in a header, so time retention counts from then.
     DeadLetters,
+    /// A topic an agent's stream goes through (`Stream::through`): named by the user and kept
+    /// as its retention says, but partitioned like the source, so the agent's tables and the
+    /// records of a key stay together.
+    Through,
     /// The leader election's topic (`<app>-__leader`): one partition, whose consumer-group
     /// member leads; no record is ever written to it.
     Leader,
@@ -197,7 +201,7 @@ impl Internal {
                 ("segment.ms", "600000"),
             ],
             Internal::Changelog => &[("cleanup.policy", "compact")],
-            Internal::Retry | Internal::DeadLetters | Internal::Leader => {
+            Internal::Retry | Internal::DeadLetters | Internal::Leader | Internal::Through => {
                 &[("cleanup.policy", "delete")]
             }
         }
@@ -213,7 +217,7 @@ impl Internal {
 
     fn why_partitions(self) -> &'static str {
         match self {
-            Internal::Repartition | Internal::Changelog | Internal::Retry => {
+            Internal::Repartition | Internal::Changelog | Internal::Retry | Internal::Through => {
                 "as many as the agent's source topic: partition p of each holds the keys of source partition p"
             }
             Internal::DeadLetters => "",
@@ -229,7 +233,7 @@ impl Internal {
             Internal::Changelog => {
                 "a changelog keeps the last value of every key, whatever its age"
             }
-            Internal::Retry | Internal::DeadLetters => {
+            Internal::Retry | Internal::DeadLetters | Internal::Through => {
                 "compaction would keep only the last of the records with one key"
             }
             Internal::Leader => "it holds no records",
@@ -239,7 +243,7 @@ impl Internal {
     /// What deleting the topic loses, for the fix.
     fn loses(self) -> &'static str {
         match self {
-            Internal::Repartition | Internal::Retry => {
+            Internal::Repartition | Internal::Retry | Internal::Through => {
                 " (records in it that were not processed yet are lost; let the app drain it first if it can)"
             }
             Internal::Changelog => {

@@ -14,6 +14,7 @@ use crate::base::message::{Event, Metadata, RawRecord};
 use crate::base::record::Record;
 use crate::instance::context::{self, InstanceState};
 use crate::instance::record_loop::RecordLoop;
+use crate::instance::record_loop::setup::RekeyTarget;
 
 pub(crate) type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
 
@@ -38,6 +39,21 @@ pub struct Stream<T> {
     /// Items are no longer the topic's records (`map`): `group_by` and joins, which decode
     /// the records again elsewhere, refuse such a stream.
     pub(crate) mapped: bool,
+    /// `echo`s: topics records are copied to, each with the flag its step sets for a record
+    /// that reached it.
+    echo: Vec<EchoTo>,
+    /// The copies of the record in hand being sent, and the item (if any) held until they are.
+    echoing: Option<(futures::future::BoxFuture<'static, Result<()>>, Option<T>)>,
+}
+
+/// One `Stream::echo`: its topics, and whether the record in hand reached it.
+#[derive(Clone)]
+struct EchoTo {
+    topics: Arc<[Arc<str>]>,
+    reached: Arc<std::sync::atomic::AtomicBool>,
+    /// The topics were created (or found) before the first copy: rill never lets a broker
+    /// auto-create a topic.
+    ensured: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<T: Record> Stream<T> {
@@ -57,6 +73,8 @@ impl<T: Record> Stream<T> {
             time: None,
             topic: None,
             mapped: false,
+            echo: Vec::new(),
+            echoing: None,
         }
     }
 
@@ -153,59 +171,123 @@ impl<T: Record> Stream<T> {
         K: KeyBytes + Send + 'static,
     {
         let key: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key);
-        let codec = self.codec;
-        let time = self.time.clone();
-        let mut this = self;
-        if this.core.rekeyed.as_deref() == Some(name) {
-            // The agent function runs again (after a failure) on its re-keyed stream.
-            let core = this.take_core();
-            let mut stream = Stream::new(core, codec);
-            if let Some(f) = time {
-                stream = stream.event_time(move |v: &T| f(v));
-            }
-            return KeyedStream::new(stream, key, name);
-        }
-        if this.topic.is_some() || this.mapped {
-            // One topic of a multi-topic agent: its core reads the other topics too. A mapped
-            // stream: the pump decodes the topic's records, not the mapped items.
-            let mut core = this.take_core();
-            let error = Error::agent(
-                &core.shared.agent,
-                if this.mapped {
-                    "`group_by` after `map`: re-key the stream first, then map"
-                } else {
-                    "`group_by` on one stream of an agent over several topics; join them (`join`, `either`) instead"
-                },
-            );
-            core.fail(error);
-            return KeyedStream::new(Stream::new(core, codec), key, name);
-        }
-        let Some(pipeline) = this.core.pipeline.clone() else {
-            let mut core = this.take_core();
-            let error = Error::agent(
-                &core.shared.agent,
-                "`group_by` applies to an agent's own stream",
-            );
-            core.fail(error);
-            return KeyedStream::new(Stream::new(core, codec), key, name);
-        };
         let key_fn = key.clone();
-        let time_fn = time.clone();
-        let key_of = Box::new(move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
-            let bytes = raw.value.as_deref().unwrap_or_default();
-            let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
-                topic: "group_by".into(),
-                source,
-            })?;
-            let at = match &time_fn {
-                Some(f) => Some(f(&value)),
-                None => value.event_time(),
-            };
-            Ok((key_fn(&value).key_bytes(), at))
+        let stream = self.rekey(RekeyTarget::Field(name), move |value, _| {
+            Some(key_fn(value).key_bytes())
         });
-        let core = match pipeline.group_by(name, this.take_core(), key_of, Vec::new()) {
+        KeyedStream::new(stream, key, name)
+    }
+
+    /// Sends every record to `topic` and continues from there (Faust's `stream.through`, Kafka
+    /// Streams' `repartition` into a named topic): records keep their key, value, headers and
+    /// event time, and the agent reads them back from `topic` through a consumer group of its
+    /// own (`<app>-<agent>-through`), so work after `through` is spread by the topic's
+    /// partitions and survives a restart of the source's consumers. Records without a key go
+    /// to any partition.
+    ///
+    /// The topic is created with the source's partition count (and must have it), so the
+    /// agent's tables stay partitioned like the records; unlike `group_by`'s internal topic it
+    /// keeps its records as its retention says, for other readers. An agent re-keys once:
+    /// `through` or `group_by`, not both.
+    pub fn through(self, topic: &str) -> Stream<T> {
+        self.rekey(RekeyTarget::Topic(topic), |_, raw| {
+            raw.key.as_ref().map(|k| k.to_vec())
+        })
+    }
+
+    /// Turns this stream's source into a pump into `target`, keyed by `key_of` (given the
+    /// decoded record and the raw one), and returns the stream read back from it.
+    fn rekey(
+        self,
+        target: RekeyTarget<'_>,
+        key_of: impl Fn(&T, &RawRecord) -> Option<Vec<u8>> + Send + 'static,
+    ) -> Stream<T> {
+        let (codec, time) = (self.codec, self.time.clone());
+        let marker = match target {
+            RekeyTarget::Field(name) => name.to_owned(),
+            RekeyTarget::Topic(topic) => format!("through:{topic}"),
+        };
+        let mut this = self;
+        let core = if this.core.rekeyed.as_deref() == Some(marker.as_str()) {
+            // The agent function runs again (after a failure) on its re-keyed stream.
+            this.take_core()
+        } else {
+            match this.rekey_refused() {
+                Some(error) => {
+                    let mut core = this.take_core();
+                    core.fail(error);
+                    core
+                }
+                None => this.start_rekey(target, marker, key_of),
+            }
+        };
+        let mut stream = Stream::new(core, codec);
+        if let Some(f) = time {
+            stream = stream.event_time(move |v: &T| f(v));
+        }
+        stream
+    }
+
+    /// Why this stream cannot be re-keyed, if it cannot.
+    fn rekey_refused(&self) -> Option<Error> {
+        let agent = &self.core.shared.agent;
+        if !self.echo.is_empty() {
+            // The pump reads the source's records itself, past this stream's steps.
+            Some(Error::agent(
+                agent,
+                "`echo` before `group_by` or `through`: echo the re-keyed stream instead (it has the same records)",
+            ))
+        } else if self.mapped {
+            // The pump decodes the topic's records, not the mapped items.
+            Some(Error::agent(
+                agent,
+                "`group_by` or `through` after `map`: re-key the stream first, then map",
+            ))
+        } else if self.topic.is_some() {
+            // One topic of a multi-topic agent: its core reads the other topics too.
+            Some(Error::agent(
+                agent,
+                "`group_by` or `through` on one stream of an agent over several topics; join them (`join`, `either`) instead",
+            ))
+        } else if self.core.pipeline.is_none() {
+            Some(Error::agent(
+                agent,
+                "`group_by` and `through` apply to an agent's own stream",
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn start_rekey(
+        &mut self,
+        target: RekeyTarget<'_>,
+        marker: String,
+        key_of: impl Fn(&T, &RawRecord) -> Option<Vec<u8>> + Send + 'static,
+    ) -> RecordLoop {
+        let (codec, time_fn) = (self.codec, self.time.clone());
+        let key_of = Box::new(
+            move |raw: &RawRecord| -> Result<(Option<Vec<u8>>, Option<i64>)> {
+                let bytes = raw.value.as_deref().unwrap_or_default();
+                let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
+                    topic: raw.topic.to_string(),
+                    source,
+                })?;
+                let at = match &time_fn {
+                    Some(f) => Some(f(&value)),
+                    None => value.event_time(),
+                };
+                Ok((key_of(&value, raw), at))
+            },
+        );
+        let pipeline = self
+            .core
+            .pipeline
+            .clone()
+            .expect("checked by rekey_refused");
+        match pipeline.group_by(target, self.take_core(), key_of, Vec::new()) {
             Ok(mut core) => {
-                core.rekeyed = Some(name.to_owned());
+                core.rekeyed = Some(marker);
                 core
             }
             Err(failed) => {
@@ -213,12 +295,7 @@ impl<T: Record> Stream<T> {
                 core.fail(error);
                 core
             }
-        };
-        let mut stream = Stream::new(core, codec);
-        if let Some(f) = time {
-            stream = stream.event_time(move |v: &T| f(v));
         }
-        KeyedStream::new(stream, key, name)
     }
 }
 
@@ -330,7 +407,32 @@ impl<T: Send + 'static> Stream<T> {
             time: None,
             topic: self.topic.clone(),
             mapped: true,
+            echo: self.echo.clone(),
+            echoing: None,
         }
+    }
+
+    /// Copies every record that reaches this point of the stream to each of `topics`, as it
+    /// was read (key, value, headers, timestamp), in the commit step of the record: the copies
+    /// are durable before its offset is committed, and under exactly-once they commit in its
+    /// transaction (Faust's `stream.echo`). Records a filter before this point drops are not
+    /// copied; later filters do not matter.
+    pub fn echo<S: AsRef<str>>(mut self, topics: impl IntoIterator<Item = S>) -> Self {
+        let topics: Arc<[Arc<str>]> = topics.into_iter().map(|t| Arc::from(t.as_ref())).collect();
+        let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reached.clone();
+        let mut step = self.take_step();
+        self.step = Box::new(move |raw| {
+            let value = step(raw)?;
+            flag.store(true, Ordering::Relaxed);
+            Some(value)
+        });
+        self.echo.push(EchoTo {
+            topics,
+            reached,
+            ensured: Arc::default(),
+        });
+        self
     }
 
     /// Pairs each record with its position in this stream (from 0).
@@ -352,6 +454,8 @@ impl<T: Send + 'static> Stream<T> {
             time: None,
             topic: self.topic.clone(),
             mapped: true,
+            echo: self.echo.clone(),
+            echoing: None,
             step: Box::new(move |raw| {
                 let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
@@ -397,6 +501,8 @@ impl<T> Stream<T> {
             time: None,
             topic: None,
             mapped: true,
+            echo: self.echo.clone(),
+            echoing: None,
         }
     }
 
@@ -493,6 +599,18 @@ impl<T> futures::Stream for Stream<T> {
             return Poll::Ready(None);
         }
         loop {
+            if let Some((sending, _)) = &mut this.echoing {
+                let sent = ready!(sending.as_mut().poll(cx));
+                let held = this.echoing.take().and_then(|(_, item)| item);
+                if let Err(e) = sent {
+                    this.core.fail(e);
+                    return Poll::Ready(None);
+                }
+                match held {
+                    Some(value) => return Poll::Ready(Some(value)),
+                    None => continue,
+                }
+            }
             match ready!(this.core.poll_raw(cx)) {
                 None => return Poll::Ready(None),
                 Some(raw) => {
@@ -503,13 +621,63 @@ impl<T> futures::Stream for Stream<T> {
                         this.fail_apart(Some(other));
                         return Poll::Ready(None);
                     }
-                    if let Some(value) = (this.step)(raw) {
+                    let item = (this.step)(raw);
+                    if let Some((copies, unknown)) = echo_copies(&this.echo, raw) {
+                        let shared = this.core.shared.clone();
+                        let setup = this.core.pipeline.clone();
+                        let sending = Box::pin(async move {
+                            if let Some(setup) = setup {
+                                for topic in unknown {
+                                    let spec =
+                                        crate::base::spec::TopicSpec::of::<Vec<u8>>(&topic, "echo");
+                                    setup.ensure_topic(spec).await?;
+                                }
+                            }
+                            for copy in copies {
+                                shared.send(copy, None).await?;
+                            }
+                            Ok(())
+                        });
+                        this.echoing = Some((sending, item));
+                        continue;
+                    }
+                    if let Some(value) = item {
                         return Poll::Ready(Some(value));
                     }
                 }
             }
         }
     }
+}
+
+/// The copies `echo`s want of `raw` (those whose point it reached; each flag is reset), and
+/// the topics to create first (the first copy of each `echo`).
+fn echo_copies(
+    echo: &[EchoTo],
+    raw: &RawRecord,
+) -> Option<(Vec<crate::base::message::OutRecord>, Vec<Arc<str>>)> {
+    let mut copies = Vec::new();
+    let mut unknown = Vec::new();
+    for e in echo {
+        if e.reached.swap(false, Ordering::Relaxed) {
+            if !e.ensured.swap(true, Ordering::Relaxed) {
+                unknown.extend(e.topics.iter().cloned());
+            }
+            copies.extend(e.topics.iter().map(|topic| {
+                crate::base::message::OutRecord {
+                    topic: topic.clone(),
+                    partition: None,
+                    key: raw.key.as_deref().map(<[u8]>::to_vec),
+                    value: raw.value.as_deref().map(<[u8]>::to_vec),
+                    timestamp: raw
+                        .timestamp
+                        .unwrap_or_else(crate::base::message::now_millis),
+                    headers: raw.headers.clone(),
+                }
+            }));
+        }
+    }
+    (!copies.is_empty()).then_some((copies, unknown))
 }
 
 /// Batches of a [`Stream`] (`Stream::take`).

@@ -25,7 +25,7 @@ use crate::base::metrics::AgentStats;
 use crate::base::spec::{Internal, TopicSpec};
 use crate::base::watermark::SourceClock;
 use crate::instance::context::InstanceState;
-use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed};
+use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed, RekeyTarget};
 use crate::instance::record_loop::{CoreParts, RecordLoop};
 use crate::instance::table::TableDef;
 use crate::instance::table::recovery::Recovery;
@@ -141,39 +141,56 @@ impl AgentPipeline {
         })
     }
 
-    fn repartition(&self, field: &str) -> Result<&Repartition> {
+    fn repartition(&self, target: RekeyTarget<'_>) -> Result<&Repartition> {
         let built = self
             .repartition
-            .get_or_init(|| self.build(field).map_err(|e| e.to_string()));
+            .get_or_init(|| self.build(target).map_err(|e| e.to_string()));
         match built {
-            Ok(r) if r.topic.ends_with(&format!("-{field}-repartition")) => Ok(r),
+            Ok(r) if *r.topic == *self.topic_of(target) => Ok(r),
             Ok(r) => Err(Error::Agent {
                 agent: self.agent.to_string(),
                 message: format!(
-                    "`group_by({field})` after `group_by` into `{}`: an agent re-keys its stream once",
+                    "`{}` after re-keying into `{}`: an agent re-keys its stream once (`group_by` or `through`)",
+                    what(target),
                     r.topic
                 ),
             }),
             Err(e) => Err(Error::Agent {
                 agent: self.agent.to_string(),
-                message: format!("setting up `group_by`: {e}"),
+                message: format!("setting up `{}`: {e}", what(target)),
             }),
         }
     }
 
-    /// Creates the repartition topic and starts its fetcher, whose router feeds one
-    /// repartitioned stream per instance.
-    fn build(&self, field: &str) -> Result<Repartition> {
-        let topic = format!("{}-{}-{field}-repartition", self.app_id, self.agent);
-        self.create_topic(&topic)?;
+    /// The topic a re-keying writes to and reads back.
+    fn topic_of(&self, target: RekeyTarget<'_>) -> String {
+        match target {
+            RekeyTarget::Field(field) => {
+                format!("{}-{}-{field}-repartition", self.app_id, self.agent)
+            }
+            RekeyTarget::Topic(topic) => topic.to_owned(),
+        }
+    }
+
+    /// Creates the topic and starts its fetcher, whose router feeds one re-keyed stream per
+    /// instance. `group_by`'s internal topic is purged as its group commits; a `through` topic
+    /// keeps its records as its retention says (others may read it).
+    fn build(&self, target: RekeyTarget<'_>) -> Result<Repartition> {
+        let topic = self.topic_of(target);
+        let (role, suffix) = match target {
+            RekeyTarget::Field(_) => (Internal::Repartition, "repartition"),
+            RekeyTarget::Topic(_) => (Internal::Through, "through"),
+        };
+        self.create_topic(&topic, role)?;
         let (txs, receivers) = instance_channels(self.instances);
-        let group = format!("{}-{}-repartition", self.app_id, self.agent);
+        let group = format!("{}-{}-{suffix}", self.app_id, self.agent);
         let router = Arc::new(Router::new(
-            &format!("{}/repartition", self.agent),
+            &format!("{}/{suffix}", self.agent),
             txs,
             self.config.shutdown_timeout,
         ));
-        // A repartition topic is read from its start: it holds only what this agent wrote.
+        // Read from its start: a repartition topic holds only what this agent wrote; a
+        // `through` topic's earlier records are the stream's too, as in Kafka Streams.
         let (committer, thread) = self.transport.start_fetcher(
             &group,
             vec![topic.clone()],
@@ -181,13 +198,15 @@ impl AgentPipeline {
             router.clone(),
             self.stop.clone(),
         )?;
-        committer.purge_consumed(self.config.repartition_purge_interval);
+        if role == Internal::Repartition {
+            committer.purge_consumed(self.config.repartition_purge_interval);
+        }
         self.registry
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(thread);
-        tracing::info!(agent = %self.agent, topic, "group_by: repartitioning through an internal topic");
+        tracing::info!(agent = %self.agent, topic, "{}: re-keying through a topic", what(target));
         Ok(Repartition {
             topic: Arc::from(topic.as_str()),
             group: Arc::from(group.as_str()),
@@ -232,13 +251,8 @@ impl AgentPipeline {
             .clone()
     }
 
-    fn create_topic(&self, topic: &str) -> Result<()> {
-        let spec = TopicSpec::internal(
-            topic,
-            Internal::Repartition,
-            Some(self.source_partitions),
-            "group_by",
-        );
+    fn create_topic(&self, topic: &str, role: Internal) -> Result<()> {
+        let spec = TopicSpec::internal(topic, role, Some(self.source_partitions), "group_by");
         // Created once per agent, before any record flows. `group_by` is synchronous, so the
         // creation runs to completion on a thread of its own with its own small runtime (its
         // retries sleep on a tokio timer): blocking on it in place could hang a current-thread
@@ -266,12 +280,12 @@ impl AgentPipeline {
     /// On error, `source` comes back untouched.
     fn rekey(
         self: &Arc<Self>,
-        field: &str,
+        target: RekeyTarget<'_>,
         source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
     ) -> std::result::Result<RecordLoop, Box<(Error, RecordLoop)>> {
-        let r = match self.repartition(field) {
+        let r = match self.repartition(target) {
             Ok(r) => r,
             Err(e) => return Err(Box::new((e, source))),
         };
@@ -279,7 +293,7 @@ impl AgentPipeline {
         let Some((data, ctrl)) = r.take_receivers(instance) else {
             let error = Error::Agent {
                 agent: self.agent.to_string(),
-                message: "`group_by` called twice on one instance".into(),
+                message: format!("`{}` called twice on one instance", what(target)),
             };
             return Err(Box::new((error, source)));
         };
@@ -345,6 +359,14 @@ impl AgentPipeline {
             .unwrap_or_else(|p| p.into_inner())
             .push(pump);
         recovery
+    }
+}
+
+/// How the user wrote a re-keying, for messages.
+fn what(target: RekeyTarget<'_>) -> String {
+    match target {
+        RekeyTarget::Field(field) => format!("group_by({field})"),
+        RekeyTarget::Topic(topic) => format!("through(\"{topic}\")"),
     }
 }
 
@@ -437,11 +459,11 @@ impl AgentSetup for AgentPipeline {
 
     fn group_by(
         self: Arc<Self>,
-        field: &str,
+        target: RekeyTarget<'_>,
         source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,
     ) -> std::result::Result<RecordLoop, NotRekeyed> {
-        self.rekey(field, source, key_of, sides)
+        self.rekey(target, source, key_of, sides)
     }
 }

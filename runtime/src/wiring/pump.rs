@@ -196,7 +196,7 @@ impl Pump {
     fn rekeyed(
         &mut self,
         mut raw: RawRecord,
-        key: Vec<u8>,
+        key: Option<Vec<u8>>,
         at: Option<i64>,
         owned: &mut Owned,
     ) -> OutRecord {
@@ -232,7 +232,7 @@ impl Pump {
         OutRecord {
             topic: self.topic.clone(),
             partition: None,
-            key: Some(key),
+            key,
             value: raw.value.take().map(Vec::from),
             timestamp: time,
             headers,

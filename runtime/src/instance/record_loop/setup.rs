@@ -15,8 +15,20 @@ use crate::instance::record_loop::RecordLoop;
 use crate::instance::table::TableDef;
 use crate::io::transport::Log;
 
-/// Computes a record's new key and its event time (when the record has one).
-pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Vec<u8>, Option<i64>)> + Send>;
+/// Computes a record's new key (`None`: none, the producer picks a partition) and its event
+/// time (when the record has one).
+pub(crate) type KeyOf = Box<dyn Fn(&RawRecord) -> Result<(Option<Vec<u8>>, Option<i64>)> + Send>;
+
+/// Where a re-keyed stream goes: `group_by`'s internal repartition topic
+/// (`<app>-<agent>-<field>-repartition`, purged once read), or a topic the user names
+/// (`Stream::through`, kept as the topic's retention says).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RekeyTarget<'a> {
+    /// `group_by(field)`.
+    Field(&'a str),
+    /// `through(topic)`.
+    Topic(&'a str),
+}
 
 /// A re-keying that could not be set up: why, and the source stream's core, untouched.
 pub(crate) type NotRekeyed = Box<(Error, RecordLoop)>;
@@ -42,12 +54,12 @@ pub(crate) trait AgentSetup: Send + Sync {
     /// Creates a topic the agent writes to after start (a late-events topic).
     fn ensure_topic(&self, spec: TopicSpec) -> BoxFuture<'_, Result<()>>;
 
-    /// Turns `source` into a pump into the agent's repartition topic for `field` and returns
-    /// the core of the instance's repartitioned stream. `sides`: the topics a join reads, whose
-    /// records are tagged with their topic.
+    /// Turns `source` into a pump into `target` and returns the core of the instance's stream
+    /// read back from it. `sides`: the topics a join reads, whose records are tagged with their
+    /// topic.
     fn group_by(
         self: Arc<Self>,
-        field: &str,
+        target: RekeyTarget<'_>,
         source: RecordLoop,
         key_of: KeyOf,
         sides: Vec<Arc<str>>,

@@ -433,31 +433,34 @@ fn repartition_sides<A, B, K>(
             stream.core.fail(error);
         }
         Some(pipeline) => {
-            let key_of = Box::new(move |raw: &RawRecord| -> Result<(Vec<u8>, Option<i64>)> {
-                let bytes = raw.value.as_deref().unwrap_or_default();
-                let topic = crate::base::failure::side_topic(raw);
-                let bad = |source| Error::Codec {
-                    topic: topic.to_owned(),
-                    source,
-                };
-                if topic == &*a_topic {
-                    let a = A::decode(bytes, a_codec).map_err(bad)?;
-                    Ok((ka(&a).key_bytes(), time_of(&a_time, &a)))
-                } else if topic == &*b_topic {
-                    let b = B::decode(bytes, b_codec).map_err(bad)?;
-                    Ok((kb(&b).key_bytes(), time_of(&b_time, &b)))
-                } else {
-                    Err(Error::Agent {
-                        agent: String::new(),
-                        message: format!(
-                            "a record of `{topic}` in a join of `{a_topic}` and `{b_topic}`"
-                        ),
-                    })
-                }
-            });
+            let key_of = Box::new(
+                move |raw: &RawRecord| -> Result<(Option<Vec<u8>>, Option<i64>)> {
+                    let bytes = raw.value.as_deref().unwrap_or_default();
+                    let topic = crate::base::failure::side_topic(raw);
+                    let bad = |source| Error::Codec {
+                        topic: topic.to_owned(),
+                        source,
+                    };
+                    if topic == &*a_topic {
+                        let a = A::decode(bytes, a_codec).map_err(bad)?;
+                        Ok((Some(ka(&a).key_bytes()), time_of(&a_time, &a)))
+                    } else if topic == &*b_topic {
+                        let b = B::decode(bytes, b_codec).map_err(bad)?;
+                        Ok((Some(kb(&b).key_bytes()), time_of(&b_time, &b)))
+                    } else {
+                        Err(Error::Agent {
+                            agent: String::new(),
+                            message: format!(
+                                "a record of `{topic}` in a join of `{a_topic}` and `{b_topic}`"
+                            ),
+                        })
+                    }
+                },
+            );
             pipeline.mark_windowed();
             let core = stream.take_core();
-            stream.core = match pipeline.group_by(name, core, key_of, sides) {
+            let target = crate::instance::record_loop::setup::RekeyTarget::Field(name);
+            stream.core = match pipeline.group_by(target, core, key_of, sides) {
                 Ok(mut core) => {
                     core.rekeyed = Some(name.to_owned());
                     core
