@@ -10,6 +10,13 @@ mod io;
 mod ops;
 mod wiring;
 
+/// Request/reply between agents: `Requests` asks (`Worker::requests`, `AgentContext::requests`),
+/// agents answer each `Request` of `Stream::requests`.
+pub mod request {
+    pub use crate::ops::request::Request;
+    pub use crate::wiring::asking::{Ask, Requests};
+}
+
 // The public modules, where users find them; `ARCHITECTURE.md` maps the layers behind them.
 pub use base::{
     codec, config, error, failure, health, message, metrics, partitioner, record, schedule,
@@ -36,6 +43,7 @@ pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use producer::Producer;
 pub use reader::{TableReader, Tables};
 pub use record::{Field, Record};
+pub use request::{Ask, Request, Requests};
 pub use stream::{Batches, KeyedStream, Sink, Stream};
 pub use table::{Entries, GlobalTable, Table, TableSpec};
 pub use testing::TestApp;

@@ -259,6 +259,7 @@ fn user_fn_call(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> TokenStream {
             let var = format_ident!("__rill_table_{}", ident);
             quote!(#var)
         }
+        Param::Requests => quote!(__rill_ctx.requests()),
     });
     let sig = &agent_fn.item.sig;
     // Spanned on the return type, so a wrong one is reported there.

@@ -58,7 +58,7 @@ mod tests {
                 "`concurrency` is a whole number of instances, at least 1",
                 "`#[agent]` functions must be `async fn`",
                 "`#[agent]` functions cannot be generic",
-                "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s or `GlobalTable<K, V>`s",
+                "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, `Table<K, V>`s or `GlobalTable<K, V>`s, and `Requests`",
                 "an agent takes a `Stream<T>` parameter, e.g. `views: Stream<PageView>`",
                 "the table parameter `totals` needs a table name: `tables(totals = \"...\")`",
                 "missing `topic`: `#[agent(topic = \"pageviews\")]`",

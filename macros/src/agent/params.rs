@@ -15,6 +15,8 @@ pub(super) enum Param {
     Table(syn::Ident, syn::Type),
     /// A `GlobalTable<K, V>` parameter: its binding name and whole type.
     GlobalTable(syn::Ident, syn::Type),
+    /// A `Requests` parameter: asks other agents.
+    Requests,
 }
 
 /// The user's `async fn` and what its parameters are, in order.
@@ -99,6 +101,7 @@ enum ParamType {
     Sink(syn::Type),
     Table,
     GlobalTable,
+    Requests,
 }
 
 /// The parameter `input` is, or `None` after reporting why it cannot be one.
@@ -117,6 +120,7 @@ fn param_of(cx: &mut Ctxt, input: &syn::FnArg) -> Option<Param> {
     match (param_type(&typed.ty), binding) {
         (Some(ParamType::Stream(ty)), binding) => Some(Param::Stream(binding, ty)),
         (Some(ParamType::Sink(ty)), _) => Some(Param::Sink(ty)),
+        (Some(ParamType::Requests), _) => Some(Param::Requests),
         (Some(ParamType::Table), Some(binding)) => Some(Param::Table(binding, (*typed.ty).clone())),
         (Some(ParamType::Table), None) => {
             cx.error(
@@ -138,7 +142,7 @@ fn param_of(cx: &mut Ctxt, input: &syn::FnArg) -> Option<Param> {
         (None, _) => {
             cx.error(
                 &typed.ty,
-                "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, and `Table<K, V>`s or `GlobalTable<K, V>`s",
+                "unsupported agent parameter; an agent takes a `Stream<T>`, optionally a `Sink<U>`, `Table<K, V>`s or `GlobalTable<K, V>`s, and `Requests`",
             );
             None
         }
@@ -150,6 +154,9 @@ fn param_of(cx: &mut Ctxt, input: &syn::FnArg) -> Option<Param> {
 fn param_type(ty: &syn::Type) -> Option<ParamType> {
     let syn::Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
+    if last.ident == "Requests" && last.arguments.is_none() {
+        return Some(ParamType::Requests);
+    }
     let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
@@ -195,6 +202,7 @@ mod tests {
                 Param::Sink(_) => "sink".to_owned(),
                 Param::Table(name, _) => format!("table {name}"),
                 Param::GlobalTable(name, _) => format!("global table {name}"),
+                Param::Requests => "requests".to_owned(),
             })
             .collect();
         assert_eq!(

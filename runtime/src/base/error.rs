@@ -48,6 +48,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A request (`Requests::ask`) got no reply, or a refusal.
+    #[error("request to `{topic}`: {message}")]
+    Request {
+        /// The topic the request was sent to.
+        topic: String,
+        /// What happened, and the likely cause.
+        message: String,
+    },
     /// A table could not be read (outside an agent: a `TableReader`).
     #[error("table `{table}`: {message}")]
     Table {

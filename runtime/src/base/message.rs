@@ -12,6 +12,12 @@ pub(crate) mod header {
     /// The topic a repartitioned record was read from, when the agent reads several (a join's
     /// sides share one repartition topic).
     pub(crate) const TOPIC: &str = "rill.topic";
+    /// Where the reply to a request goes (`Requests::ask`, `Request::reply`).
+    pub(crate) const REPLY_TO: &str = "rill.reply_to";
+    /// Which request a reply answers.
+    pub(crate) const CORRELATION_ID: &str = "rill.correlation_id";
+    /// On a reply: the agent refused the request, with this reason (`Request::fail`).
+    pub(crate) const REPLY_ERROR: &str = "rill.reply_error";
 }
 
 pub use bytes::Bytes;

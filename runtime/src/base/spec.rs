@@ -178,6 +178,9 @@ pub(crate) enum Internal {
     /// as its retention says, but partitioned like the source, so the agent's tables and the
     /// records of a key stay together.
     Through,
+    /// The app's reply topic (`<app>-__replies`): replies to requests, read by every worker
+    /// from its end; any partition count, never compacted.
+    Replies,
     /// The leader election's topic (`<app>-__leader`): one partition, whose consumer-group
     /// member leads; no record is ever written to it.
     Leader,
@@ -201,9 +204,11 @@ impl Internal {
                 ("segment.ms", "600000"),
             ],
             Internal::Changelog => &[("cleanup.policy", "compact")],
-            Internal::Retry | Internal::DeadLetters | Internal::Leader | Internal::Through => {
-                &[("cleanup.policy", "delete")]
-            }
+            Internal::Retry
+            | Internal::DeadLetters
+            | Internal::Leader
+            | Internal::Through
+            | Internal::Replies => &[("cleanup.policy", "delete")],
         }
     }
 
@@ -220,7 +225,7 @@ impl Internal {
             Internal::Repartition | Internal::Changelog | Internal::Retry | Internal::Through => {
                 "as many as the agent's source topic: partition p of each holds the keys of source partition p"
             }
-            Internal::DeadLetters => "",
+            Internal::DeadLetters | Internal::Replies => "",
             Internal::Leader => "one: the one worker it is assigned to leads",
         }
     }
@@ -233,7 +238,7 @@ impl Internal {
             Internal::Changelog => {
                 "a changelog keeps the last value of every key, whatever its age"
             }
-            Internal::Retry | Internal::DeadLetters | Internal::Through => {
+            Internal::Retry | Internal::DeadLetters | Internal::Through | Internal::Replies => {
                 "compaction would keep only the last of the records with one key"
             }
             Internal::Leader => "it holds no records",
@@ -251,6 +256,7 @@ impl Internal {
             }
             Internal::DeadLetters => " (its records are lost; copy them first if you need them)",
             Internal::Leader => " (it holds no records)",
+            Internal::Replies => " (replies not read yet are lost: their requests time out)",
         }
     }
 }

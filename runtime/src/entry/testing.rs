@@ -112,6 +112,11 @@ impl TestApp {
         Clock::Virtual(self.clock.clone()).now_ms()
     }
 
+    /// Sends requests to the app's agents and waits for their replies.
+    pub fn requests(&self) -> crate::wiring::asking::Requests {
+        self.worker.requests()
+    }
+
     /// Metrics in the Prometheus text format, as `/metrics` serves them.
     pub fn metrics_text(&self) -> String {
         self.worker.metrics_text()

@@ -230,9 +230,15 @@ pub struct AgentContext {
     pub(crate) shared: Arc<crate::instance::context::InstanceState>,
     pub(crate) globals: Vec<Arc<crate::instance::table::global::GlobalDef>>,
     pub(crate) policy: Arc<crate::base::failure::Policy>,
+    pub(crate) requests: crate::wiring::asking::Requests,
 }
 
 impl AgentContext {
+    /// Sends requests to other agents and waits for their replies (`Requests::ask`).
+    pub fn requests(&self) -> crate::wiring::asking::Requests {
+        self.requests.clone()
+    }
+
     /// The same context without its stream (for calling the agent function again).
     pub(crate) fn clone_parts(&self) -> AgentContext {
         AgentContext {
@@ -244,6 +250,7 @@ impl AgentContext {
             shared: self.shared.clone(),
             globals: self.globals.clone(),
             policy: self.policy.clone(),
+            requests: self.requests.clone(),
         }
     }
 

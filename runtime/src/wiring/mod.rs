@@ -1,6 +1,7 @@
 //! Wiring: agents, the worker, producers, repartition pipelines, observability and the web server.
 
 pub mod agent;
+pub(crate) mod asking;
 pub(crate) mod dlq;
 pub(crate) mod observe;
 pub(crate) mod otlp_metrics;

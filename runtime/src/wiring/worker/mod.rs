@@ -26,6 +26,7 @@ use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::Stop;
 use crate::io::transport::{Leadership, Log};
 use crate::wiring::agent::AgentSpec;
+use crate::wiring::asking::Requests;
 pub use crate::wiring::observe::Rebalances;
 use crate::wiring::observe::{Collector, Observer};
 use crate::wiring::producer::Producer;
@@ -122,6 +123,8 @@ pub struct Worker {
     stop_timers: tokio::sync::watch::Sender<bool>,
     /// The app's leader election, when a timer runs on the leader only.
     leadership: Option<Arc<Leadership>>,
+    /// Requests to agents (`ask`, `cast`), replies read from the app's reply topic.
+    pub(crate) requests: Requests,
     producer: Producer,
     stats: HashMap<String, Arc<AgentStats>>,
     shutdown_timeout: Duration,
@@ -156,17 +159,27 @@ impl Worker {
         validate::co_partitioned(config, &agents, &partitions)?;
         let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
         let stop = Arc::new(AtomicBool::new(false));
+        let registry = Arc::new(Registry::default());
+        let requests = Requests::new(
+            &config.app_id,
+            config.partitions,
+            transport.clone(),
+            stop.clone(),
+            registry.clone(),
+            config.shutdown_timeout,
+        );
         // Global tables catch up to their topics' ends before any agent sees a record.
         let global_thread = tables.start_globals(stop.clone()).await?;
         let mut worker = Worker {
             transport: transport.clone(),
             stop,
-            registry: Arc::new(Registry::default()),
+            registry,
             agents: JoinSet::new(),
             tasks: JoinSet::new(),
             timers: JoinSet::new(),
             stop_timers: tokio::sync::watch::channel(false).0,
             leadership: None,
+            requests,
             producer: Producer::new(transport.clone()),
             stats: HashMap::new(),
             shutdown_timeout: config.shutdown_timeout,
@@ -252,6 +265,12 @@ impl Worker {
     /// Readers of the tables of this worker's agents (see [`TableReader`](crate::wiring::reader::TableReader)).
     pub fn tables(&self) -> Tables {
         Tables::new(self.observer.clone())
+    }
+
+    /// Sends requests to agents and waits for their replies (`Requests::ask`), or sends
+    /// without waiting (`Requests::cast`).
+    pub fn requests(&self) -> Requests {
+        self.requests.clone()
     }
 
     /// A producer for sending from outside agents.

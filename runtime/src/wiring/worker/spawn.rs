@@ -248,6 +248,7 @@ impl Worker {
                 shared,
                 globals: tables.globals_of(spec),
                 policy: parts.policy.clone(),
+                requests: self.requests.clone(),
             };
             let name = spec.name().to_owned();
             let result = run_instance(parts.run.clone(), ctx, core);
