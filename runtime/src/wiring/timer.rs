@@ -26,6 +26,7 @@ use crate::base::metrics::TimerStats;
 use crate::base::schedule::Schedule;
 use crate::base::time::Clock;
 use crate::io::transport::{Leadership, Log};
+use crate::wiring::asking::Requests;
 use crate::wiring::producer::Producer;
 use crate::wiring::reader::{TableReader, Tables};
 
@@ -145,6 +146,7 @@ pub struct TimerContext {
     scheduled_ms: i64,
     producer: Producer,
     tables: Tables,
+    requests: Requests,
 }
 
 impl TimerContext {
@@ -167,6 +169,11 @@ impl TimerContext {
     /// The worker's tables.
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// Asks agents and waits for their replies (see [`Requests::ask`]).
+    pub fn requests(&self) -> &Requests {
+        &self.requests
     }
 
     /// A reader of the table `name` (see [`Tables::reader`]).
@@ -199,6 +206,7 @@ pub(crate) struct TimerEnv {
     pub(crate) clock: Clock,
     pub(crate) log: Arc<dyn Log>,
     pub(crate) tables: Tables,
+    pub(crate) requests: Requests,
     /// The app's election, when a timer runs on the leader only.
     pub(crate) leadership: Option<Arc<Leadership>>,
     /// Becomes true when the worker stops.
@@ -328,6 +336,7 @@ async fn call(
         scheduled_ms: due,
         producer: producer.clone(),
         tables: env.tables.clone(),
+        requests: env.requests.clone(),
     };
     let span = tracing::info_span!("timer", rill.timer = %spec.name, rill.scheduled_ms = due, rill.attempt = attempt);
     let started = Instant::now();

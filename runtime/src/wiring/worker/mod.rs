@@ -220,6 +220,7 @@ impl Worker {
             clock: config.clock.clone(),
             log: self.transport.clone(),
             tables: self.tables(),
+            requests: self.requests.clone(),
             leadership: self.leadership.clone(),
             stop: self.stop_timers.subscribe(),
             start_ms: config.clock.now_ms(),
