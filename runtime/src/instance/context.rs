@@ -66,6 +66,9 @@ pub(crate) struct InstanceState {
     pub(crate) marks: Mutex<Vec<(i32, u64, i64)>>,
     /// Dead-letter and retry records, sent in the next commit step before its offsets.
     pub(crate) dead: Mutex<Vec<OutRecord>>,
+    /// A reply to a request was sent (`Request::reply`): someone waits for it, so the record
+    /// loop commits as soon as the agent has nothing in hand, not at the interval.
+    pub(crate) commit_soon: std::sync::atomic::AtomicBool,
     /// The stream core, parked here when the agent's stream is dropped (the agent function
     /// returned or panicked), so the worker can call the function again on it.
     pub(crate) parked: Mutex<Option<Parked>>,
@@ -105,6 +108,7 @@ impl InstanceState {
             failed_records: Mutex::new(Vec::new()),
             has_failed: std::sync::atomic::AtomicBool::new(false),
             dead: Mutex::new(Vec::new()),
+            commit_soon: std::sync::atomic::AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
             operators: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
@@ -438,6 +442,12 @@ pub(crate) async fn send(
         .try_with(Arc::clone)
         .map_err(|_| Error::NoContext(what))?;
     shared.send(record, counter).await
+}
+
+/// Asks the current agent instance to commit as soon as it has nothing in hand (a reply is
+/// waited for); nothing outside an agent.
+pub(crate) fn commit_soon() {
+    let _ = CURRENT.try_with(|shared| shared.commit_soon.store(true, Ordering::Relaxed));
 }
 
 /// Encodes and sends a value through the current agent's commit buffer (`Sink::send`,

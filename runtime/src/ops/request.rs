@@ -85,7 +85,9 @@ async fn send_reply(
         timestamp: now_millis(),
         headers,
     };
-    crate::instance::context::send("Request::reply", record, None).await
+    crate::instance::context::send("Request::reply", record, None).await?;
+    crate::instance::context::commit_soon();
+    Ok(())
 }
 
 /// Where a fetched record's reply goes, from its headers.

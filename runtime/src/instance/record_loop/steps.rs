@@ -259,7 +259,10 @@ impl RecordLoop {
                 due
             }
         };
-        if due && !busy {
+        // A reply is waited for: commit once nothing is in hand, rather than at the interval.
+        let replied = self.batch.len() == 0 && self.shared.commit_soon.load(Ordering::Relaxed);
+        if (due || replied) && !busy {
+            self.shared.commit_soon.store(false, Ordering::Relaxed);
             if self.has_work() {
                 self.on_tick = true;
                 self.start_commit(Vec::new(), false);
