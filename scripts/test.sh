@@ -21,7 +21,7 @@ export RILL_TEST_BROKER_PORT="${RILL_TEST_BROKER_PORT:-19092}"
 # partitions by default), for the broker tests of windows, joins, tables, group_by and rill's
 # own topics: a setting only the strict broker has must not be what makes them pass.
 DEFAULTS_PORT="${RILL_TEST_DEFAULTS_BROKER_PORT:-19492}"
-DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --test kafka_topics --test kafka_timers)
+DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --test kafka_topics --test kafka_timers --test kafka_ktable)
 
 # The tests expect empty brokers (the example tests use fixed topic names such as
 # `pageviews`): `start` would reuse a broker an earlier run left up, data and all, so stop

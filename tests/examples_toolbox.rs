@@ -1,4 +1,5 @@
-//! The examples of timers, request/reply, through/echo and the app's own web routes, as
+//! The examples of timers, request/reply, through/echo, the app's own web routes and a table
+//! built from a topic, as
 //! processes on the embedded log: each prints (or serves) what its agents and timers worked
 //! out, and stops cleanly on SIGTERM.
 
@@ -98,4 +99,20 @@ fn the_user_page_example_serves_counts_from_a_table() {
     );
     assert!(count >= 2);
     stop(&mut child);
+}
+
+#[test]
+fn the_ktable_example_enriches_orders_from_the_customers_topic() {
+    let out = run_until("ktable", &[], |l| {
+        l.iter().filter(|l| l.starts_with("order of ")).count() >= 4
+    });
+    let orders: Vec<&String> = out.iter().filter(|l| l.starts_with("order of ")).collect();
+    assert!(
+        orders.iter().any(|l| l.contains("by Ada (gold tier)")),
+        "{orders:#?}"
+    );
+    assert!(
+        orders.iter().any(|l| l.contains("unknown customer c4")),
+        "{orders:#?}"
+    );
 }

@@ -74,6 +74,42 @@ impl TopicArg {
     }
 }
 
+/// A table of `tables(...)`: one the agent writes (`"name"`), or one built from a topic
+/// (`table_of("topic")`, named after the topic).
+pub(super) enum TableArg {
+    Name(syn::LitStr),
+    Of(syn::LitStr),
+}
+
+impl TableArg {
+    fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
+        let expr: syn::Expr = meta.value()?.parse()?;
+        const FORM: &str = "expected a table name (`\"url_totals\"`) or `table_of(\"topic\")`";
+        match expr {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => Ok(TableArg::Name(s)),
+            syn::Expr::Call(call) => {
+                let is_table_of =
+                    matches!(&*call.func, syn::Expr::Path(p) if p.path.is_ident("table_of"));
+                match (is_table_of, call.args.first(), call.args.len()) {
+                    (
+                        true,
+                        Some(syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(topic),
+                            ..
+                        })),
+                        1,
+                    ) => Ok(TableArg::Of(topic.clone())),
+                    _ => Err(syn::Error::new_spanned(call, FORM)),
+                }
+            }
+            other => Err(syn::Error::new_spanned(other, FORM)),
+        }
+    }
+}
+
 /// What `#[agent(...)]` says: the topics, sink, tables and failure policy of the agent.
 #[derive(Default)]
 pub(super) struct AgentArgs {
@@ -83,8 +119,8 @@ pub(super) struct AgentArgs {
     pub(super) concurrency: Option<usize>,
     pub(super) sink: Option<TopicArg>,
     pub(super) group: Option<syn::LitStr>,
-    /// `tables(binding = "table_name", ...)`
-    pub(super) tables: Vec<(syn::Ident, syn::LitStr)>,
+    /// `tables(binding = "table_name", other = table_of("topic"), ...)`
+    pub(super) tables: Vec<(syn::Ident, TableArg)>,
     /// `global_tables(binding = "topic", ...)`
     pub(super) global_tables: Vec<(syn::Ident, syn::LitStr)>,
     /// `on_error = "retry"`: one of the policy names.
@@ -129,9 +165,9 @@ impl AgentArgs {
                 cx,
                 meta,
                 &mut self.tables,
-                "expected `binding = \"table_name\"`",
+                "expected `binding = \"table_name\"` or `binding = table_of(\"topic\")`",
                 "table",
-                parse_str,
+                TableArg::parse,
             )?,
             Some("global_tables") => parse_bindings(
                 cx,

@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::args::{AgentArgs, TopicArg};
+use super::args::{AgentArgs, TableArg, TopicArg};
 use super::params::{AgentFn, Param};
 
 /// The function, its registration item and the `inventory` submission.
@@ -77,7 +77,13 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
         );
         quote!(.offset_reset(::rill::OffsetReset::#variant))
     });
-    let table_specs = args.tables.iter().map(|(_, name)| quote!(.table(#name)));
+    let table_specs = args.tables.iter().map(|(binding, table)| match table {
+        TableArg::Name(name) => quote!(.table(#name)),
+        TableArg::Of(topic) => {
+            let value = agent_fn.table_value_type(binding);
+            quote!(.table_of::<#value>(#topic))
+        }
+    });
     let global_specs = args
         .global_tables
         .iter()
@@ -213,9 +219,13 @@ fn table_takes(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Vec<TokenStream> {
     let takes = agent_fn.params.iter().filter_map(|p| match p {
         Param::Table(ident, ty) => {
             let var = format_ident!("__rill_table_{}", ident);
-            let name = &args.tables.iter().find(|(b, _)| b == ident)?.1;
+            let table = &args.tables.iter().find(|(b, _)| b == ident)?.1;
+            let take = match table {
+                TableArg::Name(name) => quote!(__rill_ctx.table(#name)),
+                TableArg::Of(topic) => quote!(__rill_ctx.table_of(#topic)),
+            };
             Some(quote! {
-                let #var: #ty = match __rill_ctx.table(#name) {
+                let #var: #ty = match #take {
                     ::core::result::Result::Ok(t) => t,
                     ::core::result::Result::Err(e) => return ::core::result::Result::Err(e),
                 };

@@ -84,6 +84,26 @@ impl<'a> AgentFn<'a> {
         })
     }
 
+    /// `V` of the `Table<K, V>` parameter named `binding` (`()` when there is none: `check`
+    /// reports that).
+    pub(super) fn table_value_type(&self, binding: &syn::Ident) -> proc_macro2::TokenStream {
+        let ty = self.params.iter().find_map(|p| match p {
+            Param::Table(ident, ty) if ident == binding => Some(ty),
+            _ => None,
+        });
+        let value = ty.and_then(|ty| match ty {
+            syn::Type::Path(p) => match &p.path.segments.last()?.arguments {
+                syn::PathArguments::AngleBracketed(args) => args.args.iter().nth(1).cloned(),
+                _ => None,
+            },
+            _ => None,
+        });
+        match value {
+            Some(v) => quote::quote!(#v),
+            None => quote::quote!(()),
+        }
+    }
+
     pub(super) fn has_table(&self, binding: &syn::Ident) -> bool {
         let mut tables = self.params.iter();
         tables.any(|p| matches!(p, Param::Table(ident, _) if ident == binding))

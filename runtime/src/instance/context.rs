@@ -66,6 +66,10 @@ pub(crate) struct InstanceState {
     pub(crate) marks: Mutex<Vec<(i32, u64, i64)>>,
     /// Dead-letter and retry records, sent in the next commit step before its offsets.
     pub(crate) dead: Mutex<Vec<OutRecord>>,
+    /// Tables built from a topic (`AgentSpec::table_of`): the function applying each such
+    /// topic's records to its table, instead of handing them to the agent.
+    feeds: Mutex<Vec<(Arc<str>, TableFeed)>>,
+    has_feeds: std::sync::atomic::AtomicBool,
     /// A reply to a request was sent (`Request::reply`): someone waits for it, so the record
     /// loop commits as soon as the agent has nothing in hand, not at the interval.
     pub(crate) commit_soon: std::sync::atomic::AtomicBool,
@@ -109,6 +113,8 @@ impl InstanceState {
             has_failed: std::sync::atomic::AtomicBool::new(false),
             dead: Mutex::new(Vec::new()),
             commit_soon: std::sync::atomic::AtomicBool::new(false),
+            feeds: Mutex::new(Vec::new()),
+            has_feeds: std::sync::atomic::AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
             operators: Mutex::new(std::collections::HashMap::new()),
             parked: Mutex::new(None),
@@ -442,6 +448,37 @@ pub(crate) async fn send(
         .try_with(Arc::clone)
         .map_err(|_| Error::NoContext(what))?;
     shared.send(record, counter).await
+}
+
+/// Applies a record of a table's topic to the table (`AgentSpec::table_of`).
+pub(crate) type TableFeed =
+    Arc<dyn Fn(&crate::base::message::RawRecord) -> Result<()> + Send + Sync>;
+
+impl InstanceState {
+    /// Feeds `topic`'s records to a table from now on (replacing an earlier feed of it).
+    pub(crate) fn feed(&self, topic: &str, feed: TableFeed) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds.retain(|(t, _)| &**t != topic);
+        feeds.push((Arc::from(topic), feed));
+        self.has_feeds.store(true, Ordering::Release);
+    }
+
+    /// Whether a table is built from one of the agent's topics.
+    pub(crate) fn has_feeds(&self) -> bool {
+        self.has_feeds.load(Ordering::Acquire)
+    }
+
+    /// The feed of `topic`'s records, if a table is built from it.
+    pub(crate) fn feed_of(&self, topic: &str) -> Option<TableFeed> {
+        if !self.has_feeds.load(Ordering::Acquire) {
+            return None;
+        }
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map(|(_, f)| f.clone())
+    }
 }
 
 /// Asks the current agent instance to commit as soon as it has nothing in hand (a reply is

@@ -611,6 +611,12 @@ impl<T> futures::Stream for Stream<T> {
                     None => continue,
                 }
             }
+            // Only an agent with tables built from topics looks its records' topics up.
+            let fed = this
+                .core
+                .shared
+                .has_feeds()
+                .then(|| this.core.shared.clone());
             match ready!(this.core.poll_raw(cx)) {
                 None => return Poll::Ready(None),
                 Some(raw) => {
@@ -620,6 +626,22 @@ impl<T> futures::Stream for Stream<T> {
                         let other = crate::base::failure::side_topic(raw).to_owned();
                         this.fail_apart(Some(other));
                         return Poll::Ready(None);
+                    }
+                    if let Some(shared) = &fed
+                        && let Some(feed) = shared.feed_of(&raw.topic)
+                    {
+                        // A record of a table's topic (`AgentSpec::table_of`): it updates the
+                        // table; the agent never sees it.
+                        if let Err(e) = feed(raw) {
+                            shared.record_failed(
+                                raw,
+                                Failure {
+                                    kind: FailureKind::Error,
+                                    message: e.to_string(),
+                                },
+                            );
+                        }
+                        continue;
                     }
                     let item = (this.step)(raw);
                     if let Some((copies, unknown)) = echo_copies(&this.echo, raw) {

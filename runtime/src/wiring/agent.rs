@@ -46,6 +46,8 @@ pub struct AgentSpec {
     pub(crate) on_error: Option<crate::base::failure::OnError>,
     pub(crate) dead_letter: Option<String>,
     pub(crate) co_partitioned: bool,
+    /// Tables built from topics (`table_of`), by topic (the table's name too).
+    pub(crate) table_feeds: Vec<String>,
     pub(crate) offset_reset: Option<crate::base::config::OffsetReset>,
     pub(crate) run: Option<RunFn>,
 }
@@ -65,6 +67,7 @@ impl AgentSpec {
             on_error: None,
             dead_letter: None,
             co_partitioned: false,
+            table_feeds: Vec::new(),
             offset_reset: None,
             run: None,
         }
@@ -130,6 +133,24 @@ impl AgentSpec {
         self.tables.push(TableSpec {
             name: name.to_owned(),
         });
+        self
+    }
+
+    /// Declares a table built from `topic` (Kafka Streams' KTable; `#[agent(tables(customers =
+    /// table_of("customers")))]`): the agent also reads `topic`, whose records (keyed by the
+    /// table's key, values of type `V`; no value deletes) update the table named after the
+    /// topic instead of reaching the agent's stream. The topic must be co-partitioned with the
+    /// agent's source (same partition count, keys partitioned alike), so each instance holds
+    /// the table keys of its partitions. Call it after `source`; take the table with
+    /// `AgentContext::table_of` before reading the stream.
+    pub fn table_of<V: Record>(mut self, topic: &str) -> Self {
+        self.tables.push(TableSpec {
+            name: topic.to_owned(),
+        });
+        self.sources
+            .push(TopicSpec::of::<V>(topic, &self.declared_at));
+        self.co_partitioned = true;
+        self.table_feeds.push(topic.to_owned());
         self
     }
 
@@ -231,6 +252,7 @@ pub struct AgentContext {
     pub(crate) globals: Vec<Arc<crate::instance::table::global::GlobalDef>>,
     pub(crate) policy: Arc<crate::base::failure::Policy>,
     pub(crate) requests: crate::wiring::asking::Requests,
+    pub(crate) table_feeds: Vec<String>,
 }
 
 impl AgentContext {
@@ -251,6 +273,7 @@ impl AgentContext {
             globals: self.globals.clone(),
             policy: self.policy.clone(),
             requests: self.requests.clone(),
+            table_feeds: self.table_feeds.clone(),
         }
     }
 
@@ -314,6 +337,51 @@ impl AgentContext {
         Ok(Table::new(core, self.shared.position.clone()))
     }
 
+    /// The table built from `topic` (`AgentSpec::table_of`): from now on the topic's records
+    /// update it (a record that cannot be applied goes to the failure policy with the reason).
+    pub fn table_of<K, V>(&self, topic: &str) -> Result<Table<K, V>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned + crate::base::codec::KeyBytes + 'static,
+        V: Record + Default + 'static,
+    {
+        if !self.table_feeds.iter().any(|t| t == topic) {
+            return Err(Error::agent(
+                &self.agent,
+                format!(
+                    "no table built from `{topic}`; declare it with `tables(name = table_of(\"{topic}\"))` or `AgentSpec::table_of`"
+                ),
+            ));
+        }
+        let table = self.table::<K, V>(topic)?;
+        let codec = self
+            .sources
+            .iter()
+            .find(|s| s.name == topic)
+            .map_or(V::CODEC, |s| s.codec);
+        let writer = table.clone();
+        let feed: crate::instance::context::TableFeed = Arc::new(move |raw| {
+            let key_bytes = raw.key.as_deref().ok_or_else(|| {
+                writer.error(format!(
+                    "a record of `{}` without a key cannot update the table",
+                    raw.topic
+                ))
+            })?;
+            let key: K = key_from_bytes(key_bytes).map_err(|e| writer.error(e))?;
+            match raw.value.as_deref() {
+                None => writer.remove(&key).map(|_| ()),
+                Some(bytes) => {
+                    let value = V::decode(bytes, codec).map_err(|source| Error::Codec {
+                        topic: raw.topic.to_string(),
+                        source,
+                    })?;
+                    writer.insert(key, value)
+                }
+            }
+        });
+        self.shared.feed(topic, feed);
+        Ok(table)
+    }
+
     /// A global table the agent declared (`global_tables(users = "user_profiles")`).
     pub fn global_table<K: crate::base::codec::KeyBytes, V: Record>(
         &self,
@@ -358,4 +426,19 @@ impl Drop for AgentContext {
             core.park();
         }
     }
+}
+
+/// A table key from a topic's key bytes: JSON for keys that are not strings, else the bytes as
+/// a string (how rill and Java producers write string keys).
+fn key_from_bytes<K: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<K, String> {
+    serde_json::from_slice(bytes).or_else(|_| {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| "a key that is neither JSON nor UTF-8 text".to_owned())?;
+        serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| {
+            format!(
+                "the key `{text}` is not a `{}` ({e})",
+                std::any::type_name::<K>()
+            )
+        })
+    })
 }

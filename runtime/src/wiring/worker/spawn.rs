@@ -249,6 +249,7 @@ impl Worker {
                 globals: tables.globals_of(spec),
                 policy: parts.policy.clone(),
                 requests: self.requests.clone(),
+                table_feeds: spec.table_feeds.clone(),
             };
             let name = spec.name().to_owned();
             let result = run_instance(parts.run.clone(), ctx, core);

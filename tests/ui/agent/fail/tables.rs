@@ -12,4 +12,10 @@ async fn name_without_table(s: Stream<String>) -> rill::Result<()> {
     Ok(())
 }
 
+#[agent(topic = "views", tables(customers = table_of(CUSTOMERS), other = tabel_of("x")))]
+async fn table_of_needs_a_topic_name(s: Stream<String>, customers: Table<String, u64>, other: Table<String, u64>) -> rill::Result<()> {
+    drop((s, customers, other));
+    Ok(())
+}
+
 fn main() {}
