@@ -1114,6 +1114,9 @@ impl Fetcher<'_> {
         let mut positions: Vec<(Tp, i64)> = Vec::new();
         // Partitions read to their end (reported once each time they get there).
         let mut at_end: HashSet<Tp> = HashSet::new();
+        // The router's bootstrap topics are not all read to their end since the assignment:
+        // the other topics wait.
+        let mut holding = false;
         while !self.stopped() {
             let current = self.log.generation(self.group);
             if current != generation {
@@ -1122,6 +1125,7 @@ impl Fetcher<'_> {
                     positions.clear();
                 }
                 at_end.clear();
+                holding = !self.router.bootstrap.is_empty();
                 generation = current;
                 match self.await_assignment(generation) {
                     Some(tps) => match self.starting_positions(&tps) {
@@ -1145,6 +1149,9 @@ impl Fetcher<'_> {
             let seen = self.log.change_count();
             let mut fetched = false;
             for ((topic, partition), position) in &mut positions {
+                if holding && !self.router.is_bootstrap(topic) {
+                    continue;
+                }
                 let tp = (topic.clone(), *partition);
                 match self
                     .log
@@ -1177,6 +1184,15 @@ impl Fetcher<'_> {
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
+            }
+            if holding
+                && positions
+                    .iter()
+                    .filter(|(tp, _)| self.router.is_bootstrap(&tp.0))
+                    .all(|(tp, _)| at_end.contains(tp))
+            {
+                holding = false;
+                continue;
             }
             if !fetched {
                 // Also wakes up periodically to see appends made by other processes.

@@ -84,6 +84,10 @@ pub(crate) struct Router {
     /// Set when an exactly-once transaction was aborted: the fetcher goes back to the
     /// committed offsets and announces the assignment again.
     pub(crate) rewind: std::sync::atomic::AtomicBool,
+    /// Topics read to their end before the others after each assignment (the topics tables
+    /// are built from, `AgentSpec::table_of`): the fetcher holds back the other topics'
+    /// partitions meanwhile, so a table is complete before the records that look it up.
+    pub(crate) bootstrap: Vec<Arc<str>>,
 }
 
 impl Router {
@@ -99,7 +103,19 @@ impl Router {
             revoked_count: std::sync::atomic::AtomicU64::new(0),
             revoked_partitions: std::sync::atomic::AtomicU64::new(0),
             rewind: std::sync::atomic::AtomicBool::new(false),
+            bootstrap: Vec::new(),
         }
+    }
+
+    /// Reads `topics` to their end before the others after each assignment (see `bootstrap`).
+    pub(crate) fn bootstrapping(mut self, topics: &[String]) -> Self {
+        self.bootstrap = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+        self
+    }
+
+    /// Whether `topic` is read first after an assignment.
+    pub(crate) fn is_bootstrap(&self, topic: &str) -> bool {
+        self.bootstrap.iter().any(|t| &**t == topic)
     }
 
     /// The current assignment generation.

@@ -88,7 +88,9 @@ impl Worker {
                 config.partitions,
             )
             .await?;
-        let router = Arc::new(Router::new(spec.name(), txs, config.shutdown_timeout));
+        let router = Arc::new(
+            Router::new(spec.name(), txs, config.shutdown_timeout).bootstrapping(&spec.table_feeds),
+        );
         let committer = self.start_fetcher(config, &spec, &group, &policy, &router)?;
         self.start_standby(config, &spec, &group, recovery.as_ref(), &router)?;
         let pipeline = AgentPipeline::new(

@@ -197,6 +197,7 @@ fn poll_loop(
         batch: Fetched::new(),
         ends: PartitionEnds::default(),
         last_error: None,
+        bootstrap: Bootstrap::default(),
     };
     let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
@@ -229,7 +230,26 @@ struct Poller<'a> {
     ends: PartitionEnds,
     /// When a consumer error was last logged.
     last_error: Option<std::time::Instant>,
+    bootstrap: Bootstrap,
 }
+
+/// The router's bootstrap topics (tables built from topics) are read to their end after each
+/// assignment before the other topics: a record of another topic fetched meanwhile pauses its
+/// partition, which goes back to that record's offset and resumes once every bootstrap
+/// partition has reached its end (`newly_caught_up`).
+#[derive(Default)]
+struct Bootstrap {
+    /// The assignment generation the state below is for.
+    generation: u64,
+    holding: bool,
+    /// Partitions paused meanwhile.
+    held: Vec<Tp>,
+    since: Option<std::time::Instant>,
+}
+
+/// The longest the other topics wait for the bootstrap topics (a partition whose end the
+/// statistics never report must not stop the agent).
+const BOOTSTRAP_MAX: Duration = Duration::from_secs(60);
 
 impl Poller<'_> {
     /// Polls until the batch is full or nothing more is waiting; returns the assignment
@@ -238,6 +258,7 @@ impl Poller<'_> {
         let consumer = self.consumer;
         // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
         let mut generation = self.router.generation();
+        self.bootstrap_after_assignment(generation);
         let mut timeout = Duration::from_millis(100);
         while self.batch.len() < FETCH_BATCH_MAX {
             match consumer.poll(timeout) {
@@ -249,7 +270,9 @@ impl Poller<'_> {
                         self.batch.clear();
                         generation = self.router.generation();
                     }
-                    self.add_message(&m);
+                    if !self.hold_back(&m) {
+                        self.add_message(&m);
+                    }
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
@@ -259,6 +282,78 @@ impl Poller<'_> {
             }
         }
         generation
+    }
+
+    /// A new assignment: hold other topics back while its bootstrap partitions are read.
+    fn bootstrap_after_assignment(&mut self, generation: u64) {
+        if self.bootstrap.generation != generation {
+            self.bootstrap = Bootstrap {
+                generation,
+                holding: !self.router.bootstrap.is_empty(),
+                held: Vec::new(),
+                since: Some(std::time::Instant::now()),
+            };
+        }
+    }
+
+    /// While bootstrapping, pauses the partition of a message of another topic and moves it
+    /// back to the message (fetched again on resume); true when it did.
+    fn hold_back(&mut self, m: &BorrowedMessage<'_>) -> bool {
+        if !self.bootstrap.holding || self.router.is_bootstrap(m.topic()) {
+            return false;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(m.topic(), m.partition());
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, topic = m.topic(), "pausing a partition until the tables' topics are read");
+            return false;
+        }
+        let offset = rdkafka::Offset::Offset(m.offset());
+        if let Err(e) = self
+            .consumer
+            .seek(m.topic(), m.partition(), offset, Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, topic = m.topic(), "seeking back a held partition");
+        }
+        let tp: Tp = (self.topics.name_of(m), m.partition());
+        if !self.bootstrap.held.contains(&tp) {
+            self.bootstrap.held.push(tp);
+        }
+        true
+    }
+
+    /// Resumes the held partitions once every assigned partition of the bootstrap topics is
+    /// at its end.
+    fn end_bootstrap_when_read(&mut self) {
+        if !self.bootstrap.holding {
+            return;
+        }
+        let assignment = self
+            .router
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let read = assignment
+            .iter()
+            .filter(|(t, _)| self.router.is_bootstrap(t))
+            .all(|tp| self.ends.at_end.contains(tp));
+        let waited = self.bootstrap.since.map_or(Duration::ZERO, |t| t.elapsed());
+        if waited > BOOTSTRAP_MAX {
+            tracing::warn!(agent = %self.router.agent, ?waited, "the tables' topics did not report their end; reading the other topics anyway");
+        } else if !read || assignment.is_empty() {
+            return;
+        }
+        self.bootstrap.holding = false;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (t, p) in self.bootstrap.held.drain(..) {
+            tpl.add_partition(&t, p);
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.resume(&tpl)
+        {
+            tracing::warn!(error = %e, "resuming partitions held while the tables' topics were read");
+        }
     }
 
     /// Adds a fetched message to the batch.
@@ -302,6 +397,7 @@ impl Poller<'_> {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             self.ends.note_lags(lags, &mut caught_up);
+            self.end_bootstrap_when_read();
         }
         if self.router.generation() != generation {
             self.ends.forget();
