@@ -84,7 +84,7 @@ pub use rill_runtime::{
     Worker, registered_agents, registered_timers,
 };
 pub use rill_runtime::{
-    Batches, Clock, Emit, KeyedStream, MergeState, OnError, WindowResult, WindowState,
+    Batches, Clock, Emit, KeyedStream, MergeState, OnError, Punctuation, WindowResult, WindowState,
     WindowStream, WindowedTable,
 };
 pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Lookup};

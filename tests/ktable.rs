@@ -137,16 +137,26 @@ async fn orders_are_enriched_from_a_table_built_from_a_topic() -> rill::Result<(
 async fn a_backlog_of_orders_waits_until_the_customers_are_read() -> rill::Result<()> {
     let dir = tempfile::tempdir().expect("tempdir");
     // Preload both topics while no agent runs: the customers first, then many orders each.
-    let loader = App::new("ktable_backlog").agents([]).test_in(dir.path()).await?;
+    let loader = App::new("ktable_backlog")
+        .agents([])
+        .test_in(dir.path())
+        .await?;
     for i in 0..50 {
         send_customer(&loader, &format!("c{i}"), customer(&format!("n{i}"), "t")).await?;
     }
     let orders = (0..500).map(|n| order(&format!("c{}", n % 50), n));
     common::records::send_all(loader.producer(), "orders", orders).await?;
     loader.stop().await?;
-    let app = App::new("ktable_backlog").agents([enrich::agent()]).test_in(dir.path()).await?;
+    let app = App::new("ktable_backlog")
+        .agents([enrich::agent()])
+        .test_in(dir.path())
+        .await?;
     let all: Vec<Enriched> = app.expect("enriched", 500).await?;
     let missed: Vec<&Enriched> = all.iter().filter(|e| e.customer.is_none()).collect();
-    assert!(missed.is_empty(), "every order found its customer: {} missed", missed.len());
+    assert!(
+        missed.is_empty(),
+        "every order found its customer: {} missed",
+        missed.len()
+    );
     app.stop().await
 }

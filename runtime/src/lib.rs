@@ -40,6 +40,7 @@ pub use failure::OnError;
 pub use health::Health;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
 pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
+pub use ops::punctuate::Punctuation;
 pub use producer::Producer;
 pub use reader::{TableReader, Tables};
 pub use record::{Field, Record};

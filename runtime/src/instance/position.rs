@@ -7,6 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::base::time::Clock;
 
+/// `current_partition` while a punctuator runs: table writes may go to any partition the
+/// instance owns.
+pub(crate) const PUNCTUATING: i32 = -2;
+
 /// See the module docs.
 pub(crate) struct Position {
     /// The agent (for errors).

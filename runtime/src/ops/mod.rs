@@ -3,6 +3,7 @@
 
 pub mod join;
 pub(crate) mod operator;
+pub(crate) mod punctuate;
 pub(crate) mod request;
 pub mod stream;
 pub mod topic;

@@ -15,6 +15,7 @@ use crate::base::record::Record;
 use crate::instance::context::{self, InstanceState};
 use crate::instance::record_loop::RecordLoop;
 use crate::instance::record_loop::setup::RekeyTarget;
+use crate::ops::punctuate::{Punctuation, PunctuationTime, Punctuator};
 
 pub(crate) type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
 
@@ -44,6 +45,10 @@ pub struct Stream<T> {
     echo: Vec<EchoTo>,
     /// The copies of the record in hand being sent, and the item (if any) held until they are.
     echoing: Option<(futures::future::BoxFuture<'static, Result<()>>, Option<T>)>,
+    /// `every` and `every_event_time`.
+    punctuators: Vec<Punctuator>,
+    /// The largest event time handed out (event-time punctuation follows it).
+    max_event_ms: Option<i64>,
 }
 
 /// One `Stream::echo`: its topics, and whether the record in hand reached it.
@@ -75,6 +80,8 @@ impl<T: Record> Stream<T> {
             mapped: false,
             echo: Vec::new(),
             echoing: None,
+            punctuators: Vec::new(),
+            max_event_ms: None,
         }
     }
 
@@ -409,6 +416,8 @@ impl<T: Send + 'static> Stream<T> {
             mapped: true,
             echo: self.echo.clone(),
             echoing: None,
+            punctuators: std::mem::take(&mut self.punctuators),
+            max_event_ms: self.max_event_ms,
         }
     }
 
@@ -435,6 +444,38 @@ impl<T: Send + 'static> Stream<T> {
         self
     }
 
+    /// Calls `f` every `interval` of the worker's clock, between two records (also while the
+    /// stream waits for records), inside the instance: it may write the tables of every
+    /// partition the instance owns and send records ([`Punctuation::send`]) in the instance's
+    /// commit step (Kafka Streams' wall-clock punctuator). An error from `f` stops the agent.
+    pub fn every(
+        mut self,
+        interval: std::time::Duration,
+        f: impl FnMut(&mut Punctuation) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.punctuators.push(Punctuator::new(
+            PunctuationTime::WallClock,
+            interval,
+            Box::new(f),
+        ));
+        self
+    }
+
+    /// Calls `f` each time the largest event time the stream handed out passes another
+    /// `interval` (Kafka Streams' stream-time punctuator); otherwise like [`Stream::every`].
+    pub fn every_event_time(
+        mut self,
+        interval: std::time::Duration,
+        f: impl FnMut(&mut Punctuation) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.punctuators.push(Punctuator::new(
+            PunctuationTime::EventTime,
+            interval,
+            Box::new(f),
+        ));
+        self
+    }
+
     /// Pairs each record with its position in this stream (from 0).
     pub fn enumerate(self) -> Stream<(usize, T)> {
         let mut n = 0usize;
@@ -456,6 +497,8 @@ impl<T: Send + 'static> Stream<T> {
             mapped: true,
             echo: self.echo.clone(),
             echoing: None,
+            punctuators: std::mem::take(&mut self.punctuators),
+            max_event_ms: self.max_event_ms,
             step: Box::new(move |raw| {
                 let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
@@ -503,6 +546,8 @@ impl<T> Stream<T> {
             mapped: true,
             echo: self.echo.clone(),
             echoing: None,
+            punctuators: std::mem::take(&mut self.punctuators),
+            max_event_ms: self.max_event_ms,
         }
     }
 
@@ -599,6 +644,16 @@ impl<T> futures::Stream for Stream<T> {
             return Poll::Ready(None);
         }
         loop {
+            if this.echoing.is_none() && !this.punctuators.is_empty() {
+                match this.punctuate(cx) {
+                    Ok(sends) if sends.is_empty() => {}
+                    Ok(sends) => this.echoing = Some((send_all(&this.core.shared, sends), None)),
+                    Err(e) => {
+                        this.core.fail(e);
+                        return Poll::Ready(None);
+                    }
+                }
+            }
             if let Some((sending, _)) = &mut this.echoing {
                 let sent = ready!(sending.as_mut().poll(cx));
                 let held = this.echoing.take().and_then(|(_, item)| item);
@@ -664,12 +719,59 @@ impl<T> futures::Stream for Stream<T> {
                         continue;
                     }
                     if let Some(value) = item {
+                        if !this.punctuators.is_empty() {
+                            let at = this.core.shared.position.event_time();
+                            this.max_event_ms = this.max_event_ms.max(at);
+                        }
                         return Poll::Ready(Some(value));
                     }
                 }
             }
         }
     }
+}
+
+impl<T> Stream<T> {
+    /// Runs the punctuators that are due; the records they sent.
+    fn punctuate(&mut self, cx: &mut Context<'_>) -> Result<Vec<crate::base::message::OutRecord>> {
+        let shared = self.core.shared.clone();
+        let position = &shared.position;
+        let wall = position.clock.now_ms();
+        let before = position
+            .current_partition
+            .swap(crate::instance::position::PUNCTUATING, Ordering::Relaxed);
+        let mut sends = Vec::new();
+        let mut outcome = Ok(());
+        for p in &mut self.punctuators {
+            let now = match p.time() {
+                PunctuationTime::WallClock => Some(wall),
+                PunctuationTime::EventTime => self.max_event_ms,
+            };
+            match p.poll_due(cx, &position.clock, now, || position.owned_partitions()) {
+                Ok(sent) => sends.extend(sent),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        position.current_partition.store(before, Ordering::Relaxed);
+        outcome.map(|()| sends)
+    }
+}
+
+/// Sends `records` through the instance, in order, as one future.
+fn send_all(
+    shared: &Arc<InstanceState>,
+    records: Vec<crate::base::message::OutRecord>,
+) -> futures::future::BoxFuture<'static, Result<()>> {
+    let shared = shared.clone();
+    Box::pin(async move {
+        for record in records {
+            shared.send(record, None).await?;
+        }
+        Ok(())
+    })
 }
 
 /// The copies `echo`s want of `raw` (those whose point it reached; each flag is reset), and

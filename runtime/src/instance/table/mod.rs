@@ -294,9 +294,18 @@ where
         })
     }
 
-    /// Writes must stay in the partition of the record being processed.
+    /// Writes must stay in the partition of the record being processed (in a punctuator: in
+    /// the partitions the instance owns).
     pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
         let current = self.position.current_partition.load(Ordering::Relaxed);
+        if current == crate::instance::position::PUNCTUATING
+            && !self.position.owned_partitions().contains(&partition)
+        {
+            return Err(self.error(format!(
+                "a punctuator wrote key {}, of partition {partition}, which this instance does not own",
+                serde_json::to_string(key).unwrap_or_default()
+            )));
+        }
         if current >= 0 && current != partition && !self.position.in_batch(partition) {
             return Err(self.error(format!(
                 "key {} belongs to partition {partition}, but the record being processed came from partition {current}; \
