@@ -148,18 +148,29 @@ impl TableStore {
         Ok(db)
     }
 
-    /// Reads one key of one partition.
-    pub(crate) fn get(&self, table: &str, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Runs `f` on a table's database in a read transaction of its own (under the resize gate).
+    fn reading<R>(
+        &self,
+        table: &str,
+        f: impl FnOnce(Db, &heed::RoTxn<'_, WithoutTls>) -> Result<R>,
+    ) -> Result<R> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let db = self.db(table)?;
         let rtxn = self
             .env
             .read_txn()
             .map_err(self.err(table, "starting a read"))?;
-        Ok(db
-            .get(&rtxn, &data_key(partition, key))
-            .map_err(self.err(table, "reading"))?
-            .map(<[u8]>::to_vec))
+        f(db, &rtxn)
+    }
+
+    /// Reads one key of one partition.
+    pub(crate) fn get(&self, table: &str, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.reading(table, |db, rtxn| {
+            Ok(db
+                .get(rtxn, &data_key(partition, key))
+                .map_err(self.err(table, "reading"))?
+                .map(<[u8]>::to_vec))
+        })
     }
 
     /// All entries of one partition, in key order.
@@ -181,12 +192,6 @@ impl TableStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         use std::ops::Bound;
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let db = self.db(table)?;
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(self.err(table, "starting a read"))?;
         let start = data_key(partition, after.unwrap_or(prefix));
         let lower = match after {
             Some(_) => Bound::Excluded(&start[..]),
@@ -194,18 +199,20 @@ impl TableStore {
         };
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (lower, Bound::Unbounded);
         let scope = data_key(partition, prefix);
-        let mut out = Vec::new();
-        for item in db
-            .range(&rtxn, &bounds)
-            .map_err(self.err(table, "scanning"))?
-        {
-            let (k, v) = item.map_err(self.err(table, "scanning"))?;
-            if !k.starts_with(&scope) || out.len() == limit {
-                break;
+        self.reading(table, |db, rtxn| {
+            let mut out = Vec::new();
+            for item in db
+                .range(rtxn, &bounds)
+                .map_err(self.err(table, "scanning"))?
+            {
+                let (k, v) = item.map_err(self.err(table, "scanning"))?;
+                if !k.starts_with(&scope) || out.len() == limit {
+                    break;
+                }
+                out.push((k[4..].to_vec(), v.to_vec()));
             }
-            out.push((k[4..].to_vec(), v.to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Entries and bytes of one partition.
@@ -226,40 +233,32 @@ impl TableStore {
         partition: i32,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let db = self.db(table)?;
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(self.err(table, "starting a read"))?;
         let prefix = (partition as u32).to_be_bytes();
-        for item in db
-            .prefix_iter(&rtxn, &prefix)
-            .map_err(self.err(table, "scanning"))?
-        {
-            let (k, v) = item.map_err(self.err(table, "scanning"))?;
-            f(&k[4..], v);
-        }
-        Ok(())
+        self.reading(table, |db, rtxn| {
+            for item in db
+                .prefix_iter(rtxn, &prefix)
+                .map_err(self.err(table, "scanning"))?
+            {
+                let (k, v) = item.map_err(self.err(table, "scanning"))?;
+                f(&k[4..], v);
+            }
+            Ok(())
+        })
     }
 
     /// Entries and bytes (pages in use) of a whole table, from LMDB's statistics (cheap: no
     /// scan).
     pub(crate) fn size(&self, table: &str) -> Result<(u64, u64)> {
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let db = self.db(table)?;
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(self.err(table, "starting a read"))?;
-        let stat = db
-            .stat(&rtxn)
-            .map_err(self.err(table, "reading statistics"))?;
-        let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
-        Ok((
-            stat.entries as u64,
-            pages as u64 * u64::from(stat.page_size),
-        ))
+        self.reading(table, |db, rtxn| {
+            let stat = db
+                .stat(rtxn)
+                .map_err(self.err(table, "reading statistics"))?;
+            let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+            Ok((
+                stat.entries as u64,
+                pages as u64 * u64::from(stat.page_size),
+            ))
+        })
     }
 
     /// Where a table partition stands (`None`: no local copy).

@@ -265,11 +265,7 @@ impl Inner {
             router,
             self.stop.clone(),
         )?;
-        self.registry
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(thread);
+        self.registry.hold_thread(thread);
         let (ready_tx, ready) = oneshot::channel();
         tokio::spawn(read_replies(self.clone(), data, ctrl, ready_tx));
         match tokio::time::timeout(READER_READY, ready).await {

@@ -170,16 +170,7 @@ impl Observer {
             Some((a, def.clone()))
         })?;
         let (router, _, _) = agent.table_owner();
-        let mut owned: Vec<i32> = router
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(_, p)| *p)
-            .collect();
-        owned.sort_unstable();
-        owned.dedup();
-        Some((def, owned))
+        Some((def, router.owned_partitions()))
     }
 
     /// Names of the tables the worker's agents declare (known before the agents start).
@@ -745,16 +736,7 @@ impl WebBackend for Observer {
             .iter()
             .map(|a| {
                 let s = &a.stats;
-                let mut partitions: Vec<i32> = a
-                    .router
-                    .assignment
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(_, p)| *p)
-                    .collect();
-                partitions.sort_unstable();
-                partitions.dedup();
+                let partitions = a.router.owned_partitions();
                 AgentStatus {
                     name: a.name.to_string(),
                     records_in: s.records_in.load(Ordering::Relaxed),
@@ -802,13 +784,7 @@ impl WebBackend for Observer {
             Err(e) => return TableAnswer::BadKey(e),
         };
         let (router, group, topic) = agent.table_owner();
-        let owned = router
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|(_, p)| *p == partition);
-        if owned {
+        if router.owned_partitions().contains(&partition) {
             // The last committed value (at most one commit interval behind the agent).
             return match def.store.get(&def.name, partition, &stored) {
                 Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {

@@ -201,11 +201,7 @@ impl AgentPipeline {
         if role == Internal::Repartition {
             committer.purge_consumed(self.config.repartition_purge_interval);
         }
-        self.registry
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(thread);
+        self.registry.hold_thread(thread);
         tracing::info!(agent = %self.agent, topic, "{}: re-keying through a topic", what(target));
         Ok(Repartition {
             topic: Arc::from(topic.as_str()),

@@ -18,6 +18,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// A thread the worker joins when it stops (fetchers, standbys, the global tables').
+    pub(crate) fn hold_thread(&self, thread: std::thread::JoinHandle<()>) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
+    }
+
     pub(crate) fn stop_channel(&self) -> mpsc::UnboundedReceiver<Stop> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.stops

@@ -48,11 +48,7 @@ impl Standby {
     /// Starts the standby's thread, joined at shutdown with the worker's other threads.
     pub(crate) fn start(self, stop: Arc<AtomicBool>, registry: &Registry) -> Result<()> {
         let thread = self.spawn(stop)?;
-        registry
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(thread);
+        registry.hold_thread(thread);
         Ok(())
     }
 

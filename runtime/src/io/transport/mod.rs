@@ -113,6 +113,20 @@ impl Router {
         self
     }
 
+    /// The partition numbers the consumer owns now, sorted (co-partitioned topics once).
+    pub(crate) fn owned_partitions(&self) -> Vec<i32> {
+        let mut owned: Vec<i32> = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, p)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned.dedup();
+        owned
+    }
+
     /// Whether `topic` is read first after an assignment.
     pub(crate) fn is_bootstrap(&self, topic: &str) -> bool {
         self.bootstrap.iter().any(|t| &**t == topic)

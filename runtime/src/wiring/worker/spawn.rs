@@ -171,11 +171,7 @@ impl Worker {
             router.clone(),
             self.stop.clone(),
         )?;
-        self.registry
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(fetcher);
+        self.registry.hold_thread(fetcher);
         Ok(committer)
     }
 
