@@ -287,6 +287,9 @@ impl Poller<'_> {
     /// A new assignment: hold other topics back while its bootstrap partitions are read.
     fn bootstrap_after_assignment(&mut self, generation: u64) {
         if self.bootstrap.generation != generation {
+            // Partitions held under the last assignment and kept (a cooperative change) would
+            // stay paused: resume them; they are held again if they come too early.
+            self.resume_held();
             self.bootstrap = Bootstrap {
                 generation,
                 holding: !self.router.bootstrap.is_empty(),
@@ -345,6 +348,11 @@ impl Poller<'_> {
             return;
         }
         self.bootstrap.holding = false;
+        self.resume_held();
+    }
+
+    /// Resumes the partitions held back while the bootstrap topics were read.
+    fn resume_held(&mut self) {
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (t, p) in self.bootstrap.held.drain(..) {
             tpl.add_partition(&t, p);
