@@ -79,9 +79,9 @@ pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
     OutRecord, ProcessingGuarantee, Producer, RawRecord, RebalanceProtocol, Rebalances, Record,
-    Registration, Request, Requests, Result, Schedule, Sink, Stream, Table, TableReader, TableSpec,
-    Tables, TestApp, TimerContext, TimerRegistration, TimerSpec, TimerStats, Topic, TopicSpec,
-    Worker, registered_agents, registered_timers,
+    Registration, Request, Requests, Result, Schedule, SetTable, Sink, Stream, Table, TableReader,
+    TableSpec, Tables, TestApp, TimerContext, TimerRegistration, TimerSpec, TimerStats, Topic,
+    TopicSpec, Worker, registered_agents, registered_timers,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, Punctuation, WindowResult, WindowState,
@@ -96,8 +96,8 @@ pub use rill_runtime::{
 pub mod prelude {
     pub use crate::{
         App, Codec, Either, Emit, Event, GlobalTable, JoinStream, JoinWindow, KeyedStream,
-        MergeState, OnError, Producer, Record, Request, Requests, Result, Sink, Stream, Table,
-        TableReader, TestApp, TimerContext, Topic, WindowResult, WindowState, WindowStream,
+        MergeState, OnError, Producer, Record, Request, Requests, Result, SetTable, Sink, Stream,
+        Table, TableReader, TestApp, TimerContext, Topic, WindowResult, WindowState, WindowStream,
         WindowedTable, agent, crontab, record, timer, window_state,
     };
 }

@@ -186,7 +186,7 @@ fn param_type(ty: &syn::Type) -> Option<ParamType> {
     match (last.ident.to_string().as_str(), args.args.len()) {
         ("Stream", 1) => Some(ParamType::Stream(first.clone())),
         ("Sink", 1) => Some(ParamType::Sink(first.clone())),
-        ("Table", 2) => Some(ParamType::Table),
+        ("Table" | "SetTable", 2) => Some(ParamType::Table),
         ("GlobalTable", 2) => Some(ParamType::GlobalTable),
         _ => None,
     }

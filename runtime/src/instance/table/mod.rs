@@ -447,6 +447,49 @@ where
     }
 }
 
+/// A table whose values are sets (Faust's `SetTable`): `tables(tags = "url_tags")` with a
+/// `tags: SetTable<String, String>` parameter. A `Table<K, BTreeSet<V>>` with set operations;
+/// a key whose set becomes empty is removed.
+pub type SetTable<K, V> = Table<K, std::collections::BTreeSet<V>>;
+
+impl<K, V> Table<K, std::collections::BTreeSet<V>>
+where
+    K: Serialize + DeserializeOwned + KeyBytes,
+    V: Serialize + DeserializeOwned + Ord + Clone + 'static,
+{
+    /// Adds `member` to the key's set; true when it was not there.
+    pub fn add(&self, key: K, member: V) -> Result<bool> {
+        let mut added = false;
+        self.update(key, |mut set| {
+            added = set.insert(member);
+            set
+        })?;
+        Ok(added)
+    }
+
+    /// Removes `member` from the key's set (the key too when the set becomes empty); true
+    /// when it was there.
+    pub fn discard(&self, key: &K, member: &V) -> Result<bool> {
+        let Some(mut set) = self.get(key)? else {
+            return Ok(false);
+        };
+        if !set.remove(member) {
+            return Ok(false);
+        }
+        let partition = self.partition_of(key);
+        self.check_write(key, partition)?;
+        let k = self.encode_key(key)?;
+        let value = (!set.is_empty()).then_some(&set);
+        self.write(partition, k, value)?;
+        Ok(true)
+    }
+
+    /// Whether the key's set holds `member`.
+    pub fn contains(&self, key: &K, member: &V) -> Result<bool> {
+        Ok(self.get(key)?.is_some_and(|set| set.contains(member)))
+    }
+}
+
 /// Builds the LMDB writes of a commit step: the overlay's puts, plus meta (source offsets of
 /// finished records, changelog offsets of what was just delivered) for every touched partition.
 pub(crate) fn commit_writes(
