@@ -39,7 +39,10 @@ fn visit(url: &str, user: &str, left: bool) -> Visit {
 
 #[tokio::test]
 async fn members_are_added_and_discarded_per_key() -> rill::Result<()> {
-    let app = App::new("set_table").agents([track::agent()]).test().await?;
+    let app = App::new("set_table")
+        .agents([track::agent()])
+        .test()
+        .await?;
     let visits = [
         visit("/a", "ann", false),
         visit("/a", "bob", false),

@@ -502,3 +502,46 @@ async fn a_reader_of_a_table_no_agent_declares_names_the_ones_there_are() -> ril
     );
     worker.shutdown().await
 }
+
+#[record]
+#[derive(Debug, Clone)]
+struct Profile {
+    #[record(key)]
+    user: String,
+    plan: String,
+}
+
+#[agent(topic = "views", global_tables(profiles = "web_profiles"))]
+async fn with_profiles(
+    mut views: Stream<View>,
+    profiles: GlobalTable<String, Profile>,
+) -> rill::Result<()> {
+    while let Some(view) = views.next().await {
+        profiles.get(&view.user)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn global_tables_answer_table_queries_on_every_worker() -> rill::Result<()> {
+    let worker = App::new("web_globals")
+        .memory()
+        .agents([with_profiles::agent()])
+        .configure(|c| c.web_port = Some(0))
+        .start()
+        .await?;
+    let addr = worker.web_addr().expect("web server");
+    let profile = Profile {
+        user: "u1".into(),
+        plan: "pro".into(),
+    };
+    worker.producer().send_to("web_profiles", &profile).await?;
+    worker.producer().flush().await?;
+    let found = get_until(addr, "/tables/web_profiles/u1", None, |r| r.status == 200).await;
+    assert_eq!(
+        found.json()["value"],
+        serde_json::json!({ "user": "u1", "plan": "pro" })
+    );
+    assert_eq!(get(addr, "/tables/web_profiles/u2", None).await.status, 404);
+    worker.shutdown().await
+}

@@ -13,6 +13,7 @@ use crate::base::health::Health;
 use crate::base::message::now_millis;
 use crate::base::metrics::{AgentStats, TimerStats};
 use crate::instance::table::TableDef;
+use crate::instance::table::global::GlobalDef;
 use crate::io::transport::{GroupMember as Member, Leadership, Log, Router, Tp};
 use crate::wiring::pipeline::AgentPipeline;
 use crate::wiring::store_cell::StoreCell;
@@ -55,6 +56,8 @@ pub(crate) struct Observer {
     timers: RwLock<Vec<(Arc<str>, Arc<TimerStats>)>>,
     /// The app's leader election, when a timer needs one.
     leadership: OnceLock<Arc<Leadership>>,
+    /// The worker's global tables (`/tables/<topic>/<key>` reads them too).
+    globals: OnceLock<Vec<Arc<GlobalDef>>>,
     /// Consumer-group members (web address, assignment) by group, with when they were read.
     members: Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Member>)>>,
 }
@@ -105,6 +108,7 @@ impl Observer {
             members: Mutex::new(std::collections::HashMap::new()),
             timers: RwLock::new(Vec::new()),
             leadership: OnceLock::new(),
+            globals: OnceLock::new(),
         })
     }
 
@@ -125,6 +129,32 @@ impl Observer {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, s)| s.clone())
+    }
+
+    /// The global tables, for table queries.
+    pub(crate) fn set_globals(&self, globals: Vec<Arc<GlobalDef>>) {
+        let _ = self.globals.set(globals);
+    }
+
+    /// A key of a global table (every worker holds all of it): its value as JSON, or as text
+    /// when the topic's values are not JSON.
+    fn global_table(&self, topic: &str, key: &str) -> TableAnswer {
+        let Some(def) = self
+            .globals
+            .get()
+            .and_then(|g| g.iter().find(|d| &*d.topic == topic))
+        else {
+            return TableAnswer::NoSuchTable;
+        };
+        match def.get_raw(key.as_bytes()) {
+            Ok(Some(bytes)) => {
+                TableAnswer::Found(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                }))
+            }
+            Ok(None) => TableAnswer::Missing,
+            Err(e) => TableAnswer::Unavailable(e.to_string()),
+        }
     }
 
     /// The election `rill_leader` reports.
@@ -772,7 +802,7 @@ impl WebBackend for Observer {
                 .map(|t| (a, t.clone()))
         });
         let Some((agent, def)) = found else {
-            return TableAnswer::NoSuchTable;
+            return self.global_table(table, key);
         };
         let Some(parse) = def.key_parser.get() else {
             return TableAnswer::Unavailable(format!(

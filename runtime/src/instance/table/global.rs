@@ -69,6 +69,11 @@ impl GlobalDef {
         Ok(applied)
     }
 
+    /// The stored value bytes of a key, as its topic carried them (the web server's lookups).
+    pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.store.get(&self.name, DATA_PARTITION, key)
+    }
+
     fn ends(&self, reader: &Arc<dyn Log>) -> Result<Vec<i64>> {
         (0..self.partitions)
             .map(|p| reader.watermarks(&self.topic, p).map(|(_, high)| high))

@@ -158,6 +158,7 @@ impl Worker {
             .await?;
         validate::co_partitioned(config, &agents, &partitions)?;
         let tables = TableSetup::prepare(config, &transport, &agents, &partitions, &store).await?;
+        observer.set_globals(tables.globals().to_vec());
         let stop = Arc::new(AtomicBool::new(false));
         let registry = Arc::new(Registry::default());
         let requests = Requests::new(

@@ -115,6 +115,11 @@ impl TableSetup {
             .map_err(|e| Error::Shutdown(format!("global tables: {e}")))?
     }
 
+    /// Every global table of the worker.
+    pub(super) fn globals(&self) -> &[Arc<GlobalDef>] {
+        &self.globals
+    }
+
     pub(super) fn globals_of(&self, spec: &AgentSpec) -> Vec<Arc<GlobalDef>> {
         self.globals
             .iter()
