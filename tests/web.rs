@@ -545,3 +545,56 @@ async fn global_tables_answer_table_queries_on_every_worker() -> rill::Result<()
     assert_eq!(get(addr, "/tables/web_profiles/u2", None).await.status, 404);
     worker.shutdown().await
 }
+
+#[agent(topic = "views", tables(per_minute = "web_minute_views"))]
+async fn views_per_minute(
+    mut views: Stream<View>,
+    per_minute: Table<String, u64>,
+) -> rill::Result<()> {
+    let per_minute = per_minute.tumbling(Duration::from_secs(60));
+    while let Some(view) = views.next().await {
+        per_minute.update(view.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_windowed_table_answers_the_window_at_a_time() -> rill::Result<()> {
+    let worker = App::new("web_windowed")
+        .memory()
+        .agents([views_per_minute::agent()])
+        .configure(|c| c.web_port = Some(0))
+        .start()
+        .await?;
+    let addr = worker.web_addr().expect("web server");
+    send_views(&worker, &["/a", "/a", "/a"]).await?;
+    // After the sends: the views' window (their timestamps) started at or before this.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let path = format!("/tables/web_minute_views/%2Fa?at={now}");
+    let found = get_until(addr, &path, None, |r| {
+        r.status == 200 && r.json()["value"]["value"] == serde_json::json!(3)
+    })
+    .await;
+    let window = found.json()["value"].clone();
+    assert_eq!(window["value"], serde_json::json!(3), "{window}");
+    let start = window["window_start"].as_i64().expect("window_start");
+    assert!(start <= now && now - start < 120_000, "{window}");
+    // Before any window of the key: nothing; a bad time: 400.
+    let before = get(
+        addr,
+        &format!("/tables/web_minute_views/%2Fa?at={}", now - 3_600_000),
+        None,
+    )
+    .await;
+    assert_eq!(before.status, 404);
+    assert_eq!(
+        get(addr, "/tables/web_minute_views/%2Fa?at=yesterday-ish", None)
+            .await
+            .status,
+        400
+    );
+    worker.shutdown().await
+}

@@ -622,6 +622,37 @@ fn encode_rebalances(e: &mut DescriptorEncoder, agents: &[AgentView]) -> std::fm
     Ok(())
 }
 
+/// In a windowed table (entries keyed `[key, window_start]`), the key's window that started
+/// last at or before `at`, committed: `{"window_start": .., "value": ..}`.
+fn window_at(def: &TableDef, partition: i32, key: &[u8], at: i64) -> TableAnswer {
+    let mut prefix = b"[".to_vec();
+    prefix.extend_from_slice(key);
+    prefix.push(b',');
+    let windows = match def.store.page(&def.name, partition, &prefix, None, 100_000) {
+        Ok(w) => w,
+        Err(e) => return TableAnswer::Unavailable(e.to_string()),
+    };
+    let start_of = |k: &[u8]| {
+        serde_json::from_slice::<(serde_json::Value, i64)>(k)
+            .ok()
+            .map(|(_, start)| start)
+    };
+    let latest = windows
+        .iter()
+        .filter_map(|(k, v)| Some((start_of(k)?, v)))
+        .filter(|(start, _)| *start <= at)
+        .max_by_key(|(start, _)| *start);
+    match latest {
+        Some((start, v)) => match serde_json::from_slice::<serde_json::Value>(v) {
+            Ok(value) => {
+                TableAnswer::Found(serde_json::json!({ "window_start": start, "value": value }))
+            }
+            Err(e) => TableAnswer::Unavailable(format!("the stored value does not decode: {e}")),
+        },
+        None => TableAnswer::Missing,
+    }
+}
+
 /// A counter family with one sample per agent.
 fn counter(
     e: &mut DescriptorEncoder,
@@ -793,7 +824,7 @@ impl WebBackend for Observer {
         }
     }
 
-    fn table(&self, table: &str, key: &str) -> TableAnswer {
+    fn table(&self, table: &str, key: &str, at: Option<i64>) -> TableAnswer {
         let agents = self.agents();
         let found = agents.iter().find_map(|a| {
             a.tables
@@ -815,6 +846,9 @@ impl WebBackend for Observer {
         };
         let (router, group, topic) = agent.table_owner();
         if router.owned_partitions().contains(&partition) {
+            if let Some(at) = at {
+                return window_at(&def, partition, &stored, at);
+            }
             // The last committed value (at most one commit interval behind the agent).
             return match def.store.get(&def.name, partition, &stored) {
                 Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {

@@ -63,6 +63,8 @@ pub(crate) trait WebBackend: Send + Sync + 'static {
     fn topology(&self) -> Topology;
     /// Figures for the status page.
     fn status(&self) -> Status;
-    /// Looks a key up in a table; `key` is JSON, or a plain string for string keys.
-    fn table(&self, table: &str, key: &str) -> TableAnswer;
+    /// Looks a key up in a table; `key` is JSON, or a plain string for string keys. `at`
+    /// (ms since the epoch): in a windowed table, the key's window that started last at or
+    /// before it.
+    fn table(&self, table: &str, key: &str, at: Option<i64>) -> TableAnswer;
 }

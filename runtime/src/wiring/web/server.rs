@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -294,10 +294,25 @@ async fn status(State(s): State<WebState>) -> Response {
     }
 }
 
-/// `key` arrives percent-decoded: a key with `/` in it is sent as `%2F`.
-async fn table(State(s): State<WebState>, Path((name, key)): Path<(String, String)>) -> Response {
+/// `key` arrives percent-decoded: a key with `/` in it is sent as `%2F`. `?at=<time>` (ms, an
+/// age such as `5m`, or RFC 3339) reads a windowed table's window at that time.
+async fn table(
+    State(s): State<WebState>,
+    Path((name, key)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let at = match query.get("at").map(|t| crate::base::time::parse_instant(t)) {
+        None => None,
+        Some(Some(ms)) => Some(ms),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`at` is a time: ms since the epoch, an age (`30s`, `15m`), or RFC 3339",
+            );
+        }
+    };
     let (n, k) = (name.clone(), key.clone());
-    let answer = match call(&s, move |b| b.table(&n, &k)).await {
+    let answer = match call(&s, move |b| b.table(&n, &k, at)).await {
         Ok(answer) => answer,
         Err(res) => return res,
     };
@@ -322,10 +337,11 @@ async fn table(State(s): State<WebState>, Path((name, key)): Path<(String, Strin
         }
         TableAnswer::Elsewhere(owner) => {
             let location = format!(
-                "{}/tables/{}/{}",
+                "{}/tables/{}/{}{}",
                 owner.trim_end_matches('/'),
                 encode(&name),
-                encode(&key)
+                encode(&key),
+                at.map(|ms| format!("?at={ms}")).unwrap_or_default()
             );
             match HeaderValue::from_str(&location) {
                 Ok(location) => (
@@ -446,7 +462,7 @@ mod tests {
                 agents: Vec::new(),
             }
         }
-        fn table(&self, table: &str, key: &str) -> TableAnswer {
+        fn table(&self, table: &str, key: &str, _at: Option<i64>) -> TableAnswer {
             match (table, key) {
                 ("t", "here") => TableAnswer::Found(json!({ "n": 1 })),
                 ("t", "gone") => TableAnswer::Missing,
