@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::Consumer;
 use rill::{App, TimerSpec, Worker};
 
 /// A timer sending `<worker>` to `topic` every 200 ms.
@@ -105,7 +106,23 @@ async fn one_worker_of_two_runs_leader_only_timers_and_another_takes_over() -> r
         .start()
         .await?;
     // The first worker may lead alone for a moment; the second one joining can move the
-    // partition (a range assignment): wait until one leader has held for 2 s.
+    // partition (a range assignment): wait until the election group is stable with both.
+    let group = format!("{app_id}-__leader");
+    tokio::task::block_in_place(|| {
+        common::wait_for(
+            "both workers in the election group",
+            Duration::from_secs(90),
+            || {
+                let client = common::client(&bootstrap, &[]);
+                let groups = client.fetch_group_list(Some(&group), Duration::from_secs(5));
+                groups.is_ok_and(|list| {
+                    list.groups()
+                        .iter()
+                        .any(|g| g.state() == "Stable" && g.members().len() == 2)
+                })
+            },
+        )
+    });
     let first = stable_leader(&[&a, &b]).await;
     // Beats before this come from whoever led while the group settled.
     let settled = tokio::task::block_in_place(|| common::end_offsets(&bootstrap, &leader_topic, 1));
