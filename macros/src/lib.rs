@@ -12,6 +12,7 @@ mod agent;
 mod attr;
 mod ctxt;
 mod record;
+mod registration;
 mod timer;
 mod window_state;
 

@@ -344,7 +344,6 @@ fn generate(
     params: &[TimerParam],
 ) -> TokenStream {
     let name = &item.sig.ident;
-    let vis = &item.vis;
     let name_str = name.to_string();
     let spec = match kind {
         Kind::Timer => {
@@ -400,28 +399,17 @@ fn generate(
         let __rill_result: ::rill::Result<()> = #name(#(#call_args),*).await;
         __rill_result
     };
-    let doc =
-        format!("Registration of the `{name_str}` timer; `{name_str}::timer()` describes it.");
-    quote! {
-        #item
-
-        #[doc = #doc]
-        #[allow(non_camel_case_types)]
-        #vis struct #name {}
-
-        #[automatically_derived]
-        impl #name {
-            /// The timer's description, for `App::timers` and the worker.
-            pub fn timer() -> ::rill::TimerSpec {
-                #spec #on_leader #on_error .run(|__rill_cx: ::rill::TimerContext| async move {
-                    #(#values)*
-                    #call
-                })
-            }
-        }
-
-        ::rill::__private::inventory::submit! {
-            ::rill::TimerRegistration { build: #name::timer }
-        }
-    }
+    let kind = crate::registration::Kind {
+        name: "timer",
+        spec: quote!(::rill::TimerSpec),
+        registration: quote!(::rill::TimerRegistration),
+        used_by: "`App::timers` and the worker",
+    };
+    let spec = quote! {
+        #spec #on_leader #on_error .run(|__rill_cx: ::rill::TimerContext| async move {
+            #(#values)*
+            #call
+        })
+    };
+    crate::registration::register(item, &kind, &spec)
 }

@@ -16,30 +16,13 @@ pub(super) fn expand_registration(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> T
     let Some(spec) = agent_spec(args, agent_fn) else {
         return quote!(#item);
     };
-    let name = agent_fn.name();
-    let vis = &item.vis;
-    let name_str = name.to_string();
-    let doc =
-        format!("Registration of the `{name_str}` agent; `{name_str}::agent()` describes it.");
-    quote! {
-        #item
-
-        #[doc = #doc]
-        #[allow(non_camel_case_types)]
-        #vis struct #name {}
-
-        #[automatically_derived]
-        impl #name {
-            /// The agent's description, for `App::agents` and the worker.
-            pub fn agent() -> ::rill::AgentSpec {
-                #spec
-            }
-        }
-
-        ::rill::__private::inventory::submit! {
-            ::rill::Registration { build: #name::agent }
-        }
-    }
+    let kind = crate::registration::Kind {
+        name: "agent",
+        spec: quote!(::rill::AgentSpec),
+        registration: quote!(::rill::Registration),
+        used_by: "`App::agents` and the worker",
+    };
+    crate::registration::register(item, &kind, &spec)
 }
 
 /// The `AgentSpec` builder expression, or `None` if the function has no stream.

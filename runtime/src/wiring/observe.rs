@@ -178,14 +178,8 @@ impl Observer {
         let mut owned: Vec<(String, i32)> = view
             .routers()
             .iter()
-            .flat_map(|r| {
-                r.assignment
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|(t, p)| (t.to_string(), *p))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|r| r.current_assignment())
+            .map(|(t, p)| (t.to_string(), p))
             .collect();
         owned.sort();
         Some(owned)

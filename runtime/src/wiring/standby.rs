@@ -94,12 +94,7 @@ impl Standby {
 
     /// The partitions this worker's consumer owns now.
     fn owned(&self) -> Vec<i32> {
-        let assignment = self
-            .router
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let assignment = self.router.current_assignment();
         self.numbers(assignment.iter().map(|(t, p)| (&**t, *p)))
     }
 

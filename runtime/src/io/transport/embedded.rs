@@ -981,12 +981,8 @@ impl Log for EmbeddedLog {
     }
 
     fn lags(&self, group: &str, router: &Router) -> Vec<(Tp, i64)> {
-        let owned = router
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        owned
+        router
+            .current_assignment()
             .into_iter()
             .filter_map(|(t, p)| {
                 let (low, end) = EmbeddedLog::watermarks(self, &t, p).ok()?;

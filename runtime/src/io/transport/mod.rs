@@ -113,14 +113,20 @@ impl Router {
         self
     }
 
+    /// What the consumer owns now.
+    pub(crate) fn current_assignment(&self) -> Vec<Tp> {
+        self.assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The partition numbers the consumer owns now, sorted (co-partitioned topics once).
     pub(crate) fn owned_partitions(&self) -> Vec<i32> {
         let mut owned: Vec<i32> = self
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(_, p)| *p)
+            .current_assignment()
+            .into_iter()
+            .map(|(_, p)| p)
             .collect();
         owned.sort_unstable();
         owned.dedup();

@@ -331,12 +331,7 @@ impl Poller<'_> {
         if !self.bootstrap.holding {
             return;
         }
-        let assignment = self
-            .router
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let assignment = self.router.current_assignment();
         let read = assignment
             .iter()
             .filter(|(t, _)| self.router.is_bootstrap(t))
