@@ -1,13 +1,17 @@
 //! Timers on a real Apache Kafka broker: leader-only timers run on exactly one of two workers
 //! (elected through the consumer group `<app>-__leader`), the other worker takes over when the
-//! leader stops, and timers without `on_leader` run on every worker.
+//! leader stops, and timers without `on_leader` run on every worker. Under exactly-once a run's
+//! sends commit in one transaction, and a failed run's never do.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rill::{App, TimerSpec, Worker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rill::{App, OnError, ProcessingGuarantee, TimerSpec, Worker};
 
 /// A timer sending `<worker>` to `topic` every 200 ms.
 fn beat(name: &str, worker: &str, topic: &str, on_leader: bool) -> TimerSpec {
@@ -173,4 +177,74 @@ async fn one_worker_of_two_runs_leader_only_timers_and_another_takes_over() -> r
     let rill_leader = other.metrics_text();
     assert!(rill_leader.contains("rill_leader 1"), "{rill_leader}");
     other.shutdown().await
+}
+
+/// Each call sends three records; the first call then fails and is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_exactly_once_a_failed_runs_sends_are_never_committed() -> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let topic = format!("kt_eos_{run}");
+    tokio::task::block_in_place(|| common::create_topic(&bootstrap, &topic, 1, &[]));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (counted, out) = (calls.clone(), topic.clone());
+    let timer = TimerSpec::every("eos_beat", Duration::from_millis(300))
+        .on_error(OnError::Retry {
+            attempts: 1,
+            backoff: Duration::from_millis(10),
+        })
+        .run(move |cx| {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            let out = out.clone();
+            async move {
+                for i in 0..3 {
+                    cx.producer().send_to(&out, &format!("{call}-{i}")).await?;
+                }
+                if call == 0 {
+                    return Err(rill::Error::User("fails after sending".into()));
+                }
+                Ok(())
+            }
+        });
+    let data = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&format!("kt_eos_{run}"), &bootstrap, data.path())
+        .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+        .agents([])
+        .timers([timer])
+        .start()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while calls.load(Ordering::SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the timer did not run four times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.shutdown().await?;
+    let (committed, all) = tokio::task::block_in_place(|| {
+        (
+            common::read_to_end(&bootstrap, &topic, "read_committed"),
+            common::read_to_end(&bootstrap, &topic, "read_uncommitted"),
+        )
+    });
+    let committed: Vec<String> = committed.iter().map(common::kafka::Read::text).collect();
+    assert!(
+        committed.len() >= 9,
+        "three runs or more committed: {committed:?}"
+    );
+    assert!(
+        committed.iter().all(|t| !t.starts_with("0-")),
+        "the failed call's sends were committed: {committed:?}"
+    );
+    // Each run's three sends are in one transaction: whole runs only.
+    assert_eq!(committed.len() % 3, 0, "{committed:?}");
+    assert_eq!(
+        all.len(),
+        committed.len(),
+        "nothing was produced and aborted either"
+    );
+    Ok(())
 }

@@ -147,6 +147,41 @@ async fn a_failed_run_is_retried_in_place_or_waits_for_the_next_time() -> rill::
     app.stop().await
 }
 
+/// A timer whose first call sends a tick and then fails; the calls after it send and succeed.
+fn half_done(name: &str) -> TimerSpec {
+    let calls = Arc::new(AtomicU32::new(0));
+    TimerSpec::every(name, Duration::from_secs(1))
+        .on_error(OnError::Retry {
+            attempts: 1,
+            backoff: Duration::from_millis(10),
+        })
+        .run(move |cx| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let tick = Tick {
+                    timer: format!("call {call}"),
+                    scheduled_ms: cx.scheduled_ms(),
+                };
+                cx.producer().send_to("ticks", &tick).await?;
+                if call == 0 {
+                    return Err(rill::Error::User("fails after sending".into()));
+                }
+                Ok(())
+            }
+        })
+}
+
+#[tokio::test]
+async fn a_failed_runs_sends_are_discarded_and_its_retry_sends_once() -> rill::Result<()> {
+    let app = test_app([half_done("half_done")]).await?;
+    app.advance_clock(Duration::from_secs(1));
+    let ticks: Vec<Tick> = app.expect("ticks", 1).await?;
+    settle().await;
+    assert_eq!(app.count("ticks")?, 1, "only the successful call's send");
+    assert_eq!(ticks[0].timer, "call 1");
+    app.stop().await
+}
+
 #[tokio::test]
 async fn a_failed_run_under_stop_stops_the_worker() -> rill::Result<()> {
     let (stopping, _) = failing("stopping", 1, OnError::Stop);

@@ -1,6 +1,8 @@
-//! A producer handle for code outside agents (`App::task`s, tests, the `send` command). Sends are
-//! enqueued and made durable by `flush` (or automatically when many are pending), like a Kafka
-//! producer's batching.
+//! A producer handle for code outside agents (`App::task`s, timers, tests, the `send` command).
+//! Sends are enqueued and made durable by `flush` (or automatically when many are pending), like
+//! a Kafka producer's batching. A timer's producer is atomic: where the log buffers sends (the
+//! embedded log, exactly-once on Kafka) a run's sends are delivered together, in one
+//! transaction on Kafka, or discarded when the run fails.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +24,8 @@ pub struct Producer {
     log: Arc<dyn Log>,
     /// Sends since the last flush, with the deliveries they are counted in (Kafka).
     pending: Arc<Mutex<(Vec<Pending>, Arc<Deliveries>)>>,
+    /// Never flushes on its own: everything sent goes in one delivery (a timer's run).
+    atomic: bool,
 }
 
 impl Producer {
@@ -29,6 +33,15 @@ impl Producer {
         Producer {
             log,
             pending: Arc::new(Mutex::new((Vec::new(), Deliveries::new()))),
+            atomic: false,
+        }
+    }
+
+    /// A producer whose sends are delivered together by `flush` or dropped by `discard`.
+    pub(crate) fn atomic(log: Arc<dyn Log>) -> Self {
+        Producer {
+            atomic: true,
+            ..Producer::new(log)
         }
     }
 
@@ -92,7 +105,7 @@ impl Producer {
             pending.add_to(&mut guard.0);
             guard.0.len()
         };
-        if len >= AUTO_FLUSH {
+        if len >= AUTO_FLUSH && !self.atomic {
             self.flush().await?;
         }
         Ok(())
@@ -109,6 +122,18 @@ impl Producer {
             return Ok(());
         }
         self.log.deliver(Delivery::sends(pending)).await.map(|_| ())
+    }
+
+    /// Drops the sends not flushed yet: where the log buffers them (the embedded log,
+    /// exactly-once on Kafka) none is ever seen; sends librdkafka already took (Kafka
+    /// at-least-once) cannot be called back. Returns how many buffered sends were dropped.
+    pub(crate) fn discard(&self) -> usize {
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1 = Deliveries::new();
+        std::mem::take(&mut guard.0)
+            .into_iter()
+            .filter(|p| matches!(p, Pending::Buffered(_)))
+            .count()
     }
 }
 

@@ -330,7 +330,7 @@ async fn call(
     attempt: u32,
     stats: &TimerStats,
 ) -> Result<()> {
-    let producer = Producer::new(env.log.clone());
+    let producer = Producer::atomic(env.log.clone());
     let cx = TimerContext {
         name: spec.name.clone(),
         scheduled_ms: due,
@@ -349,7 +349,18 @@ async fn call(
                 crate::base::error::panic_message(&panic)
             )))
         });
-    let flushed = producer.flush().await;
+    // A run's sends commit like an agent's commit step: together (one transaction under
+    // exactly-once), and only when the run succeeded.
+    let result = match result {
+        Ok(()) => producer.flush().await,
+        Err(e) => {
+            let dropped = producer.discard();
+            if dropped > 0 {
+                tracing::debug!(timer = %spec.name, dropped, "the failed run's sends are discarded");
+            }
+            Err(e)
+        }
+    };
     stats.duration.observe(started.elapsed());
-    result.and(flushed)
+    result
 }
