@@ -34,16 +34,27 @@ struct ProbeContext {
 
 impl ClientContext for ProbeContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // A connection failure is also logged (facility FAIL); under load the error callback
+        // can report it as a plain transport failure, so the log's text counts too.
+        if let Some(refusal) = refusal_in_text(message) {
+            self.refused(refusal);
+        }
         LogContext.log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(refusal) = refusal(&error, reason) {
-            let mut slot = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert(refusal);
+            self.refused(refusal);
         } else {
             LogContext.error(error, reason);
         }
+    }
+}
+
+impl ProbeContext {
+    fn refused(&self, refusal: Refusal) {
+        let mut slot = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(refusal);
     }
 }
 
@@ -53,19 +64,36 @@ impl ProducerContext for ProbeContext {
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
+const SASL_SETTINGS: &str =
+    "sasl.mechanism, sasl.username and sasl.password (or the sasl.oauthbearer.* settings)";
+const TLS_SETTINGS: &str = "ssl.ca.location (the CA that signed the broker's certificate), and for mutual TLS ssl.certificate.location and ssl.key.location";
+
 /// The settings a librdkafka error blames, if it is one that retrying cannot fix.
 fn refusal(error: &KafkaError, reason: &str) -> Option<Refusal> {
-    let code = error.rdkafka_error_code();
-    let settings = if code == Some(RDKafkaErrorCode::Authentication) {
-        "sasl.mechanism, sasl.username and sasl.password (or the sasl.oauthbearer.* settings)"
-    } else if code == Some(RDKafkaErrorCode::SSL) {
-        "ssl.ca.location (the CA that signed the broker's certificate), and for mutual TLS ssl.certificate.location and ssl.key.location"
+    let settings = match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Authentication) => SASL_SETTINGS,
+        Some(RDKafkaErrorCode::SSL) => TLS_SETTINGS,
+        _ => return refusal_in_text(reason),
+    };
+    Some(Refusal {
+        settings,
+        reason: reason.to_owned(),
+    })
+}
+
+/// A refusal recognised by librdkafka's wording (a transport error or log line about a failed
+/// TLS handshake or SASL authentication).
+fn refusal_in_text(text: &str) -> Option<Refusal> {
+    let settings = if text.contains("SSL handshake failed") {
+        TLS_SETTINGS
+    } else if text.contains("SASL authentication error") {
+        SASL_SETTINGS
     } else {
         return None;
     };
     Some(Refusal {
         settings,
-        reason: reason.to_owned(),
+        reason: text.to_owned(),
     })
 }
 
@@ -114,6 +142,14 @@ mod tests {
         assert!(r.settings.contains("sasl.password"), "{r:?}");
         let tls = KafkaError::Global(RDKafkaErrorCode::SSL);
         let r = refusal(&tls, "SSL handshake failed: certificate verify failed").unwrap();
+        assert!(r.settings.contains("ssl.ca.location"), "{r:?}");
+        // The same failures reported as transport errors are recognised by their text.
+        let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        let r = refusal(
+            &transport,
+            "ssl://b:9093/1: SSL handshake failed: certificate verify failed",
+        )
+        .unwrap();
         assert!(r.settings.contains("ssl.ca.location"), "{r:?}");
         // An unreachable broker is waited for, not refused.
         let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
