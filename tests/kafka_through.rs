@@ -1,6 +1,7 @@
 //! `through` and `echo` on a real Apache Kafka broker under exactly-once: every record is in
 //! the `through` topic, the `echo` topic and the sink exactly once as a `read_committed`
-//! reader sees them, across a restart of the worker between two halves of the input.
+//! reader sees them, across a restart of the worker between two halves of the input. An
+//! in-memory channel between two agents on Kafka never reaches the broker.
 
 mod common;
 
@@ -105,6 +106,84 @@ async fn through_and_echo_are_exactly_once_across_a_restart() -> rill::Result<()
         through
             .iter()
             .all(|r| r.key_text().as_deref() == r.json().as_str())
+    );
+    Ok(())
+}
+
+fn texts(bootstrap: &str, topic: &str) -> Vec<String> {
+    common::read_to_end(bootstrap, topic, "read_committed")
+        .iter()
+        .map(common::kafka::Read::text)
+        .collect()
+}
+
+/// Agent `upper` reads the source and sends to the channel; `relay_channel` reads the channel
+/// and writes the sink.
+fn channel_pair(source: &str, channel: &str, sink: &str) -> [AgentSpec; 2] {
+    let at = "tests/kafka_through.rs";
+    let (channel_out, sink_name) = (channel.to_owned(), sink.to_owned());
+    let upper = AgentSpec::new("upper", at)
+        .source(TopicSpec::of::<String>(source, at))
+        .sink(TopicSpec::of::<String>(&channel_out, at))
+        .run(|mut ctx| async move {
+            let mut input = ctx.stream::<String>()?;
+            let out = ctx.sink::<String>()?;
+            while let Some(value) = input.next().await {
+                out.send(&value.to_uppercase()).await?;
+            }
+            Ok(())
+        });
+    let relay = AgentSpec::new("relay_channel", at)
+        .channel::<String>(channel)
+        .sink(TopicSpec::of::<String>(&sink_name, at))
+        .run(|mut ctx| async move {
+            let mut input = ctx.stream::<String>()?;
+            let out = ctx.sink::<String>()?;
+            while let Some(value) = input.next().await {
+                out.send(&format!("{value}!")).await?;
+            }
+            Ok(())
+        });
+    [upper, relay]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_between_agents_never_reaches_the_broker() -> rill::Result<()> {
+    let Some(bootstrap) = common::kafka_bootstrap() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (source, channel, sink) = (
+        format!("kc_src_{run}"),
+        format!("kc_chan_{run}"),
+        format!("kc_out_{run}"),
+    );
+    tokio::task::block_in_place(|| common::create_topic(&bootstrap, &source, 2, &[]));
+    let data = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&format!("kc_{run}"), &bootstrap, data.path())
+        .agents(channel_pair(&source, &channel, &sink))
+        .start()
+        .await?;
+    let producer = worker.producer();
+    for i in 0..50 {
+        producer.send_to(&source, &format!("v{i}")).await?;
+    }
+    producer.flush().await?;
+    tokio::task::block_in_place(|| {
+        common::wait_for("50 relayed records", Duration::from_secs(60), || {
+            common::partition_count(&bootstrap, &sink).is_some()
+                && texts(&bootstrap, &sink).len() >= 50
+        });
+    });
+    worker.shutdown().await?;
+    let got: BTreeSet<String> = texts(&bootstrap, &sink).into_iter().collect();
+    let want: BTreeSet<String> = (0..50).map(|i| format!("V{i}!")).collect();
+    assert_eq!(got, want);
+    let channel_topic =
+        tokio::task::block_in_place(|| common::partition_count(&bootstrap, &channel));
+    assert_eq!(
+        channel_topic, None,
+        "the channel became a topic on the broker"
     );
     Ok(())
 }

@@ -14,6 +14,7 @@ use crate::ctxt::Ctxt;
 
 const AGENT_KEYS: &[&str] = &[
     "topic",
+    "channel",
     "topics",
     "concurrency",
     "sink",
@@ -114,6 +115,8 @@ impl TableArg {
 #[derive(Default)]
 pub(super) struct AgentArgs {
     pub(super) topic: Option<TopicArg>,
+    /// `channel = "alerts"`: the single source is an in-memory channel (`topic` holds its name).
+    pub(super) channel: bool,
     /// `topics(binding = "topic", ...)`: one typed stream per parameter.
     pub(super) topics: Vec<(syn::Ident, TopicArg)>,
     pub(super) concurrency: Option<usize>,
@@ -147,6 +150,20 @@ impl AgentArgs {
             Some("topic") => {
                 let topic = TopicArg::parse(meta)?;
                 set_once(cx, &mut self.topic, meta, topic, "agent");
+            }
+            Some("channel") => {
+                let name: syn::LitStr = meta.value()?.parse()?;
+                if name.value().is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        &name,
+                        "channel names cannot be empty",
+                    ));
+                }
+                if self.topic.is_some() {
+                    return Err(meta.error("an agent reads one topic or one channel, not both"));
+                }
+                self.channel = true;
+                self.topic = Some(TopicArg::Name(name));
             }
             Some("topics") => parse_bindings(
                 cx,

@@ -31,7 +31,7 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
     let name_str = agent_fn.name().to_string();
     // One source per topic; each stream parameter takes its own topic's stream.
     let (sources, take_streams) = match &args.topic {
-        Some(topic) => single_stream(topic, stream_ty),
+        Some(topic) => single_stream(topic, stream_ty, args.channel),
         None => named_streams(args, agent_fn),
     };
     let co_partitioned = args.topic.is_none().then(|| quote!(.co_partitioned()));
@@ -89,8 +89,17 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
 }
 
 /// `topic = ...`: one source, and its stream taken for the (single) stream parameter.
-fn single_stream(topic: &TopicArg, ty: &syn::Type) -> (Vec<TokenStream>, Vec<TokenStream>) {
-    let source = topic_spec(topic, ty);
+fn single_stream(
+    topic: &TopicArg,
+    ty: &syn::Type,
+    channel: bool,
+) -> (Vec<TokenStream>, Vec<TokenStream>) {
+    let source = match topic {
+        TopicArg::Name(lit) if channel => quote! {
+            ::rill::TopicSpec::in_memory::<#ty>(#lit, ::core::concat!(::core::file!(), ":", ::core::line!()))
+        },
+        _ => topic_spec(topic, ty),
+    };
     let var = format_ident!("__rill_stream");
     let take = quote! {
         let #var = match __rill_ctx.stream::<#ty>() {

@@ -54,7 +54,7 @@ mod tests {
         assert_eq!(
             compile_error_messages(out.clone()),
             [
-                "unknown `agent` argument `topc`; expected one of `topic`, `topics`, `concurrency`, `sink`, `group`, `tables`, `global_tables`, `on_error`, `dead_letter`, `retries`, `retry_backoff_ms`, `offset_reset`",
+                "unknown `agent` argument `topc`; expected one of `topic`, `channel`, `topics`, `concurrency`, `sink`, `group`, `tables`, `global_tables`, `on_error`, `dead_letter`, `retries`, `retry_backoff_ms`, `offset_reset`",
                 "`concurrency` is a whole number of instances, at least 1",
                 "`#[agent]` functions must be `async fn`",
                 "`#[agent]` functions cannot be generic",

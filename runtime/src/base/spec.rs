@@ -32,6 +32,8 @@ pub struct TopicSpec {
     /// Set for the topics rill owns (repartition, changelog, retry, dead-letter, late-event
     /// topics): created and checked with what rill needs of them.
     pub(crate) internal: Option<Internal>,
+    /// An in-memory channel of the worker, not a topic of the log (`AgentSpec::channel`).
+    pub(crate) channel: bool,
     json_to_wire: fn(&[u8], Codec) -> Result<Vec<u8>, CodecError>,
 }
 
@@ -46,10 +48,20 @@ impl TopicSpec {
             declared_at: declared_at.to_owned(),
             compacted: false,
             internal: None,
+            channel: false,
             json_to_wire: |json, codec| {
                 let value: V = serde_json::from_slice(json)?;
                 value.encode(codec)
             },
+        }
+    }
+
+    /// Describes the in-memory channel `name` carrying `V` (`AgentSpec::channel`,
+    /// `#[agent(channel = "..")]`): kept in the worker, never created on the log.
+    pub fn in_memory<V: Record>(name: &str, declared_at: &str) -> Self {
+        TopicSpec {
+            channel: true,
+            ..TopicSpec::of::<V>(name, declared_at)
         }
     }
 

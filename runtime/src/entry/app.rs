@@ -11,6 +11,7 @@ use crate::base::error::Result;
 use crate::base::record::Record;
 use crate::base::spec::TopicSpec;
 use crate::io::transport;
+use crate::io::transport::channel::ChannelLog;
 use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
 use crate::wiring::producer::Producer;
@@ -32,6 +33,8 @@ pub struct App {
     /// Chosen timers; `None`: the registered ones, unless agents were chosen.
     timers: Option<Vec<TimerSpec>>,
     pub(crate) topics: Vec<TopicSpec>,
+    /// In-memory channels declared with `App::channel`.
+    channels: Vec<String>,
     extras: Extras,
     registry: crate::base::metrics::Registry,
 }
@@ -45,9 +48,20 @@ impl App {
             agents: None,
             timers: None,
             topics: Vec::new(),
+            channels: Vec::new(),
             extras: Extras::default(),
             registry: crate::base::metrics::Registry::default(),
         }
+    }
+
+    /// Declares the in-memory channel `name` carrying `V` (Faust's `app.channel()`): records
+    /// sent to it (`Producer::send_to`, a `Sink`, a `Topic` of that name) stay in this worker
+    /// and go to the agent reading it (`#[agent(channel = "name")]`), never to the broker;
+    /// at most once. Agents that read a channel declare it themselves; declare it here when
+    /// only senders run in this app, so its records are not sent to the broker as a topic.
+    pub fn channel<V: Record>(mut self, name: &str) -> Self {
+        self.channels.push(name.to_owned());
+        self
     }
 
     /// Runs exactly these agents instead of every registered one (e.g. in tests). An app that
@@ -201,9 +215,9 @@ impl App {
     }
 
     pub(crate) async fn start_with(mut self, config: Config) -> Result<Worker> {
-        let transport = transport::open(&config)?;
         let chose_agents = self.agents.is_some();
         let agents = self.agents.take().unwrap_or_else(registered_agents);
+        let transport = ChannelLog::wrap(transport::open(&config)?, &self.channels_of(&agents));
         self.extras.timers = match self.timers.take() {
             Some(timers) => timers,
             None if chose_agents => Vec::new(),
@@ -218,6 +232,26 @@ impl App {
             std::mem::take(&mut self.registry),
         )
         .await
+    }
+
+    /// The app's in-memory channels, each with the instances of the agent reading it (its
+    /// partitions).
+    fn channels_of(&self, agents: &[AgentSpec]) -> Vec<(String, usize)> {
+        let mut channels: Vec<(String, usize)> = agents
+            .iter()
+            .flat_map(|a| {
+                a.sources
+                    .iter()
+                    .filter(|s| s.channel)
+                    .map(|s| (s.name.clone(), a.instances()))
+            })
+            .collect();
+        for name in &self.channels {
+            if !channels.iter().any(|(n, _)| n == name) {
+                channels.push((name.clone(), 1));
+            }
+        }
+        channels
     }
 
     /// Runs the worker until Ctrl-C/SIGTERM (then shuts down gracefully) or an agent fails.

@@ -110,6 +110,15 @@ impl AgentSpec {
         self
     }
 
+    /// Reads the in-memory channel `name` (Faust's `app.channel()`): records other agents,
+    /// timers or tasks of this worker send to `name` come here without a broker, at most once
+    /// (see `io/transport/channel.rs`). An agent reads one channel and no topic.
+    pub fn channel<V: Record>(mut self, name: &str) -> Self {
+        self.sources
+            .push(TopicSpec::in_memory::<V>(name, &self.declared_at));
+        self
+    }
+
     /// Sets the sink topic.
     pub fn sink(mut self, topic: TopicSpec) -> Self {
         self.sink = Some(topic);

@@ -9,6 +9,7 @@
 //! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
 //! work on revoked partitions before the fetcher gives them up.
 
+pub(crate) mod channel;
 pub(crate) mod embedded;
 pub(crate) mod kafka;
 
