@@ -87,7 +87,7 @@ pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, Punctuation, WindowResult, WindowState,
     WindowStream, WindowedTable,
 };
-pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Lookup};
+pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Joined, Lookup, TableJoin};
 pub use rill_runtime::{
     axum, join, metrics, partitioner, telemetry, time, timer, topology, window,
 };

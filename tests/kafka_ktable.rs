@@ -1,8 +1,9 @@
 //! A table built from a topic (`AgentSpec::table_of`) on a real Apache Kafka broker: a backlog
 //! of orders is enriched from the customers topic across four co-partitioned partitions (the
 //! customers are read to their end before any order), and after the worker's local state is
-//! lost, a new worker restores the table (from its changelog) and enriches new orders without
-//! the customers being sent again.
+//! lost, a new worker restores the table from the customers topic itself (a table built from a
+//! topic has no changelog of its own) and enriches new orders without the customers being sent
+//! again.
 
 mod common;
 
@@ -140,7 +141,13 @@ async fn a_table_built_from_a_topic_enriches_and_is_restored() -> rill::Result<(
         assert_eq!(e["tier"], serde_json::json!(format!("t{}", n % 20)), "{e}");
     }
     worker.shutdown().await?;
-    // A new worker with an empty data dir: the table comes back from its changelog.
+    let changelog = format!("{app_id}-{}-changelog", names.customers);
+    let made = tokio::task::block_in_place(|| common::partition_count(&bootstrap, &changelog));
+    assert_eq!(
+        made, None,
+        "a table built from a topic got a changelog topic"
+    );
+    // A new worker with an empty data dir: the table comes back from the customers topic.
     drop(first_dir);
     let second_dir = tempfile::tempdir().expect("tempdir");
     let worker = common::kafka_app(&app_id, &bootstrap, second_dir.path())
@@ -155,6 +162,11 @@ async fn a_table_built_from_a_topic_enriches_and_is_restored() -> rill::Result<(
         .filter(|e| e["n"].as_u64().unwrap_or(0) >= 100)
         .collect();
     assert_eq!(late.len(), 40, "no order was enriched twice or lost");
+    let stats = worker.stats("enrich").expect("stats");
+    assert!(
+        stats.restored.load(std::sync::atomic::Ordering::Relaxed) >= 20,
+        "the table was restored from its topic"
+    );
     for e in late {
         let n = e["n"].as_u64().expect("n");
         assert_eq!(

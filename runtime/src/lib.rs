@@ -46,7 +46,7 @@ pub use reader::{TableReader, Tables};
 pub use record::{Field, Record};
 pub use request::{Ask, Request, Requests};
 pub use stream::{Batches, KeyedStream, Sink, Stream};
-pub use table::{Entries, GlobalTable, SetTable, Table, TableSpec};
+pub use table::{Entries, GlobalTable, Joined, SetTable, Table, TableJoin, TableSpec};
 pub use testing::TestApp;
 pub use time::Clock;
 pub use timer::{TimerContext, TimerRegistration, TimerSpec, registered_timers};

@@ -75,22 +75,34 @@ impl TopicArg {
     }
 }
 
-/// A table of `tables(...)`: one the agent writes (`"name"`), or one built from a topic
-/// (`table_of("topic")`, named after the topic).
+/// A table of `tables(...)`: one the agent writes (`"name"`), one built from a topic
+/// (`table_of("topic")`, named after the topic), or a join of two of those
+/// (`table_join("left", "right", "inner" | "left" | "outer")`, named after its binding).
 pub(super) enum TableArg {
     Name(syn::LitStr),
     Of(syn::LitStr),
+    Join {
+        left: syn::LitStr,
+        right: syn::LitStr,
+        kind: syn::Ident,
+    },
 }
+
+/// The table join kinds, as spelled in `table_join(..)`, and their `TableJoin` variants.
+const JOIN_KINDS: &[(&str, &str)] = &[("inner", "Inner"), ("left", "Left"), ("outer", "Outer")];
 
 impl TableArg {
     fn parse(meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
         let expr: syn::Expr = meta.value()?.parse()?;
-        const FORM: &str = "expected a table name (`\"url_totals\"`) or `table_of(\"topic\")`";
+        const FORM: &str = "expected a table name (`\"url_totals\"`), `table_of(\"topic\")` or `table_join(\"left\", \"right\", \"inner\")`";
         match expr {
             syn::Expr::Lit(syn::ExprLit {
                 lit: syn::Lit::Str(s),
                 ..
             }) => Ok(TableArg::Name(s)),
+            syn::Expr::Call(call) if matches!(&*call.func, syn::Expr::Path(p) if p.path.is_ident("table_join")) => {
+                Self::parse_join(&call)
+            }
             syn::Expr::Call(call) => {
                 let is_table_of =
                     matches!(&*call.func, syn::Expr::Path(p) if p.path.is_ident("table_of"));
@@ -108,6 +120,42 @@ impl TableArg {
             }
             other => Err(syn::Error::new_spanned(other, FORM)),
         }
+    }
+
+    /// `table_join("left", "right", "kind")`.
+    fn parse_join(call: &syn::ExprCall) -> syn::Result<Self> {
+        const JOIN_FORM: &str = "expected `table_join(\"left_topic\", \"right_topic\", \"inner\" | \"left\" | \"outer\")`";
+        let strings: Vec<&syn::LitStr> = call
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s),
+                    ..
+                }) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let [left, right, kind] = strings[..] else {
+            return Err(syn::Error::new_spanned(call, JOIN_FORM));
+        };
+        if call.args.len() != 3 {
+            return Err(syn::Error::new_spanned(call, JOIN_FORM));
+        }
+        let Some((_, variant)) = JOIN_KINDS.iter().find(|(k, _)| *k == kind.value()) else {
+            return Err(syn::Error::new_spanned(
+                kind,
+                format!(
+                    "unknown table join `{}`; expected `inner`, `left` or `outer`",
+                    kind.value()
+                ),
+            ));
+        };
+        Ok(TableArg::Join {
+            left: left.clone(),
+            right: right.clone(),
+            kind: syn::Ident::new(variant, kind.span()),
+        })
     }
 }
 

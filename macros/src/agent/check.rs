@@ -6,7 +6,7 @@
 
 use crate::ctxt::Ctxt;
 
-use super::args::AgentArgs;
+use super::args::{AgentArgs, TableArg};
 use super::params::{AgentFn, Param};
 
 /// Checks every rule, collecting the errors in `cx`.
@@ -21,6 +21,7 @@ pub(super) fn check_agent(cx: &mut Ctxt, args: &AgentArgs, agent_fn: &AgentFn<'_
     }
     check_table_params(cx, args, agent_fn);
     check_table_bindings(cx, args, agent_fn);
+    check_table_joins(cx, args);
     if args.topic.is_none() && args.topics.is_empty() {
         cx.error_at(
             proc_macro2::Span::call_site(),
@@ -131,5 +132,29 @@ fn check_sink_topic(cx: &mut Ctxt, args: &AgentArgs, agent_fn: &AgentFn<'_>) {
             "the `Sink<U>` parameter needs a `sink` topic: `#[agent(topic = ..., sink = \"out\")]`",
         ),
         _ => {}
+    }
+}
+
+/// Each side of a `table_join(..)` is a table built from a topic of the same `tables(...)`.
+fn check_table_joins(cx: &mut Ctxt, args: &AgentArgs) {
+    let built_from = |topic: &syn::LitStr| {
+        args.tables
+            .iter()
+            .any(|(_, t)| matches!(t, TableArg::Of(of) if of.value() == topic.value()))
+    };
+    for (_, table) in &args.tables {
+        if let TableArg::Join { left, right, .. } = table {
+            for side in [left, right] {
+                if !built_from(side) {
+                    cx.error(
+                        side,
+                        format!(
+                            "a table join's sides are tables built from topics: add `{0} = table_of(\"{0}\")` to `tables(...)`",
+                            side.value()
+                        ),
+                    );
+                }
+            }
+        }
     }
 }

@@ -66,6 +66,10 @@ fn agent_spec(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Option<TokenStream> {
             let value = agent_fn.table_value_type(binding);
             quote!(.table_of::<#value>(#topic))
         }
+        TableArg::Join { left, right, kind } => {
+            let name = binding.to_string();
+            quote!(.table_join(#name, #left, #right, ::rill::TableJoin::#kind))
+        }
     });
     let global_specs = args
         .global_tables
@@ -215,6 +219,10 @@ fn table_takes(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> Vec<TokenStream> {
             let take = match table {
                 TableArg::Name(name) => quote!(__rill_ctx.table(#name)),
                 TableArg::Of(topic) => quote!(__rill_ctx.table_of(#topic)),
+                TableArg::Join { .. } => {
+                    let name = ident.to_string();
+                    quote!(__rill_ctx.table_join(#name))
+                }
             };
             Some(quote! {
                 let #var: #ty = match #take {

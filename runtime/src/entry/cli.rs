@@ -385,13 +385,17 @@ fn agents(app: &App, config: &crate::base::config::Config) -> Result<()> {
     Ok(())
 }
 
-fn list_tables_names(app: &App) -> Vec<(String, String)> {
+/// Every table of the app: its name, its agent and the topic it is restored from.
+fn list_tables_names(app: &App, app_id: &str) -> Vec<(String, String, String)> {
     app.agent_specs()
         .iter()
         .flat_map(|a| {
             a.tables()
                 .iter()
-                .map(|t| (t.name.clone(), a.name().to_owned()))
+                .map(|t| {
+                    let changelog = a.changelog_of(app_id, &t.name);
+                    (t.name.clone(), a.name().to_owned(), changelog)
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -409,10 +413,9 @@ async fn list_tables(app: &App, config: &crate::base::config::Config) -> Result<
         "TABLE", "AGENT", "PARTITIONS", "KEYS", "BYTES", "CHANGELOG LAG"
     )
     .map_err(io)?;
-    for (table, agent) in list_tables_names(app) {
+    for (table, agent, changelog) in list_tables_names(app, &config.app_id) {
         let partitions = store.partitions(&table)?;
         let (mut keys, mut bytes, mut lag, mut lag_known) = (0u64, 0u64, 0i64, true);
-        let changelog = crate::instance::table::changelog_topic(&config.app_id, &table);
         for &p in &partitions {
             let (k, b) = store.stats(&table, p)?;
             keys += k;

@@ -69,6 +69,8 @@ pub(crate) struct InstanceState {
     /// Tables built from a topic (`AgentSpec::table_of`): the function applying each such
     /// topic's records to its table, instead of handing them to the agent.
     feeds: Mutex<Vec<(Arc<str>, TableFeed)>>,
+    /// What the agent function set up once for the instance (`first_setup`).
+    setups: Mutex<std::collections::HashSet<String>>,
     has_feeds: std::sync::atomic::AtomicBool,
     /// A reply to a request was sent (`Request::reply`): someone waits for it, so the record
     /// loop commits as soon as the agent has nothing in hand, not at the interval.
@@ -114,6 +116,7 @@ impl InstanceState {
             dead: Mutex::new(Vec::new()),
             commit_soon: std::sync::atomic::AtomicBool::new(false),
             feeds: Mutex::new(Vec::new()),
+            setups: Mutex::new(std::collections::HashSet::new()),
             has_feeds: std::sync::atomic::AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
             operators: Mutex::new(std::collections::HashMap::new()),
@@ -461,6 +464,15 @@ impl InstanceState {
         feeds.retain(|(t, _)| &**t != topic);
         feeds.push((Arc::from(topic), feed));
         self.has_feeds.store(true, Ordering::Release);
+    }
+
+    /// True the first time `what` is set up on this instance (the agent function runs again
+    /// after a failure; what it installed, such as feeds, stays).
+    pub(crate) fn first_setup(&self, what: &str) -> bool {
+        self.setups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(what.to_owned())
     }
 
     /// Whether a table is built from one of the agent's topics.

@@ -28,6 +28,9 @@ pub(crate) struct Position {
     pub(crate) assignment: AtomicU64,
     /// The worker's clock.
     pub(crate) clock: Clock,
+    /// A record of a table's topic is being applied to its table (the only writes a table
+    /// built from a topic takes).
+    pub(crate) feeding: std::sync::atomic::AtomicBool,
 }
 
 impl Position {
@@ -40,6 +43,7 @@ impl Position {
             owned: Mutex::new(Vec::new()),
             assignment: AtomicU64::new(0),
             clock,
+            feeding: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

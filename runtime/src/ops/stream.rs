@@ -15,6 +15,7 @@ use crate::base::record::Record;
 use crate::instance::context::{self, InstanceState};
 use crate::instance::record_loop::RecordLoop;
 use crate::instance::record_loop::setup::RekeyTarget;
+use crate::instance::table::global::GlobalTable;
 use crate::ops::punctuate::{Punctuation, PunctuationTime, Punctuator};
 
 pub(crate) type Step<T> = Box<dyn FnMut(&RawRecord) -> Option<T> + Send>;
@@ -402,23 +403,65 @@ impl<T: Send + 'static> Stream<T> {
     }
 
     /// Transforms each record.
-    pub fn map<U: Send + 'static>(
-        mut self,
-        mut f: impl FnMut(T) -> U + Send + 'static,
-    ) -> Stream<U> {
-        let mut step = self.take_step();
-        Stream {
-            core: self.take_core(),
-            step: Box::new(move |raw| step(raw).map(&mut f)),
-            codec: self.codec,
-            time: None,
-            topic: self.topic.clone(),
-            mapped: true,
-            echo: self.echo.clone(),
-            echoing: None,
-            punctuators: std::mem::take(&mut self.punctuators),
-            max_event_ms: self.max_event_ms,
-        }
+    pub fn map<U: Send + 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
+        self.mapped_with(move |mut step| Box::new(move |raw| step(raw).map(&mut f)))
+    }
+
+    /// Joins each record with the value a [`GlobalTable`] holds under a key taken from the
+    /// record: a foreign-key stream-table join (Kafka Streams' `KStream#leftJoin(GlobalKTable,
+    /// keySelector, joiner)`). The table's topic is keyed and partitioned by its own key, not
+    /// the stream's: every worker holds all of it. `None` when the table has no such key. A
+    /// lookup that fails (a stored value that no longer decodes) sends the record to the
+    /// agent's failure policy.
+    pub fn left_join_global<K, V>(
+        self,
+        table: &GlobalTable<K, V>,
+        mut key: impl FnMut(&T) -> K + Send + 'static,
+    ) -> Stream<(T, Option<V>)>
+    where
+        K: KeyBytes + 'static,
+        V: Record,
+    {
+        let table = table.clone();
+        let shared = self.core.shared.clone();
+        self.mapped_with(move |mut step| {
+            Box::new(move |raw| {
+                let value = step(raw)?;
+                match table.get(&key(&value)) {
+                    Ok(found) => Some((value, found)),
+                    Err(e) => {
+                        let message = format!(
+                            "looking the record up in global table `{}`: {e}",
+                            table.topic()
+                        );
+                        shared.record_failed(
+                            raw,
+                            Failure {
+                                kind: FailureKind::Error,
+                                message,
+                            },
+                        );
+                        None
+                    }
+                }
+            })
+        })
+    }
+
+    /// Like [`Stream::left_join_global`], keeping only the records whose key the table holds
+    /// (an inner join).
+    pub fn join_global<K, V>(
+        self,
+        table: &GlobalTable<K, V>,
+        key: impl FnMut(&T) -> K + Send + 'static,
+    ) -> Stream<(T, V)>
+    where
+        K: KeyBytes + 'static,
+        V: Record,
+    {
+        self.left_join_global(table, key).mapped_with(|mut step| {
+            Box::new(move |raw| step(raw).and_then(|(value, found)| Some((value, found?))))
+        })
     }
 
     /// Copies every record that reaches this point of the stream to each of `topics`, as it
@@ -487,23 +530,13 @@ impl<T: Send + 'static> Stream<T> {
     }
 
     /// Yields each record with its metadata (topic, partition, offset, key, timestamp, headers).
-    pub fn events(mut self) -> Stream<Event<T>> {
-        let mut step = self.take_step();
-        Stream {
-            core: self.take_core(),
-            codec: self.codec,
-            time: None,
-            topic: self.topic.clone(),
-            mapped: true,
-            echo: self.echo.clone(),
-            echoing: None,
-            punctuators: std::mem::take(&mut self.punctuators),
-            max_event_ms: self.max_event_ms,
-            step: Box::new(move |raw| {
+    pub fn events(self) -> Stream<Event<T>> {
+        self.mapped_with(|mut step| {
+            Box::new(move |raw| {
                 let meta = Metadata::of(raw);
                 step(raw).map(|value| Event { value, meta })
-            }),
-        }
+            })
+        })
     }
 }
 
@@ -533,22 +566,30 @@ impl<T> Stream<T> {
         }
     }
 
-    /// A stream of `U` over this stream's core, reading with `step` (made from this stream's
-    /// step); the result reads every topic of the core.
-    pub(crate) fn restep<U>(mut self, step: impl FnOnce(Step<T>) -> Step<U>) -> Stream<U> {
-        let inner = self.take_step();
+    /// The same stream (same topic) with its items made by `wrap(step)` from the records: no
+    /// longer the topic's records (`mapped`).
+    fn mapped_with<U>(mut self, wrap: impl FnOnce(Step<T>) -> Step<U>) -> Stream<U> {
+        let step = self.take_step();
         Stream {
             core: self.take_core(),
-            step: step(inner),
+            step: wrap(step),
             codec: self.codec,
             time: None,
-            topic: None,
+            topic: self.topic.clone(),
             mapped: true,
             echo: self.echo.clone(),
             echoing: None,
             punctuators: std::mem::take(&mut self.punctuators),
             max_event_ms: self.max_event_ms,
         }
+    }
+
+    /// A stream of `U` over this stream's core, reading with `step` (made from this stream's
+    /// step); the result reads every topic of the core.
+    pub(crate) fn restep<U>(self, step: impl FnOnce(Step<T>) -> Step<U>) -> Stream<U> {
+        let mut stream = self.mapped_with(step);
+        stream.topic = None;
+        stream
     }
 
     /// Moves the core out (to a new stream), leaving a husk that is not parked on drop.
@@ -687,7 +728,10 @@ impl<T> futures::Stream for Stream<T> {
                     {
                         // A record of a table's topic (`AgentSpec::table_of`): it updates the
                         // table; the agent never sees it.
-                        if let Err(e) = feed(raw) {
+                        shared.position.feeding.store(true, Ordering::Relaxed);
+                        let fed = feed(raw);
+                        shared.position.feeding.store(false, Ordering::Relaxed);
+                        if let Err(e) = fed {
                             shared.record_failed(
                                 raw,
                                 Failure {

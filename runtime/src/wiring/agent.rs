@@ -27,7 +27,8 @@ use crate::base::error::{Error, Result};
 use crate::base::record::Record;
 use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::RecordLoop;
-use crate::instance::table::{GlobalTable, Table, TableSpec};
+use crate::instance::table::joined::TableJoinSpec;
+use crate::instance::table::{GlobalTable, Joined, Table, TableJoin, TableSpec};
 use crate::ops::stream::{Sink, Stream};
 
 pub(crate) type RunFn = Arc<dyn Fn(AgentContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
@@ -48,6 +49,8 @@ pub struct AgentSpec {
     pub(crate) co_partitioned: bool,
     /// Tables built from topics (`table_of`), by topic (the table's name too).
     pub(crate) table_feeds: Vec<String>,
+    /// Table-table joins (`table_join`) over tables built from topics.
+    pub(crate) table_joins: Vec<TableJoinSpec>,
     pub(crate) offset_reset: Option<crate::base::config::OffsetReset>,
     pub(crate) run: Option<RunFn>,
 }
@@ -68,6 +71,7 @@ impl AgentSpec {
             dead_letter: None,
             co_partitioned: false,
             table_feeds: Vec::new(),
+            table_joins: Vec::new(),
             offset_reset: None,
             run: None,
         }
@@ -161,6 +165,36 @@ impl AgentSpec {
         self.co_partitioned = true;
         self.table_feeds.push(topic.to_owned());
         self
+    }
+
+    /// Declares the table `name` joining two tables built from topics (`table_of`; Kafka
+    /// Streams' `KTable#join`/`leftJoin`/`outerJoin`): its value for a key is a
+    /// [`Joined`](crate::table::Joined) of the `left` and `right` tables' values, updated in
+    /// the same step as either side; a key the `kind` does not keep is removed. Take it with
+    /// `AgentContext::table_join` (`#[agent(tables(profile = table_join("customers",
+    /// "addresses", "left")))]`).
+    pub fn table_join(mut self, name: &str, left: &str, right: &str, kind: TableJoin) -> Self {
+        self.tables.push(TableSpec {
+            name: name.to_owned(),
+        });
+        self.table_joins.push(TableJoinSpec {
+            name: name.to_owned(),
+            left: left.to_owned(),
+            right: right.to_owned(),
+            kind,
+        });
+        self
+    }
+
+    /// The topic table `name` of this agent is restored from: the topic a table built from a
+    /// topic follows (its changelog, as Kafka Streams' source-topic optimisation), else
+    /// `<app>-<table>-changelog`.
+    pub fn changelog_of(&self, app_id: &str, name: &str) -> String {
+        if self.table_feeds.iter().any(|t| t == name) {
+            name.to_owned()
+        } else {
+            crate::instance::table::changelog_topic(app_id, name)
+        }
     }
 
     /// Declares a global table over `topic` the agent reads (`AgentContext::global_table`).
@@ -262,6 +296,8 @@ pub struct AgentContext {
     pub(crate) policy: Arc<crate::base::failure::Policy>,
     pub(crate) requests: crate::wiring::asking::Requests,
     pub(crate) table_feeds: Vec<String>,
+    /// Table-table joins (`table_join`) over tables built from topics.
+    pub(crate) table_joins: Vec<TableJoinSpec>,
 }
 
 impl AgentContext {
@@ -283,6 +319,7 @@ impl AgentContext {
             policy: self.policy.clone(),
             requests: self.requests.clone(),
             table_feeds: self.table_feeds.clone(),
+            table_joins: self.table_joins.clone(),
         }
     }
 
@@ -362,6 +399,10 @@ impl AgentContext {
             ));
         }
         let table = self.table::<K, V>(topic)?;
+        if self.shared.feed_of(topic).is_some() {
+            // Fed already (an earlier call, or a table join over it, whose feed stays).
+            return Ok(table);
+        }
         let codec = self
             .sources
             .iter()
@@ -388,7 +429,56 @@ impl AgentContext {
             }
         });
         self.shared.feed(topic, feed);
+        let _ = table.def().decoder.set(source_decoder::<K, V>(codec));
         Ok(table)
+    }
+
+    /// The table-table join `name` (`AgentSpec::table_join`): from now on a record of either
+    /// side's topic updates that side's table, then the key's [`Joined`] value (or removes it
+    /// when the join's kind does not keep the key).
+    pub fn table_join<K, L, R>(&self, name: &str) -> Result<Table<K, Joined<L, R>>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned + crate::base::codec::KeyBytes + 'static,
+        L: Record + Default + Clone + 'static,
+        R: Record + Default + Clone + 'static,
+    {
+        let spec = self
+            .table_joins
+            .iter()
+            .find(|j| j.name == name)
+            .ok_or_else(|| Error::agent(&self.agent, format!("no table join `{name}`; declare it with `tables({name} = table_join(\"left\", \"right\", \"inner\"))` or `AgentSpec::table_join`")))?
+            .clone();
+        let left = self.table_of::<K, L>(&spec.left)?;
+        let right = self.table_of::<K, R>(&spec.right)?;
+        let joined = self.table::<K, Joined<L, R>>(name)?;
+        if !self.shared.first_setup(&format!("table_join {name}")) {
+            // Set up by an earlier call of the agent function: its feeds stay.
+            return Ok(joined);
+        }
+        for side in [&spec.left, &spec.right] {
+            let Some(fed) = self.shared.feed_of(side) else {
+                continue;
+            };
+            let (left, right, out, kind) = (left.clone(), right.clone(), joined.clone(), spec.kind);
+            let feed: crate::instance::context::TableFeed = Arc::new(move |raw| {
+                fed(raw)?;
+                let Some(key_bytes) = raw.key.as_deref() else {
+                    return Ok(());
+                };
+                let key: K = key_from_bytes(key_bytes).map_err(|e| out.error(e))?;
+                let value = Joined {
+                    left: left.get(&key)?,
+                    right: right.get(&key)?,
+                };
+                if kind.keeps(value.left.is_some(), value.right.is_some()) {
+                    out.insert(key, value)
+                } else {
+                    out.remove(&key).map(|_| ())
+                }
+            });
+            self.shared.feed(side, feed);
+        }
+        Ok(joined)
     }
 
     /// A global table the agent declared (`global_tables(users = "user_profiles")`).
@@ -435,6 +525,23 @@ impl Drop for AgentContext {
             core.park();
         }
     }
+}
+
+/// How recovery applies a record of a table's topic (the feed's decoding, to stored JSON).
+fn source_decoder<K, V>(codec: crate::base::codec::Codec) -> crate::instance::table::SourceDecoder
+where
+    K: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    V: Record + 'static,
+{
+    Arc::new(move |raw| {
+        let key: K = key_from_bytes(raw.key.as_deref()?).ok()?;
+        let stored_key = serde_json::to_vec(&key).ok()?;
+        let value = match raw.value.as_deref() {
+            None => None,
+            Some(bytes) => Some(serde_json::to_vec(&V::decode(bytes, codec).ok()?).ok()?),
+        };
+        Some((stored_key, value))
+    })
 }
 
 /// A table key from a topic's key bytes: JSON for keys that are not strings, else the bytes as

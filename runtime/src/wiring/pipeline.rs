@@ -423,14 +423,7 @@ impl AgentSetup for AgentPipeline {
             let store = self.store.open()?;
             let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             let def = windows.entry(table.clone()).or_insert_with(|| {
-                Arc::new(TableDef {
-                    name: Arc::from(table.as_str()),
-                    changelog: Arc::from(changelog.as_str()),
-                    source_partitions: self.source_partitions,
-                    store,
-                    metas: Mutex::new(HashMap::new()),
-                    key_parser: std::sync::OnceLock::new(),
-                })
+                TableDef::new(&table, &changelog, false, self.source_partitions, store)
             });
             Ok(def.clone())
         })

@@ -148,7 +148,7 @@ impl Topology {
                     &table.name,
                     TableKind::Table,
                     Some(spec.name()),
-                    &crate::instance::table::changelog_topic(app_id, &table.name),
+                    &spec.changelog_of(app_id, &table.name),
                 );
             }
             for g in &spec.global_tables {

@@ -120,6 +120,15 @@ pub struct GlobalTable<K, V> {
     _types: PhantomData<fn(K) -> V>,
 }
 
+impl<K, V> Clone for GlobalTable<K, V> {
+    fn clone(&self) -> Self {
+        GlobalTable {
+            def: self.def.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
 impl<K: KeyBytes, V: Record> GlobalTable<K, V> {
     pub(crate) fn new(def: Arc<GlobalDef>) -> Self {
         GlobalTable {

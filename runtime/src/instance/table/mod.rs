@@ -10,6 +10,7 @@
 //! changelog offsets in one LMDB transaction.
 
 pub(crate) mod global;
+pub(crate) mod joined;
 pub(crate) mod recovery;
 pub(crate) mod scan;
 
@@ -29,6 +30,7 @@ use crate::base::partitioner::partition_for_key;
 use crate::instance::position::Position;
 use crate::io::store::{Overlay, PartitionMeta, PartitionWrites, Puts, TableStore};
 pub use global::GlobalTable;
+pub use joined::{Joined, TableJoin};
 pub use scan::Entries;
 use scan::{RawEntries, ScanScope};
 
@@ -37,7 +39,17 @@ pub use crate::base::spec::TableSpec;
 /// One table of one agent, shared by the agent's fetcher (recovery) and instances.
 pub(crate) struct TableDef {
     pub(crate) name: Arc<str>,
+    /// The topic the table is restored from: `<app>-<table>-changelog`, or for a table built
+    /// from a topic (`sourced`) that topic itself.
     pub(crate) changelog: Arc<str>,
+    /// Built from its topic (`AgentSpec::table_of`, Kafka Streams' source-topic changelog):
+    /// commit steps write no changelog records, recovery reads the topic through `decoder`,
+    /// and only that topic's records change the table.
+    pub(crate) sourced: bool,
+    /// Turns a record of a sourced table's topic into its stored key and value (`None`: the
+    /// record does not apply; it went to the failure policy when first read). Set when the
+    /// agent takes the table (`AgentContext::table_of`), which knows the types and codec.
+    pub(crate) decoder: std::sync::OnceLock<SourceDecoder>,
     pub(crate) source_partitions: i32,
     pub(crate) store: Arc<TableStore>,
     /// Where each local partition stands, kept current by recovery and commits.
@@ -48,6 +60,11 @@ pub(crate) struct TableDef {
     pub(crate) key_parser: std::sync::OnceLock<KeyParser>,
 }
 
+/// See [`TableDef::decoder`].
+pub(crate) type SourceDecoder = Arc<
+    dyn Fn(&crate::base::message::RawRecord) -> Option<(Vec<u8>, Option<Vec<u8>>)> + Send + Sync,
+>;
+
 /// See [`TableDef::key_parser`].
 pub(crate) type KeyParser =
     Arc<dyn Fn(&str) -> std::result::Result<(i32, Vec<u8>), String> + Send + Sync>;
@@ -57,6 +74,26 @@ pub(crate) fn changelog_topic(app_id: &str, table: &str) -> String {
 }
 
 impl TableDef {
+    /// A table restored from `changelog`; `sourced` when that is the topic it is built from.
+    pub(crate) fn new(
+        name: &str,
+        changelog: &str,
+        sourced: bool,
+        source_partitions: i32,
+        store: Arc<TableStore>,
+    ) -> Arc<Self> {
+        Arc::new(TableDef {
+            name: Arc::from(name),
+            changelog: Arc::from(changelog),
+            sourced,
+            decoder: std::sync::OnceLock::new(),
+            source_partitions,
+            store,
+            metas: Mutex::new(HashMap::new()),
+            key_parser: std::sync::OnceLock::new(),
+        })
+    }
+
     pub(crate) fn meta(&self, partition: i32) -> PartitionMeta {
         self.metas
             .lock()
@@ -144,17 +181,22 @@ impl TableCore {
     pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Arc<Overlay>) {
         let writes = std::mem::take(&mut *self.overlay());
         let now = now_millis();
-        let records = writes
-            .iter()
-            .map(|((partition, key), value)| OutRecord {
-                topic: self.def.changelog.clone(),
-                partition: Some(*partition),
-                key: Some(key.clone()),
-                value: value.clone(),
-                timestamp: now,
-                headers: Headers::default(),
-            })
-            .collect();
+        let records = if self.def.sourced {
+            // Its topic is its changelog already.
+            Vec::new()
+        } else {
+            writes
+                .iter()
+                .map(|((partition, key), value)| OutRecord {
+                    topic: self.def.changelog.clone(),
+                    partition: Some(*partition),
+                    key: Some(key.clone()),
+                    value: value.clone(),
+                    timestamp: now,
+                    headers: Headers::default(),
+                })
+                .collect()
+        };
         let mut committing = self.committing();
         if committing.is_empty() {
             *committing = Arc::new(writes);
@@ -264,6 +306,10 @@ where
         self
     }
 
+    pub(crate) fn def(&self) -> &Arc<TableDef> {
+        &self.core.def
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.core.def.name
@@ -297,6 +343,12 @@ where
     /// Writes must stay in the partition of the record being processed (in a punctuator: in
     /// the partitions the instance owns).
     pub(crate) fn check_write(&self, key: &K, partition: i32) -> Result<()> {
+        if self.core.def.sourced && !self.position.feeding.load(Ordering::Relaxed) {
+            return Err(self.error(format!(
+                "it is built from topic `{}` and changes only through that topic's records; send the change to the topic",
+                self.core.def.changelog
+            )));
+        }
         let current = self.position.current_partition.load(Ordering::Relaxed);
         if current == crate::instance::position::PUNCTUATING
             && !self.position.owned_partitions().contains(&partition)
@@ -515,7 +567,14 @@ pub(crate) fn commit_writes(
                     meta.source.insert(topic.to_string(), *next);
                 }
             }
-            if let Some(next) = produced.get(&(def.changelog.clone(), partition)) {
+            if def.sourced {
+                if let Some((_, next)) = done
+                    .iter()
+                    .find(|((t, p), _)| *p == partition && **t == *def.changelog)
+                {
+                    meta.changelog = *next;
+                }
+            } else if let Some(next) = produced.get(&(def.changelog.clone(), partition)) {
                 meta.changelog = *next;
             }
             def.set_meta(partition, meta.clone());
@@ -535,16 +594,34 @@ mod tests {
     }
 
     #[test]
+    fn a_table_built_from_a_topic_changes_only_through_its_records_and_logs_nothing() -> Result<()>
+    {
+        let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
+        let def = TableDef::new("customers", "customers", true, 1, store);
+        let position = Arc::new(Position::new(Arc::from("a"), Default::default()));
+        let table: Table<String, u64> = Table::new(TableCore::new(def), position.clone());
+        let refused = table
+            .insert("k".into(), 1)
+            .expect_err("a write by the agent");
+        assert!(
+            refused.to_string().contains("built from topic `customers`"),
+            "{refused}"
+        );
+        position.feeding.store(true, Ordering::Relaxed);
+        table.insert("k".into(), 1)?;
+        let (records, writes) = table.core.take_writes();
+        assert!(
+            records.is_empty(),
+            "its topic is its changelog: {records:?}"
+        );
+        assert_eq!(writes.len(), 1);
+        Ok(())
+    }
+
+    #[test]
     fn a_commit_steps_writes_stay_readable_until_the_store_has_them() -> Result<()> {
         let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
-        let def = Arc::new(TableDef {
-            name: Arc::from("t"),
-            changelog: Arc::from("t-changelog"),
-            source_partitions: 1,
-            store: store.clone(),
-            metas: Mutex::new(HashMap::new()),
-            key_parser: std::sync::OnceLock::new(),
-        });
+        let def = TableDef::new("t", "t-changelog", false, 1, store.clone());
         let core = TableCore::new(def.clone());
         core.put(0, b"a".to_vec(), Some(b"1".to_vec()));
         core.put(0, b"b".to_vec(), Some(b"1".to_vec()));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::TableDef;
-use crate::base::error::Result;
+use crate::base::error::{Error, Result};
 use crate::base::message::RawRecord;
 use crate::io::store::{PartitionMeta, PartitionWrites, Puts};
 use crate::io::transport::{Log, Tp};
@@ -188,6 +188,10 @@ impl Recovery {
             if !standby() {
                 return Ok(replayed);
             }
+            if def.sourced && def.decoder.get().is_none() {
+                // No instance took the table yet; the next round follows it.
+                continue;
+            }
             let (low, high) = self.reader.watermarks(&def.changelog, partition)?;
             let mut meta = starting_point(def, partition, low, high)?;
             if meta.changelog >= high {
@@ -226,6 +230,10 @@ impl Recovery {
             &mut progress,
             &self.stats.restored,
         )?;
+        // A table built from a topic may now be ahead of the group's committed offset on it:
+        // the fetcher hands those records out again and the feed applies them again, which
+        // leaves the table as it is (the latest value per key) and lets tables derived from it
+        // (table joins) see them.
         // Offsets compacted away at the end of the changelog count as covered too.
         let rest = high - meta.changelog;
         if rest > 0 {
@@ -261,6 +269,18 @@ impl Recovery {
         counter: &std::sync::atomic::AtomicU64,
     ) -> Result<()> {
         let name = def.name.clone();
+        let decoder = match (def.sourced, def.decoder.get()) {
+            (false, _) => None,
+            (true, Some(decoder)) => Some(decoder.clone()),
+            (true, None) => {
+                return Err(Error::Agent {
+                    agent: String::new(),
+                    message: format!(
+                        "table `{name}` is built from its topic and was not taken before the stream was read; call `AgentContext::table_of(\"{name}\")` first"
+                    ),
+                });
+            }
+        };
         self.reader.read_range(
             &def.changelog,
             partition,
@@ -275,10 +295,14 @@ impl Recovery {
                 meta.changelog = last.offset + 1;
                 progress.done += batch.len() as i64;
                 counter.fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-                let puts = batch
-                    .into_iter()
-                    .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
-                    .collect();
+                let puts = match &decoder {
+                    // A table built from a topic: its records decoded as the feed does.
+                    Some(decode) => batch.iter().filter_map(|r| decode(r)).collect(),
+                    None => batch
+                        .into_iter()
+                        .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
+                        .collect(),
+                };
                 def.store.commit(vec![(
                     name.clone(),
                     partition,

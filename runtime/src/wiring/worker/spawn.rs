@@ -248,6 +248,7 @@ impl Worker {
                 policy: parts.policy.clone(),
                 requests: self.requests.clone(),
                 table_feeds: spec.table_feeds.clone(),
+                table_joins: spec.table_joins.clone(),
             };
             let name = spec.name().to_owned();
             let result = run_instance(parts.run.clone(), ctx, core);

@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicBool;
 use crate::base::config::Config;
 use crate::base::error::{Error, Result};
 use crate::base::spec::{Internal, TopicSpec};
+use crate::instance::table::TableDef;
 use crate::instance::table::global::{self, GlobalDef};
-use crate::instance::table::{TableDef, changelog_topic};
 use crate::io::transport::Log;
 use crate::wiring::agent::AgentSpec;
 use crate::wiring::store_cell::StoreCell;
@@ -73,26 +73,30 @@ impl TableSetup {
                         ),
                     ));
                 }
-                let changelog = changelog_topic(&config.app_id, &table.name);
-                let spec = TopicSpec::internal(
-                    &changelog,
-                    Internal::Changelog,
-                    Some(source_partitions),
-                    &format!("changelog of table `{}`", table.name),
-                );
-                transport
-                    .ensure_topics(std::slice::from_ref(&spec), source_partitions)
-                    .await?;
+                // A table built from a topic is restored from that topic (created with the
+                // agent's sources); every other table from a changelog of its own.
+                let sourced = agent.table_feeds.contains(&table.name);
+                let changelog = agent.changelog_of(&config.app_id, &table.name);
+                if !sourced {
+                    let spec = TopicSpec::internal(
+                        &changelog,
+                        Internal::Changelog,
+                        Some(source_partitions),
+                        &format!("changelog of table `{}`", table.name),
+                    );
+                    transport
+                        .ensure_topics(std::slice::from_ref(&spec), source_partitions)
+                        .await?;
+                }
                 defs.push((
                     agent.name().to_owned(),
-                    Arc::new(TableDef {
-                        name: Arc::from(table.name.as_str()),
-                        changelog: Arc::from(changelog.as_str()),
+                    TableDef::new(
+                        &table.name,
+                        &changelog,
+                        sourced,
                         source_partitions,
-                        store: store.clone(),
-                        metas: std::sync::Mutex::new(HashMap::new()),
-                        key_parser: std::sync::OnceLock::new(),
-                    }),
+                        store.clone(),
+                    ),
                 ));
             }
         }
