@@ -1,6 +1,7 @@
-//! The app's own web routes beside rill's (`/metrics`, `/status`, `/tables`): `GET
-//! /count/<page>` answers from the table an agent keeps, through a `TableReader`, behind the
-//! same bearer token (`RILL_WEB_TOKEN`) as rill's routes.
+//! The app's own web page beside rill's routes (`/metrics`, `/status`, `/tables`): `GET
+//! /count/<page>` (a `#[page]`, Faust's `@app.page`) answers from the table an agent keeps,
+//! through a `TableReader`, behind the same bearer token (`RILL_WEB_TOKEN`) as rill's routes.
+//! `App::routes(|tables| axum::Router)` does the same for a whole router.
 //!
 //! ```text
 //! cargo run --example user_page                  # then: curl localhost:6066/count/pricing
@@ -10,7 +11,7 @@
 
 use std::time::Duration;
 
-use rill::axum::{Json, Router, extract::Path, http::StatusCode, routing::get};
+use rill::axum::{Json, extract::Path, http::StatusCode};
 use rill::prelude::*;
 
 #[record]
@@ -27,28 +28,22 @@ async fn count_views(mut views: Stream<PageView>, totals: Table<String, u64>) ->
     Ok(())
 }
 
-/// `GET /count/<page>`: the committed count of `/<page>` on this worker, or why not.
-fn routes(tables: rill::Tables) -> Router {
-    let counts = tables
-        .reader::<String, u64>("page_counts")
-        .expect("count_views declares page_counts");
-    Router::new().route(
-        "/count/{page}",
-        get(move |Path(page): Path<String>| async move {
-            match counts.get(&format!("/{page}")) {
-                Ok(n) => Ok(Json(n.unwrap_or(0))),
-                // A page counted on another worker: its partition lives there.
-                Err(e) => Err((StatusCode::MISDIRECTED_REQUEST, e.to_string())),
-            }
-        }),
-    )
+/// `GET /count/<page>`: the committed count of `/<page>` on this worker, or why not. The
+/// `TableReader` is opened when the worker starts; `Path` is an ordinary axum extractor.
+#[page("/count/{page}", tables(counts = "page_counts"))]
+async fn count(
+    Path(page): Path<String>,
+    counts: TableReader<String, u64>,
+) -> Result<Json<u64>, (StatusCode, String)> {
+    match counts.get(&format!("/{page}")) {
+        Ok(n) => Ok(Json(n.unwrap_or(0))),
+        // A page counted on another worker: its partition lives there.
+        Err(e) => Err((StatusCode::MISDIRECTED_REQUEST, e.to_string())),
+    }
 }
 
 fn main() -> rill::Result<()> {
-    App::new("user_page")
-        .routes(routes)
-        .task(synthetic_views)
-        .main()
+    App::new("user_page").task(synthetic_views).main()
 }
 
 async fn synthetic_views(producer: Producer) -> rill::Result<()> {

@@ -74,14 +74,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub use rill_macros::{agent, crontab, record, timer, window_state};
+pub use rill_macros::{agent, crontab, page, record, timer, window_state};
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,
-    OutRecord, ProcessingGuarantee, Producer, RawRecord, RebalanceProtocol, Rebalances, Record,
-    Registration, Request, Requests, Result, Schedule, SetTable, Sink, Stream, Table, TableReader,
-    TableSpec, Tables, TestApp, TimerContext, TimerRegistration, TimerSpec, TimerStats, Topic,
-    TopicSpec, Worker, registered_agents, registered_timers,
+    OutRecord, PageRegistration, PageSpec, ProcessingGuarantee, Producer, RawRecord,
+    RebalanceProtocol, Rebalances, Record, Registration, Request, Requests, Result, Schedule,
+    SetTable, Sink, Stream, Table, TableReader, TableSpec, Tables, TestApp, TimerContext,
+    TimerRegistration, TimerSpec, TimerStats, Topic, TopicSpec, Worker, registered_agents,
+    registered_timers,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, Punctuation, WindowResult, WindowState,
@@ -98,7 +99,7 @@ pub mod prelude {
         App, Codec, Either, Emit, Event, GlobalTable, JoinStream, JoinWindow, KeyedStream,
         MergeState, OnError, Producer, Record, Request, Requests, Result, SetTable, Sink, Stream,
         Table, TableReader, TestApp, TimerContext, Topic, WindowResult, WindowState, WindowStream,
-        WindowedTable, agent, crontab, record, timer, window_state,
+        WindowedTable, agent, crontab, page, record, timer, window_state,
     };
 }
 

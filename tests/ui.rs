@@ -1,5 +1,5 @@
-//! Compile-time behaviour of `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]` and
-//! `#[crontab]`: every supported form compiles, every
+//! Compile-time behaviour of `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]`,
+//! `#[crontab]` and `#[page]`: every supported form compiles, every
 //! misuse is an error pointing at the culprit (the `.stderr` files are the expected messages).
 
 #[test]
@@ -13,4 +13,5 @@ fn ui() {
     t.compile_fail("tests/ui/window_state/fail/*.rs");
     t.pass("tests/ui/timer/pass/*.rs");
     t.compile_fail("tests/ui/timer/fail/*.rs");
+    t.compile_fail("tests/ui/page/fail/*.rs");
 }

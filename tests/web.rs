@@ -1,5 +1,5 @@
 //! The worker's web server, over real HTTP: health, readiness, topology, table queries, the
-//! bearer token, a taken port, `/metrics` checked by Prometheus's own `promtool`, and the status
+//! app's routes and `#[page]`s, the bearer token, a taken port, `/metrics` checked by Prometheus's own `promtool`, and the status
 //! page rendered by headless Chromium.
 //!
 //! `promtool` (Debian package `prometheus`) and `chromium` are skipped with a notice when
@@ -484,6 +484,73 @@ async fn a_route_rill_serves_is_refused_at_start() {
     assert!(
         err.contains("App::routes") && err.contains("/metrics"),
         "the error names the setting and rill's routes: {err}"
+    );
+}
+
+/// `GET /page/{url}`: a `#[page]` reading `web_totals` through a `TableReader`.
+#[page("/page/{url}", tables(totals = "web_totals"))]
+async fn page_count(
+    axum::extract::Path(url): axum::extract::Path<String>,
+    totals: TableReader<String, u64>,
+) -> axum::Json<Option<u64>> {
+    axum::Json(totals.get(&format!("/{url}")).ok().flatten())
+}
+
+#[page("/page/{url}", method = "post")]
+async fn echo_url(axum::extract::Path(url): axum::extract::Path<String>) -> String {
+    url
+}
+
+#[page("/missing")]
+async fn missing(nope: TableReader<String, u64>) -> String {
+    format!("{}", nope.get(&String::new()).is_ok())
+}
+
+async fn start_with_pages(pages: Vec<rill::PageSpec>) -> rill::Result<Worker> {
+    App::new("web_pages")
+        .memory()
+        .agents([count_views::agent()])
+        .pages(pages)
+        .configure(|c| {
+            c.web_port = Some(0);
+            c.web_token = Some("s3cret".into());
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn pages_are_served_with_their_table_readers_behind_the_token() -> rill::Result<()> {
+    let worker = start_with_pages(vec![page_count::page(), echo_url::page()]).await?;
+    let addr = worker.web_addr().expect("web server");
+    send_views(&worker, &["/a", "/a", "/b"]).await?;
+    let a = get_until(addr, "/page/a", Some("s3cret"), |r| r.body.contains('2')).await;
+    assert_eq!((a.status, a.json()), (200, serde_json::json!(2)));
+    let c = get(addr, "/page/c", Some("s3cret")).await;
+    assert_eq!(c.json(), serde_json::json!(null));
+    assert_eq!(get(addr, "/page/a", None).await.status, 401);
+    worker.shutdown().await
+}
+
+#[tokio::test]
+async fn a_page_over_a_missing_table_or_on_a_taken_path_stops_the_start() {
+    let err = start_with_pages(vec![missing::page()])
+        .await
+        .err()
+        .expect("a missing table stops the start")
+        .to_string();
+    assert!(
+        err.contains("page `missing`") && err.contains("`nope`"),
+        "{err}"
+    );
+    let err = start_with_pages(vec![page_count::page(), page_count::page()])
+        .await
+        .err()
+        .expect("two pages on one path")
+        .to_string();
+    assert!(
+        err.contains("/page/{url}") && err.contains("served by page `page_count`"),
+        "{err}"
     );
 }
 

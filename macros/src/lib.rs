@@ -1,5 +1,5 @@
-//! Procedural macros of rill: `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]` and
-//! `#[crontab]`.
+//! Procedural macros of rill: `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]`,
+//! `#[crontab]` and `#[page]`.
 //!
 //! All are thin: they generate implementations of public runtime items (`rill::Record`,
 //! `rill::AgentSpec`) that could be written by hand, and report mistakes as compile errors with
@@ -11,6 +11,7 @@ extern crate proc_macro;
 mod agent;
 mod attr;
 mod ctxt;
+mod page;
 mod record;
 mod registration;
 mod timer;
@@ -119,4 +120,21 @@ pub fn timer(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn crontab(args: TokenStream, input: TokenStream) -> TokenStream {
     timer::expand_timer(timer::Kind::Crontab, args.into(), input.into()).into()
+}
+
+/// Serves an async axum handler at a path of the worker's web server (Faust's `@app.page`),
+/// behind the worker's bearer token; registered with the app automatically.
+///
+/// ```ignore
+/// #[page("/count/{url}")]                        // method = "post" | "put" | "patch" | "delete"
+/// async fn count(Path(url): Path<String>, url_view_totals: TableReader<String, u64>) -> Json<u64> {
+///     Json(url_view_totals.get(&url).ok().flatten().unwrap_or(0))
+/// }
+/// ```
+///
+/// A `TableReader<K, V>` parameter reads the table of its name (or `tables(binding =
+/// "table")`), opened when the worker starts; every other parameter is an axum extractor.
+#[proc_macro_attribute]
+pub fn page(args: TokenStream, input: TokenStream) -> TokenStream {
+    page::expand_page(args.into(), input.into()).into()
 }

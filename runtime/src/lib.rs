@@ -25,7 +25,7 @@ pub use base::{
 pub use entry::{app, testing};
 pub use instance::table;
 pub use ops::{join, stream, topic, window};
-pub use wiring::{agent, producer, reader, timer, topology, worker};
+pub use wiring::{agent, page, producer, reader, timer, topology, worker};
 
 pub use agent::{AgentContext, AgentResult, AgentSpec, Registration, registered_agents};
 pub use app::App;
@@ -41,6 +41,7 @@ pub use health::Health;
 pub use join::{Either, JoinStream, JoinWindow, Lookup};
 pub use message::{Bytes, Event, Headers, Metadata, OutRecord, RawRecord};
 pub use ops::punctuate::Punctuation;
+pub use page::{PageRegistration, PageSpec, registered_pages};
 pub use producer::Producer;
 pub use reader::{TableReader, Tables};
 pub use record::{Field, Record};

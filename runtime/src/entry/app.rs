@@ -14,6 +14,7 @@ use crate::io::transport;
 use crate::io::transport::channel::ChannelLog;
 use crate::ops::topic::Topic;
 use crate::wiring::agent::{AgentSpec, registered_agents};
+use crate::wiring::page::{PageSpec, registered_pages};
 use crate::wiring::producer::Producer;
 use crate::wiring::reader::Tables;
 use crate::wiring::timer::{TimerSpec, registered_timers};
@@ -32,6 +33,8 @@ pub struct App {
     pub(crate) agents: Option<Vec<AgentSpec>>,
     /// Chosen timers; `None`: the registered ones, unless agents were chosen.
     timers: Option<Vec<TimerSpec>>,
+    /// Chosen pages; `None`: the registered ones, unless agents were chosen.
+    pages: Option<Vec<PageSpec>>,
     pub(crate) topics: Vec<TopicSpec>,
     /// In-memory channels declared with `App::channel`.
     channels: Vec<String>,
@@ -47,6 +50,7 @@ impl App {
             broker: None,
             agents: None,
             timers: None,
+            pages: None,
             topics: Vec::new(),
             channels: Vec::new(),
             extras: Extras::default(),
@@ -61,6 +65,14 @@ impl App {
     /// only senders run in this app, so its records are not sent to the broker as a topic.
     pub fn channel<V: Record>(mut self, name: &str) -> Self {
         self.channels.push(name.to_owned());
+        self
+    }
+
+    /// Serves exactly these pages (`my_page::page()` for a `#[page]`, or a `PageSpec`)
+    /// instead of every registered one. An app that chooses its agents serves only the pages
+    /// it chooses.
+    pub fn pages(mut self, pages: impl IntoIterator<Item = PageSpec>) -> Self {
+        self.pages = Some(pages.into_iter().collect());
         self
     }
 
@@ -222,6 +234,11 @@ impl App {
             Some(timers) => timers,
             None if chose_agents => Vec::new(),
             None => registered_timers(),
+        };
+        self.extras.pages = match self.pages.take() {
+            Some(pages) => pages,
+            None if chose_agents => Vec::new(),
+            None => registered_pages(),
         };
         Worker::start(
             &config,

@@ -5,6 +5,7 @@ pub(crate) mod asking;
 pub(crate) mod dlq;
 pub(crate) mod observe;
 pub(crate) mod otlp_metrics;
+pub mod page;
 pub(crate) mod pipeline;
 pub mod producer;
 pub(crate) mod pump;

@@ -161,7 +161,7 @@ fn merge_user_routes(rill: Router, user: Router, shared: WebState) -> Result<Rou
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_default();
         Error::config(
-            "App::routes",
+            "App::routes or #[page]",
             format!("a route of the app overlaps one rill serves ({why}); rill serves /, /health, /ready, /metrics, /status, /topology*, /tables/* and /assets/*, so choose other paths"),
         )
     })

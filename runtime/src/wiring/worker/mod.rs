@@ -53,6 +53,8 @@ pub(crate) struct Extras {
     pub(crate) tasks: Vec<TaskFn>,
     /// `App::routes`.
     pub(crate) routes: Option<RoutesFn>,
+    /// `#[page]`s and `App::pages`.
+    pub(crate) pages: Vec<crate::wiring::page::PageSpec>,
     /// `#[timer]`s, `#[crontab]`s and `App::timer`s.
     pub(crate) timers: Vec<TimerSpec>,
 }
@@ -86,16 +88,24 @@ async fn start_web(
     transport: &Arc<dyn Log>,
     observer: &Arc<Observer>,
     routes: Option<RoutesFn>,
+    pages: &[crate::wiring::page::PageSpec],
 ) -> Result<Option<crate::wiring::web::WebServer>> {
     if config.web_port.is_none() {
-        if routes.is_some() {
+        if routes.is_some() || !pages.is_empty() {
             tracing::warn!(
-                "the app's routes (App::routes) are not served: the web server is off (--no-web)"
+                "the app's routes and pages (App::routes, #[page]) are not served: the web server is off (--no-web)"
             );
         }
         return Ok(None);
     }
-    let routes = routes.map(|build| build(Tables::new(observer.clone())));
+    let tables = Tables::new(observer.clone());
+    let routes = match (routes, pages.is_empty()) {
+        (None, true) => None,
+        (routes, _) => {
+            let base = routes.map_or_else(axum::Router::new, |build| build(tables.clone()));
+            Some(crate::wiring::page::merge(base, pages, &tables)?)
+        }
+    };
     let server = crate::wiring::web::serve(config, observer.clone(), routes).await?;
     let url = config
         .web_advertise
@@ -152,7 +162,7 @@ impl Worker {
         let observer = observer(config, &transport, &store, &agents, registry);
         // The web server is up before the consumers join their groups: they advertise its
         // address to the other workers, and `/health` answers during recovery.
-        let web = start_web(config, &transport, &observer, extras.routes).await?;
+        let web = start_web(config, &transport, &observer, extras.routes, &extras.pages).await?;
         let partitions = transport
             .ensure_topics(&all_topics, config.partitions)
             .await?;
