@@ -22,7 +22,44 @@ pub(super) fn expand_registration(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> T
         registration: quote!(::rill::Registration),
         used_by: "`App::agents` and the worker",
     };
-    crate::registration::register(item, &kind, &spec)
+    let registered = crate::registration::register(item, &kind, &spec);
+    let asking = asking(args, agent_fn);
+    quote!(#registered #asking)
+}
+
+/// `agent::ask(&requests, &value)` and `agent::cast(..)` for an agent reading one topic
+/// (Faust's `agent.ask`/`agent.cast`): the topic and value type come from the agent.
+fn asking(args: &AgentArgs, agent_fn: &AgentFn<'_>) -> TokenStream {
+    let (Some(topic), Some(ty)) = (&args.topic, agent_fn.first_stream_type()) else {
+        return quote!();
+    };
+    let name = &agent_fn.item.sig.ident;
+    let topic = topic.name_expr();
+    let ask_doc = format!(
+        "Asks `{name}`: sends `value` to its topic and waits for the value it replies with \
+         (`Request::reply`); `.timeout(..)` bounds the wait."
+    );
+    let cast_doc = format!("Sends `value` to `{name}`'s topic without waiting for a reply.");
+    quote! {
+        #[automatically_derived]
+        impl #name {
+            #[doc = #ask_doc]
+            pub fn ask<__RillReply>(
+                requests: &::rill::Requests,
+                value: &#ty,
+            ) -> ::rill::request::Ask<__RillReply>
+            where
+                __RillReply: ::rill::__private::serde::de::DeserializeOwned + ::core::marker::Send + 'static,
+            {
+                requests.ask(#topic, value)
+            }
+
+            #[doc = #cast_doc]
+            pub async fn cast(requests: &::rill::Requests, value: &#ty) -> ::rill::Result<()> {
+                requests.cast(#topic, value).await
+            }
+        }
+    }
 }
 
 /// The `AgentSpec` builder expression, or `None` if the function has no stream.
