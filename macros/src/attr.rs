@@ -129,3 +129,34 @@ pub(crate) fn parse_choice(
     }
     Ok(())
 }
+
+/// The table a `TableReader` parameter named `binding` reads: the one `tables(binding =
+/// "name")` gives, else the table of the parameter's own name (timers and pages).
+pub(crate) fn reader_table(
+    tables: &[(syn::Ident, syn::LitStr)],
+    binding: &syn::Ident,
+) -> syn::LitStr {
+    tables.iter().find(|(b, _)| b == binding).map_or_else(
+        || syn::LitStr::new(&binding.to_string(), binding.span()),
+        |(_, table)| table.clone(),
+    )
+}
+
+/// Every binding of `tables(...)` names a parameter of `item`.
+pub(crate) fn check_bindings_taken(
+    cx: &mut Ctxt,
+    item: &syn::ItemFn,
+    tables: &[(syn::Ident, syn::LitStr)],
+) {
+    for (binding, _) in tables {
+        let taken = item.sig.inputs.iter().any(|i| {
+            matches!(i, syn::FnArg::Typed(t) if matches!(&*t.pat, syn::Pat::Ident(p) if p.ident == *binding))
+        });
+        if !taken {
+            cx.error(
+                binding,
+                format!("no parameter `{binding}` takes this table"),
+            );
+        }
+    }
+}

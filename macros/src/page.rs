@@ -7,7 +7,10 @@ use proc_macro2::{TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 
-use crate::attr::{parse_arg_list, parse_bindings, parse_choice, parse_str, unknown_argument};
+use crate::attr::{
+    check_bindings_taken, parse_arg_list, parse_bindings, parse_choice, parse_str, reader_table,
+    unknown_argument,
+};
 use crate::ctxt::{Ctxt, with_errors};
 
 const PAGE_KEYS: &[&str] = &["method", "tables"];
@@ -125,27 +128,10 @@ fn params_of(cx: &mut Ctxt, item: &syn::ItemFn, args: &PageArgs) -> Vec<PagePara
             );
             continue;
         };
-        let table = args
-            .tables
-            .iter()
-            .find(|(b, _)| *b == binding.ident)
-            .map_or_else(
-                || syn::LitStr::new(&binding.ident.to_string(), binding.ident.span()),
-                |(_, t)| t.clone(),
-            );
+        let table = reader_table(&args.tables, &binding.ident);
         params.push(PageParam::Reader(table, (*typed.ty).clone()));
     }
-    for (binding, _) in &args.tables {
-        let taken = item.sig.inputs.iter().any(|i| {
-            matches!(i, syn::FnArg::Typed(t) if matches!(&*t.pat, syn::Pat::Ident(p) if p.ident == *binding))
-        });
-        if !taken {
-            cx.error(
-                binding,
-                format!("no parameter `{binding}` takes this table"),
-            );
-        }
-    }
+    check_bindings_taken(cx, item, &args.tables);
     params
 }
 

@@ -9,7 +9,8 @@ use quote::{quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 
 use crate::attr::{
-    parse_arg_list, parse_bindings, parse_choice, parse_str, set_once, unknown_argument,
+    check_bindings_taken, parse_arg_list, parse_bindings, parse_choice, parse_str, set_once,
+    unknown_argument,
 };
 use crate::ctxt::{Ctxt, with_errors};
 
@@ -311,11 +312,7 @@ fn params_of(cx: &mut Ctxt, kind: Kind, item: &syn::ItemFn, args: &TimerArgs) ->
             ),
         }
     }
-    for (binding, _) in &args.tables {
-        if !item.sig.inputs.iter().any(|i| matches!(i, syn::FnArg::Typed(t) if matches!(&*t.pat, syn::Pat::Ident(p) if p.ident == *binding))) {
-            cx.error(binding, format!("no parameter `{binding}` takes this table"));
-        }
-    }
+    check_bindings_taken(cx, item, &args.tables);
     params
 }
 
@@ -330,11 +327,7 @@ fn reader_table(
         cx.error(ty, "a `TableReader` parameter needs a plain name (the table's, or one bound in `tables(...)`)");
         return None;
     };
-    let named = args.tables.iter().find(|(b, _)| b == binding);
-    Some(match named {
-        Some((_, table)) => table.clone(),
-        None => syn::LitStr::new(&binding.to_string(), binding.span()),
-    })
+    Some(crate::attr::reader_table(&args.tables, binding))
 }
 
 fn generate(
