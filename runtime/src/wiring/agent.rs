@@ -439,8 +439,8 @@ impl AgentContext {
     pub fn table_join<K, L, R>(&self, name: &str) -> Result<Table<K, Joined<L, R>>>
     where
         K: serde::Serialize + serde::de::DeserializeOwned + crate::base::codec::KeyBytes + 'static,
-        L: Record + Default + Clone + 'static,
-        R: Record + Default + Clone + 'static,
+        L: Record + Default + 'static,
+        R: Record + Default + 'static,
     {
         let spec = self
             .table_joins
