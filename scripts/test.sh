@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: starts a real Apache Kafka broker (fetched from Maven Central on first
-# use and cached), runs every test of the workspace against it, and stops the broker.
+# The whole test suite: starts a real Apache Kafka broker and a real schema registry (both
+# fetched from Maven Central on first use and cached), runs every test of the workspace
+# against them, and stops them.
 #
 #   scripts/test.sh                 # everything, then the broker tests again on a broker
 #                                   # configured as Apache Kafka ships (kafka/broker.sh's
@@ -28,10 +29,18 @@ DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --te
 # (which deletes its data) first.
 bash kafka/broker.sh stop
 RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop
+bash registry/registry.sh stop
 line="$(bash kafka/broker.sh start)"
-trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop' EXIT
+trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop; bash registry/registry.sh stop' EXIT
 export RILL_TEST_KAFKA="${line#KAFKA_BOOTSTRAP=}"
 export RILL_REQUIRE_KAFKA=1
+# A real schema registry (Apicurio Registry, fetched from Maven Central and cached) and
+# Confluent's Python client for the wire-format cross-checks (a venv from PyPI, cached).
+line="$(bash registry/registry.sh start)"
+export RILL_TEST_SCHEMA_REGISTRY="${line#SCHEMA_REGISTRY_URL=}"
+export RILL_REQUIRE_REGISTRY=1
+line="$(bash registry/crosscheck.sh setup)"
+export RILL_TEST_CROSSCHECK_PYTHON="${line#CROSSCHECK_PYTHON=}"
 # In CI the web tests' tools (chromium, promtool; .ci/run installs them) must be there: a
 # missing one fails instead of skipping.
 if [ -n "${CI:-}" ]; then export RILL_REQUIRE_TOOLS=1; fi

@@ -90,7 +90,8 @@ pub use rill_runtime::{
 };
 pub use rill_runtime::{Either, Entries, JoinStream, JoinWindow, Joined, Lookup, TableJoin};
 pub use rill_runtime::{
-    axum, join, metrics, partitioner, request, telemetry, time, timer, topology, window,
+    axum, join, metrics, partitioner, request, schema_registry, telemetry, time, timer, topology,
+    window,
 };
 
 /// What most apps need: `use rill::prelude::*;`.

@@ -17,6 +17,15 @@ pub mod request {
     pub use crate::wiring::asking::{Ask, Requests};
 }
 
+/// Schema-registry records (the Confluent wire format): the registry client, the frame, and
+/// Avro encoding with schema resolution. The codecs that use them on topics are being built
+/// (see docs/decisions.md, "Schema registry").
+pub mod schema_registry {
+    pub use crate::base::avro;
+    pub use crate::base::wire::{self, FrameError, frame, unframe};
+    pub use crate::io::registry::{RegisteredSchema, SchemaRegistry, SchemaType};
+}
+
 // The public modules, where users find them; `ARCHITECTURE.md` maps the layers behind them.
 pub use base::{
     codec, config, error, failure, health, message, metrics, partitioner, record, schedule,

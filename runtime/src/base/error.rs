@@ -56,6 +56,14 @@ pub enum Error {
         /// What happened, and the likely cause.
         message: String,
     },
+    /// The schema registry refused a request or could not be reached.
+    #[error("schema registry, {subject}: {message}")]
+    Registry {
+        /// The subject (or schema id) the request was about.
+        subject: String,
+        /// What the registry said, and the likely fix.
+        message: String,
+    },
     /// A table could not be read (outside an agent: a `TableReader`).
     #[error("table `{table}`: {message}")]
     Table {
@@ -221,6 +229,13 @@ pub enum CodecError {
         /// What to use instead.
         hint: &'static str,
     },
+    /// Avro failed (a value that does not fit the schema, a writer schema the reader cannot
+    /// resolve, truncated bytes).
+    #[error("avro: {0}")]
+    Avro(String),
+    /// A schema-registry frame was expected and not found.
+    #[error("schema registry frame: {0}")]
+    Frame(#[from] crate::base::wire::FrameError),
 }
 
 /// `Result` with rill's [`Error`].

@@ -1,5 +1,6 @@
 //! Foundation: errors, codecs, records and messages, time and watermarks, metrics, configuration, failure policy, topic specs. It names nothing above it.
 
+pub mod avro;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -14,3 +15,4 @@ pub(crate) mod spec;
 pub mod telemetry;
 pub mod time;
 pub(crate) mod watermark;
+pub mod wire;

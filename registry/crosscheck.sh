@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The cross-check client's Python environment: `crosscheck.sh setup` creates (once) a venv
+# with Confluent's Python client and prints CROSSCHECK_PYTHON=<its python>; any other
+# arguments run registry/crosscheck.py with it.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${RILL_TEST_CROSSCHECK_VENV:-${HOME:-/tmp}/.cache/rill/crosscheck-venv}"
+log() { printf 'crosscheck.sh: %s\n' "$*" >&2; }
+setup() {
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafka, fastavro' 2>/dev/null; then
+    command -v python3 >/dev/null || { log "python3 is required (Debian: python3 python3-venv)"; exit 1; }
+    log "installing confluent-kafka and fastavro into $venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q "confluent-kafka[avro,schemaregistry]" fastavro >&2
+  fi
+  echo "CROSSCHECK_PYTHON=$venv/bin/python"
+}
+case "${1:-}" in
+  setup) setup ;;
+  *) line="$(setup)"; exec "${line#CROSSCHECK_PYTHON=}" "$here/crosscheck.py" "$@" ;;
+esac

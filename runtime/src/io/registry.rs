@@ -1,0 +1,415 @@
+//! A client of a Confluent-compatible schema registry (Confluent's, Apicurio's `ccompat` API,
+//! Karapace): register a subject's schema, look schemas up by id with a cache (records carry
+//! the id; no HTTP call per record), check compatibility, set a subject's compatibility rule.
+//! Outages are retried with backoff; refusals become [`Error::Registry`] naming the subject
+//! and what the registry said.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::base::error::{Error, Result};
+
+/// How a schema is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaType {
+    /// Avro (the registry's default).
+    Avro,
+    /// Protocol Buffers.
+    Protobuf,
+    /// JSON Schema.
+    Json,
+}
+
+impl SchemaType {
+    /// The registry's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaType::Avro => "AVRO",
+            SchemaType::Protobuf => "PROTOBUF",
+            SchemaType::Json => "JSON",
+        }
+    }
+
+    fn parse(name: Option<&str>) -> SchemaType {
+        match name {
+            Some("PROTOBUF") => SchemaType::Protobuf,
+            Some("JSON") => SchemaType::Json,
+            _ => SchemaType::Avro,
+        }
+    }
+}
+
+/// A schema the registry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredSchema {
+    /// Its global id (what framed records carry).
+    pub id: u32,
+    /// How it is written.
+    pub schema_type: SchemaType,
+    /// The schema text.
+    pub schema: String,
+}
+
+/// Attempts for a request the registry did not answer (connection refused, 5xx).
+const ATTEMPTS: u32 = 6;
+
+/// The client; cheap to clone, caches shared.
+#[derive(Clone)]
+pub struct SchemaRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: String,
+    http: reqwest::Client,
+    auth: Option<(String, String)>,
+    backoff: Duration,
+    by_id: Mutex<HashMap<u32, Arc<RegisteredSchema>>>,
+    registered: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl SchemaRegistry {
+    /// A client of the registry at `url` (e.g. `http://127.0.0.1:8081`, or Apicurio's
+    /// `http://host:8080/apis/ccompat/v7`).
+    pub fn new(url: &str) -> Result<Self> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::config(
+                "schema_registry",
+                format!("`{url}` is not an http:// or https:// URL of a schema registry"),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| {
+                Error::config("schema_registry", format!("building an HTTP client: {e}"))
+            })?;
+        Ok(SchemaRegistry {
+            inner: Arc::new(Inner {
+                base: url.trim_end_matches('/').to_owned(),
+                http,
+                auth: None,
+                backoff: Duration::from_millis(200),
+                by_id: Mutex::new(HashMap::new()),
+                registered: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Sends HTTP basic authentication (Confluent Cloud's API key and secret).
+    pub fn with_basic_auth(self, user: &str, password: &str) -> Self {
+        self.rebuilt(|inner| inner.auth = Some((user.to_owned(), password.to_owned())))
+    }
+
+    /// The first wait between attempts when the registry does not answer (doubled each time).
+    pub fn with_backoff(self, backoff: Duration) -> Self {
+        self.rebuilt(|inner| inner.backoff = backoff)
+    }
+
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            base: shared.base.clone(),
+            http: shared.http.clone(),
+            auth: shared.auth.clone(),
+            backoff: shared.backoff,
+            by_id: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashMap::new()),
+        });
+        change(&mut inner);
+        SchemaRegistry {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Registers `schema` under `subject` (or finds it there) and returns its id. A schema the
+    /// subject's compatibility rule refuses is an error naming the subject and the rule.
+    pub async fn register(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        schema: &str,
+    ) -> Result<u32> {
+        let key = (subject.to_owned(), schema.to_owned());
+        if let Some(id) = lock(&self.inner.registered).get(&key) {
+            return Ok(*id);
+        }
+        let body = schema_body(schema_type, schema);
+        let path = format!("/subjects/{}/versions", encode(subject));
+        let answer = self
+            .call(subject, reqwest::Method::POST, &path, Some(body))
+            .await?;
+        let id = id_of(&answer, subject)?;
+        lock(&self.inner.registered).insert(key, id);
+        self.remember(id, schema_type, schema);
+        Ok(id)
+    }
+
+    /// The schema with global id `id` (cached: asked once per id).
+    pub async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>> {
+        if let Some(found) = lock(&self.inner.by_id).get(&id) {
+            return Ok(found.clone());
+        }
+        let subject = format!("schema id {id}");
+        let answer = self
+            .call(
+                &subject,
+                reqwest::Method::GET,
+                &format!("/schemas/ids/{id}"),
+                None,
+            )
+            .await?;
+        let schema = answer["schema"].as_str().ok_or_else(|| Error::Registry {
+            subject: subject.clone(),
+            message: format!("the answer has no schema: {answer}"),
+        })?;
+        let schema_type = SchemaType::parse(answer["schemaType"].as_str());
+        Ok(self.remember(id, schema_type, schema))
+    }
+
+    /// The subject's latest version: its number and schema.
+    pub async fn latest(&self, subject: &str) -> Result<(u32, Arc<RegisteredSchema>)> {
+        let path = format!("/subjects/{}/versions/latest", encode(subject));
+        let answer = self
+            .call(subject, reqwest::Method::GET, &path, None)
+            .await?;
+        let version = answer["version"].as_u64().unwrap_or(0);
+        let id = id_of(&answer, subject)?;
+        let schema_type = SchemaType::parse(answer["schemaType"].as_str());
+        let schema = answer["schema"].as_str().unwrap_or_default();
+        let found = self.remember(id, schema_type, schema);
+        Ok((u32::try_from(version).unwrap_or(u32::MAX), found))
+    }
+
+    /// Whether `schema` may be registered under `subject` next, by the subject's compatibility
+    /// rule (true for a subject without versions).
+    pub async fn is_compatible(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        schema: &str,
+    ) -> Result<bool> {
+        let path = format!(
+            "/compatibility/subjects/{}/versions/latest",
+            encode(subject)
+        );
+        let body = schema_body(schema_type, schema);
+        match self
+            .call(subject, reqwest::Method::POST, &path, Some(body))
+            .await
+        {
+            Ok(answer) => Ok(answer["is_compatible"].as_bool().unwrap_or(false)),
+            // 40401: no such subject, 40402: no version yet: anything goes.
+            Err(Error::Registry { message, .. })
+                if message.contains("(40401)") || message.contains("(40402)") =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets `subject`'s compatibility rule (`BACKWARD`, `FORWARD`, `FULL`, their `_TRANSITIVE`
+    /// forms, or `NONE`).
+    pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<()> {
+        let path = format!("/config/{}", encode(subject));
+        let body = json!({ "compatibility": level });
+        self.call(subject, reqwest::Method::PUT, &path, Some(body))
+            .await
+            .map(|_| ())
+    }
+
+    fn remember(&self, id: u32, schema_type: SchemaType, schema: &str) -> Arc<RegisteredSchema> {
+        lock(&self.inner.by_id)
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(RegisteredSchema {
+                    id,
+                    schema_type,
+                    schema: schema.to_owned(),
+                })
+            })
+            .clone()
+    }
+
+    /// One request, retried with backoff while the registry does not answer or answers 5xx.
+    async fn call(
+        &self,
+        subject: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.inner.base);
+        let mut wait = self.inner.backoff;
+        let mut attempt = 1;
+        loop {
+            let outcome = self.send(&method, &url, body.as_ref()).await;
+            let retry = match &outcome {
+                Err(Failure::Unreachable(_)) => true,
+                Err(Failure::Answer(status, _)) => *status >= 500,
+                Ok(_) => false,
+            };
+            if !retry || attempt >= ATTEMPTS {
+                return outcome.map_err(|f| f.into_error(subject, &url, attempt));
+            }
+            tracing::warn!(
+                subject,
+                url,
+                attempt,
+                ?wait,
+                "the schema registry did not answer; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+            attempt += 1;
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<Value, Failure> {
+        let mut request = self.inner.http.request(method.clone(), url).header(
+            "Accept",
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
+        if let Some((user, password)) = &self.inner.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(Failure::Answer(status, value))
+        }
+    }
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("url", &self.inner.base)
+            .field("auth", &self.inner.auth.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong with one request.
+enum Failure {
+    Unreachable(String),
+    Answer(u16, Value),
+}
+
+impl Failure {
+    fn into_error(self, subject: &str, url: &str, attempts: u32) -> Error {
+        let message = match self {
+            Failure::Unreachable(e) => format!(
+                "no answer from {url} after {attempts} attempts ({e}); is the registry running, and is the URL (RILL_SCHEMA_REGISTRY_URL) right?"
+            ),
+            Failure::Answer(status, body) => {
+                let code = body["error_code"].as_i64().unwrap_or(i64::from(status));
+                let said = body["message"]
+                    .as_str()
+                    .map_or_else(|| body.to_string(), str::to_owned);
+                match status {
+                    401 | 403 => format!(
+                        "refused the credentials ({code}): {said}; check the registry's user and password"
+                    ),
+                    409 => format!(
+                        "the schema is incompatible with the subject's latest version under its compatibility rule ({code}): {said}"
+                    ),
+                    _ => format!("HTTP {status} ({code}): {said}"),
+                }
+            }
+        };
+        Error::Registry {
+            subject: subject.to_owned(),
+            message,
+        }
+    }
+}
+
+fn schema_body(schema_type: SchemaType, schema: &str) -> Value {
+    match schema_type {
+        // Avro is the default type; some registries refuse an explicit "AVRO" in old versions.
+        SchemaType::Avro => json!({ "schema": schema }),
+        other => json!({ "schema": schema, "schemaType": other.as_str() }),
+    }
+}
+
+fn id_of(answer: &Value, subject: &str) -> Result<u32> {
+    answer["id"]
+        .as_u64()
+        .and_then(|id| u32::try_from(id).ok())
+        .ok_or_else(|| Error::Registry {
+            subject: subject.to_owned(),
+            message: format!("the answer has no schema id: {answer}"),
+        })
+}
+
+/// A subject in a URL path (subjects may hold `.`, `-`, `:` and, with record naming, `$`).
+fn encode(subject: &str) -> String {
+    subject
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_escaped_in_paths_and_errors_name_the_fix() {
+        assert_eq!(encode("orders-value"), "orders-value");
+        assert_eq!(encode("a b/c$d"), "a%20b%2Fc%24d");
+        let refused = Failure::Answer(409, json!({"error_code": 409, "message": "field tier"}))
+            .into_error("orders-value", "http://r/subjects", 1)
+            .to_string();
+        assert!(
+            refused.contains("orders-value") && refused.contains("incompatible"),
+            "{refused}"
+        );
+        let down = Failure::Unreachable("connection refused".into())
+            .into_error("s", "http://r", 6)
+            .to_string();
+        assert!(
+            down.contains("RILL_SCHEMA_REGISTRY_URL") && down.contains("6 attempts"),
+            "{down}"
+        );
+        assert!(SchemaRegistry::new("localhost:8081").is_err());
+    }
+}
