@@ -74,7 +74,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub use rill_macros::{agent, crontab, page, record, timer, window_state};
+pub use rill_macros::{AvroSchema, agent, crontab, page, record, timer, window_state};
+/// A type's Avro schema (`#[derive(AvroSchema)]` implements it; the same name as the derive).
+pub use rill_runtime::schema_registry::AvroSchema;
 pub use rill_runtime::{
     AgentContext, AgentResult, AgentSpec, AgentStats, App, Broker, Bytes, Codec, CodecError,
     Config, Error, Event, EventTime, Field, GlobalTable, Headers, KeyBytes, Metadata, OffsetReset,

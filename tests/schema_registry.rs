@@ -2,13 +2,15 @@
 //! `scripts/test.sh`): the client registers, looks up by id and checks compatibility; Avro
 //! records framed in the Confluent wire format by rill are read by Confluent's own Python
 //! deserializer and the other way round; a record written with an older schema is read into a
-//! newer struct; an unreachable registry is an error naming the setting.
+//! newer struct; an unreachable registry is an error naming the setting; `#[derive(AvroSchema)]`
+//! gives a struct's schema, which the registry accepts and Confluent's client reads.
 
 mod common;
 
 use std::time::Duration;
 
 use common::registry::{crosscheck, registry_url};
+use rill::AvroSchema;
 use rill::schema_registry::{SchemaRegistry, SchemaType, avro, frame, unframe};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -176,6 +178,103 @@ async fn an_unreachable_registry_is_retried_then_named_with_the_setting() {
         err.contains("RILL_SCHEMA_REGISTRY_URL") && err.contains("attempts"),
         "{err}"
     );
+}
+
+/// A place, used twice in `Order`: defined once, then referred to by name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, AvroSchema)]
+struct Place {
+    city: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, AvroSchema)]
+struct Order {
+    id: i64,
+    #[serde(rename = "customer_name")]
+    customer: String,
+    note: Option<String>,
+    lines: Vec<u16>,
+    grams: u32,
+    from: Place,
+    to: Place,
+    #[serde(skip)]
+    local_only: bool,
+}
+
+#[test]
+fn derived_schemas_follow_serde_and_define_each_record_once() {
+    let schema: serde_json::Value = serde_json::from_str(&Order::avro_schema_json()).expect("json");
+    assert_eq!(
+        schema,
+        serde_json::json!({
+            "type": "record", "name": "Order", "namespace": "schema_registry",
+            "fields": [
+                { "name": "id", "type": "long" },
+                { "name": "customer_name", "type": "string" },
+                { "name": "note", "type": ["null", "string"], "default": null },
+                { "name": "lines", "type": { "type": "array", "items": "int" } },
+                { "name": "grams", "type": "long" },
+                { "name": "from", "type": { "type": "record", "name": "Place",
+                  "namespace": "schema_registry", "fields": [{ "name": "city", "type": "string" }] } },
+                { "name": "to", "type": "schema_registry.Place" },
+            ]
+        })
+    );
+    let parsed = Order::avro_schema().expect("a valid Avro schema");
+    let order = Order {
+        id: 5,
+        customer: "Ann".into(),
+        note: None,
+        lines: vec![1, 2],
+        grams: u32::MAX,
+        from: Place {
+            city: "Oslo".into(),
+        },
+        to: Place {
+            city: "Rome".into(),
+        },
+        local_only: false,
+    };
+    let back: Order = avro::decode(
+        &parsed,
+        &parsed,
+        &avro::encode(&parsed, &order).expect("encode"),
+    )
+    .expect("decode");
+    assert_eq!(back, order);
+}
+
+#[tokio::test]
+async fn a_derived_schema_is_registered_and_read_by_confluents_client() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let topic = format!("sr_dv_{}", common::run_id());
+    let json = Order::avro_schema_json();
+    let id = SchemaRegistry::new(&url)?
+        .register(&format!("{topic}-value"), SchemaType::Avro, &json)
+        .await?;
+    let order = Order {
+        id: 9,
+        customer: "Bob".into(),
+        note: Some("fragile".into()),
+        lines: vec![3],
+        grams: 250,
+        from: Place {
+            city: "Lima".into(),
+        },
+        to: Place {
+            city: "Quito".into(),
+        },
+        local_only: true,
+    };
+    let schema = Order::avro_schema().expect("schema");
+    let framed = frame(id, &avro::encode(&schema, &order).expect("encode"));
+    let read: serde_json::Value =
+        serde_json::from_str(&crosscheck(&url, &["decode", &topic, &hex(&framed)])).expect("json");
+    assert_eq!(read["value"]["customer_name"], "Bob");
+    assert_eq!(read["value"]["note"], "fragile");
+    assert_eq!(read["value"]["to"]["city"], "Quito");
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,5 +1,5 @@
 //! Compile-time behaviour of `#[record]`, `#[agent]`, `#[window_state]`, `#[timer]`,
-//! `#[crontab]` and `#[page]`: every supported form compiles, every
+//! `#[crontab]`, `#[page]` and `#[derive(AvroSchema)]`: every supported form compiles, every
 //! misuse is an error pointing at the culprit (the `.stderr` files are the expected messages).
 
 #[test]
@@ -14,4 +14,5 @@ fn ui() {
     t.pass("tests/ui/timer/pass/*.rs");
     t.compile_fail("tests/ui/timer/fail/*.rs");
     t.compile_fail("tests/ui/page/fail/*.rs");
+    t.compile_fail("tests/ui/avro/fail/*.rs");
 }

@@ -10,6 +10,7 @@ extern crate proc_macro;
 
 mod agent;
 mod attr;
+mod avro;
 mod ctxt;
 mod page;
 mod record;
@@ -137,4 +138,19 @@ pub fn crontab(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn page(args: TokenStream, input: TokenStream) -> TokenStream {
     page::expand_page(args.into(), input.into()).into()
+}
+
+/// The Avro record schema of a struct with named fields (`rill::schema_registry::AvroSchema`):
+/// named after the struct, in the namespace of its module path; each field's type gives its
+/// schema (`Option` fields default to null), serde's `rename` and `skip` are followed.
+///
+/// ```ignore
+/// #[record]
+/// #[derive(AvroSchema)]
+/// struct PageView { url: String, user: Option<String>, at_ms: i64 }
+/// let schema = PageView::avro_schema_json();   // for the registry, or `cargo run -- schema`
+/// ```
+#[proc_macro_derive(AvroSchema)]
+pub fn avro_schema(input: TokenStream) -> TokenStream {
+    avro::expand_avro_schema(input.into()).into()
 }

@@ -21,7 +21,7 @@ pub mod request {
 /// Avro encoding with schema resolution. The codecs that use them on topics are being built
 /// (see docs/decisions.md, "Schema registry").
 pub mod schema_registry {
-    pub use crate::base::avro;
+    pub use crate::base::avro::{self, AvroSchema};
     pub use crate::base::wire::{self, FrameError, frame, unframe};
     pub use crate::io::registry::{RegisteredSchema, SchemaRegistry, SchemaType};
 }
@@ -68,4 +68,5 @@ pub use worker::{Rebalances, Worker};
 pub mod __private {
     pub use inventory;
     pub use serde;
+    pub use serde_json;
 }

@@ -50,6 +50,97 @@ pub fn decode<T: DeserializeOwned>(
     apache_avro::from_value(&value).map_err(avro)
 }
 
+/// A Rust type's Avro schema: `#[derive(AvroSchema)]` on a struct (a record named after it, in
+/// the namespace of its module path), and these impls: `bool` (boolean), `i8`..`i32`, `u8`,
+/// `u16` (int), `i64`, `u32` (long), `f32` (float), `f64` (double), `String`, `char`
+/// (string), `Option<T>` (a union with null, default null), `Vec<T>` (array), `HashMap` and
+/// `BTreeMap` with `String` keys (map), `()` (null). The schema matches how serde writes the
+/// value, which is what [`encode`] writes. `u64` and `usize` have none: they do not fit Avro's
+/// long (apache-avro writes them as an 8-byte fixed no other language reads as a number).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no Avro schema",
+    note = "Avro types: boolean (bool), int (i8, i16, i32, u8, u16), long (i64, u32), float (f32), double (f64), string (String, char), Option, Vec, maps with String keys, and structs with `#[derive(AvroSchema)]`; use i64 for u64 and usize"
+)]
+pub trait AvroSchema {
+    /// The type's schema as JSON. A record already in `named` (by full name) is referred to
+    /// by its name: Avro defines each name once per schema.
+    fn avro_type(named: &mut std::collections::HashSet<String>) -> serde_json::Value;
+
+    /// The schema's JSON text.
+    fn avro_schema_json() -> String {
+        Self::avro_type(&mut std::collections::HashSet::new()).to_string()
+    }
+
+    /// The schema, parsed (and so checked).
+    fn avro_schema() -> Result<Schema, CodecError> {
+        parse(&Self::avro_schema_json())
+    }
+}
+
+macro_rules! primitive {
+    ($avro:literal: $($t:ty),*) => {$(
+        impl AvroSchema for $t {
+            fn avro_type(_: &mut std::collections::HashSet<String>) -> serde_json::Value {
+                serde_json::Value::String($avro.to_owned())
+            }
+        }
+    )*};
+}
+
+primitive!("boolean": bool);
+primitive!("int": i8, i16, i32, u8, u16);
+primitive!("long": i64, u32);
+primitive!("float": f32);
+primitive!("double": f64);
+primitive!("string": String, char);
+primitive!("null": ());
+
+impl<T: AvroSchema> AvroSchema for Option<T> {
+    fn avro_type(named: &mut std::collections::HashSet<String>) -> serde_json::Value {
+        serde_json::json!(["null", T::avro_type(named)])
+    }
+}
+
+impl<T: AvroSchema> AvroSchema for Vec<T> {
+    fn avro_type(named: &mut std::collections::HashSet<String>) -> serde_json::Value {
+        serde_json::json!({ "type": "array", "items": T::avro_type(named) })
+    }
+}
+
+impl<T: AvroSchema, S> AvroSchema for std::collections::HashMap<String, T, S> {
+    fn avro_type(named: &mut std::collections::HashSet<String>) -> serde_json::Value {
+        serde_json::json!({ "type": "map", "values": T::avro_type(named) })
+    }
+}
+
+impl<T: AvroSchema> AvroSchema for std::collections::BTreeMap<String, T> {
+    fn avro_type(named: &mut std::collections::HashSet<String>) -> serde_json::Value {
+        serde_json::json!({ "type": "map", "values": T::avro_type(named) })
+    }
+}
+
+/// The record schema `#[derive(AvroSchema)]` generates: `name` in the namespace of
+/// `module_path` (`::` become `.`), or its name when `named` has it already.
+#[doc(hidden)]
+pub fn record_type(
+    named: &mut std::collections::HashSet<String>,
+    module_path: &str,
+    name: &str,
+    fields: impl FnOnce(&mut std::collections::HashSet<String>) -> Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let namespace = module_path.replace("::", ".");
+    let full = format!("{namespace}.{name}");
+    if !named.insert(full.clone()) {
+        return serde_json::Value::String(full);
+    }
+    serde_json::json!({
+        "type": "record",
+        "name": name,
+        "namespace": namespace,
+        "fields": fields(named),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +163,28 @@ mod tests {
     const V2_SCHEMA: &str = r#"{"type":"record","name":"Customer","fields":[
         {"name":"id","type":"long"},{"name":"name","type":"string"},
         {"name":"tier","type":"string","default":"basic"}]}"#;
+
+    #[test]
+    fn primitive_and_container_types_map_to_avro() {
+        let mut named = std::collections::HashSet::new();
+        assert_eq!(u32::avro_type(&mut named), "long");
+        assert_eq!(
+            Option::<Vec<String>>::avro_type(&mut named),
+            serde_json::json!(["null", { "type": "array", "items": "string" }])
+        );
+        let map = std::collections::HashMap::<String, f64>::avro_type(&mut named);
+        assert_eq!(
+            map,
+            serde_json::json!({ "type": "map", "values": "double" })
+        );
+        let first = record_type(&mut named, "app::model", "Point", |_| vec![]);
+        assert_eq!(first["namespace"], "app.model");
+        assert_eq!(
+            record_type(&mut named, "app::model", "Point", |_| vec![]),
+            "app.model.Point",
+            "a name is defined once, then referred to"
+        );
+    }
 
     #[test]
     fn records_round_trip_and_resolve_between_older_and_newer_schemas() {
