@@ -136,7 +136,12 @@ impl ChannelLog {
         let channel = channel.clone();
         std::thread::Builder::new()
             .name(format!("rill-channel-{}", channel.name))
-            .spawn(move || pump(&channel, &rx, &router, &stop))
+            .spawn(move || {
+                pump(&channel, &rx, &router, &stop);
+                // Nobody reads it any more: senders (a last commit step at shutdown) must not
+                // wait for room.
+                channel.read.store(false, Ordering::Release);
+            })
             .map_err(|e| Error::io("spawning a channel thread", e))
     }
 }
