@@ -130,6 +130,23 @@ pub(crate) fn parse_choice(
     Ok(())
 }
 
+/// `tables(binding = "table_name", ...)` of `#[timer]` and `#[page]`: which table each
+/// `TableReader` parameter reads.
+pub(crate) fn parse_table_bindings(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    tables: &mut Vec<(syn::Ident, syn::LitStr)>,
+) -> syn::Result<()> {
+    parse_bindings(
+        cx,
+        meta,
+        tables,
+        "expected `binding = \"table_name\"`",
+        "table",
+        parse_str,
+    )
+}
+
 /// The table a `TableReader` parameter named `binding` reads: the one `tables(binding =
 /// "name")` gives, else the table of the parameter's own name (timers and pages).
 pub(crate) fn reader_table(

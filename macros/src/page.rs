@@ -8,7 +8,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 
 use crate::attr::{
-    check_bindings_taken, parse_arg_list, parse_bindings, parse_choice, parse_str, reader_table,
+    check_bindings_taken, parse_arg_list, parse_choice, parse_table_bindings, reader_table,
     unknown_argument,
 };
 use crate::ctxt::{Ctxt, with_errors};
@@ -86,14 +86,7 @@ impl PageArgs {
             Some("method") => {
                 parse_choice(cx, meta, &mut self.method, METHODS, "HTTP method", "page")?;
             }
-            Some("tables") => parse_bindings(
-                cx,
-                meta,
-                &mut self.tables,
-                "expected `binding = \"table_name\"`",
-                "table",
-                parse_str,
-            )?,
+            Some("tables") => parse_table_bindings(cx, meta, &mut self.tables)?,
             _ => unknown_argument(cx, meta, "page", PAGE_KEYS)?,
         }
         Ok(())

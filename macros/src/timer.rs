@@ -9,7 +9,7 @@ use quote::{quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 
 use crate::attr::{
-    check_bindings_taken, parse_arg_list, parse_bindings, parse_choice, parse_str, set_once,
+    check_bindings_taken, parse_arg_list, parse_choice, parse_str, parse_table_bindings, set_once,
     unknown_argument,
 };
 use crate::ctxt::{Ctxt, with_errors};
@@ -182,14 +182,7 @@ impl TimerArgs {
                 let n: syn::LitInt = meta.value()?.parse()?;
                 set_once(cx, &mut self.retry_backoff_ms, meta, n, owner);
             }
-            Some("tables") => parse_bindings(
-                cx,
-                meta,
-                &mut self.tables,
-                "expected `binding = \"table_name\"`",
-                "table",
-                parse_str,
-            )?,
+            Some("tables") => parse_table_bindings(cx, meta, &mut self.tables)?,
             _ => unknown_argument(cx, meta, owner, keys)?,
         }
         Ok(())
