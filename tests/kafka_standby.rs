@@ -216,8 +216,17 @@ async fn window_takeover(standby: usize, group_by: bool) -> rill::Result<u64> {
     // The source group's partitions, and the repartition group's after `group_by`.
     let all = if group_by { 8 } else { 4 };
     let owns = |w: &Worker| w.assignment("hourly").map_or(0, |a| a.len());
+    // The partitions whose window state a takeover moves: the repartition topic's after
+    // `group_by` (a worker may own source partitions and no state), the source's otherwise.
+    let stateful = |w: &Worker| {
+        w.assignment("hourly").map_or(0, |a| {
+            a.iter()
+                .filter(|(topic, _)| (topic != &input) == group_by)
+                .count()
+        })
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while owns(&a) + owns(&b) != all || owns(&a) == 0 || owns(&b) == 0 {
+    while owns(&a) + owns(&b) != all || stateful(&a) != 2 || stateful(&b) != 2 {
         assert!(tokio::time::Instant::now() < deadline, "no 2-2 assignment");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
