@@ -12,9 +12,9 @@ use syn::spanned::Spanned;
 use crate::attr::{expected_one_of, parse_arg_list, path_name, set_once, unknown_argument};
 use crate::ctxt::{Ctxt, with_errors};
 
-const RECORD_KEYS: &[&str] = &["codec"];
+const RECORD_KEYS: &[&str] = &["codec", "schema"];
 const FIELD_KEYS: &[&str] = &["key", "timestamp"];
-const CODECS: &[&str] = &["json", "postcard"];
+const CODECS: &[&str] = &["json", "postcard", "avro"];
 
 /// A field marked `#[record(key)]` or `#[record(timestamp)]`: its name and type.
 type MarkedField = (syn::Ident, syn::Type);
@@ -23,6 +23,8 @@ type MarkedField = (syn::Ident, syn::Type);
 struct RecordModel {
     /// The `rill::Codec` variant; `None` for the default.
     codec: Option<syn::Ident>,
+    /// `schema = "schemas/x.avsc"`: the schema file, relative to the crate's manifest.
+    schema_file: Option<syn::LitStr>,
     key: Option<MarkedField>,
     timestamp: Option<MarkedField>,
 }
@@ -34,7 +36,7 @@ pub(crate) fn expand_record(args: TokenStream, input: TokenStream) -> TokenStrea
         Err(err) => return with_errors(input, err),
     };
     let mut cx = Ctxt::default();
-    let codec = parse_codec(&mut cx, args);
+    let (codec, schema_file) = parse_args(&mut cx, args);
     if !strukt.generics.params.is_empty() {
         cx.error(
             &strukt.generics,
@@ -43,6 +45,7 @@ pub(crate) fn expand_record(args: TokenStream, input: TokenStream) -> TokenStrea
     }
     let mut model = RecordModel {
         codec,
+        schema_file,
         key: None,
         timestamp: None,
     };
@@ -68,10 +71,17 @@ fn named_struct(input: TokenStream) -> syn::Result<syn::ItemStruct> {
     }
 }
 
-/// `codec = "postcard"` into the `rill::Codec` variant's name.
-fn parse_codec(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
+/// `codec = "postcard"` into the `rill::Codec` variant's name, and `schema = "file"` (which
+/// only a registry codec takes).
+fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<syn::LitStr>) {
     let mut codec: Option<syn::Ident> = None;
+    let mut schema: Option<syn::LitStr> = None;
     parse_arg_list(cx, args, |cx, meta| {
+        if meta.path.is_ident("schema") {
+            let lit: syn::LitStr = meta.value()?.parse()?;
+            set_once(cx, &mut schema, &meta, lit, "record");
+            return Ok(());
+        }
         if !meta.path.is_ident("codec") {
             return unknown_argument(cx, &meta, "record", RECORD_KEYS);
         }
@@ -80,6 +90,7 @@ fn parse_codec(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
         if CODECS.contains(&name.as_str()) {
             let variant = match name.as_str() {
                 "postcard" => format_ident!("Postcard"),
+                "avro" => format_ident!("Avro"),
                 _ => format_ident!("Json"),
             };
             set_once(cx, &mut codec, &meta, variant, "record");
@@ -91,7 +102,15 @@ fn parse_codec(cx: &mut Ctxt, args: TokenStream) -> Option<syn::Ident> {
         }
         Ok(())
     });
-    codec
+    if let Some(file) = &schema
+        && codec.as_ref().is_none_or(|c| c != "Avro")
+    {
+        cx.error(
+            file,
+            "`schema = \"...\"` is the schema of a registry codec; add `codec = \"avro\"`",
+        );
+    }
+    (codec, schema)
 }
 
 impl RecordModel {
@@ -180,6 +199,11 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
     let key_fn = model.key.map(key_methods);
     let time_fn = model.timestamp.map(event_time_method);
     let accessors = field_accessors(strukt);
+    let (schema_fn, schema_impl) = if codec == "Avro" {
+        avro_schema(strukt, model.schema_file.as_ref())
+    } else {
+        (TokenStream::new(), TokenStream::new())
+    };
     quote! {
         #[derive(::rill::__private::serde::Serialize, ::rill::__private::serde::Deserialize)]
         #[serde(crate = "::rill::__private::serde")]
@@ -190,7 +214,10 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
             const CODEC: ::rill::Codec = ::rill::Codec::#codec;
             #key_fn
             #time_fn
+            #schema_fn
         }
+
+        #schema_impl
 
         #[automatically_derived]
         #[allow(non_upper_case_globals, dead_code)]
@@ -198,6 +225,34 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
             #(#accessors)*
         }
     }
+}
+
+/// An Avro record's `Record::registry_schema` and, without a schema file, the derived
+/// `AvroSchema` impl it is built from.
+fn avro_schema(strukt: &syn::ItemStruct, file: Option<&syn::LitStr>) -> (TokenStream, TokenStream) {
+    let name = &strukt.ident;
+    let (text, schema_impl) = match file {
+        Some(file) => (
+            quote!(::core::include_str!(
+                ::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), "/", #file)
+            )),
+            TokenStream::new(),
+        ),
+        None => (
+            quote!(<#name as ::rill::schema_registry::AvroSchema>::avro_schema_json()),
+            crate::avro::expand_avro_schema(quote!(#strukt)),
+        ),
+    };
+    let schema_fn = quote! {
+        fn registry_schema() -> ::core::option::Option<&'static ::rill::schema_registry::RecordSchema> {
+            static SCHEMA: ::std::sync::OnceLock<::rill::schema_registry::RecordSchema> =
+                ::std::sync::OnceLock::new();
+            ::core::option::Option::Some(SCHEMA.get_or_init(|| {
+                ::rill::schema_registry::RecordSchema::avro(::core::any::type_name::<#name>(), #text)
+            }))
+        }
+    };
+    (schema_fn, schema_impl)
 }
 
 /// `Record::key` and `key_ref` from the key field, spanned on its type so a type that is not

@@ -17,13 +17,15 @@ pub mod request {
     pub use crate::wiring::asking::{Ask, Requests};
 }
 
-/// Schema-registry records (the Confluent wire format): the registry client, the frame, and
-/// Avro encoding with schema resolution. The codecs that use them on topics are being built
-/// (see docs/decisions.md, "Schema registry").
+/// Schema-registry records (the Confluent wire format): the registry client, the frame, Avro
+/// encoding with schema resolution, record schemas and topic bindings (`#[record(codec =
+/// "avro")]` uses them).
 pub mod schema_registry {
     pub use crate::base::avro::{self, AvroSchema};
+    pub use crate::base::config::RegistryConfig;
+    pub use crate::base::schema::{self, RecordSchema, SchemaType, SubjectStrategy};
     pub use crate::base::wire::{self, FrameError, frame, unframe};
-    pub use crate::io::registry::{RegisteredSchema, SchemaRegistry, SchemaType};
+    pub use crate::io::registry::{RegisteredSchema, SchemaRegistry};
 }
 
 // The public modules, where users find them; `ARCHITECTURE.md` maps the layers behind them.
@@ -53,7 +55,7 @@ pub use ops::punctuate::Punctuation;
 pub use page::{PageRegistration, PageSpec, registered_pages};
 pub use producer::Producer;
 pub use reader::{TableReader, Tables};
-pub use record::{Field, Record};
+pub use record::{Field, Record, decode_from, encode_for, encode_vec_for};
 pub use request::{Ask, Request, Requests};
 pub use stream::{Batches, KeyedStream, Sink, Stream};
 pub use table::{Entries, GlobalTable, Joined, SetTable, Table, TableJoin, TableSpec};

@@ -209,6 +209,22 @@ pub(crate) fn produce(
     p.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// Produces raw values (framed records, poison) with their keys, and flushes.
+pub(crate) fn produce_bytes(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    items: &[(Option<String>, Vec<u8>)],
+) {
+    for (key, value) in items {
+        let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(value.as_slice());
+        if let Some(k) = key {
+            rec = rec.key(k.as_str());
+        }
+        enqueue(p, rec);
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// A consumer of its own group reading `topic` for a check, committing nothing.
 fn checker(bootstrap: &str, topic: &str, settings: &[(&str, &str)]) -> BaseConsumer {
     let group = format!("checker-{topic}-{}", std::process::id());

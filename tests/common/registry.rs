@@ -44,3 +44,63 @@ pub(crate) fn crosscheck(url: &str, args: &[&str]) -> String {
         .trim()
         .to_owned()
 }
+
+/// A TCP relay in front of the registry, on a thread and runtime of its own (so it serves while
+/// a test's runtime blocks): while `down`, it drops every connection it accepts, as a registry
+/// that went away would.
+pub(crate) struct Relay {
+    url: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// A relay to the registry at `url` (`http://host:port/path`).
+    pub(crate) fn to(url: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let rest = url
+            .strip_prefix("http://")
+            .expect("an http:// registry URL");
+        let (target, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let target = target.to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let serving = up.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !serving.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            });
+        });
+        Relay {
+            url: format!("http://127.0.0.1:{port}{path}"),
+            up,
+        }
+    }
+
+    /// The registry's URL through the relay.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops connections from now on (`false`) or relays them again (`true`).
+    pub(crate) fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::Release);
+    }
+}

@@ -34,6 +34,34 @@ pub fn encode<T: Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, Codec
         .map_err(avro)
 }
 
+/// Appends `value`'s Avro binary under `schema` to `out` (on an error, `out` may hold part of
+/// it).
+pub fn encode_into<T: Serialize>(
+    schema: &Schema,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .map_err(avro)?
+        .write_ser(out, value)
+        .map(|_| ())
+        .map_err(avro)
+}
+
+/// Decodes Avro binary written with `schema`, the reader's own: straight into `T`, without
+/// the intermediate `Value` that resolution needs.
+pub fn decode_same<T: DeserializeOwned>(
+    schema: &Schema,
+    mut bytes: &[u8],
+) -> Result<T, CodecError> {
+    apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .map_err(avro)?
+        .read_deser(&mut bytes)
+        .map_err(avro)
+}
+
 /// Decodes Avro binary written with `writer` into `T`, whose schema is `reader` (the same
 /// schema, or one the writer's resolves to under Avro's rules).
 pub fn decode<T: DeserializeOwned>(

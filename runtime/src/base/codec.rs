@@ -25,6 +25,10 @@ pub enum Codec {
     Postcard,
     /// The bytes as they are: for `Vec<u8>` and `String` records only.
     Raw,
+    /// Avro in the Confluent wire format, governed by a schema registry
+    /// (`#[record(codec = "avro")]`): needs the topic, whose binding holds the schema id, so
+    /// it goes through [`crate::encode_for`] and [`crate::decode_from`].
+    Avro,
 }
 
 impl Codec {
@@ -34,6 +38,7 @@ impl Codec {
             Codec::Json => "json",
             Codec::Postcard => "postcard",
             Codec::Raw => "raw",
+            Codec::Avro => "avro",
         }
     }
 
@@ -43,6 +48,7 @@ impl Codec {
             "json" => Some(Codec::Json),
             "postcard" => Some(Codec::Postcard),
             "raw" => Some(Codec::Raw),
+            "avro" => Some(Codec::Avro),
             _ => None,
         }
     }
@@ -53,6 +59,7 @@ impl Codec {
             Codec::Json => Ok(serde_json::to_vec(value)?),
             Codec::Postcard => Ok(postcard::to_stdvec(value)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
+            Codec::Avro => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -65,6 +72,7 @@ impl Codec {
                 Ok(())
             }
             Codec::Raw => Err(raw_unsupported::<T>()),
+            Codec::Avro => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -74,6 +82,7 @@ impl Codec {
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
             Codec::Postcard => Ok(postcard::from_bytes(bytes)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
+            Codec::Avro => Err(registry_unsupported::<T>()),
         }
     }
 }
@@ -105,6 +114,14 @@ fn raw_unsupported<T>() -> CodecError {
         codec: "raw",
         ty: std::any::type_name::<T>(),
         hint: "the raw codec carries `Vec<u8>` or `String` records; use `json` or `postcard` for structs",
+    }
+}
+
+fn registry_unsupported<T>() -> CodecError {
+    CodecError::Unsupported {
+        codec: "avro",
+        ty: std::any::type_name::<T>(),
+        hint: "an Avro record carries its schema: mark it `#[record(codec = \"avro\")]`, and encode or decode it for a topic (`rill::encode_for`, `rill::decode_from`)",
     }
 }
 

@@ -246,6 +246,44 @@ pub struct Config {
     /// Tracing: where and how spans are exported (default: from the standard `OTEL_*`
     /// variables; no exporter runs when no endpoint is set).
     pub telemetry: crate::base::telemetry::TelemetryConfig,
+    /// The schema registry of the registry codecs (`#[record(codec = "avro")]`); `None`
+    /// until `App::schema_registry` or `RILL_SCHEMA_REGISTRY_URL` sets it.
+    pub schema_registry: Option<RegistryConfig>,
+}
+
+/// Where the schema registry is and how rill uses it (Confluent's serializer settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Its URL (`RILL_SCHEMA_REGISTRY_URL`; Confluent's `schema.registry.url`, Apicurio's
+    /// `http://host:8080/apis/ccompat/v7`).
+    pub url: String,
+    /// HTTP basic authentication, `user:password` (`RILL_SCHEMA_REGISTRY_BASIC_AUTH`;
+    /// Confluent's `basic.auth.user.info`, a Confluent Cloud API key and secret).
+    pub basic_auth: Option<(String, String)>,
+    /// A PEM file of the CA that signed the registry's certificate, for `https://` URLs
+    /// signed by a private CA (`RILL_SCHEMA_REGISTRY_CA`); the system's roots otherwise.
+    pub ca_file: Option<PathBuf>,
+    /// How subjects are named (`RILL_SCHEMA_SUBJECT_STRATEGY` = `topic`, the default,
+    /// `record` or `topic-record`).
+    pub subject_strategy: crate::base::schema::SubjectStrategy,
+    /// Register the schemas rill writes with when they are not yet (default true,
+    /// `RILL_SCHEMA_AUTO_REGISTER`; Confluent's `auto.register.schemas`). Off, a sink's schema
+    /// must already be registered under its subject (as by a CI step running `schema
+    /// --register`), or the worker does not start.
+    pub auto_register: bool,
+}
+
+impl RegistryConfig {
+    /// The registry at `url`, subjects by topic, auto-registering.
+    pub fn new(url: &str) -> Self {
+        RegistryConfig {
+            url: url.to_owned(),
+            basic_auth: None,
+            ca_file: None,
+            subject_strategy: crate::base::schema::SubjectStrategy::Topic,
+            auto_register: true,
+        }
+    }
 }
 
 /// librdkafka properties rill sets itself, and why a user's value is refused.
@@ -313,6 +351,7 @@ impl Config {
             standby_replicas: 0,
             rebalance_protocol: RebalanceProtocol::Cooperative,
             telemetry: crate::base::telemetry::TelemetryConfig::default(),
+            schema_registry: None,
         }
     }
 
@@ -377,12 +416,59 @@ impl Config {
             "RILL_TOMBSTONE_RETENTION_MS" => self.tombstone_retention = parse_ms(name, &value, 0)?,
             "RILL_RETENTION_BYTES" => self.retention_bytes = Some(parse_num(name, &value, 1)?),
             "RILL_RETENTION_MS" => self.retention = Some(parse_ms(name, &value, 1)?),
+            "RILL_SCHEMA_REGISTRY_URL" if !value.trim().is_empty() => {
+                let old = self.schema_registry.take();
+                self.schema_registry = Some(RegistryConfig {
+                    url: value.trim().to_owned(),
+                    ..old.unwrap_or_else(|| RegistryConfig::new(""))
+                });
+            }
+            "RILL_SCHEMA_REGISTRY_BASIC_AUTH"
+            | "RILL_SCHEMA_REGISTRY_CA"
+            | "RILL_SCHEMA_SUBJECT_STRATEGY"
+            | "RILL_SCHEMA_AUTO_REGISTER" => self.apply_registry_var(name, value)?,
             _ => {
                 if let Some(prop) = name.strip_prefix("RILL_KAFKA_") {
                     self.kafka
                         .insert(prop.to_ascii_lowercase().replace('_', "."), value);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The registry settings besides its URL (which may come later in the environment: they
+    /// wait in a config without one, and `validate` refuses them if none comes).
+    fn apply_registry_var(&mut self, name: &str, value: String) -> Result<()> {
+        let registry = self
+            .schema_registry
+            .get_or_insert_with(|| RegistryConfig::new(""));
+        match name {
+            "RILL_SCHEMA_REGISTRY_BASIC_AUTH" => {
+                let (user, password) = value.trim().split_once(':').ok_or_else(|| {
+                    Error::config(
+                        name,
+                        "is not `user:password` (for Confluent Cloud: `<api key>:<api secret>`)",
+                    )
+                })?;
+                registry.basic_auth = Some((user.to_owned(), password.to_owned()));
+            }
+            "RILL_SCHEMA_REGISTRY_CA" => registry.ca_file = Some(PathBuf::from(value.trim())),
+            "RILL_SCHEMA_SUBJECT_STRATEGY" => {
+                registry.subject_strategy = crate::base::schema::SubjectStrategy::from_name(
+                    value.trim(),
+                )
+                .ok_or_else(|| {
+                    Error::config(
+                        name,
+                        format!(
+                            "`{}` is none of `topic`, `record`, `topic-record`",
+                            value.trim()
+                        ),
+                    )
+                })?;
+            }
+            _ => registry.auto_register = parse_on_off(name, &value)?,
         }
         Ok(())
     }
@@ -453,6 +539,18 @@ impl Config {
             ));
         }
         self.check_kafka_properties()?;
+        if let Some(registry) = &self.schema_registry
+            && !(registry.url.starts_with("http://") || registry.url.starts_with("https://"))
+        {
+            return Err(Error::config(
+                "schema_registry (RILL_SCHEMA_REGISTRY_URL)",
+                if registry.url.is_empty() {
+                    "registry settings are set but not its URL; set RILL_SCHEMA_REGISTRY_URL (e.g. http://127.0.0.1:8081) or `App::schema_registry`".to_owned()
+                } else {
+                    format!("`{}` is not an http:// or https:// URL", registry.url)
+                },
+            ));
+        }
         self.default_offset_reset().map(|_| ())
     }
 

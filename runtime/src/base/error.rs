@@ -233,6 +233,23 @@ pub enum CodecError {
     /// resolve, truncated bytes).
     #[error("avro: {0}")]
     Avro(String),
+    /// A registry-coded topic without a binding: the worker binds the topics it declares
+    /// when it starts.
+    #[error(
+        "topic `{topic}` has no schema-registry binding: declare it on an agent (source or sink) or with `App::topic`, and set the registry (RILL_SCHEMA_REGISTRY_URL or `App::schema_registry`)"
+    )]
+    Unbound {
+        /// The topic.
+        topic: String,
+    },
+    /// The frame names a schema id the registry does not have.
+    #[error("schema id {id} is unknown to the schema registry ({message})")]
+    UnknownSchema {
+        /// The id in the frame.
+        id: u32,
+        /// What the registry said.
+        message: String,
+    },
     /// A schema-registry frame was expected and not found.
     #[error("schema registry frame: {0}")]
     Frame(#[from] crate::base::wire::FrameError),

@@ -155,10 +155,13 @@ pub(crate) fn encode_out<V: Record>(
     value: &V,
     current: Option<i64>,
 ) -> Result<OutRecord> {
-    let bytes = value.encode(codec).map_err(|source| Error::Codec {
-        topic: topic.as_ref().to_owned(),
-        source,
-    })?;
+    let bytes =
+        crate::base::record::encode_vec_for(topic.as_ref(), codec, value).map_err(|source| {
+            Error::Codec {
+                topic: topic.as_ref().to_owned(),
+                source,
+            }
+        })?;
     Ok(OutRecord {
         topic: topic.into(),
         partition: None,

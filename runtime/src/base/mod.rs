@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod partitioner;
 pub mod record;
 pub mod schedule;
+pub mod schema;
 pub(crate) mod spec;
 pub mod telemetry;
 pub mod time;

@@ -7,6 +7,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::base::codec::Codec;
 use crate::base::error::CodecError;
+use crate::base::schema::RecordSchema;
 
 /// A value that travels through a topic.
 ///
@@ -69,6 +70,47 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Decodes a record.
     fn decode(bytes: &[u8], codec: Codec) -> Result<Self, CodecError> {
         codec.decode(bytes)
+    }
+
+    /// The record's schema for the schema-registry codecs: `#[record(codec = "avro")]`
+    /// derives it from the struct (or reads `schema = "file.avsc"`).
+    fn registry_schema() -> Option<&'static RecordSchema> {
+        None
+    }
+}
+
+/// Appends `value`'s encoding as a record of `topic`: the registry codecs frame it with the
+/// id of the topic's schema; the others are [`Record::encode_into`].
+pub fn encode_for<V: Record>(
+    topic: &str,
+    codec: Codec,
+    value: &V,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    match (codec, V::registry_schema()) {
+        (Codec::Avro, Some(schema)) => crate::base::schema::encode_avro(topic, schema, value, out),
+        _ => value.encode_into(codec, out),
+    }
+}
+
+/// [`encode_for`] into a vector of its own.
+pub fn encode_vec_for<V: Record>(
+    topic: &str,
+    codec: Codec,
+    value: &V,
+) -> Result<Vec<u8>, CodecError> {
+    crate::base::codec::with_scratch(|buf| {
+        encode_for(topic, codec, value, buf)?;
+        Ok(buf.as_slice().to_vec())
+    })
+}
+
+/// Decodes a record of `topic`: the registry codecs read the writer's schema by the frame's
+/// id and resolve it to the value type's; the others are [`Record::decode`].
+pub fn decode_from<V: Record>(topic: &str, bytes: &[u8], codec: Codec) -> Result<V, CodecError> {
+    match (codec, V::registry_schema()) {
+        (Codec::Avro, Some(schema)) => crate::base::schema::decode_avro(topic, schema, bytes),
+        _ => V::decode(bytes, codec),
     }
 }
 

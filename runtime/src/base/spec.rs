@@ -34,7 +34,9 @@ pub struct TopicSpec {
     pub(crate) internal: Option<Internal>,
     /// An in-memory channel of the worker, not a topic of the log (`AgentSpec::channel`).
     pub(crate) channel: bool,
-    json_to_wire: fn(&[u8], Codec) -> Result<Vec<u8>, CodecError>,
+    /// The value type's registry schema (`#[record(codec = "avro")]`).
+    pub(crate) schema: fn() -> Option<&'static crate::base::schema::RecordSchema>,
+    json_to_wire: fn(&str, &[u8], Codec) -> Result<Vec<u8>, CodecError>,
 }
 
 impl TopicSpec {
@@ -49,9 +51,10 @@ impl TopicSpec {
             compacted: false,
             internal: None,
             channel: false,
-            json_to_wire: |json, codec| {
+            schema: V::registry_schema,
+            json_to_wire: |topic, json, codec| {
                 let value: V = serde_json::from_slice(json)?;
-                value.encode(codec)
+                crate::base::record::encode_vec_for(topic, codec, &value)
             },
         }
     }
@@ -148,7 +151,7 @@ impl TopicSpec {
     /// Converts a JSON document into this topic's wire format, checking it against the type
     /// (used by the `send` command).
     pub fn json_to_wire(&self, json: &[u8]) -> Result<Vec<u8>> {
-        (self.json_to_wire)(json, self.codec).map_err(|source| Error::Codec {
+        (self.json_to_wire)(&self.name, json, self.codec).map_err(|source| Error::Codec {
             topic: self.name.clone(),
             source,
         })

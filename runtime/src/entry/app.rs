@@ -148,6 +148,20 @@ impl App {
         self
     }
 
+    /// The schema registry of the registry codecs (`#[record(codec = "avro")]`), e.g.
+    /// `http://127.0.0.1:8081` (Apicurio: `http://host:8080/apis/ccompat/v7`);
+    /// `RILL_SCHEMA_REGISTRY_URL` overrides it. Authentication, a private CA, the subject
+    /// naming strategy and auto-registration: [`crate::schema_registry::RegistryConfig`]
+    /// through [`App::configure`], or their `RILL_SCHEMA_*` variables.
+    pub fn schema_registry(mut self, url: &str) -> Self {
+        let old = self.config.schema_registry.take();
+        self.config.schema_registry = Some(crate::base::config::RegistryConfig {
+            url: url.to_owned(),
+            ..old.unwrap_or_else(|| crate::base::config::RegistryConfig::new(url))
+        });
+        self
+    }
+
     /// Edits any setting.
     pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);

@@ -194,7 +194,8 @@ impl TestApp {
         self.records(topic)?
             .into_iter()
             .map(|r| {
-                V::decode(r.value.as_deref().unwrap_or_default(), V::CODEC).map_err(|source| {
+                let bytes = r.value.as_deref().unwrap_or_default();
+                crate::base::record::decode_from::<V>(topic, bytes, V::CODEC).map_err(|source| {
                     Error::Codec {
                         topic: topic.to_owned(),
                         source,

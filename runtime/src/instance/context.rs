@@ -341,12 +341,12 @@ impl InstanceState {
             return Ok(false);
         }
         crate::base::codec::with_scratch(|buf| {
-            value
-                .encode_into(codec, buf)
-                .map_err(|source| Error::Codec {
+            crate::base::record::encode_for(topic, codec, value, buf).map_err(|source| {
+                Error::Codec {
                     topic: topic.to_owned(),
                     source,
-                })?;
+                }
+            })?;
             let out = Outgoing {
                 topic,
                 key,

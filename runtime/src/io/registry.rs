@@ -10,37 +10,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::base::error::{Error, Result};
-
-/// How a schema is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SchemaType {
-    /// Avro (the registry's default).
-    Avro,
-    /// Protocol Buffers.
-    Protobuf,
-    /// JSON Schema.
-    Json,
-}
-
-impl SchemaType {
-    /// The registry's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SchemaType::Avro => "AVRO",
-            SchemaType::Protobuf => "PROTOBUF",
-            SchemaType::Json => "JSON",
-        }
-    }
-
-    fn parse(name: Option<&str>) -> SchemaType {
-        match name {
-            Some("PROTOBUF") => SchemaType::Protobuf,
-            Some("JSON") => SchemaType::Json,
-            _ => SchemaType::Avro,
-        }
-    }
-}
+use crate::base::avro::Schema;
+use crate::base::config::RegistryConfig;
+use crate::base::error::{CodecError, Error, Result};
+pub(crate) use crate::base::schema::SchemaType;
+use crate::base::schema::WriterSchemas;
 
 /// A schema the registry holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,12 +55,7 @@ impl SchemaRegistry {
                 format!("`{url}` is not an http:// or https:// URL of a schema registry"),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| {
-                Error::config("schema_registry", format!("building an HTTP client: {e}"))
-            })?;
+        let http = http_client(None)?;
         Ok(SchemaRegistry {
             inner: Arc::new(Inner {
                 base: url.trim_end_matches('/').to_owned(),
@@ -96,6 +65,19 @@ impl SchemaRegistry {
                 by_id: Mutex::new(HashMap::new()),
                 registered: Mutex::new(HashMap::new()),
             }),
+        })
+    }
+
+    /// A client as `config` says: its URL, basic authentication and CA.
+    pub fn from_config(config: &RegistryConfig) -> Result<Self> {
+        let mut registry = SchemaRegistry::new(&config.url)?;
+        if let Some(ca) = &config.ca_file {
+            let http = http_client(Some(ca))?;
+            registry = registry.rebuilt(|inner| inner.http = http);
+        }
+        Ok(match &config.basic_auth {
+            Some((user, password)) => registry.with_basic_auth(user, password),
+            None => registry,
         })
     }
 
@@ -172,6 +154,90 @@ impl SchemaRegistry {
         })?;
         let schema_type = SchemaType::parse(answer["schemaType"].as_str());
         Ok(self.remember(id, schema_type, schema))
+    }
+
+    /// The id of `schema` under `subject`, if it is registered there (no registration).
+    pub async fn lookup(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        schema: &str,
+    ) -> Result<Option<u32>> {
+        let path = format!("/subjects/{}", encode(subject));
+        let body = schema_body(schema_type, schema);
+        match self
+            .call(subject, reqwest::Method::POST, &path, Some(body))
+            .await
+        {
+            Ok(answer) => id_of(&answer, subject).map(Some),
+            Err(Error::Registry { message, .. }) if message.contains("HTTP 404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why `schema` may not follow `subject`'s latest version: the registry's verbose
+    /// messages (which name the field), or empty when it gives none.
+    pub async fn incompatibilities(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        schema: &str,
+    ) -> Vec<String> {
+        let path = format!(
+            "/compatibility/subjects/{}/versions/latest?verbose=true",
+            encode(subject)
+        );
+        let body = schema_body(schema_type, schema);
+        match self
+            .call(subject, reqwest::Method::POST, &path, Some(body))
+            .await
+        {
+            Ok(answer) => answer["messages"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The subject's compatibility rule (its own, else the registry's default).
+    pub async fn compatibility(&self, subject: &str) -> Option<String> {
+        let path = format!("/config/{}?defaultToGlobal=true", encode(subject));
+        let answer = self
+            .call(subject, reqwest::Method::GET, &path, None)
+            .await
+            .ok()?;
+        answer["compatibilityLevel"]
+            .as_str()
+            .or_else(|| answer["compatibility"].as_str())
+            .map(str::to_owned)
+    }
+
+    /// The schema with global id `id`, asked until the registry answers: an unreachable
+    /// registry (or a 5xx) is retried with backoff (at most 5 s apart) for as long as it
+    /// takes, so a record waiting for its writer's schema waits instead of being lost; an id
+    /// the registry does not know is [`CodecError::UnknownSchema`].
+    pub async fn schema_by_id_held(&self, id: u32) -> Result<Arc<RegisteredSchema>, CodecError> {
+        let mut wait = self.inner.backoff;
+        loop {
+            match self.schema_by_id(id).await {
+                Ok(found) => return Ok(found),
+                Err(Error::Registry { message, .. })
+                    if message.contains("HTTP 404") || message.contains("HTTP 422") =>
+                {
+                    return Err(CodecError::UnknownSchema { id, message });
+                }
+                Err(e) => {
+                    tracing::warn!(id, error = %e, ?wait, "holding the record until the schema registry answers");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// The subject's latest version: its number and schema.
@@ -306,6 +372,94 @@ impl SchemaRegistry {
         } else {
             Err(Failure::Answer(status, value))
         }
+    }
+}
+
+/// The HTTP client: 10 s per request, no idle connections kept (requests are rare, and a
+/// writer schema fetched for a record runs on a runtime of its own), `ca`'s certificate
+/// trusted besides the system's.
+fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    let setting = "schema_registry (RILL_SCHEMA_REGISTRY_CA)";
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::config(setting, format!("cannot read `{}`: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            Error::config(
+                setting,
+                format!("`{}` is not a PEM certificate: {e}", ca.display()),
+            )
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| {
+        Error::config(
+            "schema_registry",
+            format!(
+                "building an HTTP client: {e} (https:// needs rill's `ssl` feature, on by default)"
+            ),
+        )
+    })
+}
+
+/// Writer schemas through a registry, parsed once per id.
+pub(crate) struct RegistryWriters {
+    registry: SchemaRegistry,
+    parsed: Mutex<HashMap<u32, Arc<Schema>>>,
+}
+
+impl RegistryWriters {
+    pub(crate) fn new(registry: SchemaRegistry) -> Arc<Self> {
+        Arc::new(RegistryWriters {
+            registry,
+            parsed: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl WriterSchemas for RegistryWriters {
+    fn avro(&self, id: u32) -> Result<Arc<Schema>, CodecError> {
+        if let Some(found) = lock(&self.parsed).get(&id) {
+            return Ok(found.clone());
+        }
+        let registry = self.registry.clone();
+        let found = run_blocking(async move { registry.schema_by_id_held(id).await })?;
+        if found.schema_type != SchemaType::Avro {
+            return Err(CodecError::Avro(format!(
+                "schema id {id} is a {} schema, not Avro",
+                found.schema_type.as_str()
+            )));
+        }
+        let schema = Arc::new(crate::base::avro::parse(&found.schema)?);
+        lock(&self.parsed).insert(id, schema.clone());
+        Ok(schema)
+    }
+}
+
+/// Runs `work` to completion from synchronous code (a decode step): on a runtime of its own,
+/// on a thread of its own, telling a multi-threaded caller's runtime that this thread blocks.
+fn run_blocking<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+    let run = move || {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime builds")
+                        .block_on(work)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(run)
+        }
+        _ => run(),
     }
 }
 

@@ -277,10 +277,11 @@ impl<T: Record> Stream<T> {
         let key_of = Box::new(
             move |raw: &RawRecord| -> Result<(Option<Vec<u8>>, Option<i64>)> {
                 let bytes = raw.value.as_deref().unwrap_or_default();
-                let value = T::decode(bytes, codec).map_err(|source| Error::Codec {
-                    topic: raw.topic.to_string(),
-                    source,
-                })?;
+                let value = crate::base::record::decode_from::<T>(&raw.topic, bytes, codec)
+                    .map_err(|source| Error::Codec {
+                        topic: raw.topic.to_string(),
+                        source,
+                    })?;
                 let at = match &time_fn {
                     Some(f) => Some(f(&value)),
                     None => value.event_time(),
@@ -349,7 +350,7 @@ fn decode<T: Record>(
             size: bytes.len(),
             max,
         }),
-        Some(bytes) => T::decode(bytes, codec),
+        Some(bytes) => crate::base::record::decode_from::<T>(&raw.topic, bytes, codec),
         None => Err(crate::base::error::CodecError::NullValue),
     };
     match result {

@@ -420,10 +420,11 @@ impl AgentContext {
             match raw.value.as_deref() {
                 None => writer.remove(&key).map(|_| ()),
                 Some(bytes) => {
-                    let value = V::decode(bytes, codec).map_err(|source| Error::Codec {
-                        topic: raw.topic.to_string(),
-                        source,
-                    })?;
+                    let value = crate::base::record::decode_from::<V>(&raw.topic, bytes, codec)
+                        .map_err(|source| Error::Codec {
+                            topic: raw.topic.to_string(),
+                            source,
+                        })?;
                     writer.insert(key, value)
                 }
             }
@@ -538,7 +539,10 @@ where
         let stored_key = serde_json::to_vec(&key).ok()?;
         let value = match raw.value.as_deref() {
             None => None,
-            Some(bytes) => Some(serde_json::to_vec(&V::decode(bytes, codec).ok()?).ok()?),
+            Some(bytes) => {
+                let value: V = crate::base::record::decode_from(&raw.topic, bytes, codec).ok()?;
+                Some(serde_json::to_vec(&value).ok()?)
+            }
         };
         Some((stored_key, value))
     })

@@ -11,6 +11,7 @@ pub mod producer;
 pub(crate) mod pump;
 pub mod reader;
 pub(crate) mod registry;
+pub(crate) mod schemas;
 pub(crate) mod standby;
 pub(crate) mod store_cell;
 pub mod timer;

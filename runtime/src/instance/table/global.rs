@@ -150,7 +150,7 @@ impl<K: KeyBytes, V: Record> GlobalTable<K, V> {
             .get(&self.def.name, DATA_PARTITION, &key.key_bytes())?
         {
             None => Ok(None),
-            Some(bytes) => V::decode(&bytes, V::CODEC)
+            Some(bytes) => crate::base::record::decode_from::<V>(&self.def.topic, &bytes, V::CODEC)
                 .map(Some)
                 .map_err(|source| Error::Codec {
                     topic: format!("{} (global table)", self.def.topic),

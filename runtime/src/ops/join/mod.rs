@@ -442,10 +442,12 @@ fn repartition_sides<A, B, K>(
                         source,
                     };
                     if topic == &*a_topic {
-                        let a = A::decode(bytes, a_codec).map_err(bad)?;
+                        let a = crate::base::record::decode_from::<A>(topic, bytes, a_codec)
+                            .map_err(bad)?;
                         Ok((Some(ka(&a).key_bytes()), time_of(&a_time, &a)))
                     } else if topic == &*b_topic {
-                        let b = B::decode(bytes, b_codec).map_err(bad)?;
+                        let b = crate::base::record::decode_from::<B>(topic, bytes, b_codec)
+                            .map_err(bad)?;
                         Ok((Some(kb(&b).key_bytes()), time_of(&b_time, &b)))
                     } else {
                         Err(Error::Agent {

@@ -157,6 +157,15 @@ impl Worker {
     ) -> Result<Worker> {
         let all_topics = validate::declarations(&agents, &topics)?;
         validate::timers(&extras.timers)?;
+        crate::wiring::schemas::bind(
+            config,
+            agents.iter().flat_map(|a| a.sources.iter()),
+            agents
+                .iter()
+                .flat_map(|a| a.sink.iter())
+                .chain(topics.iter()),
+        )
+        .await?;
         let data_lock = lock::hold_shared(config)?;
         let store = StoreCell::new(config);
         let observer = observer(config, &transport, &store, &agents, registry);

@@ -1,0 +1,276 @@
+//! Topics whose records are governed by a schema registry (`#[record(codec = "avro")]`): a
+//! record type's own schema ([`RecordSchema`]), the binding of a topic to its registry subject
+//! ([`Binding`]), and encoding and decoding in the Confluent wire format through it.
+//!
+//! Bindings are process-wide, by topic: the worker binds every registry-coded topic it declares
+//! at start (registering or looking up the writer schema, `io/registry.rs`), so a send or a
+//! read finds its topic's binding without a call to the registry. Writer schemas of other ids
+//! come through the binding's [`WriterSchemas`] (cached per id; the registry is asked once per
+//! id per process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::base::avro::{self, Schema};
+use crate::base::error::CodecError;
+use crate::base::wire;
+
+/// How a schema is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaType {
+    /// Avro (the registry's default).
+    Avro,
+    /// Protocol Buffers.
+    Protobuf,
+    /// JSON Schema.
+    Json,
+}
+
+impl SchemaType {
+    /// The registry's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaType::Avro => "AVRO",
+            SchemaType::Protobuf => "PROTOBUF",
+            SchemaType::Json => "JSON",
+        }
+    }
+
+    /// From the registry's `schemaType` (absent: Avro).
+    pub fn parse(name: Option<&str>) -> SchemaType {
+        match name {
+            Some("PROTOBUF") => SchemaType::Protobuf,
+            Some("JSON") => SchemaType::Json,
+            _ => SchemaType::Avro,
+        }
+    }
+}
+
+/// How a topic's subject is named (Confluent's `subject.name.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (the default): one record type per topic.
+    #[default]
+    Topic,
+    /// `<record full name>`: a record type shared by topics, evolving once.
+    Record,
+    /// `<topic>-<record full name>`: several record types in one topic.
+    TopicRecord,
+}
+
+impl SubjectStrategy {
+    /// Parses `topic`, `record` or `topic-record`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "topic" => Some(SubjectStrategy::Topic),
+            "record" => Some(SubjectStrategy::Record),
+            "topic-record" => Some(SubjectStrategy::TopicRecord),
+            _ => None,
+        }
+    }
+
+    /// The subject of `topic`'s values of the record named `record`.
+    pub fn subject(self, topic: &str, record: &str) -> String {
+        match self {
+            SubjectStrategy::Topic => format!("{topic}-value"),
+            SubjectStrategy::Record => record.to_owned(),
+            SubjectStrategy::TopicRecord => format!("{topic}-{record}"),
+        }
+    }
+}
+
+/// A record type's schema: derived from the struct (`#[record(codec = "avro")]`) or read from
+/// a file (`schema = "schemas/pageview.avsc"`). Parsed once; a schema that does not parse is
+/// reported when the worker starts, naming the type.
+pub struct RecordSchema {
+    /// How it is written.
+    pub schema_type: SchemaType,
+    /// The Rust type it belongs to.
+    pub rust_type: &'static str,
+    /// The schema text, as registered.
+    pub text: String,
+    parsed: Result<Schema, String>,
+    /// The schema's record is named like the Rust type: apache-avro deserialises such a type
+    /// straight from the bytes (it checks the names), others go through its `Value`.
+    direct: bool,
+}
+
+impl RecordSchema {
+    /// An Avro schema of `rust_type` from its JSON text.
+    pub fn avro(rust_type: &'static str, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let parsed = avro::parse(&text).map_err(|e| e.to_string());
+        let short = rust_type.rsplit("::").next().unwrap_or_default();
+        let direct = matches!(&parsed, Ok(Schema::Record(r)) if r.name.name() == short);
+        RecordSchema {
+            schema_type: SchemaType::Avro,
+            rust_type,
+            text,
+            parsed,
+            direct,
+        }
+    }
+
+    /// The parsed schema, or why it does not parse.
+    pub fn parsed(&self) -> Result<&Schema, CodecError> {
+        self.parsed.as_ref().map_err(|e| {
+            CodecError::Avro(format!(
+                "the schema of `{}` does not parse: {e}",
+                self.rust_type
+            ))
+        })
+    }
+
+    /// The record's full name (`namespace.Name`), what the record naming strategies use.
+    pub fn full_name(&self) -> String {
+        match &self.parsed {
+            Ok(Schema::Record(record)) => record.name.fullname(None),
+            _ => self
+                .rust_type
+                .rsplit("::")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+/// Writer schemas by id: the registry, cached. A miss blocks the caller until the registry
+/// answers (it is retried while the registry is unreachable); an id the registry does not
+/// know is [`CodecError::UnknownSchema`].
+pub trait WriterSchemas: Send + Sync {
+    /// The Avro schema with global id `id`.
+    fn avro(&self, id: u32) -> Result<Arc<Schema>, CodecError>;
+}
+
+/// A topic bound to its registry subject.
+pub struct Binding {
+    /// The subject the topic's values are registered under.
+    pub subject: String,
+    /// The id records are written with (`None`: the topic is only read).
+    pub id: Option<u32>,
+    /// Writer schemas of the ids records carry.
+    pub writers: Arc<dyn WriterSchemas>,
+}
+
+fn bindings() -> &'static RwLock<HashMap<String, Arc<Binding>>> {
+    static BINDINGS: OnceLock<RwLock<HashMap<String, Arc<Binding>>>> = OnceLock::new();
+    BINDINGS.get_or_init(Default::default)
+}
+
+/// The writer schemas of the latest binding: what a topic read without a binding of its own
+/// (a global table's) resolves ids with.
+fn default_writers() -> &'static RwLock<Option<Arc<dyn WriterSchemas>>> {
+    static DEFAULT: RwLock<Option<Arc<dyn WriterSchemas>>> = RwLock::new(None);
+    &DEFAULT
+}
+
+/// Binds `topic` (replacing an earlier binding: a restarted worker may register anew).
+pub fn bind(topic: &str, binding: Binding) {
+    *default_writers().write().unwrap_or_else(|p| p.into_inner()) = Some(binding.writers.clone());
+    bindings()
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(topic.to_owned(), Arc::new(binding));
+}
+
+/// `topic`'s binding, if it has one.
+pub fn binding(topic: &str) -> Option<Arc<Binding>> {
+    bindings()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(topic)
+        .cloned()
+}
+
+fn unbound(topic: &str) -> CodecError {
+    CodecError::Unbound {
+        topic: topic.to_owned(),
+    }
+}
+
+/// Appends `value` framed for `topic`: the schema id of the topic's binding, then the Avro
+/// binary of `value` under `schema` (the value type's own).
+pub fn encode_avro<T: Serialize>(
+    topic: &str,
+    schema: &RecordSchema,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
+    let id = binding.id.ok_or_else(|| unbound(topic))?;
+    wire::frame_into(id, out);
+    avro::encode_into(schema.parsed()?, value, out)
+}
+
+/// Decodes a framed Avro record of `topic` into `T`, whose schema is `reader`: the writer's
+/// schema comes by the frame's id, and Avro's resolution fills what the two differ in.
+pub fn decode_avro<T: DeserializeOwned>(
+    topic: &str,
+    reader: &RecordSchema,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    let (id, payload) = wire::unframe(bytes)?;
+    let direct = reader.direct;
+    let reader = reader.parsed()?;
+    let writers = match binding(topic) {
+        // Written with the reader's own schema: nothing to resolve.
+        Some(binding) if binding.id == Some(id) && direct => {
+            return avro::decode_same(reader, payload);
+        }
+        Some(binding) if binding.id == Some(id) => return avro::decode(reader, reader, payload),
+        Some(binding) => binding.writers.clone(),
+        None => default_writers()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| unbound(topic))?,
+    };
+    let writer = writers.avro(id)?;
+    avro::decode(&writer, reader, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_naming_strategies() {
+        assert_eq!(
+            SubjectStrategy::Topic.subject("views", "a.View"),
+            "views-value"
+        );
+        assert_eq!(SubjectStrategy::Record.subject("views", "a.View"), "a.View");
+        assert_eq!(
+            SubjectStrategy::TopicRecord.subject("views", "a.View"),
+            "views-a.View"
+        );
+        assert_eq!(
+            SubjectStrategy::from_name("topic-record"),
+            Some(SubjectStrategy::TopicRecord)
+        );
+        assert_eq!(SubjectStrategy::from_name("topics"), None);
+    }
+
+    #[test]
+    fn a_record_schema_knows_its_full_name_and_reports_a_bad_schema() {
+        let good = RecordSchema::avro(
+            "x::View",
+            r#"{"type":"record","name":"View","namespace":"shop","fields":[{"name":"url","type":"string"}]}"#,
+        );
+        assert_eq!(good.full_name(), "shop.View");
+        let bad = RecordSchema::avro("x::Broken", r#"{"type":"record"}"#);
+        let err = bad.parsed().unwrap_err().to_string();
+        assert!(err.contains("x::Broken"), "{err}");
+    }
+
+    #[test]
+    fn an_unbound_topic_is_an_error_naming_it() {
+        let schema = RecordSchema::avro("x::N", r#"{"type":"record","name":"N","fields":[]}"#);
+        let err = encode_avro("never-bound", &schema, &(), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("never-bound"), "{err}");
+    }
+}

@@ -1,0 +1,214 @@
+//! Binds the registry-coded topics a worker declares (`#[record(codec = "avro")]`) to their
+//! subjects when it starts, so no record waits on the registry for its own schema:
+//!
+//! - a topic the worker writes (an agent's sink, an `App::topic`) gets the id of its value
+//!   type's schema under the subject its naming strategy gives: registered there when
+//!   `auto_register` is on (a schema the subject's compatibility rule refuses stops the start,
+//!   naming the subject, the rule and what the registry found incompatible), looked up when
+//!   off (a schema not registered stops the start);
+//! - a topic it only reads is looked up: the id when its schema is registered (records of that
+//!   id decode without resolution), none otherwise; other ids are fetched when first met.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::base::codec::Codec;
+use crate::base::config::{Config, RegistryConfig};
+use crate::base::error::{Error, Result};
+use crate::base::schema::{self, Binding, RecordSchema};
+use crate::base::spec::TopicSpec;
+use crate::io::registry::{RegistryWriters, SchemaRegistry};
+
+/// A registry-coded topic: its schema and subject, and whether the worker writes it.
+pub(crate) struct SchemaTopic {
+    pub(crate) topic: String,
+    pub(crate) schema: &'static RecordSchema,
+    pub(crate) subject: String,
+    pub(crate) writes: bool,
+}
+
+/// The registry-coded topics among `reads` and `writes` (a topic in both is written), in name
+/// order; a value type whose schema does not parse is an error naming it.
+pub(crate) fn schema_topics<'a>(
+    registry: &RegistryConfig,
+    reads: impl IntoIterator<Item = &'a TopicSpec>,
+    writes: impl IntoIterator<Item = &'a TopicSpec>,
+) -> Result<Vec<SchemaTopic>> {
+    let mut found: BTreeMap<String, SchemaTopic> = BTreeMap::new();
+    let tagged = reads
+        .into_iter()
+        .map(|s| (s, false))
+        .chain(writes.into_iter().map(|s| (s, true)));
+    for (spec, writes) in tagged {
+        let Some(schema) = registry_schema(spec)? else {
+            continue;
+        };
+        let subject = registry
+            .subject_strategy
+            .subject(&spec.name, &schema.full_name());
+        let entry = found.entry(spec.name.clone()).or_insert(SchemaTopic {
+            topic: spec.name.clone(),
+            schema,
+            subject,
+            writes,
+        });
+        entry.writes |= writes;
+    }
+    Ok(found.into_values().collect())
+}
+
+/// `spec`'s schema when its codec is a registry codec.
+fn registry_schema(spec: &TopicSpec) -> Result<Option<&'static RecordSchema>> {
+    if spec.codec != Codec::Avro {
+        return Ok(None);
+    }
+    let schema = (spec.schema)().ok_or_else(|| {
+        Error::config(
+            format!("topic `{}`", spec.name),
+            format!(
+                "its codec is avro, but `{}` has no Avro schema; mark it `#[record(codec = \"avro\")]`",
+                spec.value_type
+            ),
+        )
+    })?;
+    schema.parsed().map_err(|source| Error::Codec {
+        topic: spec.name.clone(),
+        source,
+    })?;
+    Ok(Some(schema))
+}
+
+/// The registry of `config`, or an error naming the first registry-coded topic.
+pub(crate) fn registry_of(config: &Config, first: &SchemaTopic) -> Result<SchemaRegistry> {
+    let registry = config.schema_registry.as_ref().ok_or_else(|| {
+        Error::config(
+            "schema_registry (RILL_SCHEMA_REGISTRY_URL)",
+            format!(
+                "topic `{}` carries `{}`, an Avro record, which needs a schema registry; set RILL_SCHEMA_REGISTRY_URL (e.g. http://127.0.0.1:8081) or `App::schema_registry`",
+                first.topic, first.schema.rust_type
+            ),
+        )
+    })?;
+    SchemaRegistry::from_config(registry)
+}
+
+/// Binds every registry-coded topic among `reads` and `writes` (see the module's comment).
+pub(crate) async fn bind<'a>(
+    config: &Config,
+    reads: impl IntoIterator<Item = &'a TopicSpec>,
+    writes: impl IntoIterator<Item = &'a TopicSpec>,
+) -> Result<()> {
+    let Some(settings) = &config.schema_registry else {
+        // Without a registry, any registry-coded topic is the error `registry_of` names.
+        let all = schema_topics(&RegistryConfig::new(""), reads, writes)?;
+        return match all.first() {
+            Some(first) => registry_of(config, first).map(|_| ()),
+            None => Ok(()),
+        };
+    };
+    let topics = schema_topics(settings, reads, writes)?;
+    let Some(first) = topics.first() else {
+        return Ok(());
+    };
+    let registry = registry_of(config, first)?;
+    let writers = RegistryWriters::new(registry.clone());
+    for topic in &topics {
+        let id = writer_id(&registry, settings, topic).await?;
+        tracing::info!(topic = %topic.topic, subject = %topic.subject, ?id, "bound to the schema registry");
+        schema::bind(
+            &topic.topic,
+            Binding {
+                subject: topic.subject.clone(),
+                id,
+                writers: writers.clone(),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The id `topic`'s records are written with (`None` for a topic only read, whose schema is
+/// not registered).
+async fn writer_id(
+    registry: &SchemaRegistry,
+    settings: &RegistryConfig,
+    topic: &SchemaTopic,
+) -> Result<Option<u32>> {
+    let (kind, text) = (topic.schema.schema_type, topic.schema.text.as_str());
+    if topic.writes && settings.auto_register {
+        return match registry.register(&topic.subject, kind, text).await {
+            Ok(id) => Ok(Some(id)),
+            Err(Error::Registry { subject, message }) if message.contains("incompatible") => {
+                Err(incompatible(registry, topic, subject, message).await)
+            }
+            Err(e) => Err(e),
+        };
+    }
+    let id = registry.lookup(&topic.subject, kind, text).await?;
+    if topic.writes && id.is_none() {
+        return Err(Error::Registry {
+            subject: topic.subject.clone(),
+            message: format!(
+                "the schema of `{}` (which topic `{}` is written with) is not registered under this subject, and auto-registration is off (RILL_SCHEMA_AUTO_REGISTER=off); register it (`<app> schema --register`) or turn auto-registration on",
+                topic.schema.rust_type, topic.topic
+            ),
+        });
+    }
+    Ok(id)
+}
+
+/// A refused registration, with the subject's rule and what the registry found incompatible.
+async fn incompatible(
+    registry: &SchemaRegistry,
+    topic: &SchemaTopic,
+    subject: String,
+    message: String,
+) -> Error {
+    let (kind, text) = (topic.schema.schema_type, topic.schema.text.as_str());
+    let rule = registry
+        .compatibility(&topic.subject)
+        .await
+        .unwrap_or_else(|| "unknown".to_owned());
+    let why = registry.incompatibilities(&topic.subject, kind, text).await;
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!("; what is incompatible: {}", why.join("; "))
+    };
+    Error::Registry {
+        subject,
+        message: format!(
+            "`{}` cannot be registered: the subject's compatibility rule is {rule}. {message}{why}. Evolve the struct as the rule allows (under BACKWARD: new fields need a default, an `Option` gets null), or change the rule",
+            topic.schema.rust_type
+        ),
+    }
+}
+
+/// The schemas of the registry-coded topics of an app, for the `schema` command: `(topic,
+/// subject, schema text)`, registered first when `register` (which needs the registry).
+pub(crate) async fn describe(
+    config: &Config,
+    topics: &[TopicSpec],
+    register: bool,
+) -> Result<Vec<(String, String, String, Option<u32>)>> {
+    let default = RegistryConfig::new("");
+    let settings = config.schema_registry.as_ref().unwrap_or(&default);
+    let found = schema_topics(settings, std::iter::empty(), topics)?;
+    let mut out = Vec::new();
+    let registry = match (register, found.first()) {
+        (true, Some(first)) => Some(Arc::new(registry_of(config, first)?)),
+        _ => None,
+    };
+    for topic in found {
+        let id = match &registry {
+            Some(registry) => Some(
+                registry
+                    .register(&topic.subject, topic.schema.schema_type, &topic.schema.text)
+                    .await?,
+            ),
+            None => None,
+        };
+        out.push((topic.topic, topic.subject, topic.schema.text.clone(), id));
+    }
+    Ok(out)
+}

@@ -1,0 +1,551 @@
+//! Avro records on topics (`#[record(codec = "avro")]`) against a real registry (Apicurio
+//! Registry, started by `scripts/test.sh`), on the embedded log and on the broker: records
+//! written by Confluent's Python serializer are read by an agent, and what the agent writes is
+//! read by Confluent's deserializer; records written with an older or newer schema are read
+//! into the current struct under each compatibility rule, and a schema the rule refuses stops
+//! the worker naming the subject, the rule and the field; a poison frame (not framed, an
+//! unknown id, a payload that does not decode) is dead-lettered with its original bytes; a
+//! registry outage mid-stream holds the records until the registry is back (none lost, none
+//! dead-lettered).
+
+mod common;
+
+use std::time::Duration;
+
+use common::registry::{Relay, crosscheck, registry_url};
+use rill::prelude::*;
+use rill::schema_registry::{SchemaRegistry, SchemaType, avro, frame};
+use rill::{AgentSpec, TopicSpec};
+
+const HERE: &str = "tests/schema_topics.rs";
+
+#[record(codec = "avro")]
+#[derive(Debug, Clone, PartialEq)]
+struct View {
+    #[record(key)]
+    user: String,
+    url: String,
+    at: i64,
+}
+
+#[record(codec = "avro")]
+#[derive(Debug, Clone, PartialEq)]
+struct Visit {
+    user: String,
+    url: String,
+    seen: i64,
+}
+
+#[record(codec = "avro", schema = "tests/schemas/customer_v1.avsc")]
+#[derive(Debug, Clone, PartialEq)]
+struct CustomerV1 {
+    id: i64,
+    name: String,
+}
+
+#[record(codec = "avro", schema = "tests/schemas/customer_v2.avsc")]
+#[derive(Debug, Clone, PartialEq)]
+struct CustomerV2 {
+    id: i64,
+    name: String,
+    tier: String,
+}
+
+#[record(codec = "avro", schema = "tests/schemas/customer_v3.avsc")]
+#[derive(Debug, Clone, PartialEq)]
+struct CustomerV3 {
+    id: i64,
+    name: String,
+    tier: String,
+}
+
+/// Reads views from `input`, writes a visit per view to `output`.
+fn visits(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("visits", HERE)
+        .source(TopicSpec::of::<View>(input, HERE))
+        .sink(TopicSpec::of::<Visit>(output, HERE))
+        .run(|mut ctx| async move {
+            let mut views = ctx.stream::<View>()?;
+            let out = ctx.sink::<Visit>()?;
+            while let Some(v) = views.next().await {
+                let visit = Visit {
+                    user: v.user.clone(),
+                    url: v.url.clone(),
+                    seen: v.at,
+                };
+                out.send(&visit).await?;
+            }
+            Ok(())
+        })
+}
+
+/// Reads `R` from `input`, writes each as its `Debug` text to `output`.
+fn describe<R: Record + std::fmt::Debug>(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("describe", HERE)
+        .source(TopicSpec::of::<R>(input, HERE))
+        .sink(TopicSpec::of::<String>(output, HERE))
+        .run(|mut ctx| async move {
+            let mut records = ctx.stream::<R>()?;
+            let out = ctx.sink::<String>()?;
+            while let Some(r) = records.next().await {
+                out.send(&format!("{r:?}")).await?;
+            }
+            Ok(())
+        })
+}
+
+fn schema_of<R: Record>() -> &'static str {
+    &R::registry_schema().expect("an avro record").text
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `value` framed with the id of `schema` under `subject` (registered there).
+async fn framed<T: serde::Serialize>(
+    registry: &SchemaRegistry,
+    subject: &str,
+    schema: &str,
+    value: &T,
+) -> rill::Result<Vec<u8>> {
+    let id = registry.register(subject, SchemaType::Avro, schema).await?;
+    let parsed = avro::parse(schema).expect("schema");
+    Ok(frame(id, &avro::encode(&parsed, value).expect("encode")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluents_client_writes_what_an_agent_reads_and_reads_what_it_writes() -> rill::Result<()>
+{
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_views_{run}"), format!("sr_visits_{run}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&format!("sr_rt_{run}"))
+        .schema_registry(&url)
+        .agents([visits(&input, &output)])
+        .test_in(dir.path())
+        .await?;
+    for i in 0..3 {
+        let view = serde_json::json!({"user": format!("u{i}"), "url": "/a", "at": i});
+        let hex = crosscheck(
+            &url,
+            &["encode", &input, schema_of::<View>(), &view.to_string()],
+        );
+        let key = format!("u{i}");
+        app.send_bytes(&input, Some(key.as_bytes()), &hex_decode(&hex))
+            .await?;
+    }
+    let mut seen: Vec<Visit> = app.expect(&output, 3).await?;
+    seen.sort_by_key(|v| v.seen);
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|i| Visit {
+                user: format!("u{i}"),
+                url: "/a".into(),
+                seen: i
+            })
+            .collect::<Vec<_>>()
+    );
+    // The agent's records, read by Confluent's deserializer: framed with the id of `Visit`'s
+    // schema under `<output>-value`.
+    let registry = SchemaRegistry::new(&url)?;
+    let id = registry
+        .lookup(
+            &format!("{output}-value"),
+            SchemaType::Avro,
+            schema_of::<Visit>(),
+        )
+        .await?
+        .expect("the sink's schema was registered at start");
+    for record in app.records(&output)? {
+        let bytes = record.value.as_deref().expect("a value");
+        let read: serde_json::Value =
+            serde_json::from_str(&crosscheck(&url, &["decode", &output, &hex_encode(bytes)]))
+                .expect("json");
+        assert_eq!(read["id"], id);
+        let user = read["value"]["user"].as_str().expect("user").to_owned();
+        assert_eq!(read["value"]["url"], "/a");
+        assert_eq!(read["value"]["seen"], user[1..].parse::<i64>().expect("n"));
+    }
+    app.stop().await
+}
+
+/// Registers `existing` and then `new` under `subject` with compatibility `rule` (which must
+/// accept `new`); the ids.
+async fn evolve(
+    registry: &SchemaRegistry,
+    subject: &str,
+    rule: &str,
+    existing: &str,
+    new: &str,
+) -> rill::Result<(u32, u32)> {
+    let old = registry
+        .register(subject, SchemaType::Avro, existing)
+        .await?;
+    registry.set_compatibility(subject, rule).await?;
+    assert!(
+        registry
+            .is_compatible(subject, SchemaType::Avro, new)
+            .await?,
+        "{rule} accepts the evolution"
+    );
+    let new = registry.register(subject, SchemaType::Avro, new).await?;
+    Ok((old, new))
+}
+
+/// Starts an app reading `R` from a fresh topic, feeds it `records` and returns what it saw.
+async fn read_as<R: Record + std::fmt::Debug>(
+    url: &str,
+    topic: &str,
+    records: Vec<Vec<u8>>,
+) -> rill::Result<Vec<String>> {
+    let output = format!("{topic}_seen");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&format!("{topic}_app"))
+        .schema_registry(url)
+        .agents([describe::<R>(topic, &output)])
+        .test_in(dir.path())
+        .await?;
+    let n = records.len();
+    for bytes in records {
+        app.send_bytes(topic, Some(b"k"), &bytes).await?;
+    }
+    let seen = app.expect::<String>(&output, n).await;
+    let dead: Vec<String> = app
+        .records(&format!("{topic}_app-describe-dlq"))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("rill.error")
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+        })
+        .collect();
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let seen = seen?;
+    app.stop().await?;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_older_and_newer_schemas_are_read_under_each_compatibility_rule()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let registry = SchemaRegistry::new(&url)?;
+    let run = common::run_id();
+    let (v1, v2, v3) = (
+        schema_of::<CustomerV1>(),
+        schema_of::<CustomerV2>(),
+        schema_of::<CustomerV3>(),
+    );
+    let ann = CustomerV1 {
+        id: 1,
+        name: "ann".into(),
+    };
+    let bob = CustomerV3 {
+        id: 2,
+        name: "bob".into(),
+        tier: "gold".into(),
+    };
+
+    // BACKWARD: consumers upgrade first. A V2 reader (a new field with a default) reads
+    // records written with V1; the default fills the field.
+    let topic = format!("sr_back_{run}");
+    evolve(&registry, &format!("{topic}-value"), "BACKWARD", v1, v2).await?;
+    let old = framed(&registry, &format!("{topic}-value"), v1, &ann).await?;
+    assert_eq!(
+        read_as::<CustomerV2>(&url, &topic, vec![old]).await?,
+        [r#"CustomerV2 { id: 1, name: "ann", tier: "basic" }"#]
+    );
+
+    // FORWARD: producers upgrade first. Records written with V3 (a new field, no default:
+    // forward compatible only) are read by a V1 reader, which skips the field.
+    let topic = format!("sr_fwd_{run}");
+    evolve(&registry, &format!("{topic}-value"), "FORWARD", v1, v3).await?;
+    let newer = framed(&registry, &format!("{topic}-value"), v3, &bob).await?;
+    assert_eq!(
+        read_as::<CustomerV1>(&url, &topic, vec![newer]).await?,
+        [r#"CustomerV1 { id: 2, name: "bob" }"#]
+    );
+
+    // FULL: either side first. V1 records into V2, and V2 records into V1.
+    let topic = format!("sr_full_{run}");
+    let subject = format!("{topic}-value");
+    evolve(&registry, &subject, "FULL", v1, v2).await?;
+    let old = framed(&registry, &subject, v1, &ann).await?;
+    let bob2 = CustomerV2 {
+        id: 2,
+        name: "bob".into(),
+        tier: "gold".into(),
+    };
+    let newer = framed(&registry, &subject, v2, &bob2).await?;
+    assert_eq!(
+        read_as::<CustomerV2>(&url, &topic, vec![old.clone(), newer.clone()]).await?,
+        [
+            r#"CustomerV2 { id: 1, name: "ann", tier: "basic" }"#,
+            r#"CustomerV2 { id: 2, name: "bob", tier: "gold" }"#
+        ]
+    );
+    let topic2 = format!("sr_full2_{run}");
+    assert_eq!(
+        read_as::<CustomerV1>(&url, &topic2, vec![old, newer]).await?,
+        [
+            r#"CustomerV1 { id: 1, name: "ann" }"#,
+            r#"CustomerV1 { id: 2, name: "bob" }"#
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_schema_the_rule_refuses_stops_the_start_naming_subject_rule_and_field()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let registry = SchemaRegistry::new(&url)?;
+    let run = common::run_id();
+    let output = format!("sr_refused_{run}");
+    let subject = format!("{output}-value");
+    registry
+        .register(&subject, SchemaType::Avro, schema_of::<CustomerV1>())
+        .await?;
+    registry.set_compatibility(&subject, "BACKWARD").await?;
+    let writer = AgentSpec::new("writer", HERE)
+        .source(TopicSpec::of::<String>(
+            &format!("sr_refused_in_{run}"),
+            HERE,
+        ))
+        .sink(TopicSpec::of::<CustomerV3>(&output, HERE))
+        .run(|_ctx| async move { Ok(()) });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = App::new(&format!("sr_refused_{run}"))
+        .schema_registry(&url)
+        .agents([writer])
+        .test_in(dir.path())
+        .await
+        .err()
+        .expect("the start fails")
+        .to_string();
+    for needed in [subject.as_str(), "BACKWARD", "tier", "CustomerV3"] {
+        assert!(err.contains(needed), "`{needed}` missing from: {err}");
+    }
+    // With auto-registration off, a sink schema not registered stops the start too.
+    let other = format!("sr_unregistered_{run}");
+    let writer = AgentSpec::new("writer", HERE)
+        .source(TopicSpec::of::<String>(&format!("sr_unreg_in_{run}"), HERE))
+        .sink(TopicSpec::of::<CustomerV1>(&other, HERE))
+        .run(|_ctx| async move { Ok(()) });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = App::new(&format!("sr_unreg_{run}"))
+        .schema_registry(&url)
+        .configure(|c| {
+            if let Some(r) = c.schema_registry.as_mut() {
+                r.auto_register = false;
+            }
+        })
+        .agents([writer])
+        .test_in(dir.path())
+        .await
+        .err()
+        .expect("the start fails")
+        .to_string();
+    assert!(
+        err.contains(&format!("{other}-value")) && err.contains("not registered"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_frames_are_dead_lettered_with_their_bytes_and_the_reason() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_poison_{run}"), format!("sr_poison_out_{run}"));
+    let app_id = format!("sr_poison_{run}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&app_id)
+        .schema_registry(&url)
+        .agents([visits(&input, &output)])
+        .test_in(dir.path())
+        .await?;
+    let registry = SchemaRegistry::new(&url)?;
+    let subject = format!("{input}-value");
+    let good = View {
+        user: "u".into(),
+        url: "/ok".into(),
+        at: 7,
+    };
+    let valid = framed(&registry, &subject, schema_of::<View>(), &good).await?;
+    let poison: Vec<(Vec<u8>, &str)> = vec![
+        (br#"{"user":"u"}"#.to_vec(), "magic byte"),
+        (frame(2_000_000_000, &valid[5..]), "unknown"),
+        (valid[..6].to_vec(), "avro"),
+    ];
+    for (bytes, _) in &poison {
+        app.send_bytes(&input, Some(b"u"), bytes).await?;
+    }
+    app.send_bytes(&input, Some(b"u"), &valid).await?;
+    let seen: Vec<Visit> = app.expect(&output, 1).await?;
+    assert_eq!(seen[0].url, "/ok");
+    let dlq = format!("{app_id}-visits-dlq");
+    app.wait_until("the poison is dead-lettered", |app| {
+        app.count(&dlq).unwrap_or(0) >= poison.len()
+    })
+    .await?;
+    let dead = app.records(&dlq)?;
+    assert_eq!(dead.len(), poison.len());
+    for (record, (bytes, reason)) in dead.iter().zip(&poison) {
+        assert_eq!(
+            record.value.as_deref(),
+            Some(bytes.as_slice()),
+            "original bytes"
+        );
+        let error = record
+            .headers
+            .get("rill.error")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        assert!(error.contains(reason), "`{reason}` missing from: {error}");
+    }
+    app.stop().await
+}
+
+/// `View` with a field added (default ""): a schema the worker has not met.
+#[derive(serde::Serialize)]
+struct ViewPlus {
+    user: String,
+    url: String,
+    at: i64,
+    referrer: String,
+}
+
+fn view_plus_schema() -> String {
+    let mut schema: serde_json::Value = serde_json::from_str(schema_of::<View>()).expect("json");
+    schema["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "referrer", "type": "string", "default": ""}));
+    schema.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_mid_stream_holds_records_and_loses_none() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let relay = Relay::to(&url);
+    let run = common::run_id();
+    let (input, output) = (format!("sr_outage_{run}"), format!("sr_outage_out_{run}"));
+    let app_id = format!("sr_outage_{run}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&app_id)
+        .schema_registry(relay.url())
+        .agents([visits(&input, &output)])
+        .test_in(dir.path())
+        .await?;
+    // Records of a schema version the worker has not met: each needs the registry once.
+    let registry = SchemaRegistry::new(&url)?;
+    let subject = format!("{input}-value");
+    let plus = view_plus_schema();
+    relay.set_up(false);
+    for i in 0..5 {
+        let view = ViewPlus {
+            user: format!("u{i}"),
+            url: "/later".into(),
+            at: i,
+            referrer: "ad".into(),
+        };
+        let bytes = framed(&registry, &subject, &plus, &view).await?;
+        app.send_bytes(&input, Some(view.user.as_bytes()), &bytes)
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dlq = format!("{app_id}-visits-dlq");
+    assert_eq!(app.count(&output)?, 0, "held while the registry is away");
+    assert_eq!(app.count(&dlq).unwrap_or(0), 0, "nothing dead-lettered");
+    relay.set_up(true);
+    let seen: Vec<Visit> = app.expect(&output, 5).await?;
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|v| v.url == "/later"));
+    assert_eq!(app.count(&dlq).unwrap_or(0), 0, "nothing dead-lettered");
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() -> rill::Result<()> {
+    let (Some(url), Some(bootstrap)) = (registry_url(), common::kafka_bootstrap()) else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("srk_views_{run}"), format!("srk_visits_{run}"));
+    let app_id = format!("srk_{run}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .schema_registry(&url)
+        .agents([visits(&input, &output)])
+        .start()
+        .await?;
+    common::wait_ready(&worker, Duration::from_secs(60)).await;
+    let mut records: Vec<(Option<String>, Vec<u8>)> = (0..20)
+        .map(|i| {
+            let view = serde_json::json!({"user": format!("u{}", i % 4), "url": format!("/p{i}"), "at": i});
+            let hex = crosscheck(&url, &["encode", &input, schema_of::<View>(), &view.to_string()]);
+            (Some(format!("u{}", i % 4)), hex_decode(&hex))
+        })
+        .collect();
+    records.insert(7, (Some("u3".into()), b"not framed".to_vec()));
+    tokio::task::block_in_place(|| {
+        common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
+    });
+    let out = common::read_topic(
+        &bootstrap,
+        &output,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        |got| got.len() >= 20,
+    );
+    assert_eq!(out.len(), 20, "each view once");
+    let mut pages: Vec<i64> = Vec::new();
+    for record in &out {
+        let hex = hex_encode(record.value.as_deref().expect("a value"));
+        let read: serde_json::Value =
+            serde_json::from_str(&crosscheck(&url, &["decode", &output, &hex])).expect("json");
+        pages.push(read["value"]["seen"].as_i64().expect("seen"));
+    }
+    pages.sort_unstable();
+    assert_eq!(pages, (0..20).collect::<Vec<_>>());
+    let dead = common::read_topic(
+        &bootstrap,
+        &format!("{app_id}-visits-dlq"),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        |got| !got.is_empty(),
+    );
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_deref(), Some(b"not framed".as_slice()));
+    assert!(
+        dead[0]
+            .header("rill.error")
+            .unwrap_or_default()
+            .contains("magic byte"),
+        "{:?}",
+        dead[0].header("rill.error")
+    );
+    worker.shutdown().await
+}
