@@ -549,3 +549,64 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
     );
     worker.shutdown().await
 }
+
+#[test]
+fn the_avro_pageviews_example_counts_avro_views_and_prints_its_schemas() {
+    let Some(url) = registry_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let mut worker = common::spawn_example_quiet(
+        "avro_pageviews",
+        &["--data-dir", data, "--no-web"],
+        &[
+            ("SYNTHETIC_VIEWS", "6"),
+            ("RILL_LOG", "warn"),
+            ("RILL_SCHEMA_REGISTRY_URL", &url),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let totals = loop {
+        let totals: std::collections::BTreeMap<String, i64> =
+            common::table_of("avro_pageviews", data, "url_totals_table");
+        if totals.values().sum::<i64>() >= 6 {
+            break totals;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the example counted {totals:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let expected: std::collections::BTreeMap<String, i64> =
+        [("/", 2), ("/docs", 2), ("/pricing", 2)]
+            .into_iter()
+            .map(|(u, n)| (u.to_owned(), n))
+            .collect();
+    assert_eq!(totals, expected);
+    common::signal(&worker, "TERM");
+    assert!(
+        common::exited_within(&mut worker, Duration::from_secs(30)).is_some_and(|s| s.success()),
+        "the worker stops cleanly"
+    );
+    let out = common::command("avro_pageviews")
+        .args(["--data-dir", data, "schema"])
+        .env("RILL_SCHEMA_REGISTRY_URL", &url)
+        .env("RILL_LOG", "warn")
+        .output()
+        .expect("schema command");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needed in [
+        "subject pageviews_avro-value",
+        "subject url_totals-value",
+        "\"referrer\"",
+    ] {
+        assert!(text.contains(needed), "`{needed}` missing from: {text}");
+    }
+}

@@ -71,6 +71,17 @@ enum Command {
     },
     /// List agents with their topics, sinks, concurrency and consumer groups.
     Agents,
+    /// Print the schemas of the app's Avro topics (`#[record(codec = "avro")]`) with their
+    /// subjects, or register them (`--register`, e.g. from CI when workers run with
+    /// RILL_SCHEMA_AUTO_REGISTER=off).
+    Schema {
+        /// Only this topic.
+        topic: Option<String>,
+        /// Register each schema under its subject (needs RILL_SCHEMA_REGISTRY_URL) and print
+        /// its id.
+        #[arg(long)]
+        register: bool,
+    },
     /// Print the topology (agents, topics, tables, internal topics) as a Graphviz DOT graph,
     /// e.g. `graph | dot -Tsvg > topology.svg`. Repartition topics and window tables appear
     /// once a worker has created them (see `/topology` of a running worker).
@@ -216,6 +227,9 @@ fn run(app: &mut App, cli: Cli, runtime: &tokio::runtime::Runtime) -> Result<()>
         }),
         Command::Send { topic, value, key } => runtime.block_on(send(app, &config, &topic, &value, key)),
         Command::Agents => agents(app, &config),
+        Command::Schema { topic, register } => {
+            runtime.block_on(schema_command(app, &config, topic.as_deref(), register))
+        }
         Command::Graph => {
             let topology = crate::wiring::topology::Topology::from_specs(
                 &config.app_id,
@@ -275,15 +289,9 @@ fn parse_datetime(text: &str) -> Result<i64> {
     })
 }
 
-async fn send(
-    app: &App,
-    config: &crate::base::config::Config,
-    topic: &str,
-    value: &str,
-    key: Option<String>,
-) -> Result<()> {
-    let spec = app
-        .agent_specs()
+/// Every topic the app declares: agents' sources and sinks, and `App::topic`s.
+fn declared_topics(app: &App) -> Vec<crate::base::spec::TopicSpec> {
+    app.agent_specs()
         .iter()
         .flat_map(|a| {
             a.sources
@@ -293,7 +301,57 @@ async fn send(
                 .collect::<Vec<_>>()
         })
         .chain(app.topics.iter().cloned())
-        .find(|s| s.name == topic);
+        .collect()
+}
+
+async fn schema_command(
+    app: &App,
+    config: &crate::base::config::Config,
+    topic: Option<&str>,
+    register: bool,
+) -> Result<()> {
+    let topics: Vec<_> = declared_topics(app)
+        .into_iter()
+        .filter(|s| topic.is_none_or(|t| s.name == t))
+        .collect();
+    let found = crate::wiring::schemas::describe(config, &topics, register).await?;
+    if found.is_empty() {
+        return Err(Error::config(
+            "schema",
+            match topic {
+                Some(t) => format!("the app declares no Avro topic `{t}`"),
+                None => {
+                    "the app declares no Avro topics (`#[record(codec = \"avro\")]`)".to_owned()
+                }
+            },
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    for (topic, subject, text, id) in found {
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(text);
+        let id = id
+            .map(|id| format!(" (registered, id {id})"))
+            .unwrap_or_default();
+        writeln!(out, "# topic {topic}, subject {subject}{id}\n{pretty}")
+            .map_err(|e| Error::io("writing to stdout", e))?;
+    }
+    Ok(())
+}
+
+async fn send(
+    app: &App,
+    config: &crate::base::config::Config,
+    topic: &str,
+    value: &str,
+    key: Option<String>,
+) -> Result<()> {
+    let spec = declared_topics(app).into_iter().find(|s| s.name == topic);
+    if let Some(spec) = &spec {
+        // An Avro topic's record is framed with its schema's id.
+        crate::wiring::schemas::bind(config, std::iter::empty(), std::iter::once(spec)).await?;
+    }
     let bytes = match &spec {
         Some(spec) => spec.json_to_wire(value.as_bytes())?,
         None => {

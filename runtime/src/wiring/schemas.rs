@@ -6,8 +6,11 @@
 //!   `auto_register` is on (a schema the subject's compatibility rule refuses stops the start,
 //!   naming the subject, the rule and what the registry found incompatible), looked up when
 //!   off (a schema not registered stops the start);
-//! - a topic it only reads is looked up: the id when its schema is registered (records of that
-//!   id decode without resolution), none otherwise; other ids are fetched when first met.
+//! - a topic it reads is registered too when `auto_register` is on (as a Confluent serializer
+//!   in the app would on its first send: Faust-style apps send to their own agents' topics,
+//!   and asks do), but a refusal only warns: the topic is then read, and a send to it is the
+//!   unbound error. Off, it is looked up. Records of its id decode without resolution; other
+//!   ids are fetched when first met.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -135,14 +138,18 @@ async fn writer_id(
     topic: &SchemaTopic,
 ) -> Result<Option<u32>> {
     let (kind, text) = (topic.schema.schema_type, topic.schema.text.as_str());
-    if topic.writes && settings.auto_register {
-        return match registry.register(&topic.subject, kind, text).await {
-            Ok(id) => Ok(Some(id)),
+    if settings.auto_register {
+        match registry.register(&topic.subject, kind, text).await {
+            Ok(id) => return Ok(Some(id)),
             Err(Error::Registry { subject, message }) if message.contains("incompatible") => {
-                Err(incompatible(registry, topic, subject, message).await)
+                let refused = incompatible(registry, topic, subject, message).await;
+                if topic.writes {
+                    return Err(refused);
+                }
+                tracing::warn!(topic = %topic.topic, error = %refused, "reading the topic; sending to it needs its schema registered");
             }
-            Err(e) => Err(e),
-        };
+            Err(e) => return Err(e),
+        }
     }
     let id = registry.lookup(&topic.subject, kind, text).await?;
     if topic.writes && id.is_none() {
