@@ -121,6 +121,20 @@ async fn framed<T: serde::Serialize>(
     Ok(frame(id, &avro::encode(&parsed, value).expect("encode")))
 }
 
+#[tokio::test]
+async fn an_avro_topic_without_a_registry_is_an_error_naming_the_setting() {
+    let err = App::new("sr_none")
+        .agents([visits("sr_none_in", "sr_none_out")])
+        .test()
+        .await
+        .err()
+        .expect("no registry, no start")
+        .to_string();
+    for needed in ["RILL_SCHEMA_REGISTRY_URL", "App::schema_registry", "View"] {
+        assert!(err.contains(needed), "`{needed}` missing from: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluents_client_writes_what_an_agent_reads_and_reads_what_it_writes() -> rill::Result<()>
 {

@@ -252,7 +252,7 @@ pub struct Config {
 }
 
 /// Where the schema registry is and how rill uses it (Confluent's serializer settings).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
     /// Its URL (`RILL_SCHEMA_REGISTRY_URL`; Confluent's `schema.registry.url`, Apicurio's
     /// `http://host:8080/apis/ccompat/v7`).
@@ -271,6 +271,18 @@ pub struct RegistryConfig {
     /// must already be registered under its subject (as by a CI step running `schema
     /// --register`), or the worker does not start.
     pub auto_register: bool,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("user", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .field("ca_file", &self.ca_file)
+            .field("subject_strategy", &self.subject_strategy)
+            .field("auto_register", &self.auto_register)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RegistryConfig {
@@ -654,6 +666,7 @@ impl std::fmt::Debug for Config {
             .field("web_bind", &self.web_bind)
             .field("web_port", &self.web_port)
             .field("web_token", &self.web_token.as_ref().map(|_| "[redacted]"))
+            .field("schema_registry", &self.schema_registry)
             .finish_non_exhaustive()
     }
 }
@@ -785,6 +798,40 @@ mod tests {
         assert_eq!(c.partitions, 4);
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn schema_registry_settings_come_from_the_environment_and_hide_the_password() {
+        let mut c = Config::new("app");
+        c.apply_vars(vars(&[
+            ("RILL_SCHEMA_SUBJECT_STRATEGY", "topic-record"),
+            ("RILL_SCHEMA_REGISTRY_BASIC_AUTH", "key:s3cret"),
+            ("RILL_SCHEMA_AUTO_REGISTER", "off"),
+            ("RILL_SCHEMA_REGISTRY_URL", "https://sr.example:8081"),
+            ("RILL_SCHEMA_REGISTRY_CA", "/etc/ca.pem"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        let r = c.schema_registry.as_ref().unwrap();
+        assert_eq!(r.url, "https://sr.example:8081");
+        assert_eq!(r.basic_auth, Some(("key".into(), "s3cret".into())));
+        assert_eq!(r.subject_strategy, crate::base::schema::SubjectStrategy::TopicRecord);
+        assert!(!r.auto_register);
+        assert_eq!(r.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("key"), "{shown}");
+
+        let mut c = Config::new("app");
+        let err = c
+            .apply_vars(vars(&[("RILL_SCHEMA_SUBJECT_STRATEGY", "by-topic")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RILL_SCHEMA_SUBJECT_STRATEGY") && err.contains("topic-record"), "{err}");
+        // Settings without the URL.
+        let mut c = Config::new("app");
+        c.apply_vars(vars(&[("RILL_SCHEMA_AUTO_REGISTER", "on")])).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("RILL_SCHEMA_REGISTRY_URL"), "{err}");
     }
 
     #[test]
