@@ -83,8 +83,8 @@ pub use rill_runtime::{
     OutRecord, PageRegistration, PageSpec, ProcessingGuarantee, Producer, RawRecord,
     RebalanceProtocol, Rebalances, Record, Registration, Request, Requests, Result, Schedule,
     SetTable, Sink, Stream, Table, TableReader, TableSpec, Tables, TestApp, TimerContext,
-    TimerRegistration, TimerSpec, TimerStats, Topic, TopicSpec, Worker, registered_agents,
-    registered_timers,
+    TimerRegistration, TimerSpec, TimerStats, Topic, TopicSpec, Worker, decode_from, encode_for,
+    encode_vec_for, registered_agents, registered_timers,
 };
 pub use rill_runtime::{
     Batches, Clock, Emit, KeyedStream, MergeState, OnError, Punctuation, WindowResult, WindowState,

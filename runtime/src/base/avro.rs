@@ -34,32 +34,59 @@ pub fn encode<T: Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, Codec
         .map_err(avro)
 }
 
-/// Appends `value`'s Avro binary under `schema` to `out` (on an error, `out` may hold part of
-/// it).
-pub fn encode_into<T: Serialize>(
-    schema: &Schema,
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-        .build()
-        .map_err(avro)?
-        .write_ser(out, value)
-        .map(|_| ())
-        .map_err(avro)
+/// A writer of one schema, built once (resolving the schema's names is most of the cost of
+/// building one per record).
+pub struct Writer(apache_avro::writer::datum::GenericDatumWriter<'static>);
+
+/// A reader from one writer schema into one reader schema, built once.
+pub struct Reader {
+    datum: apache_avro::reader::datum::GenericDatumReader<'static>,
+    /// Reader and writer are the same schema, whose record is named like the Rust type:
+    /// serde reads the bytes directly (apache-avro 0.22 resolves only through its `Value`).
+    direct: bool,
 }
 
-/// Decodes Avro binary written with `schema`, the reader's own: straight into `T`, without
-/// the intermediate `Value` that resolution needs.
-pub fn decode_same<T: DeserializeOwned>(
-    schema: &Schema,
-    mut bytes: &[u8],
-) -> Result<T, CodecError> {
-    apache_avro::reader::datum::GenericDatumReader::builder(schema)
-        .build()
-        .map_err(avro)?
-        .read_deser(&mut bytes)
-        .map_err(avro)
+impl Writer {
+    /// A writer of `schema`.
+    pub fn new(schema: &'static Schema) -> Result<Self, CodecError> {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .map(Writer)
+            .map_err(avro)
+    }
+
+    /// Appends `value`'s Avro binary to `out` (on an error, `out` may hold part of it).
+    pub fn write<T: Serialize>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.0.write_ser(out, value).map(|_| ()).map_err(avro)
+    }
+}
+
+impl Reader {
+    /// A reader of records written with `writer` into `reader` (`None`: the writer's own);
+    /// `direct` when serde may read the bytes straight (see [`Reader`]).
+    pub fn new(
+        writer: &'static Schema,
+        reader: Option<&'static Schema>,
+        direct: bool,
+    ) -> Result<Self, CodecError> {
+        let datum = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+            .maybe_reader_schema(reader)
+            .build()
+            .map_err(avro)?;
+        Ok(Reader {
+            datum,
+            direct: direct && reader.is_none(),
+        })
+    }
+
+    /// Decodes one record's Avro binary.
+    pub fn read<T: DeserializeOwned>(&self, mut bytes: &[u8]) -> Result<T, CodecError> {
+        if self.direct {
+            return self.datum.read_deser(&mut bytes).map_err(avro);
+        }
+        let value = self.datum.read_value(&mut bytes).map_err(avro)?;
+        apache_avro::from_value(&value).map_err(avro)
+    }
 }
 
 /// Decodes Avro binary written with `writer` into `T`, whose schema is `reader` (the same

@@ -815,21 +815,34 @@ mod tests {
         let r = c.schema_registry.as_ref().unwrap();
         assert_eq!(r.url, "https://sr.example:8081");
         assert_eq!(r.basic_auth, Some(("key".into(), "s3cret".into())));
-        assert_eq!(r.subject_strategy, crate::base::schema::SubjectStrategy::TopicRecord);
+        assert_eq!(
+            r.subject_strategy,
+            crate::base::schema::SubjectStrategy::TopicRecord
+        );
         assert!(!r.auto_register);
-        assert_eq!(r.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cret") && shown.contains("key"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("key"),
+            "{shown}"
+        );
 
         let mut c = Config::new("app");
         let err = c
             .apply_vars(vars(&[("RILL_SCHEMA_SUBJECT_STRATEGY", "by-topic")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("RILL_SCHEMA_SUBJECT_STRATEGY") && err.contains("topic-record"), "{err}");
+        assert!(
+            err.contains("RILL_SCHEMA_SUBJECT_STRATEGY") && err.contains("topic-record"),
+            "{err}"
+        );
         // Settings without the URL.
         let mut c = Config::new("app");
-        c.apply_vars(vars(&[("RILL_SCHEMA_AUTO_REGISTER", "on")])).unwrap();
+        c.apply_vars(vars(&[("RILL_SCHEMA_AUTO_REGISTER", "on")]))
+            .unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("RILL_SCHEMA_REGISTRY_URL"), "{err}");
     }

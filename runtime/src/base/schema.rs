@@ -96,6 +96,8 @@ pub struct RecordSchema {
     /// The schema's record is named like the Rust type: apache-avro deserialises such a type
     /// straight from the bytes (it checks the names), others go through its `Value`.
     direct: bool,
+    writer: OnceLock<Result<avro::Writer, String>>,
+    reader: OnceLock<Result<avro::Reader, String>>,
 }
 
 impl RecordSchema {
@@ -111,7 +113,27 @@ impl RecordSchema {
             text,
             parsed,
             direct,
+            writer: OnceLock::new(),
+            reader: OnceLock::new(),
         }
+    }
+
+    /// The writer of this schema, built at first use.
+    fn writer(&'static self) -> Result<&'static avro::Writer, CodecError> {
+        let schema = self.parsed()?;
+        self.writer
+            .get_or_init(|| avro::Writer::new(schema).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| CodecError::Avro(e.clone()))
+    }
+
+    /// The reader of records written with this very schema, built at first use.
+    fn own_reader(&'static self) -> Result<&'static avro::Reader, CodecError> {
+        let schema = self.parsed()?;
+        self.reader
+            .get_or_init(|| avro::Reader::new(schema, None, self.direct).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| CodecError::Avro(e.clone()))
     }
 
     /// The parsed schema, or why it does not parse.
@@ -142,8 +164,34 @@ impl RecordSchema {
 /// answers (it is retried while the registry is unreachable); an id the registry does not
 /// know is [`CodecError::UnknownSchema`].
 pub trait WriterSchemas: Send + Sync {
-    /// The Avro schema with global id `id`.
-    fn avro(&self, id: u32) -> Result<Arc<Schema>, CodecError>;
+    /// The Avro schema with global id `id` (kept for the process's life: one per schema id
+    /// met).
+    fn avro(&self, id: u32) -> Result<&'static Schema, CodecError>;
+}
+
+/// The reader of records written with `writer` into `reader`, built once per pair and kept
+/// (one per schema version met and record type).
+fn resolving_reader(
+    writer: &'static Schema,
+    reader: &'static Schema,
+) -> Result<&'static avro::Reader, CodecError> {
+    type Readers = RwLock<HashMap<(usize, usize), &'static avro::Reader>>;
+    static READERS: OnceLock<Readers> = OnceLock::new();
+    let readers = READERS.get_or_init(Default::default);
+    let key = (
+        std::ptr::from_ref(writer) as usize,
+        std::ptr::from_ref(reader) as usize,
+    );
+    if let Some(found) = readers.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(found);
+    }
+    let built: &'static avro::Reader =
+        Box::leak(Box::new(avro::Reader::new(writer, Some(reader), false)?));
+    Ok(*readers
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(built))
 }
 
 /// A topic bound to its registry subject.
@@ -196,32 +244,27 @@ fn unbound(topic: &str) -> CodecError {
 /// binary of `value` under `schema` (the value type's own).
 pub fn encode_avro<T: Serialize>(
     topic: &str,
-    schema: &RecordSchema,
+    schema: &'static RecordSchema,
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     let binding = binding(topic).ok_or_else(|| unbound(topic))?;
     let id = binding.id.ok_or_else(|| unbound(topic))?;
     wire::frame_into(id, out);
-    avro::encode_into(schema.parsed()?, value, out)
+    schema.writer()?.write(value, out)
 }
 
 /// Decodes a framed Avro record of `topic` into `T`, whose schema is `reader`: the writer's
 /// schema comes by the frame's id, and Avro's resolution fills what the two differ in.
 pub fn decode_avro<T: DeserializeOwned>(
     topic: &str,
-    reader: &RecordSchema,
+    reader: &'static RecordSchema,
     bytes: &[u8],
 ) -> Result<T, CodecError> {
     let (id, payload) = wire::unframe(bytes)?;
-    let direct = reader.direct;
-    let reader = reader.parsed()?;
     let writers = match binding(topic) {
         // Written with the reader's own schema: nothing to resolve.
-        Some(binding) if binding.id == Some(id) && direct => {
-            return avro::decode_same(reader, payload);
-        }
-        Some(binding) if binding.id == Some(id) => return avro::decode(reader, reader, payload),
+        Some(binding) if binding.id == Some(id) => return reader.own_reader()?.read(payload),
         Some(binding) => binding.writers.clone(),
         None => default_writers()
             .read()
@@ -230,7 +273,7 @@ pub fn decode_avro<T: DeserializeOwned>(
             .ok_or_else(|| unbound(topic))?,
     };
     let writer = writers.avro(id)?;
-    avro::decode(&writer, reader, payload)
+    resolving_reader(writer, reader.parsed()?)?.read(payload)
 }
 
 #[cfg(test)]
@@ -269,8 +312,11 @@ mod tests {
 
     #[test]
     fn an_unbound_topic_is_an_error_naming_it() {
-        let schema = RecordSchema::avro("x::N", r#"{"type":"record","name":"N","fields":[]}"#);
-        let err = encode_avro("never-bound", &schema, &(), &mut Vec::new()).unwrap_err();
+        let schema: &'static RecordSchema = Box::leak(Box::new(RecordSchema::avro(
+            "x::N",
+            r#"{"type":"record","name":"N","fields":[]}"#,
+        )));
+        let err = encode_avro("never-bound", schema, &(), &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("never-bound"), "{err}");
     }
 }

@@ -404,25 +404,30 @@ fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
     })
 }
 
-/// Writer schemas through a registry, parsed once per id.
+/// Writer schemas through a registry, parsed once per registry and id for the process (kept
+/// for its life: the readers built from them are cached with them).
 pub(crate) struct RegistryWriters {
     registry: SchemaRegistry,
-    parsed: Mutex<HashMap<u32, Arc<Schema>>>,
+}
+
+type ParsedSchemas = Mutex<HashMap<(String, u32), &'static Schema>>;
+
+fn parsed_schemas() -> &'static ParsedSchemas {
+    static PARSED: std::sync::OnceLock<ParsedSchemas> = std::sync::OnceLock::new();
+    PARSED.get_or_init(Default::default)
 }
 
 impl RegistryWriters {
     pub(crate) fn new(registry: SchemaRegistry) -> Arc<Self> {
-        Arc::new(RegistryWriters {
-            registry,
-            parsed: Mutex::new(HashMap::new()),
-        })
+        Arc::new(RegistryWriters { registry })
     }
 }
 
 impl WriterSchemas for RegistryWriters {
-    fn avro(&self, id: u32) -> Result<Arc<Schema>, CodecError> {
-        if let Some(found) = lock(&self.parsed).get(&id) {
-            return Ok(found.clone());
+    fn avro(&self, id: u32) -> Result<&'static Schema, CodecError> {
+        let key = (self.registry.url().to_owned(), id);
+        if let Some(found) = lock(parsed_schemas()).get(&key) {
+            return Ok(found);
         }
         let registry = self.registry.clone();
         let found = run_blocking(async move { registry.schema_by_id_held(id).await })?;
@@ -432,9 +437,11 @@ impl WriterSchemas for RegistryWriters {
                 found.schema_type.as_str()
             )));
         }
-        let schema = Arc::new(crate::base::avro::parse(&found.schema)?);
-        lock(&self.parsed).insert(id, schema.clone());
-        Ok(schema)
+        let parsed = crate::base::avro::parse(&found.schema)?;
+        let mut all = lock(parsed_schemas());
+        Ok(*all
+            .entry(key)
+            .or_insert_with(|| Box::leak(Box::new(parsed))))
     }
 }
 
