@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::registry::{Relay, crosscheck, registry_url};
 use rill::prelude::*;
-use rill::schema_registry::{SchemaRegistry, SchemaType, avro, frame};
+use rill::schema_registry::{SchemaRegistry, SchemaType, SubjectStrategy, avro, frame};
 use rill::{AgentSpec, TopicSpec};
 
 const HERE: &str = "tests/schema_topics.rs";
@@ -193,6 +193,46 @@ async fn confluents_client_writes_what_an_agent_reads_and_reads_what_it_writes()
         assert_eq!(read["value"]["seen"], user[1..].parse::<i64>().expect("n"));
     }
     app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_follow_the_record_and_topic_record_naming_strategies() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let registry = SchemaRegistry::new(&url)?;
+    let run = common::run_id();
+    let full_name = |schema: &str| {
+        let v: serde_json::Value = serde_json::from_str(schema).expect("json");
+        format!("{}.{}", v["namespace"].as_str().expect("namespace"), v["name"].as_str().expect("name"))
+    };
+    let visit = full_name(schema_of::<Visit>());
+    for (strategy, subject) in [
+        (SubjectStrategy::Record, visit.clone()),
+        (
+            SubjectStrategy::TopicRecord,
+            format!("sr_strategy_out_{run}-{visit}"),
+        ),
+    ] {
+        let (input, output) = (format!("sr_strategy_in_{run}"), format!("sr_strategy_out_{run}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = App::new(&format!("sr_strategy_{run}"))
+            .schema_registry(&url)
+            .configure(move |c| {
+                if let Some(r) = c.schema_registry.as_mut() {
+                    r.subject_strategy = strategy;
+                }
+            })
+            .agents([visits(&input, &output)])
+            .test_in(dir.path())
+            .await?;
+        let id = registry
+            .lookup(&subject, SchemaType::Avro, schema_of::<Visit>())
+            .await?;
+        assert!(id.is_some(), "{strategy:?}: nothing registered under {subject}");
+        app.stop().await?;
+    }
+    Ok(())
 }
 
 /// Registers `existing` and then `new` under `subject` with compatibility `rule` (which must
