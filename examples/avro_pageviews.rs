@@ -3,8 +3,8 @@
 //! write), keeps a total per URL, and writes `UrlTotal` records, Avro too.
 //!
 //! ```text
-//! bash registry/registry.sh start        # Apicurio Registry from Maven Central, on :8081
-//! RILL_SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7 cargo run --example avro_pageviews
+//! bash registry/registry.sh start        # Apicurio Registry from Maven Central, on :18081
+//! cargo run --example avro_pageviews     # or RILL_SCHEMA_REGISTRY_URL=<another registry>
 //! cargo run --example avro_pageviews -- schema              # the derived schemas and subjects
 //! cargo run --example avro_pageviews -- --broker kafka://127.0.0.1:9092
 //! ```
@@ -68,7 +68,7 @@ async fn count_views(
 fn main() -> rill::Result<()> {
     // The registry of `registry/registry.sh`; RILL_SCHEMA_REGISTRY_URL overrides it.
     App::new("avro_pageviews")
-        .schema_registry("http://127.0.0.1:8081/apis/ccompat/v7")
+        .schema_registry("http://127.0.0.1:18081/apis/ccompat/v7")
         .task(synthetic_views)
         .main()
 }
