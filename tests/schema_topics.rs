@@ -59,6 +59,22 @@ struct CustomerV3 {
     tier: String,
 }
 
+#[record(codec = "json_schema")]
+#[derive(Debug, Clone, PartialEq)]
+struct Order {
+    #[record(key)]
+    id: String,
+    amount: f64,
+    note: Option<String>,
+}
+
+#[record(codec = "json_schema")]
+#[derive(Debug, Clone, PartialEq)]
+struct OrderSeen {
+    id: String,
+    cents: i64,
+}
+
 /// Reads views from `input`, writes a visit per view to `output`.
 fn visits(input: &str, output: &str) -> AgentSpec {
     AgentSpec::new("visits", HERE)
@@ -204,7 +220,11 @@ async fn subjects_follow_the_record_and_topic_record_naming_strategies() -> rill
     let run = common::run_id();
     let full_name = |schema: &str| {
         let v: serde_json::Value = serde_json::from_str(schema).expect("json");
-        format!("{}.{}", v["namespace"].as_str().expect("namespace"), v["name"].as_str().expect("name"))
+        format!(
+            "{}.{}",
+            v["namespace"].as_str().expect("namespace"),
+            v["name"].as_str().expect("name")
+        )
     };
     let visit = full_name(schema_of::<Visit>());
     for (strategy, subject) in [
@@ -214,7 +234,10 @@ async fn subjects_follow_the_record_and_topic_record_naming_strategies() -> rill
             format!("sr_strategy_out_{run}-{visit}"),
         ),
     ] {
-        let (input, output) = (format!("sr_strategy_in_{run}"), format!("sr_strategy_out_{run}"));
+        let (input, output) = (
+            format!("sr_strategy_in_{run}"),
+            format!("sr_strategy_out_{run}"),
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let app = App::new(&format!("sr_strategy_{run}"))
             .schema_registry(&url)
@@ -229,7 +252,10 @@ async fn subjects_follow_the_record_and_topic_record_naming_strategies() -> rill
         let id = registry
             .lookup(&subject, SchemaType::Avro, schema_of::<Visit>())
             .await?;
-        assert!(id.is_some(), "{strategy:?}: nothing registered under {subject}");
+        assert!(
+            id.is_some(),
+            "{strategy:?}: nothing registered under {subject}"
+        );
         app.stop().await?;
     }
     Ok(())
@@ -663,4 +689,106 @@ fn the_avro_pageviews_example_counts_avro_views_and_prints_its_schemas() {
     ] {
         assert!(text.contains(needed), "`{needed}` missing from: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_orders_{run}"), format!("sr_orders_seen_{run}"));
+    let app_id = format!("sr_json_{run}");
+    let agent = AgentSpec::new("orders", HERE)
+        .source(TopicSpec::of::<Order>(&input, HERE))
+        .sink(TopicSpec::of::<OrderSeen>(&output, HERE))
+        .run(|mut ctx| async move {
+            let mut orders = ctx.stream::<Order>()?;
+            let out = ctx.sink::<OrderSeen>()?;
+            while let Some(o) = orders.next().await {
+                let seen = OrderSeen {
+                    id: o.id.clone(),
+                    cents: (o.amount * 100.0).round() as i64,
+                };
+                out.send(&seen).await?;
+            }
+            Ok(())
+        });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&app_id)
+        .schema_registry(&url)
+        .agents([agent])
+        .test_in(dir.path())
+        .await?;
+    let schema = schema_of::<Order>();
+    let registry = SchemaRegistry::new(&url)?;
+    // An Avro id in a JSON topic, and JSON without a frame: both poison.
+    let avro_id = framed(
+        &registry,
+        &format!("{input}-avro"),
+        schema_of::<View>(),
+        &View {
+            user: "u".into(),
+            url: "/".into(),
+            at: 1,
+        },
+    )
+    .await?;
+    let mut sent = Vec::new();
+    for (i, order) in [
+        serde_json::json!({"id": "o1", "amount": 12.5, "note": "gift"}),
+        serde_json::json!({"id": "o2", "amount": 3.0, "note": null}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let hex = crosscheck(&url, &["encode-json", &input, schema, &order.to_string()]);
+        sent.push(hex_decode(&hex));
+        if i == 0 {
+            sent.push(frame(
+                u32::from_be_bytes([avro_id[1], avro_id[2], avro_id[3], avro_id[4]]),
+                b"{}",
+            ));
+            sent.push(br#"{"id":"o9","amount":1.0}"#.to_vec());
+        }
+    }
+    for bytes in &sent {
+        app.send_bytes(&input, Some(b"o"), bytes).await?;
+    }
+    let seen: Vec<OrderSeen> = app.expect(&output, 2).await?;
+    assert_eq!(
+        seen,
+        [
+            OrderSeen {
+                id: "o1".into(),
+                cents: 1250
+            },
+            OrderSeen {
+                id: "o2".into(),
+                cents: 300
+            }
+        ]
+    );
+    for record in app.records(&output)? {
+        let hex = hex_encode(record.value.as_deref().expect("a value"));
+        let read: serde_json::Value =
+            serde_json::from_str(&crosscheck(&url, &["decode-json", &output, &hex])).expect("json");
+        assert!(read["value"]["cents"].as_i64().is_some(), "{read}");
+    }
+    let dlq = format!("{app_id}-orders-dlq");
+    app.wait_until("the poison is dead-lettered", |app| {
+        app.count(&dlq).unwrap_or(0) >= 2
+    })
+    .await?;
+    let reasons: Vec<String> = app
+        .records(&dlq)?
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("not a JSON Schema"), "{reasons:?}");
+    assert!(reasons[1].contains("magic byte"), "{reasons:?}");
+    app.stop().await
 }

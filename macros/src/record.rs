@@ -14,7 +14,7 @@ use crate::ctxt::{Ctxt, with_errors};
 
 const RECORD_KEYS: &[&str] = &["codec", "schema"];
 const FIELD_KEYS: &[&str] = &["key", "timestamp"];
-const CODECS: &[&str] = &["json", "postcard", "avro"];
+const CODECS: &[&str] = &["json", "postcard", "avro", "json_schema"];
 
 /// A field marked `#[record(key)]` or `#[record(timestamp)]`: its name and type.
 type MarkedField = (syn::Ident, syn::Type);
@@ -91,6 +91,7 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<s
             let variant = match name.as_str() {
                 "postcard" => format_ident!("Postcard"),
                 "avro" => format_ident!("Avro"),
+                "json_schema" => format_ident!("JsonSchema"),
                 _ => format_ident!("Json"),
             };
             set_once(cx, &mut codec, &meta, variant, "record");
@@ -103,11 +104,13 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<s
         Ok(())
     });
     if let Some(file) = &schema
-        && codec.as_ref().is_none_or(|c| c != "Avro")
+        && codec
+            .as_ref()
+            .is_none_or(|c| c != "Avro" && c != "JsonSchema")
     {
         cx.error(
             file,
-            "`schema = \"...\"` is the schema of a registry codec; add `codec = \"avro\"`",
+            "`schema = \"...\"` is the schema of a registry codec; add `codec = \"avro\"` (or \"json_schema\")",
         );
     }
     (codec, schema)
@@ -199,8 +202,8 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
     let key_fn = model.key.map(key_methods);
     let time_fn = model.timestamp.map(event_time_method);
     let accessors = field_accessors(strukt);
-    let (schema_fn, schema_impl) = if codec == "Avro" {
-        avro_schema(strukt, model.schema_file.as_ref())
+    let (schema_fn, schema_impl) = if codec == "Avro" || codec == "JsonSchema" {
+        registry_schema(strukt, model.schema_file.as_ref(), codec == "Avro")
     } else {
         (TokenStream::new(), TokenStream::new())
     };
@@ -227,9 +230,13 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
     }
 }
 
-/// An Avro record's `Record::registry_schema` and, without a schema file, the derived
-/// `AvroSchema` impl it is built from.
-fn avro_schema(strukt: &syn::ItemStruct, file: Option<&syn::LitStr>) -> (TokenStream, TokenStream) {
+/// A registry record's `Record::registry_schema` and, without a schema file, the derived
+/// `AvroSchema` impl it is built from (a JSON Schema is derived from the Avro one).
+fn registry_schema(
+    strukt: &syn::ItemStruct,
+    file: Option<&syn::LitStr>,
+    avro: bool,
+) -> (TokenStream, TokenStream) {
     let name = &strukt.ident;
     let (text, schema_impl) = match file {
         Some(file) => (
@@ -243,12 +250,17 @@ fn avro_schema(strukt: &syn::ItemStruct, file: Option<&syn::LitStr>) -> (TokenSt
             crate::avro::expand_avro_schema(quote!(#strukt)),
         ),
     };
+    let make = match (avro, file.is_some()) {
+        (true, _) => quote!(::rill::schema_registry::RecordSchema::avro),
+        (false, true) => quote!(::rill::schema_registry::RecordSchema::json),
+        (false, false) => quote!(::rill::schema_registry::RecordSchema::json_of_avro),
+    };
     let schema_fn = quote! {
         fn registry_schema() -> ::core::option::Option<&'static ::rill::schema_registry::RecordSchema> {
             static SCHEMA: ::std::sync::OnceLock<::rill::schema_registry::RecordSchema> =
                 ::std::sync::OnceLock::new();
             ::core::option::Option::Some(SCHEMA.get_or_init(|| {
-                ::rill::schema_registry::RecordSchema::avro(::core::any::type_name::<#name>(), #text)
+                #make(::core::any::type_name::<#name>(), ::core::convert::AsRef::<str>::as_ref(&#text))
             }))
         }
     };

@@ -29,6 +29,9 @@ pub enum Codec {
     /// (`#[record(codec = "avro")]`): needs the topic, whose binding holds the schema id, so
     /// it goes through [`crate::encode_for`] and [`crate::decode_from`].
     Avro,
+    /// JSON in the Confluent wire format, its JSON Schema in a schema registry
+    /// (`#[record(codec = "json_schema")]`); through the topic like [`Codec::Avro`].
+    JsonSchema,
 }
 
 impl Codec {
@@ -39,6 +42,7 @@ impl Codec {
             Codec::Postcard => "postcard",
             Codec::Raw => "raw",
             Codec::Avro => "avro",
+            Codec::JsonSchema => "json_schema",
         }
     }
 
@@ -49,6 +53,7 @@ impl Codec {
             "postcard" => Some(Codec::Postcard),
             "raw" => Some(Codec::Raw),
             "avro" => Some(Codec::Avro),
+            "json_schema" => Some(Codec::JsonSchema),
             _ => None,
         }
     }
@@ -59,7 +64,7 @@ impl Codec {
             Codec::Json => Ok(serde_json::to_vec(value)?),
             Codec::Postcard => Ok(postcard::to_stdvec(value)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -72,7 +77,7 @@ impl Codec {
                 Ok(())
             }
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -82,8 +87,13 @@ impl Codec {
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
             Codec::Postcard => Ok(postcard::from_bytes(bytes)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
         }
+    }
+
+    /// A schema-registry codec (the record is framed with its topic's schema id).
+    pub fn is_registry(self) -> bool {
+        matches!(self, Codec::Avro | Codec::JsonSchema)
     }
 }
 
@@ -119,9 +129,9 @@ fn raw_unsupported<T>() -> CodecError {
 
 fn registry_unsupported<T>() -> CodecError {
     CodecError::Unsupported {
-        codec: "avro",
+        codec: "avro or json_schema",
         ty: std::any::type_name::<T>(),
-        hint: "an Avro record carries its schema: mark it `#[record(codec = \"avro\")]`, and encode or decode it for a topic (`rill::encode_for`, `rill::decode_from`)",
+        hint: "a schema-registry record carries its schema: mark it `#[record(codec = \"avro\")]` (or \"json_schema\"), and encode or decode it for a topic (`rill::encode_for`, `rill::decode_from`)",
     }
 }
 

@@ -72,8 +72,8 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
         codec.decode(bytes)
     }
 
-    /// The record's schema for the schema-registry codecs: `#[record(codec = "avro")]`
-    /// derives it from the struct (or reads `schema = "file.avsc"`).
+    /// The record's schema for the schema-registry codecs: `#[record(codec = "avro")]` and
+    /// `"json_schema"` derive it from the struct (or read `schema = "file"`).
     fn registry_schema() -> Option<&'static RecordSchema> {
         None
     }
@@ -89,6 +89,7 @@ pub fn encode_for<V: Record>(
 ) -> Result<(), CodecError> {
     match (codec, V::registry_schema()) {
         (Codec::Avro, Some(schema)) => crate::base::schema::encode_avro(topic, schema, value, out),
+        (Codec::JsonSchema, Some(_)) => crate::base::schema::encode_json(topic, value, out),
         _ => value.encode_into(codec, out),
     }
 }
@@ -110,6 +111,7 @@ pub fn encode_vec_for<V: Record>(
 pub fn decode_from<V: Record>(topic: &str, bytes: &[u8], codec: Codec) -> Result<V, CodecError> {
     match (codec, V::registry_schema()) {
         (Codec::Avro, Some(schema)) => crate::base::schema::decode_avro(topic, schema, bytes),
+        (Codec::JsonSchema, Some(_)) => crate::base::schema::decode_json(topic, bytes),
         _ => V::decode(bytes, codec),
     }
 }

@@ -136,6 +136,39 @@ impl RecordSchema {
             .map_err(|e| CodecError::Avro(e.clone()))
     }
 
+    /// A JSON Schema of `rust_type` from its text.
+    pub fn json(rust_type: &'static str, text: impl Into<String>) -> Self {
+        RecordSchema {
+            schema_type: SchemaType::Json,
+            parsed: Err("a JSON Schema is not an Avro schema".to_owned()),
+            ..RecordSchema::avro(rust_type, text)
+        }
+    }
+
+    /// A JSON Schema of `rust_type` built from its Avro schema (what `#[record(codec =
+    /// "json_schema")]` derives: the same field types, as JSON carries them).
+    pub fn json_of_avro(rust_type: &'static str, avro: &str) -> Self {
+        let text = serde_json::from_str(avro)
+            .map(|a| json_schema_of_avro(&a).to_string())
+            .unwrap_or_else(|_| avro.to_owned());
+        RecordSchema::json(rust_type, text)
+    }
+
+    /// Checks the schema parses (Avro) or is JSON (JSON Schema), naming the type if not.
+    pub fn check(&self) -> Result<(), CodecError> {
+        match self.schema_type {
+            SchemaType::Avro => self.parsed().map(|_| ()),
+            _ => serde_json::from_str::<serde_json::Value>(&self.text)
+                .map(|_| ())
+                .map_err(|e| {
+                    CodecError::Avro(format!(
+                        "the schema of `{}` is not JSON: {e}",
+                        self.rust_type
+                    ))
+                }),
+        }
+    }
+
     /// The parsed schema, or why it does not parse.
     pub fn parsed(&self) -> Result<&Schema, CodecError> {
         self.parsed.as_ref().map_err(|e| {
@@ -146,16 +179,23 @@ impl RecordSchema {
         })
     }
 
-    /// The record's full name (`namespace.Name`), what the record naming strategies use.
+    /// The record's full name, what the record naming strategies use: Avro's
+    /// `namespace.Name`, a JSON Schema's `title` (as Confluent's serializer takes it).
     pub fn full_name(&self) -> String {
-        match &self.parsed {
-            Ok(Schema::Record(record)) => record.name.fullname(None),
-            _ => self
-                .rust_type
+        let short = || {
+            self.rust_type
                 .rsplit("::")
                 .next()
                 .unwrap_or_default()
-                .to_owned(),
+                .to_owned()
+        };
+        match (&self.parsed, self.schema_type) {
+            (Ok(Schema::Record(record)), _) => record.name.fullname(None),
+            (_, SchemaType::Json) => serde_json::from_str::<serde_json::Value>(&self.text)
+                .ok()
+                .and_then(|v| v["title"].as_str().map(str::to_owned))
+                .unwrap_or_else(short),
+            _ => short(),
         }
     }
 }
@@ -167,6 +207,9 @@ pub trait WriterSchemas: Send + Sync {
     /// The Avro schema with global id `id` (kept for the process's life: one per schema id
     /// met).
     fn avro(&self, id: u32) -> Result<&'static Schema, CodecError>;
+
+    /// How the schema with global id `id` is written.
+    fn schema_type(&self, id: u32) -> Result<SchemaType, CodecError>;
 }
 
 /// The reader of records written with `writer` into `reader`, built once per pair and kept
@@ -254,6 +297,112 @@ pub fn encode_avro<T: Serialize>(
     schema.writer()?.write(value, out)
 }
 
+/// Appends `value` framed for `topic` as JSON (the JSON Schema codec).
+pub fn encode_json<T: Serialize>(
+    topic: &str,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
+    let id = binding.id.ok_or_else(|| unbound(topic))?;
+    wire::frame_into(id, out);
+    Ok(serde_json::to_writer(out, value)?)
+}
+
+/// Decodes a framed JSON record of `topic` into `T`. The frame's id must be a JSON Schema
+/// the registry knows (asked once per id); the JSON is read into `T` by serde (fields `T`
+/// lacks are skipped, `Option` fields may be absent), not validated against the schema.
+pub fn decode_json<T: DeserializeOwned>(topic: &str, bytes: &[u8]) -> Result<T, CodecError> {
+    let (id, payload) = wire::unframe(bytes)?;
+    let writers = match binding(topic) {
+        Some(binding) if binding.id == Some(id) => return Ok(serde_json::from_slice(payload)?),
+        Some(binding) => binding.writers.clone(),
+        None => default_writers()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| unbound(topic))?,
+    };
+    match writers.schema_type(id)? {
+        SchemaType::Json => Ok(serde_json::from_slice(payload)?),
+        other => Err(CodecError::Avro(format!(
+            "schema id {id} is a {} schema, not a JSON Schema",
+            other.as_str()
+        ))),
+    }
+}
+
+/// A JSON Schema (draft 7) for the values an Avro schema describes, as serde writes them in
+/// JSON: records are objects with their fields required (unions with null optional), longs
+/// and ints integers, floats and doubles numbers, arrays and maps arrays and objects.
+pub fn json_schema_of_avro(avro: &serde_json::Value) -> serde_json::Value {
+    let mut top = json_type(avro);
+    if let Some(object) = top.as_object_mut() {
+        object.insert(
+            "$schema".into(),
+            "http://json-schema.org/draft-07/schema#".into(),
+        );
+    }
+    top
+}
+
+fn json_type(avro: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match avro {
+        Value::String(name) => match name.as_str() {
+            "null" => json!({"type": "null"}),
+            "boolean" => json!({"type": "boolean"}),
+            "int" | "long" => json!({"type": "integer"}),
+            "float" | "double" => json!({"type": "number"}),
+            "string" => json!({"type": "string"}),
+            "bytes" => json!({"type": "array", "items": {"type": "integer"}}),
+            // A named type defined earlier in the schema.
+            _ => json!({}),
+        },
+        Value::Array(branches) => {
+            json!({"oneOf": branches.iter().map(json_type).collect::<Vec<_>>()})
+        }
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("record") => json_object(o),
+            Some("array") => json!({"type": "array", "items": json_type(&o["items"])}),
+            Some("map") => {
+                json!({"type": "object", "additionalProperties": json_type(&o["values"])})
+            }
+            Some(_) => json_type(&o["type"]),
+            None => json!({}),
+        },
+        _ => json!({}),
+    }
+}
+
+/// An Avro record as a JSON object: its fields required unless a union with null.
+fn json_object(record: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    use serde_json::Value;
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for field in record
+        .get("fields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = field["name"].as_str().unwrap_or_default().to_owned();
+        let optional = field["type"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|t| t == "null"));
+        if !optional {
+            required.push(Value::String(name.clone()));
+        }
+        properties.insert(name, json_type(&field["type"]));
+    }
+    serde_json::json!({
+        "title": record.get("name").cloned().unwrap_or(Value::Null),
+        "type": "object",
+        "properties": properties,
+        "required": required,
+    })
+}
+
 /// Decodes a framed Avro record of `topic` into `T`, whose schema is `reader`: the writer's
 /// schema comes by the frame's id, and Avro's resolution fills what the two differ in.
 pub fn decode_avro<T: DeserializeOwned>(
@@ -308,6 +457,25 @@ mod tests {
         let bad = RecordSchema::avro("x::Broken", r#"{"type":"record"}"#);
         let err = bad.parsed().unwrap_err().to_string();
         assert!(err.contains("x::Broken"), "{err}");
+    }
+
+    #[test]
+    fn a_json_schema_follows_the_avro_schema_of_the_struct() {
+        let avro = serde_json::json!({"type": "record", "name": "View", "namespace": "shop", "fields": [
+            {"name": "url", "type": "string"},
+            {"name": "n", "type": "long"},
+            {"name": "ref", "type": ["null", "string"], "default": null},
+            {"name": "tags", "type": {"type": "array", "items": "string"}},
+        ]});
+        let json = json_schema_of_avro(&avro);
+        assert_eq!(json["title"], "View");
+        assert_eq!(json["type"], "object");
+        assert_eq!(json["properties"]["n"]["type"], "integer");
+        assert_eq!(json["properties"]["tags"]["items"]["type"], "string");
+        assert_eq!(json["required"], serde_json::json!(["url", "n", "tags"]));
+        let schema = RecordSchema::json_of_avro("x::View", &avro.to_string());
+        assert_eq!(schema.full_name(), "View");
+        schema.check().unwrap();
     }
 
     #[test]

@@ -36,8 +36,11 @@ pub struct TopicSpec {
     pub(crate) channel: bool,
     /// The value type's registry schema (`#[record(codec = "avro")]`).
     pub(crate) schema: fn() -> Option<&'static crate::base::schema::RecordSchema>,
-    json_to_wire: fn(&str, &[u8], Codec) -> Result<Vec<u8>, CodecError>,
+    json_to_wire: JsonToWire,
 }
+
+/// Converts a JSON document into a topic's wire format (topic, JSON, codec).
+type JsonToWire = fn(&str, &[u8], Codec) -> Result<Vec<u8>, CodecError>;
 
 impl TopicSpec {
     /// Describes a topic carrying `V`.

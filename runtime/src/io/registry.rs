@@ -423,14 +423,28 @@ impl RegistryWriters {
     }
 }
 
+impl RegistryWriters {
+    /// The registered schema `id`, from the client's cache or asked (held through outages).
+    fn registered(&self, id: u32) -> Result<Arc<RegisteredSchema>, CodecError> {
+        if let Some(found) = lock(&self.registry.inner.by_id).get(&id) {
+            return Ok(found.clone());
+        }
+        let registry = self.registry.clone();
+        run_blocking(async move { registry.schema_by_id_held(id).await })
+    }
+}
+
 impl WriterSchemas for RegistryWriters {
+    fn schema_type(&self, id: u32) -> Result<SchemaType, CodecError> {
+        self.registered(id).map(|found| found.schema_type)
+    }
+
     fn avro(&self, id: u32) -> Result<&'static Schema, CodecError> {
         let key = (self.registry.url().to_owned(), id);
         if let Some(found) = lock(parsed_schemas()).get(&key) {
             return Ok(found);
         }
-        let registry = self.registry.clone();
-        let found = run_blocking(async move { registry.schema_by_id_held(id).await })?;
+        let found = self.registered(id)?;
         if found.schema_type != SchemaType::Avro {
             return Err(CodecError::Avro(format!(
                 "schema id {id} is a {} schema, not Avro",

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::base::codec::Codec;
 use crate::base::config::{Config, RegistryConfig};
 use crate::base::error::{Error, Result};
 use crate::base::schema::{self, Binding, RecordSchema};
@@ -62,19 +61,21 @@ pub(crate) fn schema_topics<'a>(
 
 /// `spec`'s schema when its codec is a registry codec.
 fn registry_schema(spec: &TopicSpec) -> Result<Option<&'static RecordSchema>> {
-    if spec.codec != Codec::Avro {
+    if !spec.codec.is_registry() {
         return Ok(None);
     }
     let schema = (spec.schema)().ok_or_else(|| {
         Error::config(
             format!("topic `{}`", spec.name),
             format!(
-                "its codec is avro, but `{}` has no Avro schema; mark it `#[record(codec = \"avro\")]`",
-                spec.value_type
+                "its codec is {}, but `{}` has no registry schema; mark it `#[record(codec = \"{}\")]`",
+                spec.codec.name(),
+                spec.value_type,
+                spec.codec.name()
             ),
         )
     })?;
-    schema.parsed().map_err(|source| Error::Codec {
+    schema.check().map_err(|source| Error::Codec {
         topic: spec.name.clone(),
         source,
     })?;
@@ -87,7 +88,7 @@ pub(crate) fn registry_of(config: &Config, first: &SchemaTopic) -> Result<Schema
         Error::config(
             "schema_registry (RILL_SCHEMA_REGISTRY_URL)",
             format!(
-                "topic `{}` carries `{}`, an Avro record, which needs a schema registry; set RILL_SCHEMA_REGISTRY_URL (e.g. http://127.0.0.1:8081) or `App::schema_registry`",
+                "topic `{}` carries `{}`, a schema-registry record, which needs a schema registry; set RILL_SCHEMA_REGISTRY_URL (e.g. http://127.0.0.1:8081) or `App::schema_registry`",
                 first.topic, first.schema.rust_type
             ),
         )
