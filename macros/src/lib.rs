@@ -23,8 +23,13 @@ use proc_macro::TokenStream;
 /// Makes a struct a rill record: serde derives, a `rill::Record` impl (codec, optional key
 /// field, optional event-time field) and typed field accessors (`PageView::url`).
 ///
+/// Codecs: `json` (the default), `postcard`, and the schema-registry codecs `avro` and
+/// `json_schema`, whose schema is derived from the struct (each field's type through
+/// `rill::AvroSchema`, so a type without an Avro form is an error at the field) or read from
+/// `schema = "path"` (relative to the crate's `Cargo.toml`).
+///
 /// ```ignore
-/// #[record]                       // or #[record(codec = "postcard")]
+/// #[record]                       // or #[record(codec = "postcard")], #[record(codec = "avro")]
 /// pub struct PageView {
 ///     #[record(key)]              // the Kafka message key
 ///     pub user_id: String,
