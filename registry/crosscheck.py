@@ -9,6 +9,10 @@ Python serializer and deserializer (confluent-kafka with fastavro), against a li
   crosscheck.py encode-json TOPIC SCHEMA RECORD       the same with JSON Schema (validated)
   crosscheck.py decode-json TOPIC HEX                 the same with JSON Schema (validated against
                                                       the schema of the frame's id)
+  crosscheck.py encode-proto TOPIC PROTO MESSAGE RECORD_JSON
+                                                      the same with Protocol Buffers: PROTO (a .proto
+                                                      file) compiled with protoc, MESSAGE its message
+  crosscheck.py decode-proto TOPIC PROTO MESSAGE HEX  the same, decoded
 
 Environment: SCHEMA_REGISTRY_URL.
 """
@@ -20,6 +24,22 @@ import sys
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
+
+
+def message_class(proto, message):
+    """The Python class of MESSAGE in the .proto file PROTO, compiled with protoc (grpcio-tools)."""
+    import importlib
+    import tempfile
+
+    from grpc_tools import protoc
+
+    out = tempfile.mkdtemp()
+    folder, name = os.path.split(os.path.abspath(proto))
+    status = protoc.main(["protoc", f"-I{folder}", f"--python_out={out}", name])
+    assert status == 0, f"protoc failed on {proto}"
+    sys.path.insert(0, out)
+    module = importlib.import_module(name[: -len(".proto")] + "_pb2")
+    return getattr(module, message)
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
@@ -44,6 +64,24 @@ def main():
         schema_id = struct.unpack(">I", framed[1:5])[0]
         deserializer = JSONDeserializer(None, schema_registry_client=registry)
         print(json.dumps({"id": schema_id, "value": deserializer(framed, context)}))
+    elif command in ("encode-proto", "decode-proto"):
+        from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
+        from google.protobuf import json_format
+
+        cls = message_class(sys.argv[3], sys.argv[4])
+        if command == "encode-proto":
+            conf = {"auto.register.schemas": True, "use.deprecated.format": False}
+            serializer = ProtobufSerializer(cls, registry, conf)
+            message = json_format.ParseDict(json.loads(sys.argv[5]), cls())
+            print(serializer(message, context).hex())
+        else:
+            framed = bytes.fromhex(sys.argv[5])
+            assert framed[0] == 0, "not Confluent-framed"
+            schema_id = struct.unpack(">I", framed[1:5])[0]
+            deserializer = ProtobufDeserializer(cls, {"use.deprecated.format": False})
+            message = deserializer(framed, context)
+            value = json_format.MessageToDict(message, preserving_proto_field_name=True)
+            print(json.dumps({"id": schema_id, "value": value}))
     else:
         sys.exit(__doc__)
 

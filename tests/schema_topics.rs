@@ -75,6 +75,28 @@ struct OrderSeen {
     cents: i64,
 }
 
+#[record(codec = "protobuf", schema = "tests/schemas/shipments.proto")]
+#[derive(Clone, PartialEq, prost::Message)]
+struct Shipment {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    weight_grams: i64,
+    #[prost(string, repeated, tag = "3")]
+    items: Vec<String>,
+}
+
+#[record(codec = "protobuf", schema = "tests/schemas/shipments.proto")]
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShipmentSeen {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    items: i64,
+    #[prost(string, tag = "3")]
+    heaviest: String,
+}
+
 /// Reads views from `input`, writes a visit per view to `output`.
 fn visits(input: &str, output: &str) -> AgentSpec {
     AgentSpec::new("visits", HERE)
@@ -789,6 +811,130 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
         })
         .collect();
     assert!(reasons[0].contains("not a JSON Schema"), "{reasons:?}");
+    assert!(reasons[1].contains("magic byte"), "{reasons:?}");
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/shipments.proto");
+    let run = common::run_id();
+    let (input, output) = (format!("sr_ships_{run}"), format!("sr_ships_seen_{run}"));
+    let app_id = format!("sr_proto_{run}");
+    let agent = AgentSpec::new("ships", HERE)
+        .source(TopicSpec::of::<Shipment>(&input, HERE))
+        .sink(TopicSpec::of::<ShipmentSeen>(&output, HERE))
+        .run(|mut ctx| async move {
+            let mut shipments = ctx.stream::<Shipment>()?;
+            let out = ctx.sink::<ShipmentSeen>()?;
+            while let Some(s) = shipments.next().await {
+                let seen = ShipmentSeen {
+                    id: s.id.clone(),
+                    items: i64::try_from(s.items.len()).unwrap_or(i64::MAX),
+                    heaviest: s.items.first().cloned().unwrap_or_default(),
+                };
+                out.send(&seen).await?;
+            }
+            Ok(())
+        });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&app_id)
+        .schema_registry(&url)
+        .agents([agent])
+        .test_in(dir.path())
+        .await?;
+    let registry = SchemaRegistry::new(&url)?;
+    let json_id = framed(
+        &registry,
+        &format!("{input}-avro"),
+        schema_of::<View>(),
+        &View {
+            user: "u".into(),
+            url: "/".into(),
+            at: 1,
+        },
+    )
+    .await?;
+    let shipments = [
+        serde_json::json!({"id": "s1", "weight_grams": "1200", "items": ["anvil", "rope"]}),
+        serde_json::json!({"id": "s2", "weight_grams": "5", "items": []}),
+    ];
+    for (i, shipment) in shipments.iter().enumerate() {
+        let hex = crosscheck(
+            &url,
+            &[
+                "encode-proto",
+                &input,
+                proto,
+                "Shipment",
+                &shipment.to_string(),
+            ],
+        );
+        app.send_bytes(&input, Some(b"s"), &hex_decode(&hex))
+            .await?;
+        if i == 0 {
+            // An Avro id in a Protobuf topic, and bytes without a frame: both poison.
+            let avro = frame(
+                u32::from_be_bytes([json_id[1], json_id[2], json_id[3], json_id[4]]),
+                &[0, 8, 1],
+            );
+            app.send_bytes(&input, Some(b"s"), &avro).await?;
+            app.send_bytes(&input, Some(b"s"), b"\x08\x01").await?;
+        }
+    }
+    let seen: Vec<ShipmentSeen> = app.expect(&output, 2).await?;
+    assert_eq!(
+        seen,
+        [
+            ShipmentSeen {
+                id: "s1".into(),
+                items: 2,
+                heaviest: "anvil".into()
+            },
+            ShipmentSeen {
+                id: "s2".into(),
+                items: 0,
+                heaviest: String::new()
+            }
+        ]
+    );
+    // The second message of the file: message indexes [1], read by Confluent's deserializer.
+    for record in app.records(&output)? {
+        let bytes = record.value.as_deref().expect("a value");
+        assert_eq!(
+            bytes[5], 2,
+            "message indexes [1]: count 1 and index 1, zigzag"
+        );
+        let read: serde_json::Value = serde_json::from_str(&crosscheck(
+            &url,
+            &[
+                "decode-proto",
+                &output,
+                proto,
+                "ShipmentSeen",
+                &hex_encode(bytes),
+            ],
+        ))
+        .expect("json");
+        assert!(read["value"]["id"].as_str().is_some(), "{read}");
+    }
+    let dlq = format!("{app_id}-ships-dlq");
+    app.wait_until("the poison is dead-lettered", |app| {
+        app.count(&dlq).unwrap_or(0) >= 2
+    })
+    .await?;
+    let reasons: Vec<String> = app
+        .records(&dlq)?
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("not Protocol Buffers"), "{reasons:?}");
     assert!(reasons[1].contains("magic byte"), "{reasons:?}");
     app.stop().await
 }

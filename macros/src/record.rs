@@ -14,7 +14,7 @@ use crate::ctxt::{Ctxt, with_errors};
 
 const RECORD_KEYS: &[&str] = &["codec", "schema"];
 const FIELD_KEYS: &[&str] = &["key", "timestamp"];
-const CODECS: &[&str] = &["json", "postcard", "avro", "json_schema"];
+const CODECS: &[&str] = &["json", "postcard", "avro", "json_schema", "protobuf"];
 
 /// A field marked `#[record(key)]` or `#[record(timestamp)]`: its name and type.
 type MarkedField = (syn::Ident, syn::Type);
@@ -89,10 +89,11 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<s
         let name = lit.value();
         if CODECS.contains(&name.as_str()) {
             let variant = match name.as_str() {
-                "postcard" => format_ident!("Postcard"),
-                "avro" => format_ident!("Avro"),
-                "json_schema" => format_ident!("JsonSchema"),
-                _ => format_ident!("Json"),
+                "postcard" => format_ident!("Postcard", span = lit.span()),
+                "avro" => format_ident!("Avro", span = lit.span()),
+                "json_schema" => format_ident!("JsonSchema", span = lit.span()),
+                "protobuf" => format_ident!("Protobuf", span = lit.span()),
+                _ => format_ident!("Json", span = lit.span()),
             };
             set_once(cx, &mut codec, &meta, variant, "record");
         } else {
@@ -106,11 +107,19 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<s
     if let Some(file) = &schema
         && codec
             .as_ref()
-            .is_none_or(|c| c != "Avro" && c != "JsonSchema")
+            .is_none_or(|c| c != "Avro" && c != "JsonSchema" && c != "Protobuf")
     {
         cx.error(
             file,
-            "`schema = \"...\"` is the schema of a registry codec; add `codec = \"avro\"` (or \"json_schema\")",
+            "`schema = \"...\"` is the schema of a registry codec; add `codec = \"avro\"` (or \"json_schema\", \"protobuf\")",
+        );
+    }
+    if schema.is_none()
+        && let Some(codec) = codec.as_ref().filter(|c| *c == "Protobuf")
+    {
+        cx.error(
+            codec,
+            "a protobuf record needs its .proto: `schema = \"schemas/x.proto\"` (the struct derives `prost::Message` to match it)",
         );
     }
     (codec, schema)
@@ -202,7 +211,12 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
     let key_fn = model.key.map(key_methods);
     let time_fn = model.timestamp.map(event_time_method);
     let accessors = field_accessors(strukt);
-    let (schema_fn, schema_impl) = if codec == "Avro" || codec == "JsonSchema" {
+    let (schema_fn, schema_impl) = if codec == "Protobuf" {
+        (
+            protobuf_methods(strukt, model.schema_file.as_ref()),
+            TokenStream::new(),
+        )
+    } else if codec == "Avro" || codec == "JsonSchema" {
         registry_schema(strukt, model.schema_file.as_ref(), codec == "Avro")
     } else {
         (TokenStream::new(), TokenStream::new())
@@ -265,6 +279,36 @@ fn registry_schema(
         }
     };
     (schema_fn, schema_impl)
+}
+
+/// A Protocol Buffers record's `Record::registry_schema` (its `.proto`) and its message
+/// encoding through the struct's `prost::Message` impl.
+fn protobuf_methods(strukt: &syn::ItemStruct, file: Option<&syn::LitStr>) -> TokenStream {
+    let name = &strukt.ident;
+    let Some(file) = file else {
+        return TokenStream::new();
+    };
+    let message = quote_spanned! {name.span()=> ::rill::__private::prost::Message };
+    quote! {
+        fn registry_schema() -> ::core::option::Option<&'static ::rill::schema_registry::RecordSchema> {
+            static SCHEMA: ::std::sync::OnceLock<::rill::schema_registry::RecordSchema> =
+                ::std::sync::OnceLock::new();
+            ::core::option::Option::Some(SCHEMA.get_or_init(|| {
+                ::rill::schema_registry::RecordSchema::protobuf(
+                    ::core::any::type_name::<#name>(),
+                    ::core::include_str!(::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), "/", #file)),
+                )
+            }))
+        }
+        fn encode_message(&self, out: &mut ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::rill::CodecError> {
+            <Self as #message>::encode(self, out)
+                .map_err(|e| ::rill::CodecError::Protobuf(e.to_string()))
+        }
+        fn decode_message(bytes: &[u8]) -> ::core::result::Result<Self, ::rill::CodecError> {
+            <Self as #message>::decode(bytes)
+                .map_err(|e| ::rill::CodecError::Protobuf(e.to_string()))
+        }
+    }
 }
 
 /// `Record::key` and `key_ref` from the key field, spanned on its type so a type that is not

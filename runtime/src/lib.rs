@@ -69,6 +69,7 @@ pub use worker::{Rebalances, Worker};
 #[doc(hidden)]
 pub mod __private {
     pub use inventory;
+    pub use prost;
     pub use serde;
     pub use serde_json;
 }

@@ -32,6 +32,10 @@ pub enum Codec {
     /// JSON in the Confluent wire format, its JSON Schema in a schema registry
     /// (`#[record(codec = "json_schema")]`); through the topic like [`Codec::Avro`].
     JsonSchema,
+    /// Protocol Buffers in the Confluent wire format (message indexes after the id), for a
+    /// `prost::Message` struct with its `.proto` (`#[record(codec = "protobuf", schema =
+    /// "x.proto")]`); through the topic like [`Codec::Avro`].
+    Protobuf,
 }
 
 impl Codec {
@@ -43,6 +47,7 @@ impl Codec {
             Codec::Raw => "raw",
             Codec::Avro => "avro",
             Codec::JsonSchema => "json_schema",
+            Codec::Protobuf => "protobuf",
         }
     }
 
@@ -54,6 +59,7 @@ impl Codec {
             "raw" => Some(Codec::Raw),
             "avro" => Some(Codec::Avro),
             "json_schema" => Some(Codec::JsonSchema),
+            "protobuf" => Some(Codec::Protobuf),
             _ => None,
         }
     }
@@ -64,7 +70,7 @@ impl Codec {
             Codec::Json => Ok(serde_json::to_vec(value)?),
             Codec::Postcard => Ok(postcard::to_stdvec(value)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema | Codec::Protobuf => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -77,7 +83,7 @@ impl Codec {
                 Ok(())
             }
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema | Codec::Protobuf => Err(registry_unsupported::<T>()),
         }
     }
 
@@ -87,13 +93,13 @@ impl Codec {
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
             Codec::Postcard => Ok(postcard::from_bytes(bytes)?),
             Codec::Raw => Err(raw_unsupported::<T>()),
-            Codec::Avro | Codec::JsonSchema => Err(registry_unsupported::<T>()),
+            Codec::Avro | Codec::JsonSchema | Codec::Protobuf => Err(registry_unsupported::<T>()),
         }
     }
 
     /// A schema-registry codec (the record is framed with its topic's schema id).
     pub fn is_registry(self) -> bool {
-        matches!(self, Codec::Avro | Codec::JsonSchema)
+        matches!(self, Codec::Avro | Codec::JsonSchema | Codec::Protobuf)
     }
 }
 
@@ -129,7 +135,7 @@ fn raw_unsupported<T>() -> CodecError {
 
 fn registry_unsupported<T>() -> CodecError {
     CodecError::Unsupported {
-        codec: "avro or json_schema",
+        codec: "avro, json_schema or protobuf",
         ty: std::any::type_name::<T>(),
         hint: "a schema-registry record carries its schema: mark it `#[record(codec = \"avro\")]` (or \"json_schema\"), and encode or decode it for a topic (`rill::encode_for`, `rill::decode_from`)",
     }

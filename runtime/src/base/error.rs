@@ -233,6 +233,9 @@ pub enum CodecError {
     /// resolve, truncated bytes).
     #[error("avro: {0}")]
     Avro(String),
+    /// A Protocol Buffers message did not encode or decode.
+    #[error("protobuf: {0}")]
+    Protobuf(String),
     /// A registry-coded topic without a binding: the worker binds the topics it declares
     /// when it starts.
     #[error(

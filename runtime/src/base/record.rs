@@ -77,6 +77,27 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn registry_schema() -> Option<&'static RecordSchema> {
         None
     }
+
+    /// The record as a Protocol Buffers message (`#[record(codec = "protobuf")]` generates
+    /// it from the struct's `prost::Message` impl).
+    #[doc(hidden)]
+    fn encode_message(&self, _out: &mut Vec<u8>) -> Result<(), CodecError> {
+        Err(not_a_message::<Self>())
+    }
+
+    /// The record from a Protocol Buffers message.
+    #[doc(hidden)]
+    fn decode_message(_bytes: &[u8]) -> Result<Self, CodecError> {
+        Err(not_a_message::<Self>())
+    }
+}
+
+fn not_a_message<T>() -> CodecError {
+    CodecError::Unsupported {
+        codec: "protobuf",
+        ty: std::any::type_name::<T>(),
+        hint: "a Protocol Buffers record is a `prost::Message` marked `#[record(codec = \"protobuf\", schema = \"x.proto\")]`",
+    }
 }
 
 /// Appends `value`'s encoding as a record of `topic`: the registry codecs frame it with the
@@ -90,6 +111,10 @@ pub fn encode_for<V: Record>(
     match (codec, V::registry_schema()) {
         (Codec::Avro, Some(schema)) => crate::base::schema::encode_avro(topic, schema, value, out),
         (Codec::JsonSchema, Some(_)) => crate::base::schema::encode_json(topic, value, out),
+        (Codec::Protobuf, Some(schema)) => {
+            crate::base::schema::frame_message(topic, schema, out)?;
+            value.encode_message(out)
+        }
         _ => value.encode_into(codec, out),
     }
 }
@@ -112,6 +137,9 @@ pub fn decode_from<V: Record>(topic: &str, bytes: &[u8], codec: Codec) -> Result
     match (codec, V::registry_schema()) {
         (Codec::Avro, Some(schema)) => crate::base::schema::decode_avro(topic, schema, bytes),
         (Codec::JsonSchema, Some(_)) => crate::base::schema::decode_json(topic, bytes),
+        (Codec::Protobuf, Some(_)) => {
+            V::decode_message(crate::base::schema::unframe_message(topic, bytes)?)
+        }
         _ => V::decode(bytes, codec),
     }
 }

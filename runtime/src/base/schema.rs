@@ -98,6 +98,9 @@ pub struct RecordSchema {
     direct: bool,
     writer: OnceLock<Result<avro::Writer, String>>,
     reader: OnceLock<Result<avro::Reader, String>>,
+    /// A Protocol Buffers record: the path of its message in the `.proto` (top-level
+    /// messages only: `[index]`).
+    message_index: i32,
 }
 
 impl RecordSchema {
@@ -115,6 +118,25 @@ impl RecordSchema {
             direct,
             writer: OnceLock::new(),
             reader: OnceLock::new(),
+            message_index: 0,
+        }
+    }
+
+    /// A Protocol Buffers record `rust_type` described by the `.proto` text `text`: its
+    /// message is the top-level one named like the type (else the first).
+    pub fn protobuf(rust_type: &'static str, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let short = rust_type.rsplit("::").next().unwrap_or_default();
+        let index = proto_messages(&text)
+            .iter()
+            .position(|m| m == short)
+            .and_then(|i| i32::try_from(i).ok())
+            .unwrap_or(0);
+        RecordSchema {
+            schema_type: SchemaType::Protobuf,
+            parsed: Err("a .proto is not an Avro schema".to_owned()),
+            message_index: index,
+            ..RecordSchema::avro(rust_type, text)
         }
     }
 
@@ -158,7 +180,11 @@ impl RecordSchema {
     pub fn check(&self) -> Result<(), CodecError> {
         match self.schema_type {
             SchemaType::Avro => self.parsed().map(|_| ()),
-            _ => serde_json::from_str::<serde_json::Value>(&self.text)
+            SchemaType::Protobuf if proto_messages(&self.text).is_empty() => Err(CodecError::Avro(
+                format!("the .proto of `{}` declares no message", self.rust_type),
+            )),
+            SchemaType::Protobuf => Ok(()),
+            SchemaType::Json => serde_json::from_str::<serde_json::Value>(&self.text)
                 .map(|_| ())
                 .map_err(|e| {
                     CodecError::Avro(format!(
@@ -195,6 +221,16 @@ impl RecordSchema {
                 .ok()
                 .and_then(|v| v["title"].as_str().map(str::to_owned))
                 .unwrap_or_else(short),
+            (_, SchemaType::Protobuf) => {
+                let message = proto_messages(&self.text)
+                    .into_iter()
+                    .nth(usize::try_from(self.message_index).unwrap_or(0))
+                    .unwrap_or_else(short);
+                match proto_package(&self.text) {
+                    Some(package) => format!("{package}.{message}"),
+                    None => message,
+                }
+            }
             _ => short(),
         }
     }
@@ -295,6 +331,90 @@ pub fn encode_avro<T: Serialize>(
     let id = binding.id.ok_or_else(|| unbound(topic))?;
     wire::frame_into(id, out);
     schema.writer()?.write(value, out)
+}
+
+/// The top-level message names of a `.proto`, in order (nested messages are inside braces).
+fn proto_messages(text: &str) -> Vec<String> {
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    let mut words = proto_tokens(text).into_iter().peekable();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "{" => depth += 1,
+            "}" => depth = depth.saturating_sub(1),
+            "message" if depth == 0 => {
+                if let Some(name) = words.peek() {
+                    names.push(name.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// The `package` of a `.proto`, if it declares one.
+fn proto_package(text: &str) -> Option<String> {
+    let tokens = proto_tokens(text);
+    let at = tokens.iter().position(|t| t == "package")?;
+    tokens
+        .get(at + 1)
+        .map(|p| p.trim_end_matches(';').to_owned())
+}
+
+/// A `.proto`'s words and braces, comments dropped.
+fn proto_tokens(text: &str) -> Vec<String> {
+    let uncommented: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    uncommented
+        .replace('{', " { ")
+        .replace('}', " } ")
+        .replace(';', " ; ")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Appends the frame of a Protocol Buffers record of `topic`: the id of the topic's binding
+/// and the message indexes of `schema`'s message; the message goes after it.
+pub fn frame_message(
+    topic: &str,
+    schema: &RecordSchema,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
+    let id = binding.id.ok_or_else(|| unbound(topic))?;
+    wire::frame_into(id, out);
+    wire::write_message_indexes(&[schema.message_index], out);
+    Ok(())
+}
+
+/// The message of a framed Protocol Buffers record of `topic`: the frame's id must be a
+/// Protocol Buffers schema the registry knows (asked once per id). Protocol Buffers evolves
+/// by itself: fields the struct lacks are skipped, fields the writer lacked take their
+/// defaults.
+pub fn unframe_message<'b>(topic: &str, bytes: &'b [u8]) -> Result<&'b [u8], CodecError> {
+    let (id, rest) = wire::unframe(bytes)?;
+    let (_, message) = wire::read_message_indexes(rest)?;
+    let writers = match binding(topic) {
+        Some(binding) if binding.id == Some(id) => return Ok(message),
+        Some(binding) => binding.writers.clone(),
+        None => default_writers()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| unbound(topic))?,
+    };
+    match writers.schema_type(id)? {
+        SchemaType::Protobuf => Ok(message),
+        other => Err(CodecError::Avro(format!(
+            "schema id {id} is a {} schema, not Protocol Buffers",
+            other.as_str()
+        ))),
+    }
 }
 
 /// Appends `value` framed for `topic` as JSON (the JSON Schema codec).
@@ -476,6 +596,22 @@ mod tests {
         let schema = RecordSchema::json_of_avro("x::View", &avro.to_string());
         assert_eq!(schema.full_name(), "View");
         schema.check().unwrap();
+    }
+
+    #[test]
+    fn a_proto_names_its_messages_and_package() {
+        let proto = "syntax = \"proto3\";\npackage shop.v1; // the shop\nmessage Order {\n  string id = 1;\n  message Line { string sku = 1; }\n  repeated Line lines = 2;\n}\nmessage Refund { string id = 1; }\n";
+        assert_eq!(proto_messages(proto), ["Order", "Refund"]);
+        assert_eq!(proto_package(proto).as_deref(), Some("shop.v1"));
+        let refund = RecordSchema::protobuf("x::Refund", proto);
+        assert_eq!(refund.message_index, 1);
+        assert_eq!(refund.full_name(), "shop.v1.Refund");
+        refund.check().unwrap();
+        assert!(
+            RecordSchema::protobuf("x::None", "syntax = \"proto3\";")
+                .check()
+                .is_err()
+        );
     }
 
     #[test]

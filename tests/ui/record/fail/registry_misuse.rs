@@ -19,4 +19,10 @@ struct Typo {
     name: String,
 }
 
+// A protobuf record without its .proto.
+#[record(codec = "protobuf")]
+struct NoProto {
+    name: String,
+}
+
 fn main() {}
