@@ -810,7 +810,7 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
             String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
         })
         .collect();
-    assert!(reasons[0].contains("not a JSON Schema"), "{reasons:?}");
+    assert!(reasons[0].contains("AVRO schema, not JSON"), "{reasons:?}");
     assert!(reasons[1].contains("magic byte"), "{reasons:?}");
     app.stop().await
 }
@@ -934,7 +934,10 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
             String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
         })
         .collect();
-    assert!(reasons[0].contains("not Protocol Buffers"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("AVRO schema, not PROTOBUF"),
+        "{reasons:?}"
+    );
     assert!(reasons[1].contains("magic byte"), "{reasons:?}");
     app.stop().await
 }

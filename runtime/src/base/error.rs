@@ -233,6 +233,16 @@ pub enum CodecError {
     /// resolve, truncated bytes).
     #[error("avro: {0}")]
     Avro(String),
+    /// The frame's schema is of another format than the topic's record type.
+    #[error("schema id {id} is a {found} schema, not {expected} as the record type's")]
+    SchemaKind {
+        /// The id in the frame.
+        id: u32,
+        /// Its format.
+        found: &'static str,
+        /// The record type's.
+        expected: &'static str,
+    },
     /// A Protocol Buffers message did not encode or decode.
     #[error("protobuf: {0}")]
     Protobuf(String),

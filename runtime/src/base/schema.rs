@@ -319,6 +319,52 @@ fn unbound(topic: &str) -> CodecError {
     }
 }
 
+/// The id `topic`'s records are written with.
+fn write_id(topic: &str) -> Result<u32, CodecError> {
+    binding(topic)
+        .and_then(|b| b.id)
+        .ok_or_else(|| unbound(topic))
+}
+
+/// Who wrote a record of a topic, by its frame's id.
+enum WrittenWith {
+    /// The topic's own schema (its binding's id).
+    Own,
+    /// Another schema: these resolve the id.
+    Other(Arc<dyn WriterSchemas>),
+}
+
+/// Whether `id` is `topic`'s own schema; otherwise the topic's writer schemas (a topic read
+/// without a binding of its own, a global table's, uses the latest binding's).
+fn written_with(topic: &str, id: u32) -> Result<WrittenWith, CodecError> {
+    match binding(topic) {
+        Some(binding) if binding.id == Some(id) => Ok(WrittenWith::Own),
+        Some(binding) => Ok(WrittenWith::Other(binding.writers.clone())),
+        None => default_writers()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map(WrittenWith::Other)
+            .ok_or_else(|| unbound(topic)),
+    }
+}
+
+/// Checks a record of `topic` framed with `id` was written with a schema of `kind` (the
+/// formats whose payload does not depend on the writer's schema).
+fn expect_kind(topic: &str, id: u32, kind: SchemaType) -> Result<(), CodecError> {
+    if let WrittenWith::Other(writers) = written_with(topic, id)? {
+        let found = writers.schema_type(id)?;
+        if found != kind {
+            return Err(CodecError::SchemaKind {
+                id,
+                found: found.as_str(),
+                expected: kind.as_str(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Appends `value` framed for `topic`: the schema id of the topic's binding, then the Avro
 /// binary of `value` under `schema` (the value type's own).
 pub fn encode_avro<T: Serialize>(
@@ -327,9 +373,7 @@ pub fn encode_avro<T: Serialize>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
-    let id = binding.id.ok_or_else(|| unbound(topic))?;
-    wire::frame_into(id, out);
+    wire::frame_into(write_id(topic)?, out);
     schema.writer()?.write(value, out)
 }
 
@@ -385,9 +429,7 @@ pub fn frame_message(
     schema: &RecordSchema,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
-    let id = binding.id.ok_or_else(|| unbound(topic))?;
-    wire::frame_into(id, out);
+    wire::frame_into(write_id(topic)?, out);
     wire::write_message_indexes(&[schema.message_index], out);
     Ok(())
 }
@@ -399,22 +441,8 @@ pub fn frame_message(
 pub fn unframe_message<'b>(topic: &str, bytes: &'b [u8]) -> Result<&'b [u8], CodecError> {
     let (id, rest) = wire::unframe(bytes)?;
     let (_, message) = wire::read_message_indexes(rest)?;
-    let writers = match binding(topic) {
-        Some(binding) if binding.id == Some(id) => return Ok(message),
-        Some(binding) => binding.writers.clone(),
-        None => default_writers()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| unbound(topic))?,
-    };
-    match writers.schema_type(id)? {
-        SchemaType::Protobuf => Ok(message),
-        other => Err(CodecError::Avro(format!(
-            "schema id {id} is a {} schema, not Protocol Buffers",
-            other.as_str()
-        ))),
-    }
+    expect_kind(topic, id, SchemaType::Protobuf)?;
+    Ok(message)
 }
 
 /// Appends `value` framed for `topic` as JSON (the JSON Schema codec).
@@ -423,9 +451,7 @@ pub fn encode_json<T: Serialize>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    let binding = binding(topic).ok_or_else(|| unbound(topic))?;
-    let id = binding.id.ok_or_else(|| unbound(topic))?;
-    wire::frame_into(id, out);
+    wire::frame_into(write_id(topic)?, out);
     Ok(serde_json::to_writer(out, value)?)
 }
 
@@ -434,22 +460,8 @@ pub fn encode_json<T: Serialize>(
 /// lacks are skipped, `Option` fields may be absent), not validated against the schema.
 pub fn decode_json<T: DeserializeOwned>(topic: &str, bytes: &[u8]) -> Result<T, CodecError> {
     let (id, payload) = wire::unframe(bytes)?;
-    let writers = match binding(topic) {
-        Some(binding) if binding.id == Some(id) => return Ok(serde_json::from_slice(payload)?),
-        Some(binding) => binding.writers.clone(),
-        None => default_writers()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| unbound(topic))?,
-    };
-    match writers.schema_type(id)? {
-        SchemaType::Json => Ok(serde_json::from_slice(payload)?),
-        other => Err(CodecError::Avro(format!(
-            "schema id {id} is a {} schema, not a JSON Schema",
-            other.as_str()
-        ))),
-    }
+    expect_kind(topic, id, SchemaType::Json)?;
+    Ok(serde_json::from_slice(payload)?)
 }
 
 /// A JSON Schema (draft 7) for the values an Avro schema describes, as serde writes them in
@@ -531,15 +543,9 @@ pub fn decode_avro<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, CodecError> {
     let (id, payload) = wire::unframe(bytes)?;
-    let writers = match binding(topic) {
-        // Written with the reader's own schema: nothing to resolve.
-        Some(binding) if binding.id == Some(id) => return reader.own_reader()?.read(payload),
-        Some(binding) => binding.writers.clone(),
-        None => default_writers()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| unbound(topic))?,
+    let writers = match written_with(topic, id)? {
+        WrittenWith::Own => return reader.own_reader()?.read(payload),
+        WrittenWith::Other(writers) => writers,
     };
     let writer = writers.avro(id)?;
     resolving_reader(writer, reader.parsed()?)?.read(payload)

@@ -446,10 +446,11 @@ impl WriterSchemas for RegistryWriters {
         }
         let found = self.registered(id)?;
         if found.schema_type != SchemaType::Avro {
-            return Err(CodecError::Avro(format!(
-                "schema id {id} is a {} schema, not Avro",
-                found.schema_type.as_str()
-            )));
+            return Err(CodecError::SchemaKind {
+                id,
+                found: found.schema_type.as_str(),
+                expected: SchemaType::Avro.as_str(),
+            });
         }
         let parsed = crate::base::avro::parse(&found.schema)?;
         let mut all = lock(parsed_schemas());
