@@ -283,6 +283,28 @@ async fn subjects_follow_the_record_and_topic_record_naming_strategies() -> rill
     Ok(())
 }
 
+/// The id of `View`'s Avro schema, registered under `subject`: a frame of another format.
+async fn an_avro_id(url: &str, subject: &str) -> rill::Result<u32> {
+    SchemaRegistry::new(url)?
+        .register(subject, SchemaType::Avro, schema_of::<View>())
+        .await
+}
+
+/// The reasons (`rill.error`) of the first `n` dead letters in `dlq`, once there are `n`.
+async fn dead_letter_reasons(app: &TestApp, dlq: &str, n: usize) -> rill::Result<Vec<String>> {
+    app.wait_until("the poison is dead-lettered", |app| {
+        app.count(dlq).unwrap_or(0) >= n
+    })
+    .await?;
+    Ok(app
+        .records(dlq)?
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
+        })
+        .collect())
+}
+
 /// Registers `existing` and then `new` under `subject` with compatibility `rule` (which must
 /// accept `new`); the ids.
 async fn evolve(
@@ -744,19 +766,8 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
         .test_in(dir.path())
         .await?;
     let schema = schema_of::<Order>();
-    let registry = SchemaRegistry::new(&url)?;
     // An Avro id in a JSON topic, and JSON without a frame: both poison.
-    let avro_id = framed(
-        &registry,
-        &format!("{input}-avro"),
-        schema_of::<View>(),
-        &View {
-            user: "u".into(),
-            url: "/".into(),
-            at: 1,
-        },
-    )
-    .await?;
+    let avro_id = an_avro_id(&url, &format!("{input}-avro")).await?;
     let mut sent = Vec::new();
     for (i, order) in [
         serde_json::json!({"id": "o1", "amount": 12.5, "note": "gift"}),
@@ -768,10 +779,7 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
         let hex = crosscheck(&url, &["encode-json", &input, schema, &order.to_string()]);
         sent.push(hex_decode(&hex));
         if i == 0 {
-            sent.push(frame(
-                u32::from_be_bytes([avro_id[1], avro_id[2], avro_id[3], avro_id[4]]),
-                b"{}",
-            ));
+            sent.push(frame(avro_id, b"{}"));
             sent.push(br#"{"id":"o9","amount":1.0}"#.to_vec());
         }
     }
@@ -798,18 +806,7 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
             serde_json::from_str(&crosscheck(&url, &["decode-json", &output, &hex])).expect("json");
         assert!(read["value"]["cents"].as_i64().is_some(), "{read}");
     }
-    let dlq = format!("{app_id}-orders-dlq");
-    app.wait_until("the poison is dead-lettered", |app| {
-        app.count(&dlq).unwrap_or(0) >= 2
-    })
-    .await?;
-    let reasons: Vec<String> = app
-        .records(&dlq)?
-        .iter()
-        .map(|r| {
-            String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&app, &format!("{app_id}-orders-dlq"), 2).await?;
     assert!(reasons[0].contains("AVRO schema, not JSON"), "{reasons:?}");
     assert!(reasons[1].contains("magic byte"), "{reasons:?}");
     app.stop().await
@@ -847,18 +844,7 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
         .agents([agent])
         .test_in(dir.path())
         .await?;
-    let registry = SchemaRegistry::new(&url)?;
-    let json_id = framed(
-        &registry,
-        &format!("{input}-avro"),
-        schema_of::<View>(),
-        &View {
-            user: "u".into(),
-            url: "/".into(),
-            at: 1,
-        },
-    )
-    .await?;
+    let avro_id = an_avro_id(&url, &format!("{input}-avro")).await?;
     let shipments = [
         serde_json::json!({"id": "s1", "weight_grams": "1200", "items": ["anvil", "rope"]}),
         serde_json::json!({"id": "s2", "weight_grams": "5", "items": []}),
@@ -878,11 +864,8 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
             .await?;
         if i == 0 {
             // An Avro id in a Protobuf topic, and bytes without a frame: both poison.
-            let avro = frame(
-                u32::from_be_bytes([json_id[1], json_id[2], json_id[3], json_id[4]]),
-                &[0, 8, 1],
-            );
-            app.send_bytes(&input, Some(b"s"), &avro).await?;
+            app.send_bytes(&input, Some(b"s"), &frame(avro_id, &[0, 8, 1]))
+                .await?;
             app.send_bytes(&input, Some(b"s"), b"\x08\x01").await?;
         }
     }
@@ -922,18 +905,7 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
         .expect("json");
         assert!(read["value"]["id"].as_str().is_some(), "{read}");
     }
-    let dlq = format!("{app_id}-ships-dlq");
-    app.wait_until("the poison is dead-lettered", |app| {
-        app.count(&dlq).unwrap_or(0) >= 2
-    })
-    .await?;
-    let reasons: Vec<String> = app
-        .records(&dlq)?
-        .iter()
-        .map(|r| {
-            String::from_utf8_lossy(r.headers.get("rill.error").unwrap_or_default()).into_owned()
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&app, &format!("{app_id}-ships-dlq"), 2).await?;
     assert!(
         reasons[0].contains("AVRO schema, not PROTOBUF"),
         "{reasons:?}"
