@@ -117,6 +117,30 @@ fn visits(input: &str, output: &str) -> AgentSpec {
         })
 }
 
+/// Counts views per URL through `group_by` (a repartition topic carrying the framed records),
+/// writing a visit with the count so far.
+fn views_per_url(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("per_url", HERE)
+        .source(TopicSpec::of::<View>(input, HERE))
+        .sink(TopicSpec::of::<Visit>(output, HERE))
+        .table("sr_url_counts")
+        .run(|mut ctx| async move {
+            let mut views = ctx.stream::<View>()?.group_by(View::url);
+            let counts: Table<String, i64> = ctx.table("sr_url_counts")?;
+            let out = ctx.sink::<Visit>()?;
+            while let Some(v) = views.next().await {
+                let seen = counts.update(v.url.clone(), |n| n + 1)?;
+                let visit = Visit {
+                    user: v.user.clone(),
+                    url: v.url.clone(),
+                    seen,
+                };
+                out.send(&visit).await?;
+            }
+            Ok(())
+        })
+}
+
 /// Reads `R` from `input`, writes each as its `Debug` text to `output`.
 fn describe<R: Record + std::fmt::Debug>(input: &str, output: &str) -> AgentSpec {
     AgentSpec::new("describe", HERE)
@@ -171,6 +195,38 @@ async fn an_avro_topic_without_a_registry_is_an_error_naming_the_setting() {
     for needed in ["RILL_SCHEMA_REGISTRY_URL", "App::schema_registry", "View"] {
         assert!(err.contains(needed), "`{needed}` missing from: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_streams_regroup_through_a_repartition_topic() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_regroup_{run}"), format!("sr_regroup_out_{run}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&format!("sr_regroup_{run}"))
+        .schema_registry(&url)
+        .agents([views_per_url(&input, &output)])
+        .test_in(dir.path())
+        .await?;
+    for i in 0..30 {
+        let view = View {
+            user: format!("u{i}"),
+            url: format!("/p{}", i % 3),
+            at: i,
+        };
+        app.producer().send_to(&input, &view).await?;
+    }
+    app.producer().flush().await?;
+    let seen: Vec<Visit> = app.expect(&output, 30).await?;
+    let mut last: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for v in &seen {
+        let n = last.entry(v.url.clone()).or_default();
+        *n = (*n).max(v.seen);
+    }
+    assert_eq!(last.values().copied().collect::<Vec<_>>(), [10, 10, 10]);
+    app.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

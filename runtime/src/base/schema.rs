@@ -248,12 +248,14 @@ pub trait WriterSchemas: Send + Sync {
     fn schema_type(&self, id: u32) -> Result<SchemaType, CodecError>;
 }
 
-/// The reader of records written with `writer` into `reader`, built once per pair and kept
-/// (one per schema version met and record type).
+/// The reader of records written with `writer` into `reader`'s type, built once per pair and
+/// kept (one per schema version met and record type): the type's own reader when the writer's
+/// schema is the type's under another id (a repartition topic's records, another subject's).
 fn resolving_reader(
     writer: &'static Schema,
-    reader: &'static Schema,
+    record: &'static RecordSchema,
 ) -> Result<&'static avro::Reader, CodecError> {
+    let reader = record.parsed()?;
     type Readers = RwLock<HashMap<(usize, usize), &'static avro::Reader>>;
     static READERS: OnceLock<Readers> = OnceLock::new();
     let readers = READERS.get_or_init(Default::default);
@@ -264,8 +266,11 @@ fn resolving_reader(
     if let Some(found) = readers.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(found);
     }
-    let built: &'static avro::Reader =
-        Box::leak(Box::new(avro::Reader::new(writer, Some(reader), false)?));
+    let built: &'static avro::Reader = if writer.canonical_form() == reader.canonical_form() {
+        record.own_reader()?
+    } else {
+        Box::leak(Box::new(avro::Reader::new(writer, Some(reader), false)?))
+    };
     Ok(*readers
         .write()
         .unwrap_or_else(|p| p.into_inner())
@@ -548,7 +553,7 @@ pub fn decode_avro<T: DeserializeOwned>(
         WrittenWith::Other(writers) => writers,
     };
     let writer = writers.avro(id)?;
-    resolving_reader(writer, reader.parsed()?)?.read(payload)
+    resolving_reader(writer, reader)?.read(payload)
 }
 
 #[cfg(test)]

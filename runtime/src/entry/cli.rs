@@ -71,8 +71,8 @@ enum Command {
     },
     /// List agents with their topics, sinks, concurrency and consumer groups.
     Agents,
-    /// Print the schemas of the app's Avro topics (`#[record(codec = "avro")]`) with their
-    /// subjects, or register them (`--register`, e.g. from CI when workers run with
+    /// Print the schemas of the app's schema-registry topics (`#[record(codec = "avro")]`,
+    /// "protobuf", "json_schema") with their subjects, or register them (`--register`, e.g. from CI when workers run with
     /// RILL_SCHEMA_AUTO_REGISTER=off).
     Schema {
         /// Only this topic.
@@ -319,10 +319,8 @@ async fn schema_command(
         return Err(Error::config(
             "schema",
             match topic {
-                Some(t) => format!("the app declares no Avro topic `{t}`"),
-                None => {
-                    "the app declares no Avro topics (`#[record(codec = \"avro\")]`)".to_owned()
-                }
+                Some(t) => format!("the app declares no schema-registry topic `{t}`"),
+                None => "the app declares no schema-registry topics (`#[record(codec = \"avro\")]`, \"protobuf\", \"json_schema\")".to_owned(),
             },
         ));
     }
@@ -349,7 +347,7 @@ async fn send(
 ) -> Result<()> {
     let spec = declared_topics(app).into_iter().find(|s| s.name == topic);
     if let Some(spec) = &spec {
-        // An Avro topic's record is framed with its schema's id.
+        // A schema-registry topic's record is framed with its schema's id.
         crate::wiring::schemas::bind(config, std::iter::empty(), std::iter::once(spec)).await?;
     }
     let bytes = match &spec {

@@ -1,4 +1,5 @@
-//! Binds the registry-coded topics a worker declares (`#[record(codec = "avro")]`) to their
+//! Binds the registry-coded topics a worker declares (`#[record(codec = "avro")]`, "protobuf",
+//! "json_schema") to their
 //! subjects when it starts, so no record waits on the registry for its own schema:
 //!
 //! - a topic the worker writes (an agent's sink, an `App::topic`) gets the id of its value
