@@ -361,6 +361,28 @@ async fn dead_letter_reasons(app: &TestApp, dlq: &str, n: usize) -> rill::Result
         .collect())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_only_read_adds_no_version_to_its_subject() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_readonly_{run}"), format!("sr_readonly_out_{run}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&format!("sr_readonly_{run}"))
+        .schema_registry(&url)
+        .agents([describe::<CustomerV2>(&input, &output)])
+        .test_in(dir.path())
+        .await?;
+    let registry = SchemaRegistry::new(&url)?;
+    let subject = format!("{input}-value");
+    let found = registry
+        .lookup(&subject, SchemaType::Avro, schema_of::<CustomerV2>())
+        .await?;
+    assert_eq!(found, None, "a reader registered under {subject}");
+    app.stop().await
+}
+
 /// Registers `existing` and then `new` under `subject` with compatibility `rule` (which must
 /// accept `new`); the ids.
 async fn evolve(

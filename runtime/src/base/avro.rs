@@ -15,6 +15,14 @@ fn avro(e: impl std::fmt::Display) -> CodecError {
     CodecError::Avro(e.to_string())
 }
 
+/// Caps what one decoded value may allocate at `bytes` (a record's payload can be no longer
+/// than `Config::max_record_bytes`, so a length prefix beyond it is corrupt): apache-avro would
+/// otherwise allocate up to 512 MiB for a string whose prefix says so. The first call in a
+/// process sets it.
+pub fn limit_allocations(bytes: usize) {
+    apache_avro::util::max_allocation_bytes(bytes);
+}
+
 /// Parses an Avro schema (JSON text).
 pub fn parse(schema: &str) -> Result<Schema, CodecError> {
     Schema::parse_str(schema).map_err(avro)

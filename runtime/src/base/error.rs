@@ -243,6 +243,10 @@ pub enum CodecError {
         /// The record type's.
         expected: &'static str,
     },
+    /// The schema registry refused to give a record's writer schema (credentials, a bad
+    /// answer), or the worker stopped while waiting for it.
+    #[error("schema registry: {0}")]
+    Registry(String),
     /// A Protocol Buffers message did not encode or decode.
     #[error("protobuf: {0}")]
     Protobuf(String),

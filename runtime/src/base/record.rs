@@ -137,8 +137,8 @@ pub fn decode_from<V: Record>(topic: &str, bytes: &[u8], codec: Codec) -> Result
     match (codec, V::registry_schema()) {
         (Codec::Avro, Some(schema)) => crate::base::schema::decode_avro(topic, schema, bytes),
         (Codec::JsonSchema, Some(_)) => crate::base::schema::decode_json(topic, bytes),
-        (Codec::Protobuf, Some(_)) => {
-            V::decode_message(crate::base::schema::unframe_message(topic, bytes)?)
+        (Codec::Protobuf, Some(schema)) => {
+            V::decode_message(crate::base::schema::unframe_message(topic, schema, bytes)?)
         }
         _ => V::decode(bytes, codec),
     }

@@ -99,8 +99,8 @@ pub struct RecordSchema {
     writer: OnceLock<Result<avro::Writer, String>>,
     reader: OnceLock<Result<avro::Reader, String>>,
     /// A Protocol Buffers record: the path of its message in the `.proto` (top-level
-    /// messages only: `[index]`).
-    message_index: i32,
+    /// messages only: `[index]`); `None` when no top-level message is named like the type.
+    message_index: Option<i32>,
 }
 
 impl RecordSchema {
@@ -118,20 +118,19 @@ impl RecordSchema {
             direct,
             writer: OnceLock::new(),
             reader: OnceLock::new(),
-            message_index: 0,
+            message_index: Some(0),
         }
     }
 
     /// A Protocol Buffers record `rust_type` described by the `.proto` text `text`: its
-    /// message is the top-level one named like the type (else the first).
+    /// message is the top-level one named like the type (none is an error at start).
     pub fn protobuf(rust_type: &'static str, text: impl Into<String>) -> Self {
         let text = text.into();
         let short = rust_type.rsplit("::").next().unwrap_or_default();
         let index = proto_messages(&text)
             .iter()
             .position(|m| m == short)
-            .and_then(|i| i32::try_from(i).ok())
-            .unwrap_or(0);
+            .and_then(|i| i32::try_from(i).ok());
         RecordSchema {
             schema_type: SchemaType::Protobuf,
             parsed: Err("a .proto is not an Avro schema".to_owned()),
@@ -180,9 +179,13 @@ impl RecordSchema {
     pub fn check(&self) -> Result<(), CodecError> {
         match self.schema_type {
             SchemaType::Avro => self.parsed().map(|_| ()),
-            SchemaType::Protobuf if proto_messages(&self.text).is_empty() => Err(CodecError::Avro(
-                format!("the .proto of `{}` declares no message", self.rust_type),
-            )),
+            SchemaType::Protobuf if self.message_index.is_none() => {
+                Err(CodecError::Protobuf(format!(
+                    "the .proto of `{}` has no top-level message named like it (it has {:?}); name the struct after its message",
+                    self.rust_type,
+                    proto_messages(&self.text)
+                )))
+            }
             SchemaType::Protobuf => Ok(()),
             SchemaType::Json => serde_json::from_str::<serde_json::Value>(&self.text)
                 .map(|_| ())
@@ -222,9 +225,13 @@ impl RecordSchema {
                 .and_then(|v| v["title"].as_str().map(str::to_owned))
                 .unwrap_or_else(short),
             (_, SchemaType::Protobuf) => {
-                let message = proto_messages(&self.text)
-                    .into_iter()
-                    .nth(usize::try_from(self.message_index).unwrap_or(0))
+                let message = self
+                    .message_index
+                    .and_then(|i| {
+                        proto_messages(&self.text)
+                            .into_iter()
+                            .nth(usize::try_from(i).ok()?)
+                    })
                     .unwrap_or_else(short);
                 match proto_package(&self.text) {
                     Some(package) => format!("{package}.{message}"),
@@ -402,18 +409,33 @@ fn proto_messages(text: &str) -> Vec<String> {
     names
 }
 
-/// The `package` of a `.proto`, if it declares one.
+/// The `package` of a `.proto`, if it declares one (at the top level).
 fn proto_package(text: &str) -> Option<String> {
-    let tokens = proto_tokens(text);
-    let at = tokens.iter().position(|t| t == "package")?;
-    tokens
-        .get(at + 1)
-        .map(|p| p.trim_end_matches(';').to_owned())
+    let mut depth = 0usize;
+    let mut tokens = proto_tokens(text).into_iter();
+    while let Some(token) = tokens.next() {
+        match token.as_str() {
+            "{" => depth += 1,
+            "}" => depth = depth.saturating_sub(1),
+            "package" if depth == 0 => return tokens.next().filter(|p| p != "="),
+            _ => {}
+        }
+    }
+    None
 }
 
-/// A `.proto`'s words and braces, comments dropped.
+/// A `.proto`'s words and braces, comments (`//` and `/* */`) dropped.
 fn proto_tokens(text: &str) -> Vec<String> {
-    let uncommented: String = text
+    let mut uncommented = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("/*") {
+        uncommented.push_str(&rest[..at]);
+        rest = rest[at + 2..]
+            .find("*/")
+            .map_or("", |end| &rest[at + 2 + end + 2..]);
+    }
+    uncommented.push_str(rest);
+    let uncommented: String = uncommented
         .lines()
         .map(|l| l.split("//").next().unwrap_or_default())
         .collect::<Vec<_>>()
@@ -435,7 +457,7 @@ pub fn frame_message(
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     wire::frame_into(write_id(topic)?, out);
-    wire::write_message_indexes(&[schema.message_index], out);
+    wire::write_message_indexes(&[schema.message_index.unwrap_or(0)], out);
     Ok(())
 }
 
@@ -443,9 +465,24 @@ pub fn frame_message(
 /// Protocol Buffers schema the registry knows (asked once per id). Protocol Buffers evolves
 /// by itself: fields the struct lacks are skipped, fields the writer lacked take their
 /// defaults.
-pub fn unframe_message<'b>(topic: &str, bytes: &'b [u8]) -> Result<&'b [u8], CodecError> {
+pub fn unframe_message<'b>(
+    topic: &str,
+    schema: &RecordSchema,
+    bytes: &'b [u8],
+) -> Result<&'b [u8], CodecError> {
     let (id, rest) = wire::unframe(bytes)?;
-    let (_, message) = wire::read_message_indexes(rest)?;
+    let (indexes, message) = wire::read_message_indexes(rest)?;
+    if let WrittenWith::Own = written_with(topic, id)? {
+        // The topic's own file: the indexes must name the type's message.
+        let own = [schema.message_index.unwrap_or(0)];
+        if indexes != own {
+            return Err(CodecError::Protobuf(format!(
+                "the frame names message {indexes:?} of schema id {id}, not {own:?} (`{}`)",
+                schema.rust_type
+            )));
+        }
+        return Ok(message);
+    }
     expect_kind(topic, id, SchemaType::Protobuf)?;
     Ok(message)
 }
@@ -611,17 +648,20 @@ mod tests {
 
     #[test]
     fn a_proto_names_its_messages_and_package() {
-        let proto = "syntax = \"proto3\";\npackage shop.v1; // the shop\nmessage Order {\n  string id = 1;\n  message Line { string sku = 1; }\n  repeated Line lines = 2;\n}\nmessage Refund { string id = 1; }\n";
+        let proto = "syntax = \"proto3\";\npackage shop.v1; // the shop\n/* message Draft { } */\nmessage Order {\n  string id = 1;\n  message Line { string sku = 1; }\n  repeated Line lines = 2;\n}\nmessage Refund { string id = 1; }\n";
         assert_eq!(proto_messages(proto), ["Order", "Refund"]);
         assert_eq!(proto_package(proto).as_deref(), Some("shop.v1"));
         let refund = RecordSchema::protobuf("x::Refund", proto);
-        assert_eq!(refund.message_index, 1);
+        assert_eq!(refund.message_index, Some(1));
         assert_eq!(refund.full_name(), "shop.v1.Refund");
         refund.check().unwrap();
+        let err = RecordSchema::protobuf("x::Shipment", proto)
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(
-            RecordSchema::protobuf("x::None", "syntax = \"proto3\";")
-                .check()
-                .is_err()
+            err.contains("Order") && err.contains("x::Shipment"),
+            "{err}"
         );
     }
 

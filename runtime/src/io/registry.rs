@@ -5,6 +5,7 @@
 //! and what the registry said.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,25 +219,46 @@ impl SchemaRegistry {
     }
 
     /// The schema with global id `id`, asked until the registry answers: an unreachable
-    /// registry (or a 5xx) is retried with backoff (at most 5 s apart) for as long as it
-    /// takes, so a record waiting for its writer's schema waits instead of being lost; an id
-    /// the registry does not know is [`CodecError::UnknownSchema`].
-    pub async fn schema_by_id_held(&self, id: u32) -> Result<Arc<RegisteredSchema>, CodecError> {
+    /// registry (or a 5xx, a 429) is retried with backoff for as long as it takes, so a record
+    /// waiting for its writer's schema waits instead of being lost, until `stopping` is set (the
+    /// worker stops). An id the registry does not know is [`CodecError::UnknownSchema`]; any
+    /// other refusal (credentials, a bad answer) is [`CodecError::Registry`].
+    pub async fn schema_by_id_held(
+        &self,
+        id: u32,
+        stopping: &AtomicBool,
+    ) -> Result<Arc<RegisteredSchema>, CodecError> {
         let mut wait = self.inner.backoff;
         loop {
-            match self.schema_by_id(id).await {
+            let message = match self.schema_by_id(id).await {
                 Ok(found) => return Ok(found),
-                Err(Error::Registry { message, .. })
-                    if message.contains("HTTP 404") || message.contains("HTTP 422") =>
-                {
-                    return Err(CodecError::UnknownSchema { id, message });
-                }
-                Err(e) => {
-                    tracing::warn!(id, error = %e, ?wait, "holding the record until the schema registry answers");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+                Err(Error::Registry { message, .. }) => message,
+                Err(e) => e.to_string(),
+            };
+            let unknown = message.contains("HTTP 404") || message.contains("HTTP 422");
+            if unknown {
+                return Err(CodecError::UnknownSchema {
+                    id,
+                    message: format!(
+                        "{message}; is {} the registry the producer used (RILL_SCHEMA_REGISTRY_URL)?",
+                        self.url()
+                    ),
+                });
             }
+            let transient = message.starts_with("no answer from")
+                || message.contains("HTTP 5")
+                || message.contains("HTTP 429");
+            if !transient {
+                return Err(CodecError::Registry(message));
+            }
+            if stopping.load(Ordering::Acquire) {
+                return Err(CodecError::Registry(format!(
+                    "the worker stopped while the registry was unreachable ({message})"
+                )));
+            }
+            tracing::warn!(id, error = %message, ?wait, "holding the record until the schema registry answers");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -405,10 +427,16 @@ fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client> {
 }
 
 /// Writer schemas through a registry, parsed once per registry and id for the process (kept
-/// for its life: the readers built from them are cached with them).
+/// for its life: the readers built from them are cached with them). Ids the registry does not
+/// know are remembered for [`UNKNOWN_FOR`], so poison records do not each cost a request.
 pub(crate) struct RegistryWriters {
     registry: SchemaRegistry,
+    stopping: AtomicBool,
+    unknown: Mutex<HashMap<u32, (std::time::Instant, String)>>,
 }
+
+/// How long an id the registry did not know is taken as unknown without asking again.
+const UNKNOWN_FOR: Duration = Duration::from_secs(30);
 
 type ParsedSchemas = Mutex<HashMap<(String, u32), &'static Schema>>;
 
@@ -419,7 +447,16 @@ fn parsed_schemas() -> &'static ParsedSchemas {
 
 impl RegistryWriters {
     pub(crate) fn new(registry: SchemaRegistry) -> Arc<Self> {
-        Arc::new(RegistryWriters { registry })
+        Arc::new(RegistryWriters {
+            registry,
+            stopping: AtomicBool::new(false),
+            unknown: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A record held for the registry gives up (the worker stops).
+    pub(crate) fn stop_holding(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 }
 
@@ -429,8 +466,20 @@ impl RegistryWriters {
         if let Some(found) = lock(&self.registry.inner.by_id).get(&id) {
             return Ok(found.clone());
         }
-        let registry = self.registry.clone();
-        run_blocking(async move { registry.schema_by_id_held(id).await })
+        if let Some((at, message)) = lock(&self.unknown).get(&id)
+            && at.elapsed() < UNKNOWN_FOR
+        {
+            return Err(CodecError::UnknownSchema {
+                id,
+                message: message.clone(),
+            });
+        }
+        let (registry, stopping) = (self.registry.clone(), &self.stopping);
+        let found = run_blocking(async move { registry.schema_by_id_held(id, stopping).await })?;
+        if let Err(CodecError::UnknownSchema { message, .. }) = &found {
+            lock(&self.unknown).insert(id, (std::time::Instant::now(), message.clone()));
+        }
+        found
     }
 }
 
@@ -462,25 +511,32 @@ impl WriterSchemas for RegistryWriters {
 
 /// Runs `work` to completion from synchronous code (a decode step): on a runtime of its own,
 /// on a thread of its own, telling a multi-threaded caller's runtime that this thread blocks.
-fn run_blocking<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+fn run_blocking<T: Send>(
+    work: impl std::future::Future<Output = T> + Send,
+) -> Result<T, CodecError> {
+    let failed = |what: String| CodecError::Registry(format!("fetching a writer schema: {what}"));
     let run = move || {
         std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
+            let thread = std::thread::Builder::new()
+                .name("rill-registry".into())
+                .spawn_scoped(scope, move || {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .expect("a current-thread runtime builds")
-                        .block_on(work)
+                        .map(|runtime| runtime.block_on(work))
                 })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                .map_err(|e| failed(format!("no thread: {e}")))?;
+            match thread.join() {
+                Ok(done) => done.map_err(|e| failed(format!("no runtime: {e}"))),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         })
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(run)
         }
+        // A current-thread runtime waits: its tasks pause until the registry answers.
         _ => run(),
     }
 }

@@ -109,6 +109,7 @@ impl Requests {
     /// Sends `value` to `topic` without waiting for anything (Faust's `cast`): the agent
     /// processes it like any record, and replying to it does nothing.
     pub async fn cast<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
+        crate::wiring::schemas::ensure_writable::<V>(topic, V::CODEC).await?;
         let record = encode_out(topic, V::CODEC, value.key(), value, None)?;
         self.inner.producer.send_raw(record).await?;
         self.inner.producer.flush().await
@@ -123,6 +124,7 @@ impl Requests {
         value: &V,
         reply_to: &str,
     ) -> Result<Vec<u8>> {
+        crate::wiring::schemas::ensure_writable::<V>(topic, V::CODEC).await?;
         let mut record = encode_out(topic, V::CODEC, value.key(), value, None)?;
         let correlation = correlation_id();
         record

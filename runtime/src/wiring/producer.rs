@@ -52,6 +52,7 @@ impl Producer {
 
     /// Sends a value keyed by its `#[record(key)]` field.
     pub async fn send<K, V: Record>(&self, topic: &Topic<K, V>, value: &V) -> Result<()> {
+        crate::wiring::schemas::ensure_writable::<V>(topic.name(), topic.codec()).await?;
         self.send_raw(encode_out(
             topic.name(),
             topic.codec(),
@@ -69,6 +70,7 @@ impl Producer {
         key: &K,
         value: &V,
     ) -> Result<()> {
+        crate::wiring::schemas::ensure_writable::<V>(topic.name(), topic.codec()).await?;
         self.send_raw(encode_out(
             topic.name(),
             topic.codec(),
@@ -81,6 +83,7 @@ impl Producer {
 
     /// Sends a value to a topic named by string, with the value type's codec.
     pub async fn send_to<V: Record>(&self, topic: &str, value: &V) -> Result<()> {
+        crate::wiring::schemas::ensure_writable::<V>(topic, V::CODEC).await?;
         self.send_raw(encode_out(
             topic,
             V::CODEC,

@@ -7,14 +7,18 @@
 //!   `auto_register` is on (a schema the subject's compatibility rule refuses stops the start,
 //!   naming the subject, the rule and what the registry found incompatible), looked up when
 //!   off (a schema not registered stops the start);
-//! - a topic it reads is registered too when `auto_register` is on (as a Confluent serializer
-//!   in the app would on its first send: Faust-style apps send to their own agents' topics,
-//!   and asks do), but a refusal only warns: the topic is then read, and a send to it is the
-//!   unbound error. Off, it is looked up. Records of its id decode without resolution; other
-//!   ids are fetched when first met.
+//! - a topic it only reads is looked up, never registered (a reader does not add versions to
+//!   a subject its producers own, as Confluent's deserializers do not): records of its id, if
+//!   registered, decode without resolution; other ids are fetched when first met. A
+//!   `Producer` send to such a topic (Faust-style apps send to their own agents' topics)
+//!   binds it for writing then, as a Confluent serializer would on its first send
+//!   ([`ensure_writable`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use crate::base::codec::Codec;
+use crate::base::record::Record;
 
 use crate::base::config::{Config, RegistryConfig};
 use crate::base::error::{Error, Result};
@@ -97,26 +101,30 @@ pub(crate) fn registry_of(config: &Config, first: &SchemaTopic) -> Result<Schema
     SchemaRegistry::from_config(registry)
 }
 
-/// Binds every registry-coded topic among `reads` and `writes` (see the module's comment).
+/// Binds every registry-coded topic among `reads` and `writes` (see the module's comment);
+/// the writer schemas they decode with (`None` without such topics).
 pub(crate) async fn bind<'a>(
     config: &Config,
     reads: impl IntoIterator<Item = &'a TopicSpec>,
     writes: impl IntoIterator<Item = &'a TopicSpec>,
-) -> Result<()> {
+) -> Result<Option<Arc<RegistryWriters>>> {
     let Some(settings) = &config.schema_registry else {
         // Without a registry, any registry-coded topic is the error `registry_of` names.
         let all = schema_topics(&RegistryConfig::new(""), reads, writes)?;
         return match all.first() {
-            Some(first) => registry_of(config, first).map(|_| ()),
-            None => Ok(()),
+            Some(first) => registry_of(config, first).map(|_| None),
+            None => Ok(None),
         };
     };
     let topics = schema_topics(settings, reads, writes)?;
     let Some(first) = topics.first() else {
-        return Ok(());
+        return Ok(None);
     };
+    crate::base::avro::limit_allocations(config.max_record_bytes);
     let registry = registry_of(config, first)?;
     let writers = RegistryWriters::new(registry.clone());
+    *current().write().unwrap_or_else(|p| p.into_inner()) =
+        Some((registry.clone(), settings.clone(), writers.clone()));
     for topic in &topics {
         let id = writer_id(&registry, settings, topic).await?;
         tracing::info!(topic = %topic.topic, subject = %topic.subject, ?id, "bound to the schema registry");
@@ -129,6 +137,51 @@ pub(crate) async fn bind<'a>(
             },
         );
     }
+    Ok(Some(writers))
+}
+
+/// The registry, settings and writer schemas of the latest binding: what a send binds a topic
+/// it had only read with.
+type Current = RwLock<Option<(SchemaRegistry, RegistryConfig, Arc<RegistryWriters>)>>;
+
+fn current() -> &'static Current {
+    static CURRENT: Current = RwLock::new(None);
+    &CURRENT
+}
+
+/// Binds `topic` for writing `V` if it is a registry-coded topic without a writer id yet (one
+/// only read): registered (or looked up) as a sink's would be at start. Sends through the
+/// `Producer` call it.
+pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Result<()> {
+    let Some(schema) = V::registry_schema().filter(|_| codec.is_registry()) else {
+        return Ok(());
+    };
+    if schema::binding(topic).is_some_and(|b| b.id.is_some()) {
+        return Ok(());
+    }
+    let Some((registry, settings, writers)) =
+        current().read().unwrap_or_else(|p| p.into_inner()).clone()
+    else {
+        // No registry: encoding names the missing binding and the setting.
+        return Ok(());
+    };
+    let target = SchemaTopic {
+        topic: topic.to_owned(),
+        schema,
+        subject: settings
+            .subject_strategy
+            .subject(topic, &schema.full_name()),
+        writes: true,
+    };
+    let id = writer_id(&registry, &settings, &target).await?;
+    schema::bind(
+        topic,
+        Binding {
+            subject: target.subject,
+            id,
+            writers,
+        },
+    );
     Ok(())
 }
 
@@ -140,18 +193,14 @@ async fn writer_id(
     topic: &SchemaTopic,
 ) -> Result<Option<u32>> {
     let (kind, text) = (topic.schema.schema_type, topic.schema.text.as_str());
-    if settings.auto_register {
-        match registry.register(&topic.subject, kind, text).await {
-            Ok(id) => return Ok(Some(id)),
+    if topic.writes && settings.auto_register {
+        return match registry.register(&topic.subject, kind, text).await {
+            Ok(id) => Ok(Some(id)),
             Err(Error::Registry { subject, message }) if message.contains("incompatible") => {
-                let refused = incompatible(registry, topic, subject, message).await;
-                if topic.writes {
-                    return Err(refused);
-                }
-                tracing::warn!(topic = %topic.topic, error = %refused, "reading the topic; sending to it needs its schema registered");
+                Err(incompatible(registry, topic, subject, message).await)
             }
-            Err(e) => return Err(e),
-        }
+            Err(e) => Err(e),
+        };
     }
     let id = registry.lookup(&topic.subject, kind, text).await?;
     if topic.writes && id.is_none() {

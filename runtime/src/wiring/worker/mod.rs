@@ -133,6 +133,9 @@ pub struct Worker {
     stop_timers: tokio::sync::watch::Sender<bool>,
     /// The app's leader election, when a timer runs on the leader only.
     leadership: Option<Arc<Leadership>>,
+    /// The writer schemas of its schema-registry topics: records held for the registry give
+    /// up when the worker stops.
+    schema_writers: Option<Arc<crate::io::registry::RegistryWriters>>,
     /// Requests to agents (`ask`, `cast`), replies read from the app's reply topic.
     pub(crate) requests: Requests,
     producer: Producer,
@@ -157,7 +160,7 @@ impl Worker {
     ) -> Result<Worker> {
         let all_topics = validate::declarations(&agents, &topics)?;
         validate::timers(&extras.timers)?;
-        crate::wiring::schemas::bind(
+        let schema_writers = crate::wiring::schemas::bind(
             config,
             agents.iter().flat_map(|a| a.sources.iter()),
             agents
@@ -199,6 +202,7 @@ impl Worker {
             timers: JoinSet::new(),
             stop_timers: tokio::sync::watch::channel(false).0,
             leadership: None,
+            schema_writers,
             requests,
             producer: Producer::new(transport.clone()),
             stats: HashMap::new(),
@@ -366,6 +370,9 @@ impl Worker {
     /// producer is flushed.
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: finishing in-flight records and committing");
+        if let Some(writers) = &self.schema_writers {
+            writers.stop_holding();
+        }
         self.tasks.abort_all();
         let timers_done = self.stop_timers_gracefully();
         for stop in self
