@@ -367,7 +367,10 @@ async fn a_topic_only_read_adds_no_version_to_its_subject() -> rill::Result<()> 
         return Ok(());
     };
     let run = common::run_id();
-    let (input, output) = (format!("sr_readonly_{run}"), format!("sr_readonly_out_{run}"));
+    let (input, output) = (
+        format!("sr_readonly_{run}"),
+        format!("sr_readonly_out_{run}"),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let app = App::new(&format!("sr_readonly_{run}"))
         .schema_registry(&url)
@@ -687,6 +690,43 @@ async fn a_registry_outage_mid_stream_holds_records_and_loses_none() -> rill::Re
     assert!(seen.iter().all(|v| v.url == "/later"));
     assert_eq!(app.count(&dlq).unwrap_or(0), 0, "nothing dead-lettered");
     app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_during_an_outage_does_not_wait_for_the_registry() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let relay = Relay::to(&url);
+    let run = common::run_id();
+    let input = format!("sr_stop_{run}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(&format!("sr_stop_{run}"))
+        .schema_registry(relay.url())
+        .agents([visits(&input, &format!("sr_stop_out_{run}"))])
+        .test_in(dir.path())
+        .await?;
+    let registry = SchemaRegistry::new(&url)?;
+    relay.set_up(false);
+    let view = ViewPlus {
+        user: "u".into(),
+        url: "/held".into(),
+        at: 1,
+        referrer: "ad".into(),
+    };
+    let bytes = framed(
+        &registry,
+        &format!("{input}-value"),
+        &view_plus_schema(),
+        &view,
+    )
+    .await?;
+    app.send_bytes(&input, Some(b"u"), &bytes).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The held record gives up when the worker stops (one attempt's retries at most).
+    tokio::time::timeout(Duration::from_secs(40), app.stop())
+        .await
+        .expect("the worker stops while the registry is away")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
