@@ -853,18 +853,11 @@ fn the_avro_pageviews_example_counts_avro_views_and_prints_its_schemas() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
--> rill::Result<()> {
-    let Some(url) = registry_url() else {
-        return Ok(());
-    };
-    let run = common::run_id();
-    let (input, output) = (format!("sr_orders_{run}"), format!("sr_orders_seen_{run}"));
-    let app_id = format!("sr_json_{run}");
-    let agent = AgentSpec::new("orders", HERE)
-        .source(TopicSpec::of::<Order>(&input, HERE))
-        .sink(TopicSpec::of::<OrderSeen>(&output, HERE))
+/// Reads orders, writes each amount in cents.
+fn orders(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("orders", HERE)
+        .source(TopicSpec::of::<Order>(input, HERE))
+        .sink(TopicSpec::of::<OrderSeen>(output, HERE))
         .run(|mut ctx| async move {
             let mut orders = ctx.stream::<Order>()?;
             let out = ctx.sink::<OrderSeen>()?;
@@ -876,7 +869,19 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
                 out.send(&seen).await?;
             }
             Ok(())
-        });
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let run = common::run_id();
+    let (input, output) = (format!("sr_orders_{run}"), format!("sr_orders_seen_{run}"));
+    let app_id = format!("sr_json_{run}");
+    let agent = orders(&input, &output);
     let dir = tempfile::tempdir().expect("tempdir");
     let app = App::new(&app_id)
         .schema_registry(&url)
@@ -930,19 +935,11 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
     app.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
--> rill::Result<()> {
-    let Some(url) = registry_url() else {
-        return Ok(());
-    };
-    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/shipments.proto");
-    let run = common::run_id();
-    let (input, output) = (format!("sr_ships_{run}"), format!("sr_ships_seen_{run}"));
-    let app_id = format!("sr_proto_{run}");
-    let agent = AgentSpec::new("ships", HERE)
-        .source(TopicSpec::of::<Shipment>(&input, HERE))
-        .sink(TopicSpec::of::<ShipmentSeen>(&output, HERE))
+/// Reads shipments, writes what it saw of each (the second message of their `.proto`).
+fn shipments(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("ships", HERE)
+        .source(TopicSpec::of::<Shipment>(input, HERE))
+        .sink(TopicSpec::of::<ShipmentSeen>(output, HERE))
         .run(|mut ctx| async move {
             let mut shipments = ctx.stream::<Shipment>()?;
             let out = ctx.sink::<ShipmentSeen>()?;
@@ -955,7 +952,20 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
                 out.send(&seen).await?;
             }
             Ok(())
-        });
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_lettered()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/shipments.proto");
+    let run = common::run_id();
+    let (input, output) = (format!("sr_ships_{run}"), format!("sr_ships_seen_{run}"));
+    let app_id = format!("sr_proto_{run}");
+    let agent = shipments(&input, &output);
     let dir = tempfile::tempdir().expect("tempdir");
     let app = App::new(&app_id)
         .schema_registry(&url)

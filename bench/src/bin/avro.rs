@@ -187,17 +187,51 @@ async fn keyed_count<R: Keyed>(args: &Args, name: &str) -> rill::Result<f64> {
     Ok(rate)
 }
 
-#[tokio::main]
-async fn main() -> rill::Result<()> {
-    let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_writer(std::io::stderr)
-        .try_init();
-    // Bind the per-record topic as a worker would: start an app that writes it.
+/// Records framed with another version of `Event`'s schema (a field more, which the reader
+/// skips), registered under `topic`'s subject.
+async fn other_version(
+    args: &Args,
+    topic: &str,
+    samples: &[(String, i64)],
+) -> rill::Result<Vec<Vec<u8>>> {
+    #[derive(serde::Serialize)]
+    struct Other<'a> {
+        key: &'a str,
+        n: i64,
+        source: &'a str,
+    }
+    let other = r#"{"type":"record","name":"Event","namespace":"avro","fields":[{"name":"key","type":"string"},{"name":"n","type":"long"},{"name":"source","type":"string","default":""}]}"#;
+    let registry = SchemaRegistry::new(&args.registry)?;
+    let subject = format!("{topic}-value");
+    registry.set_compatibility(&subject, "NONE").await?;
+    let id = registry.register(&subject, SchemaType::Avro, other).await?;
+    let schema = avro::parse(other).map_err(rill::Error::user)?;
+    samples
+        .iter()
+        .map(|(key, n)| {
+            let body = avro::encode(
+                &schema,
+                &Other {
+                    key,
+                    n: *n,
+                    source: "web",
+                },
+            )?;
+            Ok(frame(id, &body))
+        })
+        .collect::<Result<_, rill::CodecError>>()
+        .map_err(rill::Error::user)
+}
+
+/// The per-record figures: decode + encode with JSON, Avro and Avro of another version.
+async fn per_record_figures(
+    args: &Args,
+    figures: &mut serde_json::Map<String, serde_json::Value>,
+) -> rill::Result<()> {
+    // Bind the topic as a worker would: start an app that writes it.
     let topic = "avro_bench_records";
     let dir = tempfile::tempdir().map_err(rill::Error::user)?;
-    let binder = app(&args, "avro_bench_bind", dir.path())
+    let binder = app(args, "avro_bench_bind", dir.path())
         .agents([AgentSpec::new("bind", "bench")
             .source(TopicSpec::of::<String>("avro_bench_bind_in", "bench"))
             .sink(TopicSpec::of::<Event>(topic, "bench"))
@@ -207,46 +241,18 @@ async fn main() -> rill::Result<()> {
     let samples: Vec<(String, i64)> = (0..1000)
         .map(|i| (format!("key-{}", i * 7919 % 100_000), i * 1_000_003))
         .collect();
-    let json: Vec<Vec<u8>> = samples
-        .iter()
-        .map(|(k, n)| rill::encode_vec_for(topic, Codec::Json, &EventJson::make(k.clone(), *n)))
-        .collect::<Result<_, _>>()
-        .map_err(rill::Error::user)?;
-    let own: Vec<Vec<u8>> = samples
-        .iter()
-        .map(|(k, n)| rill::encode_vec_for(topic, Codec::Avro, &Event::make(k.clone(), *n)))
-        .collect::<Result<_, _>>()
-        .map_err(rill::Error::user)?;
-    // Another version of the schema: a field more, which the reader skips.
-    let older = r#"{"type":"record","name":"Event","namespace":"avro","fields":[{"name":"key","type":"string"},{"name":"n","type":"long"},{"name":"source","type":"string","default":""}]}"#;
-    let registry = SchemaRegistry::new(&args.registry)?;
-    registry
-        .set_compatibility(&format!("{topic}-value"), "NONE")
-        .await?;
-    let older_id = registry
-        .register(&format!("{topic}-value"), SchemaType::Avro, older)
-        .await?;
-    let older_schema = avro::parse(older).map_err(rill::Error::user)?;
-    let resolved: Vec<Vec<u8>> = samples
-        .iter()
-        .map(|(k, _)| {
-            #[derive(serde::Serialize)]
-            struct Other<'a> {
-                key: &'a str,
-                n: i64,
-                source: &'a str,
-            }
-            let other = Other {
-                key: k,
-                n: 7,
-                source: "web",
-            };
-            let body = avro::encode(&older_schema, &other)?;
-            Ok(frame(older_id, &body))
-        })
-        .collect::<Result<_, rill::CodecError>>()
-        .map_err(rill::Error::user)?;
-    let mut figures = serde_json::Map::new();
+    let encoded = |codec: Codec| -> rill::Result<Vec<Vec<u8>>> {
+        samples
+            .iter()
+            .map(|(k, n)| match codec {
+                Codec::Avro => rill::encode_vec_for(topic, codec, &Event::make(k.clone(), *n)),
+                _ => rill::encode_vec_for(topic, codec, &EventJson::make(k.clone(), *n)),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(rill::Error::user)
+    };
+    let (json, own) = (encoded(Codec::Json)?, encoded(Codec::Avro)?);
+    let resolved = other_version(args, topic, &samples).await?;
     for (name, run) in [("json_ns", 0), ("avro_ns", 1), ("avro_resolved_ns", 2)] {
         let mut xs = Vec::new();
         for _ in 0..args.reps {
@@ -260,7 +266,18 @@ async fn main() -> rill::Result<()> {
         eprintln!("{name}: {ns:.0} ns per record (decode + encode)");
         figures.insert(name.to_owned(), serde_json::json!(ns.round()));
     }
-    binder.shutdown().await?;
+    binder.shutdown().await
+}
+
+#[tokio::main]
+async fn main() -> rill::Result<()> {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut figures = serde_json::Map::new();
+    per_record_figures(&args, &mut figures).await?;
     for (name, avro) in [("json", false), ("avro", true)] {
         let mut xs = Vec::new();
         for _ in 0..args.reps {
