@@ -737,13 +737,9 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
     let run = common::run_id();
     let (input, output) = (format!("srk_views_{run}"), format!("srk_visits_{run}"));
     let app_id = format!("srk_{run}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
-        .schema_registry(&url)
-        .agents([visits(&input, &output)])
-        .start()
-        .await?;
-    common::wait_ready(&worker, Duration::from_secs(60)).await;
+    // The producer registers the schema first (as a producing team would), so the worker
+    // finds it at start. (A writer id met mid-stream on Kafka is the embedded tests' case:
+    // see the closing note of issue 23.)
     let mut records: Vec<(Option<String>, Vec<u8>)> = (0..20)
         .map(|i| {
             let view = serde_json::json!({"user": format!("u{}", i % 4), "url": format!("/p{i}"), "at": i});
@@ -752,6 +748,13 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
         })
         .collect();
     records.insert(7, (Some("u3".into()), b"not framed".to_vec()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .schema_registry(&url)
+        .agents([visits(&input, &output)])
+        .start()
+        .await?;
+    common::wait_ready(&worker, Duration::from_secs(60)).await;
     tokio::task::block_in_place(|| {
         common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
     });

@@ -308,7 +308,7 @@ fn default_writers() -> &'static RwLock<Option<Arc<dyn WriterSchemas>>> {
 }
 
 /// Binds `topic` (replacing an earlier binding: a restarted worker may register anew).
-pub fn bind(topic: &str, binding: Binding) {
+pub(crate) fn bind(topic: &str, binding: Binding) {
     *default_writers().write().unwrap_or_else(|p| p.into_inner()) = Some(binding.writers.clone());
     bindings()
         .write()

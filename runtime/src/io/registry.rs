@@ -509,36 +509,41 @@ impl WriterSchemas for RegistryWriters {
     }
 }
 
-/// Runs `work` to completion from synchronous code (a decode step): on a runtime of its own,
-/// on a thread of its own, telling a multi-threaded caller's runtime that this thread blocks.
+/// Runs `work` to completion from synchronous code (a decode step): on a multi-threaded
+/// caller's runtime, in `block_in_place`; else on a runtime and thread of its own.
 fn run_blocking<T: Send>(
     work: impl std::future::Future<Output = T> + Send,
 ) -> Result<T, CodecError> {
-    let failed = |what: String| CodecError::Registry(format!("fetching a writer schema: {what}"));
-    let run = move || {
-        std::thread::scope(|scope| {
-            let thread = std::thread::Builder::new()
-                .name("rill-registry".into())
-                .spawn_scoped(scope, move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map(|runtime| runtime.block_on(work))
-                })
-                .map_err(|e| failed(format!("no thread: {e}")))?;
-            match thread.join() {
-                Ok(done) => done.map_err(|e| failed(format!("no runtime: {e}"))),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    };
     match tokio::runtime::Handle::try_current() {
+        // On the runtime the client was built on (its I/O driver), this thread handed over.
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(run)
+            Ok(tokio::task::block_in_place(|| handle.block_on(work)))
         }
         // A current-thread runtime waits: its tasks pause until the registry answers.
-        _ => run(),
+        _ => on_a_thread_of_its_own(work),
     }
+}
+
+/// Runs `work` on a current-thread runtime on a thread of its own, and waits for it.
+fn on_a_thread_of_its_own<T: Send>(
+    work: impl std::future::Future<Output = T> + Send,
+) -> Result<T, CodecError> {
+    let failed = |what: String| CodecError::Registry(format!("fetching a writer schema: {what}"));
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("rill-registry".into())
+            .spawn_scoped(scope, move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(work))
+            })
+            .map_err(|e| failed(format!("no thread: {e}")))?;
+        match thread.join() {
+            Ok(done) => done.map_err(|e| failed(format!("no runtime: {e}"))),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 impl std::fmt::Debug for SchemaRegistry {

@@ -254,16 +254,17 @@ pub(crate) async fn describe(
     let found = schema_topics(settings, std::iter::empty(), topics)?;
     let mut out = Vec::new();
     let registry = match (register, found.first()) {
-        (true, Some(first)) => Some(Arc::new(registry_of(config, first)?)),
+        (true, Some(first)) => Some(registry_of(config, first)?),
         _ => None,
+    };
+    // Registering is what auto-registration does, refusals explained the same way.
+    let registering = RegistryConfig {
+        auto_register: true,
+        ..settings.clone()
     };
     for topic in found {
         let id = match &registry {
-            Some(registry) => Some(
-                registry
-                    .register(&topic.subject, topic.schema.schema_type, &topic.schema.text)
-                    .await?,
-            ),
+            Some(registry) => writer_id(registry, &registering, &topic).await?,
             None => None,
         };
         out.push((topic.topic, topic.subject, topic.schema.text.clone(), id));
