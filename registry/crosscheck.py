@@ -16,6 +16,7 @@ Python serializer and deserializer (confluent-kafka with fastavro), against a li
 
 Environment: SCHEMA_REGISTRY_URL.
 """
+import faulthandler
 import json
 import os
 import struct
@@ -44,6 +45,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 
 def main():
+    # A client stuck on the registry prints where it is stuck and fails, instead of hanging
+    # the test that runs it.
+    faulthandler.dump_traceback_later(45, exit=True)
     registry = SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]})
     command, topic = sys.argv[1], sys.argv[2]
     context = SerializationContext(topic, MessageField.VALUE)

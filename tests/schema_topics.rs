@@ -75,6 +75,22 @@ struct OrderSeen {
     cents: i64,
 }
 
+/// `Order` as it was before `note`, and as it would be with a required field more.
+#[record(codec = "json_schema")]
+#[derive(Debug, Clone, PartialEq)]
+struct OrderV1 {
+    id: String,
+    amount: f64,
+}
+
+#[record(codec = "json_schema")]
+#[derive(Debug, Clone, PartialEq)]
+struct OrderRush {
+    id: String,
+    amount: f64,
+    rush: bool,
+}
+
 #[record(codec = "protobuf", schema = "tests/schemas/shipments.proto")]
 #[derive(Clone, PartialEq, prost::Message)]
 struct Shipment {
@@ -575,6 +591,63 @@ async fn a_sink_schema_the_rule_refuses_stops_the_start_naming_subject_rule_and_
     Ok(())
 }
 
+/// A start with `R` as the sink of `output`: the error, if the start fails.
+async fn start_error_writing<R: Record>(url: &str, output: &str) -> Option<String> {
+    let writer = AgentSpec::new("writer", HERE)
+        .source(TopicSpec::of::<String>(&format!("{output}_in"), HERE))
+        .sink(TopicSpec::of::<R>(output, HERE))
+        .run(|_ctx| async move { Ok(()) });
+    let dir = tempfile::tempdir().expect("tempdir");
+    match App::new(&format!("{output}_app"))
+        .schema_registry(url)
+        .agents([writer])
+        .test_in(dir.path())
+        .await
+    {
+        Ok(app) => {
+            app.stop().await.expect("stops");
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_json_schemas_are_closed_so_an_option_field_evolves_under_backward()
+-> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let registry = SchemaRegistry::new(&url)?;
+    let output = format!("sr_json_evolve_{}", common::run_id());
+    let subject = format!("{output}-value");
+    let v1: serde_json::Value = serde_json::from_str(schema_of::<OrderV1>()).expect("json");
+    assert_eq!(v1["additionalProperties"], false, "{v1}");
+    registry
+        .register(&subject, SchemaType::Json, schema_of::<OrderV1>())
+        .await?;
+    registry.set_compatibility(&subject, "BACKWARD").await?;
+    // A new `Option` field: accepted, and the start registers it.
+    assert_eq!(start_error_writing::<Order>(&url, &output).await, None);
+    let (version, latest) = registry.latest(&subject).await?;
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+    assert_eq!(version, 2);
+    assert_eq!(parse(&latest.schema), parse(schema_of::<Order>()));
+    // A new required field: refused, with advice for JSON Schema.
+    let err = start_error_writing::<OrderRush>(&url, &output)
+        .await
+        .expect("the start fails");
+    for needed in [
+        subject.as_str(),
+        "BACKWARD",
+        "OrderRush",
+        "closed JSON Schemas",
+    ] {
+        assert!(err.contains(needed), "`{needed}` missing from: {err}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_frames_are_dead_lettered_with_their_bytes_and_the_reason() -> rill::Result<()> {
     let Some(url) = registry_url() else {
@@ -737,9 +810,14 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
     let run = common::run_id();
     let (input, output) = (format!("srk_views_{run}"), format!("srk_visits_{run}"));
     let app_id = format!("srk_{run}");
-    // The producer registers the schema first (as a producing team would), so the worker
-    // finds it at start. (A writer id met mid-stream on Kafka is the embedded tests' case:
-    // see the closing note of issue 23.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .schema_registry(&url)
+        .agents([visits(&input, &output)])
+        .start()
+        .await?;
+    common::wait_ready(&worker, Duration::from_secs(60)).await;
+    // The input's schema is registered after the worker started: its id is met mid-stream.
     let mut records: Vec<(Option<String>, Vec<u8>)> = (0..20)
         .map(|i| {
             let view = serde_json::json!({"user": format!("u{}", i % 4), "url": format!("/p{i}"), "at": i});
@@ -748,13 +826,6 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
         })
         .collect();
     records.insert(7, (Some("u3".into()), b"not framed".to_vec()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
-        .schema_registry(&url)
-        .agents([visits(&input, &output)])
-        .start()
-        .await?;
-    common::wait_ready(&worker, Duration::from_secs(60)).await;
     tokio::task::block_in_place(|| {
         common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
     });

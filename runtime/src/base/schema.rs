@@ -574,6 +574,9 @@ fn json_object(record: &serde_json::Map<String, serde_json::Value>) -> serde_jso
         "type": "object",
         "properties": properties,
         "required": required,
+        // Closed, as Confluent's Java serializer derives them: under a closed model, adding
+        // an optional field is a BACKWARD-compatible change; under an open one it is not.
+        "additionalProperties": false,
     })
 }
 

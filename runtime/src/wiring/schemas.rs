@@ -22,7 +22,7 @@ use crate::base::record::Record;
 
 use crate::base::config::{Config, RegistryConfig};
 use crate::base::error::{Error, Result};
-use crate::base::schema::{self, Binding, RecordSchema};
+use crate::base::schema::{self, Binding, RecordSchema, SchemaType};
 use crate::base::spec::TopicSpec;
 use crate::io::registry::{RegistryWriters, SchemaRegistry};
 
@@ -236,9 +236,25 @@ async fn incompatible(
     Error::Registry {
         subject,
         message: format!(
-            "`{}` cannot be registered: the subject's compatibility rule is {rule}. {message}{why}. Evolve the struct as the rule allows (under BACKWARD: new fields need a default, an `Option` gets null), or change the rule",
-            topic.schema.rust_type
+            "`{}` cannot be registered: the subject's compatibility rule is {rule}. {message}{why}. Evolve the struct as the rule allows ({}), or change the rule",
+            topic.schema.rust_type,
+            evolution_advice(kind),
         ),
+    }
+}
+
+/// How a struct evolves compatibly in `kind`, for a refused registration's message.
+fn evolution_advice(kind: SchemaType) -> &'static str {
+    match kind {
+        SchemaType::Avro => {
+            "under BACKWARD: new fields need a default, an `Option` gets null; remove only fields with a default"
+        }
+        SchemaType::Json => {
+            "under BACKWARD, in rill's closed JSON Schemas: add fields as `Option`s (not required); removing a field is refused"
+        }
+        SchemaType::Protobuf => {
+            "keep field numbers and types; add fields with new numbers; never reuse a removed field's number"
+        }
     }
 }
 
