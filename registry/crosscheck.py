@@ -2,8 +2,8 @@
 """A non-rill client of the Confluent wire format, for rill's cross-check tests: Confluent's own
 Python serializer and deserializer (confluent-kafka with fastavro), against a live registry.
 
-  crosscheck.py encode TOPIC SCHEMA_JSON RECORD_JSON   print the framed value (hex), registering
-                                                      the schema under TOPIC-value
+  crosscheck.py encode TOPIC SCHEMA_JSON RECORD_JSON.. print each framed value (hex, one a line),
+                                                      registering the schema under TOPIC-value
   crosscheck.py decode TOPIC HEX                      print {"id": .., "value": ..} as JSON; the
                                                       writer schema is looked up by the frame's id
   crosscheck.py encode-json TOPIC SCHEMA RECORD       the same with JSON Schema (validated)
@@ -53,7 +53,8 @@ def main():
     context = SerializationContext(topic, MessageField.VALUE)
     if command == "encode":
         serializer = AvroSerializer(registry, sys.argv[3], conf={"auto.register.schemas": True})
-        print(serializer(json.loads(sys.argv[4]), context).hex())
+        for record in sys.argv[4:]:
+            print(serializer(json.loads(record), context).hex())
     elif command == "decode":
         framed = bytes.fromhex(sys.argv[3])
         assert framed[0] == 0, "not Confluent-framed"

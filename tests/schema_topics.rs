@@ -818,13 +818,20 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
         .await?;
     common::wait_ready(&worker, Duration::from_secs(60)).await;
     // The input's schema is registered after the worker started: its id is met mid-stream.
-    let mut records: Vec<(Option<String>, Vec<u8>)> = (0..20)
+    let views: Vec<String> = (0..20)
         .map(|i| {
-            let view = serde_json::json!({"user": format!("u{}", i % 4), "url": format!("/p{i}"), "at": i});
-            let hex = crosscheck(&url, &["encode", &input, schema_of::<View>(), &view.to_string()]);
-            (Some(format!("u{}", i % 4)), hex_decode(&hex))
+            serde_json::json!({"user": format!("u{}", i % 4), "url": format!("/p{i}"), "at": i})
+                .to_string()
         })
         .collect();
+    let mut args = vec!["encode", &input, schema_of::<View>()];
+    args.extend(views.iter().map(String::as_str));
+    let mut records: Vec<(Option<String>, Vec<u8>)> = crosscheck(&url, &args)
+        .lines()
+        .enumerate()
+        .map(|(i, hex)| (Some(format!("u{}", i % 4)), hex_decode(hex)))
+        .collect();
+    assert_eq!(records.len(), 20);
     records.insert(7, (Some("u3".into()), b"not framed".to_vec()));
     tokio::task::block_in_place(|| {
         common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
