@@ -4,6 +4,9 @@ Python serializer and deserializer (confluent-kafka with fastavro), against a li
 
   crosscheck.py encode TOPIC SCHEMA_JSON RECORD_JSON.. print each framed value (hex, one a line),
                                                       registering the schema under TOPIC-value
+  crosscheck.py encode-referencing TOPIC REF_SUBJECT REF_SCHEMA REF_NAME SCHEMA RECORD_JSON..
+                                                      the same with SCHEMA referencing REF_SCHEMA
+                                                      (registered under REF_SUBJECT) as REF_NAME
   crosscheck.py decode TOPIC HEX                      print {"id": .., "value": ..} as JSON; the
                                                       writer schema is looked up by the frame's id
   crosscheck.py encode-json TOPIC SCHEMA RECORD       the same with JSON Schema (validated)
@@ -54,6 +57,21 @@ def main():
     if command == "encode":
         serializer = AvroSerializer(registry, sys.argv[3], conf={"auto.register.schemas": True})
         for record in sys.argv[4:]:
+            print(serializer(json.loads(record), context).hex())
+    elif command == "encode-referencing":
+        # TOPIC REF_SUBJECT REF_SCHEMA REF_NAME SCHEMA RECORD..: REF_SCHEMA registered under
+        # REF_SUBJECT, SCHEMA under TOPIC-value referencing it as REF_NAME, records written
+        # with SCHEMA (Confluent's serializer resolves the reference itself).
+        from confluent_kafka.schema_registry import Schema, SchemaReference
+
+        ref_subject, ref_schema, ref_name, schema_str = sys.argv[3:7]
+        registry.register_schema(ref_subject, Schema(ref_schema, "AVRO"))
+        version = registry.lookup_schema(ref_subject, Schema(ref_schema, "AVRO")).version
+        schema = Schema(schema_str, "AVRO", [SchemaReference(ref_name, ref_subject, version)])
+        registry.register_schema(f"{topic}-value", schema)
+        conf = {"auto.register.schemas": False, "use.latest.version": True}
+        serializer = AvroSerializer(registry, schema, conf=conf)
+        for record in sys.argv[7:]:
             print(serializer(json.loads(record), context).hex())
     elif command == "decode":
         framed = bytes.fromhex(sys.argv[3])

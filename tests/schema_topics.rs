@@ -75,6 +75,21 @@ struct OrderSeen {
     cents: i64,
 }
 
+/// A record whose producer's schema references `geo.Address`, registered under a subject of
+/// its own (Confluent's schema references).
+#[record(codec = "avro", schema = "tests/schemas/resident.avsc")]
+#[derive(Debug, Clone, PartialEq)]
+struct Resident {
+    name: String,
+    home: Address,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Address {
+    city: String,
+    zip: i32,
+}
+
 /// `Order` as it was before `note`, and as it would be with a required field more.
 #[record(codec = "json_schema")]
 #[derive(Debug, Clone, PartialEq)]
@@ -588,6 +603,40 @@ async fn a_sink_schema_the_rule_refuses_stops_the_start_naming_subject_rule_and_
         err.contains(&format!("{other}-value")) && err.contains("not registered"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_whose_schema_references_another_subject_are_read() -> rill::Result<()> {
+    let Some(url) = registry_url() else {
+        return Ok(());
+    };
+    let topic = format!("sr_refs_{}", common::run_id());
+    let address = r#"{"type":"record","name":"Address","namespace":"geo","fields":[{"name":"city","type":"string"},{"name":"zip","type":"int"}]}"#;
+    let resident = r#"{"type":"record","name":"Resident","namespace":"crm","fields":[{"name":"name","type":"string"},{"name":"home","type":"geo.Address"}]}"#;
+    let records = crosscheck(
+        &url,
+        &[
+            "encode-referencing",
+            &topic,
+            &format!("{topic}-geo.Address"),
+            address,
+            "geo.Address",
+            resident,
+            r#"{"name": "Ann", "home": {"city": "Utrecht", "zip": 3511}}"#,
+            r#"{"name": "Bo", "home": {"city": "Lyon", "zip": 69001}}"#,
+        ],
+    );
+    let records: Vec<Vec<u8>> = records.lines().map(hex_decode).collect();
+    // The writer schema as the registry holds it names Address only; rill writes it out.
+    let id = u32::from_be_bytes(records[0][1..5].try_into().expect("an id"));
+    let registry = SchemaRegistry::new(&url)?;
+    let found = registry.schema_by_id(id).await?;
+    assert!(found.schema.contains("\"city\""), "{}", found.schema);
+    let seen = read_as::<Resident>(&url, &topic, records).await?;
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].contains("Ann") && seen[0].contains("Utrecht") && seen[0].contains("3511"));
+    assert!(seen[1].contains("Bo") && seen[1].contains("Lyon") && seen[1].contains("69001"));
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Foundation: errors, codecs, records and messages, time and watermarks, metrics, configuration, failure policy, topic specs. It names nothing above it.
 
 pub mod avro;
+pub(crate) mod avro_references;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -154,7 +154,54 @@ impl SchemaRegistry {
             message: format!("the answer has no schema: {answer}"),
         })?;
         let schema_type = SchemaType::parse(answer["schemaType"].as_str());
+        let references = answer["references"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        if schema_type == SchemaType::Avro && !references.is_empty() {
+            let referenced = self.referenced(&subject, references).await?;
+            let inlined =
+                crate::base::avro_references::inline(schema, &referenced).map_err(|e| {
+                    Error::Registry {
+                        subject: subject.clone(),
+                        message: format!("resolving its references: {e}"),
+                    }
+                })?;
+            return Ok(self.remember(id, schema_type, &inlined));
+        }
+        // JSON Schema and Protobuf readers use only the id's kind (serde and prost read the
+        // payload), so their references need not be fetched.
         Ok(self.remember(id, schema_type, schema))
+    }
+
+    /// The texts of the schemas `references` name (`{name, subject, version}`), and of those
+    /// they reference in turn, each asked once.
+    async fn referenced(&self, subject: &str, references: &[Value]) -> Result<Vec<String>> {
+        let mut pending: Vec<Value> = references.to_vec();
+        let (mut seen, mut texts) = (std::collections::HashSet::new(), Vec::new());
+        while let Some(reference) = pending.pop() {
+            let (Some(of), Some(version)) =
+                (reference["subject"].as_str(), reference["version"].as_i64())
+            else {
+                return Err(Error::Registry {
+                    subject: subject.to_owned(),
+                    message: format!("a reference without subject and version: {reference}"),
+                });
+            };
+            if !seen.insert((of.to_owned(), version)) {
+                continue;
+            }
+            let path = format!("/subjects/{}/versions/{version}", encode(of));
+            let answer = self.call(of, reqwest::Method::GET, &path, None).await?;
+            let text = answer["schema"].as_str().ok_or_else(|| Error::Registry {
+                subject: of.to_owned(),
+                message: format!("the answer has no schema: {answer}"),
+            })?;
+            texts.push(text.to_owned());
+            if let Some(more) = answer["references"].as_array() {
+                pending.extend(more.iter().cloned());
+            }
+        }
+        Ok(texts)
     }
 
     /// The id of `schema` under `subject`, if it is registered there (no registration).
