@@ -187,6 +187,22 @@ fn describe<R: Record + std::fmt::Debug>(input: &str, output: &str) -> AgentSpec
         })
 }
 
+/// Starts app `app_id` running `agent` on the embedded log, with the registry at `url`; its
+/// data directory lives as long as the returned guard.
+async fn start(
+    url: &str,
+    app_id: &str,
+    agent: AgentSpec,
+) -> rill::Result<(TestApp, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::new(app_id)
+        .schema_registry(url)
+        .agents([agent])
+        .test_in(dir.path())
+        .await?;
+    Ok((app, dir))
+}
+
 fn schema_of<R: Record>() -> &'static str {
     &R::registry_schema().expect("an avro record").text
 }
@@ -235,12 +251,12 @@ async fn avro_streams_regroup_through_a_repartition_topic() -> rill::Result<()> 
     };
     let run = common::run_id();
     let (input, output) = (format!("sr_regroup_{run}"), format!("sr_regroup_out_{run}"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&format!("sr_regroup_{run}"))
-        .schema_registry(&url)
-        .agents([views_per_url(&input, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(
+        &url,
+        &format!("sr_regroup_{run}"),
+        views_per_url(&input, &output),
+    )
+    .await?;
     for i in 0..30 {
         let view = View {
             user: format!("u{i}"),
@@ -268,12 +284,7 @@ async fn confluents_client_writes_what_an_agent_reads_and_reads_what_it_writes()
     };
     let run = common::run_id();
     let (input, output) = (format!("sr_views_{run}"), format!("sr_visits_{run}"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&format!("sr_rt_{run}"))
-        .schema_registry(&url)
-        .agents([visits(&input, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(&url, &format!("sr_rt_{run}"), visits(&input, &output)).await?;
     for i in 0..3 {
         let view = serde_json::json!({"user": format!("u{i}"), "url": "/a", "at": i});
         let hex = crosscheck(
@@ -402,12 +413,12 @@ async fn a_topic_only_read_adds_no_version_to_its_subject() -> rill::Result<()> 
         format!("sr_readonly_{run}"),
         format!("sr_readonly_out_{run}"),
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&format!("sr_readonly_{run}"))
-        .schema_registry(&url)
-        .agents([describe::<CustomerV2>(&input, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(
+        &url,
+        &format!("sr_readonly_{run}"),
+        describe::<CustomerV2>(&input, &output),
+    )
+    .await?;
     let registry = SchemaRegistry::new(&url)?;
     let subject = format!("{input}-value");
     let found = registry
@@ -447,12 +458,7 @@ async fn read_as<R: Record + std::fmt::Debug>(
     records: Vec<Vec<u8>>,
 ) -> rill::Result<Vec<String>> {
     let output = format!("{topic}_seen");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&format!("{topic}_app"))
-        .schema_registry(url)
-        .agents([describe::<R>(topic, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(url, &format!("{topic}_app"), describe::<R>(topic, &output)).await?;
     let n = records.len();
     for bytes in records {
         app.send_bytes(topic, Some(b"k"), &bytes).await?;
@@ -646,14 +652,8 @@ async fn start_error_writing<R: Record>(url: &str, output: &str) -> Option<Strin
         .source(TopicSpec::of::<String>(&format!("{output}_in"), HERE))
         .sink(TopicSpec::of::<R>(output, HERE))
         .run(|_ctx| async move { Ok(()) });
-    let dir = tempfile::tempdir().expect("tempdir");
-    match App::new(&format!("{output}_app"))
-        .schema_registry(url)
-        .agents([writer])
-        .test_in(dir.path())
-        .await
-    {
-        Ok(app) => {
+    match start(url, &format!("{output}_app"), writer).await {
+        Ok((app, _dir)) => {
             app.stop().await.expect("stops");
             None
         }
@@ -705,12 +705,7 @@ async fn poison_frames_are_dead_lettered_with_their_bytes_and_the_reason() -> ri
     let run = common::run_id();
     let (input, output) = (format!("sr_poison_{run}"), format!("sr_poison_out_{run}"));
     let app_id = format!("sr_poison_{run}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&app_id)
-        .schema_registry(&url)
-        .agents([visits(&input, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(&url, &app_id, visits(&input, &output)).await?;
     let registry = SchemaRegistry::new(&url)?;
     let subject = format!("{input}-value");
     let good = View {
@@ -780,12 +775,7 @@ async fn a_registry_outage_mid_stream_holds_records_and_loses_none() -> rill::Re
     let run = common::run_id();
     let (input, output) = (format!("sr_outage_{run}"), format!("sr_outage_out_{run}"));
     let app_id = format!("sr_outage_{run}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&app_id)
-        .schema_registry(relay.url())
-        .agents([visits(&input, &output)])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(relay.url(), &app_id, visits(&input, &output)).await?;
     // Records of a schema version the worker has not met: each needs the registry once.
     let registry = SchemaRegistry::new(&url)?;
     let subject = format!("{input}-value");
@@ -822,12 +812,12 @@ async fn a_worker_stopping_during_an_outage_does_not_wait_for_the_registry() -> 
     let relay = Relay::to(&url);
     let run = common::run_id();
     let input = format!("sr_stop_{run}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&format!("sr_stop_{run}"))
-        .schema_registry(relay.url())
-        .agents([visits(&input, &format!("sr_stop_out_{run}"))])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(
+        relay.url(),
+        &format!("sr_stop_{run}"),
+        visits(&input, &format!("sr_stop_out_{run}")),
+    )
+    .await?;
     let registry = SchemaRegistry::new(&url)?;
     relay.set_up(false);
     let view = ViewPlus {
@@ -1012,12 +1002,7 @@ async fn json_schema_records_cross_check_with_confluents_client_and_poison_is_de
     let (input, output) = (format!("sr_orders_{run}"), format!("sr_orders_seen_{run}"));
     let app_id = format!("sr_json_{run}");
     let agent = orders(&input, &output);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&app_id)
-        .schema_registry(&url)
-        .agents([agent])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(&url, &app_id, agent).await?;
     let schema = schema_of::<Order>();
     // An Avro id in a JSON topic, and JSON without a frame: both poison.
     let avro_id = an_avro_id(&url, &format!("{input}-avro")).await?;
@@ -1096,12 +1081,7 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
     let (input, output) = (format!("sr_ships_{run}"), format!("sr_ships_seen_{run}"));
     let app_id = format!("sr_proto_{run}");
     let agent = shipments(&input, &output);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::new(&app_id)
-        .schema_registry(&url)
-        .agents([agent])
-        .test_in(dir.path())
-        .await?;
+    let (app, _dir) = start(&url, &app_id, agent).await?;
     let avro_id = an_avro_id(&url, &format!("{input}-avro")).await?;
     let shipments = [
         serde_json::json!({"id": "s1", "weight_grams": "1200", "items": ["anvil", "rope"]}),
