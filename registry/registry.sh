@@ -9,6 +9,21 @@
 #   registry.sh stop     SIGTERM (SIGKILL after 20 s); all schemas are gone (in-memory)
 #   registry.sh status   exit 0 if running (prints the URL line)
 #
+# Secured mode (RILL_TEST_REGISTRY_SECURE=1, for tests of rill's client against a registry
+# with TLS and credentials): `start` generates once, with openssl, into the run dir a test CA
+# and a certificate for 127.0.0.1 (subjectAltName IP:127.0.0.1) signed by it, serves HTTPS
+# only on the port (no plain HTTP listener), and refuses every request without HTTP basic
+# authentication as the fixed test user `rill`, password `rill-secret` (401; checked after
+# start). `start` and `status` then print
+#     SCHEMA_REGISTRY_URL=https://127.0.0.1:<port>/apis/ccompat/v7
+#     SCHEMA_REGISTRY_CA=<run dir>/tls/ca.pem
+#     SCHEMA_REGISTRY_BASIC_AUTH=rill:rill-secret
+# Run it on a port of its own (a registry already running on the port in the other mode is
+# an error), e.g. RILL_TEST_REGISTRY_PORT=18083 RILL_TEST_REGISTRY_SECURE=1 registry.sh start;
+# `stop` it with the same RILL_TEST_REGISTRY_PORT. It is Quarkus's own HTTP security (embedded
+# users, `quarkus.http.auth.basic`, a path permission for `/*`), not Apicurio's OIDC
+# authentication; the management interface (health, metrics, port+1) stays plain and open.
+#
 # The distribution is the Quarkus "fast-jar" Apicurio publishes on Maven Central
 # as io.apicurio:apicurio-registry-app:<v>:tar.gz:all (no build step needed).
 #
@@ -21,6 +36,7 @@
 #   RILL_TEST_REGISTRY_CACHE          cache (default ~/.cache/rill/apicurio-registry-<v>)
 #   RILL_TEST_REGISTRY_HEAP           max heap (default 512m)
 #   RILL_TEST_REGISTRY_START_TIMEOUT  seconds to wait for readiness (default 90)
+#   RILL_TEST_REGISTRY_SECURE         1: the secured mode above (default: plain HTTP, no auth)
 #   JAVA_HOME                         preferred Java (used if new enough)
 set -euo pipefail
 
@@ -32,14 +48,25 @@ PORT="${RILL_TEST_REGISTRY_PORT:-18081}"
 [[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT > 0 && PORT < 65534 )) || die "bad RILL_TEST_REGISTRY_PORT=$PORT"
 MPORT=$((PORT + 1))
 HOST=127.0.0.1
-URL="http://$HOST:$PORT/apis/ccompat/v7"
+SECURE="${RILL_TEST_REGISTRY_SECURE:-0}"
+[[ "$SECURE" == 0 || "$SECURE" == 1 ]] || die "bad RILL_TEST_REGISTRY_SECURE=$SECURE (0 or 1)"
 RUN_DIR="${RILL_TEST_REGISTRY_DIR:-/tmp/rill-registry-$PORT}"
+if [[ "$SECURE" == 1 ]]; then
+  URL="https://$HOST:$PORT/apis/ccompat/v7"
+  TLS_DIR="$RUN_DIR/tls"
+  CA_FILE="$TLS_DIR/ca.pem"
+  AUTH_USER=rill
+  AUTH_PASSWORD=rill-secret
+else
+  URL="http://$HOST:$PORT/apis/ccompat/v7"
+fi
 CACHE="${RILL_TEST_REGISTRY_CACHE:-${HOME:-/tmp}/.cache/rill/apicurio-registry-$VERSION}"
 APP="$CACHE/app"
 HEAP="${RILL_TEST_REGISTRY_HEAP:-512m}"
 START_TIMEOUT="${RILL_TEST_REGISTRY_START_TIMEOUT:-90}"
 PID_FILE="$RUN_DIR/registry.pid"
 LOG_FILE="$RUN_DIR/registry.log"
+MODE_FILE="$RUN_DIR/registry.mode"
 
 # 3.1+ is compiled for Java 21 (class file 65); 3.0.x for Java 17.
 case "$VERSION" in
@@ -126,12 +153,52 @@ running_pid() {
   echo "$pid"
 }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-ready() { curl -fsS -o /dev/null --max-time 2 "$URL/subjects" 2>/dev/null; }
+if [[ "$SECURE" == 1 ]]; then
+  ready() { curl -fsS -o /dev/null --max-time 2 --cacert "$CA_FILE" -u "$AUTH_USER:$AUTH_PASSWORD" "$URL/subjects" 2>/dev/null; }
+else
+  ready() { curl -fsS -o /dev/null --max-time 2 "$URL/subjects" 2>/dev/null; }
+fi
+# What `start` and `status` print: the plain mode's single line, or the secured mode's three.
+print_lines() {
+  echo "SCHEMA_REGISTRY_URL=$URL"
+  if [[ "$SECURE" == 1 ]]; then
+    echo "SCHEMA_REGISTRY_CA=$CA_FILE"
+    echo "SCHEMA_REGISTRY_BASIC_AUTH=$AUTH_USER:$AUTH_PASSWORD"
+  fi
+}
+# A registry on the port started in the other mode is not the one asked for.
+check_mode() {
+  local mode; mode="$(cat "$MODE_FILE" 2>/dev/null || echo 0)"
+  [[ "$mode" == "$SECURE" ]] || die "the registry on port $PORT runs with RILL_TEST_REGISTRY_SECURE=$mode; stop it first"
+}
+
+# ------------------------------------------------------------------- tls --
+# The secured mode's test CA and the server's certificate and key (PEM), made once per run dir.
+make_tls() {
+  [[ -s "$CA_FILE" && -s "$TLS_DIR/server.pem" && -s "$TLS_DIR/server.key" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is required for RILL_TEST_REGISTRY_SECURE=1"
+  local tmp="$TLS_DIR.tmp"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+    'extendedKeyUsage=serverAuth' "subjectAltName=IP:$HOST" 'subjectKeyIdentifier=hash' \
+    'authorityKeyIdentifier=keyid,issuer' > "$tmp/server.ext"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=rill test registry CA" \
+      -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.pem" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" -keyout "$tmp/server.key" -out "$tmp/server.csr" &&
+    openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tmp/server.ext" -out "$tmp/server.pem" &&
+    openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem"
+  } > "$tmp/openssl.log" 2>&1 || { cat "$tmp/openssl.log" >&2; die "generating the test CA and certificate failed"; }
+  rm -rf "$TLS_DIR" && mv "$tmp" "$TLS_DIR"
+  log "generated a test CA ($CA_FILE) and a certificate for $HOST"
+}
 
 # ------------------------------------------------------------------ start --
 do_start() {
   local pid
-  if pid="$(running_pid)"; then log "already running (pid $pid)"; echo "SCHEMA_REGISTRY_URL=$URL"; return 0; fi
+  if pid="$(running_pid)"; then check_mode; log "already running (pid $pid)"; print_lines; return 0; fi
   command -v curl >/dev/null 2>&1 || die "curl is required for the readiness check"
   port_open "$PORT" && die "port $HOST:$PORT is already in use"
   do_fetch
@@ -143,12 +210,32 @@ do_start() {
     mgmt=(-Dquarkus.management.host=$HOST -Dquarkus.management.port=$MPORT)
   fi
   mkdir -p "$RUN_DIR"
+  # Plain: HTTP on the port. Secured: HTTPS only on the port (the HTTP listener is not
+  # opened), Quarkus's basic authentication against one embedded plain-text user, and every
+  # path needing an authenticated user (Apicurio's own authn, OIDC, stays off).
+  # `quarkus.http.auth.basic` is fixed at build time (unset in Apicurio's build): Quarkus logs
+  # "Build time property cannot be changed at runtime" at start but does enable it; without it
+  # no request authenticates (401 with the right password too).
+  local http=(-Dquarkus.http.port="$PORT")
+  if [[ "$SECURE" == 1 ]]; then
+    make_tls
+    http=(-Dquarkus.http.port=0 -Dquarkus.http.ssl-port="$PORT" -Dquarkus.http.insecure-requests=disabled
+      -Dquarkus.http.ssl.certificate.files="$TLS_DIR/server.pem"
+      -Dquarkus.http.ssl.certificate.key-files="$TLS_DIR/server.key"
+      -Dquarkus.http.auth.basic=true
+      -Dquarkus.security.users.embedded.enabled=true
+      -Dquarkus.security.users.embedded.plain-text=true
+      -Dquarkus.security.users.embedded.users."$AUTH_USER"="$AUTH_PASSWORD"
+      -Dquarkus.http.auth.permission.rill-tests.paths='/*'
+      -Dquarkus.http.auth.permission.rill-tests.policy=authenticated)
+  fi
+  echo "$SECURE" > "$MODE_FILE"
   log "starting Apicurio Registry $VERSION with $JAVA on $HOST:$PORT, log $LOG_FILE"
   local launcher=(); command -v setsid >/dev/null 2>&1 && launcher=(setsid)
   (
     cd "$RUN_DIR"
     exec "${launcher[@]}" "$JAVA" -Xmx"$HEAP" -XX:+UseSerialGC -Djava.io.tmpdir="$RUN_DIR" \
-      -Dquarkus.http.host=$HOST -Dquarkus.http.port="$PORT" "${mgmt[@]}" \
+      -Dquarkus.http.host=$HOST "${http[@]}" "${mgmt[@]}" \
       -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
       -Dapicurio.datasource.url="jdbc:h2:mem:registry_$PORT" \
       -Dapicurio.storage.snapshot.location="$RUN_DIR" \
@@ -165,8 +252,18 @@ do_start() {
     fi
     sleep 0.25
   done
+  if [[ "$SECURE" == 1 ]]; then
+    # Credentials must be what lets a request in: without them (or with a wrong password) 401.
+    local anon wrong
+    anon="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$CA_FILE" "$URL/subjects" 2>/dev/null || true)"
+    wrong="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$CA_FILE" -u "$AUTH_USER:not-$AUTH_PASSWORD" "$URL/subjects" 2>/dev/null || true)"
+    if [[ "$anon" != 401 || "$wrong" != 401 ]]; then
+      kill -9 "$pid" 2>/dev/null || true; rm -f "$PID_FILE"
+      die "secured registry answers $anon without credentials and $wrong to a wrong password (expected 401)"
+    fi
+  fi
   log "ready (pid $pid)"
-  echo "SCHEMA_REGISTRY_URL=$URL"
+  print_lines
 }
 
 do_stop() {
@@ -189,6 +286,6 @@ case "${1:-}" in
   fetch)  do_fetch; ensure_java; log "Apicurio Registry $VERSION in $APP, java $JAVA" ;;
   start)  do_start ;;
   stop)   do_stop ;;
-  status) if pid="$(running_pid)"; then echo "SCHEMA_REGISTRY_URL=$URL"; else log "not running"; exit 1; fi ;;
+  status) if pid="$(running_pid)"; then check_mode; print_lines; else log "not running"; exit 1; fi ;;
   *)      sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

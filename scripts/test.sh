@@ -23,6 +23,14 @@ export RILL_TEST_BROKER_PORT="${RILL_TEST_BROKER_PORT:-19092}"
 # own topics: a setting only the strict broker has must not be what makes them pass.
 DEFAULTS_PORT="${RILL_TEST_DEFAULTS_BROKER_PORT:-19492}"
 DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --test kafka_topics --test kafka_timers --test kafka_ktable)
+# A second schema registry, secured (HTTPS with a test CA, HTTP basic authentication), on a
+# port of its own (and a run dir of its own), for tests/schema_secured.rs.
+SECURE_REGISTRY_PORT="${RILL_TEST_SECURE_REGISTRY_PORT:-18083}"
+secure_registry() {
+  RILL_TEST_REGISTRY_PORT=$SECURE_REGISTRY_PORT RILL_TEST_REGISTRY_SECURE=1 \
+    RILL_TEST_REGISTRY_DIR="${RILL_TEST_REGISTRY_DIR:+$RILL_TEST_REGISTRY_DIR-secure}" \
+    bash registry/registry.sh "$@"
+}
 
 # The tests expect empty brokers (the example tests use fixed topic names such as
 # `pageviews`): `start` would reuse a broker an earlier run left up, data and all, so stop
@@ -30,8 +38,9 @@ DEFAULTS_TESTS=(--test kafka_windows --test kafka_joins --test kafka_tables --te
 bash kafka/broker.sh stop
 RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop
 bash registry/registry.sh stop
+secure_registry stop
 line="$(bash kafka/broker.sh start)"
-trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop; bash registry/registry.sh stop' EXIT
+trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop; bash registry/registry.sh stop; secure_registry stop' EXIT
 export RILL_TEST_KAFKA="${line#KAFKA_BOOTSTRAP=}"
 export RILL_REQUIRE_KAFKA=1
 # A real schema registry (Apicurio Registry, fetched from Maven Central and cached) and
@@ -39,6 +48,11 @@ export RILL_REQUIRE_KAFKA=1
 line="$(bash registry/registry.sh start)"
 export RILL_TEST_SCHEMA_REGISTRY="${line#SCHEMA_REGISTRY_URL=}"
 export RILL_REQUIRE_REGISTRY=1
+lines="$(secure_registry start)"
+RILL_TEST_SECURE_REGISTRY="$(sed -n 's/^SCHEMA_REGISTRY_URL=//p' <<<"$lines")"
+RILL_TEST_SECURE_REGISTRY_CA="$(sed -n 's/^SCHEMA_REGISTRY_CA=//p' <<<"$lines")"
+RILL_TEST_SECURE_REGISTRY_AUTH="$(sed -n 's/^SCHEMA_REGISTRY_BASIC_AUTH=//p' <<<"$lines")"
+export RILL_TEST_SECURE_REGISTRY RILL_TEST_SECURE_REGISTRY_CA RILL_TEST_SECURE_REGISTRY_AUTH
 line="$(bash registry/crosscheck.sh setup)"
 export RILL_TEST_CROSSCHECK_PYTHON="${line#CROSSCHECK_PYTHON=}"
 # In CI the web tests' tools (chromium, promtool; .ci/run installs them) must be there: a

@@ -390,7 +390,7 @@ impl SchemaRegistry {
             let retry = match &outcome {
                 Err(Failure::Unreachable(_)) => true,
                 Err(Failure::Answer(status, _)) => *status >= 500,
-                Ok(_) => false,
+                Err(Failure::Untrusted(_)) | Ok(_) => false,
             };
             if !retry || attempt >= ATTEMPTS {
                 return outcome.map_err(|f| f.into_error(subject, &url, attempt));
@@ -426,15 +426,9 @@ impl SchemaRegistry {
                 .header("Content-Type", "application/vnd.schemaregistry.v1+json")
                 .body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let response = request.send().await.map_err(Failure::of_request)?;
         let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let text = response.text().await.map_err(Failure::of_request)?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if (200..300).contains(&status) {
             Ok(value)
@@ -604,15 +598,39 @@ impl std::fmt::Debug for SchemaRegistry {
 
 /// What went wrong with one request.
 enum Failure {
+    /// No answer (refused, reset, timed out): retried, an outage.
     Unreachable(String),
+    /// The registry's TLS certificate is not trusted: a setting to fix, not retried.
+    Untrusted(String),
     Answer(u16, Value),
 }
 
 impl Failure {
+    /// A request that got no answer: its error with the causes reqwest wraps (the TLS
+    /// library's reason is the innermost).
+    fn of_request(e: reqwest::Error) -> Failure {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("certificate") || lower.contains("handshake") {
+            Failure::Untrusted(text)
+        } else {
+            Failure::Unreachable(text)
+        }
+    }
+
     fn into_error(self, subject: &str, url: &str, attempts: u32) -> Error {
         let message = match self {
             Failure::Unreachable(e) => format!(
                 "no answer from {url} after {attempts} attempts ({e}); is the registry running, and is the URL (RILL_SCHEMA_REGISTRY_URL) right?"
+            ),
+            Failure::Untrusted(e) => format!(
+                "the TLS connection to {url} failed ({e}); if the registry's certificate is signed by a private CA, set RILL_SCHEMA_REGISTRY_CA to that CA's PEM file"
             ),
             Failure::Answer(status, body) => {
                 let code = body["error_code"].as_i64().unwrap_or(i64::from(status));
@@ -621,7 +639,12 @@ impl Failure {
                     .map_or_else(|| body.to_string(), str::to_owned);
                 match status {
                     401 | 403 => format!(
-                        "refused the credentials ({code}): {said}; check the registry's user and password"
+                        "{url} refused the credentials (HTTP {status}){}; check the user and password (RILL_SCHEMA_REGISTRY_BASIC_AUTH)",
+                        if said.is_empty() || said == "\"\"" {
+                            String::new()
+                        } else {
+                            format!(": {said}")
+                        }
                     ),
                     409 => format!(
                         "the schema is incompatible with the subject's latest version under its compatibility rule ({code}): {said}"

@@ -123,11 +123,13 @@ pub(crate) async fn bind<'a>(
     crate::base::avro::limit_allocations(config.max_record_bytes);
     let registry = registry_of(config, first)?;
     let writers = RegistryWriters::new(registry.clone());
-    *current().write().unwrap_or_else(|p| p.into_inner()) =
-        Some((registry.clone(), settings.clone(), writers.clone()));
+    let app = (registry.clone(), settings.clone(), writers.clone());
     for topic in &topics {
         let id = writer_id(&registry, settings, topic).await?;
         tracing::info!(topic = %topic.topic, subject = %topic.subject, ?id, "bound to the schema registry");
+        if id.is_none() {
+            lock_mut(read_only()).insert(topic.topic.clone(), app.clone());
+        }
         schema::bind(
             &topic.topic,
             Binding {
@@ -137,16 +139,29 @@ pub(crate) async fn bind<'a>(
             },
         );
     }
+    *lock_mut(current()) = Some(app);
     Ok(Some(writers))
 }
 
-/// The registry, settings and writer schemas of the latest binding: what a send binds a topic
-/// it had only read with.
-type Current = RwLock<Option<(SchemaRegistry, RegistryConfig, Arc<RegistryWriters>)>>;
+/// A started app's registry, settings and writer schemas.
+type AppRegistry = (SchemaRegistry, RegistryConfig, Arc<RegistryWriters>);
 
-fn current() -> &'static Current {
-    static CURRENT: Current = RwLock::new(None);
+/// The latest app whose binding succeeded: what a send binds an undeclared topic with.
+fn current() -> &'static RwLock<Option<AppRegistry>> {
+    static CURRENT: RwLock<Option<AppRegistry>> = RwLock::new(None);
     &CURRENT
+}
+
+/// Topics bound for reading only, with the app that declared them: a send to one binds it
+/// with that app's registry and settings (not another app's of the same process).
+fn read_only() -> &'static RwLock<std::collections::HashMap<String, AppRegistry>> {
+    static READ_ONLY: std::sync::OnceLock<RwLock<std::collections::HashMap<String, AppRegistry>>> =
+        std::sync::OnceLock::new();
+    READ_ONLY.get_or_init(Default::default)
+}
+
+fn lock_mut<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Binds `topic` for writing `V` if it is a registry-coded topic without a writer id yet (one
@@ -159,9 +174,13 @@ pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Res
     if schema::binding(topic).is_some_and(|b| b.id.is_some()) {
         return Ok(());
     }
-    let Some((registry, settings, writers)) =
-        current().read().unwrap_or_else(|p| p.into_inner()).clone()
-    else {
+    let declared = read_only()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(topic)
+        .cloned();
+    let latest = || current().read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some((registry, settings, writers)) = declared.or_else(latest) else {
         // No registry: encoding names the missing binding and the setting.
         return Ok(());
     };
