@@ -646,6 +646,64 @@ async fn records_whose_schema_references_another_subject_are_read() -> rill::Res
     Ok(())
 }
 
+/// Replies to each Avro view it is asked with twice its `at`.
+fn doubles(input: &str) -> AgentSpec {
+    AgentSpec::new("doubles", HERE)
+        .source(TopicSpec::of::<View>(input, HERE))
+        .run(|mut ctx| async move {
+            let mut views = ctx.stream::<View>()?.requests();
+            while let Some(view) = views.next().await {
+                view.reply(&(view.at * 2)).await?;
+            }
+            Ok(())
+        })
+}
+
+/// `ask`s the agent reading an Avro topic (which the worker only reads, so its schema is not
+/// registered at start): the ask binds the topic for writing first, as a producer's first send
+/// does, then gets the reply.
+async fn ask_an_avro_agent(url: &str) -> rill::Result<()> {
+    let input = format!("sr_ask_{}", common::run_id());
+    let (app, _dir) = start(url, &format!("{input}_app"), doubles(&input)).await?;
+    let registry = SchemaRegistry::new(url)?;
+    let subject = format!("{input}-value");
+    assert!(
+        registry.latest(&subject).await.is_err(),
+        "registered at start"
+    );
+    let view = View {
+        user: "u1".into(),
+        url: "/a".into(),
+        at: 21,
+    };
+    let doubled: i64 = app
+        .requests()
+        .ask(&input, &view)
+        .timeout(Duration::from_secs(30))
+        .await?;
+    assert_eq!(doubled, 42);
+    let (_, latest) = registry.latest(&subject).await?;
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+    assert_eq!(json(&latest.schema), json(schema_of::<View>()));
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_binds_an_avro_topic_it_only_reads_on_a_multi_threaded_runtime() -> rill::Result<()> {
+    match registry_url() {
+        Some(url) => ask_an_avro_agent(&url).await,
+        None => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn ask_binds_an_avro_topic_it_only_reads_on_a_current_thread_runtime() -> rill::Result<()> {
+    match registry_url() {
+        Some(url) => ask_an_avro_agent(&url).await,
+        None => Ok(()),
+    }
+}
+
 /// A start with `R` as the sink of `output`: the error, if the start fails.
 async fn start_error_writing<R: Record>(url: &str, output: &str) -> Option<String> {
     let writer = AgentSpec::new("writer", HERE)

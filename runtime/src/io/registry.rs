@@ -552,7 +552,7 @@ impl WriterSchemas for RegistryWriters {
 
 /// Runs `work` to completion from synchronous code (a decode step): on a multi-threaded
 /// caller's runtime, in `block_in_place`; else on a runtime and thread of its own.
-fn run_blocking<T: Send>(
+pub(crate) fn run_blocking<T: Send>(
     work: impl std::future::Future<Output = T> + Send,
 ) -> Result<T, CodecError> {
     match tokio::runtime::Handle::try_current() {

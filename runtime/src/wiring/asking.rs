@@ -96,7 +96,10 @@ impl Requests {
         topic: &str,
         value: &V,
     ) -> Ask<R> {
-        let encoded = encode_out(topic, V::CODEC, value.key(), value, None);
+        // A registry-coded topic this worker only reads (an agent's own) is bound for writing
+        // first, as `cast` does; here synchronously, since the record is encoded now.
+        let encoded = crate::wiring::schemas::ensure_writable_now::<V>(topic, V::CODEC)
+            .and_then(|()| encode_out(topic, V::CODEC, value.key(), value, None));
         Ask {
             requests: self.clone(),
             topic: topic.to_owned(),

@@ -168,12 +168,9 @@ fn lock_mut<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// only read): registered (or looked up) as a sink's would be at start. Sends through the
 /// `Producer` call it.
 pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Result<()> {
-    let Some(schema) = V::registry_schema().filter(|_| codec.is_registry()) else {
+    let Some(schema) = unwritable::<V>(topic, codec) else {
         return Ok(());
     };
-    if schema::binding(topic).is_some_and(|b| b.id.is_some()) {
-        return Ok(());
-    }
     let declared = read_only()
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -202,6 +199,28 @@ pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Res
         },
     );
     Ok(())
+}
+
+/// [`ensure_writable`] from synchronous code (`Requests::ask` encodes before it is awaited):
+/// blocks the calling thread while the topic is bound, once per topic, as a writer schema met
+/// for the first time does.
+pub(crate) fn ensure_writable_now<V: Record>(topic: &str, codec: Codec) -> Result<()> {
+    if unwritable::<V>(topic, codec).is_none() {
+        return Ok(());
+    }
+    crate::io::registry::run_blocking(ensure_writable::<V>(topic, codec)).map_err(|source| {
+        Error::Codec {
+            topic: topic.to_owned(),
+            source,
+        }
+    })?
+}
+
+/// `V`'s registry schema when `topic` is registry-coded and has no writer id yet.
+fn unwritable<V: Record>(topic: &str, codec: Codec) -> Option<&'static RecordSchema> {
+    V::registry_schema()
+        .filter(|_| codec.is_registry())
+        .filter(|_| !schema::binding(topic).is_some_and(|b| b.id.is_some()))
 }
 
 /// The id `topic`'s records are written with (`None` for a topic only read, whose schema is
