@@ -220,7 +220,7 @@ pub(crate) fn ensure_writable_now<V: Record>(topic: &str, codec: Codec) -> Resul
 fn unwritable<V: Record>(topic: &str, codec: Codec) -> Option<&'static RecordSchema> {
     V::registry_schema()
         .filter(|_| codec.is_registry())
-        .filter(|_| !schema::binding(topic).is_some_and(|b| b.id.is_some()))
+        .filter(|_| schema::binding(topic).is_none_or(|b| b.id.is_none()))
 }
 
 /// The id `topic`'s records are written with (`None` for a topic only read, whose schema is
