@@ -616,8 +616,9 @@ impl Failure {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("handshake") {
+        // OpenSSL's "certificate verify failed" (an unknown CA, a wrong host name); a
+        // handshake cut short by a restarting registry is an outage like any other.
+        if text.to_ascii_lowercase().contains("certificate") {
             Failure::Untrusted(text)
         } else {
             Failure::Unreachable(text)
