@@ -660,9 +660,11 @@ fn a_fenced_worker_s_open_transaction_stays_invisible() {
             }
         })
     };
+    // A's sends are buffered until its commit step, so a transaction is open only while one
+    // runs (a few ms of each 100 ms commit interval): catching it can take many tries.
     let mut open = Vec::new();
-    for attempt in 0..50 {
-        std::thread::sleep(Duration::from_millis(rand::rng().random_range(50..400)));
+    for attempt in 0..250 {
+        std::thread::sleep(Duration::from_millis(rand::rng().random_range(20..200)));
         common::signal(&a, "STOP");
         std::thread::sleep(Duration::from_millis(300));
         let (lso, hw) = (
