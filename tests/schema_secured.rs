@@ -12,31 +12,12 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::registry::{View, Visit, schema_of, visits};
 use rill::prelude::*;
 use rill::schema_registry::{RegistryConfig, SchemaRegistry, SchemaType};
-use rill::{AgentSpec, TopicSpec};
-
-const HERE: &str = "tests/schema_secured.rs";
 
 /// How long a failing request may take at most (rill retries what it takes for an outage).
 const BOUND: Duration = Duration::from_secs(60);
-
-#[record(codec = "avro")]
-#[derive(Debug, Clone, PartialEq)]
-struct View {
-    #[record(key)]
-    user: String,
-    url: String,
-    at: i64,
-}
-
-#[record(codec = "avro")]
-#[derive(Debug, Clone, PartialEq)]
-struct Visit {
-    user: String,
-    url: String,
-    seen: i64,
-}
 
 /// The secured registry of `scripts/test.sh`: its URL, CA and credentials.
 struct Secured {
@@ -90,30 +71,6 @@ fn secured() -> Option<Secured> {
         user: user.to_owned(),
         password: password.to_owned(),
     })
-}
-
-fn schema_of<R: Record>() -> &'static str {
-    &R::registry_schema().expect("an avro record").text
-}
-
-/// Reads views from `input`, writes a visit per view to `output`.
-fn visits(input: &str, output: &str) -> AgentSpec {
-    AgentSpec::new("visits", HERE)
-        .source(TopicSpec::of::<View>(input, HERE))
-        .sink(TopicSpec::of::<Visit>(output, HERE))
-        .run(|mut ctx| async move {
-            let mut views = ctx.stream::<View>()?;
-            let out = ctx.sink::<Visit>()?;
-            while let Some(v) = views.next().await {
-                let visit = Visit {
-                    user: v.user.clone(),
-                    url: v.url.clone(),
-                    seen: v.at,
-                };
-                out.send(&visit).await?;
-            }
-            Ok(())
-        })
 }
 
 /// `register` of `View`'s schema under `subject` with `config`: its error, within [`BOUND`].

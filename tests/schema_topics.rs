@@ -12,29 +12,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::registry::{Relay, crosscheck, registry_url};
+use common::registry::{Relay, View, Visit, crosscheck, registry_url, schema_of, visits};
 use rill::prelude::*;
 use rill::schema_registry::{SchemaRegistry, SchemaType, SubjectStrategy, avro, frame};
 use rill::{AgentSpec, TopicSpec};
 
 const HERE: &str = "tests/schema_topics.rs";
-
-#[record(codec = "avro")]
-#[derive(Debug, Clone, PartialEq)]
-struct View {
-    #[record(key)]
-    user: String,
-    url: String,
-    at: i64,
-}
-
-#[record(codec = "avro")]
-#[derive(Debug, Clone, PartialEq)]
-struct Visit {
-    user: String,
-    url: String,
-    seen: i64,
-}
 
 #[record(codec = "avro", schema = "tests/schemas/customer_v1.avsc")]
 #[derive(Debug, Clone, PartialEq)]
@@ -128,26 +111,6 @@ struct ShipmentSeen {
     heaviest: String,
 }
 
-/// Reads views from `input`, writes a visit per view to `output`.
-fn visits(input: &str, output: &str) -> AgentSpec {
-    AgentSpec::new("visits", HERE)
-        .source(TopicSpec::of::<View>(input, HERE))
-        .sink(TopicSpec::of::<Visit>(output, HERE))
-        .run(|mut ctx| async move {
-            let mut views = ctx.stream::<View>()?;
-            let out = ctx.sink::<Visit>()?;
-            while let Some(v) = views.next().await {
-                let visit = Visit {
-                    user: v.user.clone(),
-                    url: v.url.clone(),
-                    seen: v.at,
-                };
-                out.send(&visit).await?;
-            }
-            Ok(())
-        })
-}
-
 /// Counts views per URL through `group_by` (a repartition topic carrying the framed records),
 /// writing a visit with the count so far.
 fn views_per_url(input: &str, output: &str) -> AgentSpec {
@@ -201,10 +164,6 @@ async fn start(
         .test_in(dir.path())
         .await?;
     Ok((app, dir))
-}
-
-fn schema_of<R: Record>() -> &'static str {
-    &R::registry_schema().expect("an avro record").text
 }
 
 fn hex_decode(hex: &str) -> Vec<u8> {

@@ -13,8 +13,9 @@
 //!   and a relay agent of JSON strings with its input.
 //! - [`http`]: a plain HTTP/1.1 GET for the worker's web server.
 //! - [`prometheus`]: samples of the Prometheus text at `/metrics`.
-//! - [`registry`]: the schema registry of `scripts/test.sh` and the non-rill client that
-//!   cross-checks the Confluent wire format.
+//! - [`registry`]: the schema registry of `scripts/test.sh`, the non-rill client that
+//!   cross-checks the Confluent wire format, and the Avro view and visit records with their
+//!   agent.
 //! - [`otlp`]: rill's telemetry pointed at OTLP trace and metrics receivers, and reading and
 //!   checking the spans they received.
 //! - [`records`]: the orders of the failure tests and malformed ones, the window count record,

@@ -4,6 +4,55 @@
 
 use std::process::Command;
 
+use rill::prelude::*;
+use rill::{AgentSpec, TopicSpec};
+
+const HERE: &str = "tests/common/registry.rs";
+
+/// A page view in Avro, keyed by user (the registry tests' input).
+#[record(codec = "avro")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct View {
+    #[record(key)]
+    pub(crate) user: String,
+    pub(crate) url: String,
+    pub(crate) at: i64,
+}
+
+/// A view seen, in Avro (the registry tests' output).
+#[record(codec = "avro")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Visit {
+    pub(crate) user: String,
+    pub(crate) url: String,
+    pub(crate) seen: i64,
+}
+
+/// The text of `R`'s registry schema.
+pub(crate) fn schema_of<R: Record>() -> &'static str {
+    &R::registry_schema().expect("a registry record").text
+}
+
+/// Reads views from `input`, writes a visit per view to `output`.
+pub(crate) fn visits(input: &str, output: &str) -> AgentSpec {
+    AgentSpec::new("visits", HERE)
+        .source(TopicSpec::of::<View>(input, HERE))
+        .sink(TopicSpec::of::<Visit>(output, HERE))
+        .run(|mut ctx| async move {
+            let mut views = ctx.stream::<View>()?;
+            let out = ctx.sink::<Visit>()?;
+            while let Some(v) = views.next().await {
+                let visit = Visit {
+                    user: v.user.clone(),
+                    url: v.url.clone(),
+                    seen: v.at,
+                };
+                out.send(&visit).await?;
+            }
+            Ok(())
+        })
+}
+
 /// The registry's URL, or `None` (the test says it was skipped) unless
 /// `RILL_REQUIRE_REGISTRY=1`, where a missing registry fails the test.
 pub(crate) fn registry_url() -> Option<String> {
