@@ -1168,3 +1168,74 @@ async fn protobuf_records_cross_check_with_confluents_client_and_poison_is_dead_
     assert!(reasons[1].contains("magic byte"), "{reasons:?}");
     app.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_broker_json_schema_and_protobuf_records_round_trip_with_confluents_client()
+-> rill::Result<()> {
+    let (Some(url), Some(bootstrap)) = (registry_url(), common::kafka_bootstrap()) else {
+        return Ok(());
+    };
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/shipments.proto");
+    let run = common::run_id();
+    let (orders_in, orders_out) = (format!("srk_orders_{run}"), format!("srk_seen_{run}"));
+    let (ships_in, ships_out) = (format!("srk_ships_{run}"), format!("srk_shipped_{run}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&format!("srk_formats_{run}"), &bootstrap, dir.path())
+        .schema_registry(&url)
+        .agents([
+            orders(&orders_in, &orders_out),
+            shipments(&ships_in, &ships_out),
+        ])
+        .start()
+        .await?;
+    common::wait_ready(&worker, Duration::from_secs(60)).await;
+    let order = serde_json::json!({"id": "o1", "amount": 12.5, "note": "gift"}).to_string();
+    let order = crosscheck(
+        &url,
+        &["encode-json", &orders_in, schema_of::<Order>(), &order],
+    );
+    let ship = serde_json::json!({"id": "s1", "weight_grams": "9", "items": ["rope"]}).to_string();
+    let ship = crosscheck(&url, &["encode-proto", &ships_in, proto, "Shipment", &ship]);
+    tokio::task::block_in_place(|| {
+        let producer = common::producer(&bootstrap);
+        common::kafka::produce_bytes(
+            &producer,
+            &orders_in,
+            &[(Some("o1".into()), hex_decode(&order))],
+        );
+        common::kafka::produce_bytes(
+            &producer,
+            &ships_in,
+            &[(Some("s1".into()), hex_decode(&ship))],
+        );
+    });
+    let read = |topic: &str| {
+        common::read_topic(
+            &bootstrap,
+            topic,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            |got| !got.is_empty(),
+        )
+    };
+    let seen = read(&orders_out);
+    assert_eq!(seen.len(), 1);
+    let hex = hex_encode(seen[0].value.as_deref().expect("a value"));
+    let seen: serde_json::Value =
+        serde_json::from_str(&crosscheck(&url, &["decode-json", &orders_out, &hex])).expect("json");
+    assert_eq!(
+        seen["value"],
+        serde_json::json!({"id": "o1", "cents": 1250})
+    );
+    let shipped = read(&ships_out);
+    assert_eq!(shipped.len(), 1);
+    let hex = hex_encode(shipped[0].value.as_deref().expect("a value"));
+    let shipped: serde_json::Value = serde_json::from_str(&crosscheck(
+        &url,
+        &["decode-proto", &ships_out, proto, "ShipmentSeen", &hex],
+    ))
+    .expect("json");
+    assert_eq!(shipped["value"]["id"], "s1", "{shipped}");
+    assert_eq!(shipped["value"]["heaviest"], "rope", "{shipped}");
+    worker.shutdown().await
+}
