@@ -17,6 +17,12 @@ Python serializer and deserializer (confluent-kafka with fastavro), against a li
                                                       file) compiled with protoc, MESSAGE its message
   crosscheck.py decode-proto TOPIC PROTO MESSAGE HEX  the same, decoded
 
+  crosscheck.py encode-key FORMAT TOPIC SCHEMA KEY_JSON..
+                                                      print each framed key (hex, one a line) as
+                                                      FORMAT (avro or json) writes it, registering
+                                                      SCHEMA under TOPIC-key
+  crosscheck.py decode-key FORMAT TOPIC HEX           print {"id": .., "value": ..} of a framed key
+
 Environment: SCHEMA_REGISTRY_URL.
 """
 import faulthandler
@@ -105,6 +111,27 @@ def main():
             message = deserializer(framed, context)
             value = json_format.MessageToDict(message, preserving_proto_field_name=True)
             print(json.dumps({"id": schema_id, "value": value}))
+    elif command in ("encode-key", "decode-key"):
+        # FORMAT TOPIC ..: the key side of the topic (subject TOPIC-key).
+        fmt, topic = sys.argv[2], sys.argv[3]
+        key_context = SerializationContext(topic, MessageField.KEY)
+        if command == "encode-key":
+            conf = {"auto.register.schemas": True}
+            if fmt == "avro":
+                serializer = AvroSerializer(registry, sys.argv[4], conf=conf)
+            else:
+                serializer = JSONSerializer(sys.argv[4], registry, conf=conf)
+            for key in sys.argv[5:]:
+                print(serializer(json.loads(key), key_context).hex())
+        else:
+            framed = bytes.fromhex(sys.argv[4])
+            assert framed[0] == 0, "not Confluent-framed"
+            schema_id = struct.unpack(">I", framed[1:5])[0]
+            if fmt == "avro":
+                deserializer = AvroDeserializer(registry)
+            else:
+                deserializer = JSONDeserializer(None, schema_registry_client=registry)
+            print(json.dumps({"id": schema_id, "value": deserializer(framed, key_context)}))
     else:
         sys.exit(__doc__)
 

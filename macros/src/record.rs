@@ -12,7 +12,7 @@ use syn::spanned::Spanned;
 use crate::attr::{expected_one_of, parse_arg_list, path_name, set_once, unknown_argument};
 use crate::ctxt::{Ctxt, with_errors};
 
-const RECORD_KEYS: &[&str] = &["codec", "schema"];
+const RECORD_KEYS: &[&str] = &["codec", "schema", "key_codec"];
 const FIELD_KEYS: &[&str] = &["key", "timestamp"];
 const CODECS: &[&str] = &["json", "postcard", "avro", "json_schema", "protobuf"];
 
@@ -25,6 +25,9 @@ struct RecordModel {
     codec: Option<syn::Ident>,
     /// `schema = "schemas/x.avsc"`: the schema file, relative to the crate's manifest.
     schema_file: Option<syn::LitStr>,
+    /// `key_codec = "avro"`: the key's `rill::schema_registry::SchemaType` variant, spanned
+    /// on the argument.
+    key_codec: Option<syn::Ident>,
     key: Option<MarkedField>,
     timestamp: Option<MarkedField>,
 }
@@ -36,7 +39,7 @@ pub(crate) fn expand_record(args: TokenStream, input: TokenStream) -> TokenStrea
         Err(err) => return with_errors(input, err),
     };
     let mut cx = Ctxt::default();
-    let (codec, schema_file) = parse_args(&mut cx, args);
+    let (codec, schema_file, key_codec) = parse_args(&mut cx, args);
     if !strukt.generics.params.is_empty() {
         cx.error(
             &strukt.generics,
@@ -46,10 +49,17 @@ pub(crate) fn expand_record(args: TokenStream, input: TokenStream) -> TokenStrea
     let mut model = RecordModel {
         codec,
         schema_file,
+        key_codec,
         key: None,
         timestamp: None,
     };
     model.take_field_markers(&mut cx, &mut strukt);
+    if let (Some(key_codec), None) = (&model.key_codec, &model.key) {
+        cx.error(
+            key_codec,
+            "`key_codec` is how the record's key is written; mark its key field `#[record(key)]`",
+        );
+    }
     if let Err(e) = cx.into_result() {
         return with_errors(quote!(#strukt), e);
     }
@@ -73,13 +83,24 @@ fn named_struct(input: TokenStream) -> syn::Result<syn::ItemStruct> {
 
 /// `codec = "postcard"` into the `rill::Codec` variant's name, and `schema = "file"` (which
 /// only a registry codec takes).
-fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<syn::LitStr>) {
+fn parse_args(
+    cx: &mut Ctxt,
+    args: TokenStream,
+) -> (Option<syn::Ident>, Option<syn::LitStr>, Option<syn::Ident>) {
     let mut codec: Option<syn::Ident> = None;
     let mut schema: Option<syn::LitStr> = None;
+    let mut key_codec: Option<syn::Ident> = None;
     parse_arg_list(cx, args, |cx, meta| {
         if meta.path.is_ident("schema") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             set_once(cx, &mut schema, &meta, lit, "record");
+            return Ok(());
+        }
+        if meta.path.is_ident("key_codec") {
+            let lit: syn::LitStr = meta.value()?.parse()?;
+            if let Some(variant) = key_codec_variant(cx, &lit) {
+                set_once(cx, &mut key_codec, &meta, variant, "record");
+            }
             return Ok(());
         }
         if !meta.path.is_ident("codec") {
@@ -122,7 +143,33 @@ fn parse_args(cx: &mut Ctxt, args: TokenStream) -> (Option<syn::Ident>, Option<s
             "a protobuf record needs its .proto: `schema = \"schemas/x.proto\"` (the struct derives `prost::Message` to match it)",
         );
     }
-    (codec, schema)
+    if let Some(key_codec) = &key_codec
+        && codec
+            .as_ref()
+            .is_none_or(|c| c != "Avro" && c != "JsonSchema" && c != "Protobuf")
+    {
+        cx.error(
+            key_codec,
+            "registry-coded keys go with registry-coded values; add `codec = \"avro\"` (or \"json_schema\", \"protobuf\")",
+        );
+    }
+    (codec, schema, key_codec)
+}
+
+/// `key_codec = "avro"` or `"json_schema"` into the `SchemaType` variant (Protobuf keys are
+/// messages, which a key field is not).
+fn key_codec_variant(cx: &mut Ctxt, lit: &syn::LitStr) -> Option<syn::Ident> {
+    match lit.value().as_str() {
+        "avro" => Some(format_ident!("Avro", span = lit.span())),
+        "json_schema" => Some(format_ident!("Json", span = lit.span())),
+        name => {
+            cx.error(
+                lit,
+                format!("`{name}` cannot write a record key; expected \"avro\" or \"json_schema\" (Protobuf keys are messages)"),
+            );
+            None
+        }
+    }
 }
 
 impl RecordModel {
@@ -208,6 +255,11 @@ fn mark_once(
 fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream {
     let name = &strukt.ident;
     let codec = model.codec.unwrap_or_else(|| format_ident!("Json"));
+    let key_schema_fn = model
+        .key_codec
+        .as_ref()
+        .zip(model.key.as_ref())
+        .map(|(codec, (_, ty))| key_schema_method(codec, ty));
     let key_fn = model.key.map(key_methods);
     let time_fn = model.timestamp.map(event_time_method);
     let accessors = field_accessors(strukt);
@@ -230,6 +282,7 @@ fn generate_record(strukt: &syn::ItemStruct, model: RecordModel) -> TokenStream 
         impl ::rill::Record for #name {
             const CODEC: ::rill::Codec = ::rill::Codec::#codec;
             #key_fn
+            #key_schema_fn
             #time_fn
             #schema_fn
         }
@@ -326,6 +379,22 @@ fn key_methods((field, ty): MarkedField) -> TokenStream {
         }
         fn key_ref(&self) -> ::core::option::Option<::std::borrow::Cow<'_, [u8]>> {
             ::core::option::Option::Some(#borrowed)
+        }
+    }
+}
+
+/// `Record::key_schema` from `key_codec` and the key field's type, spanned on the type so a
+/// type that cannot be a registry key is reported there.
+fn key_schema_method(codec: &syn::Ident, ty: &syn::Type) -> TokenStream {
+    let kind = quote_spanned! {ty.span()=>
+        <#ty as ::rill::schema_registry::RegistryKey>::KIND
+    };
+    quote! {
+        fn key_schema() -> ::core::option::Option<::rill::schema_registry::KeySchema> {
+            ::core::option::Option::Some(::rill::schema_registry::KeySchema::new(
+                ::rill::schema_registry::SchemaType::#codec,
+                #kind,
+            ))
         }
     }
 }

@@ -23,6 +23,9 @@ pub mod request {
 pub mod schema_registry {
     pub use crate::base::avro::{self, AvroSchema};
     pub use crate::base::config::RegistryConfig;
+    pub use crate::base::registry_keys::{
+        JSON_INTEGER, JSON_STRING, KeyKind, KeySchema, RegistryKey,
+    };
     pub use crate::base::schema::{self, RecordSchema, SchemaType, SubjectStrategy};
     pub use crate::base::wire::{self, FrameError, frame, unframe};
     pub use crate::io::registry::{RegisteredSchema, SchemaRegistry};

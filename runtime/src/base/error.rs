@@ -267,6 +267,10 @@ pub enum CodecError {
         /// What the registry said.
         message: String,
     },
+    /// A registry-coded key (`#[record(key_codec = "avro")]`) that does not encode or decode
+    /// as its key schema says.
+    #[error("record key: {0}")]
+    Key(String),
     /// A schema-registry frame was expected and not found.
     #[error("schema registry frame: {0}")]
     Frame(#[from] crate::base::wire::FrameError),

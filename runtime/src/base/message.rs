@@ -155,13 +155,20 @@ pub(crate) fn encode_out<V: Record>(
     value: &V,
     current: Option<i64>,
 ) -> Result<OutRecord> {
+    let codec_error = |source| Error::Codec {
+        topic: topic.as_ref().to_owned(),
+        source,
+    };
     let bytes =
-        crate::base::record::encode_vec_for(topic.as_ref(), codec, value).map_err(|source| {
-            Error::Codec {
-                topic: topic.as_ref().to_owned(),
-                source,
-            }
-        })?;
+        crate::base::record::encode_vec_for(topic.as_ref(), codec, value).map_err(codec_error)?;
+    let key = match key {
+        Some(plain) if codec.is_registry() => Some(
+            crate::base::registry_keys::frame_key(topic.as_ref(), plain.into())
+                .map_err(codec_error)?
+                .into_owned(),
+        ),
+        key => key,
+    };
     Ok(OutRecord {
         topic: topic.into(),
         partition: None,

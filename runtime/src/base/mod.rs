@@ -11,6 +11,7 @@ pub mod message;
 pub mod metrics;
 pub mod partitioner;
 pub mod record;
+pub(crate) mod registry_keys;
 pub mod schedule;
 pub mod schema;
 pub(crate) mod spec;

@@ -78,6 +78,12 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
         None
     }
 
+    /// The registry key of the record's `#[record(key)]` field, when its topics carry keys in
+    /// the Confluent wire format (`#[record(key_codec = "avro")]` or `"json_schema"`).
+    fn key_schema() -> Option<crate::base::registry_keys::KeySchema> {
+        None
+    }
+
     /// The record as a Protocol Buffers message (`#[record(codec = "protobuf")]` generates
     /// it from the struct's `prost::Message` impl).
     #[doc(hidden)]

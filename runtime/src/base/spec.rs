@@ -36,6 +36,8 @@ pub struct TopicSpec {
     pub(crate) channel: bool,
     /// The value type's registry schema (`#[record(codec = "avro")]`).
     pub(crate) schema: fn() -> Option<&'static crate::base::schema::RecordSchema>,
+    /// The record's registry key (`#[record(key_codec = "avro")]`).
+    pub(crate) key_schema: fn() -> Option<crate::base::registry_keys::KeySchema>,
     json_to_wire: JsonToWire,
 }
 
@@ -55,6 +57,7 @@ impl TopicSpec {
             internal: None,
             channel: false,
             schema: V::registry_schema,
+            key_schema: V::key_schema,
             json_to_wire: |topic, json, codec| {
                 let value: V = serde_json::from_slice(json)?;
                 crate::base::record::encode_vec_for(topic, codec, &value)

@@ -82,7 +82,7 @@ pub fn read_message_indexes(bytes: &[u8]) -> Result<(Vec<i32>, &[u8]), FrameErro
     Ok((indexes, rest))
 }
 
-fn write_zigzag(n: i64, out: &mut Vec<u8>) {
+pub(crate) fn write_zigzag(n: i64, out: &mut Vec<u8>) {
     let mut v = ((n << 1) ^ (n >> 63)) as u64;
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -91,7 +91,7 @@ fn write_zigzag(n: i64, out: &mut Vec<u8>) {
     out.push(v as u8);
 }
 
-fn read_zigzag(bytes: &[u8]) -> Result<(i64, &[u8]), FrameError> {
+pub(crate) fn read_zigzag(bytes: &[u8]) -> Result<(i64, &[u8]), FrameError> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);

@@ -347,9 +347,20 @@ impl InstanceState {
                     source,
                 }
             })?;
+            let key = match key {
+                Some(plain) if codec.is_registry() => Some(
+                    crate::base::registry_keys::frame_key(topic, plain.into()).map_err(
+                        |source| Error::Codec {
+                            topic: topic.to_owned(),
+                            source,
+                        },
+                    )?,
+                ),
+                key => key.map(std::borrow::Cow::Borrowed),
+            };
             let out = Outgoing {
                 topic,
-                key,
+                key: key.as_deref(),
                 value: Some(buf),
                 partition: None,
                 timestamp: out_timestamp(value, self.event_time()),

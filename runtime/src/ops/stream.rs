@@ -319,7 +319,9 @@ pub(crate) fn reject_misplaced(
     what: &str,
     fix: &str,
 ) -> bool {
-    let owner = crate::base::partitioner::partition_for_key(key, partitions);
+    // A topic with registry-coded keys is partitioned by their framed form.
+    let placed = crate::base::registry_keys::wire_key(&raw.topic, key);
+    let owner = crate::base::partitioner::partition_for_key(&placed, partitions);
     if owner == raw.partition {
         return false;
     }

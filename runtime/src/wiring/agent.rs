@@ -416,7 +416,7 @@ impl AgentContext {
                     raw.topic
                 ))
             })?;
-            let key: K = key_from_bytes(key_bytes).map_err(|e| writer.error(e))?;
+            let key: K = table_key(&raw.topic, key_bytes, codec).map_err(|e| writer.error(e))?;
             match raw.value.as_deref() {
                 None => writer.remove(&key).map(|_| ()),
                 Some(bytes) => {
@@ -466,7 +466,8 @@ impl AgentContext {
                 let Some(key_bytes) = raw.key.as_deref() else {
                     return Ok(());
                 };
-                let key: K = key_from_bytes(key_bytes).map_err(|e| out.error(e))?;
+                let key: K = table_key(&raw.topic, key_bytes, crate::base::codec::Codec::Avro)
+                    .map_err(|e| out.error(e))?;
                 let value = Joined {
                     left: left.get(&key)?,
                     right: right.get(&key)?,
@@ -535,7 +536,7 @@ where
     V: Record + 'static,
 {
     Arc::new(move |raw| {
-        let key: K = key_from_bytes(raw.key.as_deref()?).ok()?;
+        let key: K = table_key(&raw.topic, raw.key.as_deref()?, codec).ok()?;
         let stored_key = serde_json::to_vec(&key).ok()?;
         let value = match raw.value.as_deref() {
             None => None,
@@ -546,6 +547,26 @@ where
         };
         Some((stored_key, value))
     })
+}
+
+/// A table key from the key bytes of a record of `topic`, unframed first when the topic's
+/// keys are registry-coded (only topics of a registry codec can be).
+fn table_key<K: serde::de::DeserializeOwned>(
+    topic: &str,
+    bytes: &[u8],
+    codec: crate::base::codec::Codec,
+) -> std::result::Result<K, String> {
+    let binding = match crate::base::registry_keys::key_binding(topic) {
+        Some(binding) if codec.is_registry() => binding,
+        _ => return key_from_bytes(bytes),
+    };
+    let plain = crate::base::registry_keys::plain_key(topic, bytes).map_err(|e| e.to_string())?;
+    match binding.schema.kind.json_of(&plain) {
+        // Integer keys are big-endian when plain: read by their value, not as text.
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| format!("the key is not a `{}` ({e})", std::any::type_name::<K>())),
+        None => key_from_bytes(&plain),
+    }
 }
 
 /// A table key from a topic's key bytes: JSON for keys that are not strings, else the bytes as

@@ -73,6 +73,9 @@ pub(crate) struct AgentPipeline {
     pub(crate) config: Config,
     pub(crate) instances: usize,
     pub(crate) source_partitions: i32,
+    /// The source whose registry-coded keys place the agent's keys (its tables', its
+    /// repartition topic's); see `worker::tables::key_topic`.
+    pub(crate) key_topic: Option<Arc<str>>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) registry: Arc<Registry>,
     /// The worker's table store (opened on first use) and where changelogs are read from:
@@ -117,7 +120,7 @@ impl AgentPipeline {
         transport: Arc<dyn Log>,
         config: Config,
         instances: usize,
-        source_partitions: i32,
+        (source_partitions, key_topic): (i32, Option<Arc<str>>),
         stop: Arc<AtomicBool>,
         registry: Arc<Registry>,
         store: Arc<StoreCell>,
@@ -130,6 +133,7 @@ impl AgentPipeline {
             config,
             instances,
             source_partitions,
+            key_topic,
             stop,
             registry,
             store,
@@ -344,6 +348,7 @@ impl AgentPipeline {
             key_of,
             topic: r.topic.clone(),
             partitions: self.source_partitions,
+            key_topic: self.key_topic.clone(),
             sides,
             windowed: self.windowed.clone(),
             clock: self.config.clock.clone(),
@@ -423,7 +428,15 @@ impl AgentSetup for AgentPipeline {
             let store = self.store.open()?;
             let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             let def = windows.entry(table.clone()).or_insert_with(|| {
-                TableDef::new(&table, &changelog, false, self.source_partitions, store)
+                let key_topic = self.key_topic.clone();
+                TableDef::placed_by(
+                    &table,
+                    &changelog,
+                    false,
+                    self.source_partitions,
+                    key_topic,
+                    store,
+                )
             });
             Ok(def.clone())
         })

@@ -36,6 +36,9 @@ pub(crate) struct Pump {
     /// The repartition topic and its number of partitions.
     pub(crate) topic: Arc<str>,
     pub(crate) partitions: i32,
+    /// The source whose registry-coded keys place the agent's tables' keys: records go to the
+    /// partition of their key's framed form there, as the tables look for it.
+    pub(crate) key_topic: Option<Arc<str>>,
     /// A join's side topics (empty for `group_by`): the pump tags each record with its side's
     /// topic and keeps a clock per side.
     pub(crate) sides: Vec<Arc<str>>,
@@ -229,9 +232,19 @@ impl Pump {
         }
         // The record's event time travels as the message timestamp, the pump's
         // watermark in a header.
+        let partition = match (&self.key_topic, &key) {
+            (Some(topic), Some(key)) => {
+                let placed = crate::base::registry_keys::wire_key(topic, key);
+                Some(crate::base::partitioner::partition_for_key(
+                    &placed,
+                    self.partitions,
+                ))
+            }
+            _ => None,
+        };
         OutRecord {
             topic: self.topic.clone(),
-            partition: None,
+            partition,
             key,
             value: raw.value.take().map(Vec::from),
             timestamp: time,

@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 
 use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
-use crate::base::partitioner::partition_for_key;
 use crate::instance::table::TableDef;
 use crate::instance::table::scan::{
     Entries, PendingWrites, RawEntries, ScanScope, reader_error, string_key_prefix,
@@ -115,7 +114,7 @@ where
     /// worker (ask that worker: its web server answers `/tables/<name>/<key>`).
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         let (def, owned) = self.located()?;
-        let partition = partition_for_key(&key.key_bytes(), def.source_partitions);
+        let partition = def.partition_of_key(&key.key_bytes());
         let stored =
             serde_json::to_vec(key).map_err(|e| self.error(format!("cannot encode a key: {e}")))?;
         if !owned.contains(&partition) {

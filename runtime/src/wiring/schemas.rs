@@ -22,26 +22,30 @@ use crate::base::record::Record;
 
 use crate::base::config::{Config, RegistryConfig};
 use crate::base::error::{Error, Result};
+use crate::base::registry_keys::{self, KeyBinding, KeySchema};
 use crate::base::schema::{self, Binding, RecordSchema, SchemaType};
 use crate::base::spec::TopicSpec;
 use crate::io::registry::{RegistryWriters, SchemaRegistry};
 
-/// A registry-coded topic: its schema and subject, and whether the worker writes it.
+/// A registry-coded topic's values (or keys): their schema and subject, and whether the
+/// worker writes them.
 pub(crate) struct SchemaTopic {
     pub(crate) topic: String,
     pub(crate) schema: &'static RecordSchema,
     pub(crate) subject: String,
     pub(crate) writes: bool,
+    /// The topic's keys, not its values (`#[record(key_codec = "avro")]`).
+    pub(crate) key: Option<KeySchema>,
 }
 
 /// The registry-coded topics among `reads` and `writes` (a topic in both is written), in name
-/// order; a value type whose schema does not parse is an error naming it.
+/// order, values before keys; a value type whose schema does not parse is an error naming it.
 pub(crate) fn schema_topics<'a>(
     registry: &RegistryConfig,
     reads: impl IntoIterator<Item = &'a TopicSpec>,
     writes: impl IntoIterator<Item = &'a TopicSpec>,
 ) -> Result<Vec<SchemaTopic>> {
-    let mut found: BTreeMap<String, SchemaTopic> = BTreeMap::new();
+    let mut found: BTreeMap<(String, bool), SchemaTopic> = BTreeMap::new();
     let tagged = reads
         .into_iter()
         .map(|s| (s, false))
@@ -53,15 +57,43 @@ pub(crate) fn schema_topics<'a>(
         let subject = registry
             .subject_strategy
             .subject(&spec.name, &schema.full_name());
-        let entry = found.entry(spec.name.clone()).or_insert(SchemaTopic {
-            topic: spec.name.clone(),
-            schema,
-            subject,
-            writes,
-        });
+        let entry = found
+            .entry((spec.name.clone(), false))
+            .or_insert(SchemaTopic {
+                topic: spec.name.clone(),
+                schema,
+                subject,
+                writes,
+                key: None,
+            });
         entry.writes |= writes;
+        if let Some(key) = key_schema(spec)? {
+            let entry = found
+                .entry((spec.name.clone(), true))
+                .or_insert(SchemaTopic {
+                    topic: spec.name.clone(),
+                    schema: key.record_schema(),
+                    // Keys are primitive types: subjects by topic whatever the values' strategy.
+                    subject: format!("{}-key", spec.name),
+                    writes,
+                    key: Some(key),
+                });
+            entry.writes |= writes;
+        }
     }
     Ok(found.into_values().collect())
+}
+
+/// `spec`'s registry key, if its record declares one the format can carry.
+fn key_schema(spec: &TopicSpec) -> Result<Option<KeySchema>> {
+    let Some(key) = (spec.key_schema)() else {
+        return Ok(None);
+    };
+    key.check().map_err(|source| Error::Codec {
+        topic: spec.name.clone(),
+        source,
+    })?;
+    Ok(Some(key))
 }
 
 /// `spec`'s schema when its codec is a registry codec.
@@ -127,6 +159,18 @@ pub(crate) async fn bind<'a>(
     for topic in &topics {
         let id = writer_id(&registry, settings, topic).await?;
         tracing::info!(topic = %topic.topic, subject = %topic.subject, ?id, "bound to the schema registry");
+        if let Some(key) = topic.key {
+            let writers = writers.clone();
+            registry_keys::bind_key(
+                &topic.topic,
+                KeyBinding {
+                    schema: key,
+                    id,
+                    writers,
+                },
+            );
+            continue;
+        }
         if id.is_none() {
             lock_mut(read_only()).insert(topic.topic.clone(), app.clone());
         }
@@ -168,9 +212,13 @@ fn lock_mut<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// only read): registered (or looked up) as a sink's would be at start. Sends through the
 /// `Producer` call it.
 pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Result<()> {
-    let Some(schema) = unwritable::<V>(topic, codec) else {
+    let (value, key) = (
+        unwritable::<V>(topic, codec),
+        unwritable_key::<V>(topic, codec),
+    );
+    if value.is_none() && key.is_none() {
         return Ok(());
-    };
+    }
     let declared = read_only()
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -181,23 +229,46 @@ pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Res
         // No registry: encoding names the missing binding and the setting.
         return Ok(());
     };
-    let target = SchemaTopic {
-        topic: topic.to_owned(),
-        schema,
-        subject: settings
-            .subject_strategy
-            .subject(topic, &schema.full_name()),
-        writes: true,
-    };
-    let id = writer_id(&registry, &settings, &target).await?;
-    schema::bind(
-        topic,
-        Binding {
-            subject: target.subject,
-            id,
-            writers,
-        },
-    );
+    if let Some(schema) = value {
+        let target = SchemaTopic {
+            topic: topic.to_owned(),
+            schema,
+            subject: settings
+                .subject_strategy
+                .subject(topic, &schema.full_name()),
+            writes: true,
+            key: None,
+        };
+        let id = writer_id(&registry, &settings, &target).await?;
+        let writers = writers.clone();
+        let subject = target.subject;
+        schema::bind(
+            topic,
+            Binding {
+                subject,
+                id,
+                writers,
+            },
+        );
+    }
+    if let Some(key) = key {
+        let target = SchemaTopic {
+            topic: topic.to_owned(),
+            schema: key.record_schema(),
+            subject: format!("{topic}-key"),
+            writes: true,
+            key: Some(key),
+        };
+        let id = writer_id(&registry, &settings, &target).await?;
+        registry_keys::bind_key(
+            topic,
+            KeyBinding {
+                schema: key,
+                id,
+                writers,
+            },
+        );
+    }
     Ok(())
 }
 
@@ -205,7 +276,7 @@ pub(crate) async fn ensure_writable<V: Record>(topic: &str, codec: Codec) -> Res
 /// blocks the calling thread while the topic is bound, once per topic, as a writer schema met
 /// for the first time does.
 pub(crate) fn ensure_writable_now<V: Record>(topic: &str, codec: Codec) -> Result<()> {
-    if unwritable::<V>(topic, codec).is_none() {
+    if unwritable::<V>(topic, codec).is_none() && unwritable_key::<V>(topic, codec).is_none() {
         return Ok(());
     }
     crate::io::registry::run_blocking(ensure_writable::<V>(topic, codec)).map_err(|source| {
@@ -214,6 +285,13 @@ pub(crate) fn ensure_writable_now<V: Record>(topic: &str, codec: Codec) -> Resul
             source,
         }
     })?
+}
+
+/// `V`'s registry key when `topic` is registry-coded and its keys have no writer id yet.
+fn unwritable_key<V: Record>(topic: &str, codec: Codec) -> Option<KeySchema> {
+    V::key_schema()
+        .filter(|_| codec.is_registry())
+        .filter(|_| registry_keys::key_binding(topic).is_none_or(|b| b.id.is_none()))
 }
 
 /// `V`'s registry schema when `topic` is registry-coded and has no writer id yet.
@@ -231,7 +309,10 @@ async fn writer_id(
     topic: &SchemaTopic,
 ) -> Result<Option<u32>> {
     let (kind, text) = (topic.schema.schema_type, topic.schema.text.as_str());
-    if topic.writes && settings.auto_register {
+    // A key schema is registered even for a topic only read: it is the primitive type every
+    // producer of the topic registers, and rill needs its id to place keys in partitions as
+    // those producers do (by the framed bytes).
+    if (topic.writes || topic.key.is_some()) && settings.auto_register {
         return match registry.register(&topic.subject, kind, text).await {
             Ok(id) => Ok(Some(id)),
             Err(Error::Registry { subject, message }) if message.contains("incompatible") => {

@@ -19,6 +19,14 @@ use crate::base::error::{Error, Result};
 use crate::base::record::Record;
 
 /// The store name of a global table over `topic`.
+/// A key of the global table's topic as stored: plain (unframed when the topic's keys are
+/// registry-coded, which the app says by declaring the topic with its record, `App::topic`),
+/// or as carried when it does not unframe.
+fn plain_key(topic: &str, key: &[u8]) -> Vec<u8> {
+    crate::base::registry_keys::plain_key(topic, key)
+        .map_or_else(|_| key.to_vec(), |k| k.into_owned())
+}
+
 fn store_name(topic: &str) -> String {
     format!("global/{topic}")
 }
@@ -58,7 +66,10 @@ impl GlobalDef {
                 applied += batch.len() as u64;
                 let puts = batch
                     .into_iter()
-                    .filter_map(|r| r.key.map(|k| (k.to_vec(), r.value.map(Vec::from))))
+                    .filter_map(|r| {
+                        r.key
+                            .map(|k| (plain_key(&r.topic, &k), r.value.map(Vec::from)))
+                    })
                     .collect();
                 // Keys are unique across the topic, so entries of every partition share the
                 // store's partition 0; the read position is kept per topic partition.

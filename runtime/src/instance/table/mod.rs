@@ -51,6 +51,9 @@ pub(crate) struct TableDef {
     /// agent takes the table (`AgentContext::table_of`), which knows the types and codec.
     pub(crate) decoder: std::sync::OnceLock<SourceDecoder>,
     pub(crate) source_partitions: i32,
+    /// The topic whose keys are registry-coded and whose partitions the table's follow
+    /// (`base/registry_keys.rs`): a key is placed by its framed form there.
+    pub(crate) key_topic: Option<Arc<str>>,
     pub(crate) store: Arc<TableStore>,
     /// Where each local partition stands, kept current by recovery and commits.
     pub(crate) metas: Mutex<HashMap<i32, PartitionMeta>>,
@@ -75,11 +78,24 @@ pub(crate) fn changelog_topic(app_id: &str, table: &str) -> String {
 
 impl TableDef {
     /// A table restored from `changelog`; `sourced` when that is the topic it is built from.
+    #[cfg(test)]
     pub(crate) fn new(
         name: &str,
         changelog: &str,
         sourced: bool,
         source_partitions: i32,
+        store: Arc<TableStore>,
+    ) -> Arc<Self> {
+        Self::placed_by(name, changelog, sourced, source_partitions, None, store)
+    }
+
+    /// [`TableDef::new`] for a table whose partitions follow `key_topic`'s registry-coded keys.
+    pub(crate) fn placed_by(
+        name: &str,
+        changelog: &str,
+        sourced: bool,
+        source_partitions: i32,
+        key_topic: Option<Arc<str>>,
         store: Arc<TableStore>,
     ) -> Arc<Self> {
         Arc::new(TableDef {
@@ -88,10 +104,22 @@ impl TableDef {
             sourced,
             decoder: std::sync::OnceLock::new(),
             source_partitions,
+            key_topic,
             store,
             metas: Mutex::new(HashMap::new()),
             key_parser: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The partition of the plain key `key`.
+    pub(crate) fn partition_of_key(&self, key: &[u8]) -> i32 {
+        match &self.key_topic {
+            Some(topic) => {
+                let placed = crate::base::registry_keys::wire_key(topic, key);
+                partition_for_key(&placed, self.source_partitions)
+            }
+            None => partition_for_key(key, self.source_partitions),
+        }
     }
 
     pub(crate) fn meta(&self, partition: i32) -> PartitionMeta {
@@ -270,7 +298,7 @@ where
     V: Serialize + DeserializeOwned + Default + 'static,
 {
     pub(crate) fn new(core: Arc<TableCore>, position: Arc<Position>) -> Self {
-        let partitions = core.def.source_partitions;
+        let def = Arc::downgrade(&core.def);
         let _ = core.def.key_parser.get_or_init(|| {
             Arc::new(move |text: &str| {
                 let key: K = serde_json::from_str(text)
@@ -279,7 +307,8 @@ where
                         format!("`{text}` is not a `{}` ({e})", std::any::type_name::<K>())
                     })?;
                 let stored = serde_json::to_vec(&key).map_err(|e| e.to_string())?;
-                Ok((partition_for_key(&key.key_bytes(), partitions), stored))
+                let def = def.upgrade().ok_or("the table is gone")?;
+                Ok((def.partition_of_key(&key.key_bytes()), stored))
             })
         });
         Self::wrap(core, position)
@@ -327,7 +356,7 @@ where
     }
 
     pub(crate) fn partition_of(&self, key: &K) -> i32 {
-        partition_for_key(&key.key_bytes(), self.core.def.source_partitions)
+        self.core.def.partition_of_key(&key.key_bytes())
     }
 
     pub(crate) fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {

@@ -99,7 +99,7 @@ impl Worker {
             self.transport.clone(),
             config.clone(),
             spec.concurrency,
-            source_partitions,
+            (source_partitions, super::tables::key_topic(&spec, None)),
             self.stop.clone(),
             self.registry.clone(),
             self.tables.clone(),

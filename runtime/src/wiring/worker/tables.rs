@@ -88,13 +88,15 @@ impl TableSetup {
                         .ensure_topics(std::slice::from_ref(&spec), source_partitions)
                         .await?;
                 }
+                let key_topic = key_topic(agent, sourced.then_some(changelog.as_str()));
                 defs.push((
                     agent.name().to_owned(),
-                    TableDef::new(
+                    TableDef::placed_by(
                         &table.name,
                         &changelog,
                         sourced,
                         source_partitions,
+                        key_topic,
                         store.clone(),
                     ),
                 ));
@@ -139,4 +141,15 @@ impl TableSetup {
             .map(|(_, d)| d.clone())
             .collect()
     }
+}
+
+/// The topic whose registry-coded keys place an agent's table keys (`TableDef::key_topic`): a
+/// table built from a topic follows that topic, the others the agent's first source; `None`
+/// when its keys are plain.
+pub(crate) fn key_topic(agent: &AgentSpec, built_from: Option<&str>) -> Option<Arc<str>> {
+    let source = match built_from {
+        Some(topic) => agent.sources.iter().find(|s| s.name == topic),
+        None => agent.sources.first(),
+    }?;
+    (source.key_schema)().map(|_| Arc::from(source.name.as_str()))
 }
