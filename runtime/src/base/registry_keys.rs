@@ -318,7 +318,10 @@ pub(crate) fn key_binding(topic: &str) -> Option<Arc<KeyBinding>> {
 
 /// The key `topic` carries for the plain key `plain`: framed with the topic's key id when its
 /// keys are registry-coded, else `plain` itself.
-pub(crate) fn frame_key<'k>(topic: &str, plain: Cow<'k, [u8]>) -> Result<Cow<'k, [u8]>, CodecError> {
+pub(crate) fn frame_key<'k>(
+    topic: &str,
+    plain: Cow<'k, [u8]>,
+) -> Result<Cow<'k, [u8]>, CodecError> {
     let Some(binding) = key_binding(topic) else {
         return Ok(plain);
     };
