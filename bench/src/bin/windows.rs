@@ -76,6 +76,10 @@ struct Args {
     /// advances with the wall clock and the last windows close.
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
+    /// Count with `fold` instead of `count`: the same results, every hopping window kept whole
+    /// (the path before panes, for comparison).
+    #[arg(long)]
+    whole_windows: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,7 +150,7 @@ struct Emitted {
     counted: AtomicU64,
 }
 
-fn agent(kind: Kind, grace: Duration, emitted: Arc<Emitted>) -> AgentSpec {
+fn agent(kind: Kind, grace: Duration, whole: bool, emitted: Arc<Emitted>) -> AgentSpec {
     AgentSpec::new("windows", "bench")
         .source(TopicSpec::of::<PageView>(SOURCE, "bench"))
         .sink(TopicSpec::of::<PageCount>(SINK, "bench"))
@@ -160,7 +164,12 @@ fn agent(kind: Kind, grace: Duration, emitted: Arc<Emitted>) -> AgentSpec {
                     Kind::Tumbling => keyed.tumbling(SIZE),
                     Kind::Hopping => keyed.hopping(SIZE, STEP),
                 };
-                let mut windows = windows.grace(grace).count();
+                let windows = windows.grace(grace);
+                let mut windows = if whole {
+                    windows.fold(|| 0u64, |n, _| *n += 1)
+                } else {
+                    windows.count()
+                };
                 while let Some(w) = windows.next().await {
                     emitted.windows.fetch_add(1, Ordering::Relaxed);
                     emitted.counted.fetch_add(w.value, Ordering::Relaxed);
@@ -416,7 +425,7 @@ async fn run(args: &Args, kind: Kind) -> rill::Result<serde_json::Value> {
     let emitted = Arc::new(Emitted::default());
     let grace = Duration::from_millis(args.grace_ms);
     let started = Instant::now();
-    let worker = app(args, &dir, vec![agent(kind, grace, emitted.clone())])
+    let worker = app(args, &dir, vec![agent(kind, grace, args.whole_windows, emitted.clone())])
         .start()
         .await?;
     let stats = worker
@@ -512,6 +521,7 @@ async fn run(args: &Args, kind: Kind) -> rill::Result<serde_json::Value> {
             Kind::Tumbling => "tumbling 60s",
             Kind::Hopping => "hopping 60s/10s",
         },
+        "state": if args.whole_windows { "whole windows (fold)" } else { "count (panes when hopping)" },
         "events": args.events,
         "keys": args.keys,
         "source_key": format!("{:?}", args.source_key).to_lowercase(),

@@ -234,6 +234,10 @@ pub(crate) struct Agg<T, S, O> {
     pub(crate) init: InitFn<S>,
     pub(crate) add: AddFn<T, S>,
     pub(crate) merge: Option<MergeFn<S>>,
+    /// Merging partial states, in any order, gives the state of adding the records one by one
+    /// in their order (count, sum, min, max, mean, `combine`): hopping windows may then keep
+    /// panes (`state/panes.rs`).
+    pub(crate) order_free: bool,
     pub(crate) output: OutputFn<S, O>,
 }
 
@@ -369,6 +373,7 @@ where
             init: Box::new(|| 0u64),
             add: Box::new(|n: &mut u64, _: &T| *n += 1),
             merge: Some(Box::new(|n: &mut u64, m| *n += m)),
+            order_free: true,
             output: Box::new(|n| *n),
         })
     }
@@ -384,6 +389,7 @@ where
             init: Box::new(N::default),
             add: Box::new(move |s: &mut N, v: &T| *s += f(v)),
             merge: Some(Box::new(|s: &mut N, o| *s += o)),
+            order_free: true,
             output: Box::new(|s| *s),
         })
     }
@@ -427,6 +433,7 @@ where
                     pick(s, n);
                 }
             })),
+            order_free: true,
             output: Box::new(|s| s.unwrap_or_default()),
         })
     }
@@ -444,6 +451,7 @@ where
                 s.0 += o.0;
                 s.1 += o.1;
             })),
+            order_free: true,
             output: Box::new(|s| if s.1 == 0 { 0.0 } else { s.0 / s.1 as f64 }),
         })
     }
@@ -471,6 +479,7 @@ where
                     (a, b) => a.or(b),
                 };
             })),
+            order_free: false,
             output: Box::new(|s: &Option<T>| s.clone().unwrap_or_else(|| unreachable_empty())),
         })
     }
@@ -499,6 +508,7 @@ where
                 let room = limit.saturating_sub(s.len());
                 s.extend(o.into_iter().take(room));
             })),
+            order_free: false,
             output: Box::new(Vec::clone),
         })
     }
@@ -534,7 +544,24 @@ where
             init: Box::new(init),
             add: Box::new(f),
             merge: None,
+            order_free: false,
             output: Box::new(A::clone),
+        })
+    }
+
+    /// Accumulates each window into a user struct that can also merge, in any order (its
+    /// `merge` of partial states gives what adding the records one by one would): hopping
+    /// windows then keep one state per pane of `gcd(size, step)` and merge them when a window
+    /// closes, so a record costs one `add` whatever `size / step` is. Results are
+    /// [`Windows::aggregate`]'s.
+    pub fn combine<S: WindowState<T> + MergeState>(self) -> WindowStream<K, S> {
+        self.build(Agg {
+            name: "combine",
+            init: Box::new(S::default),
+            add: Box::new(|s: &mut S, v: &T| s.add(v)),
+            merge: Some(Box::new(|s: &mut S, o: S| s.merge(o))),
+            order_free: true,
+            output: Box::new(S::clone),
         })
     }
 
@@ -545,6 +572,7 @@ where
             init: Box::new(S::default),
             add: Box::new(|s: &mut S, v: &T| s.add(v)),
             merge: None,
+            order_free: false,
             output: Box::new(S::clone),
         })
     }
@@ -571,6 +599,7 @@ where
             init: Box::new(init),
             add: Box::new(f),
             merge: Some(Box::new(merge)),
+            order_free: false,
             output: Box::new(A::clone),
         })
     }
@@ -582,6 +611,7 @@ where
             init: Box::new(S::default),
             add: Box::new(|s: &mut S, v: &T| s.add(v)),
             merge: Some(Box::new(|s: &mut S, o: S| s.merge(o))),
+            order_free: false,
             output: Box::new(S::clone),
         })
     }

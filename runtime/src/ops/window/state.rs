@@ -25,9 +25,14 @@ use serde::de::DeserializeOwned;
 use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::error::{Error, Result};
 
+mod panes;
 mod sliding;
 
+pub(crate) use panes::Panes;
+
 const WINDOW: u8 = b'W';
+/// A pane of hopping windows (`panes`).
+const PANE: u8 = b'P';
 const CLOCK: &[u8] = b"C";
 
 /// A partition's clock as stored (the `C` entry).
@@ -65,7 +70,12 @@ fn prefixed(tag: u8, key: &[u8]) -> Vec<u8> {
 }
 
 fn window_key(key: &[u8], start: i64) -> Vec<u8> {
-    let mut out = prefixed(WINDOW, key);
+    stored_key(WINDOW, key, start)
+}
+
+/// The stored key of a window (`W`) or a pane (`P`) of `key` at `start`.
+fn stored_key(tag: u8, key: &[u8], start: i64) -> Vec<u8> {
+    let mut out = prefixed(tag, key);
     out.extend_from_slice(&time_bytes(start));
     out
 }
@@ -89,7 +99,8 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct Win<S> {
     pub(crate) end: i64,
     pub(crate) state: S,
-    /// Sliding windows: the largest event time added (Kafka Streams' window timestamp).
+    /// Sliding windows: the largest event time added (Kafka Streams' window timestamp); panes
+    /// of hopping windows: the first window the pane joins.
     max: i64,
     /// In the table store (and its changelog): closing it must delete it there. A window
     /// opened and closed between two commits never is, and costs no write at all.
@@ -100,6 +111,9 @@ struct KeyState<K, S> {
     bytes: Key,
     key: K,
     windows: KeyWindows<S>,
+    /// Hopping windows by panes: the start of the key's window queued to close next
+    /// (`i64::MIN`: none).
+    next: i64,
 }
 
 impl<K, S> KeyState<K, S> {
@@ -108,6 +122,7 @@ impl<K, S> KeyState<K, S> {
             bytes,
             key,
             windows: KeyWindows(Vec::new()),
+            next: i64::MIN,
         }
     }
 }
@@ -243,6 +258,10 @@ struct WindowPartition<K, S> {
     applied: i64,
     dirty: HashSet<(Key, i64), Hasher>,
     clock_dirty: bool,
+    /// Hopping windows by panes: whole windows an earlier version stored, and those closed
+    /// since the last commit (their stored entries go).
+    legacy: panes::LegacyWindows<S>,
+    legacy_gone: Vec<(Key, i64)>,
 }
 
 impl<K, S> WindowPartition<K, S> {
@@ -259,6 +278,8 @@ impl<K, S> WindowPartition<K, S> {
             applied: i64::MIN,
             dirty: HashSet::default(),
             clock_dirty: false,
+            legacy: HashMap::default(),
+            legacy_gone: Vec::new(),
         }
     }
 
@@ -295,6 +316,8 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     idle_timeout: i64,
     emit: Emit,
     agg: Arc<Agg<T, S, O>>,
+    /// Hopping windows kept by panes (see `panes`), when the aggregation allows it.
+    panes: Option<Panes>,
     parts: HashMap<i32, WindowPartition<K, S>>,
     watermark: i64,
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
@@ -317,12 +340,21 @@ where
         emit: Emit,
         agg: Arc<Agg<T, S, O>>,
     ) -> Self {
+        let panes = match kind {
+            WindowKind::Hopping { size, step }
+                if step < size && emit == Emit::Final && agg.order_free && agg.merge.is_some() =>
+            {
+                Some(Panes::new(size, step, grace))
+            }
+            _ => None,
+        };
         WindowOperator {
             kind,
             grace,
             idle_timeout,
             emit,
             agg,
+            panes,
             parts: HashMap::new(),
             watermark: i64::MIN,
             out: Default::default(),
@@ -330,6 +362,14 @@ where
             counts: Counts::default(),
             updated: Vec::new(),
         }
+    }
+
+    /// The same operator keeping every window whole (the path panes replace), for tests that
+    /// compare the two.
+    #[cfg(test)]
+    pub(crate) fn without_panes(mut self) -> Self {
+        self.panes = None;
+        self
     }
 
     /// The instance's current watermark.
@@ -376,15 +416,32 @@ where
             }
             // (Other tags: entries of an earlier version, such as the record buffer sliding
             // windows kept, are left alone.)
-            if let Some((WINDOW, key, rest)) = split_stored_key(&stored)
+            if let Some((tag @ (WINDOW | PANE), key, rest)) = split_stored_key(&stored)
                 && let Some(start) = time_from(rest)
             {
-                let window = self.decode_window(&value).map_err(|e| bad("window", e))?;
-                windows.push((key.to_vec(), start, window));
+                let with_max = tag == PANE || matches!(self.kind, WindowKind::Sliding { .. });
+                let window = self
+                    .decode_window(&value, with_max)
+                    .map_err(|e| bad("window", e))?;
+                windows.push((tag, key.to_vec(), start, window));
             }
         }
+        if let Some(panes) = self.panes {
+            for (tag, key, start, (k, win)) in windows {
+                let ks = key_state(&mut part.keys, &key, || k);
+                if tag == PANE {
+                    ks.windows.insert(start, win);
+                } else {
+                    // A whole window stored before panes: merged with its panes at close.
+                    part.legacy.insert((ks.bytes.clone(), start), win);
+                }
+            }
+            panes::schedule_loaded(&mut part, panes);
+            self.parts.insert(partition, part);
+            return Ok(());
+        }
         // After the clock: a sliding window closed at its watermark is retained, not closed again.
-        for (key, start, (k, win)) in windows {
+        for (_, key, start, (k, win)) in windows.into_iter().filter(|w| w.0 == WINDOW) {
             let ks = key_state(&mut part.keys, &key, || k);
             let close = self.close_time(win.end);
             if matches!(self.kind, WindowKind::Sliding { .. }) && close <= part.floor {
@@ -398,14 +455,13 @@ where
         Ok(())
     }
 
-    /// A stored window's key and window: sliding windows carry their largest event time.
-    fn decode_window(&self, value: &[u8]) -> serde_json::Result<(K, Win<S>)> {
-        let (k, end, state, max) = match self.kind {
-            WindowKind::Sliding { .. } => serde_json::from_slice::<(K, i64, S, i64)>(value)?,
-            _ => {
-                let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
-                (k, end, state, i64::MIN)
-            }
+    /// A stored window's key and window: sliding windows and panes carry `Win::max`.
+    fn decode_window(&self, value: &[u8], with_max: bool) -> serde_json::Result<(K, Win<S>)> {
+        let (k, end, state, max) = if with_max {
+            serde_json::from_slice::<(K, i64, S, i64)>(value)?
+        } else {
+            let (k, end, state) = serde_json::from_slice::<(K, i64, S)>(value)?;
+            (k, end, state, i64::MIN)
         };
         let win = Win {
             end,
@@ -428,7 +484,7 @@ where
     pub(crate) fn dirty(&self) -> bool {
         self.parts
             .values()
-            .any(|p| p.clock_dirty || !p.dirty.is_empty())
+            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.legacy_gone.is_empty())
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -438,17 +494,22 @@ where
             agent: String::new(),
             message: format!("cannot encode window state: {e}"),
         };
-        let sliding = matches!(self.kind, WindowKind::Sliding { .. });
+        // Sliding windows and panes store a fourth field (`Win::max`).
+        let with_max = matches!(self.kind, WindowKind::Sliding { .. }) || self.panes.is_some();
+        let tag = if self.panes.is_some() { PANE } else { WINDOW };
         for (&partition, part) in &mut self.parts {
+            for (key, start) in part.legacy_gone.drain(..) {
+                out.push((partition, window_key(&key, start), None));
+            }
             for (key, start) in part.dirty.drain() {
-                let stored = window_key(&key, start);
+                let stored = stored_key(tag, &key, start);
                 let value = match part.keys.get_mut(&key).and_then(|ks| {
                     let KeyState { key, windows, .. } = ks;
                     windows.get_mut(start).map(|w| (&*key, w))
                 }) {
                     Some((k, w)) => {
                         w.stored = true;
-                        let value = if sliding {
+                        let value = if with_max {
                             serde_json::to_vec(&(k, w.end, &w.state, w.max))
                         } else {
                             serde_json::to_vec(&(k, w.end, &w.state))
@@ -510,6 +571,7 @@ where
         let rules = Rules {
             agg: &agg,
             kind,
+            panes: self.panes,
             grace,
             wm: watermark.max(part.floor),
         };
@@ -595,7 +657,11 @@ where
             }
             while let Some(bucket) = part.closing.pop_until(wm) {
                 for (key, start) in bucket {
-                    let Some(result) = close(part, &key, start, retention, &agg) else {
+                    let closed = match self.panes {
+                        Some(panes) => panes::close(part, &key, start, panes, &agg),
+                        None => close(part, &key, start, retention, &agg),
+                    };
+                    let Some(result) = closed else {
                         continue;
                     };
                     self.counts.closed += 1;
@@ -713,6 +779,7 @@ fn close_at(end: i64, grace: i64) -> i64 {
 struct Rules<'a, T, S, O> {
     agg: &'a Agg<T, S, O>,
     kind: WindowKind,
+    panes: Option<Panes>,
     grace: i64,
     /// The watermark before the record.
     wm: i64,
@@ -737,9 +804,13 @@ fn add_to_windows<T, K, S: Clone, O>(
     let Rules {
         agg,
         kind,
+        panes,
         grace,
         wm,
     } = *rules;
+    if let Some(panes) = panes {
+        return panes::add(agg, ks, closing, panes, wm, time, item, updated);
+    }
     match kind {
         WindowKind::Tumbling { size } => {
             let start = time.div_euclid(size) * size;
@@ -889,6 +960,7 @@ mod tests {
             init: Box::new(|| 0),
             add: Box::new(|n, _| *n += 1),
             merge: Some(Box::new(|n, m| *n += m)),
+            order_free: true,
             output: Box::new(|n| *n),
         })
     }
@@ -1237,5 +1309,181 @@ mod tests {
         assert!(windows.remove(10).is_none());
         assert_eq!(windows.get(20).map(|w| w.end), Some(30));
         assert!(!windows.is_empty());
+    }
+
+    /// A stored partition: what `take_writes` left, by stored key.
+    type Stored = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn apply_writes(op: &mut CountWindows, stores: &mut HashMap<i32, Stored>) {
+        for (partition, k, v) in op.take_writes().unwrap() {
+            let store = stores.entry(partition).or_default();
+            match v {
+                Some(v) => store.insert(k, v),
+                None => store.remove(&k),
+            };
+        }
+    }
+
+    /// Commits `op`'s state and loads it into a fresh operator made by `make`, as a restart.
+    fn restart(
+        op: &mut CountWindows,
+        stores: &mut HashMap<i32, Stored>,
+        make: impl Fn() -> CountWindows,
+    ) -> CountWindows {
+        apply_writes(op, stores);
+        let mut fresh = make();
+        for (&partition, store) in stores.iter() {
+            let entries = store.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            fresh.load(partition, entries, 0).unwrap();
+        }
+        fresh
+    }
+
+    /// A record `(partition, key, time)`, or a watermark advance (`None`).
+    type Event = Option<(i32, &'static str, i64)>;
+
+    /// Emitted windows `(key, start, end, count)`, sorted, and the late records' times.
+    type Outcome = (Vec<(String, i64, i64, u64)>, Vec<i64>);
+
+    /// One random run: `(partition, key, time)` records, with watermark advances (`None`) and
+    /// restarts (`Some(i64::MIN)` as time) among them.
+    fn random_run(seed: u64) -> (WindowKind, i64, Vec<Event>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let step = [5, 10, 25][rng.random_range(0..3)];
+        let size = step * rng.random_range(2..7) + [0, 5][rng.random_range(0..2)];
+        let grace = [0, 7, 30][rng.random_range(0..3)];
+        let mut time: i64 = rng.random_range(-50..50);
+        let mut events = Vec::new();
+        for _ in 0..rng.random_range(20..200) {
+            match rng.random_range(0..20) {
+                0 => events.push(None),
+                1 => events.push(Some((0, "", i64::MIN))),
+                _ => {
+                    time += rng.random_range(0..12);
+                    let jitter = rng.random_range(0..40);
+                    let key = ["a", "b", "c", "d"][rng.random_range(0..4)];
+                    events.push(Some((rng.random_range(0..2), key, time - jitter)));
+                }
+            }
+        }
+        (WindowKind::Hopping { size, step }, grace, events)
+    }
+
+    /// The results and late records of `events` through operators made by `make`.
+    fn run_events(
+        make: impl Fn() -> CountWindows,
+        events: &[Event],
+    ) -> Outcome {
+        let mut op = make();
+        let mut stores = HashMap::new();
+        let (mut out, mut late) = (Vec::new(), Vec::new());
+        for event in events {
+            match *event {
+                None => op.advance(0, i64::MIN, &all()),
+                Some((_, _, i64::MIN)) => {
+                    out.extend(results(&mut op));
+                    op = restart(&mut op, &mut stores, &make);
+                }
+                Some((partition, key, time)) => {
+                    let bytes = key.as_bytes().to_vec();
+                    let item =
+                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                    late.extend(item);
+                }
+            }
+        }
+        op.advance(0, i64::MAX, &all());
+        out.extend(results(&mut op));
+        out.sort();
+        (out, late)
+    }
+
+    #[test]
+    fn hopping_windows_by_panes_emit_what_whole_windows_do_on_random_streams() {
+        let mut paned = 0;
+        for seed in 0..300 {
+            let (kind, grace, events) = random_run(seed);
+            let make = || op(kind, grace);
+            assert!(make().panes.is_some(), "{kind:?}");
+            let whole = || op(kind, grace).without_panes();
+            let by_panes = run_events(make, &events);
+            let by_windows = run_events(whole, &events);
+            assert_eq!(by_panes, by_windows, "seed {seed}, {kind:?}, grace {grace}");
+            paned += by_panes.0.len();
+        }
+        assert!(paned > 10_000, "the runs emitted {paned} windows");
+    }
+
+    #[test]
+    fn panes_store_one_entry_per_pane_and_drop_those_no_window_needs() {
+        let kind = WindowKind::Hopping { size: 60, step: 10 };
+        let mut op = op(kind, 0);
+        let mut stores = HashMap::new();
+        feed(&mut op, &[("a", 1), ("a", 2), ("a", 15), ("a", 59)]);
+        apply_writes(&mut op, &mut stores);
+        let panes =
+            |stores: &HashMap<i32, Stored>| stores[&0].keys().filter(|k| k[0] == PANE).count();
+        assert_eq!(panes(&stores), 3, "[0, 10), [10, 20) and [50, 60)");
+        feed(&mut op, &[("a", 75)]);
+        // The windows starting up to 10 closed, each merged from its panes.
+        assert_eq!(
+            results(&mut op),
+            vec![
+                w("a", -50, 10, 2),
+                w("a", -40, 20, 3),
+                w("a", -30, 30, 3),
+                w("a", -20, 40, 3),
+                w("a", -10, 50, 3),
+                w("a", 0, 60, 4),
+                w("a", 10, 70, 2)
+            ]
+        );
+        apply_writes(&mut op, &mut stores);
+        // [0, 10) and [10, 20) are in no open window any more.
+        assert_eq!(panes(&stores), 2, "[50, 60) and [70, 80)");
+    }
+
+    #[test]
+    fn whole_windows_stored_before_panes_are_merged_with_the_panes_after_an_upgrade() {
+        for seed in 0..100 {
+            let (kind, grace, events) = random_run(seed);
+            let cut = events.len() / 2;
+            // Both runs keep whole windows up to the restart at `cut`; then one keeps panes.
+            let run = |upgrade: bool| {
+                let mut op = op(kind, grace).without_panes();
+                let mut stores = HashMap::new();
+                let mut out = Vec::new();
+                for event in events[..cut].iter().flatten() {
+                    let (partition, key, time) = *event;
+                    if time != i64::MIN {
+                        let bytes = key.as_bytes().to_vec();
+                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                    }
+                }
+                out.extend(results(&mut op));
+                let mut op = restart(&mut op, &mut stores, || {
+                    let fresh = self::op(kind, grace);
+                    if upgrade {
+                        fresh
+                    } else {
+                        fresh.without_panes()
+                    }
+                });
+                for event in events[cut..].iter().flatten() {
+                    let (partition, key, time) = *event;
+                    if time != i64::MIN {
+                        let bytes = key.as_bytes().to_vec();
+                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                        op.advance(0, i64::MIN, &all());
+                    }
+                }
+                op.advance(0, i64::MAX, &all());
+                out.extend(results(&mut op));
+                out.sort();
+                out
+            };
+            assert_eq!(run(true), run(false), "seed {seed}");
+        }
     }
 }
