@@ -82,7 +82,13 @@
 //!
 //! - [`tumbling(size)`](crate::stream::KeyedStream::tumbling): `[k·size, (k+1)·size)`.
 //! - [`hopping(size, step)`](crate::stream::KeyedStream::hopping): windows of `size` starting
-//!   every `step`; a record is in `size / step` of them.
+//!   every `step`; a record is in `size / step` of them. With an aggregation whose partial
+//!   states merge in any order (`count`, `sum`, `min`, `max`, `mean`, [`Windows::combine`])
+//!   and [`Emit::Final`], the state is kept per *pane* of `gcd(size, step)`: a record updates
+//!   one pane, and a window is its panes merged when it closes, so a record costs one update
+//!   whatever `size / step` is. The windows and late records are those of keeping every
+//!   window whole (which `reduce`, `fold`, `collect`, `aggregate` and [`Emit::Update`] do);
+//!   float sums and means may differ in their last bits.
 //! - [`sliding(size)`](crate::stream::KeyedStream::sliding): Kafka Streams' sliding windows.
 //!   `SlidingWindows.ofTimeDifferenceAndGrace(d, grace)` is `sliding(d + 1 ms).grace(grace)`
 //!   here: Kafka Streams' window `[start, start + d]` (both ends included) is `[start, start +
