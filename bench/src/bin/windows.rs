@@ -425,9 +425,13 @@ async fn run(args: &Args, kind: Kind) -> rill::Result<serde_json::Value> {
     let emitted = Arc::new(Emitted::default());
     let grace = Duration::from_millis(args.grace_ms);
     let started = Instant::now();
-    let worker = app(args, &dir, vec![agent(kind, grace, args.whole_windows, emitted.clone())])
-        .start()
-        .await?;
+    let worker = app(
+        args,
+        &dir,
+        vec![agent(kind, grace, args.whole_windows, emitted.clone())],
+    )
+    .start()
+    .await?;
     let stats = worker
         .stats("windows")
         .ok_or_else(|| rill::Error::user("no stats"))?;

@@ -202,6 +202,11 @@ pub struct Config {
     /// How long a partition may go without records before it stops holding back its agent's
     /// watermark (`RILL_IDLE_TIMEOUT_MS`; default 10 s). See `window` for the semantics.
     pub idle_timeout: Duration,
+    /// How far ahead, in event time, an agent over several topics reads one of them while
+    /// another is behind (`RILL_READ_AHEAD_MS`, `off` for no limit; default 10 s): a join over
+    /// two backlogs then holds its window and this much, not the backlog read ahead (Kafka
+    /// Streams keeps a task's topics in step alike). See `io/transport/align.rs`.
+    pub read_ahead: Option<Duration>,
     /// The clock idle timeouts and windowed tables' `now()` read (virtual in tests).
     pub clock: crate::base::time::Clock,
     /// Failure policy of agents that do not choose one (`RILL_ON_ERROR`; default
@@ -348,6 +353,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: default_worker_threads(),
             idle_timeout: Duration::from_secs(10),
+            read_ahead: Some(Duration::from_secs(10)),
             repartition_purge_interval: Duration::from_secs(30),
             clock: crate::base::time::Clock::System,
             on_error: crate::base::failure::OnError::DeadLetter,
@@ -390,6 +396,12 @@ impl Config {
             "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
             "RILL_COMMIT_INTERVAL_MS" => self.commit_interval = parse_ms(name, &value, 1)?,
             "RILL_IDLE_TIMEOUT_MS" => self.idle_timeout = parse_ms(name, &value, 1)?,
+            "RILL_READ_AHEAD_MS" => {
+                self.read_ahead = match value.as_str() {
+                    "off" => None,
+                    _ => Some(parse_ms(name, &value, 0)?),
+                };
+            }
             "RILL_ON_ERROR" => self.on_error = parse_on_error(name, &value)?,
             "RILL_MAX_RECORD_BYTES" => self.max_record_bytes = parse_num(name, &value, 1)?,
             "RILL_PROCESSING_GUARANTEE" => {

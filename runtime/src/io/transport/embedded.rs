@@ -1084,6 +1084,7 @@ pub(crate) fn spawn_fetcher(
                 reset,
                 router: &router,
                 stop: &stop,
+                topics: topics.len(),
             }
             .run();
             log.leave(&group, &member);
@@ -1098,6 +1099,8 @@ struct Fetcher<'a> {
     reset: OffsetReset,
     router: &'a Router,
     stop: &'a AtomicBool,
+    /// How many topics the group reads (several: their reads are kept in step).
+    topics: usize,
 }
 
 impl Fetcher<'_> {
@@ -1113,6 +1116,8 @@ impl Fetcher<'_> {
         // The router's bootstrap topics are not all read to their end since the assignment:
         // the other topics wait.
         let mut holding = false;
+        // Partitions read too far ahead of the agent's other topics wait (`align.rs`).
+        let mut aligner = super::align::Aligner::new(self.router.read_ahead, self.topics);
         while !self.stopped() {
             let current = self.log.generation(self.group);
             if current != generation {
@@ -1121,6 +1126,7 @@ impl Fetcher<'_> {
                     positions.clear();
                 }
                 at_end.clear();
+                aligner.reset();
                 holding = !self.router.bootstrap.is_empty();
                 generation = current;
                 match self.await_assignment(generation) {
@@ -1149,6 +1155,9 @@ impl Fetcher<'_> {
                     continue;
                 }
                 let tp = (topic.clone(), *partition);
+                if aligner.is_held(&tp) {
+                    continue;
+                }
                 match self
                     .log
                     .read(topic, *partition, *position, FETCH_PER_PARTITION)
@@ -1156,6 +1165,10 @@ impl Fetcher<'_> {
                     Ok(records) if !records.is_empty() => {
                         if let Some(last) = records.last() {
                             *position = last.offset + 1;
+                            if aligner.enabled() {
+                                let newest = records.iter().filter_map(|r| r.timestamp).max();
+                                aligner.handed(&tp, newest, last.offset);
+                            }
                         }
                         fetched = true;
                         // Fewer than asked for: this read reached the partition's end.
@@ -1189,6 +1202,10 @@ impl Fetcher<'_> {
             {
                 holding = false;
                 continue;
+            }
+            aligner.hold(&at_end);
+            if !aligner.release(&at_end).is_empty() {
+                fetched = true;
             }
             if !fetched {
                 // Also wakes up periodically to see appends made by other processes.

@@ -9,6 +9,7 @@
 //! Assignment changes travel as [`Control`] messages, so an instance finishes and commits its
 //! work on revoked partitions before the fetcher gives them up.
 
+pub(crate) mod align;
 pub(crate) mod channel;
 pub(crate) mod embedded;
 pub(crate) mod kafka;
@@ -89,6 +90,8 @@ pub(crate) struct Router {
     /// are built from, `AgentSpec::table_of`): the fetcher holds back the other topics'
     /// partitions meanwhile, so a table is complete before the records that look it up.
     pub(crate) bootstrap: Vec<Arc<str>>,
+    /// How far ahead in event time one of the agent's topics may be read (`align.rs`).
+    pub(crate) read_ahead: Option<Duration>,
 }
 
 impl Router {
@@ -105,7 +108,14 @@ impl Router {
             revoked_partitions: std::sync::atomic::AtomicU64::new(0),
             rewind: std::sync::atomic::AtomicBool::new(false),
             bootstrap: Vec::new(),
+            read_ahead: None,
         }
+    }
+
+    /// Keeps the agent's topics within `read_ahead` of each other in event time (`align.rs`).
+    pub(crate) fn aligned(mut self, read_ahead: Option<Duration>) -> Self {
+        self.read_ahead = read_ahead;
+        self
     }
 
     /// Reads `topics` to their end before the others after each assignment (see `bootstrap`).

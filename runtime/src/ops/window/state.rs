@@ -1371,10 +1371,7 @@ mod tests {
     }
 
     /// The results and late records of `events` through operators made by `make`.
-    fn run_events(
-        make: impl Fn() -> CountWindows,
-        events: &[Event],
-    ) -> Outcome {
+    fn run_events(make: impl Fn() -> CountWindows, events: &[Event]) -> Outcome {
         let mut op = make();
         let mut stores = HashMap::new();
         let (mut out, mut late) = (Vec::new(), Vec::new());

@@ -89,7 +89,9 @@ impl Worker {
             )
             .await?;
         let router = Arc::new(
-            Router::new(spec.name(), txs, config.shutdown_timeout).bootstrapping(&spec.table_feeds),
+            Router::new(spec.name(), txs, config.shutdown_timeout)
+                .bootstrapping(&spec.table_feeds)
+                .aligned(config.read_ahead),
         );
         let committer = self.start_fetcher(config, &spec, &group, &policy, &router)?;
         self.start_standby(config, &spec, &group, recovery.as_ref(), &router)?;

@@ -23,6 +23,7 @@ use crate::base::config::{OffsetReset, RebalanceProtocol};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
+use crate::io::transport::align::Aligner;
 use crate::io::transport::{Router, Tp};
 
 /// The most records the fetcher hands over in one batch.
@@ -198,18 +199,21 @@ fn poll_loop(
         ends: PartitionEnds::default(),
         last_error: None,
         bootstrap: Bootstrap::default(),
+        aligner: Aligner::new(router.read_ahead, subscribed.len()),
     };
     let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
         if let Some(why) = rebalancer.take_read_again() {
             poller.batch.clear();
             poller.ends.forget();
+            poller.restart_alignment();
             rebalancer.read_again(consumer, why);
         }
         let generation = poller.fill_batch();
         if rebalancer.read_again_pending() {
             // Fetched before the re-read's seek: read again after it.
             poller.batch.clear();
+            poller.restart_alignment();
             continue;
         }
         let caught_up = poller.newly_caught_up(generation);
@@ -217,6 +221,10 @@ fn poll_loop(
             && !router.route_fetched_in(generation, poller.batch.take(), caught_up)
         {
             break;
+        }
+        if router.generation() == generation {
+            // Only after records routed under the current assignment: the heads are theirs.
+            poller.align();
         }
     }
 }
@@ -231,6 +239,8 @@ struct Poller<'a> {
     /// When a consumer error was last logged.
     last_error: Option<std::time::Instant>,
     bootstrap: Bootstrap,
+    /// Keeps the agent's topics in step in event time (`align.rs`).
+    aligner: Aligner,
 }
 
 /// The router's bootstrap topics (tables built from topics) are read to their end after each
@@ -268,6 +278,7 @@ impl Poller<'_> {
                     if self.router.generation() != generation {
                         // This poll ran a rebalance: what came before belongs to the old assignment.
                         self.batch.clear();
+                        self.restart_alignment();
                         generation = self.router.generation();
                     }
                     if !self.hold_back(&m) {
@@ -290,6 +301,7 @@ impl Poller<'_> {
             // Partitions held under the last assignment and kept (a cooperative change) would
             // stay paused: resume them; they are held again if they come too early.
             self.resume_held();
+            self.restart_alignment();
             self.bootstrap = Bootstrap {
                 generation,
                 holding: !self.router.bootstrap.is_empty(),
@@ -348,14 +360,66 @@ impl Poller<'_> {
 
     /// Resumes the partitions held back while the bootstrap topics were read.
     fn resume_held(&mut self) {
+        let held = std::mem::take(&mut self.bootstrap.held);
+        self.resume(
+            held,
+            "resuming partitions held while the tables' topics were read",
+        );
+    }
+
+    /// Pauses the partitions read too far ahead of the others (resuming each at the offset
+    /// after its last record handed out) and resumes those the others caught up with.
+    fn align(&mut self) {
+        if !self.aligner.enabled() {
+            return;
+        }
+        for ((topic, partition), offset) in self.aligner.hold(&self.ends.at_end) {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(error = %e, topic = %topic, partition, "pausing a partition read ahead of the agent's other topics");
+                continue;
+            }
+            let at = rdkafka::Offset::Offset(offset);
+            if let Err(e) = self
+                .consumer
+                .seek(&topic, partition, at, Duration::from_secs(5))
+            {
+                tracing::warn!(error = %e, topic = %topic, partition, "seeking a partition held in step");
+            }
+        }
+        let free = self.aligner.release(&self.ends.at_end);
+        self.resume(
+            free,
+            "resuming a partition held in step with the agent's other topics",
+        );
+    }
+
+    /// A new assignment or a re-read from the committed offsets: alignment starts afresh, and
+    /// the partitions it held (those still assigned) go on.
+    fn restart_alignment(&mut self) {
+        let owned = self.router.current_assignment();
+        let held: Vec<Tp> = self
+            .aligner
+            .reset()
+            .into_iter()
+            .filter(|tp| owned.contains(tp))
+            .collect();
+        self.resume(
+            held,
+            "resuming a partition held in step after an assignment",
+        );
+    }
+
+    fn resume(&self, partitions: Vec<Tp>, what: &str) {
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for (t, p) in self.bootstrap.held.drain(..) {
-            tpl.add_partition(&t, p);
+        for (t, p) in &partitions {
+            tpl.add_partition(t, *p);
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.resume(&tpl)
         {
-            tracing::warn!(error = %e, "resuming partitions held while the tables' topics were read");
+            tracing::warn!(error = %e, "{what}");
         }
     }
 
@@ -371,6 +435,10 @@ impl Poller<'_> {
             headers: headers_of(m),
         };
         self.ends.note_read(&record);
+        if self.aligner.enabled() {
+            let tp = (record.topic.clone(), record.partition);
+            self.aligner.handed(&tp, record.timestamp, record.offset);
+        }
         self.batch.push(record, m.key(), m.payload());
     }
 

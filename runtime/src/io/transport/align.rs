@@ -1,0 +1,167 @@
+//! Event-time alignment of an agent's reads across its topics: a partition is not read further
+//! while the last record handed from it is more than the read-ahead ahead, in event time, of
+//! the slowest partition still being read (Kafka Streams keeps a task's topics in step the same
+//! way, handing out the record with the smallest timestamp among its partitions' heads). A join
+//! over two backlogs then holds about `window + read-ahead` of records, not the backlog one
+//! topic was read ahead of the other.
+//!
+//! The fetchers ask [`Aligner::ahead`] after handing records out: the Kafka fetcher pauses such
+//! a partition (resuming at the offset after its last record handed), the embedded log's skips
+//! it. A partition read to its end, or not yet read since the assignment, holds no one back;
+//! the partition with the smallest head is never held, so reading always goes on.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::Tp;
+
+/// Where each partition stands, and which are held.
+pub(crate) struct Aligner {
+    /// How far ahead (ms of event time) a partition may be read; `None`: no alignment.
+    read_ahead: Option<i64>,
+    /// Per partition: the timestamp and offset of the last record handed out.
+    heads: HashMap<Tp, (i64, i64)>,
+    held: HashSet<Tp>,
+}
+
+impl Aligner {
+    /// Alignment by `read_ahead` for a fetch over `topics` topics: none for one topic (its
+    /// partitions are independent, as Kafka Streams' tasks are) or without a read-ahead.
+    pub(crate) fn new(read_ahead: Option<Duration>, topics: usize) -> Self {
+        let read_ahead = read_ahead
+            .filter(|_| topics > 1)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Aligner {
+            read_ahead,
+            heads: HashMap::new(),
+            held: HashSet::new(),
+        }
+    }
+
+    /// Whether partitions may be held at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.read_ahead.is_some()
+    }
+
+    /// A new assignment: every partition starts afresh; returns the partitions held (the
+    /// Kafka fetcher resumes those it still owns).
+    pub(crate) fn reset(&mut self) -> Vec<Tp> {
+        self.heads.clear();
+        self.held.drain().collect()
+    }
+
+    /// Notes a record of `tp` handed out.
+    pub(crate) fn handed(&mut self, tp: &Tp, timestamp: Option<i64>, offset: i64) {
+        if self.read_ahead.is_none() {
+            return;
+        }
+        let time = timestamp.unwrap_or(i64::MIN);
+        match self.heads.get_mut(tp) {
+            Some(head) => *head = (head.0.max(time), offset),
+            None => {
+                self.heads.insert(tp.clone(), (time, offset));
+            }
+        }
+    }
+
+    /// The smallest head among the partitions other than `tp` that are still being read
+    /// (handed something since the assignment, not at their end).
+    fn floor(&self, tp: &Tp, at_end: &HashSet<Tp>) -> Option<i64> {
+        self.heads
+            .iter()
+            .filter(|(other, _)| *other != tp && !at_end.contains(*other))
+            .map(|(_, (time, _))| *time)
+            .min()
+    }
+
+    fn is_ahead(&self, tp: &Tp, at_end: &HashSet<Tp>) -> bool {
+        let (Some(read_ahead), Some((head, _))) = (self.read_ahead, self.heads.get(tp)) else {
+            return false;
+        };
+        self.floor(tp, at_end)
+            .is_some_and(|floor| *head > floor.saturating_add(read_ahead))
+    }
+
+    /// Partitions to hold from now on, with the offset to resume each at; they are held
+    /// until [`Aligner::release`] lets them go.
+    pub(crate) fn hold(&mut self, at_end: &HashSet<Tp>) -> Vec<(Tp, i64)> {
+        if self.read_ahead.is_none() {
+            return Vec::new();
+        }
+        let ahead: Vec<(Tp, i64)> = self
+            .heads
+            .iter()
+            .filter(|(tp, _)| !self.held.contains(*tp) && self.is_ahead(tp, at_end))
+            .map(|(tp, (_, offset))| (tp.clone(), offset + 1))
+            .collect();
+        self.held.extend(ahead.iter().map(|(tp, _)| tp.clone()));
+        ahead
+    }
+
+    /// Held partitions the others have caught up with (or that none holds back any more).
+    pub(crate) fn release(&mut self, at_end: &HashSet<Tp>) -> Vec<Tp> {
+        let free: Vec<Tp> = self
+            .held
+            .iter()
+            .filter(|tp| !self.is_ahead(tp, at_end))
+            .cloned()
+            .collect();
+        for tp in &free {
+            self.held.remove(tp);
+        }
+        free
+    }
+
+    /// Whether `tp` is held now.
+    pub(crate) fn is_held(&self, tp: &Tp) -> bool {
+        self.held.contains(tp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(topic: &str, p: i32) -> Tp {
+        (std::sync::Arc::from(topic), p)
+    }
+
+    #[test]
+    fn a_topic_read_ahead_is_held_until_the_other_catches_up() {
+        let mut a = Aligner::new(Some(Duration::from_millis(100)), 2);
+        let (views, clicks) = (tp("views", 0), tp("clicks", 0));
+        let none = HashSet::new();
+        a.handed(&views, Some(1_000), 9);
+        assert!(
+            a.hold(&none).is_empty(),
+            "views alone: nothing to be ahead of"
+        );
+        a.handed(&clicks, Some(50), 3);
+        assert_eq!(a.hold(&none), vec![(views.clone(), 10)]);
+        assert!(a.is_held(&views));
+        a.handed(&clicks, Some(850), 4);
+        assert!(a.release(&none).is_empty(), "still 150 ms ahead");
+        a.handed(&clicks, Some(900), 5);
+        assert_eq!(a.release(&none), vec![views.clone()]);
+        // Clicks at their end hold no one back.
+        a.handed(&views, Some(5_000), 20);
+        let ended: HashSet<Tp> = [clicks.clone()].into();
+        assert!(a.hold(&ended).is_empty());
+    }
+
+    #[test]
+    fn the_slowest_partition_is_never_held_and_one_topic_is_not_aligned() {
+        let mut a = Aligner::new(Some(Duration::ZERO), 2);
+        let none = HashSet::new();
+        for (i, t) in [500, 100, 300].into_iter().enumerate() {
+            a.handed(&tp("t", i as i32), Some(t), 0);
+        }
+        let held: HashSet<Tp> = a.hold(&none).into_iter().map(|(tp, _)| tp).collect();
+        assert_eq!(held, [tp("t", 0), tp("t", 2)].into());
+        assert!(!a.is_held(&tp("t", 1)));
+        let mut single = Aligner::new(Some(Duration::ZERO), 1);
+        single.handed(&tp("t", 0), Some(500), 0);
+        single.handed(&tp("t", 1), Some(100), 0);
+        assert!(!single.enabled() && single.hold(&none).is_empty());
+    }
+}
