@@ -5,15 +5,22 @@
 //! over two backlogs then holds about `window + read-ahead` of records, not the backlog one
 //! topic was read ahead of the other.
 //!
-//! The fetchers ask [`Aligner::ahead`] after handing records out: the Kafka fetcher pauses such
+//! The fetchers ask [`Aligner::hold`] after handing records out: the Kafka fetcher pauses such
 //! a partition (resuming at the offset after its last record handed), the embedded log's skips
-//! it. A partition read to its end, or not yet read since the assignment, holds no one back;
-//! the partition with the smallest head is never held, so reading always goes on.
+//! it. A partition read to its end holds no one back. One not read yet since the assignment
+//! holds every other back until its first records come (Kafka may deliver a whole topic before
+//! the first fetch of the other), for at most [`FIRST_RECORD_WAIT`] (Kafka Streams'
+//! `max.task.idle.ms`). Otherwise the partition with the smallest head is never held, so
+//! reading always goes on.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Tp;
+
+/// How long after an assignment a partition that has not delivered a record yet holds the
+/// others back.
+pub(crate) const FIRST_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 /// Where each partition stands, and which are held.
 pub(crate) struct Aligner {
@@ -22,6 +29,9 @@ pub(crate) struct Aligner {
     /// Per partition: the timestamp and offset of the last record handed out.
     heads: HashMap<Tp, (i64, i64)>,
     held: HashSet<Tp>,
+    /// The partitions of the assignment, and when it came.
+    assigned: Vec<Tp>,
+    since: Option<Instant>,
 }
 
 impl Aligner {
@@ -35,6 +45,8 @@ impl Aligner {
             read_ahead,
             heads: HashMap::new(),
             held: HashSet::new(),
+            assigned: Vec::new(),
+            since: None,
         }
     }
 
@@ -43,10 +55,12 @@ impl Aligner {
         self.read_ahead.is_some()
     }
 
-    /// A new assignment: every partition starts afresh; returns the partitions held (the
-    /// Kafka fetcher resumes those it still owns).
-    pub(crate) fn reset(&mut self) -> Vec<Tp> {
+    /// A new assignment (`assigned`) or a re-read: every partition starts afresh; returns the
+    /// partitions held (the Kafka fetcher resumes those it still owns).
+    pub(crate) fn reset(&mut self, assigned: &[Tp]) -> Vec<Tp> {
         self.heads.clear();
+        self.assigned = assigned.to_vec();
+        self.since = Some(Instant::now());
         self.held.drain().collect()
     }
 
@@ -64,9 +78,16 @@ impl Aligner {
         }
     }
 
-    /// The smallest head among the partitions other than `tp` that are still being read
-    /// (handed something since the assignment, not at their end).
+    /// The smallest head among the partitions other than `tp` that are still being read (not
+    /// at their end); `i64::MIN` while one of them has not delivered its first record.
     fn floor(&self, tp: &Tp, at_end: &HashSet<Tp>) -> Option<i64> {
+        let first_records_due = self.since.is_some_and(|t| t.elapsed() < FIRST_RECORD_WAIT)
+            && self.assigned.iter().any(|other| {
+                other != tp && !at_end.contains(other) && !self.heads.contains_key(other)
+            });
+        if first_records_due {
+            return Some(i64::MIN);
+        }
         self.heads
             .iter()
             .filter(|(other, _)| *other != tp && !at_end.contains(*other))
@@ -131,14 +152,13 @@ mod tests {
         let mut a = Aligner::new(Some(Duration::from_millis(100)), 2);
         let (views, clicks) = (tp("views", 0), tp("clicks", 0));
         let none = HashSet::new();
+        a.reset(&[views.clone(), clicks.clone()]);
         a.handed(&views, Some(1_000), 9);
-        assert!(
-            a.hold(&none).is_empty(),
-            "views alone: nothing to be ahead of"
-        );
-        a.handed(&clicks, Some(50), 3);
+        // Clicks have not delivered their first record: views wait for them.
         assert_eq!(a.hold(&none), vec![(views.clone(), 10)]);
         assert!(a.is_held(&views));
+        a.handed(&clicks, Some(50), 3);
+        assert!(a.release(&none).is_empty(), "views are 950 ms ahead");
         a.handed(&clicks, Some(850), 4);
         assert!(a.release(&none).is_empty(), "still 150 ms ahead");
         a.handed(&clicks, Some(900), 5);
@@ -153,6 +173,7 @@ mod tests {
     fn the_slowest_partition_is_never_held_and_one_topic_is_not_aligned() {
         let mut a = Aligner::new(Some(Duration::ZERO), 2);
         let none = HashSet::new();
+        a.reset(&[tp("t", 0), tp("t", 1), tp("t", 2)]);
         for (i, t) in [500, 100, 300].into_iter().enumerate() {
             a.handed(&tp("t", i as i32), Some(t), 0);
         }

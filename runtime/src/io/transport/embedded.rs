@@ -1126,13 +1126,13 @@ impl Fetcher<'_> {
                     positions.clear();
                 }
                 at_end.clear();
-                aligner.reset();
                 holding = !self.router.bootstrap.is_empty();
                 generation = current;
                 match self.await_assignment(generation) {
                     Some(tps) => match self.starting_positions(&tps) {
                         Ok(p) => {
                             positions = p;
+                            aligner.reset(&tps);
                             if let Err(e) = self.router.assigned(tps) {
                                 tracing::error!(error = %e, group = self.group, "assignment failed; stopping the agent");
                                 return;

@@ -401,7 +401,7 @@ impl Poller<'_> {
         let owned = self.router.current_assignment();
         let held: Vec<Tp> = self
             .aligner
-            .reset()
+            .reset(&owned)
             .into_iter()
             .filter(|tp| owned.contains(tp))
             .collect();
