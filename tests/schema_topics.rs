@@ -929,6 +929,71 @@ async fn on_the_broker_avro_round_trips_and_a_poison_frame_is_dead_lettered() ->
     worker.shutdown().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_broker_a_registry_outage_holds_newer_records_until_they_resolve() -> rill::Result<()>
+{
+    let (Some(url), Some(bootstrap)) = (registry_url(), common::kafka_bootstrap()) else {
+        return Ok(());
+    };
+    let relay = Relay::to(&url);
+    let run = common::run_id();
+    let (input, output) = (format!("srk_out_in_{run}"), format!("srk_out_out_{run}"));
+    let app_id = format!("srk_outage_{run}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = common::kafka_app(&app_id, &bootstrap, dir.path())
+        .schema_registry(relay.url())
+        .agents([visits(&input, &output)])
+        .start()
+        .await?;
+    common::wait_ready(&worker, Duration::from_secs(60)).await;
+    // Records of a newer version of the schema (a field more), met while the registry is
+    // away: each waits for its writer schema, then resolves into `View`.
+    let registry = SchemaRegistry::new(&url)?;
+    let plus = view_plus_schema();
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let view = ViewPlus {
+            user: format!("u{i}"),
+            url: "/later".into(),
+            at: i,
+            referrer: "ad".into(),
+        };
+        let bytes = framed(&registry, &format!("{input}-value"), &plus, &view).await?;
+        records.push((Some(view.user.clone()), bytes));
+    }
+    relay.set_up(false);
+    tokio::task::block_in_place(|| {
+        common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
+    });
+    let read = |topic: &str, wait: Duration| {
+        common::read_topic(&bootstrap, topic, wait, Duration::from_secs(1), |got| {
+            got.len() >= 5
+        })
+    };
+    assert!(
+        read(&output, Duration::from_secs(4)).is_empty(),
+        "held while the registry is away"
+    );
+    relay.set_up(true);
+    let out = read(&output, Duration::from_secs(60));
+    assert_eq!(
+        out.len(),
+        5,
+        "each record once, none lost (or dead-lettered)"
+    );
+    let mut users = Vec::new();
+    for record in &out {
+        let hex = hex_encode(record.value.as_deref().expect("a value"));
+        let read: serde_json::Value =
+            serde_json::from_str(&crosscheck(&url, &["decode", &output, &hex])).expect("json");
+        assert_eq!(read["value"]["url"], "/later", "{read}");
+        users.push(read["value"]["user"].as_str().expect("user").to_owned());
+    }
+    users.sort();
+    assert_eq!(users, ["u0", "u1", "u2", "u3", "u4"]);
+    worker.shutdown().await
+}
+
 #[test]
 fn the_avro_pageviews_example_counts_avro_views_and_prints_its_schemas() {
     let Some(url) = registry_url() else {
