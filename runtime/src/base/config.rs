@@ -203,7 +203,7 @@ pub struct Config {
     /// watermark (`RILL_IDLE_TIMEOUT_MS`; default 10 s). See `window` for the semantics.
     pub idle_timeout: Duration,
     /// How far ahead, in event time, an agent over several topics reads one of them while
-    /// another is behind (`RILL_READ_AHEAD_MS`, `off` for no limit; default 10 s): a join over
+    /// another is behind (`RILL_READ_AHEAD_MS`, `off` for no limit; default 30 s): a join over
     /// two backlogs then holds its window and this much, not the backlog read ahead (Kafka
     /// Streams keeps a task's topics in step alike). See `io/transport/align.rs`.
     pub read_ahead: Option<Duration>,
@@ -353,7 +353,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: default_worker_threads(),
             idle_timeout: Duration::from_secs(10),
-            read_ahead: Some(Duration::from_secs(10)),
+            read_ahead: Some(Duration::from_secs(30)),
             repartition_purge_interval: Duration::from_secs(30),
             clock: crate::base::time::Clock::System,
             on_error: crate::base::failure::OnError::DeadLetter,
