@@ -783,6 +783,25 @@ fn view_plus_schema() -> String {
     schema.to_string()
 }
 
+/// Five views of users `u0`..`u4` on `/later`, framed with a newer version of `View`'s schema
+/// (a field more), registered under `input`'s subject: `(key, framed value)`.
+async fn later_views(url: &str, input: &str) -> rill::Result<Vec<(Option<String>, Vec<u8>)>> {
+    let registry = SchemaRegistry::new(url)?;
+    let (subject, plus) = (format!("{input}-value"), view_plus_schema());
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let view = ViewPlus {
+            user: format!("u{i}"),
+            url: "/later".into(),
+            at: i,
+            referrer: "ad".into(),
+        };
+        let bytes = framed(&registry, &subject, &plus, &view).await?;
+        records.push((Some(view.user), bytes));
+    }
+    Ok(records)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_outage_mid_stream_holds_records_and_loses_none() -> rill::Result<()> {
     let Some(url) = registry_url() else {
@@ -794,19 +813,10 @@ async fn a_registry_outage_mid_stream_holds_records_and_loses_none() -> rill::Re
     let app_id = format!("sr_outage_{run}");
     let (app, _dir) = start(relay.url(), &app_id, visits(&input, &output)).await?;
     // Records of a schema version the worker has not met: each needs the registry once.
-    let registry = SchemaRegistry::new(&url)?;
-    let subject = format!("{input}-value");
-    let plus = view_plus_schema();
+    let views = later_views(&url, &input).await?;
     relay.set_up(false);
-    for i in 0..5 {
-        let view = ViewPlus {
-            user: format!("u{i}"),
-            url: "/later".into(),
-            at: i,
-            referrer: "ad".into(),
-        };
-        let bytes = framed(&registry, &subject, &plus, &view).await?;
-        app.send_bytes(&input, Some(view.user.as_bytes()), &bytes)
+    for (user, bytes) in &views {
+        app.send_bytes(&input, user.as_deref().map(str::as_bytes), bytes)
             .await?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -948,19 +958,7 @@ async fn on_the_broker_a_registry_outage_holds_newer_records_until_they_resolve(
     common::wait_ready(&worker, Duration::from_secs(60)).await;
     // Records of a newer version of the schema (a field more), met while the registry is
     // away: each waits for its writer schema, then resolves into `View`.
-    let registry = SchemaRegistry::new(&url)?;
-    let plus = view_plus_schema();
-    let mut records = Vec::new();
-    for i in 0..5 {
-        let view = ViewPlus {
-            user: format!("u{i}"),
-            url: "/later".into(),
-            at: i,
-            referrer: "ad".into(),
-        };
-        let bytes = framed(&registry, &format!("{input}-value"), &plus, &view).await?;
-        records.push((Some(view.user.clone()), bytes));
-    }
+    let records = later_views(&url, &input).await?;
     relay.set_up(false);
     tokio::task::block_in_place(|| {
         common::kafka::produce_bytes(&common::producer(&bootstrap), &input, &records);
