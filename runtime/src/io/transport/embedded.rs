@@ -1201,11 +1201,16 @@ impl Fetcher<'_> {
                     .all(|(tp, _)| at_end.contains(tp))
             {
                 holding = false;
+                // The other topics start now: alignment waits for their first records.
+                let tps: Vec<Tp> = positions.iter().map(|(tp, _)| tp.clone()).collect();
+                aligner.reset(&tps);
                 continue;
             }
-            aligner.hold(&at_end);
-            if !aligner.release(&at_end).is_empty() {
-                fetched = true;
+            if !holding {
+                aligner.hold(&at_end);
+                if !aligner.release(&at_end).is_empty() {
+                    fetched = true;
+                }
             }
             if !fetched {
                 // Also wakes up periodically to see appends made by other processes.

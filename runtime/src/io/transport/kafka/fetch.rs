@@ -356,6 +356,8 @@ impl Poller<'_> {
         }
         self.bootstrap.holding = false;
         self.resume_held();
+        // The other topics start now: alignment waits for their first records from here.
+        self.restart_alignment();
     }
 
     /// Resumes the partitions held back while the bootstrap topics were read.
@@ -370,7 +372,8 @@ impl Poller<'_> {
     /// Pauses the partitions read too far ahead of the others (resuming each at the offset
     /// after its last record handed out) and resumes those the others caught up with.
     fn align(&mut self) {
-        if !self.aligner.enabled() {
+        // While the tables' topics are read first, the others wait anyway.
+        if !self.aligner.enabled() || self.bootstrap.holding {
             return;
         }
         for ((topic, partition), offset) in self.aligner.hold(&self.ends.at_end) {
