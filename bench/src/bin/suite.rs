@@ -18,7 +18,8 @@
 //! the others unsupported.
 //!
 //! Latency (`--no-latency` skips it): after the throughput runs, each scenario and
-//! system with a median throughput gets a latency run at half that median (the contract's
+//! system with a median throughput gets a latency run at half that median (`--latency-load`
+//! chooses another fraction; the contract's
 //! "Latency runs"). The suite deletes the input topics' records (`DeleteRecords` up to the
 //! high watermark), starts the program with `--events` = the views the run will produce, waits
 //! (`--latency-ready-timeout`) until it consumes (a group of its prefix `Stable` with members;
@@ -117,6 +118,10 @@ struct Args {
     /// Skip the latency runs.
     #[arg(long)]
     no_latency: bool,
+    /// The offered load of the latency runs, as a fraction of the median throughput (the
+    /// contract's runs: 0.5; the second performance round reports 0.25, 0.5 and 0.75).
+    #[arg(long, default_value_t = 0.5)]
+    latency_load: f64,
 }
 
 #[derive(Subcommand)]
@@ -1061,7 +1066,7 @@ fn driver(args: &Args) -> Result<(), String> {
             .collect();
         let total = timed.len();
         for (done, ((scenario, system), m)) in timed.into_iter().enumerate() {
-            let rate = m.events_per_s / 2.0;
+            let rate = m.events_per_s * args.latency_load;
             let prefix = format!("suite-{stamp}-{scenario}-{system}-latency");
             eprintln!(
                 "[latency {}/{total}] {scenario} on {system} at {rate:.0} views/s",
@@ -1322,6 +1327,15 @@ fn ms(v: Option<f64>) -> String {
 }
 
 /// What the Markdown says about the latency columns.
+/// `0.5` as "half", other fractions as a percentage.
+fn load_text(load: f64) -> String {
+    if (load - 0.5).abs() < f64::EPSILON {
+        "half".to_owned()
+    } else {
+        format!("{:.0} %", load * 100.0)
+    }
+}
+
 fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -> String {
     let mut notes = String::new();
     if latencies.is_empty() {
@@ -1330,7 +1344,7 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
     if args.embedded {
         notes.push_str(&format!(
             "\np50/p99 (rill only: the hand-written heed loop reads a preloaded log): processing \
-             latency at an offered load of half rill's median throughput. The embedded log lives \
+             latency at an offered load of {} of rill's median throughput. The embedded log lives \
              in the worker's process, so the run's own process produces the load as the Kafka \
              runs do (views at that rate with the wall-clock time as event time, for `join` a \
              click for every second view 2 s later; {} s of warm-up then {} s measured) and a \
@@ -1339,11 +1353,13 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
              whose count the changelog record carries; otherwise the output's message \
              timestamp); `tumbling-count`: window-close delays, receive time minus the end of \
              the output's window.\n",
-            args.latency_warmup, args.latency_seconds
+            load_text(args.latency_load),
+            args.latency_warmup,
+            args.latency_seconds
         ));
     } else {
         notes.push_str(&format!(
-            "\np50/p99: processing latency at an offered load of half the system's median \
+            "\np50/p99: processing latency at an offered load of {} of the system's median \
          throughput: the suite produces views (and, for `join`, a click for every second \
          view 2 s later) at that rate with the wall-clock time as event time, {} s of warm-up \
          then {} s measured, and reads the output (`read_committed`) as it comes: latency = \
@@ -1353,7 +1369,9 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          delays, receive time minus the end of the output's window (the run is placed so that \
          a minute boundary falls in the measured period). `-`: no output in the measured \
          period.\n",
-            args.latency_warmup, args.latency_seconds
+            load_text(args.latency_load),
+            args.latency_warmup,
+            args.latency_seconds
         ));
     }
     notes.push_str(
