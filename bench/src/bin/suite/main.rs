@@ -69,6 +69,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
 
+mod scale;
+
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]
@@ -128,6 +130,8 @@ struct Args {
 enum Child {
     /// Runs one scenario on rill (the contract's command line).
     Child(ChildArgs),
+    /// Scale-out: keyed and tumbling count with 1, 2 and 4 worker processes (`scale`).
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Parser, Clone)]
@@ -162,6 +166,12 @@ struct ChildArgs {
     /// Embedded latency runs: measured seconds.
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
+    /// Scale-out worker: run until stdin closes, printing progress lines (`scale::worker`).
+    #[arg(long)]
+    progress: bool,
+    /// Kafka's `session.timeout.ms` for this worker's consumers (scale-out kill runs).
+    #[arg(long)]
+    session_timeout_ms: Option<u64>,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -275,6 +285,7 @@ fn agent(args: &ChildArgs) -> AgentSpec {
                     let mut views = ctx.stream::<PageView>()?;
                     let counts: Table<String, u64> = ctx.table("bench_counts")?;
                     while let Some(v) = views.next().await {
+                        scale::note_lag(v.view_time);
                         counts.update(v.url, |n| n + 1)?;
                     }
                     Ok(())
@@ -284,7 +295,13 @@ fn agent(args: &ChildArgs) -> AgentSpec {
             .source(views)
             .sink(TopicSpec::of::<UrlCount>(&out_topic, "bench/suite"))
             .run(|mut ctx| async move {
-                let views = ctx.stream::<PageView>()?;
+                let mut views = ctx.stream::<PageView>()?;
+                if scale::noting() {
+                    views = views.filter(|v| {
+                        scale::note_lag(v.view_time);
+                        true
+                    });
+                }
                 let out = ctx.sink::<UrlCount>()?;
                 // The topic is keyed by URL: window in place, as Kafka Streams' `groupByKey`.
                 let mut windows = views
@@ -390,6 +407,12 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
     }
     if let (Some(_), Some(rate)) = (&args.embedded, args.rate) {
         return embedded_latency(&args, app, rate).await;
+    }
+    if let Some(ms) = args.session_timeout_ms {
+        app = app.kafka_property("session.timeout.ms", &ms.to_string());
+    }
+    if args.progress {
+        return scale::worker(app, &args).await;
     }
     if let Some(dir) = &args.embedded {
         // The embedded log's data is this process's to write (not timed).
@@ -978,22 +1001,7 @@ fn driver(args: &Args) -> Result<(), String> {
         // Children read the topics from the beginning: only this suite's data may be there
         // (an earlier suite's, or its latency runs' real-time records, would come first).
         truncate_inputs(broker.trim_start_matches("kafka://"))?;
-        eprintln!("writing {} views (and clicks) to {broker}", args.events);
-        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let loader = App::new("bench-data")
-                .broker(broker)
-                .partitions(args.partitions)
-                .data_dir(work.path().join("loader"))
-                .configure(|c| c.web_port = None)
-                .topic(&Topic::<String, PageView>::new(VIEWS))
-                .topic(&Topic::<String, ClickEvent>::new(CLICKS))
-                .start()
-                .await?;
-            produce(&loader.producer(), args.events, args.keys, true).await?;
-            loader.shutdown().await
-        })
-        .map_err(|e| e.to_string())?;
+        load_data(broker, args.events, args.keys, args.partitions, work.path())?;
     }
     let mut runs: Vec<Run> = Vec::new();
     let never = AtomicBool::new(false);
@@ -1097,6 +1105,32 @@ fn driver(args: &Args) -> Result<(), String> {
         }
     }
     report(args, &scenarios, &systems, &runs, &medians, &latencies)
+}
+
+/// Writes the contract's data (views and clicks) to the broker's input topics, through rill.
+fn load_data(
+    broker: &str,
+    events: u64,
+    keys: u64,
+    partitions: i32,
+    work: &Path,
+) -> Result<(), String> {
+    eprintln!("writing {events} views (and clicks) to {broker}");
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let loader = App::new("bench-data")
+            .broker(broker)
+            .partitions(partitions)
+            .data_dir(work.join("loader"))
+            .configure(|c| c.web_port = None)
+            .topic(&Topic::<String, PageView>::new(VIEWS))
+            .topic(&Topic::<String, ClickEvent>::new(CLICKS))
+            .start()
+            .await?;
+        produce(&loader.producer(), events, keys, true).await?;
+        loader.shutdown().await
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Median of every measure per scenario and system (those with runs).
@@ -2078,13 +2112,16 @@ fn main() -> Result<(), String> {
         .with_env_filter("warn")
         .with_writer(std::io::stderr)
         .try_init();
-    if let Some(Child::Child(child_args)) = args.child {
-        // The runtime `App::main` gives a worker (`RILL_WORKER_THREADS` threads, default half
-        // the cores).
-        let mut config = rill::Config::new(&child_args.prefix);
-        config.apply_env().map_err(|e| e.to_string())?;
-        let rt = config.runtime().map_err(|e| e.to_string())?;
-        return rt.block_on(child(child_args)).map_err(|e| e.to_string());
+    match args.child {
+        Some(Child::Child(child_args)) => {
+            // The runtime `App::main` gives a worker (`RILL_WORKER_THREADS` threads, default
+            // half the cores).
+            let mut config = rill::Config::new(&child_args.prefix);
+            config.apply_env().map_err(|e| e.to_string())?;
+            let rt = config.runtime().map_err(|e| e.to_string())?;
+            rt.block_on(child(child_args)).map_err(|e| e.to_string())
+        }
+        Some(Child::Scale(scale_args)) => scale::driver(&scale_args),
+        None => driver(&args),
     }
-    driver(&args)
 }
