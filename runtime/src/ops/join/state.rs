@@ -20,7 +20,7 @@
 //! - `C` → the partition's clock: largest event time seen, the watermark it was expired at,
 //!   the `group_by` pumps' watermarks, the offsets last applied per side, the next sequence.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -195,8 +195,9 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
 struct JoinPartition<A, B> {
     left: Buffer<A>,
     right: Buffer<B>,
-    /// Buffered records by (expiry time, side, key, time, seq).
-    expiring: BTreeSet<(i64, u8, Vec<u8>, i64, u64)>,
+    /// Buffered records by (expiry time, seq): their side, key and time.
+    /// (A record's sequence number is unique in its partition, so no key is compared.)
+    expiring: BTreeMap<(i64, u64), (u8, Vec<u8>, i64)>,
     max_seen: i64,
     /// Largest event time and clock time of the last record, per side.
     side_max: [i64; 2],
@@ -230,7 +231,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
         JoinPartition {
             left: Buffer::new(LEFT),
             right: Buffer::new(RIGHT),
-            expiring: BTreeSet::new(),
+            expiring: BTreeMap::new(),
             max_seen: i64::MIN,
             side_max: [i64::MIN; 2],
             side_arrival: [now; 2],
@@ -362,7 +363,7 @@ where
             }
             part.seq = part.seq.max(seq + 1);
             part.expiring
-                .insert((self.bounds.expires(time), side, key.to_vec(), time, seq));
+                .insert((self.bounds.expires(time), seq), (side, key.to_vec(), time));
         }
         self.parts.insert(partition, part);
         Ok(())
@@ -490,7 +491,7 @@ where
         };
         part.dirty.insert((tag, key.clone(), time, seq));
         part.expiring
-            .insert((bounds.expires(time), tag, key, time, seq));
+            .insert((bounds.expires(time), seq), (tag, key, time));
         part.seq += 1;
         part.clock_dirty = true;
         false
@@ -529,11 +530,11 @@ where
                 part.floor = wm;
                 part.clock_dirty = true;
             }
-            while let Some(first) = part.expiring.first() {
-                if first.0 >= wm {
+            while let Some((&(expires, _), _)) = part.expiring.first_key_value() {
+                if expires >= wm {
                     break;
                 }
-                let Some((_, side, key, time, seq)) = part.expiring.pop_first() else {
+                let Some(((_, seq), (side, key, time))) = part.expiring.pop_first() else {
                     break;
                 };
                 // An unmatched record of an outer side is emitted alone.
