@@ -28,6 +28,10 @@ pub(crate) struct Aligner {
     read_ahead: Option<i64>,
     /// Per partition: the timestamp and offset of the last record handed out.
     heads: HashMap<Tp, (i64, i64)>,
+    /// The run of records of one partition being handed out (a fetch hands out runs of one
+    /// partition): its largest timestamp and last offset, added to `heads` when the run ends
+    /// or heads are read, so that a record costs no map lookup.
+    run: Option<(Tp, i64, i64)>,
     held: HashSet<Tp>,
     /// The partitions of the assignment, and when it came.
     assigned: Vec<Tp>,
@@ -44,6 +48,7 @@ impl Aligner {
         Aligner {
             read_ahead,
             heads: HashMap::new(),
+            run: None,
             held: HashSet::new(),
             assigned: Vec::new(),
             since: None,
@@ -59,6 +64,7 @@ impl Aligner {
     /// partitions held (the Kafka fetcher resumes those it still owns).
     pub(crate) fn reset(&mut self, assigned: &[Tp]) -> Vec<Tp> {
         self.heads.clear();
+        self.run = None;
         self.assigned = assigned.to_vec();
         self.since = Some(Instant::now());
         self.held.drain().collect()
@@ -70,10 +76,28 @@ impl Aligner {
             return;
         }
         let time = timestamp.unwrap_or(i64::MIN);
-        match self.heads.get_mut(tp) {
-            Some(head) => *head = (head.0.max(time), offset),
-            None => {
-                self.heads.insert(tp.clone(), (time, offset));
+        match &mut self.run {
+            Some((run, newest, last))
+                if run.1 == tp.1 && (std::sync::Arc::ptr_eq(&run.0, &tp.0) || run.0 == tp.0) =>
+            {
+                *newest = (*newest).max(time);
+                *last = offset;
+            }
+            _ => {
+                self.end_run();
+                self.run = Some((tp.clone(), time, offset));
+            }
+        }
+    }
+
+    /// Adds the current run to the heads.
+    fn end_run(&mut self) {
+        if let Some((tp, time, offset)) = self.run.take() {
+            match self.heads.get_mut(&tp) {
+                Some(head) => *head = (head.0.max(time), offset),
+                None => {
+                    self.heads.insert(tp, (time, offset));
+                }
             }
         }
     }
@@ -109,6 +133,7 @@ impl Aligner {
         if self.read_ahead.is_none() {
             return Vec::new();
         }
+        self.end_run();
         let ahead: Vec<(Tp, i64)> = self
             .heads
             .iter()
@@ -121,6 +146,7 @@ impl Aligner {
 
     /// Held partitions the others have caught up with (or that none holds back any more).
     pub(crate) fn release(&mut self, at_end: &HashSet<Tp>) -> Vec<Tp> {
+        self.end_run();
         let free: Vec<Tp> = self
             .held
             .iter()
