@@ -157,6 +157,15 @@ pub trait KeyBytes {
     fn key_cow(&self) -> Cow<'_, [u8]> {
         Cow::Owned(self.key_bytes())
     }
+
+    /// The key's wire bytes, taking the key: no copy when it holds them as they are (a
+    /// join buffers the bytes of every record's key).
+    fn into_key_bytes(self) -> Vec<u8>
+    where
+        Self: Sized,
+    {
+        self.key_bytes()
+    }
 }
 
 impl KeyBytes for String {
@@ -165,6 +174,9 @@ impl KeyBytes for String {
     }
     fn key_cow(&self) -> Cow<'_, [u8]> {
         Cow::Borrowed(self.as_bytes())
+    }
+    fn into_key_bytes(self) -> Vec<u8> {
+        self.into_bytes()
     }
 }
 impl KeyBytes for str {
@@ -181,6 +193,9 @@ impl KeyBytes for Vec<u8> {
     }
     fn key_cow(&self) -> Cow<'_, [u8]> {
         Cow::Borrowed(self)
+    }
+    fn into_key_bytes(self) -> Vec<u8> {
+        self
     }
 }
 impl<T: KeyBytes + ?Sized> KeyBytes for &T {
@@ -320,6 +335,10 @@ mod tests {
         assert_eq!(42i32.key_bytes(), vec![0, 0, 0, 42]);
         assert_eq!(1i64.key_bytes(), vec![0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!("ab".key_bytes(), b"ab".to_vec());
+        // Taking the key gives the same bytes.
+        assert_eq!(42i32.into_key_bytes(), 42i32.key_bytes());
+        assert_eq!("ab".to_owned().into_key_bytes(), b"ab".to_vec());
+        assert_eq!(vec![1u8, 2].into_key_bytes(), vec![1u8, 2]);
     }
 
     #[test]

@@ -497,11 +497,11 @@ where
         Box::new(move |raw: &RawRecord| {
             let (side, key) = match step(raw)? {
                 Either::Left(a) => {
-                    let k = key(&a).key_bytes();
+                    let k = key(&a).into_key_bytes();
                     (Side::Left(a), k)
                 }
                 Either::Right(b) => {
-                    let k = other_key(&b).key_bytes();
+                    let k = other_key(&b).into_key_bytes();
                     (Side::Right(b), k)
                 }
             };
