@@ -81,9 +81,6 @@ struct BufferedRecord<T> {
     stored: bool,
 }
 
-/// A buffered record's identity: (side, join key, time, seq).
-type Id = (u8, Vec<u8>, i64, u64);
-
 /// One key's buffered records of one side, sorted by (time, seq). A key holds few records at a
 /// time (those of one join window) and they mostly come in time order, so a sorted vector
 /// (one small block, appended to) beats a B-tree (a node of eleven slots per key).
@@ -94,7 +91,6 @@ type Hasher = foldhash::fast::RandomState;
 
 /// One side's buffered records, by join key.
 struct Buffer<T> {
-    side: u8,
     keys: HashMap<Vec<u8>, KeyRecords<T>, Hasher>,
 }
 
@@ -104,9 +100,8 @@ fn position<T>(entries: &KeyRecords<T>, at: (i64, u64)) -> Result<usize, usize> 
 }
 
 impl<T: Serialize + DeserializeOwned> Buffer<T> {
-    fn new(side: u8) -> Self {
+    fn new() -> Self {
         Buffer {
-            side,
             keys: HashMap::default(),
         }
     }
@@ -159,7 +154,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
         key: &[u8],
         lo: i64,
         hi: i64,
-        dirty: &mut HashSet<Id, Hasher>,
+        dirty: &mut HashSet<(i64, u64), Hasher>,
         mut f: impl FnMut(&T),
     ) -> bool {
         let Some(entries) = self.keys.get_mut(key) else {
@@ -173,7 +168,7 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
             f(&e.value);
             if !e.matched {
                 e.matched = true;
-                dirty.insert((self.side, key.to_vec(), t, s));
+                dirty.insert((t, s));
             }
         }
         met
@@ -209,7 +204,11 @@ struct JoinPartition<A, B> {
     applied: [i64; 2],
     seq: u64,
     /// Entries changed since the last commit.
-    dirty: HashSet<Id, Hasher>,
+    /// Records to write (new, or newly matched) by (time, seq): `expiring` has the rest of
+    /// their identity.
+    dirty: HashSet<(i64, u64), Hasher>,
+    /// Stored keys of written records that expired since the last commit.
+    deletes: Vec<Vec<u8>>,
     clock_dirty: bool,
 }
 
@@ -229,8 +228,8 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
 
     fn new(now: i64) -> Self {
         JoinPartition {
-            left: Buffer::new(LEFT),
-            right: Buffer::new(RIGHT),
+            left: Buffer::new(),
+            right: Buffer::new(),
             expiring: BTreeMap::new(),
             max_seen: i64::MIN,
             side_max: [i64::MIN; 2],
@@ -241,6 +240,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             applied: [i64::MIN; 2],
             seq: 0,
             dirty: HashSet::default(),
+            deletes: Vec::new(),
             clock_dirty: false,
         }
     }
@@ -373,7 +373,7 @@ where
     pub(crate) fn dirty(&self) -> bool {
         self.parts
             .values()
-            .any(|p| p.clock_dirty || !p.dirty.is_empty())
+            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.deletes.is_empty())
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -383,17 +383,21 @@ where
             message: format!("cannot encode join state: {e}"),
         };
         let mut out = Vec::new();
+        let bounds = self.bounds;
         for (&partition, part) in &mut self.parts {
-            for (side, key, time, seq) in part.dirty.drain() {
-                let stored = entry_key(side, &key, time, seq);
-                let value = if side == LEFT {
-                    part.left.stored(&key, time, seq)
+            for (time, seq) in part.dirty.drain() {
+                let Some((side, key, _)) = part.expiring.get(&(bounds.expires(time), seq)) else {
+                    continue;
+                };
+                let value = if *side == LEFT {
+                    part.left.stored(key, time, seq)
                 } else {
-                    part.right.stored(&key, time, seq)
+                    part.right.stored(key, time, seq)
                 }
                 .map_err(encode)?;
-                out.push((partition, stored, value));
+                out.push((partition, entry_key(*side, key, time, seq), value));
             }
+            out.extend(part.deletes.drain(..).map(|k| (partition, k, None)));
             if part.clock_dirty {
                 part.clock_dirty = false;
                 let clock = StoredJoinClock {
@@ -489,7 +493,7 @@ where
                 RIGHT
             }
         };
-        part.dirty.insert((tag, key.clone(), time, seq));
+        part.dirty.insert((time, seq));
         part.expiring
             .insert((bounds.expires(time), seq), (tag, key, time));
         part.seq += 1;
@@ -552,12 +556,11 @@ where
                     (e.stored, lone)
                 };
                 self.out.extend(lone);
-                let id = (side, key, time, seq);
+                // A pending write of it is moot: deleted if it was written, else never
+                // written (buffered and expired between two commits).
+                part.dirty.remove(&(time, seq));
                 if stored {
-                    part.dirty.insert(id);
-                } else {
-                    // Buffered and expired between two commits: never written.
-                    part.dirty.remove(&id);
+                    part.deletes.push(entry_key(side, &key, time, seq));
                 }
             }
         }
