@@ -77,8 +77,17 @@ pub(super) fn consumer_config(
         config.set("statistics.interval.ms", "1000");
     }
     prefetch_defaults(&mut config);
+    if config.get("heartbeat.interval.ms").is_none() {
+        // Members learn of a rebalance at their next heartbeat, and the partitions that move
+        // wait for it: 1 s rather than librdkafka's 3 s (docs/decisions.md, "Heartbeats every
+        // second"). A user's value is kept.
+        config.set("heartbeat.interval.ms", HEARTBEAT_MS);
+    }
     config
 }
+
+/// The default `heartbeat.interval.ms` of agent groups.
+const HEARTBEAT_MS: &str = "1000";
 
 /// Creates the consumer of `group` and subscribes it to `topics`.
 pub(super) fn subscribed_consumer(
@@ -710,6 +719,23 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(assignor(RebalanceProtocol::Eager).as_deref(), Some("range"));
+    }
+
+    #[test]
+    fn members_heartbeat_every_second_unless_told_otherwise() {
+        let membership = Membership {
+            instance_id: None,
+            protocol: RebalanceProtocol::Cooperative,
+        };
+        let heartbeat = |base: &ClientConfig| {
+            consumer_config(base, "g", OffsetReset::Earliest, false, None, &membership)
+                .get("heartbeat.interval.ms")
+                .map(str::to_owned)
+        };
+        assert_eq!(heartbeat(&ClientConfig::new()).as_deref(), Some("1000"));
+        let mut mine = ClientConfig::new();
+        mine.set("heartbeat.interval.ms", "2500");
+        assert_eq!(heartbeat(&mine).as_deref(), Some("2500"));
     }
 
     #[test]
