@@ -130,11 +130,40 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) {
-        self.restored = None;
-        let entry = self.pumps.entry(pump).or_insert((watermark, now));
-        entry.0 = entry.0.max(watermark);
-        entry.1 = now;
+    /// A pump's watermark heard at clock time `now`; true when the partition's watermark may
+    /// have moved (a pump not heard from before, a higher watermark, the first heard after a
+    /// restart).
+    pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) -> bool {
+        let mut moved = self.restored.take().is_some();
+        match self.pumps.entry(pump) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                let (wm, last) = entry.get_mut();
+                moved |= watermark > *wm;
+                *wm = (*wm).max(watermark);
+                *last = now;
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert((watermark, now));
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// True when the partition follows pumps (heard from, or restored): its own largest event
+    /// time is not its watermark then.
+    pub(crate) fn follows(&self) -> bool {
+        !self.pumps.is_empty() || self.restored.is_some()
+    }
+
+    /// The earliest clock time after `now` at which a pump still followed will have been quiet
+    /// for `idle_timeout` (and stops counting).
+    pub(crate) fn next_quiet(&self, now: i64, idle_timeout: i64) -> Option<i64> {
+        self.pumps
+            .values()
+            .map(|(_, last)| last.saturating_add(idle_timeout))
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// The pumps' watermarks, to store with the partition's clock.

@@ -38,6 +38,11 @@ pub(crate) trait Stateful: Send + 'static {
     fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64);
     /// Recomputes the watermark at clock time `now` and acts on what it passed.
     fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>);
+    /// False when `advance` at `now` would change nothing, with the floor and caught-up
+    /// partitions of its last call: then a record skips it.
+    fn must_advance(&self, _now: i64) -> bool {
+        true
+    }
     fn dirty(&self) -> bool;
     /// The changes since the last call.
     fn take_writes(&mut self) -> Result<Vec<StateWrite>>;
@@ -109,6 +114,9 @@ pub(crate) struct OperatorRunner<T, Op> {
     pub(crate) shared: Arc<InstanceState>,
     /// Version and contents of the instance's caught-up partitions.
     caught_up: (u64, HashSet<i32>),
+    /// The watermark floor and caught-up version a record's `advance` last ran with: while
+    /// they stay, the operator tells whether another is needed (`Stateful::must_advance`).
+    advanced: Option<(i64, u64)>,
 }
 
 impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
@@ -144,6 +152,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             clock,
             shared,
             caught_up: (u64::MAX, HashSet::new()),
+            advanced: None,
         }
     }
 
@@ -251,7 +260,8 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         &self.caught_up.1
     }
 
-    /// Hands the record being processed to the operator (`apply`), then moves the watermark.
+    /// Hands the record being processed to the operator (`apply`), then moves the watermark
+    /// (unless the operator tells that it would not move and nothing would close).
     /// `None` when the record has no event time (counted and skipped) or the operator is not
     /// there.
     pub(crate) fn record<R>(&mut self, apply: impl FnOnce(&mut Op, &At) -> R) -> Result<Option<R>> {
@@ -288,7 +298,11 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         let result = {
             let mut op = operator.lock();
             let result = apply(&mut op, &at);
-            op.advance(now, floor, &self.caught_up.1);
+            let inputs = Some((floor, self.caught_up.0));
+            if self.advanced != inputs || op.must_advance(now) {
+                op.advance(now, floor, &self.caught_up.1);
+                self.advanced = inputs;
+            }
             result
         };
         self.drain();

@@ -141,6 +141,10 @@ where
         WindowOperator::advance(self, now, floor, caught_up);
     }
 
+    fn must_advance(&self, now: i64) -> bool {
+        WindowOperator::must_advance(self, now)
+    }
+
     fn dirty(&self) -> bool {
         WindowOperator::dirty(self)
     }

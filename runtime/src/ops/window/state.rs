@@ -284,17 +284,29 @@ impl<K, S> WindowPartition<K, S> {
     }
 
     /// Moves the partition's clock for a record at event time `time`, read at clock time
-    /// `now` (`upstream`: the watermark of the `group_by` pump that forwarded it).
-    fn note_arrival(&mut self, time: i64, upstream: Option<(u64, i64)>, now: i64) {
+    /// `now` (`upstream`: the watermark of the `group_by` pump that forwarded it). True when
+    /// the instance's watermark may have moved: the partition's watermark rose (its largest
+    /// event time, or its pumps' when it follows pumps), or it may have been idle (quiet for
+    /// `idle_timeout`) and counts again.
+    fn note_arrival(
+        &mut self,
+        time: i64,
+        upstream: Option<(u64, i64)>,
+        now: i64,
+        idle_timeout: i64,
+    ) -> bool {
+        let mut moved = now.saturating_sub(self.last_arrival) >= idle_timeout;
+        if let Some((pump, watermark)) = upstream {
+            moved |= self.upstream.heard(pump, watermark, now);
+            self.clock_dirty = true;
+        }
         if time > self.max_seen {
             self.max_seen = time;
             self.clock_dirty = true;
-        }
-        if let Some((pump, watermark)) = upstream {
-            self.upstream.heard(pump, watermark, now);
-            self.clock_dirty = true;
+            moved |= !self.upstream.follows();
         }
         self.last_arrival = now;
+        moved
     }
 }
 
@@ -325,6 +337,13 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     pub(crate) counts: Counts,
     /// The starts of the windows a record updated (kept to reuse its allocation).
     updated: Vec<i64>,
+    /// Something `advance` reads changed since it last ran, other than the clock: a record
+    /// moved a partition's watermark, a partition was loaded, a pump was heard (see
+    /// `must_advance`).
+    stale: bool,
+    /// The clock time from which `advance` may move the watermark without a record moving a
+    /// partition's: a partition or pump going quiet for the idle timeout.
+    due: i64,
 }
 
 impl<T, K, S, O> WindowOperator<T, K, S, O>
@@ -361,6 +380,8 @@ where
             on_close: None,
             counts: Counts::default(),
             updated: Vec::new(),
+            stale: true,
+            due: i64::MIN,
         }
     }
 
@@ -382,6 +403,7 @@ where
     pub(crate) fn clear(&mut self) {
         self.parts.clear();
         self.watermark = i64::MIN;
+        self.stale = true;
     }
 
     pub(crate) fn has_partition(&self, partition: i32) -> bool {
@@ -395,6 +417,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
+        self.stale = true;
         let mut part = WindowPartition::new(now);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
@@ -556,10 +579,13 @@ where
         let watermark = self.watermark;
         let (kind, grace, emit) = (self.kind, self.grace, self.emit);
         let agg = self.agg.clone();
-        let part = self
-            .parts
-            .entry(partition)
-            .or_insert_with(|| WindowPartition::new(now));
+        // A new partition, and sliding windows (the retention `advance` expires follows the
+        // latest window start a record writes), always need an advance.
+        self.stale |= matches!(kind, WindowKind::Sliding { .. });
+        let part = self.parts.entry(partition).or_insert_with(|| {
+            self.stale = true;
+            WindowPartition::new(now)
+        });
         if let Some(offset) = offset {
             if offset <= part.applied {
                 // Already in the windows (handed out again after a failure or a crash).
@@ -612,7 +638,7 @@ where
             }
         }
         self.updated = updated;
-        part.note_arrival(time, upstream, now);
+        self.stale |= part.note_arrival(time, upstream, now, self.idle_timeout);
         late
     }
 
@@ -621,7 +647,40 @@ where
         if let Some(part) = self.parts.get_mut(&partition) {
             part.upstream.heard(pump, watermark, now);
             part.clock_dirty = true;
+            self.stale = true;
         }
+    }
+
+    /// False when `advance` at clock time `now` would change nothing, given the floor and the
+    /// caught-up partitions it last ran with (the caller tracks those): no record moved a
+    /// partition's watermark or may have woken an idle one since, no partition was loaded, and
+    /// no partition or pump has gone quiet for the idle timeout. New windows close after the
+    /// watermark (records at or behind it are late), so the close queue has nothing to hand
+    /// out either.
+    pub(crate) fn must_advance(&self, now: i64) -> bool {
+        self.stale || now >= self.due
+    }
+
+    /// The earliest clock time after `now` at which a partition or a pump may go idle; the
+    /// next millisecond when every partition may be idle already (the watermark then moves
+    /// with the clock).
+    fn next_due(&self, now: i64) -> i64 {
+        let mut due = i64::MAX;
+        let mut all_quiet = true;
+        for part in self.parts.values() {
+            let idle_at = part.last_arrival.saturating_add(self.idle_timeout);
+            if idle_at > now {
+                due = due.min(idle_at);
+                all_quiet = false;
+            }
+            if let Some(at) = part.upstream.next_quiet(now, self.idle_timeout) {
+                due = due.min(at);
+            }
+        }
+        if all_quiet {
+            due = now.saturating_add(1);
+        }
+        due
     }
 
     /// Recomputes the watermark at clock time `now` and closes the windows it passed. A
@@ -677,6 +736,8 @@ where
                 sliding::expire(part, retention);
             }
         }
+        self.stale = false;
+        self.due = self.next_due(now);
     }
 }
 
@@ -1482,5 +1543,110 @@ mod tests {
             };
             assert_eq!(run(true), run(false), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn an_idle_partition_releases_the_watermark_though_no_record_moves_a_clock() {
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
+        op.on_record(1, b"b".to_vec(), "b".into(), 5, 5, 0, None, None);
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
+        op.advance(0, i64::MIN, &all());
+        assert_eq!(op.watermark(), 5, "partition 1 holds it");
+        // Records behind partition 0's largest event time move no clock: nothing to do until
+        // partition 1 has been quiet for the idle timeout (1 s of clock).
+        for now in [500, 999] {
+            op.on_record(0, b"a".to_vec(), "a".into(), 45, 45, now, None, None);
+            assert!(!op.must_advance(now), "at {now}");
+        }
+        op.on_record(0, b"a".to_vec(), "a".into(), 45, 45, 1_000, None, None);
+        assert!(op.must_advance(1_000), "partition 1 went idle");
+        op.advance(1_000, i64::MIN, &all());
+        assert_eq!(op.watermark(), 50);
+        assert_eq!(results(&mut op), vec![w("a", 40, 50, 3), w("b", 0, 10, 1)]);
+        // Every partition quiet: the watermark follows the clock, and the ticks close the rest.
+        assert!(op.must_advance(2_000));
+        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 2_000, None, None);
+        assert!(op.must_advance(2_000), "partition 0 was idle: it counts again");
+        op.advance(2_000, i64::MIN, &all());
+        op.advance(3_000 + 10, i64::MIN, &all());
+        assert_eq!(results(&mut op), vec![w("a", 50, 60, 2)]);
+    }
+
+    /// What one step of `clocked_run` gave: the late record, the windows emitted, the watermark.
+    type Step = (Option<i64>, Vec<(String, i64, i64, u64)>, i64);
+
+    /// Random records over three partitions (the third fed by two pumps), markers and ticks,
+    /// the clock moving in steps around the idle timeout, the caught-up partitions changing;
+    /// after each record, an advance only when `must_advance` asks (`gated`), or always.
+    /// Returns every step's outcome and the advances skipped.
+    fn clocked_run(make: &dyn Fn() -> CountWindows, seed: u64, gated: bool) -> (Vec<Step>, u64) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut op = make();
+        let (mut now, mut time, mut skipped) = (0, rng.random_range(-50..50), 0);
+        let mut pumps = [i64::MIN; 2];
+        let mut caught_up = all();
+        let mut force = true;
+        let mut steps = Vec::new();
+        for _ in 0..rng.random_range(20..300) {
+            now += [0, 0, 1, 50, 400, 1_100][rng.random_range(0..6)];
+            let (partition, pump) = (rng.random_range(0..3), rng.random_range(0..2));
+            match rng.random_range(0..20) {
+                0 => op.advance(now, i64::MIN, &caught_up),
+                1 => {
+                    op.heard(2, pump as u64, pumps[pump], now);
+                    op.advance(now, i64::MIN, &caught_up);
+                }
+                2 => {
+                    let all_read = caught_up.len() == 8;
+                    caught_up = if all_read { HashSet::from([0, 1]) } else { all() };
+                    force = true;
+                }
+                _ => {
+                    time += rng.random_range(0..12);
+                    let t = time - rng.random_range(0..40);
+                    pumps[pump] = pumps[pump].max(t - rng.random_range(0..30));
+                    let upstream = (partition == 2).then_some((pump as u64, pumps[pump]));
+                    let key = ["a", "b", "c", "d"][rng.random_range(0..4)];
+                    let bytes = key.as_bytes().to_vec();
+                    let late = op.on_record(partition, bytes, key.into(), t, t, now, upstream, None);
+                    if !gated || force || op.must_advance(now) {
+                        op.advance(now, i64::MIN, &caught_up);
+                        force = false;
+                    } else {
+                        skipped += 1;
+                    }
+                    steps.push((late, results(&mut op), op.watermark()));
+                }
+            }
+        }
+        op.advance(now, i64::MAX, &caught_up);
+        steps.push((None, results(&mut op), op.watermark()));
+        (steps, skipped)
+    }
+
+    #[test]
+    fn skipping_the_advances_must_advance_declines_changes_no_result() {
+        let kinds = [
+            WindowKind::Tumbling { size: 10 },
+            WindowKind::Hopping { size: 30, step: 10 },
+            WindowKind::Sliding { size: 10 },
+            WindowKind::Session { gap: 10 },
+        ];
+        let mut skipped = 0;
+        for seed in 0..300 {
+            let kind = kinds[seed as usize % kinds.len()];
+            let grace = [0, 7, 30][(seed / 4 % 3) as usize];
+            let panes = seed % 8 < 4;
+            let make = || {
+                let op = op(kind, grace);
+                if panes { op } else { op.without_panes() }
+            };
+            let (always, _) = clocked_run(&make, seed, false);
+            let (gated, skips) = clocked_run(&make, seed, true);
+            assert_eq!(gated, always, "seed {seed}, {kind:?}, grace {grace}");
+            skipped += skips;
+        }
+        assert!(skipped > 3_000, "{skipped} advances skipped");
     }
 }
