@@ -115,7 +115,7 @@ impl<K, V> std::fmt::Debug for WindowStream<K, V> {
 impl<T, K, S, V> Stateful for WindowOperator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
-    K: Serialize + DeserializeOwned + Clone + Send + 'static,
+    K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + 'static,
     S: Serialize + DeserializeOwned + Clone + Send + 'static,
     V: Send + 'static,
 {
@@ -184,11 +184,9 @@ where
     V: Send + 'static,
 {
     let k = key(&item);
-    let key_bytes = k.key_bytes();
     let late = runner.record(|op, at| {
         op.on_record(
             at.partition,
-            key_bytes,
             k,
             at.time,
             item,

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Agg, Emit, WindowKind, WindowResult};
+use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
 
 mod panes;
@@ -125,6 +126,25 @@ impl<K, S> KeyState<K, S> {
             next: i64::MIN,
         }
     }
+}
+
+/// The state of `key` in `keys`, created when it has none. Looked up by the key's bytes
+/// borrowed where it holds them (strings, byte vectors): no copy unless the key is new.
+fn key_state_of<K: KeyBytes, S>(
+    keys: &mut HashMap<Key, KeyState<K, S>, Hasher>,
+    key: K,
+) -> &mut KeyState<K, S> {
+    let bytes = key.key_cow();
+    if keys.contains_key(&*bytes) {
+        return match keys.get_mut(&*bytes) {
+            Some(ks) => ks,
+            None => unreachable!("found above"),
+        };
+    }
+    let shared: Key = Arc::from(&*bytes);
+    drop(bytes);
+    keys.entry(shared.clone())
+        .or_insert_with(|| KeyState::new(shared, key))
 }
 
 /// The state of `bytes` in `keys`, created with `key()` when it has none.
@@ -349,7 +369,7 @@ pub(crate) struct WindowOperator<T, K, S, O> {
 impl<T, K, S, O> WindowOperator<T, K, S, O>
 where
     T: Serialize + DeserializeOwned,
-    K: Serialize + DeserializeOwned + Clone,
+    K: KeyBytes + Serialize + DeserializeOwned + Clone,
     S: Serialize + DeserializeOwned + Clone,
 {
     pub(crate) fn new(
@@ -568,7 +588,6 @@ where
     pub(crate) fn on_record(
         &mut self,
         partition: i32,
-        key_bytes: Vec<u8>,
         key: K,
         time: i64,
         item: T,
@@ -603,7 +622,7 @@ where
         };
         let mut updated = std::mem::take(&mut self.updated);
         updated.clear();
-        let ks = key_state(&mut part.keys, &key_bytes, || key);
+        let ks = key_state_of(&mut part.keys, key);
         let accepted = add_to_windows(
             &rules,
             ks,
@@ -634,7 +653,8 @@ where
         if !accepted {
             late = Some(item);
             if ks.windows.is_empty() {
-                part.keys.remove(&key_bytes[..]);
+                let bytes = ks.bytes.clone();
+                part.keys.remove(&bytes);
             }
         }
         self.updated = updated;
@@ -1037,7 +1057,6 @@ mod tests {
             .map(|&(key, time)| {
                 let late = op.on_record(
                     0,
-                    key.as_bytes().to_vec(),
                     key.to_owned(),
                     time,
                     time,
@@ -1211,13 +1230,13 @@ mod tests {
         assert!(results(&mut op).is_empty(), "partition 1 has seen nothing");
         assert_eq!(op.watermark(), i64::MIN);
         // Partition 1 catches up to 20: the watermark is min(50, 20).
-        op.on_record(1, b"b".to_vec(), "b".into(), 20, 20, 0, None, None);
+        op.on_record(1, "b".into(), 20, 20, 0, None, None);
         op.advance(0, i64::MIN, &all());
         assert_eq!(op.watermark(), 20);
         assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
         // Partition 0 keeps receiving; partition 1 goes quiet for the idle timeout (1 s of
         // clock): it stops holding the watermark back.
-        op.on_record(0, b"a".to_vec(), "a".into(), 60, 60, 1_500, None, None);
+        op.on_record(0, "a".into(), 60, 60, 1_500, None, None);
         op.advance(1_500, i64::MIN, &all());
         assert_eq!(op.watermark(), 60);
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 1), w("b", 20, 30, 1)]);
@@ -1233,7 +1252,7 @@ mod tests {
     fn a_record_handed_out_again_is_not_counted_twice() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         let at = |op: &mut CountWindows, offset| {
-            op.on_record(0, b"a".to_vec(), "a".into(), 1, 1, 0, None, Some(offset))
+            op.on_record(0, "a".into(), 1, 1, 0, None, Some(offset))
         };
         at(&mut op, 5);
         at(&mut op, 5); // a retry, or a redelivery after a crash
@@ -1246,7 +1265,7 @@ mod tests {
     fn a_partition_with_records_still_to_read_is_never_idle() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.load(1, Vec::new(), 0).unwrap();
-        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
+        op.on_record(0, "a".into(), 50, 50, 0, None, None);
         // Partition 1 is behind (its records wait in the queue): it holds the watermark
         // however long the clock runs.
         op.advance(1_000_000, i64::MIN, &HashSet::from([0]));
@@ -1444,9 +1463,8 @@ mod tests {
                     op = restart(&mut op, &mut stores, &make);
                 }
                 Some((partition, key, time)) => {
-                    let bytes = key.as_bytes().to_vec();
                     let item =
-                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                        op.on_record(partition, key.into(), time, time, 0, None, None);
                     late.extend(item);
                 }
             }
@@ -1515,8 +1533,7 @@ mod tests {
                 for event in events[..cut].iter().flatten() {
                     let (partition, key, time) = *event;
                     if time != i64::MIN {
-                        let bytes = key.as_bytes().to_vec();
-                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                        op.on_record(partition, key.into(), time, time, 0, None, None);
                     }
                 }
                 out.extend(results(&mut op));
@@ -1531,8 +1548,7 @@ mod tests {
                 for event in events[cut..].iter().flatten() {
                     let (partition, key, time) = *event;
                     if time != i64::MIN {
-                        let bytes = key.as_bytes().to_vec();
-                        op.on_record(partition, bytes, key.into(), time, time, 0, None, None);
+                        op.on_record(partition, key.into(), time, time, 0, None, None);
                         op.advance(0, i64::MIN, &all());
                     }
                 }
@@ -1548,24 +1564,24 @@ mod tests {
     #[test]
     fn an_idle_partition_releases_the_watermark_though_no_record_moves_a_clock() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
-        op.on_record(1, b"b".to_vec(), "b".into(), 5, 5, 0, None, None);
-        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 0, None, None);
+        op.on_record(1, "b".into(), 5, 5, 0, None, None);
+        op.on_record(0, "a".into(), 50, 50, 0, None, None);
         op.advance(0, i64::MIN, &all());
         assert_eq!(op.watermark(), 5, "partition 1 holds it");
         // Records behind partition 0's largest event time move no clock: nothing to do until
         // partition 1 has been quiet for the idle timeout (1 s of clock).
         for now in [500, 999] {
-            op.on_record(0, b"a".to_vec(), "a".into(), 45, 45, now, None, None);
+            op.on_record(0, "a".into(), 45, 45, now, None, None);
             assert!(!op.must_advance(now), "at {now}");
         }
-        op.on_record(0, b"a".to_vec(), "a".into(), 45, 45, 1_000, None, None);
+        op.on_record(0, "a".into(), 45, 45, 1_000, None, None);
         assert!(op.must_advance(1_000), "partition 1 went idle");
         op.advance(1_000, i64::MIN, &all());
         assert_eq!(op.watermark(), 50);
         assert_eq!(results(&mut op), vec![w("a", 40, 50, 3), w("b", 0, 10, 1)]);
         // Every partition quiet: the watermark follows the clock, and the ticks close the rest.
         assert!(op.must_advance(2_000));
-        op.on_record(0, b"a".to_vec(), "a".into(), 50, 50, 2_000, None, None);
+        op.on_record(0, "a".into(), 50, 50, 2_000, None, None);
         assert!(op.must_advance(2_000), "partition 0 was idle: it counts again");
         op.advance(2_000, i64::MIN, &all());
         op.advance(3_000 + 10, i64::MIN, &all());
@@ -1608,8 +1624,7 @@ mod tests {
                     pumps[pump] = pumps[pump].max(t - rng.random_range(0..30));
                     let upstream = (partition == 2).then_some((pump as u64, pumps[pump]));
                     let key = ["a", "b", "c", "d"][rng.random_range(0..4)];
-                    let bytes = key.as_bytes().to_vec();
-                    let late = op.on_record(partition, bytes, key.into(), t, t, now, upstream, None);
+                    let late = op.on_record(partition, key.into(), t, t, now, upstream, None);
                     if !gated || force || op.must_advance(now) {
                         op.advance(now, i64::MIN, &caught_up);
                         force = false;
