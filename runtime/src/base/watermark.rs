@@ -21,7 +21,8 @@ pub(crate) struct SourceClock {
     /// Per source topic (by index, for a join's two sides) and partition: largest event time,
     /// clock time of its last record. Topics are tracked apart: during a backlog one topic's
     /// partition may be read far ahead of the other's.
-    partitions: HashMap<(usize, i32), (i64, i64)>,
+    /// (foldhash: looked up for every owned partition on every record; SipHash showed.)
+    partitions: HashMap<(usize, i32), (i64, i64), foldhash::fast::RandomState>,
     topics: usize,
     /// Clock time of the first record. With two topics (a join), a topic-partition not heard
     /// from yet counts as quiet since then, so it is idle only an idle timeout later: its
@@ -40,7 +41,7 @@ impl SourceClock {
     pub(crate) fn new(idle_timeout: i64, topics: usize) -> Self {
         SourceClock {
             id: rand::random(),
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             topics: topics.max(1),
             started: None,
             watermark: i64::MIN,
@@ -123,7 +124,7 @@ pub(crate) fn parse(value: &[u8]) -> Option<(u64, i64)> {
 /// was last heard from.
 #[derive(Debug, Default)]
 pub(crate) struct Upstream {
-    pumps: HashMap<u64, (i64, i64)>,
+    pumps: HashMap<u64, (i64, i64), foldhash::fast::RandomState>,
     /// After a restart: the slowest stored pump watermark, followed until a pump is heard
     /// (the pumps that wrote it are gone; new ones start from the committed offsets).
     restored: Option<i64>,

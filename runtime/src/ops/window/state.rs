@@ -350,7 +350,7 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     agg: Arc<Agg<T, S, O>>,
     /// Hopping windows kept by panes (see `panes`), when the aggregation allows it.
     panes: Option<Panes>,
-    parts: HashMap<i32, WindowPartition<K, S>>,
+    parts: HashMap<i32, WindowPartition<K, S>, Hasher>,
     watermark: i64,
     pub(crate) out: std::collections::VecDeque<WindowResult<K, O>>,
     pub(crate) on_close: Option<OnClose<K, O>>,
@@ -394,7 +394,7 @@ where
             emit,
             agg,
             panes,
-            parts: HashMap::new(),
+            parts: HashMap::default(),
             watermark: i64::MIN,
             out: Default::default(),
             on_close: None,
