@@ -540,6 +540,9 @@ where
         // Sliding windows and panes store a fourth field (`Win::max`).
         let with_max = matches!(self.kind, WindowKind::Sliding { .. }) || self.panes.is_some();
         let tag = if self.panes.is_some() { PANE } else { WINDOW };
+        // One buffer encodes every window; each value is then copied out at its exact size
+        // (`serde_json::to_vec` started a 128-byte vector per window). The bytes are the same.
+        let mut buf = Vec::with_capacity(128);
         for (&partition, part) in &mut self.parts {
             for (key, start) in part.legacy_gone.drain(..) {
                 out.push((partition, window_key(&key, start), None));
@@ -552,12 +555,14 @@ where
                 }) {
                     Some((k, w)) => {
                         w.stored = true;
-                        let value = if with_max {
-                            serde_json::to_vec(&(k, w.end, &w.state, w.max))
+                        buf.clear();
+                        if with_max {
+                            serde_json::to_writer(&mut buf, &(k, w.end, &w.state, w.max))
                         } else {
-                            serde_json::to_vec(&(k, w.end, &w.state))
-                        };
-                        Some(value.map_err(encode)?)
+                            serde_json::to_writer(&mut buf, &(k, w.end, &w.state))
+                        }
+                        .map_err(encode)?;
+                        Some(buf.as_slice().to_vec())
                     }
                     None => None,
                 };
@@ -1663,5 +1668,30 @@ mod tests {
             skipped += skips;
         }
         assert!(skipped > 3_000, "{skipped} advances skipped");
+    }
+
+    #[test]
+    fn window_state_is_stored_as_the_json_earlier_versions_wrote_and_read() {
+        // `[key, end, state]` (panes: `[key, end, state, first window]`), byte for byte what
+        // `serde_json::to_vec` per window wrote before; and such stored state loads.
+        let writes = |op: &mut CountWindows| -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+            let writes = op.take_writes().unwrap().into_iter();
+            writes.map(|(_, k, v)| (k, v)).collect()
+        };
+        let mut first = op(WindowKind::Tumbling { size: 10 }, 0);
+        feed(&mut first, &[("a", 5), ("a", 7), ("b", 8)]);
+        let stored = writes(&mut first);
+        assert_eq!(stored[&window_key(b"a", 0)], Some(br#"["a",10,2]"#.to_vec()));
+        assert_eq!(stored[&window_key(b"b", 0)], Some(br#"["b",10,1]"#.to_vec()));
+        let mut second = op(WindowKind::Tumbling { size: 10 }, 0);
+        let old = vec![(window_key(b"a", 0), br#"["a",10,2]"#.to_vec())];
+        second.load(0, old, 0).unwrap();
+        feed(&mut second, &[("a", 9), ("a", 20)]);
+        assert_eq!(results(&mut second), vec![w("a", 0, 10, 3)]);
+        let mut paned = op(WindowKind::Hopping { size: 60, step: 10 }, 0);
+        feed(&mut paned, &[("a", 1)]);
+        let stored = writes(&mut paned);
+        let pane = stored_key(PANE, b"a", 0);
+        assert_eq!(stored[&pane], Some(br#"["a",10,1,-50]"#.to_vec()));
     }
 }
