@@ -117,6 +117,9 @@ pub(crate) struct OperatorRunner<T, Op> {
     /// The watermark floor and caught-up version a record's `advance` last ran with: while
     /// they stay, the operator tells whether another is needed (`Stateful::must_advance`).
     advanced: Option<(i64, u64)>,
+    /// The clock's time in this `poll`: read once, for every record handled before it returns
+    /// (at most the stream's cooperative budget of them), not once per record.
+    now: Option<i64>,
 }
 
 impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
@@ -153,6 +156,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             shared,
             caught_up: (u64::MAX, HashSet::new()),
             advanced: None,
+            now: None,
         }
     }
 
@@ -273,7 +277,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             tracing::warn!(agent = %self.shared.agent, what = self.what, name = %self.name, "skipping a record without event time: it has no `#[record(timestamp)]` field, no message timestamp, and the stream no `event_time` extractor");
             return Ok(None);
         };
-        let now = self.clock.now_ms();
+        let now = *self.now.get_or_insert_with(|| self.clock.now_ms());
         self.sync_assignment(now)?;
         let at = At {
             time,
@@ -316,6 +320,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             return Ok(());
         }
         let now = self.clock.now_ms();
+        self.now = Some(now);
         self.sync_assignment(now)?;
         let floor = self.clock.watermark_floor();
         let caught_up = self.caught_up().clone();
@@ -351,6 +356,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         cx: &mut Context<'_>,
         mut handle: impl FnMut(&mut Self, T) -> Result<()>,
     ) -> Poll<Option<Op::Out>> {
+        self.now = None;
         loop {
             if let Some(setup) = &mut self.setup {
                 let result = ready!(setup.as_mut().poll(cx));
