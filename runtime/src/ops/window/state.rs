@@ -1060,15 +1060,7 @@ mod tests {
         records
             .iter()
             .map(|&(key, time)| {
-                let late = op.on_record(
-                    0,
-                    key.to_owned(),
-                    time,
-                    time,
-                    0,
-                    None,
-                    None,
-                );
+                let late = op.on_record(0, key.to_owned(), time, time, 0, None, None);
                 op.advance(0, i64::MIN, &all());
                 late
             })
@@ -1468,8 +1460,7 @@ mod tests {
                     op = restart(&mut op, &mut stores, &make);
                 }
                 Some((partition, key, time)) => {
-                    let item =
-                        op.on_record(partition, key.into(), time, time, 0, None, None);
+                    let item = op.on_record(partition, key.into(), time, time, 0, None, None);
                     late.extend(item);
                 }
             }
@@ -1587,7 +1578,10 @@ mod tests {
         // Every partition quiet: the watermark follows the clock, and the ticks close the rest.
         assert!(op.must_advance(2_000));
         op.on_record(0, "a".into(), 50, 50, 2_000, None, None);
-        assert!(op.must_advance(2_000), "partition 0 was idle: it counts again");
+        assert!(
+            op.must_advance(2_000),
+            "partition 0 was idle: it counts again"
+        );
         op.advance(2_000, i64::MIN, &all());
         op.advance(3_000 + 10, i64::MIN, &all());
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 2)]);
@@ -1620,7 +1614,11 @@ mod tests {
                 }
                 2 => {
                     let all_read = caught_up.len() == 8;
-                    caught_up = if all_read { HashSet::from([0, 1]) } else { all() };
+                    caught_up = if all_read {
+                        HashSet::from([0, 1])
+                    } else {
+                        all()
+                    };
                     force = true;
                 }
                 _ => {
@@ -1681,8 +1679,14 @@ mod tests {
         let mut first = op(WindowKind::Tumbling { size: 10 }, 0);
         feed(&mut first, &[("a", 5), ("a", 7), ("b", 8)]);
         let stored = writes(&mut first);
-        assert_eq!(stored[&window_key(b"a", 0)], Some(br#"["a",10,2]"#.to_vec()));
-        assert_eq!(stored[&window_key(b"b", 0)], Some(br#"["b",10,1]"#.to_vec()));
+        assert_eq!(
+            stored[&window_key(b"a", 0)],
+            Some(br#"["a",10,2]"#.to_vec())
+        );
+        assert_eq!(
+            stored[&window_key(b"b", 0)],
+            Some(br#"["b",10,1]"#.to_vec())
+        );
         let mut second = op(WindowKind::Tumbling { size: 10 }, 0);
         let old = vec![(window_key(b"a", 0), br#"["a",10,2]"#.to_vec())];
         second.load(0, old, 0).unwrap();
