@@ -117,10 +117,15 @@ pub(crate) struct OperatorRunner<T, Op> {
     /// The watermark floor and caught-up version a record's `advance` last ran with: while
     /// they stay, the operator tells whether another is needed (`Stateful::must_advance`).
     advanced: Option<(i64, u64)>,
-    /// The clock's time in this `poll`: read once, for every record handled before it returns
-    /// (at most the stream's cooperative budget of them), not once per record.
-    now: Option<i64>,
+    /// The clock's time for the records of this `poll`, and how many used it: read once per
+    /// `CLOCK_EVERY` records, not once per record.
+    now: Option<(i64, u32)>,
 }
+
+/// How many records handled in one poll share a reading of the clock: a poll may go through
+/// a whole fetched batch, and the reading times arrivals for idleness, so it must not grow
+/// old (64 records take well under a millisecond).
+const CLOCK_EVERY: u32 = 64;
 
 impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
     /// `table` names the operator's table (`<agent>-<table>`), created on first poll when the
@@ -277,7 +282,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             tracing::warn!(agent = %self.shared.agent, what = self.what, name = %self.name, "skipping a record without event time: it has no `#[record(timestamp)]` field, no message timestamp, and the stream no `event_time` extractor");
             return Ok(None);
         };
-        let now = *self.now.get_or_insert_with(|| self.clock.now_ms());
+        let now = self.now();
         self.sync_assignment(now)?;
         let at = At {
             time,
@@ -320,7 +325,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        self.now = Some(now);
+        self.now = Some((now, 0));
         self.sync_assignment(now)?;
         let floor = self.clock.watermark_floor();
         let caught_up = self.caught_up().clone();
@@ -329,6 +334,21 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         }
         self.drain();
         Ok(())
+    }
+
+    /// The clock's time for the record being handled (see `now`).
+    fn now(&mut self) -> i64 {
+        match &mut self.now {
+            Some((now, uses)) if *uses < CLOCK_EVERY => {
+                *uses += 1;
+                *now
+            }
+            _ => {
+                let now = self.clock.now_ms();
+                self.now = Some((now, 1));
+                now
+            }
+        }
     }
 
     /// Applies the pumps' watermark markers the stream consumed, and reports.
