@@ -1587,6 +1587,25 @@ mod tests {
         assert_eq!(results(&mut op), vec![w("a", 50, 60, 2)]);
     }
 
+    #[test]
+    fn a_record_waking_an_idle_partition_advances_though_it_moves_no_clock() {
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
+        op.on_record(2, "a".into(), 5, 5, 0, Some((1, 5)), None);
+        op.advance(0, i64::MIN, &all());
+        // A marker: the pump is at 100. The partition, quiet for the idle timeout, is idle:
+        // every partition is, and the watermark is its largest event time (5).
+        op.heard(2, 1, 100, 1_000);
+        op.advance(1_000, i64::MIN, &all());
+        assert_eq!(op.watermark(), 5);
+        // A record behind it, stamped with the same pump watermark, moves no clock; but the
+        // partition counts again, and its watermark is the pump's.
+        op.on_record(2, "a".into(), 3, 3, 1_000, Some((1, 100)), None);
+        assert!(op.must_advance(1_000));
+        op.advance(1_000, i64::MIN, &all());
+        assert_eq!(op.watermark(), 100);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 2)]);
+    }
+
     /// What one step of `clocked_run` gave: the late record, the windows emitted, the watermark.
     type Step = (Option<i64>, Vec<(String, i64, i64, u64)>, i64);
 
@@ -1624,7 +1643,9 @@ mod tests {
                 _ => {
                     time += rng.random_range(0..12);
                     let t = time - rng.random_range(0..40);
-                    pumps[pump] = pumps[pump].max(t - rng.random_range(0..30));
+                    // A pump's watermark follows all its source partitions: it may be ahead
+                    // of what this partition, or any partition here, has seen.
+                    pumps[pump] = pumps[pump].max(time - rng.random_range(0..30));
                     let upstream = (partition == 2).then_some((pump as u64, pumps[pump]));
                     let key = ["a", "b", "c", "d"][rng.random_range(0..4)];
                     let late = op.on_record(partition, key.into(), t, t, now, upstream, None);
