@@ -158,8 +158,11 @@ where
     }
 
     fn report(&mut self, stats: &crate::base::metrics::AgentStats) {
+        // Called after every record: no shared counter touched when none closed.
         let closed = std::mem::take(&mut self.counts.closed);
-        stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
+        if closed > 0 {
+            stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
+        }
     }
 }
 

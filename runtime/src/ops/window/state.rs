@@ -602,7 +602,8 @@ where
     ) -> Option<T> {
         let watermark = self.watermark;
         let (kind, grace, emit) = (self.kind, self.grace, self.emit);
-        let agg = self.agg.clone();
+        // Borrowed apart from the partitions (no reference count touched per record).
+        let agg = &*self.agg;
         // A new partition, and sliding windows (the retention `advance` expires follows the
         // latest window start a record writes), always need an advance.
         self.stale |= matches!(kind, WindowKind::Sliding { .. });
@@ -619,7 +620,7 @@ where
             part.clock_dirty = true;
         }
         let rules = Rules {
-            agg: &agg,
+            agg,
             kind,
             panes: self.panes,
             grace,
