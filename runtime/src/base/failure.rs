@@ -281,6 +281,24 @@ pub(crate) fn origin(raw: &RawRecord) -> (String, i32, i64) {
     }
 }
 
+/// The offset of [`origin`], without copying the topic: read for every record a window or a
+/// join applies.
+pub(crate) fn origin_offset(raw: &RawRecord) -> i64 {
+    let carried = |name: &str| {
+        raw.headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    match (
+        raw.headers.get(headers::SOURCE_TOPIC).is_some(),
+        carried(headers::SOURCE_PARTITION).and_then(|p| p.parse::<i32>().ok()),
+        carried(headers::SOURCE_OFFSET).and_then(|o| o.parse::<i64>().ok()),
+    ) {
+        (true, Some(_), Some(offset)) => offset,
+        _ => raw.offset,
+    }
+}
+
 /// The topic a record stands for: the one a join's repartition topic carries, else the one a
 /// retry record was first read from, else its own.
 pub(crate) fn side_topic(raw: &RawRecord) -> &str {
@@ -475,6 +493,7 @@ mod tests {
             headers: hop.headers.clone(),
         };
         assert_eq!(origin(&again), ("views".to_string(), 3, 42));
+        assert_eq!(origin_offset(&again), 42);
         assert_eq!(attempts_of(&again), 1);
         assert_eq!(due_of(&again), Some(99));
         let dead = failed_record(

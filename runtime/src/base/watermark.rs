@@ -21,7 +21,8 @@ pub(crate) struct SourceClock {
     /// Per source topic (by index, for a join's two sides) and partition: largest event time,
     /// clock time of its last record. Topics are tracked apart: during a backlog one topic's
     /// partition may be read far ahead of the other's.
-    partitions: HashMap<(usize, i32), (i64, i64)>,
+    /// (foldhash: looked up for every owned partition on every record; SipHash showed.)
+    partitions: HashMap<(usize, i32), (i64, i64), foldhash::fast::RandomState>,
     topics: usize,
     /// Clock time of the first record. With two topics (a join), a topic-partition not heard
     /// from yet counts as quiet since then, so it is idle only an idle timeout later: its
@@ -40,7 +41,7 @@ impl SourceClock {
     pub(crate) fn new(idle_timeout: i64, topics: usize) -> Self {
         SourceClock {
             id: rand::random(),
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             topics: topics.max(1),
             started: None,
             watermark: i64::MIN,
@@ -123,18 +124,47 @@ pub(crate) fn parse(value: &[u8]) -> Option<(u64, i64)> {
 /// was last heard from.
 #[derive(Debug, Default)]
 pub(crate) struct Upstream {
-    pumps: HashMap<u64, (i64, i64)>,
+    pumps: HashMap<u64, (i64, i64), foldhash::fast::RandomState>,
     /// After a restart: the slowest stored pump watermark, followed until a pump is heard
     /// (the pumps that wrote it are gone; new ones start from the committed offsets).
     restored: Option<i64>,
 }
 
 impl Upstream {
-    pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) {
-        self.restored = None;
-        let entry = self.pumps.entry(pump).or_insert((watermark, now));
-        entry.0 = entry.0.max(watermark);
-        entry.1 = now;
+    /// A pump's watermark heard at clock time `now`; true when the partition's watermark may
+    /// have moved (a pump not heard from before, a higher watermark, the first heard after a
+    /// restart).
+    pub(crate) fn heard(&mut self, pump: u64, watermark: i64, now: i64) -> bool {
+        let mut moved = self.restored.take().is_some();
+        match self.pumps.entry(pump) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                let (wm, last) = entry.get_mut();
+                moved |= watermark > *wm;
+                *wm = (*wm).max(watermark);
+                *last = now;
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert((watermark, now));
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// True when the partition follows pumps (heard from, or restored): its own largest event
+    /// time is not its watermark then.
+    pub(crate) fn follows(&self) -> bool {
+        !self.pumps.is_empty() || self.restored.is_some()
+    }
+
+    /// The earliest clock time after `now` at which a pump still followed will have been quiet
+    /// for `idle_timeout` (and stops counting).
+    pub(crate) fn next_quiet(&self, now: i64, idle_timeout: i64) -> Option<i64> {
+        self.pumps
+            .values()
+            .map(|(_, last)| last.saturating_add(idle_timeout))
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// The pumps' watermarks, to store with the partition's clock.

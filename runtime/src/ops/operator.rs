@@ -38,6 +38,11 @@ pub(crate) trait Stateful: Send + 'static {
     fn heard(&mut self, partition: i32, pump: u64, watermark: i64, now: i64);
     /// Recomputes the watermark at clock time `now` and acts on what it passed.
     fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>);
+    /// False when `advance` at `now` would change nothing, with the floor and caught-up
+    /// partitions of its last call: then a record skips it.
+    fn must_advance(&self, _now: i64) -> bool {
+        true
+    }
     fn dirty(&self) -> bool;
     /// The changes since the last call.
     fn take_writes(&mut self) -> Result<Vec<StateWrite>>;
@@ -109,7 +114,18 @@ pub(crate) struct OperatorRunner<T, Op> {
     pub(crate) shared: Arc<InstanceState>,
     /// Version and contents of the instance's caught-up partitions.
     caught_up: (u64, HashSet<i32>),
+    /// The watermark floor and caught-up version a record's `advance` last ran with: while
+    /// they stay, the operator tells whether another is needed (`Stateful::must_advance`).
+    advanced: Option<(i64, u64)>,
+    /// The clock's time for the records of this `poll`, and how many used it: read once per
+    /// `CLOCK_EVERY` records, not once per record.
+    now: Option<(i64, u32)>,
 }
+
+/// How many records handled in one poll share a reading of the clock: a poll may go through
+/// a whole fetched batch, and the reading times arrivals for idleness, so it must not grow
+/// old (64 records take well under a millisecond).
+const CLOCK_EVERY: u32 = 64;
 
 impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
     /// `table` names the operator's table (`<agent>-<table>`), created on first poll when the
@@ -144,6 +160,8 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             clock,
             shared,
             caught_up: (u64::MAX, HashSet::new()),
+            advanced: None,
+            now: None,
         }
     }
 
@@ -251,7 +269,8 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         &self.caught_up.1
     }
 
-    /// Hands the record being processed to the operator (`apply`), then moves the watermark.
+    /// Hands the record being processed to the operator (`apply`), then moves the watermark
+    /// (unless the operator tells that it would not move and nothing would close).
     /// `None` when the record has no event time (counted and skipped) or the operator is not
     /// there.
     pub(crate) fn record<R>(&mut self, apply: impl FnOnce(&mut Op, &At) -> R) -> Result<Option<R>> {
@@ -263,7 +282,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             tracing::warn!(agent = %self.shared.agent, what = self.what, name = %self.name, "skipping a record without event time: it has no `#[record(timestamp)]` field, no message timestamp, and the stream no `event_time` extractor");
             return Ok(None);
         };
-        let now = self.clock.now_ms();
+        let now = self.now();
         self.sync_assignment(now)?;
         let at = At {
             time,
@@ -288,7 +307,11 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         let result = {
             let mut op = operator.lock();
             let result = apply(&mut op, &at);
-            op.advance(now, floor, &self.caught_up.1);
+            let inputs = Some((floor, self.caught_up.0));
+            if self.advanced != inputs || op.must_advance(now) {
+                op.advance(now, floor, &self.caught_up.1);
+                self.advanced = inputs;
+            }
             result
         };
         self.drain();
@@ -302,6 +325,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
             return Ok(());
         }
         let now = self.clock.now_ms();
+        self.now = Some((now, 0));
         self.sync_assignment(now)?;
         let floor = self.clock.watermark_floor();
         let caught_up = self.caught_up().clone();
@@ -310,6 +334,21 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         }
         self.drain();
         Ok(())
+    }
+
+    /// The clock's time for the record being handled (see `now`).
+    fn now(&mut self) -> i64 {
+        match &mut self.now {
+            Some((now, uses)) if *uses < CLOCK_EVERY => {
+                *uses += 1;
+                *now
+            }
+            _ => {
+                let now = self.clock.now_ms();
+                self.now = Some((now, 1));
+                now
+            }
+        }
     }
 
     /// Applies the pumps' watermark markers the stream consumed, and reports.
@@ -337,6 +376,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         cx: &mut Context<'_>,
         mut handle: impl FnMut(&mut Self, T) -> Result<()>,
     ) -> Poll<Option<Op::Out>> {
+        self.now = None;
         loop {
             if let Some(setup) = &mut self.setup {
                 let result = ready!(setup.as_mut().poll(cx));

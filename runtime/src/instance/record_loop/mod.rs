@@ -370,7 +370,7 @@ impl RecordLoop {
     /// Where the record being processed was first read (its own offset, or the one a retry
     /// record carries).
     pub(crate) fn current_origin_offset(&self) -> Option<i64> {
-        self.current.as_ref().map(|r| failure::origin(r).2)
+        self.current.as_ref().map(failure::origin_offset)
     }
 
     /// After an aborted transaction, until the assignment is announced again: state derived

@@ -115,7 +115,7 @@ impl<K, V> std::fmt::Debug for WindowStream<K, V> {
 impl<T, K, S, V> Stateful for WindowOperator<T, K, S, V>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
-    K: Serialize + DeserializeOwned + Clone + Send + 'static,
+    K: KeyBytes + Serialize + DeserializeOwned + Clone + Send + 'static,
     S: Serialize + DeserializeOwned + Clone + Send + 'static,
     V: Send + 'static,
 {
@@ -141,6 +141,10 @@ where
         WindowOperator::advance(self, now, floor, caught_up);
     }
 
+    fn must_advance(&self, now: i64) -> bool {
+        WindowOperator::must_advance(self, now)
+    }
+
     fn dirty(&self) -> bool {
         WindowOperator::dirty(self)
     }
@@ -154,8 +158,11 @@ where
     }
 
     fn report(&mut self, stats: &crate::base::metrics::AgentStats) {
+        // Called after every record: no shared counter touched when none closed.
         let closed = std::mem::take(&mut self.counts.closed);
-        stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
+        if closed > 0 {
+            stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
+        }
     }
 }
 
@@ -180,11 +187,9 @@ where
     V: Send + 'static,
 {
     let k = key(&item);
-    let key_bytes = k.key_bytes();
     let late = runner.record(|op, at| {
         op.on_record(
             at.partition,
-            key_bytes,
             k,
             at.time,
             item,
