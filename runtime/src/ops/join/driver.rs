@@ -118,6 +118,10 @@ where
         JoinOperator::advance(self, now, floor, caught_up);
     }
 
+    fn must_advance(&self, now: i64) -> bool {
+        JoinOperator::must_advance(self, now)
+    }
+
     fn dirty(&self) -> bool {
         JoinOperator::dirty(self)
     }

@@ -279,6 +279,16 @@ pub(crate) struct JoinOperator<A, B> {
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
+    /// Something `advance` reads changed since it last ran, other than the clock: a record
+    /// moved a partition's or a side's largest event time or woke a quiet one, a partition
+    /// was loaded or is new, a pump was heard (see `must_advance`).
+    stale: bool,
+    /// The clock time from which `advance` may move the watermark without a record: a
+    /// partition, a side or a pump going quiet for the idle timeout.
+    due: i64,
+    /// The smallest clock over the partitions that `advance` last computed (before the
+    /// floor): a record that moves a partition's clocks from above it moves no watermark.
+    computed: i64,
 }
 
 impl<A, B> JoinOperator<A, B>
@@ -300,6 +310,9 @@ where
             parts: HashMap::new(),
             watermark: i64::MIN,
             out: VecDeque::new(),
+            stale: true,
+            due: i64::MIN,
+            computed: i64::MIN,
         }
     }
 
@@ -307,6 +320,7 @@ where
     pub(crate) fn clear(&mut self) {
         self.parts.clear();
         self.watermark = i64::MIN;
+        self.stale = true;
     }
 
     pub(crate) fn has_partition(&self, partition: i32) -> bool {
@@ -366,6 +380,7 @@ where
                 .insert((self.bounds.expires(time), seq), (side, key.to_vec(), time));
         }
         self.parts.insert(partition, part);
+        self.stale = true;
         Ok(())
     }
 
@@ -437,10 +452,10 @@ where
     ) -> bool {
         let bounds = self.bounds;
         let watermark = self.watermark;
-        let part = self
-            .parts
-            .entry(partition)
-            .or_insert_with(|| JoinPartition::new(now));
+        let part = self.parts.entry(partition).or_insert_with(|| {
+            self.stale = true;
+            JoinPartition::new(now)
+        });
         let side = usize::from(matches!(record, Side::Right(_)));
         if let Some(offset) = offset {
             if offset <= part.applied[side] {
@@ -450,17 +465,27 @@ where
             part.applied[side] = offset;
             part.clock_dirty = true;
         }
+        // A partition or side quiet for the idle timeout may have been left out of the
+        // watermark: this record makes it count again.
+        let idle = self.idle_timeout;
+        self.stale |= now.saturating_sub(part.side_arrival[side]) >= idle
+            || now.saturating_sub(part.last_arrival) >= idle;
+        // A partition's clock is its slower side's largest event time (both sides' largest
+        // when both are quiet): raised from above the smallest over the partitions, it is not
+        // what holds the watermark.
         if time > part.max_seen {
+            self.stale |= part.max_seen <= self.computed;
             part.max_seen = time;
             part.clock_dirty = true;
         }
         if time > part.side_max[side] {
+            self.stale |= part.side_max[side] <= self.computed;
             part.side_max[side] = time;
             part.clock_dirty = true;
         }
         part.side_arrival[side] = now;
         if let Some((pump, wm)) = upstream {
-            part.upstream.heard(pump, wm, now);
+            self.stale |= part.upstream.heard(pump, wm, now);
             part.clock_dirty = true;
         }
         part.last_arrival = now;
@@ -506,7 +531,47 @@ where
         if let Some(part) = self.parts.get_mut(&partition) {
             part.upstream.heard(pump, watermark, now);
             part.clock_dirty = true;
+            self.stale = true;
         }
+    }
+
+    /// False when `advance` at clock time `now` would change nothing, given the floor and the
+    /// caught-up partitions it last ran with (the caller tracks those), as for windows: no
+    /// record moved a partition's or a side's largest event time from at or below the
+    /// smallest `advance` computed, or woke a quiet one, since; no partition was loaded, and
+    /// nothing has gone quiet for the idle timeout. A record that
+    /// is not late expires after the watermark, so the expiry queue has nothing due either.
+    pub(crate) fn must_advance(&self, now: i64) -> bool {
+        self.stale || now >= self.due
+    }
+
+    /// The earliest clock time after `now` at which a partition, a side or a pump may go
+    /// idle; the next millisecond when everything may be idle already (the watermark then
+    /// moves with the clock).
+    fn next_due(&self, now: i64) -> i64 {
+        let idle = self.idle_timeout;
+        let mut due = i64::MAX;
+        let mut all_quiet = true;
+        for part in self.parts.values() {
+            for arrival in [
+                part.last_arrival,
+                part.side_arrival[0],
+                part.side_arrival[1],
+            ] {
+                let idle_at = arrival.saturating_add(idle);
+                if idle_at > now {
+                    due = due.min(idle_at);
+                    all_quiet = false;
+                }
+            }
+            if let Some(at) = part.upstream.next_quiet(now, idle) {
+                due = due.min(at);
+            }
+        }
+        if all_quiet {
+            due = now.saturating_add(1);
+        }
+        due
     }
 
     /// Recomputes the watermark at clock time `now` (as windows do) and expires the buffered
@@ -526,6 +591,7 @@ where
             self.idle_timeout,
             caught_up,
         );
+        self.computed = computed;
         self.watermark = self.watermark.max(computed).max(floor);
         let watermark = self.watermark;
         for part in self.parts.values_mut() {
@@ -564,6 +630,8 @@ where
                 }
             }
         }
+        self.stale = false;
+        self.due = self.next_due(now);
     }
 }
 
@@ -862,5 +930,134 @@ mod tests {
             .filter(|(_, k, v)| v.is_none() && k != CLOCK)
             .count();
         assert_eq!(deletes, 3, "the three stored records are deleted");
+    }
+
+    #[test]
+    fn a_record_waking_an_idle_partition_advances_though_it_moves_no_clock() {
+        let mut op = op(10, 10, 0, true, false);
+        op.idle_timeout = 1_000;
+        let read_to_end = HashSet::from([2]);
+        op.on_record(
+            2,
+            b"a".to_vec(),
+            5,
+            Side::Left("l5".into()),
+            0,
+            Some((1, 5)),
+            None,
+        );
+        op.advance(0, i64::MIN, &read_to_end);
+        // A marker: the pump is at 100. The partition, read to its end and quiet for the
+        // idle timeout, is idle: the watermark is its largest event time (5).
+        op.heard(2, 1, 100, 1_000);
+        op.advance(1_000, i64::MIN, &read_to_end);
+        assert_eq!(op.watermark, 5);
+        // A record behind it, stamped with the same pump watermark, moves no clock; but the
+        // partition counts again, and its watermark is the pump's.
+        op.on_record(
+            2,
+            b"a".to_vec(),
+            3,
+            Side::Left("l3".into()),
+            1_000,
+            Some((1, 100)),
+            None,
+        );
+        assert!(op.must_advance(1_000));
+        op.advance(1_000, i64::MIN, &read_to_end);
+        assert_eq!(op.watermark, 100);
+    }
+
+    /// What one step of `clocked_run` gave: late or not, the pairs emitted, the watermark.
+    type Step = (bool, Pairs, i64);
+
+    /// The results out, sorted: the partitions expire in no fixed order within one advance.
+    fn drained(op: &mut StringJoin) -> Pairs {
+        let mut out: Pairs = op.out.drain(..).collect();
+        out.sort();
+        out
+    }
+
+    /// Random records of both sides over three partitions (the third fed by two pumps),
+    /// markers and ticks, the clock moving in steps around the idle timeout (1 s), the
+    /// caught-up partitions changing; after each record, an advance only when `must_advance`
+    /// asks (`gated`), or always. Returns every step's outcome and the advances skipped.
+    fn clocked_run(make: &dyn Fn() -> StringJoin, seed: u64, gated: bool) -> (Vec<Step>, u64) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut op = make();
+        let (mut now, mut time, mut skipped) = (0, rng.random_range(-50..50), 0);
+        let mut pumps = [i64::MIN; 2];
+        let mut caught_up = all();
+        let mut force = true;
+        let mut steps = Vec::new();
+        for i in 0..rng.random_range(20..300) {
+            now += [0, 0, 1, 50, 400, 1_100][rng.random_range(0..6)];
+            let (partition, pump) = (rng.random_range(0..3), rng.random_range(0..2));
+            match rng.random_range(0..20) {
+                0 => op.advance(now, i64::MIN, &caught_up),
+                1 => {
+                    op.heard(2, pump as u64, pumps[pump], now);
+                    op.advance(now, i64::MIN, &caught_up);
+                }
+                2 => {
+                    caught_up = if caught_up.is_empty() {
+                        HashSet::from([0, 1, 2])
+                    } else {
+                        all()
+                    };
+                    force = true;
+                }
+                _ => {
+                    time += rng.random_range(0..12);
+                    let t = time - rng.random_range(0..40);
+                    pumps[pump] = pumps[pump].max(time - rng.random_range(0..30));
+                    let upstream = (partition == 2).then_some((pump as u64, pumps[pump]));
+                    // One side may go quiet for a while (its partitions idle, the other's not).
+                    let left = if i % 50 < 25 {
+                        rng.random_bool(0.5)
+                    } else {
+                        rng.random_bool(0.1)
+                    };
+                    let record = if left {
+                        Side::Left(format!("L{i}"))
+                    } else {
+                        Side::Right(format!("R{i}"))
+                    };
+                    let key = ["a", "b", "c"][rng.random_range(0..3)].as_bytes().to_vec();
+                    let late = op.on_record(partition, key, t, record, now, upstream, None);
+                    if !gated || force || op.must_advance(now) {
+                        op.advance(now, i64::MIN, &caught_up);
+                        force = false;
+                    } else {
+                        skipped += 1;
+                    }
+                    steps.push((late, drained(&mut op), op.watermark));
+                }
+            }
+        }
+        op.advance(now, i64::MAX, &caught_up);
+        steps.push((false, drained(&mut op), op.watermark));
+        (steps, skipped)
+    }
+
+    #[test]
+    fn skipping_the_advances_must_advance_declines_changes_no_result() {
+        let mut skipped = 0;
+        for seed in 0..300 {
+            let (before, after) = ((seed % 3) as i64 * 10, (seed / 3 % 3) as i64 * 10);
+            let grace = [0, 7, 30][(seed / 9 % 3) as usize];
+            let (left, right) = (seed % 2 == 1, seed % 4 == 3);
+            let make = || {
+                let mut op = op(before, after, grace, left, right);
+                op.idle_timeout = 1_000;
+                op
+            };
+            let (always, _) = clocked_run(&make, seed, false);
+            let (gated, skips) = clocked_run(&make, seed, true);
+            assert_eq!(gated, always, "seed {seed}");
+            skipped += skips;
+        }
+        assert!(skipped > 3_000, "{skipped} advances skipped");
     }
 }

@@ -306,14 +306,16 @@ impl<K, S> WindowPartition<K, S> {
     /// Moves the partition's clock for a record at event time `time`, read at clock time
     /// `now` (`upstream`: the watermark of the `group_by` pump that forwarded it). True when
     /// the instance's watermark may have moved: the partition's watermark rose (its largest
-    /// event time, or its pumps' when it follows pumps), or it may have been idle (quiet for
-    /// `idle_timeout`) and counts again.
+    /// event time, or its pumps' when it follows pumps) from at or below `computed`, the
+    /// smallest over the partitions (from above it, another partition holds the watermark),
+    /// or it may have been idle (quiet for `idle_timeout`) and counts again.
     fn note_arrival(
         &mut self,
         time: i64,
         upstream: Option<(u64, i64)>,
         now: i64,
         idle_timeout: i64,
+        computed: i64,
     ) -> bool {
         let mut moved = now.saturating_sub(self.last_arrival) >= idle_timeout;
         if let Some((pump, watermark)) = upstream {
@@ -321,9 +323,9 @@ impl<K, S> WindowPartition<K, S> {
             self.clock_dirty = true;
         }
         if time > self.max_seen {
+            moved |= !self.upstream.follows() && self.max_seen <= computed;
             self.max_seen = time;
             self.clock_dirty = true;
-            moved |= !self.upstream.follows();
         }
         self.last_arrival = now;
         moved
@@ -364,6 +366,9 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     /// The clock time from which `advance` may move the watermark without a record moving a
     /// partition's: a partition or pump going quiet for the idle timeout.
     due: i64,
+    /// The smallest clock over the partitions that `advance` last computed (before the
+    /// floor): a record that moves a partition's clock from above it moves no watermark.
+    computed: i64,
 }
 
 impl<T, K, S, O> WindowOperator<T, K, S, O>
@@ -402,6 +407,7 @@ where
             updated: Vec::new(),
             stale: true,
             due: i64::MIN,
+            computed: i64::MIN,
         }
     }
 
@@ -664,7 +670,7 @@ where
             }
         }
         self.updated = updated;
-        self.stale |= part.note_arrival(time, upstream, now, self.idle_timeout);
+        self.stale |= part.note_arrival(time, upstream, now, self.idle_timeout, self.computed);
         late
     }
 
@@ -678,8 +684,9 @@ where
     }
 
     /// False when `advance` at clock time `now` would change nothing, given the floor and the
-    /// caught-up partitions it last ran with (the caller tracks those): no record moved a
-    /// partition's watermark or may have woken an idle one since, no partition was loaded, and
+    /// caught-up partitions it last ran with (the caller tracks those): no record moved the
+    /// watermark of a partition that held the instance's (at or below the smallest
+    /// `advance` computed) or may have woken an idle one since, no partition was loaded, and
     /// no partition or pump has gone quiet for the idle timeout. New windows close after the
     /// watermark (records at or behind it are late), so the close queue has nothing to hand
     /// out either.
@@ -727,6 +734,7 @@ where
             self.idle_timeout,
             caught_up,
         );
+        self.computed = computed;
         self.watermark = self.watermark.max(computed).max(floor);
         let watermark = self.watermark;
         let agg = self.agg.clone();
