@@ -88,12 +88,14 @@
 //!   commit step with the offsets of the records that changed them. A restart, clean or after
 //!   a rebuild from the changelog, finds the buffered records of the last commit: a pair whose
 //!   records straddle the restart is emitted once. Expired records are deleted (tombstones in
-//!   the compacted changelog). Buffered records are also held in memory, typed, so the
-//!   joined types are `Clone`. What is buffered is the event-time span of the join plus,
-//!   while a backlog is read, whatever one topic was read ahead of the other (the watermark
-//!   waits for the slower): rill does not yet hand out a partition's records in timestamp
-//!   order across topics, as Kafka Streams does, so joining two large backlogs holds the
-//!   faster one's read-ahead (the benchmark's 1M-view backlog: ~1 GiB).
+//!   the compacted changelog). A match marks a record as met, and the mark is written again
+//!   only on an outer side (the only one that reads it): changing a join from inner to outer
+//!   over the same state needs a new join name. Buffered records are also held in memory,
+//!   typed, so the joined types are `Clone`. What is buffered is the event-time span of the
+//!   join plus, while a backlog is read, how far one topic is read ahead of the other (the
+//!   watermark waits for the slower): the fetcher keeps an agent's topics within
+//!   `Config::read_ahead` (30 s) of each other in event time, as Kafka Streams hands a task's
+//!   records out in timestamp order (the benchmark's 1M-view backlog: ~200 MiB).
 //!
 //! - **Failures**: a pair (or lone record) whose handling fails counts against the record
 //!   that completed it, under the agent's policy: dead-lettered, skipped, or stopping the

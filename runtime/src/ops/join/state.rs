@@ -148,13 +148,15 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     }
 
     /// Calls `f` with every record of `key` in `[lo, hi]` (in time order), marking it
-    /// matched; true when there was one.
+    /// matched; true when there was one. `dirty` (an outer side's) gets the records newly
+    /// matched, to store the mark: an inner side's mark is never read (only an outer side
+    /// emits its unmatched records), so its stored records are not written again for it.
     fn meet(
         &mut self,
         key: &[u8],
         lo: i64,
         hi: i64,
-        dirty: &mut HashSet<(i64, u64), Hasher>,
+        mut dirty: Option<&mut HashSet<(i64, u64), Hasher>>,
         mut f: impl FnMut(&T),
     ) -> bool {
         let Some(entries) = self.keys.get_mut(key) else {
@@ -168,7 +170,9 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
             f(&e.value);
             if !e.matched {
                 e.matched = true;
-                dirty.insert((t, s));
+                if let Some(dirty) = dirty.as_deref_mut() {
+                    dirty.insert((t, s));
+                }
             }
         }
         met
@@ -504,14 +508,16 @@ where
         let out = &mut self.out;
         let tag = match record {
             Side::Left(a) => {
-                let matched = part.right.meet(&key, lo, hi, &mut part.dirty, |b| {
+                let dirty = self.right_outer.then_some(&mut part.dirty);
+                let matched = part.right.meet(&key, lo, hi, dirty, |b| {
                     out.push_back((Some(a.clone()), Some(b.clone())));
                 });
                 part.left.insert(key.clone(), time, seq, a, matched, false);
                 LEFT
             }
             Side::Right(b) => {
-                let matched = part.left.meet(&key, lo, hi, &mut part.dirty, |a| {
+                let dirty = self.left_outer.then_some(&mut part.dirty);
+                let matched = part.left.meet(&key, lo, hi, dirty, |a| {
                     out.push_back((Some(a.clone()), Some(b.clone())));
                 });
                 part.right.insert(key.clone(), time, seq, b, matched, false);
@@ -930,6 +936,25 @@ mod tests {
             .filter(|(_, k, v)| v.is_none() && k != CLOCK)
             .count();
         assert_eq!(deletes, 3, "the three stored records are deleted");
+    }
+
+    #[test]
+    fn a_match_writes_a_stored_record_again_only_on_an_outer_side() {
+        for (left_outer, rewrites) in [(false, 0), (true, 1)] {
+            let mut op = op(10, 10, 0, left_outer, false);
+            op.on_record(0, b"k".to_vec(), 5, Side::Left("v".into()), 0, None, None);
+            op.take_writes().unwrap();
+            op.on_record(0, b"k".to_vec(), 6, Side::Right("c".into()), 0, None, None);
+            assert_eq!(op.out.drain(..).collect::<Vec<_>>(), vec![pair("v", "c")]);
+            let writes = op.take_writes().unwrap();
+            let sides: Vec<u8> = writes
+                .iter()
+                .filter_map(|(_, k, _)| split_entry_key(k).map(|(side, ..)| side))
+                .collect();
+            let left = sides.iter().filter(|&&s| s == LEFT).count();
+            assert_eq!(left, rewrites, "left outer: {left_outer}");
+            assert_eq!(sides.len() - left, 1, "the right record is written");
+        }
     }
 
     #[test]
