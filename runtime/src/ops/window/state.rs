@@ -7,8 +7,15 @@
 //! again, until it falls out of the retention Kafka Streams' store gives it.
 //!
 //! Stored form, per partition of the window's table (keys are bytes, values JSON):
-//! - `W | len(key) u32 | key | start` → `[key, end, state]`: an open window; a sliding window
-//!   (open, or closed and retained) is `[key, end, state, largest event time in it]`;
+//! - `w | start | key` → `[key, end, state]`: an open window; a sliding window (open, or
+//!   closed and retained) is `[key, end, state, largest event time in it]`; `p | start | key`
+//!   → `[key, end, state, first window]`: a pane of hopping windows. Time first, so a
+//!   partition's entries sort by start: a commit's writes (mostly the newest windows) and a
+//!   close's deletes (the oldest) each touch few LMDB pages, and the write transaction's
+//!   dirty pages stay few (key first, a commit dirtied pages all over the table: ~75 MiB for
+//!   the benchmark's tumbling count). Versions before 2026-12-05 stored keys first
+//!   (`W`/`P | len(key) u32 | key | start`): such entries load, and the next commit moves
+//!   them (the same value under the time-first key, the old key deleted);
 //! - `C` → the partition's clock: largest event time seen, the watermark its windows were
 //!   closed at, the `group_by` pumps' watermarks, the offset of the last record applied, and
 //!   (sliding windows) the largest window start written.
@@ -31,9 +38,12 @@ mod sliding;
 
 pub(crate) use panes::Panes;
 
-const WINDOW: u8 = b'W';
+const WINDOW: u8 = b'w';
 /// A pane of hopping windows (`panes`).
-const PANE: u8 = b'P';
+const PANE: u8 = b'p';
+/// The key-first layouts of earlier versions (see the module's docs).
+const KEY_FIRST_WINDOW: u8 = b'W';
+const KEY_FIRST_PANE: u8 = b'P';
 const CLOCK: &[u8] = b"C";
 
 /// A partition's clock as stored (the `C` entry).
@@ -62,31 +72,44 @@ pub(crate) fn time_from(bytes: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
-fn prefixed(tag: u8, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 4 + key.len() + 16);
-    out.push(tag);
-    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(key);
-    out
-}
-
 fn window_key(key: &[u8], start: i64) -> Vec<u8> {
     stored_key(WINDOW, key, start)
 }
 
-/// The stored key of a window (`W`) or a pane (`P`) of `key` at `start`.
+/// The stored key of a window (`w`) or a pane (`p`) of `key` at `start`: time first.
 fn stored_key(tag: u8, key: &[u8], start: i64) -> Vec<u8> {
-    let mut out = prefixed(tag, key);
+    let mut out = Vec::with_capacity(1 + 8 + key.len());
+    out.push(tag);
     out.extend_from_slice(&time_bytes(start));
+    out.extend_from_slice(key);
     out
 }
 
-/// Splits a stored key into (tag, group key, rest).
-fn split_stored_key(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// A stored window's or pane's key, read in either layout.
+struct StoredKey<'a> {
+    pane: bool,
+    key: &'a [u8],
+    start: i64,
+    /// In an earlier version's key-first layout (moved at the next commit).
+    key_first: bool,
+}
+
+fn parse_stored_key(stored: &[u8]) -> Option<StoredKey<'_>> {
     let (&tag, rest) = stored.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let key = rest.get(4..4 + len)?;
-    Some((tag, key, rest.get(4 + len..)?))
+    let (key, start, key_first) = match tag {
+        WINDOW | PANE => (rest.get(8..)?, rest.get(..8)?, false),
+        KEY_FIRST_WINDOW | KEY_FIRST_PANE => {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            (rest.get(4..4 + len)?, rest.get(4 + len..)?, true)
+        }
+        _ => return None,
+    };
+    Some(StoredKey {
+        pane: matches!(tag, PANE | KEY_FIRST_PANE),
+        key,
+        start: time_from(start)?,
+        key_first,
+    })
 }
 
 /// A group key's bytes, shared by its entry in the key map, the close queue and the dirty set
@@ -282,6 +305,9 @@ struct WindowPartition<K, S> {
     /// since the last commit (their stored entries go).
     legacy: panes::LegacyWindows<S>,
     legacy_gone: Vec<(Key, i64)>,
+    /// Entries loaded in the key-first layout, to move at the next commit: each value under
+    /// its time-first key, and the old key deleted.
+    relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl<K, S> WindowPartition<K, S> {
@@ -300,6 +326,7 @@ impl<K, S> WindowPartition<K, S> {
             clock_dirty: false,
             legacy: HashMap::default(),
             legacy_gone: Vec::new(),
+            relocated: Vec::new(),
         }
     }
 
@@ -465,20 +492,26 @@ where
             }
             // (Other tags: entries of an earlier version, such as the record buffer sliding
             // windows kept, are left alone.)
-            if let Some((tag @ (WINDOW | PANE), key, rest)) = split_stored_key(&stored)
-                && let Some(start) = time_from(rest)
-            {
-                let with_max = tag == PANE || matches!(self.kind, WindowKind::Sliding { .. });
-                let window = self
-                    .decode_window(&value, with_max)
-                    .map_err(|e| bad("window", e))?;
-                windows.push((tag, key.to_vec(), start, window));
+            let Some(at) = parse_stored_key(&stored) else {
+                continue;
+            };
+            let with_max = at.pane || matches!(self.kind, WindowKind::Sliding { .. });
+            let window = self
+                .decode_window(&value, with_max)
+                .map_err(|e| bad("window", e))?;
+            let (pane, key, start) = (at.pane, at.key.to_vec(), at.start);
+            if at.key_first {
+                let tag = if pane { PANE } else { WINDOW };
+                part.relocated
+                    .push((stored_key(tag, &key, start), Some(value)));
+                part.relocated.push((stored, None));
             }
+            windows.push((pane, key, start, window));
         }
         if let Some(panes) = self.panes {
-            for (tag, key, start, (k, win)) in windows {
+            for (pane, key, start, (k, win)) in windows {
                 let ks = key_state(&mut part.keys, &key, || k);
-                if tag == PANE {
+                if pane {
                     ks.windows.insert(start, win);
                 } else {
                     // A whole window stored before panes: merged with its panes at close.
@@ -490,7 +523,7 @@ where
             return Ok(());
         }
         // After the clock: a sliding window closed at its watermark is retained, not closed again.
-        for (_, key, start, (k, win)) in windows.into_iter().filter(|w| w.0 == WINDOW) {
+        for (_, key, start, (k, win)) in windows.into_iter().filter(|w| !w.0) {
             let ks = key_state(&mut part.keys, &key, || k);
             let close = self.close_time(win.end);
             if matches!(self.kind, WindowKind::Sliding { .. }) && close <= part.floor {
@@ -531,9 +564,12 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
-        self.parts
-            .values()
-            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.legacy_gone.is_empty())
+        self.parts.values().any(|p| {
+            p.clock_dirty
+                || !p.dirty.is_empty()
+                || !p.legacy_gone.is_empty()
+                || !p.relocated.is_empty()
+        })
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -550,6 +586,8 @@ where
         // (`serde_json::to_vec` started a 128-byte vector per window). The bytes are the same.
         let mut buf = Vec::with_capacity(128);
         for (&partition, part) in &mut self.parts {
+            // Moved entries first: a later write of the same window (changed, or closed) wins.
+            out.extend(part.relocated.drain(..).map(|(k, v)| (partition, k, v)));
             for (key, start) in part.legacy_gone.drain(..) {
                 out.push((partition, window_key(&key, start), None));
             }
@@ -1718,7 +1756,7 @@ mod tests {
             Some(br#"["b",10,1]"#.to_vec())
         );
         let mut second = op(WindowKind::Tumbling { size: 10 }, 0);
-        let old = vec![(window_key(b"a", 0), br#"["a",10,2]"#.to_vec())];
+        let old = vec![(key_first(WINDOW, b"a", 0), br#"["a",10,2]"#.to_vec())];
         second.load(0, old, 0).unwrap();
         feed(&mut second, &[("a", 9), ("a", 20)]);
         assert_eq!(results(&mut second), vec![w("a", 0, 10, 3)]);
@@ -1727,5 +1765,94 @@ mod tests {
         let stored = writes(&mut paned);
         let pane = stored_key(PANE, b"a", 0);
         assert_eq!(stored[&pane], Some(br#"["a",10,1,-50]"#.to_vec()));
+    }
+
+    /// The key of a window (`WINDOW`) or pane (`PANE`) in the key-first layout of earlier
+    /// versions.
+    fn key_first(tag: u8, key: &[u8], start: i64) -> Vec<u8> {
+        let mut out = vec![if tag == PANE {
+            KEY_FIRST_PANE
+        } else {
+            KEY_FIRST_WINDOW
+        }];
+        out.extend_from_slice(&u32::try_from(key.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&time_bytes(start));
+        out
+    }
+
+    #[test]
+    fn entries_stored_key_first_load_as_time_first_ones_and_move_at_the_next_commit() {
+        type Entry = (u8, &'static [u8], i64, &'static [u8]);
+        let cases: [(WindowKind, Vec<Entry>); 3] = [
+            (
+                WindowKind::Tumbling { size: 10 },
+                vec![
+                    (WINDOW, b"a", 0, br#"["a",10,2]"#),
+                    (WINDOW, b"b", 10, br#"["b",20,1]"#),
+                ],
+            ),
+            (
+                WindowKind::Sliding { size: 10 },
+                vec![(WINDOW, b"a", 0, br#"["a",10,2,9]"#)],
+            ),
+            // Panes, and a whole window stored before panes (merged at close).
+            (
+                WindowKind::Hopping { size: 60, step: 10 },
+                vec![
+                    (PANE, b"a", 0, br#"["a",10,1,-50]"#),
+                    (WINDOW, b"a", -10, br#"["a",50,4]"#),
+                ],
+            ),
+        ];
+        for (kind, entries) in cases {
+            let run = |old: bool| {
+                let mut op = op(kind, 0);
+                let layout = if old { key_first } else { stored_key };
+                let stored = entries
+                    .iter()
+                    .map(|&(tag, key, start, value)| (layout(tag, key, start), value.to_vec()))
+                    .collect();
+                op.load(0, stored, 0).unwrap();
+                let moved: BTreeMap<_, _> = op
+                    .take_writes()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, k, v)| (k, v))
+                    .collect();
+                feed(&mut op, &[("a", 8), ("b", 12), ("a", 300)]);
+                let results = results(&mut op);
+                let after: BTreeMap<_, _> = op
+                    .take_writes()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, k, v)| (k, v))
+                    .collect();
+                (moved, results, after)
+            };
+            let (moved, from_old, after_old) = run(true);
+            let (nothing, from_new, after_new) = run(false);
+            assert!(nothing.is_empty(), "{kind:?}: {nothing:?}");
+            assert!(!from_old.is_empty(), "{kind:?}");
+            assert_eq!(from_old, from_new, "{kind:?}");
+            assert_eq!(after_old, after_new, "{kind:?}");
+            let expected: BTreeMap<_, _> = entries
+                .iter()
+                .flat_map(|&(tag, key, start, value)| {
+                    [
+                        (key_first(tag, key, start), None),
+                        (stored_key(tag, key, start), Some(value.to_vec())),
+                    ]
+                })
+                .collect();
+            assert_eq!(moved, expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_partitions_windows_are_stored_in_order_of_start() {
+        assert!(window_key(b"zzz", 0) < window_key(b"a", 10));
+        assert!(window_key(b"a", -10) < window_key(b"a", 0));
+        assert!(stored_key(PANE, b"b", 5) < stored_key(PANE, b"a", 6));
     }
 }
