@@ -16,7 +16,11 @@
 //!   the other during a backlog does not make the other's records late.
 //!
 //! Stored form, per partition of the join's table (keys are bytes, values JSON):
-//! - `L|R | len(key) u32 | key | time | seq` → `[matched, record]`: a buffered record;
+//! - `l|r | time | seq | key` → `[matched, record]`: a buffered record of the left or right
+//!   side. Time first, as windows are stored: a commit writes mostly the newest records and
+//!   deletes the oldest, so it touches few LMDB pages. Versions before 2026-12-05 stored the
+//!   key first (`L|R | len(key) u32 | key | time | seq`): such entries load, and the next
+//!   commit moves them;
 //! - `C` → the partition's clock: largest event time seen, the watermark it was expired at,
 //!   the `group_by` pumps' watermarks, the offsets last applied per side, the next sequence.
 
@@ -29,6 +33,8 @@ use crate::base::error::{Error, Result};
 use crate::base::watermark::Upstream;
 use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
 
+/// A record's side (in memory; stored as its tag in the key-first layout of earlier
+/// versions, lowercase in today's).
 const LEFT: u8 = b'L';
 const RIGHT: u8 = b'R';
 const CLOCK: &[u8] = b"C";
@@ -52,25 +58,43 @@ struct StoredJoinClock {
     seq: u64,
 }
 
+/// The stored key of a buffered record: time first.
 fn entry_key(side: u8, key: &[u8], time: i64, seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 4 + key.len() + 16);
-    out.push(side);
-    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(key);
+    let mut out = Vec::with_capacity(1 + 16 + key.len());
+    out.push(side.to_ascii_lowercase());
     out.extend_from_slice(&time_bytes(time));
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(key);
     out
 }
 
-/// Splits a stored entry key into (side, join key, time, seq).
-fn split_entry_key(stored: &[u8]) -> Option<(u8, &[u8], i64, u64)> {
-    let (&side, rest) = stored.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let key = rest.get(4..4 + len)?;
-    let tail = rest.get(4 + len..)?;
-    let time = time_from(tail.get(..8)?)?;
-    let seq = u64::from_be_bytes(tail.get(8..16)?.try_into().ok()?);
-    Some((side, key, time, seq))
+/// A stored record's key, read in either layout.
+struct EntryKey<'a> {
+    side: u8,
+    key: &'a [u8],
+    time: i64,
+    seq: u64,
+    /// In an earlier version's key-first layout (moved at the next commit).
+    key_first: bool,
+}
+
+fn split_entry_key(stored: &[u8]) -> Option<EntryKey<'_>> {
+    let (&tag, rest) = stored.split_first()?;
+    let (key, tail, key_first) = match tag {
+        b'l' | b'r' => (rest.get(16..)?, rest.get(..16)?, false),
+        LEFT | RIGHT => {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            (rest.get(4..4 + len)?, rest.get(4 + len..)?, true)
+        }
+        _ => return None,
+    };
+    Some(EntryKey {
+        side: tag.to_ascii_uppercase(),
+        key,
+        time: time_from(tail.get(..8)?)?,
+        seq: u64::from_be_bytes(tail.get(8..16)?.try_into().ok()?),
+        key_first,
+    })
 }
 
 /// A record buffered in memory, with whether it met a partner.
@@ -213,6 +237,9 @@ struct JoinPartition<A, B> {
     dirty: HashSet<(i64, u64), Hasher>,
     /// Stored keys of written records that expired since the last commit.
     deletes: Vec<Vec<u8>>,
+    /// Records loaded in the key-first layout, to move at the next commit: each value under
+    /// its time-first key, and the old key deleted.
+    relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     clock_dirty: bool,
 }
 
@@ -245,6 +272,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             seq: 0,
             dirty: HashSet::default(),
             deletes: Vec::new(),
+            relocated: Vec::new(),
             clock_dirty: false,
         }
     }
@@ -365,7 +393,14 @@ where
                 part.upstream.restore(clock.pumps);
                 continue;
             }
-            let Some((side, key, time, seq)) = split_entry_key(&stored) else {
+            let Some(EntryKey {
+                side,
+                key,
+                time,
+                seq,
+                key_first,
+            }) = split_entry_key(&stored)
+            else {
                 continue;
             };
             match side {
@@ -382,6 +417,11 @@ where
             part.seq = part.seq.max(seq + 1);
             part.expiring
                 .insert((self.bounds.expires(time), seq), (side, key.to_vec(), time));
+            if key_first {
+                part.relocated
+                    .push((entry_key(side, key, time, seq), Some(value)));
+                part.relocated.push((stored, None));
+            }
         }
         self.parts.insert(partition, part);
         self.stale = true;
@@ -390,9 +430,9 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
-        self.parts
-            .values()
-            .any(|p| p.clock_dirty || !p.dirty.is_empty() || !p.deletes.is_empty())
+        self.parts.values().any(|p| {
+            p.clock_dirty || !p.dirty.is_empty() || !p.deletes.is_empty() || !p.relocated.is_empty()
+        })
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -404,6 +444,8 @@ where
         let mut out = Vec::new();
         let bounds = self.bounds;
         for (&partition, part) in &mut self.parts {
+            // Moved records first: a later write of the same record (matched, or expired) wins.
+            out.extend(part.relocated.drain(..).map(|(k, v)| (partition, k, v)));
             for (time, seq) in part.dirty.drain() {
                 let Some((side, key, _)) = part.expiring.get(&(bounds.expires(time), seq)) else {
                     continue;
@@ -938,6 +980,83 @@ mod tests {
         assert_eq!(deletes, 3, "the three stored records are deleted");
     }
 
+    /// A record's key in the key-first layout of earlier versions.
+    fn key_first(side: u8, key: &[u8], time: i64, seq: u64) -> Vec<u8> {
+        let mut out = vec![side];
+        out.extend_from_slice(&u32::try_from(key.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&time_bytes(time));
+        out.extend_from_slice(&seq.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn records_stored_key_first_load_as_time_first_ones_and_move_at_the_next_commit() {
+        type Entry = (u8, &'static [u8], i64, u64, &'static [u8]);
+        let entries: [Entry; 3] = [
+            (LEFT, b"a", 5, 0, br#"[false,"v"]"#),
+            (LEFT, b"b", 6, 1, br#"[false,"u"]"#),
+            (RIGHT, b"a", 4, 2, br#"[true,"c"]"#),
+        ];
+        let run = |old: bool| {
+            let mut op = op(10, 10, 0, true, false);
+            let layout = if old { key_first } else { entry_key };
+            let stored = entries
+                .iter()
+                .map(|&(side, key, time, seq, value)| {
+                    (layout(side, key, time, seq), value.to_vec())
+                })
+                .collect();
+            op.load(0, stored, 0).unwrap();
+            let moved: BTreeMap<_, _> = op
+                .take_writes()
+                .unwrap()
+                .into_iter()
+                .map(|(_, k, v)| (k, v))
+                .collect();
+            let out = feed(
+                &mut op,
+                &[
+                    ('R', "a", 8, "d"),
+                    ('L', "x", 500, "y"),
+                    ('R', "x", 500, "z"),
+                ],
+            );
+            let after: BTreeMap<_, _> = op
+                .take_writes()
+                .unwrap()
+                .into_iter()
+                .map(|(_, k, v)| (k, v))
+                .collect();
+            (moved, out, after)
+        };
+        let (moved, from_old, after_old) = run(true);
+        let (nothing, from_new, after_new) = run(false);
+        assert!(nothing.is_empty(), "{nothing:?}");
+        assert_eq!(
+            from_old,
+            vec![pair("v", "d"), pair("y", "z"), (Some("u".to_owned()), None)]
+        );
+        assert_eq!(from_old, from_new);
+        assert_eq!(after_old, after_new);
+        let expected: BTreeMap<_, _> = entries
+            .iter()
+            .flat_map(|&(side, key, time, seq, value)| {
+                [
+                    (key_first(side, key, time, seq), None),
+                    (entry_key(side, key, time, seq), Some(value.to_vec())),
+                ]
+            })
+            .collect();
+        assert_eq!(moved, expected);
+    }
+
+    #[test]
+    fn a_partitions_records_are_stored_in_order_of_time() {
+        assert!(entry_key(LEFT, b"zzz", 0, 9) < entry_key(LEFT, b"a", 1, 0));
+        assert!(entry_key(RIGHT, b"a", -1, 5) < entry_key(RIGHT, b"a", 0, 0));
+    }
+
     #[test]
     fn a_match_writes_a_stored_record_again_only_on_an_outer_side() {
         for (left_outer, rewrites) in [(false, 0), (true, 1)] {
@@ -949,7 +1068,7 @@ mod tests {
             let writes = op.take_writes().unwrap();
             let sides: Vec<u8> = writes
                 .iter()
-                .filter_map(|(_, k, _)| split_entry_key(k).map(|(side, ..)| side))
+                .filter_map(|(_, k, _)| split_entry_key(k).map(|e| e.side))
                 .collect();
             let left = sides.iter().filter(|&&s| s == LEFT).count();
             assert_eq!(left, rewrites, "left outer: {left_outer}");
