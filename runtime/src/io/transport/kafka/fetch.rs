@@ -40,7 +40,7 @@ pub(super) struct Membership {
 /// assignor is `cooperative-sticky`, or `range` under `RebalanceProtocol::Eager` (see
 /// `rebalance`); `reset` is the agent's `offset_reset`, and `web_url` is advertised in its
 /// `client.id` (see `KafkaTransport::web_url`). `Config::validate` refuses user values for
-/// what is set here.
+/// what is set here. `aligned`: the fetcher holds partitions in step (`prefetch_defaults`).
 pub(super) fn consumer_config(
     base: &ClientConfig,
     group: &str,
@@ -48,6 +48,7 @@ pub(super) fn consumer_config(
     read_committed: bool,
     web_url: Option<&str>,
     membership: &Membership,
+    aligned: bool,
 ) -> ClientConfig {
     let mut config = base.clone();
     let assignor = match membership.protocol {
@@ -76,7 +77,7 @@ pub(super) fn consumer_config(
         // Consumer lag per partition, for windows' idle partitions (and later metrics).
         config.set("statistics.interval.ms", "1000");
     }
-    prefetch_defaults(&mut config);
+    prefetch_defaults(&mut config, aligned);
     if config.get("heartbeat.interval.ms").is_none() {
         // Members learn of a rebalance at their next heartbeat, and the partitions that move
         // wait for it: 1 s rather than librdkafka's 3 s (docs/decisions.md, "Heartbeats every
@@ -709,6 +710,7 @@ mod tests {
                 false,
                 None,
                 &membership,
+                false,
             );
             config
                 .get("partition.assignment.strategy")
@@ -728,9 +730,17 @@ mod tests {
             protocol: RebalanceProtocol::Cooperative,
         };
         let heartbeat = |base: &ClientConfig| {
-            consumer_config(base, "g", OffsetReset::Earliest, false, None, &membership)
-                .get("heartbeat.interval.ms")
-                .map(str::to_owned)
+            consumer_config(
+                base,
+                "g",
+                OffsetReset::Earliest,
+                false,
+                None,
+                &membership,
+                false,
+            )
+            .get("heartbeat.interval.ms")
+            .map(str::to_owned)
         };
         assert_eq!(heartbeat(&ClientConfig::new()).as_deref(), Some("1000"));
         let mut mine = ClientConfig::new();

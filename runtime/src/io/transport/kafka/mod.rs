@@ -207,6 +207,8 @@ impl Log for KafkaTransport {
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
         let read_committed = self.txn.is_some();
+        // The fetcher's `Aligner` holds partitions in step when it reads several topics.
+        let aligned = router.read_ahead.is_some() && topics.len() > 1;
         let config = fetch::consumer_config(
             &self.base,
             group,
@@ -214,6 +216,7 @@ impl Log for KafkaTransport {
             read_committed,
             self.web_url.get().map(String::as_str),
             &self.membership,
+            aligned,
         );
         // Cooperative: the group assigns the first topic; the others follow it partition for
         // partition (see `rebalance`).

@@ -79,7 +79,7 @@ fn restore_consumer(
         // A changelog tail of transaction markers only returns nothing: do not let the
         // broker hold each empty fetch for its default 500 ms.
         .set("fetch.wait.max.ms", "20");
-    prefetch_defaults(&mut config);
+    prefetch_defaults(&mut config, false);
     let consumer: BaseConsumer<LogContext> = config
         .create_with_context(LogContext)
         .map_err(|e| creation_error(&config, "creating a restore consumer", e))?;
