@@ -31,9 +31,20 @@ pub(crate) struct Position {
     /// A record of a table's topic is being applied to its table (the only writes a table
     /// built from a topic takes).
     pub(crate) feeding: std::sync::atomic::AtomicBool,
+    /// The agent's fetcher reads its partitions in step once set (`Router::in_step`): a
+    /// window or join sets it (their watermark is the smallest over the partitions).
+    pub(crate) in_step: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Position {
+    /// Asks the agent's fetcher to read its partitions in step in event time (a window or
+    /// join is hosted; see `io/transport/align.rs`).
+    pub(crate) fn read_in_step(&self) {
+        if let Some(flag) = self.in_step.get() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn new(agent: Arc<str>, clock: Clock) -> Self {
         Position {
             agent,
@@ -44,6 +55,7 @@ impl Position {
             assignment: AtomicU64::new(0),
             clock,
             feeding: std::sync::atomic::AtomicBool::new(false),
+            in_step: std::sync::OnceLock::new(),
         }
     }
 

@@ -140,6 +140,11 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
     ) -> Self {
         let shared = stream.core.shared().clone();
         let clock = shared.position.clock.clone();
+        if stream.core.pipeline().is_some() {
+            // The operator's watermark is the smallest over the instance's partitions: read
+            // them in step, or it waits for the slowest while the others' state piles up.
+            shared.position.read_in_step();
+        }
         let setup = stream.core.pipeline().cloned().map(|pipeline| {
             let name = table.clone();
             let setup: Setup = Box::pin(async move { pipeline.window_table(&name).await });

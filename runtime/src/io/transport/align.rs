@@ -26,6 +26,9 @@ pub(crate) const FIRST_RECORD_WAIT: Duration = Duration::from_secs(10);
 pub(crate) struct Aligner {
     /// How far ahead (ms of event time) a partition may be read; `None`: no alignment.
     read_ahead: Option<i64>,
+    /// Partitions of one topic are held in step only once this is set (`Router::in_step`:
+    /// the agent hosts a window or join); several topics always are.
+    in_step: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Per partition: the timestamp and offset of the last record handed out.
     heads: HashMap<Tp, (i64, i64)>,
     /// The run of records of one partition being handed out (a fetch hands out runs of one
@@ -39,14 +42,19 @@ pub(crate) struct Aligner {
 }
 
 impl Aligner {
-    /// Alignment by `read_ahead` for a fetch over `topics` topics: none for one topic (its
-    /// partitions are independent, as Kafka Streams' tasks are) or without a read-ahead.
-    pub(crate) fn new(read_ahead: Option<Duration>, topics: usize) -> Self {
-        let read_ahead = read_ahead
-            .filter(|_| topics > 1)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    /// Alignment by `read_ahead` for a fetch over `topics` topics; none without a read-ahead.
+    /// One topic's partitions are independent (as Kafka Streams' tasks are) until `in_step`
+    /// is set: a window's or join's watermark is the smallest over the instance's partitions,
+    /// so one partition read minutes ahead of another keeps minutes of its windows open.
+    pub(crate) fn new(
+        read_ahead: Option<Duration>,
+        topics: usize,
+        in_step: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        let read_ahead = read_ahead.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Aligner {
             read_ahead,
+            in_step: (topics < 2).then(|| in_step.clone()),
             heads: HashMap::new(),
             run: None,
             held: HashSet::new(),
@@ -55,9 +63,18 @@ impl Aligner {
         }
     }
 
-    /// Whether partitions may be held at all.
+    /// Whether partitions may be held (now).
     pub(crate) fn enabled(&self) -> bool {
-        self.read_ahead.is_some()
+        self.limit().is_some()
+    }
+
+    /// The read-ahead while alignment is on.
+    fn limit(&self) -> Option<i64> {
+        let on = self
+            .in_step
+            .as_ref()
+            .is_none_or(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+        self.read_ahead.filter(|_| on)
     }
 
     /// A new assignment (`assigned`) or a re-read: every partition starts afresh; returns the
@@ -72,7 +89,7 @@ impl Aligner {
 
     /// Notes a record of `tp` handed out.
     pub(crate) fn handed(&mut self, tp: &Tp, timestamp: Option<i64>, offset: i64) {
-        if self.read_ahead.is_none() {
+        if !self.enabled() {
             return;
         }
         let time = timestamp.unwrap_or(i64::MIN);
@@ -120,7 +137,7 @@ impl Aligner {
     }
 
     fn is_ahead(&self, tp: &Tp, at_end: &HashSet<Tp>) -> bool {
-        let (Some(read_ahead), Some((head, _))) = (self.read_ahead, self.heads.get(tp)) else {
+        let (Some(read_ahead), Some((head, _))) = (self.limit(), self.heads.get(tp)) else {
             return false;
         };
         self.floor(tp, at_end)
@@ -130,7 +147,7 @@ impl Aligner {
     /// Partitions to hold from now on, with the offset to resume each at; they are held
     /// until [`Aligner::release`] lets them go.
     pub(crate) fn hold(&mut self, at_end: &HashSet<Tp>) -> Vec<(Tp, i64)> {
-        if self.read_ahead.is_none() {
+        if !self.enabled() {
             return Vec::new();
         }
         self.end_run();
@@ -168,6 +185,8 @@ impl Aligner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn tp(topic: &str, p: i32) -> Tp {
         (std::sync::Arc::from(topic), p)
@@ -175,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_topic_read_ahead_is_held_until_the_other_catches_up() {
-        let mut a = Aligner::new(Some(Duration::from_millis(100)), 2);
+        let mut a = Aligner::new(Some(Duration::from_millis(100)), 2, &Arc::default());
         let (views, clicks) = (tp("views", 0), tp("clicks", 0));
         let none = HashSet::new();
         a.reset(&[views.clone(), clicks.clone()]);
@@ -197,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_slowest_partition_is_never_held_and_one_topic_is_not_aligned() {
-        let mut a = Aligner::new(Some(Duration::ZERO), 2);
+        let mut a = Aligner::new(Some(Duration::ZERO), 2, &Arc::default());
         let none = HashSet::new();
         a.reset(&[tp("t", 0), tp("t", 1), tp("t", 2)]);
         for (i, t) in [500, 100, 300].into_iter().enumerate() {
@@ -206,9 +225,17 @@ mod tests {
         let held: HashSet<Tp> = a.hold(&none).into_iter().map(|(tp, _)| tp).collect();
         assert_eq!(held, [tp("t", 0), tp("t", 2)].into());
         assert!(!a.is_held(&tp("t", 1)));
-        let mut single = Aligner::new(Some(Duration::ZERO), 1);
+        let in_step = Arc::new(AtomicBool::new(false));
+        let mut single = Aligner::new(Some(Duration::ZERO), 1, &in_step);
         single.handed(&tp("t", 0), Some(500), 0);
         single.handed(&tp("t", 1), Some(100), 0);
         assert!(!single.enabled() && single.hold(&none).is_empty());
+        // A window or join hosted by the agent: one topic's partitions are read in step too.
+        in_step.store(true, Ordering::Relaxed);
+        single.handed(&tp("t", 0), Some(500), 0);
+        single.handed(&tp("t", 1), Some(100), 0);
+        assert!(single.enabled());
+        assert_eq!(single.hold(&none), vec![(tp("t", 0), 1)]);
+        assert!(Aligner::new(None, 1, &in_step).hold(&none).is_empty());
     }
 }

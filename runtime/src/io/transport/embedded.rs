@@ -1117,7 +1117,8 @@ impl Fetcher<'_> {
         // the other topics wait.
         let mut holding = false;
         // Partitions read too far ahead of the agent's other topics wait (`align.rs`).
-        let mut aligner = super::align::Aligner::new(self.router.read_ahead, self.topics);
+        let mut aligner =
+            super::align::Aligner::new(self.router.read_ahead, self.topics, &self.router.in_step);
         while !self.stopped() {
             let current = self.log.generation(self.group);
             if current != generation {

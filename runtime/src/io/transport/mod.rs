@@ -92,6 +92,9 @@ pub(crate) struct Router {
     pub(crate) bootstrap: Vec<Arc<str>>,
     /// How far ahead in event time one of the agent's topics may be read (`align.rs`).
     pub(crate) read_ahead: Option<Duration>,
+    /// Set once the agent hosts a window or join: their watermark is the smallest over an
+    /// instance's partitions, so even one topic's partitions are then read in step.
+    pub(crate) in_step: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Router {
@@ -109,6 +112,7 @@ impl Router {
             rewind: std::sync::atomic::AtomicBool::new(false),
             bootstrap: Vec::new(),
             read_ahead: None,
+            in_step: Arc::default(),
         }
     }
 

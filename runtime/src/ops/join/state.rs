@@ -151,7 +151,14 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
         };
         match position(entries, (time, seq)) {
             Ok(i) => entries[i].1 = record,
-            Err(i) => entries.insert(i, ((time, seq), record)),
+            Err(i) => {
+                // Room for this record alone (a vector's first growth makes room for four): a
+                // key mostly holds one record per side within a join window.
+                if entries.capacity() == 0 {
+                    entries.reserve_exact(1);
+                }
+                entries.insert(i, ((time, seq), record));
+            }
         }
     }
 

@@ -212,7 +212,7 @@ impl<S> KeyWindows<S> {
         let i = match self.find(start) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (start, open()));
+                self.add(i, start, open());
                 i
             }
         };
@@ -222,8 +222,17 @@ impl<S> KeyWindows<S> {
     fn insert(&mut self, start: i64, win: Win<S>) {
         match self.find(start) {
             Ok(i) => self.0[i].1 = win,
-            Err(i) => self.0.insert(i, (start, win)),
+            Err(i) => self.add(i, start, win),
         }
+    }
+
+    /// Adds a window at `i`. A key's first window gets room for itself alone (a vector's
+    /// first growth makes room for four): most keys have one window open at a time.
+    fn add(&mut self, i: usize, start: i64, win: Win<S>) {
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(1);
+        }
+        self.0.insert(i, (start, win));
     }
 
     fn remove(&mut self, start: i64) -> Option<Win<S>> {

@@ -37,6 +37,8 @@ struct AgentParts {
     policy: Arc<Policy>,
     committer: Arc<dyn Committer>,
     pipeline: Arc<AgentPipeline>,
+    /// The router's `in_step` flag, which the instances' windows and joins set.
+    in_step: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -117,6 +119,7 @@ impl Worker {
             policy,
             committer,
             pipeline,
+            in_step: router.in_step.clone(),
         };
         self.spawn_instances(config, &spec, tables, &parts, rxs);
         tracing::info!(agent = %spec.name(), group = %parts.group, instances = spec.concurrency, sources = ?spec.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent started");
@@ -225,6 +228,7 @@ impl Worker {
                 cores,
                 config,
             );
+            let _ = shared.position.in_step.set(parts.in_step.clone());
             let core = RecordLoop::new(CoreParts {
                 data,
                 ctrl,

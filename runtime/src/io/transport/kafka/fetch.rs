@@ -209,7 +209,7 @@ fn poll_loop(
         ends: PartitionEnds::default(),
         last_error: None,
         bootstrap: Bootstrap::default(),
-        aligner: Aligner::new(router.read_ahead, subscribed.len()),
+        aligner: Aligner::new(router.read_ahead, subscribed.len(), &router.in_step),
     };
     let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
