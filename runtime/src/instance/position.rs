@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::base::time::Clock;
+use crate::io::transport::align::ReadMode;
 
 /// `current_partition` while a punctuator runs: table writes may go to any partition the
 /// instance owns.
@@ -31,17 +32,25 @@ pub(crate) struct Position {
     /// A record of a table's topic is being applied to its table (the only writes a table
     /// built from a topic takes).
     pub(crate) feeding: std::sync::atomic::AtomicBool,
-    /// The agent's fetcher reads its partitions in step once set (`Router::in_step`): a
-    /// window or join sets it (their watermark is the smallest over the partitions).
-    pub(crate) in_step: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
+    /// Whether the agent's fetcher reads its partitions in step (`Router::read_mode`): a
+    /// window or join asks for it (their watermark is the smallest over the partitions).
+    pub(crate) read_mode: std::sync::OnceLock<Arc<ReadMode>>,
 }
 
 impl Position {
     /// Asks the agent's fetcher to read its partitions in step in event time (a window or
     /// join is hosted; see `io/transport/align.rs`).
     pub(crate) fn read_in_step(&self) {
-        if let Some(flag) = self.in_step.get() {
-            flag.store(true, Ordering::Relaxed);
+        if let Some(mode) = self.read_mode.get() {
+            mode.read_in_step();
+        }
+    }
+
+    /// The agent asks for its first record: without a window or join by now, its fetcher
+    /// reads its partitions independently (until one asks for them in step).
+    pub(crate) fn reading(&self) {
+        if let Some(mode) = self.read_mode.get() {
+            mode.reading();
         }
     }
 
@@ -55,7 +64,7 @@ impl Position {
             assignment: AtomicU64::new(0),
             clock,
             feeding: std::sync::atomic::AtomicBool::new(false),
-            in_step: std::sync::OnceLock::new(),
+            read_mode: std::sync::OnceLock::new(),
         }
     }
 

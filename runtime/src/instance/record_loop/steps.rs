@@ -376,6 +376,8 @@ impl RecordLoop {
             // Backpressure: wait for the held partitions before reading more.
             return ControlFlow::Break(Flow::Wait);
         }
+        // Asked for records: the agent function has built its windows and joins by now.
+        self.shared.position.reading();
         match self.data.poll_recv(cx) {
             Poll::Ready(Some(batch)) => {
                 self.batch_generation = batch.generation;

@@ -14,6 +14,8 @@
 //! reading always goes on.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Tp;
@@ -22,13 +24,76 @@ use super::Tp;
 /// others back.
 pub(crate) const FIRST_RECORD_WAIT: Duration = Duration::from_secs(10);
 
+/// Whether one topic's partitions are read in step: an agent's windows and joins ask for it
+/// (their watermark is the smallest over the instance's partitions); other readers never do.
+///
+/// It starts undecided for an agent, whose function builds its windows before it first asks
+/// for a record: the Kafka fetcher of a one-topic agent waits for that (at most
+/// [`DECISION_WAIT`]) before creating its consumer, so that a consumer holding partitions in
+/// step gets the small prefetch such a consumer needs (`kafka::client::prefetch_defaults`).
+pub(crate) struct ReadMode(AtomicU8);
+
+const UNDECIDED: u8 = 0;
+const INDEPENDENT: u8 = 1;
+const IN_STEP: u8 = 2;
+
+/// How long a one-topic agent's Kafka fetcher waits for its agent to decide (an agent
+/// function that awaits something else first gets an independent reading's consumer, and
+/// still reads in step once it asks to).
+pub(crate) const DECISION_WAIT: Duration = Duration::from_secs(2);
+
+impl ReadMode {
+    /// Decided: independent partitions, until [`ReadMode::in_step`] is asked for.
+    pub(crate) fn independent() -> Self {
+        ReadMode(AtomicU8::new(INDEPENDENT))
+    }
+
+    /// Decided by the agent: at its first window or join, or its first read without one.
+    pub(crate) fn undecided() -> Self {
+        ReadMode(AtomicU8::new(UNDECIDED))
+    }
+
+    /// A window or join is hosted: read in step from now on.
+    pub(crate) fn read_in_step(&self) {
+        self.0.store(IN_STEP, Ordering::Relaxed);
+    }
+
+    /// The agent asks for records: without a window or join by now, it reads independently.
+    pub(crate) fn reading(&self) {
+        let _ =
+            self.0
+                .compare_exchange(UNDECIDED, INDEPENDENT, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_in_step(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == IN_STEP
+    }
+
+    /// Waits (blocking the fetcher thread) until decided, `wait` has passed or `stop`;
+    /// returns whether the partitions are to be read in step.
+    pub(crate) fn decided_in_step(
+        &self,
+        wait: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        let since = Instant::now();
+        while self.0.load(Ordering::Relaxed) == UNDECIDED
+            && since.elapsed() < wait
+            && !stop.load(Ordering::Acquire)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.is_in_step()
+    }
+}
+
 /// Where each partition stands, and which are held.
 pub(crate) struct Aligner {
     /// How far ahead (ms of event time) a partition may be read; `None`: no alignment.
     read_ahead: Option<i64>,
-    /// Partitions of one topic are held in step only once this is set (`Router::in_step`:
+    /// Partitions of one topic are held in step only once this says so (`Router::read_mode`:
     /// the agent hosts a window or join); several topics always are.
-    in_step: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    in_step: Option<Arc<ReadMode>>,
     /// Per partition: the timestamp and offset of the last record handed out.
     heads: HashMap<Tp, (i64, i64)>,
     /// The run of records of one partition being handed out (a fetch hands out runs of one
@@ -43,18 +108,15 @@ pub(crate) struct Aligner {
 
 impl Aligner {
     /// Alignment by `read_ahead` for a fetch over `topics` topics; none without a read-ahead.
-    /// One topic's partitions are independent (as Kafka Streams' tasks are) until `in_step`
-    /// is set: a window's or join's watermark is the smallest over the instance's partitions,
-    /// so one partition read minutes ahead of another keeps minutes of its windows open.
-    pub(crate) fn new(
-        read_ahead: Option<Duration>,
-        topics: usize,
-        in_step: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
+    /// One topic's partitions are independent (as Kafka Streams' tasks are) until `mode`
+    /// says in step: a window's or join's watermark is the smallest over the instance's
+    /// partitions, so one partition read minutes ahead of another keeps minutes of its windows
+    /// open.
+    pub(crate) fn new(read_ahead: Option<Duration>, topics: usize, mode: &Arc<ReadMode>) -> Self {
         let read_ahead = read_ahead.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Aligner {
             read_ahead,
-            in_step: (topics < 2).then(|| in_step.clone()),
+            in_step: (topics < 2).then(|| mode.clone()),
             heads: HashMap::new(),
             run: None,
             held: HashSet::new(),
@@ -70,10 +132,7 @@ impl Aligner {
 
     /// The read-ahead while alignment is on.
     fn limit(&self) -> Option<i64> {
-        let on = self
-            .in_step
-            .as_ref()
-            .is_none_or(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+        let on = self.in_step.as_ref().is_none_or(|m| m.is_in_step());
         self.read_ahead.filter(|_| on)
     }
 
@@ -95,7 +154,7 @@ impl Aligner {
         let time = timestamp.unwrap_or(i64::MIN);
         match &mut self.run {
             Some((run, newest, last))
-                if run.1 == tp.1 && (std::sync::Arc::ptr_eq(&run.0, &tp.0) || run.0 == tp.0) =>
+                if run.1 == tp.1 && (Arc::ptr_eq(&run.0, &tp.0) || run.0 == tp.0) =>
             {
                 *newest = (*newest).max(time);
                 *last = offset;
@@ -186,7 +245,7 @@ impl Aligner {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     fn tp(topic: &str, p: i32) -> Tp {
         (std::sync::Arc::from(topic), p)
@@ -194,7 +253,11 @@ mod tests {
 
     #[test]
     fn a_topic_read_ahead_is_held_until_the_other_catches_up() {
-        let mut a = Aligner::new(Some(Duration::from_millis(100)), 2, &Arc::default());
+        let mut a = Aligner::new(
+            Some(Duration::from_millis(100)),
+            2,
+            &Arc::new(ReadMode::independent()),
+        );
         let (views, clicks) = (tp("views", 0), tp("clicks", 0));
         let none = HashSet::new();
         a.reset(&[views.clone(), clicks.clone()]);
@@ -216,7 +279,7 @@ mod tests {
 
     #[test]
     fn the_slowest_partition_is_never_held_and_one_topic_is_not_aligned() {
-        let mut a = Aligner::new(Some(Duration::ZERO), 2, &Arc::default());
+        let mut a = Aligner::new(Some(Duration::ZERO), 2, &Arc::new(ReadMode::independent()));
         let none = HashSet::new();
         a.reset(&[tp("t", 0), tp("t", 1), tp("t", 2)]);
         for (i, t) in [500, 100, 300].into_iter().enumerate() {
@@ -225,17 +288,50 @@ mod tests {
         let held: HashSet<Tp> = a.hold(&none).into_iter().map(|(tp, _)| tp).collect();
         assert_eq!(held, [tp("t", 0), tp("t", 2)].into());
         assert!(!a.is_held(&tp("t", 1)));
-        let in_step = Arc::new(AtomicBool::new(false));
+        let in_step = Arc::new(ReadMode::undecided());
         let mut single = Aligner::new(Some(Duration::ZERO), 1, &in_step);
         single.handed(&tp("t", 0), Some(500), 0);
         single.handed(&tp("t", 1), Some(100), 0);
         assert!(!single.enabled() && single.hold(&none).is_empty());
         // A window or join hosted by the agent: one topic's partitions are read in step too.
-        in_step.store(true, Ordering::Relaxed);
+        in_step.read_in_step();
         single.handed(&tp("t", 0), Some(500), 0);
         single.handed(&tp("t", 1), Some(100), 0);
         assert!(single.enabled());
         assert_eq!(single.hold(&none), vec![(tp("t", 0), 1)]);
         assert!(Aligner::new(None, 1, &in_step).hold(&none).is_empty());
+    }
+
+    #[test]
+    fn an_agent_decides_at_its_first_window_or_its_first_read() {
+        let stop = AtomicBool::new(false);
+        let wait = Duration::from_secs(30);
+        // A window built before the first read: in step, and a later read changes nothing.
+        let windowed = ReadMode::undecided();
+        windowed.read_in_step();
+        windowed.reading();
+        assert!(windowed.decided_in_step(wait, &stop));
+        // The first read without a window: independent, until a window asks (it still may).
+        let plain = ReadMode::undecided();
+        plain.reading();
+        assert!(!plain.decided_in_step(wait, &stop));
+        plain.read_in_step();
+        assert!(plain.is_in_step());
+        // Decided on another thread while the fetcher waits.
+        let mode = Arc::new(ReadMode::undecided());
+        let agent = {
+            let mode = mode.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                mode.read_in_step();
+            })
+        };
+        assert!(mode.decided_in_step(wait, &stop));
+        agent.join().unwrap();
+        // Never decided: independent once the wait is over, or at once when stopping.
+        let silent = ReadMode::undecided();
+        assert!(!silent.decided_in_step(Duration::from_millis(20), &stop));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(!silent.decided_in_step(wait, &stop));
     }
 }

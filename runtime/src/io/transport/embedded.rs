@@ -1118,7 +1118,7 @@ impl Fetcher<'_> {
         let mut holding = false;
         // Partitions read too far ahead of the agent's other topics wait (`align.rs`).
         let mut aligner =
-            super::align::Aligner::new(self.router.read_ahead, self.topics, &self.router.in_step);
+            super::align::Aligner::new(self.router.read_ahead, self.topics, &self.router.read_mode);
         while !self.stopped() {
             let current = self.log.generation(self.group);
             if current != generation {

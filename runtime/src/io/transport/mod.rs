@@ -92,9 +92,9 @@ pub(crate) struct Router {
     pub(crate) bootstrap: Vec<Arc<str>>,
     /// How far ahead in event time one of the agent's topics may be read (`align.rs`).
     pub(crate) read_ahead: Option<Duration>,
-    /// Set once the agent hosts a window or join: their watermark is the smallest over an
-    /// instance's partitions, so even one topic's partitions are then read in step.
-    pub(crate) in_step: Arc<std::sync::atomic::AtomicBool>,
+    /// In step once the agent hosts a window or join: their watermark is the smallest over
+    /// an instance's partitions, so even one topic's partitions are then read in step.
+    pub(crate) read_mode: Arc<align::ReadMode>,
 }
 
 impl Router {
@@ -112,8 +112,15 @@ impl Router {
             rewind: std::sync::atomic::AtomicBool::new(false),
             bootstrap: Vec::new(),
             read_ahead: None,
-            in_step: Arc::default(),
+            read_mode: Arc::new(align::ReadMode::independent()),
         }
+    }
+
+    /// An agent's router: its function decides whether one topic's partitions are read in
+    /// step (see `align::ReadMode`).
+    pub(crate) fn decided_by_agent(mut self) -> Self {
+        self.read_mode = Arc::new(align::ReadMode::undecided());
+        self
     }
 
     /// Keeps the agent's topics within `read_ahead` of each other in event time (`align.rs`).

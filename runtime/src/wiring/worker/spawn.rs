@@ -18,6 +18,7 @@ use crate::instance::context::InstanceState;
 use crate::instance::record_loop::{CoreParts, RecordLoop};
 use crate::instance::table::recovery::Recovery;
 use crate::instance::table::{TableCore, TableDef};
+use crate::io::transport::align::ReadMode;
 use crate::io::transport::{Batch, Committer, Control, InstanceTx, Router};
 use crate::wiring::agent::{AgentContext, AgentSpec, RunFn};
 use crate::wiring::observe::AgentView;
@@ -37,8 +38,8 @@ struct AgentParts {
     policy: Arc<Policy>,
     committer: Arc<dyn Committer>,
     pipeline: Arc<AgentPipeline>,
-    /// The router's `in_step` flag, which the instances' windows and joins set.
-    in_step: Arc<std::sync::atomic::AtomicBool>,
+    /// The router's read mode, which the instances' windows and joins decide.
+    read_mode: Arc<ReadMode>,
 }
 
 impl Worker {
@@ -93,7 +94,8 @@ impl Worker {
         let router = Arc::new(
             Router::new(spec.name(), txs, config.shutdown_timeout)
                 .bootstrapping(&spec.table_feeds)
-                .aligned(config.read_ahead),
+                .aligned(config.read_ahead)
+                .decided_by_agent(),
         );
         let committer = self.start_fetcher(config, &spec, &group, &policy, &router)?;
         self.start_standby(config, &spec, &group, recovery.as_ref(), &router)?;
@@ -119,7 +121,7 @@ impl Worker {
             policy,
             committer,
             pipeline,
-            in_step: router.in_step.clone(),
+            read_mode: router.read_mode.clone(),
         };
         self.spawn_instances(config, &spec, tables, &parts, rxs);
         tracing::info!(agent = %spec.name(), group = %parts.group, instances = spec.concurrency, sources = ?spec.sources.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent started");
@@ -228,7 +230,7 @@ impl Worker {
                 cores,
                 config,
             );
-            let _ = shared.position.in_step.set(parts.in_step.clone());
+            let _ = shared.position.read_mode.set(parts.read_mode.clone());
             let core = RecordLoop::new(CoreParts {
                 data,
                 ctrl,

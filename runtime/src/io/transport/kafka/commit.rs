@@ -25,7 +25,10 @@ pub(crate) struct KafkaCommitter {
     /// Exactly-once: offsets go in the commit step's transaction instead.
     transactional: bool,
     router: Arc<Router>,
-    consumer: Arc<BaseConsumer<FetchContext>>,
+    /// Set by the fetcher thread once it has created its consumer (a one-topic agent's waits
+    /// for its agent to decide how it reads, `align::ReadMode`); nothing is fetched, so
+    /// nothing committed, before.
+    consumer: std::sync::OnceLock<Arc<BaseConsumer<FetchContext>>>,
     group: String,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
@@ -35,25 +38,39 @@ pub(crate) struct KafkaCommitter {
 }
 
 impl KafkaCommitter {
-    /// The committer of `consumer`'s group; `transactional`: offsets go in the commit
-    /// step's transaction instead (exactly-once).
+    /// The committer of the group of `context`'s consumer (see [`KafkaCommitter::consumer_ready`]);
+    /// `transactional`: offsets go in the commit step's transaction instead (exactly-once).
     pub(super) fn new(
         group: &str,
-        consumer: Arc<BaseConsumer<FetchContext>>,
+        context: &FetchContext,
         stop: Arc<AtomicBool>,
         admin: Arc<AdminClient<DefaultClientContext>>,
         transactional: bool,
     ) -> Arc<Self> {
-        let context = consumer.context();
         Arc::new(KafkaCommitter {
             router: context.router.clone(),
             transactional,
             group: group.to_owned(),
             health: context.health.clone(),
-            consumer,
+            consumer: std::sync::OnceLock::new(),
             stop,
             admin,
             purger: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The fetcher created the group's consumer.
+    pub(super) fn consumer_ready(&self, consumer: Arc<BaseConsumer<FetchContext>>) {
+        let _ = self.consumer.set(consumer);
+    }
+
+    /// The group's consumer, once created.
+    fn consumer(&self) -> Result<&BaseConsumer<FetchContext>> {
+        self.consumer.get().map(|c| &**c).ok_or_else(|| {
+            Error::Shutdown(format!(
+                "the consumer of group `{}` was never created (its fetcher stopped first)",
+                self.group
+            ))
         })
     }
 
@@ -66,7 +83,8 @@ impl KafkaCommitter {
 
     /// The consumer's group metadata, which fences a zombie's transactional offset commits.
     pub(crate) fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
-        self.consumer.group_metadata().ok_or_else(|| {
+        let consumer = self.consumer.get().map(|c| &**c);
+        consumer.and_then(|c| c.group_metadata()).ok_or_else(|| {
             Error::Transaction(format!(
                 "no consumer group metadata for group `{}` yet",
                 self.group
@@ -114,7 +132,11 @@ impl KafkaCommitter {
 
     /// One commit attempt: `Err` when it is worth retrying.
     fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
-        Ok(match self.consumer.commit(tpl, CommitMode::Sync) {
+        let consumer = match self.consumer() {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match consumer.commit(tpl, CommitMode::Sync) {
             Ok(()) => Ok(()),
             // Partitions already given away in a rebalance: the new owner will redo the records.
             Err(KafkaError::ConsumerCommit(code))

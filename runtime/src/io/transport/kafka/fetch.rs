@@ -18,12 +18,13 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::client::{LogContext, creation_error, prefetch_defaults};
+use super::commit::KafkaCommitter;
 use super::rebalance::Rebalancer;
 use crate::base::config::{OffsetReset, RebalanceProtocol};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
 use crate::base::message::{Bytes, Headers, RawRecord};
-use crate::io::transport::align::Aligner;
+use crate::io::transport::align::{Aligner, DECISION_WAIT};
 use crate::io::transport::{Router, Tp};
 
 /// The most records the fetcher hands over in one batch.
@@ -90,12 +91,11 @@ pub(super) fn consumer_config(
 /// The default `heartbeat.interval.ms` of agent groups.
 const HEARTBEAT_MS: &str = "1000";
 
-/// Creates the consumer of `group` and subscribes it to `topics`.
-pub(super) fn subscribed_consumer(
+/// Creates the consumer of `group` (not subscribed yet: the fetcher thread subscribes it).
+pub(super) fn new_consumer(
     config: &ClientConfig,
     context: FetchContext,
     group: &str,
-    topics: &[String],
 ) -> Result<Arc<BaseConsumer<FetchContext>>> {
     let consumer: BaseConsumer<FetchContext> =
         config.create_with_context(context).map_err(|e| {
@@ -105,24 +105,91 @@ pub(super) fn subscribed_consumer(
                 e,
             )
         })?;
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|e| Error::kafka(format!("subscribing group `{group}` to {topics:?}"), e))?;
     Ok(Arc::new(consumer))
 }
 
-/// Polls `consumer` on a thread of its own, handing batches to `router` until `stop`.
+/// What an agent group's fetcher thread starts from.
+pub(super) struct FetchStart {
+    pub(super) group: String,
+    /// Created with the agent's config (which it proves valid before the worker starts).
+    pub(super) consumer: Arc<BaseConsumer<FetchContext>>,
+    /// A one-topic agent that may read in step: the config of a consumer that prefetches
+    /// for that, and its context. The thread waits for the agent to decide
+    /// (`align::ReadMode`), and creates that consumer instead when it reads in step.
+    pub(super) in_step: Option<(ClientConfig, FetchContext)>,
+    /// The topics the group subscribes to (`rebalance` assigns the others' partitions).
+    pub(super) subscribed: Vec<String>,
+    /// Every topic read.
+    pub(super) topics: Vec<String>,
+    pub(super) committer: Arc<KafkaCommitter>,
+}
+
+/// Subscribes the group's consumer and polls it on a thread of its own, handing batches to
+/// `router` until `stop`.
 pub(super) fn spawn_poll_thread(
-    consumer: Arc<BaseConsumer<FetchContext>>,
+    start: FetchStart,
     router: Arc<Router>,
     stop: Arc<AtomicBool>,
-    topics: Vec<String>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("rill-fetch-{}", router.agent))
-        .spawn(move || poll_loop(&consumer, &router, &stop, &topics))
+        .spawn(move || {
+            let topics = start.topics.clone();
+            if let Some(consumer) = start.subscribed_consumer(&router, &stop) {
+                poll_loop(&consumer, &router, &stop, &topics);
+            }
+        })
         .map_err(|e| Error::io("spawning a fetcher thread", e))
+}
+
+impl FetchStart {
+    /// A one-topic agent that may read in step: waits for its function to decide, and
+    /// creates the consumer that prefetches for reading in step when it does; true then.
+    pub(super) fn choose_consumer(&mut self, router: &Router, stop: &AtomicBool) -> bool {
+        let Some((config, context)) = self.in_step.take() else {
+            return false;
+        };
+        if !router.read_mode.decided_in_step(DECISION_WAIT, stop) {
+            return false;
+        }
+        match new_consumer(&config, context, &self.group) {
+            Ok(aligned) => {
+                tracing::debug!(group = %self.group, "the agent reads in step: its consumer prefetches less");
+                self.consumer = aligned;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "creating a consumer that prefetches for reading in step; going on with the first");
+                false
+            }
+        }
+    }
+
+    /// The consumer to poll, subscribed and handed to the committer; `None` when it cannot
+    /// subscribe (logged).
+    fn subscribed_consumer(
+        mut self,
+        router: &Router,
+        stop: &AtomicBool,
+    ) -> Option<Arc<BaseConsumer<FetchContext>>> {
+        self.choose_consumer(router, stop);
+        let FetchStart {
+            group,
+            consumer,
+            subscribed,
+            committer,
+            ..
+        } = self;
+        let topic_refs: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&topic_refs) {
+            let e = Error::kafka(format!("subscribing group `{group}` to {subscribed:?}"), e);
+            tracing::error!(agent = %router.agent, error = %e, "the agent reads nothing");
+            consumer.context().health.lost(e.to_string());
+            return None;
+        }
+        committer.consumer_ready(consumer.clone());
+        Some(consumer)
+    }
 }
 
 /// A fetched batch being assembled: every key and value is copied into one buffer, and the
@@ -209,7 +276,7 @@ fn poll_loop(
         ends: PartitionEnds::default(),
         last_error: None,
         bootstrap: Bootstrap::default(),
-        aligner: Aligner::new(router.read_ahead, subscribed.len(), &router.in_step),
+        aligner: Aligner::new(router.read_ahead, subscribed.len(), &router.read_mode),
     };
     let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {

@@ -206,41 +206,9 @@ impl Log for KafkaTransport {
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
-        let read_committed = self.txn.is_some();
-        // The fetcher's `Aligner` holds partitions in step when it reads several topics.
-        let aligned = router.read_ahead.is_some() && topics.len() > 1;
-        let config = fetch::consumer_config(
-            &self.base,
-            group,
-            reset,
-            read_committed,
-            self.web_url.get().map(String::as_str),
-            &self.membership,
-            aligned,
-        );
-        // Cooperative: the group assigns the first topic; the others follow it partition for
-        // partition (see `rebalance`).
-        let split = match self.membership.protocol {
-            RebalanceProtocol::Cooperative => 1.min(topics.len()),
-            RebalanceProtocol::Eager => topics.len(),
-        };
-        let (subscribed, partners) = topics.split_at(split);
-        let context = FetchContext::new(
-            router.clone(),
-            self.health.clone(),
-            read_committed,
-            reset,
-            partners.to_vec(),
-        );
-        let consumer = fetch::subscribed_consumer(&config, context, group, subscribed)?;
-        let committer = KafkaCommitter::new(
-            group,
-            consumer.clone(),
-            stop.clone(),
-            self.admin_client.clone(),
-            read_committed,
-        );
-        let thread = fetch::spawn_poll_thread(consumer, router, stop, topics)?;
+        let start = self.fetch_start(group, &topics, reset, &router, &stop)?;
+        let committer = start.committer.clone();
+        let thread = fetch::spawn_poll_thread(start, router, stop)?;
         Ok((committer, thread))
     }
 
@@ -320,5 +288,136 @@ impl Log for KafkaTransport {
                 txn.aborted.load(Ordering::Relaxed),
             )
         })
+    }
+}
+
+impl KafkaTransport {
+    /// What the fetcher thread of `group` starts from: its consumer, created with the
+    /// agent's config (errors surface here, before the worker starts), and its committer.
+    fn fetch_start(
+        &self,
+        group: &str,
+        topics: &[String],
+        reset: OffsetReset,
+        router: &Arc<Router>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<fetch::FetchStart> {
+        let read_committed = self.txn.is_some();
+        // The fetcher's `Aligner` holds partitions in step when it reads several topics, and
+        // one topic's once the agent hosts a window or join (`align::ReadMode`).
+        let aligned = router.read_ahead.is_some() && topics.len() > 1;
+        let config_for = |aligned| {
+            fetch::consumer_config(
+                &self.base,
+                group,
+                reset,
+                read_committed,
+                self.web_url.get().map(String::as_str),
+                &self.membership,
+                aligned,
+            )
+        };
+        // Cooperative: the group assigns the first topic; the others follow it partition for
+        // partition (see `rebalance`).
+        let split = match self.membership.protocol {
+            RebalanceProtocol::Cooperative => 1.min(topics.len()),
+            RebalanceProtocol::Eager => topics.len(),
+        };
+        let (subscribed, partners) = topics.split_at(split);
+        let context = || {
+            FetchContext::new(
+                router.clone(),
+                self.health.clone(),
+                read_committed,
+                reset,
+                partners.to_vec(),
+            )
+        };
+        let first = context();
+        let committer = KafkaCommitter::new(
+            group,
+            &first,
+            stop.clone(),
+            self.admin_client.clone(),
+            read_committed,
+        );
+        let start = fetch::FetchStart {
+            group: group.to_owned(),
+            consumer: fetch::new_consumer(&config_for(aligned), first, group)?,
+            in_step: (!aligned && router.read_ahead.is_some())
+                .then(|| (config_for(true), context())),
+            subscribed: subscribed.to_vec(),
+            topics: topics.to_vec(),
+            committer,
+        };
+        Ok(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::transport::InstanceTx;
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn a_one_topic_agents_consumer_prefetches_for_how_its_function_reads() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("views", 2, 1).expect("topic");
+        let bootstrap = cluster.bootstrap_servers();
+        let transport =
+            KafkaTransport::connect(&Config::new("app"), &bootstrap).expect("transport");
+        for in_step in [true, false] {
+            let (data, _data_rx) = tokio::sync::mpsc::channel(1);
+            let (ctrl, _ctrl_rx) = tokio::sync::mpsc::unbounded_channel();
+            let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1))
+                .aligned(Some(Duration::from_secs(30)))
+                .decided_by_agent();
+            let router = Arc::new(router);
+            let stop = Arc::new(AtomicBool::new(false));
+            let topics = ["views".to_owned()];
+            let mut start = transport
+                .fetch_start("group", &topics, OffsetReset::Earliest, &router, &stop)
+                .expect("fetch start");
+            let aligned = start.in_step.as_ref().map(|(config, _)| {
+                [
+                    config.get("queued.min.messages"),
+                    config.get("max.partition.fetch.bytes"),
+                ]
+            });
+            assert_eq!(aligned, Some([Some("1000"), Some("131072")]));
+            // The agent function decides once the fetcher has started (it runs after it).
+            let agent = {
+                let router = router.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if in_step {
+                        router.read_mode.read_in_step();
+                    } else {
+                        router.read_mode.reading();
+                    }
+                })
+            };
+            assert_eq!(start.choose_consumer(&router, &stop), in_step);
+            agent.join().unwrap();
+        }
+        // An agent over two topics is aligned from the start: nothing to wait for.
+        let (data, _data_rx) = tokio::sync::mpsc::channel(1);
+        let (ctrl, _ctrl_rx) = tokio::sync::mpsc::unbounded_channel();
+        let router = Router::new("b", vec![InstanceTx { data, ctrl }], Duration::from_secs(1))
+            .aligned(Some(Duration::from_secs(30)))
+            .decided_by_agent();
+        let topics = ["views".to_owned(), "clicks".to_owned()];
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = transport
+            .fetch_start(
+                "group",
+                &topics,
+                OffsetReset::Earliest,
+                &Arc::new(router),
+                &stop,
+            )
+            .expect("fetch start");
+        assert!(start.in_step.is_none());
     }
 }
