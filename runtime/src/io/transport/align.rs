@@ -43,7 +43,7 @@ const IN_STEP: u8 = 2;
 pub(crate) const DECISION_WAIT: Duration = Duration::from_secs(2);
 
 impl ReadMode {
-    /// Decided: independent partitions, until [`ReadMode::in_step`] is asked for.
+    /// Decided: independent partitions, until [`ReadMode::read_in_step`] is asked for.
     pub(crate) fn independent() -> Self {
         ReadMode(AtomicU8::new(INDEPENDENT))
     }
