@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::fetch::FetchContext;
+use super::fetch::{ConsumerSlot, FetchContext};
 use super::purge;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
@@ -28,7 +28,7 @@ pub(crate) struct KafkaCommitter {
     /// Set by the fetcher thread once it has created its consumer (a one-topic agent's waits
     /// for its agent to decide how it reads, `align::ReadMode`); nothing is fetched, so
     /// nothing committed, before.
-    consumer: std::sync::OnceLock<Arc<BaseConsumer<FetchContext>>>,
+    consumer: ConsumerSlot,
     group: String,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
@@ -52,16 +52,16 @@ impl KafkaCommitter {
             transactional,
             group: group.to_owned(),
             health: context.health.clone(),
-            consumer: std::sync::OnceLock::new(),
+            consumer: ConsumerSlot::default(),
             stop,
             admin,
             purger: std::sync::OnceLock::new(),
         })
     }
 
-    /// The fetcher created the group's consumer.
-    pub(super) fn consumer_ready(&self, consumer: Arc<BaseConsumer<FetchContext>>) {
-        let _ = self.consumer.set(consumer);
+    /// Where the fetcher thread puts the group's consumer.
+    pub(super) fn consumer_slot(&self) -> ConsumerSlot {
+        self.consumer.clone()
     }
 
     /// The group's consumer, once created.

@@ -18,7 +18,6 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::client::{LogContext, creation_error, prefetch_defaults};
-use super::commit::KafkaCommitter;
 use super::rebalance::Rebalancer;
 use crate::base::config::{OffsetReset, RebalanceProtocol};
 use crate::base::error::{Error, Result};
@@ -108,6 +107,10 @@ pub(super) fn new_consumer(
     Ok(Arc::new(consumer))
 }
 
+/// Where the fetcher thread puts the group's consumer once subscribed (the committer reads it:
+/// nothing is fetched, so nothing committed, before).
+pub(super) type ConsumerSlot = Arc<std::sync::OnceLock<Arc<BaseConsumer<FetchContext>>>>;
+
 /// What an agent group's fetcher thread starts from.
 pub(super) struct FetchStart {
     pub(super) group: String,
@@ -121,7 +124,8 @@ pub(super) struct FetchStart {
     pub(super) subscribed: Vec<String>,
     /// Every topic read.
     pub(super) topics: Vec<String>,
-    pub(super) committer: Arc<KafkaCommitter>,
+    /// The committer's.
+    pub(super) slot: ConsumerSlot,
 }
 
 /// Subscribes the group's consumer and polls it on a thread of its own, handing batches to
@@ -177,7 +181,7 @@ impl FetchStart {
             group,
             consumer,
             subscribed,
-            committer,
+            slot,
             ..
         } = self;
         let topic_refs: Vec<&str> = subscribed.iter().map(String::as_str).collect();
@@ -187,7 +191,7 @@ impl FetchStart {
             consumer.context().health.lost(e.to_string());
             return None;
         }
-        committer.consumer_ready(consumer.clone());
+        let _ = slot.set(consumer.clone());
         Some(consumer)
     }
 }

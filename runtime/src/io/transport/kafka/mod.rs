@@ -206,8 +206,7 @@ impl Log for KafkaTransport {
         router: Arc<Router>,
         stop: Arc<AtomicBool>,
     ) -> Result<(Arc<dyn Committer>, std::thread::JoinHandle<()>)> {
-        let start = self.fetch_start(group, &topics, reset, &router, &stop)?;
-        let committer = start.committer.clone();
+        let (start, committer) = self.fetch_start(group, &topics, reset, &router, &stop)?;
         let thread = fetch::spawn_poll_thread(start, router, stop)?;
         Ok((committer, thread))
     }
@@ -292,8 +291,8 @@ impl Log for KafkaTransport {
 }
 
 impl KafkaTransport {
-    /// What the fetcher thread of `group` starts from: its consumer, created with the
-    /// agent's config (errors surface here, before the worker starts), and its committer.
+    /// What the fetcher thread of `group` starts from (its consumer, created with the agent's
+    /// config: errors surface here, before the worker starts), and the group's committer.
     fn fetch_start(
         &self,
         group: &str,
@@ -301,7 +300,7 @@ impl KafkaTransport {
         reset: OffsetReset,
         router: &Arc<Router>,
         stop: &Arc<AtomicBool>,
-    ) -> Result<fetch::FetchStart> {
+    ) -> Result<(fetch::FetchStart, Arc<KafkaCommitter>)> {
         let read_committed = self.txn.is_some();
         // The fetcher's `Aligner` holds partitions in step when it reads several topics, and
         // one topic's once the agent hosts a window or join (`align::ReadMode`).
@@ -348,9 +347,9 @@ impl KafkaTransport {
                 .then(|| (config_for(true), context())),
             subscribed: subscribed.to_vec(),
             topics: topics.to_vec(),
-            committer,
+            slot: committer.consumer_slot(),
         };
-        Ok(start)
+        Ok((start, committer))
     }
 }
 
@@ -376,7 +375,7 @@ mod tests {
             let router = Arc::new(router);
             let stop = Arc::new(AtomicBool::new(false));
             let topics = ["views".to_owned()];
-            let mut start = transport
+            let (mut start, _) = transport
                 .fetch_start("group", &topics, OffsetReset::Earliest, &router, &stop)
                 .expect("fetch start");
             let aligned = start.in_step.as_ref().map(|(config, _)| {
@@ -409,7 +408,7 @@ mod tests {
             .decided_by_agent();
         let topics = ["views".to_owned(), "clicks".to_owned()];
         let stop = Arc::new(AtomicBool::new(false));
-        let start = transport
+        let (start, _) = transport
             .fetch_start(
                 "group",
                 &topics,
