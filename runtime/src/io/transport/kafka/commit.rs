@@ -38,7 +38,7 @@ pub(crate) struct KafkaCommitter {
 }
 
 impl KafkaCommitter {
-    /// The committer of the group of `context`'s consumer (see [`KafkaCommitter::consumer_ready`]);
+    /// The committer of the group of `context`'s consumer (its fetcher fills `consumer_slot`);
     /// `transactional`: offsets go in the commit step's transaction instead (exactly-once).
     pub(super) fn new(
         group: &str,
