@@ -767,23 +767,20 @@ impl ConsumerContext for FetchContext {
 mod tests {
     use super::*;
 
+    /// An at-least-once group's consumer config over `base`, joining by `protocol`.
+    fn group_config(base: &ClientConfig, protocol: RebalanceProtocol) -> ClientConfig {
+        let membership = Membership {
+            instance_id: None,
+            protocol,
+        };
+        let reset = OffsetReset::Earliest;
+        consumer_config(base, "g", reset, false, None, &membership, false)
+    }
+
     #[test]
     fn the_assignor_is_cooperative_sticky_unless_the_protocol_is_eager() {
         let assignor = |protocol| {
-            let membership = Membership {
-                instance_id: None,
-                protocol,
-            };
-            let config = consumer_config(
-                &ClientConfig::new(),
-                "g",
-                OffsetReset::Earliest,
-                false,
-                None,
-                &membership,
-                false,
-            );
-            config
+            group_config(&ClientConfig::new(), protocol)
                 .get("partition.assignment.strategy")
                 .map(str::to_owned)
         };
@@ -796,22 +793,10 @@ mod tests {
 
     #[test]
     fn members_heartbeat_every_second_unless_told_otherwise() {
-        let membership = Membership {
-            instance_id: None,
-            protocol: RebalanceProtocol::Cooperative,
-        };
         let heartbeat = |base: &ClientConfig| {
-            consumer_config(
-                base,
-                "g",
-                OffsetReset::Earliest,
-                false,
-                None,
-                &membership,
-                false,
-            )
-            .get("heartbeat.interval.ms")
-            .map(str::to_owned)
+            group_config(base, RebalanceProtocol::Cooperative)
+                .get("heartbeat.interval.ms")
+                .map(str::to_owned)
         };
         assert_eq!(heartbeat(&ClientConfig::new()).as_deref(), Some("1000"));
         let mut mine = ClientConfig::new();
