@@ -132,8 +132,10 @@ async fn internal_topics_are_created_by_rill_with_what_it_needs() -> rill::Resul
         let configs = common::topic_configs(&bootstrap, &repartition);
         assert_eq!(configs["retention.ms"], "-1", "{configs:?}");
         assert_eq!(configs["cleanup.policy"], "delete", "{configs:?}");
+        // A tumbling window's changelog: closed windows age out instead of leaving tombstones.
         let configs = common::topic_configs(&bootstrap, &changelog);
-        assert_eq!(configs["cleanup.policy"], "compact", "{configs:?}");
+        assert_eq!(configs["cleanup.policy"], "compact,delete", "{configs:?}");
+        assert_eq!(configs["retention.ms"], "86400000", "{configs:?}");
     });
     worker.shutdown().await
 }

@@ -310,5 +310,63 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
         restored > 0 && restored <= u64::try_from(changelog_records).expect("count"),
         "the window state came from the changelog: {restored} of {changelog_records} records"
     );
-    second.shutdown().await
+    second.shutdown().await?;
+
+    // Closing [0, 60) wrote no tombstones: the changelog is time-retained, keeps the closed
+    // windows until they age out, and the stored watermark tells recovery they closed.
+    let log = tokio::task::block_in_place(|| {
+        let configs = common::topic_configs(&bootstrap, &changelog);
+        assert_eq!(configs["cleanup.policy"], "compact,delete", "{configs:?}");
+        assert_eq!(configs["retention.ms"], "86400000", "{configs:?}");
+        let end = common::end_offsets(&bootstrap, &changelog, 1);
+        common::read_topic(
+            &bootstrap,
+            &changelog,
+            Duration::from_secs(90),
+            SETTLE,
+            |r| r.len() as i64 >= end,
+        )
+    });
+    assert!(
+        log.iter().all(|r| r.value.is_some()),
+        "no tombstone in `{changelog}`"
+    );
+    // The closed windows of /a and /b are among its records.
+    let closed_at_zero = log
+        .iter()
+        .filter(|r| r.value.as_deref().is_some_and(|v| v.starts_with(b"[\"/")))
+        .filter(|r| {
+            std::str::from_utf8(r.value.as_deref().unwrap_or_default())
+                .is_ok_and(|v| v.contains(&format!(",{},", at(60))))
+        })
+        .count();
+    assert!(
+        closed_at_zero >= 2,
+        "[0, 60) of /a and /b: {closed_at_zero}"
+    );
+
+    // Another machine again: recovery replays the closed windows and drops them by the
+    // stored watermark; only the open [60, 120) closes now, and [0, 60) is not emitted again.
+    std::fs::remove_dir_all(&tables).expect("remove the table store");
+    let third = app(&app_id, agent(), &bootstrap, dir.path())
+        .start()
+        .await?;
+    produce(&bootstrap, &views, &[("/b", at(200))]);
+    let results = read_stamped(&bootstrap, &counts, 4, SETTLE);
+    let mut got: Vec<Count> = results
+        .iter()
+        .map(|(_, v, _, _)| serde_json::from_str(v).expect("a count"))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            count("/a", at(0), at(60), 3),
+            count("/a", at(60), at(120), 1),
+            count("/b", at(0), at(60), 1),
+            count("/b", at(60), at(120), 1),
+        ],
+        "each window once, across three runs and two lost table stores"
+    );
+    third.shutdown().await
 }

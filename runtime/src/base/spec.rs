@@ -84,7 +84,7 @@ impl TopicSpec {
     ) -> Self {
         let mut spec = TopicSpec::of::<Vec<u8>>(name, declared_at);
         spec.partitions = partitions;
-        spec.compacted = role == Internal::Changelog;
+        spec.compacted = matches!(role, Internal::Changelog | Internal::WindowChangelog);
         spec.internal = Some(role);
         spec
     }
@@ -92,18 +92,14 @@ impl TopicSpec {
     /// The topic configs to create it with (`cleanup.policy` and, for internal topics, what
     /// rill needs of them).
     pub(crate) fn create_configs(&self) -> Vec<(&'static str, &'static str)> {
-        let mut configs = vec![(
-            "cleanup.policy",
-            if self.compacted { "compact" } else { "delete" },
-        )];
-        if let Some(role) = self.internal {
-            configs.extend(
-                role.configs()
-                    .iter()
-                    .filter(|(k, _)| *k != "cleanup.policy"),
-            );
+        match self.internal {
+            // Every role names its `cleanup.policy`.
+            Some(role) => role.configs().to_vec(),
+            None => vec![(
+                "cleanup.policy",
+                if self.compacted { "compact" } else { "delete" },
+            )],
         }
-        configs
     }
 
     /// Checks an existing topic rill owns against what rill needs: its partition count (when
@@ -136,7 +132,7 @@ impl TopicSpec {
         };
         for (key, wanted) in role.required() {
             let actual = configs.get(*key).map_or("(unset)", String::as_str);
-            if actual != *wanted {
+            if actual != *wanted && !role.accepts(key, actual) {
                 return Err(Error::InternalTopic {
                     topic: self.name.clone(),
                     problem: format!(
@@ -144,8 +140,14 @@ impl TopicSpec {
                         role.why_configs()
                     ),
                     fix: format!(
-                        "change it (`kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics --entity-name {} --add-config {key}={wanted}`), or stop every worker of the app, delete the topic and start again{}",
+                        "change it (`kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics --entity-name {} --add-config {key}={}`), or stop every worker of the app, delete the topic and start again{}",
                         self.name,
+                        // kafka-configs takes a list in brackets.
+                        if wanted.contains(',') {
+                            format!("[{wanted}]")
+                        } else {
+                            (*wanted).to_owned()
+                        },
                         role.loses()
                     ),
                 });
@@ -187,8 +189,15 @@ pub(crate) enum Internal {
     /// timestamp, so time retention is off (`retention.ms=-1`) and rill deletes what its
     /// consumer committed instead (Kafka Streams does the same).
     Repartition,
-    /// A table's or window's changelog: the source's partitions, compacted (no time retention).
+    /// A table's, join's or sliding or session window's changelog: the source's partitions,
+    /// compacted (no time retention).
     Changelog,
+    /// The changelog of tumbling and hopping windows: the source's partitions, compacted and
+    /// time-retained (`compact,delete`, a day), as Kafka Streams' windowed changelogs are. A
+    /// closed window writes no tombstone: its entry goes by age, and until then the stored
+    /// watermark tells recovery it is closed (`ops/window/state.rs`). An existing topic that
+    /// is only compacted is accepted: closed windows then leave tombstones, as before.
+    WindowChangelog,
     /// A retry topic: the source's partitions (a retried record comes back to its instance).
     Retry,
     /// Dead letters and late events: any partition count, never compacted (records with one
@@ -213,6 +222,10 @@ pub(crate) fn leader_topic(app_id: &str) -> String {
 }
 
 impl Internal {
+    /// The `retention.ms` a window changelog is created with (a day, as Kafka Streams'
+    /// `windowstore.changelog.additional.retention.ms`).
+    pub(crate) const WINDOW_CHANGELOG_RETENTION_MS: i64 = 86_400_000;
+
     /// What the topic is created with.
     fn configs(self) -> &'static [(&'static str, &'static str)] {
         match self {
@@ -225,6 +238,13 @@ impl Internal {
                 ("segment.ms", "600000"),
             ],
             Internal::Changelog => &[("cleanup.policy", "compact")],
+            // Segments of an hour, so that age and compaction reach a segment within the
+            // hour rather than after the broker's 7-day roll.
+            Internal::WindowChangelog => &[
+                ("cleanup.policy", "compact,delete"),
+                ("retention.ms", "86400000"),
+                ("segment.ms", "3600000"),
+            ],
             Internal::Retry
             | Internal::DeadLetters
             | Internal::Leader
@@ -237,13 +257,30 @@ impl Internal {
     fn required(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Internal::Repartition => &self.configs()[..2],
+            Internal::WindowChangelog => &self.configs()[..1],
             _ => self.configs(),
         }
     }
 
+    /// Whether an existing topic's `actual` value of `key`, though not what rill creates, does:
+    /// a window changelog may be compacted only (closed windows then leave tombstones), and its
+    /// policies may be listed in either order.
+    fn accepts(self, key: &str, actual: &str) -> bool {
+        self == Internal::WindowChangelog
+            && key == "cleanup.policy"
+            && matches!(
+                actual,
+                "compact" | "delete,compact" | "compact, delete" | "delete, compact"
+            )
+    }
+
     fn why_partitions(self) -> &'static str {
         match self {
-            Internal::Repartition | Internal::Changelog | Internal::Retry | Internal::Through => {
+            Internal::Repartition
+            | Internal::Changelog
+            | Internal::WindowChangelog
+            | Internal::Retry
+            | Internal::Through => {
                 "as many as the agent's source topic: partition p of each holds the keys of source partition p"
             }
             Internal::DeadLetters | Internal::Replies => "",
@@ -259,6 +296,9 @@ impl Internal {
             Internal::Changelog => {
                 "a changelog keeps the last value of every key, whatever its age"
             }
+            Internal::WindowChangelog => {
+                "a window changelog keeps the last value of every open window"
+            }
             Internal::Retry | Internal::DeadLetters | Internal::Through | Internal::Replies => {
                 "compaction would keep only the last of the records with one key"
             }
@@ -272,7 +312,7 @@ impl Internal {
             Internal::Repartition | Internal::Retry | Internal::Through => {
                 " (records in it that were not processed yet are lost; let the app drain it first if it can)"
             }
-            Internal::Changelog => {
+            Internal::Changelog | Internal::WindowChangelog => {
                 " (the table or window state it backs starts empty: the local copy no longer matches the new changelog and is cleared)"
             }
             Internal::DeadLetters => " (its records are lost; copy them first if you need them)",
@@ -389,6 +429,41 @@ mod tests {
         let configs =
             TopicSpec::internal("c", Internal::Changelog, Some(2), "here").create_configs();
         assert_eq!(configs, vec![("cleanup.policy", "compact")]);
+        let windows = TopicSpec::internal("w", Internal::WindowChangelog, Some(2), "here");
+        assert!(windows.compacted, "the embedded log compacts it");
+        let configs = windows.create_configs();
+        assert!(
+            configs.contains(&("cleanup.policy", "compact,delete"))
+                && configs.contains(&(
+                    "retention.ms",
+                    &*Internal::WINDOW_CHANGELOG_RETENTION_MS.to_string()
+                )),
+            "{configs:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_changelog_may_be_compacted_only_but_not_deleted_only() {
+        let spec = TopicSpec::internal("w", Internal::WindowChangelog, Some(1), "here");
+        let with = |policy: &str| {
+            let configs: std::collections::HashMap<String, String> = [
+                ("cleanup.policy".to_owned(), policy.to_owned()),
+                ("retention.ms".to_owned(), "3600000".to_owned()),
+            ]
+            .into();
+            spec.check_existing(1, Some(&configs))
+        };
+        // What rill creates; what an earlier version created (closed windows then leave
+        // tombstones); the same policies listed the other way round.
+        for policy in ["compact,delete", "compact", "delete,compact"] {
+            with(policy).unwrap();
+        }
+        let err = with("delete").unwrap_err().to_string();
+        assert!(
+            err.contains("`cleanup.policy=delete`")
+                && err.contains("--add-config cleanup.policy=[compact,delete]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) struct PartitionMeta {
 pub(crate) struct PartitionWrites {
     pub(crate) puts: Puts,
     pub(crate) meta: PartitionMeta,
+    /// Key ranges `[from, to)` deleted after the puts (entries a replayed changelog shows to
+    /// have expired: see `TableDef::expiring`).
+    pub(crate) expired: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The key and value bytes (`None` deletes) a [`PartitionWrites`] puts.
@@ -401,6 +404,15 @@ impl TableStore {
                         put(key, value)?;
                     }
                 }
+            }
+            for (from, to) in &w.expired {
+                let (from, to) = (data_key(*partition, from), data_key(*partition, to));
+                let range = (
+                    std::ops::Bound::Included(from.as_slice()),
+                    std::ops::Bound::Excluded(to.as_slice()),
+                );
+                db.delete_range(&mut wtxn, &range)
+                    .map_err(self.err(table, "deleting expired entries"))?;
             }
             let meta = serde_json::to_vec(&w.meta).map_err(Error::user)?;
             self.meta

@@ -22,7 +22,7 @@ use crate::base::metrics::AgentStats;
 use crate::base::time::Clock;
 use crate::base::watermark;
 use crate::instance::context::{Flush, InstanceState};
-use crate::instance::table::{TableCore, TableDef};
+use crate::instance::table::{ExpiredRanges, Expiring, TableCore, TableDef};
 use crate::ops::stream::Stream;
 
 /// An operator an [`OperatorRunner`] drives (the window operator, the join operator).
@@ -46,6 +46,16 @@ pub(crate) trait Stateful: Send + 'static {
     fn dirty(&self) -> bool;
     /// The changes since the last call.
     fn take_writes(&mut self) -> Result<Vec<StateWrite>>;
+    /// The table's changelog may drop entries by age (`None`: it keeps them until a
+    /// tombstone): an operator whose stored clock tells expired entries apart writes its live
+    /// ones again in time and, when the changelog is known to, deletes expired ones without
+    /// tombstones ([`Stateful::take_expired`]).
+    fn expire_by_age(&mut self, _changelog: Option<&Expiring>) {}
+    /// Entries expired since the last call, deleted from the local copy only (partition,
+    /// stored key).
+    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
+        Vec::new()
+    }
     /// The next result not handed out yet.
     fn next_out(&mut self) -> Option<Self::Out>;
     /// Adds what happened since the last call to the agent's stats.
@@ -70,8 +80,12 @@ impl<Op: Stateful> Flush for FlushedOperator<Op> {
     }
 
     fn flush(&self) -> Result<()> {
-        for (partition, key, value) in self.lock().take_writes()? {
+        let mut op = self.lock();
+        for (partition, key, value) in op.take_writes()? {
             self.table.put(partition, key, value);
+        }
+        for (partition, key) in op.take_expired() {
+            self.table.expire(partition, key);
         }
         Ok(())
     }
@@ -136,6 +150,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         table: String,
         misuse: &'static str,
         idle: Duration,
+        expiring: Option<Arc<dyn ExpiredRanges>>,
         make: impl FnOnce() -> Op + Send + 'static,
     ) -> Self {
         let shared = stream.core.shared().clone();
@@ -147,7 +162,8 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
         }
         let setup = stream.core.pipeline().cloned().map(|pipeline| {
             let name = table.clone();
-            let setup: Setup = Box::pin(async move { pipeline.window_table(&name).await });
+            let setup: Setup =
+                Box::pin(async move { pipeline.window_table(&name, expiring).await });
             setup
         });
         OperatorRunner {
@@ -236,6 +252,7 @@ impl<T: Send + 'static, Op: Stateful> OperatorRunner<T, Op> {
                 operator
             }
         };
+        operator.lock().expire_by_age(def.expiring.get());
         if let Some(configure) = self.configure.take() {
             configure(&mut operator.lock());
         }

@@ -27,9 +27,9 @@ use crate::base::watermark::SourceClock;
 use crate::instance::context::InstanceState;
 use crate::instance::record_loop::setup::{AgentSetup, KeyOf, NotRekeyed, RekeyTarget};
 use crate::instance::record_loop::{CoreParts, RecordLoop};
-use crate::instance::table::TableDef;
 use crate::instance::table::recovery::Recovery;
-use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router};
+use crate::instance::table::{ExpiredRanges, Expiring, TableDef};
+use crate::io::transport::{Batch, Committer, Control, InstanceTx, Log, Router, TimeRetention};
 use crate::wiring::pump::Pump;
 
 use crate::wiring::registry::Registry;
@@ -402,7 +402,11 @@ impl AgentSetup for AgentPipeline {
 
     /// The table of a window named `name` in this agent (`<app>-<agent>-<name>-changelog`),
     /// created with its changelog topic on first use and shared by the agent's instances.
-    fn window_table<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<TableDef>>> {
+    fn window_table<'a>(
+        &'a self,
+        name: &'a str,
+        expiring: Option<Arc<dyn ExpiredRanges>>,
+    ) -> BoxFuture<'a, Result<Arc<TableDef>>> {
         Box::pin(async move {
             self.windowed.store(true, Ordering::Release);
             let table = format!("{}-{name}", self.agent);
@@ -415,28 +419,54 @@ impl AgentSetup for AgentPipeline {
                 return Ok(def.clone());
             }
             let changelog = crate::instance::table::changelog_topic(&self.app_id, &table);
-            // Expired windows leave tombstones, so compaction keeps the changelog to open windows.
+            // Expired state leaves tombstones, so compaction keeps the changelog to what is
+            // live; or, for tumbling and hopping windows on a time-retained changelog, it ages
+            // out while the stored clock tells recovery it expired.
+            let role = match expiring {
+                Some(_) => Internal::WindowChangelog,
+                None => Internal::Changelog,
+            };
             let spec = TopicSpec::internal(
                 &changelog,
-                Internal::Changelog,
+                role,
                 Some(self.source_partitions),
                 &format!("window `{name}`"),
             );
             self.transport
                 .ensure_topics(std::slice::from_ref(&spec), self.source_partitions)
                 .await?;
+            let retention = match expiring {
+                Some(_) => self.transport.time_retention(&changelog).await?,
+                None => TimeRetention::Kept,
+            };
             let store = self.store.open()?;
             let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             let def = windows.entry(table.clone()).or_insert_with(|| {
                 let key_topic = self.key_topic.clone();
-                TableDef::placed_by(
+                let def = TableDef::placed_by(
                     &table,
                     &changelog,
                     false,
                     self.source_partitions,
                     key_topic,
                     store,
-                )
+                );
+                let aged = match retention {
+                    TimeRetention::After(ms) => Some((ms, true)),
+                    // What rill creates it with, unless someone changed it.
+                    TimeRetention::Unknown => {
+                        Some((Internal::WINDOW_CHANGELOG_RETENTION_MS, false))
+                    }
+                    TimeRetention::Kept => None,
+                };
+                if let (Some((retention, by_age)), Some(ranges)) = (aged, expiring) {
+                    let _ = def.expiring.set(Expiring {
+                        retention,
+                        by_age,
+                        ranges,
+                    });
+                }
+                def
             });
             Ok(def.clone())
         })

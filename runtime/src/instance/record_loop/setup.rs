@@ -12,7 +12,7 @@ use crate::base::error::{Error, Result};
 use crate::base::message::RawRecord;
 use crate::base::spec::TopicSpec;
 use crate::instance::record_loop::RecordLoop;
-use crate::instance::table::TableDef;
+use crate::instance::table::{ExpiredRanges, TableDef};
 use crate::io::transport::Log;
 
 /// Computes a record's new key (`None`: none, the producer picks a partition) and its event
@@ -45,8 +45,14 @@ pub(crate) trait AgentSetup: Send + Sync {
     fn changelogs(&self) -> Arc<dyn Log>;
 
     /// The table of a window (or join) named `name` of this agent, created with its changelog
-    /// topic on first use and shared by the agent's instances.
-    fn window_table<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<TableDef>>>;
+    /// topic on first use and shared by the agent's instances. With `expiring` (tumbling and
+    /// hopping windows), the changelog is created time-retained, and when the topic has time
+    /// retention the table's expired entries go without tombstones (`TableDef::expiring`).
+    fn window_table<'a>(
+        &'a self,
+        name: &'a str,
+        expiring: Option<Arc<dyn ExpiredRanges>>,
+    ) -> BoxFuture<'a, Result<Arc<TableDef>>>;
 
     /// A window or join reads the repartitioned stream: its pumps carry watermarks from now on.
     fn mark_windowed(&self);

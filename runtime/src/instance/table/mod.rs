@@ -61,6 +61,30 @@ pub(crate) struct TableDef {
     /// bytes; set when an agent first opens the table (it knows the key type), for the web
     /// server's table queries.
     pub(crate) key_parser: std::sync::OnceLock<KeyParser>,
+    /// Set when the changelog drops the table's expired entries by age instead of by
+    /// tombstones (tumbling and hopping windows on a `compact,delete` topic).
+    pub(crate) expiring: std::sync::OnceLock<Expiring>,
+}
+
+/// A table whose changelog may drop entries by age, and how it tells expired ones apart.
+pub(crate) struct Expiring {
+    /// The changelog's time retention (ms): an entry not written again for this long may be
+    /// gone from it, so the owner writes what it keeps again well before (`ops/window`).
+    pub(crate) retention: i64,
+    /// The changelog is known to drop entries by age: expired ones go without tombstones.
+    /// (False when its configs cannot be read: then tombstones still go, and the live
+    /// entries are written again all the same.)
+    pub(crate) by_age: bool,
+    pub(crate) ranges: Arc<dyn ExpiredRanges>,
+}
+
+/// What a replayed changelog record says has expired: recovery and standbys delete those
+/// entries from the local copy (the changelog holds them until they age out). Declared here,
+/// implemented by the operator that owns the stored form (the window state).
+pub(crate) trait ExpiredRanges: Send + Sync {
+    /// The ranges `[from, to)` of stored keys that the record `key` → `value` shows to have
+    /// expired (none for most records).
+    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
 }
 
 /// See [`TableDef::decoder`].
@@ -108,6 +132,7 @@ impl TableDef {
             store,
             metas: Mutex::new(HashMap::new()),
             key_parser: std::sync::OnceLock::new(),
+            expiring: std::sync::OnceLock::new(),
         })
     }
 
@@ -144,6 +169,8 @@ impl TableDef {
 pub(crate) struct TableCore {
     pub(crate) def: Arc<TableDef>,
     overlay: Mutex<Overlay>,
+    /// Deletes in the overlay that write no changelog record ([`TableCore::expire`]).
+    expired: Mutex<Vec<(i32, Vec<u8>)>>,
     /// Writes taken by the commit step under way: read until the store holds them. The store
     /// writes the same map (shared, not copied).
     committing: Mutex<Arc<Overlay>>,
@@ -154,6 +181,7 @@ impl TableCore {
         Arc::new(TableCore {
             def,
             overlay: Mutex::new(Overlay::default()),
+            expired: Mutex::new(Vec::new()),
             committing: Mutex::new(Arc::default()),
         })
     }
@@ -208,6 +236,8 @@ impl TableCore {
     /// the store; they stay readable until [`TableCore::committed`]. One step at a time.
     pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Arc<Overlay>) {
         let writes = std::mem::take(&mut *self.overlay());
+        let expired = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|p| p.into_inner()));
+        let expired: HashSet<&(i32, Vec<u8>)> = expired.iter().collect();
         let now = now_millis();
         let records = if self.def.sourced {
             // Its topic is its changelog already.
@@ -215,6 +245,8 @@ impl TableCore {
         } else {
             writes
                 .iter()
+                // An expired entry deleted since: the store only (a write after it does go).
+                .filter(|(k, v)| v.is_some() || expired.is_empty() || !expired.contains(k))
                 .map(|((partition, key), value)| OutRecord {
                     topic: self.def.changelog.clone(),
                     partition: Some(*partition),
@@ -238,6 +270,10 @@ impl TableCore {
     /// Drops writes that were not committed (the commit failed or partitions were revoked).
     pub(crate) fn discard(&self) {
         self.overlay().clear();
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         *self.committing() = Arc::default();
     }
 
@@ -264,6 +300,15 @@ impl TableCore {
     /// Writes raw key and value bytes (`None` deletes) into the overlay.
     pub(crate) fn put(&self, partition: i32, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.overlay().insert((partition, key), value);
+    }
+
+    /// Deletes `key` from the local copy without a changelog record: an entry that the
+    /// changelog drops by age, and that its stored clock shows expired until then
+    /// ([`TableDef::expiring`]).
+    pub(crate) fn expire(&self, partition: i32, key: Vec<u8>) {
+        let mut expired = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        expired.push((partition, key.clone()));
+        self.overlay().insert((partition, key), None);
     }
 }
 
@@ -608,7 +653,16 @@ pub(crate) fn commit_writes(
             }
             def.set_meta(partition, meta.clone());
             let puts = Puts::Step(puts.clone());
-            out.push((def.name.clone(), partition, PartitionWrites { puts, meta }));
+            let expired = Vec::new();
+            out.push((
+                def.name.clone(),
+                partition,
+                PartitionWrites {
+                    puts,
+                    meta,
+                    expired,
+                },
+            ));
         }
     }
     out

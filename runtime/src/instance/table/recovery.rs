@@ -251,6 +251,7 @@ impl Recovery {
             PartitionWrites {
                 puts: Puts::List(Vec::new()),
                 meta: meta.clone(),
+                expired: Vec::new(),
             },
         )])?;
         def.set_meta(partition, meta.clone());
@@ -295,6 +296,7 @@ impl Recovery {
                 meta.changelog = last.offset + 1;
                 progress.done += batch.len() as i64;
                 counter.fetch_add(covered.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+                let expired = expired_in(def, &batch);
                 let puts = match &decoder {
                     // A table built from a topic: its records decoded as the feed does.
                     Some(decode) => batch.iter().filter_map(|r| decode(r)).collect(),
@@ -309,6 +311,7 @@ impl Recovery {
                     PartitionWrites {
                         puts: Puts::List(puts),
                         meta: meta.clone(),
+                        expired,
                     },
                 )])?;
                 progress.report(&name, partition, high - meta.changelog);
@@ -316,6 +319,20 @@ impl Recovery {
             },
         )
     }
+}
+
+/// The entries that records of a replayed batch show to have expired, for a table whose
+/// changelog drops them by age (deleted after the batch's puts: an entry written after the
+/// record that expired it never is below its range).
+fn expired_in(def: &TableDef, batch: &[RawRecord]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some(expiring) = def.expiring.get() else {
+        return Vec::new();
+    };
+    batch
+        .iter()
+        .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref()?)))
+        .flat_map(|(k, v)| expiring.ranges.expired_by(k, v))
+        .collect()
 }
 
 /// Where a partition's replay starts: the local copy's position when it lies within the

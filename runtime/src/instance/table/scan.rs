@@ -250,7 +250,16 @@ mod tests {
         let writes = entries.iter().map(|(p, k)| {
             let puts = Puts::List(vec![(k.as_bytes().to_vec(), Some(b"1".to_vec()))]);
             let meta = Default::default();
-            (Arc::from("t"), *p, PartitionWrites { puts, meta })
+            let expired = Vec::new();
+            (
+                Arc::from("t"),
+                *p,
+                PartitionWrites {
+                    puts,
+                    meta,
+                    expired,
+                },
+            )
         });
         store.commit(writes.collect())?;
         Ok(store)

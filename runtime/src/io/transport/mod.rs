@@ -412,6 +412,17 @@ impl Drop for Leadership {
 /// (`embedded`, in LMDB). The layers above use this interface only; [`open`] picks the
 /// implementation from the configured broker. Blocking methods are called off the async
 /// threads.
+/// What a topic's time retention is ([`Log::time_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeRetention {
+    /// Records stay until compaction or size retention removes them.
+    Kept,
+    /// `cleanup.policy` includes `delete` and `retention.ms` is this (finite).
+    After(i64),
+    /// The broker does not describe the topic's configs to rill.
+    Unknown,
+}
+
 pub(crate) trait Log: Send + Sync {
     /// `messaging.system` of spans: `kafka`, or `rill` for the embedded log.
     fn system(&self) -> &'static str;
@@ -434,6 +445,12 @@ pub(crate) trait Log: Send + Sync {
         specs: &'a [TopicSpec],
         default_partitions: i32,
     ) -> BoxFuture<'a, Result<HashMap<String, i32>>>;
+
+    /// Whether records of `topic` go by age (stamped with when they were written). The
+    /// embedded log's compacted topics keep them.
+    fn time_retention<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, Result<TimeRetention>> {
+        Box::pin(async { Ok(TimeRetention::Kept) })
+    }
 
     /// Joins the election of the worker that runs the app's leader-only timers (Kafka: a
     /// consumer group on a one-partition topic; the embedded log's one process always leads).

@@ -60,6 +60,8 @@ impl<O: Send + 'static> JoinStream<O> {
             name,
             "joins apply to an agent's own streams",
             idle,
+            // A join's records expire by tombstones (its changelog is compacted only).
+            None,
             move || JoinOperator::new(bounds, idle_ms, outer.0, outer.1),
         );
         JoinStream {

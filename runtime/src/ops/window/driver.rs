@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{OnClose, WindowOperator};
+use super::state::{ClosedWindows, OnClose, WindowOperator};
 use super::{Agg, Options, WindowKind, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
@@ -63,6 +63,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             name,
             "windows apply to an agent's own stream, re-keyed with `group_by`",
             idle,
+            ClosedWindows::of(kind),
             move || WindowOperator::new(kind, grace, idle_ms, emit, agg),
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {
@@ -151,6 +152,14 @@ where
 
     fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         WindowOperator::take_writes(self)
+    }
+
+    fn expire_by_age(&mut self, changelog: Option<&crate::instance::table::Expiring>) {
+        WindowOperator::expire_by_age(self, changelog.map(|e| (e.retention, e.by_age)));
+    }
+
+    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
+        WindowOperator::take_expired(self)
     }
 
     fn next_out(&mut self) -> Option<WindowResult<K, V>> {

@@ -32,6 +32,8 @@ use serde::de::DeserializeOwned;
 use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
+use crate::base::message::now_millis;
+use crate::instance::table::ExpiredRanges;
 
 mod panes;
 mod sliding;
@@ -61,6 +63,48 @@ struct StoredWindowClock {
     /// measured from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     latest_start: Option<i64>,
+    /// Windows closed without tombstones (`WindowOperator::expire_by_age`): every window and
+    /// pane starting before this has closed, though the changelog may still hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expired_below: Option<i64>,
+    /// When (wall clock, ms) every open window of the partition was last written again, so
+    /// that none ages out of a time-retained changelog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refreshed: Option<i64>,
+}
+
+/// How recovery and standbys tell the closed windows of a time-retained changelog: from a
+/// replayed clock entry, every window and pane starting before its `expired_below`.
+pub(crate) struct ClosedWindows;
+
+impl ClosedWindows {
+    /// For tumbling and hopping windows, whose closing follows their start; sliding and
+    /// session windows keep tombstones.
+    pub(crate) fn of(kind: WindowKind) -> Option<Arc<dyn ExpiredRanges>> {
+        match kind {
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
+                Some(Arc::new(ClosedWindows))
+            }
+            WindowKind::Sliding { .. } | WindowKind::Session { .. } => None,
+        }
+    }
+}
+
+impl ExpiredRanges for ClosedWindows {
+    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if key != CLOCK {
+            return Vec::new();
+        }
+        let Some(below) = serde_json::from_slice::<StoredWindowClock>(value)
+            .ok()
+            .and_then(|c| c.expired_below)
+        else {
+            return Vec::new();
+        };
+        // Times sort numerically after their tag: `[tag]` is below every entry of it.
+        let until = |tag: u8| [&[tag][..], &time_bytes(below)].concat();
+        vec![(vec![WINDOW], until(WINDOW)), (vec![PANE], until(PANE))]
+    }
 }
 
 pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
@@ -317,10 +361,63 @@ struct WindowPartition<K, S> {
     /// Entries loaded in the key-first layout, to move at the next commit: each value under
     /// its time-first key, and the old key deleted.
     relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Closed windows and dropped panes go without tombstones (see `expire_by_age`).
+    quiet: bool,
+    /// Stored keys of those closed since the last commit: deleted locally only.
+    expired: Vec<Vec<u8>>,
+    /// When (wall clock) every stored window was last written again (`i64::MIN`: never).
+    refreshed: i64,
+}
+
+/// Every window and pane starting before this has closed at watermark `floor` (tumbling and
+/// hopping windows close in the order of their starts); `None` for other kinds.
+fn expired_below(kind: WindowKind, grace: i64, floor: i64) -> Option<i64> {
+    let size = match kind {
+        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size,
+        WindowKind::Sliding { .. } | WindowKind::Session { .. } => return None,
+    };
+    (floor != i64::MIN).then(|| {
+        floor
+            .saturating_sub(size)
+            .saturating_sub(grace)
+            .saturating_add(1)
+    })
+}
+
+/// Whether a partition last refreshed at `refreshed` must write all its open windows again
+/// at wall-clock `now`, for a changelog of time `retention` (see `expire_by_age`).
+fn refresh_due(retention: Option<i64>, refreshed: i64, now: i64) -> bool {
+    retention.is_some_and(|r| now.saturating_sub(refreshed) >= r / 4)
+}
+
+/// Drops the stored entry of the window or pane of `key` at `start`, just removed from the
+/// key's windows: with a tombstone (through `dirty`), or quietly into `expired` (a partition
+/// that expires by age); nothing when it was never stored.
+fn forget(
+    dirty: &mut HashSet<(Key, i64), Hasher>,
+    expired: Option<&mut Vec<Vec<u8>>>,
+    tag: u8,
+    key: &Key,
+    start: i64,
+    stored: bool,
+) {
+    match (stored, expired) {
+        (true, None) => {
+            dirty.insert((key.clone(), start));
+        }
+        (true, Some(expired)) => {
+            dirty.remove(&(key.clone(), start));
+            expired.push(stored_key(tag, key, start));
+        }
+        (false, _) => {
+            dirty.remove(&(key.clone(), start));
+        }
+    }
 }
 
 impl<K, S> WindowPartition<K, S> {
-    fn new(now: i64) -> Self {
+    /// A partition with no state yet; `quiet`: see `WindowOperator::expire_by_age`.
+    fn new(now: i64, quiet: bool) -> Self {
         WindowPartition {
             keys: HashMap::default(),
             closing: Closing::default(),
@@ -336,6 +433,9 @@ impl<K, S> WindowPartition<K, S> {
             legacy: HashMap::default(),
             legacy_gone: Vec::new(),
             relocated: Vec::new(),
+            quiet,
+            expired: Vec::new(),
+            refreshed: now_millis(),
         }
     }
 
@@ -405,6 +505,10 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     /// The smallest clock over the partitions that `advance` last computed (before the
     /// floor): a record that moves a partition's clock from above it moves no watermark.
     computed: i64,
+    /// The changelog's time retention (ms), when it may drop windows by age (`expire_by_age`).
+    retention: Option<i64>,
+    /// It does: closed windows go without tombstones.
+    quiet: bool,
 }
 
 impl<T, K, S, O> WindowOperator<T, K, S, O>
@@ -444,7 +548,39 @@ where
             stale: true,
             due: i64::MIN,
             computed: i64::MIN,
+            retention: None,
+            quiet: false,
         }
+    }
+
+    /// The window's changelog may drop records older than `retention` ms, and does when
+    /// `by_age` (`None`: it keeps them until a tombstone). So that no open window ages out,
+    /// each partition then writes all its open windows again every quarter of the retention.
+    /// When it does, tumbling and hopping windows close without tombstones: the local copy
+    /// deletes them, the changelog keeps them until they age out, and the stored clock's
+    /// `expired_below` tells recovery and standbys that they closed. (Kafka Streams'
+    /// windowed changelogs are `compact,delete` too, but keep a window only as long as its
+    /// retention in stream time.)
+    pub(crate) fn expire_by_age(&mut self, changelog: Option<(i64, bool)>) {
+        let closes_in_order = matches!(
+            self.kind,
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. }
+        );
+        let changelog = changelog.filter(|_| closes_in_order);
+        self.retention = changelog.map(|(retention, _)| retention);
+        self.quiet = changelog.is_some_and(|(_, by_age)| by_age);
+        for part in self.parts.values_mut() {
+            part.quiet = self.quiet;
+        }
+    }
+
+    /// Stored keys of the windows closed without tombstones since the last call.
+    pub(crate) fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (&partition, part) in &mut self.parts {
+            out.extend(part.expired.drain(..).map(|k| (partition, k)));
+        }
+        out
     }
 
     /// The same operator keeping every window whole (the path panes replace), for tests that
@@ -480,30 +616,41 @@ where
         now: i64,
     ) -> Result<()> {
         self.stale = true;
-        let mut part = WindowPartition::new(now);
+        let mut part = WindowPartition::new(now, self.quiet);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
                 "window state: a stored {what} of partition {partition} does not decode ({e}); did the window's key, record or state type change? name the window differently to start afresh"
             ),
         };
+        if let Some((_, value)) = entries.iter().find(|(k, _)| k == CLOCK) {
+            let clock: StoredWindowClock =
+                serde_json::from_slice(value).map_err(|e| bad("clock", e))?;
+            part.max_seen = clock.max_seen;
+            part.floor = clock.floor;
+            part.applied = clock.applied;
+            part.upstream.restore(clock.pumps);
+            part.latest_start = clock.latest_start.unwrap_or(i64::MIN);
+            part.refreshed = clock.refreshed.unwrap_or(i64::MIN);
+        }
+        let below = expired_below(self.kind, self.grace, part.floor).unwrap_or(i64::MIN);
         let mut windows = Vec::new();
         for (stored, value) in entries {
-            if stored == CLOCK {
-                let clock: StoredWindowClock =
-                    serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
-                part.max_seen = clock.max_seen;
-                part.floor = clock.floor;
-                part.applied = clock.applied;
-                part.upstream.restore(clock.pumps);
-                part.latest_start = clock.latest_start.unwrap_or(i64::MIN);
-                continue;
-            }
             // (Other tags: entries of an earlier version, such as the record buffer sliding
             // windows kept, are left alone.)
             let Some(at) = parse_stored_key(&stored) else {
                 continue;
             };
+            if at.start < below {
+                // Closed at the stored watermark; its entry came back from a changelog that
+                // keeps it until it ages out (or a tombstone was not written): it goes.
+                if part.quiet && !at.key_first {
+                    part.expired.push(stored);
+                } else {
+                    part.relocated.push((stored, None));
+                }
+                continue;
+            }
             let with_max = at.pane || matches!(self.kind, WindowKind::Sliding { .. });
             let window = self
                 .decode_window(&value, with_max)
@@ -573,12 +720,28 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
+        let now = self.retention.map_or(0, |_| now_millis());
         self.parts.values().any(|p| {
             p.clock_dirty
                 || !p.dirty.is_empty()
                 || !p.legacy_gone.is_empty()
                 || !p.relocated.is_empty()
+                || !p.expired.is_empty()
+                || refresh_due(self.retention, p.refreshed, now)
         })
+    }
+
+    /// Marks every stored window (or pane) of `part` to be written again, and its clock.
+    fn refresh(part: &mut WindowPartition<K, S>, now: i64) {
+        for ks in part.keys.values() {
+            for (start, win) in &ks.windows.0 {
+                if win.stored {
+                    part.dirty.insert((ks.bytes.clone(), *start));
+                }
+            }
+        }
+        part.clock_dirty = true;
+        part.refreshed = now;
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -594,7 +757,12 @@ where
         // One buffer encodes every window; each value is then copied out at its exact size
         // (`serde_json::to_vec` started a 128-byte vector per window). The bytes are the same.
         let mut buf = Vec::with_capacity(128);
+        let (kind, grace, retention) = (self.kind, self.grace, self.retention);
+        let now = retention.map_or(0, |_| now_millis());
         for (&partition, part) in &mut self.parts {
+            if refresh_due(retention, part.refreshed, now) {
+                Self::refresh(part, now);
+            }
             // Moved entries first: a later write of the same window (changed, or closed) wins.
             out.extend(part.relocated.drain(..).map(|(k, v)| (partition, k, v)));
             for (key, start) in part.legacy_gone.drain(..) {
@@ -629,6 +797,11 @@ where
                     pumps: part.upstream.snapshot(),
                     applied: part.applied,
                     latest_start: (part.latest_start != i64::MIN).then_some(part.latest_start),
+                    expired_below: part
+                        .quiet
+                        .then(|| expired_below(kind, grace, part.floor))
+                        .flatten(),
+                    refreshed: retention.map(|_| part.refreshed),
                 };
                 let value = serde_json::to_vec(&clock).map_err(encode)?;
                 out.push((partition, CLOCK.to_vec(), Some(value)));
@@ -660,9 +833,10 @@ where
         // A new partition, and sliding windows (the retention `advance` expires follows the
         // latest window start a record writes), always need an advance.
         self.stale |= matches!(kind, WindowKind::Sliding { .. });
+        let quiet = self.quiet;
         let part = self.parts.entry(partition).or_insert_with(|| {
             self.stale = true;
-            WindowPartition::new(now)
+            WindowPartition::new(now, quiet)
         });
         if let Some(offset) = offset {
             if offset <= part.applied {
@@ -832,6 +1006,7 @@ fn close<T, K: Clone, S, O>(
     retention: Option<i64>,
     agg: &Agg<T, S, O>,
 ) -> Option<WindowResult<K, O>> {
+    let key_bytes = key.clone();
     let ks = part.keys.get_mut(key)?;
     let win = ks.windows.get(start)?;
     let (end, value) = (win.end, (agg.output)(&win.state));
@@ -846,17 +1021,22 @@ fn close<T, K: Clone, S, O>(
         });
     }
     let win = ks.windows.remove(start)?;
-    if win.stored {
-        part.dirty.insert((key.clone(), start));
-    } else {
-        part.dirty.remove(&(key.clone(), start));
-    }
     // The key's last window: its state goes, and its key moves to the result.
     let key = if ks.windows.is_empty() {
         part.keys.remove(key)?.key
     } else {
         ks.key.clone()
     };
+    // (Sliding windows are never quiet: retained ones are deleted by `sliding::expire`.)
+    let expired = part.quiet.then_some(&mut part.expired);
+    forget(
+        &mut part.dirty,
+        expired,
+        WINDOW,
+        &key_bytes,
+        start,
+        win.stored,
+    );
     Some(WindowResult {
         key,
         start,
@@ -1505,6 +1685,15 @@ mod tests {
 
     /// The results and late records of `events` through operators made by `make`.
     fn run_events(make: impl Fn() -> CountWindows, events: &[Event]) -> Outcome {
+        run_restarting(&make, events, &mut |op, stores| restart(op, stores, &make))
+    }
+
+    /// [`run_events`], each restart made by `restart` from the stores it keeps.
+    fn run_restarting(
+        make: &dyn Fn() -> CountWindows,
+        events: &[Event],
+        restart: &mut dyn FnMut(&mut CountWindows, &mut HashMap<i32, Stored>) -> CountWindows,
+    ) -> Outcome {
         let mut op = make();
         let mut stores = HashMap::new();
         let (mut out, mut late) = (Vec::new(), Vec::new());
@@ -1513,7 +1702,7 @@ mod tests {
                 None => op.advance(0, i64::MIN, &all()),
                 Some((_, _, i64::MIN)) => {
                     out.extend(results(&mut op));
-                    op = restart(&mut op, &mut stores, &make);
+                    op = restart(&mut op, &mut stores);
                 }
                 Some((partition, key, time)) => {
                     let item = op.on_record(partition, key.into(), time, time, 0, None, None);
@@ -1525,6 +1714,174 @@ mod tests {
         out.extend(results(&mut op));
         out.sort();
         (out, late)
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    /// A restart from a time-retained changelog: `changelogs` gets the commit's records
+    /// (closed windows leave none), and with `purge` the entries a replayed clock shows
+    /// expired are deleted, as recovery does; the fresh operator loads what is left.
+    fn restart_from_changelog(
+        op: &mut CountWindows,
+        changelogs: &mut HashMap<i32, Stored>,
+        purge: bool,
+        make: &dyn Fn() -> CountWindows,
+    ) -> CountWindows {
+        apply_writes(op, changelogs);
+        assert!(op.take_writes().unwrap().is_empty());
+        op.take_expired();
+        let mut fresh = make();
+        fresh.expire_by_age(Some((DAY, true)));
+        for (&partition, log) in changelogs.iter_mut() {
+            if purge {
+                let ranges = log
+                    .get(CLOCK)
+                    .map(|clock| ClosedWindows.expired_by(CLOCK, clock))
+                    .unwrap_or_default();
+                log.retain(|k, _| !ranges.iter().any(|(from, to)| k >= from && k < to));
+            }
+            let entries = log.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            fresh.load(partition, entries, 0).unwrap();
+        }
+        fresh
+    }
+
+    #[test]
+    fn windows_closed_without_tombstones_emit_what_tombstoned_ones_do_on_random_streams() {
+        let mut compared = 0;
+        for seed in 0..300 {
+            let (kind, grace, events) = random_run(seed);
+            let tumbling = WindowKind::Tumbling {
+                size: match kind {
+                    WindowKind::Hopping { size, .. } => size,
+                    _ => unreachable!(),
+                },
+            };
+            let makers: [&dyn Fn() -> CountWindows; 3] = [
+                &|| op(kind, grace),
+                &|| op(kind, grace).without_panes(),
+                &|| op(tumbling, grace),
+            ];
+            for make in makers {
+                let expiring = || {
+                    let mut op = make();
+                    op.expire_by_age(Some((DAY, true)));
+                    op
+                };
+                let tombstoned = run_events(make, &events);
+                for purge in [false, true] {
+                    let by_age = run_restarting(&expiring, &events, &mut |op, logs| {
+                        restart_from_changelog(op, logs, purge, &expiring)
+                    });
+                    assert_eq!(by_age, tombstoned, "seed {seed}, {kind:?}, grace {grace}");
+                }
+                compared += tombstoned.0.len();
+            }
+        }
+        assert!(compared > 10_000, "the runs emitted {compared} windows");
+    }
+
+    #[test]
+    fn a_closed_window_is_deleted_locally_and_its_clock_marks_it_expired() {
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 2);
+        op.expire_by_age(Some((DAY, true)));
+        feed(&mut op, &[("a", 5), ("b", 11)]);
+        let written: Vec<_> = op.take_writes().unwrap();
+        assert!(written.iter().all(|(_, _, v)| v.is_some()), "{written:?}");
+        assert!(op.take_expired().is_empty());
+        // 12 + grace 2: [0, 10) closes.
+        feed(&mut op, &[("b", 12)]);
+        assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
+        let written = op.take_writes().unwrap();
+        assert!(
+            written.iter().all(|(_, _, v)| v.is_some()),
+            "no tombstone: {written:?}"
+        );
+        let a = stored_key(WINDOW, b"a", 0);
+        assert_eq!(op.take_expired(), vec![(0, a.clone())]);
+        let (_, _, clock) = written.iter().find(|(_, k, _)| k == CLOCK).unwrap();
+        let clock = clock.as_deref().unwrap();
+        let stored: StoredWindowClock = serde_json::from_slice(clock).unwrap();
+        // Closed: start + 10 + 2 <= 12, so every start below 1.
+        assert_eq!(stored.expired_below, Some(1));
+        let ranges = ClosedWindows.expired_by(CLOCK, clock);
+        let within = |k: &[u8]| {
+            ranges
+                .iter()
+                .any(|(f, t)| k >= f.as_slice() && k < t.as_slice())
+        };
+        assert!(within(&a));
+        assert!(!within(&stored_key(WINDOW, b"b", 10)));
+        assert!(within(&stored_key(PANE, b"b", -5)) && !within(&stored_key(PANE, b"b", 1)));
+        assert!(
+            ClosedWindows
+                .expired_by(&stored_key(WINDOW, b"b", 10), b"[]")
+                .is_empty()
+        );
+        // A changelog whose configs cannot be read may drop windows by age: they are written
+        // again in time, but closed ones still leave tombstones.
+        let mut unsure = self::op(WindowKind::Tumbling { size: 10 }, 0);
+        unsure.expire_by_age(Some((DAY, false)));
+        feed(&mut unsure, &[("a", 5)]);
+        unsure.take_writes().unwrap();
+        unsure.parts.get_mut(&0).unwrap().refreshed -= DAY / 4;
+        assert!(unsure.dirty());
+        assert_eq!(
+            unsure.take_writes().unwrap().len(),
+            2,
+            "the window and the clock"
+        );
+        feed(&mut unsure, &[("b", 11)]);
+        let written = unsure.take_writes().unwrap();
+        assert!(
+            written.contains(&(0, stored_key(WINDOW, b"a", 0), None)),
+            "{written:?}"
+        );
+        assert!(unsure.take_expired().is_empty());
+        // Sliding and session windows keep their tombstones.
+        assert!(ClosedWindows::of(WindowKind::Sliding { size: 10 }).is_none());
+        let mut sliding = self::op(WindowKind::Sliding { size: 10 }, 0);
+        sliding.expire_by_age(Some((DAY, true)));
+        assert_eq!(sliding.retention, None);
+    }
+
+    #[test]
+    fn open_windows_are_written_again_every_quarter_of_the_retention() {
+        let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
+        op.expire_by_age(Some((DAY, true)));
+        feed(&mut op, &[("a", 5), ("b", 6)]);
+        assert_eq!(
+            op.take_writes().unwrap().len(),
+            3,
+            "two windows and the clock"
+        );
+        assert!(!op.dirty(), "nothing changed, and the windows are fresh");
+        let part = op.parts.get_mut(&0).unwrap();
+        part.refreshed -= DAY / 4;
+        assert!(op.dirty(), "a quarter of the retention has passed");
+        let mut rewritten: Vec<Vec<u8>> = op
+            .take_writes()
+            .unwrap()
+            .into_iter()
+            .map(|(_, k, v)| {
+                assert!(v.is_some());
+                k
+            })
+            .collect();
+        rewritten.sort();
+        let expected = vec![
+            CLOCK.to_vec(),
+            stored_key(WINDOW, b"a", 0),
+            stored_key(WINDOW, b"b", 0),
+        ];
+        assert_eq!(rewritten, expected);
+        assert!(!op.dirty(), "written again just now");
+        // Without time retention nothing is written again.
+        let mut kept = self::op(WindowKind::Tumbling { size: 10 }, 0);
+        feed(&mut kept, &[("a", 5)]);
+        kept.take_writes().unwrap();
+        kept.parts.get_mut(&0).unwrap().refreshed = i64::MIN;
+        assert!(!kept.dirty());
     }
 
     #[test]

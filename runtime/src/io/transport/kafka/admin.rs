@@ -16,7 +16,7 @@ use super::client::METADATA_TIMEOUT;
 use super::produce::DeliveryContext;
 use crate::base::error::{Error, Result};
 use crate::base::spec::TopicSpec;
-use crate::io::transport::GroupMember;
+use crate::io::transport::{GroupMember, TimeRetention};
 
 /// The worker's view of its brokers, borrowed from its `KafkaTransport` for a call.
 pub(super) struct Admin<'a> {
@@ -198,6 +198,25 @@ impl Admin<'_> {
             }
         }
         Some(out)
+    }
+
+    /// `topic`'s time retention: its `retention.ms` when its `cleanup.policy` includes
+    /// `delete` and the retention is finite.
+    pub(super) async fn time_retention(&self, topic: &str) -> TimeRetention {
+        let Some(configs) = self.topic_configs(std::iter::once(topic)).await else {
+            return TimeRetention::Unknown;
+        };
+        let Some(configs) = configs.get(topic) else {
+            return TimeRetention::Unknown;
+        };
+        let deletes = configs
+            .get("cleanup.policy")
+            .is_some_and(|policy| policy.split(',').any(|p| p.trim() == "delete"));
+        let retention = configs.get("retention.ms").and_then(|ms| ms.parse().ok());
+        match retention {
+            Some(ms) if deletes && ms > 0 => TimeRetention::After(ms),
+            _ => TimeRetention::Kept,
+        }
     }
 
     /// First and next offset of a partition (blocking). A topic created a moment ago (a window's

@@ -47,7 +47,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer as _;
 
-use super::{Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, Tp};
+use super::{
+    Committer, Deliveries, Delivery, GroupMember, Log, Outgoing, Pending, Router, TimeRetention, Tp,
+};
 use crate::base::config::{Config, OffsetReset, ProcessingGuarantee, RebalanceProtocol};
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
@@ -151,6 +153,10 @@ impl Log for KafkaTransport {
                 .ensure_topics_checked(specs, default_partitions)
                 .await
         })
+    }
+
+    fn time_retention<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<TimeRetention>> {
+        Box::pin(async move { Ok(self.admin().time_retention(topic).await) })
     }
 
     fn elect<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Result<Leadership>> {

@@ -149,11 +149,8 @@ pub(super) fn close<T, K: Clone, S: Clone, O>(
         let Some(win) = ks.windows.remove(p) else {
             break;
         };
-        if win.stored {
-            part.dirty.insert((key.clone(), p));
-        } else {
-            part.dirty.remove(&(key.clone(), p));
-        }
+        let expired = part.quiet.then_some(&mut part.expired);
+        super::forget(&mut part.dirty, expired, super::PANE, key, p, win.stored);
         if p >= start && win.max <= start {
             fold(win.state);
         }
