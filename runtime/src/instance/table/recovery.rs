@@ -323,16 +323,24 @@ impl Recovery {
 
 /// The entries that records of a replayed batch show to have expired, for a table whose
 /// changelog drops them by age (deleted after the batch's puts: an entry written after the
-/// record that expired it never is below its range).
+/// record that expired it never is below its range). Ranges from one start are merged into
+/// the widest.
 fn expired_in(def: &TableDef, batch: &[RawRecord]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Some(expiring) = def.expiring.get() else {
         return Vec::new();
     };
-    batch
+    let mut widest: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let ranges = batch
         .iter()
         .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref()?)))
-        .flat_map(|(k, v)| expiring.ranges.expired_by(k, v))
-        .collect()
+        .flat_map(|(k, v)| expiring.ranges.expired_by(k, v));
+    for (from, to) in ranges {
+        let until = widest.entry(from).or_default();
+        if to > *until {
+            *until = to;
+        }
+    }
+    widest.into_iter().collect()
 }
 
 /// Where a partition's replay starts: the local copy's position when it lies within the
@@ -393,5 +401,80 @@ impl Progress {
             );
             self.last_report = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::store::TableStore;
+
+    /// A record `C` → `n` expires the keys `k0` .. below `k{n}`.
+    struct BelowN;
+
+    impl super::super::ExpiredRanges for BelowN {
+        fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            if key != b"C" {
+                return Vec::new();
+            }
+            vec![(b"k".to_vec(), [b"k", value].concat())]
+        }
+    }
+
+    fn record(offset: i64, key: &str, value: &str) -> RawRecord {
+        RawRecord {
+            topic: Arc::from("t-changelog"),
+            partition: 0,
+            offset,
+            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+            value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
+            timestamp: None,
+            headers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_replayed_batch_deletes_what_its_records_show_expired_after_its_puts() -> Result<()> {
+        let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
+        let def = TableDef::new("t", "t-changelog", false, 1, store.clone());
+        let batch = vec![
+            record(0, "k1", "1"),
+            record(1, "k5", "5"),
+            record(2, "C", "3"),
+            record(3, "k2", "2"),
+            record(4, "C", "4"),
+            record(5, "k4", "4"),
+        ];
+        // Without expiry, nothing is deleted.
+        assert!(expired_in(&def, &batch).is_empty());
+        let ranges = Arc::new(BelowN);
+        let expiring = super::super::Expiring {
+            retention: 1,
+            by_age: true,
+            ranges,
+        };
+        assert!(def.expiring.set(expiring).is_ok());
+        // The two clock records' ranges merge into the wider one.
+        let expired = expired_in(&def, &batch);
+        assert_eq!(expired, vec![(b"k".to_vec(), b"k4".to_vec())]);
+        let puts = batch
+            .iter()
+            .map(|r| {
+                (
+                    r.key.as_deref().unwrap_or_default().to_vec(),
+                    r.value.as_deref().map(Vec::from),
+                )
+            })
+            .collect();
+        let writes = PartitionWrites {
+            puts: Puts::List(puts),
+            meta: Default::default(),
+            expired,
+        };
+        store.commit(vec![(def.name.clone(), 0, writes)])?;
+        let left: Vec<Vec<u8>> = store.scan("t", 0)?.into_iter().map(|(k, _)| k).collect();
+        let want: Vec<&[u8]> = vec![b"C", b"k4", b"k5"];
+        assert_eq!(left, want);
+        Ok(())
     }
 }
