@@ -197,5 +197,34 @@ async fn views_and_clicks_keyed_otherwise_meet_through_the_repartition_topic_acr
             "{url} in its partition"
         );
     }
-    worker.shutdown().await
+    worker.shutdown().await?;
+
+    // Buffered records that expired wrote no tombstones: the join's changelog is
+    // time-retained, and its stored watermark tells recovery what has expired.
+    let changelog = format!("{app_id}-joiner-join-changelog");
+    let log = tokio::task::block_in_place(|| {
+        let configs = common::topic_configs(&bootstrap, &changelog);
+        assert_eq!(configs["cleanup.policy"], "compact,delete", "{configs:?}");
+        let end = common::end_offsets(&bootstrap, &changelog, PARTITIONS);
+        common::read_topic(
+            &bootstrap,
+            &changelog,
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+            |r| r.len() as i64 >= end,
+        )
+    });
+    let buffered = log
+        .iter()
+        .filter(|r| r.key.as_deref() != Some(b"C"))
+        .count();
+    assert!(
+        buffered >= VIEWS as usize,
+        "the views were buffered: {buffered}"
+    );
+    assert!(
+        log.iter().all(|r| r.value.is_some()),
+        "no tombstone in `{changelog}`"
+    );
+    Ok(())
 }

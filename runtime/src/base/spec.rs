@@ -189,14 +189,15 @@ pub(crate) enum Internal {
     /// timestamp, so time retention is off (`retention.ms=-1`) and rill deletes what its
     /// consumer committed instead (Kafka Streams does the same).
     Repartition,
-    /// A table's, join's or sliding or session window's changelog: the source's partitions,
+    /// A table's or a sliding or session window's changelog: the source's partitions,
     /// compacted (no time retention).
     Changelog,
-    /// The changelog of tumbling and hopping windows: the source's partitions, compacted and
-    /// time-retained (`compact,delete`, a day), as Kafka Streams' windowed changelogs are. A
-    /// closed window writes no tombstone: its entry goes by age, and until then the stored
-    /// watermark tells recovery it is closed (`ops/window/state.rs`). An existing topic that
-    /// is only compacted is accepted: closed windows then leave tombstones, as before.
+    /// The changelog of tumbling and hopping windows and of joins: the source's partitions,
+    /// compacted and time-retained (`compact,delete`, a day), as Kafka Streams' windowed
+    /// changelogs are. A closed window or expired join record writes no tombstone: its entry
+    /// goes by age, and until then the stored watermark tells recovery it has expired
+    /// (`ops/window/state.rs`, `ops/join/state.rs`). An existing topic that is only
+    /// compacted is accepted: expired state then leaves tombstones, as before.
     WindowChangelog,
     /// A retry topic: the source's partitions (a retried record comes back to its instance).
     Retry,

@@ -420,8 +420,8 @@ impl AgentSetup for AgentPipeline {
             }
             let changelog = crate::instance::table::changelog_topic(&self.app_id, &table);
             // Expired state leaves tombstones, so compaction keeps the changelog to what is
-            // live; or, for tumbling and hopping windows on a time-retained changelog, it ages
-            // out while the stored clock tells recovery it expired.
+            // live; or, for tumbling and hopping windows and joins on a time-retained
+            // changelog, it ages out while the stored clock tells recovery it expired.
             let role = match expiring {
                 Some(_) => Internal::WindowChangelog,
                 None => Internal::Changelog,

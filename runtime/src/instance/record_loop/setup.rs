@@ -46,7 +46,7 @@ pub(crate) trait AgentSetup: Send + Sync {
 
     /// The table of a window (or join) named `name` of this agent, created with its changelog
     /// topic on first use and shared by the agent's instances. With `expiring` (tumbling and
-    /// hopping windows), the changelog is created time-retained, and when the topic has time
+    /// hopping windows, joins), the changelog is created time-retained, and when the topic has time
     /// retention the table's expired entries go without tombstones (`TableDef::expiring`).
     fn window_table<'a>(
         &'a self,

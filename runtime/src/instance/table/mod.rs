@@ -62,7 +62,7 @@ pub(crate) struct TableDef {
     /// server's table queries.
     pub(crate) key_parser: std::sync::OnceLock<KeyParser>,
     /// Set when the changelog drops the table's expired entries by age instead of by
-    /// tombstones (tumbling and hopping windows on a `compact,delete` topic).
+    /// tombstones (tumbling and hopping windows and joins on a `compact,delete` topic).
     pub(crate) expiring: std::sync::OnceLock<Expiring>,
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{Bounds, JoinOperator, Side};
+use super::state::{Bounds, ExpiredRecords, JoinOperator, Side};
 use crate::base::error::Result;
 use crate::ops::operator::StateWrite;
 use crate::ops::operator::{OperatorRunner, Stateful};
@@ -60,8 +60,7 @@ impl<O: Send + 'static> JoinStream<O> {
             name,
             "joins apply to an agent's own streams",
             idle,
-            // A join's records expire by tombstones (its changelog is compacted only).
-            None,
+            Some(ExpiredRecords::shared()),
             move || JoinOperator::new(bounds, idle_ms, outer.0, outer.1),
         );
         JoinStream {
@@ -130,6 +129,14 @@ where
 
     fn take_writes(&mut self) -> Result<Vec<StateWrite>> {
         JoinOperator::take_writes(self)
+    }
+
+    fn expire_by_age(&mut self, changelog: Option<&crate::instance::table::Expiring>) {
+        JoinOperator::expire_by_age(self, changelog.map(|e| (e.retention, e.by_age)));
+    }
+
+    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
+        JoinOperator::take_expired(self)
     }
 
     fn next_out(&mut self) -> Option<Self::Out> {

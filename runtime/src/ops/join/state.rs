@@ -22,16 +22,22 @@
 //!   key first (`L|R | len(key) u32 | key | time | seq`): such entries load, and the next
 //!   commit moves them;
 //! - `C` → the partition's clock: largest event time seen, the watermark it was expired at,
-//!   the `group_by` pumps' watermarks, the offsets last applied per side, the next sequence.
+//!   the `group_by` pumps' watermarks, the offsets last applied per side, the next sequence;
+//!   on a time-retained changelog (`JoinOperator::expire_by_age`) also the time below which
+//!   every record has expired, and when the buffered records were last written again.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::base::error::{Error, Result};
+use crate::base::message::now_millis;
 use crate::base::watermark::Upstream;
-use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
+use crate::instance::table::ExpiredRanges;
+use crate::ops::window::state::{PartitionTime, refresh_due, time_bytes, time_from, watermark_of};
 
 /// A record's side (in memory; stored as its tag in the key-first layout of earlier
 /// versions, lowercase in today's).
@@ -56,6 +62,41 @@ struct StoredJoinClock {
     /// Offsets of the last records applied, left and right.
     applied: [i64; 2],
     seq: u64,
+    /// Records expired without tombstones (`JoinOperator::expire_by_age`): every record of
+    /// either side at a time before this has expired, though the changelog may still hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expired_below: Option<i64>,
+    /// When (wall clock, ms) every buffered record was last written again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refreshed: Option<i64>,
+}
+
+/// How recovery and standbys tell a join's expired records on a time-retained changelog: from
+/// a replayed clock entry, every record of either side before its `expired_below`.
+pub(crate) struct ExpiredRecords;
+
+impl ExpiredRanges for ExpiredRecords {
+    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if key != CLOCK {
+            return Vec::new();
+        }
+        let Some(below) = serde_json::from_slice::<StoredJoinClock>(value)
+            .ok()
+            .and_then(|c| c.expired_below)
+        else {
+            return Vec::new();
+        };
+        [LEFT, RIGHT]
+            .map(|side| side.to_ascii_lowercase())
+            .map(|tag| (vec![tag], [&[tag][..], &time_bytes(below)].concat()))
+            .into()
+    }
+}
+
+impl ExpiredRecords {
+    pub(crate) fn shared() -> Arc<dyn ExpiredRanges> {
+        Arc::new(ExpiredRecords)
+    }
 }
 
 /// The stored key of a buffered record: time first.
@@ -248,6 +289,12 @@ struct JoinPartition<A, B> {
     /// its time-first key, and the old key deleted.
     relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     clock_dirty: bool,
+    /// Expired records go without tombstones (see `JoinOperator::expire_by_age`).
+    quiet: bool,
+    /// Stored keys of those expired since the last commit: deleted locally only.
+    expired: Vec<Vec<u8>>,
+    /// When (wall clock) every buffered record was last written again (`i64::MIN`: never).
+    refreshed: i64,
 }
 
 impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinPartition<A, B> {
@@ -264,7 +311,8 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
         low.unwrap_or(self.max_seen)
     }
 
-    fn new(now: i64) -> Self {
+    /// A partition with no state yet; `quiet`: see `JoinOperator::expire_by_age`.
+    fn new(now: i64, quiet: bool) -> Self {
         JoinPartition {
             left: Buffer::new(),
             right: Buffer::new(),
@@ -281,7 +329,21 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             deletes: Vec::new(),
             relocated: Vec::new(),
             clock_dirty: false,
+            quiet,
+            expired: Vec::new(),
+            refreshed: now_millis(),
         }
+    }
+
+    /// Marks every buffered record to be written again, and the clock.
+    fn refresh(&mut self, now: i64) {
+        self.dirty.extend(
+            self.expiring
+                .iter()
+                .map(|(&(_, seq), (_, _, time))| (*time, seq)),
+        );
+        self.clock_dirty = true;
+        self.refreshed = now;
     }
 }
 
@@ -301,6 +363,12 @@ impl Bounds {
     fn expires(&self, time: i64) -> i64 {
         time.saturating_add(self.span()).saturating_add(self.grace)
     }
+
+    /// Every record before this time has expired at watermark `floor` (a record expires once
+    /// the watermark is past `time + W + grace`).
+    fn expired_below(&self, floor: i64) -> Option<i64> {
+        (floor != i64::MIN).then(|| floor.saturating_sub(self.span()).saturating_sub(self.grace))
+    }
 }
 
 /// One stored change: partition, stored key, value (`None` deletes).
@@ -314,7 +382,7 @@ pub(crate) struct JoinOperator<A, B> {
     left_outer: bool,
     /// Emit right records that met nothing (outer joins).
     right_outer: bool,
-    parts: HashMap<i32, JoinPartition<A, B>>,
+    parts: HashMap<i32, JoinPartition<A, B>, Hasher>,
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
     pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
@@ -328,6 +396,10 @@ pub(crate) struct JoinOperator<A, B> {
     /// The smallest clock over the partitions that `advance` last computed (before the
     /// floor): a record that moves a partition's clocks from above it moves no watermark.
     computed: i64,
+    /// The changelog's time retention (ms), when it may drop records by age (`expire_by_age`).
+    retention: Option<i64>,
+    /// It does: expired records go without tombstones.
+    quiet: bool,
 }
 
 impl<A, B> JoinOperator<A, B>
@@ -346,13 +418,36 @@ where
             idle_timeout,
             left_outer,
             right_outer,
-            parts: HashMap::new(),
+            parts: HashMap::default(),
             watermark: i64::MIN,
             out: VecDeque::new(),
             stale: true,
             due: i64::MIN,
             computed: i64::MIN,
+            retention: None,
+            quiet: false,
         }
+    }
+
+    /// As windows do (`WindowOperator::expire_by_age`): on a changelog that may drop records
+    /// older than `retention` ms, every buffered record is written again each quarter of the
+    /// retention, and when it does (`by_age`), expired records go without tombstones, the
+    /// stored clock's `expired_below` telling recovery and standbys that they expired.
+    pub(crate) fn expire_by_age(&mut self, changelog: Option<(i64, bool)>) {
+        self.retention = changelog.map(|(retention, _)| retention);
+        self.quiet = changelog.is_some_and(|(_, by_age)| by_age);
+        for part in self.parts.values_mut() {
+            part.quiet = self.quiet;
+        }
+    }
+
+    /// Stored keys of the records expired without tombstones since the last call.
+    pub(crate) fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (&partition, part) in &mut self.parts {
+            out.extend(part.expired.drain(..).map(|k| (partition, k)));
+        }
+        out
     }
 
     /// Forgets every partition (after a rebalance; they are reloaded from the store).
@@ -381,25 +476,26 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = JoinPartition::new(now);
+        let mut part = JoinPartition::new(now, self.quiet);
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
                 "join state: a stored {what} of partition {partition} does not decode ({e}); did a joined record type change? name the join differently to start afresh"
             ),
         };
+        if let Some((_, value)) = entries.iter().find(|(k, _)| k == CLOCK) {
+            let clock: StoredJoinClock =
+                serde_json::from_slice(value).map_err(|e| bad("clock", e))?;
+            part.max_seen = clock.max_seen;
+            part.side_max = clock.sides;
+            part.floor = clock.floor;
+            part.applied = clock.applied;
+            part.seq = clock.seq;
+            part.upstream.restore(clock.pumps);
+            part.refreshed = clock.refreshed.unwrap_or(i64::MIN);
+        }
+        let below = self.bounds.expired_below(part.floor).unwrap_or(i64::MIN);
         for (stored, value) in entries {
-            if stored == CLOCK {
-                let clock: StoredJoinClock =
-                    serde_json::from_slice(&value).map_err(|e| bad("clock", e))?;
-                part.max_seen = clock.max_seen;
-                part.side_max = clock.sides;
-                part.floor = clock.floor;
-                part.applied = clock.applied;
-                part.seq = clock.seq;
-                part.upstream.restore(clock.pumps);
-                continue;
-            }
             let Some(EntryKey {
                 side,
                 key,
@@ -410,6 +506,16 @@ where
             else {
                 continue;
             };
+            if time < below {
+                // Expired at the stored watermark; its entry came back from a changelog that
+                // keeps it until it ages out: it goes (an unmatched one was emitted then).
+                if part.quiet && !key_first {
+                    part.expired.push(stored);
+                } else {
+                    part.relocated.push((stored, None));
+                }
+                continue;
+            }
             match side {
                 LEFT => part
                     .left
@@ -437,8 +543,14 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
+        let now = self.retention.map_or(0, |_| now_millis());
         self.parts.values().any(|p| {
-            p.clock_dirty || !p.dirty.is_empty() || !p.deletes.is_empty() || !p.relocated.is_empty()
+            p.clock_dirty
+                || !p.dirty.is_empty()
+                || !p.deletes.is_empty()
+                || !p.relocated.is_empty()
+                || !p.expired.is_empty()
+                || refresh_due(self.retention, p.refreshed, now)
         })
     }
 
@@ -449,8 +561,12 @@ where
             message: format!("cannot encode join state: {e}"),
         };
         let mut out = Vec::new();
-        let bounds = self.bounds;
+        let (bounds, retention) = (self.bounds, self.retention);
+        let now = retention.map_or(0, |_| now_millis());
         for (&partition, part) in &mut self.parts {
+            if refresh_due(retention, part.refreshed, now) {
+                part.refresh(now);
+            }
             // Moved records first: a later write of the same record (matched, or expired) wins.
             out.extend(part.relocated.drain(..).map(|(k, v)| (partition, k, v)));
             for (time, seq) in part.dirty.drain() {
@@ -475,6 +591,11 @@ where
                     pumps: part.upstream.snapshot(),
                     applied: part.applied,
                     seq: part.seq,
+                    expired_below: part
+                        .quiet
+                        .then(|| bounds.expired_below(part.floor))
+                        .flatten(),
+                    refreshed: retention.map(|_| part.refreshed),
                 };
                 out.push((
                     partition,
@@ -505,9 +626,10 @@ where
     ) -> bool {
         let bounds = self.bounds;
         let watermark = self.watermark;
+        let quiet = self.quiet;
         let part = self.parts.entry(partition).or_insert_with(|| {
             self.stale = true;
-            JoinPartition::new(now)
+            JoinPartition::new(now, quiet)
         });
         let side = usize::from(matches!(record, Side::Right(_)));
         if let Some(offset) = offset {
@@ -680,8 +802,10 @@ where
                 // A pending write of it is moot: deleted if it was written, else never
                 // written (buffered and expired between two commits).
                 part.dirty.remove(&(time, seq));
-                if stored {
-                    part.deletes.push(entry_key(side, &key, time, seq));
+                match (stored, part.quiet) {
+                    (true, false) => part.deletes.push(entry_key(side, &key, time, seq)),
+                    (true, true) => part.expired.push(entry_key(side, &key, time, seq)),
+                    (false, _) => {}
                 }
             }
         }
@@ -1210,5 +1334,143 @@ mod tests {
             skipped += skips;
         }
         assert!(skipped > 3_000, "{skipped} advances skipped");
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    /// A stored partition of the join's table, or of its changelog (last value per key).
+    type Stored = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Commits `op`'s writes to `stores` (a tombstone removes) and loads them into a fresh
+    /// operator made by `make`: a restart. With `by_age`, `stores` are the changelog (closed
+    /// records leave nothing) and, with `purge`, the entries a replayed clock shows expired
+    /// are deleted as recovery does.
+    fn restart_join(
+        op: &mut StringJoin,
+        stores: &mut HashMap<i32, Stored>,
+        by_age: Option<bool>,
+        make: &dyn Fn() -> StringJoin,
+    ) -> StringJoin {
+        for (partition, k, v) in op.take_writes().unwrap() {
+            let store = stores.entry(partition).or_default();
+            match v {
+                Some(v) => store.insert(k, v),
+                None => store.remove(&k),
+            };
+        }
+        op.take_expired();
+        let mut fresh = make();
+        for (&partition, store) in stores.iter_mut() {
+            if by_age == Some(true) {
+                let ranges = store
+                    .get(CLOCK)
+                    .map(|clock| ExpiredRecords.expired_by(CLOCK, clock))
+                    .unwrap_or_default();
+                store.retain(|k, _| !ranges.iter().any(|(from, to)| k >= from && k < to));
+            }
+            let entries = store.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            fresh.load(partition, entries, 0).unwrap();
+        }
+        fresh
+    }
+
+    /// Random records over two partitions and three keys, out of order, with restarts;
+    /// everything that came out, sorted.
+    fn restarting_run(seed: u64, make: &dyn Fn() -> StringJoin, by_age: Option<bool>) -> Pairs {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut op = make();
+        let mut stores = HashMap::new();
+        let mut out = Vec::new();
+        let mut time: i64 = 0;
+        for i in 0..rng.random_range(50..250) {
+            if rng.random_range(0..15) == 0 {
+                out.extend(op.out.drain(..));
+                op = restart_join(&mut op, &mut stores, by_age, make);
+                continue;
+            }
+            time += rng.random_range(0..6);
+            let t = time - rng.random_range(0..25);
+            let record = if rng.random_bool(0.5) {
+                Side::Left(format!("L{i}"))
+            } else {
+                Side::Right(format!("R{i}"))
+            };
+            let key = ["a", "b", "c"][rng.random_range(0..3)].as_bytes().to_vec();
+            op.on_record(rng.random_range(0..2), key, t, record, 0, None, None);
+            op.advance(0, i64::MIN, &all());
+        }
+        op.advance(0, i64::MAX, &all());
+        out.extend(op.out.drain(..));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn records_expired_without_tombstones_join_as_tombstoned_ones_do_on_random_streams() {
+        let mut compared = 0;
+        for seed in 0..300 {
+            let (before, after) = ((seed % 3) as i64 * 5, (seed / 3 % 3) as i64 * 5);
+            let grace = [0, 4, 15][(seed / 9 % 3) as usize];
+            let (left, right) = (seed % 2 == 1, seed % 4 == 3);
+            let tombstoned = || op(before, after, grace, left, right);
+            let expected = restarting_run(seed, &tombstoned, None);
+            for purge in [false, true] {
+                let by_age = || {
+                    let mut op = op(before, after, grace, left, right);
+                    op.expire_by_age(Some((DAY, true)));
+                    op
+                };
+                let got = restarting_run(seed, &by_age, Some(purge));
+                assert_eq!(got, expected, "seed {seed}, purge {purge}");
+            }
+            compared += expected.len();
+        }
+        assert!(compared > 5_000, "the runs joined {compared} pairs");
+    }
+
+    #[test]
+    fn an_expired_record_is_deleted_locally_and_the_clock_marks_it_expired() {
+        let mut op = op(5, 5, 0, true, false);
+        op.expire_by_age(Some((DAY, true)));
+        feed(&mut op, &[('L', "k", 100, "v1"), ('R', "j", 105, "c")]);
+        assert!(
+            op.take_writes()
+                .unwrap()
+                .iter()
+                .all(|(_, _, v)| v.is_some())
+        );
+        // Watermark 111 (both sides there): v1 (100 + 10 < 111) expires, alone (a left
+        // join); c stays.
+        assert_eq!(
+            feed(&mut op, &[('R', "j", 111, "c2"), ('L', "z", 111, "v3")]),
+            vec![(Some("v1".to_owned()), None)]
+        );
+        let written = op.take_writes().unwrap();
+        assert!(
+            written.iter().all(|(_, _, v)| v.is_some()),
+            "no tombstone: {written:?}"
+        );
+        let expired = op.take_expired();
+        assert_eq!(expired, vec![(0, entry_key(LEFT, b"k", 100, 0))]);
+        let (_, _, clock) = written.iter().find(|(_, k, _)| k == CLOCK).unwrap();
+        let clock = clock.as_deref().unwrap();
+        let ranges = ExpiredRecords.expired_by(CLOCK, clock);
+        let within = |k: &[u8]| {
+            ranges
+                .iter()
+                .any(|(f, t)| k >= f.as_slice() && k < t.as_slice())
+        };
+        assert!(within(&expired[0].1));
+        assert!(!within(&entry_key(RIGHT, b"j", 105, 1)));
+        assert!(
+            !within(&entry_key(LEFT, b"x", 101, 9)),
+            "101 + 10 is not below 111"
+        );
+        // Every quarter of the retention, the buffered records are written again.
+        op.parts.get_mut(&0).unwrap().refreshed -= DAY / 4;
+        assert!(op.dirty());
+        let rewritten = op.take_writes().unwrap();
+        assert_eq!(rewritten.len(), 4, "c, c2, v3 and the clock: {rewritten:?}");
     }
 }

@@ -386,7 +386,7 @@ fn expired_below(kind: WindowKind, grace: i64, floor: i64) -> Option<i64> {
 
 /// Whether a partition last refreshed at `refreshed` must write all its open windows again
 /// at wall-clock `now`, for a changelog of time `retention` (see `expire_by_age`).
-fn refresh_due(retention: Option<i64>, refreshed: i64, now: i64) -> bool {
+pub(crate) fn refresh_due(retention: Option<i64>, refreshed: i64, now: i64) -> bool {
     retention.is_some_and(|r| now.saturating_sub(refreshed) >= r / 4)
 }
 
