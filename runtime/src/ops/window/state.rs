@@ -17,8 +17,10 @@
 //!   (`W`/`P | len(key) u32 | key | start`): such entries load, and the next commit moves
 //!   them (the same value under the time-first key, the old key deleted);
 //! - `C` → the partition's clock: largest event time seen, the watermark its windows were
-//!   closed at, the `group_by` pumps' watermarks, the offset of the last record applied, and
-//!   (sliding windows) the largest window start written.
+//!   closed at, the `group_by` pumps' watermarks, the offset of the last record applied,
+//!   (sliding windows) the largest window start written, and on a time-retained changelog
+//!   (`WindowOperator::expire_by_age`) the start below which every window has closed and
+//!   when the open windows were last written again.
 //!
 //! Times are stored sign-flipped big-endian, so LMDB orders them numerically.
 
