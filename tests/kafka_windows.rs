@@ -87,6 +87,17 @@ fn produce(bootstrap: &str, topic: &str, views: &[(&str, i64)]) {
     tokio::task::block_in_place(|| common::produce(&common::producer(bootstrap), topic, &items));
 }
 
+/// The counts of `topic` (sorted) once `n` are there, read `SETTLE` longer so that extra
+/// ones show.
+fn read_counts(bootstrap: &str, topic: &str, n: usize) -> Vec<Count> {
+    let mut got: Vec<Count> = read_stamped(bootstrap, topic, n, SETTLE)
+        .iter()
+        .map(|(_, v, _, _)| serde_json::from_str(v).expect("a count"))
+        .collect();
+    got.sort();
+    got
+}
+
 /// A record read back with its Kafka message timestamp: (key, value, timestamp ms, and the
 /// original timestamp in `rill.source.timestamp` of a record rill set aside).
 type Stamped = (Option<String>, String, Option<i64>, Option<i64>);
@@ -294,12 +305,7 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
             ("/b", at(100)),
         ],
     );
-    let results = read_stamped(&bootstrap, &counts, 2, SETTLE);
-    let mut got: Vec<Count> = results
-        .iter()
-        .map(|(_, v, _, _)| serde_json::from_str(v).expect("a count"))
-        .collect();
-    got.sort();
+    let got = read_counts(&bootstrap, &counts, 2);
     assert_eq!(
         got,
         vec![count("/a", at(0), at(60), 3), count("/b", at(0), at(60), 1)],
@@ -352,12 +358,7 @@ async fn window_state_is_rebuilt_from_its_kafka_changelog_after_a_restart_withou
         .start()
         .await?;
     produce(&bootstrap, &views, &[("/b", at(200))]);
-    let results = read_stamped(&bootstrap, &counts, 4, SETTLE);
-    let mut got: Vec<Count> = results
-        .iter()
-        .map(|(_, v, _, _)| serde_json::from_str(v).expect("a count"))
-        .collect();
-    got.sort();
+    let got = read_counts(&bootstrap, &counts, 4);
     assert_eq!(
         got,
         vec![

@@ -1,6 +1,7 @@
 //! Operators and the user API: streams, sinks and topics, windows and joins over one operator
 //! runner.
 
+pub(crate) mod expiry;
 pub mod join;
 pub(crate) mod operator;
 pub(crate) mod punctuate;

@@ -34,10 +34,10 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 use crate::base::error::{Error, Result};
-use crate::base::message::now_millis;
 use crate::base::watermark::Upstream;
 use crate::instance::table::ExpiredRanges;
-use crate::ops::window::state::{PartitionTime, refresh_due, time_bytes, time_from, watermark_of};
+use crate::ops::expiry::{self, Aging, ChangelogAge};
+use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
 
 /// A record's side (in memory; stored as its tag in the key-first layout of earlier
 /// versions, lowercase in today's).
@@ -289,12 +289,9 @@ struct JoinPartition<A, B> {
     /// its time-first key, and the old key deleted.
     relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     clock_dirty: bool,
-    /// Expired records go without tombstones (see `JoinOperator::expire_by_age`).
-    quiet: bool,
-    /// Stored keys of those expired since the last commit: deleted locally only.
-    expired: Vec<Vec<u8>>,
-    /// When (wall clock) every buffered record was last written again (`i64::MIN`: never).
-    refreshed: i64,
+    /// Expired records without tombstones, and rewrites of the buffered ones (see
+    /// `JoinOperator::expire_by_age`).
+    aging: Aging,
 }
 
 impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinPartition<A, B> {
@@ -329,9 +326,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             deletes: Vec::new(),
             relocated: Vec::new(),
             clock_dirty: false,
-            quiet,
-            expired: Vec::new(),
-            refreshed: now_millis(),
+            aging: Aging::new(quiet),
         }
     }
 
@@ -343,7 +338,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
                 .map(|(&(_, seq), (_, _, time))| (*time, seq)),
         );
         self.clock_dirty = true;
-        self.refreshed = now;
+        self.aging.refreshed = now;
     }
 }
 
@@ -396,10 +391,8 @@ pub(crate) struct JoinOperator<A, B> {
     /// The smallest clock over the partitions that `advance` last computed (before the
     /// floor): a record that moves a partition's clocks from above it moves no watermark.
     computed: i64,
-    /// The changelog's time retention (ms), when it may drop records by age (`expire_by_age`).
-    retention: Option<i64>,
-    /// It does: expired records go without tombstones.
-    quiet: bool,
+    /// What the changelog drops by age (`expire_by_age`).
+    age: ChangelogAge,
 }
 
 impl<A, B> JoinOperator<A, B>
@@ -424,8 +417,7 @@ where
             stale: true,
             due: i64::MIN,
             computed: i64::MIN,
-            retention: None,
-            quiet: false,
+            age: ChangelogAge::default(),
         }
     }
 
@@ -434,20 +426,15 @@ where
     /// retention, and when it does (`by_age`), expired records go without tombstones, the
     /// stored clock's `expired_below` telling recovery and standbys that they expired.
     pub(crate) fn expire_by_age(&mut self, changelog: Option<(i64, bool)>) {
-        self.retention = changelog.map(|(retention, _)| retention);
-        self.quiet = changelog.is_some_and(|(_, by_age)| by_age);
+        self.age = ChangelogAge::new(changelog);
         for part in self.parts.values_mut() {
-            part.quiet = self.quiet;
+            part.aging.quiet = self.age.quiet();
         }
     }
 
     /// Stored keys of the records expired without tombstones since the last call.
     pub(crate) fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        let mut out = Vec::new();
-        for (&partition, part) in &mut self.parts {
-            out.extend(part.expired.drain(..).map(|k| (partition, k)));
-        }
-        out
+        expiry::take_expired(self.parts.iter_mut().map(|(p, part)| (p, &mut part.aging)))
     }
 
     /// Forgets every partition (after a rebalance; they are reloaded from the store).
@@ -476,7 +463,7 @@ where
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         now: i64,
     ) -> Result<()> {
-        let mut part = JoinPartition::new(now, self.quiet);
+        let mut part = JoinPartition::new(now, self.age.quiet());
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -492,7 +479,7 @@ where
             part.applied = clock.applied;
             part.seq = clock.seq;
             part.upstream.restore(clock.pumps);
-            part.refreshed = clock.refreshed.unwrap_or(i64::MIN);
+            part.aging.loaded(clock.refreshed);
         }
         let below = self.bounds.expired_below(part.floor).unwrap_or(i64::MIN);
         for (stored, value) in entries {
@@ -509,8 +496,8 @@ where
             if time < below {
                 // Expired at the stored watermark; its entry came back from a changelog that
                 // keeps it until it ages out: it goes (an unmatched one was emitted then).
-                if part.quiet && !key_first {
-                    part.expired.push(stored);
+                if part.aging.quiet && !key_first {
+                    part.aging.expired.push(stored);
                 } else {
                     part.relocated.push((stored, None));
                 }
@@ -543,14 +530,14 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
-        let now = self.retention.map_or(0, |_| now_millis());
+        let now = self.age.now();
         self.parts.values().any(|p| {
             p.clock_dirty
                 || !p.dirty.is_empty()
                 || !p.deletes.is_empty()
                 || !p.relocated.is_empty()
-                || !p.expired.is_empty()
-                || refresh_due(self.retention, p.refreshed, now)
+                || !p.aging.expired.is_empty()
+                || self.age.refresh_due(&p.aging, now)
         })
     }
 
@@ -561,10 +548,10 @@ where
             message: format!("cannot encode join state: {e}"),
         };
         let mut out = Vec::new();
-        let (bounds, retention) = (self.bounds, self.retention);
-        let now = retention.map_or(0, |_| now_millis());
+        let (bounds, age) = (self.bounds, self.age);
+        let now = age.now();
         for (&partition, part) in &mut self.parts {
-            if refresh_due(retention, part.refreshed, now) {
+            if age.refresh_due(&part.aging, now) {
                 part.refresh(now);
             }
             // Moved records first: a later write of the same record (matched, or expired) wins.
@@ -592,10 +579,11 @@ where
                     applied: part.applied,
                     seq: part.seq,
                     expired_below: part
+                        .aging
                         .quiet
                         .then(|| bounds.expired_below(part.floor))
                         .flatten(),
-                    refreshed: retention.map(|_| part.refreshed),
+                    refreshed: age.refreshed(&part.aging),
                 };
                 out.push((
                     partition,
@@ -626,7 +614,7 @@ where
     ) -> bool {
         let bounds = self.bounds;
         let watermark = self.watermark;
-        let quiet = self.quiet;
+        let quiet = self.age.quiet();
         let part = self.parts.entry(partition).or_insert_with(|| {
             self.stale = true;
             JoinPartition::new(now, quiet)
@@ -802,10 +790,8 @@ where
                 // A pending write of it is moot: deleted if it was written, else never
                 // written (buffered and expired between two commits).
                 part.dirty.remove(&(time, seq));
-                match (stored, part.quiet) {
-                    (true, false) => part.deletes.push(entry_key(side, &key, time, seq)),
-                    (true, true) => part.expired.push(entry_key(side, &key, time, seq)),
-                    (false, _) => {}
+                if stored && !part.aging.expire(|| entry_key(side, &key, time, seq)) {
+                    part.deletes.push(entry_key(side, &key, time, seq));
                 }
             }
         }
@@ -1468,7 +1454,7 @@ mod tests {
             "101 + 10 is not below 111"
         );
         // Every quarter of the retention, the buffered records are written again.
-        op.parts.get_mut(&0).unwrap().refreshed -= DAY / 4;
+        op.parts.get_mut(&0).unwrap().aging.refreshed -= DAY / 4;
         assert!(op.dirty());
         let rewritten = op.take_writes().unwrap();
         assert_eq!(rewritten.len(), 4, "c, c2, v3 and the clock: {rewritten:?}");

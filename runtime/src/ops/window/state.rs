@@ -34,8 +34,8 @@ use serde::de::DeserializeOwned;
 use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
-use crate::base::message::now_millis;
 use crate::instance::table::ExpiredRanges;
+use crate::ops::expiry::{self, Aging, ChangelogAge};
 
 mod panes;
 mod sliding;
@@ -363,12 +363,9 @@ struct WindowPartition<K, S> {
     /// Entries loaded in the key-first layout, to move at the next commit: each value under
     /// its time-first key, and the old key deleted.
     relocated: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Closed windows and dropped panes go without tombstones (see `expire_by_age`).
-    quiet: bool,
-    /// Stored keys of those closed since the last commit: deleted locally only.
-    expired: Vec<Vec<u8>>,
-    /// When (wall clock) every stored window was last written again (`i64::MIN`: never).
-    refreshed: i64,
+    /// Closed windows and dropped panes without tombstones, and rewrites of the open ones
+    /// (see `expire_by_age`).
+    aging: Aging,
 }
 
 /// Every window and pane starting before this has closed at watermark `floor` (tumbling and
@@ -386,34 +383,21 @@ fn expired_below(kind: WindowKind, grace: i64, floor: i64) -> Option<i64> {
     })
 }
 
-/// Whether a partition last refreshed at `refreshed` must write all its open windows again
-/// at wall-clock `now`, for a changelog of time `retention` (see `expire_by_age`).
-pub(crate) fn refresh_due(retention: Option<i64>, refreshed: i64, now: i64) -> bool {
-    retention.is_some_and(|r| now.saturating_sub(refreshed) >= r / 4)
-}
-
 /// Drops the stored entry of the window or pane of `key` at `start`, just removed from the
-/// key's windows: with a tombstone (through `dirty`), or quietly into `expired` (a partition
-/// that expires by age); nothing when it was never stored.
+/// key's windows: with a tombstone (through `dirty`), or quietly (a partition that expires by
+/// age); nothing when it was never stored.
 fn forget(
     dirty: &mut HashSet<(Key, i64), Hasher>,
-    expired: Option<&mut Vec<Vec<u8>>>,
+    aging: &mut Aging,
     tag: u8,
     key: &Key,
     start: i64,
     stored: bool,
 ) {
-    match (stored, expired) {
-        (true, None) => {
-            dirty.insert((key.clone(), start));
-        }
-        (true, Some(expired)) => {
-            dirty.remove(&(key.clone(), start));
-            expired.push(stored_key(tag, key, start));
-        }
-        (false, _) => {
-            dirty.remove(&(key.clone(), start));
-        }
+    if stored && !aging.expire(|| stored_key(tag, key, start)) {
+        dirty.insert((key.clone(), start));
+    } else {
+        dirty.remove(&(key.clone(), start));
     }
 }
 
@@ -435,9 +419,7 @@ impl<K, S> WindowPartition<K, S> {
             legacy: HashMap::default(),
             legacy_gone: Vec::new(),
             relocated: Vec::new(),
-            quiet,
-            expired: Vec::new(),
-            refreshed: now_millis(),
+            aging: Aging::new(quiet),
         }
     }
 
@@ -507,10 +489,8 @@ pub(crate) struct WindowOperator<T, K, S, O> {
     /// The smallest clock over the partitions that `advance` last computed (before the
     /// floor): a record that moves a partition's clock from above it moves no watermark.
     computed: i64,
-    /// The changelog's time retention (ms), when it may drop windows by age (`expire_by_age`).
-    retention: Option<i64>,
-    /// It does: closed windows go without tombstones.
-    quiet: bool,
+    /// What the changelog drops by age (`expire_by_age`).
+    age: ChangelogAge,
 }
 
 impl<T, K, S, O> WindowOperator<T, K, S, O>
@@ -550,8 +530,7 @@ where
             stale: true,
             due: i64::MIN,
             computed: i64::MIN,
-            retention: None,
-            quiet: false,
+            age: ChangelogAge::default(),
         }
     }
 
@@ -568,21 +547,15 @@ where
             self.kind,
             WindowKind::Tumbling { .. } | WindowKind::Hopping { .. }
         );
-        let changelog = changelog.filter(|_| closes_in_order);
-        self.retention = changelog.map(|(retention, _)| retention);
-        self.quiet = changelog.is_some_and(|(_, by_age)| by_age);
+        self.age = ChangelogAge::new(changelog.filter(|_| closes_in_order));
         for part in self.parts.values_mut() {
-            part.quiet = self.quiet;
+            part.aging.quiet = self.age.quiet();
         }
     }
 
     /// Stored keys of the windows closed without tombstones since the last call.
     pub(crate) fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        let mut out = Vec::new();
-        for (&partition, part) in &mut self.parts {
-            out.extend(part.expired.drain(..).map(|k| (partition, k)));
-        }
-        out
+        expiry::take_expired(self.parts.iter_mut().map(|(p, part)| (p, &mut part.aging)))
     }
 
     /// The same operator keeping every window whole (the path panes replace), for tests that
@@ -618,7 +591,7 @@ where
         now: i64,
     ) -> Result<()> {
         self.stale = true;
-        let mut part = WindowPartition::new(now, self.quiet);
+        let mut part = WindowPartition::new(now, self.age.quiet());
         let bad = |what: &str, e: serde_json::Error| Error::Agent {
             agent: String::new(),
             message: format!(
@@ -633,7 +606,7 @@ where
             part.applied = clock.applied;
             part.upstream.restore(clock.pumps);
             part.latest_start = clock.latest_start.unwrap_or(i64::MIN);
-            part.refreshed = clock.refreshed.unwrap_or(i64::MIN);
+            part.aging.loaded(clock.refreshed);
         }
         let below = expired_below(self.kind, self.grace, part.floor).unwrap_or(i64::MIN);
         let mut windows = Vec::new();
@@ -646,8 +619,8 @@ where
             if at.start < below {
                 // Closed at the stored watermark; its entry came back from a changelog that
                 // keeps it until it ages out (or a tombstone was not written): it goes.
-                if part.quiet && !at.key_first {
-                    part.expired.push(stored);
+                if part.aging.quiet && !at.key_first {
+                    part.aging.expired.push(stored);
                 } else {
                     part.relocated.push((stored, None));
                 }
@@ -722,14 +695,14 @@ where
 
     /// True when some partition has changes to write.
     pub(crate) fn dirty(&self) -> bool {
-        let now = self.retention.map_or(0, |_| now_millis());
+        let now = self.age.now();
         self.parts.values().any(|p| {
             p.clock_dirty
                 || !p.dirty.is_empty()
                 || !p.legacy_gone.is_empty()
                 || !p.relocated.is_empty()
-                || !p.expired.is_empty()
-                || refresh_due(self.retention, p.refreshed, now)
+                || !p.aging.expired.is_empty()
+                || self.age.refresh_due(&p.aging, now)
         })
     }
 
@@ -743,7 +716,7 @@ where
             }
         }
         part.clock_dirty = true;
-        part.refreshed = now;
+        part.aging.refreshed = now;
     }
 
     /// The changes since the last call, as (partition, stored key, value or delete).
@@ -759,10 +732,10 @@ where
         // One buffer encodes every window; each value is then copied out at its exact size
         // (`serde_json::to_vec` started a 128-byte vector per window). The bytes are the same.
         let mut buf = Vec::with_capacity(128);
-        let (kind, grace, retention) = (self.kind, self.grace, self.retention);
-        let now = retention.map_or(0, |_| now_millis());
+        let (kind, grace, age) = (self.kind, self.grace, self.age);
+        let now = age.now();
         for (&partition, part) in &mut self.parts {
-            if refresh_due(retention, part.refreshed, now) {
+            if age.refresh_due(&part.aging, now) {
                 Self::refresh(part, now);
             }
             // Moved entries first: a later write of the same window (changed, or closed) wins.
@@ -800,10 +773,11 @@ where
                     applied: part.applied,
                     latest_start: (part.latest_start != i64::MIN).then_some(part.latest_start),
                     expired_below: part
+                        .aging
                         .quiet
                         .then(|| expired_below(kind, grace, part.floor))
                         .flatten(),
-                    refreshed: retention.map(|_| part.refreshed),
+                    refreshed: age.refreshed(&part.aging),
                 };
                 let value = serde_json::to_vec(&clock).map_err(encode)?;
                 out.push((partition, CLOCK.to_vec(), Some(value)));
@@ -835,7 +809,7 @@ where
         // A new partition, and sliding windows (the retention `advance` expires follows the
         // latest window start a record writes), always need an advance.
         self.stale |= matches!(kind, WindowKind::Sliding { .. });
-        let quiet = self.quiet;
+        let quiet = self.age.quiet();
         let part = self.parts.entry(partition).or_insert_with(|| {
             self.stale = true;
             WindowPartition::new(now, quiet)
@@ -1030,10 +1004,9 @@ fn close<T, K: Clone, S, O>(
         ks.key.clone()
     };
     // (Sliding windows are never quiet: retained ones are deleted by `sliding::expire`.)
-    let expired = part.quiet.then_some(&mut part.expired);
     forget(
         &mut part.dirty,
-        expired,
+        &mut part.aging,
         WINDOW,
         &key_bytes,
         start,
@@ -1826,7 +1799,7 @@ mod tests {
         unsure.expire_by_age(Some((DAY, false)));
         feed(&mut unsure, &[("a", 5)]);
         unsure.take_writes().unwrap();
-        unsure.parts.get_mut(&0).unwrap().refreshed -= DAY / 4;
+        unsure.parts.get_mut(&0).unwrap().aging.refreshed -= DAY / 4;
         assert!(unsure.dirty());
         assert_eq!(
             unsure.take_writes().unwrap().len(),
@@ -1844,7 +1817,7 @@ mod tests {
         assert!(ClosedWindows::of(WindowKind::Sliding { size: 10 }).is_none());
         let mut sliding = self::op(WindowKind::Sliding { size: 10 }, 0);
         sliding.expire_by_age(Some((DAY, true)));
-        assert_eq!(sliding.retention, None);
+        assert!(!sliding.age.quiet() && sliding.age.refreshed(&Aging::new(false)).is_none());
     }
 
     #[test]
@@ -1859,7 +1832,7 @@ mod tests {
         );
         assert!(!op.dirty(), "nothing changed, and the windows are fresh");
         let part = op.parts.get_mut(&0).unwrap();
-        part.refreshed -= DAY / 4;
+        part.aging.refreshed -= DAY / 4;
         assert!(op.dirty(), "a quarter of the retention has passed");
         let mut rewritten: Vec<Vec<u8>> = op
             .take_writes()
@@ -1882,7 +1855,7 @@ mod tests {
         let mut kept = self::op(WindowKind::Tumbling { size: 10 }, 0);
         feed(&mut kept, &[("a", 5)]);
         kept.take_writes().unwrap();
-        kept.parts.get_mut(&0).unwrap().refreshed = i64::MIN;
+        kept.parts.get_mut(&0).unwrap().aging.refreshed = i64::MIN;
         assert!(!kept.dirty());
     }
 

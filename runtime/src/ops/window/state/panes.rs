@@ -149,8 +149,14 @@ pub(super) fn close<T, K: Clone, S: Clone, O>(
         let Some(win) = ks.windows.remove(p) else {
             break;
         };
-        let expired = part.quiet.then_some(&mut part.expired);
-        super::forget(&mut part.dirty, expired, super::PANE, key, p, win.stored);
+        super::forget(
+            &mut part.dirty,
+            &mut part.aging,
+            super::PANE,
+            key,
+            p,
+            win.stored,
+        );
         if p >= start && win.max <= start {
             fold(win.state);
         }

@@ -1,0 +1,131 @@
+//! State that expires by its changelog's age instead of by tombstones (tumbling and hopping
+//! windows, joins; docs/decisions.md, "Closed windows and expired join records leave no
+//! tombstone"): what an operator and each of its partitions keep for it. The operator's
+//! stored clock says below which time everything has expired (`ExpiredRanges`, for recovery
+//! and standbys); this module keeps the rest: which expired entries to delete locally only,
+//! and when the live ones must be written again so that none ages out of the changelog.
+
+use crate::base::message::now_millis;
+
+/// What an operator knows of its changelog's time retention (`Stateful::expire_by_age`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ChangelogAge {
+    /// The changelog's time retention (ms), when it may drop entries by age: live entries are
+    /// written again every quarter of it.
+    retention: Option<i64>,
+    /// It does: expired entries go without tombstones.
+    quiet: bool,
+}
+
+impl ChangelogAge {
+    /// `changelog`: its retention, and whether it is known to drop entries by age.
+    pub(crate) fn new(changelog: Option<(i64, bool)>) -> Self {
+        ChangelogAge {
+            retention: changelog.map(|(retention, _)| retention),
+            quiet: changelog.is_some_and(|(_, by_age)| by_age),
+        }
+    }
+
+    pub(crate) fn quiet(self) -> bool {
+        self.quiet
+    }
+
+    /// The wall clock (changelog records are stamped with it), read only when the retention
+    /// matters.
+    pub(crate) fn now(self) -> i64 {
+        self.retention.map_or(0, |_| now_millis())
+    }
+
+    /// Whether a partition must write all its live entries again at wall-clock `now`.
+    pub(crate) fn refresh_due(self, aging: &Aging, now: i64) -> bool {
+        self.retention
+            .is_some_and(|r| now.saturating_sub(aging.refreshed) >= r / 4)
+    }
+
+    /// When the partition's live entries were last written again, for its stored clock
+    /// (`None` without a retention).
+    pub(crate) fn refreshed(self, aging: &Aging) -> Option<i64> {
+        self.retention.map(|_| aging.refreshed)
+    }
+}
+
+/// A partition's part: its entries expired since the last commit, and when its live ones were
+/// last written again.
+#[derive(Debug)]
+pub(crate) struct Aging {
+    /// Expired entries go without tombstones (the operator's [`ChangelogAge::quiet`]).
+    pub(crate) quiet: bool,
+    /// Stored keys of those expired since the last commit: deleted locally only.
+    pub(crate) expired: Vec<Vec<u8>>,
+    /// When (wall clock, ms) every live entry was last written again (`i64::MIN`: never).
+    pub(crate) refreshed: i64,
+}
+
+impl Aging {
+    /// A partition with no state yet (nothing of it to write again).
+    pub(crate) fn new(quiet: bool) -> Self {
+        Aging {
+            quiet,
+            expired: Vec::new(),
+            refreshed: now_millis(),
+        }
+    }
+
+    /// A stored entry has expired: true when it goes quietly (its stored key is kept to
+    /// delete locally), false when the caller deletes it with a tombstone.
+    pub(crate) fn expire(&mut self, stored: impl FnOnce() -> Vec<u8>) -> bool {
+        if self.quiet {
+            self.expired.push(stored());
+        }
+        self.quiet
+    }
+
+    /// The rewrite time a loaded clock recorded (none: write everything again at once).
+    pub(crate) fn loaded(&mut self, refreshed: Option<i64>) {
+        self.refreshed = refreshed.unwrap_or(i64::MIN);
+    }
+}
+
+/// Drains every partition's expired keys (`Stateful::take_expired`).
+pub(crate) fn take_expired<'a>(
+    parts: impl Iterator<Item = (&'a i32, &'a mut Aging)>,
+) -> Vec<(i32, Vec<u8>)> {
+    parts
+        .flat_map(|(&partition, aging)| aging.expired.drain(..).map(move |k| (partition, k)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_entries_are_written_again_every_quarter_of_the_retention_and_only_with_one() {
+        let age = ChangelogAge::new(Some((400, true)));
+        let mut aging = Aging::new(age.quiet());
+        let now = aging.refreshed;
+        assert!(!age.refresh_due(&aging, now + 99));
+        assert!(age.refresh_due(&aging, now + 100));
+        assert_eq!(age.refreshed(&aging), Some(now));
+        aging.loaded(None);
+        assert!(
+            age.refresh_due(&aging, now),
+            "a clock without the time: at once"
+        );
+        let kept = ChangelogAge::new(None);
+        assert!(!kept.refresh_due(&aging, now) && kept.refreshed(&aging).is_none());
+        assert_eq!(kept.now(), 0, "no clock read");
+    }
+
+    #[test]
+    fn expired_entries_go_quietly_only_on_a_changelog_known_to_drop_them() {
+        let mut quiet = Aging::new(ChangelogAge::new(Some((400, true))).quiet());
+        assert!(quiet.expire(|| b"w1".to_vec()));
+        let mut unsure = Aging::new(ChangelogAge::new(Some((400, false))).quiet());
+        assert!(!unsure.expire(|| unreachable!("no key kept")));
+        let mut parts = [(3, quiet), (4, unsure)];
+        let taken = take_expired(parts.iter_mut().map(|(p, a)| (&*p, a)));
+        assert_eq!(taken, vec![(3, b"w1".to_vec())]);
+        assert!(parts[0].1.expired.is_empty());
+    }
+}
