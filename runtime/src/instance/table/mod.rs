@@ -69,7 +69,7 @@ pub(crate) struct TableDef {
 /// A table whose changelog may drop entries by age, and how it tells expired ones apart.
 pub(crate) struct Expiring {
     /// The changelog's time retention (ms): an entry not written again for this long may be
-    /// gone from it, so the owner writes what it keeps again well before (`ops/window`).
+    /// gone from it, so the owner writes what it keeps again well before (`ops/expiry.rs`).
     pub(crate) retention: i64,
     /// The changelog is known to drop entries by age: expired ones go without tombstones.
     /// (False when its configs cannot be read: then tombstones still go, and the live
@@ -80,7 +80,7 @@ pub(crate) struct Expiring {
 
 /// What a replayed changelog record says has expired: recovery and standbys delete those
 /// entries from the local copy (the changelog holds them until they age out). Declared here,
-/// implemented by the operator that owns the stored form (the window state).
+/// implemented by the operator that owns the stored form (the window and join state).
 pub(crate) trait ExpiredRanges: Send + Sync {
     /// The ranges `[from, to)` of stored keys that the record `key` → `value` shows to have
     /// expired (none for most records).
