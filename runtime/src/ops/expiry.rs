@@ -5,7 +5,62 @@
 //! and standbys); this module keeps the rest: which expired entries to delete locally only,
 //! and when the live ones must be written again so that none ages out of the changelog.
 
+use std::sync::Arc;
+
 use crate::base::message::now_millis;
+use crate::instance::table::ExpiredRanges;
+
+/// A time as stored first in window and join keys: sign-flipped big-endian, so that LMDB
+/// orders keys by time numerically.
+pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The time [`time_bytes`] stored.
+pub(crate) fn time_from(bytes: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = bytes.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+/// How recovery and standbys tell the expired entries of a time-retained changelog: from a
+/// replayed clock entry (under `clock`) with an `expired_below`, every entry under one of
+/// `tags` whose time (stored first, after the tag) is before it. Windows and joins store
+/// their clocks and entries this way.
+pub(crate) struct ExpiredBefore {
+    clock: &'static [u8],
+    tags: &'static [u8],
+}
+
+impl ExpiredBefore {
+    pub(crate) fn shared(clock: &'static [u8], tags: &'static [u8]) -> Arc<dyn ExpiredRanges> {
+        Arc::new(ExpiredBefore { clock, tags })
+    }
+}
+
+impl ExpiredRanges for ExpiredBefore {
+    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        /// The one field of a stored clock read here (the others are ignored).
+        #[derive(serde::Deserialize)]
+        struct Clock {
+            #[serde(default)]
+            expired_below: Option<i64>,
+        }
+        if key != self.clock {
+            return Vec::new();
+        }
+        let Some(below) = serde_json::from_slice::<Clock>(value)
+            .ok()
+            .and_then(|c| c.expired_below)
+        else {
+            return Vec::new();
+        };
+        // Times sort numerically after their tag: `[tag]` is below every entry of it.
+        self.tags
+            .iter()
+            .map(|&tag| (vec![tag], [&[tag][..], &time_bytes(below)].concat()))
+            .collect()
+    }
+}
 
 /// What an operator knows of its changelog's time retention (`Stateful::expire_by_age`).
 #[derive(Debug, Default, Clone, Copy)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{Bounds, ExpiredRecords, JoinOperator, Side};
+use super::state::{Bounds, JoinOperator, Side, expired_records};
 use crate::base::error::Result;
 use crate::ops::operator::StateWrite;
 use crate::ops::operator::{OperatorRunner, Stateful};
@@ -60,7 +60,7 @@ impl<O: Send + 'static> JoinStream<O> {
             name,
             "joins apply to an agent's own streams",
             idle,
-            Some(ExpiredRecords::shared()),
+            Some(expired_records()),
             move || JoinOperator::new(bounds, idle_ms, outer.0, outer.1),
         );
         JoinStream {

@@ -36,8 +36,8 @@ use std::sync::Arc;
 use crate::base::error::{Error, Result};
 use crate::base::watermark::Upstream;
 use crate::instance::table::ExpiredRanges;
-use crate::ops::expiry::{self, Aging, ChangelogAge};
-use crate::ops::window::state::{PartitionTime, time_bytes, time_from, watermark_of};
+use crate::ops::expiry::{self, Aging, ChangelogAge, ExpiredBefore, time_bytes, time_from};
+use crate::ops::window::state::{PartitionTime, watermark_of};
 
 /// A record's side (in memory; stored as its tag in the key-first layout of earlier
 /// versions, lowercase in today's).
@@ -71,32 +71,10 @@ struct StoredJoinClock {
     refreshed: Option<i64>,
 }
 
-/// How recovery and standbys tell a join's expired records on a time-retained changelog: from
-/// a replayed clock entry, every record of either side before its `expired_below`.
-pub(crate) struct ExpiredRecords;
-
-impl ExpiredRanges for ExpiredRecords {
-    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        if key != CLOCK {
-            return Vec::new();
-        }
-        let Some(below) = serde_json::from_slice::<StoredJoinClock>(value)
-            .ok()
-            .and_then(|c| c.expired_below)
-        else {
-            return Vec::new();
-        };
-        [LEFT, RIGHT]
-            .map(|side| side.to_ascii_lowercase())
-            .map(|tag| (vec![tag], [&[tag][..], &time_bytes(below)].concat()))
-            .into()
-    }
-}
-
-impl ExpiredRecords {
-    pub(crate) fn shared() -> Arc<dyn ExpiredRanges> {
-        Arc::new(ExpiredRecords)
-    }
+/// What a replayed clock entry shows expired (`ExpiredBefore`): every record of either side
+/// (stored under its side's lowercase tag) before its `expired_below`.
+pub(crate) fn expired_records() -> Arc<dyn ExpiredRanges> {
+    ExpiredBefore::shared(CLOCK, b"lr")
 }
 
 /// The stored key of a buffered record: time first.
@@ -1350,7 +1328,7 @@ mod tests {
             if by_age == Some(true) {
                 let ranges = store
                     .get(CLOCK)
-                    .map(|clock| ExpiredRecords.expired_by(CLOCK, clock))
+                    .map(|clock| expired_records().expired_by(CLOCK, clock))
                     .unwrap_or_default();
                 store.retain(|k, _| !ranges.iter().any(|(from, to)| k >= from && k < to));
             }
@@ -1441,7 +1419,7 @@ mod tests {
         assert_eq!(expired, vec![(0, entry_key(LEFT, b"k", 100, 0))]);
         let (_, _, clock) = written.iter().find(|(_, k, _)| k == CLOCK).unwrap();
         let clock = clock.as_deref().unwrap();
-        let ranges = ExpiredRecords.expired_by(CLOCK, clock);
+        let ranges = expired_records().expired_by(CLOCK, clock);
         let within = |k: &[u8]| {
             ranges
                 .iter()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{ClosedWindows, OnClose, WindowOperator};
+use super::state::{OnClose, WindowOperator, closed_windows};
 use super::{Agg, Options, WindowKind, WindowResult, millis};
 use crate::base::codec::KeyBytes;
 use crate::base::error::Result;
@@ -63,7 +63,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowStream<K, V> {
             name,
             "windows apply to an agent's own stream, re-keyed with `group_by`",
             idle,
-            ClosedWindows::of(kind),
+            closed_windows(kind),
             move || WindowOperator::new(kind, grace, idle_ms, emit, agg),
         );
         if let (Some(topic), Some(pipeline)) = (options.late_topic.clone(), pipeline) {

@@ -35,7 +35,7 @@ use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
 use crate::instance::table::ExpiredRanges;
-use crate::ops::expiry::{self, Aging, ChangelogAge};
+use crate::ops::expiry::{self, Aging, ChangelogAge, ExpiredBefore, time_bytes, time_from};
 
 mod panes;
 mod sliding;
@@ -75,47 +75,15 @@ struct StoredWindowClock {
     refreshed: Option<i64>,
 }
 
-/// How recovery and standbys tell the closed windows of a time-retained changelog: from a
-/// replayed clock entry, every window and pane starting before its `expired_below`.
-pub(crate) struct ClosedWindows;
-
-impl ClosedWindows {
-    /// For tumbling and hopping windows, whose closing follows their start; sliding and
-    /// session windows keep tombstones.
-    pub(crate) fn of(kind: WindowKind) -> Option<Arc<dyn ExpiredRanges>> {
-        match kind {
-            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
-                Some(Arc::new(ClosedWindows))
-            }
-            WindowKind::Sliding { .. } | WindowKind::Session { .. } => None,
+/// What a replayed clock entry shows closed (`ExpiredBefore`): tumbling and hopping windows,
+/// whose closing follows their start; sliding and session windows keep tombstones.
+pub(crate) fn closed_windows(kind: WindowKind) -> Option<Arc<dyn ExpiredRanges>> {
+    match kind {
+        WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
+            Some(ExpiredBefore::shared(CLOCK, &[WINDOW, PANE]))
         }
+        WindowKind::Sliding { .. } | WindowKind::Session { .. } => None,
     }
-}
-
-impl ExpiredRanges for ClosedWindows {
-    fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        if key != CLOCK {
-            return Vec::new();
-        }
-        let Some(below) = serde_json::from_slice::<StoredWindowClock>(value)
-            .ok()
-            .and_then(|c| c.expired_below)
-        else {
-            return Vec::new();
-        };
-        // Times sort numerically after their tag: `[tag]` is below every entry of it.
-        let until = |tag: u8| [&[tag][..], &time_bytes(below)].concat();
-        vec![(vec![WINDOW], until(WINDOW)), (vec![PANE], until(PANE))]
-    }
-}
-
-pub(crate) fn time_bytes(t: i64) -> [u8; 8] {
-    ((t as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub(crate) fn time_from(bytes: &[u8]) -> Option<i64> {
-    let b: [u8; 8] = bytes.try_into().ok()?;
-    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
 fn window_key(key: &[u8], start: i64) -> Vec<u8> {
@@ -1711,7 +1679,13 @@ mod tests {
             if purge {
                 let ranges = log
                     .get(CLOCK)
-                    .map(|clock| ClosedWindows.expired_by(CLOCK, clock))
+                    .map(|clock| {
+                        // Every kind that expires by age stores its entries the same way.
+                        let closed = closed_windows(WindowKind::Tumbling { size: 1 });
+                        closed
+                            .map(|c| c.expired_by(CLOCK, clock))
+                            .unwrap_or_default()
+                    })
                     .unwrap_or_default();
                 log.retain(|k, _| !ranges.iter().any(|(from, to)| k >= from && k < to));
             }
@@ -1779,7 +1753,8 @@ mod tests {
         let stored: StoredWindowClock = serde_json::from_slice(clock).unwrap();
         // Closed: start + 10 + 2 <= 12, so every start below 1.
         assert_eq!(stored.expired_below, Some(1));
-        let ranges = ClosedWindows.expired_by(CLOCK, clock);
+        let closed = closed_windows(WindowKind::Tumbling { size: 10 }).unwrap();
+        let ranges = closed.expired_by(CLOCK, clock);
         let within = |k: &[u8]| {
             ranges
                 .iter()
@@ -1789,7 +1764,7 @@ mod tests {
         assert!(!within(&stored_key(WINDOW, b"b", 10)));
         assert!(within(&stored_key(PANE, b"b", -5)) && !within(&stored_key(PANE, b"b", 1)));
         assert!(
-            ClosedWindows
+            closed
                 .expired_by(&stored_key(WINDOW, b"b", 10), b"[]")
                 .is_empty()
         );
@@ -1814,7 +1789,7 @@ mod tests {
         );
         assert!(unsure.take_expired().is_empty());
         // Sliding and session windows keep their tombstones.
-        assert!(ClosedWindows::of(WindowKind::Sliding { size: 10 }).is_none());
+        assert!(closed_windows(WindowKind::Sliding { size: 10 }).is_none());
         let mut sliding = self::op(WindowKind::Sliding { size: 10 }, 0);
         sliding.expire_by_age(Some((DAY, true)));
         assert!(!sliding.age.quiet() && sliding.age.refreshed(&Aging::new(false)).is_none());
