@@ -393,3 +393,87 @@ async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()
     );
     app.stop().await
 }
+
+/// Commit steps counted while a worker reads a preloaded backlog of `n` records slowly (its
+/// commit interval 10 ms): (steps by the time it has read 3/4 of them, steps once every
+/// record is committed).
+async fn commits_reading_a_backlog(backlog_interval: Duration) -> rill::Result<(u64, u64)> {
+    const TICKS: Topic<String, Tick> = Topic::new("backlog_ticks");
+    const N: u64 = 8_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loader = App::new("backlog")
+        .partitions(1)
+        .agents([])
+        .topic(&TICKS)
+        .test_in(dir.path())
+        .await?;
+    for seq in 0..N {
+        let user = "u".to_owned();
+        loader
+            .producer()
+            .send_to("backlog_ticks", &Tick { user, seq })
+            .await?;
+    }
+    loader.producer().flush().await?;
+    loader.stop().await?;
+
+    let spec = rill::AgentSpec::new("backlog", "tests/embedded.rs")
+        .source(TICKS.spec())
+        .run(|mut ctx| async move {
+            let mut ticks = ctx.stream::<Tick>()?;
+            while let Some(t) = ticks.next().await {
+                // 8,000 records in about 2 s: the fetcher's batches (2,000 records) wait.
+                // Yielding lets the runtime fire the commit deadline between records.
+                std::thread::sleep(Duration::from_micros(250));
+                std::hint::black_box(t.seq);
+                tokio::task::yield_now().await;
+            }
+            Ok(())
+        });
+    let worker = App::new("backlog")
+        .partitions(1)
+        .data_dir(dir.path())
+        .configure(|c| c.web_port = None)
+        .commit_interval(Duration::from_millis(10))
+        .backlog_commit_interval(backlog_interval)
+        .agents([spec])
+        .start()
+        .await?;
+    let stats = worker.stats("backlog").expect("agent stats");
+    let watch = async {
+        let mut midway = None;
+        loop {
+            let read = rill::AgentStats::get(&stats.records_in);
+            let commits = rill::AgentStats::get(&stats.commits);
+            if read >= N * 3 / 4 && midway.is_none() {
+                midway = Some(commits);
+            }
+            if read >= N && commits > midway.unwrap_or(0) {
+                // A step after the last record: at the end of the log, batches are not full.
+                return (midway.unwrap_or(0), commits);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let counted = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the worker read every record and committed within 60 s");
+    worker.shutdown().await?;
+    Ok(counted)
+}
+
+/// While an instance reads a backlog (the fetcher's batches come full), its commit steps wait
+/// for the backlog commit interval; once it reaches the end of the log, the step comes at the
+/// commit interval. With both intervals equal, it steps every 10 ms throughout.
+#[tokio::test]
+async fn a_backlog_is_committed_at_the_backlog_interval_and_the_end_at_once() -> rill::Result<()> {
+    let (midway, done) = commits_reading_a_backlog(Duration::from_secs(3600)).await?;
+    assert_eq!(midway, 0, "no step while reading the backlog");
+    assert!(done >= 1, "the end of the log is committed");
+    let (midway, _) = commits_reading_a_backlog(Duration::from_millis(10)).await?;
+    assert!(
+        midway >= 10,
+        "with the backlog interval at the commit interval, steps every 10 ms: {midway}"
+    );
+    Ok(())
+}

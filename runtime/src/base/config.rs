@@ -160,6 +160,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How often each agent instance commits (offsets, outputs; later table state).
     pub commit_interval: Duration,
+    /// How often an instance that reads a backlog commits (`RILL_BACKLOG_COMMIT_INTERVAL_MS`;
+    /// default 1 s, never shorter than `commit_interval`): one that has not waited for records
+    /// since its last commit step. Fewer, larger steps while it catches up: a window or table
+    /// key updated many times writes its state once per step, and join records that expire
+    /// within a step are never written. Under exactly-once, steps stay at `commit_interval`.
+    pub backlog_commit_interval: Duration,
     /// Partitions of topics rill creates (default 8).
     pub partitions: i32,
     /// Replication factor of topics rill creates on Kafka (default 1).
@@ -340,6 +346,7 @@ impl Config {
             broker: Broker::Embedded,
             data_dir: PathBuf::from(format!("{app_id}-data")),
             commit_interval: Duration::from_millis(100),
+            backlog_commit_interval: Duration::from_secs(1),
             partitions: 8,
             replication: 1,
             kafka: BTreeMap::new(),
@@ -395,6 +402,9 @@ impl Config {
             "RILL_BROKER" => self.broker = Broker::parse(&value).map_err(|e| rename(e, name))?,
             "RILL_DATA_DIR" => self.data_dir = PathBuf::from(value),
             "RILL_COMMIT_INTERVAL_MS" => self.commit_interval = parse_ms(name, &value, 1)?,
+            "RILL_BACKLOG_COMMIT_INTERVAL_MS" => {
+                self.backlog_commit_interval = parse_ms(name, &value, 1)?;
+            }
             "RILL_IDLE_TIMEOUT_MS" => self.idle_timeout = parse_ms(name, &value, 1)?,
             "RILL_READ_AHEAD_MS" => {
                 self.read_ahead = match value.as_str() {
@@ -616,6 +626,17 @@ impl Config {
         Ok(())
     }
 
+    /// The commit interval of an instance reading a backlog: `backlog_commit_interval`, never
+    /// shorter than `commit_interval`; `commit_interval` under exactly-once, where every
+    /// instance of a worker commits on the same ticks to share a transaction.
+    pub(crate) fn backlog_interval(&self) -> Duration {
+        if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            self.commit_interval
+        } else {
+            self.backlog_commit_interval.max(self.commit_interval)
+        }
+    }
+
     /// Where agents without their own `offset_reset` start: `RILL_OFFSET_RESET`
     /// ([`Config::offset_reset`]) or `-X auto.offset.reset`, which must agree when both are
     /// set; earliest when neither is.
@@ -671,6 +692,7 @@ impl std::fmt::Debug for Config {
             .field("broker", &self.broker)
             .field("data_dir", &self.data_dir)
             .field("commit_interval", &self.commit_interval)
+            .field("backlog_commit_interval", &self.backlog_commit_interval)
             .field("partitions", &self.partitions)
             .field("worker_threads", &self.worker_threads)
             .field("replication", &self.replication)
@@ -798,8 +820,10 @@ mod tests {
             ("RILL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
             ("RILL_KAFKA_SASL_PASSWORD", "hunter2"),
             ("RILL_PARTITIONS", "4"),
+            ("RILL_BACKLOG_COMMIT_INTERVAL_MS", "2500"),
         ]))
         .unwrap();
+        assert_eq!(c.backlog_commit_interval, Duration::from_millis(2500));
         assert_eq!(
             c.broker,
             Broker::Kafka {

@@ -136,6 +136,13 @@ impl App {
         self
     }
 
+    /// How often an agent instance reading a backlog commits (default 1 s, never shorter than
+    /// the commit interval; see [`Config::backlog_commit_interval`]).
+    pub fn backlog_commit_interval(mut self, interval: Duration) -> Self {
+        self.config.backlog_commit_interval = interval;
+        self
+    }
+
     /// Partitions of topics rill creates (default 8).
     pub fn partitions(mut self, partitions: i32) -> Self {
         self.config.partitions = partitions;

@@ -76,6 +76,8 @@ impl App {
         if self.config.commit_interval > Duration::from_millis(20) {
             self.config.commit_interval = Duration::from_millis(20);
         }
+        // Tests commit at the one interval, backlog or not.
+        self.config.backlog_commit_interval = self.config.commit_interval;
         // Virtual time: idle timeouts and windowed tables' `now()` move only when the test
         // says so; event time comes from the records, as in production.
         self.config.clock = Clock::virtual_now();

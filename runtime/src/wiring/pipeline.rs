@@ -308,6 +308,7 @@ impl AgentPipeline {
             group: r.group.clone(),
             committer: r.committer.clone(),
             interval: self.config.commit_interval,
+            backlog_interval: self.config.backlog_interval(),
             recovery,
             instance,
             instances: self.instances,

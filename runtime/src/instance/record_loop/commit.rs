@@ -42,6 +42,8 @@ impl RecordLoop {
     /// ahead of local state, which recovery replays.
     pub(super) fn start_commit(&mut self, acks: Vec<std_mpsc::SyncSender<()>>, last: bool) {
         debug_assert!(self.committing.is_none(), "one commit step at a time");
+        self.last_step = tokio::time::Instant::now();
+        self.fetched = (0, 0);
         let step = self.take_effects(last);
         let span = tracing::info_span!(
             parent: None,

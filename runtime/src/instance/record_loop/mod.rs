@@ -73,7 +73,15 @@ pub(crate) struct RecordLoop {
     group: Arc<str>,
     committer: Arc<dyn Committer>,
     interval: Duration,
+    /// The interval while reading a backlog (see `Config::backlog_commit_interval`).
+    backlog_interval: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last commit step started (or the loop was made).
+    last_step: tokio::time::Instant,
+    /// Batches received since the interval's last tick, and how many of them were full
+    /// (`Batch::more`); whether the last one was (see `RecordLoop::put_off`).
+    fetched: (u32, u32),
+    last_full: bool,
     committing: Option<Commit>,
     closed: bool,
     resume: HashMap<Tp, i64>,
@@ -129,6 +137,8 @@ pub(crate) struct CoreParts {
     pub(crate) group: Arc<str>,
     pub(crate) committer: Arc<dyn Committer>,
     pub(crate) interval: Duration,
+    /// `Config::backlog_interval`.
+    pub(crate) backlog_interval: Duration,
     pub(crate) recovery: Option<Arc<Recovery>>,
     pub(crate) instance: usize,
     pub(crate) instances: usize,
@@ -166,7 +176,11 @@ impl RecordLoop {
             group: p.group,
             committer: p.committer,
             interval: p.interval,
+            backlog_interval: p.backlog_interval.max(p.interval),
             deadline: None,
+            last_step: tokio::time::Instant::now(),
+            fetched: (0, 0),
+            last_full: false,
             committing: None,
             closed: false,
             resume: HashMap::new(),
@@ -207,6 +221,7 @@ impl RecordLoop {
             group: Arc::from(""),
             committer: Arc::new(StoredWithSends),
             interval: Duration::from_secs(3600),
+            backlog_interval: Duration::from_secs(3600),
             recovery: None,
             instance: 0,
             instances: 1,

@@ -263,6 +263,9 @@ impl RecordLoop {
         let replied = self.batch.len() == 0 && self.shared.commit_soon.load(Ordering::Relaxed);
         if (due || replied) && !busy {
             self.shared.commit_soon.store(false, Ordering::Relaxed);
+            if !replied && self.put_off(cx) {
+                return ControlFlow::Continue(());
+            }
             if self.has_work() {
                 self.on_tick = true;
                 self.start_commit(Vec::new(), false);
@@ -275,6 +278,31 @@ impl RecordLoop {
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Puts the interval's step off while the loop reads a backlog, until the backlog
+    /// interval has passed since the last step: fewer, larger steps while catching up (see
+    /// `Config::backlog_commit_interval`). The loop reads a backlog when at least three in
+    /// four batches it received since the interval's last tick were full (the fetch stopped
+    /// at its size limit with records left; the last batch when none came). True when it put
+    /// the step off, to the next tick.
+    fn put_off(&mut self, cx: &mut Context<'_>) -> bool {
+        let (batches, full) = std::mem::take(&mut self.fetched);
+        let backlog = if batches == 0 {
+            self.last_full
+        } else {
+            full.saturating_mul(4) >= batches.saturating_mul(3)
+        };
+        let now = tokio::time::Instant::now();
+        let until = self.last_step + self.backlog_interval;
+        if !backlog || now >= until {
+            return false;
+        }
+        if let Some(deadline) = &mut self.deadline {
+            deadline.as_mut().reset((now + self.interval).min(until));
+            let _ = deadline.as_mut().poll(cx);
+        }
+        true
     }
 
     /// The next record for the agent: a held partition's that is due, else the batch's next.
@@ -380,6 +408,9 @@ impl RecordLoop {
         self.shared.position.reading();
         match self.data.poll_recv(cx) {
             Poll::Ready(Some(batch)) => {
+                self.last_full = batch.more;
+                self.fetched.0 = self.fetched.0.saturating_add(1);
+                self.fetched.1 = self.fetched.1.saturating_add(u32::from(batch.more));
                 self.batch_generation = batch.generation;
                 self.batch = batch.records.into_iter();
                 self.batch_caught_up = batch.caught_up;

@@ -167,7 +167,7 @@ fn pump(channel: &Channel, rx: &Receiver<OutRecord>, router: &Router, stop: &Ato
             Err(RecvTimeoutError::Timeout) => {
                 if !idle {
                     idle = true;
-                    router.route(Vec::new(), tps.clone());
+                    router.route(Vec::new(), tps.clone(), false);
                 }
                 continue;
             }
@@ -201,7 +201,7 @@ fn pump(channel: &Channel, rx: &Receiver<OutRecord>, router: &Router, stop: &Ato
                 raw_of(r, &tps[p], offset)
             })
             .collect();
-        if !router.route(records, Vec::new()) {
+        if !router.route(records, Vec::new(), false) {
             return;
         }
     }

@@ -1174,18 +1174,21 @@ impl Fetcher<'_> {
                         fetched = true;
                         // Fewer than asked for: this read reached the partition's end.
                         let mut caught_up = Vec::new();
-                        if records.len() < FETCH_PER_PARTITION {
+                        let more = records.len() >= FETCH_PER_PARTITION;
+                        if more {
+                            at_end.remove(&tp);
+                        } else {
                             at_end.insert(tp.clone());
                             caught_up.push(tp);
-                        } else {
-                            at_end.remove(&tp);
                         }
-                        if !self.router.route(records, caught_up) {
+                        if !self.router.route(records, caught_up, more) {
                             return;
                         }
                     }
                     Ok(_) => {
-                        if at_end.insert(tp.clone()) && !self.router.route(Vec::new(), vec![tp]) {
+                        if at_end.insert(tp.clone())
+                            && !self.router.route(Vec::new(), vec![tp], false)
+                        {
                             return;
                         }
                     }

@@ -44,6 +44,9 @@ pub(crate) struct Batch {
     /// Partitions whose end this fetch reached, after the records above: nothing more was
     /// there to read (windows let such partitions go idle; see `window`).
     pub(crate) caught_up: Vec<Tp>,
+    /// The fetch stopped at its size limit with records left to read: the instance reads a
+    /// backlog (see `Config::backlog_commit_interval`).
+    pub(crate) more: bool,
 }
 
 /// Assignment changes, sent to every instance of an agent.
@@ -167,8 +170,9 @@ impl Router {
 
     /// Hands records to their instances; blocks while an instance's queue is full (backpressure).
     /// Returns false once every instance is gone.
-    pub(crate) fn route(&self, records: Vec<RawRecord>, caught_up: Vec<Tp>) -> bool {
-        self.route_fetched_in(self.generation(), records, caught_up)
+    /// `more`: the fetch stopped at its size limit with records left to read (`Batch::more`).
+    pub(crate) fn route(&self, records: Vec<RawRecord>, caught_up: Vec<Tp>, more: bool) -> bool {
+        self.route_fetched_in(self.generation(), records, caught_up, more)
     }
 
     /// Like `route`, for records fetched while `generation` was current: if the assignment
@@ -179,6 +183,7 @@ impl Router {
         generation: u64,
         records: Vec<RawRecord>,
         caught_up: Vec<Tp>,
+        more: bool,
     ) -> bool {
         if generation != self.generation() {
             tracing::debug!(agent = %self.agent, dropped = records.len(), "dropping records fetched before a rebalance");
@@ -192,6 +197,7 @@ impl Router {
                     generation,
                     records,
                     caught_up,
+                    more,
                 },
             );
         }
@@ -215,6 +221,7 @@ impl Router {
                     generation,
                     records,
                     caught_up,
+                    more,
                 },
             );
         }
@@ -629,9 +636,14 @@ mod tests {
         let router = Router::new("a", vec![InstanceTx { data, ctrl }], Duration::from_secs(1));
         let before = router.generation();
         router.assigned(vec![(Arc::from("t"), 0)]).unwrap();
-        assert!(router.route_fetched_in(before, vec![record(0, 1)], Vec::new()));
+        assert!(router.route_fetched_in(before, vec![record(0, 1)], Vec::new(), false));
         assert!(data_rx.try_recv().is_err(), "stale batch dropped");
-        assert!(router.route_fetched_in(router.generation(), vec![record(0, 2)], Vec::new()));
+        assert!(router.route_fetched_in(
+            router.generation(),
+            vec![record(0, 2)],
+            Vec::new(),
+            false
+        ));
         let batch = data_rx.try_recv().expect("current batch delivered");
         assert_eq!(batch.generation, router.generation());
         assert_eq!(batch.records[0].offset, 2);
@@ -684,7 +696,7 @@ mod tests {
             rxs.push(rx);
         }
         let router = Router::new("a", txs, Duration::from_secs(1));
-        assert!(router.route((0..6).map(|p| record(p, 0)).collect(), Vec::new()));
+        assert!(router.route((0..6).map(|p| record(p, 0)).collect(), Vec::new(), false));
         for (i, rx) in rxs.iter_mut().enumerate() {
             let batch = rx.try_recv().expect("batch");
             let parts: Vec<i32> = batch.records.iter().map(|r| r.partition).collect();

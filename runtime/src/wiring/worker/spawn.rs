@@ -239,6 +239,7 @@ impl Worker {
                 group: parts.group.clone(),
                 committer: parts.committer.clone(),
                 interval: config.commit_interval,
+                backlog_interval: config.backlog_interval(),
                 recovery: parts.recovery.clone(),
                 instance,
                 instances: spec.concurrency,

@@ -298,8 +298,10 @@ fn poll_loop(
             continue;
         }
         let caught_up = poller.newly_caught_up(generation);
+        // A full batch: librdkafka's queue still held records.
+        let more = poller.batch.len() >= FETCH_BATCH_MAX;
         if (!poller.batch.is_empty() || !caught_up.is_empty())
-            && !router.route_fetched_in(generation, poller.batch.take(), caught_up)
+            && !router.route_fetched_in(generation, poller.batch.take(), caught_up, more)
         {
             break;
         }
