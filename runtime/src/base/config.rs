@@ -161,8 +161,8 @@ pub struct Config {
     /// How often each agent instance commits (offsets, outputs; later table state).
     pub commit_interval: Duration,
     /// How often an instance that reads a backlog commits (`RILL_BACKLOG_COMMIT_INTERVAL_MS`;
-    /// default 1 s, never shorter than `commit_interval`): one that has not waited for records
-    /// since its last commit step. Fewer, larger steps while it catches up: a window or table
+    /// default 1 s, never shorter than `commit_interval`): one whose fetched batches come full,
+    /// with records left to read. Fewer, larger steps while it catches up: a window or table
     /// key updated many times writes its state once per step, and join records that expire
     /// within a step are never written. Under exactly-once, steps stay at `commit_interval`.
     pub backlog_commit_interval: Duration,

@@ -3,7 +3,8 @@
 //!
 //! - asking for the next record marks the previous one finished (Faust's ack-on-next);
 //! - every commit interval (or when many sends are pending) the instance makes its pending sends
-//!   durable and then commits the offsets of finished records, in one step;
+//!   durable and then commits the offsets of finished records, in one step; while it reads a
+//!   backlog (its batches come full), every backlog commit interval (`steps.rs`, `put_off`);
 //! - a revocation or shutdown commits what is finished before the partitions are given up.
 //!
 //! All of it runs inside `poll_next`, on the agent's own task: no locks or channel hops per

@@ -287,6 +287,10 @@ impl RecordLoop {
     /// at its size limit with records left; the last batch when none came). True when it put
     /// the step off, to the next tick.
     fn put_off(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.backlog_interval <= self.interval {
+            // One interval (exactly-once keeps its ticks aligned across instances).
+            return false;
+        }
         let (batches, full) = std::mem::take(&mut self.fetched);
         let backlog = if batches == 0 {
             self.last_full
