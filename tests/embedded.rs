@@ -325,6 +325,32 @@ async fn typed_topics_and_filters_compose() -> rill::Result<()> {
     app.stop().await
 }
 
+/// `n` ticks of one user written to `topic`'s one partition on an embedded log in a new
+/// directory, by app `app` with no agents.
+async fn preload_ticks(
+    app: &str,
+    topic: &Topic<String, Tick>,
+    n: u64,
+) -> rill::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loader = App::new(app)
+        .partitions(1)
+        .agents([])
+        .topic(topic)
+        .test_in(dir.path())
+        .await?;
+    for seq in 0..n {
+        let user = "u".to_owned();
+        loader
+            .producer()
+            .send_to(topic.name(), &Tick { user, seq })
+            .await?;
+    }
+    loader.producer().flush().await?;
+    loader.stop().await?;
+    Ok(dir)
+}
+
 /// A busy agent yields to the tasks sharing its runtime thread every few thousand records
 /// (tokio's cooperative budget), even while its next batches are already waiting: on a
 /// one-thread runtime the web endpoints, timers and other agents still run.
@@ -332,23 +358,8 @@ async fn typed_topics_and_filters_compose() -> rill::Result<()> {
 async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()> {
     const TICKS: Topic<String, Tick> = Topic::new("busy_ticks");
     const N: u64 = 40_000;
-    let dir = tempfile::tempdir().expect("tempdir");
     // Written before the agent starts, to one partition: the fetcher keeps its batches coming.
-    let loader = App::new("busy")
-        .partitions(1)
-        .agents([])
-        .topic(&TICKS)
-        .test_in(dir.path())
-        .await?;
-    for seq in 0..N {
-        let user = "u".to_owned();
-        loader
-            .producer()
-            .send_to("busy_ticks", &Tick { user, seq })
-            .await?;
-    }
-    loader.producer().flush().await?;
-    loader.stop().await?;
+    let dir = preload_ticks("busy", &TICKS, N).await?;
 
     let spec = rill::AgentSpec::new("busy", "tests/embedded.rs")
         .source(TICKS.spec())
@@ -394,28 +405,13 @@ async fn a_busy_agent_lets_the_tasks_sharing_its_thread_run() -> rill::Result<()
     app.stop().await
 }
 
-/// Commit steps counted while a worker reads a preloaded backlog of `n` records slowly (its
-/// commit interval 10 ms): (steps by the time it has read 3/4 of them, steps once every
-/// record is committed).
+/// Commit steps counted while a worker reads a preloaded backlog of 8,000 records slowly (its
+/// commit interval 10 ms): (steps by the time it has read 3/4 of them, steps once it has read
+/// them all and stepped again).
 async fn commits_reading_a_backlog(backlog_interval: Duration) -> rill::Result<(u64, u64)> {
     const TICKS: Topic<String, Tick> = Topic::new("backlog_ticks");
     const N: u64 = 8_000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let loader = App::new("backlog")
-        .partitions(1)
-        .agents([])
-        .topic(&TICKS)
-        .test_in(dir.path())
-        .await?;
-    for seq in 0..N {
-        let user = "u".to_owned();
-        loader
-            .producer()
-            .send_to("backlog_ticks", &Tick { user, seq })
-            .await?;
-    }
-    loader.producer().flush().await?;
-    loader.stop().await?;
+    let dir = preload_ticks("backlog", &TICKS, N).await?;
 
     let spec = rill::AgentSpec::new("backlog", "tests/embedded.rs")
         .source(TICKS.spec())
