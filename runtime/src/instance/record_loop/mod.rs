@@ -177,7 +177,7 @@ impl RecordLoop {
             group: p.group,
             committer: p.committer,
             interval: p.interval,
-            backlog_interval: p.backlog_interval.max(p.interval),
+            backlog_interval: p.backlog_interval,
             deadline: None,
             last_step: tokio::time::Instant::now(),
             fetched: (0, 0),
