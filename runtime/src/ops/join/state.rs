@@ -10,7 +10,12 @@
 //!   meet may already be gone;
 //! - a buffered record expires when the watermark passes `t + W + grace`: from then on every
 //!   record that could meet it would be late. That is when an unmatched record of an outer
-//!   side is emitted alone, so it is never emitted alone and then matched.
+//!   side is emitted alone, so it is never emitted alone and then matched. An outer side's
+//!   records leave memory (and the store) then, from a queue in order of expiry; an inner
+//!   side's in sweeps over its keys, each time the watermark has moved `(W + grace) / 2`
+//!   since the last. Per record, a sweep reads a few map slots where the queue took three
+//!   cache misses (queue, slot, records); an expired record held until the sweep meets
+//!   nothing, as every record that could meet it is late.
 //! - a partition's time is the smaller of its two sides' largest event times (a side idle for
 //!   the idle timeout on a caught-up partition does not count): one topic read far ahead of
 //!   the other during a backlog does not make the other's records late.
@@ -127,19 +132,30 @@ struct BufferedRecord<T> {
 /// One key's buffered records of one side, sorted by (time, seq). A key holds few records at a
 /// time (those of one join window) and they mostly come in time order, so a sorted vector
 /// (one small block, appended to) beats a B-tree (a node of eleven slots per key).
-type KeyRecords<T> = Vec<((i64, u64), BufferedRecord<T>)>;
+struct KeyRecords<T> {
+    /// The time of the first (oldest) record: a sweep reads it in the map's own slot, without
+    /// following `records` to memory last touched a window ago.
+    first: i64,
+    records: Vec<((i64, u64), BufferedRecord<T>)>,
+}
 
 /// The join state's per-record maps (see `window::state::Hasher`).
 type Hasher = foldhash::fast::RandomState;
+
+/// A record to write at the next commit (new, or newly matched on an outer side): its side,
+/// key, time and sequence number.
+type Pending = (u8, Vec<u8>, i64, u64);
 
 /// One side's buffered records, by join key.
 struct Buffer<T> {
     keys: HashMap<Vec<u8>, KeyRecords<T>, Hasher>,
 }
 
-/// Where `at` is, or would go, in a key's sorted records.
-fn position<T>(entries: &KeyRecords<T>, at: (i64, u64)) -> Result<usize, usize> {
-    entries.binary_search_by(|(id, _)| id.cmp(&at))
+impl<T> KeyRecords<T> {
+    /// Where `at` is, or would go.
+    fn position(&self, at: (i64, u64)) -> Result<usize, usize> {
+        self.records.binary_search_by(|(id, _)| id.cmp(&at))
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Buffer<T> {
@@ -151,32 +167,41 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.keys.values().map(Vec::len).sum()
+        self.keys.values().map(|e| e.records.len()).sum()
     }
 
     /// A stored entry (`[matched, record]`).
     fn load(&mut self, key: &[u8], time: i64, seq: u64, stored: &[u8]) -> serde_json::Result<()> {
         let (matched, value): (bool, T) = serde_json::from_slice(stored)?;
-        self.insert(key.to_vec(), time, seq, value, matched, true);
+        self.insert(key, time, seq, value, matched, true);
         Ok(())
     }
 
-    fn insert(&mut self, key: Vec<u8>, time: i64, seq: u64, value: T, matched: bool, stored: bool) {
-        let entries = self.keys.entry(key).or_default();
+    /// Buffers a record; the key is copied only when it holds no record yet.
+    fn insert(&mut self, key: &[u8], time: i64, seq: u64, value: T, matched: bool, stored: bool) {
         let record = BufferedRecord {
             value,
             matched,
             stored,
         };
-        match position(entries, (time, seq)) {
-            Ok(i) => entries[i].1 = record,
+        let Some(entries) = self.keys.get_mut(key) else {
+            // Room for this record alone: a key mostly holds one record per side within a
+            // join window.
+            let records = vec![((time, seq), record)];
+            self.keys.insert(
+                key.to_vec(),
+                KeyRecords {
+                    first: time,
+                    records,
+                },
+            );
+            return;
+        };
+        match entries.position((time, seq)) {
+            Ok(i) => entries.records[i].1 = record,
             Err(i) => {
-                // Room for this record alone (a vector's first growth makes room for four): a
-                // key mostly holds one record per side within a join window.
-                if entries.capacity() == 0 {
-                    entries.reserve_exact(1);
-                }
-                entries.insert(i, ((time, seq), record));
+                entries.records.insert(i, ((time, seq), record));
+                entries.first = entries.first.min(time);
             }
         }
     }
@@ -185,8 +210,8 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     fn stored(&mut self, key: &[u8], time: i64, seq: u64) -> serde_json::Result<Option<Vec<u8>>> {
         let entries = self.keys.get_mut(key);
         let found = entries.and_then(|b| {
-            let i = position(b, (time, seq)).ok()?;
-            b.get_mut(i).map(|(_, e)| e)
+            let i = b.position((time, seq)).ok()?;
+            b.records.get_mut(i).map(|(_, e)| e)
         });
         match found {
             Some(e) => {
@@ -198,30 +223,33 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
     }
 
     /// Calls `f` with every record of `key` in `[lo, hi]` (in time order), marking it
-    /// matched; true when there was one. `dirty` (an outer side's) gets the records newly
-    /// matched, to store the mark: an inner side's mark is never read (only an outer side
-    /// emits its unmatched records), so its stored records are not written again for it.
+    /// matched; true when there was one. `dirty` (an outer side's, with the side's tag) gets
+    /// the written records newly matched, to store the mark: an inner side's mark is never read (only
+    /// an outer side emits its unmatched records), so its stored records are not written
+    /// again for it.
     fn meet(
         &mut self,
         key: &[u8],
         lo: i64,
         hi: i64,
-        mut dirty: Option<&mut HashSet<(i64, u64), Hasher>>,
+        mut dirty: Option<(u8, &mut Vec<Pending>)>,
         mut f: impl FnMut(&T),
     ) -> bool {
         let Some(entries) = self.keys.get_mut(key) else {
             return false;
         };
         let mut met = false;
-        let from = entries.partition_point(|(id, _)| *id < (lo, 0));
-        let to = entries.partition_point(|(id, _)| *id <= (hi, u64::MAX));
-        for &mut ((t, s), ref mut e) in entries.get_mut(from..to).unwrap_or_default() {
+        let records = &mut entries.records;
+        let from = records.partition_point(|(id, _)| *id < (lo, 0));
+        let to = records.partition_point(|(id, _)| *id <= (hi, u64::MAX));
+        for &mut ((t, s), ref mut e) in records.get_mut(from..to).unwrap_or_default() {
             met = true;
             f(&e.value);
             if !e.matched {
                 e.matched = true;
-                if let Some(dirty) = dirty.as_deref_mut() {
-                    dirty.insert((t, s));
+                // A record not written yet is pending already.
+                if let Some((side, dirty)) = dirty.as_mut().filter(|_| e.stored) {
+                    dirty.push((*side, key.to_vec(), t, s));
                 }
             }
         }
@@ -230,13 +258,49 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
 
     fn take(&mut self, key: &[u8], time: i64, seq: u64) -> Option<BufferedRecord<T>> {
         let entries = self.keys.get_mut(key)?;
-        let entry = position(entries, (time, seq))
+        let entry = entries
+            .position((time, seq))
             .ok()
-            .map(|i| entries.remove(i).1);
-        if entries.is_empty() {
-            self.keys.remove(key);
+            .map(|i| entries.records.remove(i).1);
+        match entries.records.first() {
+            Some(&((t, _), _)) => entries.first = t,
+            None => {
+                self.keys.remove(key);
+            }
         }
         entry
+    }
+
+    /// Drops every record at a time before `below`, handing each to `gone` (with its key,
+    /// time and sequence number), and the keys left with none: one pass over the map's slots,
+    /// following only the keys that have such a record.
+    fn sweep(&mut self, below: i64, mut gone: impl FnMut(&[u8], i64, u64, BufferedRecord<T>)) {
+        self.keys.retain(|key, entries| {
+            if entries.first >= below {
+                return true;
+            }
+            let n = entries.records.partition_point(|((t, _), _)| *t < below);
+            for ((t, s), e) in entries.records.drain(..n) {
+                gone(key, t, s, e);
+            }
+            match entries.records.first() {
+                Some(&((t, _), _)) => {
+                    entries.first = t;
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+
+    /// Every buffered record's identity (to write them all again).
+    fn all(&self, side: u8) -> impl Iterator<Item = Pending> + '_ {
+        self.keys.iter().flat_map(move |(key, entries)| {
+            entries
+                .records
+                .iter()
+                .map(move |&((t, s), _)| (side, key.clone(), t, s))
+        })
     }
 }
 
@@ -244,9 +308,13 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
 struct JoinPartition<A, B> {
     left: Buffer<A>,
     right: Buffer<B>,
-    /// Buffered records by (expiry time, seq): their side, key and time.
-    /// (A record's sequence number is unique in its partition, so no key is compared.)
+    /// The buffered records of outer sides by (expiry time, seq): their side, key and time.
+    /// (A record's sequence number is unique in its partition, so no key is compared.) They
+    /// expire exactly when the watermark passes their expiry, as an unmatched one is emitted
+    /// alone then; an inner side's records go in sweeps (`JoinPartition::sweep`).
     expiring: BTreeMap<(i64, u64), (u8, Vec<u8>, i64)>,
+    /// The watermark of the last sweep.
+    swept: i64,
     max_seen: i64,
     /// Largest event time and clock time of the last record, per side.
     side_max: [i64; 2],
@@ -257,10 +325,9 @@ struct JoinPartition<A, B> {
     upstream: Upstream,
     applied: [i64; 2],
     seq: u64,
-    /// Entries changed since the last commit.
-    /// Records to write (new, or newly matched) by (time, seq): `expiring` has the rest of
-    /// their identity.
-    dirty: HashSet<(i64, u64), Hasher>,
+    /// Records to write at the next commit, in the order they changed (one may come twice:
+    /// new, then matched). Those expired or gone by then are skipped.
+    dirty: Vec<Pending>,
     /// Stored keys of written records that expired since the last commit.
     deletes: Vec<Vec<u8>>,
     /// Records loaded in the key-first layout, to move at the next commit: each value under
@@ -292,6 +359,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             left: Buffer::new(),
             right: Buffer::new(),
             expiring: BTreeMap::new(),
+            swept: i64::MIN,
             max_seen: i64::MIN,
             side_max: [i64::MIN; 2],
             side_arrival: [now; 2],
@@ -300,7 +368,7 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             upstream: Upstream::default(),
             applied: [i64::MIN; 2],
             seq: 0,
-            dirty: HashSet::default(),
+            dirty: Vec::new(),
             deletes: Vec::new(),
             relocated: Vec::new(),
             clock_dirty: false,
@@ -310,15 +378,80 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
 
     /// Marks every buffered record to be written again, and the clock.
     fn refresh(&mut self, now: i64) {
-        self.dirty.extend(
-            self.expiring
-                .iter()
-                .map(|(&(_, seq), (_, _, time))| (*time, seq)),
-        );
+        self.dirty.extend(self.left.all(LEFT));
+        self.dirty.extend(self.right.all(RIGHT));
         self.clock_dirty = true;
         self.aging.refreshed = now;
     }
+
+    /// Expires the records of outer sides the watermark `wm` has passed, in order of expiry,
+    /// emitting the unmatched ones alone (`outer`: left, right).
+    fn expire_outer(&mut self, wm: i64, outer: (bool, bool), out: &mut VecDeque<Pair<A, B>>) {
+        while let Some((&(expires, _), _)) = self.expiring.first_key_value() {
+            if expires >= wm {
+                break;
+            }
+            let Some(((_, seq), (side, key, time))) = self.expiring.pop_first() else {
+                break;
+            };
+            let (stored, lone) = if side == LEFT {
+                let Some(e) = self.left.take(&key, time, seq) else {
+                    continue;
+                };
+                (
+                    e.stored,
+                    (!e.matched && outer.0).then(|| (Some(e.value), None)),
+                )
+            } else {
+                let Some(e) = self.right.take(&key, time, seq) else {
+                    continue;
+                };
+                (
+                    e.stored,
+                    (!e.matched && outer.1).then(|| (None, Some(e.value))),
+                )
+            };
+            out.extend(lone);
+            // A pending write of it is skipped (`take_writes`): deleted if it was written,
+            // else never written (buffered and expired between two commits).
+            if stored && !self.aging.expire(|| entry_key(side, &key, time, seq)) {
+                self.deletes.push(entry_key(side, &key, time, seq));
+            }
+        }
+    }
+
+    /// Drops the expired records of inner sides (`inner`: left, right) once the watermark
+    /// `wm` is a sweep step past the last sweep (`Bounds::sweep_every`). A record expired but
+    /// not swept yet can meet no record that is not late (see the module docs), so sweeping
+    /// late changes no result; a stored one is deleted, as at its expiry.
+    fn sweep(&mut self, bounds: &Bounds, wm: i64, inner: (bool, bool)) {
+        if wm <= self.swept.saturating_add(bounds.sweep_every()) {
+            return;
+        }
+        self.swept = wm;
+        let Some(below) = bounds.expired_below(wm) else {
+            return;
+        };
+        let (aging, deletes) = (&mut self.aging, &mut self.deletes);
+        let mut gone = |side: u8, key: &[u8], time: i64, seq: u64, stored: bool| {
+            if stored && !aging.expire(|| entry_key(side, key, time, seq)) {
+                deletes.push(entry_key(side, key, time, seq));
+            }
+        };
+        if inner.0 {
+            self.left
+                .sweep(below, |k, t, s, e| gone(LEFT, k, t, s, e.stored));
+        }
+        if inner.1 {
+            self.right
+                .sweep(below, |k, t, s, e| gone(RIGHT, k, t, s, e.stored));
+        }
+    }
 }
+
+/// A result of the join: the left and right records (one is `None` for a record of an outer
+/// side emitted alone).
+type Pair<A, B> = (Option<A>, Option<B>);
 
 /// The join's bounds, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -342,6 +475,13 @@ impl Bounds {
     fn expired_below(&self, floor: i64) -> Option<i64> {
         (floor != i64::MIN).then(|| floor.saturating_sub(self.span()).saturating_sub(self.grace))
     }
+
+    /// How far the watermark moves between two sweeps of the inner sides' expired records:
+    /// half a record's life (`W + grace`), so a sweep visits each key a few times at most and
+    /// a record stays at most half its life past its expiry.
+    fn sweep_every(&self) -> i64 {
+        (self.span().saturating_add(self.grace) / 2).max(1)
+    }
 }
 
 /// One stored change: partition, stored key, value (`None` deletes).
@@ -358,7 +498,7 @@ pub(crate) struct JoinOperator<A, B> {
     parts: HashMap<i32, JoinPartition<A, B>, Hasher>,
     watermark: i64,
     /// Results not handed out yet, in the order they were made.
-    pub(crate) out: VecDeque<(Option<A>, Option<B>)>,
+    pub(crate) out: VecDeque<Pair<A, B>>,
     /// Something `advance` reads changed since it last ran, other than the clock: a record
     /// moved a partition's or a side's largest event time or woke a quiet one, a partition
     /// was loaded or is new, a pump was heard (see `must_advance`).
@@ -420,6 +560,15 @@ where
         self.parts.clear();
         self.watermark = i64::MIN;
         self.stale = true;
+    }
+
+    /// True when `side`'s unmatched records are emitted alone (left, or outer, joins).
+    fn outer(&self, side: u8) -> bool {
+        if side == LEFT {
+            self.left_outer
+        } else {
+            self.right_outer
+        }
     }
 
     pub(crate) fn has_partition(&self, partition: i32) -> bool {
@@ -493,8 +642,10 @@ where
                 _ => continue,
             }
             part.seq = part.seq.max(seq + 1);
-            part.expiring
-                .insert((self.bounds.expires(time), seq), (side, key.to_vec(), time));
+            if self.outer(side) {
+                part.expiring
+                    .insert((self.bounds.expires(time), seq), (side, key.to_vec(), time));
+            }
             if key_first {
                 part.relocated
                     .push((entry_key(side, key, time, seq), Some(value)));
@@ -534,17 +685,21 @@ where
             }
             // Moved records first: a later write of the same record (matched, or expired) wins.
             out.extend(part.relocated.drain(..).map(|(k, v)| (partition, k, v)));
-            for (time, seq) in part.dirty.drain() {
-                let Some((side, key, _)) = part.expiring.get(&(bounds.expires(time), seq)) else {
+            for (side, key, time, seq) in part.dirty.drain(..) {
+                // An expired record is not written: deleted at its expiry if it was written,
+                // else never written (buffered and expired between two commits).
+                if bounds.expires(time) < part.floor {
                     continue;
-                };
-                let value = if *side == LEFT {
-                    part.left.stored(key, time, seq)
+                }
+                let value = if side == LEFT {
+                    part.left.stored(&key, time, seq)
                 } else {
-                    part.right.stored(key, time, seq)
+                    part.right.stored(&key, time, seq)
                 }
                 .map_err(encode)?;
-                out.push((partition, entry_key(*side, key, time, seq), value));
+                if let Some(value) = value {
+                    out.push((partition, entry_key(side, &key, time, seq), Some(value)));
+                }
             }
             out.extend(part.deletes.drain(..).map(|k| (partition, k, None)));
             if part.clock_dirty {
@@ -593,6 +748,7 @@ where
         let bounds = self.bounds;
         let watermark = self.watermark;
         let quiet = self.age.quiet();
+        let outer = [self.left_outer, self.right_outer];
         let part = self.parts.entry(partition).or_insert_with(|| {
             self.stale = true;
             JoinPartition::new(now, quiet)
@@ -645,25 +801,27 @@ where
         let out = &mut self.out;
         let tag = match record {
             Side::Left(a) => {
-                let dirty = self.right_outer.then_some(&mut part.dirty);
+                let dirty = self.right_outer.then_some((RIGHT, &mut part.dirty));
                 let matched = part.right.meet(&key, lo, hi, dirty, |b| {
                     out.push_back((Some(a.clone()), Some(b.clone())));
                 });
-                part.left.insert(key.clone(), time, seq, a, matched, false);
+                part.left.insert(&key, time, seq, a, matched, false);
                 LEFT
             }
             Side::Right(b) => {
-                let dirty = self.left_outer.then_some(&mut part.dirty);
+                let dirty = self.left_outer.then_some((LEFT, &mut part.dirty));
                 let matched = part.left.meet(&key, lo, hi, dirty, |a| {
                     out.push_back((Some(a.clone()), Some(b.clone())));
                 });
-                part.right.insert(key.clone(), time, seq, b, matched, false);
+                part.right.insert(&key, time, seq, b, matched, false);
                 RIGHT
             }
         };
-        part.dirty.insert((time, seq));
-        part.expiring
-            .insert((bounds.expires(time), seq), (tag, key, time));
+        if outer[side] {
+            part.expiring
+                .insert((bounds.expires(time), seq), (tag, key.clone(), time));
+        }
+        part.dirty.push((tag, key, time, seq));
         part.seq += 1;
         part.clock_dirty = true;
         false
@@ -737,41 +895,15 @@ where
         self.computed = computed;
         self.watermark = self.watermark.max(computed).max(floor);
         let watermark = self.watermark;
+        let (outer, bounds) = ((self.left_outer, self.right_outer), self.bounds);
         for part in self.parts.values_mut() {
             let wm = watermark.max(part.floor);
             if wm > part.floor {
                 part.floor = wm;
                 part.clock_dirty = true;
             }
-            while let Some((&(expires, _), _)) = part.expiring.first_key_value() {
-                if expires >= wm {
-                    break;
-                }
-                let Some(((_, seq), (side, key, time))) = part.expiring.pop_first() else {
-                    break;
-                };
-                // An unmatched record of an outer side is emitted alone.
-                let (stored, lone) = if side == LEFT {
-                    let Some(e) = part.left.take(&key, time, seq) else {
-                        continue;
-                    };
-                    let lone = (!e.matched && self.left_outer).then(|| (Some(e.value), None));
-                    (e.stored, lone)
-                } else {
-                    let Some(e) = part.right.take(&key, time, seq) else {
-                        continue;
-                    };
-                    let lone = (!e.matched && self.right_outer).then(|| (None, Some(e.value)));
-                    (e.stored, lone)
-                };
-                self.out.extend(lone);
-                // A pending write of it is moot: deleted if it was written, else never
-                // written (buffered and expired between two commits).
-                part.dirty.remove(&(time, seq));
-                if stored && !part.aging.expire(|| entry_key(side, &key, time, seq)) {
-                    part.deletes.push(entry_key(side, &key, time, seq));
-                }
-            }
+            part.expire_outer(wm, outer, &mut self.out);
+            part.sweep(&bounds, wm, (!outer.0, !outer.1));
         }
         self.stale = false;
         self.due = self.next_due(now);
@@ -1144,6 +1276,53 @@ mod tests {
             })
             .collect();
         assert_eq!(moved, expected);
+    }
+
+    #[test]
+    fn an_inner_sides_expired_records_go_at_the_next_sweep_and_meet_nothing_meanwhile() {
+        // W = 10, grace 0: a record at t expires once the watermark passes t + 10; the inner
+        // sides are swept each time the watermark has moved 5 past the last sweep.
+        let mut op = op(5, 5, 0, false, false);
+        feed(&mut op, &[('L', "k", 100, "v"), ('R', "j", 100, "c")]);
+        assert!(
+            op.take_writes()
+                .unwrap()
+                .iter()
+                .all(|(_, _, v)| v.is_some())
+        );
+        // Watermark 108: swept, nothing expired yet.
+        feed(&mut op, &[('L', "a", 108, "v2"), ('R', "b", 108, "c2")]);
+        assert_eq!(op.buffered(), (2, 2));
+        // Watermark 111: `v` (100) and `c` (100) expired, but 111 is within 5 of the last
+        // sweep: they are still held, and a click that could have met `v` is late.
+        let (pairs, late) = feed_counting_late(
+            &mut op,
+            &[
+                ('L', "x", 111, "v3"),
+                ('R', "y", 111, "c3"),
+                ('R', "k", 105, "late"),
+            ],
+        );
+        assert_eq!((pairs, late), (vec![], 1));
+        assert_eq!(op.buffered(), (3, 3));
+        let writes = op.take_writes().unwrap();
+        assert!(writes.iter().all(|(_, _, v)| v.is_some()), "{writes:?}");
+        // Watermark 114: swept; the two stored records are deleted.
+        feed(&mut op, &[('L', "x", 114, "v4"), ('R', "y", 114, "c4")]);
+        assert_eq!(op.buffered(), (3, 3));
+        let deleted: Vec<Vec<u8>> = op
+            .take_writes()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, k, v)| v.is_none().then_some(k))
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![
+                entry_key(LEFT, b"k", 100, 0),
+                entry_key(RIGHT, b"j", 100, 1)
+            ]
+        );
     }
 
     #[test]
