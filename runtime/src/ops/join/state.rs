@@ -420,8 +420,9 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
         }
     }
 
-    /// Drops the expired records of inner sides (`inner`: left, right) once the watermark
-    /// `wm` is a sweep step past the last sweep (`Bounds::sweep_every`). A record expired but
+    /// Drops the expired records of inner sides (`inner`: left, right), and the pending
+    /// writes of every expired record, once the watermark `wm` is a sweep step past the last
+    /// sweep (`Bounds::sweep_every`). A record expired but
     /// not swept yet can meet no record that is not late (see the module docs), so sweeping
     /// late changes no result; a stored one is deleted, as at its expiry.
     fn sweep(&mut self, bounds: &Bounds, wm: i64, inner: (bool, bool)) {
@@ -446,6 +447,9 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
             self.right
                 .sweep(below, |k, t, s, e| gone(RIGHT, k, t, s, e.stored));
         }
+        // Pending writes of expired records would be skipped at the commit: dropped now, so
+        // that a long commit interval holds no more of them than of buffered records.
+        self.dirty.retain(|&(_, _, time, _)| time >= below);
     }
 }
 
@@ -1323,6 +1327,19 @@ mod tests {
                 entry_key(RIGHT, b"j", 100, 1)
             ]
         );
+    }
+
+    #[test]
+    fn pending_writes_of_expired_records_go_at_sweeps_without_a_commit() {
+        for outer in [false, true] {
+            let mut op = op(5, 5, 0, outer, outer);
+            for t in 0..1000 {
+                feed(&mut op, &[('L', "k", t, "v"), ('R', "j", t, "c")]);
+            }
+            // Live: about 1.5 (W + grace) = 15 ms of records per side.
+            let pending = op.parts[&0].dirty.len();
+            assert!(pending <= 2 * 16, "outer {outer}: {pending} pending writes");
+        }
     }
 
     #[test]
