@@ -63,7 +63,10 @@
 //! - **Left and outer joins** ([`Stream::left_join`], [`Stream::outer_join`]) also emit a
 //!   record that met nothing, alone, once no partner can come any more: when the watermark
 //!   passes `t + before + after + grace`. That is when a buffered record expires (for every
-//!   kind of join), so the buffers hold a bounded span of event time.
+//!   kind of join), so the buffers hold a bounded span of event time. An outer side's records
+//!   leave memory then; an inner side's at the next sweep, each time the watermark has moved
+//!   half of `before + after + grace` (an expired record can meet nothing, as every record
+//!   that could is late).
 //! - **Late records**: a record is late when the watermark has passed the end of its own range
 //!   plus grace (a left record at `t`: `t + after + grace`; a right one: `t + before + grace`),
 //!   since partners it should meet may have expired. It is dropped and counted

@@ -891,7 +891,8 @@ where
     }
 
     /// Recomputes the watermark at clock time `now` (as windows do) and expires the buffered
-    /// records it passed, emitting the unmatched ones of outer sides.
+    /// records of outer sides it passed, emitting the unmatched ones; an inner side's go at
+    /// the next sweep (`JoinPartition::sweep`).
     pub(crate) fn advance(&mut self, now: i64, floor: i64, caught_up: &HashSet<i32>) {
         let idle_timeout = self.idle_timeout;
         let computed = watermark_of(
