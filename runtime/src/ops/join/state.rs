@@ -12,8 +12,8 @@
 //!   record that could meet it would be late. That is when an unmatched record of an outer
 //!   side is emitted alone, so it is never emitted alone and then matched. An outer side's
 //!   records leave memory (and the store) then, from a queue in order of expiry; an inner
-//!   side's in sweeps over its keys, each time the watermark has moved `(W + grace) / 2`
-//!   since the last. Per record, a sweep reads a few map slots where the queue took three
+//!   side's in sweeps over its keys, each time the watermark crosses a line of a grid of
+//!   `(W + grace) / 2` (shifted per partition, see `JoinPartition::sweep`). Per record, a sweep reads a few map slots where the queue took three
 //!   cache misses (queue, slot, records); an expired record held until the sweep meets
 //!   nothing, as every record that could meet it is late.
 //! - a partition's time is the smaller of its two sides' largest event times (a side idle for
