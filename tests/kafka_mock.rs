@@ -170,3 +170,48 @@ async fn two_workers_share_a_group_through_rebalances_without_losing_records() -
     );
     first.shutdown().await
 }
+
+/// A commit the group refuses while it rebalances (Kafka's `REBALANCE_IN_PROGRESS`; under the
+/// cooperative protocol the partitions usually stay) is made again at the next step, though no
+/// record comes after it. Dropped, the committed offsets stayed behind what the agent had
+/// finished until more records came, and whoever read the partitions next from them (a worker
+/// taking over, a `group_by` pump after a rebalance) handled those records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_refused_during_a_rebalance_are_committed_at_the_next_step() -> rill::Result<()> {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock_cluster("refused");
+    let bootstrap = cluster.bootstrap_servers();
+    let worker = app("refused", &bootstrap).start().await?;
+    let p = common::producer(&bootstrap);
+    let committed = || {
+        tokio::task::block_in_place(|| {
+            common::committed_offsets(&bootstrap, "refused-relay", "ticks", 4)
+                .map_or(0, |o| o.iter().sum::<i64>())
+        })
+    };
+    tokio::task::block_in_place(|| common::produce(&p, "ticks", &ticks(20, 0..10)));
+    common::wait_for_async(
+        "the first records committed",
+        Duration::from_secs(30),
+        || committed() == 200,
+    )
+    .await;
+    // The next commits are refused: those of the steps that finish the last records, and
+    // some of the steps after them.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 4],
+    );
+    tokio::task::block_in_place(|| common::produce(&p, "ticks", &ticks(20, 10..11)));
+    let seen = tokio::task::block_in_place(|| {
+        common::consume(&bootstrap, "seen", 220, Duration::from_secs(30))
+    });
+    assert_eq!(seen.len(), 220, "every record relayed");
+    common::wait_for_async(
+        "the refused offsets committed, with nothing read since",
+        Duration::from_secs(30),
+        || committed() == 220,
+    )
+    .await;
+    worker.shutdown().await
+}

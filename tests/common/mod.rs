@@ -51,6 +51,6 @@ pub(crate) use process::{
     run_example, run_to_end, signal, spawn_example, spawn_example_logged, spawn_example_quiet,
     stderr_lines, table_json, table_of, terminate, wait_exit, wait_lines, wait_log,
 };
-pub(crate) use records::{assert_counted_exactly, page_views, printed_totals};
+pub(crate) use records::{assert_counted_exactly, miscounted, page_views, printed_totals};
 pub(crate) use wait::{settle, wait_for, wait_for_async};
 pub(crate) use worker::{json_strings, stat, stop_error, string_relay, wait_ready};

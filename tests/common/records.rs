@@ -187,6 +187,13 @@ pub(crate) fn printed_totals(lines: &[String]) -> std::collections::BTreeMap<Str
 /// Checks running counts read back as `<key>=<count>` lines: `keys` keys, each with the
 /// counts 1, 2, ... `each`, every one exactly once (nothing lost, nothing counted twice).
 pub(crate) fn assert_counted_exactly(out: &[super::kafka::Consumed], keys: usize, each: u64) {
+    if let Some(wrong) = miscounted(out, keys, each) {
+        panic!("{wrong}");
+    }
+}
+
+/// What [`assert_counted_exactly`] would fail on, if anything.
+pub(crate) fn miscounted(out: &[super::kafka::Consumed], keys: usize, each: u64) -> Option<String> {
     let mut seen: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     for (_, _, line) in out {
         let (key, n) = line.split_once('=').expect("key=count");
@@ -194,13 +201,12 @@ pub(crate) fn assert_counted_exactly(out: &[super::kafka::Consumed], keys: usize
             .or_default()
             .push(n.parse().expect("a count"));
     }
-    assert_eq!(seen.len(), keys, "every key counted");
-    for (key, mut counts) in seen {
-        counts.sort_unstable();
-        assert_eq!(
-            counts,
-            (1..=each).collect::<Vec<u64>>(),
-            "the counts of {key}"
-        );
+    if seen.len() != keys {
+        return Some(format!("{} keys counted, not {keys}", seen.len()));
     }
+    let expected = (1..=each).collect::<Vec<u64>>();
+    seen.into_iter().find_map(|(key, mut counts)| {
+        counts.sort_unstable();
+        (counts != expected).then(|| format!("the counts of {key}: {counts:?}, not 1..={each}"))
+    })
 }

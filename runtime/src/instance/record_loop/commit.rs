@@ -18,10 +18,11 @@ use crate::base::message::OutRecord;
 use crate::base::metrics::AgentStats;
 use crate::instance::table::{TableCore, TableDef};
 use crate::io::store::Overlay;
-use crate::io::transport::{Committer, Deliveries, Delivery, Log, Pending, Tp};
+use crate::io::transport::{Committer, Deliveries, Delivery, Log, Pending, Refused, Tp};
 
 pub(super) struct Commit {
-    pub(super) future: BoxFuture<'static, Result<()>>,
+    /// Ends with the offsets the group refused during a rebalance.
+    pub(super) future: BoxFuture<'static, Result<Refused>>,
     pub(super) acks: Vec<std_mpsc::SyncSender<()>>,
     pub(super) last: bool,
 }
@@ -139,10 +140,11 @@ impl RecordLoop {
             self.closed = true;
         }
         Poll::Ready(match result {
-            Ok(()) => {
+            Ok(refused) => {
                 for table in &self.shared.tables() {
                     table.committed();
                 }
+                self.commit_again(refused);
                 Ok(())
             }
             Err(Error::Transaction(why)) if !commit.last => {
@@ -161,6 +163,17 @@ impl RecordLoop {
                 Err(reported)
             }
         })
+    }
+
+    /// Offsets the group refused during a rebalance go in the next step, for the partitions
+    /// the instance still owns (a revocation's step took its partitions away before it ran:
+    /// their next owner reads them again).
+    fn commit_again(&mut self, refused: Refused) {
+        for (tp, next) in refused {
+            if self.owned_tps.contains(&tp) {
+                self.done.raise(tp, next);
+            }
+        }
     }
 
     /// An exactly-once transaction was aborted: forget every effect since the last commit
@@ -206,10 +219,10 @@ impl CommitStep {
     /// (1) Sends, dead letters and changelog records become durable, with the offsets where
     /// the log stores them together; (2) the tables' writes and the offsets they reflect go to
     /// the table store; (3) the offsets are committed where (1) did not.
-    async fn run(self) -> Result<()> {
+    async fn run(self) -> Result<Refused> {
         self.flushed?;
         if self.pending.is_empty() && self.offsets.is_empty() && self.changelog.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
         let mut pending = self.pending;
@@ -245,9 +258,9 @@ impl CommitStep {
             .await
             .map_err(|e| Error::Shutdown(format!("table commit: {e}")))??;
         }
-        self.committer.commit_offsets(self.offsets).await?;
+        let refused = self.committer.commit_offsets(self.offsets).await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.commit_latency.observe(started.elapsed());
-        Ok(())
+        Ok(refused)
     }
 }

@@ -566,14 +566,26 @@ impl Delivery<'_> {
 }
 
 /// Commits an agent group's offsets, at each commit step of its instances.
+/// Offsets a consumer group refused to commit because it was rebalancing (Kafka's
+/// `REBALANCE_IN_PROGRESS`, or a generation that just ended). Under the cooperative protocol
+/// the partitions usually stay where they are, so the instance commits these again at its next
+/// step for the partitions it still owns, as Kafka Streams keeps such tasks dirty. Dropped, a
+/// `group_by` pump that went idle never committed them, and the next read of its partitions
+/// from the committed offsets forwarded the same records again.
+pub(crate) type Refused = Vec<(Tp, i64)>;
+
 pub(crate) trait Committer: Send + Sync + std::any::Any {
     /// Offsets go in the commit step's transaction (exactly-once), not through
     /// [`Committer::commit_offsets`].
     fn transactional(&self) -> bool;
 
     /// Commits the next offsets to read, after the step's sends were delivered and local
-    /// state stored (a no-op where `Log::deliver` stored them).
-    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>>;
+    /// state stored (a no-op where `Log::deliver` stored them). Returns what the group
+    /// refused because it was rebalancing ([`Refused`]).
+    fn commit_offsets(
+        self: Arc<Self>,
+        offsets: Vec<(Tp, i64)>,
+    ) -> BoxFuture<'static, Result<Refused>>;
 
     /// After an aborted transaction: the fetcher goes back to the committed offsets and
     /// announces the assignment again.
@@ -594,8 +606,11 @@ impl Committer for StoredWithSends {
         false
     }
 
-    fn commit_offsets(self: Arc<Self>, _offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn commit_offsets(
+        self: Arc<Self>,
+        _offsets: Vec<(Tp, i64)>,
+    ) -> BoxFuture<'static, Result<Refused>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
     fn request_rewind(&self) {}

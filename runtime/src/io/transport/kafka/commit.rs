@@ -18,7 +18,7 @@ use super::fetch::{ConsumerSlot, FetchContext};
 use super::purge;
 use crate::base::error::{Error, Result};
 use crate::base::health::Health;
-use crate::io::transport::{Committer, Router, Tp};
+use crate::io::transport::{Committer, Refused, Router, Tp};
 
 /// Commits an agent group's offsets.
 pub(crate) struct KafkaCommitter {
@@ -92,10 +92,11 @@ impl KafkaCommitter {
         })
     }
 
-    /// Commits the next offsets to read (synchronously; callers run it off the async threads).
-    pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<()> {
+    /// Commits the next offsets to read (synchronously; callers run it off the async threads):
+    /// false when the group refused them because it was rebalancing.
+    pub(crate) fn commit(&self, offsets: &[(Tp, i64)]) -> Result<bool> {
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for ((topic, partition), offset) in offsets {
@@ -130,15 +131,16 @@ impl KafkaCommitter {
         }
     }
 
-    /// One commit attempt: `Err` when it is worth retrying.
-    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<()>, Retry> {
+    /// One commit attempt: `Err` when it is worth retrying, false when refused in a rebalance.
+    fn commit_once(&self, tpl: &TopicPartitionList) -> std::result::Result<Result<bool>, Retry> {
         let consumer = match self.consumer() {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
         Ok(match consumer.commit(tpl, CommitMode::Sync) {
-            Ok(()) => Ok(()),
-            // Partitions already given away in a rebalance: the new owner will redo the records.
+            Ok(()) => Ok(true),
+            // The group is rebalancing: the instance commits them again while it owns the
+            // partitions (`Refused`); what moved, its new owner reads again.
             Err(KafkaError::ConsumerCommit(code))
                 if matches!(
                     code,
@@ -147,8 +149,8 @@ impl KafkaCommitter {
                         | RDKafkaErrorCode::UnknownMemberId
                 ) =>
             {
-                tracing::warn!(group = %self.group, %code, "offset commit refused during a rebalance; records will be redelivered");
-                Ok(())
+                tracing::info!(group = %self.group, %code, "offset commit refused during a rebalance; committing again at the next step the partitions that stay");
+                Ok(false)
             }
             Err(KafkaError::ConsumerCommit(code)) if retriable(code) => {
                 return Err(Retry(KafkaError::ConsumerCommit(code)));
@@ -186,19 +188,26 @@ impl Committer for KafkaCommitter {
         self.transactional
     }
 
-    fn commit_offsets(self: Arc<Self>, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<()>> {
+    fn commit_offsets(
+        self: Arc<Self>,
+        offsets: Vec<(Tp, i64)>,
+    ) -> BoxFuture<'static, Result<Refused>> {
         Box::pin(async move {
             if self.transactional || offsets.is_empty() {
                 // Under exactly-once they were committed in the step's transaction.
-                return Ok(());
+                return Ok(Vec::new());
             }
             let this = self.clone();
-            let offsets =
-                tokio::task::spawn_blocking(move || this.commit(&offsets).map(|()| offsets))
+            let (accepted, offsets) =
+                tokio::task::spawn_blocking(move || this.commit(&offsets).map(|ok| (ok, offsets)))
                     .await
                     .map_err(|e| Error::Shutdown(format!("offset commit: {e}")))??;
+            if !accepted {
+                // Nothing below them may be purged: they are not committed.
+                return Ok(offsets);
+            }
             self.committed(&offsets);
-            Ok(())
+            Ok(Vec::new())
         })
     }
 
