@@ -141,6 +141,7 @@ pub(super) fn spawn_poll_thread(
             let topics = start.topics.clone();
             if let Some(consumer) = start.subscribed_consumer(&router, &stop) {
                 poll_loop(&consumer, &router, &stop, &topics);
+                consumer.context().rebalancer.close();
             }
         })
         .map_err(|e| Error::io("spawning a fetcher thread", e))

@@ -53,6 +53,8 @@ pub(super) struct Rebalancer {
     changed: AtomicBool,
     /// Under `latest`, where each partition without a committed offset started.
     starts: Mutex<HashMap<Tp, i64>>,
+    /// Set once the fetcher stopped, before the consumer closes (`close`).
+    closing: AtomicBool,
 }
 
 impl Rebalancer {
@@ -63,7 +65,17 @@ impl Rebalancer {
             partners,
             changed: AtomicBool::new(false),
             starts: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// The fetcher stopped and the consumer is about to close: closing, librdkafka revokes the
+    /// assignment through the callback, where only librdkafka's side is done. The instances
+    /// have committed and ended, and asking librdkafka for the assignment then
+    /// (`rd_kafka_assignment`, as `after` does) waits forever: a static member's worker hung
+    /// in its shutdown so.
+    pub(super) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     /// librdkafka's rebalance callback (inside `poll`, on the fetcher thread): rdkafka's own,
@@ -81,7 +93,10 @@ impl Rebalancer {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(&tpl),
             _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
         };
-        self.before(&rebalance, cooperative);
+        let closing = self.closing.load(Ordering::Acquire);
+        if !closing {
+            self.before(&rebalance, cooperative);
+        }
         let applied = match (&rebalance, cooperative) {
             (Rebalance::Assign(_), true) => consumer.incremental_assign(&tpl),
             (Rebalance::Assign(_), false) => consumer.assign(&tpl),
@@ -91,7 +106,9 @@ impl Rebalancer {
         if let Err(e) = applied {
             tracing::error!(agent = %self.router.agent, error = %e, "applying a rebalance");
         }
-        self.after(consumer, &rebalance, cooperative);
+        if !closing {
+            self.after(consumer, &rebalance, cooperative);
+        }
     }
 
     /// `tpl` with partition n of every partner topic for each partition n of it.
