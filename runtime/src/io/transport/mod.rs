@@ -565,7 +565,6 @@ impl Delivery<'_> {
     }
 }
 
-/// Commits an agent group's offsets, at each commit step of its instances.
 /// Offsets a consumer group refused to commit because it was rebalancing (Kafka's
 /// `REBALANCE_IN_PROGRESS`, or a generation that just ended). Under the cooperative protocol
 /// the partitions usually stay where they are, so the instance commits these again at its next
@@ -574,6 +573,7 @@ impl Delivery<'_> {
 /// from the committed offsets forwarded the same records again.
 pub(crate) type Refused = Vec<(Tp, i64)>;
 
+/// Commits an agent group's offsets, at each commit step of its instances.
 pub(crate) trait Committer: Send + Sync + std::any::Any {
     /// Offsets go in the commit step's transaction (exactly-once), not through
     /// [`Committer::commit_offsets`].
