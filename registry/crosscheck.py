@@ -31,7 +31,7 @@ import os
 import struct
 import sys
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 
@@ -53,6 +53,13 @@ def message_class(proto, message):
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
+# Subjects are named after the topic (TOPIC-value, TOPIC-key), as rill's default strategy names
+# them. The client's own default since 2.16 ("ASSOCIATED") first asks the registry for the
+# topic's associations, an endpoint Apicurio does not serve: on some machines that request got no
+# answer at all and the client hung. Naming the strategy keeps the client off that endpoint.
+TOPIC_SUBJECTS = {"subject.name.strategy": topic_subject_name_strategy}
+
+
 def main():
     # A client stuck on the registry prints where it is stuck and fails, instead of hanging
     # the test that runs it.
@@ -61,7 +68,7 @@ def main():
     command, topic = sys.argv[1], sys.argv[2]
     context = SerializationContext(topic, MessageField.VALUE)
     if command == "encode":
-        serializer = AvroSerializer(registry, sys.argv[3], conf={"auto.register.schemas": True})
+        serializer = AvroSerializer(registry, sys.argv[3], conf={"auto.register.schemas": True, **TOPIC_SUBJECTS})
         for record in sys.argv[4:]:
             print(serializer(json.loads(record), context).hex())
     elif command == "encode-referencing":
@@ -75,7 +82,7 @@ def main():
         version = registry.lookup_schema(ref_subject, Schema(ref_schema, "AVRO")).version
         schema = Schema(schema_str, "AVRO", [SchemaReference(ref_name, ref_subject, version)])
         registry.register_schema(f"{topic}-value", schema)
-        conf = {"auto.register.schemas": False, "use.latest.version": True}
+        conf = {"auto.register.schemas": False, "use.latest.version": True, **TOPIC_SUBJECTS}
         serializer = AvroSerializer(registry, schema, conf=conf)
         for record in sys.argv[7:]:
             print(serializer(json.loads(record), context).hex())
@@ -83,15 +90,15 @@ def main():
         framed = bytes.fromhex(sys.argv[3])
         assert framed[0] == 0, "not Confluent-framed"
         schema_id = struct.unpack(">I", framed[1:5])[0]
-        print(json.dumps({"id": schema_id, "value": AvroDeserializer(registry)(framed, context)}))
+        print(json.dumps({"id": schema_id, "value": AvroDeserializer(registry, conf=TOPIC_SUBJECTS)(framed, context)}))
     elif command == "encode-json":
-        serializer = JSONSerializer(sys.argv[3], registry, conf={"auto.register.schemas": True})
+        serializer = JSONSerializer(sys.argv[3], registry, conf={"auto.register.schemas": True, **TOPIC_SUBJECTS})
         print(serializer(json.loads(sys.argv[4]), context).hex())
     elif command == "decode-json":
         framed = bytes.fromhex(sys.argv[3])
         assert framed[0] == 0, "not Confluent-framed"
         schema_id = struct.unpack(">I", framed[1:5])[0]
-        deserializer = JSONDeserializer(None, schema_registry_client=registry)
+        deserializer = JSONDeserializer(None, conf=TOPIC_SUBJECTS, schema_registry_client=registry)
         print(json.dumps({"id": schema_id, "value": deserializer(framed, context)}))
     elif command in ("encode-proto", "decode-proto"):
         from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
@@ -99,7 +106,7 @@ def main():
 
         cls = message_class(sys.argv[3], sys.argv[4])
         if command == "encode-proto":
-            conf = {"auto.register.schemas": True, "use.deprecated.format": False}
+            conf = {"auto.register.schemas": True, "use.deprecated.format": False, **TOPIC_SUBJECTS}
             serializer = ProtobufSerializer(cls, registry, conf)
             message = json_format.ParseDict(json.loads(sys.argv[5]), cls())
             print(serializer(message, context).hex())
@@ -107,7 +114,7 @@ def main():
             framed = bytes.fromhex(sys.argv[5])
             assert framed[0] == 0, "not Confluent-framed"
             schema_id = struct.unpack(">I", framed[1:5])[0]
-            deserializer = ProtobufDeserializer(cls, {"use.deprecated.format": False})
+            deserializer = ProtobufDeserializer(cls, {"use.deprecated.format": False, **TOPIC_SUBJECTS})
             message = deserializer(framed, context)
             value = json_format.MessageToDict(message, preserving_proto_field_name=True)
             print(json.dumps({"id": schema_id, "value": value}))
@@ -116,7 +123,7 @@ def main():
         fmt, topic = sys.argv[2], sys.argv[3]
         key_context = SerializationContext(topic, MessageField.KEY)
         if command == "encode-key":
-            conf = {"auto.register.schemas": True}
+            conf = {"auto.register.schemas": True, **TOPIC_SUBJECTS}
             if fmt == "avro":
                 serializer = AvroSerializer(registry, sys.argv[4], conf=conf)
             else:
@@ -128,9 +135,9 @@ def main():
             assert framed[0] == 0, "not Confluent-framed"
             schema_id = struct.unpack(">I", framed[1:5])[0]
             if fmt == "avro":
-                deserializer = AvroDeserializer(registry)
+                deserializer = AvroDeserializer(registry, conf=TOPIC_SUBJECTS)
             else:
-                deserializer = JSONDeserializer(None, schema_registry_client=registry)
+                deserializer = JSONDeserializer(None, conf=TOPIC_SUBJECTS, schema_registry_client=registry)
             print(json.dumps({"id": schema_id, "value": deserializer(framed, key_context)}))
     else:
         sys.exit(__doc__)

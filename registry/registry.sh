@@ -8,6 +8,9 @@
 #                          SCHEMA_REGISTRY_URL=http://127.0.0.1:<port>/apis/ccompat/v7
 #   registry.sh stop     SIGTERM (SIGKILL after 20 s); all schemas are gone (in-memory)
 #   registry.sh status   exit 0 if running (prints the URL line)
+#   registry.sh report   what a stalled test needs to see: how long a request for the subject
+#                          list takes now, and the tails of the registry's log (its access
+#                          log shows which requests arrived and were answered) and GC log
 #
 # Secured mode (RILL_TEST_REGISTRY_SECURE=1, for tests of rill's client against a registry
 # with TLS and credentials): `start` generates once, with openssl, into the run dir a test CA
@@ -235,6 +238,7 @@ do_start() {
   (
     cd "$RUN_DIR"
     exec "${launcher[@]}" "$JAVA" -Xmx"$HEAP" -XX:+UseSerialGC -Djava.io.tmpdir="$RUN_DIR" \
+      -Xlog:gc:file="$RUN_DIR/gc.log" \
       -Dquarkus.http.host=$HOST "${http[@]}" "${mgmt[@]}" \
       -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
       -Dapicurio.datasource.url="jdbc:h2:mem:registry_$PORT" \
@@ -282,7 +286,18 @@ do_stop() {
   rm -rf "$RUN_DIR"
 }
 
+do_report() {
+  local pid
+  if ! pid="$(running_pid)"; then log "not running (port $PORT)"; return 0; fi
+  local tls=(); [[ "$SECURE" == 1 ]] && tls=(--cacert "$CA_FILE" -u "$AUTH_USER:$AUTH_PASSWORD")
+  log "pid $pid; GET $URL/subjects: $(curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total} s' \
+    --max-time 10 "${tls[@]}" "$URL/subjects" 2>&1 || true)"
+  log "the last lines of $LOG_FILE:"; tail -n 25 "$LOG_FILE" >&2 || true
+  log "the last lines of $RUN_DIR/gc.log:"; tail -n 8 "$RUN_DIR/gc.log" >&2 || true
+}
+
 case "${1:-}" in
+  report) do_report ;;
   fetch)  do_fetch; ensure_java; log "Apicurio Registry $VERSION in $APP, java $JAVA" ;;
   start)  do_start ;;
   stop)   do_stop ;;

@@ -40,7 +40,15 @@ RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop
 bash registry/registry.sh stop
 secure_registry stop
 line="$(bash kafka/broker.sh start)"
-trap 'bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop; bash registry/registry.sh stop; secure_registry stop' EXIT
+# On failure the registries report first (a request's time now, their logs' tails): a test
+# that waited on a registry shows what the registry was doing.
+stop_all() {
+  local status=$?
+  if [ "$status" -ne 0 ]; then bash registry/registry.sh report; secure_registry report; fi
+  bash kafka/broker.sh stop; RILL_TEST_BROKER_PORT=$DEFAULTS_PORT bash kafka/broker.sh stop
+  bash registry/registry.sh stop; secure_registry stop
+}
+trap stop_all EXIT
 export RILL_TEST_KAFKA="${line#KAFKA_BOOTSTRAP=}"
 export RILL_REQUIRE_KAFKA=1
 # A real schema registry (Apicurio Registry, fetched from Maven Central and cached) and

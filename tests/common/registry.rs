@@ -92,6 +92,7 @@ pub(crate) fn crosscheck(url: &str, args: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() && stderr.contains("Timeout (0:00:45)") {
         eprintln!("crosscheck.py {args:?} stalled; running it again. Its stack:\n{stderr}");
+        report_registry(url);
         out = run();
     }
     assert!(
@@ -103,6 +104,23 @@ pub(crate) fn crosscheck(url: &str, args: &[&str]) -> String {
         .expect("utf-8")
         .trim()
         .to_owned()
+}
+
+/// What the registry at `url` is doing (`registry.sh report`: a request's time now, its logs'
+/// tails), printed into the test's output when a client waited on it.
+fn report_registry(url: &str) {
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/registry/registry.sh");
+    let report = Command::new("bash")
+        .args([script, "report"])
+        .env("RILL_TEST_REGISTRY_PORT", port.unwrap_or_default())
+        .output();
+    match report {
+        Ok(out) => eprintln!("{}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => eprintln!("registry.sh report did not run: {e}"),
+    }
 }
 
 /// A TCP relay in front of the registry, on a thread and runtime of its own (so it serves while
