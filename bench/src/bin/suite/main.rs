@@ -468,7 +468,8 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
                 return;
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
-                eprintln!("  rill {scenario}: {n}/{goal}");
+                let steps = AgentStats::get(&watched.commits);
+                eprintln!("  rill {scenario}: {n}/{goal}, {steps} commit steps");
                 last_report = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -495,6 +496,7 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
             "seconds": seconds,
             "events_per_s": args.events as f64 / seconds.max(1e-9),
             "setup_cpu_s": setup_cpu_s,
+            "commit_steps": AgentStats::get(&stats.commits),
         })
     );
     Ok(())
