@@ -55,8 +55,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 # Subjects are named after the topic (TOPIC-value, TOPIC-key), as rill's default strategy names
 # them. The client's own default since 2.16 ("ASSOCIATED") first asks the registry for the
-# topic's associations, an endpoint Apicurio does not serve: on some machines that request got no
-# answer at all and the client hung. Naming the strategy keeps the client off that endpoint.
+# topic's associations, an endpoint Apicurio does not serve (404); a CI run on 2026-12-06 failed
+# on a client waiting for that answer. Naming the strategy leaves the request out.
 TOPIC_SUBJECTS = {"subject.name.strategy": topic_subject_name_strategy}
 
 
@@ -68,7 +68,8 @@ def main():
     command, topic = sys.argv[1], sys.argv[2]
     context = SerializationContext(topic, MessageField.VALUE)
     if command == "encode":
-        serializer = AvroSerializer(registry, sys.argv[3], conf={"auto.register.schemas": True, **TOPIC_SUBJECTS})
+        conf = {"auto.register.schemas": True, **TOPIC_SUBJECTS}
+        serializer = AvroSerializer(registry, sys.argv[3], conf=conf)
         for record in sys.argv[4:]:
             print(serializer(json.loads(record), context).hex())
     elif command == "encode-referencing":
@@ -90,15 +91,19 @@ def main():
         framed = bytes.fromhex(sys.argv[3])
         assert framed[0] == 0, "not Confluent-framed"
         schema_id = struct.unpack(">I", framed[1:5])[0]
-        print(json.dumps({"id": schema_id, "value": AvroDeserializer(registry, conf=TOPIC_SUBJECTS)(framed, context)}))
+        value = AvroDeserializer(registry, conf=TOPIC_SUBJECTS)(framed, context)
+        print(json.dumps({"id": schema_id, "value": value}))
     elif command == "encode-json":
-        serializer = JSONSerializer(sys.argv[3], registry, conf={"auto.register.schemas": True, **TOPIC_SUBJECTS})
+        conf = {"auto.register.schemas": True, **TOPIC_SUBJECTS}
+        serializer = JSONSerializer(sys.argv[3], registry, conf=conf)
         print(serializer(json.loads(sys.argv[4]), context).hex())
     elif command == "decode-json":
         framed = bytes.fromhex(sys.argv[3])
         assert framed[0] == 0, "not Confluent-framed"
         schema_id = struct.unpack(">I", framed[1:5])[0]
-        deserializer = JSONDeserializer(None, conf=TOPIC_SUBJECTS, schema_registry_client=registry)
+        deserializer = JSONDeserializer(
+            None, conf=TOPIC_SUBJECTS, schema_registry_client=registry
+        )
         print(json.dumps({"id": schema_id, "value": deserializer(framed, context)}))
     elif command in ("encode-proto", "decode-proto"):
         from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
@@ -106,7 +111,11 @@ def main():
 
         cls = message_class(sys.argv[3], sys.argv[4])
         if command == "encode-proto":
-            conf = {"auto.register.schemas": True, "use.deprecated.format": False, **TOPIC_SUBJECTS}
+            conf = {
+                "auto.register.schemas": True,
+                "use.deprecated.format": False,
+                **TOPIC_SUBJECTS,
+            }
             serializer = ProtobufSerializer(cls, registry, conf)
             message = json_format.ParseDict(json.loads(sys.argv[5]), cls())
             print(serializer(message, context).hex())
@@ -114,7 +123,8 @@ def main():
             framed = bytes.fromhex(sys.argv[5])
             assert framed[0] == 0, "not Confluent-framed"
             schema_id = struct.unpack(">I", framed[1:5])[0]
-            deserializer = ProtobufDeserializer(cls, {"use.deprecated.format": False, **TOPIC_SUBJECTS})
+            conf = {"use.deprecated.format": False, **TOPIC_SUBJECTS}
+            deserializer = ProtobufDeserializer(cls, conf)
             message = deserializer(framed, context)
             value = json_format.MessageToDict(message, preserving_proto_field_name=True)
             print(json.dumps({"id": schema_id, "value": value}))
@@ -137,7 +147,9 @@ def main():
             if fmt == "avro":
                 deserializer = AvroDeserializer(registry, conf=TOPIC_SUBJECTS)
             else:
-                deserializer = JSONDeserializer(None, conf=TOPIC_SUBJECTS, schema_registry_client=registry)
+                deserializer = JSONDeserializer(
+                    None, conf=TOPIC_SUBJECTS, schema_registry_client=registry
+                )
             print(json.dumps({"id": schema_id, "value": deserializer(framed, key_context)}))
     else:
         sys.exit(__doc__)
