@@ -77,7 +77,11 @@
 //!   of the other during a backlog makes nothing late. Through the repartition topic the pump
 //!   does the same over its source topic-partitions and stamps its watermark on the records.
 //!   An instance takes the smallest over its partitions, idle partitions skipped after the
-//!   idle timeout.
+//!   idle timeout. A partition no pump feeds ([`JoinWindow::co_partitioned`] on the topics
+//!   themselves) also goes by its own clock, the smaller of its sides' largest event times,
+//!   when that is ahead: its records meet only records of that partition, so they expire,
+//!   and a record is late, by that partition's time (as Kafka Streams goes by a task's
+//!   stream time), not by the slowest partition the instance reads.
 //! - **Co-partitioning**: the two sides meet in one partition only if records of one key are
 //!   there. By default both sides are re-keyed by their key functions through one internal
 //!   topic, `<app>-<agent>-<join name>-repartition` (each record tagged with its source topic),

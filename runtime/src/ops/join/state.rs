@@ -361,6 +361,16 @@ impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinParti
         low.unwrap_or(self.max_seen)
     }
 
+    /// The partition's own clock, the smaller of its sides' largest event times, when no pump
+    /// feeds it (a co-partitioned join); `i64::MIN` when one follows pumps' watermarks.
+    fn own_clock(&self) -> i64 {
+        if self.upstream.follows() {
+            i64::MIN
+        } else {
+            self.side_max[0].min(self.side_max[1])
+        }
+    }
+
     /// A partition with no state yet; `quiet`: see `JoinOperator::expire_by_age`.
     fn new(partition: i32, now: i64, quiet: bool) -> Self {
         JoinPartition {
@@ -812,7 +822,16 @@ where
             part.clock_dirty = true;
         }
         part.last_arrival = now;
-        let wm = watermark.max(part.floor);
+        // A partition with its own clock (see `advance`) judges lateness by it as it is now,
+        // never below the clock its last sweep used: whether an advance ran in between does
+        // not change what is late. An outer side's record it has passed is emitted alone at
+        // the next advance, which it asks for as a moved watermark does.
+        let own = part.own_clock();
+        self.stale |= part
+            .expiring
+            .first_key_value()
+            .is_some_and(|(&(expires, _), _)| expires < own);
+        let wm = watermark.max(part.floor).max(own);
         let seq = part.seq;
         // A record meets the other side's records in its range, unless its own range plus
         // grace is behind the watermark (late).
@@ -924,7 +943,12 @@ where
         let watermark = self.watermark;
         let (outer, bounds) = ((self.left_outer, self.right_outer), self.bounds);
         for part in self.parts.values_mut() {
-            let wm = watermark.max(part.floor);
+            // A partition no pump feeds (a co-partitioned join's) pairs only its own records:
+            // it expires them, and judges lateness, by its own clock too, as Kafka Streams
+            // does by a task's stream time, and not only by the instance's slowest partition
+            // (which the fetcher lets trail by up to the read-ahead). One fed through a
+            // repartition topic follows its pumps' watermarks.
+            let wm = watermark.max(part.floor).max(part.own_clock());
             if wm > part.floor {
                 part.floor = wm;
                 part.clock_dirty = true;
@@ -1144,6 +1168,40 @@ mod tests {
         );
         assert_eq!(got, vec![pair("v1", "c1"), pair("v2", "c2")]);
         assert_eq!(late, 0);
+    }
+
+    #[test]
+    fn a_partition_no_pump_feeds_expires_and_judges_lateness_by_its_own_clock() {
+        // A co-partitioned join: partition 1 holds the instance's watermark at 10 while
+        // partition 0 is read ahead to 200 (both sides).
+        let mut op = op(5, 5, 0, false, false);
+        let mut send = |p: i32, side: char, t: i64, name: &str| {
+            let record = if side == 'L' {
+                Side::Left(name.to_owned())
+            } else {
+                Side::Right(name.to_owned())
+            };
+            let late = op.on_record(p, b"k".to_vec(), t, record, 0, None, None);
+            op.advance(0, i64::MIN, &all());
+            late
+        };
+        send(1, 'L', 10, "v-slow");
+        send(1, 'R', 10, "c-slow");
+        send(0, 'L', 100, "v-old");
+        send(0, 'L', 200, "v");
+        send(0, 'R', 200, "c");
+        // Behind partition 0's clock by more than the window: late there, not in partition 1.
+        assert!(send(0, 'R', 150, "c-late"));
+        assert!(!send(1, 'R', 150, "c-early"));
+        assert_eq!(op.watermark, 10);
+        // v-old expired by partition 0's clock: it is not written, the live records are.
+        let written: Vec<_> = op
+            .take_writes()
+            .unwrap()
+            .into_iter()
+            .filter(|(p, k, v)| *p == 0 && k.as_slice() != CLOCK && v.is_some())
+            .collect();
+        assert_eq!(written.len(), 2, "{written:?}");
     }
 
     #[test]
