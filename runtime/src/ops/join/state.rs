@@ -1205,6 +1205,30 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_fed_by_a_pump_follows_the_pumps_watermark_not_its_own_clock() {
+        // Through the repartition topic: records of partition 0 come from a pump whose
+        // watermark (from its slowest source partition) is 10, though both sides reached 200.
+        let mut op = op(5, 5, 0, false, false);
+        let mut send = |side: char, t: i64, name: &str| {
+            let record = if side == 'L' {
+                Side::Left(name.to_owned())
+            } else {
+                Side::Right(name.to_owned())
+            };
+            let late = op.on_record(0, b"k".to_vec(), t, record, 0, Some((1, 10)), None);
+            op.advance(0, i64::MIN, &all());
+            late
+        };
+        send('L', 200, "v");
+        send('R', 200, "c");
+        send('L', 100, "v-old");
+        // Another source partition's record, behind this partition's sides but not behind the
+        // pump's watermark: not late, and it meets the record it is within range of.
+        assert!(!send('R', 103, "c-old"));
+        assert!(op.out.contains(&pair("v-old", "c-old")), "{:?}", op.out);
+    }
+
+    #[test]
     fn a_record_handed_out_again_is_not_joined_twice() {
         let mut op = op(5, 5, 0, false, false);
         op.on_record(
