@@ -96,6 +96,19 @@ pub use rill_runtime::{
     window,
 };
 
+/// jemalloc, as the worker binary's global allocator (feature `jemalloc`). A worker hands
+/// every record from the fetching thread to the agent's and every send on to the producer's,
+/// which glibc's malloc serves slowly: the suite's join ran at half the speed on it
+/// (bench/results/allocator-2026-12-06.md). A library cannot choose the allocator; the binary
+/// does:
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOCATOR: rill::Jemalloc = rill::Jemalloc;
+/// ```
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;
+
 /// What most apps need: `use rill::prelude::*;`.
 pub mod prelude {
     pub use crate::{

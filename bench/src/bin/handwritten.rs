@@ -1417,6 +1417,12 @@ fn run_embedded(args: &Args, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The same allocator as rill's worker in the suite (BASELINES.md, "Allocator"): jemalloc (the
+/// re-export is the allocator only).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: rill::Jemalloc = rill::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match (&args.embedded, &args.bootstrap, args.produce_data) {

@@ -1301,6 +1301,12 @@ fn machine(embedded: bool) -> serde_json::Value {
     };
     let commit = output("git", &["rev-parse", "--short", "HEAD"]);
     let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    // rill's worker and the hand-written program are this build's (BASELINES.md, "Allocator").
+    let allocator = if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "the system's malloc"
+    };
     serde_json::json!({
         "cpu": cpu,
         "cores": cores,
@@ -1308,11 +1314,14 @@ fn machine(embedded: bool) -> serde_json::Value {
         "kernel": kernel,
         "rill_commit": commit,
         "date": date,
+        "allocator": allocator,
         "summary": if embedded {
-            format!("{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}")
+            format!(
+                "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Rust programs on {allocator}"
+            )
         } else {
             format!(
-                "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Kafka broker: the test harness's (`kafka/broker.sh`, one KRaft node on 127.0.0.1)"
+                "{cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {kernel}; rill {commit}; Rust programs on {allocator}; Kafka broker: the test harness's (`kafka/broker.sh`, one KRaft node on 127.0.0.1)"
             )
         },
     })
@@ -2107,6 +2116,11 @@ fn produce_at(
         .map_err(kafka_err("flushing"))?;
     Ok(in_measured)
 }
+
+/// The same allocator as the hand-written program's (BASELINES.md, "Allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: rill::Jemalloc = rill::Jemalloc;
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
