@@ -102,9 +102,13 @@ pub use rill_runtime::{
 /// (bench/results/allocator-2026-12-06.md). A library cannot choose the allocator; the binary
 /// does:
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static ALLOCATOR: rill::Jemalloc = rill::Jemalloc;
+///
+/// fn main() -> rill::Result<()> {
+///     rill::App::new("traffic_monitor").main()
+/// }
 /// ```
 #[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc;

@@ -990,6 +990,26 @@ mod tests {
         feed_counting_late(op, records).0
     }
 
+    /// Hands `op` record `name` of `side` at `time`, key `k`, in `partition` (through the pump
+    /// and watermark `upstream`, if any), and advances; true when it was late.
+    fn send_one(
+        op: &mut StringJoin,
+        partition: i32,
+        upstream: Option<(u64, i64)>,
+        side: char,
+        time: i64,
+        name: &str,
+    ) -> bool {
+        let record = if side == 'L' {
+            Side::Left(name.to_owned())
+        } else {
+            Side::Right(name.to_owned())
+        };
+        let late = op.on_record(partition, b"k".to_vec(), time, record, 0, upstream, None);
+        op.advance(0, i64::MIN, &all());
+        late
+    }
+
     /// `feed`, and how many records were late.
     fn feed_counting_late(
         op: &mut StringJoin,
@@ -1175,16 +1195,8 @@ mod tests {
         // A co-partitioned join: partition 1 holds the instance's watermark at 10 while
         // partition 0 is read ahead to 200 (both sides).
         let mut op = op(5, 5, 0, false, false);
-        let mut send = |p: i32, side: char, t: i64, name: &str| {
-            let record = if side == 'L' {
-                Side::Left(name.to_owned())
-            } else {
-                Side::Right(name.to_owned())
-            };
-            let late = op.on_record(p, b"k".to_vec(), t, record, 0, None, None);
-            op.advance(0, i64::MIN, &all());
-            late
-        };
+        let mut send =
+            |p: i32, side: char, t: i64, name: &str| send_one(&mut op, p, None, side, t, name);
         send(1, 'L', 10, "v-slow");
         send(1, 'R', 10, "c-slow");
         send(0, 'L', 100, "v-old");
@@ -1209,16 +1221,8 @@ mod tests {
         // Through the repartition topic: records of partition 0 come from a pump whose
         // watermark (from its slowest source partition) is 10, though both sides reached 200.
         let mut op = op(5, 5, 0, false, false);
-        let mut send = |side: char, t: i64, name: &str| {
-            let record = if side == 'L' {
-                Side::Left(name.to_owned())
-            } else {
-                Side::Right(name.to_owned())
-            };
-            let late = op.on_record(0, b"k".to_vec(), t, record, 0, Some((1, 10)), None);
-            op.advance(0, i64::MIN, &all());
-            late
-        };
+        let mut send =
+            |side: char, t: i64, name: &str| send_one(&mut op, 0, Some((1, 10)), side, t, name);
         send('L', 200, "v");
         send('R', 200, "c");
         send('L', 100, "v-old");
