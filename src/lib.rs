@@ -98,8 +98,8 @@ pub use rill_runtime::{
 
 /// jemalloc, as the worker binary's global allocator (feature `jemalloc`). A worker hands
 /// every record from the fetching thread to the agent's and every send on to the producer's,
-/// which glibc's malloc serves slowly: the suite's join ran at half the speed on it
-/// (bench/results/allocator-2026-12-06.md). A library cannot choose the allocator; the binary
+/// which glibc's malloc serves slowly: the suite's join ran at 50-60 % of its jemalloc rate on
+/// it (bench/results/allocator-2026-12-06.md). A library cannot choose the allocator; the binary
 /// does:
 ///
 /// ```no_run
