@@ -1,9 +1,12 @@
 //! State that expires by its changelog's age instead of by tombstones (tumbling and hopping
 //! windows, joins; docs/decisions.md, "Closed windows and expired join records leave no
 //! tombstone"): what an operator and each of its partitions keep for it. The operator's
-//! stored clock says below which time everything has expired (`ExpiredRanges`, for recovery
-//! and standbys); this module keeps the rest: which expired entries to delete locally only,
-//! and when the live ones must be written again so that none ages out of the changelog.
+//! stored clock says below which time everything has expired (`ExpiredRanges`): recovery and
+//! standbys delete those entries after a replayed clock, and a commit step that writes the
+//! clock deletes them from the local copy (`instance::table::commit_writes`), a range at a
+//! time rather than key by key. This module keeps the rest: whether expired entries go
+//! without tombstones, and when the live ones must be written again so that none ages out of
+//! the changelog.
 
 use std::sync::Arc;
 
@@ -38,6 +41,10 @@ impl ExpiredBefore {
 }
 
 impl ExpiredRanges for ExpiredBefore {
+    fn clock_key(&self) -> &[u8] {
+        self.clock
+    }
+
     fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         /// The one field of a stored clock read here (the others are ignored).
         #[derive(serde::Deserialize)]
@@ -104,14 +111,13 @@ impl ChangelogAge {
     }
 }
 
-/// A partition's part: its entries expired since the last commit, and when its live ones were
-/// last written again.
+/// A partition's part: whether its expired entries go without tombstones, and when its live
+/// ones were last written again.
 #[derive(Debug)]
 pub(crate) struct Aging {
-    /// Expired entries go without tombstones (the operator's [`ChangelogAge::quiet`]).
+    /// Expired entries go without tombstones (the operator's [`ChangelogAge::quiet`]): the
+    /// commit step that writes the partition's clock deletes them from the local copy.
     pub(crate) quiet: bool,
-    /// Stored keys of those expired since the last commit: deleted locally only.
-    pub(crate) expired: Vec<Vec<u8>>,
     /// When (wall clock, ms) every live entry was last written again (`i64::MIN`: never).
     pub(crate) refreshed: i64,
 }
@@ -121,33 +127,14 @@ impl Aging {
     pub(crate) fn new(quiet: bool) -> Self {
         Aging {
             quiet,
-            expired: Vec::new(),
             refreshed: now_millis(),
         }
-    }
-
-    /// A stored entry has expired: true when it goes quietly (its stored key is kept to
-    /// delete locally), false when the caller deletes it with a tombstone.
-    pub(crate) fn expire(&mut self, stored: impl FnOnce() -> Vec<u8>) -> bool {
-        if self.quiet {
-            self.expired.push(stored());
-        }
-        self.quiet
     }
 
     /// The rewrite time a loaded clock recorded (none: write everything again at once).
     pub(crate) fn loaded(&mut self, refreshed: Option<i64>) {
         self.refreshed = refreshed.unwrap_or(i64::MIN);
     }
-}
-
-/// Drains every partition's expired keys (`Stateful::take_expired`).
-pub(crate) fn take_expired<'a>(
-    parts: impl Iterator<Item = (&'a i32, &'a mut Aging)>,
-) -> Vec<(i32, Vec<u8>)> {
-    parts
-        .flat_map(|(&partition, aging)| aging.expired.drain(..).map(move |k| (partition, k)))
-        .collect()
 }
 
 #[cfg(test)]
@@ -170,17 +157,5 @@ mod tests {
         let kept = ChangelogAge::new(None);
         assert!(!kept.refresh_due(&aging, now) && kept.refreshed(&aging).is_none());
         assert_eq!(kept.now(), 0, "no clock read");
-    }
-
-    #[test]
-    fn expired_entries_go_quietly_only_on_a_changelog_known_to_drop_them() {
-        let mut quiet = Aging::new(ChangelogAge::new(Some((400, true))).quiet());
-        assert!(quiet.expire(|| b"w1".to_vec()));
-        let mut unsure = Aging::new(ChangelogAge::new(Some((400, false))).quiet());
-        assert!(!unsure.expire(|| unreachable!("no key kept")));
-        let mut parts = [(3, quiet), (4, unsure)];
-        let taken = take_expired(parts.iter_mut().map(|(p, a)| (&*p, a)));
-        assert_eq!(taken, vec![(3, b"w1".to_vec())]);
-        assert!(parts[0].1.expired.is_empty());
     }
 }

@@ -48,14 +48,10 @@ pub(crate) trait Stateful: Send + 'static {
     fn take_writes(&mut self) -> Result<Vec<StateWrite>>;
     /// The table's changelog may drop entries by age (`None`: it keeps them until a
     /// tombstone): an operator whose stored clock tells expired entries apart writes its live
-    /// ones again in time and, when the changelog is known to, deletes expired ones without
-    /// tombstones ([`Stateful::take_expired`]).
+    /// ones again in time and, when the changelog is known to, writes no tombstones: the
+    /// commit step that writes its clock deletes what the clock shows expired from the local
+    /// copy (`ExpiredRanges`).
     fn expire_by_age(&mut self, _changelog: Option<&Expiring>) {}
-    /// Entries expired since the last call, deleted from the local copy only (partition,
-    /// stored key).
-    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        Vec::new()
-    }
     /// The next result not handed out yet.
     fn next_out(&mut self) -> Option<Self::Out>;
     /// Adds what happened since the last call to the agent's stats.
@@ -80,13 +76,9 @@ impl<Op: Stateful> Flush for FlushedOperator<Op> {
     }
 
     fn flush(&self) -> Result<()> {
+        // The operator stays locked until its writes are in the overlay: they go in in order.
         let mut op = self.lock();
-        for (partition, key, value) in op.take_writes()? {
-            self.table.put(partition, key, value);
-        }
-        for (partition, key) in op.take_expired() {
-            self.table.expire(partition, key);
-        }
+        self.table.put_all(op.take_writes()?);
         Ok(())
     }
 }

@@ -19,7 +19,7 @@
 //!
 //! Latency (`--no-latency` skips it): after the throughput runs, each scenario and
 //! system with a median throughput gets a latency run at half that median (`--latency-load`
-//! chooses another fraction; the contract's
+//! chooses another fraction, `--latency-rate` a fixed rate to compare builds at; the contract's
 //! "Latency runs"). The suite deletes the input topics' records (`DeleteRecords` up to the
 //! high watermark), starts the program with `--events` = the views the run will produce, waits
 //! (`--latency-ready-timeout`) until it consumes (a group of its prefix `Stable` with members;
@@ -124,6 +124,10 @@ struct Args {
     /// contract's runs: 0.5; the second performance round reports 0.25, 0.5 and 0.75).
     #[arg(long, default_value_t = 0.5)]
     latency_load: f64,
+    /// The offered load of the latency runs in views per second, instead of a fraction of the
+    /// median throughput: two builds compared at the same load.
+    #[arg(long)]
+    latency_rate: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -1076,7 +1080,9 @@ fn driver(args: &Args) -> Result<(), String> {
             .collect();
         let total = timed.len();
         for (done, ((scenario, system), m)) in timed.into_iter().enumerate() {
-            let rate = m.events_per_s * args.latency_load;
+            let rate = args
+                .latency_rate
+                .unwrap_or(m.events_per_s * args.latency_load);
             let prefix = format!("suite-{stamp}-{scenario}-{system}-latency");
             eprintln!(
                 "[latency {}/{total}] {scenario} on {system} at {rate:.0} views/s",
@@ -1334,7 +1340,8 @@ fn machine(embedded: bool) -> serde_json::Value {
 struct Latency {
     scenario: String,
     system: String,
-    /// Offered load (views/s): half the median throughput.
+    /// Offered load (views/s): half the median throughput, or what `--latency-load` or
+    /// `--latency-rate` asked for.
     rate: f64,
     /// Views/s actually produced during the measured period.
     offered_per_s: f64,
@@ -1371,16 +1378,19 @@ fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
 }
 
-/// What the Markdown says about the latency columns.
-/// `0.5` as "half", other fractions as a percentage.
-fn load_text(load: f64) -> String {
-    if (load - 0.5).abs() < f64::EPSILON {
-        "half".to_owned()
+/// The latency runs' offered load, as the notes name it (`whose`: whose median throughput).
+fn load_text(args: &Args, whose: &str) -> String {
+    let load = args.latency_load;
+    if let Some(rate) = args.latency_rate {
+        format!("{rate:.0} views/s")
+    } else if (load - 0.5).abs() < f64::EPSILON {
+        format!("half of {whose} median throughput")
     } else {
-        format!("{:.0} %", load * 100.0)
+        format!("{:.0} % of {whose} median throughput", load * 100.0)
     }
 }
 
+/// What the Markdown says about the latency columns.
 fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -> String {
     let mut notes = String::new();
     if latencies.is_empty() {
@@ -1389,7 +1399,7 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
     if args.embedded {
         notes.push_str(&format!(
             "\np50/p99 (rill only: the hand-written heed loop reads a preloaded log): processing \
-             latency at an offered load of {} of rill's median throughput. The embedded log lives \
+             latency at an offered load of {}. The embedded log lives \
              in the worker's process, so the run's own process produces the load as the Kafka \
              runs do (views at that rate with the wall-clock time as event time, for `join` a \
              click for every second view 2 s later; {} s of warm-up then {} s measured) and a \
@@ -1398,14 +1408,13 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
              whose count the changelog record carries; otherwise the output's message \
              timestamp); `tumbling-count`: window-close delays, receive time minus the end of \
              the output's window.\n",
-            load_text(args.latency_load),
+            load_text(args, "rill's"),
             args.latency_warmup,
             args.latency_seconds
         ));
     } else {
         notes.push_str(&format!(
-            "\np50/p99: processing latency at an offered load of {} of the system's median \
-         throughput: the suite produces views (and, for `join`, a click for every second \
+            "\np50/p99: processing latency at an offered load of {}: the suite produces views (and, for `join`, a click for every second \
          view 2 s later) at that rate with the wall-clock time as event time, {} s of warm-up \
          then {} s measured, and reads the output (`read_committed`) as it comes: latency = \
          receive time minus the production time of the input (`keyed-count`: of the view whose \
@@ -1414,7 +1423,7 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          delays, receive time minus the end of the output's window (the run is placed so that \
          a minute boundary falls in the measured period). `-`: no output in the measured \
          period.\n",
-            load_text(args.latency_load),
+            load_text(args, "the system's"),
             args.latency_warmup,
             args.latency_seconds
         ));

@@ -82,6 +82,10 @@ pub(crate) struct Expiring {
 /// entries from the local copy (the changelog holds them until they age out). Declared here,
 /// implemented by the operator that owns the stored form (the window and join state).
 pub(crate) trait ExpiredRanges: Send + Sync {
+    /// The stored key of the entry whose value tells what has expired (the operator's clock):
+    /// a commit step that writes it deletes those ranges from the local copy
+    /// ([`commit_writes`]).
+    fn clock_key(&self) -> &[u8];
     /// The ranges `[from, to)` of stored keys that the record `key` → `value` shows to have
     /// expired (none for most records).
     fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
@@ -169,8 +173,6 @@ impl TableDef {
 pub(crate) struct TableCore {
     pub(crate) def: Arc<TableDef>,
     overlay: Mutex<Overlay>,
-    /// Deletes in the overlay that write no changelog record ([`TableCore::expire`]).
-    expired: Mutex<Vec<(i32, Vec<u8>)>>,
     /// Writes taken by the commit step under way: read until the store holds them. The store
     /// writes the same map (shared, not copied).
     committing: Mutex<Arc<Overlay>>,
@@ -181,7 +183,6 @@ impl TableCore {
         Arc::new(TableCore {
             def,
             overlay: Mutex::new(Overlay::default()),
-            expired: Mutex::new(Vec::new()),
             committing: Mutex::new(Arc::default()),
         })
     }
@@ -236,8 +237,6 @@ impl TableCore {
     /// the store; they stay readable until [`TableCore::committed`]. One step at a time.
     pub(crate) fn take_writes(&self) -> (Vec<OutRecord>, Arc<Overlay>) {
         let writes = std::mem::take(&mut *self.overlay());
-        let expired = std::mem::take(&mut *self.expired.lock().unwrap_or_else(|p| p.into_inner()));
-        let expired: HashSet<&(i32, Vec<u8>)> = expired.iter().collect();
         let now = now_millis();
         let records = if self.def.sourced {
             // Its topic is its changelog already.
@@ -245,8 +244,6 @@ impl TableCore {
         } else {
             writes
                 .iter()
-                // An expired entry deleted since: the store only (a write after it does go).
-                .filter(|(k, v)| v.is_some() || expired.is_empty() || !expired.contains(k))
                 .map(|((partition, key), value)| OutRecord {
                     topic: self.def.changelog.clone(),
                     partition: Some(*partition),
@@ -270,10 +267,6 @@ impl TableCore {
     /// Drops writes that were not committed (the commit failed or partitions were revoked).
     pub(crate) fn discard(&self) {
         self.overlay().clear();
-        self.expired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         *self.committing() = Arc::default();
     }
 
@@ -297,18 +290,15 @@ impl TableCore {
             .collect())
     }
 
-    /// Writes raw key and value bytes (`None` deletes) into the overlay.
-    pub(crate) fn put(&self, partition: i32, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.overlay().insert((partition, key), value);
-    }
-
-    /// Deletes `key` from the local copy without a changelog record: an entry that the
-    /// changelog drops by age, and that its stored clock shows expired until then
-    /// ([`TableDef::expiring`]).
-    pub(crate) fn expire(&self, partition: i32, key: Vec<u8>) {
-        let mut expired = self.expired.lock().unwrap_or_else(|p| p.into_inner());
-        expired.push((partition, key.clone()));
-        self.overlay().insert((partition, key), None);
+    /// Writes raw key and value bytes (`None` deletes) into the overlay, under one lock.
+    pub(crate) fn put_all(
+        &self,
+        writes: impl IntoIterator<Item = (i32, Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        let mut overlay = self.overlay();
+        for (partition, key, value) in writes {
+            overlay.insert((partition, key), value);
+        }
     }
 }
 
@@ -652,8 +642,8 @@ pub(crate) fn commit_writes(
                 meta.changelog = *next;
             }
             def.set_meta(partition, meta.clone());
+            let expired = expired_in_step(def, puts, partition);
             let puts = Puts::Step(puts.clone());
-            let expired = Vec::new();
             out.push((
                 def.name.clone(),
                 partition,
@@ -666,6 +656,22 @@ pub(crate) fn commit_writes(
         }
     }
     out
+}
+
+/// The ranges of `partition`'s entries that its clock, written in this step, shows expired.
+/// On a changelog that drops them by age they left no tombstone, so the local copy deletes
+/// them here, a range at a time after the step's puts, as recovery and standbys do after a
+/// replayed clock ([`ExpiredRanges`]). Until the step is in the store, a read of such an
+/// entry still finds it; the operators that own them never read it again.
+fn expired_in_step(def: &TableDef, puts: &Overlay, partition: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some(expiring) = def.expiring.get().filter(|e| e.by_age) else {
+        return Vec::new();
+    };
+    let clock = expiring.ranges.clock_key();
+    match puts.get(&(partition, clock.to_vec())) {
+        Some(Some(value)) => expiring.ranges.expired_by(clock, value),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -706,8 +712,8 @@ mod tests {
         let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
         let def = TableDef::new("t", "t-changelog", false, 1, store.clone());
         let core = TableCore::new(def.clone());
-        core.put(0, b"a".to_vec(), Some(b"1".to_vec()));
-        core.put(0, b"b".to_vec(), Some(b"1".to_vec()));
+        core.put_all([(0, b"a".to_vec(), Some(b"1".to_vec()))]);
+        core.put_all([(0, b"b".to_vec(), Some(b"1".to_vec()))]);
         let (records, puts) = core.take_writes();
         assert_eq!(records.len(), 2);
         assert!(!core.is_dirty());
@@ -715,7 +721,7 @@ mod tests {
         assert_eq!(store.get("t", 0, b"a")?, None);
         assert_eq!(pending(&core, b"a"), Some(Some(b"1".to_vec())));
         // Writes after the step started win over the step's.
-        core.put(0, b"b".to_vec(), None);
+        core.put_all([(0, b"b".to_vec(), None)]);
         assert_eq!(pending(&core, b"b"), Some(None));
         assert_eq!(core.entries(0)?, vec![(b"a".to_vec(), b"1".to_vec())]);
         // The step ends: the store has its writes, the step's layer is gone.
@@ -726,9 +732,71 @@ mod tests {
         assert_eq!(pending(&core, b"b"), Some(None));
         // A failed step drops both layers.
         core.take_writes();
-        core.put(0, b"c".to_vec(), Some(b"1".to_vec()));
+        core.put_all([(0, b"c".to_vec(), Some(b"1".to_vec()))]);
         core.discard();
         assert_eq!((pending(&core, b"b"), pending(&core, b"c")), (None, None));
+        Ok(())
+    }
+
+    /// A record `C` → `n` expires the keys `k0` .. below `k{n}`.
+    pub(super) struct BelowN;
+
+    impl ExpiredRanges for BelowN {
+        fn clock_key(&self) -> &[u8] {
+            b"C"
+        }
+
+        fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            if key != b"C" {
+                return Vec::new();
+            }
+            vec![(b"k".to_vec(), [b"k", value].concat())]
+        }
+    }
+
+    /// One commit step of `writes` to a table whose changelog drops entries by age (or, not
+    /// `by_age`, keeps them until a tombstone): its changelog records and the store's keys.
+    fn expiring_steps(by_age: bool, steps: &[&[(&str, &str)]]) -> Result<(usize, Vec<Vec<u8>>)> {
+        let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
+        let def = TableDef::new("w", "w-changelog", false, 1, store.clone());
+        let ranges: Arc<dyn ExpiredRanges> = Arc::new(BelowN);
+        let expiring = Expiring {
+            retention: 86_400_000,
+            by_age,
+            ranges,
+        };
+        assert!(def.expiring.set(expiring).is_ok());
+        let core = TableCore::new(def.clone());
+        let mut logged = 0;
+        for step in steps {
+            core.put_all(
+                step.iter()
+                    .map(|(k, v)| (0, k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))),
+            );
+            let (records, puts) = core.take_writes();
+            logged = records.len();
+            store.commit(commit_writes(&[(def.clone(), puts)], &[], &HashMap::new()))?;
+            core.committed();
+        }
+        let keys = store.scan("w", 0)?.into_iter().map(|(k, _)| k).collect();
+        Ok((logged, keys))
+    }
+
+    #[test]
+    fn a_step_that_writes_the_clock_deletes_what_it_shows_expired_from_the_local_copy() -> Result<()>
+    {
+        let first: &[(&str, &str)] = &[("k1", "a"), ("k2", "b"), ("k5", "c"), ("C", "0")];
+        let second: &[(&str, &str)] = &[("k6", "d"), ("C", "3")];
+        let (logged, keys) = expiring_steps(true, &[first, second])?;
+        assert_eq!(logged, 2, "k6 and the clock, no tombstone");
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        assert_eq!(keys, [&b"C"[..], b"k5", b"k6"]);
+        // A step without the clock deletes nothing.
+        let (_, keys) = expiring_steps(true, &[second, &[("k1", "a")]])?;
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        // A changelog that keeps entries until a tombstone: the owner writes the tombstones.
+        let (_, keys) = expiring_steps(false, &[first, second])?;
+        assert_eq!(keys.len(), 5, "{keys:?}");
         Ok(())
     }
 }

@@ -409,17 +409,7 @@ mod tests {
     use super::*;
     use crate::io::store::TableStore;
 
-    /// A record `C` → `n` expires the keys `k0` .. below `k{n}`.
-    struct BelowN;
-
-    impl super::super::ExpiredRanges for BelowN {
-        fn expired_by(&self, key: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-            if key != b"C" {
-                return Vec::new();
-            }
-            vec![(b"k".to_vec(), [b"k", value].concat())]
-        }
-    }
+    use super::super::tests::BelowN;
 
     fn record(offset: i64, key: &str, value: &str) -> RawRecord {
         RawRecord {

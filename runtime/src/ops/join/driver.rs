@@ -135,10 +135,6 @@ where
         JoinOperator::expire_by_age(self, changelog.map(|e| (e.retention, e.by_age)));
     }
 
-    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        JoinOperator::take_expired(self)
-    }
-
     fn next_out(&mut self) -> Option<Self::Out> {
         self.out.pop_front()
     }

@@ -158,10 +158,6 @@ where
         WindowOperator::expire_by_age(self, changelog.map(|e| (e.retention, e.by_age)));
     }
 
-    fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        WindowOperator::take_expired(self)
-    }
-
     fn next_out(&mut self) -> Option<WindowResult<K, V>> {
         self.out.pop_front()
     }

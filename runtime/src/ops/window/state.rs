@@ -35,7 +35,7 @@ use super::{Agg, Emit, WindowKind, WindowResult};
 use crate::base::codec::KeyBytes;
 use crate::base::error::{Error, Result};
 use crate::instance::table::ExpiredRanges;
-use crate::ops::expiry::{self, Aging, ChangelogAge, ExpiredBefore, time_bytes, time_from};
+use crate::ops::expiry::{Aging, ChangelogAge, ExpiredBefore, time_bytes, time_from};
 
 mod panes;
 mod sliding;
@@ -352,17 +352,17 @@ fn expired_below(kind: WindowKind, grace: i64, floor: i64) -> Option<i64> {
 }
 
 /// Drops the stored entry of the window or pane of `key` at `start`, just removed from the
-/// key's windows: with a tombstone (through `dirty`), or quietly (a partition that expires by
-/// age); nothing when it was never stored.
+/// key's windows: with a tombstone (through `dirty`), or, in a partition that expires by age
+/// (`quiet`), without one (the next clock written deletes it from the local copy); nothing
+/// when it was never stored.
 fn forget(
     dirty: &mut HashSet<(Key, i64), Hasher>,
-    aging: &mut Aging,
-    tag: u8,
+    quiet: bool,
     key: &Key,
     start: i64,
     stored: bool,
 ) {
-    if stored && !aging.expire(|| stored_key(tag, key, start)) {
+    if stored && !quiet {
         dirty.insert((key.clone(), start));
     } else {
         dirty.remove(&(key.clone(), start));
@@ -521,11 +521,6 @@ where
         }
     }
 
-    /// Stored keys of the windows closed without tombstones since the last call.
-    pub(crate) fn take_expired(&mut self) -> Vec<(i32, Vec<u8>)> {
-        expiry::take_expired(self.parts.iter_mut().map(|(p, part)| (p, &mut part.aging)))
-    }
-
     /// The same operator keeping every window whole (the path panes replace), for tests that
     /// compare the two.
     #[cfg(test)]
@@ -588,7 +583,8 @@ where
                 // Closed at the stored watermark; its entry came back from a changelog that
                 // keeps it until it ages out (or a tombstone was not written): it goes.
                 if part.aging.quiet && !at.key_first {
-                    part.aging.expired.push(stored);
+                    // The next clock written deletes it from the local copy.
+                    part.clock_dirty = true;
                 } else {
                     part.relocated.push((stored, None));
                 }
@@ -669,7 +665,6 @@ where
                 || !p.dirty.is_empty()
                 || !p.legacy_gone.is_empty()
                 || !p.relocated.is_empty()
-                || !p.aging.expired.is_empty()
                 || self.age.refresh_due(&p.aging, now)
         })
     }
@@ -974,8 +969,7 @@ fn close<T, K: Clone, S, O>(
     // (Sliding windows are never quiet: retained ones are deleted by `sliding::expire`.)
     forget(
         &mut part.dirty,
-        &mut part.aging,
-        WINDOW,
+        part.aging.quiet,
         &key_bytes,
         start,
         win.stored,
@@ -1672,7 +1666,6 @@ mod tests {
     ) -> CountWindows {
         apply_writes(op, changelogs);
         assert!(op.take_writes().unwrap().is_empty());
-        op.take_expired();
         let mut fresh = make();
         fresh.expire_by_age(Some((DAY, true)));
         for (&partition, log) in changelogs.iter_mut() {
@@ -1731,13 +1724,12 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_window_is_deleted_locally_and_its_clock_marks_it_expired() {
+    fn a_closed_window_leaves_no_tombstone_and_its_clock_marks_it_expired() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 2);
         op.expire_by_age(Some((DAY, true)));
         feed(&mut op, &[("a", 5), ("b", 11)]);
         let written: Vec<_> = op.take_writes().unwrap();
         assert!(written.iter().all(|(_, _, v)| v.is_some()), "{written:?}");
-        assert!(op.take_expired().is_empty());
         // 12 + grace 2: [0, 10) closes.
         feed(&mut op, &[("b", 12)]);
         assert_eq!(results(&mut op), vec![w("a", 0, 10, 1)]);
@@ -1746,8 +1738,9 @@ mod tests {
             written.iter().all(|(_, _, v)| v.is_some()),
             "no tombstone: {written:?}"
         );
+        // The commit step that writes this clock deletes `a` from the local copy, as
+        // recovery does after replaying it.
         let a = stored_key(WINDOW, b"a", 0);
-        assert_eq!(op.take_expired(), vec![(0, a.clone())]);
         let (_, _, clock) = written.iter().find(|(_, k, _)| k == CLOCK).unwrap();
         let clock = clock.as_deref().unwrap();
         let stored: StoredWindowClock = serde_json::from_slice(clock).unwrap();
@@ -1787,7 +1780,6 @@ mod tests {
             written.contains(&(0, stored_key(WINDOW, b"a", 0), None)),
             "{written:?}"
         );
-        assert!(unsure.take_expired().is_empty());
         // Sliding and session windows keep their tombstones.
         assert!(closed_windows(WindowKind::Sliding { size: 10 }).is_none());
         let mut sliding = self::op(WindowKind::Sliding { size: 10 }, 0);

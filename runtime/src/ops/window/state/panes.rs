@@ -149,14 +149,7 @@ pub(super) fn close<T, K: Clone, S: Clone, O>(
         let Some(win) = ks.windows.remove(p) else {
             break;
         };
-        super::forget(
-            &mut part.dirty,
-            &mut part.aging,
-            super::PANE,
-            key,
-            p,
-            win.stored,
-        );
+        super::forget(&mut part.dirty, part.aging.quiet, key, p, win.stored);
         if p >= start && win.max <= start {
             fold(win.state);
         }
