@@ -14,11 +14,11 @@ use futures::future::BoxFuture;
 
 use super::RecordLoop;
 use crate::base::error::{Error, Result};
-use crate::base::message::OutRecord;
+use crate::base::message::{Headers, OutRecord, now_millis};
 use crate::base::metrics::AgentStats;
 use crate::instance::table::{TableCore, TableDef};
 use crate::io::store::Overlay;
-use crate::io::transport::{Committer, Deliveries, Delivery, Log, Pending, Refused, Tp};
+use crate::io::transport::{Committer, Deliveries, Delivery, Log, Outgoing, Pending, Refused, Tp};
 
 pub(super) struct Commit {
     /// Ends with the offsets the group refused during a rebalance.
@@ -51,7 +51,7 @@ impl RecordLoop {
             "rill.commit",
             agent = %self.shared.agent,
             offsets = step.offsets.len(),
-            records = step.pending.len() + step.changelog.len()
+            records = step.records()
         );
         let future = Box::pin(tracing::Instrument::instrument(step.run(), span));
         self.committing = Some(Commit { future, acks, last });
@@ -74,12 +74,14 @@ impl RecordLoop {
         let offsets: Vec<(Tp, i64)> = self.done.drain();
         tracing::trace!(agent = %self.shared.agent, sends = pending.len(), offsets = offsets.len(), last, "commit step");
         // Dead letters and retry records first: they go out with the offsets they stand for.
-        let mut changelog = self.shared.take_dead();
-        let mut tables = Vec::new();
+        let dead = self.shared.take_dead();
+        let (mut tables, mut changelogs) = (Vec::new(), Vec::new());
         let cores = self.shared.tables();
         for core in &cores {
-            let (records, puts) = core.take_writes();
-            changelog.extend(records);
+            let (changelog, puts) = core.take_writes();
+            if let Some(writes) = changelog.filter(|w| !w.is_empty()) {
+                changelogs.push((core.def.changelog.clone(), writes));
+            }
             if !puts.is_empty() || !offsets.is_empty() {
                 tables.push((core.def.clone(), puts));
             }
@@ -93,7 +95,8 @@ impl RecordLoop {
         CommitStep {
             flushed,
             pending,
-            changelog,
+            dead,
+            changelogs,
             offsets,
             tables,
             cores,
@@ -204,7 +207,10 @@ impl RecordLoop {
 struct CommitStep {
     flushed: Result<()>,
     pending: Vec<Pending>,
-    changelog: Vec<OutRecord>,
+    /// Dead letters and retry records.
+    dead: Vec<OutRecord>,
+    /// Each table's changelog topic and the step's writes to it.
+    changelogs: Vec<(Arc<str>, Arc<Overlay>)>,
     offsets: Vec<(Tp, i64)>,
     tables: Vec<(Arc<TableDef>, Arc<Overlay>)>,
     cores: Vec<Arc<TableCore>>,
@@ -216,20 +222,28 @@ struct CommitStep {
 }
 
 impl CommitStep {
+    /// Sends, dead letters and changelog records the step makes durable (pending sends of
+    /// one batch count once).
+    fn records(&self) -> usize {
+        let logged: usize = self.changelogs.iter().map(|(_, w)| w.len()).sum();
+        self.pending.len() + self.dead.len() + logged
+    }
+
     /// (1) Sends, dead letters and changelog records become durable, with the offsets where
     /// the log stores them together; (2) the tables' writes and the offsets they reflect go to
     /// the table store; (3) the offsets are committed where (1) did not.
-    async fn run(self) -> Result<Refused> {
-        self.flushed?;
-        if self.pending.is_empty() && self.offsets.is_empty() && self.changelog.is_empty() {
+    async fn run(mut self) -> Result<Refused> {
+        std::mem::replace(&mut self.flushed, Ok(()))?;
+        if self.records() == 0 && self.offsets.is_empty() {
             return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
         let mut pending = self.pending;
         let batch = Deliveries::new();
-        for record in self.changelog {
-            pending.push(self.log.enqueue(record, &batch).await?);
+        for record in self.dead {
+            self.log.enqueue(record, &batch).await?.add_to(&mut pending);
         }
+        enqueue_changelogs(&*self.log, &self.changelogs, &batch, &mut pending).await?;
         let produced = self
             .log
             .deliver(Delivery {
@@ -263,4 +277,42 @@ impl CommitStep {
         self.stats.commit_latency.observe(started.elapsed());
         Ok(refused)
     }
+}
+
+/// Enqueues the tables' changelog records, stamped with the wall clock, from the step's writes:
+/// borrowed where the log takes them at once (librdkafka copies them), owned where it holds
+/// them until the commit (the embedded log, exactly-once) or its queue is full.
+async fn enqueue_changelogs(
+    log: &dyn Log,
+    changelogs: &[(Arc<str>, Arc<Overlay>)],
+    batch: &Arc<Deliveries>,
+    pending: &mut Vec<Pending>,
+) -> Result<()> {
+    let now = now_millis();
+    for (topic, writes) in changelogs {
+        for ((partition, key), value) in writes.iter() {
+            let record = Outgoing {
+                topic,
+                key: Some(key),
+                value: value.as_deref(),
+                partition: Some(*partition),
+                timestamp: now,
+                headers: None,
+            };
+            if log.try_enqueue(&record, batch)? {
+                Pending::add_enqueued(pending, batch);
+                continue;
+            }
+            let owned = OutRecord {
+                topic: topic.clone(),
+                partition: Some(*partition),
+                key: Some(key.clone()),
+                value: value.clone(),
+                timestamp: now,
+                headers: Headers::default(),
+            };
+            log.enqueue(owned, batch).await?.add_to(pending);
+        }
+    }
+    Ok(())
 }
