@@ -1788,6 +1788,43 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_window_loaded_again_gets_its_clock_written_so_the_next_step_deletes_it() {
+        let expiring = || {
+            let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
+            op.expire_by_age(Some((DAY, true)));
+            op
+        };
+        let mut first = expiring();
+        feed(&mut first, &[("a", 5)]);
+        // The changelog: the last write of each key, and no tombstones.
+        let mut log = BTreeMap::new();
+        let step = |op: &mut CountWindows, log: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
+            for (_, k, v) in op.take_writes().unwrap() {
+                log.insert(k, v.expect("no tombstone"));
+            }
+        };
+        step(&mut first, &mut log);
+        let open: Vec<_> = log.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // 11: [0, 10) closes; the changelog still holds it.
+        feed(&mut first, &[("b", 11)]);
+        step(&mut first, &mut log);
+        assert!(log.contains_key(&stored_key(WINDOW, b"a", 0)));
+        let mut loaded = expiring();
+        loaded.load(0, log.into_iter().collect(), 0).unwrap();
+        assert!(
+            loaded.dirty(),
+            "the closed window is in the local copy until a clock goes"
+        );
+        let written = loaded.take_writes().unwrap();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0].1, CLOCK);
+        // Nothing closed among the entries loaded: nothing to write.
+        let mut kept = expiring();
+        kept.load(0, open, 0).unwrap();
+        assert!(!kept.dirty());
+    }
+
+    #[test]
     fn open_windows_are_written_again_every_quarter_of_the_retention() {
         let mut op = op(WindowKind::Tumbling { size: 10 }, 0);
         op.expire_by_age(Some((DAY, true)));
