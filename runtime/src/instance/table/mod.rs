@@ -280,7 +280,10 @@ impl TableCore {
         &self,
         writes: impl IntoIterator<Item = (i32, Vec<u8>, Option<Vec<u8>>)>,
     ) {
+        let writes = writes.into_iter();
         let mut overlay = self.overlay();
+        // A step's overlay starts empty: room for an operator's writes at once, not by doubling.
+        overlay.reserve(writes.size_hint().0);
         for (partition, key, value) in writes {
             overlay.insert((partition, key), value);
         }
