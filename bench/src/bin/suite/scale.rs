@@ -47,8 +47,8 @@ use rill::AgentStats;
 use rill::prelude::*;
 
 use super::{
-    ChildArgs, Produced, Sample, TICKS_PER_S, VIEWS, delete_run_topics, kafka_err, metadata_client,
-    now_ms, partition_count, produce_at, sample, truncate_inputs, view,
+    ChildArgs, Produced, Sample, TICKS_PER_S, VIEWS, ViewTimes, delete_run_topics, kafka_err,
+    metadata_client, now_ms, partition_count, produce_at, sample, truncate_inputs, view,
 };
 
 #[derive(Parser, Clone)]
@@ -729,7 +729,7 @@ fn check_counts(
     let mut last: HashMap<String, u64> = HashMap::new();
     for (k, v) in read_topic(args, &format!("{prefix}-bench_counts-changelog"))? {
         if let Some((url, n)) = super::decode_count(&k, &v) {
-            last.insert(url, n);
+            last.insert(url.into_owned(), n);
         }
     }
     let mut check = Check::default();
@@ -797,7 +797,7 @@ fn pause_run(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let produced = Produced::default();
+    let produced = Arc::new(ViewTimes::new(pause_views(args), args.keys));
     let producer = spawn_producer(args, &produced);
     let start = Instant::now();
     let at = |s: u64| start + Duration::from_secs(s);
@@ -826,7 +826,7 @@ fn pause_run(
     stop_all(workers)?;
     produced_ok?;
     drained?;
-    let expected = produced_counts(&produced, scenario == "keyed-count")?;
+    let expected = produced_counts(&produced, args.keys, scenario == "keyed-count");
     let check = match expected {
         Expected::Counts(c) => check_counts(args, prefix, &c)?,
         Expected::Windows(w) => check_windows(args, prefix, &w)?,
@@ -852,13 +852,18 @@ fn pause_run(
     })
 }
 
-/// Produces the pause run's views at `--pause-load` per second, noting each URL's.
+/// How many views a pause run produces.
+fn pause_views(args: &ScaleArgs) -> u64 {
+    let seconds = args.warmup + 2 * args.phase + args.session_timeout_ms / 1000;
+    (args.pause_load * seconds as f64) as u64
+}
+
+/// Produces the pause run's views at `--pause-load` per second, noting when.
 fn spawn_producer(
     args: &ScaleArgs,
     produced: &Produced,
 ) -> std::thread::JoinHandle<Result<(), String>> {
-    let seconds = args.warmup + 2 * args.phase + args.session_timeout_ms / 1000;
-    let views = (args.pause_load * seconds as f64) as u64;
+    let views = pause_views(args);
     let (produced, rate, keys) = (Arc::clone(produced), args.pause_load, args.keys);
     let bootstrap = args.broker.trim_start_matches("kafka://").to_owned();
     std::thread::spawn(move || -> Result<(), String> {
@@ -902,25 +907,22 @@ enum Expected {
 }
 
 /// The data a pause run produced, per URL or per (URL, minute).
-fn produced_counts(produced: &Produced, counts: bool) -> Result<Expected, String> {
-    let produced = produced.lock().map_err(|_| "poisoned".to_owned())?;
+fn produced_counts(produced: &Produced, keys: u64, counts: bool) -> Expected {
+    let views = produced.iter().map(|(i, t)| (super::view(i, keys).url, t));
     if counts {
-        return Ok(Expected::Counts(
-            produced
-                .iter()
-                .map(|(url, times)| (url.clone(), times.len() as u64))
-                .collect(),
-        ));
+        let mut per_url = HashMap::new();
+        for (url, _) in views {
+            *per_url.entry(url).or_insert(0) += 1;
+        }
+        return Expected::Counts(per_url);
     }
     let mut windows = HashMap::new();
-    for (url, times) in produced.iter() {
-        for t in times {
-            *windows
-                .entry((url.clone(), t.div_euclid(60_000) * 60_000))
-                .or_insert(0) += 1;
-        }
+    for (url, t) in views {
+        *windows
+            .entry((url, t.div_euclid(60_000) * 60_000))
+            .or_insert(0) += 1;
     }
-    Ok(Expected::Windows(windows))
+    Expected::Windows(windows)
 }
 
 fn report(args: &ScaleArgs, throughput: &[Throughput], pauses: &[Pauses]) -> Result<(), String> {
