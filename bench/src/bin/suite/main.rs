@@ -1343,6 +1343,10 @@ struct Latency {
     received: u64,
     /// The topic read as the output.
     output: String,
+    /// The program's CPU seconds (all its threads, start to exit) per million views produced
+    /// (Kafka runs): its cost under a live load, beside the backlog's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_s_per_m: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
 }
@@ -1359,6 +1363,7 @@ impl Latency {
             samples: 0,
             received: 0,
             output: String::new(),
+            cpu_s_per_m: None,
             failed: Some(why),
         }
     }
@@ -1419,12 +1424,19 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
         ));
     }
     notes.push_str(
-        "\n| scenario | system | rate views/s | offered views/s | samples | received |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for l in latencies.values() {
         notes.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} |\n",
-            l.scenario, l.system, l.rate, l.offered_per_s, l.samples, l.received
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+            l.scenario,
+            l.system,
+            l.rate,
+            l.offered_per_s,
+            l.samples,
+            l.received,
+            l.cpu_s_per_m
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))
         ));
     }
     let short: Vec<String> = latencies
@@ -1807,6 +1819,9 @@ fn latency_run(
         .join()
         .unwrap_or_else(|_| Err("the run's thread panicked".to_owned()));
     let (mut latency, probe_stop, prober) = result?;
+    let finished = finished.map(|(_, used)| {
+        latency.cpu_s_per_m = Some(used.cpu_ticks as f64 / TICKS_PER_S / views as f64 * 1e6);
+    });
     // Outputs the program sent before it exited may still be on their way.
     let drained = Instant::now();
     let mut last = latency.received;
@@ -1873,6 +1888,8 @@ fn embedded_latency_run(
         } else {
             format!("{prefix}-out")
         },
+        // The process produces the load too.
+        cpu_s_per_m: None,
         failed: None,
     })
 }
@@ -1995,6 +2012,7 @@ fn drive(
         samples: 0,
         received: received.load(Ordering::Relaxed),
         output: output.to_owned(),
+        cpu_s_per_m: None,
         failed: None,
     };
     Ok((latency, (stop, received), prober))
