@@ -59,18 +59,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use delivery::DeliveryClock;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
 use view_times::ViewTimes;
 
+mod delivery;
 mod scale;
 mod view_times;
 
@@ -1347,6 +1349,10 @@ struct Latency {
     /// (Kafka runs): its cost under a live load, beside the backlog's.
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_s_per_m: Option<f64>,
+    /// p50 and p99 (ms) of the time a measured view took to reach the broker (`DeliveryClock`,
+    /// Kafka runs): part of every latency above, and not the program's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_ms: Option<(f64, f64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
 }
@@ -1364,6 +1370,7 @@ impl Latency {
             received: 0,
             output: String::new(),
             cpu_s_per_m: None,
+            delivery_ms: None,
             failed: Some(why),
         }
     }
@@ -1417,18 +1424,21 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          `tumbling-count` outputs appear when a window closes: its figures are window-close \
          delays, receive time minus the end of the output's window (the run is placed so that \
          a minute boundary falls in the measured period). `-`: no output in the measured \
-         period.\n",
+         period. Program CPU: the program's CPU seconds, start to exit, per million views \
+         produced. Views' delivery: the time a measured view (one in 16) took from its \
+         production to the broker's acknowledgement, part of every latency and not the \
+         program's; it grows when the machine does not carry the load.\n",
             load_text(args, "the system's"),
             args.latency_warmup,
             args.latency_seconds
         ));
     }
     notes.push_str(
-        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views | views' delivery p50 / p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for l in latencies.values() {
         notes.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             l.scenario,
             l.system,
             l.rate,
@@ -1436,7 +1446,11 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
             l.samples,
             l.received,
             l.cpu_s_per_m
-                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+            l.delivery_ms.map_or_else(
+                || "-".to_owned(),
+                |(p50, p99)| format!("{p50:.0} / {p99:.0}")
+            )
         ));
     }
     let short: Vec<String> = latencies
@@ -1746,17 +1760,19 @@ fn quantile(xs: &[f64], q: f64) -> Option<f64> {
     Some(xs[rank.clamp(1, xs.len()) - 1])
 }
 
-/// Sends a record, polling while librdkafka's queue is full.
-fn send_record(
-    producer: &BaseProducer,
-    mut record: BaseRecord<'_, str, [u8]>,
-) -> Result<(), String> {
+/// Sends a record, waiting while librdkafka's queue is full; whether it waited.
+fn send_record<C: ProducerContext<DeliveryOpaque = usize> + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, str, [u8], usize>,
+) -> Result<bool, String> {
+    let mut waited = false;
     loop {
         match producer.send(record) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(waited),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(1));
+                waited = true;
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err((e, _)) => return Err(format!("producing: {e}")),
         }
@@ -1890,6 +1906,7 @@ fn embedded_latency_run(
         },
         // The process produces the load too.
         cpu_s_per_m: None,
+        delivery_ms: None,
         failed: None,
     })
 }
@@ -1955,7 +1972,10 @@ fn drive(
         .assign(&assignment)
         .map_err(kafka_err("assigning"))?;
 
-    let producer: BaseProducer = ClientConfig::new()
+    // Threaded: its thread serves delivery reports as they come. `BaseProducer::poll` with
+    // no wait serves one report event a call, and reports left waiting hold their messages
+    // in librdkafka's queue, which filled and stalled the generator for a second at a time.
+    let producer: ThreadedProducer<DeliveryClock> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         // Keys land where the data's do (rill, the Java client and the baselines hash alike).
         .set("partitioner", "murmur2_random")
@@ -1965,7 +1985,7 @@ fn drive(
         .set("compression.type", "lz4")
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .create()
+        .create_with_context(DeliveryClock::default())
         .map_err(kafka_err("creating the suite's producer"))?;
 
     let produced: Option<Produced> = counting.then(|| Arc::new(ViewTimes::new(views, args.keys)));
@@ -2002,6 +2022,7 @@ fn drive(
             return Err(e);
         }
     };
+    let delivered = producer.context().sorted();
     let latency = Latency {
         scenario: scenario.to_owned(),
         system: system.to_owned(),
@@ -2013,6 +2034,7 @@ fn drive(
         received: received.load(Ordering::Relaxed),
         output: output.to_owned(),
         cpu_s_per_m: None,
+        delivery_ms: quantile(&delivered, 0.50).zip(quantile(&delivered, 0.99)),
         failed: None,
     };
     Ok((latency, (stop, received), prober))
@@ -2067,8 +2089,8 @@ impl LiveView {
 /// as `view_time` and message timestamp, and for `join` a click for every second view 2 s
 /// later (its time then); returns how many views fell in `measured` (ms).
 #[allow(clippy::too_many_arguments, reason = "one call site")]
-fn produce_at(
-    producer: &BaseProducer,
+fn produce_at<C: ProducerContext<DeliveryOpaque = usize> + 'static>(
+    producer: &ThreadedProducer<C>,
     rate: f64,
     views: u64,
     keys: u64,
@@ -2095,16 +2117,20 @@ fn produce_at(
             }
             since += 1;
             live.write(i, keys, scale, t)?;
-            send_record(
+            let in_period = (measured.0..measured.1).contains(&t);
+            let timed = in_period && i.is_multiple_of(delivery::SAMPLE_EVERY);
+            let waited = send_record(
                 producer,
-                BaseRecord::to(VIEWS)
+                BaseRecord::with_opaque_to(VIEWS, if timed { t as usize } else { 0 })
                     .key(live.url.as_str())
                     .payload(live.json.as_slice())
                     .timestamp(t),
             )?;
-            if (measured.0..measured.1).contains(&t) {
-                in_measured += 1;
+            if waited {
+                // The clock read before the wait is stale for the views after it.
+                since = 64;
             }
+            in_measured += u64::from(in_period);
             if join && i.is_multiple_of(2) {
                 pending.push_back((
                     Instant::now() + Duration::from_secs(2),
@@ -2133,14 +2159,13 @@ fn produce_at(
             serde_json::to_writer(&mut live.json, &c).map_err(|e| e.to_string())?;
             send_record(
                 producer,
-                BaseRecord::to(CLICKS)
+                BaseRecord::with_opaque_to(CLICKS, 0)
                     .key(c.url.as_str())
                     .payload(live.json.as_slice())
                     .timestamp(t),
             )?;
             clicks += 1;
         }
-        producer.poll(Duration::ZERO);
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             eprintln!(

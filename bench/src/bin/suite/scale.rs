@@ -41,7 +41,7 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::ThreadedProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use rill::AgentStats;
 use rill::prelude::*;
@@ -867,13 +867,14 @@ fn spawn_producer(
     let (produced, rate, keys) = (Arc::clone(produced), args.pause_load, args.keys);
     let bootstrap = args.broker.trim_start_matches("kafka://").to_owned();
     std::thread::spawn(move || -> Result<(), String> {
-        let producer: BaseProducer = ClientConfig::new()
+        // Its deliveries are not timed: it produces no measured period.
+        let producer: ThreadedProducer<super::DeliveryClock> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(super::DeliveryClock::default())
             .map_err(kafka_err("creating the producer"))?;
         let received = AtomicU64::new(0);
         produce_at(
