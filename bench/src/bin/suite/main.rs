@@ -2059,8 +2059,9 @@ struct PageViewRef<'a> {
 }
 
 impl LiveView {
-    /// View `i` of the data (`view`) produced at `t` (ms), the URL scaled for a join at
-    /// `scale` times 1000 views/s (`produce_at`).
+    /// View `i` of the data (`view`) produced at `t` (ms). For a join at `scale` times 1000
+    /// views/s the key spaces scale by `scale`: the data's URLs recur every `keys` (health:
+    /// 100) ms of event time, 1 ms per event, so a click joins as many views as in the data.
     fn write(&mut self, i: u64, keys: u64, scale: Option<u64>, t: i64) -> Result<(), String> {
         use std::fmt::Write as _;
         self.url.clear();
