@@ -522,8 +522,9 @@ impl TableStore {
 
 /// Read transactions kept open between point reads (`TableStore::get`). Each LMDB read
 /// transaction of its own takes a reader slot under a process-shared mutex and zeroes a table
-/// of `max_dbs` entries: 11 % of a keyed count's CPU under a live load when every read that
-/// missed the overlay began one (bench/results/latency-2026-12-06.md). A few are kept, one per
+/// of `max_dbs` entries: about a tenth of a keyed count's profile under a live load when every
+/// read that missed the overlay began one (the `memset` alone 6 %; the worker's CPU per view
+/// fell 3 % with kept ones: bench/results/latency-2026-12-06.md). A few are kept, one per
 /// thread reading at once; a read that finds none free begins its own.
 ///
 /// A kept transaction sees the store as of its beginning, so every commit closes them
