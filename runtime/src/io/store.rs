@@ -146,15 +146,22 @@ impl TableStore {
             .env
             .create_database(&mut wtxn, Some(&format!("t/{table}")))
             .map_err(self.err(table, "creating its database"))?;
-        wtxn.commit()
-            .map_err(self.err(table, "creating its database"))?;
-        // A transaction begun before the database existed cannot read it.
-        self.kept.close();
+        // A transaction begun before the database existed cannot read it: `finish` closes
+        // the kept ones.
+        self.finish(wtxn, table, "creating its database")?;
         self.dbs
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(table.to_owned(), db);
         Ok(db)
+    }
+
+    /// Commits a write transaction, then closes the kept read transactions: every write of
+    /// the store ends here, so no read sees data older than it (`KeptReads`).
+    fn finish(&self, wtxn: heed::RwTxn<'_>, table: &str, context: &str) -> Result<()> {
+        wtxn.commit().map_err(self.err(table, context))?;
+        self.kept.close();
+        Ok(())
     }
 
     /// Runs `f` on a table's database in a read transaction of its own (under the resize gate).
@@ -437,9 +444,7 @@ impl TableStore {
                 .put(&mut wtxn, &meta_key(table, *partition), &meta)
                 .map_err(self.err(table, "writing meta"))?;
         }
-        wtxn.commit().map_err(self.err("", "committing tables"))?;
-        self.kept.close();
-        Ok(())
+        self.finish(wtxn, "", "committing tables")
     }
 
     /// Writes entries under one store partition and a read position under another, in one
@@ -493,9 +498,7 @@ impl TableStore {
         self.meta
             .put(&mut wtxn, &meta_key(table, meta_partition), &meta)
             .map_err(self.err(table, "writing meta"))?;
-        wtxn.commit().map_err(self.err(table, "committing"))?;
-        self.kept.close();
-        Ok(())
+        self.finish(wtxn, table, "committing")
     }
 
     /// Drops the local copy of a table partition (before a rebuild from the changelog).
@@ -514,9 +517,7 @@ impl TableStore {
         self.meta
             .delete(&mut wtxn, &meta_key(table, partition))
             .map_err(self.err(table, "clearing"))?;
-        wtxn.commit().map_err(self.err(table, "clearing"))?;
-        self.kept.close();
-        Ok(())
+        self.finish(wtxn, table, "clearing")
     }
 }
 
