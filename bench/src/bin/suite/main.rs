@@ -54,11 +54,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use cpu_share::CpuShare;
 use delivery::DeliveryClock;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -72,6 +73,7 @@ use rill::prelude::*;
 use rill::{AgentSpec, AgentStats, TopicSpec};
 use view_times::ViewTimes;
 
+mod cpu_share;
 mod delivery;
 mod scale;
 mod view_times;
@@ -794,6 +796,7 @@ fn run_child(
     mut cmd: Command,
     timeout: Duration,
     stop: &AtomicBool,
+    pid_out: Option<&AtomicU32>,
 ) -> Result<(serde_json::Value, Sample), String> {
     let deadline = Instant::now() + timeout;
     let mut child = cmd
@@ -802,6 +805,9 @@ fn run_child(
         .spawn()
         .map_err(|e| format!("starting {cmd:?}: {e}"))?;
     let pid = child.id();
+    if let Some(out) = pid_out {
+        out.store(pid, Ordering::Relaxed);
+    }
     let mut peak = Sample::default();
     let status = loop {
         if let Some(s) = sample(pid) {
@@ -1018,7 +1024,7 @@ fn driver(args: &Args) -> Result<(), String> {
                 };
                 let what = if rep == 0 { "warm-up" } else { "run" };
                 eprintln!("[{done}/{total}] {scenario} on {system}: {what} {rep}");
-                let result = run_child(cmd, Duration::from_secs(args.run_timeout), &never);
+                let result = run_child(cmd, Duration::from_secs(args.run_timeout), &never, None);
                 if let Some(broker) = &args.broker
                     && !args.embedded
                 {
@@ -1353,6 +1359,10 @@ struct Latency {
     /// Kafka runs): part of every latency above, and not the program's.
     #[serde(skip_serializing_if = "Option::is_none")]
     delivery_ms: Option<(f64, f64)>,
+    /// Cores busy over the measured period: the machine's, the program's, the suite's own
+    /// (Kafka runs; the rest is the broker's, mostly).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_share: Option<CpuShare>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
 }
@@ -1371,6 +1381,7 @@ impl Latency {
             output: String::new(),
             cpu_s_per_m: None,
             delivery_ms: None,
+            cpu_share: None,
             failed: Some(why),
         }
     }
@@ -1427,18 +1438,22 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
          period. Program CPU: the program's CPU seconds, start to exit, per million views \
          produced. Views' delivery: the time a measured view (one in 16) took from its \
          production to the broker's acknowledgement, part of every latency and not the \
-         program's; it grows when the machine does not carry the load.\n",
+         program's; it grows when the machine does not carry the load. Cores busy: over the \
+         measured period, the machine's (every process and the kernel, of its cores), the \
+         program's, the suite's own (load generator and consumer) and the rest (the broker, \
+         mostly); a machine near all its cores busy queues every process's work, and its \
+         latency is the machine's as much as the program's.\n",
             load_text(args, "the system's"),
             args.latency_warmup,
             args.latency_seconds
         ));
     }
     notes.push_str(
-        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views | views' delivery p50 / p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views | views' delivery p50 / p99 ms | cores busy: all / program / suite / rest |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for l in latencies.values() {
         notes.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |\n",
             l.scenario,
             l.system,
             l.rate,
@@ -1450,6 +1465,17 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
             l.delivery_ms.map_or_else(
                 || "-".to_owned(),
                 |(p50, p99)| format!("{p50:.0} / {p99:.0}")
+            ),
+            l.cpu_share.map_or_else(
+                || "-".to_owned(),
+                |c| format!(
+                    "{:.2} of {} / {:.2} / {:.2} / {:.2}",
+                    c.busy,
+                    c.cores,
+                    c.program,
+                    c.suite,
+                    c.rest()
+                )
             )
         ));
     }
@@ -1821,12 +1847,23 @@ fn latency_run(
     let stop_child = Arc::new(AtomicBool::new(false));
     let timeout =
         Duration::from_secs(args.latency_ready_timeout + args.run_timeout) + warmup + measured;
+    let program = Arc::new(AtomicU32::new(0));
     let child = {
-        let stop = Arc::clone(&stop_child);
-        std::thread::spawn(move || run_child(cmd, timeout, &stop))
+        let (stop, program) = (Arc::clone(&stop_child), Arc::clone(&program));
+        std::thread::spawn(move || run_child(cmd, timeout, &stop, Some(&program)))
     };
     let result = drive(
-        args, scenario, system, rate, prefix, &bootstrap, views, join, counting, &output, &child,
+        args,
+        scenario,
+        system,
+        rate,
+        prefix,
+        &bootstrap,
+        views,
+        join,
+        counting,
+        &output,
+        (&child, program),
     );
     if result.is_err() {
         stop_child.store(true, Ordering::Relaxed);
@@ -1881,7 +1918,7 @@ fn embedded_latency_run(
     // A minute at most to line up a window's close, then the run and its drain.
     let timeout =
         Duration::from_secs(args.run_timeout + 120 + args.latency_warmup + args.latency_seconds);
-    let (value, _) = run_child(cmd, timeout, &AtomicBool::new(false))?;
+    let (value, _) = run_child(cmd, timeout, &AtomicBool::new(false), None)?;
     let l = &value["latency"];
     let number = |name: &str| l.get(name).and_then(serde_json::Value::as_f64);
     Ok(Latency {
@@ -1907,11 +1944,15 @@ fn embedded_latency_run(
         // The process produces the load too.
         cpu_s_per_m: None,
         delivery_ms: None,
+        cpu_share: None,
         failed: None,
     })
 }
 
 type ProbeStop = (Arc<AtomicBool>, Arc<AtomicU64>);
+
+/// The thread that runs the measured program (`run_child`).
+type ChildThread = std::thread::JoinHandle<Result<(serde_json::Value, Sample), String>>;
 
 /// The part of a latency run between the program's start and its last input: readiness, the
 /// suite's consumer, production.
@@ -1930,7 +1971,7 @@ fn drive(
     join: bool,
     counting: bool,
     output: &str,
-    child: &std::thread::JoinHandle<Result<(serde_json::Value, Sample), String>>,
+    (child, program): (&ChildThread, Arc<AtomicU32>),
 ) -> Result<(Latency, ProbeStop, std::thread::JoinHandle<Probe>), String> {
     let client = metadata_client(bootstrap)?;
     let ready_timeout = Duration::from_secs(args.latency_ready_timeout);
@@ -1997,6 +2038,7 @@ fn drive(
     let start = Instant::now();
     let from = now_ms() + warmup_ms;
     let until = from + measured_ms;
+    let cpu = cpu_share::measure(program, from, until);
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let prober = {
@@ -2035,6 +2077,7 @@ fn drive(
         output: output.to_owned(),
         cpu_s_per_m: None,
         delivery_ms: quantile(&delivered, 0.50).zip(quantile(&delivered, 0.99)),
+        cpu_share: cpu.join().ok().flatten(),
         failed: None,
     };
     Ok((latency, (stop, received), prober))
