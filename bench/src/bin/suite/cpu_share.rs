@@ -16,7 +16,7 @@ use super::{TICKS_PER_S, now_ms, sample};
 /// user + system time).
 #[derive(Serialize, Clone, Copy, Debug, PartialEq)]
 pub(crate) struct CpuShare {
-    /// The machine's cores.
+    /// The machine's cores (`/proc/stat`'s, which `busy` counts over).
     pub cores: usize,
     /// Cores busy in all (every process and the kernel).
     pub busy: f64,
@@ -37,8 +37,9 @@ impl CpuShare {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Mark {
     at: Instant,
-    /// `/proc/stat`'s busy ticks over all cores.
+    /// `/proc/stat`'s busy ticks over all its cores.
     busy_ticks: u64,
+    cores: usize,
     program_ticks: u64,
     suite_ticks: u64,
 }
@@ -48,6 +49,13 @@ fn mark(program: u32) -> Option<Mark> {
     Some(Mark {
         at: Instant::now(),
         busy_ticks: busy_ticks(stat.lines().next()?)?,
+        cores: stat
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("cpu")
+                    .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .count(),
         program_ticks: sample(program)?.cpu_ticks,
         suite_ticks: sample(std::process::id())?.cpu_ticks,
     })
@@ -72,7 +80,7 @@ fn between(a: Mark, b: Mark) -> Option<CpuShare> {
     }
     let cores = |ticks: u64| ticks as f64 / TICKS_PER_S / seconds;
     Some(CpuShare {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores: b.cores,
         busy: cores(b.busy_ticks.checked_sub(a.busy_ticks)?),
         program: cores(b.program_ticks.checked_sub(a.program_ticks)?),
         suite: cores(b.suite_ticks.checked_sub(a.suite_ticks)?),
@@ -125,12 +133,14 @@ mod tests {
         let a = Mark {
             at,
             busy_ticks: 1_000,
+            cores: 2,
             program_ticks: 500,
             suite_ticks: 100,
         };
         let b = Mark {
             at: at + Duration::from_secs(10),
             busy_ticks: 1_000 + 1_900,
+            cores: 2,
             program_ticks: 500 + 1_000,
             suite_ticks: 100 + 600,
         };
@@ -139,6 +149,7 @@ mod tests {
         assert!((share.program - 1.0).abs() < 1e-9);
         assert!((share.suite - 0.6).abs() < 1e-9);
         assert!((share.rest() - 0.3).abs() < 1e-9);
+        assert_eq!(share.cores, 2);
         assert_eq!(between(b, a), None, "counters never go back");
     }
 }
