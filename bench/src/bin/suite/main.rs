@@ -660,11 +660,7 @@ async fn embedded_latency(args: &ChildArgs, app: App, rate: f64) -> rill::Result
             let mut v = view(i, args.keys);
             if join {
                 // The data's fan-out at this rate, as on Kafka (`produce_at`).
-                v.url = if i % 10 == 9 {
-                    format!("/health/{}", i % (100 * scale))
-                } else {
-                    format!("/p/{}", i % (args.keys * scale))
-                };
+                live_url(&mut v.url, i, args.keys, Some(scale));
             }
             let t = now_ms();
             v.view_time = t as f64 / 1000.0;
@@ -2101,24 +2097,29 @@ struct PageViewRef<'a> {
     view_time: f64,
 }
 
+/// Writes the URL of view `i` of a live run into `out` (cleared first): the data's (`view`),
+/// or for a join at `scale` times 1000 views/s, from key spaces `scale` times larger. The
+/// data's URLs recur every `keys` (health: 100) ms of event time, 1 ms per event, so a click
+/// joins as many views as in the data.
+fn live_url(out: &mut String, i: u64, keys: u64, scale: Option<u64>) {
+    use std::fmt::Write as _;
+    out.clear();
+    let s = scale.unwrap_or(1);
+    // Writing to a `String` cannot fail.
+    let _ = if i % 10 == 9 {
+        write!(out, "/health/{}", i % (100 * s))
+    } else {
+        write!(out, "/p/{}", i % (keys * s))
+    };
+}
+
 impl LiveView {
-    /// View `i` of the data (`view`) produced at `t` (ms). For a join at `scale` times 1000
-    /// views/s the key spaces scale by `scale`: the data's URLs recur every `keys` (health:
-    /// 100) ms of event time, 1 ms per event, so a click joins as many views as in the data.
+    /// View `i` of the data (`view`) produced at `t` (ms), its URL from `live_url`.
     fn write(&mut self, i: u64, keys: u64, scale: Option<u64>, t: i64) -> Result<(), String> {
         use std::fmt::Write as _;
-        self.url.clear();
+        live_url(&mut self.url, i, keys, scale);
         self.user_id.clear();
-        let s = scale.unwrap_or(1);
-        let written = if i % 10 == 9 {
-            let health = if scale.is_some() { 100 * s } else { 100 };
-            write!(self.url, "/health/{}", i % health)
-        } else {
-            write!(self.url, "/p/{}", i % (keys * s))
-        };
-        written
-            .and_then(|()| write!(self.user_id, "u{}", i % 1000))
-            .map_err(|e| e.to_string())?;
+        write!(self.user_id, "u{}", i % 1000).map_err(|e| e.to_string())?;
         self.json.clear();
         let view = PageViewRef {
             user_id: &self.user_id,
@@ -2252,5 +2253,35 @@ fn main() -> Result<(), String> {
         }
         Some(Child::Scale(scale_args)) => scale::driver(&scale_args),
         None => driver(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn a_live_run_views_the_data_s_urls_and_a_join_s_scaled_key_spaces() {
+        let mut url = String::from("left over");
+        for i in 0..2_000 {
+            live_url(&mut url, i, 30, None);
+            assert_eq!(url, view(i, 30).url, "view {i}");
+        }
+        let (mut pages, mut health) = (HashSet::new(), HashSet::new());
+        for i in 0..100_000 {
+            live_url(&mut url, i, 30, Some(4));
+            if url.starts_with("/health/") {
+                health.insert(url.clone());
+            } else {
+                pages.insert(url.clone());
+            }
+        }
+        // Key spaces of 30 pages and 100 health URLs, each times 4. Every tenth view is a
+        // health view, so of 120 page keys those ending in 9 never come (as in the data,
+        // whose 100,000 keys give 90,000 page URLs), and of the 400 health keys only those.
+        assert_eq!(pages.len(), 30 * 4 * 9 / 10);
+        assert_eq!(health.len(), 100 * 4 / 10);
     }
 }
