@@ -483,14 +483,31 @@ impl Poller<'_> {
     }
 
     /// A new assignment or a re-read from the committed offsets: alignment starts afresh, and
-    /// the partitions it held (those still assigned) go on.
+    /// the partitions it held that the consumer still owns go on.
+    ///
+    /// Owned by the consumer, not by the router: a cooperative revocation clears the router's
+    /// assignment until the re-read announces the kept partitions again, and a kept partition
+    /// held here then stayed paused for good (its records never came).
     fn restart_alignment(&mut self) {
         let owned = self.router.current_assignment();
+        let still: Option<Vec<Tp>> = match self.consumer.assignment() {
+            Ok(tpl) => Some(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
+                    .collect(),
+            ),
+            Err(e) => {
+                // Resuming one it no longer owns does no harm; leaving one paused loses it.
+                tracing::warn!(error = %e, "reading the consumer's assignment; resuming every partition held in step");
+                None
+            }
+        };
         let held: Vec<Tp> = self
             .aligner
             .reset(&owned)
             .into_iter()
-            .filter(|tp| owned.contains(tp))
+            .filter(|tp| still.as_ref().is_none_or(|s| s.contains(tp)))
             .collect();
         self.resume(
             held,
