@@ -11,8 +11,8 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 pub(crate) const SAMPLE_EVERY: u64 = 16;
 
 /// The context of the suite's producer: a record sent with a nonzero opaque (its production
-/// time, ms) has its delivery timed, from then until the broker acknowledged it (`acks=all`),
-/// to within the generator's 5 ms step (delivery reports are served when it polls).
+/// time, ms) has its delivery timed, from then until the broker acknowledged it (`acks=all`)
+/// and the producer's own thread served the report (`ThreadedProducer`).
 #[derive(Default)]
 pub(crate) struct DeliveryClock {
     took_ms: Mutex<Vec<f32>>,

@@ -1849,17 +1849,8 @@ fn latency_run(
         std::thread::spawn(move || run_child(cmd, timeout, &stop, Some(&program)))
     };
     let result = drive(
-        args,
-        scenario,
-        system,
-        rate,
-        prefix,
-        &bootstrap,
-        views,
-        join,
-        counting,
-        &output,
-        (&child, program),
+        args, scenario, system, rate, prefix, &bootstrap, views, join, counting, &output, &child,
+        program,
     );
     if result.is_err() {
         stop_child.store(true, Ordering::Relaxed);
@@ -1967,7 +1958,8 @@ fn drive(
     join: bool,
     counting: bool,
     output: &str,
-    (child, program): (&ChildThread, Arc<AtomicU32>),
+    child: &ChildThread,
+    program: Arc<AtomicU32>,
 ) -> Result<(Latency, ProbeStop, std::thread::JoinHandle<Probe>), String> {
     let client = metadata_client(bootstrap)?;
     let ready_timeout = Duration::from_secs(args.latency_ready_timeout);
