@@ -14,10 +14,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::client::{LogContext, creation_error, prefetch_defaults};
+use super::fetch_queue::FetchQueue;
 use super::rebalance::Rebalancer;
 use crate::base::config::{OffsetReset, RebalanceProtocol};
 use crate::base::error::{Error, Result};
@@ -28,6 +29,16 @@ use crate::io::transport::{Router, Tp};
 
 /// The most records the fetcher hands over in one batch.
 const FETCH_BATCH_MAX: usize = 2000;
+
+/// How long the fetcher waits for a record on its queue before it polls the consumer's again
+/// (a rebalance waits that long at most to be served).
+const QUEUE_WAIT: Duration = Duration::from_millis(10);
+
+/// How often the fetcher forwards every partition to its queue again (`forward_started`).
+const FORWARD_AGAIN: Duration = Duration::from_millis(100);
+
+/// How long it waits on the consumer's queue when it has no queue of its own.
+const CONSUMER_WAIT: Duration = Duration::from_millis(100);
 
 /// How an agent's consumers join their groups.
 pub(super) struct Membership {
@@ -282,6 +293,9 @@ fn poll_loop(
         last_error: None,
         bootstrap: Bootstrap::default(),
         aligner: Aligner::new(router.read_ahead, subscribed.len(), &router.read_mode),
+        queue: FetchQueue::new(consumer, FETCH_BATCH_MAX),
+        forwarded: Vec::new(),
+        forwarded_at: std::time::Instant::now(),
     };
     let rebalancer = &consumer.context().rebalancer;
     while !stop.load(Ordering::Acquire) && !router.all_closed() {
@@ -325,6 +339,12 @@ struct Poller<'a> {
     bootstrap: Bootstrap,
     /// Keeps the agent's topics in step in event time (`align.rs`).
     aligner: Aligner,
+    /// Where assigned partitions' records are read in batches (`fetch_queue`); `None` when
+    /// librdkafka could not make it, and every record comes through `poll`.
+    queue: Option<FetchQueue<'a>>,
+    /// Every partition forwarded to `queue`, and when they all were last.
+    forwarded: Vec<Tp>,
+    forwarded_at: std::time::Instant,
 }
 
 /// The router's bootstrap topics (tables built from topics) are read to their end after each
@@ -346,16 +366,36 @@ struct Bootstrap {
 const BOOTSTRAP_MAX: Duration = Duration::from_secs(60);
 
 impl Poller<'_> {
-    /// Polls until the batch is full or nothing more is waiting; returns the assignment
+    /// Reads until the batch is full or nothing more is waiting; returns the assignment
     /// generation the batch was fetched under.
     fn fill_batch(&mut self) -> u64 {
-        let consumer = self.consumer;
         // Rebalance callbacks run inside `poll`; records of a batch must belong to one assignment.
-        let mut generation = self.router.generation();
+        let generation = self.router.generation();
         self.bootstrap_after_assignment(generation);
-        let mut timeout = Duration::from_millis(100);
+        // The consumer's queue first, always to its end: a partition's records fetched before it
+        // was forwarded come before those on the fetcher's queue.
+        let wait = if self.queue.is_some() {
+            Duration::ZERO
+        } else {
+            CONSUMER_WAIT
+        };
+        let generation = self.poll_consumer(generation, wait);
+        if self.batch.len() < FETCH_BATCH_MAX {
+            self.read_queue();
+        }
+        generation
+    }
+
+    /// Polls the consumer's queue (rebalances run here) until it is empty or the batch full,
+    /// waiting up to `wait` for the first record; forwards newly assigned partitions to the
+    /// fetcher's queue. Returns the generation of the batch.
+    fn poll_consumer(&mut self, mut generation: u64, wait: Duration) -> u64 {
+        let consumer = self.consumer;
+        let mut timeout = wait;
         while self.batch.len() < FETCH_BATCH_MAX {
-            match consumer.poll(timeout) {
+            let polled = consumer.poll(timeout);
+            self.forward_started();
+            match polled {
                 None => break,
                 Some(Ok(m)) => {
                     consumer.context().health.back();
@@ -376,7 +416,68 @@ impl Poller<'_> {
                 }
             }
         }
+        if self.router.generation() != generation {
+            // The last poll ran a rebalance: the records read after it, from the fetcher's
+            // queue, are the new assignment's.
+            self.batch.clear();
+            self.restart_alignment();
+            generation = self.router.generation();
+        }
         generation
+    }
+
+    /// Forwards the partitions a rebalance just assigned to the fetcher's queue, and every
+    /// partition assigned so far again each `FORWARD_AGAIN`: librdkafka drops a partition's
+    /// forwarding when it stops fetching it, asynchronously, so a revocation's stop can land
+    /// after the next assignment's forwarding, and the partition's records would then stay in
+    /// its own queue (forwarding again is idempotent, and harmless for a partition no longer
+    /// assigned).
+    fn forward_started(&mut self) {
+        let started = self.consumer.context().rebalancer.take_started();
+        let Some(queue) = &self.queue else { return };
+        if !started.is_empty() {
+            queue.forward(started.iter().map(|(t, p)| (&**t, *p)));
+            for tp in started {
+                if !self.forwarded.contains(&tp) {
+                    self.forwarded.push(tp);
+                }
+            }
+        }
+        if self.forwarded_at.elapsed() >= FORWARD_AGAIN {
+            queue.forward(self.forwarded.iter().map(|(t, p)| (&**t, *p)));
+            self.forwarded_at = std::time::Instant::now();
+        }
+    }
+
+    /// Reads the fetcher's queue into the batch, waiting up to `QUEUE_WAIT` for a first
+    /// record when the batch is empty. No rebalance runs meanwhile (they run in `poll`).
+    fn read_queue(&mut self) {
+        let Some(mut queue) = self.queue.take() else {
+            return;
+        };
+        let wait = if self.batch.is_empty() {
+            QUEUE_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let mut error = None;
+        let read = queue.read(wait, FETCH_BATCH_MAX - self.batch.len(), |m| match m {
+            Ok(m) => {
+                if !self.hold_back(m) {
+                    self.add_message(m);
+                }
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        });
+        self.queue = Some(queue);
+        if read > 0 {
+            self.consumer.context().health.back();
+        }
+        if let Some(e) = error {
+            self.consumer_error(&e);
+        }
     }
 
     /// A new assignment: hold other topics back while its bootstrap partitions are read.
@@ -397,9 +498,15 @@ impl Poller<'_> {
 
     /// While bootstrapping, pauses the partition of a message of another topic and moves it
     /// back to the message (fetched again on resume); true when it did.
-    fn hold_back(&mut self, m: &BorrowedMessage<'_>) -> bool {
+    fn hold_back<M: Message>(&mut self, m: &M) -> bool {
         if !self.bootstrap.holding || self.router.is_bootstrap(m.topic()) {
             return false;
+        }
+        let tp: Tp = (self.topics.name_of(m), m.partition());
+        if self.bootstrap.held.contains(&tp) {
+            // Held already, at an earlier record: a later one of the same batch read (fetched
+            // before the pause) comes again on resume.
+            return true;
         }
         let mut tpl = rdkafka::TopicPartitionList::new();
         tpl.add_partition(m.topic(), m.partition());
@@ -414,10 +521,7 @@ impl Poller<'_> {
         {
             tracing::warn!(error = %e, topic = m.topic(), "seeking back a held partition");
         }
-        let tp: Tp = (self.topics.name_of(m), m.partition());
-        if !self.bootstrap.held.contains(&tp) {
-            self.bootstrap.held.push(tp);
-        }
+        self.bootstrap.held.push(tp);
         true
     }
 
@@ -528,7 +632,7 @@ impl Poller<'_> {
     }
 
     /// Adds a fetched message to the batch.
-    fn add_message(&mut self, m: &BorrowedMessage<'_>) {
+    fn add_message<M: Message>(&mut self, m: &M) {
         let record = RawRecord {
             topic: self.topics.name_of(m),
             partition: m.partition(),
@@ -605,7 +709,7 @@ impl TopicNames {
     }
 
     /// The name of `m`'s topic.
-    fn name_of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
+    fn name_of<M: Message>(&mut self, m: &M) -> Arc<str> {
         if let Some(t) = &self.only {
             return t.clone();
         }
@@ -630,7 +734,7 @@ impl TopicNames {
 }
 
 /// A fetched message's headers, copied.
-fn headers_of(m: &BorrowedMessage<'_>) -> Headers {
+fn headers_of<M: Message>(m: &M) -> Headers {
     m.headers()
         .map(|h| {
             Headers(

@@ -26,6 +26,7 @@ mod admin;
 mod client;
 mod commit;
 mod fetch;
+mod fetch_queue;
 mod leader;
 mod probe;
 pub(super) mod produce;

@@ -55,6 +55,9 @@ pub(super) struct Rebalancer {
     starts: Mutex<HashMap<Tp, i64>>,
     /// Set once the fetcher stopped, before the consumer closes (`close`).
     closing: AtomicBool,
+    /// Partitions assigned since the fetcher last took them: it forwards their records to its
+    /// own queue (`fetch_queue`), after every assignment, as librdkafka requires.
+    started: Mutex<Vec<Tp>>,
 }
 
 impl Rebalancer {
@@ -66,6 +69,7 @@ impl Rebalancer {
             changed: AtomicBool::new(false),
             starts: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            started: Mutex::new(Vec::new()),
         }
     }
 
@@ -103,8 +107,15 @@ impl Rebalancer {
             (_, true) => consumer.incremental_unassign(&tpl),
             (_, false) => consumer.unassign(),
         };
-        if let Err(e) = applied {
-            tracing::error!(agent = %self.router.agent, error = %e, "applying a rebalance");
+        match applied {
+            Err(e) => {
+                tracing::error!(agent = %self.router.agent, error = %e, "applying a rebalance");
+            }
+            Ok(()) if matches!(rebalance, Rebalance::Assign(_)) => {
+                let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+                started.extend(tps_of(&tpl));
+            }
+            Ok(()) => {}
         }
         if !closing {
             self.after(consumer, &rebalance, cooperative);
@@ -177,6 +188,11 @@ impl Rebalancer {
         } else {
             None
         }
+    }
+
+    /// The partitions assigned since the last call (inside `poll`, on the fetcher thread).
+    pub(super) fn take_started(&self) -> Vec<Tp> {
+        std::mem::take(&mut *self.started.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether the fetcher must read again before handing over what it fetched.
