@@ -734,7 +734,7 @@ impl TopicNames {
 }
 
 /// A fetched message's headers, copied.
-fn headers_of<M: Message>(m: &M) -> Headers {
+pub(super) fn headers_of<M: Message>(m: &M) -> Headers {
     m.headers()
         .map(|h| {
             Headers(

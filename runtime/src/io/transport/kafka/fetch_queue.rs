@@ -297,14 +297,8 @@ mod tests {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             timestamp: m.timestamp().to_millis(),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            // As the fetcher copies them.
+            headers: super::super::fetch::headers_of(m).0,
         }
     }
 
