@@ -167,6 +167,9 @@ impl TableDef {
     }
 }
 
+/// Where a key's uncommitted write sits in an overlay: its partition and key bytes.
+type Slot = (i32, Vec<u8>);
+
 /// An instance's view of a table: the overlay of writes since the last commit step, over the
 /// writes of the step under way (the agent keeps processing while it commits), over the store.
 pub(crate) struct TableCore {
@@ -196,21 +199,15 @@ impl TableCore {
 
     /// `f` of the uncommitted write of a key (`None`: deleted), if any: the overlay's, else
     /// the commit step's under way.
-    fn with_pending<R>(
-        &self,
-        partition: i32,
-        key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> R,
-    ) -> Option<R> {
-        let k = (partition, key.to_vec());
-        if let Some(v) = self.overlay().get(&k) {
+    fn with_pending<R>(&self, slot: &Slot, f: impl FnOnce(Option<&[u8]>) -> R) -> Option<R> {
+        if let Some(v) = self.overlay().get(slot) {
             return Some(f(v.as_deref()));
         }
         let committing = self.committing();
         if committing.is_empty() {
             return None;
         }
-        committing.get(&k).map(|v| f(v.as_deref()))
+        committing.get(slot).map(|v| f(v.as_deref()))
     }
 
     /// The commit step that took the writes is done: the store holds them.
@@ -379,7 +376,8 @@ where
     }
 
     pub(crate) fn partition_of(&self, key: &K) -> i32 {
-        self.core.def.partition_of_key(&key.key_bytes())
+        // Borrowed: a string key is hashed where it is, not copied first.
+        self.core.def.partition_of_key(&key.key_cow())
     }
 
     pub(crate) fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
@@ -421,16 +419,23 @@ where
     }
 
     pub(crate) fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
-        if let Some(found) = self.core.with_pending(partition, key, |entry| {
-            entry.map(|b| self.decode(key, b)).transpose()
-        }) {
+        self.read_slot(&(partition, key.to_vec()))
+    }
+
+    /// The value at `slot`: the uncommitted write's, else the store's.
+    fn read_slot(&self, slot: &Slot) -> Result<Option<V>> {
+        let (partition, key) = slot;
+        if let Some(found) = self
+            .core
+            .with_pending(slot, |entry| entry.map(|b| self.decode(key, b)).transpose())
+        {
             return found;
         }
         match self
             .core
             .def
             .store
-            .get(&self.core.def.name, partition, key)?
+            .get(&self.core.def.name, *partition, key)?
         {
             Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
@@ -438,18 +443,58 @@ where
     }
 
     pub(crate) fn write(&self, partition: i32, key: Vec<u8>, value: Option<&V>) -> Result<()> {
-        let bytes = value
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|e| self.error(format!("cannot encode a value: {e}")))?;
-        self.core.overlay().insert((partition, key), bytes);
-        Ok(())
+        self.write_slot((partition, key), value)
+    }
+
+    /// Writes `value` at `slot` (`None` deletes), over the bytes of the slot's last write since
+    /// the step when there is one: a key updated again within a step hashes once and
+    /// allocates nothing for its value. `V`'s `Serialize` runs under the overlay's lock; it
+    /// has no business reading the table.
+    fn write_slot(&self, slot: Slot, value: Option<&V>) -> Result<()> {
+        use std::collections::hash_map::Entry;
+        let mut overlay = self.core.overlay();
+        let Some(value) = value else {
+            overlay.insert(slot, None);
+            return Ok(());
+        };
+        match overlay.entry(slot) {
+            Entry::Occupied(mut written) => match written.get_mut() {
+                Some(bytes) => self.encode_over(bytes, value),
+                deleted @ None => {
+                    *deleted = Some(self.encode_value(value)?);
+                    Ok(())
+                }
+            },
+            Entry::Vacant(slot) => {
+                slot.insert(Some(self.encode_value(value)?));
+                Ok(())
+            }
+        }
+    }
+
+    fn encode_value(&self, value: &V) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|e| self.error(format!("cannot encode a value: {e}")))
+    }
+
+    /// Replaces `bytes` by `value`'s encoding, in their buffer; left as they were when `value`
+    /// does not encode.
+    fn encode_over(&self, bytes: &mut Vec<u8>, value: &V) -> Result<()> {
+        let old = bytes.len();
+        match serde_json::to_writer(&mut *bytes, value) {
+            Ok(()) => {
+                bytes.drain(..old);
+                Ok(())
+            }
+            Err(e) => {
+                bytes.truncate(old);
+                Err(self.error(format!("cannot encode a value: {e}")))
+            }
+        }
     }
 
     /// The value of a key.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let k = self.encode_key(key)?;
-        self.read(self.partition_of(key), &k)
+        self.read_slot(&(self.partition_of(key), self.encode_key(key)?))
     }
 
     /// Sets a key.
@@ -467,12 +512,11 @@ where
     {
         let partition = self.partition_of(&key);
         self.check_write(&key, partition)?;
-        let k = self.encode_key(&key)?;
-        let current = self
-            .read(partition, &k)?
-            .unwrap_or_else(|| (self.default)());
+        let slot = (partition, self.encode_key(&key)?);
+        let current = self.read_slot(&slot)?.unwrap_or_else(|| (self.default)());
+        // `f` runs with no lock held: it may read the table.
         let next = f(current);
-        self.write(partition, k, Some(&next))?;
+        self.write_slot(slot, Some(&next))?;
         Ok(next)
     }
 
@@ -667,7 +711,7 @@ mod tests {
     use super::*;
 
     fn pending(core: &TableCore, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        core.with_pending(0, key, |v| v.map(<[u8]>::to_vec))
+        core.with_pending(&(0, key.to_vec()), |v| v.map(<[u8]>::to_vec))
     }
 
     #[test]
@@ -720,6 +764,59 @@ mod tests {
         core.put_all([(0, b"c".to_vec(), Some(b"1".to_vec()))]);
         core.discard();
         assert_eq!((pending(&core, b"b"), pending(&core, b"c")), (None, None));
+        Ok(())
+    }
+
+    /// A value whose encoding fails when it is `Fails` (serde_json refuses a map key that is
+    /// not a string).
+    #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+    enum Count {
+        #[default]
+        Empty,
+        N(u64),
+        Fails(BTreeMap<Vec<u8>, u64>),
+    }
+
+    #[test]
+    fn updates_within_a_step_rewrite_the_value_in_place_and_a_failed_encoding_keeps_the_last()
+    -> Result<()> {
+        let store = TableStore::open(&crate::base::config::Config::new("t"), true)?;
+        let def = TableDef::new("t", "t-changelog", false, 1, store);
+        let position = Arc::new(Position::new(Arc::from("a"), Default::default()));
+        let table: Table<String, Count> = Table::new(TableCore::new(def), position);
+        let bump = |c: Count| match c {
+            Count::N(n) => Count::N(n * 1000 + 1),
+            _ => Count::N(1),
+        };
+        // Longer and shorter encodings over the same buffer, and over a deleted key.
+        for _ in 0..3 {
+            table.update("k".into(), bump)?;
+        }
+        assert_eq!(
+            pending(&table.core, b"\"k\""),
+            Some(Some(br#"{"N":1001001}"#.to_vec()))
+        );
+        table.insert("k".into(), Count::N(7))?;
+        assert_eq!(
+            pending(&table.core, b"\"k\""),
+            Some(Some(br#"{"N":7}"#.to_vec()))
+        );
+        table.remove(&"k".to_owned())?;
+        table.update("k".into(), bump)?;
+        assert!(matches!(table.get(&"k".to_owned())?, Some(Count::N(1))));
+        let failed = table
+            .update("k".into(), |_| Count::Fails(BTreeMap::from([(vec![1], 1)])))
+            .expect_err("a map with byte-string keys does not encode as JSON");
+        assert!(
+            failed.to_string().contains("cannot encode a value"),
+            "{failed}"
+        );
+        assert_eq!(
+            pending(&table.core, b"\"k\""),
+            Some(Some(br#"{"N":1}"#.to_vec()))
+        );
+        let (records, _) = table.core.take_writes();
+        assert_eq!(records.map(|r| r.len()), Some(1));
         Ok(())
     }
 
