@@ -61,6 +61,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use cpu_share::CpuShare;
 use delivery::DeliveryClock;
+use machine_speed::SpeedWatch;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -75,6 +76,7 @@ use view_times::ViewTimes;
 
 mod cpu_share;
 mod delivery;
+mod machine_speed;
 mod scale;
 mod view_times;
 
@@ -746,6 +748,10 @@ struct Run {
     peak_rss_mib: f64,
     peak_anon_mib: f64,
     cpu_s_per_m: f64,
+    /// The machine's speed over the run (`machine_speed`: the probe's median µs; lower is
+    /// faster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_probe_us: Option<f64>,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` CPU times (`USER_HZ`, 100 on Linux).
@@ -1005,6 +1011,7 @@ fn driver(args: &Args) -> Result<(), String> {
     }
     let mut runs: Vec<Run> = Vec::new();
     let never = AtomicBool::new(false);
+    let speed = SpeedWatch::start();
     let total = scenarios.len() * systems.len() * (args.reps + 1);
     let mut done = 0;
     for scenario in &scenarios {
@@ -1020,7 +1027,9 @@ fn driver(args: &Args) -> Result<(), String> {
                 };
                 let what = if rep == 0 { "warm-up" } else { "run" };
                 eprintln!("[{done}/{total}] {scenario} on {system}: {what} {rep}");
+                let began = now_ms();
                 let result = run_child(cmd, Duration::from_secs(args.run_timeout), &never, None);
+                let machine_probe_us = speed.median_between(began, now_ms());
                 if let Some(broker) = &args.broker
                     && !args.embedded
                 {
@@ -1046,6 +1055,7 @@ fn driver(args: &Args) -> Result<(), String> {
                             peak_rss_mib: peak.hwm_kib as f64 / 1024.0,
                             peak_anon_mib: peak.anon_kib as f64 / 1024.0,
                             cpu_s_per_m: cpu_s / events_of(system, args) as f64 * 1e6,
+                            machine_probe_us,
                         };
                         eprintln!(
                             "  {rate:.0} events/s, peak RSS {:.0} MiB (anon {:.0}), {:.2} CPU s per M",
@@ -1082,12 +1092,14 @@ fn driver(args: &Args) -> Result<(), String> {
                 "[latency {}/{total}] {scenario} on {system} at {rate:.0} views/s",
                 done + 1
             );
-            let latency = if args.embedded {
+            let began = now_ms();
+            let mut latency = if args.embedded {
                 embedded_latency_run(args, scenario, rate, &prefix, work.path())
             } else {
                 latency_run(args, scenario, system, rate, &prefix, work.path())
             }
             .unwrap_or_else(|e| Latency::failed(scenario, system, rate, e));
+            latency.machine_probe_us = (m.machine_probe_us, speed.median_between(began, now_ms()));
             if let Some(broker) = &args.broker
                 && !args.embedded
             {
@@ -1162,6 +1174,11 @@ fn medians(
                     peak_rss_mib: m(|r| r.peak_rss_mib),
                     peak_anon_mib: m(|r| r.peak_anon_mib),
                     cpu_s_per_m: m(|r| r.cpu_s_per_m),
+                    machine_probe_us: {
+                        let probes: Vec<f64> =
+                            mine.iter().filter_map(|r| r.machine_probe_us).collect();
+                        (!probes.is_empty()).then(|| median(probes))
+                    },
                 },
             );
         }
@@ -1183,14 +1200,14 @@ fn report(
         args.broker.clone().unwrap_or_default()
     };
     let mut md = String::from(
-        "| scenario | system | events/s | peak RSS MiB | anon MiB | CPU s / M events | rill / it |",
+        "| scenario | system | events/s | peak RSS MiB | anon MiB | CPU s / M events | rill / it | machine probe µs |",
     );
     // Latency columns, when there were latency runs.
     let latency = !latencies.is_empty();
     md.push_str(if latency {
-        " p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        " p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     } else {
-        "\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
+        "\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     });
     for ((scenario, system), r) in medians {
         let ratio = medians
@@ -1204,14 +1221,19 @@ fn report(
             None => (String::new(), String::new()),
         };
         md.push_str(&format!(
-            "| {scenario} | {system} | {:.0} | {:.0} | {:.0} | {:.2} | {ratio} |",
-            r.events_per_s, r.peak_rss_mib, r.peak_anon_mib, r.cpu_s_per_m
+            "| {scenario} | {system} | {:.0} | {:.0} | {:.0} | {:.2} | {ratio} | {} |",
+            r.events_per_s,
+            r.peak_rss_mib,
+            r.peak_anon_mib,
+            r.cpu_s_per_m,
+            ms(r.machine_probe_us)
         ));
         if latency {
             md.push_str(&format!(" {p50} | {p99} |"));
         }
         md.push('\n');
     }
+    md.push_str(PROBE_NOTE);
     md.push_str(&latency_notes(args, latencies));
     let machine = machine(args.embedded);
     let faust = if args.embedded {
@@ -1359,6 +1381,10 @@ struct Latency {
     /// (Kafka runs; the rest is the broker's, mostly).
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_share: Option<CpuShare>,
+    /// The machine's speed (`machine_speed`: the probe's median µs, lower is faster) over the
+    /// backlog runs of the same scenario and system, which set `rate` when it is a share of
+    /// their throughput, and over this run.
+    machine_probe_us: (Option<f64>, Option<f64>),
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
 }
@@ -1378,6 +1404,7 @@ impl Latency {
             cpu_s_per_m: None,
             delivery_ms: None,
             cpu_share: None,
+            machine_probe_us: (None, None),
             failed: Some(why),
         }
     }
@@ -1398,6 +1425,14 @@ fn load_text(args: &Args, whose: &str) -> String {
         format!("{:.0} % of {whose} median throughput", load * 100.0)
     }
 }
+
+/// What the Markdown says about the machine probe column.
+const PROBE_NOTE: &str = "\nMachine probe: how fast the machine's cores ran \
+     (`machine_speed`: the median time of a fixed loop, the fastest of five tries once a \
+     second; lower is faster), over the system's measured runs and, for a latency run, over \
+     the backlog runs that set its rate and over the run itself. The cores of the VM these \
+     figures were first taken on change speed by up to 2x within minutes, at idle too: \
+     figures taken at different probes are not taken on the same machine.\n";
 
 /// What the Markdown says about the latency columns.
 fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -> String {
@@ -1445,11 +1480,11 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
         ));
     }
     notes.push_str(
-        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views | views' delivery p50 / p99 ms | cores busy: all / program / suite / rest |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "\n| scenario | system | rate views/s | offered views/s | samples | received | program CPU s / M views | views' delivery p50 / p99 ms | cores busy: all / program / suite / rest | machine probe µs: backlog runs / this run |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for l in latencies.values() {
         notes.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} / {} |\n",
             l.scenario,
             l.system,
             l.rate,
@@ -1472,7 +1507,9 @@ fn latency_notes(args: &Args, latencies: &BTreeMap<(String, String), Latency>) -
                     c.suite,
                     c.rest()
                 )
-            )
+            ),
+            ms(l.machine_probe_us.0),
+            ms(l.machine_probe_us.1),
         ));
     }
     let short: Vec<String> = latencies
@@ -1932,6 +1969,7 @@ fn embedded_latency_run(
         cpu_s_per_m: None,
         delivery_ms: None,
         cpu_share: None,
+        machine_probe_us: (None, None),
         failed: None,
     })
 }
@@ -2066,6 +2104,7 @@ fn drive(
         cpu_s_per_m: None,
         delivery_ms: quantile(&delivered, 0.50).zip(quantile(&delivered, 0.99)),
         cpu_share: cpu.join().ok().flatten(),
+        machine_probe_us: (None, None),
         failed: None,
     };
     Ok((latency, (stop, received), prober))
