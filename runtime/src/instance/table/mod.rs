@@ -476,20 +476,28 @@ where
         serde_json::to_vec(value).map_err(|e| self.error(format!("cannot encode a value: {e}")))
     }
 
-    /// Replaces `bytes` by `value`'s encoding, in their buffer; left as they were when `value`
-    /// does not encode.
+    /// Replaces `bytes` by `value`'s encoding, in their buffer (appended, then the old bytes
+    /// drained); left as they were when `value` does not encode, or its `Serialize` panics (a
+    /// panic is a record failure, after which the agent goes on).
     fn encode_over(&self, bytes: &mut Vec<u8>, value: &V) -> Result<()> {
-        let old = bytes.len();
-        match serde_json::to_writer(&mut *bytes, value) {
-            Ok(()) => {
-                bytes.drain(..old);
-                Ok(())
-            }
-            Err(e) => {
-                bytes.truncate(old);
-                Err(self.error(format!("cannot encode a value: {e}")))
+        /// Cuts the buffer back to `keep` bytes when dropped.
+        struct Appending<'a> {
+            bytes: &'a mut Vec<u8>,
+            keep: usize,
+        }
+        impl Drop for Appending<'_> {
+            fn drop(&mut self) {
+                self.bytes.truncate(self.keep);
             }
         }
+        let old = bytes.len();
+        let mut appending = Appending { bytes, keep: old };
+        serde_json::to_writer(&mut *appending.bytes, value)
+            .map_err(|e| self.error(format!("cannot encode a value: {e}")))?;
+        appending.bytes.drain(..old);
+        // The new value, whole: kept.
+        appending.keep = appending.bytes.len();
+        Ok(())
     }
 
     /// The value of a key.
@@ -768,13 +776,18 @@ mod tests {
     }
 
     /// A value whose encoding fails when it is `Fails` (serde_json refuses a map key that is
-    /// not a string).
+    /// not a string), and panics halfway when it is `Panics` (after `{"Panics":`).
     #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
     enum Count {
         #[default]
         Empty,
         N(u64),
         Fails(BTreeMap<Vec<u8>, u64>),
+        Panics(#[serde(serialize_with = "panics")] u64),
+    }
+
+    fn panics<S: serde::Serializer>(_: &u64, _: S) -> std::result::Result<S::Ok, S::Error> {
+        panic!("a broken Serialize")
     }
 
     #[test]
@@ -811,6 +824,15 @@ mod tests {
             failed.to_string().contains("cannot encode a value"),
             "{failed}"
         );
+        assert_eq!(
+            pending(&table.core, b"\"k\""),
+            Some(Some(br#"{"N":1}"#.to_vec()))
+        );
+        // A panic halfway through the encoding (the agent goes on after it) leaves it too.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            table.update("k".into(), |_| Count::Panics(2))
+        }));
+        assert!(panicked.is_err());
         assert_eq!(
             pending(&table.core, b"\"k\""),
             Some(Some(br#"{"N":1}"#.to_vec()))
