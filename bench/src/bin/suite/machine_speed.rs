@@ -1,9 +1,9 @@
 //! How fast the machine's cores run, through the suite's runs. This machine is a VM whose
 //! cores change speed by up to 2x within minutes, at idle too (2026-12-06: a CPU-bound Python
-//! loop took 0.19-0.40 s of CPU time for the same work). A program's CPU per record, its backlog rate and so the rate of a
-//! latency run at "half its peak" move with it, and a latency run on a slower machine than
-//! the backlog runs that set its rate gets a load its machine cannot carry. Each run says how
-//! fast the machine was meanwhile.
+//! loop took 0.19-0.40 s of CPU time for the same work). A program's CPU per record, its
+//! backlog rate and so the rate of a latency run at "half its peak" move with it, and a
+//! latency run on a slower machine than the backlog runs that set its rate gets a load its
+//! machine cannot carry. Each run says how fast the machine was meanwhile.
 //!
 //! The probe: a fixed loop of dependent integer operations, timed by the wall clock; the
 //! fastest of five tries, so that time spent waiting for a core (the machine is busy while it

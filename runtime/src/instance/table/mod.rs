@@ -448,8 +448,8 @@ where
 
     /// Writes `value` at `slot` (`None` deletes), over the bytes of the slot's last write since
     /// the step when there is one: the write hashes the key once (`entry`), and a key updated
-    /// again within a step allocates nothing for its value (the read before it hashes too). `V`'s `Serialize` runs under the overlay's lock; it
-    /// has no business reading the table.
+    /// again within a step allocates nothing for its value (the read before it hashes too).
+    /// `V`'s `Serialize` runs under the overlay's lock; it has no business reading the table.
     fn write_slot(&self, slot: Slot, value: Option<&V>) -> Result<()> {
         use std::collections::hash_map::Entry;
         let mut overlay = self.core.overlay();
