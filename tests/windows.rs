@@ -587,6 +587,86 @@ async fn windowed_tables_read_the_current_and_earlier_windows_and_expire_old_one
     app.stop().await
 }
 
+#[agent(topic = "keyed_views", tables(counts = "views_per_20s"))]
+async fn hopping_table(
+    mut views: Stream<KeyedView>,
+    counts: Table<String, u64>,
+) -> rill::Result<()> {
+    let counts = counts
+        .hopping(Duration::from_secs(60), Duration::from_secs(20))
+        .expires(Duration::from_secs(20));
+    while let Some(view) = views.next().await {
+        counts.update(view.url, |n| n + 1)?;
+    }
+    Ok(())
+}
+
+/// Stored windows: ((key, start ms), count).
+type Windows = Vec<((String, i64), u64)>;
+
+/// `(key, start in s, count)` as stored windows, sorted.
+fn windows(list: &[(&str, i64, u64)]) -> Windows {
+    let mut out: Windows = list
+        .iter()
+        .map(|(k, start, n)| (((*k).to_owned(), start * SEC), *n))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The committed entries of `table`, sorted, once they equal `want` (or after 10 s).
+async fn stored_windows(app: &TestApp, table: &str, want: &Windows) -> rill::Result<Windows> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stored: Windows = app.table(table)?;
+        stored.sort();
+        if stored == *want || tokio::time::Instant::now() > deadline {
+            return Ok(stored);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hopping_windowed_table_expires_every_keys_windows_after_a_restart() -> rill::Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let views = |list: &[(&str, i64)]| -> Vec<KeyedView> {
+        list.iter()
+            .map(|(url, at)| KeyedView {
+                url: (*url).into(),
+                at: at * SEC,
+            })
+            .collect()
+    };
+    let first_run = app(hopping_table::agent(), 1).test_in(dir.path()).await?;
+    let first = views(&[("/a", 10), ("/b", 10), ("/c", 10), ("/a", 50)]);
+    send_all(first_run.producer(), "keyed_views", first).await?;
+    // 60 s windows every 20 s: a view at 10 s counts in those starting at -40, -20 and 0 s.
+    // At 50 s the windows starting at -40 s, which ended 20 s (expires) before 40 s, are
+    // deleted, of all three keys.
+    let mut want = vec![("/a", -20, 1), ("/a", 0, 2), ("/a", 20, 1), ("/a", 40, 1)];
+    for url in ["/b", "/c"] {
+        want.extend([(url, -20, 1), (url, 0, 1)]);
+    }
+    let want = windows(&want);
+    assert_eq!(
+        stored_windows(&first_run, "views_per_20s", &want).await?,
+        want
+    );
+    first_run.stop().await?;
+
+    // After a restart the windows are known from the store: a view at 300 s expires every
+    // window that ended 20 s (expires) before it, of every key, several keys to a start.
+    let restarted = app(hopping_table::agent(), 1).test_in(dir.path()).await?;
+    send_all(restarted.producer(), "keyed_views", views(&[("/b", 300)])).await?;
+    let want = windows(&[("/b", 260, 1), ("/b", 280, 1), ("/b", 300, 1)]);
+    assert_eq!(
+        stored_windows(&restarted, "views_per_20s", &want).await?,
+        want
+    );
+    restarted.stop().await
+}
+
 #[tokio::test]
 async fn window_state_stays_bounded_on_an_endless_stream() -> rill::Result<()> {
     let dir = tempfile::tempdir().expect("tempdir");

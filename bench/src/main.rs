@@ -4,6 +4,7 @@
 //! cargo run --release -p rill-bench -- keyed-count                       # embedded log
 //! cargo run --release -p rill-bench -- keyed-count --broker kafka://127.0.0.1:19092
 //! cargo run --release -p rill-bench -- keyed-count --broker kafka://127.0.0.1:19092 --exactly-once
+//! cargo run --release -p rill-bench -- windowed-count                    # Faust-style windows
 //! ```
 //!
 //! Topics and groups are fixed (`bench_events`, app `bench`): give each run a fresh broker.
@@ -11,7 +12,13 @@
 //! `keyed-count`: a running count per key in a table (LMDB + changelog) over `--events` events
 //! and `--keys` keys. Reports the processing rate, the time a clean restart takes to process
 //! its first record (no changelog replay), and the time to rebuild the table from its changelog
-//! after the local copy is deleted. Progress goes to stderr; a JSON line of results to stdout.
+//! after the local copy is deleted.
+//!
+//! `windowed-count`: the same events counted per key in a Faust-style windowed table, hopping
+//! 60 s every 10 s (`Table::hopping`, so each event updates six windows of its key); event
+//! times are the records' production times, a few seconds apart. Reports the processing rate.
+//!
+//! Progress goes to stderr; a JSON line of results to stdout.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -27,7 +34,7 @@ use rill::{AgentSpec, AgentStats, TopicSpec};
 
 #[derive(Parser)]
 struct Args {
-    /// Scenario (only `keyed-count` so far).
+    /// Scenario: `keyed-count` or `windowed-count`.
     scenario: String,
     /// Events to process.
     #[arg(long, default_value_t = 1_000_000)]
@@ -51,6 +58,23 @@ struct Event {
     #[record(key)]
     key: String,
     n: u64,
+}
+
+/// Counts per key in hopping windows of a windowed table (`windowed-count`).
+fn windowed_counter() -> AgentSpec {
+    AgentSpec::new("count", "bench")
+        .source(TopicSpec::of::<Event>("bench_events", "bench"))
+        .table("bench_window_counts")
+        .run(|mut ctx| async move {
+            let mut events = ctx.stream::<Event>()?;
+            let counts = ctx
+                .table::<String, u64>("bench_window_counts")?
+                .hopping(Duration::from_secs(60), Duration::from_secs(10));
+            while let Some(e) = events.next().await {
+                counts.update(e.key, |c| c + 1)?;
+            }
+            Ok(())
+        })
 }
 
 fn counter() -> AgentSpec {
@@ -111,12 +135,15 @@ async fn main() -> rill::Result<()> {
         .with_env_filter("warn")
         .with_writer(std::io::stderr)
         .try_init();
-    if args.scenario != "keyed-count" {
-        return Err(rill::Error::user(format!(
-            "unknown scenario `{}`; expected `keyed-count`",
-            args.scenario
-        )));
-    }
+    let windowed = match args.scenario.as_str() {
+        "keyed-count" => false,
+        "windowed-count" => true,
+        other => {
+            return Err(rill::Error::user(format!(
+                "unknown scenario `{other}`; expected `keyed-count` or `windowed-count`"
+            )));
+        }
+    };
     let dir = tempfile::tempdir().map_err(rill::Error::user)?;
 
     eprintln!("writing {} events over {} keys", args.events, args.keys);
@@ -139,7 +166,12 @@ async fn main() -> rill::Result<()> {
     loader.shutdown().await?;
 
     eprintln!("processing");
-    let worker = app(&args, dir.path(), vec![counter()]).start().await?;
+    let agent = if windowed {
+        windowed_counter()
+    } else {
+        counter()
+    };
+    let worker = app(&args, dir.path(), vec![agent]).start().await?;
     let stats: Arc<AgentStats> = worker
         .stats("count")
         .ok_or_else(|| rill::Error::user("no stats"))?;
@@ -154,7 +186,18 @@ async fn main() -> rill::Result<()> {
     .await;
     worker.shutdown().await?;
     let rate = args.events as f64 / process.as_secs_f64();
-    eprintln!("keyed count: {rate:.0} events/s");
+    eprintln!("{}: {rate:.0} events/s", args.scenario);
+    if windowed {
+        let result = serde_json::json!({
+            "scenario": "windowed-count",
+            "transport": args.broker.clone().unwrap_or_else(|| "embedded".into()),
+            "events": args.events,
+            "keys": args.keys,
+            "events_per_s": rate.round(),
+        });
+        println!("{result}");
+        return Ok(());
+    }
 
     // A clean restart: time until a new record is processed (no changelog replay expected).
     let restart = measure_first_record(&args, dir.path(), &producer_topic(), args.events).await?;

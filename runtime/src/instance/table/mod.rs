@@ -168,7 +168,7 @@ impl TableDef {
 }
 
 /// Where a key's uncommitted write sits in an overlay: its partition and key bytes.
-type Slot = (i32, Vec<u8>);
+pub(crate) type Slot = (i32, Vec<u8>);
 
 /// An instance's view of a table: the overlay of writes since the last commit step, over the
 /// writes of the step under way (the agent keeps processing while it commits), over the store.
@@ -418,12 +418,8 @@ where
         Ok(())
     }
 
-    pub(crate) fn read(&self, partition: i32, key: &[u8]) -> Result<Option<V>> {
-        self.read_slot(&(partition, key.to_vec()))
-    }
-
     /// The value at `slot`: the uncommitted write's, else the store's.
-    fn read_slot(&self, slot: &Slot) -> Result<Option<V>> {
+    pub(crate) fn read_slot(&self, slot: &Slot) -> Result<Option<V>> {
         let (partition, key) = slot;
         if let Some(found) = self
             .core
@@ -452,21 +448,35 @@ where
     /// `V`'s `Serialize` runs under the overlay's lock; it has no business reading the table.
     fn write_slot(&self, slot: Slot, value: Option<&V>) -> Result<()> {
         use std::collections::hash_map::Entry;
-        let mut overlay = self.core.overlay();
-        let Some(value) = value else {
-            overlay.insert(slot, None);
-            return Ok(());
-        };
-        match overlay.entry(slot) {
-            Entry::Occupied(mut written) => match written.get_mut() {
-                Some(bytes) => self.encode_over(bytes, value),
-                deleted @ None => {
-                    *deleted = Some(self.encode_value(value)?);
-                    Ok(())
-                }
-            },
+        match self.core.overlay().entry(slot) {
+            Entry::Occupied(mut written) => self.overwrite(written.get_mut(), value),
             Entry::Vacant(slot) => {
-                slot.insert(Some(self.encode_value(value)?));
+                slot.insert(value.map(|v| self.encode_value(v)).transpose()?);
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Table::write_slot`] at a borrowed slot, for a caller that keeps the key: it is copied
+    /// only when the step has not written it yet (the lookup and the insert then hash it
+    /// twice).
+    pub(crate) fn write_at(&self, slot: &Slot, value: Option<&V>) -> Result<()> {
+        let mut overlay = self.core.overlay();
+        if let Some(written) = overlay.get_mut(slot) {
+            return self.overwrite(written, value);
+        }
+        let encoded = value.map(|v| self.encode_value(v)).transpose()?;
+        overlay.insert(slot.clone(), encoded);
+        Ok(())
+    }
+
+    /// Replaces a step's write of a key by `value` (`None` deletes), in its buffer when both
+    /// are values.
+    fn overwrite(&self, written: &mut Option<Vec<u8>>, value: Option<&V>) -> Result<()> {
+        match (written, value) {
+            (Some(bytes), Some(value)) => self.encode_over(bytes, value),
+            (written, value) => {
+                *written = value.map(|v| self.encode_value(v)).transpose()?;
                 Ok(())
             }
         }
@@ -532,10 +542,10 @@ where
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
         let partition = self.partition_of(key);
         self.check_write(key, partition)?;
-        let k = self.encode_key(key)?;
-        let old = self.read(partition, &k)?;
+        let slot = (partition, self.encode_key(key)?);
+        let old = self.read_slot(&slot)?;
         if old.is_some() {
-            self.write(partition, k, None)?;
+            self.write_slot(slot, None)?;
         }
         Ok(old)
     }

@@ -18,7 +18,7 @@
 //! event's timestamp too); `now()` reads the worker's clock (virtual in tests), as Faust's
 //! `now()` reads the wall clock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -40,7 +40,12 @@ pub struct WindowedTable<K, V> {
     index: Mutex<Index>,
 }
 
-type PartIndex = (i64, BTreeSet<(i64, Vec<u8>)>);
+/// A partition's stored windows: their stored keys by window start. Every update looks its
+/// windows up here: a start among a few in the tree, then the key hashed, cheaper than
+/// comparing key bytes down a tree of every (start, key).
+type Starts = BTreeMap<i64, HashSet<Vec<u8>, foldhash::fast::RandomState>>;
+
+type PartIndex = (i64, Starts);
 
 #[derive(Default)]
 struct Index {
@@ -110,10 +115,13 @@ where
     /// The value of `key` in the window containing `time` (ms since the epoch), or the
     /// table's default.
     pub fn at(&self, key: &K, time: i64) -> Result<V> {
-        let k = self.stored_key(key, self.start_of(time))?;
+        let slot = (
+            self.table.partition_of(key),
+            self.stored_key(key, self.start_of(time))?,
+        );
         Ok(self
             .table
-            .read(self.table.partition_of(key), &k)?
+            .read_slot(&slot)?
             .unwrap_or_else(|| (self.table.default)()))
     }
 
@@ -147,15 +155,18 @@ where
         let mut start = self.start_of(time);
         let mut last = None;
         while start > time - self.size {
-            let k = self.stored_key(&key, start)?;
+            // One copy of the stored key per window: read and written where it is (copied
+            // into the step's writes only when they do not have it yet), then moved into the
+            // index (dropped when the index has the window already).
+            let slot = (partition, self.stored_key(&key, start)?);
             let old = self
                 .table
-                .read(partition, &k)?
+                .read_slot(&slot)?
                 .unwrap_or_else(|| (self.table.default)());
             let new = f(old);
-            self.table.write(partition, k.clone(), Some(&new))?;
+            self.table.write_at(&slot, Some(&new))?;
             if let Some((_, windows)) = index.parts.get_mut(&partition) {
-                windows.insert((start, k));
+                windows.entry(start).or_default().insert(slot.1);
             }
             last.get_or_insert(new);
             start -= self.step;
@@ -165,8 +176,15 @@ where
             let horizon = max_time
                 .saturating_sub(self.expires)
                 .saturating_sub(self.size);
-            while windows.first().is_some_and(|(start, _)| *start < horizon) {
-                if let Some((_, k)) = windows.pop_first() {
+            while windows
+                .first_key_value()
+                .is_some_and(|(start, _)| *start < horizon)
+            {
+                for k in windows
+                    .pop_first()
+                    .map(|(_, keys)| keys)
+                    .unwrap_or_default()
+                {
                     self.table.write(partition, k, None)?;
                 }
             }
@@ -186,10 +204,10 @@ where
             return Ok(());
         }
         let def = &self.table.core.def;
-        let mut windows = BTreeSet::new();
+        let mut windows = Starts::new();
         for (k, _) in def.store.scan(&def.name, partition)? {
             if let Ok((_, start)) = serde_json::from_slice::<(serde_json::Value, i64)>(&k) {
-                windows.insert((start, k));
+                windows.entry(start).or_default().insert(k);
             }
         }
         index.parts.insert(partition, (i64::MIN, windows));
