@@ -642,7 +642,7 @@ async fn a_hopping_windowed_table_expires_every_keys_windows_after_a_restart() -
     let first = views(&[("/a", 10), ("/b", 10), ("/c", 10), ("/a", 50)]);
     send_all(first_run.producer(), "keyed_views", first).await?;
     // 60 s windows every 20 s: a view at 10 s counts in those starting at -40, -20 and 0 s.
-    // At 50 s the windows starting at -40 s, which ended 20 s (expires) before 40 s, are
+    // At 50 s the windows starting at -40 s (ended at 20 s, kept 20 s more: `expires`) are
     // deleted, of all three keys.
     let mut want = vec![("/a", -20, 1), ("/a", 0, 2), ("/a", 20, 1), ("/a", 40, 1)];
     for url in ["/b", "/c"] {
@@ -655,8 +655,8 @@ async fn a_hopping_windowed_table_expires_every_keys_windows_after_a_restart() -
     );
     first_run.stop().await?;
 
-    // After a restart the windows are known from the store: a view at 300 s expires every
-    // window that ended 20 s (expires) before it, of every key, several keys to a start.
+    // After a restart the windows are known from the store: a view at 300 s deletes every
+    // window that ended more than 20 s before it, of every key, several keys to a start.
     let restarted = app(hopping_table::agent(), 1).test_in(dir.path()).await?;
     send_all(restarted.producer(), "keyed_views", views(&[("/b", 300)])).await?;
     let want = windows(&[("/b", 260, 1), ("/b", 280, 1), ("/b", 300, 1)]);
