@@ -176,15 +176,10 @@ where
             let horizon = max_time
                 .saturating_sub(self.expires)
                 .saturating_sub(self.size);
-            while windows
-                .first_key_value()
-                .is_some_and(|(start, _)| *start < horizon)
+            while let Some(oldest) = windows.first_entry()
+                && *oldest.key() < horizon
             {
-                for k in windows
-                    .pop_first()
-                    .map(|(_, keys)| keys)
-                    .unwrap_or_default()
-                {
+                for k in oldest.remove() {
                     self.table.write(partition, k, None)?;
                 }
             }
