@@ -403,10 +403,8 @@ async fn child(args: ChildArgs) -> rill::Result<()> {
         .partitions(args.partitions)
         .configure(|c| c.web_port = None);
     app = match (&args.bootstrap, &args.embedded) {
-        // The contract's librdkafka queue limits (the hand-written program's, too). rill hands
-        // its `kafka` properties to every client (it has no per-client settings), so
-        // librdkafka warns once per client (CONFWARN) that the producer ignores the
-        // consumer's limit and the consumers the producer's: harmless.
+        // The contract's librdkafka queue limits (the hand-written program's, too): rill
+        // gives the consumer's to its consumers and the producer's to its producers.
         (Some(b), _) => app
             .broker(&format!("kafka://{b}"))
             .data_dir(&state)

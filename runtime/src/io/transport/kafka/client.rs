@@ -46,15 +46,110 @@ impl ClientContext for LogContext {
     }
 }
 
-/// The config every client of the worker starts from: the bootstrap servers, a `client.id`
-/// naming the app, and the user's properties (`-X`, `RILL_KAFKA_*`).
+/// librdkafka's consumer-only properties (`C` in its CONFIGURATION.md, librdkafka 2.12; the
+/// callbacks left out), sorted. A test checks the list against the linked librdkafka.
+const CONSUMER_ONLY: &[&str] = &[
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "coordinator.query.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "fetch.error.backoff.ms",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.wait.max.ms",
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "session.timeout.ms",
+];
+
+/// librdkafka's producer-only properties (`P`), sorted, as [`CONSUMER_ONLY`].
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.level",
+    "compression.type",
+    "delivery.report.only.error",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "partitioner",
+    "produce.offset.report",
+    "queue.buffering.backpressure.threshold",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "queuing.strategy",
+    "request.required.acks",
+    "request.timeout.ms",
+    "retries",
+    "sticky.partitioning.linger.ms",
+    "transaction.timeout.ms",
+    "transactional.id",
+];
+
+/// The clients a librdkafka property is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientKind {
+    Consumer,
+    Producer,
+    Any,
+}
+
+fn client_kind(property: &str) -> ClientKind {
+    if CONSUMER_ONLY.binary_search(&property).is_ok() {
+        ClientKind::Consumer
+    } else if PRODUCER_ONLY.binary_search(&property).is_ok() {
+        ClientKind::Producer
+    } else {
+        ClientKind::Any
+    }
+}
+
+/// Sets the user's properties (`-X`, `RILL_KAFKA_*`) meant for `kind` of client. rill has one
+/// list of properties for all its clients, and librdkafka warns (`CONFWARN`) at every client
+/// given a property of the other kind: a consumer's go to consumers only, a producer's to
+/// producers only, the others (security, timeouts, `client.id`...) to every client.
+fn set_users(client: &mut ClientConfig, config: &Config, kind: ClientKind) {
+    for (k, v) in &config.kafka {
+        if client_kind(k) == kind {
+            client.set(k, v);
+        }
+    }
+}
+
+/// The config every client of the worker starts from (the admin client and the settings
+/// probe use it as it is): the bootstrap servers, a `client.id` naming the app, and the
+/// user's properties for any client.
 pub(super) fn base_config(config: &Config, bootstrap: &str) -> ClientConfig {
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", bootstrap);
     base.set("client.id", format!("rill-{}", config.app_id));
-    for (k, v) in &config.kafka {
-        base.set(k, v);
-    }
+    set_users(&mut base, config, ClientKind::Any);
     // rill creates every topic it uses before the first send or fetch, with the partitions
     // and settings it needs. A broker with `auto.create.topics.enable=true` (Kafka's
     // default) would otherwise create a topic on a producer's metadata request with its
@@ -103,11 +198,17 @@ pub(super) fn producer_config(base: &ClientConfig, config: &Config) -> ClientCon
         // Deliveries wait out broker outages (librdkafka retries with backoff) instead of
         // failing after 5 minutes: a commit step waits, nothing is dropped.
         .set("message.timeout.ms", "0");
-    for (k, v) in &config.kafka {
-        // The user's properties win (`Config::validate` refused `enable.idempotence=false`).
-        producer_config.set(k, v);
-    }
+    // The user's properties win (`Config::validate` refused `enable.idempotence=false`).
+    set_users(&mut producer_config, config, ClientKind::Producer);
     producer_config
+}
+
+/// The config every consumer of the worker starts from: `base` and the user's consumer
+/// properties, set before rill's own consumer settings, which check for them.
+pub(super) fn consumer_base(base: &ClientConfig, config: &Config) -> ClientConfig {
+    let mut consumer = base.clone();
+    set_users(&mut consumer, config, ClientKind::Consumer);
+    consumer
 }
 
 /// rill's prefetch bounds for its consumers, where the user set none (`-X`, `RILL_KAFKA_*`).
@@ -168,7 +269,119 @@ pub(super) fn owned_headers(r: &OutRecord) -> Option<OwnedHeaders> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
     use super::*;
+
+    /// Keeps the warnings librdkafka logs.
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    impl ClientContext for Warnings {
+        fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+            if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+                let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                seen.push(format!("{fac}: {message}"));
+            }
+        }
+    }
+
+    impl ConsumerContext for Warnings {}
+
+    impl rdkafka::producer::ProducerContext for Warnings {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, (): ()) {}
+    }
+
+    #[test]
+    fn each_client_gets_the_users_properties_of_its_kind_and_librdkafka_warns_of_none() {
+        let mut config = Config::new("kinds");
+        for kv in [
+            "queued.max.messages.kbytes=65536",
+            "session.timeout.ms=30000",
+            "queue.buffering.max.kbytes=65536",
+            "linger.ms=20",
+            "socket.keepalive.enable=true",
+        ] {
+            config.set_kafka_property(kv).unwrap();
+        }
+        let base = base_config(&config, "127.0.0.1:9");
+        let mut producer = producer_config(&base, &config);
+        let mut consumer = consumer_base(&base, &config);
+        consumer.set("group.id", "kinds");
+        let has = |c: &ClientConfig, k: &str| c.get(k).is_some();
+        for c in [&base, &producer, &consumer] {
+            assert!(has(c, "socket.keepalive.enable"));
+        }
+        assert!(!has(&base, "linger.ms") && !has(&base, "session.timeout.ms"));
+        assert_eq!(
+            producer.get("linger.ms"),
+            Some("20"),
+            "the user's value wins"
+        );
+        assert!(!has(&producer, "queued.max.messages.kbytes"));
+        assert!(has(&consumer, "queued.max.messages.kbytes") && !has(&consumer, "linger.ms"));
+
+        let warnings = Warnings::default();
+        producer.set_log_level(RDKafkaLogLevel::Warning);
+        consumer.set_log_level(RDKafkaLogLevel::Warning);
+        let p: BaseProducer<Warnings> = producer.create_with_context(warnings.clone()).unwrap();
+        let c: BaseConsumer<Warnings> = consumer.create_with_context(warnings.clone()).unwrap();
+        // librdkafka queues its logs, and a poll serves them.
+        let _ = (
+            p.poll(Duration::from_millis(100)),
+            c.poll(Duration::from_millis(100)),
+        );
+        let seen = warnings.0.lock().unwrap().clone();
+        assert!(seen.iter().all(|w| !w.contains("CONFWARN")), "{seen:?}");
+    }
+
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "librdkafka prints its table of properties to a C `FILE` only"
+    )]
+    fn the_lists_of_consumer_and_producer_properties_are_the_linked_librdkafkas() {
+        use std::ffi::{CString, c_char, c_int, c_void};
+        unsafe extern "C" {
+            fn fopen(path: *const c_char, mode: *const c_char) -> *mut c_void;
+            fn fclose(file: *mut c_void) -> c_int;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("properties.md");
+        let c_path = CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a file opened for writing, handed to librdkafka, then closed once.
+        unsafe {
+            let file = fopen(c_path.as_ptr(), c"w".as_ptr());
+            assert!(!file.is_null());
+            rdkafka::bindings::rd_kafka_conf_properties_show(file.cast());
+            fclose(file);
+        }
+        let table = std::fs::read_to_string(&path).unwrap();
+        let (mut consumer, mut producer) = (BTreeSet::new(), BTreeSet::new());
+        for row in table.lines() {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // Callbacks (`rebalance_cb`...) cannot be set from a string.
+            let Some(&[name, kind]) = cells.get(..2) else {
+                continue;
+            };
+            match kind {
+                _ if name.contains('_') => {}
+                "C" => _ = consumer.insert(name.to_owned()),
+                "P" => _ = producer.insert(name.to_owned()),
+                _ => {}
+            }
+        }
+        let set = |list: &[&str]| list.iter().map(|&s| s.to_owned()).collect::<BTreeSet<_>>();
+        assert!(consumer.len() > 20 && producer.len() > 20, "{table}");
+        assert_eq!(set(CONSUMER_ONLY), consumer);
+        assert_eq!(set(PRODUCER_ONLY), producer);
+        assert!(CONSUMER_ONLY.is_sorted() && PRODUCER_ONLY.is_sorted());
+    }
 
     #[test]
     fn a_client_creation_error_does_not_repeat_a_secret() {

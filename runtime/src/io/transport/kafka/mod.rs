@@ -61,9 +61,11 @@ use commit::KafkaCommitter;
 use fetch::FetchContext;
 use futures::future::BoxFuture;
 
-/// The Kafka side of a worker: a base client config, the shared producer and an admin client.
+/// The Kafka side of a worker: its consumers' base config, the shared producer and an admin
+/// client.
 pub(crate) struct KafkaTransport {
-    base: ClientConfig,
+    /// What every consumer of the worker starts from (`client::consumer_base`).
+    consumers: ClientConfig,
     producer: produce::WorkerProducer,
     admin_client: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
@@ -105,7 +107,7 @@ impl KafkaTransport {
             ProcessingGuarantee::AtLeastOnce => None,
         };
         Ok(Arc::new(KafkaTransport {
-            base,
+            consumers: client::consumer_base(&base, config),
             producer,
             admin_client: Arc::new(admin),
             replication: config.replication,
@@ -165,7 +167,7 @@ impl Log for KafkaTransport {
             let name = crate::base::spec::leader_topic(app_id);
             let spec = TopicSpec::internal(&name, Internal::Leader, Some(1), "leader election");
             self.admin().ensure_topics_checked(&[spec], 1).await?;
-            leader::elect(&self.base, &name, &name)
+            leader::elect(&self.consumers, &name, &name)
         })
     }
 
@@ -190,19 +192,26 @@ impl Log for KafkaTransport {
         until: i64,
         f: &mut dyn FnMut(Vec<RawRecord>) -> Result<()>,
     ) -> Result<()> {
-        read::read_partition_range(&self.base, &self.admin(), topic, partition, from..until, f)
+        read::read_partition_range(
+            &self.consumers,
+            &self.admin(),
+            topic,
+            partition,
+            from..until,
+            f,
+        )
     }
 
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        read::committed_offset(&self.base, group, topic, partition)
+        read::committed_offset(&self.consumers, group, topic, partition)
     }
 
     fn offset_for_time(&self, topic: &str, partition: i32, ms: i64) -> Result<i64> {
-        read::offset_for_time(&self.base, &self.admin(), topic, partition, ms)
+        read::offset_for_time(&self.consumers, &self.admin(), topic, partition, ms)
     }
 
     fn reset_offsets(&self, group: &str, offsets: &[(Tp, i64)]) -> Result<()> {
-        read::commit_group_offsets(&self.base, group, offsets)
+        read::commit_group_offsets(&self.consumers, group, offsets)
     }
 
     fn start_fetcher(
@@ -314,7 +323,7 @@ impl KafkaTransport {
         let aligned = router.read_ahead.is_some() && topics.len() > 1;
         let config_for = |aligned| {
             fetch::consumer_config(
-                &self.base,
+                &self.consumers,
                 group,
                 reset,
                 read_committed,
