@@ -352,7 +352,7 @@ fn consumer_config(bootstrap: &str, group: &str, read_committed: bool) -> Client
         // backoff once a partition's queue is full.
         .set("fetch.max.bytes", "1048576")
         .set("queued.min.messages", "10000")
-        .set("fetch.queue.backoff.ms", "5")
+        .set("fetch.queue.backoff.ms", "1")
         .set(
             "isolation.level",
             if read_committed {

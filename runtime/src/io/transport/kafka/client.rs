@@ -217,10 +217,14 @@ pub(super) fn consumer_base(base: &ClientConfig, config: &Config) -> ClientConfi
 /// message, and its byte limits count payloads only: with its defaults (50 MiB fetches,
 /// 100,000 messages per partition) a worker reading a backlog of small records held ~140 MiB
 /// of prefetched messages. One MiB fetches and 10,000 messages per partition bound that to a
-/// few tens of MiB, and a 5 ms queue backoff (librdkafka waits `fetch.queue.backoff.ms`,
-/// 1 s by default, once a partition's queue is full) keeps fetching as soon as the agent has
-/// taken records: at full speed the stateless benchmark went from ~150 MiB anonymous RSS to
+/// few tens of MiB: at full speed the stateless benchmark went from ~150 MiB anonymous RSS to
 /// ~50 MiB, and got faster (`bench/results`).
+///
+/// Once a partition's queue is full librdkafka waits `fetch.queue.backoff.ms` (1 s by
+/// default) before it fetches for it again. rill waits 1 ms: the agent empties a queue of
+/// 1,000 records in a few milliseconds, and with 5 ms a join reading a backlog written in
+/// batches of ~9,600 records slept a third of its time in waits of 3-7 ms (189-196k events/s,
+/// 256-262k with 1 ms and the same CPU; docs/decisions.md, "Bounded Kafka prefetch").
 ///
 /// A consumer whose partitions are held in step (`aligned`: an agent over several topics,
 /// `io/transport/align.rs`) prefetches less: holding a partition pauses it, and librdkafka
@@ -240,7 +244,7 @@ pub(super) fn prefetch_defaults(config: &mut ClientConfig, aligned: bool) {
             "queued.min.messages",
             if aligned { "1000" } else { "10000" },
         ),
-        ("fetch.queue.backoff.ms", "5"),
+        ("fetch.queue.backoff.ms", "1"),
     ];
     if aligned {
         defaults.push(("max.partition.fetch.bytes", "131072"));
@@ -413,25 +417,43 @@ mod tests {
                 "queued.min.messages",
                 "max.partition.fetch.bytes",
                 "fetch.max.bytes",
+                "fetch.queue.backoff.ms",
             ]
             .map(|k| config.get(k).map(str::to_owned))
         };
         let none = ClientConfig::new();
         let one_mib = Some("1048576".to_owned());
+        let one_ms = Some("1".to_owned());
         assert_eq!(
             defaults(&none, false),
-            [Some("10000".to_owned()), None, one_mib.clone()]
+            [
+                Some("10000".to_owned()),
+                None,
+                one_mib.clone(),
+                one_ms.clone()
+            ]
         );
         assert_eq!(
             defaults(&none, true),
-            [Some("1000".to_owned()), Some("131072".to_owned()), one_mib]
+            [
+                Some("1000".to_owned()),
+                Some("131072".to_owned()),
+                one_mib,
+                one_ms
+            ]
         );
         let mut user = ClientConfig::new();
         user.set("queued.min.messages", "50")
-            .set("max.partition.fetch.bytes", "4096");
+            .set("max.partition.fetch.bytes", "4096")
+            .set("fetch.queue.backoff.ms", "20");
+        let users = defaults(&user, true);
         assert_eq!(
-            defaults(&user, true)[..2],
-            [Some("50".to_owned()), Some("4096".to_owned())]
+            [&users[..2], &users[3..]].concat(),
+            [
+                Some("50".to_owned()),
+                Some("4096".to_owned()),
+                Some("20".to_owned())
+            ]
         );
     }
 }
