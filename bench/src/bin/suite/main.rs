@@ -2267,8 +2267,11 @@ static ALLOCATOR: rill::Jemalloc = rill::Jemalloc;
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
+    // Warnings and errors, or what `RUST_LOG` asks for (debugging a run).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
     match args.child {

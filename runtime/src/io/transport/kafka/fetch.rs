@@ -196,6 +196,7 @@ impl FetchStart {
             slot,
             ..
         } = self;
+        know_partner_leaders(&consumer);
         let topic_refs: Vec<&str> = subscribed.iter().map(String::as_str).collect();
         if let Err(e) = consumer.subscribe(&topic_refs) {
             let e = Error::kafka(format!("subscribing group `{group}` to {subscribed:?}"), e);
@@ -205,6 +206,20 @@ impl FetchStart {
         }
         let _ = slot.set(consumer.clone());
         Some(consumer)
+    }
+}
+
+/// Asks the cluster for the partner topics' metadata (cooperative: topics assigned with the
+/// subscribed one, not subscribed themselves), so that librdkafka knows their leaders when
+/// their partitions are assigned. A partition assigned without a known leader waits for it
+/// before it can look up where to start (librdkafka retries every 500 ms): a join's second
+/// topic started about a second after its first, and the first's partitions were held in step
+/// meanwhile (`align.rs`). A failure only costs that wait again.
+fn know_partner_leaders(consumer: &BaseConsumer<FetchContext>) {
+    for topic in consumer.context().rebalancer.partners() {
+        if let Err(e) = consumer.fetch_metadata(Some(topic), super::client::METADATA_TIMEOUT) {
+            tracing::debug!(topic = %topic, error = %e, "reading a partner topic's metadata");
+        }
     }
 }
 

@@ -73,6 +73,11 @@ impl Rebalancer {
         }
     }
 
+    /// The topics assigned with the subscribed one, partition for partition (cooperative).
+    pub(super) fn partners(&self) -> &[String] {
+        &self.partners
+    }
+
     /// The fetcher stopped and the consumer is about to close: closing, librdkafka revokes the
     /// assignment through the callback, where only librdkafka's side is done. The instances
     /// have committed and ended, and asking librdkafka for the assignment then
