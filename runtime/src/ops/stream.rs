@@ -14,7 +14,7 @@ use crate::base::message::{Event, Metadata, RawRecord};
 use crate::base::record::Record;
 use crate::instance::context::{self, InstanceState};
 use crate::instance::record_loop::RecordLoop;
-use crate::instance::record_loop::setup::RekeyTarget;
+use crate::instance::record_loop::setup::{AgentSetup, RekeyTarget};
 use crate::instance::table::global::GlobalTable;
 use crate::ops::punctuate::{Punctuation, PunctuationTime, Punctuator};
 
@@ -727,41 +727,18 @@ impl<T> futures::Stream for Stream<T> {
                         return Poll::Ready(None);
                     }
                     if let Some(shared) = &fed
-                        && let Some(feed) = shared.feed_of(&raw.topic)
+                        && fed_a_table(shared, raw)
                     {
-                        // A record of a table's topic (`AgentSpec::table_of`): it updates the
-                        // table; the agent never sees it.
-                        shared.position.feeding.store(true, Ordering::Relaxed);
-                        let fed = feed(raw);
-                        shared.position.feeding.store(false, Ordering::Relaxed);
-                        if let Err(e) = fed {
-                            shared.record_failed(
-                                raw,
-                                Failure {
-                                    kind: FailureKind::Error,
-                                    message: e.to_string(),
-                                },
-                            );
-                        }
                         continue;
                     }
                     let item = (this.step)(raw);
                     if let Some((copies, unknown)) = echo_copies(&this.echo, raw) {
-                        let shared = this.core.shared.clone();
-                        let setup = this.core.pipeline.clone();
-                        let sending = Box::pin(async move {
-                            if let Some(setup) = setup {
-                                for topic in unknown {
-                                    let spec =
-                                        crate::base::spec::TopicSpec::of::<Vec<u8>>(&topic, "echo");
-                                    setup.ensure_topic(spec).await?;
-                                }
-                            }
-                            for copy in copies {
-                                shared.send(copy, None).await?;
-                            }
-                            Ok(())
-                        });
+                        let sending = send_echoes(
+                            &this.core.shared,
+                            this.core.pipeline.clone(),
+                            copies,
+                            unknown,
+                        );
                         this.echoing = Some((sending, item));
                         continue;
                     }
@@ -805,6 +782,50 @@ impl<T> Stream<T> {
         position.current_partition.store(before, Ordering::Relaxed);
         outcome.map(|()| sends)
     }
+}
+
+/// A record of a table's topic (`AgentSpec::table_of`) updates the table, and the agent never
+/// sees it: true when `raw` was one (a failure to apply it goes to the dead letters).
+fn fed_a_table(shared: &InstanceState, raw: &RawRecord) -> bool {
+    let Some(feed) = shared.feed_of(&raw.topic) else {
+        return false;
+    };
+    shared.position.feeding.store(true, Ordering::Relaxed);
+    let fed = feed(raw);
+    shared.position.feeding.store(false, Ordering::Relaxed);
+    if let Err(e) = fed {
+        shared.record_failed(
+            raw,
+            Failure {
+                kind: FailureKind::Error,
+                message: e.to_string(),
+            },
+        );
+    }
+    true
+}
+
+/// Sends an `echo`'s `copies` through the instance, in order, as one future, creating the
+/// `unknown` topics first.
+fn send_echoes(
+    shared: &Arc<InstanceState>,
+    setup: Option<Arc<dyn AgentSetup>>,
+    copies: Vec<crate::base::message::OutRecord>,
+    unknown: Vec<Arc<str>>,
+) -> futures::future::BoxFuture<'static, Result<()>> {
+    let shared = shared.clone();
+    Box::pin(async move {
+        if let Some(setup) = setup {
+            for topic in unknown {
+                let spec = crate::base::spec::TopicSpec::of::<Vec<u8>>(&topic, "echo");
+                setup.ensure_topic(spec).await?;
+            }
+        }
+        for copy in copies {
+            shared.send(copy, None).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Sends `records` through the instance, in order, as one future.

@@ -1092,6 +1092,20 @@ pub(crate) fn spawn_fetcher(
         .map_err(|e| Error::io("spawning a fetcher thread", e))
 }
 
+/// What a fetcher keeps between reads of its assignment.
+struct FetchState {
+    /// The assignment generation `positions` are for.
+    generation: u64,
+    positions: Vec<(Tp, i64)>,
+    /// Partitions read to their end (reported once each time they get there).
+    at_end: HashSet<Tp>,
+    /// The router's bootstrap topics are not all read to their end since the assignment: the
+    /// other topics wait.
+    holding: bool,
+    /// Partitions read too far ahead of the agent's other topics wait (`align.rs`).
+    aligner: super::align::Aligner,
+}
+
 struct Fetcher<'a> {
     log: &'a EmbeddedLog,
     group: &'a str,
@@ -1109,110 +1123,39 @@ impl Fetcher<'_> {
     }
 
     fn run(&self) {
-        let mut generation = 0;
-        let mut positions: Vec<(Tp, i64)> = Vec::new();
-        // Partitions read to their end (reported once each time they get there).
-        let mut at_end: HashSet<Tp> = HashSet::new();
-        // The router's bootstrap topics are not all read to their end since the assignment:
-        // the other topics wait.
-        let mut holding = false;
-        // Partitions read too far ahead of the agent's other topics wait (`align.rs`).
-        let mut aligner =
-            super::align::Aligner::new(self.router.read_ahead, self.topics, &self.router.read_mode);
+        let mut st = FetchState {
+            generation: 0,
+            positions: Vec::new(),
+            at_end: HashSet::new(),
+            holding: false,
+            aligner: super::align::Aligner::new(
+                self.router.read_ahead,
+                self.topics,
+                &self.router.read_mode,
+            ),
+        };
         while !self.stopped() {
             let current = self.log.generation(self.group);
-            if current != generation {
-                if !positions.is_empty() {
-                    self.router.revoke(positions.len());
-                    positions.clear();
-                }
-                at_end.clear();
-                holding = !self.router.bootstrap.is_empty();
-                generation = current;
-                match self.await_assignment(generation) {
-                    Some(tps) => match self.starting_positions(&tps) {
-                        Ok(p) => {
-                            positions = p;
-                            aligner.reset(&tps);
-                            if let Err(e) = self.router.assigned(tps) {
-                                tracing::error!(error = %e, group = self.group, "assignment failed; stopping the agent");
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, group = self.group, "reading committed offsets");
-                            generation = 0;
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                    },
-                    None => continue,
+            if current != st.generation {
+                if !self.reassign(&mut st, current) {
+                    return;
                 }
                 continue;
             }
             let seen = self.log.change_count();
-            let mut fetched = false;
-            for ((topic, partition), position) in &mut positions {
-                if holding && !self.router.is_bootstrap(topic) {
-                    continue;
-                }
-                let tp = (topic.clone(), *partition);
-                if aligner.is_held(&tp) {
-                    continue;
-                }
-                match self
-                    .log
-                    .read(topic, *partition, *position, FETCH_PER_PARTITION)
-                {
-                    Ok(records) if !records.is_empty() => {
-                        if let Some(last) = records.last() {
-                            *position = last.offset + 1;
-                            if aligner.enabled() {
-                                let newest = records.iter().filter_map(|r| r.timestamp).max();
-                                aligner.handed(&tp, newest, last.offset);
-                            }
-                        }
-                        fetched = true;
-                        // Fewer than asked for: this read reached the partition's end.
-                        let mut caught_up = Vec::new();
-                        let more = records.len() >= FETCH_PER_PARTITION;
-                        if more {
-                            at_end.remove(&tp);
-                        } else {
-                            at_end.insert(tp.clone());
-                            caught_up.push(tp);
-                        }
-                        if !self.router.route(records, caught_up, more) {
-                            return;
-                        }
-                    }
-                    Ok(_) => {
-                        if at_end.insert(tp.clone())
-                            && !self.router.route(Vec::new(), vec![tp], false)
-                        {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, topic = %topic, partition, "embedded fetch failed; retrying");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                }
-            }
-            if holding
-                && positions
-                    .iter()
-                    .filter(|(tp, _)| self.router.is_bootstrap(&tp.0))
-                    .all(|(tp, _)| at_end.contains(tp))
-            {
-                holding = false;
+            let Some(mut fetched) = self.read_assigned(&mut st) else {
+                return;
+            };
+            if st.holding && self.bootstrap_read(&st) {
+                st.holding = false;
                 // The other topics start now: alignment waits for their first records.
-                let tps: Vec<Tp> = positions.iter().map(|(tp, _)| tp.clone()).collect();
-                aligner.reset(&tps);
+                let tps: Vec<Tp> = st.positions.iter().map(|(tp, _)| tp.clone()).collect();
+                st.aligner.reset(&tps);
                 continue;
             }
-            if !holding {
-                aligner.hold(&at_end);
-                if !aligner.release(&at_end).is_empty() {
+            if !st.holding {
+                st.aligner.hold(&st.at_end);
+                if !st.aligner.release(&st.at_end).is_empty() {
                     fetched = true;
                 }
             }
@@ -1221,6 +1164,112 @@ impl Fetcher<'_> {
                 self.log.wait_change(seen, Duration::from_millis(50));
             }
         }
+    }
+
+    /// The group's assignment changed to generation `current`: revokes the last one, waits for
+    /// this member's partitions and where they start. False when the agent must stop.
+    fn reassign(&self, st: &mut FetchState, current: u64) -> bool {
+        if !st.positions.is_empty() {
+            self.router.revoke(st.positions.len());
+            st.positions.clear();
+        }
+        st.at_end.clear();
+        st.holding = !self.router.bootstrap.is_empty();
+        st.generation = current;
+        let Some(tps) = self.await_assignment(current) else {
+            return true;
+        };
+        match self.starting_positions(&tps) {
+            Ok(p) => {
+                st.positions = p;
+                st.aligner.reset(&tps);
+                if let Err(e) = self.router.assigned(tps) {
+                    tracing::error!(error = %e, group = self.group, "assignment failed; stopping the agent");
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, group = self.group, "reading committed offsets");
+                st.generation = 0;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        true
+    }
+
+    /// Reads once from every assigned partition that may be read (not held back by the
+    /// bootstrap or in step) and routes what it read. `Some(true)` when it read records,
+    /// `None` when every instance is gone.
+    fn read_assigned(&self, st: &mut FetchState) -> Option<bool> {
+        let mut fetched = false;
+        for ((topic, partition), position) in &mut st.positions {
+            if st.holding && !self.router.is_bootstrap(topic) {
+                continue;
+            }
+            let tp = (topic.clone(), *partition);
+            if st.aligner.is_held(&tp) {
+                continue;
+            }
+            match self
+                .log
+                .read(topic, *partition, *position, FETCH_PER_PARTITION)
+            {
+                Ok(records) if !records.is_empty() => {
+                    fetched = true;
+                    if !self.route_read(records, tp, position, &mut st.at_end, &mut st.aligner) {
+                        return None;
+                    }
+                }
+                Ok(_) => {
+                    if st.at_end.insert(tp.clone())
+                        && !self.router.route(Vec::new(), vec![tp], false)
+                    {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %topic, partition, "embedded fetch failed; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        Some(fetched)
+    }
+
+    /// Routes `records` read from `tp` (not empty), moving its `position` past them; a read
+    /// of fewer than asked for reached the partition's end. False when every instance is gone.
+    fn route_read(
+        &self,
+        records: Vec<RawRecord>,
+        tp: Tp,
+        position: &mut i64,
+        at_end: &mut HashSet<Tp>,
+        aligner: &mut super::align::Aligner,
+    ) -> bool {
+        if let Some(last) = records.last() {
+            *position = last.offset + 1;
+            if aligner.enabled() {
+                let newest = records.iter().filter_map(|r| r.timestamp).max();
+                aligner.handed(&tp, newest, last.offset);
+            }
+        }
+        let mut caught_up = Vec::new();
+        let more = records.len() >= FETCH_PER_PARTITION;
+        if more {
+            at_end.remove(&tp);
+        } else {
+            at_end.insert(tp.clone());
+            caught_up.push(tp);
+        }
+        self.router.route(records, caught_up, more)
+    }
+
+    /// Every bootstrap partition of the assignment has been read to its end.
+    fn bootstrap_read(&self, st: &FetchState) -> bool {
+        st.positions
+            .iter()
+            .filter(|(tp, _)| self.router.is_bootstrap(&tp.0))
+            .all(|(tp, _)| st.at_end.contains(tp))
     }
 
     fn await_assignment(&self, generation: u64) -> Option<Vec<Tp>> {

@@ -310,6 +310,15 @@ impl<T: Serialize + DeserializeOwned> Buffer<T> {
 }
 
 /// The join's state in one owned partition: both sides' buffers, their expiry and its clock.
+/// A record's arrival, as a partition's clocks see it: its side (0 left, 1 right), event
+/// time, the clock time, and the upstream pump's watermark it carried.
+struct Arrival {
+    side: usize,
+    time: i64,
+    now: i64,
+    upstream: Option<(u64, i64)>,
+}
+
 struct JoinPartition<A, B> {
     left: Buffer<A>,
     right: Buffer<B>,
@@ -348,6 +357,36 @@ struct JoinPartition<A, B> {
 }
 
 impl<A: Serialize + DeserializeOwned, B: Serialize + DeserializeOwned> JoinPartition<A, B> {
+    /// Moves this partition's clocks for a record that arrived; true when the watermark must
+    /// be computed again (`computed` is the last one).
+    fn note_arrival(&mut self, a: &Arrival, idle_timeout: i64, computed: i64) -> bool {
+        let side = a.side;
+        // A partition or side quiet for the idle timeout may have been left out of the
+        // watermark: this record makes it count again.
+        let mut stale = a.now.saturating_sub(self.side_arrival[side]) >= idle_timeout
+            || a.now.saturating_sub(self.last_arrival) >= idle_timeout;
+        // A partition's clock is its slower side's largest event time (both sides' largest
+        // when both are quiet): raised from above the smallest over the partitions, it is not
+        // what holds the watermark.
+        if a.time > self.max_seen {
+            stale |= self.max_seen <= computed;
+            self.max_seen = a.time;
+            self.clock_dirty = true;
+        }
+        if a.time > self.side_max[side] {
+            stale |= self.side_max[side] <= computed;
+            self.side_max[side] = a.time;
+            self.clock_dirty = true;
+        }
+        self.side_arrival[side] = a.now;
+        if let Some((pump, wm)) = a.upstream {
+            stale |= self.upstream.heard(pump, wm, a.now);
+            self.clock_dirty = true;
+        }
+        self.last_arrival = a.now;
+        stale
+    }
+
     /// How far the partition has got: the slower side's largest event time, leaving out a side
     /// that has been quiet for the idle timeout on a partition read to its end.
     fn reached(&self, now: i64, idle_timeout: i64, caught_up: bool) -> i64 {
@@ -793,30 +832,13 @@ where
             part.applied[side] = offset;
             part.clock_dirty = true;
         }
-        // A partition or side quiet for the idle timeout may have been left out of the
-        // watermark: this record makes it count again.
-        let idle = self.idle_timeout;
-        self.stale |= now.saturating_sub(part.side_arrival[side]) >= idle
-            || now.saturating_sub(part.last_arrival) >= idle;
-        // A partition's clock is its slower side's largest event time (both sides' largest
-        // when both are quiet): raised from above the smallest over the partitions, it is not
-        // what holds the watermark.
-        if time > part.max_seen {
-            self.stale |= part.max_seen <= self.computed;
-            part.max_seen = time;
-            part.clock_dirty = true;
-        }
-        if time > part.side_max[side] {
-            self.stale |= part.side_max[side] <= self.computed;
-            part.side_max[side] = time;
-            part.clock_dirty = true;
-        }
-        part.side_arrival[side] = now;
-        if let Some((pump, wm)) = upstream {
-            self.stale |= part.upstream.heard(pump, wm, now);
-            part.clock_dirty = true;
-        }
-        part.last_arrival = now;
+        let arrival = Arrival {
+            side,
+            time,
+            now,
+            upstream,
+        };
+        self.stale |= part.note_arrival(&arrival, self.idle_timeout, self.computed);
         // A partition with its own clock (see `advance`) judges lateness by it as it is now,
         // never below the clock its last sweep used: whether an advance ran in between does
         // not change what is late. An outer side's record it has passed is emitted alone at
