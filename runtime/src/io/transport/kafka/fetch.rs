@@ -196,7 +196,7 @@ impl FetchStart {
             slot,
             ..
         } = self;
-        know_partner_leaders(&consumer);
+        know_partner_leaders(&consumer, stop);
         let topic_refs: Vec<&str> = subscribed.iter().map(String::as_str).collect();
         if let Err(e) = consumer.subscribe(&topic_refs) {
             let e = Error::kafka(format!("subscribing group `{group}` to {subscribed:?}"), e);
@@ -214,14 +214,32 @@ impl FetchStart {
 /// their partitions are assigned. A partition assigned without a known leader waits for it
 /// before it can look up where to start (librdkafka retries every 500 ms): a join's second
 /// topic started about a second after its first, and the first's partitions were held in step
-/// meanwhile (`align.rs`). A failure only costs that wait again.
-fn know_partner_leaders(consumer: &BaseConsumer<FetchContext>) {
+/// meanwhile (`align.rs`). A failure only costs that wait again. Asks in tries of
+/// `LEADERS_TRY`, up to `METADATA_TIMEOUT` a topic, and gives up when `stop` is set: a worker
+/// stopped while its broker is unreachable does not wait out the timeout.
+fn know_partner_leaders(consumer: &BaseConsumer<FetchContext>, stop: &AtomicBool) {
     for topic in consumer.context().rebalancer.partners() {
-        if let Err(e) = consumer.fetch_metadata(Some(topic), super::client::METADATA_TIMEOUT) {
-            tracing::debug!(topic = %topic, error = %e, "reading a partner topic's metadata");
+        let asked = std::time::Instant::now();
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let tried = std::time::Instant::now();
+            match consumer.fetch_metadata(Some(topic), LEADERS_TRY) {
+                Ok(_) => break,
+                Err(e) if asked.elapsed() >= super::client::METADATA_TIMEOUT => {
+                    tracing::debug!(topic = %topic, error = %e, "reading a partner topic's metadata");
+                    break;
+                }
+                // Not answered in time, or no broker to ask yet: try again (once a try's time).
+                Err(_) => std::thread::sleep(LEADERS_TRY.saturating_sub(tried.elapsed())),
+            }
         }
     }
 }
+
+/// One try of `know_partner_leaders`: how long a stop can wait for it.
+const LEADERS_TRY: Duration = Duration::from_millis(500);
 
 /// A fetched batch being assembled: every key and value is copied into one buffer, and the
 /// records are slices of it. One allocation per batch instead of two per record, freed when the
@@ -1015,5 +1033,49 @@ mod tests {
         let kept = records[1].clone().detached();
         assert_eq!(kept.value.as_deref(), Some(&b"value one"[..]));
         assert_ne!(at(&kept), at(&records[1]));
+    }
+
+    /// A fetcher stopped while the broker cannot be reached stops asking for its partner
+    /// topics' leaders: it does not wait out the metadata timeout for each.
+    #[test]
+    fn asking_for_partner_leaders_gives_up_when_stopped() {
+        let (data, _data_rx) = tokio::sync::mpsc::channel(1);
+        let (ctrl, _ctrl_rx) = tokio::sync::mpsc::unbounded_channel();
+        let instances = vec![crate::io::transport::InstanceTx { data, ctrl }];
+        let router = Arc::new(Router::new("a", instances, Duration::from_secs(1)));
+        let partners = vec!["clicks".to_owned(), "orders".to_owned()];
+        let context = FetchContext::new(
+            router,
+            Arc::new(Health::default()),
+            false,
+            OffsetReset::Earliest,
+            partners,
+        );
+        // A broker that accepts connections and never answers: every metadata request waits
+        // for its timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let address = silent.local_addr().expect("address").to_string();
+        let consumer: BaseConsumer<FetchContext> = ClientConfig::new()
+            .set("bootstrap.servers", &address)
+            .set("group.id", "g")
+            .create_with_context(context)
+            .expect("consumer");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Release);
+            })
+        };
+        let started = std::time::Instant::now();
+        know_partner_leaders(&consumer, &stop);
+        stopper.join().unwrap();
+        // Two partners without the stop: twice `METADATA_TIMEOUT` (10 s).
+        assert!(
+            started.elapsed() < super::super::client::METADATA_TIMEOUT / 2,
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
