@@ -137,6 +137,11 @@ struct Args {
     /// median throughput: two builds compared at the same load.
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// The compression of the latency runs' generator (librdkafka's `compression.type`): an
+    /// experiment's knob for what the generator and the broker cost; the data's is rill's
+    /// producer's (lz4).
+    #[arg(long, default_value = "lz4")]
+    latency_compression: String,
 }
 
 #[derive(Subcommand)]
@@ -2047,7 +2052,7 @@ fn drive(
         .set("queue.buffering.max.kbytes", "65536")
         .set("queue.buffering.max.messages", "1000000")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4")
+        .set("compression.type", &args.latency_compression)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .create_with_context(DeliveryClock::default())
